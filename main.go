@@ -1,0 +1,274 @@
+// Command pgsidecar is a Prometheus-native sidecar for PostgreSQL connection pools: a warm,
+// self-healing pool, query and pool metrics, database statistics and health endpoints.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/alecthomas/kingpin/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/promslog"
+	promslogflag "github.com/prometheus/common/promslog/flag"
+	"github.com/prometheus/common/version"
+	"github.com/prometheus/exporter-toolkit/web"
+	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
+
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+const defaultListenAddress = ":9188"
+
+func main() {
+	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// settingValue adapts a pool.Setting to kingpin's flag value interface.
+type settingValue struct {
+	cfg *pool.Config
+	s   pool.Setting
+	raw string
+}
+
+func (v *settingValue) Set(s string) error {
+	if err := v.s.Set(v.cfg, s); err != nil {
+		return err
+	}
+	v.raw = s
+	return nil
+}
+
+func (v *settingValue) String() string {
+	if v.s.Env == "DATABASE_URL" {
+		return pool.RedactDSN(v.raw)
+	}
+	return v.raw
+}
+
+// feature is one optional part of the binary (collectors, API, proxy), wired in its own
+// wire_*.go file, which appends it to features from init.
+type feature interface {
+	// flags declares the feature's flags before parsing.
+	flags(k *kingpin.Application)
+	// start runs after the pool exists; the returned stop (may be nil) runs at shutdown, in
+	// reverse order of start.
+	start(ctx context.Context, d *deps) (stop func(), err error)
+}
+
+// deps is what features get to work with.
+type deps struct {
+	mgr    *pool.Manager
+	reg    *prometheus.Registry
+	mux    *http.ServeMux
+	logger *slog.Logger
+	links  []web.LandingLinks // landing page links; features append theirs
+}
+
+var features []feature
+
+// app holds the parsed command line.
+type app struct {
+	poolCfg       pool.Config
+	webFlags      *web.FlagConfig
+	telemetryPath string
+	logCfg        *promslog.Config
+	envFile       string
+}
+
+// newApp declares every flag. Pool flags come from pool.Settings, so flags, environment
+// variables and docs share one table.
+func newApp(stdout, stderr io.Writer) (*kingpin.Application, *app) {
+	a := &app{poolCfg: pool.DefaultConfig(), logCfg: &promslog.Config{Writer: stderr}}
+	k := kingpin.New("pgsidecar", "Prometheus-native observability sidecar and exporter for PostgreSQL connection pools.")
+	k.UsageWriter(stdout)
+	k.ErrorWriter(stderr)
+	k.Version(version.Print("pgsidecar"))
+	k.HelpFlag.Short('h')
+	k.Flag("env-file", "Read settings from this .env file first (KEY=VALUE lines; the environment wins).").
+		PlaceHolder("FILE").StringVar(&a.envFile)
+	for _, s := range pool.Settings() {
+		f := k.Flag(s.Flag, s.Help).Envar(s.Env)
+		if s.Default != "" {
+			f = f.Default(s.Default)
+		}
+		f.SetValue(&settingValue{cfg: &a.poolCfg, s: s, raw: s.Default})
+	}
+	a.webFlags = kingpinflag.AddFlags(k, defaultListenAddress)
+	k.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").StringVar(&a.telemetryPath)
+	promslogflag.AddFlags(k, a.logCfg)
+	for _, f := range features {
+		f.flags(k)
+	}
+	return k, a
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if f := envFileArg(args); f != "" {
+		if err := loadEnvFile(f); err != nil {
+			fmt.Fprintf(stderr, "pgsidecar: --env-file: %s\n", pool.Scrub(err.Error()))
+			return 2
+		}
+	}
+	k, a := newApp(stdout, stderr)
+	if _, err := k.Parse(args); err != nil {
+		fmt.Fprintf(stderr, "pgsidecar: %s\n", pool.Scrub(err.Error(), os.Getenv("DATABASE_URL")))
+		return 2
+	}
+	logger := promslog.New(a.logCfg)
+	if err := a.poolCfg.Validate(); err != nil {
+		fmt.Fprintf(stderr, "pgsidecar: invalid configuration:\n  %s\n", strings.ReplaceAll(err.Error(), "\n", "\n  "))
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return serve(ctx, a, logger)
+}
+
+func serve(ctx context.Context, a *app, logger *slog.Logger) int {
+	logger.Info("Starting pgsidecar", "version", version.Info(), "build_context", version.BuildContext())
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		versioncollector.NewCollector("pgsidecar"),
+	)
+	mgr, err := pool.New(a.poolCfg, pool.WithLogger(logger), pool.WithRegisterer(reg))
+	if err != nil {
+		logger.Error("Cannot create the pool", "error", err.Error())
+		return 1
+	}
+	defer mgr.Close()
+
+	mux := http.NewServeMux()
+	mux.Handle(a.telemetryPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		ErrorHandling:       promhttp.ContinueOnError,
+		ErrorLog:            slog.NewLogLogger(logger.Handler(), slog.LevelError),
+		Registry:            reg,
+		EnableOpenMetrics:   true,
+		MaxRequestsInFlight: 10,
+	}))
+	d := &deps{mgr: mgr, reg: reg, mux: mux, logger: logger,
+		links: []web.LandingLinks{{Address: a.telemetryPath, Text: "Metrics"}}}
+	for _, f := range features {
+		stopFeature, err := f.start(ctx, d)
+		if err != nil {
+			logger.Error("Cannot start", "error", pool.Scrub(err.Error(), a.poolCfg.DatabaseURL))
+			return 1
+		}
+		if stopFeature != nil {
+			defer stopFeature()
+		}
+	}
+	if a.telemetryPath != "/" {
+		landing, err := web.NewLandingPage(web.LandingConfig{
+			Name:        "pgsidecar",
+			Description: "Prometheus-native sidecar for PostgreSQL connection pools",
+			Version:     version.Info(),
+			Links:       d.links,
+		})
+		if err != nil {
+			logger.Error("Cannot build the landing page", "error", err.Error())
+			return 1
+		}
+		mux.Handle("/", landing)
+	}
+
+	var listeners []net.Listener
+	for _, addr := range *a.webFlags.WebListenAddresses {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			logger.Error("Cannot listen", "address", addr, "error", err.Error())
+			closeAll(listeners)
+			return 1
+		}
+		listeners = append(listeners, l)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- web.ServeMultiple(listeners, srv, a.webFlags, logger) }()
+
+	select {
+	case err := <-errc:
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logger.Error("Web server failed", "error", err.Error())
+			return 1
+		}
+	case <-ctx.Done():
+		logger.Info("Shutting down")
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		logger.Warn("Web server did not stop cleanly", "error", err.Error())
+	}
+	return 0
+}
+
+func closeAll(ls []net.Listener) {
+	for _, l := range ls {
+		_ = l.Close()
+	}
+}
+
+// envFileArg finds --env-file before kingpin parses, since the file feeds kingpin's Envar.
+func envFileArg(args []string) string {
+	for i, arg := range args {
+		if v, ok := strings.CutPrefix(arg, "--env-file="); ok {
+			return v
+		}
+		if arg == "--env-file" && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return ""
+}
+
+// loadEnvFile sets KEY=VALUE lines of a .env file as environment variables, without replacing
+// variables already set. Blank lines and # comments are skipped; values may be quoted, and a
+// " #" after an unquoted value starts a comment (as in the seed's examples).
+func loadEnvFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		line = strings.TrimPrefix(line, "export ")
+		key, val, ok := strings.Cut(line, "=")
+		key = strings.TrimSpace(key)
+		if !ok || key == "" || strings.ContainsAny(key, " \t") {
+			return fmt.Errorf("%s:%d: expected KEY=VALUE", path, n)
+		}
+		val = strings.TrimSpace(val)
+		if len(val) >= 2 && (val[0] == '"' || val[0] == '\'') && val[len(val)-1] == val[0] {
+			val = val[1 : len(val)-1]
+		} else if i := strings.Index(val, " #"); i >= 0 {
+			val = strings.TrimSpace(val[:i])
+		}
+		if _, set := os.LookupEnv(key); !set {
+			if err := os.Setenv(key, val); err != nil {
+				return fmt.Errorf("%s:%d: %w", path, n, err)
+			}
+		}
+	}
+	return sc.Err()
+}

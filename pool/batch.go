@@ -1,0 +1,72 @@
+package pool
+
+import (
+	"context"
+	"sync"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Result is one operation's outcome in BatchExecute.
+type Result[T any] struct {
+	Value T
+	Err   error
+}
+
+// BatchExecute runs ops in chunks of batchSize, the ops of a chunk concurrently (at most
+// DB_MAX_CONNECTIONS at once), one chunk after the other, as the seed's batchExecute does. It
+// returns each op's result in input order. Once ctx is done no further op starts; those get
+// ctx's error.
+func BatchExecute[T any](ctx context.Context, m *Manager, ops []func(ctx context.Context) (T, error), batchSize int) []Result[T] {
+	if batchSize < 1 {
+		batchSize = 1
+	}
+	out := make([]Result[T], len(ops))
+	sem := make(chan struct{}, min(batchSize, int(m.cfg.MaxConns)))
+	for start := 0; start < len(ops); start += batchSize {
+		end := min(start+batchSize, len(ops))
+		var wg sync.WaitGroup
+		for i := start; i < end; i++ {
+			if err := ctx.Err(); err != nil {
+				out[i].Err = err
+				continue
+			}
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				out[i].Value, out[i].Err = ops[i](ctx)
+			})
+		}
+		wg.Wait()
+	}
+	return out
+}
+
+// Statement is one SQL statement with its arguments, for ExecPipeline.
+type Statement struct {
+	SQL  string
+	Args []any
+}
+
+// ExecPipeline sends all statements to the server in one round trip on one connection (a
+// pgx.Batch, which PostgreSQL runs as one implicit transaction unless the statements manage
+// their own). For many small writes this is where batching saves real time. It returns the
+// command tags of the statements that ran and the first error.
+func (m *Manager) ExecPipeline(ctx context.Context, stmts []Statement) ([]pgconn.CommandTag, error) {
+	b := &pgx.Batch{}
+	for _, s := range stmts {
+		b.Queue(s.SQL, s.Args...)
+	}
+	br := m.pool.SendBatch(ctx, b)
+	tags := make([]pgconn.CommandTag, 0, len(stmts))
+	for range stmts {
+		tag, err := br.Exec()
+		if err != nil {
+			_ = br.Close()
+			return tags, err
+		}
+		tags = append(tags, tag)
+	}
+	return tags, br.Close()
+}

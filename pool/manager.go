@@ -1,0 +1,555 @@
+// Package pool is pgsidecar's pool manager: a warm pgxpool that connects in the background,
+// retries with exponential backoff, checks its health, reconnects by itself, wraps transactions
+// and batches, and measures every query through pgx's tracer interfaces.
+//
+// Go applications import it directly; the pgsidecar binary builds on it.
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Status is the pool's health as the health endpoints report it.
+type Status string
+
+// Health statuses. Degraded pools still serve queries: readiness probes pass for them.
+const (
+	StatusStarting  Status = "starting"
+	StatusHealthy   Status = "healthy"
+	StatusDegraded  Status = "degraded"
+	StatusUnhealthy Status = "unhealthy"
+)
+
+// Option changes how New builds a Manager.
+type Option func(*Manager)
+
+// WithLogger sets the logger (default: slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(m *Manager) { m.log = l } }
+
+// WithRegisterer registers the pool's metrics on r (default: none). Close unregisters them.
+func WithRegisterer(r prometheus.Registerer) Option { return func(m *Manager) { m.reg = r } }
+
+// Manager owns one pgxpool and everything around it. It is safe for concurrent use.
+type Manager struct {
+	cfg     Config
+	dsn     string // for scrubbing passwords out of error text
+	log     *slog.Logger
+	reg     prometheus.Registerer
+	pool    *pgxpool.Pool
+	tracer  *tracer
+	metrics *metrics
+	started time.Time
+
+	closedConns atomic.Int64
+	connErrSeen atomic.Bool // a connection error since the last good check
+	trigger     chan struct{}
+	ctx         context.Context // canceled by Close
+	cancel      context.CancelFunc
+	closeOnce   sync.Once
+	wg          sync.WaitGroup
+
+	mu        sync.Mutex
+	health    Health
+	slow      slowRing
+	sidePools []*pgxpool.Pool
+}
+
+// New validates cfg, builds the pool and returns at once, also when the database is down: the
+// pool connects and warms up in the background, retrying with backoff. Queries made before that
+// wait for a connection like any other.
+func New(cfg Config, opts ...Option) (*Manager, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	pc, err := cfg.pgxConfig()
+	if err != nil {
+		return nil, err
+	}
+	m := &Manager{
+		cfg:     cfg,
+		dsn:     cfg.DatabaseURL,
+		log:     slog.Default(),
+		started: time.Now(),
+		trigger: make(chan struct{}, 1),
+		health:  Health{Status: StatusStarting},
+	}
+	for _, o := range opts {
+		o(m)
+	}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
+	m.log = m.log.With("pool", cfg.Name)
+	m.tracer = &tracer{m: m}
+	pc.ConnConfig.Tracer = m.tracer
+	pc.BeforeClose = func(*pgx.Conn) { m.closedConns.Add(1) }
+	// pgxpool would open MinConns itself with a 60 s timeout per attempt and no backoff; the
+	// manager's connect loop does it instead, so that failures are logged and retried sensibly.
+	pc.MinConns = 0
+	m.metrics = newMetrics(m)
+	m.pool, err = pgxpool.NewWithConfig(context.Background(), pc)
+	if err != nil {
+		return nil, fmt.Errorf("pool %s: %s", cfg.Name, Scrub(err.Error(), m.dsn))
+	}
+	if m.reg != nil {
+		if err := m.reg.Register(m.metrics); err != nil {
+			m.pool.Close()
+			return nil, fmt.Errorf("pool %s: registering metrics: %w", cfg.Name, err)
+		}
+	}
+	m.log.Info("Database pool created", "database", RedactDSN(cfg.DatabaseURL), "max_connections", cfg.MaxConns,
+		"min_connections", cfg.MinConns)
+	m.wg.Add(1)
+	go m.run()
+	if cfg.MetricsLogInterval > 0 {
+		m.wg.Add(1)
+		go m.logMetricsLoop()
+	}
+	return m, nil
+}
+
+// Pool returns the underlying pgxpool for queries. Queries through it are measured.
+func (m *Manager) Pool() *pgxpool.Pool { return m.pool }
+
+// Config returns the configuration the manager was built with.
+func (m *Manager) Config() Config { return m.cfg }
+
+// Name is the pool's name in metrics and logs.
+func (m *Manager) Name() string { return m.cfg.Name }
+
+// Close stops the background loops, closes every connection and unregisters the metrics. It
+// waits for connections in use to be released.
+func (m *Manager) Close() {
+	m.closeOnce.Do(func() {
+		m.cancel()
+		m.wg.Wait()
+		m.mu.Lock()
+		side := m.sidePools
+		m.mu.Unlock()
+		for _, p := range side {
+			p.Close()
+		}
+		m.pool.Close()
+		if m.reg != nil {
+			m.reg.Unregister(m.metrics)
+		}
+		m.log.Info("Database pool closed")
+	})
+}
+
+// RecordQuery counts one query in the pool's metrics and logs it when slow. The tracer calls it
+// for library traffic; other front ends (such as a protocol relay) call it for theirs.
+func (m *Manager) RecordQuery(op Operation, sql string, d time.Duration, err error) {
+	x := m.metrics
+	x.queryObservers[op].Observe(d.Seconds())
+	if err != nil {
+		x.queryErrors.WithLabelValues(op.String(), SQLState(err)).Inc()
+		m.noteError(err)
+	}
+	if d >= m.cfg.SlowQueryThreshold {
+		x.slowQueries.Inc()
+		text := truncateSQL(sql, 500)
+		m.mu.Lock()
+		m.slow.add(SlowQuery{Time: time.Now(), Duration: d, Operation: op.String(), SQL: text})
+		m.mu.Unlock()
+		m.log.Warn("Slow query detected", "duration", d, "operation", op.String(), "sql", text)
+	}
+}
+
+// noteError marks the pool unhealthy at once when err is a connection-class error and asks the
+// health loop to check now instead of at the next tick.
+func (m *Manager) noteError(err error) {
+	if !IsConnectionError(err) {
+		return
+	}
+	if !m.connErrSeen.Swap(true) {
+		m.metrics.healthUp.Set(0)
+		m.mu.Lock()
+		m.health.LastError = Scrub(err.Error(), m.dsn)
+		m.mu.Unlock()
+	}
+	select {
+	case m.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// run connects (with backoff) and then checks health until Close.
+func (m *Manager) run() {
+	defer m.wg.Done()
+	if !m.connect() {
+		return
+	}
+	timer := time.NewTimer(m.cfg.HealthCheckInterval)
+	defer timer.Stop()
+	for {
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-timer.C:
+		case <-m.trigger:
+		}
+		ok := m.check()
+		next := m.cfg.HealthCheckInterval
+		if !ok {
+			// While unhealthy, look again soon so recovery is seen within about a second.
+			next = min(next, 250*time.Millisecond)
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(next)
+	}
+}
+
+// connect warms MinConns connections (at least one), retrying with capped exponential backoff
+// and jitter. It logs each failed attempt once with the delay before the next. It returns false
+// when the manager was closed first.
+func (m *Manager) connect() bool {
+	for attempt := 1; ; attempt++ {
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(m.ctx, m.cfg.ConnectTimeout)
+		res, err := m.warmup(ctx, max(int(m.cfg.MinConns), 1))
+		cancel()
+		if err == nil {
+			m.setHealth(true, time.Since(start), nil)
+			m.log.Info("Database connected", "attempt", attempt, "connections_opened", res.Opened,
+				"duration", res.Duration)
+			return true
+		}
+		m.setHealth(false, time.Since(start), err)
+		delay := Backoff(attempt, m.cfg.RetryDelay, m.cfg.RetryMaxDelay)
+		if delay <= 0 {
+			delay = 100 * time.Millisecond
+		}
+		m.log.Warn("Database connection failed", "attempt", attempt, "error", Scrub(err.Error(), m.dsn),
+			"next_attempt_in", delay)
+		t := time.NewTimer(delay)
+		select {
+		case <-m.ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+	}
+}
+
+// check pings through the pool and records the result. On the first failure it drops every
+// pooled connection (they are most likely dead); on recovery it warms the pool again.
+func (m *Manager) check() bool {
+	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.HealthCheckTimeout)
+	defer cancel()
+	start := time.Now()
+	err := m.ping(ctx)
+	d := time.Since(start)
+	if errors.Is(err, context.Canceled) && m.isClosed() {
+		return true
+	}
+	m.mu.Lock()
+	wasUp := m.health.Status == StatusHealthy || m.health.Status == StatusDegraded
+	failures := m.health.ConsecutiveFailures
+	m.mu.Unlock()
+	wasUp = wasUp && !m.connErrSeen.Load()
+
+	m.setHealth(err == nil, d, err)
+	st := m.Health()
+	switch {
+	case err == nil && !wasUp:
+		m.metrics.reconnects.Inc()
+		m.log.Info("Database health check", "status", st.Status, "latency", d, "recovered_after_failures", failures)
+		m.log.Info("Database reconnected")
+		go m.rewarm()
+	case err == nil:
+		m.log.Info("Database health check", "status", st.Status, "latency", d)
+	case wasUp:
+		m.pool.Reset()
+		m.log.Warn("Database health check", "status", st.Status, "latency", d, "error", st.LastError)
+	case st.ConsecutiveFailures%max(int(m.cfg.HealthCheckInterval/(250*time.Millisecond)), 1) == 0:
+		// Still down: remind once per health interval rather than on every quick recheck.
+		m.log.Warn("Database health check", "status", st.Status, "consecutive_failures", st.ConsecutiveFailures,
+			"error", st.LastError)
+	}
+	return err == nil
+}
+
+func (m *Manager) ping(ctx context.Context) error {
+	c, err := m.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Release()
+	return c.Ping(ctx)
+}
+
+func (m *Manager) rewarm() {
+	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.ConnectTimeout)
+	defer cancel()
+	if _, err := m.warmup(ctx, int(m.cfg.MinConns)); err != nil && !m.isClosed() {
+		m.log.Warn("Database warm-up after reconnect incomplete", "error", Scrub(err.Error(), m.dsn))
+	}
+}
+
+func (m *Manager) isClosed() bool { return m.ctx.Err() != nil }
+
+func (m *Manager) setHealth(ok bool, d time.Duration, err error) {
+	m.metrics.healthDuration.Set(d.Seconds())
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h := &m.health
+	h.LastCheck = time.Now()
+	h.Latency = d
+	if ok {
+		m.connErrSeen.Store(false)
+		h.ConsecutiveFailures = 0
+		h.LastError = ""
+		h.Status = StatusHealthy
+		if d >= m.cfg.SlowQueryThreshold {
+			h.Status = StatusDegraded
+		}
+		m.metrics.healthUp.Set(1)
+		return
+	}
+	h.ConsecutiveFailures++
+	h.TotalFailures++
+	h.Status = StatusUnhealthy
+	if err != nil {
+		h.LastError = Scrub(err.Error(), m.dsn)
+	}
+	m.metrics.healthUp.Set(0)
+	m.metrics.healthFailures.Inc()
+}
+
+// Health is the result of the latest health check.
+type Health struct {
+	Status              Status
+	LastCheck           time.Time     // zero before the first check
+	Latency             time.Duration // of the last check
+	ConsecutiveFailures int
+	TotalFailures       int
+	LastError           string // scrubbed of passwords; empty when healthy
+}
+
+// Health returns the current health. A connection error seen by any query since the last
+// successful check makes it unhealthy at once; a saturated pool (every connection in use and
+// callers waiting) makes a healthy pool degraded.
+func (m *Manager) Health() Health {
+	m.mu.Lock()
+	h := m.health
+	m.mu.Unlock()
+	if m.connErrSeen.Load() {
+		h.Status = StatusUnhealthy
+	}
+	if h.Status == StatusHealthy {
+		s := m.pool.Stat()
+		if s.AcquiredConns() >= s.MaxConns() && m.tracer.pending.Load() > 0 {
+			h.Status = StatusDegraded
+		}
+	}
+	return h
+}
+
+// Stats is a snapshot of the pool for APIs and logs.
+type Stats struct {
+	Name              string
+	TotalConns        int32
+	IdleConns         int32
+	UsedConns         int32
+	ConstructingConns int32
+	MaxConns          int32
+	MinConns          int32
+	PendingAcquires   int64
+	Utilisation       float64 // used / max
+	AcquireCount      int64
+	EmptyAcquireCount int64
+	AcquireWait       time.Duration // cumulative wait of acquires that found no idle connection
+	ConnectionsOpened int64
+	Queries           QueryStats
+	SlowQueries       uint64
+	Retries           uint64
+	Uptime            time.Duration
+	Health            Health
+}
+
+// Stats reads the pool and its metrics once.
+func (m *Manager) Stats() Stats {
+	s := m.pool.Stat()
+	return Stats{
+		Name:              m.cfg.Name,
+		TotalConns:        s.TotalConns(),
+		IdleConns:         s.IdleConns(),
+		UsedConns:         s.AcquiredConns(),
+		ConstructingConns: s.ConstructingConns(),
+		MaxConns:          s.MaxConns(),
+		MinConns:          m.cfg.MinConns,
+		PendingAcquires:   m.tracer.pending.Load(),
+		Utilisation:       utilisation(s),
+		AcquireCount:      s.AcquireCount(),
+		EmptyAcquireCount: s.EmptyAcquireCount(),
+		AcquireWait:       s.EmptyAcquireWaitTime(),
+		ConnectionsOpened: s.NewConnsCount(),
+		Queries:           m.metrics.queryStats(),
+		SlowQueries:       counterValue(m.metrics.slowQueries),
+		Retries:           counterValue(m.metrics.retries),
+		Uptime:            time.Since(m.started),
+		Health:            m.Health(),
+	}
+}
+
+// SlowQuery is one entry of the recent slow query list.
+type SlowQuery struct {
+	Time      time.Time
+	Duration  time.Duration
+	Operation string
+	SQL       string // whitespace collapsed and truncated; never argument values
+}
+
+// SlowQueries returns the most recent slow queries, newest first.
+func (m *Manager) SlowQueries() []SlowQuery {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.slow.list()
+}
+
+const slowRingSize = 50
+
+type slowRing struct {
+	buf  [slowRingSize]SlowQuery
+	next int
+	n    int
+}
+
+func (r *slowRing) add(q SlowQuery) {
+	r.buf[r.next] = q
+	r.next = (r.next + 1) % slowRingSize
+	r.n = min(r.n+1, slowRingSize)
+}
+
+func (r *slowRing) list() []SlowQuery {
+	out := make([]SlowQuery, 0, r.n)
+	for i := 1; i <= r.n; i++ {
+		out = append(out, r.buf[(r.next-i+slowRingSize)%slowRingSize])
+	}
+	return out
+}
+
+// truncateSQL collapses whitespace and cuts the text at limit bytes (on a rune boundary).
+func truncateSQL(sql string, limit int) string {
+	s := strings.Join(strings.Fields(sql), " ")
+	if len(s) <= limit {
+		return s
+	}
+	cut := limit
+	for cut > 0 && (s[cut]&0xC0) == 0x80 {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+// WarmupResult says what a warm-up did.
+type WarmupResult struct {
+	Requested int           // connections asked for
+	Opened    int64         // new connections opened to reach it
+	Total     int32         // connections in the pool afterwards
+	Duration  time.Duration // time taken
+}
+
+// Warmup makes sure at least n connections are open and answer a ping, opening new ones as
+// needed. n must be between 0 and the pool's maximum.
+func (m *Manager) Warmup(ctx context.Context, n int) (WarmupResult, error) {
+	if n < 0 || n > int(m.cfg.MaxConns) {
+		return WarmupResult{}, fmt.Errorf("warm-up connections (%d) must be between 0 and DB_MAX_CONNECTIONS (%d)", n, m.cfg.MaxConns)
+	}
+	return m.warmup(ctx, n)
+}
+
+func (m *Manager) warmup(ctx context.Context, n int) (WarmupResult, error) {
+	start := time.Now()
+	before := m.pool.Stat().NewConnsCount()
+	conns := make([]*pgxpool.Conn, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			c, err := m.pool.Acquire(ctx)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			conns[i] = c
+			errs[i] = c.Ping(ctx)
+		})
+	}
+	wg.Wait()
+	for _, c := range conns {
+		if c != nil {
+			c.Release()
+		}
+	}
+	res := WarmupResult{Requested: n, Opened: m.pool.Stat().NewConnsCount() - before,
+		Total: m.pool.Stat().TotalConns(), Duration: time.Since(start)}
+	if err := errors.Join(errs...); err != nil {
+		return res, errors.New(Scrub(firstError(errs).Error(), m.dsn))
+	}
+	return res, nil
+}
+
+func firstError(errs []error) error {
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// logMetricsLoop writes the seed's periodic "Database pool metrics" line.
+func (m *Manager) logMetricsLoop() {
+	defer m.wg.Done()
+	t := time.NewTicker(m.cfg.MetricsLogInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-t.C:
+			s := m.Stats()
+			m.log.Info("Database pool metrics", "total", s.TotalConns, "idle", s.IdleConns, "used", s.UsedConns,
+				"pending", s.PendingAcquires, "utilisation", fmt.Sprintf("%.1f%%", s.Utilisation*100),
+				"queries", s.Queries.Count, "errors", s.Queries.Errors, "error_rate", fmt.Sprintf("%.2f%%", s.Queries.ErrorRate*100),
+				"avg_latency", s.Queries.Average, "p95_latency", s.Queries.P95, "slow_queries", s.SlowQueries,
+				"status", s.Health.Status)
+		}
+	}
+}
+
+// Backoff returns the delay before retry number attempt (1-based): base doubled per attempt,
+// capped at maxDelay, with "equal jitter" so the result lies in [d/2, d]. Spreading retries
+// keeps many clients from hitting a recovering server at the same instant.
+func Backoff(attempt int, base, maxDelay time.Duration) time.Duration {
+	if base <= 0 {
+		return 0
+	}
+	d := base
+	for i := 1; i < attempt && d < maxDelay; i++ {
+		d *= 2
+	}
+	d = min(d, maxDelay)
+	half := d / 2
+	if half <= 0 {
+		return d
+	}
+	return half + rand.N(d-half+1)
+}

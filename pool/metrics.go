@@ -1,0 +1,256 @@
+package pool
+
+import (
+	"math"
+	"sort"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// QueryBuckets are the classic buckets of pgsidecar_query_duration_seconds. They have
+// boundaries at the seed's alert thresholds (0.5 s average latency, 1 s slow query).
+var QueryBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
+
+// metrics holds every metric of one pool. Events are counted into vecs created once; pool state
+// is read from pgxpool at scrape time and sent as const metrics.
+type metrics struct {
+	m *Manager
+
+	queryDuration  *prometheus.HistogramVec
+	queryObservers [numOperations]prometheus.Observer
+	queryErrors    *prometheus.CounterVec
+	slowQueries    prometheus.Counter
+	retries        prometheus.Counter
+	transactions   *prometheus.CounterVec
+	acquireWait    prometheus.Histogram
+	acquireTimeout prometheus.Counter
+	connectErrors  prometheus.Counter
+	healthUp       prometheus.Gauge
+	healthDuration prometheus.Gauge
+	healthFailures prometheus.Counter
+	reconnects     prometheus.Counter
+
+	connections    *prometheus.Desc
+	maxConns       *prometheus.Desc
+	minConns       *prometheus.Desc
+	pending        *prometheus.Desc
+	acquires       *prometheus.Desc
+	opened         *prometheus.Desc
+	closed         *prometheus.Desc
+	emptyAcquires  *prometheus.Desc
+	acquireCancels *prometheus.Desc
+}
+
+func newMetrics(m *Manager) *metrics {
+	labels := prometheus.Labels{"pool": m.cfg.Name}
+	counter := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels})
+	}
+	gauge := func(name, help string) prometheus.Gauge {
+		return prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help, ConstLabels: labels})
+	}
+	desc := func(name, help string, varLabels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, varLabels, labels)
+	}
+	x := &metrics{
+		m: m,
+		queryDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:                            "pgsidecar_query_duration_seconds",
+			Help:                            "Duration of queries, from send to last row read, by operation.",
+			ConstLabels:                     labels,
+			Buckets:                         QueryBuckets,
+			NativeHistogramBucketFactor:     1.1,
+			NativeHistogramMaxBucketNumber:  160,
+			NativeHistogramMinResetDuration: time.Hour,
+		}, []string{"operation"}),
+		queryErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name:        "pgsidecar_query_errors_total",
+			Help:        "Queries that ended in an error, by operation and SQLSTATE (08006 for a lost connection, timeout/canceled for client deadlines, client for client-side errors).",
+			ConstLabels: labels,
+		}, []string{"operation", "sqlstate"}),
+		slowQueries: counter("pgsidecar_slow_queries_total", "Queries that took at least the slow query threshold."),
+		retries:     counter("pgsidecar_retries_total", "Retries made by ExecuteWithRetry and Transaction after a retryable error."),
+		transactions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name:        "pgsidecar_transactions_total",
+			Help:        "Transactions run by Transaction, by outcome (commit, rollback, error).",
+			ConstLabels: labels,
+		}, []string{"outcome"}),
+		acquireWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:        "pgsidecar_pool_acquire_wait_seconds",
+			Help:        "Time spent waiting for a pool connection, including opening one.",
+			ConstLabels: labels,
+			Buckets:     []float64{0.00001, 0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10},
+		}),
+		acquireTimeout: counter("pgsidecar_pool_acquire_timeouts_total", "Acquires that gave up because their deadline passed before a connection was free."),
+		connectErrors:  counter("pgsidecar_pool_connect_errors_total", "Failed attempts to open a connection to PostgreSQL."),
+		healthUp:       gauge("pgsidecar_health_check_up", "1 if the last health check succeeded and no connection error was seen since, else 0."),
+		healthDuration: gauge("pgsidecar_health_check_duration_seconds", "Duration of the last health check."),
+		healthFailures: counter("pgsidecar_health_check_failures_total", "Health checks that failed."),
+		reconnects:     counter("pgsidecar_reconnects_total", "Times the pool came back healthy after losing the database."),
+
+		connections:    desc("pgsidecar_pool_connections", "Connections in the pool by state.", "state"),
+		maxConns:       desc("pgsidecar_pool_max_connections", "Maximum connections of the pool (DB_MAX_CONNECTIONS)."),
+		minConns:       desc("pgsidecar_pool_min_connections", "Minimum connections of the pool (DB_MIN_CONNECTIONS)."),
+		pending:        desc("pgsidecar_pool_pending_acquires", "Callers waiting for a pool connection right now."),
+		acquires:       desc("pgsidecar_pool_acquires_total", "Connections handed out by the pool."),
+		opened:         desc("pgsidecar_pool_connections_opened_total", "Connections the pool started to open."),
+		closed:         desc("pgsidecar_pool_connections_closed_total", "Connections the pool closed, by reason (max_lifetime, max_idle, other).", "reason"),
+		emptyAcquires:  desc("pgsidecar_pool_empty_acquires_total", "Acquires that found no idle connection and had to wait or open one."),
+		acquireCancels: desc("pgsidecar_pool_canceled_acquires_total", "Acquires canceled by their caller's context."),
+	}
+	for op := range numOperations {
+		x.queryObservers[op] = x.queryDuration.WithLabelValues(op.String())
+	}
+	for _, o := range []string{"commit", "rollback", "error"} {
+		x.transactions.WithLabelValues(o)
+	}
+	return x
+}
+
+// Describe implements prometheus.Collector.
+func (x *metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, c := range x.eventCollectors() {
+		c.Describe(ch)
+	}
+	for _, d := range []*prometheus.Desc{x.connections, x.maxConns, x.minConns, x.pending, x.acquires,
+		x.opened, x.closed, x.emptyAcquires, x.acquireCancels} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector: event metrics as counted, pool state from one
+// pgxpool.Stat snapshot.
+func (x *metrics) Collect(ch chan<- prometheus.Metric) {
+	for _, c := range x.eventCollectors() {
+		c.Collect(ch)
+	}
+	s := x.m.pool.Stat()
+	g := func(d *prometheus.Desc, v float64, lv ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, lv...)
+	}
+	c := func(d *prometheus.Desc, v float64, lv ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, lv...)
+	}
+	g(x.connections, float64(s.IdleConns()), "idle")
+	g(x.connections, float64(s.AcquiredConns()), "used")
+	g(x.connections, float64(s.ConstructingConns()), "constructing")
+	g(x.maxConns, float64(s.MaxConns()))
+	g(x.minConns, float64(x.m.cfg.MinConns))
+	g(x.pending, float64(x.m.tracer.pending.Load()))
+	c(x.acquires, float64(s.AcquireCount()))
+	c(x.opened, float64(s.NewConnsCount()))
+	lifetime, idle := s.MaxLifetimeDestroyCount(), s.MaxIdleDestroyCount()
+	other := max(x.m.closedConns.Load()-lifetime-idle, 0)
+	c(x.closed, float64(lifetime), "max_lifetime")
+	c(x.closed, float64(idle), "max_idle")
+	c(x.closed, float64(other), "other")
+	c(x.emptyAcquires, float64(s.EmptyAcquireCount()))
+	c(x.acquireCancels, float64(s.CanceledAcquireCount()))
+}
+
+func (x *metrics) eventCollectors() []prometheus.Collector {
+	return []prometheus.Collector{x.queryDuration, x.queryErrors, x.slowQueries, x.retries, x.transactions,
+		x.acquireWait, x.acquireTimeout, x.connectErrors, x.healthUp, x.healthDuration, x.healthFailures, x.reconnects}
+}
+
+// QueryStats summarises the query histograms and error counters of a pool.
+type QueryStats struct {
+	Count       uint64            // queries measured
+	Errors      uint64            // queries that failed
+	SumSeconds  float64           // total query time
+	Average     time.Duration     // SumSeconds / Count
+	P50         time.Duration     // estimated from the classic buckets
+	P95         time.Duration     // estimated from the classic buckets
+	P99         time.Duration     // estimated from the classic buckets
+	ErrorRate   float64           // Errors / Count, 0 when there were no queries
+	ByOperation map[string]uint64 // query count by operation, only non-zero ones
+	BySQLState  map[string]uint64 // error count by SQLSTATE
+}
+
+// queryStats reads the pool's own histograms: no extra counting on the query path.
+func (x *metrics) queryStats() QueryStats {
+	qs := QueryStats{ByOperation: map[string]uint64{}, BySQLState: map[string]uint64{}}
+	buckets := make([]uint64, len(QueryBuckets))
+	for op := range numOperations {
+		var pb dto.Metric
+		if err := x.queryObservers[op].(prometheus.Metric).Write(&pb); err != nil {
+			continue
+		}
+		h := pb.GetHistogram()
+		if h.GetSampleCount() == 0 {
+			continue
+		}
+		qs.Count += h.GetSampleCount()
+		qs.SumSeconds += h.GetSampleSum()
+		qs.ByOperation[op.String()] = h.GetSampleCount()
+		for i, b := range h.GetBucket() {
+			if i < len(buckets) {
+				buckets[i] += b.GetCumulativeCount()
+			}
+		}
+	}
+	ch := make(chan prometheus.Metric, 64)
+	go func() { x.queryErrors.Collect(ch); close(ch) }()
+	for m := range ch {
+		var pb dto.Metric
+		if m.Write(&pb) != nil {
+			continue
+		}
+		v := uint64(pb.GetCounter().GetValue())
+		qs.Errors += v
+		for _, l := range pb.GetLabel() {
+			if l.GetName() == "sqlstate" {
+				qs.BySQLState[l.GetValue()] += v
+			}
+		}
+	}
+	if qs.Count > 0 {
+		qs.Average = seconds(qs.SumSeconds / float64(qs.Count))
+		qs.ErrorRate = float64(qs.Errors) / float64(qs.Count)
+		qs.P50 = seconds(bucketQuantile(0.50, buckets, qs.Count))
+		qs.P95 = seconds(bucketQuantile(0.95, buckets, qs.Count))
+		qs.P99 = seconds(bucketQuantile(0.99, buckets, qs.Count))
+	}
+	return qs
+}
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+// bucketQuantile interpolates linearly inside the bucket holding the quantile, as PromQL's
+// histogram_quantile does; past the last bound it returns that bound.
+func bucketQuantile(q float64, cumulative []uint64, total uint64) float64 {
+	rank := q * float64(total)
+	i := sort.Search(len(cumulative), func(i int) bool { return float64(cumulative[i]) >= rank })
+	if i == len(cumulative) {
+		return QueryBuckets[len(QueryBuckets)-1]
+	}
+	lower, prev := 0.0, uint64(0)
+	if i > 0 {
+		lower, prev = QueryBuckets[i-1], cumulative[i-1]
+	}
+	inBucket := cumulative[i] - prev
+	if inBucket == 0 {
+		return QueryBuckets[i]
+	}
+	v := lower + (QueryBuckets[i]-lower)*(rank-float64(prev))/float64(inBucket)
+	return math.Min(v, QueryBuckets[i])
+}
+
+// poolStat is a tiny wrapper so tests and the log line read the same numbers.
+func utilisation(s *pgxpool.Stat) float64 {
+	if s.MaxConns() == 0 {
+		return 0
+	}
+	return float64(s.AcquiredConns()) / float64(s.MaxConns())
+}
+
+func counterValue(c prometheus.Counter) uint64 {
+	var pb dto.Metric
+	if c.Write(&pb) != nil {
+		return 0
+	}
+	return uint64(pb.GetCounter().GetValue())
+}

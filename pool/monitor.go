@@ -1,0 +1,53 @@
+package pool
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// MonitorOptions shape the small side pool that monitoring queries (collectors, API) use.
+type MonitorOptions struct {
+	// MaxConns caps the side pool's connections (default 1), so scrapes can never pile up
+	// connections on the server.
+	MaxConns int32
+	// StatementTimeout is set as the server-side statement_timeout of its sessions (0: none).
+	StatementTimeout time.Duration
+	// ApplicationName identifies these sessions in pg_stat_activity (default: the pool's
+	// application name with "-collector" appended).
+	ApplicationName string
+}
+
+// NewMonitorPool returns a pool for monitoring queries against the same database: same
+// connection settings, its own small connection cap, application_name and statement_timeout.
+// Its queries are not counted in the application's query metrics. The Manager closes it on
+// Close.
+func (m *Manager) NewMonitorPool(opts MonitorOptions) (*pgxpool.Pool, error) {
+	pc, err := m.cfg.pgxConfig()
+	if err != nil {
+		return nil, err
+	}
+	if opts.MaxConns <= 0 {
+		opts.MaxConns = 1
+	}
+	if opts.ApplicationName == "" {
+		opts.ApplicationName = pc.ConnConfig.RuntimeParams["application_name"] + "-collector"
+	}
+	pc.MaxConns = opts.MaxConns
+	pc.MinConns = 0
+	pc.ConnConfig.RuntimeParams["application_name"] = opts.ApplicationName
+	if opts.StatementTimeout > 0 {
+		pc.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(opts.StatementTimeout.Milliseconds(), 10)
+	}
+	p, err := pgxpool.NewWithConfig(context.Background(), pc)
+	if err != nil {
+		return nil, fmt.Errorf("monitor pool: %s", Scrub(err.Error(), m.dsn))
+	}
+	m.mu.Lock()
+	m.sidePools = append(m.sidePools, p)
+	m.mu.Unlock()
+	return p, nil
+}

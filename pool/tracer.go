@@ -1,0 +1,139 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// tracer measures queries, batches, copies, connects and acquires through pgx's tracer
+// interfaces. Its start hooks wrap the context in one small struct (one allocation) that carries
+// what the end hook needs.
+type tracer struct {
+	m       *Manager
+	pending atomic.Int64
+}
+
+type traceKey struct{}
+
+type queryTrace struct {
+	context.Context
+	start time.Time
+	sql   string
+	op    Operation
+}
+
+func (q *queryTrace) Value(key any) any {
+	if key == (traceKey{}) {
+		return q
+	}
+	return q.Context.Value(key)
+}
+
+type acquireTrace struct {
+	context.Context
+	start time.Time
+}
+
+func (a *acquireTrace) Value(key any) any {
+	if key == (traceKey{}) {
+		return a
+	}
+	return a.Context.Value(key)
+}
+
+var (
+	_ pgx.QueryTracer          = (*tracer)(nil)
+	_ pgx.BatchTracer          = (*tracer)(nil)
+	_ pgx.CopyFromTracer       = (*tracer)(nil)
+	_ pgx.ConnectTracer        = (*tracer)(nil)
+	_ pgxpool.AcquireTracer    = (*tracer)(nil)
+	_ interface{ Value(any) any } = (*queryTrace)(nil)
+)
+
+// TraceQueryStart implements pgx.QueryTracer.
+func (t *tracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	return &queryTrace{Context: ctx, start: time.Now(), sql: d.SQL, op: ClassifyOperation(d.SQL)}
+}
+
+// TraceQueryEnd implements pgx.QueryTracer.
+func (t *tracer) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryEndData) {
+	if q, ok := ctx.(*queryTrace); ok {
+		t.m.RecordQuery(q.op, q.sql, time.Since(q.start), d.Err)
+	}
+}
+
+// TraceBatchStart implements pgx.BatchTracer.
+func (t *tracer) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
+	return ctx
+}
+
+// TraceBatchQuery implements pgx.BatchTracer: each statement of a batch is one query, timed from
+// when pgx started reading its result.
+func (t *tracer) TraceBatchQuery(_ context.Context, _ *pgx.Conn, d pgx.TraceBatchQueryData) {
+	var dur time.Duration
+	if !d.ReadStartTime.IsZero() {
+		dur = time.Since(d.ReadStartTime)
+	}
+	t.m.RecordQuery(ClassifyOperation(d.SQL), d.SQL, dur, d.Err)
+}
+
+// TraceBatchEnd implements pgx.BatchTracer.
+func (t *tracer) TraceBatchEnd(_ context.Context, _ *pgx.Conn, d pgx.TraceBatchEndData) {
+	if d.Err != nil {
+		t.m.noteError(d.Err)
+	}
+}
+
+// TraceCopyFromStart implements pgx.CopyFromTracer.
+func (t *tracer) TraceCopyFromStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceCopyFromStartData) context.Context {
+	return &queryTrace{Context: ctx, start: time.Now(), sql: "COPY", op: OpCopy}
+}
+
+// TraceCopyFromEnd implements pgx.CopyFromTracer.
+func (t *tracer) TraceCopyFromEnd(ctx context.Context, _ *pgx.Conn, d pgx.TraceCopyFromEndData) {
+	if q, ok := ctx.(*queryTrace); ok {
+		t.m.RecordQuery(q.op, q.sql, time.Since(q.start), d.Err)
+	}
+}
+
+// TraceConnectStart implements pgx.ConnectTracer.
+func (t *tracer) TraceConnectStart(ctx context.Context, _ pgx.TraceConnectStartData) context.Context {
+	return ctx
+}
+
+// TraceConnectEnd implements pgx.ConnectTracer: a failed connect marks the pool unhealthy.
+func (t *tracer) TraceConnectEnd(ctx context.Context, d pgx.TraceConnectEndData) {
+	if d.Err != nil && ctx.Err() == nil {
+		t.m.metrics.connectErrors.Inc()
+		t.m.noteError(d.Err)
+	}
+}
+
+// TraceAcquireStart implements pgxpool.AcquireTracer.
+func (t *tracer) TraceAcquireStart(ctx context.Context, _ *pgxpool.Pool, _ pgxpool.TraceAcquireStartData) context.Context {
+	t.pending.Add(1)
+	return &acquireTrace{Context: ctx, start: time.Now()}
+}
+
+// TraceAcquireEnd implements pgxpool.AcquireTracer.
+func (t *tracer) TraceAcquireEnd(ctx context.Context, _ *pgxpool.Pool, d pgxpool.TraceAcquireEndData) {
+	t.pending.Add(-1)
+	a, ok := ctx.(*acquireTrace)
+	if !ok {
+		return
+	}
+	t.m.metrics.acquireWait.Observe(time.Since(a.start).Seconds())
+	if d.Err == nil {
+		return
+	}
+	if errors.Is(d.Err, context.DeadlineExceeded) {
+		t.m.metrics.acquireTimeout.Inc()
+		return
+	}
+	t.m.noteError(d.Err)
+}
