@@ -303,7 +303,7 @@ func RedactDSN(dsn string) string {
 	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
 		u, err := url.Parse(dsn)
 		if err != nil {
-			return "(unparseable URL)"
+			return redactRawURL(dsn)
 		}
 		if u.User != nil {
 			if _, has := u.User.Password(); has {
@@ -318,6 +318,20 @@ func RedactDSN(dsn string) string {
 		return u.String()
 	}
 	return redactKeyValue(dsn)
+}
+
+// redactRawURL masks the password of a URL that net/url cannot parse (a bad port, say), so the
+// error can still show which URL was meant.
+func redactRawURL(dsn string) string {
+	scheme := strings.Index(dsn, "://") + 3
+	at := strings.LastIndex(dsn, "@")
+	if at < scheme {
+		return dsn
+	}
+	if c := strings.Index(dsn[scheme:at], ":"); c >= 0 {
+		return dsn[:scheme+c+1] + "xxxxx" + dsn[at:]
+	}
+	return dsn
 }
 
 // redactKeyValue masks password=... in a key=value DSN, with or without single quotes.

@@ -262,7 +262,6 @@ func (m *Manager) check() bool {
 	wasUp := m.health.Status == StatusHealthy || m.health.Status == StatusDegraded
 	failures := m.health.ConsecutiveFailures
 	m.mu.Unlock()
-	wasUp = wasUp && !m.connErrSeen.Load()
 
 	m.setHealth(err == nil, d, err)
 	st := m.Health()

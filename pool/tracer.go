@@ -47,11 +47,11 @@ func (a *acquireTrace) Value(key any) any {
 }
 
 var (
-	_ pgx.QueryTracer          = (*tracer)(nil)
-	_ pgx.BatchTracer          = (*tracer)(nil)
-	_ pgx.CopyFromTracer       = (*tracer)(nil)
-	_ pgx.ConnectTracer        = (*tracer)(nil)
-	_ pgxpool.AcquireTracer    = (*tracer)(nil)
+	_ pgx.QueryTracer             = (*tracer)(nil)
+	_ pgx.BatchTracer             = (*tracer)(nil)
+	_ pgx.CopyFromTracer          = (*tracer)(nil)
+	_ pgx.ConnectTracer           = (*tracer)(nil)
+	_ pgxpool.AcquireTracer       = (*tracer)(nil)
 	_ interface{ Value(any) any } = (*queryTrace)(nil)
 )
 

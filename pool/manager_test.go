@@ -1,0 +1,551 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/goleak"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+)
+
+// appConns counts the server sessions of one application_name.
+func appConns(t testing.TB, app string) int64 {
+	t.Helper()
+	n, err := cluster.QueryInt(ctxTimeout(t, 10*time.Second),
+		"SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestWarmupOpensMinConns(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MinConns, cfg.MaxConns = 3, 6
+	cfg.ApplicationName = "warmup-test"
+	h := newManager(t, cfg)
+	h.waitHealthy(t)
+	if !pgtest.WaitFor(10*time.Second, func() bool { return appConns(t, "warmup-test") == 3 }) {
+		t.Fatalf("pg_stat_activity shows %d sessions, want 3", appConns(t, "warmup-test"))
+	}
+	if !strings.Contains(h.log.String(), "Database connected") {
+		t.Fatalf("no connect log line:\n%s", h.log.String())
+	}
+
+	res, err := h.m.Warmup(ctxTimeout(t, 10*time.Second), 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Requested != 5 || res.Opened != 2 || res.Total != 5 {
+		t.Fatalf("warm-up result %+v, want 2 opened, 5 total", res)
+	}
+	if n := appConns(t, "warmup-test"); n != 5 {
+		t.Fatalf("pg_stat_activity shows %d sessions after Warmup(5), want 5", n)
+	}
+	if _, err := h.m.Warmup(context.Background(), 7); err == nil || !strings.Contains(err.Error(), "DB_MAX_CONNECTIONS (6)") {
+		t.Fatalf("Warmup above max: %v", err)
+	}
+	if got := h.metricValue(t, "pgsidecar_pool_connections", map[string]string{"state": "idle"}); got != 5 {
+		t.Fatalf("idle connections metric = %v, want 5", got)
+	}
+}
+
+func TestHistogramCountsEveryQuery(t *testing.T) {
+	h := newManager(t, testConfig(t))
+	ctx := ctxTimeout(t, 30*time.Second)
+	const n = 57
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			var v int
+			if err := h.m.Pool().QueryRow(ctx, "SELECT $1::int", i).Scan(&v); err != nil || v != i {
+				t.Errorf("query %d: %v %v", i, v, err)
+			}
+		})
+	}
+	wg.Wait()
+	if _, err := h.m.Pool().Exec(ctx, "INSERT INTO nosuchtable VALUES (1)"); err == nil {
+		t.Fatal("insert into a missing table succeeded")
+	}
+	if got := h.metricValue(t, "pgsidecar_query_duration_seconds", map[string]string{"operation": "select"}); got != n {
+		t.Fatalf("select histogram count = %v, want %d", got, n)
+	}
+	if got := h.metricValue(t, "pgsidecar_query_duration_seconds", map[string]string{"operation": "insert"}); got != 1 {
+		t.Fatalf("insert histogram count = %v, want 1", got)
+	}
+	if got := h.metricValue(t, "pgsidecar_query_errors_total", map[string]string{"operation": "insert", "sqlstate": "42P01"}); got != 1 {
+		t.Fatalf("42P01 error count = %v, want 1", got)
+	}
+	st := h.m.Stats()
+	if st.Queries.Count != n+1 || st.Queries.Errors != 1 || st.Queries.BySQLState["42P01"] != 1 {
+		t.Fatalf("stats %+v", st.Queries)
+	}
+	if st.Queries.P95 <= 0 || st.Queries.P50 > st.Queries.P95 || st.Queries.P95 > st.Queries.P99 {
+		t.Fatalf("quantiles not ordered: %+v", st.Queries)
+	}
+}
+
+func TestBatchAndCopyAreCounted(t *testing.T) {
+	h := newManager(t, testConfig(t))
+	ctx := ctxTimeout(t, 30*time.Second)
+	if _, err := h.m.Pool().Exec(ctx, "CREATE TABLE batch_t (id int primary key)"); err != nil {
+		t.Fatal(err)
+	}
+	stmts := make([]Statement, 20)
+	for i := range stmts {
+		stmts[i] = Statement{SQL: "INSERT INTO batch_t VALUES ($1)", Args: []any{i}}
+	}
+	tags, err := h.m.ExecPipeline(ctx, stmts)
+	if err != nil || len(tags) != 20 {
+		t.Fatalf("pipeline: %d tags, %v", len(tags), err)
+	}
+	rows := [][]any{{100}, {101}, {102}}
+	if _, err := h.m.Pool().CopyFrom(ctx, pgx.Identifier{"batch_t"}, []string{"id"}, pgx.CopyFromRows(rows)); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.metricValue(t, "pgsidecar_query_duration_seconds", map[string]string{"operation": "insert"}); got != 20 {
+		t.Fatalf("insert count = %v, want 20 (one per batched statement)", got)
+	}
+	if got := h.metricValue(t, "pgsidecar_query_duration_seconds", map[string]string{"operation": "copy"}); got != 1 {
+		t.Fatalf("copy count = %v, want 1", got)
+	}
+	// A failing statement in the middle stops the pipeline and reports the error.
+	tags, err = h.m.ExecPipeline(ctx, []Statement{{SQL: "INSERT INTO batch_t VALUES (500)"}, {SQL: "INSERT INTO batch_t VALUES (1)"}})
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "23505" || len(tags) != 1 {
+		t.Fatalf("pipeline with duplicate: tags=%d err=%v", len(tags), err)
+	}
+	n, _ := cluster.QueryInt(ctx, "SELECT count(*) FROM batch_t WHERE id = 500")
+	if n != 0 {
+		t.Fatal("the pipeline's implicit transaction did not roll back its first statement")
+	}
+}
+
+func TestSlowQueryIsLogged(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.SlowQueryThreshold = 50 * time.Millisecond
+	h := newManager(t, cfg)
+	ctx := ctxTimeout(t, 30*time.Second)
+	if _, err := h.m.Pool().Exec(ctx, "SELECT pg_sleep(0.1), $1::text", "argument-value-never-logged"); err != nil {
+		t.Fatal(err)
+	}
+	logs := h.log.String()
+	if !strings.Contains(logs, "Slow query detected") || !strings.Contains(logs, "operation=select") ||
+		!strings.Contains(logs, "pg_sleep(0.1)") {
+		t.Fatalf("no slow query line:\n%s", logs)
+	}
+	if strings.Contains(logs, "argument-value-never-logged") {
+		t.Fatal("slow query log contains an argument value")
+	}
+	if got := h.metricValue(t, "pgsidecar_slow_queries_total", nil); got != 1 {
+		t.Fatalf("slow query counter = %v, want 1", got)
+	}
+	sq := h.m.SlowQueries()
+	if len(sq) != 1 || sq[0].Operation != "select" || sq[0].Duration < 50*time.Millisecond {
+		t.Fatalf("slow query ring: %+v", sq)
+	}
+}
+
+func TestSerializationConflictIsRetriedAndBothCommit(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.RetryAttempts = 5
+	h := newManager(t, cfg)
+	ctx := ctxTimeout(t, 60*time.Second)
+	if _, err := h.m.Pool().Exec(ctx, "CREATE TABLE ser_t (k int primary key, v int); INSERT INTO ser_t VALUES (1, 0)"); err != nil {
+		t.Fatal(err)
+	}
+	// Both transactions read the row, then wait for each other before writing, so one of them
+	// must fail with 40001 on its first try.
+	var readers sync.WaitGroup
+	readers.Add(2)
+	var firstTry atomic.Int32
+	var calls atomic.Int32
+	tx := func() error {
+		return h.m.Transaction(ctx, func(ctx context.Context, tx pgx.Tx) error {
+			calls.Add(1)
+			var v int
+			if err := tx.QueryRow(ctx, "SELECT v FROM ser_t WHERE k = 1").Scan(&v); err != nil {
+				return err
+			}
+			if firstTry.Add(1) <= 2 {
+				readers.Done()
+				readers.Wait()
+			}
+			_, err := tx.Exec(ctx, "UPDATE ser_t SET v = $1 WHERE k = 1", v+1)
+			return err
+		}, TxOptions{IsoLevel: pgx.Serializable, Timeout: 20 * time.Second})
+	}
+	errs := make(chan error, 2)
+	go func() { errs <- tx() }()
+	go func() { errs <- tx() }()
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatalf("transaction failed: %v", err)
+		}
+	}
+	v, _ := cluster.QueryInt(ctx, "SELECT v FROM ser_t WHERE k = 1")
+	if v != 2 {
+		t.Fatalf("v = %d, want 2 (both increments committed)", v)
+	}
+	if calls.Load() < 3 {
+		t.Fatalf("fn ran %d times; a conflict must have caused a retry", calls.Load())
+	}
+	if got := h.metricValue(t, "pgsidecar_retries_total", nil); got < 1 {
+		t.Fatalf("retries_total = %v", got)
+	}
+	if got := h.metricValue(t, "pgsidecar_query_errors_total", map[string]string{"sqlstate": "40001"}); got < 1 {
+		t.Fatalf("no 40001 error counted")
+	}
+	if got := h.metricValue(t, "pgsidecar_transactions_total", map[string]string{"outcome": "commit"}); got != 2 {
+		t.Fatalf("commits = %v, want 2", got)
+	}
+}
+
+func TestUniqueViolationIsNotRetried(t *testing.T) {
+	h := newManager(t, testConfig(t))
+	ctx := ctxTimeout(t, 30*time.Second)
+	if _, err := h.m.Pool().Exec(ctx, "CREATE TABLE uniq_t (name text primary key)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.m.Pool().Exec(ctx, "INSERT INTO uniq_t VALUES ('coffee')"); err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	err := h.m.ExecuteWithRetry(ctx, func(ctx context.Context) error {
+		calls++
+		_, err := h.m.Pool().Exec(ctx, "INSERT INTO uniq_t VALUES ('coffee')")
+		return err
+	})
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "23505" {
+		t.Fatalf("want 23505, got %v", err)
+	}
+	var re *RetryError
+	if calls != 1 || !errors.As(err, &re) || re.Attempts != 1 || !strings.Contains(err.Error(), "after 1 attempt") {
+		t.Fatalf("unique violation ran %d times: %v", calls, err)
+	}
+	if got := h.metricValue(t, "pgsidecar_retries_total", nil); got != 0 {
+		t.Fatalf("retries_total = %v, want 0", got)
+	}
+}
+
+func TestExecuteWithRetryValueGivesUpAfterAttempts(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.RetryAttempts = 3
+	h := newManager(t, cfg)
+	ctx := ctxTimeout(t, 30*time.Second)
+	calls := 0
+	_, err := ExecuteWithRetryValue(ctx, h.m, func(ctx context.Context) (int, error) {
+		calls++
+		// A real deadlock error from the server, raised on purpose.
+		_, err := h.m.Pool().Exec(ctx, "DO $$ BEGIN RAISE EXCEPTION 'forced' USING ERRCODE = '40P01'; END $$")
+		return 0, err
+	})
+	var re *RetryError
+	if calls != 3 || !errors.As(err, &re) || re.Attempts != 3 {
+		t.Fatalf("calls=%d err=%v", calls, err)
+	}
+	v, err := ExecuteWithRetryValue(ctx, h.m, func(ctx context.Context) (int, error) {
+		var n int
+		err := h.m.Pool().QueryRow(ctx, "SELECT 42").Scan(&n)
+		return n, err
+	})
+	if err != nil || v != 42 {
+		t.Fatalf("value form: %v %v", v, err)
+	}
+	// Cancellation stops retrying at once.
+	cctx, cancel := context.WithCancel(ctx)
+	calls = 0
+	err = h.m.ExecuteWithRetry(cctx, func(ctx context.Context) error {
+		calls++
+		cancel()
+		return &pgconn.PgError{Code: "40001"}
+	})
+	if calls != 1 || !errors.Is(err, context.Canceled) && !strings.Contains(err.Error(), "40001") {
+		t.Fatalf("after cancel: calls=%d err=%v", calls, err)
+	}
+}
+
+func TestTransactionRollsBackOnErrorAndPanic(t *testing.T) {
+	h := newManager(t, testConfig(t))
+	ctx := ctxTimeout(t, 30*time.Second)
+	if _, err := h.m.Pool().Exec(ctx, "CREATE TABLE tx_t (id int)"); err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("app says no")
+	err := h.m.Transaction(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "INSERT INTO tx_t VALUES (1)"); err != nil {
+			return err
+		}
+		return boom
+	}, TxOptions{})
+	if !errors.Is(err, boom) {
+		t.Fatalf("want app error, got %v", err)
+	}
+	func() {
+		defer func() {
+			if r := recover(); r != "kaboom" {
+				t.Fatalf("panic not re-raised: %v", r)
+			}
+		}()
+		_ = h.m.Transaction(ctx, func(ctx context.Context, tx pgx.Tx) error {
+			_, _ = tx.Exec(ctx, "INSERT INTO tx_t VALUES (2)")
+			panic("kaboom")
+		}, TxOptions{})
+	}()
+	if n, _ := cluster.QueryInt(ctx, "SELECT count(*) FROM tx_t"); n != 0 {
+		t.Fatalf("%d rows survived rollbacks", n)
+	}
+	err = h.m.Transaction(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, "INSERT INTO tx_t VALUES (3)")
+		return err
+	}, TxOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := cluster.QueryInt(ctx, "SELECT count(*) FROM tx_t"); n != 1 {
+		t.Fatalf("commit: %d rows", n)
+	}
+	if got := h.metricValue(t, "pgsidecar_transactions_total", map[string]string{"outcome": "rollback"}); got != 2 {
+		t.Fatalf("rollbacks = %v, want 2", got)
+	}
+	// The connection went back to the pool clean.
+	if st := h.m.Stats(); st.UsedConns != 0 {
+		t.Fatalf("%d connections still in use", st.UsedConns)
+	}
+}
+
+func TestTransactionTimeoutAndMaxWait(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MaxConns, cfg.MinConns, cfg.RetryAttempts = 1, 1, 1
+	h := newManager(t, cfg)
+	ctx := ctxTimeout(t, 30*time.Second)
+	err := h.m.Transaction(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, "SELECT pg_sleep(10)")
+		return err
+	}, TxOptions{Timeout: 200 * time.Millisecond})
+	if !errors.Is(err, ErrTxTimeout) {
+		t.Fatalf("want ErrTxTimeout, got %v", err)
+	}
+	// Hold the only connection, then ask for another with a short MaxWait.
+	held, err := h.m.Pool().Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = h.m.Transaction(ctx, func(context.Context, pgx.Tx) error { return nil }, TxOptions{MaxWait: 100 * time.Millisecond})
+	held.Release()
+	if !errors.Is(err, ErrAcquireTimeout) || !strings.Contains(err.Error(), "100ms") {
+		t.Fatalf("want ErrAcquireTimeout, got %v", err)
+	}
+	if got := h.metricValue(t, "pgsidecar_pool_acquire_timeouts_total", nil); got != 1 {
+		t.Fatalf("acquire timeouts = %v, want 1", got)
+	}
+	// The pool still works.
+	if err := h.m.Transaction(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, "SELECT 1")
+		return err
+	}, TxOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBatchExecuteOrderAndCancel(t *testing.T) {
+	h := newManager(t, testConfig(t))
+	ctx := ctxTimeout(t, 30*time.Second)
+	ops := make([]func(context.Context) (int, error), 25)
+	var running, peak atomic.Int32
+	for i := range ops {
+		ops[i] = func(ctx context.Context) (int, error) {
+			cur := running.Add(1)
+			defer running.Add(-1)
+			for {
+				p := peak.Load()
+				if cur <= p || peak.CompareAndSwap(p, cur) {
+					break
+				}
+			}
+			var v int
+			err := h.m.Pool().QueryRow(ctx, "SELECT $1::int * 2 FROM pg_sleep(0.01)", i).Scan(&v)
+			if i == 7 {
+				return v, fmt.Errorf("op 7 fails")
+			}
+			return v, err
+		}
+	}
+	res := BatchExecute(ctx, h.m, ops, 10)
+	for i, r := range res {
+		if i == 7 {
+			if r.Err == nil {
+				t.Fatal("op 7 error lost")
+			}
+			continue
+		}
+		if r.Err != nil || r.Value != 2*i {
+			t.Fatalf("result %d = %+v", i, r)
+		}
+	}
+	if p := peak.Load(); p > 4 {
+		t.Fatalf("peak concurrency %d exceeds the pool size 4", p)
+	}
+	// After cancellation nothing else starts.
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var started atomic.Int32
+	for i := range ops {
+		ops[i] = func(context.Context) (int, error) {
+			if started.Add(1) == 2 {
+				cancel()
+			}
+			return i, nil
+		}
+	}
+	res = BatchExecute(cctx, h.m, ops, 2)
+	if started.Load() != 2 {
+		t.Fatalf("%d ops started after cancel in the first chunk", started.Load())
+	}
+	for _, r := range res[2:] {
+		if !errors.Is(r.Err, context.Canceled) {
+			t.Fatalf("unscheduled op: %+v", r)
+		}
+	}
+}
+
+func TestNewReturnsAtOnceWhenDatabaseIsDown(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.DatabaseURL = "postgres://postgres:pw@127.0.0.1:1/postgres?sslmode=disable"
+	cfg.ConnectTimeout = time.Second
+	h := newManager(t, cfg)
+	if st := h.m.Health().Status; st == StatusHealthy {
+		t.Fatalf("status %s with no server", st)
+	}
+	if !pgtest.WaitFor(10*time.Second, func() bool { return h.log.count("Database connection failed") >= 2 }) {
+		t.Fatalf("no retried connection attempts logged:\n%s", h.log.String())
+	}
+	logs := h.log.String()
+	if !strings.Contains(logs, "next_attempt_in=") || strings.Contains(logs, ":pw@") {
+		t.Fatalf("connect failure log missing delay or leaking password:\n%s", logs)
+	}
+	if h.m.Health().Status != StatusUnhealthy || h.metricValue(t, "pgsidecar_health_check_up", nil) != 0 {
+		t.Fatalf("health %+v", h.m.Health())
+	}
+}
+
+func TestHealthLoopSeesStopAndRecovers(t *testing.T) {
+	cluster.RequireControl(t)
+	cfg := testConfig(t)
+	cfg.HealthCheckInterval = time.Hour // only query errors and recovery checks drive it
+	h := newManager(t, cfg)
+	h.waitHealthy(t)
+	ctx := ctxTimeout(t, 120*time.Second)
+	if err := cluster.Stop("immediate"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cluster.StartAgain() })
+	// A query sees the lost connection; the pool turns unhealthy without waiting for a tick.
+	_, err := h.m.Pool().Exec(ctx, "SELECT 1")
+	if err == nil {
+		t.Fatal("query succeeded with the server stopped")
+	}
+	if !pgtest.WaitFor(5*time.Second, func() bool { return h.m.Health().Status == StatusUnhealthy }) {
+		t.Fatalf("still %s after a connection error", h.m.Health().Status)
+	}
+	if !pgtest.WaitFor(5*time.Second, func() bool { return strings.Contains(h.log.String(), "Database health check") }) {
+		t.Fatal("no health check log line")
+	}
+	if err := cluster.StartAgain(); err != nil {
+		t.Fatal(err)
+	}
+	if !pgtest.WaitFor(30*time.Second, func() bool { return h.m.Health().Status == StatusHealthy }) {
+		t.Fatalf("pool did not recover: %+v\n%s", h.m.Health(), h.log.String())
+	}
+	if _, err := h.m.Pool().Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatalf("query after recovery: %v", err)
+	}
+	if got := h.metricValue(t, "pgsidecar_reconnects_total", nil); got != 1 {
+		t.Fatalf("reconnects = %v, want 1", got)
+	}
+	if got := h.metricValue(t, "pgsidecar_health_check_failures_total", nil); got < 1 {
+		t.Fatalf("health failures = %v", got)
+	}
+	if !strings.Contains(h.log.String(), "Database reconnected") {
+		t.Fatal("no reconnect log line")
+	}
+}
+
+func TestRetryRidesOutARestart(t *testing.T) {
+	cluster.RequireControl(t)
+	cfg := testConfig(t)
+	cfg.RetryAttempts = 40
+	cfg.RetryDelay = 50 * time.Millisecond
+	cfg.RetryMaxDelay = 200 * time.Millisecond
+	h := newManager(t, cfg)
+	h.waitHealthy(t)
+	ctx := ctxTimeout(t, 120*time.Second)
+	if err := cluster.Stop("fast"); err != nil {
+		t.Fatal(err)
+	}
+	restarted := make(chan error, 1)
+	go func() {
+		// Start again once the retry loop has certainly seen failures.
+		pgtest.WaitFor(20*time.Second, func() bool { return h.metricValue(t, "pgsidecar_retries_total", nil) >= 2 })
+		restarted <- cluster.StartAgain()
+	}()
+	var v int
+	err := h.m.ExecuteWithRetry(ctx, func(ctx context.Context) error {
+		return h.m.Pool().QueryRow(ctx, "SELECT 7").Scan(&v)
+	})
+	if rerr := <-restarted; rerr != nil {
+		t.Fatal(rerr)
+	}
+	if err != nil || v != 7 {
+		t.Fatalf("retry across restart: v=%d err=%v", v, err)
+	}
+}
+
+func TestCloseLeavesNoGoroutines(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	h := newManager(t, testConfig(t))
+	h.waitHealthy(t)
+	if _, err := h.m.Pool().Exec(ctxTimeout(t, 10*time.Second), "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	mon, err := h.m.NewMonitorPool(MonitorOptions{StatementTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var app string
+	if err := mon.QueryRow(ctxTimeout(t, 10*time.Second), "SELECT current_setting('application_name')").Scan(&app); err != nil || app != "pgsidecar-collector" {
+		t.Fatalf("monitor pool application_name %q: %v", app, err)
+	}
+	h.m.Close()
+	h.m.Close() // idempotent
+	if n := h.metricValue(t, "pgsidecar_query_duration_seconds", nil); n != 0 {
+		t.Fatalf("metrics still registered after Close (%v samples)", n)
+	}
+}
+
+func TestTwoPoolsShareARegistry(t *testing.T) {
+	a := newManager(t, testConfig(t))
+	cfg := testConfig(t)
+	cfg.Name = "second"
+	m2, err := New(cfg, WithRegisterer(a.reg), WithLogger(discardLogger()))
+	if err != nil {
+		t.Fatalf("second pool on the same registry: %v", err)
+	}
+	defer m2.Close()
+	if _, err := m2.Pool().Exec(ctxTimeout(t, 10*time.Second), "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.metricValue(t, "pgsidecar_query_duration_seconds", map[string]string{"pool": "second"}); got != 1 {
+		t.Fatalf("second pool's queries = %v", got)
+	}
+}
