@@ -1,0 +1,73 @@
+package pool
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// BenchmarkSelect1 compares the instrumented pool with a plain pgxpool of the same size on
+// SELECT 1, from 1 and 8 goroutines. Compare the two with benchstat (see BENCHMARKS.md).
+func BenchmarkSelect1(b *testing.B) {
+	for _, kind := range []string{"plain", "instrumented"} {
+		for _, g := range []int{1, 8} {
+			b.Run(fmt.Sprintf("pool=%s/goroutines=%d", kind, g), func(b *testing.B) {
+				p := benchPool(b, kind)
+				ctx := context.Background()
+				// Warm every connection so the loop measures queries, not connects.
+				for range 3 {
+					if _, err := p.Exec(ctx, "SELECT 1"); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportAllocs()
+				b.ResetTimer()
+				var wg sync.WaitGroup
+				per := b.N / g
+				for w := range g {
+					n := per
+					if w == 0 {
+						n += b.N % g
+					}
+					wg.Go(func() {
+						var v int
+						for range n {
+							if err := p.QueryRow(ctx, "SELECT 1").Scan(&v); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					})
+				}
+				wg.Wait()
+			})
+		}
+	}
+}
+
+func benchPool(b *testing.B, kind string) *pgxpool.Pool {
+	cfg := testConfig(b)
+	cfg.MaxConns, cfg.MinConns = 8, 8
+	if kind == "instrumented" {
+		m, err := New(cfg, WithLogger(discardLogger()), WithRegisterer(prometheus.NewRegistry()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(m.Close)
+		return m.Pool()
+	}
+	pc, err := cfg.pgxConfig()
+	if err != nil {
+		b.Fatal(err)
+	}
+	p, err := pgxpool.NewWithConfig(context.Background(), pc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(p.Close)
+	return p
+}
