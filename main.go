@@ -124,7 +124,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	k, a := newApp(stdout, stderr)
-	if _, err := k.Parse(args); err != nil {
+	// --help and --version end the program through kingpin's terminate hook; keep the exit code
+	// instead of exiting so run stays testable.
+	exitCode := -1
+	k.Terminate(func(code int) {
+		if exitCode < 0 {
+			exitCode = code
+		}
+	})
+	_, err := k.Parse(args)
+	if exitCode >= 0 {
+		return exitCode
+	}
+	if err != nil {
 		fmt.Fprintf(stderr, "pgsidecar: %s\n", pool.Scrub(err.Error(), os.Getenv("DATABASE_URL")))
 		return 2
 	}

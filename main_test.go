@@ -1,0 +1,231 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+)
+
+var cluster *pgtest.Cluster
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &cluster, pgtest.Options{})) }
+
+// syncBuffer is a bytes.Buffer safe for the logger's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// clearPoolEnv keeps the developer's environment out of config tests.
+func clearPoolEnv(t *testing.T) {
+	for _, k := range []string{"DATABASE_URL", "DB_MAX_CONNECTIONS", "DB_MIN_CONNECTIONS", "DB_CONNECTION_TIMEOUT",
+		"DB_IDLE_TIMEOUT", "DB_MAX_LIFETIME", "DB_RETRY_ATTEMPTS", "DB_RETRY_DELAY", "PGHOST", "PGDATABASE", "PGPASSWORD"} {
+		t.Setenv(k, "")
+		os.Unsetenv(k)
+	}
+}
+
+func TestBadConfigExitsNonZeroNamingTheSetting(t *testing.T) {
+	cases := []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{nil, map[string]string{"DATABASE_URL": "postgres://h/db", "DB_MIN_CONNECTIONS": "10", "DB_MAX_CONNECTIONS": "5"},
+			"DB_MIN_CONNECTIONS (10) must not exceed DB_MAX_CONNECTIONS (5)"},
+		{[]string{"--database-url=postgres://h/db", "--db.connection-timeout=soon"}, nil, "DB_CONNECTION_TIMEOUT"},
+		{[]string{"--database-url=postgres://u:topsecret1@h/db?sslmode=maybe"}, nil, "sslmode is invalid"},
+		{nil, nil, "DATABASE_URL is not set"},
+		{[]string{"--database-url=postgres://h/db", "--no-such-flag"}, nil, "unknown long flag '--no-such-flag'"},
+		{[]string{"--env-file=/nonexistent/.env"}, nil, "--env-file"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.want, func(t *testing.T) {
+			clearPoolEnv(t)
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			var out, errOut syncBuffer
+			code := run(context.Background(), tc.args, &out, &errOut)
+			if code == 0 {
+				t.Fatalf("exit code 0 for bad config %v", tc)
+			}
+			if !strings.Contains(errOut.String(), tc.want) {
+				t.Fatalf("stderr %q does not name %q", errOut.String(), tc.want)
+			}
+			if strings.Contains(errOut.String(), "topsecret1") {
+				t.Fatalf("stderr leaks the password: %s", errOut.String())
+			}
+		})
+	}
+}
+
+func TestHelpAndVersion(t *testing.T) {
+	var out, errOut syncBuffer
+	if code := run(context.Background(), []string{"--help"}, &out, &errOut); code != 0 {
+		t.Fatalf("--help exit %d: %s", code, errOut.String())
+	}
+	for _, want := range []string{"DB_MAX_CONNECTIONS", "--db.retry-delay", "--web.listen-address", "--env-file", "--log.level"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--help lacks %s", want)
+		}
+	}
+	out, errOut = syncBuffer{}, syncBuffer{}
+	if code := run(context.Background(), []string{"--version"}, &out, &errOut); code != 0 ||
+		!strings.Contains(out.String()+errOut.String(), "pgsidecar") {
+		t.Fatalf("--version exit %d: %q %q", code, out.String(), errOut.String())
+	}
+}
+
+func TestEnvFile(t *testing.T) {
+	clearPoolEnv(t)
+	dir := t.TempDir()
+	f := filepath.Join(dir, ".env")
+	content := "# Database Pool Configuration\nDB_MAX_CONNECTIONS=30          # Maximum connections in pool\n" +
+		"DB_MIN_CONNECTIONS=40\nexport DATABASE_URL=\"postgres://h/db\"\n\n"
+	if err := os.WriteFile(f, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut syncBuffer
+	code := run(context.Background(), []string{"--env-file", f}, &out, &errOut)
+	if code != 2 || !strings.Contains(errOut.String(), "DB_MIN_CONNECTIONS (40) must not exceed DB_MAX_CONNECTIONS (30)") {
+		t.Fatalf("env file not applied: exit %d, %s", code, errOut.String())
+	}
+	if err := os.WriteFile(f, []byte("NOT A LINE\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code = run(context.Background(), []string{"--env-file=" + f}, &out, &errOut)
+	if code != 2 || !strings.Contains(errOut.String(), ".env:1: expected KEY=VALUE") {
+		t.Fatalf("bad env file: exit %d, %s", code, errOut.String())
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// startSidecar runs the binary's run function and returns its address and a stop function that
+// returns the exit code.
+func startSidecar(t *testing.T, args ...string) (addr string, logs *syncBuffer, stop func() int) {
+	t.Helper()
+	addr = freeAddr(t)
+	logs = &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, append([]string{"--web.listen-address=" + addr, "--db.metrics-log-interval=0"}, args...), io.Discard, logs)
+	}()
+	if !pgtest.WaitFor(20*time.Second, func() bool {
+		r, err := http.Get("http://" + addr + "/")
+		if err == nil {
+			r.Body.Close()
+		}
+		return err == nil
+	}) {
+		cancel()
+		t.Fatalf("sidecar did not listen; logs:\n%s", logs.String())
+	}
+	var once sync.Once
+	code := -1
+	stop = func() int {
+		once.Do(func() {
+			cancel()
+			select {
+			case code = <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatal("sidecar did not shut down")
+			}
+		})
+		return code
+	}
+	t.Cleanup(func() { stop() })
+	return addr, logs, stop
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	c := &http.Client{Timeout: 15 * time.Second}
+	r, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	return r.StatusCode, string(b)
+}
+
+func TestServesMetricsWhileDatabaseIsDown(t *testing.T) {
+	clearPoolEnv(t)
+	addr, logs, stop := startSidecar(t, "--database-url=postgres://app:hidden-pw-1@127.0.0.1:1/pos?sslmode=disable",
+		"--db.connection-timeout=500ms")
+	code, body := get(t, "http://"+addr+"/metrics")
+	if code != 200 {
+		t.Fatalf("/metrics: %d", code)
+	}
+	for _, want := range []string{`pgsidecar_health_check_up{pool="default"} 0`, `pgsidecar_pool_max_connections{pool="default"} 20`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if code, body := get(t, "http://"+addr+"/"); code != 200 || !strings.Contains(body, "/metrics") {
+		t.Fatalf("landing page: %d", code)
+	}
+	if c := stop(); c != 0 {
+		t.Fatalf("exit code %d after SIGTERM-like stop", c)
+	}
+	if strings.Contains(logs.String(), "hidden-pw-1") || strings.Contains(body, "hidden-pw-1") {
+		t.Fatal("password leaked into logs or metrics")
+	}
+	if !strings.Contains(logs.String(), "Database connection failed") || !strings.Contains(logs.String(), "Shutting down") {
+		t.Fatalf("logs do not tell the story:\n%s", logs.String())
+	}
+}
+
+func TestMetricsOfALiveSidecar(t *testing.T) {
+	clearPoolEnv(t)
+	addr, _, stop := startSidecar(t, "--database-url="+cluster.URL(""), "--db.min-connections=2")
+	if !pgtest.WaitFor(20*time.Second, func() bool {
+		_, body := get(t, "http://"+addr+"/metrics")
+		return strings.Contains(body, `pgsidecar_health_check_up{pool="default"} 1`)
+	}) {
+		t.Fatal("sidecar never reported healthy")
+	}
+	_, body := get(t, "http://"+addr+"/metrics")
+	for _, want := range []string{"pgsidecar_pool_connections{pool=\"default\",state=\"idle\"}", "go_goroutines", "pgsidecar_build_info",
+		fmt.Sprintf("pgsidecar_pool_min_connections{pool=%q} 2", "default")} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if c := stop(); c != 0 {
+		t.Fatalf("exit code %d", c)
+	}
+}
