@@ -107,8 +107,12 @@ func Start(opts Options) (*Cluster, error) {
 	return c, nil
 }
 
+// URLEnv is set by Main to the cluster's superuser URL, for code that cannot reach the package's
+// cluster variable (godoc examples in an external test package).
+const URLEnv = "PGTEST_DATABASE_URL"
+
 // Main runs a test package's tests against one cluster and removes it afterwards, also when tests
-// fail. Use it from TestMain: os.Exit(pgtest.Main(m, &cluster)).
+// fail. Use it from TestMain: os.Exit(pgtest.Main(m, &cluster, pgtest.Options{})).
 func Main(m *testing.M, out **Cluster, opts Options) int {
 	c, err := Start(opts)
 	if err != nil {
@@ -116,6 +120,7 @@ func Main(m *testing.M, out **Cluster, opts Options) int {
 		return 1
 	}
 	*out = c
+	os.Setenv(URLEnv, c.URL(""))
 	defer c.Close()
 	return m.Run()
 }
