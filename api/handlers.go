@@ -1,0 +1,234 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+// The seed's alert thresholds.
+const (
+	maxErrorRate       = 0.05
+	maxAverageLatency  = 500 * time.Millisecond
+	maxUtilization     = 0.80
+	maxWarmupBodyBytes = 4 << 10
+)
+
+func (h *Handler) metrics(w http.ResponseWriter, _ *http.Request) {
+	s := h.mgr.Stats()
+	writeJSON(w, http.StatusOK, MetricsResponse{
+		Timestamp: time.Now().UTC(),
+		Status:    s.Health.Status,
+		Pool:      poolStats(s),
+		Queries: QuerySummary{
+			Total:            s.Queries.Count,
+			Errors:           s.Queries.Errors,
+			ErrorRate:        ratio(s.Queries.ErrorRate),
+			AverageLatencyMs: ms(s.Queries.Average),
+			P95LatencyMs:     ms(s.Queries.P95),
+			SlowQueries:      s.SlowQueries,
+			ByOperation:      s.Queries.ByOperation,
+		},
+		Retries:            s.Retries,
+		Acquires:           s.AcquireCount,
+		EmptyAcquires:      s.EmptyAcquireCount,
+		AcquireWaitSeconds: secs(s.AcquireWait),
+		ConnectionsOpened:  s.ConnectionsOpened,
+		UptimeSeconds:      secs(s.Uptime),
+	})
+}
+
+// serving reports whether the pool can take queries: healthy or degraded.
+func serving(st pool.Status) bool {
+	return st == pool.StatusHealthy || st == pool.StatusDegraded
+}
+
+func (h *Handler) healthResponse() HealthResponse {
+	s := h.mgr.Stats()
+	hr := HealthResponse{
+		Timestamp:           time.Now().UTC(),
+		Status:              s.Health.Status,
+		LatencyMs:           ms(s.Health.Latency),
+		ConsecutiveFailures: s.Health.ConsecutiveFailures,
+		TotalFailures:       s.Health.TotalFailures,
+		LastError:           optString(s.Health.LastError),
+		UptimeSeconds:       secs(s.Uptime),
+	}
+	if !s.Health.LastCheck.IsZero() {
+		t := s.Health.LastCheck.UTC()
+		hr.LastCheck = &t
+	}
+	return hr
+}
+
+// health answers 200 while the pool serves queries (healthy or degraded) and 503 otherwise
+// (unhealthy, or still connecting for the first time).
+func (h *Handler) health(w http.ResponseWriter, _ *http.Request) {
+	hr := h.healthResponse()
+	code := http.StatusOK
+	if !serving(hr.Status) {
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, hr)
+}
+
+// healthz is the liveness probe: the process answers HTTP. It never touches the database, so
+// a database outage never gets the sidecar restarted.
+func (h *Handler) healthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, struct {
+		Status        string  `json:"status"`
+		UptimeSeconds float64 `json:"uptimeSeconds"`
+	}{"alive", secs(h.mgr.Stats().Uptime)})
+}
+
+// readyz is the readiness probe: 503 until the pool has connected and while it is unhealthy.
+// It reads the last health check rather than querying, so probes add no load.
+func (h *Handler) readyz(w http.ResponseWriter, r *http.Request) {
+	h.health(w, r)
+}
+
+func (h *Handler) performance(w http.ResponseWriter, _ *http.Request) {
+	s := h.mgr.Stats()
+	resp := PerformanceResponse{
+		Timestamp: time.Now().UTC(),
+		Status:    s.Health.Status,
+		Queries: QueryCounts{Total: s.Queries.Count, Errors: s.Queries.Errors,
+			ErrorRate: ratio(s.Queries.ErrorRate), Slow: s.SlowQueries},
+		Latency:          latency(s.Queries),
+		ErrorsBySQLState: s.Queries.BySQLState,
+		SlowQueries:      h.slowQueries(0),
+	}
+	var snap *registrySnapshot
+	if serving(s.Health.Status) {
+		snap = h.gather()
+	}
+	if snap != nil {
+		resp.TopStatements = snap.topStatements(10)
+	}
+	resp.Findings = findings(s, snap)
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// findings checks the snapshot against the seed's alert thresholds.
+func findings(s pool.Stats, snap *registrySnapshot) []Finding {
+	f := []Finding{
+		check("errorRate", s.Queries.ErrorRate, maxErrorRate, s.Queries.ErrorRate > maxErrorRate,
+			fmt.Sprintf("%.2f%% of queries failed (threshold 5%%)", s.Queries.ErrorRate*100),
+			"Look at errorsBySqlState: check constraints and application logic, and the PostgreSQL log."),
+		check("averageLatency", ms(s.Queries.Average), ms(maxAverageLatency), s.Queries.Average > maxAverageLatency,
+			fmt.Sprintf("average query latency is %.1f ms (threshold 500 ms)", float64(s.Queries.Average)/float64(time.Millisecond)),
+			"Look at the slow queries and top statements: add indexes, check plans with EXPLAIN ANALYZE, cache results."),
+		check("poolUtilization", ratio(s.Utilisation), maxUtilization, s.Utilisation > maxUtilization,
+			fmt.Sprintf("%d of %d pool connections in use (threshold 80%%)", s.UsedConns, s.MaxConns),
+			"Raise DB_MAX_CONNECTIONS if the server allows it, or shorten long-running queries and transactions."),
+	}
+	failing := !serving(s.Health.Status)
+	hc := check("health", float64(s.Health.ConsecutiveFailures), 0, failing,
+		fmt.Sprintf("pool is %s", s.Health.Status),
+		"Check that PostgreSQL is up and reachable, DATABASE_URL and credentials, and lastError of /api/database/health.")
+	if failing {
+		hc.Severity = "critical"
+	}
+	f = append(f, hc)
+	if snap != nil {
+		if u, ok := snap.value("pg_server_connection_utilization_ratio", nil); ok {
+			f = append(f, check("serverConnectionUtilization", ratio(u), maxUtilization, u > maxUtilization,
+				fmt.Sprintf("%.0f%% of the server's max_connections in use (threshold 80%%)", u*100),
+				"Lower DB_MAX_CONNECTIONS of the pools sharing this server, or raise max_connections."))
+		}
+	}
+	return f
+}
+
+func check(name string, value, threshold float64, triggered bool, msg, advice string) Finding {
+	f := Finding{Check: name, Value: round3(value), Threshold: threshold, Triggered: triggered, Severity: "ok", Message: msg}
+	if triggered {
+		f.Severity = "warning"
+		f.Recommendation = advice
+	}
+	return f
+}
+
+// detailedMetrics answers from the collectors' latest figures. While the pool is unhealthy it
+// answers 503 without gathering, so a dead server does not make callers wait for collector
+// timeouts.
+func (h *Handler) detailedMetrics(w http.ResponseWriter, _ *http.Request) {
+	st := h.mgr.Health()
+	if !serving(st.Status) {
+		msg := "database unavailable (pool " + string(st.Status) + ")"
+		if st.LastError != "" {
+			msg += ": " + st.LastError
+		}
+		writeError(w, http.StatusServiceUnavailable, msg)
+		return
+	}
+	resp := DetailedMetricsResponse{Timestamp: time.Now().UTC(), CurrentDatabase: h.database()}
+	if snap := h.gather(); snap != nil {
+		snap.fillDetailed(&resp)
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// database is the name of the pool's database, from its connection settings.
+func (h *Handler) database() string {
+	return h.mgr.Pool().Config().ConnConfig.Database
+}
+
+// warmup opens connections: the body's (or query's) "connections", default the pool minimum.
+func (h *Handler) warmup(w http.ResponseWriter, r *http.Request) {
+	cfg := h.mgr.Config()
+	n := int(cfg.MinConns)
+	if v := r.URL.Query().Get("connections"); v != "" {
+		i, err := strconv.Atoi(v)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "connections ("+strconv.Quote(v)+") must be a whole number")
+			return
+		}
+		n = i
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxWarmupBodyBytes))
+	if err != nil {
+		writeError(w, http.StatusRequestEntityTooLarge, "request body larger than 4 KiB")
+		return
+	}
+	if len(body) > 0 {
+		var req struct {
+			Connections *int `json:"connections"`
+		}
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			writeError(w, http.StatusBadRequest, "body must be JSON like {\"connections\": 5}: "+err.Error())
+			return
+		}
+		if req.Connections != nil {
+			n = *req.Connections
+		}
+	}
+	if n < 1 || n > int(cfg.MaxConns) {
+		writeError(w, http.StatusBadRequest,
+			fmt.Sprintf("connections (%d) must be between 1 and DB_MAX_CONNECTIONS (%d)", n, cfg.MaxConns))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), cfg.ConnectTimeout)
+	defer cancel()
+	res, err := h.mgr.Warmup(ctx, n)
+	resp := WarmupResponse{Requested: res.Requested, Opened: res.Opened, TotalConnections: res.Total,
+		DurationMs: ms(res.Duration)}
+	if err != nil {
+		resp.Requested = n
+		resp.Error = pool.Scrub(err.Error(), cfg.DatabaseURL)
+		h.log.Warn("Database warm-up failed", "requested", n, "opened", res.Opened, "error", resp.Error)
+		writeJSON(w, http.StatusServiceUnavailable, resp)
+		return
+	}
+	h.log.Info("Database warm-up", "requested", n, "opened", res.Opened, "total", res.Total, "duration", res.Duration)
+	writeJSON(w, http.StatusOK, resp)
+}
