@@ -2,13 +2,19 @@ GO        ?= go
 BIN       ?= bin/pgsidecar
 PKGS      ?= ./...
 BENCHTIME ?= 2s
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS   := -s -w \
+	-X github.com/prometheus/common/version.Version=$(VERSION) \
+	-X github.com/prometheus/common/version.Revision=$(REVISION) \
+	-X github.com/prometheus/common/version.Branch=main
 
 .PHONY: all build test lint demo bench deps fmt
 
 all: build
 
 build:
-	$(GO) build -o $(BIN) .
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) .
 
 deps:
 	./scripts/deps.sh
@@ -26,7 +32,7 @@ fmt:
 	gofmt -w $$(git ls-files '*.go')
 
 demo: deps build
-	./scripts/demo.sh
+	$(GO) run ./examples/demo $(DEMO_ARGS)
 
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -count 6 ./pool/ | tee bench-pool.txt
