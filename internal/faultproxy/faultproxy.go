@@ -1,0 +1,154 @@
+// Package faultproxy is a small TCP relay for fault tests: it sits between a client and a
+// server on loopback and can add latency, black-hole traffic (accept and read, forward nothing)
+// or reset every connection, to show how the client behaves on a stalled or broken network.
+package faultproxy
+
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Mode is what the proxy does to traffic.
+type Mode int32
+
+// Modes.
+const (
+	Pass      Mode = iota // forward as is
+	BlackHole             // swallow bytes in both directions; connections stay open
+	Refuse                // reset new connections at once (existing ones are reset too)
+)
+
+// Proxy relays TCP connections from a loopback listener to a target address.
+type Proxy struct {
+	l       net.Listener
+	target  string
+	mode    atomic.Int32
+	latency atomic.Int64 // added before forwarding each chunk, in nanoseconds
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+	wg    sync.WaitGroup
+}
+
+// Start listens on a free loopback port and relays to target.
+func Start(target string) (*Proxy, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{l: l, target: target, conns: map[net.Conn]struct{}{}}
+	p.wg.Add(1)
+	go p.accept()
+	return p, nil
+}
+
+// Addr is the proxy's listening address (host:port).
+func (p *Proxy) Addr() string { return p.l.Addr().String() }
+
+// Port is the proxy's listening port.
+func (p *Proxy) Port() int { return p.l.Addr().(*net.TCPAddr).Port }
+
+// SetMode changes the behaviour for all connections, existing and new. Refuse resets the
+// existing connections.
+func (p *Proxy) SetMode(m Mode) {
+	p.mode.Store(int32(m))
+	if m == Refuse {
+		p.resetAll()
+	}
+}
+
+// SetLatency delays every forwarded chunk by d.
+func (p *Proxy) SetLatency(d time.Duration) { p.latency.Store(int64(d)) }
+
+// resetAll closes every relayed connection abruptly (TCP RST where the OS allows).
+func (p *Proxy) resetAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0)
+		}
+		_ = c.Close()
+	}
+}
+
+// Close stops listening, closes all connections and waits for the relay goroutines.
+func (p *Proxy) Close() error {
+	err := p.l.Close()
+	p.resetAll()
+	p.wg.Wait()
+	return err
+}
+
+func (p *Proxy) accept() {
+	defer p.wg.Done()
+	for {
+		c, err := p.l.Accept()
+		if err != nil {
+			return
+		}
+		if Mode(p.mode.Load()) == Refuse {
+			if tc, ok := c.(*net.TCPConn); ok {
+				_ = tc.SetLinger(0)
+			}
+			_ = c.Close()
+			continue
+		}
+		p.wg.Add(1)
+		go p.relay(c)
+	}
+}
+
+func (p *Proxy) track(c net.Conn, add bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if add {
+		p.conns[c] = struct{}{}
+	} else {
+		delete(p.conns, c)
+	}
+}
+
+func (p *Proxy) relay(client net.Conn) {
+	defer p.wg.Done()
+	server, err := net.DialTimeout("tcp", p.target, 5*time.Second)
+	if err != nil {
+		_ = client.Close()
+		return
+	}
+	p.track(client, true)
+	p.track(server, true)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); p.pipe(server, client) }()
+	go func() { defer wg.Done(); p.pipe(client, server) }()
+	wg.Wait()
+	p.track(client, false)
+	p.track(server, false)
+}
+
+// pipe copies src to dst chunk by chunk, applying the current mode and latency; it closes both
+// ends when either side ends so the other pipe stops too.
+func (p *Proxy) pipe(dst, src net.Conn) {
+	defer dst.Close()
+	defer src.Close()
+	buf := make([]byte, 32*1024)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if d := time.Duration(p.latency.Load()); d > 0 {
+				time.Sleep(d)
+			}
+			if Mode(p.mode.Load()) != BlackHole {
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					return
+				}
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
