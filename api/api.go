@@ -151,6 +151,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(code)
 	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false) // SQL text stays readable; nosniff keeps browsers from sniffing HTML
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(v)
 }
