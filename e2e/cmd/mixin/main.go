@@ -1,0 +1,28 @@
+// Command mixin writes pgsidecar's rule file and dashboards from e2e/mixin.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/pgsidecar/pgsidecar/e2e/mixin"
+)
+
+func main() {
+	root := flag.String("root", "..", "repository root to write alerts/ and dashboards/ under")
+	flag.Parse()
+	files, err := mixin.Default.Files()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "mixin:", err)
+		os.Exit(1)
+	}
+	for name, data := range files {
+		p := filepath.Join(*root, name)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "mixin:", err)
+			os.Exit(1)
+		}
+	}
+}

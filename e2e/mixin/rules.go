@@ -1,0 +1,289 @@
+package mixin
+
+import (
+	"bytes"
+	"fmt"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/common/model"
+	"go.yaml.in/yaml/v3"
+)
+
+// RuleFile is a Prometheus rule file.
+type RuleFile struct {
+	Groups []RuleGroup `yaml:"groups"`
+}
+
+// RuleGroup is one group of rules, evaluated in order.
+type RuleGroup struct {
+	Name  string `yaml:"name"`
+	Rules []Rule `yaml:"rules"`
+}
+
+// Rule is a recording rule (Record set) or an alerting rule (Alert set).
+type Rule struct {
+	Record      string            `yaml:"record,omitempty"`
+	Alert       string            `yaml:"alert,omitempty"`
+	Expr        string            `yaml:"expr"`
+	For         string            `yaml:"for,omitempty"`
+	Labels      map[string]string `yaml:"labels,omitempty"`
+	Annotations map[string]string `yaml:"annotations,omitempty"`
+}
+
+// Alerts returns the alerting rules of every group.
+func (f RuleFile) Alerts() []Rule {
+	var out []Rule
+	for _, g := range f.Groups {
+		for _, r := range g.Rules {
+			if r.Alert != "" {
+				out = append(out, r)
+			}
+		}
+	}
+	return out
+}
+
+// num prints a threshold the way a person would write it in PromQL.
+func num(v float64) string {
+	return strconv.FormatFloat(math.Round(v*1e9)/1e9, 'g', -1, 64)
+}
+
+// dur prints a duration in Prometheus' notation (5m, 1h, 1d).
+func dur(d time.Duration) string {
+	switch {
+	case d%(24*time.Hour) == 0:
+		return fmt.Sprintf("%dd", d/(24*time.Hour))
+	case d%time.Hour == 0:
+		return fmt.Sprintf("%dh", d/time.Hour)
+	case d%time.Minute == 0:
+		return fmt.Sprintf("%dm", d/time.Minute)
+	}
+	return fmt.Sprintf("%ds", d/time.Second)
+}
+
+// ofCluster names the cluster label in a description when the scrape config sets it.
+const ofCluster = "{{ with $labels.cluster }} of cluster {{ . }}{{ end }}"
+
+func pct(v float64) string { return num(v*100) + "%" }
+
+// alert builds an alerting rule with the mixin conventions: a severity label, a plain summary,
+// a templated description and a runbook anchor named after the alert.
+func (c Config) alert(name, severity string, forDur time.Duration, expr, summary, description string) Rule {
+	r := Rule{
+		Alert:  name,
+		Expr:   exprText(expr),
+		Labels: map[string]string{"severity": severity},
+		Annotations: map[string]string{
+			"summary":     summary,
+			"description": description,
+			"runbook_url": c.RunbookURL + "#" + strings.ToLower(name),
+		},
+	}
+	if forDur > 0 {
+		r.For = dur(forDur)
+	}
+	return r
+}
+
+func record(name, expr string) Rule { return Rule{Record: name, Expr: exprText(expr)} }
+
+// exprText trims an expression; multi-line ones keep a final newline so YAML prints them as a
+// literal block.
+func exprText(expr string) string {
+	e := strings.TrimSpace(expr)
+	if strings.Contains(e, "\n") {
+		e += "\n"
+	}
+	return e
+}
+
+// SLOWindows are the error ratio windows the burn rate alerts use.
+func SLOWindows() []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, w := range BurnWindows {
+		for _, x := range []string{w.Short, w.Long} {
+			if !seen[x] {
+				seen[x] = true
+				out = append(out, x)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, _ := model.ParseDuration(out[i])
+		b, _ := model.ParseDuration(out[j])
+		return a < b
+	})
+	return out
+}
+
+// Rules builds the rule file.
+func (c Config) Rules() RuleFile {
+	minRate := num(c.MinQueryRate)
+	recording := RuleGroup{Name: "pgsidecar.rules", Rules: []Rule{
+		record("pool:pgsidecar_queries:rate5m",
+			`sum without (operation) (rate(pgsidecar_query_duration_seconds_count[5m]))`),
+		record("pool:pgsidecar_query_errors:rate5m",
+			`sum without (operation, sqlstate) (rate(pgsidecar_query_errors_total[5m]))`),
+		record("pool:pgsidecar_query_error_ratio:rate5m",
+			`pool:pgsidecar_query_errors:rate5m / pool:pgsidecar_queries:rate5m`),
+		record("pool:pgsidecar_query_duration_seconds:mean5m", `
+sum without (operation) (rate(pgsidecar_query_duration_seconds_sum[5m]))
+/
+pool:pgsidecar_queries:rate5m`),
+		record("pool:pgsidecar_pool_utilization:ratio", `
+sum without (state) (pgsidecar_pool_connections{state="used"})
+/
+pgsidecar_pool_max_connections`),
+	}}
+	slo := RuleGroup{Name: "pgsidecar-slo.rules"}
+	for _, w := range SLOWindows() {
+		slo.Rules = append(slo.Rules, record("job_pool:pgsidecar_query_error_ratio:rate"+w, fmt.Sprintf(`
+sum by (cluster, job, pool) (rate(pgsidecar_query_errors_total[%[1]s]))
+/
+sum by (cluster, job, pool) (rate(pgsidecar_query_duration_seconds_count[%[1]s]))`, w)))
+	}
+
+	budget := num(1 - c.ErrorObjective)
+	burn := func(severity string) string {
+		var parts []string
+		for _, w := range BurnWindows {
+			if w.Severity != severity {
+				continue
+			}
+			parts = append(parts, fmt.Sprintf(`(
+  job_pool:pgsidecar_query_error_ratio:rate%[1]s > (%[3]s * %[4]s)
+and
+  job_pool:pgsidecar_query_error_ratio:rate%[2]s > (%[3]s * %[4]s)
+)`, w.Long, w.Short, num(w.Factor), budget))
+		}
+		return strings.Join(parts, "\nor\n")
+	}
+	burnWindows := func(severity string) string {
+		var parts []string
+		for _, w := range BurnWindows {
+			if w.Severity == severity {
+				parts = append(parts, fmt.Sprintf("%s/%s at %sx", w.Long, w.Short, num(w.Factor)))
+			}
+		}
+		return strings.Join(parts, " or ")
+	}
+
+	sidecar := RuleGroup{Name: "pgsidecar.alerts", Rules: []Rule{
+		c.alert("PgSidecarQueryErrorRateHigh", "warning", c.ForMedium, fmt.Sprintf(`
+pool:pgsidecar_query_error_ratio:rate5m > %s
+and
+pool:pgsidecar_queries:rate5m > %s`, num(c.ErrorRatio), minRate),
+			"Too many queries through the pool fail.",
+			fmt.Sprintf(`{{ $value | humanizePercentage }} of the queries of pool {{ $labels.pool }} on {{ $labels.instance }} failed over the last 5 minutes (threshold %s).`, pct(c.ErrorRatio))),
+		c.alert("PgSidecarQueryLatencyHigh", "warning", c.ForMedium, fmt.Sprintf(`
+pool:pgsidecar_query_duration_seconds:mean5m > %s
+and
+pool:pgsidecar_queries:rate5m > %s`, num(c.AvgLatencySeconds), minRate),
+			"Queries through the pool are slow on average.",
+			fmt.Sprintf(`Queries of pool {{ $labels.pool }} on {{ $labels.instance }} took {{ $value | humanizeDuration }} on average over the last 5 minutes (threshold %ss).`, num(c.AvgLatencySeconds))),
+		c.alert("PgSidecarPoolUtilizationHigh", "warning", c.ForMedium,
+			fmt.Sprintf(`pool:pgsidecar_pool_utilization:ratio > %s`, num(c.PoolUtilization)),
+			"Most connections of the pool are in use.",
+			fmt.Sprintf(`Pool {{ $labels.pool }} on {{ $labels.instance }} has {{ $value | humanizePercentage }} of its maximum connections in use (threshold %s).`, pct(c.PoolUtilization))),
+		c.alert("PgSidecarPoolSaturated", "warning", c.ForMedium,
+			`min_over_time(pgsidecar_pool_pending_acquires[5m]) > 0`,
+			"Clients keep waiting for a pool connection.",
+			`Pool {{ $labels.pool }} on {{ $labels.instance }} has had at least {{ $value }} callers waiting for a connection at every scrape for 5 minutes: the pool is too small for its load, or connections are held too long.`),
+		c.alert("PgSidecarPoolAcquireTimeouts", "warning", 0,
+			`increase(pgsidecar_pool_acquire_timeouts_total[5m]) > 0`,
+			"Callers gave up waiting for a pool connection.",
+			`{{ $value | humanize }} acquires of pool {{ $labels.pool }} on {{ $labels.instance }} timed out in the last 5 minutes.`),
+		c.alert("PgSidecarHealthCheckFailing", "critical", c.ForShort,
+			`pgsidecar_health_check_up == 0`,
+			"The sidecar's health checks against PostgreSQL fail.",
+			`Health checks of pool {{ $labels.pool }} on {{ $labels.instance }} have failed for at least `+dur(c.ForShort)+`.`),
+		c.alert("PgSidecarSlowQueries", "warning", 0,
+			fmt.Sprintf(`increase(pgsidecar_slow_queries_total[10m]) > %s`, num(c.SlowQueriesPer10m)),
+			"Many queries exceed the slow query threshold.",
+			fmt.Sprintf(`{{ $value | humanize }} slow queries ran through pool {{ $labels.pool }} on {{ $labels.instance }} in the last 10 minutes (threshold %s).`, num(c.SlowQueriesPer10m))),
+		c.alert("PgSidecarDown", "critical", c.ForMedium,
+			fmt.Sprintf(`up{%s} == 0`, c.SidecarSelector),
+			"Prometheus cannot scrape a pgsidecar.",
+			`{{ $labels.instance }} of job {{ $labels.job }} has not answered scrapes for `+dur(c.ForMedium)+`.`),
+		c.alert("PgSidecarCollectorFailing", "warning", c.ForLong,
+			`pg_scrape_collector_success == 0 unless on (job, instance) (pg_up == 0)`,
+			"A database collector of the sidecar fails.",
+			`Collector {{ $labels.collector }} on {{ $labels.instance }} has failed at every scrape for `+dur(c.ForLong)+` while the database is up.`),
+	}}
+
+	pg := RuleGroup{Name: "pgsidecar-postgresql.alerts", Rules: []Rule{
+		c.alert("PgSidecarDatabaseDown", "critical", c.ForShort,
+			`pg_up == 0`,
+			"PostgreSQL is unreachable from the sidecar.",
+			`Pool {{ $labels.pool }} on {{ $labels.instance }} cannot reach PostgreSQL: pg_up has been 0 for `+dur(c.ForShort)+`.`),
+		c.alert("PgSidecarServerConnectionsOvercommitted", "warning", c.ForLong, fmt.Sprintf(`
+sum by (cluster) (pgsidecar_pool_max_connections)
+/ on (cluster)
+max by (cluster) (pg_settings_max_connections)
+> %s`, num(c.ServerConnectionUtilization)),
+			"The sidecars' pools together may open most of the server's connections.",
+			fmt.Sprintf(`The maximum pool sizes of all sidecars`+ofCluster+` add up to {{ $value | humanizePercentage }} of max_connections (threshold %s); when they all fill up, the server refuses new connections.`, pct(c.ServerConnectionUtilization))),
+		c.alert("PgSidecarServerConnectionUtilizationHigh", "warning", c.ForMedium,
+			fmt.Sprintf(`max by (cluster) (pg_server_connection_utilization_ratio) > %s`, num(c.ServerConnectionUtilization)),
+			"Most of the server's connections are in use.",
+			fmt.Sprintf(`Client backends`+ofCluster+` use {{ $value | humanizePercentage }} of max_connections (threshold %s).`, pct(c.ServerConnectionUtilization))),
+		c.alert("PgSidecarLongRunningTransaction", "warning", c.ForShort,
+			fmt.Sprintf(`max by (cluster, datname) (pg_stat_activity_oldest_xact_seconds) > %s`, num(c.LongTransactionSeconds)),
+			"A transaction has been open for a long time.",
+			fmt.Sprintf(`The oldest transaction in database {{ $labels.datname }}`+ofCluster+` has been open for {{ $value | humanizeDuration }} (threshold %ss); it holds back vacuum and may hold locks.`, num(c.LongTransactionSeconds))),
+		c.alert("PgSidecarIdleInTransaction", "warning", c.ForShort,
+			fmt.Sprintf(`max by (cluster, datname) (pg_stat_activity_idle_in_transaction_max_seconds) > %s`, num(c.IdleInTransactionSeconds)),
+			"A session sits idle inside an open transaction.",
+			fmt.Sprintf(`A session in database {{ $labels.datname }}`+ofCluster+` has been idle in transaction for {{ $value | humanizeDuration }} (threshold %ss).`, num(c.IdleInTransactionSeconds))),
+		c.alert("PgSidecarDeadlocks", "warning", 0,
+			`max by (cluster, datname) (increase(pg_stat_database_deadlocks[10m])) > 0`,
+			"PostgreSQL detected deadlocks.",
+			`{{ $value | humanize }} deadlocks in database {{ $labels.datname }}`+ofCluster+` in the last 10 minutes.`),
+		c.alert("PgSidecarCacheHitRatioLow", "info", c.ForLong, fmt.Sprintf(`
+max by (cluster, datname) (rate(pg_stat_database_blks_hit[30m]))
+/
+(
+  max by (cluster, datname) (rate(pg_stat_database_blks_hit[30m]))
+  +
+  max by (cluster, datname) (rate(pg_stat_database_blks_read[30m]))
+)
+< %s
+and
+max by (cluster, datname) (rate(pg_stat_database_blks_hit[30m]) + rate(pg_stat_database_blks_read[30m])) > %s`,
+			num(c.CacheHitRatio), num(c.MinBlockRate)),
+			"Few block reads are served from the buffer cache.",
+			fmt.Sprintf(`Only {{ $value | humanizePercentage }} of block reads in database {{ $labels.datname }}`+ofCluster+` hit shared buffers over the last 30 minutes (threshold %s).`, pct(c.CacheHitRatio))),
+	}}
+
+	sloAlerts := RuleGroup{Name: "pgsidecar-slo.alerts", Rules: []Rule{
+		c.alert("PgSidecarQueryErrorBudgetBurnFast", "critical", 2*time.Minute, burn("critical"),
+			"Query errors are burning the error budget fast.",
+			fmt.Sprintf(`Pool {{ $labels.pool }} of job {{ $labels.job }} fails {{ $value | humanizePercentage }} of its queries, which would spend the error budget of a %s objective within days (%s).`, pct(c.ErrorObjective), burnWindows("critical"))),
+		c.alert("PgSidecarQueryErrorBudgetBurnSlow", "warning", c.ForLong, burn("warning"),
+			"Query errors are steadily burning the error budget.",
+			fmt.Sprintf(`Pool {{ $labels.pool }} of job {{ $labels.job }} fails {{ $value | humanizePercentage }} of its queries, more than a %s objective allows over time (%s).`, pct(c.ErrorObjective), burnWindows("warning"))),
+	}}
+	return RuleFile{Groups: []RuleGroup{recording, slo, sidecar, pg, sloAlerts}}
+}
+
+// RulesYAML renders the rule file with a header naming its source.
+func (c Config) RulesYAML() ([]byte, error) {
+	var b bytes.Buffer
+	b.WriteString("# pgsidecar recording and alerting rules.\n")
+	b.WriteString("# Generated from e2e/mixin (thresholds in e2e/mixin/config.go, documented in alerts/README.md):\n")
+	b.WriteString("# change them there and run `go run ./cmd/mixin -root ..` in e2e/.\n")
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	if err := enc.Encode(c.Rules()); err != nil {
+		return nil, err
+	}
+	if err := enc.Close(); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}
