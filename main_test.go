@@ -3,6 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +21,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
 )
@@ -228,4 +238,99 @@ func TestMetricsOfALiveSidecar(t *testing.T) {
 	if c := stop(); c != 0 {
 		t.Fatalf("exit code %d", c)
 	}
+}
+
+func TestWebConfigTLSAndBasicAuth(t *testing.T) {
+	clearPoolEnv(t)
+	dir := t.TempDir()
+	certPEM, keyPEM := selfSignedCert(t)
+	must(t, os.WriteFile(filepath.Join(dir, "cert.pem"), certPEM, 0o600))
+	must(t, os.WriteFile(filepath.Join(dir, "key.pem"), keyPEM, 0o600))
+	hash, err := bcrypt.GenerateFromPassword([]byte("scrape-pw"), bcrypt.MinCost)
+	must(t, err)
+	webCfg := fmt.Sprintf("tls_server_config:\n  cert_file: %s\n  key_file: %s\nbasic_auth_users:\n  prometheus: %s\n",
+		filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), hash)
+	must(t, os.WriteFile(filepath.Join(dir, "web.yml"), []byte(webCfg), 0o600))
+
+	addr := freeAddr(t)
+	logs := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"--web.listen-address=" + addr, "--web.config.file=" + filepath.Join(dir, "web.yml"),
+			"--database-url=postgres://app:pw@127.0.0.1:1/pos", "--db.metrics-log-interval=0"}, io.Discard, logs)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(certPEM)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	var resp *http.Response
+	if !pgtest.WaitFor(20*time.Second, func() bool {
+		req, _ := http.NewRequest("GET", "https://"+addr+"/metrics", nil)
+		r, err := client.Do(req)
+		if err != nil {
+			return false
+		}
+		resp = r
+		return true
+	}) {
+		t.Fatalf("no TLS listener; logs:\n%s", logs.String())
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("without credentials: %d, want 401", resp.StatusCode)
+	}
+	req, _ := http.NewRequest("GET", "https://"+addr+"/metrics", nil)
+	req.SetBasicAuth("prometheus", "wrong")
+	r, err := client.Do(req)
+	must(t, err)
+	r.Body.Close()
+	if r.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("wrong password: %d, want 401", r.StatusCode)
+	}
+	req.SetBasicAuth("prometheus", "scrape-pw")
+	r, err = client.Do(req)
+	must(t, err)
+	body, _ := io.ReadAll(r.Body)
+	r.Body.Close()
+	if r.StatusCode != 200 || !strings.Contains(string(body), "pgsidecar_pool_max_connections") {
+		t.Fatalf("with credentials: %d", r.StatusCode)
+	}
+	// Plain HTTP is not served.
+	if r, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + addr + "/metrics"); err == nil {
+		r.Body.Close()
+		if r.StatusCode == 200 {
+			t.Fatal("plain HTTP served metrics with TLS configured")
+		}
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func selfSignedCert(t *testing.T) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	must(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	must(t, err)
+	kb, err := x509.MarshalECPrivateKey(key)
+	must(t, err)
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
 }
