@@ -1,0 +1,168 @@
+package proxy
+
+import (
+	"crypto/hmac"
+	"crypto/md5"
+	"crypto/pbkdf2"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+const scramIterations = 4096
+
+// scramVerifier is a SCRAM-SHA-256 secret as PostgreSQL stores it: the salt, the iteration count
+// and the two derived keys. The password itself is not needed to verify a client.
+type scramVerifier struct {
+	salt       []byte
+	iterations int
+	storedKey  []byte
+	serverKey  []byte
+}
+
+// newSCRAMVerifier derives a verifier from a password with a fresh random salt. It runs once per
+// user when the proxy starts, so authentication costs no PBKDF2 per connection.
+func newSCRAMVerifier(password string) (*scramVerifier, error) {
+	salt := make([]byte, 16)
+	_, _ = rand.Read(salt)
+	salted, err := pbkdf2.Key(sha256.New, password, salt, scramIterations, sha256.Size)
+	if err != nil {
+		return nil, err
+	}
+	clientKey := hmacSHA256(salted, "Client Key")
+	stored := sha256.Sum256(clientKey)
+	return &scramVerifier{salt: salt, iterations: scramIterations, storedKey: stored[:],
+		serverKey: hmacSHA256(salted, "Server Key")}, nil
+}
+
+// parseSCRAMVerifier reads "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>".
+func parseSCRAMVerifier(s string) (*scramVerifier, error) {
+	bad := errors.New("malformed SCRAM-SHA-256 verifier")
+	rest, ok := strings.CutPrefix(s, "SCRAM-SHA-256$")
+	if !ok {
+		return nil, bad
+	}
+	params, keys, ok := strings.Cut(rest, "$")
+	if !ok {
+		return nil, bad
+	}
+	iter, salt64, ok1 := strings.Cut(params, ":")
+	stored64, server64, ok2 := strings.Cut(keys, ":")
+	if !ok1 || !ok2 {
+		return nil, bad
+	}
+	v := &scramVerifier{}
+	var err error
+	if v.iterations, err = strconv.Atoi(iter); err != nil || v.iterations < 1 {
+		return nil, bad
+	}
+	if v.salt, err = base64.StdEncoding.DecodeString(salt64); err != nil {
+		return nil, bad
+	}
+	if v.storedKey, err = base64.StdEncoding.DecodeString(stored64); err != nil || len(v.storedKey) != sha256.Size {
+		return nil, bad
+	}
+	if v.serverKey, err = base64.StdEncoding.DecodeString(server64); err != nil || len(v.serverKey) != sha256.Size {
+		return nil, bad
+	}
+	return v, nil
+}
+
+func hmacSHA256(key []byte, msg string) []byte {
+	h := hmac.New(sha256.New, key)
+	h.Write([]byte(msg))
+	return h.Sum(nil)
+}
+
+// scramServer runs the server side of one SCRAM-SHA-256 exchange (RFC 5802, RFC 7677) without
+// channel binding, as PostgreSQL does over connections without TLS binding data.
+type scramServer struct {
+	v               *scramVerifier
+	clientFirstBare string
+	serverFirst     string
+	gs2Header       string
+	nonce           string
+}
+
+// first handles client-first-message and returns server-first-message.
+func (s *scramServer) first(msg string) (string, error) {
+	// gs2-header: "n,," or "y,," (client supports binding, we don't offer it); "p=" is refused.
+	var header string
+	switch {
+	case strings.HasPrefix(msg, "n,"), strings.HasPrefix(msg, "y,"):
+		i := strings.IndexByte(msg[2:], ',')
+		if i < 0 {
+			return "", errors.New("malformed SCRAM client-first-message")
+		}
+		header = msg[:2+i+1]
+	case strings.HasPrefix(msg, "p="):
+		return "", errors.New("SCRAM channel binding is not supported by the proxy")
+	default:
+		return "", errors.New("malformed SCRAM client-first-message")
+	}
+	s.gs2Header = header
+	s.clientFirstBare = msg[len(header):]
+	var clientNonce string
+	for _, attr := range strings.Split(s.clientFirstBare, ",") {
+		if v, ok := strings.CutPrefix(attr, "r="); ok {
+			clientNonce = v
+		}
+	}
+	if clientNonce == "" {
+		return "", errors.New("SCRAM client-first-message has no nonce")
+	}
+	raw := make([]byte, 18)
+	_, _ = rand.Read(raw)
+	s.nonce = clientNonce + base64.StdEncoding.EncodeToString(raw)
+	s.serverFirst = fmt.Sprintf("r=%s,s=%s,i=%d", s.nonce, base64.StdEncoding.EncodeToString(s.v.salt), s.v.iterations)
+	return s.serverFirst, nil
+}
+
+// final checks client-final-message and returns server-final-message.
+func (s *scramServer) final(msg string) (string, error) {
+	i := strings.LastIndex(msg, ",p=")
+	if i < 0 {
+		return "", errors.New("SCRAM client-final-message has no proof")
+	}
+	withoutProof := msg[:i]
+	proof, err := base64.StdEncoding.DecodeString(msg[i+3:])
+	if err != nil || len(proof) != sha256.Size {
+		return "", errors.New("malformed SCRAM proof")
+	}
+	var binding, nonce string
+	for _, attr := range strings.Split(withoutProof, ",") {
+		if v, ok := strings.CutPrefix(attr, "c="); ok {
+			binding = v
+		} else if v, ok := strings.CutPrefix(attr, "r="); ok {
+			nonce = v
+		}
+	}
+	if binding != base64.StdEncoding.EncodeToString([]byte(s.gs2Header)) || nonce != s.nonce {
+		return "", errors.New("SCRAM channel binding or nonce mismatch")
+	}
+	authMessage := s.clientFirstBare + "," + s.serverFirst + "," + withoutProof
+	clientSig := hmacSHA256(s.v.storedKey, authMessage)
+	clientKey := make([]byte, sha256.Size)
+	for j := range clientKey {
+		clientKey[j] = proof[j] ^ clientSig[j]
+	}
+	stored := sha256.Sum256(clientKey)
+	if subtle.ConstantTimeCompare(stored[:], s.v.storedKey) != 1 {
+		return "", errWrongPassword
+	}
+	return "v=" + base64.StdEncoding.EncodeToString(hmacSHA256(s.v.serverKey, authMessage)), nil
+}
+
+var errWrongPassword = errors.New("wrong password")
+
+// md5Response is what a client sends for md5 authentication given the stored md5 hash.
+func md5Response(stored string, salt [4]byte) string {
+	sum := md5.Sum(append([]byte(stored[3:]), salt[:]...))
+	return "md5" + hex.EncodeToString(sum[:])
+}

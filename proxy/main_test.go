@@ -1,0 +1,186 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+var cluster *pgtest.Cluster
+
+func TestMain(m *testing.M) {
+	code := pgtest.Main(m, &cluster, pgtest.Options{})
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			os.Stderr.WriteString("goroutine leak: " + err.Error() + "\n")
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// harness is a pool manager on the test cluster with a proxy in front of it, listening on a
+// loopback port and a unix socket.
+type harness struct {
+	mgr  *pool.Manager
+	srv  *Server
+	reg  *prometheus.Registry
+	log  *logBuffer
+	port int
+	sock string // unix socket directory (libpq host=)
+}
+
+func newHarness(t testing.TB, tweak func(pc *pool.Config, c *Config)) *harness {
+	t.Helper()
+	pc := pool.DefaultConfig()
+	pc.DatabaseURL = cluster.URL("")
+	pc.MaxConns = 4
+	pc.MinConns = 1
+	pc.RetryDelay = 10 * time.Millisecond
+	pc.RetryMaxDelay = 100 * time.Millisecond
+	pc.ConnectTimeout = 5 * time.Second
+	pc.HealthCheckTimeout = 2 * time.Second
+	pc.MetricsLogInterval = 0
+	pc.Name = strings.ReplaceAll(t.Name(), "/", "_")
+	dir, err := os.MkdirTemp("", "pgsidecar-proxy-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	c := Config{Listen: []string{"127.0.0.1:0"}}
+	if tweak != nil {
+		tweak(&pc, &c)
+	}
+	h := &harness{reg: prometheus.NewRegistry(), log: &logBuffer{}, sock: dir}
+	logger := slog.New(slog.NewTextHandler(h.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	h.mgr, err = pool.New(pc, pool.WithLogger(logger), pool.WithRegisterer(h.reg))
+	if err != nil {
+		t.Fatalf("pool.New: %v", err)
+	}
+	t.Cleanup(h.mgr.Close)
+	// Port 0 cannot name the unix socket, so pick the TCP port first.
+	if c.Listen[0] == "127.0.0.1:0" {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.port = l.Addr().(*net.TCPAddr).Port
+		_ = l.Close()
+		c.Listen = []string{fmt.Sprintf("127.0.0.1:%d", h.port), filepath.Join(dir, fmt.Sprintf(".s.PGSQL.%d", h.port))}
+	}
+	h.srv, err = New(h.mgr, c, WithLogger(logger), WithRegisterer(h.reg))
+	if err != nil {
+		t.Fatalf("proxy.New: %v", err)
+	}
+	if err := h.srv.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() { _ = h.srv.Close() })
+	return h
+}
+
+// url is a libpq URL through the proxy over TCP.
+func (h *harness) url(user, password, params string) string {
+	u := fmt.Sprintf("postgres://%s:%s@127.0.0.1:%d/postgres?sslmode=disable", user, password, h.port)
+	if params != "" {
+		u += "&" + params
+	}
+	return u
+}
+
+// superURL connects through the proxy as the DATABASE_URL user.
+func (h *harness) superURL() string { return h.url("postgres", pgtest.SuperuserPassword, "") }
+
+func (h *harness) connect(t testing.TB, ctx context.Context, url string) *pgx.Conn {
+	t.Helper()
+	c, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatalf("connect through proxy: %v\nlogs:\n%s", err, h.log.String())
+	}
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	return c
+}
+
+// metric returns the sum of a family's samples whose labels include want (histograms: count).
+func (h *harness) metric(t testing.TB, name string, want map[string]string) float64 {
+	t.Helper()
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			for k, v := range want {
+				if labels[k] != v {
+					continue metrics
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				sum += m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				sum += m.GetGauge().GetValue()
+			case m.Histogram != nil:
+				sum += float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return sum
+}
+
+// waitIdle waits until no client session holds a pool connection.
+func (h *harness) waitIdle(t testing.TB) {
+	t.Helper()
+	if !pgtest.WaitFor(10*time.Second, func() bool {
+		return h.metric(t, "pgsidecar_proxy_client_connections", nil) == 0 && h.mgr.Stats().UsedConns == 0
+	}) {
+		t.Fatalf("sessions did not end: used=%d\nlogs:\n%s", h.mgr.Stats().UsedConns, h.log.String())
+	}
+}
+
+func ctxTimeout(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}

@@ -1,0 +1,591 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+// session is one client from login to logout.
+type session struct {
+	srv         *Server
+	client      net.Conn
+	cr          *bufio.Reader
+	cw          *bufio.Writer
+	user        string
+	remote      string
+	pid, secret uint32
+
+	mu     sync.Mutex
+	server *pgconn.PgConn // for cancel requests; nil outside the relay
+}
+
+// cancelServer sends a cancel request for the session's server connection. It reports whether
+// there was one to cancel.
+func (sess *session) cancelServer(ctx context.Context) bool {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	if sess.server == nil {
+		return false
+	}
+	if err := sess.server.CancelRequest(ctx); err != nil {
+		sess.srv.log.Warn("Proxy cancel request failed", "error", err.Error())
+	}
+	return true
+}
+
+func (sess *session) setServer(pc *pgconn.PgConn) {
+	sess.mu.Lock()
+	sess.server = pc
+	sess.mu.Unlock()
+}
+
+// pendingSync is a Query, Sync or FunctionCall on its way to the server, waiting for its
+// ReadyForQuery.
+type pendingSync struct {
+	start   time.Time
+	op      pool.Operation
+	sql     string
+	measure bool // false for a Sync that closed no Execute (prepare or describe only)
+}
+
+// relayEnd says how the relay stopped and what state the server connection is in.
+type relayEnd struct {
+	clean    bool // the stream is at a message boundary with nothing outstanding
+	txStatus byte // the last ReadyForQuery status the server sent
+	lost     bool // the server connection failed
+}
+
+// stmtInfo is what the proxy remembers of a prepared statement: enough to label its executions.
+type stmtInfo struct {
+	op  pool.Operation
+	sql string
+}
+
+const maxStatements = 10000
+
+// run logs the client in on srvConn and relays until either side ends, then gives the
+// connection back reset, or discards it.
+func (sess *session) run(srvConn *pgxpool.Conn, params map[string]string) {
+	s := sess.srv
+	pc := srvConn.Conn().PgConn()
+	end := relayEnd{txStatus: 'I'}
+	defer func() { sess.release(srvConn, end) }()
+
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ResetTimeout)
+	err := pc.SyncConn(ctx)
+	if err == nil {
+		err = applyParams(ctx, pc, params)
+	}
+	cancel()
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) {
+			end.clean = pc.TxStatus() == 'I' && !pc.IsClosed()
+			s.refuse(sess.cw, reject(pgErr.Code, "%s", pgErr.Message))
+		} else {
+			s.refuse(sess.cw, reject("08006", "server connection failed: %s", pool.Scrub(err.Error(), s.mgr.Config().DatabaseURL)))
+		}
+		_ = sess.cw.Flush()
+		return
+	}
+	for _, name := range reportedParams {
+		if v := pc.ParameterStatus(name); v != "" {
+			_ = sess.send(&pgproto3.ParameterStatus{Name: name, Value: v})
+		}
+	}
+	key := make([]byte, 4)
+	binary.BigEndian.PutUint32(key, sess.secret)
+	_ = sess.send(&pgproto3.BackendKeyData{ProcessID: sess.pid, SecretKey: key})
+	_ = sess.send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+	if err := sess.cw.Flush(); err != nil {
+		end.clean = true
+		return
+	}
+	sess.setServer(pc)
+	end = sess.relay(pc.Conn())
+	sess.setServer(nil)
+	if end.txStatus != 'I' {
+		s.m.transactions.WithLabelValues("abandoned").Inc()
+	}
+}
+
+// release resets a cleanly left connection (ROLLBACK when the client left mid-transaction,
+// DISCARD ALL, and pgx's statement caches cleared since the server's statements are gone) and
+// returns it to the pool; anything else is closed so that the pool discards it.
+func (sess *session) release(c *pgxpool.Conn, end relayEnd) {
+	s := sess.srv
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ResetTimeout)
+	defer cancel()
+	pc := c.Conn().PgConn()
+	ok := end.clean && !pc.IsClosed()
+	if ok && end.txStatus != 'I' {
+		_, err := pc.Exec(ctx, "ROLLBACK").ReadAll()
+		ok = err == nil
+	}
+	if ok {
+		_, err := pc.Exec(ctx, "DISCARD ALL").ReadAll()
+		ok = err == nil
+	}
+	if ok {
+		ok = c.Conn().DeallocateAll(ctx) == nil && pc.TxStatus() == 'I'
+	}
+	if !ok {
+		_ = c.Conn().Close(ctx)
+	}
+	c.Release()
+}
+
+// relay moves messages both ways until the client leaves or either connection fails. The client
+// to server direction runs here; the other in its own goroutine. Only the messages that metrics
+// need are decoded: Query and Parse (SQL text), Bind and Close (statement names), ReadyForQuery
+// and ErrorResponse. Everything else is forwarded as it came.
+func (sess *session) relay(server net.Conn) relayEnd {
+	s := sess.srv
+	sr := bufio.NewReaderSize(server, ioBufSize)
+	sw := bufio.NewWriterSize(server, ioBufSize)
+	pending := make(chan pendingSync, 256)
+	var stopping atomic.Bool
+	done := make(chan relayEnd, 1)
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		done <- sess.serverToClient(sr, pending, &stopping)
+	}()
+
+	var (
+		hdr        [5]byte
+		buf        []byte
+		stmts      = map[string]stmtInfo{}
+		batchStart time.Time
+		batch      stmtInfo
+		batchSet   bool // batch has a statement (from Parse or Bind)
+		executed   bool // batch has an Execute
+		dirty      bool // extended-protocol messages sent since the last Sync
+		bytesIn    int
+		clientGone bool
+		tooLarge   bool
+		writeErr   error
+	)
+	readBody := func(n int) ([]byte, error) {
+		if cap(buf) < n {
+			buf = make([]byte, n)
+		}
+		buf = buf[:n]
+		_, err := io.ReadFull(sess.cr, buf)
+		return buf, err
+	}
+	enqueue := func(p pendingSync) {
+		select {
+		case pending <- p:
+		default:
+			// The server answers in order; let it see what it must answer first.
+			_ = sw.Flush()
+			select {
+			case pending <- p:
+			case <-exited:
+			}
+		}
+	}
+loop:
+	for {
+		if needFlush(sess.cr) {
+			if sw.Buffered() > 0 {
+				if writeErr = sw.Flush(); writeErr != nil {
+					break
+				}
+			}
+			if bytesIn > 0 {
+				s.m.bytesIn.Add(float64(bytesIn))
+				bytesIn = 0
+			}
+		}
+		if _, err := io.ReadFull(sess.cr, hdr[:]); err != nil {
+			clientGone = true
+			break
+		}
+		typ := hdr[0]
+		n := int(binary.BigEndian.Uint32(hdr[1:])) - 4
+		if n < 0 || n > s.cfg.MaxMessageSize {
+			tooLarge = true
+			break
+		}
+		bytesIn += n + 5
+		if batchStart.IsZero() {
+			batchStart = time.Now()
+		}
+		var body []byte
+		var err error
+		switch typ {
+		case 'X': // Terminate: the server connection stays open for the pool.
+			clientGone = true
+			break loop
+		case 'Q':
+			if body, err = readBody(n); err != nil {
+				clientGone = true
+				break loop
+			}
+			sql := string(body[:max(len(body)-1, 0)])
+			enqueue(pendingSync{start: batchStart, op: pool.ClassifyOperation(sql), sql: sql, measure: true})
+			batchStart = time.Time{}
+		case 'P':
+			if body, err = readBody(n); err != nil {
+				clientGone = true
+				break loop
+			}
+			name, rest := cstring(body)
+			sql, _ := cstring(rest)
+			info := stmtInfo{op: pool.ClassifyOperation(sql), sql: sql}
+			if _, ok := stmts[name]; ok || len(stmts) < maxStatements {
+				stmts[name] = info
+			}
+			if !batchSet {
+				batch, batchSet = info, true
+			}
+			dirty = true
+		case 'B':
+			if body, err = readBody(n); err != nil {
+				clientGone = true
+				break loop
+			}
+			_, rest := cstring(body)
+			name, _ := cstring(rest)
+			if info, ok := stmts[name]; ok && (!batchSet || !executed) {
+				batch, batchSet = info, true
+			}
+			dirty = true
+		case 'C':
+			if body, err = readBody(n); err != nil {
+				clientGone = true
+				break loop
+			}
+			if len(body) > 0 && body[0] == 'S' {
+				name, _ := cstring(body[1:])
+				delete(stmts, name)
+			}
+			dirty = true
+		case 'E':
+			executed = true
+			dirty = true
+		case 'S':
+			if !batchSet {
+				batch = stmtInfo{op: pool.OpOther}
+			}
+			enqueue(pendingSync{start: batchStart, op: batch.op, sql: batch.sql, measure: executed})
+			batchStart, batchSet, executed, dirty = time.Time{}, false, false, false
+		case 'F':
+			enqueue(pendingSync{start: batchStart, op: pool.OpOther, sql: "function call", measure: true})
+			batchStart = time.Time{}
+		case 'D', 'H':
+			dirty = true
+		}
+		if _, writeErr = sw.Write(hdr[:]); writeErr != nil {
+			break
+		}
+		if body != nil {
+			_, writeErr = sw.Write(body)
+		} else {
+			writeErr = forward(sw, sess.cr, n)
+		}
+		if writeErr != nil {
+			if errors.Is(writeErr, errClientRead) {
+				clientGone, writeErr = true, nil
+			}
+			break
+		}
+		if cap(buf) > 1<<20 {
+			buf = nil // do not keep a large message's buffer for the whole session
+		}
+	}
+	if bytesIn > 0 {
+		s.m.bytesIn.Add(float64(bytesIn))
+	}
+	if writeErr == nil && clientGone {
+		writeErr = sw.Flush()
+	}
+
+	// Stop the server reader unless it already stopped (server gone): a read deadline in the
+	// past wakes it at a message boundary or reports that it was inside one.
+	var end relayEnd
+	select {
+	case end = <-done:
+	default:
+		if len(pending) > 0 {
+			// The client left with a query running: cancel it rather than let it run on.
+			ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ResetTimeout)
+			sess.cancelServer(ctx)
+			cancel()
+		}
+		stopping.Store(true)
+		_ = server.SetReadDeadline(time.Now())
+		end = <-done
+		_ = server.SetReadDeadline(time.Time{})
+	}
+	if end.lost {
+		return end
+	}
+	end.clean = end.clean && writeErr == nil && len(pending) == 0 && !dirty && sr.Buffered() == 0 && !tooLarge
+	if writeErr != nil {
+		s.m.serverLost.Inc()
+		s.refuse(sess.cw, reject("08006", "server connection lost; the session ended and its transaction, if any, is lost"))
+		_ = sess.cw.Flush()
+	}
+	if tooLarge {
+		s.refuse(sess.cw, reject("54000", "message of type %q too large (more than %d bytes)", hdr[0], s.cfg.MaxMessageSize))
+		_ = sess.cw.Flush()
+	}
+	return end
+}
+
+// errClientRead marks a failed read from the client while forwarding a message body.
+var errClientRead = errors.New("client read failed")
+
+// forward copies n body bytes from r to w, straight out of r's buffer when they are there.
+func forward(w *bufio.Writer, r *bufio.Reader, n int) error {
+	for n > 0 {
+		if r.Buffered() == 0 {
+			if _, err := r.Peek(1); err != nil {
+				return errClientRead
+			}
+		}
+		k := min(n, r.Buffered())
+		b, _ := r.Peek(k)
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+		_, _ = r.Discard(k)
+		n -= k
+	}
+	return nil
+}
+
+// needFlush reports whether r holds no complete message, so the next read may wait for the
+// peer: buffered output must go out first.
+func needFlush(r *bufio.Reader) bool {
+	b := r.Buffered()
+	if b < 5 {
+		return true
+	}
+	p, _ := r.Peek(5)
+	return b < 1+int(binary.BigEndian.Uint32(p[1:]))
+}
+
+func cstring(b []byte) (string, []byte) {
+	i := indexZero(b)
+	if i < 0 {
+		return string(b), nil
+	}
+	return string(b[:i]), b[i+1:]
+}
+
+// serverToClient relays server messages to the client and measures each ReadyForQuery against
+// its pending Query or Sync.
+func (sess *session) serverToClient(sr *bufio.Reader, pending chan pendingSync, stopping *atomic.Bool) relayEnd {
+	s := sess.srv
+	end := relayEnd{txStatus: 'I'}
+	var (
+		hdr      [5]byte
+		ebuf     []byte
+		batchErr *pgconn.PgError
+		fatal    bool
+		bytesOut int
+	)
+	for {
+		if needFlush(sr) {
+			if sess.cw.Buffered() > 0 {
+				if err := sess.cw.Flush(); err != nil {
+					// The client is gone; the relay's read fails too and stops us.
+					_ = sess.client.Close()
+				}
+			}
+			if bytesOut > 0 {
+				s.m.bytesOut.Add(float64(bytesOut))
+				bytesOut = 0
+			}
+		}
+		got, err := io.ReadFull(sr, hdr[:])
+		if err != nil {
+			if got == 0 && stopping.Load() && isTimeout(err) {
+				end.clean = true
+				return end
+			}
+			if stopping.Load() && isTimeout(err) {
+				return end // inside a message: not reusable
+			}
+			sess.serverLost(err, pending, fatal)
+			end.lost = true
+			return end
+		}
+		typ := hdr[0]
+		n := int(binary.BigEndian.Uint32(hdr[1:])) - 4
+		if n < 0 {
+			sess.serverLost(errors.New("invalid message length from server"), pending, fatal)
+			end.lost = true
+			return end
+		}
+		bytesOut += n + 5
+		_, _ = sess.cw.Write(hdr[:])
+		switch typ {
+		case 'Z':
+			var st [1]byte
+			if n != 1 {
+				sess.serverLost(errors.New("invalid ReadyForQuery from server"), pending, fatal)
+				end.lost = true
+				return end
+			}
+			if _, err := io.ReadFull(sr, st[:]); err != nil {
+				if !stopping.Load() {
+					sess.serverLost(err, pending, fatal)
+					end.lost = true
+				}
+				return end
+			}
+			_, _ = sess.cw.Write(st[:])
+			var p pendingSync
+			select {
+			case p = <-pending:
+			default:
+			}
+			if p.measure {
+				var qerr error
+				if batchErr != nil {
+					qerr = batchErr
+				}
+				s.mgr.RecordQuery(p.op, p.sql, time.Since(p.start), qerr)
+			}
+			if prev := end.txStatus; prev != 'I' && st[0] == 'I' {
+				outcome := "commit"
+				switch {
+				case prev == 'E' || batchErr != nil:
+					outcome = "error"
+				case p.op == pool.OpRollback:
+					outcome = "rollback"
+				}
+				s.m.transactions.WithLabelValues(outcome).Inc()
+			}
+			end.txStatus = st[0]
+			batchErr = nil
+			continue
+		case 'E':
+			if n > 1<<20 {
+				sess.serverLost(errors.New("oversized ErrorResponse from server"), pending, fatal)
+				end.lost = true
+				return end
+			}
+			if cap(ebuf) < n {
+				ebuf = make([]byte, n)
+			}
+			ebuf = ebuf[:n]
+			if _, err := io.ReadFull(sr, ebuf); err != nil {
+				if !stopping.Load() {
+					sess.serverLost(err, pending, fatal)
+					end.lost = true
+				}
+				return end
+			}
+			_, _ = sess.cw.Write(ebuf)
+			e := decodeError(ebuf)
+			if batchErr == nil {
+				batchErr = e
+			}
+			if e.Severity == "FATAL" || e.Severity == "PANIC" {
+				fatal = true
+			}
+			continue
+		}
+		if err := forwardServer(sess.cw, sr, n); err != nil {
+			if !stopping.Load() {
+				sess.serverLost(err, pending, fatal)
+				end.lost = true
+			}
+			return end
+		}
+	}
+}
+
+// forwardServer copies n body bytes from the server reader to the client writer. Client write
+// errors are ignored here: the client side notices its closed connection on its own.
+func forwardServer(w *bufio.Writer, r *bufio.Reader, n int) error {
+	for n > 0 {
+		if r.Buffered() == 0 {
+			if _, err := r.Peek(1); err != nil {
+				return err
+			}
+		}
+		k := min(n, r.Buffered())
+		b, _ := r.Peek(k)
+		_, _ = w.Write(b)
+		_, _ = r.Discard(k)
+		n -= k
+	}
+	return nil
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// decodeError reads the fields metrics and logs need from an ErrorResponse body.
+func decodeError(b []byte) *pgconn.PgError {
+	e := &pgconn.PgError{}
+	for len(b) > 0 && b[0] != 0 {
+		t := b[0]
+		v, rest := cstring(b[1:])
+		switch t {
+		case 'S':
+			if e.Severity == "" {
+				e.Severity = v
+			}
+		case 'V':
+			e.Severity, e.SeverityUnlocalized = v, v
+		case 'C':
+			e.Code = v
+		case 'M':
+			e.Message = v
+		}
+		b = rest
+	}
+	return e
+}
+
+// serverLost ends a session whose server connection failed: queries in flight are counted as
+// 08006 errors, the client gets FATAL 08006 (unless the server said FATAL itself) and is closed.
+func (sess *session) serverLost(cause error, pending chan pendingSync, serverSaidFatal bool) {
+	s := sess.srv
+	s.m.serverLost.Inc()
+	lost := &pgconn.PgError{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "08006",
+		Message: "server connection lost"}
+	for {
+		select {
+		case p := <-pending:
+			if p.measure {
+				s.mgr.RecordQuery(p.op, p.sql, time.Since(p.start), lost)
+			}
+			continue
+		default:
+		}
+		break
+	}
+	if s.ctx.Err() == nil {
+		s.log.Warn("Proxy server connection lost", "user", sess.user, "client", sess.remote,
+			"error", pool.Scrub(cause.Error(), s.mgr.Config().DatabaseURL))
+	}
+	if !serverSaidFatal {
+		s.refuse(sess.cw, reject("08006", "server connection lost; the session ended and its transaction, if any, is lost"))
+	}
+	_ = sess.cw.Flush()
+	_ = sess.client.Close()
+}

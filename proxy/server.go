@@ -1,0 +1,278 @@
+// Package proxy is pgsidecar's PostgreSQL wire-protocol proxy. Applications in any language point
+// their connection string at it; each client session borrows a warm connection from the pool
+// manager, its messages are relayed as raw bytes, and every query is measured into the same
+// series as library traffic (Manager.RecordQuery): latency histograms, errors by SQLSTATE and the
+// slow query log.
+//
+// Pooling is by session: a client keeps one server connection from login to logout, so session
+// state (prepared statements, temporary tables, LISTEN, SET) behaves as with a direct
+// connection. On logout the connection is reset (ROLLBACK if needed, DISCARD ALL) and returned.
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+// Option changes how New builds a Server.
+type Option func(*Server)
+
+// WithLogger sets the logger (default: slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
+
+// WithRegisterer registers the proxy's metrics on r (default: none). Close unregisters them.
+func WithRegisterer(r prometheus.Registerer) Option { return func(s *Server) { s.reg = r } }
+
+// Server accepts PostgreSQL clients and relays their sessions over the pool manager's
+// connections. It is safe for concurrent use.
+type Server struct {
+	mgr      *pool.Manager
+	cfg      Config
+	log      *slog.Logger
+	reg      prometheus.Registerer
+	m        *metrics
+	creds    map[string]*credential
+	database string
+
+	ctx    context.Context // canceled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	closed    bool
+	listeners []net.Listener
+	clients   map[net.Conn]struct{}
+	sessions  map[uint32]*session // by the cancel key's process ID we gave the client
+}
+
+// New checks cfg and prepares a Server on mgr's pool. Clients may only use the database of the
+// pool's DATABASE_URL. Call Start to listen.
+func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cc := mgr.Pool().Config().ConnConfig
+	s := &Server{
+		mgr:      mgr,
+		cfg:      cfg,
+		log:      slog.Default(),
+		m:        newMetrics(mgr.Name()),
+		creds:    map[string]*credential{},
+		database: cc.Database,
+		clients:  map[net.Conn]struct{}{},
+		sessions: map[uint32]*session{},
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	s.log = s.log.With("pool", mgr.Name())
+	users := cfg.Users
+	if len(users) == 0 {
+		if cc.Password == "" && cfg.Auth != AuthTrust {
+			return nil, errors.New("proxy: DATABASE_URL has no password to check clients against; give a users file or use trust authentication")
+		}
+		users = map[string]string{cc.User: cc.Password}
+	}
+	for name, secret := range users {
+		c, err := parseSecret(name, secret)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: user %q: %w", name, err)
+		}
+		s.creds[name] = c
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if s.reg != nil {
+		for i, c := range s.m.collectors() {
+			if err := s.reg.Register(c); err != nil {
+				for _, done := range s.m.collectors()[:i] {
+					s.reg.Unregister(done)
+				}
+				return nil, fmt.Errorf("proxy: registering metrics: %w", err)
+			}
+		}
+	}
+	return s, nil
+}
+
+// Start listens on every configured address and serves clients in the background. On error no
+// listener is left open.
+func (s *Server) Start() error {
+	var ls []net.Listener
+	for _, addr := range s.cfg.Listen {
+		l, err := listen(addr)
+		if err != nil {
+			for _, l := range ls {
+				_ = l.Close()
+			}
+			return fmt.Errorf("proxy: listen on %s: %w", addr, err)
+		}
+		ls = append(ls, l)
+	}
+	s.mu.Lock()
+	s.listeners = append(s.listeners, ls...)
+	s.mu.Unlock()
+	for _, l := range ls {
+		s.log.Info("Proxy listening", "address", l.Addr().String(), "auth", string(s.cfg.Auth), "tls", s.cfg.TLS != nil)
+		s.wg.Add(1)
+		go s.serve(l)
+	}
+	return nil
+}
+
+// listen opens a TCP listener, or a unix socket for an absolute path (replacing a stale socket
+// file left by a crashed process).
+func listen(addr string) (net.Listener, error) {
+	if !strings.HasPrefix(addr, "/") {
+		return net.Listen("tcp", addr)
+	}
+	if fi, err := os.Lstat(addr); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		if c, err := net.Dial("unix", addr); err == nil {
+			_ = c.Close()
+			return nil, errors.New("another process is listening on this socket")
+		}
+		_ = os.Remove(addr)
+	}
+	l, err := net.Listen("unix", addr)
+	if err != nil {
+		return nil, err
+	}
+	// Like PostgreSQL's default unix_socket_permissions: authentication guards access.
+	_ = os.Chmod(addr, 0o777)
+	return l, nil
+}
+
+// Addrs returns the addresses the server listens on (useful with port 0).
+func (s *Server) Addrs() []net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]net.Addr, len(s.listeners))
+	for i, l := range s.listeners {
+		out[i] = l.Addr()
+	}
+	return out
+}
+
+func (s *Server) serve(l net.Listener) {
+	defer s.wg.Done()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if s.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			s.log.Error("Proxy accept failed", "address", l.Addr().String(), "error", err.Error())
+			return
+		}
+		if !s.track(c) {
+			_ = c.Close()
+			return
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer s.untrack(c)
+			s.handle(c)
+		}()
+	}
+}
+
+func (s *Server) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.clients[c] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(c net.Conn) {
+	_ = c.Close()
+	s.mu.Lock()
+	delete(s.clients, c)
+	s.mu.Unlock()
+}
+
+// Close stops listening, disconnects every client (their server connections are reset or
+// discarded) and waits for the sessions to end. It unregisters the metrics.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.cancel()
+	for _, l := range s.listeners {
+		_ = l.Close()
+	}
+	for c := range s.clients {
+		_ = c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	if s.reg != nil {
+		for _, c := range s.m.collectors() {
+			s.reg.Unregister(c)
+		}
+	}
+	return nil
+}
+
+// register gives a session a cancel key unique among live sessions.
+func (s *Server) register(sess *session) {
+	var b [8]byte
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		_, _ = rand.Read(b[:])
+		pid := binary.BigEndian.Uint32(b[:4]) & 0x7fffffff
+		if pid == 0 || s.sessions[pid] != nil {
+			continue
+		}
+		sess.pid, sess.secret = pid, binary.BigEndian.Uint32(b[4:])
+		s.sessions[pid] = sess
+		return
+	}
+}
+
+func (s *Server) unregister(sess *session) {
+	s.mu.Lock()
+	if s.sessions[sess.pid] == sess {
+		delete(s.sessions, sess.pid)
+	}
+	s.mu.Unlock()
+}
+
+// cancelRequest forwards a client's CancelRequest to the server connection its session uses now,
+// with that connection's own key. Unknown keys are ignored, as PostgreSQL does.
+func (s *Server) cancelRequest(pid, secret uint32) {
+	s.mu.Lock()
+	sess := s.sessions[pid]
+	s.mu.Unlock()
+	if sess == nil || sess.secret != secret {
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ResetTimeout)
+	defer cancel()
+	if sess.cancelServer(ctx) {
+		s.m.cancels.Inc()
+	}
+}

@@ -1,0 +1,453 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+// Startup packet codes.
+const (
+	protocol30    = 3 << 16
+	sslRequest    = 80877103
+	gssencRequest = 80877104
+	cancelCode    = 80877102
+)
+
+const ioBufSize = 32 << 10
+
+// reportedParams are the settings PostgreSQL reports with ParameterStatus; the proxy replays the
+// server connection's values to each client at login.
+var reportedParams = []string{
+	"application_name", "client_encoding", "DateStyle", "default_transaction_read_only", "in_hot_standby",
+	"integer_datetimes", "IntervalStyle", "is_superuser", "scram_iterations", "server_encoding",
+	"server_version", "session_authorization", "standard_conforming_strings", "TimeZone",
+}
+
+// rejectError is an ErrorResponse the proxy sends before closing a client.
+type rejectError struct {
+	code, msg string
+}
+
+func (e *rejectError) Error() string { return e.msg }
+
+func reject(code, format string, args ...any) *rejectError {
+	return &rejectError{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// handle runs one client connection from the first byte to the end of its session.
+func (s *Server) handle(raw net.Conn) {
+	s.m.authenticating.Inc()
+	authenticating := true
+	defer func() {
+		if authenticating {
+			s.m.authenticating.Dec()
+		}
+	}()
+	_ = raw.SetDeadline(time.Now().Add(s.cfg.StartupTimeout))
+	conn, params, err := s.startup(raw)
+	if err != nil || conn == nil {
+		s.refuse(raw, err)
+		return
+	}
+	sess := &session{srv: s, client: conn, user: params["user"], remote: remoteString(raw)}
+	sess.cr = bufio.NewReaderSize(conn, ioBufSize)
+	sess.cw = bufio.NewWriterSize(conn, ioBufSize)
+	if err := sess.authenticate(raw); err != nil {
+		s.refuse(sess.cw, err)
+		_ = sess.cw.Flush()
+		return
+	}
+	_ = raw.SetDeadline(time.Time{})
+	authenticating = false
+	s.m.authenticating.Dec()
+
+	s.m.waiting.Inc()
+	srvConn, err := s.acquire()
+	s.m.waiting.Dec()
+	if err != nil {
+		s.refuse(sess.cw, err)
+		_ = sess.cw.Flush()
+		return
+	}
+	s.m.active.Inc()
+	defer s.m.active.Dec()
+	s.m.sessions.Inc()
+	s.register(sess)
+	defer s.unregister(sess)
+	sess.run(srvConn, params)
+}
+
+func remoteString(c net.Conn) string {
+	if a := c.RemoteAddr(); a != nil && a.String() != "" && a.String() != "@" {
+		return a.String()
+	}
+	return "unix"
+}
+
+// refuse sends err to the client as a FATAL ErrorResponse (when it is one to send) and counts it.
+func (s *Server) refuse(w io.Writer, err error) {
+	var r *rejectError
+	if !errors.As(err, &r) {
+		if err != nil && !errors.Is(err, io.EOF) {
+			s.log.Debug("Proxy client connection failed", "error", err.Error())
+		}
+		return
+	}
+	s.m.rejected.WithLabelValues(r.code).Inc()
+	b, _ := (&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: r.code, Message: r.msg}).Encode(nil)
+	_, _ = w.Write(b)
+}
+
+// startup reads startup packets until a StartupMessage, answering SSLRequest and GSSENCRequest on
+// the way. It reads exact packet lengths straight from the socket, so no plaintext byte sent
+// before a TLS handshake can be taken as if it came through TLS. A nil conn with a nil error
+// means the connection was a cancel request and is done.
+func (s *Server) startup(raw net.Conn) (net.Conn, map[string]string, error) {
+	conn := raw
+	tlsDone := false
+	for range 4 {
+		pkt, err := readStartupPacket(conn)
+		if err != nil {
+			return nil, nil, err
+		}
+		code := binary.BigEndian.Uint32(pkt)
+		switch {
+		case code == sslRequest && !tlsDone:
+			if s.cfg.TLS == nil {
+				if _, err := conn.Write([]byte{'N'}); err != nil {
+					return nil, nil, err
+				}
+				continue
+			}
+			if _, err := conn.Write([]byte{'S'}); err != nil {
+				return nil, nil, err
+			}
+			tc := tls.Server(raw, s.cfg.TLS)
+			if err := tc.Handshake(); err != nil {
+				return nil, nil, fmt.Errorf("tls handshake: %w", err)
+			}
+			conn, tlsDone = tc, true
+		case code == gssencRequest && !tlsDone:
+			if _, err := conn.Write([]byte{'N'}); err != nil {
+				return nil, nil, err
+			}
+		case code == cancelCode && len(pkt) >= 12:
+			s.cancelRequest(binary.BigEndian.Uint32(pkt[4:8]), binary.BigEndian.Uint32(pkt[8:12]))
+			return nil, nil, nil
+		case code>>16 == 3:
+			params, unknown := parseStartupParams(pkt[4:])
+			if code&0xffff != 0 || len(unknown) > 0 {
+				// We speak 3.0 and no protocol extensions: say so, as PostgreSQL does.
+				b, _ := (&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unknown}).Encode(nil)
+				if _, err := conn.Write(b); err != nil {
+					return nil, nil, err
+				}
+			}
+			if params["user"] == "" {
+				return conn, nil, reject("28000", "no PostgreSQL user name specified in startup packet")
+			}
+			if params["replication"] != "" && params["replication"] != "false" && params["replication"] != "0" {
+				return conn, nil, reject("0A000", "replication connections are not supported by the proxy")
+			}
+			if params["database"] == "" {
+				params["database"] = params["user"]
+			}
+			if params["database"] != s.database {
+				return conn, nil, reject("3D000", "database %q is not served by this proxy (it serves %q)", params["database"], s.database)
+			}
+			return conn, params, nil
+		default:
+			return conn, nil, reject("0A000", "unsupported frontend protocol %d.%d", code>>16, code&0xffff)
+		}
+	}
+	return conn, nil, reject("08P01", "too many startup packets")
+}
+
+func readStartupPacket(r io.Reader) ([]byte, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	n := int(binary.BigEndian.Uint32(hdr[:]))
+	if n < 8 || n > 10000 {
+		return nil, reject("08P01", "invalid length of startup packet")
+	}
+	pkt := make([]byte, n-4)
+	if _, err := io.ReadFull(r, pkt); err != nil {
+		return nil, err
+	}
+	return pkt, nil
+}
+
+// parseStartupParams reads the name/value pairs of a StartupMessage. Names starting with _pq_.
+// are protocol options, which the proxy does not support.
+func parseStartupParams(b []byte) (map[string]string, []string) {
+	params := map[string]string{}
+	var unknown []string
+	for len(b) > 1 {
+		i := indexZero(b)
+		if i < 0 {
+			break
+		}
+		name := string(b[:i])
+		b = b[i+1:]
+		j := indexZero(b)
+		if j < 0 {
+			break
+		}
+		if strings.HasPrefix(name, "_pq_.") {
+			unknown = append(unknown, name)
+		} else {
+			params[name] = string(b[:j])
+		}
+		b = b[j+1:]
+	}
+	return params, unknown
+}
+
+func indexZero(b []byte) int {
+	for i, c := range b {
+		if c == 0 {
+			return i
+		}
+	}
+	return -1
+}
+
+func isLocal(c net.Conn) bool {
+	switch a := c.RemoteAddr().(type) {
+	case *net.UnixAddr:
+		return true
+	case *net.TCPAddr:
+		return a.IP.IsLoopback()
+	}
+	return c.RemoteAddr() == nil
+}
+
+// authenticate runs the configured method and sends AuthenticationOk.
+func (sess *session) authenticate(raw net.Conn) error {
+	s := sess.srv
+	method := s.cfg.Auth
+	fail := func(err error) error {
+		s.m.authFailures.WithLabelValues(string(method)).Inc()
+		if err != nil && !errors.Is(err, errWrongPassword) {
+			s.log.Warn("Proxy authentication failed", "user", sess.user, "client", sess.remote, "method", string(method), "error", err.Error())
+		} else {
+			s.log.Warn("Proxy authentication failed", "user", sess.user, "client", sess.remote, "method", string(method))
+		}
+		return reject("28P01", "password authentication failed for user %q", sess.user)
+	}
+	cred := s.creds[sess.user]
+	switch {
+	case method == AuthTrust:
+		if !isLocal(raw) {
+			s.m.authFailures.WithLabelValues(string(method)).Inc()
+			return reject("28000", "trust authentication is only allowed on loopback and unix socket connections")
+		}
+	case method == AuthMD5 && (cred == nil || cred.md5 != ""):
+		var salt [4]byte
+		_, _ = rand.Read(salt[:])
+		if err := sess.send(&pgproto3.AuthenticationMD5Password{Salt: salt}); err != nil {
+			return err
+		}
+		body, err := sess.expectPassword()
+		if err != nil {
+			return err
+		}
+		if cred == nil {
+			return fail(nil)
+		}
+		got := strings.TrimRight(string(body), "\x00")
+		if subtle.ConstantTimeCompare([]byte(got), []byte(md5Response(cred.md5, salt))) != 1 {
+			return fail(nil)
+		}
+	default:
+		method = AuthSCRAM
+		v := (*scramVerifier)(nil)
+		if cred != nil {
+			v = cred.scram
+		}
+		if v == nil {
+			// Unknown user (or no SCRAM secret): run the exchange against a random secret so the
+			// reply does not tell which user names exist.
+			v = &scramVerifier{salt: make([]byte, 16), iterations: scramIterations, storedKey: make([]byte, 32), serverKey: make([]byte, 32)}
+			_, _ = rand.Read(v.salt)
+			_, _ = rand.Read(v.storedKey)
+		}
+		if err := sess.scram(v); err != nil {
+			if errors.As(err, new(*rejectError)) {
+				return err
+			}
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return err
+			}
+			return fail(err)
+		}
+	}
+	return sess.send(&pgproto3.AuthenticationOk{})
+}
+
+func (sess *session) scram(v *scramVerifier) error {
+	if err := sess.send(&pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}}); err != nil {
+		return err
+	}
+	body, err := sess.expectPassword()
+	if err != nil {
+		return err
+	}
+	var init pgproto3.SASLInitialResponse
+	if err := init.Decode(body); err != nil {
+		return reject("08P01", "malformed SASL initial response")
+	}
+	if init.AuthMechanism != "SCRAM-SHA-256" {
+		return reject("28000", "SASL authentication mechanism %q is not supported", init.AuthMechanism)
+	}
+	ss := &scramServer{v: v}
+	first, err := ss.first(string(init.Data))
+	if err != nil {
+		return err
+	}
+	if err := sess.send(&pgproto3.AuthenticationSASLContinue{Data: []byte(first)}); err != nil {
+		return err
+	}
+	body, err = sess.expectPassword()
+	if err != nil {
+		return err
+	}
+	final, err := ss.final(string(body))
+	if err != nil {
+		return err
+	}
+	return sess.send(&pgproto3.AuthenticationSASLFinal{Data: []byte(final)})
+}
+
+// expectPassword flushes what was written and reads one PasswordMessage-type ('p') body.
+func (sess *session) expectPassword() ([]byte, error) {
+	if err := sess.cw.Flush(); err != nil {
+		return nil, err
+	}
+	var hdr [5]byte
+	if _, err := io.ReadFull(sess.cr, hdr[:]); err != nil {
+		return nil, err
+	}
+	n := int(binary.BigEndian.Uint32(hdr[1:])) - 4
+	if hdr[0] != 'p' || n < 0 || n > 10000 {
+		return nil, reject("08P01", "expected a password response, got message type %q", hdr[0])
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(sess.cr, body); err != nil {
+		return nil, err
+	}
+	return body, nil
+}
+
+type encoder interface {
+	Encode(dst []byte) ([]byte, error)
+}
+
+// send buffers one message for the client.
+func (sess *session) send(m encoder) error {
+	b, err := m.Encode(nil)
+	if err != nil {
+		return err
+	}
+	_, err = sess.cw.Write(b)
+	return err
+}
+
+// acquire borrows a server connection within DB_CONNECTION_TIMEOUT. While the database is
+// unreachable it retries with backoff until then; a client that still has none gets 53300 (pool
+// exhausted) or 08006 (database unreachable) instead of waiting forever.
+func (s *Server) acquire() (*pgxpool.Conn, error) {
+	timeout := s.mgr.Config().ConnectTimeout
+	ctx, cancel := context.WithTimeout(s.ctx, timeout)
+	defer cancel()
+	start := time.Now()
+	defer func() { s.m.wait.Observe(time.Since(start).Seconds()) }()
+	var lastErr error
+	for attempt := 1; ; attempt++ {
+		c, err := s.mgr.Pool().Acquire(ctx)
+		if err == nil {
+			return c, nil
+		}
+		if ctx.Err() != nil {
+			if lastErr != nil {
+				return nil, reject("08006", "cannot connect to the database within DB_CONNECTION_TIMEOUT (%s): %s", timeout,
+					pool.Scrub(lastErr.Error(), s.mgr.Config().DatabaseURL))
+			}
+			return nil, reject("53300", "no server connection available within DB_CONNECTION_TIMEOUT (%s): all %d pool connections are in use",
+				timeout, s.mgr.Config().MaxConns)
+		}
+		lastErr = err
+		t := time.NewTimer(pool.Backoff(attempt, 50*time.Millisecond, time.Second))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+		case <-t.C:
+		}
+	}
+}
+
+// applyParams sets the client's startup parameters (application_name, DateStyle, options -c ...)
+// on the server connection through pgconn, which then knows the reported values.
+func applyParams(ctx context.Context, pc *pgconn.PgConn, params map[string]string) error {
+	var sets []string
+	add := func(name, value string) {
+		for _, r := range name {
+			if !(r == '_' || r == '.' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+				return
+			}
+		}
+		sets = append(sets, fmt.Sprintf("pg_catalog.set_config('%s', '%s', false)", name, strings.ReplaceAll(value, "'", "''")))
+	}
+	for name, value := range params {
+		switch name {
+		case "user", "database", "replication":
+		case "options":
+			f := strings.Fields(value)
+			for i := 0; i < len(f); i++ {
+				opt := f[i]
+				if opt == "-c" && i+1 < len(f) {
+					i++
+					opt = f[i]
+				} else if v, ok := strings.CutPrefix(opt, "-c"); ok {
+					opt = v
+				} else if v, ok := strings.CutPrefix(opt, "--"); ok {
+					opt = v
+				} else {
+					continue
+				}
+				if k, v, ok := strings.Cut(opt, "="); ok {
+					add(strings.ReplaceAll(k, "-", "_"), v)
+				}
+			}
+		case "client_encoding":
+			if !strings.EqualFold(value, "auto") {
+				add(name, value)
+			}
+		default:
+			add(name, value)
+		}
+	}
+	if len(sets) == 0 {
+		return nil
+	}
+	_, err := pc.Exec(ctx, "SELECT "+strings.Join(sets, ", ")).ReadAll()
+	return err
+}
