@@ -343,6 +343,11 @@ loop:
 		_ = sess.cw.Flush()
 	}
 	if tooLarge {
+		// Read the rest of the message without keeping it, so that a client still writing it
+		// can read the error instead of failing on a closed socket.
+		_ = sess.client.SetReadDeadline(time.Now().Add(s.cfg.ResetTimeout))
+		_, _ = sess.cr.Discard(min(int(binary.BigEndian.Uint32(hdr[1:]))-4, 1<<30))
+		_ = sess.client.SetReadDeadline(time.Time{})
 		s.refuse(sess.cw, reject("54000", "message of type %q too large (more than %d bytes)", hdr[0], s.cfg.MaxMessageSize))
 		_ = sess.cw.Flush()
 	}
