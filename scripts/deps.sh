@@ -8,6 +8,8 @@ declare -A need=(
 	[go]=golang
 	[pg_ctl]=postgresql
 	[promtool]=prometheus
+	[psql]=postgresql-client
+	[pgbench]=postgresql-client
 )
 if [ "${PGSIDECAR_DEPS_EXTRA:-}" != "" ]; then
 	for pair in $PGSIDECAR_DEPS_EXTRA; do need[${pair%%=*}]=${pair#*=}; done
