@@ -76,6 +76,8 @@ type deps struct {
 	mux    *http.ServeMux
 	logger *slog.Logger
 	links  []web.LandingLinks // landing page links; features append theirs
+	// metricsMiddleware wraps the telemetry handler, e.g. to pass each scrape's deadline on.
+	metricsMiddleware []func(http.Handler) http.Handler
 }
 
 var features []feature
@@ -166,13 +168,13 @@ func serve(ctx context.Context, a *app, logger *slog.Logger) int {
 	defer mgr.Close()
 
 	mux := http.NewServeMux()
-	mux.Handle(a.telemetryPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+	var metricsHandler http.Handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorHandling:       promhttp.ContinueOnError,
 		ErrorLog:            slog.NewLogLogger(logger.Handler(), slog.LevelError),
 		Registry:            reg,
 		EnableOpenMetrics:   true,
 		MaxRequestsInFlight: 10,
-	}))
+	})
 	d := &deps{mgr: mgr, reg: reg, mux: mux, logger: logger,
 		links: []web.LandingLinks{{Address: a.telemetryPath, Text: "Metrics"}}}
 	for _, f := range features {
@@ -185,6 +187,10 @@ func serve(ctx context.Context, a *app, logger *slog.Logger) int {
 			defer stopFeature()
 		}
 	}
+	for _, wrap := range d.metricsMiddleware {
+		metricsHandler = wrap(metricsHandler)
+	}
+	mux.Handle(a.telemetryPath, metricsHandler)
 	if a.telemetryPath != "/" {
 		landing, err := web.NewLandingPage(web.LandingConfig{
 			Name:        "pgsidecar",

@@ -1,0 +1,192 @@
+// Package collector exports PostgreSQL statistics with postgres_exporter-compatible pg_* names:
+// one collector per file, each registered by name in an init() and switchable with
+// --[no-]collector.NAME, plus custom metrics from a queries.yaml file.
+//
+// All queries of a scrape go through one small side pool of the pool manager (one connection by
+// default), under a deadline taken from Prometheus' scrape timeout. Concurrent scrapes share one
+// collection, and a failing or slow collector only sets its own
+// pg_scrape_collector_success{collector} to 0: the scrape itself always answers.
+package collector
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Collector reads one group of statistics during a scrape and emits them through s.
+type Collector interface {
+	Update(ctx context.Context, s *Scrape) error
+}
+
+// Querier runs SQL; *pgxpool.Conn, *pgxpool.Pool and *pgx.Conn satisfy it.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Begin(ctx context.Context) (pgx.Tx, error)
+}
+
+// Options is what a collector factory gets.
+type Options struct {
+	Logger *slog.Logger
+	// StatementsLimit is the number of statements the statements collector exports.
+	StatementsLimit int
+}
+
+type registration struct {
+	name    string
+	enabled bool // default state
+	help    string
+	factory func(Options) Collector
+}
+
+var registry = map[string]registration{}
+
+// register makes a collector known by name with its default state. Collectors call it from
+// init(); the name becomes the --collector.NAME flag.
+func register(name string, enabled bool, help string, factory func(Options) Collector) {
+	if _, dup := registry[name]; dup {
+		panic("collector: " + name + " registered twice")
+	}
+	registry[name] = registration{name: name, enabled: enabled, help: help, factory: factory}
+}
+
+// Names lists the registered collectors in sorted order.
+func Names() []string {
+	names := make([]string, 0, len(registry))
+	for n := range registry {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// DefaultEnabled reports whether the named collector runs unless switched off.
+func DefaultEnabled(name string) bool { return registry[name].enabled }
+
+// Scrape is one collector's view of a running collection: the connection to query, the
+// server version, and emit functions that build const metrics and drop duplicates.
+type Scrape struct {
+	// Conn runs the collector's queries.
+	Conn Querier
+	// Version is the server's server_version_num (e.g. 150004).
+	Version int
+
+	sink *sink
+}
+
+// Gauge emits a gauge sample. Label values must match the desc's variable labels.
+func (s *Scrape) Gauge(d *prometheus.Desc, v float64, labels ...string) {
+	s.sink.add(d, prometheus.GaugeValue, v, labels)
+}
+
+// Counter emits a counter sample.
+func (s *Scrape) Counter(d *prometheus.Desc, v float64, labels ...string) {
+	s.sink.add(d, prometheus.CounterValue, v, labels)
+}
+
+// Untyped emits an untyped sample.
+func (s *Scrape) Untyped(d *prometheus.Desc, v float64, labels ...string) {
+	s.sink.add(d, prometheus.UntypedValue, v, labels)
+}
+
+// sink gathers the metrics of one collection. A series already emitted (same desc and label
+// values) is dropped and counted instead of failing the whole scrape later in the registry.
+type sink struct {
+	mu         sync.Mutex // collectors may run on several connections at once
+	metrics    []prometheus.Metric
+	seen       map[string]struct{}
+	duplicates int
+	invalid    int
+	lastErr    error
+}
+
+func newSink() *sink { return &sink{seen: make(map[string]struct{}, 512)} }
+
+func (k *sink) add(d *prometheus.Desc, t prometheus.ValueType, v float64, labels []string) {
+	var b strings.Builder
+	b.WriteString(d.String())
+	for _, l := range labels {
+		b.WriteByte(0xff)
+		b.WriteString(l)
+	}
+	key := b.String()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if _, dup := k.seen[key]; dup {
+		k.duplicates++
+		return
+	}
+	m, err := prometheus.NewConstMetric(d, t, v, labels...)
+	if err != nil {
+		// Invalid UTF-8 in a label value or a wrong label count: skip the sample, keep the rest.
+		k.invalid++
+		k.lastErr = err
+		return
+	}
+	k.seen[key] = struct{}{}
+	k.metrics = append(k.metrics, m)
+}
+
+// desc builds a Desc and records its name as taken by a built-in collector, so custom queries
+// cannot export the same name.
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	builtinMu.Lock()
+	builtinNames[name] = true
+	builtinMu.Unlock()
+	return prometheus.NewDesc(name, help, labels, nil)
+}
+
+var (
+	builtinMu    sync.Mutex
+	builtinNames = map[string]bool{
+		"pg_up": true, "pg_static": true, "pg_scrape_collector_duration_seconds": true,
+		"pg_scrape_collector_success": true,
+	}
+	builtinOnce sync.Once
+)
+
+// builtinName reports whether a built-in collector exports name (or, for the settings
+// collector, any pg_settings_* name).
+func builtinName(name string) bool {
+	builtinOnce.Do(func() {
+		for _, r := range registry {
+			r.factory(Options{Logger: slog.New(slog.DiscardHandler)})
+		}
+	})
+	if strings.HasPrefix(name, "pg_settings_") || strings.HasPrefix(name, "pgsidecar_") {
+		return true
+	}
+	builtinMu.Lock()
+	defer builtinMu.Unlock()
+	return builtinNames[name]
+}
+
+// queryRows runs sql and calls fn for each row.
+func queryRows(ctx context.Context, q Querier, sql string, fn func(pgx.Rows) error, args ...any) error {
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if err := fn(rows); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+// versionString renders a server_version_num as "15.4" (or "9.6.24" for old servers).
+func versionString(num int) string {
+	if num >= 100000 {
+		return fmt.Sprintf("%d.%d", num/10000, num%10000)
+	}
+	return fmt.Sprintf("%d.%d.%d", num/10000, num/100%100, num%100)
+}

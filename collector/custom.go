@@ -1,0 +1,337 @@
+package collector
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// customCollectorName is the collector label of custom queries in pg_scrape_collector_*.
+const customCollectorName = "queries"
+
+// customCollector runs the queries of a queries file. The set of queries is swapped whole on
+// reload, so a scrape sees either the old or the new set.
+type customCollector struct {
+	path string
+	log  *slog.Logger
+
+	queries atomic.Pointer[[]*customQuery]
+
+	reloadOK prometheus.Gauge
+	reloadTS prometheus.Gauge
+	errs     *prometheus.CounterVec
+
+	mu      sync.Mutex
+	cache   map[*customQuery]cachedResult
+	failing map[string]string // query name → last error logged
+}
+
+type cachedResult struct {
+	until   time.Time
+	samples []sample
+}
+
+type sample struct {
+	desc   *prometheus.Desc
+	vtype  prometheus.ValueType
+	value  float64
+	labels []string
+}
+
+func newCustomCollector(path string, log *slog.Logger) *customCollector {
+	return &customCollector{
+		path: path,
+		log:  log,
+		reloadOK: prometheus.NewGauge(prometheus.GaugeOpts{Name: "pgsidecar_queries_last_reload_successful",
+			Help: "1 if the last load of the custom queries file succeeded, 0 if it failed and the previous queries stay in use."}),
+		reloadTS: prometheus.NewGauge(prometheus.GaugeOpts{Name: "pgsidecar_queries_last_reload_success_timestamp_seconds",
+			Help: "Time of the last successful load of the custom queries file."}),
+		errs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pgsidecar_custom_query_errors_total",
+			Help: "Custom query runs that failed or returned a value that is not a number, by query."}, []string{"query"}),
+		cache:   map[*customQuery]cachedResult{},
+		failing: map[string]string{},
+	}
+}
+
+// reload loads the queries file; on error the current queries stay.
+func (c *customCollector) reload() error {
+	qs, err := loadQueries(c.path, builtinName)
+	if err != nil {
+		c.reloadOK.Set(0)
+		c.log.Error("Custom queries not loaded", "file", c.path, "error", err.Error())
+		return err
+	}
+	c.queries.Store(&qs)
+	c.mu.Lock()
+	c.cache = map[*customQuery]cachedResult{}
+	c.failing = map[string]string{}
+	c.mu.Unlock()
+	for _, q := range qs {
+		c.errs.WithLabelValues(q.name)
+	}
+	c.reloadOK.Set(1)
+	c.reloadTS.SetToCurrentTime()
+	c.log.Info("Custom queries loaded", "file", c.path, "queries", len(qs))
+	return nil
+}
+
+// collectOwn sends the reload and error metrics, which do not need the database.
+func (c *customCollector) collectOwn(ch chan<- prometheus.Metric) {
+	c.reloadOK.Collect(ch)
+	c.reloadTS.Collect(ch)
+	c.errs.Collect(ch)
+}
+
+func (c *customCollector) Update(ctx context.Context, s *Scrape) error {
+	qs := c.queries.Load()
+	if qs == nil {
+		return nil
+	}
+	var failed []string
+	var lastErr error
+	for _, q := range *qs {
+		if !q.appliesTo(s.Version) {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			failed = append(failed, q.name)
+			lastErr = err
+			continue
+		}
+		c.mu.Lock()
+		cached, ok := c.cache[q]
+		c.mu.Unlock()
+		if ok && time.Now().Before(cached.until) {
+			emit(s, cached.samples)
+			continue
+		}
+		samples, err := runCustom(ctx, s.Conn, q)
+		emit(s, samples)
+		c.noteResult(q, err)
+		if err != nil {
+			failed = append(failed, q.name)
+			lastErr = err
+			continue
+		}
+		if q.cacheSeconds > 0 {
+			c.mu.Lock()
+			c.cache[q] = cachedResult{until: time.Now().Add(time.Duration(q.cacheSeconds) * time.Second), samples: samples}
+			c.mu.Unlock()
+		}
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%d custom queries failed (%v), last error: %w", len(failed), failed, lastErr)
+	}
+	return nil
+}
+
+func emit(s *Scrape, samples []sample) {
+	for _, x := range samples {
+		s.sink.add(x.desc, x.vtype, x.value, x.labels)
+	}
+}
+
+// noteResult counts a failure and logs when a query starts failing or fails differently, not
+// on every scrape.
+func (c *customCollector) noteResult(q *customQuery, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err == nil {
+		if _, was := c.failing[q.name]; was {
+			delete(c.failing, q.name)
+			c.log.Info("Custom query works again", "query", q.name)
+		}
+		return
+	}
+	c.errs.WithLabelValues(q.name).Inc()
+	msg := errString(err)
+	if c.failing[q.name] != msg {
+		c.failing[q.name] = msg
+		c.log.Warn("Custom query failed", "query", q.name, "error", msg)
+	}
+}
+
+// runCustom runs one custom query. With a timeout it runs in a transaction with that
+// statement_timeout, so the server cancels it cleanly and the connection stays usable. It
+// returns the samples it could read even when some values were not numbers.
+func runCustom(ctx context.Context, conn Querier, q *customQuery) ([]sample, error) {
+	qctx := ctx
+	db := conn
+	if q.timeout > 0 {
+		var cancel context.CancelFunc
+		// The server's statement_timeout fires first; the context only backs it up.
+		qctx, cancel = context.WithTimeout(ctx, q.timeout+time.Second)
+		defer cancel()
+		tx, err := conn.Begin(qctx)
+		if err != nil {
+			return nil, err
+		}
+		defer func() { _ = tx.Rollback(context.WithoutCancel(qctx)) }()
+		if _, err := tx.Exec(qctx, "SELECT set_config('statement_timeout', $1, true)",
+			strconv.FormatInt(q.timeout.Milliseconds(), 10)); err != nil {
+			return nil, err
+		}
+		db = tx
+	}
+	rows, err := db.Query(qctx, q.sql)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	fields := rows.FieldDescriptions()
+	index := make(map[string]int, len(fields))
+	for i, f := range fields {
+		index[f.Name] = i
+	}
+	labelIdx := make([]int, len(q.labels))
+	for i, l := range q.labels {
+		j, ok := index[l]
+		if !ok {
+			return nil, fmt.Errorf("label column %s is not in the query result", l)
+		}
+		labelIdx[i] = j
+	}
+	type metricCol struct {
+		col   *customColumn
+		idx   int
+		vtype prometheus.ValueType
+	}
+	var mcols []metricCol
+	for i := range q.columns {
+		col := &q.columns[i]
+		if col.desc == nil {
+			continue
+		}
+		j, ok := index[col.name]
+		if !ok {
+			return nil, fmt.Errorf("metric column %s is not in the query result", col.name)
+		}
+		vt := prometheus.GaugeValue
+		if col.usage == usageCounter {
+			vt = prometheus.CounterValue
+		}
+		mcols = append(mcols, metricCol{col: col, idx: j, vtype: vt})
+	}
+	var out []sample
+	var convErr error
+	for rows.Next() {
+		vals, err := rows.Values()
+		if err != nil {
+			return out, err
+		}
+		labels := make([]string, len(labelIdx))
+		for i, j := range labelIdx {
+			labels[i] = labelValue(vals[j])
+		}
+		for _, m := range mcols {
+			v := vals[m.idx]
+			if v == nil {
+				continue // NULL is no sample, not zero
+			}
+			f, ok := toFloat(v)
+			if !ok {
+				convErr = fmt.Errorf("column %s: a value of type %s cannot be a metric value", m.col.name, typeName(fields[m.idx].DataTypeOID))
+				continue
+			}
+			out = append(out, sample{desc: m.col.desc, vtype: m.vtype, value: f, labels: labels})
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return out, err
+	}
+	return out, convErr
+}
+
+var typeMap = pgtype.NewMap()
+
+func typeName(oid uint32) string {
+	if t, ok := typeMap.TypeForOID(oid); ok {
+		return t.Name
+	}
+	return "oid " + strconv.FormatUint(uint64(oid), 10)
+}
+
+// toFloat converts a column value to a sample value: numbers, booleans (1/0), numeric,
+// intervals (seconds), timestamps (Unix seconds) and text holding a number.
+func toFloat(v any) (float64, bool) {
+	switch x := v.(type) {
+	case float64:
+		return x, true
+	case float32:
+		return float64(x), true
+	case int64:
+		return float64(x), true
+	case int32:
+		return float64(x), true
+	case int16:
+		return float64(x), true
+	case int8:
+		return float64(x), true
+	case int:
+		return float64(x), true
+	case uint32:
+		return float64(x), true
+	case uint64:
+		return float64(x), true
+	case bool:
+		if x {
+			return 1, true
+		}
+		return 0, true
+	case pgtype.Numeric:
+		f, err := x.Float64Value()
+		if err != nil || !f.Valid {
+			return 0, false
+		}
+		return f.Float64, true
+	case pgtype.Interval:
+		if !x.Valid {
+			return 0, false
+		}
+		us := float64(x.Microseconds) + float64(x.Days)*86400e6 + float64(x.Months)*30*86400e6
+		return us / 1e6, true
+	case time.Time:
+		return float64(x.UnixNano()) / 1e9, true
+	case string:
+		f, err := strconv.ParseFloat(x, 64)
+		if err != nil || math.IsNaN(f) && x != "NaN" {
+			return 0, false
+		}
+		return f, true
+	}
+	return 0, false
+}
+
+// labelValue renders a column value as a label value; NULL becomes "".
+func labelValue(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return ""
+	case string:
+		return x
+	case []byte:
+		if utf8.Valid(x) {
+			return string(x)
+		}
+		return fmt.Sprintf("%x", x)
+	case time.Time:
+		return x.UTC().Format(time.RFC3339Nano)
+	case pgtype.Numeric:
+		if f, ok := toFloat(x); ok {
+			return strconv.FormatFloat(f, 'g', -1, 64)
+		}
+		return ""
+	case [16]byte: // uuid
+		return fmt.Sprintf("%x-%x-%x-%x-%x", x[0:4], x[4:6], x[6:8], x[8:10], x[10:16])
+	}
+	return fmt.Sprint(v)
+}

@@ -1,0 +1,418 @@
+package collector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+// Config configures an Exporter. AddFlags fills one from the command line.
+type Config struct {
+	// Enabled switches collectors on or off by name; collectors not listed keep their default.
+	Enabled map[string]bool
+	// Timeout is the collection deadline when a scrape does not send
+	// X-Prometheus-Scrape-Timeout-Seconds. It is also the statement_timeout of the collector's
+	// sessions, so no single statement outlives it on the server.
+	Timeout time.Duration
+	// MaxConns caps the collector's connections to the database (default 1).
+	MaxConns int32
+	// QueriesFile is the custom queries file ("" for none).
+	QueriesFile string
+	// StatementsLimit is how many statements the statements collector exports (default 25).
+	StatementsLimit int
+	// Logger receives collection and reload messages (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// DefaultTimeout is the collection deadline when neither the scrape nor the flag gives one.
+const DefaultTimeout = 5 * time.Second
+
+// scrapeTimeoutHeader is the header in which Prometheus sends its scrape timeout.
+const scrapeTimeoutHeader = "X-Prometheus-Scrape-Timeout-Seconds"
+
+type namedCollector struct {
+	name string
+	c    Collector
+}
+
+// Exporter runs the enabled collectors against the pool manager's database and exports their
+// metrics. It is a prometheus.Collector (unchecked: custom queries define metrics at run time);
+// register it on the same registry that serves /metrics and wrap that handler with Middleware.
+type Exporter struct {
+	cfg    Config
+	log    *slog.Logger
+	pool   *pgxpool.Pool
+	pname  string
+	cols   []namedCollector
+	custom *customCollector // nil without a queries file
+	ctx    context.Context  // canceled by Close
+	cancel context.CancelFunc
+
+	group singleflight.Group
+
+	mu        sync.Mutex
+	deadlines map[uint64]time.Time // deadlines of scrapes in flight
+	nextID    uint64
+	wasUp     bool
+
+	collections atomic.Int64
+
+	upDesc, staticDesc, durationDesc, successDesc *prometheus.Desc
+	collectionsDesc, droppedDesc                  *prometheus.Desc
+	duplicates, invalid                           atomic.Int64
+}
+
+// New builds an Exporter on a side pool of mgr (mgr closes it). It loads the queries file and
+// fails on an invalid one, naming file and line.
+func New(mgr *pool.Manager, cfg Config) (*Exporter, error) {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = 1
+	}
+	p, err := mgr.NewMonitorPool(pool.MonitorOptions{
+		MaxConns:         cfg.MaxConns,
+		StatementTimeout: cfg.Timeout,
+		ApplicationName:  "pgsidecar-collector",
+	})
+	if err != nil {
+		return nil, err
+	}
+	return newExporter(p, mgr.Name(), cfg)
+}
+
+// newExporter builds an Exporter on any pgxpool; tests and benchmarks use it directly.
+func newExporter(p *pgxpool.Pool, poolName string, cfg Config) (*Exporter, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = 1
+	}
+	if cfg.StatementsLimit <= 0 {
+		cfg.StatementsLimit = 25
+	}
+	for name := range cfg.Enabled {
+		if _, ok := registry[name]; !ok {
+			return nil, fmt.Errorf("unknown collector %q (known: %v)", name, Names())
+		}
+	}
+	e := &Exporter{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		pool:      p,
+		pname:     poolName,
+		deadlines: map[uint64]time.Time{},
+		wasUp:     true,
+		upDesc: prometheus.NewDesc("pg_up", "1 if the last collection could connect to PostgreSQL and query it, else 0.",
+			nil, prometheus.Labels{"pool": poolName}),
+		staticDesc: desc("pg_static", "PostgreSQL server version; the value is always 1.", "version", "short_version"),
+		durationDesc: desc("pg_scrape_collector_duration_seconds",
+			"Time a collector took in the last collection.", "collector"),
+		successDesc: desc("pg_scrape_collector_success",
+			"1 if a collector succeeded in the last collection, 0 if it failed or ran out of time.", "collector"),
+		collectionsDesc: desc("pgsidecar_collections_total",
+			"Collections run against the database; concurrent scrapes share one."),
+		droppedDesc: desc("pgsidecar_collector_dropped_series_total",
+			"Samples dropped from collections, by reason (duplicate series, invalid label value).", "reason"),
+	}
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	opts := Options{Logger: cfg.Logger, StatementsLimit: cfg.StatementsLimit}
+	for _, name := range Names() {
+		on, set := cfg.Enabled[name]
+		if !set {
+			on = registry[name].enabled
+		}
+		if on {
+			e.cols = append(e.cols, namedCollector{name: name, c: registry[name].factory(opts)})
+		}
+	}
+	if cfg.QueriesFile != "" {
+		e.custom = newCustomCollector(cfg.QueriesFile, cfg.Logger)
+		if err := e.custom.reload(); err != nil {
+			return nil, err
+		}
+		// Custom queries run last, so a slow one cannot starve the built-in collectors.
+		e.cols = append(e.cols, namedCollector{name: customCollectorName, c: e.custom})
+	}
+	return e, nil
+}
+
+// Close stops collections in progress. The side pool itself belongs to the pool manager.
+func (e *Exporter) Close() { e.cancel() }
+
+// Enabled lists the collectors that run, in the order they run.
+func (e *Exporter) Enabled() []string {
+	out := make([]string, len(e.cols))
+	for i, c := range e.cols {
+		out[i] = c.name
+	}
+	return out
+}
+
+// Reload reads the queries file again. On error the previous queries stay in use and
+// pgsidecar_queries_last_reload_successful turns 0. Without a queries file it does nothing.
+func (e *Exporter) Reload() error {
+	if e.custom == nil {
+		return nil
+	}
+	return e.custom.reload()
+}
+
+// Middleware passes each scrape's deadline (Prometheus' X-Prometheus-Scrape-Timeout-Seconds
+// minus a margin, else Config.Timeout) to the collection that serves it. Wrap the /metrics
+// handler with it.
+func (e *Exporter) Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		d := scrapeTimeout(r.Header.Get(scrapeTimeoutHeader), e.cfg.Timeout)
+		release := e.addDeadline(time.Now().Add(d))
+		defer release()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// scrapeTimeout turns the scrape timeout header into a collection budget: the header's value
+// less a margin for encoding and sending the answer (half a second, or a fifth of short
+// timeouts), or def when the header is missing or invalid.
+func scrapeTimeout(header string, def time.Duration) time.Duration {
+	if header == "" {
+		return def
+	}
+	secs, err := strconv.ParseFloat(header, 64)
+	if err != nil || secs <= 0 || math.IsInf(secs, 0) || math.IsNaN(secs) {
+		return def
+	}
+	t := time.Duration(secs * float64(time.Second))
+	return t - min(500*time.Millisecond, t/5)
+}
+
+func (e *Exporter) addDeadline(t time.Time) func() {
+	e.mu.Lock()
+	id := e.nextID
+	e.nextID++
+	e.deadlines[id] = t
+	e.mu.Unlock()
+	return func() {
+		e.mu.Lock()
+		delete(e.deadlines, id)
+		e.mu.Unlock()
+	}
+}
+
+// deadline is the earliest deadline of the scrapes in flight, so a shared collection answers
+// in time for each of them; without any, Config.Timeout from now.
+func (e *Exporter) deadline() time.Time {
+	d := time.Now().Add(e.cfg.Timeout)
+	e.mu.Lock()
+	for _, t := range e.deadlines {
+		if t.Before(d) {
+			d = t
+		}
+	}
+	e.mu.Unlock()
+	return d
+}
+
+// Describe sends nothing: the Exporter is an unchecked collector, since custom queries
+// define their metrics at run time.
+func (e *Exporter) Describe(chan<- *prometheus.Desc) {}
+
+// Collect runs a collection, or joins the one already running, and sends its metrics.
+func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
+	deadline := e.deadline()
+	res := e.collectShared(deadline)
+	for _, m := range res.metrics {
+		ch <- m
+	}
+	ch <- prometheus.MustNewConstMetric(e.collectionsDesc, prometheus.CounterValue, float64(e.collections.Load()))
+	ch <- prometheus.MustNewConstMetric(e.droppedDesc, prometheus.CounterValue, float64(e.duplicates.Load()), "duplicate")
+	ch <- prometheus.MustNewConstMetric(e.droppedDesc, prometheus.CounterValue, float64(e.invalid.Load()), "invalid")
+	if e.custom != nil {
+		e.custom.collectOwn(ch)
+	}
+}
+
+// collection is the result of one collection, shared by the scrapes that joined it.
+type collection struct {
+	metrics []prometheus.Metric
+}
+
+func (e *Exporter) collectShared(deadline time.Time) *collection {
+	resc := e.group.DoChan("collect", func() (any, error) {
+		ctx, cancel := context.WithDeadline(e.ctx, deadline)
+		defer cancel()
+		return e.collect(ctx), nil
+	})
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case r := <-resc:
+		return r.Val.(*collection)
+	case <-timer.C:
+		// Joined a collection that started with a later deadline than ours: answer without it.
+		return e.failed(errors.New("deadline passed while waiting for the shared collection"))
+	}
+}
+
+// failed is a collection where nothing could run.
+func (e *Exporter) failed(err error) *collection {
+	s := newSink()
+	s.add(e.upDesc, prometheus.GaugeValue, 0, nil)
+	for _, c := range e.cols {
+		s.add(e.durationDesc, prometheus.GaugeValue, 0, []string{c.name})
+		s.add(e.successDesc, prometheus.GaugeValue, 0, []string{c.name})
+	}
+	e.noteUp(false, err)
+	return &collection{metrics: s.metrics}
+}
+
+// noteUp logs transitions between reachable and unreachable once, not on every scrape.
+func (e *Exporter) noteUp(up bool, err error) {
+	e.mu.Lock()
+	was := e.wasUp
+	e.wasUp = up
+	e.mu.Unlock()
+	switch {
+	case was && !up:
+		e.log.Warn("Collection cannot reach the database", "error", errString(err))
+	case !was && up:
+		e.log.Info("Collection reaches the database again")
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return pool.Scrub(err.Error())
+}
+
+type colResult struct {
+	dur time.Duration
+	err error
+}
+
+// collect runs every enabled collector once under ctx.
+func (e *Exporter) collect(ctx context.Context) *collection {
+	e.collections.Add(1)
+	conn, err := e.pool.Acquire(ctx)
+	if err != nil {
+		return e.failed(err)
+	}
+	var version int
+	var full, short string
+	err = conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int, version()").Scan(&version, &full)
+	if err != nil {
+		conn.Release()
+		return e.failed(err)
+	}
+	short = semver(version)
+	e.noteUp(true, nil)
+
+	s := newSink()
+	results := make([]colResult, len(e.cols))
+	queue := make(chan int, len(e.cols))
+	for i := range e.cols {
+		queue <- i
+	}
+	close(queue)
+	workers := min(int(e.cfg.MaxConns), len(e.cols))
+	var wg sync.WaitGroup
+	for w := range workers {
+		var first *pgxpool.Conn
+		if w == 0 {
+			first = conn
+		}
+		wg.Go(func() { e.worker(ctx, first, version, s, queue, results) })
+	}
+	if workers == 0 {
+		conn.Release()
+	}
+	wg.Wait()
+
+	s.add(e.upDesc, prometheus.GaugeValue, 1, nil)
+	s.add(e.staticDesc, prometheus.GaugeValue, 1, []string{full, short})
+	for i, c := range e.cols {
+		r := results[i]
+		ok := 1.0
+		if r.err != nil {
+			ok = 0
+			e.log.Warn("Collector failed", "collector", c.name, "duration", r.dur, "error", errString(r.err))
+		}
+		s.add(e.durationDesc, prometheus.GaugeValue, r.dur.Seconds(), []string{c.name})
+		s.add(e.successDesc, prometheus.GaugeValue, ok, []string{c.name})
+	}
+	e.duplicates.Add(int64(s.duplicates))
+	e.invalid.Add(int64(s.invalid))
+	if s.invalid > 0 {
+		e.log.Warn("Collection dropped invalid samples", "count", s.invalid, "error", errString(s.lastErr))
+	}
+	return &collection{metrics: s.metrics}
+}
+
+// worker runs collectors from queue on one connection, acquiring it first if conn is nil.
+func (e *Exporter) worker(ctx context.Context, conn *pgxpool.Conn, version int, s *sink, queue <-chan int,
+	results []colResult) {
+	defer func() {
+		if conn != nil {
+			conn.Release()
+		}
+	}()
+	for i := range queue {
+		start := time.Now()
+		if conn == nil {
+			c, err := e.pool.Acquire(ctx)
+			if err != nil {
+				results[i] = colResult{dur: time.Since(start), err: err}
+				continue
+			}
+			conn = c
+		}
+		err := e.runOne(ctx, e.cols[i].c, &Scrape{Conn: conn, Version: version, sink: s})
+		results[i] = colResult{dur: time.Since(start), err: err}
+		if conn.Conn().IsClosed() {
+			// A deadline cut the connection; the next collector needs a new one.
+			conn.Release()
+			conn = nil
+		}
+	}
+}
+
+// runOne runs a collector, turning a panic into an error so one broken collector cannot take
+// the scrape down.
+func (e *Exporter) runOne(ctx context.Context, c Collector, s *Scrape) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("collector panicked: %v", r)
+		}
+	}()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return c.Update(ctx, s)
+}
+
+// semver renders a server_version_num like postgres_exporter's short_version ("15.4.0").
+func semver(num int) string {
+	if num >= 100000 {
+		return fmt.Sprintf("%d.%d.0", num/10000, num%10000)
+	}
+	return fmt.Sprintf("%d.%d.%d", num/10000, num/100%100, num%100)
+}

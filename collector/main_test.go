@@ -1,0 +1,208 @@
+package collector
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"go.uber.org/goleak"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+var cluster *pgtest.Cluster
+
+func TestMain(m *testing.M) {
+	code := pgtest.Main(m, &cluster, pgtest.Options{})
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			os.Stderr.WriteString("goroutine leak: " + err.Error() + "\n")
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// logBuffer collects log lines from several goroutines.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// env is a pool manager, an exporter on it and the /metrics handler, as the binary wires them.
+type env struct {
+	mgr *pool.Manager
+	exp *Exporter
+	reg *prometheus.Registry
+	srv *httptest.Server
+	log *logBuffer
+}
+
+// newEnv builds the pieces against the test cluster's database db ("" for postgres).
+func newEnv(t testing.TB, db string, cfg Config) *env {
+	t.Helper()
+	pc := pool.DefaultConfig()
+	pc.DatabaseURL = cluster.URL(db)
+	pc.MinConns = 1
+	pc.MaxConns = 4
+	pc.RetryDelay = 10 * time.Millisecond
+	pc.RetryMaxDelay = 100 * time.Millisecond
+	pc.MetricsLogInterval = 0
+	pc.Name = "test"
+	e := &env{reg: prometheus.NewRegistry(), log: &logBuffer{}}
+	logger := slog.New(slog.NewTextHandler(e.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	mgr, err := pool.New(pc, pool.WithLogger(logger), pool.WithRegisterer(e.reg))
+	if err != nil {
+		t.Fatalf("pool.New: %v", err)
+	}
+	t.Cleanup(mgr.Close)
+	e.mgr = mgr
+	cfg.Logger = logger
+	exp, err := New(mgr, cfg)
+	if err != nil {
+		t.Fatalf("collector.New: %v", err)
+	}
+	t.Cleanup(exp.Close)
+	e.exp = exp
+	e.reg.MustRegister(exp)
+	e.srv = httptest.NewServer(exp.Middleware(promhttp.HandlerFor(e.reg, promhttp.HandlerOpts{
+		ErrorHandling: promhttp.ContinueOnError,
+	})))
+	t.Cleanup(e.srv.Close)
+	return e
+}
+
+// scrape is one /metrics answer, parsed.
+type scrape struct {
+	status   int
+	families map[string]*dto.MetricFamily
+	body     string
+}
+
+// scrape GETs /metrics, with the scrape timeout header when timeout > 0. The HTTP client gives
+// up after clientTimeout, so a scrape that does not answer in time fails the test.
+func (e *env) scrape(t testing.TB, timeout, clientTimeout time.Duration) scrape {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, e.srv.URL, nil)
+	if timeout > 0 {
+		req.Header.Set(scrapeTimeoutHeader, strconv.FormatFloat(timeout.Seconds(), 'f', -1, 64))
+	}
+	c := &http.Client{Timeout: clientTimeout}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading scrape: %v", err)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("parsing scrape: %v\n%s", err, body)
+	}
+	return scrape{status: resp.StatusCode, families: fams, body: string(body)}
+}
+
+// values returns the samples of a metric whose labels include want, keyed by their full
+// label set.
+func (s scrape) values(name string, want map[string]string) []float64 {
+	var out []float64
+	mf := s.families[name]
+	if mf == nil {
+		return nil
+	}
+metrics:
+	for _, m := range mf.GetMetric() {
+		labels := map[string]string{}
+		for _, l := range m.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		for k, v := range want {
+			if labels[k] != v {
+				continue metrics
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			out = append(out, m.GetCounter().GetValue())
+		case m.Gauge != nil:
+			out = append(out, m.GetGauge().GetValue())
+		case m.Untyped != nil:
+			out = append(out, m.GetUntyped().GetValue())
+		}
+	}
+	return out
+}
+
+// value returns the one sample of name matching want, failing the test if there is not
+// exactly one.
+func (s scrape) value(t testing.TB, name string, want map[string]string) float64 {
+	t.Helper()
+	vs := s.values(name, want)
+	if len(vs) != 1 {
+		t.Fatalf("%s%v: want exactly one sample, got %d (%v)", name, want, len(vs), vs)
+	}
+	return vs[0]
+}
+
+func ctxTimeout(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// createDB makes a fresh database for one test and drops it afterwards.
+func createDB(t testing.TB, name string) {
+	t.Helper()
+	ctx := ctxTimeout(t, 30*time.Second)
+	if err := cluster.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := cluster.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = cluster.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+	})
+}
+
+// writeQueries writes a queries file for one test.
+func writeQueries(t testing.TB, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "queries.yaml")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

@@ -1,0 +1,304 @@
+package collector
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.yaml.in/yaml/v3"
+)
+
+// Column usages of a custom query, as in postgres_exporter's queries.yaml.
+const (
+	usageLabel   = "LABEL"
+	usageCounter = "COUNTER"
+	usageGauge   = "GAUGE"
+	usageDiscard = "DISCARD"
+)
+
+// customQuery is one entry of the queries file.
+type customQuery struct {
+	name         string // the namespace, prefix of its metric names
+	line         int
+	sql          string
+	columns      []customColumn
+	cacheSeconds int
+	timeout      time.Duration
+	minVersion   int // server_version_num bounds, 0 for none
+	maxVersion   int
+	labels       []string // label column names in order
+}
+
+type customColumn struct {
+	name        string
+	usage       string
+	description string
+	desc        *prometheus.Desc // for COUNTER and GAUGE columns
+}
+
+// appliesTo reports whether the query runs on a server of this version.
+func (q *customQuery) appliesTo(version int) bool {
+	return (q.minVersion == 0 || version >= q.minVersion) && (q.maxVersion == 0 || version <= q.maxVersion)
+}
+
+var (
+	metricNameRE = regexp.MustCompile(`^[a-zA-Z_:][a-zA-Z0-9_:]*$`)
+	labelNameRE  = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]*$`)
+	yamlLineRE   = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+)
+
+var queryKeys = []string{"query", "metrics", "cache_seconds", "timeout", "min_version", "max_version", "master"}
+
+// loadQueries reads and validates a queries file. reserved holds metric names a custom query
+// must not take (the built-in collectors' names). Every problem found is reported, each as
+// "file:line: message".
+func loadQueries(path string, reserved func(string) bool) ([]*customQuery, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return parseQueries(path, data, reserved)
+}
+
+func parseQueries(path string, data []byte, reserved func(string) bool) ([]*customQuery, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		msg := err.Error()
+		if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+			return nil, fmt.Errorf("%s:%s: %s", path, m[1], m[2])
+		}
+		return nil, fmt.Errorf("%s: %s", path, msg)
+	}
+	p := &queryParser{path: path, reserved: reserved, metrics: map[string]int{}}
+	if len(doc.Content) == 0 {
+		return nil, nil // an empty file defines no queries
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		p.errorf(root, "expected a mapping of query names to queries")
+		return nil, p.err()
+	}
+	seen := map[string]int{}
+	var out []*customQuery
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		k, v := root.Content[i], root.Content[i+1]
+		if prev, dup := seen[k.Value]; dup {
+			p.errorf(k, "query %q defined twice (first at line %d)", k.Value, prev)
+			continue
+		}
+		seen[k.Value] = k.Line
+		if q := p.query(k, v); q != nil {
+			out = append(out, q)
+		}
+	}
+	if err := p.err(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+type queryParser struct {
+	path     string
+	reserved func(string) bool
+	metrics  map[string]int // metric name → line defined
+	errs     []string
+}
+
+func (p *queryParser) errorf(n *yaml.Node, format string, args ...any) {
+	p.errs = append(p.errs, fmt.Sprintf("%s:%d: %s", p.path, n.Line, fmt.Sprintf(format, args...)))
+}
+
+func (p *queryParser) err() error {
+	if len(p.errs) == 0 {
+		return nil
+	}
+	return errors.New(strings.Join(p.errs, "\n"))
+}
+
+func (p *queryParser) query(k, v *yaml.Node) *customQuery {
+	name := k.Value
+	if !metricNameRE.MatchString(name) {
+		p.errorf(k, "query name %q is not a valid metric name prefix", name)
+		return nil
+	}
+	if v.Kind != yaml.MappingNode {
+		p.errorf(v, "query %s: expected a mapping with query and metrics", name)
+		return nil
+	}
+	q := &customQuery{name: name, line: k.Line}
+	errsBefore := len(p.errs)
+	var metricsNode *yaml.Node
+	for i := 0; i+1 < len(v.Content); i += 2 {
+		key, val := v.Content[i], v.Content[i+1]
+		switch key.Value {
+		case "query":
+			if val.Kind != yaml.ScalarNode || strings.TrimSpace(val.Value) == "" {
+				p.errorf(val, "query %s: query must be a non-empty string", name)
+			}
+			q.sql = val.Value
+		case "metrics":
+			metricsNode = val
+		case "cache_seconds":
+			n, err := strconv.Atoi(val.Value)
+			if val.Kind != yaml.ScalarNode || err != nil || n < 0 {
+				p.errorf(val, "query %s: cache_seconds must be a whole number of seconds, not %q", name, val.Value)
+			}
+			q.cacheSeconds = n
+		case "timeout":
+			d, err := time.ParseDuration(val.Value)
+			if val.Kind != yaml.ScalarNode || err != nil || d <= 0 {
+				p.errorf(val, "query %s: timeout must be a positive duration such as 2s or 500ms, not %q", name, val.Value)
+			}
+			q.timeout = d
+		case "min_version", "max_version":
+			n, err := parseServerVersion(val.Value, key.Value == "max_version")
+			if val.Kind != yaml.ScalarNode || err != nil {
+				p.errorf(val, "query %s: %s must be a PostgreSQL version such as 13, 14.2 or 140002, not %q", name, key.Value, val.Value)
+			}
+			if key.Value == "min_version" {
+				q.minVersion = n
+			} else {
+				q.maxVersion = n
+			}
+		case "master":
+			if val.Kind != yaml.ScalarNode || (val.Value != "true" && val.Value != "false") {
+				p.errorf(val, "query %s: master must be true or false", name)
+			}
+		case "runonserver":
+			p.errorf(key, "query %s: runonserver is not supported; use min_version and max_version", name)
+		default:
+			p.errorf(key, "query %s: unknown key %q (known: %s)", name, key.Value, strings.Join(queryKeys, ", "))
+		}
+	}
+	if q.sql == "" && len(p.errs) == errsBefore {
+		p.errorf(k, "query %s: missing query", name)
+	}
+	if q.minVersion != 0 && q.maxVersion != 0 && q.minVersion > q.maxVersion {
+		p.errorf(k, "query %s: min_version is above max_version", name)
+	}
+	if metricsNode == nil {
+		p.errorf(k, "query %s: missing metrics", name)
+		return nil
+	}
+	p.columns(q, metricsNode)
+	if len(p.errs) > errsBefore {
+		return nil
+	}
+	return q
+}
+
+func (p *queryParser) columns(q *customQuery, n *yaml.Node) {
+	if n.Kind != yaml.SequenceNode {
+		p.errorf(n, "query %s: metrics must be a list of column: {usage, description} entries", q.name)
+		return
+	}
+	errsBefore := len(p.errs)
+	cols := map[string]bool{}
+	type pending struct {
+		col  customColumn
+		node *yaml.Node
+	}
+	var metricCols []pending
+	for _, item := range n.Content {
+		if item.Kind != yaml.MappingNode || len(item.Content) != 2 {
+			p.errorf(item, "query %s: each metrics entry must be a single column: {usage, description} mapping", q.name)
+			continue
+		}
+		ck, cv := item.Content[0], item.Content[1]
+		col := customColumn{name: ck.Value}
+		if !labelNameRE.MatchString(col.name) || strings.HasPrefix(col.name, "__") {
+			p.errorf(ck, "query %s: column name %q is not a valid Prometheus name", q.name, col.name)
+			continue
+		}
+		if cols[col.name] {
+			p.errorf(ck, "query %s: column %s listed twice", q.name, col.name)
+			continue
+		}
+		cols[col.name] = true
+		if cv.Kind != yaml.MappingNode {
+			p.errorf(cv, "query %s: column %s: expected usage and description", q.name, col.name)
+			continue
+		}
+		usageLine := ck
+		for i := 0; i+1 < len(cv.Content); i += 2 {
+			key, val := cv.Content[i], cv.Content[i+1]
+			switch key.Value {
+			case "usage":
+				col.usage = val.Value
+				usageLine = val
+			case "description":
+				col.description = val.Value
+			default:
+				p.errorf(key, "query %s: column %s: unknown key %q (known: usage, description)", q.name, col.name, key.Value)
+			}
+		}
+		switch col.usage {
+		case usageLabel:
+			q.labels = append(q.labels, col.name)
+		case usageCounter, usageGauge:
+			metricCols = append(metricCols, pending{col: col, node: ck})
+		case usageDiscard:
+		case "":
+			p.errorf(ck, "query %s: column %s: missing usage (LABEL, COUNTER, GAUGE or DISCARD)", q.name, col.name)
+		default:
+			p.errorf(usageLine, "query %s: column %s: usage %q is not one of LABEL, COUNTER, GAUGE, DISCARD", q.name, col.name, col.usage)
+		}
+		q.columns = append(q.columns, col)
+	}
+	if len(metricCols) == 0 && len(p.errs) == errsBefore {
+		p.errorf(n, "query %s: no metric columns (usage COUNTER or GAUGE)", q.name)
+	}
+	for _, m := range metricCols {
+		metric := q.name + "_" + m.col.name
+		if prev, dup := p.metrics[metric]; dup {
+			p.errorf(m.node, "query %s: metric %s already defined at line %d", q.name, metric, prev)
+			continue
+		}
+		if p.reserved(metric) {
+			p.errorf(m.node, "query %s: metric %s is already exported by a built-in collector", q.name, metric)
+			continue
+		}
+		p.metrics[metric] = m.node.Line
+		help := m.col.description
+		if help == "" {
+			help = "Custom query " + q.name + ", column " + m.col.name + "."
+		}
+		for i := range q.columns {
+			if q.columns[i].name == m.col.name {
+				q.columns[i].desc = prometheus.NewDesc(metric, help, q.labels, nil)
+			}
+		}
+	}
+}
+
+// parseServerVersion reads "13", "14.2", "9.6" or a server_version_num such as 140002. A bare
+// major version as a maximum means its last minor release.
+func parseServerVersion(s string, upper bool) (int, error) {
+	if n, err := strconv.Atoi(s); err == nil && n >= 10000 {
+		return n, nil
+	}
+	major, minor, hasMinor := strings.Cut(s, ".")
+	ma, err := strconv.Atoi(major)
+	if err != nil || ma <= 0 {
+		return 0, fmt.Errorf("bad version %q", s)
+	}
+	if !hasMinor {
+		if upper {
+			return ma*10000 + 9999, nil
+		}
+		return ma * 10000, nil
+	}
+	mi, err := strconv.Atoi(minor)
+	if err != nil || mi < 0 {
+		return 0, fmt.Errorf("bad version %q", s)
+	}
+	if ma < 10 {
+		return ma*10000 + mi*100, nil
+	}
+	return ma*10000 + mi, nil
+}

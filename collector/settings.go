@@ -1,0 +1,128 @@
+package collector
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+func init() {
+	register("settings", true, "Numeric and boolean server settings from pg_settings, in seconds and bytes",
+		func(Options) Collector { return &settings{descs: map[string]*prometheus.Desc{}} })
+}
+
+// settings exports every numeric and boolean setting as pg_settings_NAME, with time units
+// converted to seconds (suffix _seconds) and memory units to bytes (suffix _bytes), as
+// postgres_exporter does.
+type settings struct {
+	mu    sync.Mutex
+	descs map[string]*prometheus.Desc // by name, unit and help; settings rarely change
+}
+
+const settingsQuery = `
+SELECT name, setting, coalesce(unit, ''), short_desc, vartype
+FROM pg_settings
+WHERE vartype IN ('bool', 'integer', 'real')`
+
+func (c *settings) Update(ctx context.Context, s *Scrape) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return queryRows(ctx, s.Conn, settingsQuery, func(r pgx.Rows) error {
+		var name, setting, unit, help, vartype string
+		if err := r.Scan(&name, &setting, &unit, &help, &vartype); err != nil {
+			return err
+		}
+		v, suffix, err := settingValue(setting, unit, vartype)
+		if err != nil {
+			return fmt.Errorf("setting %s: %w", name, err)
+		}
+		key := name + "\xff" + unit + "\xff" + help
+		d, ok := c.descs[key]
+		if !ok {
+			metric := "pg_settings_" + strings.NewReplacer(".", "_", "-", "_").Replace(name) + suffix
+			d = desc(metric, help)
+			c.descs[key] = d
+		}
+		s.Gauge(d, v)
+		return nil
+	})
+}
+
+// settingValue parses a pg_settings value and normalises its unit: time to seconds, memory to
+// bytes. It returns the metric name suffix for the unit. Negative values (usually "disabled")
+// are kept as they are.
+func settingValue(setting, unit, vartype string) (float64, string, error) {
+	var v float64
+	switch vartype {
+	case "bool":
+		switch setting {
+		case "on":
+			return 1, "", nil
+		case "off":
+			return 0, "", nil
+		}
+		return 0, "", fmt.Errorf("bad boolean %q", setting)
+	default:
+		var err error
+		v, err = strconv.ParseFloat(setting, 64)
+		if err != nil {
+			return 0, "", fmt.Errorf("bad number %q", setting)
+		}
+	}
+	if unit == "" {
+		return v, "", nil
+	}
+	mult, suffix, err := unitScale(unit)
+	if err != nil {
+		return 0, "", err
+	}
+	if v < 0 {
+		return v, suffix, nil
+	}
+	return v * mult, suffix, nil
+}
+
+// unitScale understands pg_settings units: ms, s, min, h, d, and memory units with an optional
+// block multiplier such as 8kB.
+func unitScale(unit string) (float64, string, error) {
+	switch unit {
+	case "ms":
+		return 1e-3, "_seconds", nil
+	case "s":
+		return 1, "_seconds", nil
+	case "min":
+		return 60, "_seconds", nil
+	case "h":
+		return 3600, "_seconds", nil
+	case "d":
+		return 86400, "_seconds", nil
+	}
+	i := 0
+	for i < len(unit) && unit[i] >= '0' && unit[i] <= '9' {
+		i++
+	}
+	mult := 1.0
+	if i > 0 {
+		n, _ := strconv.Atoi(unit[:i])
+		mult = float64(n)
+	}
+	switch unit[i:] {
+	case "B":
+	case "kB":
+		mult *= 1 << 10
+	case "MB":
+		mult *= 1 << 20
+	case "GB":
+		mult *= 1 << 30
+	case "TB":
+		mult *= 1 << 40
+	default:
+		return 0, "", fmt.Errorf("unknown unit %q", unit)
+	}
+	return mult, "_bytes", nil
+}

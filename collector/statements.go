@@ -1,0 +1,114 @@
+package collector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+func init() {
+	register("statements", false, "Top statements by total time from pg_stat_statements",
+		func(o Options) Collector { return newStatements(o) })
+}
+
+// statements exports the top statements by total execution time. A server without the
+// pg_stat_statements extension is told about once in the log; the collector then exports
+// nothing and still succeeds, since that is a setup choice rather than a failure.
+type statements struct {
+	limit int
+	log   *slog.Logger
+
+	calls, seconds, rows, readTime, writeTime *prometheus.Desc
+
+	mu         sync.Mutex
+	toldAbsent bool
+}
+
+func newStatements(o Options) *statements {
+	l := []string{"user", "datname", "queryid"}
+	return &statements{
+		limit:   o.StatementsLimit,
+		log:     o.Logger,
+		calls:   desc("pg_stat_statements_calls_total", "Times the statement was executed.", l...),
+		seconds: desc("pg_stat_statements_seconds_total", "Total time spent executing the statement.", l...),
+		rows:    desc("pg_stat_statements_rows_total", "Rows retrieved or affected by the statement.", l...),
+		readTime: desc("pg_stat_statements_block_read_seconds_total",
+			"Time the statement spent reading blocks (needs track_io_timing).", l...),
+		writeTime: desc("pg_stat_statements_block_write_seconds_total",
+			"Time the statement spent writing blocks (needs track_io_timing).", l...),
+	}
+}
+
+// statementsQuery picks the block time columns by version: PostgreSQL 17 renamed
+// blk_read_time/blk_write_time to shared_blk_read_time/shared_blk_write_time. Rows are summed
+// over toplevel (14+) so each (user, database, queryid) appears once.
+func statementsQuery(version int) string {
+	read, write := "blk_read_time", "blk_write_time"
+	if version >= 170000 {
+		read, write = "shared_blk_read_time", "shared_blk_write_time"
+	}
+	return fmt.Sprintf(`
+SELECT r.rolname, d.datname, s.queryid::text,
+       sum(s.calls)::float8, (sum(s.total_exec_time) / 1000)::float8, sum(s.rows)::float8,
+       (sum(s.%s) / 1000)::float8, (sum(s.%s) / 1000)::float8
+FROM pg_stat_statements s
+JOIN pg_roles r ON r.oid = s.userid
+JOIN pg_database d ON d.oid = s.dbid
+WHERE s.queryid IS NOT NULL
+GROUP BY r.rolname, d.datname, s.queryid
+ORDER BY sum(s.total_exec_time) DESC
+LIMIT $1`, read, write)
+}
+
+const statementsInstalled = `SELECT to_regclass('pg_stat_statements') IS NOT NULL`
+
+func (c *statements) Update(ctx context.Context, s *Scrape) error {
+	var installed bool
+	if err := s.Conn.QueryRow(ctx, statementsInstalled).Scan(&installed); err != nil {
+		return err
+	}
+	if !installed {
+		c.tellAbsentOnce("pg_stat_statements is not installed in this database (CREATE EXTENSION pg_stat_statements)")
+		return nil
+	}
+	err := queryRows(ctx, s.Conn, statementsQuery(s.Version), func(r pgx.Rows) error {
+		var user, db, id string
+		var calls, secs, rows, read, write float64
+		if err := r.Scan(&user, &db, &id, &calls, &secs, &rows, &read, &write); err != nil {
+			return err
+		}
+		s.Counter(c.calls, calls, user, db, id)
+		s.Counter(c.seconds, secs, user, db, id)
+		s.Counter(c.rows, rows, user, db, id)
+		s.Counter(c.readTime, read, user, db, id)
+		s.Counter(c.writeTime, write, user, db, id)
+		return nil
+	}, c.limit)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "55000" {
+		// The extension exists but the library is not in shared_preload_libraries.
+		c.tellAbsentOnce("pg_stat_statements is installed but not loaded (add it to shared_preload_libraries)")
+		return nil
+	}
+	if err == nil {
+		c.mu.Lock()
+		c.toldAbsent = false
+		c.mu.Unlock()
+	}
+	return err
+}
+
+func (c *statements) tellAbsentOnce(msg string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.toldAbsent {
+		c.toldAbsent = true
+		c.log.Warn("Statements collector has nothing to read", "reason", msg)
+	}
+}
