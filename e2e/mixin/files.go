@@ -3,6 +3,9 @@ package mixin
 // RulesPath is where the generated rule file lives, relative to the repository root.
 const RulesPath = "alerts/pgsidecar.rules.yml"
 
+// DashboardPath is where a dashboard is written, relative to the repository root.
+func DashboardPath(d *Dashboard) string { return "dashboards/" + d.UID + ".json" }
+
 // Files renders every generated file, keyed by its path relative to the repository root.
 func (c Config) Files() (map[string][]byte, error) {
 	out := map[string][]byte{}
@@ -11,5 +14,12 @@ func (c Config) Files() (map[string][]byte, error) {
 		return nil, err
 	}
 	out[RulesPath] = rules
+	for _, d := range c.Dashboards() {
+		b, err := DashboardJSON(d)
+		if err != nil {
+			return nil, err
+		}
+		out[DashboardPath(d)] = b
+	}
 	return out, nil
 }

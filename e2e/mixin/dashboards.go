@@ -1,0 +1,385 @@
+package mixin
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strings"
+)
+
+var dsRef = &DatasourceRef{Type: "prometheus", UID: "${datasource}"}
+
+// builder lays panels out on Grafana's 24-column grid, row by row.
+type builder struct {
+	d      *Dashboard
+	x, y   int
+	rowH   int
+	nextID int
+}
+
+func newDashboard(uid, title, description string, vars ...Variable) *builder {
+	d := &Dashboard{
+		UID: uid, Title: title, Description: description,
+		Tags: []string{"pgsidecar", "postgresql"}, Editable: true, GraphTooltip: 1,
+		Refresh: "30s", SchemaVersion: 39, Version: 1,
+		Time: TimeRange{From: "now-1h", To: "now"},
+		Links: []Link{{Title: "pgsidecar", Type: "dashboards", Tags: []string{"pgsidecar"},
+			AsDropdown: true, IncludeVars: true, KeepTime: true}},
+		Annotations: Annotations{List: []map[string]any{{
+			"builtIn": 1, "datasource": map[string]string{"type": "grafana", "uid": "-- Grafana --"},
+			"enable": true, "hide": true, "iconColor": "rgba(0, 211, 255, 1)",
+			"name": "Annotations & Alerts", "type": "dashboard",
+		}}},
+	}
+	d.Templating.List = append([]Variable{{
+		Name: "datasource", Label: "Data source", Type: "datasource", Query: "prometheus",
+		Refresh: 1, Current: map[string]any{}, Options: []any{},
+	}}, vars...)
+	return &builder{d: d, nextID: 1}
+}
+
+// queryVar is a multi-value variable from label_values; "All" matches any value.
+func queryVar(name, label, metric, selector string) Variable {
+	src := metric
+	if selector != "" {
+		src += "{" + selector + "}"
+	}
+	q := fmt.Sprintf("label_values(%s, %s)", src, name)
+	return Variable{
+		Name: name, Label: label, Type: "query", Query: q, Definition: q, Datasource: dsRef,
+		Refresh: 2, IncludeAll: true, Multi: true, AllValue: ".*", Sort: 1,
+		Current: map[string]any{"selected": true, "text": []string{"All"}, "value": []string{"$__all"}},
+		Options: []any{},
+	}
+}
+
+func (b *builder) row(title string) {
+	if b.x != 0 {
+		b.y += b.rowH
+		b.x, b.rowH = 0, 0
+	}
+	f := false
+	b.d.Panels = append(b.d.Panels, &Panel{ID: b.nextID, Type: "row", Title: title, Collapsed: &f,
+		GridPos: GridPos{H: 1, W: 24, X: 0, Y: b.y}})
+	b.nextID++
+	b.y++
+}
+
+func (b *builder) add(p *Panel, w, h int) *Panel {
+	if b.x+w > 24 {
+		b.y += b.rowH
+		b.x, b.rowH = 0, 0
+	}
+	p.ID = b.nextID
+	b.nextID++
+	p.GridPos = GridPos{H: h, W: w, X: b.x, Y: b.y}
+	b.x += w
+	b.rowH = max(b.rowH, h)
+	b.d.Panels = append(b.d.Panels, p)
+	return p
+}
+
+// q is one query of a panel: PromQL and its legend.
+type q struct{ expr, legend string }
+
+func targets(qs []q, instant bool) []Target {
+	var out []Target
+	for i, x := range qs {
+		t := Target{RefID: string(rune('A' + i)), Datasource: dsRef, Expr: strings.TrimSpace(x.expr),
+			LegendFormat: x.legend, Range: !instant, Instant: instant}
+		if instant {
+			t.Format = "table"
+		}
+		out = append(out, t)
+	}
+	return out
+}
+
+func fieldConfig(unit string) *FieldConfig {
+	return &FieldConfig{Defaults: FieldDefaults{
+		Unit:       unit,
+		Color:      map[string]any{"mode": "palette-classic"},
+		Thresholds: Thresholds{Mode: "absolute", Steps: []Step{{Color: "green"}}},
+		Mappings:   []any{},
+	}, Overrides: []any{}}
+}
+
+func f64(v float64) *float64 { return &v }
+
+// timeseries is a graph panel. Its thresholds (if any) are drawn as dashed lines.
+func timeseries(title, description, unit string, qs ...q) *Panel {
+	fc := fieldConfig(unit)
+	fc.Defaults.Custom = map[string]any{
+		"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10, "showPoints": "never",
+		"spanNulls": false, "axisSoftMin": 0, "thresholdsStyle": map[string]string{"mode": "off"},
+	}
+	return &Panel{Type: "timeseries", Title: title, Description: description, Datasource: dsRef,
+		FieldConfig: fc,
+		Options: map[string]any{
+			"legend":  map[string]any{"displayMode": "table", "placement": "bottom", "showLegend": true, "calcs": []string{"mean", "max", "lastNotNull"}},
+			"tooltip": map[string]any{"mode": "multi", "sort": "desc"},
+		},
+		Targets: targets(qs, false)}
+}
+
+// stat is a single-value panel coloured by its thresholds.
+func stat(title, description, unit string, qs ...q) *Panel {
+	return &Panel{Type: "stat", Title: title, Description: description, Datasource: dsRef,
+		FieldConfig: fieldConfig(unit),
+		Options: map[string]any{
+			"reduceOptions": map[string]any{"calcs": []string{"lastNotNull"}, "fields": "", "values": false},
+			"colorMode":     "background", "graphMode": "area", "justifyMode": "auto",
+			"textMode": "auto", "orientation": "auto",
+		},
+		Targets: targets(qs, false)}
+}
+
+// table is an instant query shown as a table.
+func table(title, description, unit string, qs ...q) *Panel {
+	return &Panel{Type: "table", Title: title, Description: description, Datasource: dsRef,
+		FieldConfig: fieldConfig(unit),
+		Options:     map[string]any{"showHeader": true, "sortBy": []map[string]any{{"displayName": "Value #A", "desc": true}}},
+		Targets:     targets(qs, true),
+		Transformations: []map[string]any{
+			{"id": "merge", "options": map[string]any{}},
+			{"id": "organize", "options": map[string]any{"excludeByName": map[string]bool{"Time": true}}},
+		}}
+}
+
+// above marks values at or above v red (an alert fires above v) and draws the line.
+func (p *Panel) above(v float64) *Panel {
+	p.FieldConfig.Defaults.Thresholds.Steps = []Step{{Color: "green"}, {Color: "red", Value: f64(v)}}
+	p.showThresholds()
+	return p
+}
+
+// below marks values under v red (an alert fires below v) and draws the line.
+func (p *Panel) below(v float64) *Panel {
+	p.FieldConfig.Defaults.Thresholds.Steps = []Step{{Color: "red"}, {Color: "green", Value: f64(v)}}
+	p.showThresholds()
+	return p
+}
+
+// steps draws several alert thresholds, lowest first (e.g. ticket and page burn rates).
+func (p *Panel) steps(vs ...float64) *Panel {
+	colors := []string{"orange", "red"}
+	s := []Step{{Color: "green"}}
+	for i, v := range vs {
+		s = append(s, Step{Color: colors[min(i, len(colors)-1)], Value: f64(v)})
+	}
+	p.FieldConfig.Defaults.Thresholds.Steps = s
+	p.showThresholds()
+	return p
+}
+
+func (p *Panel) showThresholds() {
+	if p.Type == "timeseries" {
+		p.FieldConfig.Defaults.Custom["thresholdsStyle"] = map[string]string{"mode": "dashed"}
+	}
+}
+
+// upDown maps 1/0 to up/down for health gauges.
+func (p *Panel) upDown() *Panel {
+	p.FieldConfig.Defaults.Min, p.FieldConfig.Defaults.Max = f64(0), f64(1)
+	p.FieldConfig.Defaults.Mappings = []any{map[string]any{"type": "value", "options": map[string]any{
+		"0": map[string]any{"text": "down", "color": "red", "index": 0},
+		"1": map[string]any{"text": "up", "color": "green", "index": 1},
+	}}}
+	return p.below(1)
+}
+
+func (p *Panel) ratio() *Panel {
+	p.FieldConfig.Defaults.Min, p.FieldConfig.Defaults.Max = f64(0), f64(1)
+	return p
+}
+
+// Dashboards builds both dashboards.
+func (c Config) Dashboards() []*Dashboard {
+	return []*Dashboard{c.poolDashboard(), c.postgresDashboard()}
+}
+
+func (c Config) poolDashboard() *Dashboard {
+	const sel = `job=~"$job", instance=~"$instance", pool=~"$pool"`
+	const ri = "$__rate_interval"
+	s := func(format string) string {
+		return strings.ReplaceAll(strings.ReplaceAll(format, "SEL", sel), "RI", ri)
+	}
+	b := newDashboard("pgsidecar-pool", "pgsidecar / Pool & queries",
+		"Connection pool and query metrics measured by pgsidecar: utilisation, waiters, latency, errors, health.",
+		queryVar("job", "Job", "pgsidecar_pool_max_connections", ""),
+		queryVar("instance", "Instance", "pgsidecar_pool_max_connections", `job=~"$job"`),
+		queryVar("pool", "Pool", "pgsidecar_pool_max_connections", `job=~"$job", instance=~"$instance"`),
+	)
+	utilisation := s(`sum without (state) (pgsidecar_pool_connections{SEL, state="used"}) / pgsidecar_pool_max_connections{SEL}`)
+	errRatio := s(`sum by (instance, pool) (rate(pgsidecar_query_errors_total{SEL}[RI])) / sum by (instance, pool) (rate(pgsidecar_query_duration_seconds_count{SEL}[RI]))`)
+	avgLatency := s(`sum by (instance, pool) (rate(pgsidecar_query_duration_seconds_sum{SEL}[RI])) / sum by (instance, pool) (rate(pgsidecar_query_duration_seconds_count{SEL}[RI]))`)
+
+	b.row("Overview")
+	b.add(stat("Health check", "Worst health check result of the selected pools: down when any pool's last check failed (alert PgSidecarHealthCheckFailing).", "none",
+		q{s(`min(pgsidecar_health_check_up{SEL})`), ""}).upDown(), 4, 4)
+	b.add(stat("PostgreSQL", "Whether the sidecars' collectors can reach PostgreSQL (pg_up; alert PgSidecarDatabaseDown).", "none",
+		q{s(`min(pg_up{SEL})`), ""}).upDown(), 4, 4)
+	b.add(stat("Pool utilisation", fmt.Sprintf("Highest share of a pool's maximum connections in use. Alert above %s.", pct(c.PoolUtilization)), "percentunit",
+		q{"max(" + utilisation + ")", ""}).ratio().above(c.PoolUtilization), 4, 4)
+	b.add(stat("Query rate", "Queries per second through the selected pools.", "reqps",
+		q{s(`sum(rate(pgsidecar_query_duration_seconds_count{SEL}[RI]))`), ""}), 4, 4)
+	b.add(stat("Error ratio", fmt.Sprintf("Share of queries that failed. Alert above %s (with at least %s queries/s).", pct(c.ErrorRatio), num(c.MinQueryRate)), "percentunit",
+		q{s(`sum(rate(pgsidecar_query_errors_total{SEL}[RI])) / sum(rate(pgsidecar_query_duration_seconds_count{SEL}[RI]))`), ""}).above(c.ErrorRatio), 4, 4)
+	b.add(stat("Average latency", fmt.Sprintf("Mean query duration over all operations. Alert above %ss.", num(c.AvgLatencySeconds)), "s",
+		q{s(`sum(rate(pgsidecar_query_duration_seconds_sum{SEL}[RI])) / sum(rate(pgsidecar_query_duration_seconds_count{SEL}[RI]))`), ""}).above(c.AvgLatencySeconds), 4, 4)
+
+	b.row("Pool")
+	b.add(timeseries("Pool utilisation", fmt.Sprintf("Connections in use divided by the pool maximum (DB_MAX_CONNECTIONS). The dashed line is the alert threshold (%s).", pct(c.PoolUtilization)), "percentunit",
+		q{utilisation, "{{instance}} {{pool}}"}).ratio().above(c.PoolUtilization), 12, 8)
+	b.add(timeseries("Connections by state", "Pool connections that are idle, in use or being opened, with the pool's minimum and maximum.", "short",
+		q{s(`sum by (state) (pgsidecar_pool_connections{SEL})`), "{{state}}"},
+		q{s(`sum(pgsidecar_pool_max_connections{SEL})`), "max"},
+		q{s(`sum(pgsidecar_pool_min_connections{SEL})`), "min"}), 12, 8)
+	b.add(timeseries("Callers waiting for a connection", "Callers blocked in acquire right now. Waiters at every scrape for 5 minutes fire PgSidecarPoolSaturated.", "short",
+		q{s(`sum by (instance, pool) (pgsidecar_pool_pending_acquires{SEL})`), "{{instance}} {{pool}}"}), 8, 8)
+	b.add(timeseries("Acquire wait", "Time callers waited for a pool connection, including opening one, by percentile.", "s",
+		q{s(`histogram_quantile(0.5, sum by (le) (rate(pgsidecar_pool_acquire_wait_seconds_bucket{SEL}[RI])))`), "p50"},
+		q{s(`histogram_quantile(0.95, sum by (le) (rate(pgsidecar_pool_acquire_wait_seconds_bucket{SEL}[RI])))`), "p95"},
+		q{s(`histogram_quantile(0.99, sum by (le) (rate(pgsidecar_pool_acquire_wait_seconds_bucket{SEL}[RI])))`), "p99"}), 8, 8)
+	b.add(timeseries("Acquire timeouts and cancellations", "Acquires that gave up at their deadline (PgSidecarPoolAcquireTimeouts), were canceled by the caller, or found no idle connection.", "ops",
+		q{s(`sum(rate(pgsidecar_pool_acquire_timeouts_total{SEL}[RI]))`), "timeouts"},
+		q{s(`sum(rate(pgsidecar_pool_canceled_acquires_total{SEL}[RI]))`), "canceled"},
+		q{s(`sum(rate(pgsidecar_pool_empty_acquires_total{SEL}[RI]))`), "no idle connection"}), 8, 8)
+	b.add(timeseries("Connections opened and closed", "Connection churn: opened, closed by reason, and failed connection attempts.", "ops",
+		q{s(`sum(rate(pgsidecar_pool_connections_opened_total{SEL}[RI]))`), "opened"},
+		q{s(`sum by (reason) (rate(pgsidecar_pool_connections_closed_total{SEL}[RI]))`), "closed {{reason}}"},
+		q{s(`sum(rate(pgsidecar_pool_connect_errors_total{SEL}[RI]))`), "connect errors"}), 12, 8)
+	b.add(timeseries("Acquires", "Connections handed out per second.", "ops",
+		q{s(`sum by (instance, pool) (rate(pgsidecar_pool_acquires_total{SEL}[RI]))`), "{{instance}} {{pool}}"}), 12, 8)
+
+	b.row("Queries")
+	b.add(timeseries("Query rate by operation", "Queries per second by operation (select, insert, update, delete, ...).", "reqps",
+		q{s(`sum by (operation) (rate(pgsidecar_query_duration_seconds_count{SEL}[RI]))`), "{{operation}}"}), 12, 8)
+	b.add(timeseries("p95 latency by operation", "95th percentile query duration by operation, from the classic histogram buckets.", "s",
+		q{s(`histogram_quantile(0.95, sum by (operation, le) (rate(pgsidecar_query_duration_seconds_bucket{SEL}[RI])))`), "{{operation}}"}), 12, 8)
+	b.add(timeseries("Latency", fmt.Sprintf("Query duration percentiles and mean over all operations. The dashed line is the average latency alert threshold (%ss).", num(c.AvgLatencySeconds)), "s",
+		q{s(`histogram_quantile(0.5, sum by (le) (rate(pgsidecar_query_duration_seconds_bucket{SEL}[RI])))`), "p50"},
+		q{s(`histogram_quantile(0.95, sum by (le) (rate(pgsidecar_query_duration_seconds_bucket{SEL}[RI])))`), "p95"},
+		q{s(`histogram_quantile(0.99, sum by (le) (rate(pgsidecar_query_duration_seconds_bucket{SEL}[RI])))`), "p99"},
+		q{avgLatency, "mean {{instance}} {{pool}}"}).above(c.AvgLatencySeconds), 12, 8)
+	b.add(timeseries("Errors by SQLSTATE", "Failed queries per second by SQLSTATE (08006 lost connection, timeout/canceled client deadlines, client for client-side errors).", "ops",
+		q{s(`sum by (sqlstate) (rate(pgsidecar_query_errors_total{SEL}[RI]))`), "{{sqlstate}}"}), 12, 8)
+	b.add(timeseries("Error ratio", fmt.Sprintf("Failed queries divided by all queries. The dashed line is the alert threshold (%s).", pct(c.ErrorRatio)), "percentunit",
+		q{errRatio, "{{instance}} {{pool}}"}).above(c.ErrorRatio), 8, 8)
+	budget := num(1 - c.ErrorObjective)
+	var burnSteps []float64
+	for _, w := range BurnWindows {
+		if w.Severity == "critical" {
+			burnSteps = append([]float64{w.Factor}, burnSteps...)
+		}
+	}
+	b.add(timeseries("Error budget burn rate", fmt.Sprintf("Error ratio divided by the error budget of the %s objective, over 1h and 6h. Dashed lines: page thresholds of PgSidecarQueryErrorBudgetBurnFast.", pct(c.ErrorObjective)), "short",
+		q{s(`sum by (job, pool) (rate(pgsidecar_query_errors_total{SEL}[1h])) / sum by (job, pool) (rate(pgsidecar_query_duration_seconds_count{SEL}[1h])) / ` + budget), "1h {{job}} {{pool}}"},
+		q{s(`sum by (job, pool) (rate(pgsidecar_query_errors_total{SEL}[6h])) / sum by (job, pool) (rate(pgsidecar_query_duration_seconds_count{SEL}[6h])) / ` + budget), "6h {{job}} {{pool}}"}).steps(burnSteps...), 8, 8)
+	b.add(timeseries("Slow queries", fmt.Sprintf("Queries at or over the slow query threshold (DB_SLOW_QUERY_THRESHOLD) in the last 10 minutes. Alert above %s.", num(c.SlowQueriesPer10m)), "short",
+		q{s(`sum by (instance, pool) (increase(pgsidecar_slow_queries_total{SEL}[10m]))`), "{{instance}} {{pool}}"}).above(c.SlowQueriesPer10m), 8, 8)
+	b.add(timeseries("Retries", "Retries of ExecuteWithRetry and Transaction after retryable errors.", "ops",
+		q{s(`sum by (instance, pool) (rate(pgsidecar_retries_total{SEL}[RI]))`), "{{instance}} {{pool}}"}), 12, 8)
+	b.add(timeseries("Transactions by outcome", "Transactions run by Transaction: committed, rolled back, failed.", "ops",
+		q{s(`sum by (outcome) (rate(pgsidecar_transactions_total{SEL}[RI]))`), "{{outcome}}"}), 12, 8)
+
+	b.row("Health")
+	b.add(timeseries("Health check", "1 when the pool's last health check succeeded, 0 when it failed. Failing for 1 minute fires PgSidecarHealthCheckFailing.", "none",
+		q{s(`pgsidecar_health_check_up{SEL}`), "{{instance}} {{pool}}"}).upDown(), 8, 8)
+	b.add(timeseries("Health check duration", "Duration of the last health check (a ping through the pool).", "s",
+		q{s(`pgsidecar_health_check_duration_seconds{SEL}`), "{{instance}} {{pool}}"}), 8, 8)
+	b.add(timeseries("Health check failures and reconnects", "Failed health checks, and times the pool came back after losing the database.", "short",
+		q{s(`sum by (instance, pool) (increase(pgsidecar_health_check_failures_total{SEL}[RI]))`), "failures {{instance}} {{pool}}"},
+		q{s(`sum by (instance, pool) (increase(pgsidecar_reconnects_total{SEL}[RI]))`), "reconnects {{instance}} {{pool}}"}), 8, 8)
+	return b.d
+}
+
+func (c Config) postgresDashboard() *Dashboard {
+	const sel = `job=~"$job", instance=~"$instance"`
+	const dsel = `job=~"$job", instance=~"$instance", datname=~"$datname"`
+	const ri = "$__rate_interval"
+	s := func(format string) string {
+		return strings.NewReplacer("DSEL", dsel, "SEL", sel, "RI", ri).Replace(format)
+	}
+	b := newDashboard("pgsidecar-postgresql", "pgsidecar / PostgreSQL",
+		"PostgreSQL statistics collected by pgsidecar through its pool: sessions, transactions, connections, cache, deadlocks, size and top statements.",
+		queryVar("job", "Job", "pg_up", ""),
+		queryVar("instance", "Instance", "pg_up", `job=~"$job"`),
+		queryVar("datname", "Database", "pg_database_size_bytes", `job=~"$job", instance=~"$instance"`),
+	)
+	b.row("Overview")
+	b.add(stat("PostgreSQL", "Whether the sidecars can reach PostgreSQL (pg_up; alert PgSidecarDatabaseDown).", "none",
+		q{s(`min(pg_up{SEL})`), ""}).upDown(), 4, 4)
+	v := stat("Version", "PostgreSQL server version reported by pg_static.", "none",
+		q{s(`max by (short_version) (pg_static{SEL})`), "{{short_version}}"})
+	v.Options["textMode"] = "name"
+	v.Options["colorMode"] = "none"
+	b.add(v, 4, 4)
+	b.add(stat("Server connection utilisation", fmt.Sprintf("Client backends divided by max_connections. Alert above %s.", pct(c.ServerConnectionUtilization)), "percentunit",
+		q{s(`max(pg_server_connection_utilization_ratio{SEL})`), ""}).ratio().above(c.ServerConnectionUtilization), 4, 4)
+	b.add(stat("Oldest transaction", fmt.Sprintf("Age of the oldest open transaction. Alert above %ss.", num(c.LongTransactionSeconds)), "s",
+		q{s(`max(pg_stat_activity_oldest_xact_seconds{DSEL})`), ""}).above(c.LongTransactionSeconds), 4, 4)
+	b.add(stat("Idle in transaction", fmt.Sprintf("Age of the oldest session idle inside a transaction. Alert above %ss.", num(c.IdleInTransactionSeconds)), "s",
+		q{s(`max(pg_stat_activity_idle_in_transaction_max_seconds{DSEL})`), ""}).above(c.IdleInTransactionSeconds), 4, 4)
+	b.add(stat("Database size", "Total size of the selected databases.", "bytes",
+		q{s(`sum(max by (datname) (pg_database_size_bytes{DSEL}))`), ""}), 4, 4)
+
+	b.row("Sessions and connections")
+	b.add(timeseries("Sessions by state", "Client sessions in pg_stat_activity by state (active, idle, idle in transaction, ...).", "short",
+		q{s(`sum by (state) (max by (datname, state, usename, application_name) (pg_stat_activity_count{DSEL}))`), "{{state}}"}), 12, 8)
+	b.add(timeseries("Oldest transaction", fmt.Sprintf("Age of the oldest open transaction by database. The dashed line is the alert threshold (%ss).", num(c.LongTransactionSeconds)), "s",
+		q{s(`max by (datname) (pg_stat_activity_oldest_xact_seconds{DSEL})`), "{{datname}}"}).above(c.LongTransactionSeconds), 12, 8)
+	b.add(timeseries("Idle-in-transaction sessions", "Sessions idle inside an open transaction, by database.", "short",
+		q{s(`max by (datname) (pg_stat_activity_idle_in_transaction_count{DSEL})`), "{{datname}}"}), 8, 8)
+	b.add(timeseries("Oldest idle-in-transaction session", fmt.Sprintf("How long the oldest idle-in-transaction session has waited, by database. The dashed line is the alert threshold (%ss).", num(c.IdleInTransactionSeconds)), "s",
+		q{s(`max by (datname) (pg_stat_activity_idle_in_transaction_max_seconds{DSEL})`), "{{datname}}"}).above(c.IdleInTransactionSeconds), 8, 8)
+	b.add(timeseries("Sessions waiting on locks", "Sessions waiting for a lock, by database.", "short",
+		q{s(`max by (datname) (pg_stat_activity_waiting_on_locks_count{DSEL})`), "{{datname}}"}), 8, 8)
+	b.add(timeseries("Server connection utilisation", fmt.Sprintf("Client backends / max_connections per server, and the pool maxima of all sidecars of a cluster / max_connections (what the server would see if every pool filled up). Alert above %s.", pct(c.ServerConnectionUtilization)), "percentunit",
+		q{s(`max by (instance) (pg_server_connection_utilization_ratio{SEL})`), "backends {{instance}}"},
+		q{`sum by (cluster) (pgsidecar_pool_max_connections) / on (cluster) max by (cluster) (pg_settings_max_connections)`, "pool maxima {{cluster}}"}).above(c.ServerConnectionUtilization), 12, 8)
+	b.add(timeseries("Server connections", "Client backends on the server, with max_connections and the slots reserved for superusers.", "short",
+		q{s(`max by (instance) (pg_server_connections{SEL})`), "backends {{instance}}"},
+		q{s(`max(pg_settings_max_connections{SEL})`), "max_connections"},
+		q{s(`max(pg_settings_superuser_reserved_connections{SEL})`), "superuser_reserved_connections"}), 12, 8)
+
+	b.row("Databases")
+	b.add(timeseries("Commits and rollbacks", "Transactions committed and rolled back per second, by database.", "ops",
+		q{s(`sum by (datname) (rate(pg_stat_database_xact_commit{DSEL}[RI]))`), "commit {{datname}}"},
+		q{s(`sum by (datname) (rate(pg_stat_database_xact_rollback{DSEL}[RI]))`), "rollback {{datname}}"}), 12, 8)
+	b.add(timeseries("Cache hit ratio", fmt.Sprintf("Block reads served from shared buffers. The dashed line is the alert threshold (%s).", pct(c.CacheHitRatio)), "percentunit",
+		q{s(`sum by (datname) (rate(pg_stat_database_blks_hit{DSEL}[RI])) / (sum by (datname) (rate(pg_stat_database_blks_hit{DSEL}[RI])) + sum by (datname) (rate(pg_stat_database_blks_read{DSEL}[RI])))`), "{{datname}}"}).ratio().below(c.CacheHitRatio), 12, 8)
+	b.add(timeseries("Deadlocks", "Deadlocks detected in the last 10 minutes, by database. Any deadlock fires PgSidecarDeadlocks.", "short",
+		q{s(`max by (datname) (increase(pg_stat_database_deadlocks{DSEL}[10m]))`), "{{datname}}"}).above(1), 8, 8)
+	b.add(timeseries("Temporary files", "Bytes written to temporary files by queries that spilled to disk, by database.", "Bps",
+		q{s(`max by (datname) (rate(pg_stat_database_temp_bytes{DSEL}[RI]))`), "{{datname}}"}), 8, 8)
+	b.add(timeseries("Rows", "Rows fetched, inserted, updated and deleted per second.", "ops",
+		q{s(`sum(rate(pg_stat_database_tup_fetched{DSEL}[RI]))`), "fetched"},
+		q{s(`sum(rate(pg_stat_database_tup_inserted{DSEL}[RI]))`), "inserted"},
+		q{s(`sum(rate(pg_stat_database_tup_updated{DSEL}[RI]))`), "updated"},
+		q{s(`sum(rate(pg_stat_database_tup_deleted{DSEL}[RI]))`), "deleted"}), 8, 8)
+	b.add(timeseries("Database size", "Disk space used by each database.", "bytes",
+		q{s(`max by (datname) (pg_database_size_bytes{DSEL})`), "{{datname}}"}), 24, 8)
+
+	b.row("Statements (needs --collector.statements)")
+	b.add(table("Top statements by total time", "Statements from pg_stat_statements that spent the most time per second over the interval (time per second, calls per second). The statements collector is off by default: start pgsidecar with --collector.statements.", "s",
+		q{s(`topk(10, sum by (datname, user, queryid) (rate(pg_stat_statements_seconds_total{DSEL}[RI])))`), ""},
+		q{s(`topk(10, sum by (datname, user, queryid) (rate(pg_stat_statements_calls_total{DSEL}[RI])))`), ""}), 24, 8)
+	b.add(timeseries("Statement time", "Time spent per second by the ten busiest statements.", "s",
+		q{s(`topk(10, sum by (datname, queryid) (rate(pg_stat_statements_seconds_total{DSEL}[RI])))`), "{{datname}} {{queryid}}"}), 12, 8)
+	b.add(timeseries("Mean time per call", "Average duration of one call of the ten busiest statements.", "s",
+		q{s(`topk(10, sum by (datname, queryid) (rate(pg_stat_statements_seconds_total{DSEL}[RI])) / sum by (datname, queryid) (rate(pg_stat_statements_calls_total{DSEL}[RI])))`), "{{datname}} {{queryid}}"}), 12, 8)
+	return b.d
+}
+
+// DashboardJSON renders a dashboard the way it is committed.
+func DashboardJSON(d *Dashboard) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(d); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
