@@ -26,7 +26,7 @@ import (
 var cluster *pgtest.Cluster
 
 func TestMain(m *testing.M) {
-	code := pgtest.Main(m, &cluster, pgtest.Options{})
+	code := pgtest.Main(m, &cluster, pgtest.Options{MaxConnections: 150})
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
 			os.Stderr.WriteString("goroutine leak: " + err.Error() + "\n")
