@@ -22,6 +22,11 @@ deps:
 test: deps
 	$(GO) vet $(PKGS)
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+	promtool check rules alerts/pgsidecar.rules.yml
+	promtool test rules alerts/tests/*.test.yml
+	promtool check config deploy/prometheus/prometheus.yml
+	amtool check-config deploy/alertmanager/alertmanager.yml
+	cd e2e && $(GO) vet ./... && $(GO) test -race -count=1 -timeout 15m ./...
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
