@@ -54,7 +54,7 @@ func testConfig(t testing.TB) pool.Config {
 	c.HealthCheckTimeout = 2 * time.Second
 	c.HealthCheckInterval = time.Hour // no background pings to disturb the counts
 	c.MetricsLogInterval = 0
-	c.SlowQueryThreshold = 100 * time.Millisecond
+	c.SlowQueryThreshold = time.Second // also the health check latency that counts as degraded
 	c.Name = "api"
 	c.ApplicationName = "api-test-" + strings.ReplaceAll(strings.ToLower(t.Name()), "/", "-")
 	return c

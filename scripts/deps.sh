@@ -8,6 +8,7 @@ declare -A need=(
 	[go]=golang
 	[pg_ctl]=postgresql
 	[promtool]=prometheus
+	[chromium]=chromium
 	[amtool]=prometheus-alertmanager
 	[psql]=postgresql-client
 	[pgbench]=postgresql-client
