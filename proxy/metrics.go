@@ -54,8 +54,8 @@ func newMetrics(poolName string) *metrics {
 			ConstLabels: labels,
 		}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name:        "pgsidecar_proxy_client_rejections_total",
-			Help:        "Client connections refused before their session started, by SQLSTATE sent.",
+			Name:        "pgsidecar_proxy_client_errors_total",
+			Help:        "Errors the proxy itself sent to clients (not relayed from the server), by SQLSTATE; each ends that client's connection.",
 			ConstLabels: labels,
 		}, []string{"sqlstate"}),
 		cancels: prometheus.NewCounter(prometheus.CounterOpts{

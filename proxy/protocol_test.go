@@ -1,0 +1,184 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+func startupPacket(code uint32, params ...string) []byte {
+	b := make([]byte, 8, 64)
+	binary.BigEndian.PutUint32(b[4:], code)
+	for _, p := range params {
+		b = append(append(b, p...), 0)
+	}
+	if len(params) > 0 {
+		b = append(b, 0)
+	}
+	binary.BigEndian.PutUint32(b, uint32(len(b)))
+	return b
+}
+
+func dialRaw(t *testing.T, h *harness) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", h.port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c
+}
+
+// readMsg reads one backend message: its type and body.
+func readMsg(t *testing.T, c net.Conn) (byte, []byte) {
+	t.Helper()
+	var hdr [5]byte
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		t.Fatalf("read message: %v", err)
+	}
+	body := make([]byte, binary.BigEndian.Uint32(hdr[1:])-4)
+	if _, err := io.ReadFull(c, body); err != nil {
+		t.Fatalf("read body: %v", err)
+	}
+	return hdr[0], body
+}
+
+func TestNegotiation(t *testing.T) {
+	h := newHarness(t, nil)
+	t.Run("gssenc_and_ssl_declined", func(t *testing.T) {
+		c := dialRaw(t, h)
+		for _, code := range []uint32{gssencRequest, sslRequest} {
+			if _, err := c.Write(startupPacket(code)); err != nil {
+				t.Fatal(err)
+			}
+			var b [1]byte
+			if _, err := io.ReadFull(c, b[:]); err != nil || b[0] != 'N' {
+				t.Fatalf("answer to request %d: %q %v, want N", code, b[0], err)
+			}
+		}
+		if _, err := c.Write(startupPacket(protocol30, "user", "postgres", "database", "postgres")); err != nil {
+			t.Fatal(err)
+		}
+		if typ, body := readMsg(t, c); typ != 'R' || binary.BigEndian.Uint32(body) != 10 {
+			t.Fatalf("after startup: %q %v, want AuthenticationSASL", typ, body)
+		}
+	})
+	t.Run("newer_minor_version", func(t *testing.T) {
+		c := dialRaw(t, h)
+		if _, err := c.Write(startupPacket(3<<16|2, "user", "postgres", "_pq_.something", "x")); err != nil {
+			t.Fatal(err)
+		}
+		typ, body := readMsg(t, c)
+		if typ != 'v' || binary.BigEndian.Uint32(body) != 0 || binary.BigEndian.Uint32(body[4:]) != 1 {
+			t.Fatalf("NegotiateProtocolVersion expected, got %q %v", typ, body)
+		}
+		if typ, _ := readMsg(t, c); typ != 'R' {
+			t.Fatalf("authentication request expected, got %q", typ)
+		}
+	})
+	t.Run("protocol_2_refused", func(t *testing.T) {
+		c := dialRaw(t, h)
+		if _, err := c.Write(startupPacket(2<<16, "user", "postgres")); err != nil {
+			t.Fatal(err)
+		}
+		if typ, _ := readMsg(t, c); typ != 'E' {
+			t.Fatalf("got %q, want ErrorResponse", typ)
+		}
+	})
+}
+
+// TestNoPlaintextAcrossTLSSwitch sends a StartupMessage in the same write as the SSLRequest, as an
+// attacker injecting bytes before the handshake would. The proxy must not treat those bytes as
+// part of the TLS session: the handshake fails and no session starts.
+func TestNoPlaintextAcrossTLSSwitch(t *testing.T) {
+	cert := selfSigned(t)
+	h := newHarness(t, func(_ *pool.Config, c *Config) {
+		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		c.Auth = AuthTrust
+	})
+	c := dialRaw(t, h)
+	msg := append(startupPacket(sslRequest), startupPacket(protocol30, "user", "postgres", "database", "postgres")...)
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	var b [1]byte
+	if _, err := io.ReadFull(c, b[:]); err != nil || b[0] != 'S' {
+		t.Fatalf("answer to SSLRequest: %q %v", b[0], err)
+	}
+	rest, err := io.ReadAll(c)
+	if len(rest) > 0 && rest[0] == 'R' {
+		t.Fatalf("the proxy answered plaintext sent before the TLS handshake: %q", rest)
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatal("the proxy kept the connection open")
+		}
+	}
+	if got := h.metric(t, "pgsidecar_proxy_sessions_total", nil); got != 0 {
+		t.Fatalf("sessions = %v, want 0", got)
+	}
+}
+
+// TestTerminatedBackend: an administrator ends the server connection under an idle client. The
+// client gets the server's FATAL and is closed; the pool drops the connection.
+func TestTerminatedBackend(t *testing.T) {
+	h := newHarness(t, func(pc *pool.Config, _ *Config) { pc.MaxConns, pc.MinConns = 1, 1 })
+	ctx := ctxTimeout(t, 30*time.Second)
+	c := h.connect(t, ctx, h.superURL())
+	var pid int
+	if err := c.QueryRow(ctx, "select pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cluster.QueryInt(ctx, "select pg_terminate_backend($1)::int", pid); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.Exec(ctx, "select 1")
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "57P01" {
+		t.Fatalf("query after terminate: %v, want 57P01", err)
+	}
+	h.waitIdle(t)
+	c2, err := pgx.Connect(ctx, h.superURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close(ctx)
+	var pid2 int
+	if err := c2.QueryRow(ctx, "select pg_backend_pid()").Scan(&pid2); err != nil || pid2 == pid {
+		t.Fatalf("new session: backend %d (old %d), %v", pid2, pid, err)
+	}
+}
+
+// TestCloseEndsSessions: Close disconnects clients and returns; the pool gets its connections back.
+func TestCloseEndsSessions(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := ctxTimeout(t, 30*time.Second)
+	c := h.connect(t, ctx, h.superURL())
+	if got := h.metric(t, "pgsidecar_proxy_client_connections", map[string]string{"state": "active"}); got != 1 {
+		t.Fatalf("active clients = %v, want 1", got)
+	}
+	if err := h.srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, "select 1"); err == nil {
+		t.Fatal("query after Close succeeded")
+	}
+	if used := h.mgr.Stats().UsedConns; used != 0 {
+		t.Fatalf("pool connections still in use after Close: %d", used)
+	}
+	if _, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", h.port), time.Second); err == nil {
+		t.Fatal("still listening after Close")
+	}
+}
