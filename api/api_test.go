@@ -28,7 +28,7 @@ var volatile = map[string]string{
 	"averageLatencyMs": "<number>", "p95LatencyMs": "<number>", "acquireWaitSeconds": "<number>",
 	"averageMs": "<number>", "p50Ms": "<number>", "p95Ms": "<number>", "p99Ms": "<number>",
 	"windowSeconds": "<number>", "queriesPerSecond": "<number>", "acquires": "<number>", "emptyAcquires": "<number>",
-	// PostgreSQL-side figures of the test collector.
+	// PostgreSQL-side figures of the collectors.
 	"version": "<string>", "shortVersion": "<string>", "sizeBytes": "<number>", "cacheHitRatio": "<number>",
 	"blocksHit": "<number>", "blocksRead": "<number>", "commits": "<number>", "rollbacks": "<number>",
 	"tempBytes": "<number>", "tempFiles": "<number>", "backends": "<number>", "deadlocks": "<number>",

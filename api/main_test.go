@@ -12,10 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
+	"github.com/pgsidecar/pgsidecar/collector"
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
@@ -60,7 +60,7 @@ func testConfig(t testing.TB) pool.Config {
 	return c
 }
 
-// startSidecar builds a pool, registers the pg_* test collector when withCollector is set,
+// startSidecar builds a pool, registers the pg_* collectors when withCollector is set,
 // and serves the API; everything is closed at test end.
 func startSidecar(t testing.TB, cfg pool.Config, withCollector bool, opts Options) *sidecar {
 	t.Helper()
@@ -73,11 +73,12 @@ func startSidecar(t testing.TB, cfg pool.Config, withCollector bool, opts Option
 	s.m = m
 	t.Cleanup(m.Close)
 	if withCollector {
-		mon, err := m.NewMonitorPool(pool.MonitorOptions{StatementTimeout: 5 * time.Second})
+		e, err := collector.New(m, collector.Config{Logger: logger, Enabled: map[string]bool{"statements": true}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		s.reg.MustRegister(&pgCollector{p: mon})
+		t.Cleanup(e.Close)
+		s.reg.MustRegister(e)
 	}
 	opts.Manager, opts.Gatherer, opts.Logger = m, s.reg, logger
 	s.h = New(opts)
@@ -155,87 +156,4 @@ func (s *sidecar) query(t testing.TB, sql string) error {
 	t.Helper()
 	_, err := s.m.Pool().Exec(ctxTimeout(t, 30*time.Second), sql)
 	return err
-}
-
-// pgCollector is a small stand-in for the collectors: it exports, from the real cluster, the
-// pg_* names the API reads, so the API's handling of them is tested against real figures.
-type pgCollector struct{ p *pgxpool.Pool }
-
-func (c *pgCollector) Describe(chan<- *prometheus.Desc) {} // unchecked collector
-
-func (c *pgCollector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	g := func(name string, v float64, labels ...string) {
-		var names, values []string
-		for i := 0; i+1 < len(labels); i += 2 {
-			names, values = append(names, labels[i]), append(values, labels[i+1])
-		}
-		ch <- prometheus.MustNewConstMetric(prometheus.NewDesc(name, "test", names, nil), prometheus.GaugeValue, v, values...)
-	}
-	var version, short string
-	if err := c.p.QueryRow(ctx, "SELECT version(), current_setting('server_version')").Scan(&version, &short); err != nil {
-		g("pg_up", 0)
-		return
-	}
-	g("pg_up", 1)
-	g("pg_static", 1, "version", version, "short_version", short)
-	rows, err := c.p.Query(ctx, `SELECT datid::text, datname, pg_database_size(datid)::float8, blks_hit::float8,
-		blks_read::float8, xact_commit::float8, xact_rollback::float8, deadlocks::float8, temp_bytes::float8,
-		temp_files::float8, numbackends::float8 FROM pg_stat_database WHERE datname IS NOT NULL`)
-	if err == nil {
-		for rows.Next() {
-			var id, name string
-			var size, hit, read, commit, rollback, dead, tb, tf, nb float64
-			if rows.Scan(&id, &name, &size, &hit, &read, &commit, &rollback, &dead, &tb, &tf, &nb) != nil {
-				continue
-			}
-			g("pg_database_size_bytes", size, "datname", name)
-			for n, v := range map[string]float64{"blks_hit": hit, "blks_read": read, "xact_commit": commit,
-				"xact_rollback": rollback, "deadlocks": dead, "temp_bytes": tb, "temp_files": tf, "numbackends": nb} {
-				g("pg_stat_database_"+n, v, "datid", id, "datname", name)
-			}
-		}
-		rows.Close()
-	}
-	rows, err = c.p.Query(ctx, `SELECT coalesce(datname, ''), coalesce(state, ''), count(*)::float8
-		FROM pg_stat_activity WHERE backend_type = 'client backend' GROUP BY 1, 2`)
-	if err == nil {
-		for rows.Next() {
-			var db, state string
-			var n float64
-			if rows.Scan(&db, &state, &n) == nil {
-				g("pg_stat_activity_count", n, "datname", db, "state", state, "usename", "", "application_name", "")
-			}
-		}
-		rows.Close()
-	}
-	var conns, maxConns float64
-	if c.p.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::float8,
-		current_setting('max_connections')::float8`).Scan(&conns, &maxConns) == nil {
-		g("pg_server_connections", conns)
-		g("pg_settings_max_connections", maxConns)
-		g("pg_server_connection_utilization_ratio", conns/maxConns)
-	}
-	rows, err = c.p.Query(ctx, `SELECT s.queryid::text, d.datname, r.rolname, s.calls::float8,
-		s.total_exec_time / 1000, s.rows::float8 FROM pg_stat_statements s
-		JOIN pg_database d ON d.oid = s.dbid JOIN pg_roles r ON r.oid = s.userid`)
-	if err == nil {
-		for rows.Next() {
-			var id, db, user string
-			var calls, secs, n float64
-			if rows.Scan(&id, &db, &user, &calls, &secs, &n) == nil {
-				l := []string{"user", user, "datname", db, "queryid", id}
-				ch <- counter("pg_stat_statements_calls_total", calls, l)
-				ch <- counter("pg_stat_statements_seconds_total", secs, l)
-				ch <- counter("pg_stat_statements_rows_total", n, l)
-			}
-		}
-		rows.Close()
-	}
-}
-
-func counter(name string, v float64, l []string) prometheus.Metric {
-	d := prometheus.NewDesc(name, "test", []string{l[0], l[2], l[4]}, nil)
-	return prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, l[1], l[3], l[5])
 }
