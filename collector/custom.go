@@ -188,6 +188,13 @@ func runCustom(ctx context.Context, conn Querier, q *customQuery) ([]sample, err
 	}
 	defer rows.Close()
 	fields := rows.FieldDescriptions()
+	if len(fields) == 0 {
+		// The statement failed before describing its result (a timeout, a syntax error).
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
 	index := make(map[string]int, len(fields))
 	for i, f := range fields {
 		index[f.Name] = i

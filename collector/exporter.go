@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
@@ -39,6 +40,10 @@ type Config struct {
 
 // DefaultTimeout is the collection deadline when neither the scrape nor the flag gives one.
 const DefaultTimeout = 5 * time.Second
+
+// waitGrace is how long past its deadline a scrape waits for the collection to hand over its
+// results; it stays within the margin scrapeTimeout keeps for encoding the answer.
+const waitGrace = 200 * time.Millisecond
 
 // scrapeTimeoutHeader is the header in which Prometheus sends its scrape timeout.
 const scrapeTimeoutHeader = "X-Prometheus-Scrape-Timeout-Seconds"
@@ -69,6 +74,8 @@ type Exporter struct {
 	wasUp     bool
 
 	collections atomic.Int64
+	waiting     atomic.Int64   // scrapes waiting for a collection (tests use it)
+	wg          sync.WaitGroup // collections and cancel requests in progress
 
 	upDesc, staticDesc, durationDesc, successDesc *prometheus.Desc
 	collectionsDesc, droppedDesc                  *prometheus.Desc
@@ -155,8 +162,12 @@ func newExporter(p *pgxpool.Pool, poolName string, cfg Config) (*Exporter, error
 	return e, nil
 }
 
-// Close stops collections in progress. The side pool itself belongs to the pool manager.
-func (e *Exporter) Close() { e.cancel() }
+// Close stops collections in progress and waits for them. The side pool itself belongs to
+// the pool manager.
+func (e *Exporter) Close() {
+	e.cancel()
+	e.wg.Wait()
+}
 
 // Enabled lists the collectors that run, in the order they run.
 func (e *Exporter) Enabled() []string {
@@ -255,12 +266,17 @@ type collection struct {
 }
 
 func (e *Exporter) collectShared(deadline time.Time) *collection {
+	e.waiting.Add(1)
+	defer e.waiting.Add(-1)
 	resc := e.group.DoChan("collect", func() (any, error) {
+		e.wg.Add(1)
+		defer e.wg.Done()
 		ctx, cancel := context.WithDeadline(e.ctx, deadline)
 		defer cancel()
 		return e.collect(ctx), nil
 	})
-	timer := time.NewTimer(time.Until(deadline))
+	// The collection itself stops at the deadline; allow it a moment to wrap up and answer.
+	timer := time.NewTimer(time.Until(deadline) + waitGrace)
 	defer timer.Stop()
 	select {
 	case r := <-resc:
@@ -389,10 +405,28 @@ func (e *Exporter) worker(ctx context.Context, conn *pgxpool.Conn, version int, 
 		results[i] = colResult{dur: time.Since(start), err: err}
 		if conn.Conn().IsClosed() {
 			// A deadline cut the connection; the next collector needs a new one.
+			if ctx.Err() != nil {
+				e.cancelOnServer(conn.Conn().PgConn())
+			}
 			conn.Release()
 			conn = nil
 		}
 	}
+}
+
+// cancelOnServer asks the server to cancel the statement a deadline cut off. Without it the
+// backend would go on running it until statement_timeout, and slow scrapes would pile up
+// work on a server that is already struggling.
+func (e *Exporter) cancelOnServer(c *pgconn.PgConn) {
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		if err := c.CancelRequest(ctx); err != nil {
+			e.log.Debug("Cancel request failed", "error", errString(err))
+		}
+	}()
 }
 
 // runOne runs a collector, turning a panic into an error so one broken collector cannot take

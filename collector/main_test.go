@@ -206,3 +206,12 @@ func writeQueries(t testing.TB, content string) string {
 	}
 	return p
 }
+
+var errNotExist = os.ErrNotExist
+
+func writeFile(t testing.TB, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}

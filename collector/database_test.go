@@ -1,0 +1,116 @@
+package collector
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+)
+
+func TestDatabaseStatistics(t *testing.T) {
+	createDB(t, "database_t")
+	e := newEnv(t, "", Config{Enabled: map[string]bool{"activity": false, "settings": false}})
+	ctx := ctxTimeout(t, 30*time.Second)
+	before := e.scrape(t, 0, 20*time.Second)
+	db := map[string]string{"datname": "database_t"}
+	commits0 := before.value(t, "pg_stat_database_xact_commit", db)
+	rollbacks0 := before.value(t, "pg_stat_database_xact_rollback", db)
+
+	c := openSession(t, "database_t", "db-test")
+	for range 5 {
+		if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, sql := range []string{"BEGIN", "SELECT 1", "ROLLBACK", "CREATE TABLE big AS SELECT g FROM generate_series(1, 100000) g"} {
+		if _, err := c.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Statistics reach pg_stat_database when the session reports them (at transaction end,
+	// at most once a second while busy); wait for them.
+	var s scrape
+	if !waitScrape(t, e, func(s scrape) bool {
+		vs := s.values("pg_stat_database_xact_commit", db)
+		return len(vs) == 1 && vs[0] >= commits0+6
+	}, &s) {
+		t.Fatalf("commits never counted:\n%s", s.body)
+	}
+	if got := s.value(t, "pg_stat_database_xact_rollback", db); got < rollbacks0+1 {
+		t.Errorf("rollbacks = %v, want at least %v", got, rollbacks0+1)
+	}
+	if got := s.value(t, "pg_stat_database_tup_inserted", db); got < 100000 {
+		t.Errorf("tup_inserted = %v, want at least 100000", got)
+	}
+	if got := s.value(t, "pg_stat_database_numbackends", db); got != 1 {
+		t.Errorf("numbackends = %v, want 1", got)
+	}
+	size := s.value(t, "pg_database_size_bytes", db)
+	if size < 3<<20 {
+		t.Errorf("database size %v, want at least 3 MiB with a 100000 row table", size)
+	}
+	// postgres_exporter's types: counters for the cumulative columns, with datid and datname.
+	mf := s.families["pg_stat_database_xact_commit"]
+	if mf.GetType() != dto.MetricType_COUNTER {
+		t.Errorf("xact_commit type %v, want counter", mf.GetType())
+	}
+	if s.families["pg_stat_database_numbackends"].GetType() != dto.MetricType_GAUGE {
+		t.Error("numbackends is not a gauge")
+	}
+	var datid string
+	for _, l := range mf.GetMetric()[0].GetLabel() {
+		if l.GetName() == "datid" {
+			datid = l.GetValue()
+		}
+	}
+	if datid == "" || strings.Trim(datid, "0123456789") != "" {
+		t.Errorf("datid label %q, want the database oid", datid)
+	}
+	// PostgreSQL 14+ session columns, in seconds.
+	if got := s.values("pg_stat_database_session_time_seconds_total", db); len(got) != 1 {
+		t.Errorf("session_time samples: %v", got)
+	}
+	if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": "database"}); got != 1 {
+		t.Errorf("database success = %v", got)
+	}
+}
+
+// waitScrape scrapes until cond holds (at most 15 s), leaving the last scrape in *out.
+func waitScrape(t *testing.T, e *env, cond func(scrape) bool, out *scrape) bool {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		*out = e.scrape(t, 0, 20*time.Second)
+		if cond(*out) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestDatabaseQueryByVersion checks the column choice for each supported major version; only
+// one of them runs here, so the others are checked as text.
+func TestDatabaseQueryByVersion(t *testing.T) {
+	for _, c := range []struct {
+		version     int
+		sessionCols bool
+	}{
+		{130012, false}, {140009, true}, {150004, true}, {160001, true}, {170002, true},
+	} {
+		q := databaseQuery(c.version)
+		for _, col := range []string{"s.xact_commit", "s.blk_read_time", "s.deadlocks", "s.checksum_failures", "pg_database_size"} {
+			if !strings.Contains(q, col) {
+				t.Errorf("%d: query lacks %s", c.version, col)
+			}
+		}
+		for _, col := range []string{"s.session_time", "s.active_time", "s.sessions_killed"} {
+			if strings.Contains(q, col) != c.sessionCols {
+				t.Errorf("%d: %s present = %v, want %v", c.version, col, !c.sessionCols, c.sessionCols)
+			}
+		}
+	}
+}

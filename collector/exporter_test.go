@@ -1,0 +1,457 @@
+package collector
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+)
+
+// brokenCollector panics; it is registered off by default and only switched on in a test.
+type brokenCollector struct{}
+
+func (brokenCollector) Update(context.Context, *Scrape) error { panic("broken on purpose") }
+
+// duplicateCollector emits the same series twice.
+type duplicateCollector struct{ d *prometheus.Desc }
+
+func (c duplicateCollector) Update(_ context.Context, s *Scrape) error {
+	s.Gauge(c.d, 1, "a")
+	s.Gauge(c.d, 2, "a")
+	s.Gauge(c.d, 3, "b")
+	s.Gauge(c.d, 4, "\xff") // invalid UTF-8
+	return nil
+}
+
+func init() {
+	register("test_broken", false, "test only", func(Options) Collector { return brokenCollector{} })
+	register("test_duplicate", false, "test only", func(Options) Collector {
+		return duplicateCollector{d: prometheus.NewDesc("test_duplicate_value", "Test.", []string{"k"}, nil)}
+	})
+}
+
+func TestBrokenCollectorAndDuplicatesKeepTheScrape(t *testing.T) {
+	e := newEnv(t, "", Config{Enabled: map[string]bool{"test_broken": true, "test_duplicate": true, "settings": false}})
+	s := e.scrape(t, 0, 20*time.Second)
+	if s.status != http.StatusOK {
+		t.Fatalf("status %d", s.status)
+	}
+	for name, want := range map[string]float64{"test_broken": 0, "test_duplicate": 1, "activity": 1, "database": 1} {
+		if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": name}); got != want {
+			t.Errorf("success{%s} = %v, want %v", name, got, want)
+		}
+	}
+	if got := s.value(t, "test_duplicate_value", map[string]string{"k": "a"}); got != 1 {
+		t.Errorf("first of the duplicates = %v, want 1 (the first one wins)", got)
+	}
+	if got := s.value(t, "test_duplicate_value", map[string]string{"k": "b"}); got != 3 {
+		t.Errorf("other series = %v, want 3", got)
+	}
+	if got := s.value(t, "pgsidecar_collector_dropped_series_total", map[string]string{"reason": "duplicate"}); got != 1 {
+		t.Errorf("dropped duplicates = %v, want 1", got)
+	}
+	if got := s.value(t, "pgsidecar_collector_dropped_series_total", map[string]string{"reason": "invalid"}); got != 1 {
+		t.Errorf("dropped invalid = %v, want 1", got)
+	}
+	if !strings.Contains(e.log.String(), "broken on purpose") {
+		t.Errorf("the panic was not logged:\n%s", e.log.String())
+	}
+}
+
+func TestUnknownCollectorIsAnError(t *testing.T) {
+	_, err := newExporter(nil, "x", Config{Enabled: map[string]bool{"nope": true}})
+	if err == nil || !strings.Contains(err.Error(), `unknown collector "nope"`) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestCustomQueryValues(t *testing.T) {
+	path := writeQueries(t, `
+pg_custom:
+  query: |
+    SELECT * FROM (VALUES
+      ('a', 1::int, 2.5::numeric, NULL::float8, true, interval '1 minute 30 seconds', 'x'),
+      (NULL, 2::int, NULL::numeric, 4::float8, false, NULL::interval, '7')) AS t(name, n, num, maybe, flag, iv, txt)
+  metrics:
+    - name:
+        usage: LABEL
+        description: Name.
+    - n:
+        usage: COUNTER
+        description: Integer.
+    - num:
+        usage: GAUGE
+        description: Numeric.
+    - maybe:
+        usage: GAUGE
+        description: Sometimes NULL.
+    - flag:
+        usage: GAUGE
+        description: Boolean.
+    - iv:
+        usage: GAUGE
+        description: Interval in seconds.
+    - txt:
+        usage: GAUGE
+        description: Text; a number only in the second row.
+pg_custom_ok:
+  query: SELECT 42 AS answer
+  metrics:
+    - answer:
+        usage: GAUGE
+        description: Still exported when another query has bad values.
+`)
+	e := newEnv(t, "", Config{QueriesFile: path, Enabled: map[string]bool{"activity": false, "database": false, "settings": false}})
+	s := e.scrape(t, 0, 20*time.Second)
+	a, b := map[string]string{"name": "a"}, map[string]string{"name": ""}
+	for _, c := range []struct {
+		metric string
+		labels map[string]string
+		want   []float64
+	}{
+		{"pg_custom_n", a, []float64{1}},
+		{"pg_custom_n", b, []float64{2}}, // a NULL label is an empty label
+		{"pg_custom_num", a, []float64{2.5}},
+		{"pg_custom_num", b, nil}, // NULL: no sample, not 0
+		{"pg_custom_maybe", a, nil},
+		{"pg_custom_maybe", b, []float64{4}},
+		{"pg_custom_flag", a, []float64{1}},
+		{"pg_custom_flag", b, []float64{0}},
+		{"pg_custom_iv", a, []float64{90}},
+		{"pg_custom_txt", a, nil}, // 'x' is not a number
+		{"pg_custom_txt", b, []float64{7}},
+		{"pg_custom_ok_answer", nil, []float64{42}},
+	} {
+		got := s.values(c.metric, c.labels)
+		if len(got) != len(c.want) || (len(got) == 1 && got[0] != c.want[0]) {
+			t.Errorf("%s%v = %v, want %v", c.metric, c.labels, got, c.want)
+		}
+	}
+	if s.families["pg_custom_n"].GetType().String() != "COUNTER" {
+		t.Errorf("pg_custom_n type %v", s.families["pg_custom_n"].GetType())
+	}
+	if got := s.value(t, "pgsidecar_custom_query_errors_total", map[string]string{"query": "pg_custom"}); got != 1 {
+		t.Errorf("errors{pg_custom} = %v, want 1", got)
+	}
+	if got := s.value(t, "pgsidecar_custom_query_errors_total", map[string]string{"query": "pg_custom_ok"}); got != 0 {
+		t.Errorf("errors{pg_custom_ok} = %v, want 0", got)
+	}
+	if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": "queries"}); got != 0 {
+		t.Errorf("queries success = %v, want 0 while one query has bad values", got)
+	}
+	if !strings.Contains(e.log.String(), "column txt: a value of type text cannot be a metric value") {
+		t.Errorf("no clear error in the log:\n%s", e.log.String())
+	}
+}
+
+func TestCustomQueryCacheAndVersionBounds(t *testing.T) {
+	path := writeQueries(t, `
+pg_cached:
+  query: SELECT nextval('cache_seq')::float8 AS n
+  cache_seconds: 3600
+  metrics:
+    - n:
+        usage: GAUGE
+pg_uncached:
+  query: SELECT nextval('cache_seq')::float8 AS n
+  metrics:
+    - n:
+        usage: GAUGE
+pg_future:
+  query: SELECT this_does_not_exist_before_99()
+  min_version: 99
+  metrics:
+    - x:
+        usage: GAUGE
+pg_past:
+  query: SELECT this_did_not_exist_after_12()
+  max_version: 12
+  metrics:
+    - x:
+        usage: GAUGE
+`)
+	ctx := ctxTimeout(t, 10*time.Second)
+	if err := cluster.Exec(ctx, "CREATE SEQUENCE cache_seq"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cluster.Exec(context.Background(), "DROP SEQUENCE cache_seq") })
+	e := newEnv(t, "", Config{QueriesFile: path, Enabled: map[string]bool{"activity": false, "database": false, "settings": false}})
+	first := e.scrape(t, 0, 20*time.Second)
+	second := e.scrape(t, 0, 20*time.Second)
+	if a, b := first.value(t, "pg_cached_n", nil), second.value(t, "pg_cached_n", nil); a != b {
+		t.Errorf("cached query ran again: %v then %v", a, b)
+	}
+	if a, b := first.value(t, "pg_uncached_n", nil), second.value(t, "pg_uncached_n", nil); a == b {
+		t.Errorf("uncached query did not run again: %v then %v", a, b)
+	}
+	if got := second.value(t, "pg_scrape_collector_success", map[string]string{"collector": "queries"}); got != 1 {
+		t.Errorf("queries success = %v: the out-of-range queries ran", got)
+	}
+}
+
+func TestSlowCustomQueryMissesTheDeadlineOnly(t *testing.T) {
+	path := writeQueries(t, `
+pg_slow:
+  query: SELECT 1 AS v FROM pg_sleep(60)
+  metrics:
+    - v:
+        usage: GAUGE
+`)
+	// A long statement_timeout, so only the cancel request can stop the server-side sleep early.
+	e := newEnv(t, "", Config{QueriesFile: path, Timeout: 2 * time.Minute,
+		Enabled: map[string]bool{"settings": false}})
+	// Prometheus' timeout of 2 s leaves the collection 1.6 s; the client gives up after 10 s,
+	// far below the 60 s sleep.
+	s := e.scrape(t, 2*time.Second, 10*time.Second)
+	if s.status != http.StatusOK {
+		t.Fatalf("status %d", s.status)
+	}
+	if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": "queries"}); got != 0 {
+		t.Errorf("queries success = %v, want 0", got)
+	}
+	for _, name := range []string{"activity", "database"} {
+		if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": name}); got != 1 {
+			t.Errorf("%s success = %v, want 1", name, got)
+		}
+	}
+	if got := s.value(t, "pg_up", map[string]string{"pool": "test"}); got != 1 {
+		t.Errorf("pg_up = %v", got)
+	}
+	if len(s.values("pg_stat_activity_count", nil)) == 0 {
+		t.Error("activity metrics missing")
+	}
+	// The sleeping statement is canceled on the server, not left running.
+	ctx := ctxTimeout(t, 20*time.Second)
+	if !pgtest.WaitFor(10*time.Second, func() bool {
+		n, err := cluster.QueryInt(ctx, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' AND state = 'active' AND pid <> pg_backend_pid()")
+		return err == nil && n == 0
+	}) {
+		t.Error("the timed-out query is still running on the server")
+	}
+	// The next scrape works again on a fresh connection.
+	s = e.scrape(t, 2*time.Second, 10*time.Second)
+	if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": "activity"}); got != 1 {
+		t.Errorf("activity success after a timeout = %v", got)
+	}
+}
+
+func TestPerQueryTimeout(t *testing.T) {
+	path := writeQueries(t, `
+pg_slow:
+  query: SELECT 1 AS v FROM pg_sleep(30)
+  timeout: 300ms
+  metrics:
+    - v:
+        usage: GAUGE
+pg_after:
+  query: SELECT pg_backend_pid() AS pid
+  metrics:
+    - pid:
+        usage: GAUGE
+`)
+	e := newEnv(t, "", Config{QueriesFile: path, Enabled: map[string]bool{"activity": false, "database": false, "settings": false}})
+	s := e.scrape(t, 0, 20*time.Second)
+	if got := s.value(t, "pgsidecar_custom_query_errors_total", map[string]string{"query": "pg_slow"}); got != 1 {
+		t.Errorf("errors{pg_slow} = %v, want 1", got)
+	}
+	if !strings.Contains(e.log.String(), "canceling statement due to statement timeout") {
+		t.Errorf("the server did not cancel the query by its timeout:\n%s", e.log.String())
+	}
+	// The server canceled the statement cleanly: the next query ran on the same session.
+	pid1 := s.value(t, "pg_after_pid", nil)
+	s = e.scrape(t, 0, 20*time.Second)
+	if pid2 := s.value(t, "pg_after_pid", nil); pid1 != pid2 {
+		t.Errorf("the collector reconnected after a per-query timeout (pid %v then %v)", pid1, pid2)
+	}
+}
+
+func TestConcurrentScrapesShareOneCollection(t *testing.T) {
+	path := writeQueries(t, `
+pg_shared:
+  query: SELECT nextval('shared_seq')::float8 AS collection WHERE pg_advisory_xact_lock_shared(4242) IS NOT NULL
+  metrics:
+    - collection:
+        usage: GAUGE
+`)
+	ctx := ctxTimeout(t, 60*time.Second)
+	if err := cluster.Exec(ctx, "CREATE SEQUENCE shared_seq"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cluster.Exec(context.Background(), "DROP SEQUENCE shared_seq") })
+	e := newEnv(t, "", Config{QueriesFile: path, Timeout: 45 * time.Second})
+	// Hold the lock so the first collection waits until every scrape has joined it.
+	locker := openSession(t, "", "locker")
+	if _, err := locker.Exec(ctx, "SELECT pg_advisory_lock(4242)"); err != nil {
+		t.Fatal(err)
+	}
+	const n = 50
+	results := make([]scrape, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { results[i] = e.scrape(t, 0, 50*time.Second) })
+	}
+	if !pgtest.WaitFor(30*time.Second, func() bool { return e.exp.waiting.Load() == n }) {
+		t.Fatalf("only %d of %d scrapes waiting", e.exp.waiting.Load(), n)
+	}
+	collectors, err := cluster.QueryInt(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgsidecar-collector'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if collectors != 1 {
+		t.Errorf("%d collector connections during %d scrapes, want 1", collectors, n)
+	}
+	if _, err := locker.Exec(ctx, "SELECT pg_advisory_unlock(4242)"); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	for i, s := range results {
+		if s.status != http.StatusOK {
+			t.Fatalf("scrape %d: status %d", i, s.status)
+		}
+		if got := s.value(t, "pg_shared_collection", nil); got != 1 {
+			t.Errorf("scrape %d saw collection %v, want 1", i, got)
+		}
+	}
+	runs, err := cluster.QueryInt(ctx, "SELECT last_value FROM shared_seq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if runs != 1 {
+		t.Errorf("the database saw %d collections for %d concurrent scrapes, want 1", runs, n)
+	}
+	if got := results[0].value(t, "pgsidecar_collections_total", nil); got != 1 {
+		t.Errorf("pgsidecar_collections_total = %v, want 1", got)
+	}
+}
+
+func TestDatabaseDown(t *testing.T) {
+	cluster.RequireControl(t)
+	e := newEnv(t, "", Config{Timeout: 30 * time.Second})
+	if s := e.scrape(t, 0, 20*time.Second); s.value(t, "pg_up", nil) != 1 {
+		t.Fatal("pg_up not 1 before the stop")
+	}
+	if err := cluster.Stop("immediate"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := cluster.StartAgain(); err != nil {
+			t.Errorf("starting the cluster again: %v", err)
+		}
+	})
+	// Scrape timeout 3 s; the client allows 10 s, a third of the collection timeout flag.
+	s := e.scrape(t, 3*time.Second, 10*time.Second)
+	if s.status != http.StatusOK {
+		t.Fatalf("status %d", s.status)
+	}
+	if got := s.value(t, "pg_up", map[string]string{"pool": "test"}); got != 0 {
+		t.Errorf("pg_up = %v, want 0", got)
+	}
+	for _, name := range []string{"activity", "database", "settings"} {
+		if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": name}); got != 0 {
+			t.Errorf("%s success = %v, want 0", name, got)
+		}
+	}
+	// The pool's own metrics still answer.
+	for _, name := range []string{"pgsidecar_pool_connections", "pgsidecar_health_check_up", "pgsidecar_pool_max_connections"} {
+		if len(s.values(name, nil)) == 0 {
+			t.Errorf("%s missing while the database is down", name)
+		}
+	}
+	if n := strings.Count(e.log.String(), "Collection cannot reach the database"); n != 1 {
+		t.Errorf("unreachable logged %d times, want 1", n)
+	}
+
+	if err := cluster.StartAgain(); err != nil {
+		t.Fatal(err)
+	}
+	if !pgtest.WaitFor(20*time.Second, func() bool {
+		return e.scrape(t, 3*time.Second, 10*time.Second).value(t, "pg_up", nil) == 1
+	}) {
+		t.Error("pg_up never came back to 1")
+	}
+}
+
+func TestReload(t *testing.T) {
+	good := `
+pg_reload:
+  query: SELECT 1 AS first
+  metrics:
+    - first:
+        usage: GAUGE
+`
+	path := writeQueries(t, good)
+	e := newEnv(t, "", Config{QueriesFile: path, Enabled: map[string]bool{"activity": false, "database": false, "settings": false}})
+	s := e.scrape(t, 0, 20*time.Second)
+	if s.value(t, "pgsidecar_queries_last_reload_successful", nil) != 1 || s.value(t, "pg_reload_first", nil) != 1 {
+		t.Fatalf("initial load:\n%s", s.body)
+	}
+	ts := s.value(t, "pgsidecar_queries_last_reload_success_timestamp_seconds", nil)
+	if ts <= 0 {
+		t.Errorf("reload timestamp %v", ts)
+	}
+
+	writeFile(t, path, "pg_reload:\n  query: SELECT 2 AS second\n  metrics:\n    - second:\n        usage: GAUGE\n  bogus: 1\n")
+	err := e.exp.Reload()
+	if err == nil || !strings.Contains(err.Error(), `queries.yaml:6: query pg_reload: unknown key "bogus"`) {
+		t.Fatalf("bad reload error: %v", err)
+	}
+	s = e.scrape(t, 0, 20*time.Second)
+	if got := s.value(t, "pgsidecar_queries_last_reload_successful", nil); got != 0 {
+		t.Errorf("last reload successful = %v after a bad reload", got)
+	}
+	if got := s.value(t, "pg_reload_first", nil); got != 1 {
+		t.Errorf("the old queries are not kept after a bad reload: %v", got)
+	}
+	if got := s.value(t, "pgsidecar_queries_last_reload_success_timestamp_seconds", nil); got != ts {
+		t.Errorf("success timestamp moved on a failed reload")
+	}
+
+	writeFile(t, path, strings.ReplaceAll(good, "first", "second"))
+	if err := e.exp.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	s = e.scrape(t, 0, 20*time.Second)
+	if s.value(t, "pgsidecar_queries_last_reload_successful", nil) != 1 || s.value(t, "pg_reload_second", nil) != 1 ||
+		len(s.values("pg_reload_first", nil)) != 0 {
+		t.Errorf("good reload not applied:\n%s", s.body)
+	}
+}
+
+func TestNewFailsOnBadQueriesFile(t *testing.T) {
+	path := writeQueries(t, "pg_x:\n  query: SELECT 1 AS v\n  metrics: []\n")
+	_, err := newExporter(nil, "x", Config{QueriesFile: path, Logger: slog.New(slog.DiscardHandler)})
+	if err == nil || !strings.Contains(err.Error(), "queries.yaml:3: query pg_x: no metric columns") {
+		t.Fatalf("err = %v", err)
+	}
+	_, err = newExporter(nil, "x", Config{QueriesFile: path + ".missing", Logger: slog.New(slog.DiscardHandler)})
+	if !errors.Is(err, errNotExist) {
+		t.Fatalf("missing file: err = %v", err)
+	}
+}
+
+func TestScrapeTimeout(t *testing.T) {
+	for _, c := range []struct {
+		header string
+		want   time.Duration
+	}{
+		{"", 5 * time.Second},
+		{"10", 9500 * time.Millisecond},
+		{"2", 1600 * time.Millisecond},
+		{"0.5", 400 * time.Millisecond},
+		{"nonsense", 5 * time.Second},
+		{"-1", 5 * time.Second},
+		{"+Inf", 5 * time.Second},
+	} {
+		if got := scrapeTimeout(c.header, 5*time.Second); got != c.want {
+			t.Errorf("scrapeTimeout(%q) = %v, want %v", c.header, got, c.want)
+		}
+	}
+}

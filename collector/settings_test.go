@@ -1,0 +1,60 @@
+package collector
+
+import (
+	"testing"
+	"time"
+)
+
+func TestSettings(t *testing.T) {
+	e := newEnv(t, "", Config{Timeout: 7 * time.Second, Enabled: map[string]bool{"activity": false, "database": false}})
+	s := e.scrape(t, 0, 20*time.Second)
+	for name, want := range map[string]float64{
+		"pg_settings_max_connections":                100,
+		"pg_settings_superuser_reserved_connections": 3,
+		"pg_settings_shared_buffers_bytes":           32 << 20, // pgtest sets 32MB
+		// The collector's sessions run with statement_timeout = the collection timeout.
+		"pg_settings_statement_timeout_seconds":          7,
+		"pg_settings_fsync":                              0, // off in pgtest
+		"pg_settings_autovacuum":                         1,
+		"pg_settings_checkpoint_timeout_seconds":         300,
+		"pg_settings_log_min_duration_statement_seconds": -1, // disabled stays -1
+		"pg_settings_wal_segment_size_bytes":             16 << 20,
+	} {
+		if got := s.value(t, name, nil); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+	if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": "settings"}); got != 1 {
+		t.Errorf("settings success = %v", got)
+	}
+}
+
+func TestSettingValue(t *testing.T) {
+	for _, c := range []struct {
+		setting, unit, vartype string
+		want                   float64
+		suffix                 string
+	}{
+		{"on", "", "bool", 1, ""},
+		{"off", "", "bool", 0, ""},
+		{"100", "", "integer", 100, ""},
+		{"4096", "8kB", "integer", 4096 * 8192, "_bytes"},
+		{"64", "kB", "integer", 64 << 10, "_bytes"},
+		{"16", "MB", "integer", 16 << 20, "_bytes"},
+		{"1500", "ms", "integer", 1.5, "_seconds"},
+		{"5", "min", "integer", 300, "_seconds"},
+		{"1", "d", "integer", 86400, "_seconds"},
+		{"-1", "ms", "integer", -1, "_seconds"},
+		{"0.9", "", "real", 0.9, ""},
+	} {
+		v, suffix, err := settingValue(c.setting, c.unit, c.vartype)
+		if err != nil || v != c.want || suffix != c.suffix {
+			t.Errorf("settingValue(%q, %q, %q) = %v, %q, %v; want %v, %q", c.setting, c.unit, c.vartype, v, suffix, err, c.want, c.suffix)
+		}
+	}
+	for _, bad := range [][3]string{{"maybe", "", "bool"}, {"x", "", "integer"}, {"1", "parsecs", "integer"}} {
+		if _, _, err := settingValue(bad[0], bad[1], bad[2]); err == nil {
+			t.Errorf("settingValue%v: no error", bad)
+		}
+	}
+}

@@ -1,0 +1,82 @@
+package collector
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestStatements(t *testing.T) {
+	createDB(t, "statements_t")
+	e := newEnv(t, "statements_t", Config{StatementsLimit: 3,
+		Enabled: map[string]bool{"statements": true, "activity": false, "database": false, "settings": false}})
+
+	// Without the extension: nothing exported, the collector still succeeds, and says so once.
+	for range 2 {
+		s := e.scrape(t, 0, 20*time.Second)
+		if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": "statements"}); got != 1 {
+			t.Fatalf("statements success without the extension = %v, want 1", got)
+		}
+		if n := len(s.values("pg_stat_statements_calls_total", nil)); n != 0 {
+			t.Fatalf("%d statement samples without the extension", n)
+		}
+	}
+	if n := strings.Count(e.log.String(), "Statements collector has nothing to read"); n != 1 {
+		t.Errorf("missing extension logged %d times, want once:\n%s", n, e.log.String())
+	}
+
+	ctx := ctxTimeout(t, 30*time.Second)
+	c := openSession(t, "statements_t", "stmt-test")
+	if _, err := c.Exec(ctx, "CREATE EXTENSION pg_stat_statements"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, "SELECT pg_stat_statements_reset()"); err != nil {
+		t.Fatal(err)
+	}
+	for range 7 {
+		if _, err := c.Exec(ctx, "SELECT pg_sleep(0.01) AS statements_marker"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var queryID string
+	if err := c.QueryRow(ctx, "SELECT queryid::text FROM pg_stat_statements WHERE query LIKE '%statements_marker%' AND query NOT LIKE '%pg_stat_statements%'").Scan(&queryID); err != nil {
+		t.Fatal(err)
+	}
+	s := e.scrape(t, 0, 20*time.Second)
+	want := map[string]string{"queryid": queryID, "datname": "statements_t", "user": "postgres"}
+	if got := s.value(t, "pg_stat_statements_calls_total", want); got != 7 {
+		t.Errorf("calls = %v, want 7", got)
+	}
+	if got := s.value(t, "pg_stat_statements_seconds_total", want); got < 0.07 {
+		t.Errorf("total seconds = %v, want at least 7 × 10 ms", got)
+	}
+	if got := s.value(t, "pg_stat_statements_rows_total", want); got != 7 {
+		t.Errorf("rows = %v, want 7", got)
+	}
+	for _, name := range []string{"pg_stat_statements_block_read_seconds_total", "pg_stat_statements_block_write_seconds_total"} {
+		if len(s.values(name, want)) != 1 {
+			t.Errorf("%s missing", name)
+		}
+	}
+	if n := len(s.values("pg_stat_statements_calls_total", nil)); n != 3 {
+		t.Errorf("%d statements exported, want the limit of 3", n)
+	}
+}
+
+func TestStatementsQueryByVersion(t *testing.T) {
+	for _, c := range []struct {
+		version int
+		read    string
+	}{
+		{130000, "sum(s.blk_read_time)"}, {140000, "sum(s.blk_read_time)"}, {150000, "sum(s.blk_read_time)"},
+		{160000, "sum(s.blk_read_time)"}, {170000, "sum(s.shared_blk_read_time)"},
+	} {
+		q := statementsQuery(c.version)
+		if !strings.Contains(q, c.read) {
+			t.Errorf("%d: query lacks %s:\n%s", c.version, c.read, q)
+		}
+		if !strings.Contains(q, "total_exec_time") || !strings.Contains(q, "LIMIT $1") {
+			t.Errorf("%d: query lacks total_exec_time ordering or limit", c.version)
+		}
+	}
+}
