@@ -50,23 +50,26 @@ func serving(st pool.Status) bool {
 	return st == pool.StatusHealthy || st == pool.StatusDegraded
 }
 
+// healthResponse reads only the last health check: probes run often and must stay cheap.
 func (h *Handler) healthResponse() HealthResponse {
-	s := h.mgr.Stats()
+	st := h.mgr.Health()
 	hr := HealthResponse{
 		Timestamp:           time.Now().UTC(),
-		Status:              s.Health.Status,
-		LatencyMs:           ms(s.Health.Latency),
-		ConsecutiveFailures: s.Health.ConsecutiveFailures,
-		TotalFailures:       s.Health.TotalFailures,
-		LastError:           optString(s.Health.LastError),
-		UptimeSeconds:       secs(s.Uptime),
+		Status:              st.Status,
+		LatencyMs:           ms(st.Latency),
+		ConsecutiveFailures: st.ConsecutiveFailures,
+		TotalFailures:       st.TotalFailures,
+		LastError:           optString(st.LastError),
+		UptimeSeconds:       h.uptime(),
 	}
-	if !s.Health.LastCheck.IsZero() {
-		t := s.Health.LastCheck.UTC()
+	if !st.LastCheck.IsZero() {
+		t := st.LastCheck.UTC()
 		hr.LastCheck = &t
 	}
 	return hr
 }
+
+func (h *Handler) uptime() float64 { return secs(time.Since(h.mgr.Started())) }
 
 // health answers 200 while the pool serves queries (healthy or degraded) and 503 otherwise
 // (unhealthy, or still connecting for the first time).
@@ -85,7 +88,7 @@ func (h *Handler) healthz(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, struct {
 		Status        string  `json:"status"`
 		UptimeSeconds float64 `json:"uptimeSeconds"`
-	}{"alive", secs(h.mgr.Stats().Uptime)})
+	}{"alive", h.uptime()})
 }
 
 // readyz is the readiness probe: 503 until the pool has connected and while it is unhealthy.
@@ -119,7 +122,7 @@ func (h *Handler) performance(w http.ResponseWriter, _ *http.Request) {
 // findings checks the snapshot against the seed's alert thresholds.
 func findings(s pool.Stats, snap *registrySnapshot) []Finding {
 	f := []Finding{
-		check("errorRate", s.Queries.ErrorRate, maxErrorRate, s.Queries.ErrorRate > maxErrorRate,
+		check("errorRate", ratio(s.Queries.ErrorRate), maxErrorRate, s.Queries.ErrorRate > maxErrorRate,
 			fmt.Sprintf("%.2f%% of queries failed (threshold 5%%)", s.Queries.ErrorRate*100),
 			"Look at errorsBySqlState: check constraints and application logic, and the PostgreSQL log."),
 		check("averageLatency", ms(s.Queries.Average), ms(maxAverageLatency), s.Queries.Average > maxAverageLatency,
@@ -148,7 +151,7 @@ func findings(s pool.Stats, snap *registrySnapshot) []Finding {
 }
 
 func check(name string, value, threshold float64, triggered bool, msg, advice string) Finding {
-	f := Finding{Check: name, Value: round3(value), Threshold: threshold, Triggered: triggered, Severity: "ok", Message: msg}
+	f := Finding{Check: name, Value: value, Threshold: threshold, Triggered: triggered, Severity: "ok", Message: msg}
 	if triggered {
 		f.Severity = "warning"
 		f.Recommendation = advice

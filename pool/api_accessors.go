@@ -1,6 +1,8 @@
 package pool
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
@@ -31,9 +33,19 @@ func (m *Manager) QueryHistogram() QueryHistogram {
 			}
 		}
 	}
-	h.Errors = m.metrics.queryStats().Errors
+	ch := make(chan prometheus.Metric, 64)
+	go func() { m.metrics.queryErrors.Collect(ch); close(ch) }()
+	for c := range ch {
+		var pb dto.Metric
+		if c.Write(&pb) == nil {
+			h.Errors += uint64(pb.GetCounter().GetValue())
+		}
+	}
 	return h
 }
+
+// Started is when the Manager was created; uptimes count from it.
+func (m *Manager) Started() time.Time { return m.started }
 
 // HistogramQuantile estimates quantile q (0..1) from cumulative counts over QueryBuckets, the
 // way PromQL's histogram_quantile does, in seconds. It returns 0 when total is 0.
