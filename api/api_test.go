@@ -264,6 +264,11 @@ func TestDatabaseDown(t *testing.T) {
 	if live.Status != pool.StatusUnhealthy || live.LastError == nil {
 		t.Errorf("live snapshot with the database down: %+v", live)
 	}
+	code, _, body := s.do(t, http.MethodPost, "/api/database/warmup", `{"connections": 3}`)
+	var wr WarmupResponse
+	if code != http.StatusServiceUnavailable || json.Unmarshal(body, &wr) != nil || wr.Error == "" || wr.Requested != 3 {
+		t.Errorf("warm-up with the database down: %d %s", code, body)
+	}
 
 	if err := cluster.StartAgain(); err != nil {
 		t.Fatal(err)
