@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
@@ -213,4 +215,29 @@ pidfile = %s/pgbouncer.pid
 	}
 	_ = ctx
 	return port
+}
+
+// BenchmarkRoundTrip measures one simple query round trip (select 1) from a pgconn client,
+// directly and through the proxy; the difference is the latency the relay adds.
+//
+//	go test -run '^$' -bench RoundTrip -benchtime 20000x ./proxy/
+func BenchmarkRoundTrip(b *testing.B) {
+	h := newHarness(b, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	for _, tg := range []struct{ name, url string }{{"direct", cluster.URL("")}, {"pgsidecar", h.superURL()}} {
+		b.Run(tg.name, func(b *testing.B) {
+			c, err := pgconn.Connect(ctx, tg.url)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close(ctx)
+			b.ResetTimer()
+			for range b.N {
+				if _, err := c.Exec(ctx, "select 1").ReadAll(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

@@ -46,6 +46,16 @@ func (sess *session) cancelServer(ctx context.Context) bool {
 	return true
 }
 
+// interrupt makes blocked reads and writes on the session's server connection fail now, so that
+// shutdown does not wait on a server that stopped answering. The connection is then discarded.
+func (sess *session) interrupt() {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	if sess.server != nil {
+		_ = sess.server.Conn().SetDeadline(time.Now())
+	}
+}
+
 func (sess *session) setServer(pc *pgconn.PgConn) {
 	sess.mu.Lock()
 	sess.server = pc
@@ -570,7 +580,9 @@ func decodeError(b []byte) *pgconn.PgError {
 // 08006 errors, the client gets FATAL 08006 (unless the server said FATAL itself) and is closed.
 func (sess *session) serverLost(cause error, pending chan pendingSync, serverSaidFatal bool) {
 	s := sess.srv
-	s.m.serverLost.Inc()
+	if s.ctx.Err() == nil {
+		s.m.serverLost.Inc()
+	}
 	lost := &pgconn.PgError{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "08006",
 		Message: "server connection lost"}
 	for {

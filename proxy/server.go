@@ -226,6 +226,10 @@ func (s *Server) Close() error {
 	for c := range s.clients {
 		_ = c.Close()
 	}
+	// A relay blocked on an unresponsive server would not notice its client leaving.
+	for _, sess := range s.sessions {
+		sess.interrupt()
+	}
 	s.mu.Unlock()
 	s.wg.Wait()
 	if s.reg != nil {
