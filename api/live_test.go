@@ -91,7 +91,7 @@ func (c *sseClient) snapshot(t testing.TB) (int, LiveSnapshot) {
 func (s *sidecar) openStreams() int { return len(s.h.streams) }
 
 func TestLiveStreamDeliversSnapshots(t *testing.T) {
-	s := startSidecar(t, testConfig(t), false, Options{StreamInterval: 20 * time.Millisecond, Window: time.Second})
+	s := startSidecar(t, testConfig(t), false, Options{StreamInterval: 20 * time.Millisecond, Window: 5 * time.Second})
 	s.waitHealthy(t)
 	c := s.openStream(t)
 	if ct := c.resp.Header.Get("Content-Type"); c.resp.StatusCode != 200 || ct != "text/event-stream; charset=utf-8" {
