@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,7 +30,7 @@ type Collector interface {
 type Querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-	Begin(ctx context.Context) (pgx.Tx, error)
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 }
 
 // Options is what a collector factory gets.
@@ -37,6 +38,8 @@ type Options struct {
 	Logger *slog.Logger
 	// StatementsLimit is the number of statements the statements collector exports.
 	StatementsLimit int
+	// DatabaseSizeInterval is how long the database collector reuses database sizes.
+	DatabaseSizeInterval time.Duration
 }
 
 type registration struct {

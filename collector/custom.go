@@ -11,6 +11,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -160,31 +161,33 @@ func (c *customCollector) noteResult(q *customQuery, err error) {
 	}
 }
 
-// runCustom runs one custom query. With a timeout it runs in a transaction with that
-// statement_timeout, so the server cancels it cleanly and the connection stays usable. It
-// returns the samples it could read even when some values were not numbers.
+// runCustom runs one custom query. A query with a timeout is sent in one pipeline after a
+// transaction-local statement_timeout, so the server cancels it cleanly, the connection stays
+// usable, and it costs no extra round trip. It returns the samples it could read even when
+// some values were not numbers.
 func runCustom(ctx context.Context, conn Querier, q *customQuery) ([]sample, error) {
-	qctx := ctx
-	db := conn
+	var rows pgx.Rows
 	if q.timeout > 0 {
-		var cancel context.CancelFunc
 		// The server's statement_timeout fires first; the context only backs it up.
-		qctx, cancel = context.WithTimeout(ctx, q.timeout+time.Second)
+		qctx, cancel := context.WithTimeout(ctx, q.timeout+time.Second)
 		defer cancel()
-		tx, err := conn.Begin(qctx)
-		if err != nil {
+		b := &pgx.Batch{}
+		b.Queue("SELECT set_config('statement_timeout', $1, true)", strconv.FormatInt(q.timeout.Milliseconds(), 10))
+		b.Queue(q.sql)
+		br := conn.SendBatch(qctx, b)
+		defer br.Close()
+		if _, err := br.Exec(); err != nil {
 			return nil, err
 		}
-		defer func() { _ = tx.Rollback(context.WithoutCancel(qctx)) }()
-		if _, err := tx.Exec(qctx, "SELECT set_config('statement_timeout', $1, true)",
-			strconv.FormatInt(q.timeout.Milliseconds(), 10)); err != nil {
+		var err error
+		if rows, err = br.Query(); err != nil {
 			return nil, err
 		}
-		db = tx
-	}
-	rows, err := db.Query(qctx, q.sql)
-	if err != nil {
-		return nil, err
+	} else {
+		var err error
+		if rows, err = conn.Query(ctx, q.sql); err != nil {
+			return nil, err
+		}
 	}
 	defer rows.Close()
 	fields := rows.FieldDescriptions()

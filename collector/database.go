@@ -3,6 +3,8 @@ package collector
 import (
 	"context"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
@@ -10,7 +12,7 @@ import (
 
 func init() {
 	register("database", true, "Per-database statistics from pg_stat_database and database sizes",
-		func(Options) Collector { return newDatabase() })
+		func(o Options) Collector { return newDatabase(o.DatabaseSizeInterval) })
 }
 
 // dbColumn is one pg_stat_database column and the metric it becomes.
@@ -19,13 +21,11 @@ type dbColumn struct {
 	metric     string
 	help       string
 	counter    bool
-	scale      float64 // multiplies the value (ms → s); 0 means 1
-	minVersion int     // first server_version_num that has the column
+	minVersion int // first server_version_num that has the column
 }
 
-// databaseColumns follows postgres_exporter's names and types for the columns it exports
-// (times stay in milliseconds there, so they do here); the session columns PostgreSQL 14 added
-// get base-unit names of their own.
+// databaseColumns follows postgres_exporter's names and types (times stay in milliseconds
+// there, so they do here). The session columns exist from PostgreSQL 14.
 var databaseColumns = []dbColumn{
 	{column: "numbackends", metric: "numbackends", help: "Backends currently connected to this database."},
 	{column: "xact_commit", metric: "xact_commit", help: "Transactions in this database that have been committed.", counter: true},
@@ -44,22 +44,35 @@ var databaseColumns = []dbColumn{
 	{column: "checksum_failures", metric: "checksum_failures", help: "Data page checksum failures detected in this database.", counter: true},
 	{column: "blk_read_time", metric: "blk_read_time", help: "Time spent reading data file blocks by backends in this database, in milliseconds.", counter: true},
 	{column: "blk_write_time", metric: "blk_write_time", help: "Time spent writing data file blocks by backends in this database, in milliseconds.", counter: true},
-	{column: "session_time", metric: "session_time_seconds_total", help: "Time spent by sessions of this database.", counter: true, scale: 1e-3, minVersion: 140000},
-	{column: "active_time", metric: "active_time_seconds_total", help: "Time spent executing SQL statements in this database.", counter: true, scale: 1e-3, minVersion: 140000},
-	{column: "idle_in_transaction_time", metric: "idle_in_transaction_time_seconds_total", help: "Time spent idling while in a transaction in this database.", counter: true, scale: 1e-3, minVersion: 140000},
-	{column: "sessions", metric: "sessions_total", help: "Sessions established to this database.", counter: true, minVersion: 140000},
-	{column: "sessions_abandoned", metric: "sessions_abandoned_total", help: "Sessions terminated because the client connection was lost.", counter: true, minVersion: 140000},
-	{column: "sessions_fatal", metric: "sessions_fatal_total", help: "Sessions terminated by fatal errors.", counter: true, minVersion: 140000},
-	{column: "sessions_killed", metric: "sessions_killed_total", help: "Sessions terminated by operator intervention.", counter: true, minVersion: 140000},
+	{column: "session_time", metric: "session_time", help: "Time spent by sessions of this database, in milliseconds.", counter: true, minVersion: 140000},
+	{column: "active_time", metric: "active_time", help: "Time spent executing SQL statements in this database, in milliseconds.", counter: true, minVersion: 140000},
+	{column: "idle_in_transaction_time", metric: "idle_in_transaction_time", help: "Time spent idling while in a transaction in this database, in milliseconds.", counter: true, minVersion: 140000},
+	{column: "sessions", metric: "sessions", help: "Sessions established to this database.", counter: true, minVersion: 140000},
+	{column: "sessions_abandoned", metric: "sessions_abandoned", help: "Sessions terminated because the client connection was lost.", counter: true, minVersion: 140000},
+	{column: "sessions_fatal", metric: "sessions_fatal", help: "Sessions terminated by fatal errors.", counter: true, minVersion: 140000},
+	{column: "sessions_killed", metric: "sessions_killed", help: "Sessions terminated by operator intervention.", counter: true, minVersion: 140000},
 }
 
 type database struct {
 	descs []*prometheus.Desc // parallel to databaseColumns
 	size  *prometheus.Desc
+
+	// Sizes are read at most once per sizeInterval: pg_database_size walks every file of a
+	// database, which costs more than all other statistics together, while sizes change slowly.
+	sizeInterval time.Duration
+	mu           sync.Mutex
+	sizes        []dbSize
+	sizesAt      time.Time
 }
 
-func newDatabase() *database {
-	c := &database{size: desc("pg_database_size_bytes", "Disk space used by the database.", "datname")}
+type dbSize struct {
+	datname string
+	bytes   float64
+}
+
+func newDatabase(sizeInterval time.Duration) *database {
+	c := &database{size: desc("pg_database_size_bytes", "Disk space used by the database.", "datname"),
+		sizeInterval: sizeInterval}
 	for _, col := range databaseColumns {
 		c.descs = append(c.descs, desc("pg_stat_database_"+col.metric, col.help, "datid", "datname"))
 	}
@@ -78,21 +91,53 @@ func databaseColumnsFor(version int) []int {
 }
 
 // databaseQuery is the pg_stat_database query for a server version. The row of shared objects
-// (no datname) is left out; sizes need CONNECT privilege and are NULL without it.
+// (no datname) is left out.
 func databaseQuery(version int) string {
 	var b strings.Builder
 	b.WriteString("SELECT s.datid::text, s.datname")
 	for _, i := range databaseColumnsFor(version) {
 		b.WriteString(", s." + databaseColumns[i].column + "::float8")
 	}
-	b.WriteString(", CASE WHEN has_database_privilege(s.datid, 'CONNECT') THEN pg_database_size(s.datid)::float8 END")
 	b.WriteString("\nFROM pg_stat_database s WHERE s.datname IS NOT NULL")
 	return b.String()
 }
 
+// databaseSizes needs CONNECT privilege on a database to measure it.
+const databaseSizes = `
+SELECT datname, pg_database_size(oid)::float8
+FROM pg_database
+WHERE has_database_privilege(oid, 'CONNECT')`
+
 func (c *database) Update(ctx context.Context, s *Scrape) error {
+	if err := c.updateStats(ctx, s); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sizes == nil || time.Since(c.sizesAt) >= c.sizeInterval {
+		var sizes []dbSize
+		err := queryRows(ctx, s.Conn, databaseSizes, func(r pgx.Rows) error {
+			var d dbSize
+			if err := r.Scan(&d.datname, &d.bytes); err != nil {
+				return err
+			}
+			sizes = append(sizes, d)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		c.sizes, c.sizesAt = sizes, time.Now()
+	}
+	for _, d := range c.sizes {
+		s.Gauge(c.size, d.bytes, d.datname)
+	}
+	return nil
+}
+
+func (c *database) updateStats(ctx context.Context, s *Scrape) error {
 	cols := databaseColumnsFor(s.Version)
-	vals := make([]*float64, len(cols)+1)
+	vals := make([]*float64, len(cols))
 	dest := make([]any, 0, len(cols)+3)
 	var datid, datname string
 	dest = append(dest, &datid, &datname)
@@ -109,17 +154,11 @@ func (c *database) Update(ctx context.Context, s *Scrape) error {
 			}
 			col := databaseColumns[i]
 			v := *vals[j]
-			if col.scale != 0 {
-				v *= col.scale
-			}
 			if col.counter {
 				s.Counter(c.descs[i], v, datid, datname)
 			} else {
 				s.Gauge(c.descs[i], v, datid, datname)
 			}
-		}
-		if size := vals[len(cols)]; size != nil {
-			s.Gauge(c.size, *size, datname)
 		}
 		return nil
 	})

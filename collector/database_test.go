@@ -70,7 +70,7 @@ func TestDatabaseStatistics(t *testing.T) {
 		t.Errorf("datid label %q, want the database oid", datid)
 	}
 	// PostgreSQL 14+ session columns, in seconds.
-	if got := s.values("pg_stat_database_session_time_seconds_total", db); len(got) != 1 {
+	if got := s.values("pg_stat_database_session_time", db); len(got) != 1 {
 		t.Errorf("session_time samples: %v", got)
 	}
 	if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": "database"}); got != 1 {
@@ -104,7 +104,7 @@ func TestDatabaseQueryByVersion(t *testing.T) {
 		{130012, false}, {140009, true}, {150004, true}, {160001, true}, {170002, true},
 	} {
 		q := databaseQuery(c.version)
-		for _, col := range []string{"s.xact_commit", "s.blk_read_time", "s.deadlocks", "s.checksum_failures", "pg_database_size"} {
+		for _, col := range []string{"s.xact_commit", "s.blk_read_time", "s.deadlocks", "s.checksum_failures"} {
 			if !strings.Contains(q, col) {
 				t.Errorf("%d: query lacks %s", c.version, col)
 			}
@@ -114,5 +114,23 @@ func TestDatabaseQueryByVersion(t *testing.T) {
 				t.Errorf("%d: %s present = %v, want %v", c.version, col, !c.sessionCols, c.sessionCols)
 			}
 		}
+	}
+}
+
+func TestDatabaseSizesAreReused(t *testing.T) {
+	createDB(t, "dbsize_t")
+	e := newEnv(t, "", Config{DatabaseSizeInterval: time.Hour, Enabled: map[string]bool{"activity": false, "settings": false}})
+	db := map[string]string{"datname": "dbsize_t"}
+	before := e.scrape(t, 0, 20*time.Second).value(t, "pg_database_size_bytes", db)
+	c := openSession(t, "dbsize_t", "size-test")
+	if _, err := c.Exec(ctxTimeout(t, 30*time.Second), "CREATE TABLE big AS SELECT g FROM generate_series(1, 100000) g"); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.scrape(t, 0, 20*time.Second).value(t, "pg_database_size_bytes", db); got != before {
+		t.Errorf("size measured again within the interval: %v, then %v", before, got)
+	}
+	fresh := newEnv(t, "", Config{Enabled: map[string]bool{"activity": false, "settings": false}})
+	if got := fresh.scrape(t, 0, 20*time.Second).value(t, "pg_database_size_bytes", db); got <= before {
+		t.Errorf("size without reuse = %v, want more than %v after a 100000 row table", got, before)
 	}
 }

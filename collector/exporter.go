@@ -34,6 +34,9 @@ type Config struct {
 	QueriesFile string
 	// StatementsLimit is how many statements the statements collector exports (default 25).
 	StatementsLimit int
+	// DatabaseSizeInterval is how long database sizes are reused before being measured again
+	// (0: every collection).
+	DatabaseSizeInterval time.Duration
 	// Logger receives collection and reload messages (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -141,7 +144,7 @@ func newExporter(p *pgxpool.Pool, poolName string, cfg Config) (*Exporter, error
 			"Samples dropped from collections, by reason (duplicate series, invalid label value).", "reason"),
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
-	opts := Options{Logger: cfg.Logger, StatementsLimit: cfg.StatementsLimit}
+	opts := Options{Logger: cfg.Logger, StatementsLimit: cfg.StatementsLimit, DatabaseSizeInterval: cfg.DatabaseSizeInterval}
 	for _, name := range Names() {
 		on, set := cfg.Enabled[name]
 		if !set {

@@ -252,9 +252,11 @@ pg_slow:
     - v:
         usage: GAUGE
 pg_after:
-  query: SELECT pg_backend_pid() AS pid
+  query: SELECT pg_backend_pid() AS pid, setting::float8 AS timeout_ms FROM pg_settings WHERE name = 'statement_timeout'
   metrics:
     - pid:
+        usage: GAUGE
+    - timeout_ms:
         usage: GAUGE
 `)
 	e := newEnv(t, "", Config{QueriesFile: path, Enabled: map[string]bool{"activity": false, "database": false, "settings": false}})
@@ -264,6 +266,10 @@ pg_after:
 	}
 	if !strings.Contains(e.log.String(), "canceling statement due to statement timeout") {
 		t.Errorf("the server did not cancel the query by its timeout:\n%s", e.log.String())
+	}
+	// The per-query timeout ended with its query: the session's own is back.
+	if got := s.value(t, "pg_after_timeout_ms", nil); got != float64(DefaultTimeout.Milliseconds()) {
+		t.Errorf("statement_timeout after the timed query = %v ms, want %v", got, DefaultTimeout.Milliseconds())
 	}
 	// The server canceled the statement cleanly: the next query ran on the same session.
 	pid1 := s.value(t, "pg_after_pid", nil)

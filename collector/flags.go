@@ -35,6 +35,8 @@ func AddFlags(k *kingpin.Application) *FlagConfig {
 		Envar(envName("collector.max-connections")).Default("1").Int32Var(&fc.cfg.MaxConns)
 	k.Flag("collector.statements.limit", "Number of statements (top by total time) the statements collector exports.").
 		Envar(envName("collector.statements.limit")).Default("25").IntVar(&fc.cfg.StatementsLimit)
+	k.Flag("collector.database.size-interval", "Measure database sizes at most this often (pg_database_size reads every file of every database); 0 measures them on every scrape.").
+		Envar(envName("collector.database.size-interval")).Default("1m").DurationVar(&fc.cfg.DatabaseSizeInterval)
 	k.Flag("queries.file", "YAML file of custom queries (postgres_exporter format, plus timeout and min_version/max_version); empty disables. Reloaded on SIGHUP and POST /-/reload.").
 		Envar(envName("queries.file")).Default(defaultQueriesFile()).StringVar(&fc.cfg.QueriesFile)
 	return fc
