@@ -40,7 +40,7 @@ func newMetrics(poolName string) *metrics {
 		}),
 		transactions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name:        "pgsidecar_proxy_transactions_total",
-			Help:        "Explicit transactions of proxied clients by outcome (commit, rollback, error, abandoned).",
+			Help:        "Explicit transactions of proxied clients by outcome: commit, rollback, error (failed, or its server connection was lost), abandoned (the client left in the middle).",
 			ConstLabels: labels,
 		}, []string{"outcome"}),
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -593,6 +593,15 @@ func TestServerKilledMidTransaction(t *testing.T) {
 		t.Error("client connection still open after FATAL")
 	}
 	h.waitIdle(t)
+	if got := h.metric(t, "pgsidecar_query_errors_total", map[string]string{"sqlstate": "08006"}); got != 1 {
+		t.Errorf("08006 query errors = %v, want 1 (the query in flight)", got)
+	}
+	if strings.Contains(h.log.String(), pgtest.SuperuserPassword) {
+		t.Errorf("logs show the password:\n%s", h.log.String())
+	}
+	if got := h.metric(t, "pgsidecar_proxy_transactions_total", map[string]string{"outcome": "error"}); got != 1 {
+		t.Errorf("transactions with outcome error = %v, want 1 (the one the kill ended)", got)
+	}
 	if h.metric(t, "pgsidecar_proxy_server_connections_lost_total", nil) != 1 {
 		t.Errorf("server connections lost = %v, want 1", h.metric(t, "pgsidecar_proxy_server_connections_lost_total", nil))
 	}

@@ -127,7 +127,11 @@ func (sess *session) run(srvConn *pgxpool.Conn, params map[string]string) {
 	sess.setServer(pc)
 	end = sess.relay(pc.Conn())
 	sess.setServer(nil)
-	if end.txStatus != 'I' {
+	switch {
+	case end.txStatus == 'I':
+	case end.lost:
+		s.m.transactions.WithLabelValues("error").Inc()
+	default:
 		s.m.transactions.WithLabelValues("abandoned").Inc()
 	}
 }
