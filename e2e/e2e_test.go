@@ -189,6 +189,17 @@ func TestEndToEnd(t *testing.T) {
 	}
 	conn.Close(context.Background())
 
+	// A wrong password and a wrong database through the proxy, for its failure panel.
+	bad := strings.Replace(s.proxyURL(), pgtest.SuperuserPassword, "wrong-password", 1)
+	if c, err := pgx.Connect(ctx, bad); err == nil {
+		c.Close(ctx)
+		t.Fatal("the proxy accepted a wrong password")
+	}
+	if c, err := pgx.Connect(ctx, strings.Replace(s.proxyURL(), "/postgres?", "/no_such_db?", 1)); err == nil {
+		c.Close(ctx)
+		t.Fatal("the proxy accepted a database other than DATABASE_URL's")
+	}
+
 	t.Run("error rate alert fires under injected errors", func(t *testing.T) {
 		if !waitFor(30*time.Second, func() bool { return len(expr(t, exprs["PgSidecarQueryErrorRateHigh"])) > 0 }) {
 			t.Fatalf("error rate alert expression stayed false; Prometheus has errors %v, queries %v",

@@ -124,8 +124,10 @@ func timeseries(title, description, unit string, qs ...q) *Panel {
 
 // stat is a single-value panel coloured by its thresholds.
 func stat(title, description, unit string, qs ...q) *Panel {
+	fc := fieldConfig(unit)
+	fc.Defaults.Color = map[string]any{"mode": "thresholds"}
 	return &Panel{Type: "stat", Title: title, Description: description, Datasource: dsRef,
-		FieldConfig: fieldConfig(unit),
+		FieldConfig: fc,
 		Options: map[string]any{
 			"reduceOptions": map[string]any{"calcs": []string{"lastNotNull"}, "fields": "", "values": false},
 			"colorMode":     "background", "graphMode": "area", "justifyMode": "auto",
@@ -282,6 +284,22 @@ func (c Config) poolDashboard() *Dashboard {
 		q{s(`sum by (instance, pool) (rate(pgsidecar_retries_total{SEL}[RI]))`), "{{instance}} {{pool}}"}), 12, 8)
 	b.add(timeseries("Transactions by outcome", "Transactions run by Transaction: committed, rolled back, failed.", "ops",
 		q{s(`sum by (outcome) (rate(pgsidecar_transactions_total{SEL}[RI]))`), "{{outcome}}"}), 12, 8)
+
+	b.row("Proxy (--proxy.listen-address)")
+	b.add(timeseries("Proxy client connections", "Clients connected to the proxy by state: authenticating, waiting for a server connection, active (holding one, session pooling).", "short",
+		q{s(`sum by (state) (pgsidecar_proxy_client_connections{SEL})`), "{{state}}"}), 8, 8)
+	b.add(timeseries("Proxy client wait", "Time authenticated proxy clients waited for a server connection from the pool, by percentile.", "s",
+		q{s(`histogram_quantile(0.5, sum by (le) (rate(pgsidecar_proxy_client_wait_seconds_bucket{SEL}[RI])))`), "p50"},
+		q{s(`histogram_quantile(0.99, sum by (le) (rate(pgsidecar_proxy_client_wait_seconds_bucket{SEL}[RI])))`), "p99"}), 8, 8)
+	b.add(timeseries("Proxy sessions and transactions", "Client sessions that got a server connection, and explicit transactions of proxied clients by outcome (abandoned: the client left mid-transaction).", "ops",
+		q{s(`sum(rate(pgsidecar_proxy_sessions_total{SEL}[RI]))`), "sessions"},
+		q{s(`sum by (outcome) (rate(pgsidecar_proxy_transactions_total{SEL}[RI]))`), "transactions {{outcome}}"}), 8, 8)
+	b.add(timeseries("Proxy traffic", "Protocol bytes relayed by the proxy: in from clients, out to clients.", "Bps",
+		q{s(`sum by (direction) (rate(pgsidecar_proxy_bytes_total{SEL}[RI]))`), "{{direction}}"}), 12, 8)
+	b.add(timeseries("Proxy failures", "Failed client authentications by method, errors the proxy itself sent to clients by SQLSTATE (53300: no server connection in time, 3D000: wrong database), and server connections lost mid-session.", "ops",
+		q{s(`sum by (method) (rate(pgsidecar_proxy_auth_failures_total{SEL}[RI]))`), "auth failed {{method}}"},
+		q{s(`sum by (sqlstate) (rate(pgsidecar_proxy_client_errors_total{SEL}[RI]))`), "proxy error {{sqlstate}}"},
+		q{s(`sum(rate(pgsidecar_proxy_server_connections_lost_total{SEL}[RI]))`), "server connection lost"}), 12, 8)
 
 	b.row("Health")
 	b.add(timeseries("Health check", "1 when the pool's last health check succeeded, 0 when it failed. Failing for 1 minute fires PgSidecarHealthCheckFailing.", "none",
