@@ -390,11 +390,11 @@ func TestHealthStartingIsNotReady(t *testing.T) {
 	var hr HealthResponse
 	if !pgtest.WaitFor(10*time.Second, func() bool {
 		s.getJSON(t, "/api/database/health", http.StatusServiceUnavailable, &hr)
-		return hr.LastError != nil
+		return hr.ConsecutiveFailures >= 1
 	}) {
-		t.Fatalf("no last error: %+v", hr)
+		t.Fatalf("no failed check: %+v", hr)
 	}
-	if !strings.Contains(*hr.LastError, "127.0.0.1") || hr.ConsecutiveFailures < 1 {
+	if hr.LastError == nil || !strings.Contains(*hr.LastError, "127.0.0.1") || hr.LastCheck == nil || hr.Status != pool.StatusUnhealthy {
 		t.Errorf("health of a pool that cannot connect: %+v", hr)
 	}
 }
