@@ -143,6 +143,8 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request) {
 	if _, err := fmt.Fprint(w, "retry: 2000\n\n"); err != nil {
 		return
 	}
+	// The connection may serve further requests after the stream: clear the event deadline.
+	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
 	t := time.NewTicker(h.interval)
 	defer t.Stop()
 	for id := 1; ; id++ {
