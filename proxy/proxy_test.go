@@ -581,10 +581,27 @@ func TestServerKilledMidTransaction(t *testing.T) {
 	if err := c.QueryRow(ctx, "select pg_backend_pid()").Scan(&pid); err != nil {
 		t.Fatal(err)
 	}
+	// Kill it while a query is running, so that the query is in flight for certain.
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Exec(ctx, "select pg_sleep(60)")
+		errc <- err
+	}()
+	if !pgtest.WaitFor(20*time.Second, func() bool {
+		n, _ := cluster.QueryInt(ctx, "select count(*) from pg_stat_activity where pid = $1 and query = 'select pg_sleep(60)' and state = 'active'", pid)
+		return n == 1
+	}) {
+		t.Fatal("the query never started")
+	}
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatalf("kill backend %d: %v", pid, err)
 	}
-	_, err := c.Exec(ctx, "select 1")
+	var err error
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+		t.Fatal("the client was left hanging")
+	}
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) || pgErr.Code != "08006" || pgErr.Severity != "FATAL" {
 		t.Fatalf("query on a killed server connection: %v, want FATAL 08006", err)
