@@ -300,7 +300,7 @@ func parseInt(name, v string) (int64, error) {
 // RedactDSN returns the connection string with any password replaced by "xxxxx", for URL and
 // key=value forms alike. It is what logs, errors and APIs show in place of the DSN.
 func RedactDSN(dsn string) string {
-	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+	if strings.Contains(dsn, "://") {
 		u, err := url.Parse(dsn)
 		if err != nil {
 			return redactRawURL(dsn)
@@ -316,6 +316,10 @@ func RedactDSN(dsn string) string {
 			u.RawQuery = q.Encode()
 		}
 		return u.String()
+	}
+	if fields := strings.Fields(dsn); len(fields) > 0 && !strings.Contains(fields[0], "=") {
+		// Neither a URL nor key=value pairs: a typo could hold anything, the password included.
+		return "(not shown: neither a URL nor key=value pairs)"
 	}
 	return redactKeyValue(dsn)
 }
@@ -406,7 +410,7 @@ func passwords(dsns ...string) []string {
 		if dsn == "" {
 			continue
 		}
-		if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		if strings.Contains(dsn, "://") {
 			if u, err := url.Parse(dsn); err == nil {
 				if p, ok := u.User.Password(); ok {
 					out = append(out, p)

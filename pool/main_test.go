@@ -3,6 +3,7 @@ package pool
 import (
 	"bytes"
 	"context"
+	"flag"
 	"log/slog"
 	"os"
 	"strings"
@@ -19,6 +20,11 @@ import (
 var cluster *pgtest.Cluster
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
+		// Fuzz targets need no database; don't start a cluster in every fuzz worker.
+		os.Exit(m.Run())
+	}
 	code := pgtest.Main(m, &cluster, pgtest.Options{})
 	if code == 0 {
 		// Every Manager must be closed by its test; leftovers are leaks.

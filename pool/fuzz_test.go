@@ -1,0 +1,79 @@
+package pool
+
+import (
+	"net/url"
+	"strings"
+	"testing"
+)
+
+func FuzzParseDuration(f *testing.F) {
+	for _, s := range []string{"10000", "10s", "1m30s", "-1", "", "1e9", "9223372036854775807", "0x10", "1.5h"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		d, err := ParseDuration(s)
+		if err == nil && d < 0 {
+			t.Fatalf("ParseDuration(%q) = %v, negative without error", s, d)
+		}
+		if err != nil && d != 0 {
+			t.Fatalf("ParseDuration(%q) returned %v with error %v", s, d, err)
+		}
+	})
+}
+
+// FuzzRedactDSN checks that a password never survives redaction or scrubbing, in URL and
+// key=value form, whatever characters it has.
+func FuzzRedactDSN(f *testing.F) {
+	for _, s := range []string{"s3cr:t@x/y%z", "pa ss'word", `back\slash`, "ünïcødé-pw", "p=w d"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, pw string) {
+		if len(pw) < 6 || strings.ContainsAny(pw, "\x00\n\r") || strings.Contains("postgres://app:xxxxx@db:5432/pos?sslmode=disable host=db password= dbname=pos", pw) {
+			return
+		}
+		u := "postgres://" + url.UserPassword("app", pw).String() + "@db:5432/pos?sslmode=disable"
+		kvpw := strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(pw)
+		kv := "host=db password='" + kvpw + "' dbname=pos"
+		for _, dsn := range []string{u, kv} {
+			if out := RedactDSN(dsn); strings.Contains(out, pw) {
+				t.Fatalf("RedactDSN(%q) = %q keeps the password", dsn, out)
+			}
+			msg := "connect " + dsn + " failed for " + pw
+			if out := Scrub(msg, dsn); strings.Contains(out, pw) {
+				t.Fatalf("Scrub kept the password: %q", out)
+			}
+		}
+	})
+}
+
+// FuzzFromEnv feeds arbitrary values to the settings, with a password in the URL or key=value
+// DSN: no panic, nothing invalid accepted, and errors never echo the password.
+func FuzzFromEnv(f *testing.F) {
+	f.Add("h", "fuzzpw123", false, "20", "5", "10s")
+	f.Add("h:99999", "fuzz pw/@:%", true, "-1", "abc", "1d")
+	f.Add("h?sslmode=bogus", "fuzzpw123", false, "0", "0", "0")
+	f.Fuzz(func(t *testing.T, host, pw string, kv bool, maxConns, minConns, timeout string) {
+		if len(pw) < 6 || strings.ContainsAny(pw, "\x00\n") {
+			return
+		}
+		dsn := "postgres://u:" + pw + "@" + host + "/db"
+		if kv {
+			dsn = "host=" + host + " password=" + pw + " dbname=db"
+		}
+		if strings.Contains(strings.Replace(dsn, pw, "", 1), pw) {
+			return // the password also appears outside its field; nothing to tell apart
+		}
+		env := map[string]string{"DATABASE_URL": dsn, "DB_MAX_CONNECTIONS": maxConns, "DB_MIN_CONNECTIONS": minConns,
+			"DB_CONNECTION_TIMEOUT": timeout}
+		c, err := FromEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+		if err == nil {
+			if c.MinConns > c.MaxConns || c.MaxConns < 1 || c.ConnectTimeout <= 0 {
+				t.Fatalf("accepted invalid config %+v", c)
+			}
+			return
+		}
+		if strings.Contains(err.Error(), pw) {
+			t.Fatalf("error leaks the password %q: %v", pw, err)
+		}
+	})
+}
