@@ -296,6 +296,39 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 
+	// Session pooling: each proxy client holds a server connection for its whole session, so
+	// five idle clients use five of the pool's six connections (83 % > 80 %).
+	t.Run("pool utilisation alert follows the proxy's sessions", func(t *testing.T) {
+		if r := expr(t, exprs["PgSidecarPoolUtilizationHigh"]); len(r) != 0 {
+			t.Fatalf("PgSidecarPoolUtilizationHigh expression true before the sessions: %v", r)
+		}
+		var sessions []*pgx.Conn
+		defer func() {
+			for _, c := range sessions {
+				c.Close(context.Background())
+			}
+		}()
+		for range 5 {
+			c, err := pgx.Connect(ctx, s.proxyURL())
+			if err != nil {
+				t.Fatal(pgconnScrub(err))
+			}
+			sessions = append(sessions, c)
+			if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got := eventually(t, "pool utilisation alert", exprs["PgSidecarPoolUtilizationHigh"], true, 30*time.Second)
+		if v := fmt.Sprint(got[0].Value[1]); !strings.HasPrefix(v, "0.83") {
+			t.Errorf("utilisation %s, want 5/6", v)
+		}
+		for _, c := range sessions {
+			c.Close(context.Background())
+		}
+		sessions = nil
+		eventually(t, "pool utilisation alert clears", exprs["PgSidecarPoolUtilizationHigh"], false, 30*time.Second)
+	})
+
 	t.Run("slow query counted", func(t *testing.T) {
 		eventually(t, "slow queries", `pgsidecar_slow_queries_total{job="pgsidecar"} >= 1`, true, 15*time.Second)
 	})
