@@ -9,7 +9,9 @@ LDFLAGS   := -s -w \
 	-X github.com/prometheus/common/version.Revision=$(REVISION) \
 	-X github.com/prometheus/common/version.Branch=main
 
-.PHONY: all build test lint demo bench deps fmt
+FUZZTIME  ?= 5s
+
+.PHONY: all build test test-monitoring lint demo bench deps fmt fuzz
 
 all: build
 
@@ -22,6 +24,17 @@ deps:
 test: deps
 	$(GO) vet $(PKGS)
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+	$(MAKE) test-monitoring
+	$(MAKE) fuzz
+
+# Each fuzz target briefly (go test -fuzz takes one target at a time); seeds live in testdata/fuzz.
+fuzz:
+	@for t in FuzzClassifyOperation FuzzParseDuration FuzzRedactDSN FuzzFromEnv; do \
+		echo "fuzz pool $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./pool/ >/dev/null || exit 1; \
+	done
+
+# Alert rules, scrape and Alertmanager configs, dashboards and the end-to-end module.
+test-monitoring:
 	promtool check rules alerts/pgsidecar.rules.yml
 	promtool test rules alerts/tests/*.test.yml
 	promtool check config deploy/prometheus/prometheus.yml
