@@ -2,6 +2,8 @@ package api
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -415,5 +417,67 @@ func TestMaskPasswords(t *testing.T) {
 		if got := maskPasswords(tc.in); got != tc.want {
 			t.Errorf("maskPasswords(%q) = %q, want %q", tc.in, got, tc.want)
 		}
+	}
+}
+
+// TestFindingsTriggered drives the pool past the seed's thresholds: a saturated pool with a
+// caller waiting is degraded (still ready), and the findings say what crossed which line.
+func TestFindingsTriggered(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MinConns, cfg.MaxConns = 1, 2
+	s := startSidecar(t, cfg, false, Options{})
+	s.waitHealthy(t)
+	if err := s.query(t, "SELECT pg_sleep(0.6)"); err != nil { // the only query: average 600 ms
+		t.Fatal(err)
+	}
+	ctx := ctxTimeout(t, 30*time.Second)
+	for range 2 {
+		c, err := s.m.Pool().Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Release)
+	}
+	waitCtx, stopWaiting := context.WithCancel(ctx)
+	waited := make(chan error, 1)
+	go func() {
+		c, err := s.m.Pool().Acquire(waitCtx)
+		if err == nil {
+			c.Release()
+		}
+		waited <- err
+	}()
+	defer func() {
+		stopWaiting()
+		if err := <-waited; !errors.Is(err, context.Canceled) {
+			t.Errorf("waiting acquire ended with %v", err)
+		}
+	}()
+	if !pgtest.WaitFor(10*time.Second, func() bool { return s.m.Stats().PendingAcquires == 1 }) {
+		t.Fatalf("no waiting caller: %+v", s.m.Stats())
+	}
+
+	var hr HealthResponse
+	s.getJSON(t, "/readyz", http.StatusOK, &hr)
+	if hr.Status != pool.StatusDegraded {
+		t.Errorf("saturated pool: status %s, want degraded", hr.Status)
+	}
+	var perf PerformanceResponse
+	s.getJSON(t, "/api/database/performance", http.StatusOK, &perf)
+	want := map[string]bool{"errorRate": false, "averageLatency": true, "poolUtilization": true, "health": false}
+	for _, f := range perf.Findings {
+		if w, ok := want[f.Check]; !ok || f.Triggered != w || (f.Recommendation != "") != w ||
+			(w && f.Severity != "warning") || (!w && f.Severity != "ok") {
+			t.Errorf("finding %+v, want triggered=%v", f, w)
+		}
+		delete(want, f.Check)
+	}
+	if len(want) > 0 {
+		t.Errorf("findings missing: %v", want)
+	}
+	var live LiveSnapshot
+	s.getJSON(t, "/api/database/live-metrics", http.StatusOK, &live)
+	if live.Pool.Utilization != 1 || live.Pool.PendingRequests != 1 || live.Pool.UsedConnections != 2 {
+		t.Errorf("live pool figures: %+v", live.Pool)
 	}
 }
