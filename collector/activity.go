@@ -41,61 +41,78 @@ func newActivity() *activity {
 	}
 }
 
-// activityBySession groups sessions as postgres_exporter's pg_stat_activity metrics do.
-const activityBySession = `
+// activityQuery reads pg_stat_activity once. Session rows are grouped as postgres_exporter's
+// pg_stat_activity metrics are, and carry what the per-database figures are summed from; the
+// rows from pg_database (db_only) make every connectable database appear, with zeros when it
+// has no sessions.
+const activityQuery = `
 SELECT coalesce(datname, ''), coalesce(state, ''), coalesce(usename, ''), coalesce(application_name, ''),
-       count(*), coalesce(max(extract(epoch FROM now() - xact_start)), 0)::float8
+       count(*),
+       coalesce(max(extract(epoch FROM now() - xact_start)), 0)::float8,
+       count(*) FILTER (WHERE state IN ('idle in transaction', 'idle in transaction (aborted)')),
+       coalesce(max(extract(epoch FROM now() - state_change))
+                FILTER (WHERE state IN ('idle in transaction', 'idle in transaction (aborted)')), 0)::float8,
+       count(*) FILTER (WHERE wait_event_type = 'Lock'),
+       false AS db_only,
+       current_setting('max_connections')::float8
 FROM pg_stat_activity
 WHERE backend_type = 'client backend'
-GROUP BY 1, 2, 3, 4`
+GROUP BY 1, 2, 3, 4
+UNION ALL
+SELECT datname, '', '', '', 0, 0, 0, 0, 0, true, 0
+FROM pg_database
+WHERE datallowconn`
 
-// activityByDatabase gives one row per connectable database, with zeros when it has no sessions.
-const activityByDatabase = `
-SELECT d.datname,
-       count(a.pid) FILTER (WHERE a.state IN ('idle in transaction', 'idle in transaction (aborted)')),
-       coalesce(extract(epoch FROM max(now() - a.state_change)
-                FILTER (WHERE a.state IN ('idle in transaction', 'idle in transaction (aborted)'))), 0)::float8,
-       count(a.pid) FILTER (WHERE a.wait_event_type = 'Lock'),
-       coalesce(extract(epoch FROM max(now() - a.xact_start)), 0)::float8,
-       current_setting('max_connections')::float8
-FROM pg_database d
-LEFT JOIN pg_stat_activity a ON a.datid = d.oid AND a.backend_type = 'client backend'
-WHERE d.datallowconn
-GROUP BY d.datname`
+// activityDB sums one database's sessions.
+type activityDB struct {
+	iit, waiting   float64
+	iitMax, oldest float64
+}
 
 func (c *activity) Update(ctx context.Context, s *Scrape) error {
-	var backends float64
-	err := queryRows(ctx, s.Conn, activityBySession, func(r pgx.Rows) error {
+	var backends, maxConns float64
+	dbs := map[string]*activityDB{}
+	var order []string
+	get := func(name string) *activityDB {
+		d, ok := dbs[name]
+		if !ok {
+			d = &activityDB{}
+			dbs[name] = d
+			order = append(order, name)
+		}
+		return d
+	}
+	err := queryRows(ctx, s.Conn, activityQuery, func(r pgx.Rows) error {
 		var db, state, user, app string
-		var n int64
-		var maxTx float64
-		if err := r.Scan(&db, &state, &user, &app, &n, &maxTx); err != nil {
+		var n, iit, waiting int64
+		var maxTx, iitMax, maxConnsRow float64
+		var dbOnly bool
+		if err := r.Scan(&db, &state, &user, &app, &n, &maxTx, &iit, &iitMax, &waiting, &dbOnly, &maxConnsRow); err != nil {
 			return err
 		}
+		d := get(db)
+		if dbOnly {
+			return nil
+		}
+		maxConns = maxConnsRow
 		backends += float64(n)
 		s.Gauge(c.count, float64(n), db, state, user, app)
 		s.Gauge(c.maxTx, maxTx, db, state, user, app)
+		d.iit += float64(iit)
+		d.waiting += float64(waiting)
+		d.iitMax = max(d.iitMax, iitMax)
+		d.oldest = max(d.oldest, maxTx)
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	var maxConns float64
-	err = queryRows(ctx, s.Conn, activityByDatabase, func(r pgx.Rows) error {
-		var db string
-		var iit, waiting int64
-		var iitMax, oldest float64
-		if err := r.Scan(&db, &iit, &iitMax, &waiting, &oldest, &maxConns); err != nil {
-			return err
-		}
-		s.Gauge(c.iitCount, float64(iit), db)
-		s.Gauge(c.iitMax, iitMax, db)
-		s.Gauge(c.lockWaits, float64(waiting), db)
-		s.Gauge(c.oldestTx, oldest, db)
-		return nil
-	})
-	if err != nil {
-		return err
+	for _, name := range order {
+		d := dbs[name]
+		s.Gauge(c.iitCount, d.iit, name)
+		s.Gauge(c.iitMax, d.iitMax, name)
+		s.Gauge(c.lockWaits, d.waiting, name)
+		s.Gauge(c.oldestTx, d.oldest, name)
 	}
 	s.Gauge(c.server, backends)
 	if maxConns > 0 {

@@ -80,6 +80,9 @@ type Scrape struct {
 	Conn Querier
 	// Version is the server's server_version_num (e.g. 150004).
 	Version int
+	// ConfigKey changes whenever the settings the collection's session sees may have changed:
+	// it is the server's configuration load time and the session's backend pid.
+	ConfigKey string
 
 	sink *sink
 }

@@ -336,8 +336,9 @@ func (e *Exporter) collect(ctx context.Context) *collection {
 		return e.failed(err)
 	}
 	var version int
-	var full, short string
-	err = conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int, version()").Scan(&version, &full)
+	var full, short, configKey string
+	err = conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int, version(), "+
+		"pg_conf_load_time()::text || ' ' || pg_backend_pid()").Scan(&version, &full, &configKey)
 	if err != nil {
 		conn.Release()
 		return e.failed(err)
@@ -359,7 +360,7 @@ func (e *Exporter) collect(ctx context.Context) *collection {
 		if w == 0 {
 			first = conn
 		}
-		wg.Go(func() { e.worker(ctx, first, version, s, queue, results) })
+		wg.Go(func() { e.worker(ctx, first, version, configKey, s, queue, results) })
 	}
 	if workers == 0 {
 		conn.Release()
@@ -387,7 +388,7 @@ func (e *Exporter) collect(ctx context.Context) *collection {
 }
 
 // worker runs collectors from queue on one connection, acquiring it first if conn is nil.
-func (e *Exporter) worker(ctx context.Context, conn *pgxpool.Conn, version int, s *sink, queue <-chan int,
+func (e *Exporter) worker(ctx context.Context, conn *pgxpool.Conn, version int, configKey string, s *sink, queue <-chan int,
 	results []colResult) {
 	defer func() {
 		if conn != nil {
@@ -404,7 +405,7 @@ func (e *Exporter) worker(ctx context.Context, conn *pgxpool.Conn, version int, 
 			}
 			conn = c
 		}
-		err := e.runOne(ctx, e.cols[i].c, &Scrape{Conn: conn, Version: version, sink: s})
+		err := e.runOne(ctx, e.cols[i].c, &Scrape{Conn: conn, Version: version, ConfigKey: configKey, sink: s})
 		results[i] = colResult{dur: time.Since(start), err: err}
 		if conn.Conn().IsClosed() {
 			// A deadline cut the connection; the next collector needs a new one.

@@ -18,10 +18,18 @@ func init() {
 
 // settings exports every numeric and boolean setting as pg_settings_NAME, with time units
 // converted to seconds (suffix _seconds) and memory units to bytes (suffix _bytes), as
-// postgres_exporter does.
+// postgres_exporter does. pg_settings only changes for a session when the server reloads its
+// configuration, so the values are read again only then (or on a new session).
 type settings struct {
-	mu    sync.Mutex
-	descs map[string]*prometheus.Desc // by name, unit and help; settings rarely change
+	mu     sync.Mutex
+	descs  map[string]*prometheus.Desc // by name, unit and help
+	key    string                      // Scrape.ConfigKey of the cached values
+	cached []settingSample
+}
+
+type settingSample struct {
+	desc  *prometheus.Desc
+	value float64
 }
 
 const settingsQuery = `
@@ -32,7 +40,21 @@ WHERE vartype IN ('bool', 'integer', 'real')`
 func (c *settings) Update(ctx context.Context, s *Scrape) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return queryRows(ctx, s.Conn, settingsQuery, func(r pgx.Rows) error {
+	if s.ConfigKey == "" || s.ConfigKey != c.key {
+		if err := c.read(ctx, s); err != nil {
+			return err
+		}
+		c.key = s.ConfigKey
+	}
+	for _, x := range c.cached {
+		s.Gauge(x.desc, x.value)
+	}
+	return nil
+}
+
+func (c *settings) read(ctx context.Context, s *Scrape) error {
+	var out []settingSample
+	err := queryRows(ctx, s.Conn, settingsQuery, func(r pgx.Rows) error {
 		var name, setting, unit, help, vartype string
 		if err := r.Scan(&name, &setting, &unit, &help, &vartype); err != nil {
 			return err
@@ -48,9 +70,14 @@ func (c *settings) Update(ctx context.Context, s *Scrape) error {
 			d = desc(metric, help)
 			c.descs[key] = d
 		}
-		s.Gauge(d, v)
+		out = append(out, settingSample{desc: d, value: v})
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	c.cached = out
+	return nil
 }
 
 // settingValue parses a pg_settings value and normalises its unit: time to seconds, memory to

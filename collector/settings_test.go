@@ -1,8 +1,11 @@
 package collector
 
 import (
+	"context"
 	"testing"
 	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgtest"
 )
 
 func TestSettings(t *testing.T) {
@@ -26,6 +29,33 @@ func TestSettings(t *testing.T) {
 	}
 	if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": "settings"}); got != 1 {
 		t.Errorf("settings success = %v", got)
+	}
+}
+
+// TestSettingsFollowReload: the values are reused between scrapes, and read again when the
+// server reloads its configuration.
+func TestSettingsFollowReload(t *testing.T) {
+	e := newEnv(t, "", Config{Enabled: map[string]bool{"activity": false, "database": false}})
+	ctx := ctxTimeout(t, 30*time.Second)
+	if got := e.scrape(t, 0, 20*time.Second).value(t, "pg_settings_work_mem_bytes", nil); got != 4<<20 {
+		t.Fatalf("work_mem = %v, want the default 4 MiB", got)
+	}
+	t.Cleanup(func() {
+		_ = cluster.Exec(context.Background(), "ALTER SYSTEM RESET work_mem")
+		_ = cluster.Exec(context.Background(), "SELECT pg_reload_conf()")
+	})
+	if err := cluster.Exec(ctx, "ALTER SYSTEM SET work_mem = '8MB'"); err != nil {
+		t.Fatal(err)
+	}
+	if err := cluster.Exec(ctx, "SELECT pg_reload_conf()"); err != nil {
+		t.Fatal(err)
+	}
+	var got float64
+	if !pgtest.WaitFor(10*time.Second, func() bool {
+		got = e.scrape(t, 0, 20*time.Second).value(t, "pg_settings_work_mem_bytes", nil)
+		return got == 8<<20
+	}) {
+		t.Fatalf("work_mem after reload = %v, want 8 MiB", got)
 	}
 }
 
