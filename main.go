@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -72,7 +73,7 @@ type feature interface {
 // deps is what features get to work with.
 type deps struct {
 	mgr    *pool.Manager
-	reg    *prometheus.Registry
+	reg    *registry
 	mux    *http.ServeMux
 	logger *slog.Logger
 	links  []web.LandingLinks // landing page links; features append theirs
@@ -81,6 +82,44 @@ type deps struct {
 }
 
 var features []feature
+
+// registry is the process's Prometheus registry; it remembers what was registered so the
+// reference docs can list every metric, including those no event has created yet.
+type registry struct {
+	*prometheus.Registry
+	mu         sync.Mutex
+	collectors []prometheus.Collector
+}
+
+// Register implements prometheus.Registerer.
+func (r *registry) Register(c prometheus.Collector) error {
+	if err := r.Registry.Register(c); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.collectors = append(r.collectors, c)
+	r.mu.Unlock()
+	return nil
+}
+
+// MustRegister implements prometheus.Registerer.
+func (r *registry) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		if err := r.Register(c); err != nil {
+			panic(err)
+		}
+	}
+}
+
+// Collectors returns what was registered, in order.
+func (r *registry) Collectors() []prometheus.Collector {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]prometheus.Collector(nil), r.collectors...)
+}
+
+// registryHook lets tests see the registry serve builds (the reference docs test).
+var registryHook func(*registry)
 
 // app holds the parsed command line.
 type app struct {
@@ -154,7 +193,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 func serve(ctx context.Context, a *app, logger *slog.Logger) int {
 	logger.Info("Starting pgsidecar", "version", version.Info(), "build_context", version.BuildContext())
-	reg := prometheus.NewRegistry()
+	reg := &registry{Registry: prometheus.NewRegistry()}
+	if registryHook != nil {
+		registryHook(reg)
+	}
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

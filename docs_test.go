@@ -1,0 +1,221 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+var update = flag.Bool("update", false, "rewrite docs/reference.md and golden files from the code")
+
+// TestReferenceDocs keeps docs/reference.md equal to what the code declares: every flag with
+// its environment variable and default, every metric with its type, labels and help. Run
+// `make docs` (go test -run TestReferenceDocs -update .) after changing either.
+func TestReferenceDocs(t *testing.T) {
+	clearPoolEnv(t)
+	var captured *registry
+	registryHook = func(r *registry) { captured = r }
+	defer func() { registryHook = nil }()
+	// Every optional part on, so every metric is registered; pg_stat_statements installed so
+	// the statements collector has rows.
+	if err := cluster.Exec(t.Context(), "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"); err != nil {
+		t.Fatal(err)
+	}
+	addr, _, stop := startSidecar(t, "--database-url="+cluster.URL(""), "--collector.statements",
+		"--proxy.listen-address=127.0.0.1:0", "--proxy.auth-method=trust")
+	_, _ = get(t, "http://"+addr+"/metrics")
+	got := referenceDoc(t, captured)
+	stop()
+
+	const path = "docs/reference.md"
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run `make docs`)", err)
+	}
+	if string(want) != got {
+		t.Fatalf("%s is out of date with the code: run `make docs` and commit the result.\n%s", path, firstDiff(string(want), got))
+	}
+}
+
+func firstDiff(a, b string) string {
+	al, bl := strings.Split(a, "\n"), strings.Split(b, "\n")
+	for i := 0; i < len(al) || i < len(bl); i++ {
+		var x, y string
+		if i < len(al) {
+			x = al[i]
+		}
+		if i < len(bl) {
+			y = bl[i]
+		}
+		if x != y {
+			return fmt.Sprintf("line %d:\n  file: %s\n  code: %s", i+1, x, y)
+		}
+	}
+	return ""
+}
+
+func referenceDoc(t *testing.T, reg *registry) string {
+	var b bytes.Buffer
+	b.WriteString("# pgsidecar reference\n\n")
+	b.WriteString("Generated from the code by `make docs`; a test fails when this file and the code disagree.\n\n")
+	b.WriteString("## Flags and environment variables\n\n")
+	b.WriteString("Every flag can also be set through the environment variable shown. Durations of the `DB_*`\n")
+	b.WriteString("settings take milliseconds (`10000`) or Go durations (`10s`).\n\n")
+	b.WriteString("| flag | environment | default | meaning |\n|---|---|---|---|\n")
+	k, _ := newApp(io.Discard, io.Discard)
+	for _, f := range k.Model().Flags {
+		if f.Hidden || f.Name == "help" || f.Name == "version" {
+			continue
+		}
+		env := ""
+		if f.Envar != "" {
+			env = "`" + f.Envar + "`"
+		}
+		def := strings.Join(f.Default, ", ")
+		if def != "" {
+			def = "`" + def + "`"
+		}
+		name := "--" + f.Name
+		if f.IsBoolFlag() {
+			name = "--[no-]" + f.Name
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s | %s |\n", name, env, def, cell(f.Help))
+	}
+
+	b.WriteString("\n## Metrics\n\n")
+	b.WriteString("`pgsidecar_*` are measured by pgsidecar itself; `pg_*` are PostgreSQL's statistics under\n")
+	b.WriteString("postgres_exporter-compatible names. Labels in *italics* are constant per pool or process.\n\n")
+	b.WriteString("| metric | type | labels | help |\n|---|---|---|---|\n")
+	for _, m := range describeMetrics(t, reg) {
+		fmt.Fprintf(&b, "| `%s` | %s | %s | %s |\n", m.name, m.typ, m.labels, cell(m.help))
+	}
+	return b.String()
+}
+
+func cell(s string) string { return strings.ReplaceAll(strings.ReplaceAll(s, "|", `\|`), "\n", " ") }
+
+type metricDoc struct{ name, typ, labels, help string }
+
+var descRE = regexp.MustCompile(`^Desc\{fqName: "([^"]*)", help: "((?:[^"\\]|\\.)*)", unit: "[^"]*", constLabels: \{([^}]*)\}, variableLabels: \{([^}]*)\}\}$`)
+
+// describeMetrics lists every metric the registered collectors describe, with the type seen
+// when collecting (counters by their _total suffix when no sample exists yet).
+func describeMetrics(t *testing.T, reg *registry) []metricDoc {
+	t.Helper()
+	types := map[string]string{}
+	// Collectors of catalog data describe nothing up front (their series depend on the server),
+	// so what they collect is documented too; custom queries.yaml metrics are documented in
+	// that file instead.
+	collected := map[string]*prometheus.Desc{}
+	for _, c := range reg.Collectors() {
+		ch := make(chan prometheus.Metric, 256)
+		go func() { c.Collect(ch); close(ch) }()
+		for m := range ch {
+			var pb dto.Metric
+			if m.Write(&pb) != nil {
+				continue
+			}
+			name := descRE.FindStringSubmatch(m.Desc().String())
+			if name == nil {
+				continue
+			}
+			if builtinCatalogMetric(name[1]) {
+				collected[name[1]] = m.Desc()
+			}
+			switch {
+			case pb.Counter != nil:
+				types[name[1]] = "counter"
+			case pb.Gauge != nil:
+				types[name[1]] = "gauge"
+			case pb.Histogram != nil:
+				types[name[1]] = "histogram"
+			case pb.Summary != nil:
+				types[name[1]] = "summary"
+			default:
+				types[name[1]] = "untyped"
+			}
+		}
+	}
+	seen := map[string]metricDoc{}
+	var descs []*prometheus.Desc
+	for _, c := range reg.Collectors() {
+		ch := make(chan *prometheus.Desc, 256)
+		go func() { c.Describe(ch); close(ch) }()
+		for d := range ch {
+			descs = append(descs, d)
+		}
+	}
+	for _, d := range collected {
+		descs = append(descs, d)
+	}
+	{
+		for _, d := range descs {
+			m := descRE.FindStringSubmatch(d.String())
+			if m == nil {
+				t.Fatalf("cannot read %s", d)
+			}
+			name := m[1]
+			if strings.HasPrefix(name, "go_") || strings.HasPrefix(name, "process_") {
+				continue
+			}
+			if strings.HasPrefix(name, "pg_settings_") {
+				// One series per server setting; documented as a family.
+				seen["pg_settings_*"] = metricDoc{name: "pg_settings_*", typ: "gauge",
+					help: "Numeric and boolean settings from pg_settings, durations in seconds and sizes in bytes (e.g. pg_settings_max_connections, pg_settings_shared_buffers_bytes, pg_settings_statement_timeout_seconds)."}
+				continue
+			}
+			var labels []string
+			for _, l := range strings.Split(m[4], ",") {
+				if l != "" {
+					labels = append(labels, "`"+strings.TrimSuffix(strings.TrimPrefix(l, "c("), ")")+"`")
+				}
+			}
+			for _, l := range strings.Split(m[3], ",") {
+				if k, _, ok := strings.Cut(l, "="); ok {
+					labels = append(labels, "*"+k+"*")
+				}
+			}
+			typ := types[name]
+			if typ == "" {
+				typ = "gauge"
+				if strings.HasSuffix(name, "_total") {
+					typ = "counter"
+				}
+			}
+			help := strings.ReplaceAll(m[2], `\"`, `"`)
+			seen[name] = metricDoc{name: name, typ: typ, labels: strings.Join(labels, ", "), help: help}
+		}
+	}
+	out := make([]metricDoc, 0, len(seen))
+	for _, m := range seen {
+		out = append(out, m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out
+}
+
+// builtinCatalogMetric tells the collectors' own pg_* families from custom queries.yaml ones.
+func builtinCatalogMetric(name string) bool {
+	for _, p := range []string{"pg_up", "pg_static", "pg_scrape_", "pg_stat_activity_", "pg_server_", "pg_stat_database_",
+		"pg_database_", "pg_settings_", "pg_stat_statements_", "pgsidecar_"} {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
+}
