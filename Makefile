@@ -11,7 +11,7 @@ LDFLAGS   := -s -w \
 
 FUZZTIME  ?= 5s
 
-.PHONY: all build test test-monitoring lint demo bench deps fmt fuzz docs
+.PHONY: all build test test-monitoring lint demo bench deps fmt fuzz
 
 all: build
 
@@ -39,16 +39,12 @@ test-monitoring:
 	promtool test rules alerts/tests/*.test.yml
 	promtool check config deploy/prometheus/prometheus.yml
 	amtool check-config deploy/alertmanager/alertmanager.yml
-	cd e2e && $(GO) vet ./... && $(GO) test -race -count=1 -timeout 15m ./...
+	cd e2e && export GOFLAGS=-mod=mod && $(GO) vet ./... && $(GO) test -race -count=1 -timeout 15m ./...
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
 	$(GO) vet $(PKGS)
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
-
-# Regenerates docs/reference.md (flags, environment variables, metrics) from the code.
-docs: deps
-	$(GO) test -count=1 -run '^TestReferenceDocs$$' . -update
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
