@@ -11,7 +11,7 @@ LDFLAGS   := -s -w \
 
 FUZZTIME  ?= 5s
 
-.PHONY: all build test test-monitoring lint demo bench deps fmt fuzz
+.PHONY: all build test test-monitoring lint demo bench deps fmt fuzz docs
 
 all: build
 
@@ -45,6 +45,10 @@ lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
 	$(GO) vet $(PKGS)
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
+
+# Regenerates docs/reference.md (flags, environment variables, metrics) from the code.
+docs: deps
+	$(GO) test -count=1 -run '^TestReferenceDocs$$' . -update
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
