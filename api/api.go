@@ -36,6 +36,10 @@ type Options struct {
 	Window time.Duration
 	// MaxStreams caps concurrent live-metrics streams; more get 503 (default 64).
 	MaxStreams int
+	// GatherMaxAge is how long one read of the collectors' metrics is reused, so that a
+	// dashboard polling detailed-metrics does not run the catalog queries on every request
+	// (default 5s).
+	GatherMaxAge time.Duration
 }
 
 // Handler serves the API. Close ends the open live-metrics streams; call it at shutdown
@@ -47,6 +51,10 @@ type Handler struct {
 	interval time.Duration
 	window   *window
 	streams  chan struct{} // semaphore of open streams
+	maxAge   time.Duration
+
+	gatherMu sync.Mutex
+	gathered *registrySnapshot // the last read of the registry, reused for maxAge
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -69,6 +77,9 @@ func New(o Options) *Handler {
 	if o.MaxStreams <= 0 {
 		o.MaxStreams = 64
 	}
+	if o.GatherMaxAge <= 0 {
+		o.GatherMaxAge = 5 * time.Second
+	}
 	h := &Handler{
 		mgr:      o.Manager,
 		gatherer: o.Gatherer,
@@ -76,6 +87,7 @@ func New(o Options) *Handler {
 		interval: o.StreamInterval,
 		window:   newWindow(o.Window),
 		streams:  make(chan struct{}, o.MaxStreams),
+		maxAge:   o.GatherMaxAge,
 	}
 	h.ctx, h.cancel = context.WithCancel(context.Background())
 	return h

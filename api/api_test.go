@@ -25,7 +25,7 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata/ap
 // volatile lists the fields whose values change from run to run; golden files hold a
 // placeholder for them, so that everything else (names, shape, counts) is compared exactly.
 var volatile = map[string]string{
-	"timestamp": "<time>", "lastCheck": "<time>", "time": "<time>",
+	"timestamp": "<time>", "lastCheck": "<time>", "time": "<time>", "collectedAt": "<time>",
 	"uptimeSeconds": "<number>", "latencyMs": "<number>", "durationMs": "<number>",
 	"averageLatencyMs": "<number>", "p95LatencyMs": "<number>", "acquireWaitSeconds": "<number>",
 	"averageMs": "<number>", "p50Ms": "<number>", "p95Ms": "<number>", "p99Ms": "<number>",
@@ -479,5 +479,27 @@ func TestFindingsTriggered(t *testing.T) {
 	s.getJSON(t, "/api/database/live-metrics", http.StatusOK, &live)
 	if live.Pool.Utilization != 1 || live.Pool.PendingRequests != 1 || live.Pool.UsedConnections != 2 {
 		t.Errorf("live pool figures: %+v", live.Pool)
+	}
+}
+
+// TestGatherReuse: within GatherMaxAge, detailed-metrics answers from the same collection
+// instead of running the collectors again.
+func TestGatherReuse(t *testing.T) {
+	for _, tc := range []struct {
+		maxAge time.Duration
+		same   bool
+	}{{time.Hour, true}, {time.Nanosecond, false}} {
+		s := startSidecar(t, testConfig(t), true, Options{GatherMaxAge: tc.maxAge})
+		s.waitHealthy(t)
+		var a, b DetailedMetricsResponse
+		s.getJSON(t, "/api/database/detailed-metrics", http.StatusOK, &a)
+		s.getJSON(t, "/api/database/detailed-metrics", http.StatusOK, &b)
+		if a.CollectedAt == nil || b.CollectedAt == nil || a.CollectedAt.Equal(*b.CollectedAt) != tc.same {
+			t.Errorf("max age %s: collected at %v and %v, want same=%v", tc.maxAge, a.CollectedAt, b.CollectedAt, tc.same)
+		}
+		n, ok := s.h.gather().value("pgsidecar_collections_total", nil)
+		if want := map[bool]float64{true: 1, false: 3}[tc.same]; !ok || n != want {
+			t.Errorf("max age %s: %v collections, want %v", tc.maxAge, n, want)
+		}
 	}
 }

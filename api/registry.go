@@ -3,6 +3,7 @@ package api
 import (
 	"cmp"
 	"slices"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 )
@@ -10,23 +11,32 @@ import (
 // registrySnapshot is one Gather of the registry, indexed by metric name. The collectors own
 // the pg_* names; the API only reads them, and treats a missing name as "unknown".
 type registrySnapshot struct {
+	at   time.Time
 	fams map[string]*dto.MetricFamily
 }
 
-// gather reads the registry once. A partial failure (one collector erroring) still yields
-// the other families, as on /metrics.
+// gather reads the registry, or returns the last read while it is younger than maxAge. A
+// partial failure (one collector erroring) still yields the other families, as on /metrics.
+// Concurrent callers wait for one read rather than each starting their own.
 func (h *Handler) gather() *registrySnapshot {
 	if h.gatherer == nil {
 		return nil
 	}
+	h.gatherMu.Lock()
+	defer h.gatherMu.Unlock()
+	if g := h.gathered; g != nil && time.Since(g.at) < h.maxAge {
+		return g
+	}
+	start := time.Now()
 	mfs, err := h.gatherer.Gather()
 	if err != nil {
 		h.log.Debug("Gathering collector metrics incomplete", "error", err.Error())
 	}
-	s := &registrySnapshot{fams: make(map[string]*dto.MetricFamily, len(mfs))}
+	s := &registrySnapshot{at: start, fams: make(map[string]*dto.MetricFamily, len(mfs))}
 	for _, mf := range mfs {
 		s.fams[mf.GetName()] = mf
 	}
+	h.gathered = s
 	return s
 }
 
@@ -85,6 +95,8 @@ func (s *registrySnapshot) opt(name string, match map[string]string) *float64 {
 }
 
 func (s *registrySnapshot) fillDetailed(r *DetailedMetricsResponse) {
+	at := s.at.UTC()
+	r.CollectedAt = &at
 	if v, ok := s.value("pg_up", nil); ok {
 		up := v >= 1
 		r.Up = &up

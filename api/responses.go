@@ -180,7 +180,8 @@ type ServerConnections struct {
 // DetailedMetricsResponse is the body of GET /api/database/detailed-metrics.
 type DetailedMetricsResponse struct {
 	Timestamp       time.Time          `json:"timestamp"`
-	Up              *bool              `json:"up"` // pg_up; null when no collector reports it
+	CollectedAt     *time.Time         `json:"collectedAt"` // when the registry was read; null without one
+	Up              *bool              `json:"up"`          // pg_up; null when no collector reports it
 	Version         *string            `json:"version"`
 	ShortVersion    *string            `json:"shortVersion"`
 	CurrentDatabase string             `json:"currentDatabase"`

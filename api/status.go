@@ -5,11 +5,11 @@ import (
 	"net/http"
 )
 
-// statusPage is the whole /status page: markup, style and script inline, nothing fetched from
+// statusHTML is the whole /status page: markup, style and script inline, nothing fetched from
 // elsewhere, so it works in closed networks and needs no asset pipeline.
 //
 //go:embed static/status.html
-var statusPage []byte
+var statusHTML []byte
 
 // statusPolicy forbids every outside resource; the page only talks to its own origin.
 const statusPolicy = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; " +
@@ -21,5 +21,5 @@ func (h *Handler) statusPage(w http.ResponseWriter, _ *http.Request) {
 	hdr.Set("Content-Security-Policy", statusPolicy)
 	hdr.Set("X-Content-Type-Options", "nosniff")
 	hdr.Set("Cache-Control", "no-cache")
-	_, _ = w.Write(statusPage)
+	_, _ = w.Write(statusHTML)
 }
