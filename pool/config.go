@@ -6,6 +6,7 @@ import (
 	"math"
 	"net/url"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -210,7 +211,9 @@ func (c Config) pgxConfig() (*pgxpool.Config, error) {
 	}
 	pc, err := pgxpool.ParseConfig(c.DatabaseURL)
 	if err != nil {
-		return nil, fmt.Errorf("DATABASE_URL (%s) is invalid: %s", RedactDSN(c.DatabaseURL), Scrub(rootCause(err).Error(), c.DatabaseURL))
+		// Quoted parts of a parse error echo the input, which may hold (a piece of) the password.
+		cause := quotedInput.ReplaceAllString(rootCause(err).Error(), "(input not shown)")
+		return nil, fmt.Errorf("DATABASE_URL (%s) is invalid: %s", RedactDSN(c.DatabaseURL), Scrub(cause, c.DatabaseURL))
 	}
 	pc.MaxConns = c.MaxConns
 	pc.MinConns = c.MinConns
@@ -225,6 +228,8 @@ func (c Config) pgxConfig() (*pgxpool.Config, error) {
 	}
 	return pc, nil
 }
+
+var quotedInput = regexp.MustCompile("\"[^\"]*\"|`[^`]*`")
 
 func rootCause(err error) error {
 	for {
