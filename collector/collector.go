@@ -107,22 +107,23 @@ func (s *Scrape) Untyped(d *prometheus.Desc, v float64, labels ...string) {
 type sink struct {
 	mu         sync.Mutex // collectors may run on several connections at once
 	metrics    []prometheus.Metric
-	seen       map[string]struct{}
+	seen       map[seriesKey]struct{}
 	duplicates int
 	invalid    int
 	lastErr    error
 }
 
-func newSink() *sink { return &sink{seen: make(map[string]struct{}, 512)} }
+func newSink() *sink { return &sink{seen: make(map[seriesKey]struct{}, 512)} }
 
 func (k *sink) add(d *prometheus.Desc, t prometheus.ValueType, v float64, labels []string) {
-	var b strings.Builder
-	b.WriteString(d.String())
-	for _, l := range labels {
-		b.WriteByte(0xff)
-		b.WriteString(l)
+	key := seriesKey{desc: d}
+	switch len(labels) {
+	case 0:
+	case 1:
+		key.labels = labels[0]
+	default:
+		key.labels = strings.Join(labels, "\xff")
 	}
-	key := b.String()
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if _, dup := k.seen[key]; dup {
@@ -138,6 +139,13 @@ func (k *sink) add(d *prometheus.Desc, t prometheus.ValueType, v float64, labels
 	}
 	k.seen[key] = struct{}{}
 	k.metrics = append(k.metrics, m)
+}
+
+// seriesKey identifies a series within one collection. Descs are built once per metric name
+// (custom queries validate that names are unique), so the pointer stands for the name.
+type seriesKey struct {
+	desc   *prometheus.Desc
+	labels string
 }
 
 // desc builds a Desc and records its name as taken by a built-in collector, so custom queries
