@@ -1,0 +1,178 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/goleak"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+)
+
+// TestCrashRestartsWithEverythingRunning stops PostgreSQL immediately and starts it again 20
+// times while proxy clients query, scrapes run and probes poll. /metrics and /healthz must answer
+// every time, /readyz must follow the database, nothing may hang past its deadline, and the
+// sidecar must end without leaked server sessions or goroutines.
+func TestCrashRestartsWithEverythingRunning(t *testing.T) {
+	cluster.RequireControl(t)
+	if testing.Short() {
+		t.Skip("20 restarts take a while")
+	}
+	clearPoolEnv(t)
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	proxyAddr := freeAddr(t)
+	addr, logs, stop := startSidecar(t, "--database-url="+cluster.URL(""), "--proxy.listen-address="+proxyAddr,
+		"--db.min-connections=2", "--db.max-connections=8", "--db.application-name=crash-sidecar",
+		"--db.connection-timeout=2s", "--collection-timeout=2s")
+	base := "http://" + addr
+	client := &http.Client{Timeout: 10 * time.Second}
+	waitReady := func(want int) bool {
+		return pgtest.WaitFor(20*time.Second, func() bool {
+			r, err := client.Get(base + "/readyz")
+			if err != nil {
+				return false
+			}
+			r.Body.Close()
+			return r.StatusCode == want
+		})
+	}
+	if !waitReady(200) {
+		t.Fatalf("never ready:\n%s", logs.String())
+	}
+
+	stopLoad := make(chan struct{})
+	var wg sync.WaitGroup
+	var proxyOK, proxyFailed, probeFailures atomic.Int64
+	var probeErr atomic.Value
+	// Proxy clients: connect, query, disconnect, each bounded by a deadline.
+	for w := range 3 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stopLoad:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+				start := time.Now()
+				err := func() error {
+					c, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres:%s@%s/postgres?sslmode=disable", pgtest.SuperuserPassword, proxyAddr))
+					if err != nil {
+						return err
+					}
+					defer c.Close(context.Background())
+					_, err = c.Exec(ctx, "SELECT $1::int", w)
+					return err
+				}()
+				cancel()
+				if time.Since(start) > 3*time.Second+20*time.Second {
+					t.Errorf("a proxy call ran %s past its 3s deadline", time.Since(start))
+				}
+				if err == nil {
+					proxyOK.Add(1)
+				} else {
+					proxyFailed.Add(1)
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+		})
+	}
+	// Scrapes and liveness: must answer every time, database up or down.
+	wg.Go(func() {
+		for {
+			select {
+			case <-stopLoad:
+				return
+			default:
+			}
+			for _, p := range []string{"/metrics", "/healthz"} {
+				r, err := client.Get(base + p)
+				if err != nil {
+					probeFailures.Add(1)
+					probeErr.Store(fmt.Sprintf("%s: %v", p, err))
+					continue
+				}
+				r.Body.Close()
+				if r.StatusCode != 200 {
+					probeFailures.Add(1)
+					probeErr.Store(fmt.Sprintf("%s: status %d", p, r.StatusCode))
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+
+	var downLag, upLag []time.Duration
+	for i := range 20 {
+		before := proxyOK.Load()
+		if !pgtest.WaitFor(30*time.Second, func() bool { return proxyOK.Load() > before+3 }) {
+			t.Fatalf("round %d: proxy clients make no progress\n%s", i, logs.String())
+		}
+		if err := cluster.Stop("immediate"); err != nil {
+			t.Fatal(err)
+		}
+		stopped := time.Now()
+		if !waitReady(503) {
+			t.Fatalf("round %d: /readyz stayed 200 with the database down", i)
+		}
+		downLag = append(downLag, time.Since(stopped))
+		if err := cluster.StartAgain(); err != nil {
+			t.Fatal(err)
+		}
+		started := time.Now()
+		if !waitReady(200) {
+			t.Fatalf("round %d: /readyz did not come back", i)
+		}
+		upLag = append(upLag, time.Since(started))
+	}
+	close(stopLoad)
+	wg.Wait()
+	if n := probeFailures.Load(); n > 0 {
+		t.Fatalf("/metrics or /healthz failed %d times; last: %v", n, probeErr.Load())
+	}
+	t.Logf("proxy calls: %d ok, %d failed; /readyz 503 after a crash: median %s, max %s; 200 after restart: median %s, max %s",
+		proxyOK.Load(), proxyFailed.Load(), median(downLag), maxDur(downLag), median(upLag), maxDur(upLag))
+
+	// The server holds exactly what the pool holds.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if !pgtest.WaitFor(15*time.Second, func() bool {
+		n, err := cluster.QueryInt(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'crash-sidecar'")
+		return err == nil && n <= 8
+	}) {
+		t.Fatal("more server sessions than the pool's maximum: leaked connections")
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	if !pgtest.WaitFor(15*time.Second, func() bool {
+		n, err := cluster.QueryInt(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'crash-sidecar%'")
+		return err == nil && n == 0
+	}) {
+		t.Fatal("server sessions left after the sidecar stopped")
+	}
+}
+
+func median(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}
+
+func maxDur(ds []time.Duration) time.Duration {
+	var m time.Duration
+	for _, d := range ds {
+		m = max(m, d)
+	}
+	return m
+}
