@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -40,6 +41,7 @@ type sidecar struct {
 	reg *prometheus.Registry
 	h   *Handler
 	srv *httptest.Server
+	mux atomic.Pointer[http.ServeMux] // what srv serves; tests may swap in a new Handler
 }
 
 func testConfig(t testing.TB) pool.Config {
@@ -84,7 +86,10 @@ func startSidecar(t testing.TB, cfg pool.Config, withCollector bool, opts Option
 	s.h = New(opts)
 	mux := http.NewServeMux()
 	s.h.Register(mux)
-	s.srv = httptest.NewServer(mux)
+	s.mux.Store(mux)
+	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mux.Load().ServeHTTP(w, r)
+	}))
 	t.Cleanup(func() {
 		s.h.Close()
 		s.srv.Close()

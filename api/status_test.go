@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -168,5 +169,39 @@ func TestStatusPageInChromium(t *testing.T) {
 		return (st.Status == "healthy" || st.Status == "degraded") && !strings.Contains(st.Banner, "Database down")
 	}) {
 		t.Fatalf("the page does not show the recovery: %+v", st)
+	}
+
+	// The sidecar goes away (its streams end, new ones are refused) and comes back: the page
+	// says it lost the sidecar, then reconnects by itself.
+	// A browser's EventSource gives up for good after an error answer; the page must start
+	// a new one, so wait until it has been refused twice.
+	var refused atomic.Int32
+	old := s.mux.Load()
+	counting := http.NewServeMux()
+	counting.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/api/database/live-metrics" {
+			refused.Add(1)
+		}
+		old.ServeHTTP(w, r)
+	})
+	s.mux.Store(counting)
+	s.h.Close()
+	if !pgtest.WaitFor(60*time.Second, func() bool {
+		st = read()
+		return strings.Contains(st.Banner, "Sidecar unreachable") && refused.Load() >= 2
+	}) {
+		t.Fatalf("the page does not show the lost stream or does not retry (%d attempts): %+v", refused.Load(), st)
+	}
+	seen = st.Snapshots
+	h2 := New(Options{Manager: s.m, Gatherer: s.reg, StreamInterval: 100 * time.Millisecond})
+	t.Cleanup(h2.Close)
+	mux := http.NewServeMux()
+	h2.Register(mux)
+	s.mux.Store(mux)
+	if !pgtest.WaitFor(60*time.Second, func() bool {
+		st = read()
+		return st.Snapshots > seen && !strings.Contains(st.Banner, "unreachable")
+	}) {
+		t.Fatalf("the page did not reconnect: %+v", st)
 	}
 }
