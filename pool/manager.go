@@ -192,17 +192,29 @@ func (m *Manager) run() {
 	}
 	timer := time.NewTimer(m.cfg.HealthCheckInterval)
 	defer timer.Stop()
+	ok := true
 	for {
+		// While healthy, an error seen by a query triggers a check at once. While unhealthy the
+		// loop rechecks on its own short timer; triggers then (many come from the failing check
+		// itself) must not make it spin.
+		trigger := m.trigger
+		if !ok {
+			trigger = nil
+		}
 		select {
 		case <-m.ctx.Done():
 			return
 		case <-timer.C:
-		case <-m.trigger:
+		case <-trigger:
 		}
-		ok := m.check()
+		ok = m.check()
+		select {
+		case <-m.trigger: // raised by this check or during it
+		default:
+		}
 		next := m.cfg.HealthCheckInterval
 		if !ok {
-			// While unhealthy, look again soon so recovery is seen within about a second.
+			// Look again soon so recovery is seen within about a second.
 			next = min(next, 250*time.Millisecond)
 		}
 		if !timer.Stop() {
@@ -224,6 +236,9 @@ func (m *Manager) connect() bool {
 		ctx, cancel := context.WithTimeout(m.ctx, m.cfg.ConnectTimeout)
 		res, err := m.warmup(ctx, max(int(m.cfg.MinConns), 1))
 		cancel()
+		if m.isClosed() {
+			return false
+		}
 		if err == nil {
 			m.setHealth(true, time.Since(start), nil)
 			m.log.Info("Database connected", "attempt", attempt, "connections_opened", res.Opened,

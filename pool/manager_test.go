@@ -549,3 +549,32 @@ func TestTwoPoolsShareARegistry(t *testing.T) {
 		t.Fatalf("second pool's queries = %v", got)
 	}
 }
+
+// While the database is down the health loop rechecks on a short timer; the errors its own
+// checks raise must not make it spin.
+func TestHealthLoopDoesNotSpinWhileDown(t *testing.T) {
+	cluster.RequireControl(t)
+	h := newManager(t, testConfig(t))
+	h.waitHealthy(t)
+	if err := cluster.Stop("immediate"); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := cluster.StartAgain(); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	_, _ = h.m.Pool().Exec(ctxTimeout(t, 5*time.Second), "SELECT 1")
+	if !pgtest.WaitFor(5*time.Second, func() bool { return h.m.Health().Status == StatusUnhealthy }) {
+		t.Fatal("never unhealthy")
+	}
+	before := h.metricValue(t, "pgsidecar_health_check_failures_total", nil)
+	time.Sleep(time.Second)
+	// About four rechecks a second; a spinning loop makes hundreds or thousands.
+	if n := h.metricValue(t, "pgsidecar_health_check_failures_total", nil) - before; n > 40 {
+		t.Fatalf("%v failed checks in about a second: the health loop spins", n)
+	}
+	if n := h.log.count("Database health check"); n > 20 {
+		t.Fatalf("%d health check log lines while down", n)
+	}
+}
