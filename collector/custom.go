@@ -2,6 +2,7 @@ package collector
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -12,6 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -97,35 +99,42 @@ func (c *customCollector) Update(ctx context.Context, s *Scrape) error {
 	if qs == nil {
 		return nil
 	}
-	var failed []string
-	var lastErr error
+	var due []*customQuery
+	now := time.Now()
+	c.mu.Lock()
 	for _, q := range *qs {
 		if !q.appliesTo(s.Version) {
 			continue
 		}
-		if err := ctx.Err(); err != nil {
-			failed = append(failed, q.name)
-			lastErr = err
-			continue
-		}
-		c.mu.Lock()
-		cached, ok := c.cache[q]
-		c.mu.Unlock()
-		if ok && time.Now().Before(cached.until) {
+		if cached, ok := c.cache[q]; ok && now.Before(cached.until) {
 			emit(s, cached.samples)
 			continue
 		}
-		samples, err := runCustom(ctx, s.Conn, q)
-		emit(s, samples)
-		c.noteResult(q, err)
-		if err != nil {
+		due = append(due, q)
+	}
+	c.mu.Unlock()
+	if len(due) == 0 {
+		return nil
+	}
+	pc, ok := s.Conn.(interface{ Conn() *pgx.Conn })
+	if !ok {
+		return errors.New("custom queries need a pooled pgx connection")
+	}
+	results := runPipeline(ctx, pc.Conn(), due)
+	var failed []string
+	var lastErr error
+	for i, q := range due {
+		r := results[i]
+		emit(s, r.samples)
+		c.noteResult(q, r.err)
+		if r.err != nil {
 			failed = append(failed, q.name)
-			lastErr = err
+			lastErr = r.err
 			continue
 		}
 		if q.cacheSeconds > 0 {
 			c.mu.Lock()
-			c.cache[q] = cachedResult{until: time.Now().Add(time.Duration(q.cacheSeconds) * time.Second), samples: samples}
+			c.cache[q] = cachedResult{until: now.Add(time.Duration(q.cacheSeconds) * time.Second), samples: r.samples}
 			c.mu.Unlock()
 		}
 	}
@@ -161,52 +170,125 @@ func (c *customCollector) noteResult(q *customQuery, err error) {
 	}
 }
 
-// runCustom runs one custom query. A query with a timeout is sent in one pipeline after a
-// transaction-local statement_timeout, so the server cancels it cleanly, the connection stays
-// usable, and it costs no extra round trip. It returns the samples it could read even when
-// some values were not numbers.
-func runCustom(ctx context.Context, conn Querier, q *customQuery) ([]sample, error) {
-	var rows pgx.Rows
-	if q.timeout > 0 {
-		// The server's statement_timeout fires first; the context only backs it up.
-		qctx, cancel := context.WithTimeout(ctx, q.timeout+time.Second)
+type queryResult struct {
+	samples []sample
+	err     error
+}
+
+// runPipeline sends the queries in one round trip, each followed by a Sync so that each runs
+// in its own implicit transaction and one failing query does not abort the others. A query
+// with a timeout is preceded by a transaction-local statement_timeout: the server cancels it
+// cleanly and the session stays usable. Results are read in order, so when the deadline cuts
+// the pipeline the queries answered before it keep their results.
+func runPipeline(ctx context.Context, conn *pgx.Conn, qs []*customQuery) []queryResult {
+	results := make([]queryResult, len(qs))
+	var longest time.Duration
+	for _, q := range qs {
+		longest = max(longest, q.timeout)
+	}
+	if longest > 0 {
+		// Backs up the server-side timeouts, which fire first.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, sumTimeouts(qs)+time.Second)
 		defer cancel()
-		b := &pgx.Batch{}
-		b.Queue("SELECT set_config('statement_timeout', $1, true)", strconv.FormatInt(q.timeout.Milliseconds(), 10))
-		b.Queue(q.sql)
-		br := conn.SendBatch(qctx, b)
-		defer br.Close()
-		if _, err := br.Exec(); err != nil {
-			return nil, err
+	}
+	p := conn.PgConn().StartPipeline(ctx)
+	for _, q := range qs {
+		if q.timeout > 0 {
+			p.SendQueryParams("SELECT set_config('statement_timeout', $1, true)",
+				[][]byte{[]byte(strconv.FormatInt(q.timeout.Milliseconds(), 10))}, nil, nil, nil)
 		}
-		var err error
-		if rows, err = br.Query(); err != nil {
-			return nil, err
-		}
-	} else {
-		var err error
-		if rows, err = conn.Query(ctx, q.sql); err != nil {
-			return nil, err
+		p.SendQueryParams(q.sql, nil, nil, nil, nil)
+		p.SendPipelineSync()
+	}
+	fail := func(from int, err error) {
+		for i := from; i < len(qs); i++ {
+			if results[i].err == nil {
+				results[i].err = err
+			}
 		}
 	}
-	defer rows.Close()
-	fields := rows.FieldDescriptions()
-	if len(fields) == 0 {
-		// The statement failed before describing its result (a timeout, a syntax error).
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return nil, err
+	if err := p.Flush(); err != nil {
+		_ = p.Close()
+		fail(0, err)
+		return results
+	}
+	tm := conn.TypeMap()
+	for i, q := range qs {
+		readers := 0
+		want := 1
+		if q.timeout > 0 {
+			want = 2 // the set_config result comes first
+		}
+	segment:
+		for {
+			res, err := p.GetResults()
+			var pgErr *pgconn.PgError
+			switch {
+			case errors.As(err, &pgErr):
+				results[i].err = err
+				continue
+			case err != nil:
+				_ = p.Close()
+				fail(i, err)
+				return results
+			}
+			switch r := res.(type) {
+			case *pgconn.ResultReader:
+				readers++
+				if readers == want {
+					results[i].samples, err = readResult(r, q, tm)
+				} else {
+					_, err = r.Close()
+				}
+				if err != nil && results[i].err == nil {
+					results[i].err = err
+				}
+			case *pgconn.PipelineSync:
+				break segment
+			case nil:
+				_ = p.Close()
+				fail(i, errors.New("pipeline ended before all results"))
+				return results
+			}
 		}
 	}
+	if err := p.Close(); err != nil {
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) {
+			fail(0, err)
+		}
+	}
+	return results
+}
+
+func sumTimeouts(qs []*customQuery) time.Duration {
+	var d time.Duration
+	for _, q := range qs {
+		d += q.timeout
+	}
+	return d
+}
+
+// readResult turns one query's rows into samples. It returns the samples it could read even
+// when some values were not numbers, with an error naming the column.
+func readResult(rr *pgconn.ResultReader, q *customQuery, tm *pgtype.Map) ([]sample, error) {
+	fields := rr.FieldDescriptions()
 	index := make(map[string]int, len(fields))
 	for i, f := range fields {
 		index[f.Name] = i
+	}
+	missing := func(kind, col string) ([]sample, error) {
+		if _, err := rr.Close(); err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%s column %s is not in the query result", kind, col)
 	}
 	labelIdx := make([]int, len(q.labels))
 	for i, l := range q.labels {
 		j, ok := index[l]
 		if !ok {
-			return nil, fmt.Errorf("label column %s is not in the query result", l)
+			return missing("label", l)
 		}
 		labelIdx[i] = j
 	}
@@ -223,7 +305,7 @@ func runCustom(ctx context.Context, conn Querier, q *customQuery) ([]sample, err
 		}
 		j, ok := index[col.name]
 		if !ok {
-			return nil, fmt.Errorf("metric column %s is not in the query result", col.name)
+			return missing("metric", col.name)
 		}
 		vt := prometheus.GaugeValue
 		if col.usage == usageCounter {
@@ -233,21 +315,17 @@ func runCustom(ctx context.Context, conn Querier, q *customQuery) ([]sample, err
 	}
 	var out []sample
 	var convErr error
-	for rows.Next() {
-		vals, err := rows.Values()
-		if err != nil {
-			return out, err
-		}
+	for rr.NextRow() {
+		raw := rr.Values()
 		labels := make([]string, len(labelIdx))
 		for i, j := range labelIdx {
-			labels[i] = labelValue(vals[j])
+			labels[i] = labelValue(decode(tm, fields[j], raw[j]))
 		}
 		for _, m := range mcols {
-			v := vals[m.idx]
-			if v == nil {
+			if raw[m.idx] == nil {
 				continue // NULL is no sample, not zero
 			}
-			f, ok := toFloat(v)
+			f, ok := toFloat(decode(tm, fields[m.idx], raw[m.idx]))
 			if !ok {
 				convErr = fmt.Errorf("column %s: a value of type %s cannot be a metric value", m.col.name, typeName(fields[m.idx].DataTypeOID))
 				continue
@@ -255,10 +333,26 @@ func runCustom(ctx context.Context, conn Querier, q *customQuery) ([]sample, err
 			out = append(out, sample{desc: m.col.desc, vtype: m.vtype, value: f, labels: labels})
 		}
 	}
-	if err := rows.Err(); err != nil {
+	if _, err := rr.Close(); err != nil {
 		return out, err
 	}
 	return out, convErr
+}
+
+// decode turns a raw column value into the Go value pgx would return for it.
+func decode(tm *pgtype.Map, f pgconn.FieldDescription, raw []byte) any {
+	if raw == nil {
+		return nil
+	}
+	if t, ok := tm.TypeForOID(f.DataTypeOID); ok {
+		if v, err := t.Codec.DecodeValue(tm, f.DataTypeOID, f.Format, raw); err == nil {
+			return v
+		}
+	}
+	if f.Format == pgtype.TextFormatCode {
+		return string(raw)
+	}
+	return raw
 }
 
 var typeMap = pgtype.NewMap()

@@ -102,6 +102,17 @@ pg_custom:
     - txt:
         usage: GAUGE
         description: Text; a number only in the second row.
+pg_custom_div:
+  query: SELECT 1 / (random() < 2)::int - 1 / 0 AS x
+  metrics:
+    - x:
+        usage: GAUGE
+pg_custom_syntax:
+  query: SELEC 1 AS x
+  timeout: 1s
+  metrics:
+    - x:
+        usage: GAUGE
 pg_custom_ok:
   query: SELECT 42 AS answer
   metrics:
@@ -143,6 +154,17 @@ pg_custom_ok:
 	}
 	if got := s.value(t, "pgsidecar_custom_query_errors_total", map[string]string{"query": "pg_custom_ok"}); got != 0 {
 		t.Errorf("errors{pg_custom_ok} = %v, want 0", got)
+	}
+	// Failing queries in the middle of the pipeline fail alone.
+	for _, q := range []string{"pg_custom_div", "pg_custom_syntax"} {
+		if got := s.value(t, "pgsidecar_custom_query_errors_total", map[string]string{"query": q}); got != 1 {
+			t.Errorf("errors{%s} = %v, want 1", q, got)
+		}
+	}
+	for _, msg := range []string{"division by zero", `syntax error at or near \"SELEC\"`} {
+		if !strings.Contains(e.log.String(), msg) {
+			t.Errorf("log lacks %q:\n%s", msg, e.log.String())
+		}
 	}
 	if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": "queries"}); got != 0 {
 		t.Errorf("queries success = %v, want 0 while one query has bad values", got)
