@@ -61,7 +61,7 @@ func (v *settingValue) String() string {
 }
 
 // feature is one optional part of the binary (collectors, API, proxy), wired in its own
-// wire_*.go file, which appends it to features from init.
+// wire_*.go file, which appends a constructor to features from init.
 type feature interface {
 	// flags declares the feature's flags before parsing.
 	flags(k *kingpin.Application)
@@ -81,7 +81,8 @@ type deps struct {
 	metricsMiddleware []func(http.Handler) http.Handler
 }
 
-var features []feature
+// features builds the optional parts afresh for each run, so no flag value outlives its run.
+var features []func() feature
 
 // registry is the process's Prometheus registry; it remembers what was registered so the
 // reference docs can list every metric, including those no event has created yet.
@@ -128,6 +129,7 @@ type app struct {
 	telemetryPath string
 	logCfg        *promslog.Config
 	envFile       string
+	features      []feature
 }
 
 // newApp declares every flag. Pool flags come from pool.Settings, so flags, environment
@@ -151,8 +153,10 @@ func newApp(stdout, stderr io.Writer) (*kingpin.Application, *app) {
 	a.webFlags = kingpinflag.AddFlags(k, defaultListenAddress)
 	k.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").StringVar(&a.telemetryPath)
 	promslogflag.AddFlags(k, a.logCfg)
-	for _, f := range features {
+	for _, newFeature := range features {
+		f := newFeature()
 		f.flags(k)
+		a.features = append(a.features, f)
 	}
 	return k, a
 }
@@ -219,7 +223,7 @@ func serve(ctx context.Context, a *app, logger *slog.Logger) int {
 	})
 	d := &deps{mgr: mgr, reg: reg, mux: mux, logger: logger,
 		links: []web.LandingLinks{{Address: a.telemetryPath, Text: "Metrics"}}}
-	for _, f := range features {
+	for _, f := range a.features {
 		stopFeature, err := f.start(ctx, d)
 		if err != nil {
 			logger.Error("Cannot start", "error", pool.Scrub(err.Error(), a.poolCfg.DatabaseURL))

@@ -12,7 +12,7 @@ import (
 	"github.com/pgsidecar/pgsidecar/collector"
 )
 
-func init() { features = append(features, &collectorFeature{}) }
+func init() { features = append(features, func() feature { return &collectorFeature{} }) }
 
 // collectorFeature exports the database statistics (pg_* metrics) and custom queries, and
 // reloads the queries file on SIGHUP and POST /-/reload.

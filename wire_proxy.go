@@ -12,7 +12,7 @@ import (
 	"github.com/pgsidecar/pgsidecar/proxy"
 )
 
-func init() { features = append(features, &proxyFeature{}) }
+func init() { features = append(features, func() feature { return &proxyFeature{} }) }
 
 // proxyFeature serves the PostgreSQL wire protocol on the pool, off unless
 // --proxy.listen-address is given.
