@@ -1,0 +1,104 @@
+package main
+
+import (
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+// TestDeploymentExamplesMatchTheBinary reads the Kubernetes and systemd examples and checks that
+// every flag and environment variable they give pgsidecar exists, so the examples cannot drift
+// from the binary.
+func TestDeploymentExamplesMatchTheBinary(t *testing.T) {
+	k, _ := newApp(io.Discard, io.Discard)
+	flags := map[string]bool{}
+	envs := map[string]bool{}
+	for _, f := range k.Model().Flags {
+		flags["--"+f.Name] = true
+		flags["--no-"+f.Name] = f.IsBoolFlag()
+		if f.Envar != "" {
+			envs[f.Envar] = true
+		}
+	}
+	for _, s := range pool.Settings() {
+		envs[s.Env] = true
+	}
+	checkArg := func(where, arg string) {
+		name, _, _ := strings.Cut(arg, "=")
+		if strings.HasPrefix(name, "--") && !flags[name] {
+			t.Errorf("%s: unknown flag %s", where, name)
+		}
+	}
+
+	files, _ := filepath.Glob("deploy/kubernetes/*.yaml")
+	if len(files) == 0 {
+		t.Fatal("no Kubernetes examples found")
+	}
+	sawSidecar := false
+	for _, file := range files {
+		f, err := os.Open(file)
+		must(t, err)
+		dec := yaml.NewDecoder(f)
+		for {
+			var doc struct {
+				Kind string
+				Spec struct {
+					Template struct {
+						Spec struct {
+							Containers []struct {
+								Name           string
+								Args           []string
+								Env            []struct{ Name string }
+								LivenessProbe  struct{ HTTPGet struct{ Path string } `yaml:"httpGet"` } `yaml:"livenessProbe"`
+								ReadinessProbe struct{ HTTPGet struct{ Path string } `yaml:"httpGet"` } `yaml:"readinessProbe"`
+							}
+						}
+					}
+				}
+			}
+			if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
+				break
+			} else if err != nil {
+				t.Fatalf("%s: %v", file, err)
+			}
+			for _, c := range doc.Spec.Template.Spec.Containers {
+				if c.Name != "pgsidecar" {
+					continue
+				}
+				sawSidecar = true
+				for _, a := range c.Args {
+					checkArg(file, a)
+				}
+				for _, e := range c.Env {
+					if !envs[e.Name] {
+						t.Errorf("%s: unknown environment variable %s", file, e.Name)
+					}
+				}
+				if c.LivenessProbe.HTTPGet.Path != "/healthz" || c.ReadinessProbe.HTTPGet.Path != "/readyz" {
+					t.Errorf("%s: probes should use /healthz and /readyz", file)
+				}
+			}
+		}
+		f.Close()
+	}
+	if !sawSidecar {
+		t.Fatal("no pgsidecar container in the Kubernetes examples")
+	}
+
+	unit, err := os.ReadFile("deploy/systemd/pgsidecar.service")
+	must(t, err)
+	for _, line := range strings.Split(string(unit), "\n") {
+		if cmd, ok := strings.CutPrefix(line, "ExecStart="); ok {
+			for _, a := range strings.Fields(cmd)[1:] {
+				checkArg("pgsidecar.service", a)
+			}
+		}
+	}
+}
