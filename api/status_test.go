@@ -47,6 +47,7 @@ type pageState struct {
 	Banner      string `json:"banner"`
 	SlowSQL     string `json:"slowSql"`
 	Lines       int    `json:"lines"`
+	Styled      bool   `json:"styled"`
 	Foreign     []string
 }
 
@@ -58,6 +59,7 @@ const readPage = `(() => {
     used: t("used"), max: t("max"), p50: t("p50"), p99: t("p99"), total: t("total"),
     errorRate: t("error-rate-total"), banner: t("banner"), slowSql: t("slow"),
     lines: document.querySelectorAll("svg.chart polyline").length,
+    styled: getComputedStyle(document.getElementById("status")).color === "rgb(255, 255, 255)",
     Foreign: performance.getEntriesByType("resource").map(e => e.name).filter(n => !n.startsWith(location.origin)),
   };
 })()`
@@ -136,6 +138,9 @@ func TestStatusPageInChromium(t *testing.T) {
 	}
 	if !strings.Contains(st.SlowSQL, "SELECT pg_sleep(1.05)") {
 		t.Errorf("slow query list: %q", st.SlowSQL)
+	}
+	if !st.Styled {
+		t.Error("the page's style block was not applied")
 	}
 	if st.Lines < 5 {
 		t.Errorf("%d chart lines drawn, want 5 (utilisation, three percentiles, errors)", st.Lines)
