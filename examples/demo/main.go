@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -31,17 +32,18 @@ func main() {
 	bin := flag.String("sidecar", "bin/pgsidecar", "path of the pgsidecar binary")
 	listen := flag.String("listen", "127.0.0.1:9188", "address of the sidecar's web server")
 	appMetrics := flag.String("app-metrics", "127.0.0.1:9189", "address where the demo app serves its own library metrics")
+	proxyAddr := flag.String("proxy", "127.0.0.1:6432", "address of the sidecar's PostgreSQL proxy (half the traffic goes through it)")
 	workers := flag.Int("workers", 4, "concurrent clients of the traffic generator")
 	duration := flag.Duration("duration", 0, "stop after this long (0: until Ctrl-C)")
 	quiet := flag.Bool("quiet", false, "do not echo the sidecar's log")
 	flag.Parse()
-	if err := run(*bin, *listen, *appMetrics, *workers, *duration, *quiet); err != nil {
+	if err := run(*bin, *listen, *appMetrics, *proxyAddr, *workers, *duration, *quiet); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
 }
 
-func run(bin, listen, appMetrics string, workers int, duration time.Duration, quiet bool) error {
+func run(bin, listen, appMetrics, proxyAddr string, workers int, duration time.Duration, quiet bool) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if duration > 0 {
@@ -70,7 +72,7 @@ func run(bin, listen, appMetrics string, workers int, duration time.Duration, qu
 		say("using DATABASE_URL %s", pool.RedactDSN(dsn))
 	}
 
-	sidecar, err := startSidecar(ctx, bin, listen, dsn, quiet)
+	sidecar, err := startSidecar(ctx, bin, listen, proxyAddr, dsn, quiet)
 	if err != nil {
 		return err
 	}
@@ -93,6 +95,18 @@ func run(bin, listen, appMetrics string, workers int, duration time.Duration, qu
 	defer appSrv.Close()
 
 	store := pos.NewStore(app)
+
+	// The same app again, connected through the sidecar's proxy as an app in any language would
+	// be: its queries show up in the sidecar's own metrics, /status and /api/database/*.
+	pcfg := cfg
+	pcfg.DatabaseURL, pcfg.Name, pcfg.ApplicationName = viaProxy(dsn, proxyAddr), "pos-app-proxied", "pos-app-proxied"
+	proxied, err := pool.New(pcfg, pool.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	if err != nil {
+		return err
+	}
+	defer proxied.Close()
+	proxiedStore := pos.NewStore(proxied)
+
 	setup, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	if err := store.Migrate(setup); err != nil {
@@ -112,19 +126,25 @@ pgsidecar demo is running. Look at:
   %[1]s/api/database/health         health (JSON)
   %[1]s/api/database/performance    latency, errors, slow queries (JSON)
   http://%[2]s/metrics           the demo app's own library metrics (pool="pos-app")
-Traffic: %[3]d POS clients (sales, reports, price updates, with unique violations,
-serialization conflicts and a slow report now and then). Press Ctrl-C to stop.
+  postgres://...@%[4]s/...               the PostgreSQL proxy (same user and password as the database)
+Traffic: %[3]d POS clients, half through the proxy (sales, reports, price updates, with unique
+violations, serialization conflicts and a slow report now and then). Press Ctrl-C to stop.
 
-`, base, appMetrics, workers)
+`, base, appMetrics, workers, proxyAddr)
 
-	done := make(chan *pos.TrafficStats, 1)
-	go func() { done <- pos.RunTraffic(ctx, store, pos.TrafficOptions{Workers: workers}) }()
+	done := make(chan *pos.TrafficStats, 2)
+	go func() { done <- pos.RunTraffic(ctx, store, pos.TrafficOptions{Workers: max(workers/2, 1)}) }()
+	go func() {
+		done <- pos.RunTraffic(ctx, proxiedStore, pos.TrafficOptions{Workers: max(workers-workers/2, 1)})
+	}()
 	tick := time.NewTicker(10 * time.Second)
 	defer tick.Stop()
 	for {
 		select {
 		case st := <-done:
-			say("stopping: %d operations, %d failed on purpose or by conflict", st.Operations.Load(), st.Failures.Load())
+			other := <-done
+			say("stopping: %d operations, %d failed on purpose or by conflict",
+				st.Operations.Load()+other.Operations.Load(), st.Failures.Load()+other.Failures.Load())
 			return nil
 		case err := <-sidecar.exited:
 			return fmt.Errorf("pgsidecar exited early: %v", err)
@@ -136,16 +156,30 @@ serialization conflicts and a slow report now and then). Press Ctrl-C to stop.
 	}
 }
 
+// viaProxy points a connection string at the proxy, keeping user, password and database.
+func viaProxy(dsn, proxyAddr string) string {
+	host, port, _ := net.SplitHostPort(proxyAddr)
+	if u, err := url.Parse(dsn); err == nil && u.Scheme != "" {
+		u.Host = proxyAddr
+		q := u.Query()
+		q.Set("sslmode", "disable")
+		u.RawQuery = q.Encode()
+		return u.String()
+	}
+	return dsn + " host=" + host + " port=" + port + " sslmode=disable"
+}
+
 type sidecarProc struct {
 	cmd    *exec.Cmd
 	exited chan error
 }
 
-func startSidecar(ctx context.Context, bin, listen, dsn string, quiet bool) (*sidecarProc, error) {
+func startSidecar(ctx context.Context, bin, listen, proxyAddr, dsn string, quiet bool) (*sidecarProc, error) {
 	if _, err := os.Stat(bin); err != nil {
 		return nil, fmt.Errorf("%s not found: run `make build` first (make demo does): %w", bin, err)
 	}
-	cmd := exec.Command(bin, "--web.listen-address="+listen, "--db.metrics-log-interval=30s", "--db.min-connections=2")
+	cmd := exec.Command(bin, "--web.listen-address="+listen, "--proxy.listen-address="+proxyAddr,
+		"--db.metrics-log-interval=30s", "--db.min-connections=2", "--collector.statements")
 	cmd.Env = append(os.Environ(), "DATABASE_URL="+dsn)
 	out, err := cmd.StderrPipe()
 	if err != nil {
@@ -223,4 +257,3 @@ func probe(base string) string {
 func say(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "demo: "+format+"\n", args...)
 }
-
