@@ -64,6 +64,46 @@ const readPage = `(() => {
   };
 })()`
 
+// newBrowser starts a headless Chromium with a fresh profile, closed at test end. The flags
+// keep it from reaching out to the network, which is closed in CI and would stall it.
+func newBrowser(t *testing.T, bin string) context.Context {
+	t.Helper()
+	profile, err := os.MkdirTemp("", "api-chromium-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(profile) })
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(ctx,
+		chromedp.ExecPath(bin),
+		chromedp.Headless,
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.NoFirstRun,
+		chromedp.NoDefaultBrowserCheck,
+		chromedp.UserDataDir(profile),
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+	)
+	t.Cleanup(cancelAlloc)
+	browser, cancelBrowser := chromedp.NewContext(allocCtx)
+	t.Cleanup(cancelBrowser)
+	return browser
+}
+
+func readPageState(t *testing.T, browser context.Context) pageState {
+	t.Helper()
+	p, err := chromedp.Run(browser, chromedp.Evaluate[pageState](readPage))
+	if err != nil {
+		t.Fatalf("reading the page: %v", err)
+	}
+	return p
+}
+
 // TestStatusPageInChromium opens /status in a real headless Chromium against a running
 // sidecar and checks that live values appear, and that a database outage shows as such.
 func TestStatusPageInChromium(t *testing.T) {
@@ -83,31 +123,7 @@ func TestStatusPageInChromium(t *testing.T) {
 		t.Fatal("query of a missing table succeeded")
 	}
 
-	profile, err := os.MkdirTemp("", "api-chromium-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(profile) })
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(ctx,
-		chromedp.ExecPath(bin),
-		chromedp.Headless,
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck,
-		chromedp.UserDataDir(profile),
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-dev-shm-usage", true),
-	)
-	defer cancelAlloc()
-	browser, cancelBrowser := chromedp.NewContext(allocCtx)
-	defer cancelBrowser()
-
+	browser := newBrowser(t, bin)
 	resp, err := chromedp.Run(browser, chromedp.NavigateResponse(s.srv.URL+"/status"))
 	if err != nil {
 		t.Fatalf("opening /status in chromium: %v", err)
@@ -117,14 +133,7 @@ func TestStatusPageInChromium(t *testing.T) {
 	}
 
 	var st pageState
-	read := func() pageState {
-		t.Helper()
-		p, err := chromedp.Run(browser, chromedp.Evaluate[pageState](readPage))
-		if err != nil {
-			t.Fatalf("reading the page: %v", err)
-		}
-		return p
-	}
+	read := func() pageState { return readPageState(t, browser) }
 	// Live values: several snapshots arrived and the page shows this pool's real figures.
 	if !pgtest.WaitFor(60*time.Second, func() bool { st = read(); return st.Snapshots >= 3 && st.Total == "22" }) {
 		t.Fatalf("no live values on the page: %+v", st)
