@@ -10,34 +10,52 @@ import (
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
-// pgxSkip lists pgx pgconn tests that cannot pass through any pooler: they terminate the
-// server backend by the process ID the client got, which is the pooler's cancel key, not the
-// backend's (the test then waits for its 120 s deadline).
-const pgxSkip = "^TestConnCopyFromConnectionTerminated$"
+// pgxSuites are pgx's own test packages that run through the proxy, with the tests that cannot
+// pass through any pooler skipped: they terminate the server backend by the process ID the
+// client got at login, which is the pooler's cancel key rather than the backend's.
+var pgxSuites = []struct {
+	pkg, skip string
+	min       int // passes expected at least, so that a suite that skips everything fails
+}{
+	{"github.com/jackc/pgx/v5/pgconn", "^TestConnCopyFromConnectionTerminated$", 400},
+	{"github.com/jackc/pgx/v5", "^(TestFatalRxError|TestFatalTxError)$", 600},
+}
 
-// TestPgxSuite builds pgx's pgconn tests and runs them with PGX_TEST_DATABASE pointing at the
-// proxy.
+// TestPgxSuite builds pgx's pgconn and pgx tests and runs them with PGX_TEST_DATABASE pointing
+// at the proxy: hundreds of protocol cases (extended protocol modes, pipelines, batches, COPY,
+// LISTEN/NOTIFY, cancellation, large objects, errors) from a client we did not write.
 func TestPgxSuite(t *testing.T) {
 	goBin, err := exec.LookPath("go")
 	if err != nil {
 		t.Skip("go tool not found")
 	}
 	ctx := ctxTimeout(t, 170*time.Second)
-	h := newHarness(t, func(pc *pool.Config, _ *Config) { pc.MaxConns = 10 })
-	bin := filepath.Join(t.TempDir(), "pgconn.test")
-	build := exec.CommandContext(ctx, goBin, "test", "-c", "-o", bin, "github.com/jackc/pgx/v5/pgconn")
-	build.WaitDelay = 5 * time.Second
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building pgx's pgconn tests: %v\n%s", err, out)
+	// The types and extensions pgx's test setup creates.
+	for _, sql := range []string{"create extension if not exists hstore", "create extension if not exists ltree",
+		"create domain uint64 as numeric(20,0)"} {
+		if err := cluster.Exec(ctx, sql); err != nil && sqlState(err) != "42710" {
+			t.Fatalf("%s: %v", sql, err)
+		}
 	}
-	out, err := runTool(t, ctx, []string{"PGX_TEST_DATABASE=" + h.superURL()}, bin, "-test.skip", pgxSkip,
-		"-test.count", "1", "-test.timeout", "120s", "-test.v")
-	passed := strings.Count(out, "--- PASS: Test")
-	if err != nil || passed < 100 {
-		t.Fatalf("pgx pgconn tests through the proxy: %v, %d passed\n%s", err, passed, failures(out))
+	h := newHarness(t, func(pc *pool.Config, _ *Config) { pc.MaxConns = 20 })
+	for _, s := range pgxSuites {
+		t.Run(filepath.Base(s.pkg), func(t *testing.T) {
+			bin := filepath.Join(t.TempDir(), "pgx.test")
+			build := exec.CommandContext(ctx, goBin, "test", "-c", "-o", bin, s.pkg)
+			build.WaitDelay = 5 * time.Second
+			if out, err := build.CombinedOutput(); err != nil {
+				t.Fatalf("building %s tests: %v\n%s", s.pkg, err, out)
+			}
+			out, err := runTool(t, ctx, []string{"PGX_TEST_DATABASE=" + h.superURL()}, bin, "-test.skip", s.skip,
+				"-test.count", "1", "-test.timeout", "120s", "-test.v")
+			passed := strings.Count(out, "--- PASS: Test")
+			if err != nil || passed < s.min {
+				t.Fatalf("%s tests through the proxy: %v, %d passed\n%s", s.pkg, err, passed, failures(out))
+			}
+			t.Logf("%d %s tests and subtests passed through the proxy (%d skipped for lack of other test servers)",
+				passed, s.pkg, strings.Count(out, "--- SKIP: Test"))
+		})
 	}
-	t.Logf("%d pgx pgconn tests and subtests passed through the proxy (%d skipped for lack of other test servers)",
-		passed, strings.Count(out, "--- SKIP: Test"))
 }
 
 // failures keeps the lines of a verbose go test output that explain failures.
