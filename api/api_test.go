@@ -503,3 +503,16 @@ func TestGatherReuse(t *testing.T) {
 		}
 	}
 }
+
+// TestWarmupDefaultWithoutMinimum: with DB_MIN_CONNECTIONS=0 a bare warm-up still opens one.
+func TestWarmupDefaultWithoutMinimum(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MinConns = 0
+	s := startSidecar(t, cfg, false, Options{})
+	s.waitHealthy(t)
+	code, _, body := s.do(t, http.MethodPost, "/api/database/warmup", "")
+	var res WarmupResponse
+	if code != 200 || json.Unmarshal(body, &res) != nil || res.Requested != 1 || res.TotalConnections < 1 {
+		t.Fatalf("warm-up without a minimum: %d %s", code, body)
+	}
+}

@@ -184,10 +184,11 @@ func (h *Handler) database() string {
 	return h.mgr.Pool().Config().ConnConfig.Database
 }
 
-// warmup opens connections: the body's (or query's) "connections", default the pool minimum.
+// warmup opens connections: the body's (or query's) "connections", default the pool minimum
+// (at least one).
 func (h *Handler) warmup(w http.ResponseWriter, r *http.Request) {
 	cfg := h.mgr.Config()
-	n := int(cfg.MinConns)
+	n := max(int(cfg.MinConns), 1)
 	if v := r.URL.Query().Get("connections"); v != "" {
 		i, err := strconv.Atoi(v)
 		if err != nil {
