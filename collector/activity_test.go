@@ -105,14 +105,18 @@ func TestActivityIdleInTransactionAndLockWaits(t *testing.T) {
 		t.Errorf("collector sessions = %v, want 1", got)
 	}
 
+	// Three idle in transaction, the lock holder and waiter, the collector: at least six; the
+	// exact number depends on other sessions of the shared test server.
 	conns := s.value(t, "pg_server_connections", nil)
-	backends, err := cluster.QueryInt(ctx, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
-	if err != nil {
-		t.Fatal(err)
+	if conns < 6 {
+		t.Errorf("pg_server_connections = %v, want at least 6", conns)
 	}
-	// The count query above is one more backend than during the scrape, the only difference.
-	if conns != float64(backends-1) {
-		t.Errorf("pg_server_connections = %v, want %d", conns, backends-1)
+	var perDB float64
+	for _, v := range s.values("pg_stat_activity_count", nil) {
+		perDB += v
+	}
+	if perDB != conns {
+		t.Errorf("pg_server_connections = %v, but pg_stat_activity_count sums to %v", conns, perDB)
 	}
 	if got, want := s.value(t, "pg_server_connection_utilization_ratio", nil), conns/100; got != want {
 		t.Errorf("utilisation = %v, want %v (max_connections 100)", got, want)
