@@ -27,7 +27,7 @@ type proxyFeature struct {
 
 func (f *proxyFeature) flags(k *kingpin.Application) {
 	k.Flag("proxy.listen-address", "Serve the PostgreSQL protocol on this address (host:port, or an absolute unix socket path such as /run/pgsidecar/.s.PGSQL.6432); repeatable. The proxy is off unless set.").
-		Envar("PROXY_LISTEN_ADDRESS").StringsVar(&f.listen)
+		PlaceHolder("ADDRESS").Envar("PROXY_LISTEN_ADDRESS").StringsVar(&f.listen)
 	k.Flag("proxy.auth-method", "Client authentication: scram-sha-256, md5, or trust (trust only for loopback and unix socket clients).").
 		Default(string(proxy.AuthSCRAM)).EnumVar(&f.auth, string(proxy.AuthSCRAM), string(proxy.AuthMD5), string(proxy.AuthTrust))
 	k.Flag("proxy.users-file", "Client credentials in PgBouncer auth_file format (\"user\" \"password, md5 hash or SCRAM verifier\"); default: the user and password of DATABASE_URL.").
