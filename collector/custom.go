@@ -65,12 +65,15 @@ func newCustomCollector(path string, log *slog.Logger) *customCollector {
 	}
 }
 
-// reload loads the queries file; on error the current queries stay.
+// reload loads the queries file; on error the current queries stay. The first load's error
+// is the caller's to report (it stops the program).
 func (c *customCollector) reload() error {
 	qs, err := loadQueries(c.path, builtinName)
 	if err != nil {
 		c.reloadOK.Set(0)
-		c.log.Error("Custom queries not loaded", "file", c.path, "error", err.Error())
+		if c.queries.Load() != nil {
+			c.log.Error("Custom queries not reloaded, keeping the previous ones", "file", c.path, "error", err.Error())
+		}
 		return err
 	}
 	c.queries.Store(&qs)
