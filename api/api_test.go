@@ -66,6 +66,10 @@ func normalise(v any, key string) any {
 		}
 		return x
 	case nil:
+		if key == "cacheHitRatio" {
+			// null for a database without block reads yet; a server restart resets them.
+			return "<number>"
+		}
 		return nil
 	default:
 		if ph, ok := volatile[key]; ok {
