@@ -42,6 +42,9 @@ type Config struct {
 	TLS *tls.Config
 	// MaxMessageSize bounds one client message in bytes (default DefaultMaxMessageSize).
 	MaxMessageSize int
+	// MaxClients bounds the client connections served at once, including those authenticating
+	// or waiting for a server connection (default 1000); more are refused with 53300.
+	MaxClients int
 	// StartupTimeout bounds the handshake: TLS, startup packet and authentication (default 15s).
 	StartupTimeout time.Duration
 	// ResetTimeout bounds the reset of a server connection when a session ends (default 5s).
@@ -54,6 +57,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxMessageSize <= 0 {
 		c.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if c.MaxClients <= 0 {
+		c.MaxClients = 1000
 	}
 	if c.StartupTimeout <= 0 {
 		c.StartupTimeout = 15 * time.Second

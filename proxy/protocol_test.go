@@ -184,3 +184,22 @@ func TestCloseEndsSessions(t *testing.T) {
 		t.Fatal("still listening after Close")
 	}
 }
+
+func TestTooManyClients(t *testing.T) {
+	h := newHarness(t, func(_ *pool.Config, c *Config) { c.MaxClients = 1 })
+	ctx := ctxTimeout(t, 30*time.Second)
+	c := h.connect(t, ctx, h.superURL())
+	_, err := pgx.Connect(ctx, h.superURL())
+	if sqlState(err) != "53300" {
+		t.Fatalf("second client: %v, want 53300", err)
+	}
+	_ = c.Close(ctx)
+	h.waitIdle(t)
+	if !pgtest.WaitFor(10*time.Second, func() bool { return h.srv.clientCount() == 0 }) {
+		t.Fatal("client connections not released")
+	}
+	c2 := h.connect(t, ctx, h.superURL())
+	if err := c2.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -203,6 +203,12 @@ func (s *Server) track(c net.Conn) bool {
 	return true
 }
 
+func (s *Server) clientCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.clients)
+}
+
 func (s *Server) untrack(c net.Conn) {
 	_ = c.Close()
 	s.mu.Lock()
