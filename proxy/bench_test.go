@@ -51,19 +51,34 @@ func BenchmarkPgbenchSelectOnly(b *testing.B) {
 		pc.DatabaseURL = cluster.URL("proxy_bench")
 		pc.MaxConns, pc.MinConns = poolSize, poolSize
 	})
-	bouncerPort := startPgBouncer(b, ctx, pgbouncer, poolSize)
+	bouncerPort, bouncerPID := startPgBouncer(b, ctx, pgbouncer, poolSize)
 
+	// cpu returns the CPU time used so far by the process that serves the target; the proxy
+	// runs in this test process.
 	targets := []struct {
 		name string
 		port int
-	}{{"direct", cluster.Port()}, {"pgbouncer", bouncerPort}, {"pgsidecar", h.port}}
+		cpu  func() time.Duration
+	}{
+		{"direct", cluster.Port(), nil},
+		{"pgbouncer", bouncerPort, func() time.Duration { return procCPU(b, bouncerPID) }},
+		{"pgsidecar", h.port, selfCPU},
+	}
 	for _, clients := range []int{1, 8, 32} {
 		for _, tg := range targets {
 			b.Run(fmt.Sprintf("clients=%d/%s", clients, tg.name), func(b *testing.B) {
 				for range b.N {
+					var cpu0 time.Duration
+					if tg.cpu != nil {
+						cpu0 = tg.cpu()
+					}
 					tps, median := runPgbench(b, ctx, pgbench, env, tg.port, clients, seconds)
 					b.ReportMetric(tps, "tps")
 					b.ReportMetric(median.Seconds()*1000, "median_ms")
+					if tg.cpu != nil {
+						// CPU the pooler spent per transaction, in microseconds.
+						b.ReportMetric(float64((tg.cpu()-cpu0).Microseconds())/(tps*float64(seconds)), "pooler_cpu_us/tx")
+					}
 				}
 			})
 		}
@@ -139,7 +154,7 @@ func runToolB(ctx context.Context, env []string, dir, name string, args ...strin
 
 // startPgBouncer runs PgBouncer in session mode in front of the test cluster with the given pool
 // size. PgBouncer refuses to run as root, so as root it runs as the postgres user.
-func startPgBouncer(b *testing.B, ctx context.Context, bin string, poolSize int) int {
+func startPgBouncer(b *testing.B, ctx context.Context, bin string, poolSize int) (int, int) {
 	b.Helper()
 	dir, err := os.MkdirTemp("", "pgbouncer-")
 	if err != nil {
@@ -214,7 +229,27 @@ pidfile = %s/pgbouncer.pid
 		b.Fatalf("pgbouncer did not start:\n%s", log)
 	}
 	_ = ctx
-	return port
+	return port, cmd.Process.Pid
+}
+
+// selfCPU is the user and system CPU time of this process.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// procCPU reads another process's user and system CPU time from /proc (in clock ticks of 10 ms).
+func procCPU(b *testing.B, pid int) time.Duration {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fields after the command name, which is in parentheses and may contain spaces.
+	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
+	utime, _ := strconv.Atoi(f[11])
+	stime, _ := strconv.Atoi(f[12])
+	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
 
 // BenchmarkRoundTrip measures one simple query round trip (select 1) from a pgconn client,
