@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
 	"github.com/pgsidecar/pgsidecar/pool"
@@ -201,5 +202,48 @@ func TestTooManyClients(t *testing.T) {
 	c2 := h.connect(t, ctx, h.superURL())
 	if err := c2.Ping(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestBadMessages: after login, malformed client messages end the session with 08P01 and the
+// server connection is not given to anyone else.
+func TestBadMessages(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := ctxTimeout(t, 30*time.Second)
+	for name, msg := range map[string][]byte{
+		"length below 4": {'Q', 0, 0, 0, 2},
+		"unknown type":   {'z', 0, 0, 0, 4},
+	} {
+		t.Run(name, func(t *testing.T) {
+			pc, err := pgconn.Connect(ctx, h.superURL())
+			if err != nil {
+				t.Fatal(err)
+			}
+			hc, err := pc.Hijack()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer hc.Conn.Close()
+			_ = hc.Conn.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := hc.Conn.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			for {
+				m, err := hc.Frontend.Receive()
+				if err != nil {
+					t.Fatalf("no ErrorResponse: %v", err)
+				}
+				if e, ok := m.(*pgproto3.ErrorResponse); ok {
+					if e.Code != "08P01" {
+						t.Fatalf("SQLSTATE %s (%s), want 08P01", e.Code, e.Message)
+					}
+					break
+				}
+			}
+			h.waitIdle(t)
+		})
+	}
+	if got := h.metric(t, "pgsidecar_proxy_client_errors_total", map[string]string{"sqlstate": "08P01"}); got != 1 {
+		t.Errorf("proxy's own 08P01 errors = %v, want 1 (the other comes from the server)", got)
 	}
 }

@@ -190,7 +190,8 @@ func (sess *session) relay(server net.Conn) relayEnd {
 		dirty      bool // extended-protocol messages sent since the last Sync
 		bytesIn    int
 		clientGone bool
-		tooLarge   bool
+		bad        *rejectError // a message the proxy refuses to relay
+		discard    int          // body bytes of that message still to skip
 		writeErr   error
 	)
 	readBody := func(n int) ([]byte, error) {
@@ -232,8 +233,13 @@ loop:
 		}
 		typ := hdr[0]
 		n := int(binary.BigEndian.Uint32(hdr[1:])) - 4
-		if n < 0 || n > s.cfg.MaxMessageSize {
-			tooLarge = true
+		if n < 0 {
+			bad = reject("08P01", "invalid message length %d", n+4)
+			break
+		}
+		if n > s.cfg.MaxMessageSize {
+			bad = reject("54000", "message of type %q too large (more than %d bytes)", typ, s.cfg.MaxMessageSize)
+			discard = n
 			break
 		}
 		bytesIn += n + 5
@@ -350,19 +356,21 @@ loop:
 	if end.lost {
 		return end
 	}
-	end.clean = end.clean && writeErr == nil && len(pending) == 0 && !dirty && sr.Buffered() == 0 && !tooLarge
+	end.clean = end.clean && writeErr == nil && len(pending) == 0 && !dirty && sr.Buffered() == 0 && bad == nil
 	if writeErr != nil {
 		s.m.serverLost.Inc()
 		s.refuse(sess.cw, reject("08006", "server connection lost; the session ended and its transaction, if any, is lost"))
 		_ = sess.cw.Flush()
 	}
-	if tooLarge {
-		// Read the rest of the message without keeping it, so that a client still writing it
-		// can read the error instead of failing on a closed socket.
-		_ = sess.client.SetReadDeadline(time.Now().Add(s.cfg.ResetTimeout))
-		_, _ = sess.cr.Discard(min(int(binary.BigEndian.Uint32(hdr[1:]))-4, 1<<30))
-		_ = sess.client.SetReadDeadline(time.Time{})
-		s.refuse(sess.cw, reject("54000", "message of type %q too large (more than %d bytes)", hdr[0], s.cfg.MaxMessageSize))
+	if bad != nil {
+		if discard > 0 {
+			// Read the rest of the message without keeping it, so that a client still
+			// writing it can read the error instead of failing on a closed socket.
+			_ = sess.client.SetReadDeadline(time.Now().Add(s.cfg.ResetTimeout))
+			_, _ = sess.cr.Discard(discard)
+			_ = sess.client.SetReadDeadline(time.Time{})
+		}
+		s.refuse(sess.cw, bad)
 		_ = sess.cw.Flush()
 	}
 	return end
