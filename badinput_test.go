@@ -1,0 +1,286 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+)
+
+// The bad input suite: configuration, queries.yaml, HTTP and the proxy's protocol input. Each
+// case names the clear error it expects; none may crash the process or hang.
+
+func TestBadStartupInput(t *testing.T) {
+	cases := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"negative max", nil, map[string]string{"DB_MAX_CONNECTIONS": "-1"}, "DB_MAX_CONNECTIONS (-1) must not be negative"},
+		{"zero max", []string{"--db.max-connections=0", "--db.min-connections=0"}, nil, "DB_MAX_CONNECTIONS (0) must be at least 1"},
+		{"min over max", nil, map[string]string{"DB_MIN_CONNECTIONS": "30"}, "DB_MIN_CONNECTIONS (30) must not exceed DB_MAX_CONNECTIONS (20)"},
+		{"max not a number", nil, map[string]string{"DB_MAX_CONNECTIONS": "lots"}, `DB_MAX_CONNECTIONS: "lots" is not a whole number`},
+		{"garbage timeout", nil, map[string]string{"DB_CONNECTION_TIMEOUT": "10 sec"}, `DB_CONNECTION_TIMEOUT: "10 sec" is not milliseconds`},
+		{"negative idle timeout", nil, map[string]string{"DB_IDLE_TIMEOUT": "-5"}, `DB_IDLE_TIMEOUT: "-5" is negative`},
+		{"day unit", []string{"--db.max-lifetime=1d"}, nil, `DB_MAX_LIFETIME: "1d" is not milliseconds`},
+		{"zero attempts", nil, map[string]string{"DB_RETRY_ATTEMPTS": "0"}, "DB_RETRY_ATTEMPTS (0) must be at least 1"},
+		{"negative retry delay", []string{"--db.retry-delay=-1s"}, nil, `DB_RETRY_DELAY: "-1s" is negative`},
+		{"zero health interval", nil, map[string]string{"DB_HEALTH_CHECK_INTERVAL": "0"}, "DB_HEALTH_CHECK_INTERVAL (0s) must be greater than 0"},
+		{"words for threshold", nil, map[string]string{"DB_SLOW_QUERY_THRESHOLD": "fast"}, `DB_SLOW_QUERY_THRESHOLD: "fast" is not milliseconds`},
+		{"bad port in URL", nil, map[string]string{"DATABASE_URL": "postgres://u:pw@h:port/db"}, "DATABASE_URL (postgres://u:xxxxx@h:port/db) is invalid"},
+		{"unknown sslmode", nil, map[string]string{"DATABASE_URL": "postgres://u@h/db?sslmode=sometimes"}, "sslmode is invalid"},
+		{"key=value garbage", nil, map[string]string{"DATABASE_URL": "host=h port=abc"}, "DATABASE_URL (host=h port=abc) is invalid"},
+		{"no database", nil, map[string]string{"DATABASE_URL": ""}, "DATABASE_URL is not set"},
+		{"log level", []string{"--log.level=loud"}, nil, "unrecognized log level loud"},
+		{"proxy auth method", []string{"--proxy.auth-method=kerberos"}, nil, "got 'kerberos'"},
+		{"proxy message size", []string{"--proxy.max-message-size=huge"}, nil, "invalid huge"},
+		{"unknown flag", []string{"--db.max-conections=5"}, nil, "unknown long flag '--db.max-conections'"},
+		{"missing web config", []string{"--web.config.file=/nonexistent/web.yml"}, nil, "/nonexistent/web.yml"},
+		{"missing queries file", []string{"--queries.file=/nonexistent/queries.yaml"}, nil, "/nonexistent/queries.yaml"},
+		{"queries unknown key", []string{"--queries.file=testdata/queries/unknown_key.yaml"}, nil, "unknown_key.yaml:3: query pg_example: unknown key"},
+		{"queries duplicate metric", []string{"--queries.file=testdata/queries/duplicate_metric.yaml"}, nil, "duplicate_metric.yaml:"},
+		{"queries bad usage", []string{"--queries.file=testdata/queries/bad_usage.yaml"}, nil, "bad_usage.yaml:"},
+		{"queries without metrics", []string{"--queries.file=testdata/queries/no_metric_columns.yaml"}, nil, "no_metric_columns.yaml:"},
+		{"queries syntax", []string{"--queries.file=testdata/queries/syntax_error.yaml"}, nil, "syntax_error.yaml:3:"},
+		{"queries bad values", []string{"--queries.file=testdata/queries/bad_values.yaml"}, nil, "bad_values.yaml:"},
+		{"queries built-in name", []string{"--queries.file=testdata/queries/builtin_name.yaml"}, nil, "builtin_name.yaml:"},
+		{"proxy cert without key", []string{"--proxy.listen-address=127.0.0.1:0", "--proxy.tls-cert-file=/x.pem"}, nil, "--proxy.tls-cert-file and --proxy.tls-key-file must be given together"},
+		{"proxy unreadable users file", []string{"--proxy.listen-address=127.0.0.1:0", "--proxy.users-file=/nonexistent/users.txt"}, nil, "--proxy.users-file"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			clearPoolEnv(t)
+			t.Setenv("DATABASE_URL", "postgres://app:topsecret1@127.0.0.1:1/pos?sslmode=disable")
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			var out, errOut syncBuffer
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			args := append([]string{"--web.listen-address=127.0.0.1:0", "--db.metrics-log-interval=0"}, tc.args...)
+			code := run(ctx, args, &out, &errOut)
+			if ctx.Err() != nil {
+				t.Fatalf("bad input did not stop the program: it ran until the test's deadline\n%s", errOut.String())
+			}
+			if code == 0 {
+				t.Fatalf("exit code 0\n%s", errOut.String())
+			}
+			if !strings.Contains(errOut.String(), tc.want) {
+				t.Fatalf("output does not say %q:\n%s", tc.want, errOut.String())
+			}
+			if strings.Contains(errOut.String()+out.String(), "topsecret1") {
+				t.Fatal("output leaks the password")
+			}
+		})
+	}
+}
+
+func TestBadHTTPInput(t *testing.T) {
+	clearPoolEnv(t)
+	addr, logs, _ := startSidecar(t, "--database-url="+cluster.URL(""), "--db.max-connections=4", "--db.min-connections=1")
+	base := "http://" + addr
+	if !pgtest.WaitFor(20*time.Second, func() bool { c, _ := get(t, base+"/readyz"); return c == 200 }) {
+		t.Fatalf("not ready:\n%s", logs.String())
+	}
+	client := &http.Client{Timeout: 15 * time.Second}
+	cases := []struct {
+		method, path, body string
+		header             map[string]string
+		status             int
+		want               string // in the body, or "Allow: X" for the header
+	}{
+		{"PUT", "/api/database/metrics", "", nil, 405, "Allow: GET"},
+		{"DELETE", "/api/database/health", "", nil, 405, "Allow: GET"},
+		{"GET", "/api/database/warmup", "", nil, 405, "Allow: POST"},
+		{"POST", "/api/database/warmup", `{"connections": 1000}`, nil, 400, `"error"`},
+		{"POST", "/api/database/warmup", `{"connections": -1}`, nil, 400, `"error"`},
+		{"POST", "/api/database/warmup", `not json`, nil, 400, `"error"`},
+		{"POST", "/api/database/warmup", `{"connections": "two"}`, nil, 400, `"error"`},
+		{"POST", "/api/database/warmup", `{"connections": 1, "extra": true}`, nil, 400, `"error"`},
+		{"GET", "/api/database/no-such-endpoint", "", nil, 404, `"error"`},
+		{"GET", "/api/database/metrics/extra", "", nil, 404, `"error"`},
+		{"GET", "/-/reload", "", nil, 405, ""},
+		{"GET", "/metrics", "", map[string]string{"X-Prometheus-Scrape-Timeout-Seconds": "soon"}, 200, "pgsidecar_pool_max_connections"},
+		{"GET", "/metrics", "", map[string]string{"X-Prometheus-Scrape-Timeout-Seconds": "-5"}, 200, "pgsidecar_pool_max_connections"},
+		{"GET", "/metrics", "", map[string]string{"X-Prometheus-Scrape-Timeout-Seconds": "1e308"}, 200, "pgsidecar_pool_max_connections"},
+		{"GET", "/api/database/metrics", "", map[string]string{"Accept": "text/event-stream"}, 200, "{"},
+		{"GET", "/readyz", "", map[string]string{"Content-Length": "0"}, 200, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.method+" "+tc.path+" "+tc.body, func(t *testing.T) {
+			req, err := http.NewRequest(tc.method, base+tc.path, strings.NewReader(tc.body))
+			must(t, err)
+			for k, v := range tc.header {
+				req.Header.Set(k, v)
+			}
+			r, err := client.Do(req)
+			must(t, err)
+			defer r.Body.Close()
+			b, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+			if r.StatusCode != tc.status {
+				t.Fatalf("status %d, want %d: %s", r.StatusCode, tc.status, b)
+			}
+			if allow, ok := strings.CutPrefix(tc.want, "Allow: "); ok {
+				if !strings.Contains(r.Header.Get("Allow"), allow) {
+					t.Fatalf("Allow header %q, want %q", r.Header.Get("Allow"), allow)
+				}
+			} else if !strings.Contains(string(b), tc.want) {
+				t.Fatalf("body lacks %q: %s", tc.want, b)
+			}
+		})
+	}
+	t.Run("oversized headers", func(t *testing.T) {
+		req, _ := http.NewRequest("GET", base+"/metrics", nil)
+		req.Header.Set("X-Junk", strings.Repeat("x", 2<<20))
+		r, err := client.Do(req)
+		if err == nil {
+			r.Body.Close()
+			if r.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+				t.Fatalf("status %d, want 431", r.StatusCode)
+			}
+		}
+	})
+	t.Run("garbage request line", func(t *testing.T) {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		must(t, err)
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(15 * time.Second))
+		_, _ = c.Write([]byte("\x16\x03\x01 HELLO?\r\n\r\n"))
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		if !strings.Contains(line, "400") {
+			t.Fatalf("response %q, want 400", line)
+		}
+	})
+	// The server still answers normally after all of that.
+	if c, body := get(t, base+"/api/database/health"); c != 200 || !strings.Contains(body, "healthy") {
+		t.Fatalf("health after bad input: %d %s", c, body)
+	}
+}
+
+func TestBadProxyInput(t *testing.T) {
+	clearPoolEnv(t)
+	proxyAddr := freeAddr(t)
+	addr, logs, _ := startSidecar(t, "--database-url="+cluster.URL(""), "--proxy.listen-address="+proxyAddr,
+		"--proxy.max-message-size=1MiB", "--db.max-connections=4", "--db.min-connections=1")
+	if !pgtest.WaitFor(20*time.Second, func() bool { c, _ := get(t, "http://"+addr+"/readyz"); return c == 200 }) {
+		t.Fatalf("not ready:\n%s", logs.String())
+	}
+	startup := func(params map[string]string) []byte {
+		b, _ := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: params}).Encode(nil)
+		return b
+	}
+	raw := func(parts ...[]byte) []byte {
+		var b []byte
+		for _, p := range parts {
+			b = append(b, p...)
+		}
+		return b
+	}
+	u32 := func(v uint32) []byte { b := make([]byte, 4); binary.BigEndian.PutUint32(b, v); return b }
+	cases := []struct {
+		name  string
+		send  []byte
+		login bool   // log in properly first
+		want  string // SQLSTATE of the ErrorResponse, or "N" for a refused SSL/GSS request
+	}{
+		{"length shorter than its header", raw(u32(3)), false, "08P01"},
+		{"length of two gigabytes", raw(u32(0x7fffffff), u32(196608)), false, "08P01"},
+		{"protocol 9.9", raw(u32(8), u32(9<<16|9)), false, "0A000"},
+		{"SSLRequest without TLS", raw(u32(8), u32(80877103)), false, "N"},
+		{"GSSENCRequest", raw(u32(8), u32(80877104)), false, "N"},
+		{"no user", startup(map[string]string{"database": "postgres"}), false, "28000"},
+		{"another database", startup(map[string]string{"user": "postgres", "database": "elsewhere"}), false, "3D000"},
+		{"replication", startup(map[string]string{"user": "postgres", "database": "postgres", "replication": "true"}), false, "0A000"},
+		{"unknown message type", raw([]byte{'z'}, u32(4)), true, "08P01"},
+		{"message length below 4", raw([]byte{'Q'}, u32(2)), true, "08P01"},
+		{"oversize message", raw([]byte{'Q'}, u32(2<<20)), true, "54000"},
+	}
+	proxyURL := fmt.Sprintf("postgres://postgres:%s@%s/postgres?sslmode=disable", pgtest.SuperuserPassword, proxyAddr)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var c net.Conn
+			var fe *pgproto3.Frontend
+			if tc.login {
+				// A real client logs in; then the test takes over its socket.
+				pc, err := pgconn.Connect(context.Background(), proxyURL)
+				must(t, err)
+				h, err := pc.Hijack()
+				must(t, err)
+				c, fe = h.Conn, h.Frontend
+			} else {
+				var err error
+				c, err = net.DialTimeout("tcp", proxyAddr, 5*time.Second)
+				must(t, err)
+				fe = pgproto3.NewFrontend(c, c)
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+			_, err := c.Write(tc.send)
+			must(t, err)
+			if tc.want == "N" {
+				b := make([]byte, 1)
+				if _, err := io.ReadFull(c, b); err != nil || b[0] != 'N' {
+					t.Fatalf("answer %q, %v; want N", b, err)
+				}
+				return
+			}
+			code := readErrorCode(t, fe)
+			if code != tc.want {
+				t.Fatalf("SQLSTATE %q, want %q", code, tc.want)
+			}
+		})
+	}
+	for _, auth := range []struct{ name, url string }{
+		{"wrong password", fmt.Sprintf("postgres://postgres:not-the-password@%s/postgres?sslmode=disable", proxyAddr)},
+		{"unknown user", fmt.Sprintf("postgres://nobody:pw@%s/postgres?sslmode=disable", proxyAddr)},
+	} {
+		t.Run(auth.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			_, err := pgconn.Connect(ctx, auth.url)
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "28P01" {
+				t.Fatalf("want 28P01, got %v", err)
+			}
+		})
+	}
+	// The proxy still serves a proper client afterwards.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	pc, err := pgconn.Connect(ctx, proxyURL)
+	must(t, err)
+	defer pc.Close(ctx)
+	if _, err := pc.Exec(ctx, "SELECT 1").ReadAll(); err != nil {
+		t.Fatalf("query after bad input: %v", err)
+	}
+}
+
+func readErrorCode(t *testing.T, fe *pgproto3.Frontend) string {
+	t.Helper()
+	for {
+		msg, err := fe.Receive()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatal("no answer: the proxy hung on bad input")
+			}
+			t.Fatalf("connection ended without an ErrorResponse: %v", err)
+		}
+		if e, ok := msg.(*pgproto3.ErrorResponse); ok {
+			return e.Code
+		}
+	}
+}
