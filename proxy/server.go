@@ -7,6 +7,10 @@
 // Pooling is by session: a client keeps one server connection from login to logout, so session
 // state (prepared statements, temporary tables, LISTEN, SET) behaves as with a direct
 // connection. On logout the connection is reset (ROLLBACK if needed, DISCARD ALL) and returned.
+//
+// The proxy serves the database and user of the pool's DATABASE_URL: clients authenticate
+// against the proxy's own credentials, and their queries run as the pool's user. Cancel keys
+// are the proxy's, so a client cannot terminate "its" backend by process ID.
 package proxy
 
 import (
