@@ -6,6 +6,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -70,4 +71,27 @@ func benchPool(b *testing.B, kind string) *pgxpool.Pool {
 	}
 	b.Cleanup(p.Close)
 	return p
+}
+
+// BenchmarkTracerOverhead is the instrumentation's own cost per query, without the network:
+// acquire start/end and query start/end, as pgxpool and pgx call them for one pool.Query. Set
+// against a query's round trip (BenchmarkSelect1) it gives the throughput cost.
+func BenchmarkTracerOverhead(b *testing.B) {
+	cfg := testConfig(b)
+	m, err := New(cfg, WithLogger(discardLogger()), WithRegisterer(prometheus.NewRegistry()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	tr := m.tracer
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			actx := tr.TraceAcquireStart(ctx, nil, pgxpool.TraceAcquireStartData{})
+			tr.TraceAcquireEnd(actx, nil, pgxpool.TraceAcquireEndData{})
+			qctx := tr.TraceQueryStart(ctx, nil, pgx.TraceQueryStartData{SQL: "SELECT 1"})
+			tr.TraceQueryEnd(qctx, nil, pgx.TraceQueryEndData{})
+		}
+	})
 }
