@@ -10,7 +10,6 @@ package collector
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"sort"
 	"strings"
@@ -195,12 +194,4 @@ func queryRows(ctx context.Context, q Querier, sql string, fn func(pgx.Rows) err
 		}
 	}
 	return rows.Err()
-}
-
-// versionString renders a server_version_num as "15.4" (or "9.6.24" for old servers).
-func versionString(num int) string {
-	if num >= 100000 {
-		return fmt.Sprintf("%d.%d", num/10000, num%10000)
-	}
-	return fmt.Sprintf("%d.%d.%d", num/10000, num/100%100, num%100)
 }
