@@ -14,11 +14,11 @@ import (
 // pass through any pooler skipped: they terminate the server backend by the process ID the
 // client got at login, which is the pooler's cancel key rather than the backend's.
 var pgxSuites = []struct {
-	pkg, skip string
-	min       int // passes expected at least, so that a suite that skips everything fails
+	pkg, bin, skip string
+	min            int // passes expected at least, so that a suite that skips everything fails
 }{
-	{"github.com/jackc/pgx/v5/pgconn", "^TestConnCopyFromConnectionTerminated$", 400},
-	{"github.com/jackc/pgx/v5", "^(TestFatalRxError|TestFatalTxError)$", 600},
+	{"github.com/jackc/pgx/v5/pgconn", "pgconn.test", "^TestConnCopyFromConnectionTerminated$", 400},
+	{"github.com/jackc/pgx/v5", "pgx.test", "^(TestFatalRxError|TestFatalTxError)$", 600},
 }
 
 // TestPgxSuite builds pgx's pgconn and pgx tests and runs them with PGX_TEST_DATABASE pointing
@@ -38,18 +38,23 @@ func TestPgxSuite(t *testing.T) {
 		}
 	}
 	h := newHarness(t, func(pc *pool.Config, _ *Config) { pc.MaxConns = 20 })
+	dir := t.TempDir()
+	args := []string{"test", "-c", "-o", dir + "/"}
+	for _, s := range pgxSuites {
+		args = append(args, s.pkg)
+	}
+	build := exec.CommandContext(ctx, goBin, args...)
+	build.WaitDelay = 5 * time.Second
+	if out, err := build.CombinedOutput(); err != nil {
+		// pgx's test dependencies come from the module proxy; without it there is nothing of
+		// ours to test here.
+		t.Skipf("cannot build pgx's tests (module proxy unreachable?): %v\n%s", err, out)
+	}
 	for _, s := range pgxSuites {
 		t.Run(filepath.Base(s.pkg), func(t *testing.T) {
-			bin := filepath.Join(t.TempDir(), "pgx.test")
-			build := exec.CommandContext(ctx, goBin, "test", "-c", "-o", bin, s.pkg)
-			build.WaitDelay = 5 * time.Second
-			if out, err := build.CombinedOutput(); err != nil {
-				// pgx's test dependencies come from the module proxy; without it there is
-				// nothing of ours to test here.
-				t.Skipf("cannot build %s tests (module proxy unreachable?): %v\n%s", s.pkg, err, out)
-			}
-			out, err := runTool(t, ctx, []string{"PGX_TEST_DATABASE=" + h.superURL()}, bin, "-test.skip", s.skip,
-				"-test.count", "1", "-test.timeout", "120s", "-test.v")
+			t.Parallel()
+			out, err := runTool(t, ctx, []string{"PGX_TEST_DATABASE=" + h.superURL()}, filepath.Join(dir, s.bin),
+				"-test.skip", s.skip, "-test.count", "1", "-test.timeout", "150s", "-test.v")
 			passed := strings.Count(out, "--- PASS: Test")
 			if err != nil || passed < s.min {
 				t.Fatalf("%s tests through the proxy: %v, %d passed\n%s", s.pkg, err, passed, failures(out))
