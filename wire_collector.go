@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -33,41 +32,20 @@ func (f *collectorFeature) start(ctx context.Context, d *deps) (func(), error) {
 		return nil, err
 	}
 	d.metricsMiddleware = append(d.metricsMiddleware, e.Middleware)
+	d.mux.Handle("/-/reload", e.ReloadHandler())
 	d.logger.Info("Collectors enabled", "collectors", e.Enabled(), "queries_file", cfg.QueriesFile)
-
-	d.mux.HandleFunc("/-/reload", func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodPost && r.Method != http.MethodPut {
-			w.Header().Set("Allow", "POST, PUT")
-			http.Error(w, "This endpoint requires a POST request.", http.StatusMethodNotAllowed)
-			return
-		}
-		if err := e.Reload(); err != nil {
-			http.Error(w, "failed to reload queries: "+err.Error(), http.StatusInternalServerError)
-			return
-		}
-		w.WriteHeader(http.StatusOK)
-	})
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
-	stopped, done := make(chan struct{}), make(chan struct{})
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-stopped:
-				return
-			case <-hup:
-				d.logger.Info("Reloading custom queries", "signal", "SIGHUP")
-				_ = e.Reload() // failures are logged and exported; the old queries stay
-			}
-		}
+		e.ReloadOn(rctx, hup)
 	}()
 	return func() {
 		signal.Stop(hup)
-		close(stopped)
+		cancel()
 		<-done
 		e.Close()
 		d.reg.Unregister(e)

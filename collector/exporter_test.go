@@ -3,8 +3,11 @@ package collector
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -484,5 +487,60 @@ func TestScrapeTimeout(t *testing.T) {
 		if got := scrapeTimeout(c.header, 5*time.Second); got != c.want {
 			t.Errorf("scrapeTimeout(%q) = %v, want %v", c.header, got, c.want)
 		}
+	}
+}
+
+// hangup stands in for SIGHUP.
+type hangup struct{}
+
+func (hangup) String() string { return "hangup" }
+func (hangup) Signal()        {}
+
+func TestReloadEndpointAndSignal(t *testing.T) {
+	path := writeQueries(t, "pg_r:\n  query: SELECT 1 AS one\n  metrics:\n    - one:\n        usage: GAUGE\n")
+	e := newEnv(t, "", Config{QueriesFile: path, Enabled: map[string]bool{"activity": false, "database": false, "settings": false}})
+	srv := httptest.NewServer(e.exp.ReloadHandler())
+	t.Cleanup(srv.Close)
+	post := func() (int, string) {
+		resp, err := http.Post(srv.URL, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if resp, err := http.Get(srv.URL); err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Fatalf("GET: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	writeFile(t, path, "pg_r:\n  query: SELECT 1 AS one\n  metrics:\n    - one:\n        usage: GAUGE\n        help: no\n")
+	if code, body := post(); code != http.StatusInternalServerError || !strings.Contains(body, `queries.yaml:6: query pg_r: column one: unknown key "help"`) {
+		t.Errorf("bad file: %d %q", code, body)
+	}
+	writeFile(t, path, "pg_r:\n  query: SELECT 2 AS two\n  metrics:\n    - two:\n        usage: GAUGE\n")
+	if code, body := post(); code != http.StatusOK {
+		t.Errorf("good file: %d %q", code, body)
+	}
+	if got := e.scrape(t, 0, 20*time.Second).value(t, "pg_r_two", nil); got != 2 {
+		t.Errorf("pg_r_two = %v after the reload", got)
+	}
+
+	// A signal reloads too.
+	sigs := make(chan os.Signal)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); e.exp.ReloadOn(ctx, sigs) }()
+	defer func() { cancel(); <-done }()
+	writeFile(t, path, "pg_r:\n  query: SELECT 3 AS three\n  metrics:\n    - three:\n        usage: GAUGE\n")
+	sigs <- hangup{}
+	if !pgtest.WaitFor(5*time.Second, func() bool {
+		return len(e.scrape(t, 0, 20*time.Second).values("pg_r_three", nil)) == 1
+	}) {
+		t.Error("the signal did not reload the file")
+	}
+	if !strings.Contains(e.log.String(), `msg="Reloading custom queries" signal=hangup`) {
+		t.Errorf("reload not logged:\n%s", e.log.String())
 	}
 }
