@@ -23,6 +23,7 @@ type proxyFeature struct {
 	tlsCert    string
 	tlsKey     string
 	maxMessage units.Base2Bytes
+	maxClients int
 }
 
 func (f *proxyFeature) flags(k *kingpin.Application) {
@@ -35,13 +36,19 @@ func (f *proxyFeature) flags(k *kingpin.Application) {
 	k.Flag("proxy.tls-cert-file", "Certificate for TLS to proxy clients (with --proxy.tls-key-file).").PlaceHolder("FILE").StringVar(&f.tlsCert)
 	k.Flag("proxy.tls-key-file", "Private key for TLS to proxy clients.").PlaceHolder("FILE").StringVar(&f.tlsKey)
 	k.Flag("proxy.max-message-size", "Largest protocol message a proxy client may send.").Default("64MiB").BytesVar(&f.maxMessage)
+	k.Flag("proxy.max-client-connections", "Client connections served at once, waiting ones included; more are refused with SQLSTATE 53300.").
+		Default("1000").IntVar(&f.maxClients)
 }
 
 func (f *proxyFeature) start(_ context.Context, d *deps) (func(), error) {
 	if len(f.listen) == 0 {
 		return nil, nil
 	}
-	cfg := proxy.Config{Listen: f.listen, Auth: proxy.AuthMethod(f.auth), MaxMessageSize: int(f.maxMessage)}
+	if f.maxClients < 1 {
+		return nil, fmt.Errorf("--proxy.max-client-connections (%d) must be at least 1", f.maxClients)
+	}
+	cfg := proxy.Config{Listen: f.listen, Auth: proxy.AuthMethod(f.auth), MaxMessageSize: int(f.maxMessage),
+		MaxClients: f.maxClients}
 	if f.usersFile != "" {
 		users, err := proxy.LoadUsers(f.usersFile)
 		if err != nil {
