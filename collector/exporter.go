@@ -73,6 +73,7 @@ type Exporter struct {
 
 	mu        sync.Mutex
 	deadlines map[uint64]time.Time // deadlines of scrapes in flight
+	failing   map[string]string    // collector → last error logged
 	nextID    uint64
 	wasUp     bool
 
@@ -130,6 +131,7 @@ func newExporter(p *pgxpool.Pool, poolName string, cfg Config) (*Exporter, error
 		pool:      p,
 		pname:     poolName,
 		deadlines: map[uint64]time.Time{},
+		failing:   map[string]string{},
 		wasUp:     true,
 		upDesc: prometheus.NewDesc("pg_up", "1 if the last collection could connect to PostgreSQL and query it, else 0.",
 			nil, prometheus.Labels{"pool": poolName}),
@@ -374,8 +376,8 @@ func (e *Exporter) collect(ctx context.Context) *collection {
 		ok := 1.0
 		if r.err != nil {
 			ok = 0
-			e.log.Warn("Collector failed", "collector", c.name, "duration", r.dur, "error", errString(r.err))
 		}
+		e.noteCollector(c.name, r)
 		s.add(e.durationDesc, prometheus.GaugeValue, r.dur.Seconds(), []string{c.name})
 		s.add(e.successDesc, prometheus.GaugeValue, ok, []string{c.name})
 	}
@@ -385,6 +387,27 @@ func (e *Exporter) collect(ctx context.Context) *collection {
 		e.log.Warn("Collection dropped invalid samples", "count", s.invalid, "error", errString(s.lastErr))
 	}
 	return &collection{metrics: s.metrics}
+}
+
+// noteCollector logs a collector that starts failing, fails differently or works again, rather
+// than every failed scrape.
+func (e *Exporter) noteCollector(name string, r colResult) {
+	e.mu.Lock()
+	prev, was := e.failing[name]
+	msg := ""
+	if r.err != nil {
+		msg = errString(r.err)
+		e.failing[name] = msg
+	} else {
+		delete(e.failing, name)
+	}
+	e.mu.Unlock()
+	switch {
+	case r.err != nil && (!was || prev != msg):
+		e.log.Warn("Collector failed", "collector", name, "duration", r.dur, "error", msg)
+	case r.err == nil && was:
+		e.log.Info("Collector works again", "collector", name)
+	}
 }
 
 // worker runs collectors from queue on one connection, acquiring it first if conn is nil.

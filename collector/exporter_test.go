@@ -67,6 +67,11 @@ func TestBrokenCollectorAndDuplicatesKeepTheScrape(t *testing.T) {
 	if !strings.Contains(e.log.String(), "broken on purpose") {
 		t.Errorf("the panic was not logged:\n%s", e.log.String())
 	}
+	// A collector that keeps failing the same way is logged once, not on every scrape.
+	e.scrape(t, 0, 20*time.Second)
+	if n := strings.Count(e.log.String(), "broken on purpose"); n != 1 {
+		t.Errorf("the same failure was logged %d times", n)
+	}
 }
 
 func TestUnknownCollectorIsAnError(t *testing.T) {
