@@ -24,8 +24,9 @@ const customCollectorName = "queries"
 // customCollector runs the queries of a queries file. The set of queries is swapped whole on
 // reload, so a scrape sees either the old or the new set.
 type customCollector struct {
-	path string
-	log  *slog.Logger
+	path  string
+	log   *slog.Logger
+	scrub func(error) string // renders errors without passwords
 
 	queries atomic.Pointer[[]*customQuery]
 
@@ -166,7 +167,10 @@ func (c *customCollector) noteResult(q *customQuery, err error) {
 		return
 	}
 	c.errs.WithLabelValues(q.name).Inc()
-	msg := errString(err)
+	msg := err.Error()
+	if c.scrub != nil {
+		msg = c.scrub(err)
+	}
 	if c.failing[q.name] != msg {
 		c.failing[q.name] = msg
 		c.log.Warn("Custom query failed", "query", q.name, "error", msg)

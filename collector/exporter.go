@@ -64,6 +64,7 @@ type Exporter struct {
 	log    *slog.Logger
 	pool   *pgxpool.Pool
 	pname  string
+	dsn    string // scrubbed out of logged errors
 	cols   []namedCollector
 	custom *customCollector // nil without a queries file
 	ctx    context.Context  // canceled by Close
@@ -103,7 +104,15 @@ func New(mgr *pool.Manager, cfg Config) (*Exporter, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newExporter(p, mgr.Name(), cfg)
+	e, err := newExporter(p, mgr.Name(), cfg)
+	if err != nil {
+		return nil, err
+	}
+	e.dsn = mgr.Config().DatabaseURL
+	if e.custom != nil {
+		e.custom.scrub = e.errString
+	}
+	return e, nil
 }
 
 // newExporter builds an Exporter on any pgxpool; tests and benchmarks use it directly.
@@ -312,17 +321,18 @@ func (e *Exporter) noteUp(up bool, err error) {
 	e.mu.Unlock()
 	switch {
 	case was && !up:
-		e.log.Warn("Collection cannot reach the database", "error", errString(err))
+		e.log.Warn("Collection cannot reach the database", "error", e.errString(err))
 	case !was && up:
 		e.log.Info("Collection reaches the database again")
 	}
 }
 
-func errString(err error) string {
+// errString renders an error for logs, without the connection string's password.
+func (e *Exporter) errString(err error) string {
 	if err == nil {
 		return ""
 	}
-	return pool.Scrub(err.Error())
+	return pool.Scrub(err.Error(), e.dsn)
 }
 
 type colResult struct {
@@ -384,7 +394,7 @@ func (e *Exporter) collect(ctx context.Context) *collection {
 	e.duplicates.Add(int64(s.duplicates))
 	e.invalid.Add(int64(s.invalid))
 	if s.invalid > 0 {
-		e.log.Warn("Collection dropped invalid samples", "count", s.invalid, "error", errString(s.lastErr))
+		e.log.Warn("Collection dropped invalid samples", "count", s.invalid, "error", e.errString(s.lastErr))
 	}
 	return &collection{metrics: s.metrics}
 }
@@ -396,7 +406,7 @@ func (e *Exporter) noteCollector(name string, r colResult) {
 	prev, was := e.failing[name]
 	msg := ""
 	if r.err != nil {
-		msg = errString(r.err)
+		msg = e.errString(r.err)
 		e.failing[name] = msg
 	} else {
 		delete(e.failing, name)
@@ -451,7 +461,7 @@ func (e *Exporter) cancelOnServer(c *pgconn.PgConn) {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
 		if err := c.CancelRequest(ctx); err != nil {
-			e.log.Debug("Cancel request failed", "error", errString(err))
+			e.log.Debug("Cancel request failed", "error", e.errString(err))
 		}
 	}()
 }

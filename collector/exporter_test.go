@@ -549,3 +549,20 @@ func TestReloadEndpointAndSignal(t *testing.T) {
 		t.Errorf("reload not logged:\n%s", e.log.String())
 	}
 }
+
+// TestErrorsHideThePassword: an error quoting the connection password is logged without it.
+func TestErrorsHideThePassword(t *testing.T) {
+	path := writeQueries(t, "pg_pw:\n  query: SELECT '"+pgtest.SuperuserPassword+"'::int AS x\n  metrics:\n    - x:\n        usage: GAUGE\n")
+	e := newEnv(t, "", Config{QueriesFile: path, Enabled: map[string]bool{"activity": false, "database": false, "settings": false}})
+	s := e.scrape(t, 0, 20*time.Second)
+	if got := s.value(t, "pgsidecar_custom_query_errors_total", map[string]string{"query": "pg_pw"}); got != 1 {
+		t.Fatalf("errors = %v, want 1", got)
+	}
+	logs := e.log.String()
+	if !strings.Contains(logs, "invalid input syntax for type integer") || !strings.Contains(logs, "xxxxx") {
+		t.Errorf("the error is not logged, scrubbed:\n%s", logs)
+	}
+	if strings.Contains(logs, pgtest.SuperuserPassword) || strings.Contains(s.body, pgtest.SuperuserPassword) {
+		t.Errorf("the password leaked:\n%s", logs)
+	}
+}
