@@ -63,7 +63,6 @@ type Exporter struct {
 	cfg    Config
 	log    *slog.Logger
 	pool   *pgxpool.Pool
-	pname  string
 	dsn    string // scrubbed out of logged errors
 	cols   []namedCollector
 	custom *customCollector // nil without a queries file
@@ -115,7 +114,7 @@ func New(mgr *pool.Manager, cfg Config) (*Exporter, error) {
 	return e, nil
 }
 
-// newExporter builds an Exporter on any pgxpool; tests and benchmarks use it directly.
+// newExporter builds an Exporter on a pgxpool (New gives it the manager's side pool).
 func newExporter(p *pgxpool.Pool, poolName string, cfg Config) (*Exporter, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -138,7 +137,6 @@ func newExporter(p *pgxpool.Pool, poolName string, cfg Config) (*Exporter, error
 		cfg:       cfg,
 		log:       cfg.Logger,
 		pool:      p,
-		pname:     poolName,
 		deadlines: map[uint64]time.Time{},
 		failing:   map[string]string{},
 		wasUp:     true,
