@@ -566,3 +566,27 @@ func TestErrorsHideThePassword(t *testing.T) {
 		t.Errorf("the password leaked:\n%s", logs)
 	}
 }
+
+// TestTwoConnections: with --collector.max-connections=2 the collectors share two sessions.
+func TestTwoConnections(t *testing.T) {
+	path := writeQueries(t, "pg_two:\n  query: SELECT 1 AS one FROM pg_sleep(0.2)\n  metrics:\n    - one:\n        usage: GAUGE\n")
+	e := newEnv(t, "", Config{MaxConns: 2, QueriesFile: path})
+	for range 2 {
+		s := e.scrape(t, 0, 20*time.Second)
+		for _, name := range []string{"activity", "database", "settings", "queries"} {
+			if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": name}); got != 1 {
+				t.Errorf("%s success = %v", name, got)
+			}
+		}
+		var sessions float64
+		for _, v := range s.values("pg_stat_activity_count", map[string]string{"application_name": "pgsidecar-collector"}) {
+			sessions += v
+		}
+		if sessions < 1 || sessions > 2 {
+			t.Errorf("collector sessions = %v, want 1 or 2", sessions)
+		}
+	}
+	if n := e.exp.pool.Stat().MaxConns(); n != 2 {
+		t.Errorf("side pool max connections = %d, want 2", n)
+	}
+}
