@@ -57,6 +57,11 @@ func TestBadStartupInput(t *testing.T) {
 		{"queries syntax", []string{"--queries.file=testdata/queries/syntax_error.yaml"}, nil, "syntax_error.yaml:3:"},
 		{"queries bad values", []string{"--queries.file=testdata/queries/bad_values.yaml"}, nil, "bad_values.yaml:"},
 		{"queries built-in name", []string{"--queries.file=testdata/queries/builtin_name.yaml"}, nil, "builtin_name.yaml:"},
+		{"negative collection timeout", []string{"--collection-timeout=-1s"}, nil, "--collection-timeout (-1s) must be greater than 0"},
+		{"no collector connections", []string{"--collector.max-connections=0"}, nil, "--collector.max-connections (0) must be at least 1"},
+		{"negative statements limit", nil, map[string]string{"PGSIDECAR_COLLECTOR_STATEMENTS_LIMIT": "-5"}, "--collector.statements.limit (-5) must be at least 1"},
+		{"negative size interval", []string{"--collector.database.size-interval=-1m"}, nil, "--collector.database.size-interval (-1m0s) must not be negative"},
+		{"zero proxy clients", []string{"--proxy.listen-address=127.0.0.1:0", "--proxy.max-client-connections=0"}, nil, "--proxy.max-client-connections (0) must be at least 1"},
 		{"proxy cert without key", []string{"--proxy.listen-address=127.0.0.1:0", "--proxy.tls-cert-file=/x.pem"}, nil, "--proxy.tls-cert-file and --proxy.tls-key-file must be given together"},
 		{"proxy unreadable users file", []string{"--proxy.listen-address=127.0.0.1:0", "--proxy.users-file=/nonexistent/users.txt"}, nil, "--proxy.users-file"},
 	}

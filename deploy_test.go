@@ -53,11 +53,15 @@ func TestDeploymentExamplesMatchTheBinary(t *testing.T) {
 					Template struct {
 						Spec struct {
 							Containers []struct {
-								Name           string
-								Args           []string
-								Env            []struct{ Name string }
-								LivenessProbe  struct{ HTTPGet struct{ Path string } `yaml:"httpGet"` } `yaml:"livenessProbe"`
-								ReadinessProbe struct{ HTTPGet struct{ Path string } `yaml:"httpGet"` } `yaml:"readinessProbe"`
+								Name          string
+								Args          []string
+								Env           []struct{ Name string }
+								LivenessProbe struct {
+									HTTPGet struct{ Path string } `yaml:"httpGet"`
+								} `yaml:"livenessProbe"`
+								ReadinessProbe struct {
+									HTTPGet struct{ Path string } `yaml:"httpGet"`
+								} `yaml:"readinessProbe"`
 							}
 						}
 					}

@@ -215,11 +215,13 @@ func serve(ctx context.Context, a *app, logger *slog.Logger) int {
 
 	mux := http.NewServeMux()
 	var metricsHandler http.Handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{
-		ErrorHandling:       promhttp.ContinueOnError,
-		ErrorLog:            slog.NewLogLogger(logger.Handler(), slog.LevelError),
-		Registry:            reg,
-		EnableOpenMetrics:   true,
-		MaxRequestsInFlight: 10,
+		ErrorHandling:     promhttp.ContinueOnError,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelError),
+		Registry:          reg,
+		EnableOpenMetrics: true,
+		// Concurrent scrapes share one collection, so many at once cost little; the cap only
+		// bounds memory against a runaway client.
+		MaxRequestsInFlight: 128,
 	})
 	d := &deps{mgr: mgr, reg: reg, mux: mux, logger: logger,
 		links: []web.LandingLinks{{Address: a.telemetryPath, Text: "Metrics"}}}

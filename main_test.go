@@ -334,3 +334,51 @@ func selfSignedCert(t *testing.T) (certPEM, keyPEM []byte) {
 	must(t, err)
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
 }
+
+// Fifty simultaneous scrapes all get an answer, and they share collections instead of running
+// the catalog queries fifty times.
+func TestConcurrentScrapesShareCollections(t *testing.T) {
+	clearPoolEnv(t)
+	addr, _, _ := startSidecar(t, "--database-url="+cluster.URL(""))
+	collections := func() float64 {
+		_, body := get(t, "http://"+addr+"/metrics")
+		for _, line := range strings.Split(body, "\n") {
+			if v, ok := strings.CutPrefix(line, "pgsidecar_collections_total "); ok {
+				var f float64
+				fmt.Sscan(v, &f)
+				return f
+			}
+		}
+		t.Fatal("no pgsidecar_collections_total")
+		return 0
+	}
+	before := collections()
+	start := make(chan struct{})
+	codes := make(chan int, 50)
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Go(func() {
+			<-start
+			r, err := http.Get("http://" + addr + "/metrics")
+			if err != nil {
+				codes <- 0
+				return
+			}
+			io.Copy(io.Discard, r.Body)
+			r.Body.Close()
+			codes <- r.StatusCode
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(codes)
+	for c := range codes {
+		if c != 200 {
+			t.Fatalf("a concurrent scrape got %d", c)
+		}
+	}
+	// Without sharing this would be 50 (plus the probe's own).
+	if n := collections() - before; n > 12 {
+		t.Fatalf("%v collections for 50 simultaneous scrapes", n)
+	}
+}

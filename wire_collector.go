@@ -22,6 +22,9 @@ type collectorFeature struct {
 func (f *collectorFeature) flags(k *kingpin.Application) { f.flagCfg = collector.AddFlags(k) }
 
 func (f *collectorFeature) start(ctx context.Context, d *deps) (func(), error) {
+	if err := f.flagCfg.Validate(); err != nil {
+		return nil, err
+	}
 	cfg := f.flagCfg.Config()
 	cfg.Logger = d.logger
 	e, err := collector.New(d.mgr, cfg)

@@ -1,6 +1,8 @@
 package collector
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -56,6 +58,25 @@ func (fc *FlagConfig) Config() Config {
 		c.Enabled[name] = *on
 	}
 	return c
+}
+
+// Validate rejects flag values that cannot work, naming the flag, rather than letting New
+// replace them with defaults.
+func (fc *FlagConfig) Validate() error {
+	var errs []error
+	if fc.cfg.Timeout <= 0 {
+		errs = append(errs, fmt.Errorf("--collection-timeout (%s) must be greater than 0", fc.cfg.Timeout))
+	}
+	if fc.cfg.MaxConns < 1 {
+		errs = append(errs, fmt.Errorf("--collector.max-connections (%d) must be at least 1", fc.cfg.MaxConns))
+	}
+	if fc.cfg.StatementsLimit < 1 {
+		errs = append(errs, fmt.Errorf("--collector.statements.limit (%d) must be at least 1", fc.cfg.StatementsLimit))
+	}
+	if fc.cfg.DatabaseSizeInterval < 0 {
+		errs = append(errs, fmt.Errorf("--collector.database.size-interval (%s) must not be negative", fc.cfg.DatabaseSizeInterval))
+	}
+	return errors.Join(errs...)
 }
 
 // envName turns a flag name into its environment variable: collector.max-connections →
