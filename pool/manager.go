@@ -93,9 +93,9 @@ func New(cfg Config, opts ...Option) (*Manager, error) {
 	m.tracer = &tracer{m: m}
 	pc.ConnConfig.Tracer = m.tracer
 	pc.BeforeClose = func(*pgx.Conn) { m.closedConns.Add(1) }
-	// pgxpool would open MinConns itself with a 60 s timeout per attempt and no backoff; the
-	// manager's connect loop does it instead, so that failures are logged and retried sensibly.
-	pc.MinConns = 0
+	// pgxpool keeps MinConns open (it tops the pool up in its background health check and
+	// closes idle connections only down to MinConns); the manager's connect loop adds the
+	// logged, backed-off first warm-up.
 	m.metrics = newMetrics(m)
 	m.pool, err = pgxpool.NewWithConfig(context.Background(), pc)
 	if err != nil {
@@ -214,8 +214,9 @@ func (m *Manager) run() {
 		}
 		next := m.cfg.HealthCheckInterval
 		if !ok {
-			// Look again soon so recovery is seen within about a second.
-			next = min(next, 250*time.Millisecond)
+			// Look again soon so recovery is seen within about a second, backing off from 250 ms
+			// to 1 s so a long outage (or a rotated password) costs the server one login a second.
+			next = min(next, Backoff(m.Health().ConsecutiveFailures, 250*time.Millisecond, time.Second))
 		}
 		if !timer.Stop() {
 			select {
@@ -231,6 +232,7 @@ func (m *Manager) run() {
 // and jitter. It logs each failed attempt once with the delay before the next. It returns false
 // when the manager was closed first.
 func (m *Manager) connect() bool {
+	m.awaitPoolWarmup()
 	for attempt := 1; ; attempt++ {
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(m.ctx, m.cfg.ConnectTimeout)
@@ -239,30 +241,47 @@ func (m *Manager) connect() bool {
 		if m.isClosed() {
 			return false
 		}
-		if err == nil {
-			// Health latency is a ping's round trip, not the time it took to open connections.
+		if res.Ready > 0 {
+			// One working connection is enough to serve; the pool tops up the rest itself.
 			pctx, pcancel := context.WithTimeout(m.ctx, m.cfg.HealthCheckTimeout)
 			d, perr := m.ping(pctx)
 			pcancel()
 			m.setHealth(perr == nil, d, perr)
-			m.log.Info("Database connected", "attempt", attempt, "connections_opened", res.Opened,
-				"duration", res.Duration)
-			return true
+			if perr == nil {
+				m.log.Info("Database connected", "attempt", attempt, "connections_opened", res.Opened,
+					"duration", res.Duration)
+				if err != nil {
+					m.log.Warn("Database warm-up incomplete", "ready", res.Ready, "wanted", res.Requested,
+						"error", Scrub(err.Error(), m.dsn))
+				}
+				return true
+			}
+			err = perr
+		} else {
+			m.setHealth(false, time.Since(start), err)
 		}
-		m.setHealth(false, time.Since(start), err)
 		delay := Backoff(attempt, m.cfg.RetryDelay, m.cfg.RetryMaxDelay)
 		if delay <= 0 {
 			delay = 100 * time.Millisecond
 		}
 		m.log.Warn("Database connection failed", "attempt", attempt, "error", Scrub(err.Error(), m.dsn),
 			"next_attempt_in", delay)
-		t := time.NewTimer(delay)
-		select {
-		case <-m.ctx.Done():
-			t.Stop()
+		if sleep(m.ctx, delay) != nil {
 			return false
-		case <-t.C:
 		}
+	}
+}
+
+// awaitPoolWarmup lets pgxpool's own start-up creation of MinConns connections finish before the
+// connect loop acquires any: acquiring while they are still being opened would open more.
+func (m *Manager) awaitPoolWarmup() {
+	start := time.Now()
+	for time.Since(start) < m.cfg.ConnectTimeout && !m.isClosed() {
+		s := m.pool.Stat()
+		if s.ConstructingConns() == 0 && (s.TotalConns() >= m.cfg.MinConns || time.Since(start) > 250*time.Millisecond) {
+			return
+		}
+		_ = sleep(m.ctx, 10*time.Millisecond)
 	}
 }
 
@@ -287,6 +306,7 @@ func (m *Manager) check() bool {
 		m.metrics.reconnects.Inc()
 		m.log.Info("Database health check", "status", st.Status, "latency", d, "recovered_after_failures", failures)
 		m.log.Info("Database reconnected")
+		m.wg.Add(1)
 		go m.rewarm()
 	case err == nil:
 		m.log.Info("Database health check", "status", st.Status, "latency", d)
@@ -317,6 +337,7 @@ func (m *Manager) ping(ctx context.Context) (time.Duration, error) {
 }
 
 func (m *Manager) rewarm() {
+	defer m.wg.Done()
 	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.ConnectTimeout)
 	defer cancel()
 	if _, err := m.warmup(ctx, int(m.cfg.MinConns)); err != nil && !m.isClosed() {
@@ -483,6 +504,7 @@ func truncateSQL(sql string, limit int) string {
 // WarmupResult says what a warm-up did.
 type WarmupResult struct {
 	Requested int           // connections asked for
+	Ready     int           // connections that answered a ping
 	Opened    int64         // new connections opened to reach it
 	Total     int32         // connections in the pool afterwards
 	Duration  time.Duration // time taken
@@ -522,6 +544,11 @@ func (m *Manager) warmup(ctx context.Context, n int) (WarmupResult, error) {
 	}
 	res := WarmupResult{Requested: n, Opened: m.pool.Stat().NewConnsCount() - before,
 		Total: m.pool.Stat().TotalConns(), Duration: time.Since(start)}
+	for i, c := range conns {
+		if c != nil && errs[i] == nil {
+			res.Ready++
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		return res, errors.New(Scrub(firstError(errs).Error(), m.dsn))
 	}

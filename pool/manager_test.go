@@ -97,7 +97,7 @@ func TestHistogramCountsEveryQuery(t *testing.T) {
 func TestBatchAndCopyAreCounted(t *testing.T) {
 	h := newManager(t, testConfig(t))
 	ctx := ctxTimeout(t, 30*time.Second)
-	if _, err := h.m.Pool().Exec(ctx, "CREATE TABLE batch_t (id int primary key)"); err != nil {
+	if _, err := h.m.Pool().Exec(ctx, "DROP TABLE IF EXISTS batch_t; CREATE TABLE batch_t (id int primary key)"); err != nil {
 		t.Fatal(err)
 	}
 	stmts := make([]Statement, 20)
@@ -160,7 +160,7 @@ func TestSerializationConflictIsRetriedAndBothCommit(t *testing.T) {
 	cfg.RetryAttempts = 5
 	h := newManager(t, cfg)
 	ctx := ctxTimeout(t, 60*time.Second)
-	if _, err := h.m.Pool().Exec(ctx, "CREATE TABLE ser_t (k int primary key, v int); INSERT INTO ser_t VALUES (1, 0)"); err != nil {
+	if _, err := h.m.Pool().Exec(ctx, "DROP TABLE IF EXISTS ser_t; CREATE TABLE ser_t (k int primary key, v int); INSERT INTO ser_t VALUES (1, 0)"); err != nil {
 		t.Fatal(err)
 	}
 	// Both transactions read the row, then wait for each other before writing, so one of them
@@ -213,7 +213,7 @@ func TestSerializationConflictIsRetriedAndBothCommit(t *testing.T) {
 func TestUniqueViolationIsNotRetried(t *testing.T) {
 	h := newManager(t, testConfig(t))
 	ctx := ctxTimeout(t, 30*time.Second)
-	if _, err := h.m.Pool().Exec(ctx, "CREATE TABLE uniq_t (name text primary key)"); err != nil {
+	if _, err := h.m.Pool().Exec(ctx, "DROP TABLE IF EXISTS uniq_t; CREATE TABLE uniq_t (name text primary key)"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := h.m.Pool().Exec(ctx, "INSERT INTO uniq_t VALUES ('coffee')"); err != nil {
@@ -278,7 +278,7 @@ func TestExecuteWithRetryValueGivesUpAfterAttempts(t *testing.T) {
 func TestTransactionRollsBackOnErrorAndPanic(t *testing.T) {
 	h := newManager(t, testConfig(t))
 	ctx := ctxTimeout(t, 30*time.Second)
-	if _, err := h.m.Pool().Exec(ctx, "CREATE TABLE tx_t (id int)"); err != nil {
+	if _, err := h.m.Pool().Exec(ctx, "DROP TABLE IF EXISTS tx_t; CREATE TABLE tx_t (id int)"); err != nil {
 		t.Fatal(err)
 	}
 	boom := errors.New("app says no")

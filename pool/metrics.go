@@ -3,6 +3,7 @@ package pool
 import (
 	"math"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -32,6 +33,8 @@ type metrics struct {
 	healthDuration prometheus.Gauge
 	healthFailures prometheus.Counter
 	reconnects     prometheus.Counter
+
+	closedOther monotonic
 
 	connections    *prometheus.Desc
 	maxConns       *prometheus.Desc
@@ -143,7 +146,9 @@ func (x *metrics) Collect(ch chan<- prometheus.Metric) {
 	c(x.acquires, float64(s.AcquireCount()))
 	c(x.opened, float64(s.NewConnsCount()))
 	lifetime, idle := s.MaxLifetimeDestroyCount(), s.MaxIdleDestroyCount()
-	other := max(x.m.closedConns.Load()-lifetime-idle, 0)
+	// BeforeClose runs after pgxpool counts a lifetime or idle close, so the difference can dip
+	// for a moment; a counter must not go down.
+	other := x.closedOther.max(x.m.closedConns.Load() - lifetime - idle)
 	c(x.closed, float64(lifetime), "max_lifetime")
 	c(x.closed, float64(idle), "max_idle")
 	c(x.closed, float64(other), "other")
@@ -239,7 +244,22 @@ func bucketQuantile(q float64, cumulative []uint64, total uint64) float64 {
 	return math.Min(v, QueryBuckets[i])
 }
 
-// poolStat is a tiny wrapper so tests and the log line read the same numbers.
+// monotonic remembers the largest value it was given.
+type monotonic struct{ v atomic.Int64 }
+
+func (m *monotonic) max(v int64) int64 {
+	for {
+		cur := m.v.Load()
+		if v <= cur {
+			return cur
+		}
+		if m.v.CompareAndSwap(cur, v) {
+			return v
+		}
+	}
+}
+
+// utilisation is used / max connections.
 func utilisation(s *pgxpool.Stat) float64 {
 	if s.MaxConns() == 0 {
 		return 0

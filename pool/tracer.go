@@ -18,8 +18,6 @@ type tracer struct {
 	pending atomic.Int64
 }
 
-type traceKey struct{}
-
 type queryTrace struct {
 	context.Context
 	start time.Time
@@ -27,32 +25,17 @@ type queryTrace struct {
 	op    Operation
 }
 
-func (q *queryTrace) Value(key any) any {
-	if key == (traceKey{}) {
-		return q
-	}
-	return q.Context.Value(key)
-}
-
 type acquireTrace struct {
 	context.Context
 	start time.Time
 }
 
-func (a *acquireTrace) Value(key any) any {
-	if key == (traceKey{}) {
-		return a
-	}
-	return a.Context.Value(key)
-}
-
 var (
-	_ pgx.QueryTracer             = (*tracer)(nil)
-	_ pgx.BatchTracer             = (*tracer)(nil)
-	_ pgx.CopyFromTracer          = (*tracer)(nil)
-	_ pgx.ConnectTracer           = (*tracer)(nil)
-	_ pgxpool.AcquireTracer       = (*tracer)(nil)
-	_ interface{ Value(any) any } = (*queryTrace)(nil)
+	_ pgx.QueryTracer       = (*tracer)(nil)
+	_ pgx.BatchTracer       = (*tracer)(nil)
+	_ pgx.CopyFromTracer    = (*tracer)(nil)
+	_ pgx.ConnectTracer     = (*tracer)(nil)
+	_ pgxpool.AcquireTracer = (*tracer)(nil)
 )
 
 // TraceQueryStart implements pgx.QueryTracer.
