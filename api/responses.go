@@ -2,8 +2,6 @@ package api
 
 import (
 	"math"
-	"regexp"
-	"strings"
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/pool"
@@ -230,38 +228,14 @@ func latency(q pool.QueryStats) Latency {
 	return Latency{AverageMs: ms(q.Average), P50Ms: ms(q.P50), P95Ms: ms(q.P95), P99Ms: ms(q.P99)}
 }
 
-// passwordSetting matches PASSWORD '...' (ALTER ROLE, CREATE USER) and password=... (connection
-// strings given to dblink or postgres_fdw), so that a slow statement never shows a password.
-var passwordSetting = regexp.MustCompile(`(?i)\bpassword(\s*=\s*|\s+)('(?:[^']|'')*'?|[^\s',;)]+)`)
-
-// urlPassword matches the password of a URL with user information.
-var urlPassword = regexp.MustCompile(`(://[^:/@\s']*:)[^@\s']+@`)
-
-// maskPasswords replaces password values in SQL text with xxxxx.
-func maskPasswords(sql string) string {
-	sql = passwordSetting.ReplaceAllStringFunc(sql, func(m string) string {
-		sub := passwordSetting.FindStringSubmatch(m)
-		sep, val := sub[1], sub[2]
-		switch {
-		case strings.HasPrefix(val, "'"):
-			return m[:len(m)-len(val)] + "'xxxxx'"
-		case strings.Contains(sep, "=") && !strings.HasPrefix(val, "$"):
-			return m[:len(m)-len(val)] + "xxxxx"
-		}
-		return m // "password FROM users", "password = $1": no secret in the text
-	})
-	return urlPassword.ReplaceAllString(sql, "${1}xxxxx@")
-}
-
 func (h *Handler) slowQueries(limit int) []SlowQuery {
 	list := h.mgr.SlowQueries()
 	if limit > 0 && len(list) > limit {
 		list = list[:limit]
 	}
 	out := make([]SlowQuery, 0, len(list))
-	dsn := h.mgr.Config().DatabaseURL
 	for _, q := range list {
-		sql := maskPasswords(pool.Scrub(q.SQL, dsn))
+		sql := q.SQL // masked and scrubbed by the pool when it was recorded
 		out = append(out, SlowQuery{Time: q.Time.UTC(), DurationMs: ms(q.Duration), Operation: q.Operation, SQL: sql})
 	}
 	return out

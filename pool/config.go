@@ -316,9 +316,11 @@ func RedactDSN(dsn string) string {
 			}
 		}
 		q := u.Query()
-		if q.Has("password") {
-			q.Set("password", "xxxxx")
-			u.RawQuery = q.Encode()
+		for _, key := range []string{"password", "sslpassword"} {
+			if q.Has(key) {
+				q.Set(key, "xxxxx")
+				u.RawQuery = q.Encode()
+			}
 		}
 		return u.String()
 	}
@@ -355,10 +357,15 @@ func redactKeyValue(dsn string) string {
 		}
 		j += i
 		k := j + len("password")
-		for k < len(dsn) && dsn[k] == ' ' {
+		for k < len(dsn) && isSpace(dsn[k]) {
 			k++
 		}
-		atWord := j == 0 || dsn[j-1] == ' ' || dsn[j-1] == '\t'
+		// "password" starts the key, or follows "ssl" (sslpassword, the client key's passphrase).
+		keyStart := j
+		if j >= 3 && dsn[j-3:j] == "ssl" {
+			keyStart = j - 3
+		}
+		atWord := keyStart == 0 || isSpace(dsn[keyStart-1])
 		if !atWord || k >= len(dsn) || dsn[k] != '=' {
 			b.WriteString(dsn[i:k])
 			i = k
@@ -367,7 +374,7 @@ func redactKeyValue(dsn string) string {
 		b.WriteString(dsn[i:j])
 		b.WriteString("password=xxxxx")
 		k++
-		for k < len(dsn) && dsn[k] == ' ' {
+		for k < len(dsn) && isSpace(dsn[k]) {
 			k++
 		}
 		if k < len(dsn) && dsn[k] == '\'' {
@@ -380,7 +387,7 @@ func redactKeyValue(dsn string) string {
 			}
 			k++
 		} else {
-			for k < len(dsn) && dsn[k] != ' ' {
+			for k < len(dsn) && !isSpace(dsn[k]) {
 				k++
 			}
 		}
@@ -388,6 +395,8 @@ func redactKeyValue(dsn string) string {
 	}
 	return b.String()
 }
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
 
 // Scrub removes from msg every password found in the given DSNs and in PGPASSWORD, in plain and
 // URL-escaped form. Errors that come from parsing or connecting pass through it before they are
@@ -420,8 +429,10 @@ func passwords(dsns ...string) []string {
 				if p, ok := u.User.Password(); ok {
 					out = append(out, p)
 				}
-				if p := u.Query().Get("password"); p != "" {
-					out = append(out, p)
+				for _, key := range []string{"password", "sslpassword"} {
+					if p := u.Query().Get(key); p != "" {
+						out = append(out, p)
+					}
 				}
 			} else if at := strings.LastIndex(dsn, "@"); at > 0 {
 				// Unparseable URL: treat everything between the scheme's "user:" and "@" as secret.
@@ -439,8 +450,10 @@ func passwords(dsns ...string) []string {
 		red := redactKeyValue(dsn)
 		if red != dsn {
 			for _, f := range strings.Fields(dsn) {
-				if v, ok := strings.CutPrefix(f, "password="); ok && v != "" {
-					out = append(out, strings.Trim(v, "'"))
+				for _, key := range []string{"password=", "sslpassword="} {
+					if v, ok := strings.CutPrefix(f, key); ok && v != "" {
+						out = append(out, strings.Trim(v, "'"))
+					}
 				}
 			}
 		}

@@ -578,3 +578,22 @@ func TestHealthLoopDoesNotSpinWhileDown(t *testing.T) {
 		t.Fatalf("%d health check log lines while down", n)
 	}
 }
+
+func TestSlowQueryLogMasksPasswords(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.SlowQueryThreshold = time.Nanosecond
+	h := newManager(t, cfg)
+	ctx := ctxTimeout(t, 10*time.Second)
+	_, _ = h.m.Pool().Exec(ctx, "DROP ROLE IF EXISTS masked; CREATE ROLE masked PASSWORD 'role-secret-77'")
+	if strings.Contains(h.log.String(), "role-secret-77") {
+		t.Fatalf("slow query log shows the password:\n%s", h.log.String())
+	}
+	for _, q := range h.m.SlowQueries() {
+		if strings.Contains(q.SQL, "role-secret-77") {
+			t.Fatalf("slow query list shows the password: %q", q.SQL)
+		}
+	}
+	if !strings.Contains(h.log.String(), "PASSWORD 'xxxxx'") {
+		t.Fatalf("no masked statement logged:\n%s", h.log.String())
+	}
+}
