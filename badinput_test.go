@@ -62,6 +62,9 @@ func TestBadStartupInput(t *testing.T) {
 		{"negative statements limit", nil, map[string]string{"PGSIDECAR_COLLECTOR_STATEMENTS_LIMIT": "-5"}, "--collector.statements.limit (-5) must be at least 1"},
 		{"negative size interval", []string{"--collector.database.size-interval=-1m"}, nil, "--collector.database.size-interval (-1m0s) must not be negative"},
 		{"zero proxy clients", []string{"--proxy.listen-address=127.0.0.1:0", "--proxy.max-client-connections=0"}, nil, "--proxy.max-client-connections (0) must be at least 1"},
+		{"tiny proxy messages", []string{"--proxy.listen-address=127.0.0.1:0", "--proxy.max-message-size=0"}, nil, "--proxy.max-message-size (0B) must be at least 1KiB"},
+		{"telemetry path without slash", []string{"--web.telemetry-path=metrics"}, nil, `--web.telemetry-path ("metrics") must be a path starting with /`},
+		{"telemetry path taken", []string{"--web.telemetry-path=/status"}, nil, `msg="Cannot serve metrics" path=/status`},
 		{"proxy cert without key", []string{"--proxy.listen-address=127.0.0.1:0", "--proxy.tls-cert-file=/x.pem"}, nil, "--proxy.tls-cert-file and --proxy.tls-key-file must be given together"},
 		{"proxy unreadable users file", []string{"--proxy.listen-address=127.0.0.1:0", "--proxy.users-file=/nonexistent/users.txt"}, nil, "--proxy.users-file"},
 	}

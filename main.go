@@ -186,6 +186,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	logger := promslog.New(a.logCfg)
+	if !strings.HasPrefix(a.telemetryPath, "/") || strings.ContainsAny(a.telemetryPath, " {}") {
+		fmt.Fprintf(stderr, "pgsidecar: --web.telemetry-path (%q) must be a path starting with /\n", a.telemetryPath)
+		return 2
+	}
 	if err := a.poolCfg.Validate(); err != nil {
 		fmt.Fprintf(stderr, "pgsidecar: invalid configuration:\n  %s\n", strings.ReplaceAll(err.Error(), "\n", "\n  "))
 		return 2
@@ -238,7 +242,10 @@ func serve(ctx context.Context, a *app, logger *slog.Logger) int {
 	for _, wrap := range d.metricsMiddleware {
 		metricsHandler = wrap(metricsHandler)
 	}
-	mux.Handle(a.telemetryPath, metricsHandler)
+	if err := handle(mux, a.telemetryPath, metricsHandler); err != nil {
+		logger.Error("Cannot serve metrics", "path", a.telemetryPath, "error", err.Error())
+		return 2
+	}
 	if a.telemetryPath != "/" {
 		landing, err := web.NewLandingPage(web.LandingConfig{
 			Name:        "pgsidecar",
@@ -282,6 +289,18 @@ func serve(ctx context.Context, a *app, logger *slog.Logger) int {
 		logger.Warn("Web server did not stop cleanly", "error", err.Error())
 	}
 	return 0
+}
+
+// handle mounts h and turns ServeMux's panic on a conflicting pattern (a telemetry path equal to
+// /status, say) into an error.
+func handle(mux *http.ServeMux, pattern string, h http.Handler) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("--web.telemetry-path %q: %v", pattern, r)
+		}
+	}()
+	mux.Handle(pattern, h)
+	return nil
 }
 
 func closeAll(ls []net.Listener) {

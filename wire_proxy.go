@@ -44,6 +44,9 @@ func (f *proxyFeature) start(_ context.Context, d *deps) (func(), error) {
 	if len(f.listen) == 0 {
 		return nil, nil
 	}
+	if f.maxMessage < 1024 {
+		return nil, fmt.Errorf("--proxy.max-message-size (%s) must be at least 1KiB", f.maxMessage)
+	}
 	if f.maxClients < 1 {
 		return nil, fmt.Errorf("--proxy.max-client-connections (%d) must be at least 1", f.maxClients)
 	}

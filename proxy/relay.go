@@ -257,7 +257,7 @@ loop:
 				clientGone = true
 				break loop
 			}
-			sql := string(body[:max(len(body)-1, 0)])
+			sql := sqlPrefix(body[:max(len(body)-1, 0)])
 			enqueue(pendingSync{start: batchStart, op: pool.ClassifyOperation(sql), sql: sql, measure: true})
 			batchStart = time.Time{}
 		case 'P':
@@ -266,7 +266,8 @@ loop:
 				break loop
 			}
 			name, rest := cstring(body)
-			sql, _ := cstring(rest)
+			sqlb, _ := cbytes(rest)
+			sql := sqlPrefix(sqlb)
 			info := stmtInfo{op: pool.ClassifyOperation(sql), sql: sql}
 			if _, ok := stmts[name]; ok || len(stmts) < maxStatements {
 				stmts[name] = info
@@ -280,9 +281,9 @@ loop:
 				clientGone = true
 				break loop
 			}
-			_, rest := cstring(body)
-			name, _ := cstring(rest)
-			if info, ok := stmts[name]; ok && (!batchSet || !executed) {
+			_, rest := cbytes(body)
+			name, _ := cbytes(rest)
+			if info, ok := stmts[string(name)]; ok && (!batchSet || !executed) {
 				batch, batchSet = info, true
 			}
 			dirty = true
@@ -407,6 +408,21 @@ func needFlush(r *bufio.Reader) bool {
 	}
 	p, _ := r.Peek(5)
 	return b < 1+int(binary.BigEndian.Uint32(p[1:]))
+}
+
+// sqlKept is how much of a statement's text the relay keeps: enough to classify it and for the
+// slow query log (which shows 500 bytes), without copying large statements per message.
+const sqlKept = 1024
+
+func sqlPrefix(b []byte) string { return string(b[:min(len(b), sqlKept)]) }
+
+// cbytes splits a NUL-terminated field off b without copying.
+func cbytes(b []byte) ([]byte, []byte) {
+	i := indexZero(b)
+	if i < 0 {
+		return b, nil
+	}
+	return b[:i], b[i+1:]
 }
 
 func cstring(b []byte) (string, []byte) {

@@ -24,6 +24,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -171,19 +172,30 @@ func (s *Server) Addrs() []net.Addr {
 
 func (s *Server) serve(l net.Listener) {
 	defer s.wg.Done()
+	var failures int
 	for {
 		c, err := l.Accept()
 		if err != nil {
 			if s.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			// Out of file descriptors and the like: wait and go on accepting, as net/http does;
+			// giving up would leave clients hanging in the listen backlog.
+			failures++
+			delay := pool.Backoff(failures, 5*time.Millisecond, time.Second)
+			if failures == 1 || failures%100 == 0 {
+				s.log.Error("Proxy accept failed", "address", l.Addr().String(), "error", err.Error(), "retry_in", delay)
 			}
-			s.log.Error("Proxy accept failed", "address", l.Addr().String(), "error", err.Error())
-			return
+			t := time.NewTimer(delay)
+			select {
+			case <-s.ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			continue
 		}
+		failures = 0
 		if !s.track(c) {
 			_ = c.Close()
 			return

@@ -391,6 +391,13 @@ func (s *Server) acquire() (*pgxpool.Conn, error) {
 			return c, nil
 		}
 		if ctx.Err() != nil {
+			if lastErr == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+				lastErr = err
+			}
+			if lastErr == nil && s.mgr.Health().Status == pool.StatusUnhealthy {
+				// The only attempt was still connecting when time ran out.
+				lastErr = errors.New(s.mgr.Health().LastError)
+			}
 			if lastErr != nil {
 				return nil, reject("08006", "cannot connect to the database within DB_CONNECTION_TIMEOUT (%s): %s", timeout,
 					pool.Scrub(lastErr.Error(), s.mgr.Config().DatabaseURL))

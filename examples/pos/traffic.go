@@ -43,8 +43,8 @@ func RunTraffic(ctx context.Context, s *Store, o TrafficOptions) *TrafficStats {
 	if o.SlowReport <= 0 {
 		o.SlowReport = 1200 * time.Millisecond
 	}
-	if o.Products <= 0 {
-		o.Products = 50
+	if o.Products < 3 {
+		o.Products = 50 // the hot set is products 1 and 2; updates pick from the rest
 	}
 	if o.Customers <= 0 {
 		o.Customers = 20

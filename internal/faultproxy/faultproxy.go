@@ -27,9 +27,10 @@ type Proxy struct {
 	mode    atomic.Int32
 	latency atomic.Int64 // added before forwarding each chunk, in nanoseconds
 
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool
+	wg     sync.WaitGroup
 }
 
 // Start listens on a free loopback port and relays to target.
@@ -77,6 +78,9 @@ func (p *Proxy) resetAll() {
 // Close stops listening, closes all connections and waits for the relay goroutines.
 func (p *Proxy) Close() error {
 	err := p.l.Close()
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
 	p.resetAll()
 	p.wg.Wait()
 	return err
@@ -101,12 +105,17 @@ func (p *Proxy) accept() {
 	}
 }
 
+// track adds or removes a relayed connection; after Close it closes new ones at once, so a
+// connection accepted just before Close cannot keep Close waiting.
 func (p *Proxy) track(c net.Conn, add bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if add {
+	switch {
+	case add && p.closed:
+		_ = c.Close()
+	case add:
 		p.conns[c] = struct{}{}
-	} else {
+	default:
 		delete(p.conns, c)
 	}
 }
