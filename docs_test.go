@@ -163,43 +163,41 @@ func describeMetrics(t *testing.T, reg *registry) []metricDoc {
 	for _, d := range collected {
 		descs = append(descs, d)
 	}
-	{
-		for _, d := range descs {
-			m := descRE.FindStringSubmatch(d.String())
-			if m == nil {
-				t.Fatalf("cannot read %s", d)
-			}
-			name := m[1]
-			if strings.HasPrefix(name, "go_") || strings.HasPrefix(name, "process_") {
-				continue
-			}
-			if strings.HasPrefix(name, "pg_settings_") {
-				// One series per server setting; documented as a family.
-				seen["pg_settings_*"] = metricDoc{name: "pg_settings_*", typ: "gauge",
-					help: "Numeric and boolean settings from pg_settings, durations in seconds and sizes in bytes (e.g. pg_settings_max_connections, pg_settings_shared_buffers_bytes, pg_settings_statement_timeout_seconds)."}
-				continue
-			}
-			var labels []string
-			for _, l := range strings.Split(m[4], ",") {
-				if l != "" {
-					labels = append(labels, "`"+strings.TrimSuffix(strings.TrimPrefix(l, "c("), ")")+"`")
-				}
-			}
-			for _, l := range strings.Split(m[3], ",") {
-				if k, _, ok := strings.Cut(l, "="); ok {
-					labels = append(labels, "*"+k+"*")
-				}
-			}
-			typ := types[name]
-			if typ == "" {
-				typ = "gauge"
-				if strings.HasSuffix(name, "_total") {
-					typ = "counter"
-				}
-			}
-			help := strings.ReplaceAll(m[2], `\"`, `"`)
-			seen[name] = metricDoc{name: name, typ: typ, labels: strings.Join(labels, ", "), help: help}
+	for _, d := range descs {
+		m := descRE.FindStringSubmatch(d.String())
+		if m == nil {
+			t.Fatalf("cannot read %s", d)
 		}
+		name := m[1]
+		if strings.HasPrefix(name, "go_") || strings.HasPrefix(name, "process_") {
+			continue
+		}
+		if strings.HasPrefix(name, "pg_settings_") {
+			// One series per server setting; documented as a family.
+			seen["pg_settings_*"] = metricDoc{name: "pg_settings_*", typ: "gauge",
+				help: "Numeric and boolean settings from pg_settings, durations in seconds and sizes in bytes (e.g. pg_settings_max_connections, pg_settings_shared_buffers_bytes, pg_settings_statement_timeout_seconds)."}
+			continue
+		}
+		var labels []string
+		for _, l := range strings.Split(m[4], ",") {
+			if l != "" {
+				labels = append(labels, "`"+strings.TrimSuffix(strings.TrimPrefix(l, "c("), ")")+"`")
+			}
+		}
+		for _, l := range strings.Split(m[3], ",") {
+			if k, _, ok := strings.Cut(l, "="); ok {
+				labels = append(labels, "*"+k+"*")
+			}
+		}
+		typ := types[name]
+		if typ == "" {
+			typ = "gauge"
+			if strings.HasSuffix(name, "_total") {
+				typ = "counter"
+			}
+		}
+		help := strings.ReplaceAll(m[2], `\"`, `"`)
+		seen[name] = metricDoc{name: name, typ: typ, labels: strings.Join(labels, ", "), help: help}
 	}
 	out := make([]metricDoc, 0, len(seen))
 	for _, m := range seen {

@@ -175,25 +175,49 @@ type QueryStats struct {
 	BySQLState  map[string]uint64 // error count by SQLSTATE
 }
 
-// queryStats reads the pool's own histograms: no extra counting on the query path.
+// queryStats summarises the pool's own histograms: no extra counting on the query path.
 func (x *metrics) queryStats() QueryStats {
-	qs := QueryStats{ByOperation: map[string]uint64{}, BySQLState: map[string]uint64{}}
-	buckets := make([]uint64, len(QueryBuckets))
+	h, byOp, byState := x.read()
+	qs := QueryStats{Count: h.Count, Errors: h.Errors, SumSeconds: h.SumSeconds, ByOperation: byOp, BySQLState: byState}
+	if qs.Count > 0 {
+		qs.Average = seconds(qs.SumSeconds / float64(qs.Count))
+		qs.ErrorRate = float64(qs.Errors) / float64(qs.Count)
+		qs.P50 = seconds(bucketQuantile(0.50, h.Cumulative, qs.Count))
+		qs.P95 = seconds(bucketQuantile(0.95, h.Cumulative, qs.Count))
+		qs.P99 = seconds(bucketQuantile(0.99, h.Cumulative, qs.Count))
+	}
+	return qs
+}
+
+// QueryHistogram is the query duration histogram summed over operations. Two readings taken a
+// while apart give the latency of just the queries in between, which is what live views show.
+type QueryHistogram struct {
+	Cumulative []uint64 // cumulative counts per bound of QueryBuckets
+	Count      uint64
+	SumSeconds float64
+	Errors     uint64
+}
+
+// read reads the query histograms and error counters once: the histogram summed over
+// operations, the count by operation (non-zero only) and the errors by SQLSTATE.
+func (x *metrics) read() (h QueryHistogram, byOp, bySQLState map[string]uint64) {
+	h.Cumulative = make([]uint64, len(QueryBuckets))
+	byOp, bySQLState = map[string]uint64{}, map[string]uint64{}
 	for op := range numOperations {
 		var pb dto.Metric
 		if err := x.queryObservers[op].(prometheus.Metric).Write(&pb); err != nil {
 			continue
 		}
-		h := pb.GetHistogram()
-		if h.GetSampleCount() == 0 {
+		hist := pb.GetHistogram()
+		if hist.GetSampleCount() == 0 {
 			continue
 		}
-		qs.Count += h.GetSampleCount()
-		qs.SumSeconds += h.GetSampleSum()
-		qs.ByOperation[op.String()] = h.GetSampleCount()
-		for i, b := range h.GetBucket() {
-			if i < len(buckets) {
-				buckets[i] += b.GetCumulativeCount()
+		h.Count += hist.GetSampleCount()
+		h.SumSeconds += hist.GetSampleSum()
+		byOp[op.String()] = hist.GetSampleCount()
+		for i, b := range hist.GetBucket() {
+			if i < len(h.Cumulative) {
+				h.Cumulative[i] += b.GetCumulativeCount()
 			}
 		}
 	}
@@ -205,21 +229,14 @@ func (x *metrics) queryStats() QueryStats {
 			continue
 		}
 		v := uint64(pb.GetCounter().GetValue())
-		qs.Errors += v
+		h.Errors += v
 		for _, l := range pb.GetLabel() {
 			if l.GetName() == "sqlstate" {
-				qs.BySQLState[l.GetValue()] += v
+				bySQLState[l.GetValue()] += v
 			}
 		}
 	}
-	if qs.Count > 0 {
-		qs.Average = seconds(qs.SumSeconds / float64(qs.Count))
-		qs.ErrorRate = float64(qs.Errors) / float64(qs.Count)
-		qs.P50 = seconds(bucketQuantile(0.50, buckets, qs.Count))
-		qs.P95 = seconds(bucketQuantile(0.95, buckets, qs.Count))
-		qs.P99 = seconds(bucketQuantile(0.99, buckets, qs.Count))
-	}
-	return qs
+	return h, byOp, bySQLState
 }
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
