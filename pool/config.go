@@ -306,9 +306,14 @@ func parseInt(name, v string) (int64, error) {
 // key=value forms alike. It is what logs, errors and APIs show in place of the DSN.
 func RedactDSN(dsn string) string {
 	if strings.Contains(dsn, "://") {
+		// Mask the raw user information first: a password with an unescaped / or @ is not
+		// where net/url looks for one, but it is still the password.
+		if lo, hi, ok := rawURLPassword(dsn); ok {
+			dsn = dsn[:lo] + "xxxxx" + dsn[hi:]
+		}
 		u, err := url.Parse(dsn)
 		if err != nil {
-			return redactRawURL(dsn)
+			return dsn
 		}
 		if u.User != nil {
 			if _, has := u.User.Password(); has {
@@ -331,18 +336,24 @@ func RedactDSN(dsn string) string {
 	return redactKeyValue(dsn)
 }
 
-// redactRawURL masks the password of a URL that net/url cannot parse (a bad port, say), so the
-// error can still show which URL was meant.
-func redactRawURL(dsn string) string {
-	scheme := strings.Index(dsn, "://") + 3
+// rawURLPassword finds what a person typing a URL meant as its password, without parsing:
+// from the first ":" after the scheme to the last "@". It masks more than needed rather than
+// less when other parts hold those characters.
+func rawURLPassword(dsn string) (lo, hi int, ok bool) {
+	scheme := strings.Index(dsn, "://")
+	if scheme < 0 {
+		return 0, 0, false
+	}
+	start := scheme + 3
 	at := strings.LastIndex(dsn, "@")
-	if at < scheme {
-		return dsn
+	if at < start {
+		return 0, 0, false
 	}
-	if c := strings.Index(dsn[scheme:at], ":"); c >= 0 {
-		return dsn[:scheme+c+1] + "xxxxx" + dsn[at:]
+	c := strings.Index(dsn[start:at], ":")
+	if c < 0 {
+		return 0, 0, false
 	}
-	return dsn
+	return start + c + 1, at, true
 }
 
 // redactKeyValue masks password=... in a key=value DSN, with or without single quotes.
@@ -406,7 +417,8 @@ func Scrub(msg string, dsns ...string) string {
 		if len(p) < 2 {
 			continue
 		}
-		for _, form := range []string{p, url.QueryEscape(p), url.PathEscape(p), (&url.URL{User: url.UserPassword("", p)}).User.String()[1:]} {
+		kvEscaped := strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(p)
+		for _, form := range []string{kvEscaped, p, url.QueryEscape(p), url.PathEscape(p), (&url.URL{User: url.UserPassword("", p)}).User.String()[1:]} {
 			if form != "" {
 				msg = strings.ReplaceAll(msg, form, "xxxxx")
 			}
@@ -434,11 +446,11 @@ func passwords(dsns ...string) []string {
 						out = append(out, p)
 					}
 				}
-			} else if at := strings.LastIndex(dsn, "@"); at > 0 {
-				// Unparseable URL: treat everything between the scheme's "user:" and "@" as secret.
-				rest := dsn[strings.Index(dsn, "://")+3 : at]
-				if c := strings.Index(rest, ":"); c >= 0 {
-					out = append(out, rest[c+1:])
+			}
+			if lo, hi, ok := rawURLPassword(dsn); ok {
+				out = append(out, dsn[lo:hi])
+				if p, err := url.PathUnescape(dsn[lo:hi]); err == nil {
+					out = append(out, p)
 				}
 			}
 			continue
