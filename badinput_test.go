@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/internal/testutil"
 )
 
 // The bad input suite: configuration, queries.yaml, HTTP and the proxy's protocol input. Each
@@ -75,7 +76,7 @@ func TestBadStartupInput(t *testing.T) {
 			for k, v := range tc.env {
 				t.Setenv(k, v)
 			}
-			var out, errOut syncBuffer
+			var out, errOut testutil.LogBuffer
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			args := append([]string{"--web.listen-address=127.0.0.1:0", "--db.metrics-log-interval=0"}, tc.args...)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -25,29 +24,12 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/internal/testutil"
 )
 
 var cluster *pgtest.Cluster
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &cluster, pgtest.Options{})) }
-
-// syncBuffer is a bytes.Buffer safe for the logger's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // clearPoolEnv keeps the developer's environment out of config tests.
 func clearPoolEnv(t *testing.T) {
@@ -78,7 +60,7 @@ func TestBadConfigExitsNonZeroNamingTheSetting(t *testing.T) {
 			for k, v := range tc.env {
 				t.Setenv(k, v)
 			}
-			var out, errOut syncBuffer
+			var out, errOut testutil.LogBuffer
 			code := run(context.Background(), tc.args, &out, &errOut)
 			if code == 0 {
 				t.Fatalf("exit code 0 for bad config %v", tc)
@@ -94,7 +76,7 @@ func TestBadConfigExitsNonZeroNamingTheSetting(t *testing.T) {
 }
 
 func TestHelpAndVersion(t *testing.T) {
-	var out, errOut syncBuffer
+	var out, errOut testutil.LogBuffer
 	if code := run(context.Background(), []string{"--help"}, &out, &errOut); code != 0 {
 		t.Fatalf("--help exit %d: %s", code, errOut.String())
 	}
@@ -103,7 +85,7 @@ func TestHelpAndVersion(t *testing.T) {
 			t.Errorf("--help lacks %s", want)
 		}
 	}
-	out, errOut = syncBuffer{}, syncBuffer{}
+	out, errOut = testutil.LogBuffer{}, testutil.LogBuffer{}
 	if code := run(context.Background(), []string{"--version"}, &out, &errOut); code != 0 ||
 		!strings.Contains(out.String()+errOut.String(), "pgsidecar") {
 		t.Fatalf("--version exit %d: %q %q", code, out.String(), errOut.String())
@@ -119,7 +101,7 @@ func TestEnvFile(t *testing.T) {
 	if err := os.WriteFile(f, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var out, errOut syncBuffer
+	var out, errOut testutil.LogBuffer
 	code := run(context.Background(), []string{"--env-file", f}, &out, &errOut)
 	if code != 2 || !strings.Contains(errOut.String(), "DB_MIN_CONNECTIONS (40) must not exceed DB_MAX_CONNECTIONS (30)") {
 		t.Fatalf("env file not applied: exit %d, %s", code, errOut.String())
@@ -144,10 +126,10 @@ func freeAddr(t *testing.T) string {
 
 // startSidecar runs the binary's run function and returns its address and a stop function that
 // returns the exit code.
-func startSidecar(t *testing.T, args ...string) (addr string, logs *syncBuffer, stop func() int) {
+func startSidecar(t *testing.T, args ...string) (addr string, logs *testutil.LogBuffer, stop func() int) {
 	t.Helper()
 	addr = freeAddr(t)
-	logs = &syncBuffer{}
+	logs = &testutil.LogBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
 	go func() {
@@ -253,7 +235,7 @@ func TestWebConfigTLSAndBasicAuth(t *testing.T) {
 	must(t, os.WriteFile(filepath.Join(dir, "web.yml"), []byte(webCfg), 0o600))
 
 	addr := freeAddr(t)
-	logs := &syncBuffer{}
+	logs := &testutil.LogBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
 	go func() {

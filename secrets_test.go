@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/internal/testutil"
 )
 
 // secretPW has every character that URL and DSN handling tends to get wrong.
@@ -55,7 +56,7 @@ func TestPasswordNeverLeaks(t *testing.T) {
 			}
 			var seen strings.Builder // every byte the sidecar showed anyone
 			if v.name == "bad-url" {
-				var out, errOut syncBuffer
+				var out, errOut testutil.LogBuffer
 				code := run(ctx, []string{"--database-url=" + v.dsn}, &out, &errOut)
 				if code == 0 {
 					t.Fatal("a bad URL was accepted")

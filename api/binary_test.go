@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,26 +17,9 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/internal/testutil"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
-
-// lockedBuffer collects a process's output.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
@@ -66,7 +48,7 @@ func TestBinaryLandingPageToStatus(t *testing.T) {
 
 	addr := freeAddr(t)
 	base := "http://" + addr
-	logs := &lockedBuffer{}
+	logs := &testutil.LogBuffer{}
 	cmd := exec.Command(bin, "--web.listen-address="+addr, "--db.metrics-log-interval=0")
 	cmd.Env = append(os.Environ(), "DATABASE_URL="+cluster.URL(""), "DB_MIN_CONNECTIONS=2", "DB_MAX_CONNECTIONS=4")
 	cmd.Stdout, cmd.Stderr = logs, logs

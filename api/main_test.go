@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/goleak"
 
 	"github.com/pgsidecar/pgsidecar/collector"
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
@@ -24,15 +23,7 @@ import (
 var cluster *pgtest.Cluster
 
 func TestMain(m *testing.M) {
-	code := pgtest.Main(m, &cluster, pgtest.Options{})
-	if code == 0 {
-		// Streams, pools and servers must all be gone when the tests are.
-		if err := goleak.Find(); err != nil {
-			os.Stderr.WriteString("goroutine leak: " + err.Error() + "\n")
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(pgtest.Main(m, &cluster, pgtest.Options{CheckLeaks: true}))
 }
 
 // sidecar is the API served over real HTTP on a real pool.

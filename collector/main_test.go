@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,41 +18,16 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
-	"go.uber.org/goleak"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/internal/testutil"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
 var cluster *pgtest.Cluster
 
 func TestMain(m *testing.M) {
-	code := pgtest.Main(m, &cluster, pgtest.Options{})
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			os.Stderr.WriteString("goroutine leak: " + err.Error() + "\n")
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-// logBuffer collects log lines from several goroutines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	os.Exit(pgtest.Main(m, &cluster, pgtest.Options{CheckLeaks: true}))
 }
 
 // env is a pool manager, an exporter on it and the /metrics handler, as the binary wires them.
@@ -62,7 +36,7 @@ type env struct {
 	exp *Exporter
 	reg *prometheus.Registry
 	srv *httptest.Server
-	log *logBuffer
+	log *testutil.LogBuffer
 }
 
 // newEnv builds the pieces against the test cluster's database db ("" for postgres).
@@ -76,7 +50,7 @@ func newEnv(t testing.TB, db string, cfg Config) *env {
 	pc.RetryMaxDelay = 100 * time.Millisecond
 	pc.MetricsLogInterval = 0
 	pc.Name = "test"
-	e := &env{reg: prometheus.NewRegistry(), log: &logBuffer{}}
+	e := &env{reg: prometheus.NewRegistry(), log: &testutil.LogBuffer{}}
 	logger := slog.New(slog.NewTextHandler(e.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	mgr, err := pool.New(pc, pool.WithLogger(logger), pool.WithRegisterer(e.reg))
 	if err != nil {

@@ -152,7 +152,7 @@ func TestServerDownAtStartThenUp(t *testing.T) {
 	}
 	cfg := testConfig(t)
 	h := newManager(t, cfg)
-	if !pgtest.WaitFor(10*time.Second, func() bool { return h.log.count("Database connection failed") >= 1 }) {
+	if !pgtest.WaitFor(10*time.Second, func() bool { return h.log.Count("Database connection failed") >= 1 }) {
 		t.Fatal("no failed attempt logged")
 	}
 	if err := cluster.StartAgain(); err != nil {

@@ -278,7 +278,9 @@ func (m *Manager) awaitPoolWarmup() {
 	start := time.Now()
 	for time.Since(start) < m.cfg.ConnectTimeout && !m.isClosed() {
 		s := m.pool.Stat()
-		if s.ConstructingConns() == 0 && (s.TotalConns() >= m.cfg.MinConns || time.Since(start) > 250*time.Millisecond) {
+		// Done once nothing is being opened and pgxpool has tried all of them (NewConnsCount
+		// counts attempts as they start), or it has had ample time to begin.
+		if s.ConstructingConns() == 0 && (s.NewConnsCount() >= int64(m.cfg.MinConns) || time.Since(start) > 250*time.Millisecond) {
 			return
 		}
 		_ = sleep(m.ctx, 10*time.Millisecond)

@@ -427,7 +427,7 @@ func TestNewReturnsAtOnceWhenDatabaseIsDown(t *testing.T) {
 	if st := h.m.Health().Status; st == StatusHealthy {
 		t.Fatalf("status %s with no server", st)
 	}
-	if !pgtest.WaitFor(10*time.Second, func() bool { return h.log.count("Database connection failed") >= 2 }) {
+	if !pgtest.WaitFor(10*time.Second, func() bool { return h.log.Count("Database connection failed") >= 2 }) {
 		t.Fatalf("no retried connection attempts logged:\n%s", h.log.String())
 	}
 	logs := h.log.String()
@@ -574,7 +574,7 @@ func TestHealthLoopDoesNotSpinWhileDown(t *testing.T) {
 	if n := h.metricValue(t, "pgsidecar_health_check_failures_total", nil) - before; n > 40 {
 		t.Fatalf("%v failed checks in about a second: the health loop spins", n)
 	}
-	if n := h.log.count("Database health check"); n > 20 {
+	if n := h.log.Count("Database health check"); n > 20 {
 		t.Fatalf("%d health check log lines while down", n)
 	}
 }

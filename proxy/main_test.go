@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"crypto/md5"
 	"encoding/hex"
@@ -11,46 +10,21 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/goleak"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/internal/testutil"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
 var cluster *pgtest.Cluster
 
 func TestMain(m *testing.M) {
-	code := pgtest.Main(m, &cluster, pgtest.Options{MaxConnections: 150})
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			os.Stderr.WriteString("goroutine leak: " + err.Error() + "\n")
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	os.Exit(pgtest.Main(m, &cluster, pgtest.Options{MaxConnections: 150, CheckLeaks: true}))
 }
 
 // harness is a pool manager on the test cluster with a proxy in front of it, listening on a
@@ -59,7 +33,7 @@ type harness struct {
 	mgr  *pool.Manager
 	srv  *Server
 	reg  *prometheus.Registry
-	log  *logBuffer
+	log  *testutil.LogBuffer
 	port int
 	sock string // unix socket directory (libpq host=)
 }
@@ -85,7 +59,7 @@ func newHarness(t testing.TB, tweak func(pc *pool.Config, c *Config)) *harness {
 	if tweak != nil {
 		tweak(&pc, &c)
 	}
-	h := &harness{reg: prometheus.NewRegistry(), log: &logBuffer{}, sock: dir}
+	h := &harness{reg: prometheus.NewRegistry(), log: &testutil.LogBuffer{}, sock: dir}
 	logger := slog.New(slog.NewTextHandler(h.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	h.mgr, err = pool.New(pc, pool.WithLogger(logger), pool.WithRegisterer(h.reg))
 	if err != nil {
@@ -138,37 +112,7 @@ func (h *harness) connect(t testing.TB, ctx context.Context, url string) *pgx.Co
 // metric returns the sum of a family's samples whose labels include want (histograms: count).
 func (h *harness) metric(t testing.TB, name string, want map[string]string) float64 {
 	t.Helper()
-	mfs, err := h.reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			for k, v := range want {
-				if labels[k] != v {
-					continue metrics
-				}
-			}
-			switch {
-			case m.Counter != nil:
-				sum += m.GetCounter().GetValue()
-			case m.Gauge != nil:
-				sum += m.GetGauge().GetValue()
-			case m.Histogram != nil:
-				sum += float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-	}
-	return sum
+	return testutil.MetricValue(t, h.reg, name, want)
 }
 
 // waitIdle waits until no client session holds a pool connection.

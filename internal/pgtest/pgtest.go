@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"go.uber.org/goleak"
 )
 
 // SuperuserPassword is the password of the cluster's superuser "postgres". Tests that check secret
@@ -37,6 +38,8 @@ type Options struct {
 	MaxConnections int
 	// Settings are extra postgresql.conf lines, e.g. "log_min_duration_statement = 0".
 	Settings []string
+	// CheckLeaks makes Main fail the package when goroutines are left after its tests passed.
+	CheckLeaks bool
 }
 
 // Cluster is a running throwaway PostgreSQL server, or an external one from TEST_DATABASE_URL.
@@ -121,8 +124,16 @@ func Main(m *testing.M, out **Cluster, opts Options) int {
 	}
 	*out = c
 	os.Setenv(URLEnv, c.URL(""))
-	defer c.Close()
-	return m.Run()
+	code := m.Run()
+	c.Close()
+	if code == 0 && opts.CheckLeaks {
+		// Every pool, server and stream a test started must be gone with it.
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutine leak:", err)
+			code = 1
+		}
+	}
+	return code
 }
 
 // External reports whether the cluster is a server given by TEST_DATABASE_URL.
