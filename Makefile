@@ -56,5 +56,7 @@ fmt:
 demo: deps build
 	$(GO) run ./examples/demo $(DEMO_ARGS)
 
+# Go benchmarks of every package; BENCHMARKS.md has the side-by-side runs and how to read them.
 bench: deps
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -count 6 ./pool/ | tee bench-pool.txt
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -count 6 ./pool/ ./collector/ ./api/ | tee bench-go.txt
+	$(GO) test -run '^$$' -bench PgbenchSelectOnly -benchtime 1x ./proxy/ | tee bench-proxy.txt
