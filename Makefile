@@ -28,10 +28,13 @@ test: deps
 	$(MAKE) fuzz
 
 # Each fuzz target briefly (go test -fuzz takes one target at a time); seeds live in testdata/fuzz.
+FUZZ_TARGETS := ./pool/:FuzzClassifyOperation ./pool/:FuzzParseDuration ./pool/:FuzzRedactDSN \
+	./pool/:FuzzFromEnv ./collector/:FuzzParseQueries ./proxy/:FuzzStartupPacket
 fuzz:
-	@for t in FuzzClassifyOperation FuzzParseDuration FuzzRedactDSN FuzzFromEnv; do \
-		echo "fuzz pool $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./pool/ >/dev/null || exit 1; \
-	done
+	@for pt in $(FUZZ_TARGETS); do \
+		pkg=$${pt%%:*}; t=$${pt#*:}; echo "fuzz $$pkg $$t"; \
+		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg > fuzz.out 2>&1 || { cat fuzz.out; rm -f fuzz.out; exit 1; }; \
+	done; rm -f fuzz.out
 
 # Alert rules, scrape and Alertmanager configs, dashboards and the end-to-end module.
 test-monitoring:

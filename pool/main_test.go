@@ -2,7 +2,6 @@ package pool
 
 import (
 	"context"
-	"flag"
 	"log/slog"
 	"os"
 	"strings"
@@ -18,11 +17,6 @@ import (
 var cluster *pgtest.Cluster
 
 func TestMain(m *testing.M) {
-	flag.Parse()
-	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
-		// Fuzz targets need no database; don't start a cluster in every fuzz worker.
-		os.Exit(m.Run())
-	}
 	os.Exit(pgtest.Main(m, &cluster, pgtest.Options{CheckLeaks: true}))
 }
 

@@ -10,6 +10,7 @@ package pgtest
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"net/url"
@@ -114,9 +115,15 @@ func Start(opts Options) (*Cluster, error) {
 // cluster variable (godoc examples in an external test package).
 const URLEnv = "PGTEST_DATABASE_URL"
 
-// Main runs a test package's tests against one cluster and removes it afterwards, also when tests
+// Main runs a test package's tests against one cluster (none when fuzzing) and removes it afterwards, also when tests
 // fail. Use it from TestMain: os.Exit(pgtest.Main(m, &cluster, pgtest.Options{})).
 func Main(m *testing.M, out **Cluster, opts Options) int {
+	flag.Parse()
+	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
+		// Fuzzing (go test -fuzz) runs only fuzz targets, which need no database; a cluster
+		// per fuzz worker would only slow it down.
+		return m.Run()
+	}
 	c, err := Start(opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "pgtest:", err)
