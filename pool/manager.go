@@ -296,6 +296,12 @@ func (m *Manager) check() bool {
 	if errors.Is(err, context.Canceled) && m.isClosed() {
 		return true
 	}
+	if errors.Is(err, errSaturated) {
+		// Every connection is busy serving queries: the database answers, the pool is full.
+		// Health() reports that as degraded; it is no reason to drop connections.
+		m.log.Debug("Database health check skipped: every pool connection is in use")
+		return !m.connErrSeen.Load()
+	}
 	m.mu.Lock()
 	wasUp := m.health.Status == StatusHealthy || m.health.Status == StatusDegraded
 	failures := m.health.ConsecutiveFailures
@@ -328,14 +334,30 @@ func (m *Manager) check() bool {
 // (degraded) server; on failure it is the time until the failure.
 func (m *Manager) ping(ctx context.Context) (time.Duration, error) {
 	start := time.Now()
+	if m.saturated() && !m.connErrSeen.Load() {
+		return 0, errSaturated
+	}
 	c, err := m.pool.Acquire(ctx)
 	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && m.saturated() {
+			return time.Since(start), errSaturated
+		}
 		return time.Since(start), err
 	}
 	defer c.Release()
 	start = time.Now()
 	err = c.Ping(ctx)
 	return time.Since(start), err
+}
+
+// errSaturated is what ping reports when it could not get a connection because all are in use.
+var errSaturated = errors.New("every pool connection is in use")
+
+// saturated reports whether every connection the pool may open is handed out (connections
+// still being opened do not count: they say nothing about a busy pool).
+func (m *Manager) saturated() bool {
+	s := m.pool.Stat()
+	return s.AcquiredConns() >= s.MaxConns()
 }
 
 func (m *Manager) rewarm() {

@@ -597,3 +597,48 @@ func TestSlowQueryLogMasksPasswords(t *testing.T) {
 		t.Fatalf("no masked statement logged:\n%s", h.log.String())
 	}
 }
+
+// A pool whose every connection is busy is degraded, not unhealthy: the health check must not
+// fail (and reset the pool) because it could not get a connection.
+func TestSaturatedPoolIsDegradedNotUnhealthy(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MaxConns, cfg.MinConns = 1, 1
+	cfg.HealthCheckInterval = 100 * time.Millisecond
+	cfg.HealthCheckTimeout = 200 * time.Millisecond
+	h := newManager(t, cfg)
+	h.waitHealthy(t)
+	ctx := ctxTimeout(t, 30*time.Second)
+	held, err := h.m.Pool().Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	release := func() { once.Do(held.Release) }
+	t.Cleanup(release) // Close waits for it, also when the test fails early
+	waiter := make(chan error, 1)
+	go func() {
+		c, err := h.m.Pool().Acquire(ctx)
+		if err == nil {
+			c.Release()
+		}
+		waiter <- err
+	}()
+	if !pgtest.WaitFor(5*time.Second, func() bool { return h.m.Health().Status == StatusDegraded }) {
+		t.Fatalf("saturated pool reports %s", h.m.Health().Status)
+	}
+	// Several health intervals pass with the pool full: never unhealthy, no failures counted.
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		if st := h.m.Health().Status; st == StatusUnhealthy {
+			t.Fatalf("saturated pool turned unhealthy: %+v", h.m.Health())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	release()
+	if err := <-waiter; err != nil {
+		t.Fatal(err)
+	}
+	if got := h.metricValue(t, "pgsidecar_health_check_failures_total", nil); got != 0 {
+		t.Fatalf("health check failures while saturated: %v", got)
+	}
+}
