@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"sort"
 	"sync"
@@ -14,10 +15,11 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/pool"
 )
 
 // TestCrashRestartsWithEverythingRunning stops PostgreSQL immediately and starts it again 20
-// times while proxy clients query, scrapes run and probes poll. /metrics and /healthz must answer
+// times while a Go app on the pool library and proxy clients query, scrapes run and probes poll. /metrics and /healthz must answer
 // every time, /readyz must follow the database, nothing may hang past its deadline, and the
 // sidecar must end without leaked server sessions or goroutines.
 func TestCrashRestartsWithEverythingRunning(t *testing.T) {
@@ -47,9 +49,46 @@ func TestCrashRestartsWithEverythingRunning(t *testing.T) {
 		t.Fatalf("never ready:\n%s", logs.String())
 	}
 
+	// A Go app on the pool library, next to the proxy clients.
+	libCfg := pool.DefaultConfig()
+	libCfg.DatabaseURL, libCfg.Name, libCfg.ApplicationName = cluster.URL(""), "library", "crash-library"
+	libCfg.MaxConns, libCfg.MinConns, libCfg.MetricsLogInterval = 4, 1, 0
+	libCfg.RetryDelay, libCfg.RetryMaxDelay, libCfg.ConnectTimeout = 20*time.Millisecond, 200*time.Millisecond, 2*time.Second
+	lib, err := pool.New(libCfg, pool.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lib.Close()
+
 	stopLoad := make(chan struct{})
 	var wg sync.WaitGroup
-	var proxyOK, proxyFailed, probeFailures atomic.Int64
+	var proxyOK, proxyFailed, probeFailures, libOK atomic.Int64
+	for range 2 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stopLoad:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+				start := time.Now()
+				err := lib.ExecuteWithRetry(ctx, func(ctx context.Context) error {
+					_, err := lib.Pool().Exec(ctx, "SELECT 1")
+					return err
+				})
+				cancel()
+				if time.Since(start) > 3*time.Second+20*time.Second {
+					t.Errorf("a library call ran %s past its 3s deadline", time.Since(start))
+				}
+				if err == nil {
+					libOK.Add(1)
+				} else {
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+		})
+	}
 	var probeErr atomic.Value
 	// Proxy clients: connect, query, disconnect, each bounded by a deadline.
 	for w := range 3 {
@@ -111,9 +150,9 @@ func TestCrashRestartsWithEverythingRunning(t *testing.T) {
 
 	var downLag, upLag []time.Duration
 	for i := range 20 {
-		before := proxyOK.Load()
-		if !pgtest.WaitFor(30*time.Second, func() bool { return proxyOK.Load() > before+3 }) {
-			t.Fatalf("round %d: proxy clients make no progress\n%s", i, logs.String())
+		before, libBefore := proxyOK.Load(), libOK.Load()
+		if !pgtest.WaitFor(30*time.Second, func() bool { return proxyOK.Load() > before+3 && libOK.Load() > libBefore+3 }) {
+			t.Fatalf("round %d: proxy or library clients make no progress\n%s", i, logs.String())
 		}
 		if err := cluster.Stop("immediate"); err != nil {
 			t.Fatal(err)
@@ -137,8 +176,8 @@ func TestCrashRestartsWithEverythingRunning(t *testing.T) {
 	if n := probeFailures.Load(); n > 0 {
 		t.Fatalf("/metrics or /healthz failed %d times; last: %v", n, probeErr.Load())
 	}
-	t.Logf("proxy calls: %d ok, %d failed; /readyz 503 after a crash: median %s, max %s; 200 after restart: median %s, max %s",
-		proxyOK.Load(), proxyFailed.Load(), median(downLag), maxDur(downLag), median(upLag), maxDur(upLag))
+	t.Logf("library calls: %d ok; proxy calls: %d ok, %d failed; /readyz 503 after a crash: median %s, max %s; 200 after restart: median %s, max %s",
+		libOK.Load(), proxyOK.Load(), proxyFailed.Load(), median(downLag), maxDur(downLag), median(upLag), maxDur(upLag))
 
 	// The server holds exactly what the pool holds.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -149,6 +188,10 @@ func TestCrashRestartsWithEverythingRunning(t *testing.T) {
 	}) {
 		t.Fatal("more server sessions than the pool's maximum: leaked connections")
 	}
+	if n, err := cluster.QueryInt(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'crash-library'"); err != nil || n > 4 {
+		t.Fatalf("library sessions %d (max 4): %v", n, err)
+	}
+	lib.Close()
 	if code := stop(); code != 0 {
 		t.Fatalf("exit code %d", code)
 	}
