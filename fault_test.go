@@ -62,8 +62,11 @@ func TestCrashRestartsWithEverythingRunning(t *testing.T) {
 
 	stopLoad := make(chan struct{})
 	var wg sync.WaitGroup
-	var proxyOK, proxyFailed, probeFailures, libOK atomic.Int64
-	for range 2 {
+	var proxyOK, proxyFailed, probeFailures, libOK, libFailed atomic.Int64
+	var probeErr atomic.Value
+	// load calls fn in a loop until stopLoad, each call bounded by a 3 s deadline; a call still
+	// running long after its deadline is a hang.
+	load := func(what string, ok, failed *atomic.Int64, fn func(ctx context.Context) error) {
 		wg.Go(func() {
 			for {
 				select {
@@ -73,54 +76,38 @@ func TestCrashRestartsWithEverythingRunning(t *testing.T) {
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 				start := time.Now()
-				err := lib.ExecuteWithRetry(ctx, func(ctx context.Context) error {
-					_, err := lib.Pool().Exec(ctx, "SELECT 1")
-					return err
-				})
+				err := fn(ctx)
 				cancel()
 				if time.Since(start) > 3*time.Second+20*time.Second {
-					t.Errorf("a library call ran %s past its 3s deadline", time.Since(start))
+					t.Errorf("a %s call ran %s past its 3s deadline", what, time.Since(start))
 				}
 				if err == nil {
-					libOK.Add(1)
+					ok.Add(1)
 				} else {
+					failed.Add(1)
 					time.Sleep(10 * time.Millisecond)
 				}
 			}
 		})
 	}
-	var probeErr atomic.Value
-	// Proxy clients: connect, query, disconnect, each bounded by a deadline.
+	for range 2 {
+		load("library", &libOK, &libFailed, func(ctx context.Context) error {
+			return lib.ExecuteWithRetry(ctx, func(ctx context.Context) error {
+				_, err := lib.Pool().Exec(ctx, "SELECT 1")
+				return err
+			})
+		})
+	}
+	// Proxy clients: connect, query, disconnect.
 	for w := range 3 {
-		wg.Go(func() {
-			for {
-				select {
-				case <-stopLoad:
-					return
-				default:
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-				start := time.Now()
-				err := func() error {
-					c, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres:%s@%s/postgres?sslmode=disable", pgtest.SuperuserPassword, proxyAddr))
-					if err != nil {
-						return err
-					}
-					defer c.Close(context.Background())
-					_, err = c.Exec(ctx, "SELECT $1::int", w)
-					return err
-				}()
-				cancel()
-				if time.Since(start) > 3*time.Second+20*time.Second {
-					t.Errorf("a proxy call ran %s past its 3s deadline", time.Since(start))
-				}
-				if err == nil {
-					proxyOK.Add(1)
-				} else {
-					proxyFailed.Add(1)
-					time.Sleep(10 * time.Millisecond)
-				}
+		load("proxy", &proxyOK, &proxyFailed, func(ctx context.Context) error {
+			c, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres:%s@%s/postgres?sslmode=disable", pgtest.SuperuserPassword, proxyAddr))
+			if err != nil {
+				return err
 			}
+			defer c.Close(context.Background())
+			_, err = c.Exec(ctx, "SELECT $1::int", w)
+			return err
 		})
 	}
 	// Scrapes and liveness: must answer every time, database up or down.

@@ -322,24 +322,13 @@ func TestMethodsAndUnknownPaths(t *testing.T) {
 	}
 }
 
-// appConns counts the server sessions of one application_name.
-func appConns(t testing.TB, app string) int64 {
-	t.Helper()
-	n, err := cluster.QueryInt(ctxTimeout(t, 10*time.Second),
-		"SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", app)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
 func TestWarmupOpensConnections(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.MinConns, cfg.MaxConns = 1, 6
 	s := startSidecar(t, cfg, false, Options{})
 	s.waitHealthy(t)
-	if !pgtest.WaitFor(10*time.Second, func() bool { return appConns(t, cfg.ApplicationName) == 1 }) {
-		t.Fatalf("sessions before warm-up: %d, want 1", appConns(t, cfg.ApplicationName))
+	if !pgtest.WaitFor(10*time.Second, func() bool { return cluster.Sessions(t, cfg.ApplicationName) == 1 }) {
+		t.Fatalf("sessions before warm-up: %d, want 1", cluster.Sessions(t, cfg.ApplicationName))
 	}
 
 	code, _, body := s.do(t, http.MethodPost, "/api/database/warmup", `{"connections": 5}`, "Content-Type", "application/json")
@@ -350,7 +339,7 @@ func TestWarmupOpensConnections(t *testing.T) {
 	if res.Requested != 5 || res.Opened != 4 || res.TotalConnections != 5 || res.DurationMs <= 0 || res.Error != "" {
 		t.Fatalf("warm-up result %+v, want 4 opened, 5 in total", res)
 	}
-	if n := appConns(t, cfg.ApplicationName); n != 5 {
+	if n := cluster.Sessions(t, cfg.ApplicationName); n != 5 {
 		t.Fatalf("pg_stat_activity shows %d sessions after warm-up, want 5", n)
 	}
 	// Without a body: the pool minimum, already open, so nothing new.
@@ -359,7 +348,7 @@ func TestWarmupOpensConnections(t *testing.T) {
 		t.Fatalf("warm-up without body: %d %s", code, body)
 	}
 	code, _, body = s.do(t, http.MethodPost, "/api/database/warmup?connections=6", "")
-	if code != 200 || json.Unmarshal(body, &res) != nil || res.Opened != 1 || appConns(t, cfg.ApplicationName) != 6 {
+	if code != 200 || json.Unmarshal(body, &res) != nil || res.Opened != 1 || cluster.Sessions(t, cfg.ApplicationName) != 6 {
 		t.Fatalf("warm-up to 6 by query: %d %s", code, body)
 	}
 

@@ -106,35 +106,13 @@ func (e *env) scrape(t testing.TB, timeout, clientTimeout time.Duration) scrape 
 	return scrape{status: resp.StatusCode, families: fams, body: string(body)}
 }
 
-// values returns the samples of a metric whose labels include want, keyed by their full
-// label set.
+// values returns the samples of a metric whose labels include want.
 func (s scrape) values(name string, want map[string]string) []float64 {
-	var out []float64
 	mf := s.families[name]
 	if mf == nil {
 		return nil
 	}
-metrics:
-	for _, m := range mf.GetMetric() {
-		labels := map[string]string{}
-		for _, l := range m.GetLabel() {
-			labels[l.GetName()] = l.GetValue()
-		}
-		for k, v := range want {
-			if labels[k] != v {
-				continue metrics
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			out = append(out, m.GetCounter().GetValue())
-		case m.Gauge != nil:
-			out = append(out, m.GetGauge().GetValue())
-		case m.Untyped != nil:
-			out = append(out, m.GetUntyped().GetValue())
-		}
-	}
-	return out
+	return testutil.Samples([]*dto.MetricFamily{mf}, name, want)
 }
 
 // value returns the one sample of name matching want, failing the test if there is not

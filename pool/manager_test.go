@@ -17,25 +17,14 @@ import (
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
 )
 
-// appConns counts the server sessions of one application_name.
-func appConns(t testing.TB, app string) int64 {
-	t.Helper()
-	n, err := cluster.QueryInt(ctxTimeout(t, 10*time.Second),
-		"SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", app)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
 func TestWarmupOpensMinConns(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.MinConns, cfg.MaxConns = 3, 6
 	cfg.ApplicationName = "warmup-test"
 	h := newManager(t, cfg)
 	h.waitHealthy(t)
-	if !pgtest.WaitFor(10*time.Second, func() bool { return appConns(t, "warmup-test") == 3 }) {
-		t.Fatalf("pg_stat_activity shows %d sessions, want 3", appConns(t, "warmup-test"))
+	if !pgtest.WaitFor(10*time.Second, func() bool { return cluster.Sessions(t, "warmup-test") == 3 }) {
+		t.Fatalf("pg_stat_activity shows %d sessions, want 3", cluster.Sessions(t, "warmup-test"))
 	}
 	if !strings.Contains(h.log.String(), "Database connected") {
 		t.Fatalf("no connect log line:\n%s", h.log.String())
@@ -48,7 +37,7 @@ func TestWarmupOpensMinConns(t *testing.T) {
 	if res.Requested != 5 || res.Opened != 2 || res.Total != 5 {
 		t.Fatalf("warm-up result %+v, want 2 opened, 5 total", res)
 	}
-	if n := appConns(t, "warmup-test"); n != 5 {
+	if n := cluster.Sessions(t, "warmup-test"); n != 5 {
 		t.Fatalf("pg_stat_activity shows %d sessions after Warmup(5), want 5", n)
 	}
 	if _, err := h.m.Warmup(context.Background(), 7); err == nil || !strings.Contains(err.Error(), "DB_MAX_CONNECTIONS (6)") {

@@ -209,6 +209,18 @@ func (c *Cluster) QueryInt(ctx context.Context, sql string, args ...any) (int64,
 	return n, err
 }
 
+// Sessions counts the server sessions whose application_name is app, failing t on error.
+func (c *Cluster) Sessions(t testing.TB, app string) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	n, err := c.QueryInt(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", app)
+	if err != nil {
+		t.Fatalf("counting sessions of %s: %v", app, err)
+	}
+	return n
+}
+
 // Stop stops the server. mode is "fast" (clean shutdown) or "immediate" (like a crash: no
 // checkpoint, clients see their connections drop).
 func (c *Cluster) Stop(mode string) error {

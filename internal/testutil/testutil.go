@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // LogBuffer collects log output written from several goroutines.
@@ -34,8 +35,7 @@ func (b *LogBuffer) String() string {
 // Count returns how often s occurs in what was written.
 func (b *LogBuffer) Count(s string) int { return strings.Count(b.String(), s) }
 
-// MetricValue sums the samples of family name whose labels include want: counter and gauge
-// values, and sample counts of histograms.
+// MetricValue sums the samples of family name whose labels include want (see Samples).
 func MetricValue(t testing.TB, g prometheus.Gatherer, name string, want map[string]string) float64 {
 	t.Helper()
 	mfs, err := g.Gather()
@@ -43,30 +43,47 @@ func MetricValue(t testing.TB, g prometheus.Gatherer, name string, want map[stri
 		t.Fatalf("gather: %v", err)
 	}
 	var sum float64
+	for _, v := range Samples(mfs, name, want) {
+		sum += v
+	}
+	return sum
+}
+
+// Samples returns the values of family name's samples whose labels include want: counter,
+// gauge and untyped values, and sample counts of histograms.
+func Samples(mfs []*dto.MetricFamily, name string, want map[string]string) []float64 {
+	var out []float64
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
 		}
 	metrics:
 		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
 			for k, v := range want {
-				if labels[k] != v {
+				if labelValue(m, k) != v {
 					continue metrics
 				}
 			}
 			switch {
 			case m.Counter != nil:
-				sum += m.GetCounter().GetValue()
+				out = append(out, m.GetCounter().GetValue())
 			case m.Gauge != nil:
-				sum += m.GetGauge().GetValue()
+				out = append(out, m.GetGauge().GetValue())
+			case m.Untyped != nil:
+				out = append(out, m.GetUntyped().GetValue())
 			case m.Histogram != nil:
-				sum += float64(m.GetHistogram().GetSampleCount())
+				out = append(out, float64(m.GetHistogram().GetSampleCount()))
 			}
 		}
 	}
-	return sum
+	return out
+}
+
+func labelValue(m *dto.Metric, name string) string {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name {
+			return l.GetValue()
+		}
+	}
+	return ""
 }
