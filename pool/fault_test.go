@@ -105,9 +105,9 @@ func TestRepeatedCrashRestartsUnderLoad(t *testing.T) {
 	}
 	// No leaked server sessions: what the server sees is what the pool holds.
 	if !pgtest.WaitFor(10*time.Second, func() bool {
-		return appConns(t, "crash-loop") == int64(h.m.Stats().TotalConns)
+		return cluster.Sessions(t, "crash-loop") == int64(h.m.Stats().TotalConns)
 	}) {
-		t.Fatalf("server sessions %d, pool connections %d", appConns(t, "crash-loop"), h.m.Stats().TotalConns)
+		t.Fatalf("server sessions %d, pool connections %d", cluster.Sessions(t, "crash-loop"), h.m.Stats().TotalConns)
 	}
 	if st := h.m.Stats(); st.UsedConns != 0 || st.TotalConns > cfg.MaxConns {
 		t.Fatalf("pool after the storm: %+v", st)
@@ -172,7 +172,7 @@ func TestTerminatedBackendsAreReplaced(t *testing.T) {
 	h := newManager(t, cfg)
 	h.waitHealthy(t)
 	ctx := ctxTimeout(t, 60*time.Second)
-	if !pgtest.WaitFor(10*time.Second, func() bool { return appConns(t, "terminate-me") == 3 }) {
+	if !pgtest.WaitFor(10*time.Second, func() bool { return cluster.Sessions(t, "terminate-me") == 3 }) {
 		t.Fatal("warm-up incomplete")
 	}
 	if err := cluster.Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'terminate-me'"); err != nil {
