@@ -241,11 +241,15 @@ func (m *Manager) connect() bool {
 		if m.isClosed() {
 			return false
 		}
-		if res.Ready > 0 {
-			// One working connection is enough to serve; the pool tops up the rest itself.
+		if res.Ready > 0 || m.saturated() {
+			// One working connection is enough to serve; the pool tops up the rest itself. A pool
+			// whose every connection clients took already is connected too.
 			pctx, pcancel := context.WithTimeout(m.ctx, m.cfg.HealthCheckTimeout)
 			d, perr := m.ping(pctx)
 			pcancel()
+			if errors.Is(perr, errSaturated) {
+				perr = nil // the connections are busy serving: the database answers
+			}
 			m.setHealth(perr == nil, d, perr)
 			if perr == nil {
 				m.log.Info("Database connected", "attempt", attempt, "connections_opened", res.Opened,
