@@ -377,7 +377,8 @@ func (sess *session) send(m encoder) error {
 
 // acquire borrows a server connection within DB_CONNECTION_TIMEOUT. While the database is
 // unreachable it retries with backoff until then; a client that still has none gets 53300 (pool
-// exhausted) or 08006 (database unreachable) instead of waiting forever.
+// exhausted, or the server refused for too many connections) or 08006 (database unreachable)
+// instead of waiting forever.
 func (s *Server) acquire() (*pgxpool.Conn, error) {
 	timeout := s.mgr.Config().ConnectTimeout
 	ctx, cancel := context.WithTimeout(s.ctx, timeout)
@@ -399,7 +400,14 @@ func (s *Server) acquire() (*pgxpool.Conn, error) {
 				lastErr = errors.New(s.mgr.Health().LastError)
 			}
 			if lastErr != nil {
-				return nil, reject("08006", "cannot connect to the database within DB_CONNECTION_TIMEOUT (%s): %s", timeout,
+				code := "08006"
+				var pgErr *pgconn.PgError
+				if errors.As(lastErr, &pgErr) && strings.HasPrefix(pgErr.Code, "53") {
+					// The server answered but refused for lack of resources (too many
+					// connections): a capacity problem like an exhausted pool, not an outage.
+					code = pgErr.Code
+				}
+				return nil, reject(code, "cannot connect to the database within DB_CONNECTION_TIMEOUT (%s): %s", timeout,
 					pool.Scrub(lastErr.Error(), s.mgr.Config().DatabaseURL))
 			}
 			return nil, reject("53300", "no server connection available within DB_CONNECTION_TIMEOUT (%s): all %d pool connections are in use",
