@@ -317,13 +317,13 @@ loop:
 		}
 		if body != nil {
 			_, writeErr = sw.Write(body)
+		} else if readErr, werr := copyBody(sw, sess.cr, n); readErr != nil {
+			clientGone = true
+			break
 		} else {
-			writeErr = forward(sw, sess.cr, n)
+			writeErr = werr
 		}
 		if writeErr != nil {
-			if errors.Is(writeErr, errClientRead) {
-				clientGone, writeErr = true, nil
-			}
 			break
 		}
 		if cap(buf) > 1<<20 {
@@ -377,26 +377,24 @@ loop:
 	return end
 }
 
-// errClientRead marks a failed read from the client while forwarding a message body.
-var errClientRead = errors.New("client read failed")
-
-// forward copies n body bytes from r to w, straight out of r's buffer when they are there.
-func forward(w *bufio.Writer, r *bufio.Reader, n int) error {
+// copyBody copies n body bytes from r to w, straight out of r's buffer. A failed read means the
+// peer is gone; after a failed write it still consumes the body, so each side of the relay
+// decides for itself what a write error means.
+func copyBody(w *bufio.Writer, r *bufio.Reader, n int) (readErr, writeErr error) {
 	for n > 0 {
 		if r.Buffered() == 0 {
 			if _, err := r.Peek(1); err != nil {
-				return errClientRead
+				return err, writeErr
 			}
 		}
-		k := min(n, r.Buffered())
-		b, _ := r.Peek(k)
-		if _, err := w.Write(b); err != nil {
-			return err
+		b, _ := r.Peek(min(n, r.Buffered()))
+		if writeErr == nil {
+			_, writeErr = w.Write(b)
 		}
-		_, _ = r.Discard(k)
-		n -= k
+		_, _ = r.Discard(len(b))
+		n -= len(b)
 	}
-	return nil
+	return nil, writeErr
 }
 
 // needFlush reports whether r holds no complete message, so the next read may wait for the
@@ -548,7 +546,8 @@ func (sess *session) serverToClient(sr *bufio.Reader, pending chan pendingSync, 
 			}
 			continue
 		}
-		if err := forwardServer(sess.cw, sr, n); err != nil {
+		// Client write errors are ignored: the client side notices its closed connection.
+		if err, _ := copyBody(sess.cw, sr, n); err != nil {
 			if !stopping.Load() {
 				sess.serverLost(err, pending, fatal)
 				end.lost = true
@@ -556,24 +555,6 @@ func (sess *session) serverToClient(sr *bufio.Reader, pending chan pendingSync, 
 			return end
 		}
 	}
-}
-
-// forwardServer copies n body bytes from the server reader to the client writer. Client write
-// errors are ignored here: the client side notices its closed connection on its own.
-func forwardServer(w *bufio.Writer, r *bufio.Reader, n int) error {
-	for n > 0 {
-		if r.Buffered() == 0 {
-			if _, err := r.Peek(1); err != nil {
-				return err
-			}
-		}
-		k := min(n, r.Buffered())
-		b, _ := r.Peek(k)
-		_, _ = w.Write(b)
-		_, _ = r.Discard(k)
-		n -= k
-	}
-	return nil
 }
 
 func isTimeout(err error) bool {
