@@ -27,11 +27,12 @@ type scramVerifier struct {
 }
 
 // newSCRAMVerifier derives a verifier from a password with a fresh random salt. It runs once per
-// user when the proxy starts, so authentication costs no PBKDF2 per connection.
+// user when the proxy starts, so authentication costs no PBKDF2 per connection. The password is
+// SASLprep'd first, as PostgreSQL and libpq do, so non-ASCII passwords match theirs.
 func newSCRAMVerifier(password string) (*scramVerifier, error) {
 	salt := make([]byte, 16)
 	_, _ = rand.Read(salt)
-	salted, err := pbkdf2.Key(sha256.New, password, salt, scramIterations, sha256.Size)
+	salted, err := pbkdf2.Key(sha256.New, saslprep(password), salt, scramIterations, sha256.Size)
 	if err != nil {
 		return nil, err
 	}
