@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,7 +28,10 @@ import (
 // BenchmarkPgbenchSelectOnly runs pgbench -S against PostgreSQL directly, through PgBouncer in
 // session mode and through the proxy, with the same pool size, at 1, 8 and 32 clients, in one
 // run. It reports transactions per second and median latency from pgbench's per-transaction log.
-// Each pgbench run lasts PGBENCH_SECONDS (default 10); use -benchtime 1x.
+// A fourth target, bytecopy, is the least any Go relay does (io.Copy both ways, no protocol, no
+// pool): the difference between it and direct is the cost of the extra hop through Go's network
+// poller, which the proxy cannot go below. Each pgbench run lasts PGBENCH_SECONDS (default 10);
+// use -benchtime 1x.
 //
 //	go test -run '^$' -bench PgbenchSelectOnly -benchtime 1x ./proxy/
 func BenchmarkPgbenchSelectOnly(b *testing.B) {
@@ -52,6 +57,7 @@ func BenchmarkPgbenchSelectOnly(b *testing.B) {
 		pc.MaxConns, pc.MinConns = poolSize, poolSize
 	})
 	bouncerPort, bouncerPID := startPgBouncer(b, ctx, pgbouncer, poolSize)
+	copyPort := startByteCopy(b, fmt.Sprintf("127.0.0.1:%d", cluster.Port()))
 
 	// cpu returns the CPU time used so far by the process that serves the target; the proxy
 	// runs in this test process.
@@ -63,6 +69,7 @@ func BenchmarkPgbenchSelectOnly(b *testing.B) {
 		{"direct", cluster.Port(), nil},
 		{"pgbouncer", bouncerPort, func() time.Duration { return procCPU(b, bouncerPID) }},
 		{"pgsidecar", h.port, selfCPU},
+		{"bytecopy", copyPort, selfCPU},
 	}
 	for _, clients := range []int{1, 8, 32} {
 		for _, tg := range targets {
@@ -230,6 +237,54 @@ pidfile = %s/pgbouncer.pid
 	}
 	_ = ctx
 	return port, cmd.Process.Pid
+}
+
+// startByteCopy relays each connection on a loopback port to target with one io.Copy per
+// direction, and returns the port.
+func startByteCopy(b *testing.B, target string) int {
+	b.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	open := map[net.Conn]bool{}
+	track := func(c net.Conn) {
+		mu.Lock()
+		open[c] = true
+		mu.Unlock()
+	}
+	b.Cleanup(func() {
+		_ = l.Close()
+		mu.Lock()
+		for c := range open {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				_ = c.Close()
+				continue
+			}
+			track(c)
+			track(s)
+			wg.Add(2)
+			go func() { defer wg.Done(); _, _ = io.Copy(s, c); _ = s.Close() }()
+			go func() { defer wg.Done(); _, _ = io.Copy(c, s); _ = c.Close() }()
+		}
+	}()
+	return l.Addr().(*net.TCPAddr).Port
 }
 
 // selfCPU is the user and system CPU time of this process.
