@@ -300,6 +300,10 @@ func (m *Manager) check() bool {
 	if errors.Is(err, context.Canceled) && m.isClosed() {
 		return true
 	}
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+		// A bare "context deadline exceeded" in /api/database/health and the logs says nothing.
+		err = fmt.Errorf("no answer within DB_HEALTH_CHECK_TIMEOUT (%s): %w", m.cfg.HealthCheckTimeout, err)
+	}
 	if errors.Is(err, errSaturated) {
 		// Every connection is busy serving queries: the database answers, the pool is full.
 		// Health() reports that as degraded; it is no reason to drop connections.
