@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -67,6 +68,11 @@ func run(bin, listen, appMetrics, proxyAddr string, workers int, duration time.D
 			return err
 		}
 		dsn = c.URL("pos")
+		// The cluster preloads pg_stat_statements; the extension gives the statements collector,
+		// /api/database/performance and the PostgreSQL dashboard their top statements.
+		if err := createExtension(ctx, dsn, "pg_stat_statements"); err != nil {
+			say("top statements stay empty: %v", err)
+		}
 		say("PostgreSQL is up on 127.0.0.1:%d (data in %s)", c.Port(), c.Dir())
 	} else {
 		say("using DATABASE_URL %s", pool.RedactDSN(dsn))
@@ -256,4 +262,14 @@ func probe(base string) string {
 
 func say(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "demo: "+format+"\n", args...)
+}
+
+func createExtension(ctx context.Context, dsn, name string) error {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, "CREATE EXTENSION IF NOT EXISTS "+pgx.Identifier{name}.Sanitize())
+	return err
 }
