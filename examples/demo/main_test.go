@@ -1,0 +1,109 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"maps"
+	"net"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+)
+
+// TestDemo runs what `make demo` runs, for a short while: a throwaway cluster, the real binary
+// with its proxy, and the POS traffic. While it runs, the sidecar must show proxied queries,
+// top statements and a healthy pool; then everything must stop cleanly.
+func TestDemo(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the demo runs for 25 seconds")
+	}
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("go tool not on PATH")
+	}
+	bin := filepath.Join(t.TempDir(), "pgsidecar")
+	if out, err := exec.Command(goTool, "build", "-o", bin, "github.com/pgsidecar/pgsidecar").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	t.Setenv("DATABASE_URL", "")
+	listen, appMetrics, proxyAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	done := make(chan error, 1)
+	go func() { done <- run(bin, listen, appMetrics, proxyAddr, 2, 25*time.Second, true) }()
+
+	want := map[string]func(string) bool{
+		"/metrics": func(body string) bool {
+			return hasPositive(body, `pgsidecar_query_duration_seconds_count{`, `pool="default"`) &&
+				strings.Contains(body, "pg_stat_statements_calls_total{")
+		},
+		"/api/database/health": func(body string) bool {
+			var h struct{ Status string }
+			return json.Unmarshal([]byte(body), &h) == nil && h.Status == "healthy"
+		},
+		"/status": func(body string) bool { return strings.Contains(body, "<html") },
+	}
+	pending := maps.Clone(want)
+	last := map[string]string{}
+	pgtest.WaitFor(20*time.Second, func() bool {
+		for path, check := range pending {
+			body, err := get("http://" + listen + path)
+			if err == nil && check(body) {
+				delete(pending, path)
+			} else if last[path] = body; err != nil {
+				last[path] = err.Error()
+			}
+		}
+		return len(pending) == 0
+	})
+	for path := range pending {
+		t.Errorf("%s never showed what the demo should produce; last answer:\n%.2000s", path, last[path])
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("demo: %v", err)
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatal("demo did not stop after its duration")
+	}
+}
+
+// hasPositive reports whether a sample line starting with prefix and containing label has a
+// value above zero.
+func hasPositive(body, prefix, label string) bool {
+	for _, line := range strings.Split(body, "\n") {
+		if !strings.HasPrefix(line, prefix) || !strings.Contains(line, label) {
+			continue
+		}
+		f := strings.Fields(line)
+		if v := f[len(f)-1]; v != "0" {
+			return true
+		}
+	}
+	return false
+}
+
+func get(url string) (string, error) {
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
