@@ -137,7 +137,7 @@ func TestNodePostgres(t *testing.T) {
 	node := needNode(t)
 	h := newHarness(t, nil)
 	ctx := ctxTimeout(t, 150*time.Second)
-	dir := nodeSmokeDir(t, ctx)
+	dir := nodeExample(t, ctx, "node-smoke")
 	out, err := runTool(t, ctx, []string{"DATABASE_URL=" + h.superURL()}, node, filepath.Join(dir, "smoke.js"))
 	if err != nil {
 		t.Fatalf("node smoke.js: %v\n%s\nlogs:\n%s", err, out, h.log.String())
@@ -146,9 +146,9 @@ func TestNodePostgres(t *testing.T) {
 		OK      bool `json:"ok"`
 		Queries int  `json:"queries"`
 	}
-	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &res); err != nil || !res.OK {
-		t.Fatalf("smoke output: %v\n%s", err, out)
+	smokeResult(t, out, &res)
+	if !res.OK {
+		t.Fatalf("smoke output:\n%s", out)
 	}
 	if got := int(h.metric(t, "pgsidecar_query_duration_seconds", nil)); got != res.Queries {
 		t.Errorf("histogram count = %d, node-postgres ran %d queries", got, res.Queries)
@@ -158,45 +158,153 @@ func TestNodePostgres(t *testing.T) {
 	}
 }
 
+// TestPrisma runs the Prisma ORM smoke script of examples/prisma-smoke through the proxy: Prisma 7
+// without Rust engines (query compiler in WebAssembly, node-postgres via @prisma/adapter-pg), so
+// everything it needs comes from the npm registry.
+func TestPrisma(t *testing.T) {
+	node := needNode(t)
+	npm := needNpm(t)
+	h := newHarness(t, nil)
+	ctx := ctxTimeout(t, 300*time.Second)
+	dir := nodeExample(t, ctx, "prisma-smoke")
+	start := time.Now()
+	if out, err := runTool(t, ctx, nil, npm, "--prefix", dir, "run", "--silent", "generate"); err != nil {
+		t.Fatalf("prisma generate: %v\n%s", err, out)
+	}
+	t.Logf("prisma generate took %v", time.Since(start).Round(time.Millisecond))
+	type counts struct{ queries, unique, commit, rollback, failed, abandoned int }
+	measured := func() counts {
+		m := func(name string, labels map[string]string) int { return int(h.metric(t, name, labels)) }
+		tx := func(outcome string) int {
+			return m("pgsidecar_proxy_transactions_total", map[string]string{"outcome": outcome})
+		}
+		return counts{m("pgsidecar_query_duration_seconds", nil),
+			m("pgsidecar_query_errors_total", map[string]string{"sqlstate": "23505"}),
+			tx("commit"), tx("rollback"), tx("error"), tx("abandoned")}
+	}
+	before := measured()
+	start = time.Now()
+	out, err := runTool(t, ctx, []string{"DATABASE_URL=" + h.superURL()}, node, filepath.Join(dir, "smoke.js"))
+	if err != nil {
+		t.Fatalf("node smoke.js: %v\n%s\nlogs:\n%s", err, out, h.log.String())
+	}
+	t.Logf("smoke.js took %v", time.Since(start).Round(time.Millisecond))
+	var res struct {
+		OK       bool `json:"ok"`
+		Queries  int  `json:"queries"` // statements node-postgres sent, BEGIN/COMMIT/ROLLBACK included
+		Begin    int  `json:"begin"`
+		Commit   int  `json:"commit"`
+		Rollback int  `json:"rollback"`
+		Logged   int  `json:"logged"` // statements in Prisma's query log
+	}
+	smokeResult(t, out, &res)
+	if !res.OK || res.Commit != 1 || res.Rollback != 2 || res.Begin != 3 || res.Logged < 10 {
+		t.Fatalf("unexpected smoke result %+v:\n%s", res, out)
+	}
+	h.waitIdle(t)
+	after := measured()
+	got := counts{after.queries - before.queries, after.unique - before.unique, after.commit - before.commit,
+		after.rollback - before.rollback, after.failed - before.failed, after.abandoned - before.abandoned}
+	t.Logf("prisma sent %d statements (%d in its query log); the proxy measured %d", res.Queries, res.Logged, got.queries)
+	if got.queries < res.Queries {
+		t.Errorf("histogram count grew by %d, Prisma sent %d statements", got.queries, res.Queries)
+	}
+	if got.unique != 1 {
+		t.Errorf("23505 errors grew by %d, want 1 (the P2002)", got.unique)
+	}
+	// One sale commits, one rolls back after the callback threw, one fails with P2002 (then
+	// Prisma's ROLLBACK ends a failed transaction: outcome error).
+	if got.commit != 1 || got.rollback != 1 || got.failed != 1 || got.abandoned != 0 {
+		t.Errorf("transactions grew by commit=%d rollback=%d error=%d abandoned=%d, want 1, 1, 1, 0",
+			got.commit, got.rollback, got.failed, got.abandoned)
+	}
+}
+
+// smokeResult decodes the JSON summary a smoke script prints as its last line.
+func smokeResult(t *testing.T, out string, res any) {
+	t.Helper()
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), res); err != nil {
+		t.Fatalf("smoke output: %v\n%s", err, out)
+	}
+}
+
+// npmOffline matches npm's errors for a registry it cannot reach.
+var npmOffline = regexp.MustCompile(`\b(ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENETUNREACH|EHOSTUNREACH)\b|npm (ERR!|error) network`)
+
 func needNode(t *testing.T) string {
 	t.Helper()
 	node, err := exec.LookPath("node")
 	if err != nil {
-		t.Skip("node not installed; skipping the node-postgres smoke test (install nodejs and npm)")
+		t.Skip("node not installed; skipping the Node.js client test (install nodejs and npm)")
 	}
 	return node
 }
 
-// nodeSmokeDir returns examples/node-smoke with its dependencies installed: in place when
-// node_modules exists, else in a temporary copy with npm ci.
-func nodeSmokeDir(t *testing.T, ctx context.Context) string {
+func needNpm(t *testing.T) string {
 	t.Helper()
-	src, err := filepath.Abs("../examples/node-smoke")
+	npm, err := exec.LookPath("npm")
+	if err != nil {
+		t.Skip("npm not installed; skipping the Node.js client test (install nodejs and npm)")
+	}
+	return npm
+}
+
+// nodeExample returns examples/<name> with its npm dependencies installed: in place when
+// node_modules exists, else in a temporary copy (without node_modules and generated code) with
+// npm ci. Dependencies' install scripts do not run: the examples need none, and Prisma's would try
+// to download its Rust schema engine.
+func nodeExample(t *testing.T, ctx context.Context, name string) string {
+	t.Helper()
+	src, err := filepath.Abs(filepath.Join("..", "examples", name))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(src, "node_modules", "pg")); err == nil {
+	if _, err := os.Stat(filepath.Join(src, "node_modules", ".package-lock.json")); err == nil {
 		return src
 	}
 	npm, err := exec.LookPath("npm")
 	if err != nil {
-		t.Skip("npm not installed and examples/node-smoke has no node_modules; skipping")
+		t.Skipf("npm not installed and examples/%s has no node_modules; skipping", name)
 	}
 	dir := t.TempDir()
-	for _, f := range []string{"package.json", "package-lock.json", "smoke.js"} {
-		b, err := os.ReadFile(filepath.Join(src, f))
+	err = filepath.WalkDir(src, func(path string, d os.DirEntry, err error) error {
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
-		if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
-			t.Fatal(err)
+		rel, err := filepath.Rel(src, path)
+		if err != nil {
+			return err
 		}
+		if d.IsDir() {
+			if d.Name() == "node_modules" || d.Name() == "generated" {
+				return filepath.SkipDir
+			}
+			return os.MkdirAll(filepath.Join(dir, rel), 0o755)
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dir, rel), b, info.Mode().Perm())
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	cmd := exec.CommandContext(ctx, npm, "ci", "--no-audit", "--no-fund")
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund")
 	cmd.Dir = dir
 	cmd.WaitDelay = 5 * time.Second
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Skipf("npm ci failed (no registry access?); skipping: %v\n%s", err, out)
+		if npmOffline.Match(out) {
+			t.Skipf("npm ci cannot reach the registry; skipping: %v\n%s", err, out)
+		}
+		t.Fatalf("npm ci in a copy of examples/%s: %v\n%s", name, err, out)
 	}
+	t.Logf("npm ci in a copy of examples/%s took %v", name, time.Since(start).Round(time.Millisecond))
 	return dir
 }
