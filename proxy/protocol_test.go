@@ -247,3 +247,35 @@ func TestBadMessages(t *testing.T) {
 		t.Errorf("proxy's own 08P01 errors = %v, want 1 (the other comes from the server)", got)
 	}
 }
+
+// TestTerminateBeforeReadyForQuery: node-postgres' pool reads a failed query's ErrorResponse
+// and sends Terminate without waiting for the ReadyForQuery. Those queries must still be
+// measured and the server connections go back to the pool instead of being closed. Here the
+// client sends its query and Terminate together, and the query fails only after a short sleep,
+// so the proxy always sees Terminate before the answer.
+func TestTerminateBeforeReadyForQuery(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := ctxTimeout(t, 60*time.Second)
+	const n = 5
+	for range n {
+		c := h.connect(t, ctx, h.superURL())
+		pc := c.PgConn()
+		buf, _ := (&pgproto3.Query{String: "select 1/(random()*0)::int from pg_sleep(0.2)"}).Encode(nil)
+		buf, _ = (&pgproto3.Terminate{}).Encode(buf)
+		if _, err := pc.Conn().Write(buf); err != nil {
+			t.Fatal(err)
+		}
+		_ = pc.Conn().Close()
+	}
+	h.waitIdle(t)
+	if got := h.metric(t, "pgsidecar_query_errors_total", map[string]string{"sqlstate": "22012"}); got != n {
+		t.Errorf("division-by-zero errors counted: %v, want %d (57014, canceled: %v)", got, n,
+			h.metric(t, "pgsidecar_query_errors_total", map[string]string{"sqlstate": "57014"}))
+	}
+	if got := h.metric(t, "pgsidecar_query_duration_seconds", nil); got != n {
+		t.Errorf("queries measured: %v, want %d", got, n)
+	}
+	if opened, max := h.mgr.Stats().ConnectionsOpened, h.mgr.Config().MaxConns; opened > int64(max) {
+		t.Errorf("%d server connections opened for sessions that each used one at a time (pool max %d): released connections were closed", opened, max)
+	}
+}

@@ -190,6 +190,7 @@ func (sess *session) relay(server net.Conn) relayEnd {
 		dirty      bool // extended-protocol messages sent since the last Sync
 		bytesIn    int
 		clientGone bool
+		terminated bool         // the client said goodbye (Terminate) rather than dropping the connection
 		bad        *rejectError // a message the proxy refuses to relay
 		discard    int          // body bytes of that message still to skip
 		writeErr   error
@@ -250,7 +251,7 @@ loop:
 		var err error
 		switch typ {
 		case 'X': // Terminate: the server connection stays open for the pool.
-			clientGone = true
+			clientGone, terminated = true, true
 			break loop
 		case 'Q':
 			if body, err = readBody(n); err != nil {
@@ -337,22 +338,40 @@ loop:
 		writeErr = sw.Flush()
 	}
 
-	// Stop the server reader unless it already stopped (server gone): a read deadline in the
-	// past wakes it at a message boundary or reports that it was inside one.
+	// Stop the server reader unless it already stopped (server gone): a read deadline wakes it
+	// at a message boundary or reports that it was inside one; once stopping, it also returns
+	// after the last pending ReadyForQuery.
 	var end relayEnd
 	select {
 	case end = <-done:
 	default:
-		if len(pending) > 0 {
-			// The client left with a query running: cancel it rather than let it run on.
+		cancelQuery := func() {
 			ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ResetTimeout)
 			sess.cancelServer(ctx)
 			cancel()
 		}
+		deadline := time.Now()
+		if len(pending) > 0 {
+			if terminated && writeErr == nil {
+				// A client may say goodbye right after its last Sync without reading the
+				// answer (node-postgres' pool does after an error): collect the answers for a
+				// while, so that those queries are measured and the connection stays reusable.
+				deadline = deadline.Add(s.cfg.ResetTimeout)
+			} else {
+				// The client left with a query running: cancel it rather than let it run on.
+				cancelQuery()
+			}
+		}
 		stopping.Store(true)
-		_ = server.SetReadDeadline(time.Now())
+		if len(pending) == 0 {
+			deadline = time.Now() // answered meanwhile, before the reader could see stopping
+		}
+		_ = server.SetReadDeadline(deadline)
 		end = <-done
 		_ = server.SetReadDeadline(time.Time{})
+		if len(pending) > 0 && terminated && writeErr == nil && !end.lost {
+			cancelQuery() // the answers did not come in time
+		}
 	}
 	if end.lost {
 		return end
@@ -518,6 +537,10 @@ func (sess *session) serverToClient(sr *bufio.Reader, pending chan pendingSync, 
 			}
 			end.txStatus = st[0]
 			batchErr = nil
+			if stopping.Load() && len(pending) == 0 {
+				end.clean = true
+				return end
+			}
 			continue
 		case 'E':
 			if n > 1<<20 {
