@@ -1,7 +1,8 @@
 // Prisma ORM smoke test through the pgsidecar proxy, the way a point-of-sale app uses it: creates
 // its tables (schema prisma_smoke, dropped first), then create, findMany with a filter, $queryRaw
 // and sales as interactive transactions: one commits, one throws (out of stock) and rolls back,
-// one reuses a receipt number and fails with P2002 (SQLSTATE 23505).
+// one reuses a receipt number and fails with P2002 (SQLSTATE 23505); then a duplicate product
+// outside a transaction fails with P2002 too.
 // DATABASE_URL points at the proxy; run `npm run generate` first. Prints one JSON line: the
 // statements node-postgres sent (what the proxy should have measured), their BEGIN, COMMIT and
 // ROLLBACK counts, and how many statements Prisma's query log showed.
@@ -81,6 +82,16 @@ async function main() {
     code = e.code;
   }
   expect(code === 'P2002', 'duplicate receipt gives P2002, got ' + code);
+  // The same outside a transaction: pg-pool then ends the connection right after the error,
+  // before the ReadyForQuery has been read (the proxy must still measure the query).
+  code = '';
+  try {
+    await prisma.product.create({ data: { sku: 'COF-1', name: 'Coffee again', priceCents: 250 } });
+  } catch (e) {
+    if (!(e instanceof Prisma.PrismaClientKnownRequestError)) throw e;
+    code = e.code;
+  }
+  expect(code === 'P2002', 'duplicate sku gives P2002, got ' + code);
   const stock = Object.fromEntries((await prisma.product.findMany()).map((p) => [p.sku, p.stock]));
   expect(stock['COF-1'] === 7 && stock['CAK-1'] === 2 && stock['BAG-1'] === 5,
     'stock after one commit and two rollbacks: ' + JSON.stringify(stock));
