@@ -181,7 +181,7 @@ func TestBadHTTPInput(t *testing.T) {
 
 func TestBadProxyInput(t *testing.T) {
 	clearPoolEnv(t)
-	proxyAddr := freeAddr(t)
+	proxyAddr := testutil.FreeAddr(t)
 	addr, logs, _ := startSidecar(t, "--database-url="+cluster.URL(""), "--proxy.listen-address="+proxyAddr,
 		"--proxy.max-message-size=1MiB", "--db.max-connections=4", "--db.min-connections=1")
 	if !pgtest.WaitFor(20*time.Second, func() bool { c, _ := get(t, "http://"+addr+"/readyz"); return c == 200 }) {

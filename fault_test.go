@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/internal/testutil"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -29,7 +30,7 @@ func TestCrashRestartsWithEverythingRunning(t *testing.T) {
 	}
 	clearPoolEnv(t)
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	proxyAddr := freeAddr(t)
+	proxyAddr := testutil.FreeAddr(t)
 	addr, logs, stop := startSidecar(t, "--database-url="+cluster.URL(""), "--proxy.listen-address="+proxyAddr,
 		"--db.min-connections=2", "--db.max-connections=8", "--db.application-name=crash-sidecar",
 		"--db.connection-timeout=2s", "--collection-timeout=2s")

@@ -115,20 +115,11 @@ func TestEnvFile(t *testing.T) {
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // startSidecar runs the binary's run function and returns its address and a stop function that
 // returns the exit code.
 func startSidecar(t *testing.T, args ...string) (addr string, logs *testutil.LogBuffer, stop func() int) {
 	t.Helper()
-	addr = freeAddr(t)
+	addr = testutil.FreeAddr(t)
 	logs = &testutil.LogBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
@@ -234,7 +225,7 @@ func TestWebConfigTLSAndBasicAuth(t *testing.T) {
 		filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), hash)
 	must(t, os.WriteFile(filepath.Join(dir, "web.yml"), []byte(webCfg), 0o600))
 
-	addr := freeAddr(t)
+	addr := testutil.FreeAddr(t)
 	logs := &testutil.LogBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)

@@ -68,7 +68,7 @@ func TestPasswordNeverLeaks(t *testing.T) {
 			dir := t.TempDir()
 			queries := filepath.Join(dir, "queries.yaml")
 			must(t, os.WriteFile(queries, []byte("pg_one:\n  query: SELECT 1 AS value\n  metrics:\n    - value:\n        usage: GAUGE\n        description: one\n"), 0o600))
-			proxyAddr := freeAddr(t)
+			proxyAddr := testutil.FreeAddr(t)
 			addr, logs, stop := startSidecar(t, "--database-url="+v.dsn, "--queries.file="+queries,
 				"--proxy.listen-address="+proxyAddr, "--db.connection-timeout=1s", "--db.slow-query-threshold=1ms")
 			if v.up {

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -21,16 +20,6 @@ import (
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // TestBinaryLandingPageToStatus runs the real pgsidecar binary: the landing page links to
 // /status, a browser following the link gets live values, the collectors feed
 // detailed-metrics, and SIGTERM stops the binary promptly while the page holds a stream open.
@@ -46,7 +35,7 @@ func TestBinaryLandingPageToStatus(t *testing.T) {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 
-	addr := freeAddr(t)
+	addr := testutil.FreeAddr(t)
 	base := "http://" + addr
 	logs := &testutil.LogBuffer{}
 	cmd := exec.Command(bin, "--web.listen-address="+addr, "--db.metrics-log-interval=0")

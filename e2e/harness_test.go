@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -22,6 +21,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/internal/testutil"
 )
 
 // root is the repository root, seen from the e2e module.
@@ -138,16 +138,6 @@ func (p *process) exited() bool {
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // waitFor polls cond every 200 ms until it holds or the timeout passes.
 func waitFor(timeout time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(timeout)
@@ -191,7 +181,7 @@ const slowThreshold = 300 * time.Millisecond
 
 func startSidecar(t *testing.T) *sidecar {
 	t.Helper()
-	s := &sidecar{web: freeAddr(t), proxy: freeAddr(t)}
+	s := &sidecar{web: testutil.FreeAddr(t), proxy: testutil.FreeAddr(t)}
 	env := []string{
 		"DATABASE_URL=" + cluster.URL("postgres"),
 		"DB_MIN_CONNECTIONS=2",
@@ -292,7 +282,7 @@ scrape_configs:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := &prometheus{addr: freeAddr(t)}
+	p := &prometheus{addr: testutil.FreeAddr(t)}
 	p.process = startProcess(t, "prometheus", nil, dir, bin,
 		"--config.file="+cfgPath,
 		"--storage.tsdb.path="+filepath.Join(dir, "data"),

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"io"
 	"maps"
-	"net"
 	"net/http"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/internal/testutil"
 )
 
 // TestDemo runs what `make demo` runs, for a short while: a throwaway cluster, the real binary
@@ -31,7 +31,7 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	t.Setenv("DATABASE_URL", "")
-	listen, appMetrics, proxyAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	listen, appMetrics, proxyAddr := testutil.FreeAddr(t), testutil.FreeAddr(t), testutil.FreeAddr(t)
 	done := make(chan error, 1)
 	go func() { done <- run(bin, listen, appMetrics, proxyAddr, 2, 25*time.Second, true) }()
 
@@ -96,14 +96,4 @@ func get(url string) (string, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return string(b), err
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
