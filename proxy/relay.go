@@ -352,7 +352,7 @@ loop:
 		}
 		deadline := time.Now()
 		if len(pending) > 0 {
-			if terminated && writeErr == nil {
+			if terminated && writeErr == nil && s.ctx.Err() == nil {
 				// A client may say goodbye right after its last Sync without reading the
 				// answer (node-postgres' pool does after an error): collect the answers for a
 				// while, so that those queries are measured and the connection stays reusable.
