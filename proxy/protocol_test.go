@@ -279,3 +279,22 @@ func TestTerminateBeforeReadyForQuery(t *testing.T) {
 		t.Errorf("%d server connections opened for sessions that each used one at a time (pool max %d): released connections were closed", opened, max)
 	}
 }
+
+// TestTerminateWithoutReading: a client that sends a query with a large result and Terminate,
+// then neither reads nor closes, must not hold its server connection: the proxy stops writing
+// to a client that said goodbye.
+func TestTerminateWithoutReading(t *testing.T) {
+	h := newHarness(t, func(_ *pool.Config, c *Config) { c.ResetTimeout = time.Second })
+	ctx := ctxTimeout(t, 60*time.Second)
+	c := h.connect(t, ctx, h.superURL())
+	pc := c.PgConn()
+	buf, _ := (&pgproto3.Query{String: "select repeat('x', 1000) from generate_series(1, 20000)"}).Encode(nil)
+	buf, _ = (&pgproto3.Terminate{}).Encode(buf)
+	if _, err := pc.Conn().Write(buf); err != nil {
+		t.Fatal(err)
+	}
+	h.waitIdle(t) // the client connection stays open and unread until the test ends
+	if got := h.metric(t, "pgsidecar_query_duration_seconds", nil); got != 1 {
+		t.Errorf("queries measured: %v, want 1", got)
+	}
+}

@@ -356,7 +356,9 @@ loop:
 				// A client may say goodbye right after its last Sync without reading the
 				// answer (node-postgres' pool does after an error): collect the answers for a
 				// while, so that those queries are measured and the connection stays reusable.
+				// The client will not read them: writes to it fail at once instead of blocking.
 				deadline = deadline.Add(s.cfg.ResetTimeout)
+				_ = sess.client.SetWriteDeadline(time.Now())
 			} else {
 				// The client left with a query running: cancel it rather than let it run on.
 				cancelQuery()
@@ -367,9 +369,12 @@ loop:
 			deadline = time.Now() // answered meanwhile, before the reader could see stopping
 		}
 		_ = server.SetReadDeadline(deadline)
+		if s.ctx.Err() != nil {
+			_ = server.SetReadDeadline(time.Now()) // Close's interrupt may have come just before
+		}
 		end = <-done
 		_ = server.SetReadDeadline(time.Time{})
-		if len(pending) > 0 && terminated && writeErr == nil && !end.lost {
+		if len(pending) > 0 && terminated && writeErr == nil && !end.lost && s.ctx.Err() == nil {
 			cancelQuery() // the answers did not come in time
 		}
 	}
@@ -538,6 +543,8 @@ func (sess *session) serverToClient(sr *bufio.Reader, pending chan pendingSync, 
 			end.txStatus = st[0]
 			batchErr = nil
 			if stopping.Load() && len(pending) == 0 {
+				_ = sess.cw.Flush()
+				s.m.bytesOut.Add(float64(bytesOut))
 				end.clean = true
 				return end
 			}
