@@ -292,8 +292,8 @@ func TestStalledNetwork(t *testing.T) {
 	if !pgtest.WaitFor(15*time.Second, func() bool { return h.m.Health().Status == StatusUnhealthy }) {
 		t.Fatalf("black hole not detected: %+v", h.m.Health())
 	}
-	if e := h.m.Health().LastError; !strings.Contains(e, "no answer within DB_HEALTH_CHECK_TIMEOUT (500ms)") {
-		t.Errorf("health error of a black-holed check does not say it timed out: %q", e)
+	if hl := h.m.Health(); !strings.Contains(hl.LastError, "no answer within DB_HEALTH_CHECK_TIMEOUT (500ms)") || hl.LastErrorCode != "timeout" {
+		t.Errorf("health error of a black-holed check does not say it timed out: %q (%s)", hl.LastError, hl.LastErrorCode)
 	}
 
 	// Resets: connections fail fast.

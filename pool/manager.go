@@ -389,7 +389,7 @@ func (m *Manager) setHealth(ok bool, d time.Duration, err error) {
 	if ok {
 		m.connErrSeen.Store(false)
 		h.ConsecutiveFailures = 0
-		h.LastError = ""
+		h.LastError, h.LastErrorCode = "", ""
 		h.Status = StatusHealthy
 		if d >= m.cfg.SlowQueryThreshold {
 			h.Status = StatusDegraded
@@ -402,6 +402,7 @@ func (m *Manager) setHealth(ok bool, d time.Duration, err error) {
 	h.Status = StatusUnhealthy
 	if err != nil {
 		h.LastError = Scrub(err.Error(), m.dsn)
+		h.LastErrorCode = SQLState(err)
 	}
 	m.metrics.healthUp.Set(0)
 	m.metrics.healthFailures.Inc()
@@ -415,6 +416,7 @@ type Health struct {
 	ConsecutiveFailures int
 	TotalFailures       int
 	LastError           string // scrubbed of passwords; empty when healthy
+	LastErrorCode       string // LastError as SQLState labels it: the server's SQLSTATE (53300), 08006, timeout, ...
 }
 
 // Health returns the current health. A connection error seen by any query since the last

@@ -395,17 +395,21 @@ func (s *Server) acquire() (*pgxpool.Conn, error) {
 			if lastErr == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 				lastErr = err
 			}
-			if lastErr == nil && s.mgr.Health().Status == pool.StatusUnhealthy {
+			lastCode := "" // the server's SQLSTATE behind lastErr, if any
+			var pgErr *pgconn.PgError
+			if errors.As(lastErr, &pgErr) {
+				lastCode = pgErr.Code
+			}
+			if h := s.mgr.Health(); lastErr == nil && h.Status == pool.StatusUnhealthy {
 				// The only attempt was still connecting when time ran out.
-				lastErr = errors.New(s.mgr.Health().LastError)
+				lastErr, lastCode = errors.New(h.LastError), h.LastErrorCode
 			}
 			if lastErr != nil {
 				code := "08006"
-				var pgErr *pgconn.PgError
-				if errors.As(lastErr, &pgErr) && strings.HasPrefix(pgErr.Code, "53") {
+				if strings.HasPrefix(lastCode, "53") {
 					// The server answered but refused for lack of resources (too many
 					// connections): a capacity problem like an exhausted pool, not an outage.
-					code = pgErr.Code
+					code = lastCode
 				}
 				return nil, reject(code, "cannot connect to the database within DB_CONNECTION_TIMEOUT (%s): %s", timeout,
 					pool.Scrub(lastErr.Error(), s.mgr.Config().DatabaseURL))
