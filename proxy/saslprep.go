@@ -6,7 +6,6 @@ import (
 
 	"golang.org/x/text/unicode/bidi"
 	"golang.org/x/text/unicode/norm"
-	"golang.org/x/text/unicode/rangetable"
 )
 
 // saslprep prepares a password for SCRAM-SHA-256 the way PostgreSQL's pg_saslprep does (SASLprep,
@@ -19,14 +18,10 @@ import (
 // after mapping, a prohibited or unassigned character, a bidi violation) the password is used
 // unchanged instead of being refused.
 //
-// Unicode versions: stringprep is defined on Unicode 3.2 (table A.1 lists the code points
-// unassigned there). That table is approximated by the code points unassigned in Unicode 4.1,
-// the oldest version x/text keeps: the 2,499 code points added in Unicode 4.0 and 4.1 count as
-// assigned here but not in PostgreSQL. The result differs from PostgreSQL's only for a password
-// that contains one of them together with a character that SASLprep changes. NFKC
-// and the bidi classes come from x/text's newer Unicode; normalization of assigned characters is
-// stable across versions, and the few bidi classes that changed since 3.2 are corrected by the
-// tables below.
+// Unicode versions: stringprep is defined on Unicode 3.2. Table A.1 (unassigned there) is kept
+// as it is in saslprep_a1.go. NFKC and the bidi classes come from x/text's newer Unicode;
+// normalization of characters assigned in 3.2 is stable across versions, and the few bidi
+// classes that changed since 3.2 are corrected by the tables below.
 func saslprep(password string) string {
 	ascii := true
 	for i := 0; i < len(password); i++ {
@@ -56,7 +51,7 @@ func saslprep(password string) string {
 	// has no LCat character and starts and ends with a RandALCat character.
 	randAL := false
 	for _, r := range mapped {
-		if unicode.Is(saslprepProhibited, r) || unicode.Is(unicode.Noncharacter_Code_Point, r) || !unicode.Is(saslprepAssigned, r) {
+		if unicode.Is(saslprepProhibited, r) || unicode.Is(unicode.Noncharacter_Code_Point, r) || unicode.Is(saslprepUnassigned, r) {
 			return password
 		}
 		randAL = randAL || isRandALCat(r)
@@ -73,9 +68,6 @@ func saslprep(password string) string {
 	}
 	return norm.NFKC.String(string(mapped))
 }
-
-// saslprepAssigned stands in for the complement of RFC 3454 table A.1 (see saslprep).
-var saslprepAssigned = rangetable.Assigned("4.1.0")
 
 // RFC 3454 table C.1.2: non-ASCII space characters, mapped to U+0020 (SASLprep, RFC 4013 2.1).
 var saslprepSpaces = &unicode.RangeTable{R16: []unicode.Range16{
