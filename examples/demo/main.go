@@ -35,7 +35,7 @@ func main() {
 	appMetrics := flag.String("app-metrics", "127.0.0.1:9189", "address where the demo app serves its own library metrics")
 	proxyAddr := flag.String("proxy", "127.0.0.1:6432", "address of the sidecar's PostgreSQL proxy (half the traffic goes through it)")
 	workers := flag.Int("workers", 4, "concurrent clients of the traffic generator")
-	duration := flag.Duration("duration", 0, "stop after this long (0: until Ctrl-C)")
+	duration := flag.Duration("duration", 0, "stop after this long of traffic (0: until Ctrl-C)")
 	quiet := flag.Bool("quiet", false, "do not echo the sidecar's log")
 	flag.Parse()
 	if err := run(*bin, *listen, *appMetrics, *proxyAddr, *workers, *duration, *quiet); err != nil {
@@ -47,11 +47,6 @@ func main() {
 func run(bin, listen, appMetrics, proxyAddr string, workers int, duration time.Duration, quiet bool) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if duration > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, duration)
-		defer cancel()
-	}
 
 	dsn := os.Getenv("DATABASE_URL")
 	if dsn == "" {
@@ -138,6 +133,11 @@ violations, serialization conflicts and a slow report now and then). Press Ctrl-
 
 `, base, appMetrics, workers, proxyAddr)
 
+	if duration > 0 { // traffic time: setup does not count
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, duration)
+		defer cancel()
+	}
 	done := make(chan *pos.TrafficStats, 2)
 	go func() { done <- pos.RunTraffic(ctx, store, pos.TrafficOptions{Workers: max(workers/2, 1)}) }()
 	go func() {
