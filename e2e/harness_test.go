@@ -138,7 +138,8 @@ func (p *process) exited() bool {
 	}
 }
 
-// waitFor polls cond every 200 ms until it holds or the timeout passes.
+// waitFor polls cond every 200 ms until it holds or the timeout passes. pgtest.WaitFor polls
+// every 20 ms, too often for conditions that are Prometheus queries taking seconds to come true.
 func waitFor(timeout time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(timeout)
 	for {

@@ -350,19 +350,19 @@ loop:
 			sess.cancelServer(ctx)
 			cancel()
 		}
+		// A client may say goodbye right after its last Sync without reading the answer
+		// (node-postgres' pool does after an error): collect the answers for a while, so that
+		// those queries are measured and the connection stays reusable. The client will not
+		// read them: writes to it fail at once instead of blocking.
+		draining := len(pending) > 0 && terminated && writeErr == nil && s.ctx.Err() == nil
 		deadline := time.Now()
-		if len(pending) > 0 {
-			if terminated && writeErr == nil && s.ctx.Err() == nil {
-				// A client may say goodbye right after its last Sync without reading the
-				// answer (node-postgres' pool does after an error): collect the answers for a
-				// while, so that those queries are measured and the connection stays reusable.
-				// The client will not read them: writes to it fail at once instead of blocking.
-				deadline = deadline.Add(s.cfg.ResetTimeout)
-				_ = sess.client.SetWriteDeadline(time.Now())
-			} else {
-				// The client left with a query running: cancel it rather than let it run on.
-				cancelQuery()
-			}
+		switch {
+		case draining:
+			deadline = deadline.Add(s.cfg.ResetTimeout)
+			_ = sess.client.SetWriteDeadline(time.Now())
+		case len(pending) > 0:
+			// The client left with a query running: cancel it rather than let it run on.
+			cancelQuery()
 		}
 		stopping.Store(true)
 		if len(pending) == 0 {
@@ -374,7 +374,7 @@ loop:
 		}
 		end = <-done
 		_ = server.SetReadDeadline(time.Time{})
-		if len(pending) > 0 && terminated && writeErr == nil && !end.lost && s.ctx.Err() == nil {
+		if draining && len(pending) > 0 && !end.lost && s.ctx.Err() == nil {
 			cancelQuery() // the answers did not come in time
 		}
 	}
