@@ -305,7 +305,7 @@ func parseInt(name, v string) (int64, error) {
 // RedactDSN returns the connection string with any password replaced by "xxxxx", for URL and
 // key=value forms alike. It is what logs, errors and APIs show in place of the DSN.
 func RedactDSN(dsn string) string {
-	if strings.Contains(dsn, "://") {
+	if isURLForm(dsn) {
 		// Mask the raw user information first: a password with an unescaped / or @ is not
 		// where net/url looks for one, but it is still the password.
 		if lo, hi, ok := rawURLPassword(dsn); ok {
@@ -334,6 +334,23 @@ func RedactDSN(dsn string) string {
 		return "(not shown: neither a URL nor key=value pairs)"
 	}
 	return redactKeyValue(dsn)
+}
+
+// isURLForm reports whether dsn starts with a URL scheme ("postgres://", or a misspelt one).
+// A "://" further in belongs to a key=value DSN's value, a password perhaps, and pgx reads
+// such a DSN as key=value too.
+func isURLForm(dsn string) bool {
+	scheme, _, found := strings.Cut(dsn, "://")
+	if !found || scheme == "" {
+		return false
+	}
+	for i, c := range scheme {
+		letter := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+		if !letter && (i == 0 || !(c >= '0' && c <= '9' || c == '+' || c == '-' || c == '.')) {
+			return false
+		}
+	}
+	return true
 }
 
 // rawURLPassword finds what a person typing a URL meant as its password, without parsing:
@@ -436,7 +453,7 @@ func passwords(dsns ...string) []string {
 		if dsn == "" {
 			continue
 		}
-		if strings.Contains(dsn, "://") {
+		if isURLForm(dsn) {
 			if u, err := url.Parse(dsn); err == nil {
 				if p, ok := u.User.Password(); ok {
 					out = append(out, p)

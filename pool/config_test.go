@@ -125,7 +125,10 @@ func TestRedactDSN(t *testing.T) {
 		"host=db user=app dbname=pos":                          "host=db user=app dbname=pos",
 		"host=db mypassword=abc":                               "host=db mypassword=abc",
 		"postgres://app:pw@db/pos":                             "postgres://app:xxxxx@db/pos",
-		"":                                                     "",
+		"host=db password='0://00' dbname=pos":                 "host=db password=xxxxx dbname=pos",
+		"password=a://b@c host=db":                             "password=xxxxx host=db",
+		"postgress://app:pw@db/pos?sslmode=disable":            "postgress://app:xxxxx@db/pos?sslmode=disable",
+		"": "",
 	}
 	for in, want := range cases {
 		if got := RedactDSN(in); got != want {
