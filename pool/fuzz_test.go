@@ -28,20 +28,28 @@ func FuzzRedactDSN(f *testing.F) {
 	for _, s := range []string{"s3cr:t@x/y%z", "pa ss'word", `back\slash`, "ünïcødé-pw", "p=w d"} {
 		f.Add(s)
 	}
+	const (
+		urlRedacted = "postgres://app:xxxxx@db:5432/pos?sslmode=disable"
+		kvRedacted  = "host=db password=xxxxx dbname=pos"
+	)
 	f.Fuzz(func(t *testing.T, pw string) {
-		// A password containing the mask itself ("xxxxx") cannot be told from its masked form.
-		if len(pw) < 6 || strings.Contains(pw, "xxxxx") || strings.ContainsAny(pw, "\x00\n\r") || strings.Contains("postgres://app:xxxxx@db:5432/pos?sslmode=disable host=db password= dbname=pos", pw) {
+		if len(pw) < 6 || strings.ContainsAny(pw, "\x00\n\r") {
 			return
 		}
 		u := "postgres://" + url.UserPassword("app", pw).String() + "@db:5432/pos?sslmode=disable"
 		kvpw := strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(pw)
 		kv := "host=db password='" + kvpw + "' dbname=pos"
-		for _, dsn := range []string{u, kv} {
-			if out := RedactDSN(dsn); strings.Contains(out, pw) {
-				t.Fatalf("RedactDSN(%q) = %q keeps the password", dsn, out)
+		for dsn, want := range map[string]string{u: urlRedacted, kv: kvRedacted} {
+			// Exact: a password that looks like the mask or its surroundings ("xxxx d") is told
+			// apart from them only this way.
+			if out := RedactDSN(dsn); out != want {
+				t.Fatalf("RedactDSN(%q) = %q, want %q", dsn, out, want)
 			}
+			// Scrub works on free text; what remains must not hold the password, unless the
+			// password is a piece of what a scrubbed message is made of anyway.
 			msg := "connect " + dsn + " failed for " + pw
-			if out := Scrub(msg, dsn); strings.Contains(out, pw) {
+			skeletons := "connect " + urlRedacted + " failed for xxxxx\nconnect host=db password='xxxxx' dbname=pos failed for xxxxx"
+			if out := Scrub(msg, dsn); strings.Contains(out, pw) && !strings.Contains(skeletons, pw) {
 				t.Fatalf("Scrub kept the password: %q", out)
 			}
 		}
