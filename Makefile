@@ -11,6 +11,9 @@ LDFLAGS   := -s -w \
 
 FUZZTIME  ?= 10000x
 
+# scripts/deps.sh fetches Go into .toolchain/ when the machine's is missing or too old.
+export PATH := $(CURDIR)/.toolchain/go/bin:$(PATH):/usr/local/go/bin
+
 .PHONY: all build test test-monitoring lint demo bench deps fmt fuzz docs
 
 all: build
