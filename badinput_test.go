@@ -49,8 +49,11 @@ func TestBadStartupInput(t *testing.T) {
 		{"proxy auth method", []string{"--proxy.auth-method=kerberos"}, nil, "got 'kerberos'"},
 		{"proxy message size", []string{"--proxy.max-message-size=huge"}, nil, "invalid huge"},
 		{"unknown flag", []string{"--db.max-conections=5"}, nil, "unknown long flag '--db.max-conections'"},
-		{"missing web config", []string{"--web.config.file=/nonexistent/web.yml"}, nil, "/nonexistent/web.yml"},
-		{"missing queries file", []string{"--queries.file=/nonexistent/queries.yaml"}, nil, "/nonexistent/queries.yaml"},
+		{"missing web config", []string{"--web.config.file=/nonexistent/web.yml"}, nil, "--web.config.file: open /nonexistent/web.yml"},
+		{"web config missing cert", []string{"--web.config.file=testdata/web/missing_cert.yml"}, nil, "--web.config.file: "},
+		{"web config syntax", []string{"--web.config.file=testdata/web/syntax_error.yml"}, nil, "--web.config.file: "},
+		{"proxy without a password to check", []string{"--proxy.listen-address=127.0.0.1:0"}, map[string]string{"DATABASE_URL": "postgres://app@127.0.0.1:1/pos"}, "DATABASE_URL has no password"},
+		{"missing queries file", []string{"--queries.file=/nonexistent/queries.yaml"}, nil, "--queries.file: open /nonexistent/queries.yaml"},
 		{"queries unknown key", []string{"--queries.file=testdata/queries/unknown_key.yaml"}, nil, "unknown_key.yaml:3: query pg_example: unknown key"},
 		{"queries duplicate metric", []string{"--queries.file=testdata/queries/duplicate_metric.yaml"}, nil, "duplicate_metric.yaml:"},
 		{"queries bad usage", []string{"--queries.file=testdata/queries/bad_usage.yaml"}, nil, "bad_usage.yaml:"},
@@ -84,8 +87,9 @@ func TestBadStartupInput(t *testing.T) {
 			if ctx.Err() != nil {
 				t.Fatalf("bad input did not stop the program: it ran until the test's deadline\n%s", errOut.String())
 			}
-			if code == 0 {
-				t.Fatalf("exit code 0\n%s", errOut.String())
+			// 2 is bad configuration (systemd's RestartPreventExitStatus=2 relies on it).
+			if code != 2 {
+				t.Fatalf("exit code %d, want 2\n%s", code, errOut.String())
 			}
 			if !strings.Contains(errOut.String(), tc.want) {
 				t.Fatalf("output does not say %q:\n%s", tc.want, errOut.String())

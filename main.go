@@ -194,6 +194,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "pgsidecar: invalid configuration:\n  %s\n", strings.ReplaceAll(err.Error(), "\n", "\n  "))
 		return 2
 	}
+	if f := *a.webFlags.WebConfigFile; f != "" {
+		if err := web.Validate(f); err != nil {
+			fmt.Fprintf(stderr, "pgsidecar: --web.config.file: %s\n", err)
+			return 2
+		}
+	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return serve(ctx, a, logger)
@@ -232,6 +238,10 @@ func serve(ctx context.Context, a *app, logger *slog.Logger) int {
 	for _, f := range a.features {
 		stopFeature, err := f.start(ctx, d)
 		if err != nil {
+			if errors.As(err, new(configError)) {
+				logger.Error("Invalid configuration", "error", pool.Scrub(err.Error(), a.poolCfg.DatabaseURL))
+				return 2
+			}
 			logger.Error("Cannot start", "error", pool.Scrub(err.Error(), a.poolCfg.DatabaseURL))
 			return 1
 		}
@@ -289,6 +299,20 @@ func serve(ctx context.Context, a *app, logger *slog.Logger) int {
 		logger.Warn("Web server did not stop cleanly", "error", err.Error())
 	}
 	return 0
+}
+
+// configError marks a feature's start error as bad configuration, which exits 2 (and so does
+// not restart-loop under systemd's RestartPreventExitStatus) where a failure to run exits 1.
+type configError struct{ error }
+
+func (e configError) Unwrap() error { return e.error }
+
+// badConfig marks err, when not nil, as a configuration error.
+func badConfig(err error) error {
+	if err == nil {
+		return nil
+	}
+	return configError{err}
 }
 
 // handle mounts h and turns ServeMux's panic on a conflicting pattern (a telemetry path equal to

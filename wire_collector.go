@@ -23,13 +23,13 @@ func (f *collectorFeature) flags(k *kingpin.Application) { f.flagCfg = collector
 
 func (f *collectorFeature) start(ctx context.Context, d *deps) (func(), error) {
 	if err := f.flagCfg.Validate(); err != nil {
-		return nil, err
+		return nil, badConfig(err)
 	}
 	cfg := f.flagCfg.Config()
 	cfg.Logger = d.logger
 	e, err := collector.New(d.mgr, cfg)
 	if err != nil {
-		return nil, err
+		return nil, badConfig(err)
 	}
 	if err := d.reg.Register(e); err != nil {
 		return nil, err

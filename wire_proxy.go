@@ -45,33 +45,33 @@ func (f *proxyFeature) start(_ context.Context, d *deps) (func(), error) {
 		return nil, nil
 	}
 	if f.maxMessage < 1024 {
-		return nil, fmt.Errorf("--proxy.max-message-size (%s) must be at least 1KiB", f.maxMessage)
+		return nil, badConfig(fmt.Errorf("--proxy.max-message-size (%s) must be at least 1KiB", f.maxMessage))
 	}
 	if f.maxClients < 1 {
-		return nil, fmt.Errorf("--proxy.max-client-connections (%d) must be at least 1", f.maxClients)
+		return nil, badConfig(fmt.Errorf("--proxy.max-client-connections (%d) must be at least 1", f.maxClients))
 	}
 	cfg := proxy.Config{Listen: f.listen, Auth: proxy.AuthMethod(f.auth), MaxMessageSize: int(f.maxMessage),
 		MaxClients: f.maxClients}
 	if f.usersFile != "" {
 		users, err := proxy.LoadUsers(f.usersFile)
 		if err != nil {
-			return nil, fmt.Errorf("--proxy.users-file: %w", err)
+			return nil, badConfig(fmt.Errorf("--proxy.users-file: %w", err))
 		}
 		cfg.Users = users
 	}
 	if (f.tlsCert == "") != (f.tlsKey == "") {
-		return nil, errors.New("--proxy.tls-cert-file and --proxy.tls-key-file must be given together")
+		return nil, badConfig(errors.New("--proxy.tls-cert-file and --proxy.tls-key-file must be given together"))
 	}
 	if f.tlsCert != "" {
 		cert, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
 		if err != nil {
-			return nil, fmt.Errorf("proxy TLS: %w", err)
+			return nil, badConfig(fmt.Errorf("--proxy.tls-cert-file/--proxy.tls-key-file: %w", err))
 		}
 		cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	srv, err := proxy.New(d.mgr, cfg, proxy.WithLogger(d.logger), proxy.WithRegisterer(d.reg))
 	if err != nil {
-		return nil, err
+		return nil, badConfig(err)
 	}
 	if err := srv.Start(); err != nil {
 		_ = srv.Close()

@@ -166,7 +166,7 @@ func newExporter(p *pgxpool.Pool, poolName string, cfg Config) (*Exporter, error
 	if cfg.QueriesFile != "" {
 		e.custom = newCustomCollector(cfg.QueriesFile, cfg.Logger)
 		if err := e.custom.reload(); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("--queries.file: %w", err)
 		}
 		// Custom queries run last, so a slow one cannot starve the built-in collectors.
 		e.cols = append(e.cols, namedCollector{name: customCollectorName, c: e.custom})
