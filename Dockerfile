@@ -12,11 +12,12 @@ ARG REVISION=unknown
 RUN CGO_ENABLED=0 go build -trimpath \
       -ldflags "-s -w -X github.com/prometheus/common/version.Version=${VERSION} -X github.com/prometheus/common/version.Revision=${REVISION}" \
       -o /out/pgsidecar . \
- && mkdir -p /out/etc/pgsidecar && cp queries.yaml /out/etc/pgsidecar/ 2>/dev/null || true
+ && mkdir -p /out/etc/pgsidecar && cp queries.yaml /out/etc/pgsidecar/
 
 # A static binary needs nothing but CA certificates (for sslmode=verify-full) and a user.
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/pgsidecar /usr/local/bin/pgsidecar
+# Found there by default (--queries.file).
 COPY --from=build /out/etc/pgsidecar /etc/pgsidecar
 USER 65532:65532
 # 9188: metrics, API and status page. 6432: the optional PostgreSQL proxy.

@@ -39,7 +39,7 @@ func AddFlags(k *kingpin.Application) *FlagConfig {
 		Envar(envName("collector.statements.limit")).Default("25").IntVar(&fc.cfg.StatementsLimit)
 	k.Flag("collector.database.size-interval", "Measure database sizes at most this often (pg_database_size reads every file of every database); 0 measures them on every scrape.").
 		Envar(envName("collector.database.size-interval")).Default("1m").DurationVar(&fc.cfg.DatabaseSizeInterval)
-	k.Flag("queries.file", "YAML file of custom queries (postgres_exporter format, plus timeout and min_version/max_version); empty disables. Reloaded on SIGHUP and POST /-/reload.").
+	k.Flag("queries.file", "YAML file of custom queries (postgres_exporter format, plus timeout and min_version/max_version); empty disables. Default: the first queries.yaml found in the working directory, next to the binary, or in /etc/pgsidecar. Reloaded on SIGHUP and POST /-/reload.").
 		Envar(envName("queries.file")).Default(defaultQueriesFile()).StringVar(&fc.cfg.QueriesFile)
 	return fc
 }
@@ -85,14 +85,14 @@ func envName(flag string) string {
 	return "PGSIDECAR_" + strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(flag))
 }
 
-// defaultQueriesFile is the shipped queries.yaml in the working directory or next to the
-// binary, or "" when there is none.
+// defaultQueriesFile is the shipped queries.yaml in the working directory, next to the binary
+// or in /etc/pgsidecar (where the container image and packages put it), or "" when there is none.
 func defaultQueriesFile() string {
-	if _, err := os.Stat(DefaultQueriesFile); err == nil {
-		return DefaultQueriesFile
-	}
+	candidates := []string{DefaultQueriesFile}
 	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), DefaultQueriesFile)
+		candidates = append(candidates, filepath.Join(filepath.Dir(exe), DefaultQueriesFile))
+	}
+	for _, p := range append(candidates, filepath.Join("/etc/pgsidecar", DefaultQueriesFile)) {
 		if _, err := os.Stat(p); err == nil {
 			return p
 		}
