@@ -73,6 +73,12 @@ func run(bin, listen, appMetrics, proxyAddr string, workers int, duration time.D
 		say("using DATABASE_URL %s", pool.RedactDSN(dsn))
 	}
 
+	// The proxy checks its clients against the password of DATABASE_URL; a database reached
+	// without one (trust or peer authentication) gets all the traffic directly.
+	if pc, err := pgx.ParseConfig(dsn); err == nil && pc.Password == "" {
+		say("DATABASE_URL has no password for the proxy to check clients against: no proxy, all traffic goes direct")
+		proxyAddr = ""
+	}
 	sidecar, err := startSidecar(ctx, bin, listen, proxyAddr, dsn, quiet)
 	if err != nil {
 		return err
@@ -99,14 +105,17 @@ func run(bin, listen, appMetrics, proxyAddr string, workers int, duration time.D
 
 	// The same app again, connected through the sidecar's proxy as an app in any language would
 	// be: its queries show up in the sidecar's own metrics, /status and /api/database/*.
-	pcfg := cfg
-	pcfg.DatabaseURL, pcfg.Name, pcfg.ApplicationName = viaProxy(dsn, proxyAddr), "pos-app-proxied", "pos-app-proxied"
-	proxied, err := pool.New(pcfg, pool.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
-	if err != nil {
-		return err
+	proxiedStore := store
+	if proxyAddr != "" {
+		pcfg := cfg
+		pcfg.DatabaseURL, pcfg.Name, pcfg.ApplicationName = viaProxy(dsn, proxyAddr), "pos-app-proxied", "pos-app-proxied"
+		proxied, err := pool.New(pcfg, pool.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+		if err != nil {
+			return err
+		}
+		defer proxied.Close()
+		proxiedStore = pos.NewStore(proxied)
 	}
-	defer proxied.Close()
-	proxiedStore := pos.NewStore(proxied)
 
 	setup, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
@@ -118,6 +127,10 @@ func run(bin, listen, appMetrics, proxyAddr string, workers int, duration time.D
 	}
 
 	base := "http://" + listen
+	proxyLine := "postgres://...@" + proxyAddr + "/...               the PostgreSQL proxy (same user and password as the database)"
+	if proxyAddr == "" {
+		proxyLine = "(no PostgreSQL proxy: DATABASE_URL has no password)"
+	}
 	fmt.Printf(`
 pgsidecar demo is running. Look at:
   %[1]s/                            landing page
@@ -127,11 +140,11 @@ pgsidecar demo is running. Look at:
   %[1]s/api/database/health         health (JSON)
   %[1]s/api/database/performance    latency, errors, slow queries (JSON)
   http://%[2]s/metrics           the demo app's own library metrics (pool="pos-app")
-  postgres://...@%[4]s/...               the PostgreSQL proxy (same user and password as the database)
-Traffic: %[3]d POS clients, half through the proxy (sales, reports, price updates, with unique
+  %[4]s
+Traffic: %[3]d POS clients, half through the proxy if there is one (sales, reports, price updates, with unique
 violations, serialization conflicts and a slow report now and then). Press Ctrl-C to stop.
 
-`, base, appMetrics, workers, proxyAddr)
+`, base, appMetrics, workers, proxyLine)
 
 	if duration > 0 { // traffic time: setup does not count
 		var cancel context.CancelFunc
@@ -184,9 +197,16 @@ func startSidecar(ctx context.Context, bin, listen, proxyAddr, dsn string, quiet
 	if _, err := os.Stat(bin); err != nil {
 		return nil, fmt.Errorf("%s not found: run `make build` first (make demo does): %w", bin, err)
 	}
-	cmd := exec.Command(bin, "--web.listen-address="+listen, "--proxy.listen-address="+proxyAddr,
-		"--db.metrics-log-interval=30s", "--db.min-connections=2", "--collector.statements")
+	args := []string{"--web.listen-address=" + listen, "--db.metrics-log-interval=30s", "--db.min-connections=2", "--collector.statements"}
+	if proxyAddr != "" {
+		args = append(args, "--proxy.listen-address="+proxyAddr)
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), "DATABASE_URL="+dsn)
+	// Its own process group: Ctrl-C in the terminal reaches the demo, which stops the traffic
+	// first and then the sidecar, instead of the sidecar vanishing under running traffic.
+	// Pdeathsig: a demo killed outright takes the sidecar with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	out, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err

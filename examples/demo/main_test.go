@@ -2,15 +2,20 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/pgsidecar/pgsidecar/internal/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/testutil"
 )
 
@@ -109,4 +114,112 @@ func get(url string) (string, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return string(b), err
+}
+
+// TestDemoAsCommand runs the demo as `make demo` does, as its own command in its own process
+// group: Ctrl-C (SIGINT to the whole group, as a terminal sends it) must stop the traffic, the
+// sidecar and the throwaway cluster in order and exit 0; and a DATABASE_URL without a password
+// (trust authentication) must run without the proxy, which could not check clients.
+func TestDemoAsCommand(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts two PostgreSQL clusters")
+	}
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("go tool not on PATH")
+	}
+	dir := t.TempDir()
+	sidecar, demo := filepath.Join(dir, "pgsidecar"), filepath.Join(dir, "demo")
+	for bin, pkg := range map[string]string{sidecar: "github.com/pgsidecar/pgsidecar", demo: "github.com/pgsidecar/pgsidecar/examples/demo"} {
+		if out, err := exec.Command(goTool, "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+			t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+		}
+	}
+	start := func(t *testing.T, dsn string, args ...string) (*exec.Cmd, *testutil.LogBuffer, string, chan error) {
+		listen := testutil.FreeAddr(t)
+		args = append([]string{"--sidecar", sidecar, "--listen", listen, "--app-metrics", testutil.FreeAddr(t),
+			"--proxy", testutil.FreeAddr(t), "--workers", "2", "--quiet"}, args...)
+		cmd := exec.Command(demo, args...)
+		cmd.Env = append(os.Environ(), "DATABASE_URL="+dsn)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		var out testutil.LogBuffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		t.Cleanup(func() {
+			if cmd.ProcessState == nil {
+				_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+				<-exited
+			}
+		})
+		return cmd, &out, listen, exited
+	}
+	wait := func(t *testing.T, exited chan error, out *testutil.LogBuffer) {
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Fatalf("demo: %v\n%s", err, out.String())
+			}
+		case <-time.After(3 * time.Minute): // only catches a hang
+			t.Fatalf("demo did not stop\n%s", out.String())
+		}
+	}
+
+	t.Run("ctrl-c", func(t *testing.T) {
+		cmd, out, listen, exited := start(t, "")
+		// Wait for proxied traffic to be measured, so Ctrl-C lands in the middle of it.
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
+		for busy := false; !busy; {
+			select {
+			case err := <-exited:
+				t.Fatalf("demo ended before Ctrl-C: %v\n%s", err, out.String())
+			case <-time.After(3 * time.Minute):
+				t.Fatalf("no proxied traffic\n%s", out.String())
+			case <-tick.C:
+				body, err := get("http://" + listen + "/metrics")
+				busy = err == nil && hasPositive(body, `pgsidecar_query_duration_seconds_count{`, `pool="default"`)
+			}
+		}
+		if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGINT); err != nil {
+			t.Fatal(err)
+		}
+		wait(t, exited, out)
+		log := out.String()
+		for _, want := range []string{"demo: stopping:", "demo: pgsidecar stopped", "demo: throwaway cluster stopped and removed"} {
+			if !strings.Contains(log, want) {
+				t.Errorf("output lacks %q:\n%s", want, log)
+			}
+		}
+		_, data, ok := strings.Cut(log, "(data in ")
+		data, _, _ = strings.Cut(data, ")")
+		if !ok || data == "" {
+			t.Fatalf("output does not say where the cluster's data is:\n%s", log)
+		}
+		if _, err := os.Stat(data); !os.IsNotExist(err) {
+			t.Errorf("cluster data %s still there after Ctrl-C (stat: %v)", data, err)
+		}
+		if c, err := net.DialTimeout("tcp", listen, time.Second); err == nil {
+			c.Close()
+			t.Errorf("the sidecar still listens on %s after Ctrl-C", listen)
+		}
+	})
+
+	t.Run("no password", func(t *testing.T) {
+		c, err := pgtest.Start(pgtest.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		// The unix socket is trusted; the URL has no password.
+		dsn := fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres", c.Dir(), c.Port())
+		_, out, _, exited := start(t, dsn, "--duration", "5s")
+		wait(t, exited, out)
+		if log := out.String(); !strings.Contains(log, "no proxy, all traffic goes direct") || !strings.Contains(log, "demo: stopping:") {
+			t.Errorf("output does not say the demo ran without the proxy:\n%s", log)
+		}
+	})
 }
