@@ -32,8 +32,10 @@ type settingSample struct {
 	value float64
 }
 
+// reset_val, not setting: the collector's sessions SET their own statement_timeout, and what
+// the metric should show is the value the server gives a session of this role and database.
 const settingsQuery = `
-SELECT name, setting, coalesce(unit, ''), short_desc, vartype
+SELECT name, reset_val, coalesce(unit, ''), short_desc, vartype
 FROM pg_settings
 WHERE vartype IN ('bool', 'integer', 'real')`
 

@@ -15,8 +15,9 @@ func TestSettings(t *testing.T) {
 		"pg_settings_max_connections":                100,
 		"pg_settings_superuser_reserved_connections": 3,
 		"pg_settings_shared_buffers_bytes":           32 << 20, // pgtest sets 32MB
-		// The collector's sessions run with statement_timeout = the collection timeout.
-		"pg_settings_statement_timeout_seconds":          7,
+		// The server's value (none), not the collection timeout (7 s) the collector's own
+		// sessions run with.
+		"pg_settings_statement_timeout_seconds":          0,
 		"pg_settings_fsync":                              0, // off in pgtest
 		"pg_settings_autovacuum":                         1,
 		"pg_settings_checkpoint_timeout_seconds":         300,
@@ -29,6 +30,10 @@ func TestSettings(t *testing.T) {
 	}
 	if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": "settings"}); got != 1 {
 		t.Errorf("settings success = %v", got)
+	}
+	var own string
+	if err := e.exp.pool.QueryRow(ctxTimeout(t, 10*time.Second), "SHOW statement_timeout").Scan(&own); err != nil || own != "7s" {
+		t.Errorf("the collector's sessions run with statement_timeout %q (%v), want 7s", own, err)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -40,7 +41,14 @@ func (m *Manager) NewMonitorPool(opts MonitorOptions) (*pgxpool.Pool, error) {
 	pc.MinConns = 0
 	pc.ConnConfig.RuntimeParams["application_name"] = opts.ApplicationName
 	if opts.StatementTimeout > 0 {
-		pc.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(opts.StatementTimeout.Milliseconds(), 10)
+		// SET, not a startup parameter: a startup value would also become the session's
+		// reset_val, which is how the settings collector tells the server's own
+		// statement_timeout (pg_settings_statement_timeout_seconds) from this one.
+		set := "SET statement_timeout = " + strconv.FormatInt(opts.StatementTimeout.Milliseconds(), 10)
+		pc.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+			_, err := c.Exec(ctx, set)
+			return err
+		}
 	}
 	p, err := pgxpool.NewWithConfig(context.Background(), pc)
 	if err != nil {
