@@ -2,7 +2,6 @@ package collector
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -295,8 +294,28 @@ func (e *Exporter) collectShared(deadline time.Time) *collection {
 		return r.Val.(*collection)
 	case <-timer.C:
 		// Joined a collection that started with a later deadline than ours: answer without it.
-		return e.failed(errors.New("deadline passed while waiting for the shared collection"))
+		return e.unfinished()
 	}
+}
+
+// unfinished answers a scrape whose deadline passed while the collection it joined still
+// runs: nothing succeeded for it, but whether the database is up is the last collection's
+// finding, not something this scrape learned, so pg_up keeps it and nothing is logged.
+func (e *Exporter) unfinished() *collection {
+	e.mu.Lock()
+	up := e.wasUp
+	e.mu.Unlock()
+	v := 0.0
+	if up {
+		v = 1
+	}
+	s := newSink()
+	s.add(e.upDesc, prometheus.GaugeValue, v, nil)
+	for _, c := range e.cols {
+		s.add(e.durationDesc, prometheus.GaugeValue, 0, []string{c.name})
+		s.add(e.successDesc, prometheus.GaugeValue, 0, []string{c.name})
+	}
+	return &collection{metrics: s.metrics}
 }
 
 // failed is a collection where nothing could run.
