@@ -339,6 +339,12 @@ func readResult(rr *pgconn.ResultReader, q *customQuery, tm *pgtype.Map) ([]samp
 			}
 			out = append(out, sample{desc: m.col.desc, vtype: m.vtype, value: f, labels: labels})
 		}
+		if len(out) > q.maxSeries {
+			if _, err := rr.Close(); err != nil {
+				return nil, err
+			}
+			return nil, fmt.Errorf("more than %d series (max_series); none exported: aggregate the query, drop a label or raise max_series", q.maxSeries)
+		}
 	}
 	if _, err := rr.Close(); err != nil {
 		return out, err

@@ -631,3 +631,55 @@ pg_slow:
 		t.Errorf("logged the database as unreachable:\n%s", e.log.String())
 	}
 }
+
+// TestHugeLabelSet: a query whose label comes from an unbounded column fails on its own, with
+// an error that says what to do, and exports nothing; queries within their limit still export.
+func TestHugeLabelSet(t *testing.T) {
+	path := writeQueries(t, `
+pg_huge:
+  query: SELECT g::text AS id, 1 AS v FROM generate_series(1, 20000) g
+  metrics:
+    - id:
+        usage: LABEL
+    - v:
+        usage: GAUGE
+pg_capped:
+  query: SELECT g::text AS id, 1 AS v FROM generate_series(1, 6) g
+  max_series: 5
+  metrics:
+    - id:
+        usage: LABEL
+    - v:
+        usage: GAUGE
+pg_within:
+  query: SELECT g::text AS id, 1 AS v FROM generate_series(1, 5) g
+  max_series: 5
+  metrics:
+    - id:
+        usage: LABEL
+    - v:
+        usage: GAUGE
+`)
+	e := newEnv(t, "", Config{QueriesFile: path, Enabled: map[string]bool{"settings": false}})
+	s := e.scrape(t, 0, 20*time.Second)
+	if s.status != http.StatusOK {
+		t.Fatalf("status %d", s.status)
+	}
+	for query, limit := range map[string]string{"pg_huge": "10000", "pg_capped": "5"} {
+		if n := len(s.values(query+"_v", nil)); n != 0 {
+			t.Errorf("%s exported %d series over its limit", query, n)
+		}
+		if got := s.value(t, "pgsidecar_custom_query_errors_total", map[string]string{"query": query}); got != 1 {
+			t.Errorf("errors{%s} = %v, want 1", query, got)
+		}
+		if want := "more than " + limit + " series (max_series)"; !strings.Contains(e.log.String(), want) {
+			t.Errorf("log does not say %q for %s:\n%s", want, query, e.log.String())
+		}
+	}
+	if n := len(s.values("pg_within_v", nil)); n != 5 {
+		t.Errorf("pg_within exported %d series, want 5", n)
+	}
+	if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": "activity"}); got != 1 {
+		t.Errorf("activity success = %v", got)
+	}
+}

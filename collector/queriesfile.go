@@ -29,6 +29,7 @@ type customQuery struct {
 	columns      []customColumn
 	cacheSeconds int
 	timeout      time.Duration
+	maxSeries    int // samples one run may export; more fails the query
 	minVersion   int // server_version_num bounds, 0 for none
 	maxVersion   int
 	labels       []string // label column names in order
@@ -52,7 +53,12 @@ var (
 	yamlLineRE   = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 )
 
-var queryKeys = []string{"query", "metrics", "cache_seconds", "timeout", "min_version", "max_version", "master"}
+var queryKeys = []string{"query", "metrics", "cache_seconds", "timeout", "max_series", "min_version", "max_version", "master"}
+
+// DefaultMaxSeries bounds what one custom query may export when its max_series is not set: a
+// label taken from an unbounded column (a query text, an id) fails that query with a clear
+// error instead of growing every scrape and Prometheus' memory.
+const DefaultMaxSeries = 10000
 
 // loadQueries reads and validates a queries file. reserved holds metric names a custom query
 // must not take (the built-in collectors' names). Every problem found is reported, each as
@@ -130,7 +136,7 @@ func (p *queryParser) query(k, v *yaml.Node) *customQuery {
 		p.errorf(v, "query %s: expected a mapping with query and metrics", name)
 		return nil
 	}
-	q := &customQuery{name: name, line: k.Line}
+	q := &customQuery{name: name, line: k.Line, maxSeries: DefaultMaxSeries}
 	errsBefore := len(p.errs)
 	var metricsNode *yaml.Node
 	for i := 0; i+1 < len(v.Content); i += 2 {
@@ -155,6 +161,12 @@ func (p *queryParser) query(k, v *yaml.Node) *customQuery {
 				p.errorf(val, "query %s: timeout must be a positive duration such as 2s or 500ms, not %q", name, val.Value)
 			}
 			q.timeout = d
+		case "max_series":
+			n, err := strconv.Atoi(val.Value)
+			if val.Kind != yaml.ScalarNode || err != nil || n < 1 {
+				p.errorf(val, "query %s: max_series must be a whole number of at least 1, not %q", name, val.Value)
+			}
+			q.maxSeries = n
 		case "min_version", "max_version":
 			n, err := parseServerVersion(val.Value, key.Value == "max_version")
 			if val.Kind != yaml.ScalarNode || err != nil {

@@ -13,7 +13,7 @@ import (
 func TestBadQueriesFiles(t *testing.T) {
 	dir := filepath.Join("..", "testdata", "queries")
 	cases := map[string]string{
-		"unknown_key.yaml": `unknown_key.yaml:3: query pg_example: unknown key "cache_second" (known: query, metrics, cache_seconds, timeout, min_version, max_version, master)`,
+		"unknown_key.yaml": `unknown_key.yaml:3: query pg_example: unknown key "cache_second" (known: query, metrics, cache_seconds, timeout, max_series, min_version, max_version, master)`,
 		"bad_usage.yaml":   `bad_usage.yaml:7: query pg_example: column value: usage "GAUGES" is not one of LABEL, COUNTER, GAUGE, DISCARD`,
 		"duplicate_metric.yaml": `duplicate_metric.yaml:9: query pg_example_cache: metric pg_example_cache_hits already defined at line 4
 duplicate_metric.yaml:11: query "pg_example" defined twice (first at line 1)`,
@@ -22,9 +22,10 @@ duplicate_metric.yaml:11: query "pg_example" defined twice (first at line 1)`,
 		"builtin_name.yaml":      `builtin_name.yaml:4: query pg_stat_activity: metric pg_stat_activity_count is already exported by a built-in collector`,
 		"bad_values.yaml": `bad_values.yaml:3: query pg_example: timeout must be a positive duration such as 2s or 500ms, not "5"
 bad_values.yaml:4: query pg_example: cache_seconds must be a whole number of seconds, not "-1"
-bad_values.yaml:6: query pg_example: max_version must be a PostgreSQL version such as 13, 14.2 or 140002, not "fifteen"
-bad_values.yaml:7: query pg_example: runonserver is not supported; use min_version and max_version
-bad_values.yaml:11: query pg_example: column value: unknown key "mapping" (known: usage, description)`,
+bad_values.yaml:5: query pg_example: max_series must be a whole number of at least 1, not "0"
+bad_values.yaml:7: query pg_example: max_version must be a PostgreSQL version such as 13, 14.2 or 140002, not "fifteen"
+bad_values.yaml:8: query pg_example: runonserver is not supported; use min_version and max_version
+bad_values.yaml:12: query pg_example: column value: unknown key "mapping" (known: usage, description)`,
 	}
 	for file, want := range cases {
 		t.Run(file, func(t *testing.T) {
