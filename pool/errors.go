@@ -79,7 +79,8 @@ func SQLState(err error) string {
 }
 
 // RetryError is the final error of a retried operation: the last cause and how many attempts
-// were made. errors.As to *pgconn.PgError still reaches the cause.
+// were made. errors.As to *pgconn.PgError still reaches the cause; when the caller's context
+// ended the retries, errors.Is reaches its error (context.Canceled, DeadlineExceeded) too.
 type RetryError struct {
 	Attempts int
 	Err      error

@@ -259,7 +259,9 @@ func TestExecuteWithRetryValueGivesUpAfterAttempts(t *testing.T) {
 		cancel()
 		return &pgconn.PgError{Code: "40001"}
 	})
-	if calls != 1 || !errors.Is(err, context.Canceled) && !strings.Contains(err.Error(), "40001") {
+	// The final error keeps both the cause and the cancellation.
+	var pgErr *pgconn.PgError
+	if calls != 1 || !errors.Is(err, context.Canceled) || !errors.As(err, &pgErr) || pgErr.Code != "40001" {
 		t.Fatalf("after cancel: calls=%d err=%v", calls, err)
 	}
 }

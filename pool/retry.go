@@ -2,6 +2,8 @@ package pool
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 )
 
@@ -9,7 +11,7 @@ import (
 // DB_RETRY_ATTEMPTS tries with exponential backoff and jitter from DB_RETRY_DELAY. It stops at
 // once when ctx is done. fn must be safe to run again as a whole (for example one statement, or
 // a function that opens its own transaction). The error after the last try is a *RetryError
-// carrying the cause and the number of attempts.
+// carrying the cause and the number of attempts; when ctx ended first it carries ctx's error too.
 func (m *Manager) ExecuteWithRetry(ctx context.Context, fn func(ctx context.Context) error) error {
 	_, err := ExecuteWithRetryValue(ctx, m, func(ctx context.Context) (struct{}, error) {
 		return struct{}{}, fn(ctx)
@@ -25,16 +27,30 @@ func ExecuteWithRetryValue[T any](ctx context.Context, m *Manager, fn func(ctx c
 		if err == nil {
 			return v, nil
 		}
-		if attempt >= m.cfg.RetryAttempts || !Retryable(err) || ctx.Err() != nil {
+		if attempt >= m.cfg.RetryAttempts || !Retryable(err) {
 			return zero, &RetryError{Attempts: attempt, Err: err}
+		}
+		if ctx.Err() != nil {
+			return zero, &RetryError{Attempts: attempt, Err: stoppedRetrying(ctx, err)}
 		}
 		m.metrics.retries.Inc()
 		delay := Backoff(attempt, m.cfg.RetryDelay, m.cfg.RetryMaxDelay)
 		m.log.Debug("Retrying database operation", "attempt", attempt, "sqlstate", SQLState(err), "next_attempt_in", delay)
-		if err := sleep(ctx, delay); err != nil {
-			return zero, &RetryError{Attempts: attempt, Err: err}
+		if sleep(ctx, delay) != nil {
+			return zero, &RetryError{Attempts: attempt, Err: stoppedRetrying(ctx, err)}
 		}
 	}
+}
+
+// stoppedRetrying is the final error when ctx ended while a retry was due: it keeps both the
+// last attempt's cause (errors.As to *pgconn.PgError) and ctx's error (errors.Is
+// context.Canceled or DeadlineExceeded).
+func stoppedRetrying(ctx context.Context, cause error) error {
+	cerr := ctx.Err()
+	if errors.Is(cause, cerr) {
+		return cause
+	}
+	return fmt.Errorf("%w; retry abandoned: %w", cause, cerr)
 }
 
 func sleep(ctx context.Context, d time.Duration) error {
