@@ -16,8 +16,8 @@ type Result[T any] struct {
 
 // BatchExecute runs ops in chunks of batchSize, the ops of a chunk concurrently (at most
 // DB_MAX_CONNECTIONS at once), one chunk after the other, as the seed's batchExecute does. It
-// returns each op's result in input order. Once ctx is done no further op starts; those get
-// ctx's error.
+// returns each op's result in input order. Once ctx is done no further op starts, also none that
+// was waiting for its turn; those get ctx's error.
 func BatchExecute[T any](ctx context.Context, m *Manager, ops []func(ctx context.Context) (T, error), batchSize int) []Result[T] {
 	if batchSize < 1 {
 		batchSize = 1
@@ -28,19 +28,37 @@ func BatchExecute[T any](ctx context.Context, m *Manager, ops []func(ctx context
 		end := min(start+batchSize, len(ops))
 		var wg sync.WaitGroup
 		for i := start; i < end; i++ {
-			if err := ctx.Err(); err != nil {
+			if err := waitTurn(ctx, sem); err != nil {
 				out[i].Err = err
 				continue
 			}
-			sem <- struct{}{}
 			wg.Go(func() {
 				defer func() { <-sem }()
+				if err := ctx.Err(); err != nil {
+					out[i].Err = err
+					return
+				}
 				out[i].Value, out[i].Err = ops[i](ctx)
 			})
 		}
 		wg.Wait()
 	}
 	return out
+}
+
+// waitTurn takes a slot of sem, or gives up with ctx's error once ctx is done (also when a slot
+// freed at the same moment).
+func waitTurn(ctx context.Context, sem chan struct{}) error {
+	select {
+	case sem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if err := ctx.Err(); err != nil {
+		<-sem
+		return err
+	}
+	return nil
 }
 
 // Statement is one SQL statement with its arguments, for ExecPipeline.

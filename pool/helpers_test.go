@@ -67,3 +67,47 @@ func TestRetryCanceledDuringBackoffKeepsCause(t *testing.T) {
 		t.Fatalf("calls=%d err=%v", calls.Load(), err)
 	}
 }
+
+// BatchExecute stops scheduling when ctx is canceled while an op waits for its turn: that op
+// never starts.
+func TestBatchExecuteStopsWaitingForATurnOnCancel(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MaxConns, cfg.MinConns = 1, 1 // one op at a time
+	h := newManager(t, cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	firstRunning, releaseFirst := make(chan struct{}), make(chan struct{})
+	var laterStarted atomic.Int32
+	ops := []func(context.Context) (int, error){
+		func(context.Context) (int, error) {
+			close(firstRunning)
+			<-releaseFirst
+			return 1, nil
+		},
+	}
+	for range 3 {
+		ops = append(ops, func(context.Context) (int, error) {
+			laterStarted.Add(1)
+			return 0, nil
+		})
+	}
+	results := make(chan []Result[int], 1)
+	go func() { results <- BatchExecute(ctx, h.m, ops, len(ops)) }()
+	<-firstRunning
+	// Let the scheduler reach the wait for the only slot (the outcome must not depend on it).
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	close(releaseFirst)
+	res := returnsWithin(t, 30*time.Second, "BatchExecute", func() []Result[int] { return <-results })
+	if n := laterStarted.Load(); n != 0 {
+		t.Fatalf("%d ops started after ctx was canceled", n)
+	}
+	if res[0].Err != nil || res[0].Value != 1 {
+		t.Fatalf("running op: %+v", res[0])
+	}
+	for i, r := range res[1:] {
+		if !errors.Is(r.Err, context.Canceled) {
+			t.Fatalf("op %d: %+v, want context.Canceled", i+1, r)
+		}
+	}
+}
