@@ -297,3 +297,40 @@ func readErrorCode(t *testing.T, fe *pgproto3.Frontend) string {
 		}
 	}
 }
+
+// TestSlowHTTPClients: clients that send half a request and stall (slowloris) neither block
+// other clients nor keep their connections: the server closes them.
+func TestSlowHTTPClients(t *testing.T) {
+	clearPoolEnv(t)
+	addr, logs, _ := startSidecar(t, "--database-url="+cluster.URL(""), "--db.max-connections=2", "--db.min-connections=1")
+	var stalled []net.Conn
+	for i := 0; i < 50; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		partial := "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: "
+		if i%2 == 1 { // headers done, body promised and never sent
+			partial = "POST /api/database/warmup HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"conn"
+		}
+		if _, err := io.WriteString(c, partial); err != nil {
+			t.Fatal(err)
+		}
+		stalled = append(stalled, c)
+	}
+	if code, _ := get(t, "http://"+addr+"/healthz"); code != http.StatusOK {
+		t.Fatalf("/healthz = %d with 50 stalled clients\n%s", code, logs.String())
+	}
+	if code, body := get(t, "http://"+addr+"/metrics"); code != http.StatusOK || !strings.Contains(body, "pgsidecar_pool_connections") {
+		t.Fatalf("/metrics = %d with 50 stalled clients", code)
+	}
+	// The server ends each stalled connection (after its read timeouts); the bound only
+	// catches a connection kept forever.
+	for i, c := range stalled {
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Minute))
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			t.Fatalf("stalled client %d: the server did not close the connection: %v", i, err)
+		}
+	}
+}

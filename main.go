@@ -280,7 +280,10 @@ func serve(ctx context.Context, a *app, logger *slog.Logger) int {
 		}
 		listeners = append(listeners, l)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	// Slow or stalled clients are cut off rather than holding a connection and goroutine each;
+	// no WriteTimeout, so the live-metrics stream can run for as long as its client stays.
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 15 * time.Second,
+		IdleTimeout: 2 * time.Minute}
 	errc := make(chan error, 1)
 	go func() { errc <- web.ServeMultiple(listeners, srv, a.webFlags, logger) }()
 
