@@ -17,7 +17,8 @@ type Result[T any] struct {
 // BatchExecute runs ops in chunks of batchSize, the ops of a chunk concurrently (at most
 // DB_MAX_CONNECTIONS at once), one chunk after the other, as the seed's batchExecute does. It
 // returns each op's result in input order. Once ctx is done no further op starts, also none that
-// was waiting for its turn; those get ctx's error.
+// was waiting for its turn; those get ctx's error. An op's pool acquires wait at most
+// DB_CONNECTION_TIMEOUT for a free connection (see ExecuteWithRetry).
 func BatchExecute[T any](ctx context.Context, m *Manager, ops []func(ctx context.Context) (T, error), batchSize int) []Result[T] {
 	if batchSize < 1 {
 		batchSize = 1
@@ -38,7 +39,9 @@ func BatchExecute[T any](ctx context.Context, m *Manager, ops []func(ctx context
 					out[i].Err = err
 					return
 				}
-				out[i].Value, out[i].Err = ops[i](ctx)
+				actx, limit := withAcquireLimit(ctx, m.cfg.ConnectTimeout, "DB_CONNECTION_TIMEOUT")
+				v, err := ops[i](actx)
+				out[i].Value, out[i].Err = v, limit.explain(ctx, err)
 			})
 		}
 		wg.Wait()
@@ -70,13 +73,19 @@ type Statement struct {
 // ExecPipeline sends all statements to the server in one round trip on one connection (a
 // pgx.Batch, which PostgreSQL runs as one implicit transaction unless the statements manage
 // their own). For many small writes this is where batching saves real time. It returns the
-// command tags of the statements that ran and the first error.
+// command tags of the statements that ran and the first error. The wait for a free connection
+// is bounded by DB_CONNECTION_TIMEOUT (ErrAcquireTimeout), the statements by ctx alone.
 func (m *Manager) ExecPipeline(ctx context.Context, stmts []Statement) ([]pgconn.CommandTag, error) {
 	b := &pgx.Batch{}
 	for _, s := range stmts {
 		b.Queue(s.SQL, s.Args...)
 	}
-	br := m.pool.SendBatch(ctx, b)
+	c, err := m.acquire(ctx, m.cfg.ConnectTimeout, "DB_CONNECTION_TIMEOUT")
+	if err != nil {
+		return nil, err
+	}
+	defer c.Release()
+	br := c.SendBatch(ctx, b)
 	tags := make([]pgconn.CommandTag, 0, len(stmts))
 	for range stmts {
 		tag, err := br.Exec()

@@ -17,9 +17,12 @@ import (
 // or crash shutdown 57P01-57P03, connection exceptions of class 08 before the statement ran).
 // Constraint violations (23), data errors (22), syntax and access errors (42), auth errors (28),
 // a missing database (3D000) and everything else are not retried, nor is a connection lost after
-// a statement was sent, since the statement may have run.
+// a statement was sent, since the statement may have run. Nor is ErrAcquireTimeout: that try
+// already waited the whole DB_CONNECTION_TIMEOUT (or TxOptions.MaxWait) for a busy pool, and
+// retrying would make the caller wait that long once per attempt.
 func Retryable(err error) bool {
-	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, ErrAcquireTimeout) {
 		return false
 	}
 	var pgErr *pgconn.PgError

@@ -46,6 +46,7 @@ func TestRetryableClassification(t *testing.T) {
 		{"deadline exceeded", fmt.Errorf("q: %w", context.DeadlineExceeded), false},
 		{"unexpected EOF after send", io.ErrUnexpectedEOF, false},
 		{"plain error", errors.New("boom"), false},
+		{"acquire timeout", fmt.Errorf("%w: the pool had no free connection within DB_CONNECTION_TIMEOUT (1s)", ErrAcquireTimeout), false},
 	}
 	for _, tc := range cases {
 		if got := Retryable(tc.err); got != tc.want {

@@ -3,10 +3,13 @@ package pool
 import (
 	"context"
 	"errors"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
@@ -109,5 +112,136 @@ func TestBatchExecuteStopsWaitingForATurnOnCancel(t *testing.T) {
 		if !errors.Is(r.Err, context.Canceled) {
 			t.Fatalf("op %d: %+v, want context.Canceled", i+1, r)
 		}
+	}
+}
+
+// With every connection in use, each helper gives up after DB_CONNECTION_TIMEOUT with
+// ErrAcquireTimeout naming the setting, even when the caller's ctx has no deadline, and does not
+// retry that; the query that follows an acquire is not bounded by it.
+func TestHelpersBoundTheAcquireWait(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MaxConns, cfg.MinConns = 1, 1
+	cfg.ConnectTimeout = 500 * time.Millisecond
+	cfg.RetryAttempts = 3
+	h := newManager(t, cfg)
+	h.waitHealthy(t)
+	bg := context.Background()
+	held, err := h.m.Pool().Acquire(ctxTimeout(t, 30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	release := func() { once.Do(held.Release) }
+	t.Cleanup(release) // Close waits for it, also when the test fails early
+
+	const limit = time.Minute // liveness only
+	wantTimeout := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, ErrAcquireTimeout) || !strings.Contains(err.Error(), "no free connection within DB_CONNECTION_TIMEOUT (500ms)") {
+			t.Fatalf("%s: want ErrAcquireTimeout naming DB_CONNECTION_TIMEOUT (500ms), got %v", what, err)
+		}
+	}
+	timeouts := 0.0
+	countsTimeouts := func(what string, n int) {
+		t.Helper()
+		timeouts += float64(n)
+		if got := h.metricValue(t, "pgsidecar_pool_acquire_timeouts_total", nil); got != timeouts {
+			t.Fatalf("%s: acquire_timeouts_total = %v, want %v", what, got, timeouts)
+		}
+	}
+
+	calls := 0
+	err = returnsWithin(t, limit, "ExecuteWithRetry", func() error {
+		return h.m.ExecuteWithRetry(bg, func(ctx context.Context) error {
+			calls++
+			_, err := h.m.Pool().Exec(ctx, "SELECT 1")
+			return err
+		})
+	})
+	wantTimeout("ExecuteWithRetry", err)
+	var re *RetryError
+	if calls != 1 || !errors.As(err, &re) || re.Attempts != 1 || Retryable(err) || IsConnectionError(err) {
+		t.Fatalf("an acquire timeout was retried or taken for a connection error: calls=%d err=%v", calls, err)
+	}
+	if got := h.metricValue(t, "pgsidecar_retries_total", nil); got != 0 {
+		t.Fatalf("retries_total = %v", got)
+	}
+	countsTimeouts("ExecuteWithRetry", 1)
+
+	err = returnsWithin(t, limit, "ExecuteWithRetryValue", func() error {
+		_, err := ExecuteWithRetryValue(bg, h.m, func(ctx context.Context) (int, error) {
+			var v int
+			err := h.m.Pool().QueryRow(ctx, "SELECT 1").Scan(&v)
+			return v, err
+		})
+		return err
+	})
+	wantTimeout("ExecuteWithRetryValue", err)
+	countsTimeouts("ExecuteWithRetryValue", 1)
+
+	res := returnsWithin(t, limit, "BatchExecute", func() []Result[int] {
+		return BatchExecute(bg, h.m, []func(context.Context) (int, error){
+			func(ctx context.Context) (int, error) {
+				_, err := h.m.Pool().Exec(ctx, "SELECT 1")
+				return 0, err
+			},
+		}, 1)
+	})
+	wantTimeout("BatchExecute", res[0].Err)
+	countsTimeouts("BatchExecute", 1)
+
+	err = returnsWithin(t, limit, "ExecPipeline", func() error {
+		_, err := h.m.ExecPipeline(bg, []Statement{{SQL: "SELECT 1"}})
+		return err
+	})
+	wantTimeout("ExecPipeline", err)
+	countsTimeouts("ExecPipeline", 1)
+
+	err = returnsWithin(t, limit, "Transaction", func() error {
+		return h.m.Transaction(bg, func(context.Context, pgx.Tx) error { return nil }, TxOptions{})
+	})
+	wantTimeout("Transaction", err)
+	countsTimeouts("Transaction", 1)
+
+	err = returnsWithin(t, limit, "Warmup", func() error { _, err := h.m.Warmup(bg, 1); return err })
+	if err == nil || !strings.Contains(err.Error(), "DB_CONNECTION_TIMEOUT (500ms)") {
+		t.Fatalf("Warmup: %v", err)
+	}
+	countsTimeouts("Warmup", 1)
+
+	// A caller's earlier deadline ends the wait as its own: no acquire timeout.
+	short, cancel := context.WithTimeout(bg, 50*time.Millisecond)
+	defer cancel()
+	err = h.m.ExecuteWithRetry(short, func(ctx context.Context) error {
+		_, err := h.m.Pool().Exec(ctx, "SELECT 1")
+		return err
+	})
+	if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrAcquireTimeout) {
+		t.Fatalf("caller's deadline: %v", err)
+	}
+	release()
+
+	// The bound is on the wait only: queries longer than DB_CONNECTION_TIMEOUT still run.
+	const long = "SELECT pg_sleep(1.5)"
+	if err := h.m.ExecuteWithRetry(bg, func(ctx context.Context) error {
+		_, err := h.m.Pool().Exec(ctx, long)
+		return err
+	}); err != nil {
+		t.Fatalf("ExecuteWithRetry, long query: %v", err)
+	}
+	if res := BatchExecute(bg, h.m, []func(context.Context) (int, error){func(ctx context.Context) (int, error) {
+		_, err := h.m.Pool().Exec(ctx, long)
+		return 0, err
+	}}, 1); res[0].Err != nil {
+		t.Fatalf("BatchExecute, long query: %v", res[0].Err)
+	}
+	if _, err := h.m.ExecPipeline(bg, []Statement{{SQL: long}, {SQL: "SELECT $1::int", Args: []any{1}}}); err != nil {
+		t.Fatalf("ExecPipeline, long query: %v", err)
+	}
+	if err := h.m.Transaction(bg, func(ctx context.Context, tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, long)
+		return err
+	}, TxOptions{}); err != nil {
+		t.Fatalf("Transaction, long query: %v", err)
 	}
 }

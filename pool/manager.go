@@ -91,7 +91,7 @@ func New(cfg Config, opts ...Option) (*Manager, error) {
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.log = m.log.With("pool", cfg.Name)
 	m.tracer = &tracer{m: m}
-	pc.ConnConfig.Tracer = m.tracer
+	pc.ConnConfig.Tracer = acquireTracer{m.tracer}
 	pc.BeforeClose = func(*pgx.Conn) { m.closedConns.Add(1) }
 	// pgxpool keeps MinConns open (it tops the pool up in its background health check and
 	// closes idle connections only down to MinConns); the manager's connect loop adds the
@@ -368,6 +368,90 @@ func (m *Manager) saturated() bool {
 	return s.AcquiredConns() >= s.MaxConns()
 }
 
+// The wait for a free connection. pgxpool has no limit of its own on it; the Manager's helpers
+// (ExecuteWithRetry and ExecuteWithRetryValue, BatchExecute, ExecPipeline, Transaction, Warmup)
+// bound it by DB_CONNECTION_TIMEOUT, as node-postgres' connectionTimeoutMillis does, while the
+// queries run on the caller's ctx alone, so a long query is not cut short. The functions these
+// helpers run acquire through m.Pool() with the ctx they are given, so the bound travels in that
+// ctx as an *acquireLimit and acquireTracer applies it to each acquire made with it.
+
+type acquireLimitKey struct{}
+
+// acquireLimit bounds each pool acquire made with a context that carries it.
+type acquireLimit struct {
+	wait     time.Duration
+	setting  string      // what set wait, for the error: DB_CONNECTION_TIMEOUT or TxOptions.MaxWait
+	timedOut atomic.Bool // an acquire under this limit gave up because of it
+}
+
+// withAcquireLimit returns ctx carrying a new limit of wait for each acquire made with it (or
+// with a context derived from it, unless that carries a limit of its own).
+func withAcquireLimit(ctx context.Context, wait time.Duration, setting string) (context.Context, *acquireLimit) {
+	l := &acquireLimit{wait: wait, setting: setting}
+	return context.WithValue(ctx, acquireLimitKey{}, l), l
+}
+
+// errAcquireLimit is the cause of an acquire's context that ran out of its acquireLimit.
+var errAcquireLimit = errors.New("pool acquire limit reached")
+
+// explain turns err, the outcome of work done under l, into the acquire-timeout error when an
+// acquire under l gave up on l's bound and err is that acquire's deadline error. When ctx (the
+// caller's) is done, err stays as it is: the caller ended the wait.
+func (l *acquireLimit) explain(ctx context.Context, err error) error {
+	if err == nil || !l.timedOut.Load() || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return fmt.Errorf("%w: the pool had no free connection within %s (%s)", ErrAcquireTimeout, l.setting, l.wait)
+}
+
+// acquire takes a connection from the pool, waiting at most wait (set by setting) for a free one,
+// or less when ctx ends first. Only the wait is bounded: the connection is the caller's to use
+// with ctx.
+func (m *Manager) acquire(ctx context.Context, wait time.Duration, setting string) (*pgxpool.Conn, error) {
+	actx, l := withAcquireLimit(ctx, wait, setting)
+	c, err := m.pool.Acquire(actx)
+	return c, l.explain(ctx, err)
+}
+
+// acquireTracer is the pool's tracer plus the acquireLimit of the acquiring context: pgxpool
+// waits for a connection with the context that TraceAcquireStart returns.
+type acquireTracer struct{ *tracer }
+
+// limitedAcquire is the context of an acquire bounded by an acquireLimit.
+type limitedAcquire struct {
+	context.Context                 // bounded by the limit; what pgxpool waits with
+	inner           context.Context // what the tracer's own start hook returned
+	limit           *acquireLimit
+	cancel          context.CancelFunc
+}
+
+// TraceAcquireStart implements pgxpool.AcquireTracer.
+func (t acquireTracer) TraceAcquireStart(ctx context.Context, p *pgxpool.Pool, d pgxpool.TraceAcquireStartData) context.Context {
+	ctx = t.tracer.TraceAcquireStart(ctx, p, d)
+	l, _ := ctx.Value(acquireLimitKey{}).(*acquireLimit)
+	if l == nil {
+		return ctx
+	}
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= l.wait {
+		return ctx // the caller's own deadline comes first
+	}
+	bounded, cancel := context.WithTimeoutCause(ctx, l.wait, errAcquireLimit)
+	return &limitedAcquire{Context: bounded, inner: ctx, limit: l, cancel: cancel}
+}
+
+// TraceAcquireEnd implements pgxpool.AcquireTracer. The tracer's own hook counts an acquire that
+// ran out of its limit in pgsidecar_pool_acquire_timeouts_total, like any acquire deadline.
+func (t acquireTracer) TraceAcquireEnd(ctx context.Context, p *pgxpool.Pool, d pgxpool.TraceAcquireEndData) {
+	if a, ok := ctx.(*limitedAcquire); ok {
+		if d.Err != nil && a.inner.Err() == nil && errors.Is(context.Cause(a.Context), errAcquireLimit) {
+			a.limit.timedOut.Store(true)
+		}
+		a.cancel()
+		ctx = a.inner
+	}
+	t.tracer.TraceAcquireEnd(ctx, p, d)
+}
+
 func (m *Manager) rewarm() {
 	defer m.wg.Done()
 	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.ConnectTimeout)
@@ -545,7 +629,8 @@ type WarmupResult struct {
 }
 
 // Warmup makes sure at least n connections are open and answer a ping, opening new ones as
-// needed. n must be between 0 and the pool's maximum.
+// needed. n must be between 0 and the pool's maximum. Each acquire waits at most
+// DB_CONNECTION_TIMEOUT for a free connection.
 func (m *Manager) Warmup(ctx context.Context, n int) (WarmupResult, error) {
 	if n < 0 || n > int(m.cfg.MaxConns) {
 		return WarmupResult{}, fmt.Errorf("warm-up connections (%d) must be between 0 and DB_MAX_CONNECTIONS (%d)", n, m.cfg.MaxConns)
@@ -561,7 +646,7 @@ func (m *Manager) warmup(ctx context.Context, n int) (WarmupResult, error) {
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			c, err := m.pool.Acquire(ctx)
+			c, err := m.acquire(ctx, m.cfg.ConnectTimeout, "DB_CONNECTION_TIMEOUT")
 			if err != nil {
 				errs[i] = err
 				return

@@ -12,6 +12,10 @@ import (
 // once when ctx is done. fn must be safe to run again as a whole (for example one statement, or
 // a function that opens its own transaction). The error after the last try is a *RetryError
 // carrying the cause and the number of attempts; when ctx ended first it carries ctx's error too.
+//
+// fn's pool acquires (through m.Pool() with the ctx fn is given) wait at most
+// DB_CONNECTION_TIMEOUT for a free connection, unless ctx ends sooner; the queries themselves
+// are bounded by ctx alone. A try whose acquire timed out ends with ErrAcquireTimeout.
 func (m *Manager) ExecuteWithRetry(ctx context.Context, fn func(ctx context.Context) error) error {
 	_, err := ExecuteWithRetryValue(ctx, m, func(ctx context.Context) (struct{}, error) {
 		return struct{}{}, fn(ctx)
@@ -23,10 +27,14 @@ func (m *Manager) ExecuteWithRetry(ctx context.Context, fn func(ctx context.Cont
 func ExecuteWithRetryValue[T any](ctx context.Context, m *Manager, fn func(ctx context.Context) (T, error)) (T, error) {
 	var zero T
 	for attempt := 1; ; attempt++ {
-		v, err := fn(ctx)
+		actx, limit := withAcquireLimit(ctx, m.cfg.ConnectTimeout, "DB_CONNECTION_TIMEOUT")
+		v, err := fn(actx)
 		if err == nil {
 			return v, nil
 		}
+		// An acquire timeout is not retried: the try waited DB_CONNECTION_TIMEOUT already, and
+		// trying again would make the caller wait that long once per attempt (see Retryable).
+		err = limit.explain(ctx, err)
 		if attempt >= m.cfg.RetryAttempts || !Retryable(err) {
 			return zero, &RetryError{Attempts: attempt, Err: err}
 		}

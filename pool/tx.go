@@ -23,8 +23,10 @@ type TxOptions struct {
 // ErrTxTimeout is wrapped into the error of a transaction that ran past TxOptions.Timeout.
 var ErrTxTimeout = errors.New("transaction timeout exceeded")
 
-// ErrAcquireTimeout is wrapped into the error of a transaction that waited longer than
-// TxOptions.MaxWait for a connection.
+// ErrAcquireTimeout is wrapped into the error of a helper (Transaction, ExecuteWithRetry,
+// ExecuteWithRetryValue, BatchExecute, ExecPipeline, Warmup) whose wait for a free pool
+// connection outlasted DB_CONNECTION_TIMEOUT (for Transaction: TxOptions.MaxWait when set). It is
+// not retried.
 var ErrAcquireTimeout = errors.New("timed out waiting for a pool connection")
 
 // Transaction runs fn inside a transaction on one connection: it commits when fn returns nil and
@@ -40,17 +42,12 @@ func (m *Manager) Transaction(ctx context.Context, fn func(ctx context.Context, 
 }
 
 func (m *Manager) runTx(ctx context.Context, fn func(ctx context.Context, tx pgx.Tx) error, opts TxOptions) (err error) {
-	wait := opts.MaxWait
+	wait, setting := opts.MaxWait, "TxOptions.MaxWait"
 	if wait <= 0 {
-		wait = m.cfg.ConnectTimeout
+		wait, setting = m.cfg.ConnectTimeout, "DB_CONNECTION_TIMEOUT"
 	}
-	acqCtx, cancelAcq := context.WithTimeout(ctx, wait)
-	conn, err := m.pool.Acquire(acqCtx)
-	cancelAcq()
+	conn, err := m.acquire(ctx, wait, setting)
 	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-			return fmt.Errorf("%w after %s", ErrAcquireTimeout, wait)
-		}
 		return err
 	}
 	defer conn.Release()
