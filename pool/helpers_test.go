@@ -3,6 +3,8 @@ package pool
 import (
 	"context"
 	"errors"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -243,5 +245,69 @@ func TestHelpersBoundTheAcquireWait(t *testing.T) {
 		return err
 	}, TxOptions{}); err != nil {
 		t.Fatalf("Transaction, long query: %v", err)
+	}
+}
+
+// The periodic "Database pool metrics" line carries the pool figures, the acquire figures
+// among them.
+func TestMetricsLogLine(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MaxConns, cfg.MinConns = 2, 1
+	cfg.MetricsLogInterval = 50 * time.Millisecond
+	h := newManager(t, cfg)
+	h.waitHealthy(t)
+	ctx := ctxTimeout(t, 30*time.Second)
+	// With the one warm connection held, the next acquire finds no idle connection: an empty
+	// acquire, with a wait (opening a connection).
+	held, err := h.m.Pool().Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = h.m.Pool().Exec(ctx, "SELECT 1")
+	held.Release()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	field := regexp.MustCompile(`(\w+)=("(?:[^"\\]|\\.)*"|\S+)`)
+	want := []string{"pool", "total", "idle", "used", "pending", "utilisation", "queries", "errors", "error_rate",
+		"avg_latency", "p95_latency", "slow_queries", "acquires", "empty_acquires", "acquire_wait", "acquire_timeouts", "status"}
+	var last map[string]string
+	ok := pgtest.WaitFor(30*time.Second, func() bool {
+		for line := range strings.Lines(h.log.String()) {
+			if !strings.Contains(line, `msg="Database pool metrics"`) {
+				continue
+			}
+			last = map[string]string{}
+			for _, m := range field.FindAllStringSubmatch(line, -1) {
+				last[m[1]] = strings.Trim(m[2], `"`)
+			}
+			if n, err := strconv.Atoi(last["empty_acquires"]); err == nil && n >= 1 {
+				return true
+			}
+		}
+		return false
+	})
+	if !ok {
+		t.Fatalf("no metrics line counting the empty acquire; last one: %v\nlogs:\n%s", last, h.log.String())
+	}
+	for _, k := range want {
+		if _, ok := last[k]; !ok {
+			t.Errorf("field %s missing from the metrics line %v", k, last)
+		}
+	}
+	if last["pool"] != cfg.Name {
+		t.Errorf("pool=%q, want %q", last["pool"], cfg.Name)
+	}
+	if d, err := time.ParseDuration(last["acquire_wait"]); err != nil || d <= 0 {
+		t.Errorf("acquire_wait=%q after an acquire that opened a connection", last["acquire_wait"])
+	}
+	for _, k := range []string{"acquires", "queries", "total"} {
+		if n, err := strconv.Atoi(last[k]); err != nil || n < 1 {
+			t.Errorf("%s=%q, want at least 1", k, last[k])
+		}
+	}
+	if n, err := strconv.Atoi(last["acquire_timeouts"]); err != nil || n != 0 {
+		t.Errorf("acquire_timeouts=%q, want 0", last["acquire_timeouts"])
 	}
 }

@@ -683,7 +683,9 @@ func firstError(errs []error) error {
 	return nil
 }
 
-// logMetricsLoop writes the seed's periodic "Database pool metrics" line.
+// logMetricsLoop writes the seed's periodic "Database pool metrics" line, with the pool's
+// acquire figures added: acquires, those that found no idle connection (empty_acquires), their
+// cumulative wait (acquire_wait) and the acquires that gave up at their deadline.
 func (m *Manager) logMetricsLoop() {
 	defer m.wg.Done()
 	t := time.NewTicker(m.cfg.MetricsLogInterval)
@@ -698,7 +700,8 @@ func (m *Manager) logMetricsLoop() {
 				"pending", s.PendingAcquires, "utilisation", fmt.Sprintf("%.1f%%", s.Utilisation*100),
 				"queries", s.Queries.Count, "errors", s.Queries.Errors, "error_rate", fmt.Sprintf("%.2f%%", s.Queries.ErrorRate*100),
 				"avg_latency", s.Queries.Average, "p95_latency", s.Queries.P95, "slow_queries", s.SlowQueries,
-				"status", s.Health.Status)
+				"acquires", s.AcquireCount, "empty_acquires", s.EmptyAcquireCount, "acquire_wait", s.AcquireWait,
+				"acquire_timeouts", counterValue(m.metrics.acquireTimeout), "status", s.Health.Status)
 		}
 	}
 }
