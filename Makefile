@@ -34,7 +34,8 @@ test: deps
 # FUZZTIME is an execution count: a duration races Go 1.26's fuzz coordinator at the deadline and
 # fails with a bare "context deadline exceeded" on a busy machine (golang/go#75804, fixed in 1.27).
 FUZZ_TARGETS := ./pool/:FuzzClassifyOperation ./pool/:FuzzParseDuration ./pool/:FuzzRedactDSN \
-	./pool/:FuzzFromEnv ./collector/:FuzzParseQueries ./proxy/:FuzzStartupPacket
+	./pool/:FuzzFromEnv ./collector/:FuzzParseQueries ./proxy/:FuzzStartupPacket \
+	./proxy/:FuzzSCRAMExchange ./proxy/:FuzzDecodeError
 fuzz:
 	@for pt in $(FUZZ_TARGETS); do \
 		pkg=$${pt%%:*}; t=$${pt#*:}; echo "fuzz $$pkg $$t"; \
