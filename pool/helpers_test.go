@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"errors"
+	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgsidecar/pgsidecar/internal/faultproxy"
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
 )
 
@@ -309,5 +311,29 @@ func TestMetricsLogLine(t *testing.T) {
 	}
 	if n, err := strconv.Atoi(last["acquire_timeouts"]); err != nil || n != 0 {
 		t.Errorf("acquire_timeouts=%q, want 0", last["acquire_timeouts"])
+	}
+}
+
+// TestAcquireTimeoutWhileOpening: when the wait runs out while the pool had room (a new
+// connection was being opened to a server that does not answer), the error says so rather
+// than blaming a busy pool.
+func TestAcquireTimeoutWhileOpening(t *testing.T) {
+	fp, err := faultproxy.Start(fmt.Sprintf("127.0.0.1:%d", cluster.Port()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fp.Close()
+	fp.SetMode(faultproxy.BlackHole)
+	cfg := testConfig(t)
+	cfg.DatabaseURL = fmt.Sprintf("postgres://postgres:%s@127.0.0.1:%d/postgres?sslmode=disable", pgtest.SuperuserPassword, fp.Port())
+	cfg.MaxConns, cfg.MinConns = 2, 0
+	cfg.ConnectTimeout = 5 * time.Second // longer than MaxWait: the wait runs out first
+	h := newManager(t, cfg)
+	err = returnsWithin(t, time.Minute, "Transaction", func() error {
+		return h.m.Transaction(context.Background(), func(context.Context, pgx.Tx) error { return nil },
+			TxOptions{MaxWait: 300 * time.Millisecond})
+	})
+	if !errors.Is(err, ErrAcquireTimeout) || !strings.Contains(err.Error(), "no connection could be opened to the database within TxOptions.MaxWait (300ms)") {
+		t.Fatalf("want ErrAcquireTimeout saying no connection could be opened, got %v", err)
 	}
 }

@@ -382,6 +382,9 @@ type acquireLimit struct {
 	wait     time.Duration
 	setting  string      // what set wait, for the error: DB_CONNECTION_TIMEOUT or TxOptions.MaxWait
 	timedOut atomic.Bool // an acquire under this limit gave up because of it
+	// opening: when it gave up, the pool had room, so the wait was for a new connection to
+	// open (a slow or unreachable server), not for a busy one to come back.
+	opening atomic.Bool
 }
 
 // withAcquireLimit returns ctx carrying a new limit of wait for each acquire made with it (or
@@ -400,6 +403,9 @@ var errAcquireLimit = errors.New("pool acquire limit reached")
 func (l *acquireLimit) explain(ctx context.Context, err error) error {
 	if err == nil || !l.timedOut.Load() || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
 		return err
+	}
+	if l.opening.Load() {
+		return fmt.Errorf("%w: no connection could be opened to the database within %s (%s)", ErrAcquireTimeout, l.setting, l.wait)
 	}
 	return fmt.Errorf("%w: the pool had no free connection within %s (%s)", ErrAcquireTimeout, l.setting, l.wait)
 }
@@ -444,6 +450,8 @@ func (t acquireTracer) TraceAcquireStart(ctx context.Context, p *pgxpool.Pool, d
 func (t acquireTracer) TraceAcquireEnd(ctx context.Context, p *pgxpool.Pool, d pgxpool.TraceAcquireEndData) {
 	if a, ok := ctx.(*limitedAcquire); ok {
 		if d.Err != nil && a.inner.Err() == nil && errors.Is(context.Cause(a.Context), errAcquireLimit) {
+			st := p.Stat()
+			a.limit.opening.Store(st.AcquiredConns() < st.MaxConns())
 			a.limit.timedOut.Store(true)
 		}
 		a.cancel()
