@@ -17,7 +17,9 @@ type Config struct {
 
 	// ErrorRatio is the plain query error ratio alert threshold (seed: 5 %).
 	ErrorRatio float64
-	// MinQueryRate (queries/s over 5m) guards the ratio alerts against a handful of queries.
+	// MinQueryRate (queries/s) guards the ratio alerts against a handful of queries: the plain
+	// error ratio and latency alerts need this rate over 5m, each burn rate window pair over its
+	// long window (1h, 6h, 1d, 3d).
 	MinQueryRate float64
 	// AvgLatencySeconds is the average query latency threshold (seed: 500 ms).
 	AvgLatencySeconds float64

@@ -142,13 +142,19 @@ pgsidecar_pool_max_connections`),
 	}}
 	slo := RuleGroup{Name: "pgsidecar-slo.rules"}
 	for _, w := range SLOWindows() {
-		slo.Rules = append(slo.Rules, record("job_pool:pgsidecar_query_error_ratio:rate"+w, fmt.Sprintf(`
+		// Rules of a group run in order: the ratio reads the query rate recorded just before.
+		slo.Rules = append(slo.Rules,
+			record("job_pool:pgsidecar_queries:rate"+w, fmt.Sprintf(
+				`sum by (cluster, job, pool) (rate(pgsidecar_query_duration_seconds_count[%s]))`, w)),
+			record("job_pool:pgsidecar_query_error_ratio:rate"+w, fmt.Sprintf(`
 sum by (cluster, job, pool) (rate(pgsidecar_query_errors_total[%[1]s]))
 /
-sum by (cluster, job, pool) (rate(pgsidecar_query_duration_seconds_count[%[1]s]))`, w)))
+job_pool:pgsidecar_queries:rate%[1]s`, w)))
 	}
 
 	budget := num(1 - c.ErrorObjective)
+	// Each window pair carries the traffic guard of the plain error ratio alert, over its long
+	// window: a handful of queries with one failure is no budget burn worth a page.
 	burn := func(severity string) string {
 		var parts []string
 		for _, w := range BurnWindows {
@@ -159,7 +165,9 @@ sum by (cluster, job, pool) (rate(pgsidecar_query_duration_seconds_count[%[1]s])
   job_pool:pgsidecar_query_error_ratio:rate%[1]s > (%[3]s * %[4]s)
 and
   job_pool:pgsidecar_query_error_ratio:rate%[2]s > (%[3]s * %[4]s)
-)`, w.Long, w.Short, num(w.Factor), budget))
+and
+  job_pool:pgsidecar_queries:rate%[1]s > %[5]s
+)`, w.Long, w.Short, num(w.Factor), budget, minRate))
 		}
 		return strings.Join(parts, "\nor\n")
 	}
