@@ -257,8 +257,10 @@ func (c Config) poolDashboard() *Dashboard {
 	b.row("Queries")
 	b.add(timeseries("Query rate by operation", "Queries per second by operation (select, insert, update, delete, ...).", "reqps",
 		q{s(`sum by (operation) (rate(pgsidecar_query_duration_seconds_count{SEL}[RI]))`), "{{operation}}"}), 12, 8)
-	b.add(timeseries("p95 latency by operation", "95th percentile query duration by operation, from the classic histogram buckets.", "s",
-		q{s(`histogram_quantile(0.95, sum by (operation, le) (rate(pgsidecar_query_duration_seconds_bucket{SEL}[RI])))`), "{{operation}}"}), 12, 8)
+	b.add(timeseries("Latency by operation", "50th, 95th and 99th percentile query duration by operation (select, insert, update, delete, ...), from the classic histogram buckets.", "s",
+		q{s(`histogram_quantile(0.5, sum by (operation, le) (rate(pgsidecar_query_duration_seconds_bucket{SEL}[RI])))`), "p50 {{operation}}"},
+		q{s(`histogram_quantile(0.95, sum by (operation, le) (rate(pgsidecar_query_duration_seconds_bucket{SEL}[RI])))`), "p95 {{operation}}"},
+		q{s(`histogram_quantile(0.99, sum by (operation, le) (rate(pgsidecar_query_duration_seconds_bucket{SEL}[RI])))`), "p99 {{operation}}"}), 12, 8)
 	b.add(timeseries("Latency", fmt.Sprintf("Query duration percentiles and mean over all operations. The dashed line is the average latency alert threshold (%ss).", num(c.AvgLatencySeconds)), "s",
 		q{s(`histogram_quantile(0.5, sum by (le) (rate(pgsidecar_query_duration_seconds_bucket{SEL}[RI])))`), "p50"},
 		q{s(`histogram_quantile(0.95, sum by (le) (rate(pgsidecar_query_duration_seconds_bucket{SEL}[RI])))`), "p95"},

@@ -2,10 +2,13 @@ package mixin
 
 import (
 	"bytes"
+	"encoding/json"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -154,37 +157,160 @@ func checkRanges(t *testing.T, q Query, e parser.Expr) {
 	}
 }
 
-// TestThresholdsDrawn: each alert threshold appears as a threshold step on a dashboard panel.
-func TestThresholdsDrawn(t *testing.T) {
-	dashboards, err := LoadDashboards(root)
-	if err != nil {
-		t.Fatal(err)
+// drawnThreshold is an alert threshold and the quantity it bounds. The panels showing that
+// quantity are those whose queries select every one of metrics and whose unit is unit; each of
+// them must draw the threshold.
+type drawnThreshold struct {
+	name    string
+	value   float64
+	unit    string
+	metrics []string
+}
+
+func drawnThresholds(c Config) []drawnThreshold {
+	errs := []string{"pgsidecar_query_errors_total", "pgsidecar_query_duration_seconds_count"}
+	out := []drawnThreshold{
+		{"PoolUtilization", c.PoolUtilization, "percentunit", []string{"pgsidecar_pool_connections", "pgsidecar_pool_max_connections"}},
+		{"ErrorRatio", c.ErrorRatio, "percentunit", errs},
+		{"AvgLatencySeconds", c.AvgLatencySeconds, "s", []string{"pgsidecar_query_duration_seconds_sum", "pgsidecar_query_duration_seconds_count"}},
+		{"SlowQueriesPer10m", c.SlowQueriesPer10m, "short", []string{"pgsidecar_slow_queries_total"}},
+		{"ServerConnectionUtilization (backends)", c.ServerConnectionUtilization, "percentunit", []string{"pg_server_connection_utilization_ratio"}},
+		{"ServerConnectionUtilization (pool maxima)", c.ServerConnectionUtilization, "percentunit", []string{"pgsidecar_pool_max_connections", "pg_settings_max_connections"}},
+		{"LongTransactionSeconds", c.LongTransactionSeconds, "s", []string{"pg_stat_activity_oldest_xact_seconds"}},
+		{"IdleInTransactionSeconds", c.IdleInTransactionSeconds, "s", []string{"pg_stat_activity_idle_in_transaction_max_seconds"}},
+		{"CacheHitRatio", c.CacheHitRatio, "percentunit", []string{"pg_stat_database_blks_hit", "pg_stat_database_blks_read"}},
+		// Fixed by design: any deadlock alerts (drawn at 1); health and pg_up alert at 0 (red under 1).
+		{"any deadlock", 1, "short", []string{"pg_stat_database_deadlocks"}},
+		{"health check up", 1, "none", []string{"pgsidecar_health_check_up"}},
+		{"pg_up", 1, "none", []string{"pg_up"}},
 	}
-	steps := map[float64]bool{}
-	for _, d := range dashboards {
+	for _, w := range BurnWindows {
+		if w.Severity == "critical" {
+			out = append(out, drawnThreshold{"page burn rate " + w.Long + "/" + w.Short, w.Factor, "short", errs})
+		}
+	}
+	return out
+}
+
+// checkThresholdsDrawn: every alert threshold is drawn on each panel that shows its quantity
+// (and on at least one), and every threshold a panel draws is one of its quantity's.
+func checkThresholdsDrawn(t *testing.T, c Config, dashboards map[string]map[string]any) {
+	t.Helper()
+	type panel struct {
+		where   string
+		unit    string
+		metrics map[string]bool
+		steps   []float64
+	}
+	var panels []panel
+	for name, d := range dashboards {
 		for _, p := range Panels(d) {
+			if p["type"] == "row" {
+				continue
+			}
+			title, _ := p["title"].(string)
 			fc, _ := p["fieldConfig"].(map[string]any)
 			def, _ := fc["defaults"].(map[string]any)
 			th, _ := def["thresholds"].(map[string]any)
 			ss, _ := th["steps"].([]any)
+			x := panel{where: name + " / " + title, metrics: map[string]bool{}}
+			x.unit, _ = def["unit"].(string)
 			for _, s := range ss {
 				if v, ok := s.(map[string]any)["value"].(float64); ok {
-					steps[v] = true
+					x.steps = append(x.steps, v)
 				}
+			}
+			ts, _ := p["targets"].([]any)
+			for _, tg := range ts {
+				e, _ := tg.(map[string]any)["expr"].(string)
+				ms, err := MetricNames(Substitute(e, "1m"))
+				if err != nil {
+					t.Fatalf("%s: %v", x.where, err)
+				}
+				for _, m := range ms {
+					x.metrics[m] = true
+				}
+			}
+			panels = append(panels, x)
+		}
+	}
+	sort.Slice(panels, func(i, j int) bool { return panels[i].where < panels[j].where })
+	shows := func(p panel, d drawnThreshold) bool {
+		if p.unit != d.unit {
+			return false
+		}
+		for _, m := range d.metrics {
+			if !p.metrics[m] {
+				return false
+			}
+		}
+		return true
+	}
+	ths := drawnThresholds(c)
+	for _, d := range ths {
+		n := 0
+		for _, p := range panels {
+			if !shows(p, d) {
+				continue
+			}
+			n++
+			if !slices.Contains(p.steps, d.value) {
+				t.Errorf("%s shows %v (%s) but does not draw threshold %s = %v (draws %v)", p.where, d.metrics, d.unit, d.name, d.value, p.steps)
+			}
+		}
+		if n == 0 {
+			t.Errorf("no panel shows %v in unit %s to draw threshold %s = %v on", d.metrics, d.unit, d.name, d.value)
+		}
+	}
+	for _, p := range panels {
+		for _, v := range p.steps {
+			ok := false
+			for _, d := range ths {
+				ok = ok || (d.value == v && shows(p, d))
+			}
+			if !ok {
+				t.Errorf("%s draws %v, which is no threshold of the quantity it shows (%s of %v)", p.where, v, p.unit, slices.Sorted(maps.Keys(p.metrics)))
 			}
 		}
 	}
-	c := Default
-	for name, v := range map[string]float64{
-		"ErrorRatio": c.ErrorRatio, "AvgLatencySeconds": c.AvgLatencySeconds, "PoolUtilization": c.PoolUtilization,
-		"ServerConnectionUtilization": c.ServerConnectionUtilization, "LongTransactionSeconds": c.LongTransactionSeconds,
-		"IdleInTransactionSeconds": c.IdleInTransactionSeconds, "CacheHitRatio": c.CacheHitRatio,
-		"SlowQueriesPer10m": c.SlowQueriesPer10m, "page burn rate": BurnWindows[0].Factor,
-	} {
-		if !steps[v] {
-			t.Errorf("threshold %s = %v is not drawn on any panel", name, v)
+}
+
+// TestThresholdsDrawn checks the committed dashboards against the thresholds of Default, and the
+// dashboards generated from a configuration whose thresholds all differ, so that two equal
+// defaults (80 % pool and server utilisation) cannot hide a threshold wired to the wrong panel.
+func TestThresholdsDrawn(t *testing.T) {
+	t.Run("committed", func(t *testing.T) {
+		dashboards, err := LoadDashboards(root)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
+		checkThresholdsDrawn(t, Default, dashboards)
+	})
+	t.Run("distinct thresholds", func(t *testing.T) {
+		c := Default
+		c.ErrorRatio, c.AvgLatencySeconds, c.PoolUtilization, c.ServerConnectionUtilization = 0.03, 0.7, 0.71, 0.77
+		c.LongTransactionSeconds, c.IdleInTransactionSeconds, c.CacheHitRatio, c.SlowQueriesPer10m = 321, 43, 0.93, 17
+		seen := map[float64]string{}
+		for _, d := range drawnThresholds(c) {
+			if other, dup := seen[d.value]; dup && d.value != 1 && !strings.HasPrefix(d.name, "ServerConnectionUtilization") {
+				t.Fatalf("thresholds %s and %s are both %v: pick distinct values", d.name, other, d.value)
+			}
+			seen[d.value] = d.name
+		}
+		dashboards := map[string]map[string]any{}
+		for _, d := range c.Dashboards() {
+			b, err := DashboardJSON(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var m map[string]any
+			if err := json.Unmarshal(b, &m); err != nil {
+				t.Fatal(err)
+			}
+			dashboards[filepath.Base(DashboardPath(d))] = m
+		}
+		checkThresholdsDrawn(t, c, dashboards)
+	})
 }
 
 var camel = regexp.MustCompile(`^PgSidecar[A-Z][A-Za-z0-9]+$`)
