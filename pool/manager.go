@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -172,6 +173,15 @@ func (m *Manager) noteError(err error) {
 	if !IsConnectionError(err) {
 		return
 	}
+	if serverFull(err) {
+		// The server answered, refusing a new connection: it is up. Let the check decide,
+		// without marking down the connections the pool holds.
+		select {
+		case m.trigger <- struct{}{}:
+		default:
+		}
+		return
+	}
 	if !m.connErrSeen.Swap(true) {
 		m.metrics.healthUp.Set(0)
 		m.mu.Lock()
@@ -303,6 +313,15 @@ func (m *Manager) check() bool {
 	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
 		// A bare "context deadline exceeded" in /api/database/health and the logs says nothing.
 		err = fmt.Errorf("no answer within DB_HEALTH_CHECK_TIMEOUT (%s): %w", m.cfg.HealthCheckTimeout, err)
+	}
+	if serverFull(err) && m.pool.Stat().TotalConns() > 0 {
+		// The server refused a new connection for lack of slots (max_connections reached) but
+		// the pool still holds connections, which work: keep them, since once closed they may
+		// not be had again while the server is full. Health() reports degraded.
+		m.setServerFull(d, err)
+		m.log.Warn("Database health check: the server refuses new connections; keeping the pool's",
+			"status", StatusDegraded, "error", Scrub(err.Error(), m.dsn))
+		return !m.connErrSeen.Load()
 	}
 	if errors.Is(err, errSaturated) {
 		// Every connection is busy serving queries: the database answers, the pool is full.
@@ -498,6 +517,26 @@ func (m *Manager) setHealth(ok bool, d time.Duration, err error) {
 	}
 	m.metrics.healthUp.Set(0)
 	m.metrics.healthFailures.Inc()
+}
+
+// setServerFull records a check that could not open a connection because the server is full,
+// while the pool's own connections remain: degraded, with the server's error.
+func (m *Manager) setServerFull(d time.Duration, err error) {
+	m.metrics.healthDuration.Set(d.Seconds())
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h := &m.health
+	h.LastCheck, h.Latency = time.Now(), d
+	h.Status = StatusDegraded
+	h.LastError, h.LastErrorCode = Scrub(err.Error(), m.dsn), SQLState(err)
+	m.metrics.healthUp.Set(1)
+}
+
+// serverFull reports whether err is the server refusing a connection for lack of resources
+// (SQLSTATE class 53, such as 53300 too_many_connections).
+func serverFull(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "53")
 }
 
 // Health is the result of the latest health check.
