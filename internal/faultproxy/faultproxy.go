@@ -1,9 +1,11 @@
 // Package faultproxy is a small TCP relay for fault tests: it sits between a client and a
-// server on loopback and can add latency, black-hole traffic (accept and read, forward nothing)
-// or reset every connection, to show how the client behaves on a stalled or broken network.
+// server on loopback and can add latency, black-hole traffic (accept and read, forward nothing),
+// reset every connection, or lose the reply to one request (CutReplyAfter), to show how the
+// client behaves on a stalled or broken network.
 package faultproxy
 
 import (
+	"bytes"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -31,6 +33,57 @@ type Proxy struct {
 	conns  map[net.Conn]struct{}
 	closed bool
 	wg     sync.WaitGroup
+
+	cutMu     sync.Mutex
+	cutMarker []byte        // armed by CutReplyAfter; nil when not armed
+	cutDone   chan struct{} // closed once the armed cut has happened
+}
+
+// CutReplyAfter arms a one-shot fault: the next chunk a client sends that contains marker is
+// forwarded to the server as usual, but the first bytes the server sends back on that connection
+// are dropped and the connection is reset on both sides (client and server). The request reached
+// the server and was answered; the client never sees the answer. Other connections, and this
+// one's traffic before the marker, are not affected; after the cut the proxy passes traffic
+// again. The returned channel is closed once the cut has happened. Arming again replaces a cut
+// that has not happened yet.
+//
+// The marker is looked for in each chunk read from the client, so it must arrive in one read:
+// fine for a short query text sent at once on loopback.
+func (p *Proxy) CutReplyAfter(marker []byte) <-chan struct{} {
+	p.cutMu.Lock()
+	defer p.cutMu.Unlock()
+	p.cutMarker = bytes.Clone(marker)
+	p.cutDone = make(chan struct{})
+	return p.cutDone
+}
+
+// takeCut disarms and returns the armed cut when chunk contains its marker, else nil.
+func (p *Proxy) takeCut(chunk []byte) chan struct{} {
+	p.cutMu.Lock()
+	defer p.cutMu.Unlock()
+	if p.cutMarker == nil || !bytes.Contains(chunk, p.cutMarker) {
+		return nil
+	}
+	done := p.cutDone
+	p.cutMarker, p.cutDone = nil, nil
+	return done
+}
+
+// link is one relayed connection: both ends, and the cut due on it once its request has gone
+// to the server.
+type link struct {
+	client, server net.Conn
+	cut            atomic.Pointer[chan struct{}]
+}
+
+// reset closes both ends abruptly (TCP RST where the OS allows).
+func (l *link) reset() {
+	for _, c := range []net.Conn{l.client, l.server} {
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0)
+		}
+		_ = c.Close()
+	}
 }
 
 // Start listens on a free loopback port and relays to target.
@@ -129,20 +182,22 @@ func (p *Proxy) relay(client net.Conn) {
 	}
 	p.track(client, true)
 	p.track(server, true)
+	l := &link{client: client, server: server}
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); p.pipe(server, client) }()
-	go func() { defer wg.Done(); p.pipe(client, server) }()
+	go func() { defer wg.Done(); p.pipe(l, server, client) }()
+	go func() { defer wg.Done(); p.pipe(l, client, server) }()
 	wg.Wait()
 	p.track(client, false)
 	p.track(server, false)
 }
 
-// pipe copies src to dst chunk by chunk, applying the current mode and latency; it closes both
-// ends when either side ends so the other pipe stops too.
-func (p *Proxy) pipe(dst, src net.Conn) {
+// pipe copies src to dst chunk by chunk, applying the current mode and latency and a cut armed
+// by CutReplyAfter; it closes both ends when either side ends so the other pipe stops too.
+func (p *Proxy) pipe(l *link, dst, src net.Conn) {
 	defer dst.Close()
 	defer src.Close()
+	toServer := src == l.client
 	buf := make([]byte, 32*1024)
 	for {
 		n, err := src.Read(buf)
@@ -151,6 +206,16 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 				time.Sleep(d)
 			}
 			if Mode(p.mode.Load()) != BlackHole {
+				if toServer {
+					// Armed before the request goes on, so its reply cannot slip through.
+					if done := p.takeCut(buf[:n]); done != nil {
+						l.cut.Store(&done)
+					}
+				} else if done := l.cut.Load(); done != nil {
+					l.reset() // the reply is dropped with the connection
+					close(*done)
+					return
+				}
 				if _, werr := dst.Write(buf[:n]); werr != nil {
 					return
 				}
