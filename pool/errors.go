@@ -11,18 +11,35 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// Retryable reports whether retrying err is safe and useful: nothing reached the server
-// (pgconn.SafeToRetry, a failed connect), or the server rejected the work in a way that a later
-// try can pass (serialization failure 40001, deadlock 40P01, too many connections 53300, admin
-// or crash shutdown 57P01-57P03, connection exceptions of class 08 before the statement ran).
-// Constraint violations (23), data errors (22), syntax and access errors (42), auth errors (28),
-// a missing database (3D000) and everything else are not retried, nor is a connection lost after
-// a statement was sent, since the statement may have run. Nor is ErrAcquireTimeout: that try
-// already waited the whole DB_CONNECTION_TIMEOUT (or TxOptions.MaxWait) for a busy pool, and
-// retrying would make the caller wait that long once per attempt.
+// Retryable reports whether running the failed work again is both safe and useful.
+//
+// Safe means the failed try cannot have taken effect. That holds when nothing reached the
+// server (pgconn.SafeToRetry: a write that sent no byte, a failed connect), and when the server
+// answered with an error (an ErrorResponse, *pgconn.PgError): a statement the server reports as
+// failed has not committed, its transaction is rolled back, whether it is the implicit
+// transaction of an autocommit statement or the one a failed COMMIT ends. (The server commits
+// before the ReadyForQuery that ends its answer; an error it raises after that, such as a
+// terminated session's 57P01, reaches the client as the answer to the next statement, which
+// never ran.) The
+// exception is work that commits part way by itself, e.g. a multi-statement string with its own
+// COMMIT or a procedure that commits: an error later in it leaves the earlier part committed, so
+// such work must not be given to ExecuteWithRetry. Not safe, and never retried: a connection lost
+// without an answer after the statement was sent (EOF, reset, a read timeout), since the
+// statement may have run and even committed. pgx reports such a loss during a simple-protocol
+// statement (one without arguments, and a transaction's COMMIT) as pgconn.ErrConnClosed, an
+// error that claims SafeToRetry though the statement was sent; a connection closed before use
+// gives the same error, so neither is retried.
+//
+// Useful means a later try can pass: serialization failure 40001, deadlock 40P01, too many
+// connections 53300, admin or crash shutdown 57P01-57P03 and connection exceptions of class 08,
+// as reported by the server. Constraint violations (23), data errors (22), syntax and access
+// errors (42), auth errors (28), a missing database (3D000) and everything else are not retried.
+// Nor is ErrAcquireTimeout: that try already waited the whole DB_CONNECTION_TIMEOUT (or
+// TxOptions.MaxWait) for a busy pool, and retrying would make the caller wait that long once per
+// attempt.
 func Retryable(err error) bool {
 	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
-		errors.Is(err, ErrAcquireTimeout) {
+		errors.Is(err, ErrAcquireTimeout) || errors.Is(err, pgconn.ErrConnClosed) {
 		return false
 	}
 	var pgErr *pgconn.PgError
