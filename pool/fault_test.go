@@ -617,10 +617,7 @@ func TestStartWhileServerFull(t *testing.T) {
 		t.Fatalf("health error %q shows the password", hl.LastError)
 	}
 	if hl.LastErrorCode != "53300" {
-		// KNOWN BUG, to become t.Errorf once fixed: until the first connection, health comes
-		// from Manager.warmup, which turns the connect error into errors.New(scrubbed text),
-		// so SQLState finds no *pgconn.PgError and the code reads "client".
-		t.Logf("KNOWN BUG: LastErrorCode is %q on a full server, want 53300", hl.LastErrorCode)
+		t.Errorf("LastErrorCode is %q on a full server, want 53300", hl.LastErrorCode)
 	}
 
 	// 53300 is retryable: ExecuteWithRetry tries DB_RETRY_ATTEMPTS times, with backoff between,

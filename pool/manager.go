@@ -715,11 +715,21 @@ func (m *Manager) warmup(ctx context.Context, n int) (WarmupResult, error) {
 			res.Ready++
 		}
 	}
-	if err := errors.Join(errs...); err != nil {
-		return res, errors.New(Scrub(firstError(errs).Error(), m.dsn))
+	if err := firstError(errs); err != nil {
+		return res, &scrubbedError{msg: Scrub(err.Error(), m.dsn), err: err}
 	}
 	return res, nil
 }
+
+// scrubbedError shows an error's text without the DSN's password but keeps the error itself
+// for errors.As, so that SQLState still finds the server's code (53300, 28P01, ...).
+type scrubbedError struct {
+	msg string
+	err error
+}
+
+func (e *scrubbedError) Error() string { return e.msg }
+func (e *scrubbedError) Unwrap() error { return e.err }
 
 func firstError(errs []error) error {
 	for _, e := range errs {
