@@ -3,7 +3,6 @@ package pool
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -261,13 +260,8 @@ func TestStatementTimeoutIsNotAConnectionProblem(t *testing.T) {
 }
 
 func TestStalledNetwork(t *testing.T) {
-	fp, err := faultproxy.Start(fmt.Sprintf("127.0.0.1:%d", cluster.Port()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fp.Close()
-	cfg := testConfig(t)
-	cfg.DatabaseURL = fmt.Sprintf("postgres://postgres:%s@127.0.0.1:%d/postgres?sslmode=disable", pgtest.SuperuserPassword, fp.Port())
+	fp, cfg := viaFaultProxy(t)
+	defer fp.Close() // before the Manager's Close (a cleanup): it ends connections in progress
 	cfg.HealthCheckInterval = 200 * time.Millisecond
 	cfg.HealthCheckTimeout = 500 * time.Millisecond
 	cfg.ConnectTimeout = time.Second
@@ -285,7 +279,7 @@ func TestStalledNetwork(t *testing.T) {
 
 	// Black hole: calls end at their deadline, the health check notices.
 	fp.SetMode(faultproxy.BlackHole)
-	err = hangGuard(t, time.Second, func(ctx context.Context) error {
+	err := hangGuard(t, time.Second, func(ctx context.Context) error {
 		_, err := h.m.Pool().Exec(ctx, "SELECT 1")
 		return err
 	})
@@ -355,13 +349,8 @@ func waitCut(t *testing.T, cut <-chan struct{}) {
 // caller gets the connection error and the row exists once. The proxy passes traffic again right
 // after the cut, so a retry, if one were made, would go through and insert a second row.
 func TestLostReplyIsNotRetried(t *testing.T) {
-	fp, err := faultproxy.Start(fmt.Sprintf("127.0.0.1:%d", cluster.Port()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fp.Close()
-	cfg := testConfig(t)
-	cfg.DatabaseURL = fmt.Sprintf("postgres://postgres:%s@127.0.0.1:%d/postgres?sslmode=disable", pgtest.SuperuserPassword, fp.Port())
+	fp, cfg := viaFaultProxy(t)
+	defer fp.Close() // before the Manager's Close (a cleanup): it ends connections in progress
 	cfg.RetryAttempts = 5
 	h := newManager(t, cfg)
 	h.waitHealthy(t)

@@ -3,7 +3,6 @@ package pool
 import (
 	"context"
 	"errors"
-	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
@@ -318,18 +317,13 @@ func TestMetricsLogLine(t *testing.T) {
 // connection was being opened to a server that does not answer), the error says so rather
 // than blaming a busy pool.
 func TestAcquireTimeoutWhileOpening(t *testing.T) {
-	fp, err := faultproxy.Start(fmt.Sprintf("127.0.0.1:%d", cluster.Port()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fp.Close()
+	fp, cfg := viaFaultProxy(t)
+	defer fp.Close() // before the Manager's Close (a cleanup): it ends connections in progress
 	fp.SetMode(faultproxy.BlackHole)
-	cfg := testConfig(t)
-	cfg.DatabaseURL = fmt.Sprintf("postgres://postgres:%s@127.0.0.1:%d/postgres?sslmode=disable", pgtest.SuperuserPassword, fp.Port())
 	cfg.MaxConns, cfg.MinConns = 2, 0
 	cfg.ConnectTimeout = 5 * time.Second // longer than MaxWait: the wait runs out first
 	h := newManager(t, cfg)
-	err = returnsWithin(t, time.Minute, "Transaction", func() error {
+	err := returnsWithin(t, time.Minute, "Transaction", func() error {
 		return h.m.Transaction(context.Background(), func(context.Context, pgx.Tx) error { return nil },
 			TxOptions{MaxWait: 300 * time.Millisecond})
 	})

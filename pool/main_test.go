@@ -2,6 +2,7 @@ package pool
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pgsidecar/pgsidecar/internal/faultproxy"
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/testutil"
 )
@@ -77,3 +79,16 @@ func ctxTimeout(t testing.TB, d time.Duration) context.Context {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// viaFaultProxy starts a fault proxy in front of the cluster and returns it with a test
+// configuration that connects through it. The caller closes the proxy.
+func viaFaultProxy(t *testing.T) (*faultproxy.Proxy, Config) {
+	t.Helper()
+	fp, err := faultproxy.Start(fmt.Sprintf("127.0.0.1:%d", cluster.Port()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t)
+	cfg.DatabaseURL = fmt.Sprintf("postgres://postgres:%s@127.0.0.1:%d/postgres?sslmode=disable", pgtest.SuperuserPassword, fp.Port())
+	return fp, cfg
+}

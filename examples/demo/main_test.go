@@ -26,14 +26,7 @@ func TestDemo(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the demo runs for 15 seconds after its setup")
 	}
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("go tool not on PATH")
-	}
-	bin := filepath.Join(t.TempDir(), "pgsidecar")
-	if out, err := exec.Command(goTool, "build", "-o", bin, "github.com/pgsidecar/pgsidecar").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := build(t, "github.com/pgsidecar/pgsidecar")
 	t.Setenv("DATABASE_URL", "")
 	listen, appMetrics, proxyAddr := testutil.FreeAddr(t), testutil.FreeAddr(t), testutil.FreeAddr(t)
 	done := make(chan error, 1)
@@ -90,6 +83,20 @@ func TestDemo(t *testing.T) {
 	}
 }
 
+// build compiles a package's command into a temporary directory and returns its path.
+func build(t *testing.T, pkg string) string {
+	t.Helper()
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("go tool not on PATH")
+	}
+	bin := filepath.Join(t.TempDir(), filepath.Base(pkg))
+	if out, err := exec.Command(goTool, "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+	}
+	return bin
+}
+
 // hasPositive reports whether a sample line starting with prefix and containing label has a
 // value above zero.
 func hasPositive(body, prefix, label string) bool {
@@ -124,17 +131,7 @@ func TestDemoAsCommand(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts two PostgreSQL clusters")
 	}
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("go tool not on PATH")
-	}
-	dir := t.TempDir()
-	sidecar, demo := filepath.Join(dir, "pgsidecar"), filepath.Join(dir, "demo")
-	for bin, pkg := range map[string]string{sidecar: "github.com/pgsidecar/pgsidecar", demo: "github.com/pgsidecar/pgsidecar/examples/demo"} {
-		if out, err := exec.Command(goTool, "build", "-o", bin, pkg).CombinedOutput(); err != nil {
-			t.Fatalf("go build %s: %v\n%s", pkg, err, out)
-		}
-	}
+	sidecar, demo := build(t, "github.com/pgsidecar/pgsidecar"), build(t, "github.com/pgsidecar/pgsidecar/examples/demo")
 	start := func(t *testing.T, dsn string, args ...string) (*exec.Cmd, *testutil.LogBuffer, string, chan error) {
 		listen := testutil.FreeAddr(t)
 		args = append([]string{"--sidecar", sidecar, "--listen", listen, "--app-metrics", testutil.FreeAddr(t),
