@@ -55,6 +55,7 @@ type Manager struct {
 
 	closedConns atomic.Int64
 	connErrSeen atomic.Bool // a connection error since the last good check
+	fullSeen    atomic.Bool // the last check found the server full (53300) with connections kept
 	trigger     chan struct{}
 	ctx         context.Context // canceled by Close
 	cancel      context.CancelFunc
@@ -223,7 +224,9 @@ func (m *Manager) run() {
 		default:
 		}
 		next := m.cfg.HealthCheckInterval
-		if !ok {
+		if m.fullSeen.Load() {
+			next = min(next, time.Second)
+		} else if !ok {
 			// Look again soon so recovery is seen within about a second, backing off from 250 ms
 			// to 1 s so a long outage (or a rotated password) costs the server one login a second.
 			next = min(next, Backoff(m.Health().ConsecutiveFailures, 250*time.Millisecond, time.Second))
@@ -314,14 +317,21 @@ func (m *Manager) check() bool {
 		// A bare "context deadline exceeded" in /api/database/health and the logs says nothing.
 		err = fmt.Errorf("no answer within DB_HEALTH_CHECK_TIMEOUT (%s): %w", m.cfg.HealthCheckTimeout, err)
 	}
-	if serverFull(err) && m.pool.Stat().TotalConns() > 0 {
+	if serverFull(err) && !m.connErrSeen.Load() && m.holdsOpenConns() {
 		// The server refused a new connection for lack of slots (max_connections reached) but
-		// the pool still holds connections, which work: keep them, since once closed they may
-		// not be had again while the server is full. Health() reports degraded.
+		// the pool still holds open connections (not merely ones being opened), which work:
+		// keep them, since once closed they may not be had again while the server is full.
+		// Health() reports degraded. Returning false keeps the loop on its own one-second
+		// recheck: every refused acquire triggers a check, and each check is a login.
 		m.setServerFull(d, err)
-		m.log.Warn("Database health check: the server refuses new connections; keeping the pool's",
-			"status", StatusDegraded, "error", Scrub(err.Error(), m.dsn))
-		return !m.connErrSeen.Load()
+		if !m.fullSeen.Swap(true) {
+			m.log.Warn("Database health check: the server refuses new connections; keeping the pool's",
+				"status", StatusDegraded, "error", Scrub(err.Error(), m.dsn))
+		}
+		return false
+	}
+	if m.fullSeen.Swap(false) && err == nil {
+		m.log.Info("Database accepts new connections again")
 	}
 	if errors.Is(err, errSaturated) {
 		// Every connection is busy serving queries: the database answers, the pool is full.
@@ -517,6 +527,13 @@ func (m *Manager) setHealth(ok bool, d time.Duration, err error) {
 	}
 	m.metrics.healthUp.Set(0)
 	m.metrics.healthFailures.Inc()
+}
+
+// holdsOpenConns reports whether the pool has connections open, idle or in use; connections
+// still being opened do not count.
+func (m *Manager) holdsOpenConns() bool {
+	s := m.pool.Stat()
+	return s.IdleConns()+s.AcquiredConns() > 0
 }
 
 // setServerFull records a check that could not open a connection because the server is full,

@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -75,6 +76,16 @@ func TestServerFullKeepsThePoolsConnections(t *testing.T) {
 	}
 	if st := h.m.Health().Status; st != StatusDegraded {
 		t.Errorf("status %s with the server full and the pool's connection working, want degraded", st)
+	}
+	if up := h.metricValue(t, "pgsidecar_health_check_up", nil); up != 1 {
+		t.Errorf("pgsidecar_health_check_up = %v while degraded, want 1", up)
+	}
+	// More refused acquires: each asks for a check, but the state is logged once, not per check.
+	for range 5 {
+		_, _ = h.m.Pool().Exec(ctxTimeout(t, 10*time.Second), "SELECT 1")
+	}
+	if n := strings.Count(h.log.String(), "the server refuses new connections"); n != 1 {
+		t.Errorf("the full server was logged %d times, want once:\n%s", n, h.log.String())
 	}
 	if _, err := held.Exec(ctx, "SELECT 1"); err != nil {
 		t.Fatalf("the pool's own connection stopped working: %v", err)
