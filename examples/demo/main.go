@@ -205,8 +205,7 @@ func startSidecar(ctx context.Context, bin, listen, proxyAddr, dsn string, quiet
 	cmd.Env = append(os.Environ(), "DATABASE_URL="+dsn)
 	// Its own process group: Ctrl-C in the terminal reaches the demo, which stops the traffic
 	// first and then the sidecar, instead of the sidecar vanishing under running traffic.
-	// Pdeathsig: a demo killed outright takes the sidecar with it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	cmd.SysProcAttr = sidecarProcAttr()
 	out, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err

@@ -170,11 +170,12 @@ func TestDemoAsCommand(t *testing.T) {
 		// Wait for proxied traffic to be measured, so Ctrl-C lands in the middle of it.
 		tick := time.NewTicker(250 * time.Millisecond)
 		defer tick.Stop()
+		hang := time.After(3 * time.Minute)
 		for busy := false; !busy; {
 			select {
 			case err := <-exited:
 				t.Fatalf("demo ended before Ctrl-C: %v\n%s", err, out.String())
-			case <-time.After(3 * time.Minute):
+			case <-hang:
 				t.Fatalf("no proxied traffic\n%s", out.String())
 			case <-tick.C:
 				body, err := get("http://" + listen + "/metrics")
