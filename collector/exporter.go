@@ -75,6 +75,7 @@ type Exporter struct {
 	failing   map[string]string    // collector → last error logged
 	nextID    uint64
 	wasUp     bool
+	upKnown   bool // a collection has connected or failed since start
 
 	collections atomic.Int64
 	waiting     atomic.Int64   // scrapes waiting for a collection (tests use it)
@@ -300,10 +301,11 @@ func (e *Exporter) collectShared(deadline time.Time) *collection {
 
 // unfinished answers a scrape whose deadline passed while the collection it joined still
 // runs: nothing succeeded for it, but whether the database is up is the last collection's
-// finding, not something this scrape learned, so pg_up keeps it and nothing is logged.
+// finding, not something this scrape learned, so pg_up keeps it (0 before any collection
+// finished) and nothing is logged.
 func (e *Exporter) unfinished() *collection {
 	e.mu.Lock()
-	up := e.wasUp
+	up := e.wasUp && e.upKnown
 	e.mu.Unlock()
 	v := 0.0
 	if up {
@@ -334,7 +336,7 @@ func (e *Exporter) failed(err error) *collection {
 func (e *Exporter) noteUp(up bool, err error) {
 	e.mu.Lock()
 	was := e.wasUp
-	e.wasUp = up
+	e.wasUp, e.upKnown = up, true
 	e.mu.Unlock()
 	switch {
 	case was && !up:

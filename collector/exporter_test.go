@@ -238,9 +238,10 @@ pg_slow:
 	// A long statement_timeout, so only the cancel request can stop the server-side sleep early.
 	e := newEnv(t, "", Config{QueriesFile: path, Timeout: 2 * time.Minute,
 		Enabled: map[string]bool{"settings": false}})
-	// Prometheus' timeout of 2 s leaves the collection 1.6 s. Prometheus gives up at 2 s; the
-	// client here a second later, only so that a stalled machine does not fail the test.
-	s := e.scrape(t, 2*time.Second, 3*time.Second)
+	// Prometheus' timeout of 2 s leaves the collection 1.6 s, against a 60 s sleep and a 2 min
+	// statement_timeout. The client waits 3 s more than Prometheus would, so that a stalled
+	// machine does not fail the test, but a collection that waits for the query does.
+	s := e.scrape(t, 2*time.Second, 5*time.Second)
 	if s.status != http.StatusOK {
 		t.Fatalf("status %d", s.status)
 	}
@@ -386,8 +387,8 @@ func TestDatabaseDown(t *testing.T) {
 		}
 	})
 	// Scrape timeout 3 s, far below the collection timeout flag (30 s): the answer must come
-	// within it (the client allows one more second, for a stalled machine).
-	s := e.scrape(t, 3*time.Second, 4*time.Second)
+	// within it (the client allows 3 s more, for a stalled machine, far short of 30 s).
+	s := e.scrape(t, 3*time.Second, 6*time.Second)
 	if s.status != http.StatusOK {
 		t.Fatalf("status %d", s.status)
 	}
@@ -594,39 +595,47 @@ func TestTwoConnections(t *testing.T) {
 
 // TestScrapeJoiningALongerCollection: a scrape with a short timeout joins a collection started
 // by one with a long timeout. It answers at its own deadline without that collection's data,
-// and must not claim the database is down.
+// and its pg_up is what the last collection found, not a claim that the database is down.
 func TestScrapeJoiningALongerCollection(t *testing.T) {
 	path := writeQueries(t, `
 pg_slow:
-  query: SELECT 1 AS v FROM pg_sleep(3)
+  query: SELECT 1 AS v FROM pg_sleep(4)
   metrics:
     - v:
         usage: GAUGE
 `)
 	e := newEnv(t, "", Config{QueriesFile: path, Timeout: 2 * time.Minute, Enabled: map[string]bool{"settings": false}})
-	if s := e.scrape(t, 0, 20*time.Second); s.value(t, "pg_up", nil) != 1 { // pg_up known to be 1
+	overlap := func(wantUp float64) {
+		t.Helper()
+		before := e.exp.collections.Load()
+		long := make(chan scrape, 1)
+		go func() { long <- e.scrape(t, 20*time.Second, 30*time.Second) }()
+		if !pgtest.WaitFor(10*time.Second, func() bool { return e.exp.collections.Load() > before }) {
+			t.Fatal("the long scrape's collection did not start")
+		}
+		short := e.scrape(t, time.Second, 4*time.Second) // answers at about 1 s; the sleep takes 4
+		if got := short.value(t, "pg_up", map[string]string{"pool": "test"}); got != wantUp {
+			t.Errorf("short scrape: pg_up = %v, want %v", got, wantUp)
+		}
+		if got := short.value(t, "pg_scrape_collector_success", map[string]string{"collector": "queries"}); got != 0 {
+			t.Errorf("short scrape: queries success = %v, want 0 (it got no results)", got)
+		}
+		ls := <-long
+		if got := ls.value(t, "pg_scrape_collector_success", map[string]string{"collector": "queries"}); got != 1 {
+			t.Errorf("long scrape: queries success = %v, want 1", got)
+		}
+		if got := ls.value(t, "pg_up", map[string]string{"pool": "test"}); got != 1 {
+			t.Errorf("long scrape: pg_up = %v, want 1", got)
+		}
+		if e.exp.collections.Load() != before+1 {
+			t.Errorf("%d collections for two overlapping scrapes, want 1", e.exp.collections.Load()-before)
+		}
+	}
+	// A first, short collection finds the database up (its slow query cut off at the deadline).
+	if s := e.scrape(t, time.Second, 5*time.Second); s.value(t, "pg_up", nil) != 1 {
 		t.Fatal("pg_up not 1 before the test")
 	}
-	before := e.exp.collections.Load()
-	long := make(chan scrape, 1)
-	go func() { long <- e.scrape(t, 20*time.Second, 30*time.Second) }()
-	if !pgtest.WaitFor(10*time.Second, func() bool { return e.exp.collections.Load() > before }) {
-		t.Fatal("the long scrape's collection did not start")
-	}
-	short := e.scrape(t, time.Second, 2*time.Second) // answers at about 1 s; the sleep takes 3
-	if got := short.value(t, "pg_up", map[string]string{"pool": "test"}); got != 1 {
-		t.Errorf("short scrape: pg_up = %v, want 1 (the database is up)", got)
-	}
-	if got := short.value(t, "pg_scrape_collector_success", map[string]string{"collector": "queries"}); got != 0 {
-		t.Errorf("short scrape: queries success = %v, want 0 (it got no results)", got)
-	}
-	ls := <-long
-	if got := ls.value(t, "pg_scrape_collector_success", map[string]string{"collector": "queries"}); got != 1 {
-		t.Errorf("long scrape: queries success = %v, want 1", got)
-	}
-	if e.exp.collections.Load() != before+1 {
-		t.Errorf("%d collections for two overlapping scrapes, want 1", e.exp.collections.Load()-before)
-	}
+	overlap(1)
 	if strings.Contains(e.log.String(), "cannot reach") {
 		t.Errorf("logged the database as unreachable:\n%s", e.log.String())
 	}
