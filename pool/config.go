@@ -305,7 +305,9 @@ func parseInt(name, v string) (int64, error) {
 // RedactDSN returns the connection string with any password replaced by "xxxxx", for URL and
 // key=value forms alike. It is what logs, errors and APIs show in place of the DSN.
 func RedactDSN(dsn string) string {
-	if isURLForm(dsn) {
+	if isURLForm(strings.Trim(dsn, urlCutset)) {
+		// A URL with a stray space or quotes around it (an env file's) is still one.
+		dsn = strings.Trim(dsn, urlCutset)
 		// Mask the raw user information first: a password with an unescaped / or @ is not
 		// where net/url looks for one, but it is still the password.
 		if lo, hi, ok := rawURLPassword(dsn); ok {
@@ -335,6 +337,9 @@ func RedactDSN(dsn string) string {
 	}
 	return redactKeyValue(dsn)
 }
+
+// urlCutset is what may surround a URL pasted from an env file or a shell.
+const urlCutset = " \t\r\n'\""
 
 // isURLForm reports whether dsn starts with a URL scheme ("postgres://", or a misspelt one).
 // A "://" further in belongs to a key=value DSN's value, a password perhaps, and pgx reads
@@ -453,7 +458,8 @@ func passwords(dsns ...string) []string {
 		if dsn == "" {
 			continue
 		}
-		if isURLForm(dsn) {
+		if trimmed := strings.Trim(dsn, urlCutset); isURLForm(trimmed) {
+			dsn = trimmed
 			if u, err := url.Parse(dsn); err == nil {
 				if p, ok := u.User.Password(); ok {
 					out = append(out, p)

@@ -128,6 +128,7 @@ func TestRedactDSN(t *testing.T) {
 		"host=db password='0://00' dbname=pos":                 "host=db password=xxxxx dbname=pos",
 		"password=a://b@c host=db":                             "password=xxxxx host=db",
 		"postgress://app:pw@db/pos?sslmode=disable":            "postgress://app:xxxxx@db/pos?sslmode=disable",
+		` "postgres://app:pw@db/pos?sslmode=disable"`:          "postgres://app:xxxxx@db/pos?sslmode=disable",
 		"": "",
 	}
 	for in, want := range cases {
@@ -149,6 +150,12 @@ func TestScrubRemovesEveryForm(t *testing.T) {
 	for _, leak := range []string{pw, "p%3Aa%40s", "envsecret99"} {
 		if strings.Contains(got, leak) {
 			t.Fatalf("Scrub left %q in %q", leak, got)
+		}
+	}
+	// A URL with quotes or a space around it, as an env file may leave it.
+	for _, dsn := range []string{` "postgres://app:s3cretpw@db/pos?sslmode=disable"`, " postgres://app:s3cretpw@db/pos"} {
+		if got := Scrub("connecting to "+dsn+" failed", dsn); strings.Contains(got, "s3cretpw") {
+			t.Errorf("Scrub left the password of %q: %q", dsn, got)
 		}
 	}
 }
