@@ -20,9 +20,14 @@ go_ok() {
 # module that GOTOOLCHAIN=auto would download too.
 fetch_go() {
 	local proxy os arch series version tmp
+	# The first entry of GOPROXY (entries are separated by , or |).
 	proxy=${GOPROXY:-https://proxy.golang.org}
-	proxy=${proxy%%,*}
-	[ "$proxy" = direct ] || [ "$proxy" = off ] && proxy=https://proxy.golang.org
+	proxy=${proxy%%[,|]*}
+	if [ "$proxy" = off ]; then
+		echo "deps: GOPROXY=off forbids downloading Go; install Go $want_go or newer" >&2
+		return 1
+	fi
+	[ "$proxy" = direct ] && proxy=https://proxy.golang.org
 	os=$(uname -s | tr '[:upper:]' '[:lower:]')
 	case $(uname -m) in
 	x86_64) arch=amd64 ;;
@@ -55,6 +60,7 @@ declare -A need=(
 	[promtool]=prometheus
 	[chromium]=chromium
 	[amtool]=prometheus-alertmanager
+	[prometheus-alertmanager]=prometheus-alertmanager
 	[psql]=postgresql-client
 	[pgbench]=postgresql-client
 )
