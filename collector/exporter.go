@@ -307,28 +307,26 @@ func (e *Exporter) unfinished() *collection {
 	e.mu.Lock()
 	up := e.wasUp && e.upKnown
 	e.mu.Unlock()
-	v := 0.0
 	if up {
-		v = 1
+		return e.nothingRan(1)
 	}
-	s := newSink()
-	s.add(e.upDesc, prometheus.GaugeValue, v, nil)
-	for _, c := range e.cols {
-		s.add(e.durationDesc, prometheus.GaugeValue, 0, []string{c.name})
-		s.add(e.successDesc, prometheus.GaugeValue, 0, []string{c.name})
-	}
-	return &collection{metrics: s.metrics}
+	return e.nothingRan(0)
 }
 
 // failed is a collection where nothing could run.
 func (e *Exporter) failed(err error) *collection {
+	e.noteUp(false, err)
+	return e.nothingRan(0)
+}
+
+// nothingRan is a collection without results: pg_up as given, every collector unsuccessful.
+func (e *Exporter) nothingRan(up float64) *collection {
 	s := newSink()
-	s.add(e.upDesc, prometheus.GaugeValue, 0, nil)
+	s.add(e.upDesc, prometheus.GaugeValue, up, nil)
 	for _, c := range e.cols {
 		s.add(e.durationDesc, prometheus.GaugeValue, 0, []string{c.name})
 		s.add(e.successDesc, prometheus.GaugeValue, 0, []string{c.name})
 	}
-	e.noteUp(false, err)
 	return &collection{metrics: s.metrics}
 }
 
