@@ -14,7 +14,7 @@ FUZZTIME  ?= 10000x
 # scripts/deps.sh fetches Go into .toolchain/ when the machine's is missing or too old.
 export PATH := $(CURDIR)/.toolchain/go/bin:$(PATH):/usr/local/go/bin
 
-.PHONY: all build test test-monitoring lint demo bench deps fmt fuzz docs
+.PHONY: all build test test-monitoring lint demo bench deps fmt fuzz docs mixin
 
 all: build
 
@@ -58,6 +58,11 @@ lint:
 # Regenerates docs/reference.md (flags, environment variables, metrics) from the code.
 docs: deps
 	$(GO) test -count=1 -run '^TestReferenceDocs$$' . -update
+
+# Regenerates alerts/pgsidecar.rules.yml and dashboards/*.json from mixin/ and the thresholds in
+# internal/thresholds.
+mixin:
+	$(GO) run ./mixin/cmd/mixin -root .
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -20,7 +20,7 @@ import (
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
-var update = flag.Bool("update", false, "rewrite the golden files in testdata/api")
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 
 // volatile lists the fields whose values change from run to run; golden files hold a
 // placeholder for them, so that everything else (names, shape, counts) is compared exactly.
@@ -82,7 +82,7 @@ func normalise(v any, key string) any {
 	}
 }
 
-// golden compares status and normalised body with testdata/api/name.json.
+// golden compares status and normalised body with testdata/name.json.
 func golden(t *testing.T, name string, code int, body []byte) {
 	t.Helper()
 	var v any
@@ -97,7 +97,7 @@ func golden(t *testing.T, name string, code int, body []byte) {
 		t.Fatal(err)
 	}
 	got := buf.Bytes()
-	path := filepath.Join("..", "testdata", "api", name+".json")
+	path := filepath.Join("testdata", name+".json")
 	if *update {
 		if err := os.WriteFile(path, got, 0o644); err != nil {
 			t.Fatal(err)

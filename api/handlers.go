@@ -6,20 +6,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"time"
 
+	"github.com/pgsidecar/pgsidecar/internal/thresholds"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
-// The seed's alert thresholds.
-const (
-	maxErrorRate       = 0.05
-	maxAverageLatency  = 500 * time.Millisecond
-	maxUtilization     = 0.80
-	maxWarmupBodyBytes = 4 << 10
-)
+const maxWarmupBodyBytes = 4 << 10
 
 func (h *Handler) metrics(w http.ResponseWriter, _ *http.Request) {
 	s := h.mgr.Stats()
@@ -115,21 +111,24 @@ func (h *Handler) performance(w http.ResponseWriter, _ *http.Request) {
 	if snap != nil {
 		resp.TopStatements = snap.topStatements(10)
 	}
-	resp.Findings = findings(s, snap)
+	resp.Findings = findings(thresholds.Default(), s, snap)
 	writeJSON(w, http.StatusOK, resp)
 }
 
-// findings checks the snapshot against the seed's alert thresholds.
-func findings(s pool.Stats, snap *registrySnapshot) []Finding {
+// findings checks the snapshot against the alert thresholds, the same table the Prometheus
+// alerts and the dashboards' threshold lines are generated from.
+func findings(limits thresholds.Table, s pool.Stats, snap *registrySnapshot) []Finding {
+	maxLatency := limits.AvgLatency()
 	f := []Finding{
-		check("errorRate", ratio(s.Queries.ErrorRate), maxErrorRate, s.Queries.ErrorRate > maxErrorRate,
-			fmt.Sprintf("%.2f%% of queries failed (threshold 5%%)", s.Queries.ErrorRate*100),
+		check("errorRate", ratio(s.Queries.ErrorRate), limits.ErrorRatio, s.Queries.ErrorRate > limits.ErrorRatio,
+			fmt.Sprintf("%.2f%% of queries failed (threshold %s)", s.Queries.ErrorRate*100, percent(limits.ErrorRatio)),
 			"Look at errorsBySqlState: check constraints and application logic, and the PostgreSQL log."),
-		check("averageLatency", ms(s.Queries.Average), ms(maxAverageLatency), s.Queries.Average > maxAverageLatency,
-			fmt.Sprintf("average query latency is %.1f ms (threshold 500 ms)", float64(s.Queries.Average)/float64(time.Millisecond)),
+		check("averageLatency", ms(s.Queries.Average), ms(maxLatency), s.Queries.Average > maxLatency,
+			fmt.Sprintf("average query latency is %.1f ms (threshold %s ms)", float64(s.Queries.Average)/float64(time.Millisecond),
+				strconv.FormatFloat(ms(maxLatency), 'f', -1, 64)),
 			"Look at the slow queries and top statements: add indexes, check plans with EXPLAIN ANALYZE, cache results."),
-		check("poolUtilization", ratio(s.Utilisation), maxUtilization, s.Utilisation > maxUtilization,
-			fmt.Sprintf("%d of %d pool connections in use (threshold 80%%)", s.UsedConns, s.MaxConns),
+		check("poolUtilization", ratio(s.Utilisation), limits.PoolUtilization, s.Utilisation > limits.PoolUtilization,
+			fmt.Sprintf("%d of %d pool connections in use (threshold %s)", s.UsedConns, s.MaxConns, percent(limits.PoolUtilization)),
 			"Raise DB_MAX_CONNECTIONS if the server allows it, or shorten long-running queries and transactions."),
 	}
 	failing := !serving(s.Health.Status)
@@ -142,12 +141,18 @@ func findings(s pool.Stats, snap *registrySnapshot) []Finding {
 	f = append(f, hc)
 	if snap != nil {
 		if u, ok := snap.value("pg_server_connection_utilization_ratio", nil); ok {
-			f = append(f, check("serverConnectionUtilization", ratio(u), maxUtilization, u > maxUtilization,
-				fmt.Sprintf("%.0f%% of the server's max_connections in use (threshold 80%%)", u*100),
+			limit := limits.ServerConnectionUtilization
+			f = append(f, check("serverConnectionUtilization", ratio(u), limit, u > limit,
+				fmt.Sprintf("%.0f%% of the server's max_connections in use (threshold %s)", u*100, percent(limit)),
 				"Lower DB_MAX_CONNECTIONS of the pools sharing this server, or raise max_connections."))
 		}
 	}
 	return f
+}
+
+// percent prints a ratio as a percentage the way a person writes it: 0.05 is "5%".
+func percent(v float64) string {
+	return strconv.FormatFloat(math.Round(v*1e8)/1e6, 'f', -1, 64) + "%"
 }
 
 func check(name string, value, threshold float64, triggered bool, msg, advice string) Finding {

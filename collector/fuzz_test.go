@@ -10,7 +10,7 @@ import (
 // FuzzParseQueries feeds arbitrary YAML to the queries.yaml parser: it must not panic, every
 // error must name the file, and every accepted query must export at least one metric.
 func FuzzParseQueries(f *testing.F) {
-	seeds, _ := filepath.Glob("../testdata/queries/*.yaml")
+	seeds, _ := filepath.Glob("testdata/queries/*.yaml")
 	seeds = append(seeds, "../queries.yaml")
 	for _, s := range seeds {
 		if b, err := os.ReadFile(s); err == nil {

@@ -11,7 +11,7 @@ import (
 
 // TestBadQueriesFiles checks the exact error for each invalid file in testdata/queries.
 func TestBadQueriesFiles(t *testing.T) {
-	dir := filepath.Join("..", "testdata", "queries")
+	dir := filepath.Join("testdata", "queries")
 	cases := map[string]string{
 		"unknown_key.yaml": `unknown_key.yaml:3: query pg_example: unknown key "cache_second" (known: query, metrics, cache_seconds, timeout, max_series, min_version, max_version, master)`,
 		"bad_usage.yaml":   `bad_usage.yaml:7: query pg_example: column value: usage "GAUGES" is not one of LABEL, COUNTER, GAUGE, DISCARD`,

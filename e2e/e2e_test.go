@@ -15,8 +15,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/pgsidecar/pgsidecar/e2e/mixin"
+	"github.com/pgsidecar/pgsidecar/e2e/inspect"
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/mixin"
 )
 
 // traffic runs n statements through the sidecar's proxy; every errorEvery-th one fails with
@@ -65,7 +66,7 @@ func pgconnScrub(err error) string {
 
 func alertExprs(t *testing.T) (map[string]string, mixin.RuleFile) {
 	t.Helper()
-	f, err := mixin.LoadRules(root)
+	f, err := inspect.LoadRules(root)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +230,7 @@ func TestEndToEnd(t *testing.T) {
 		recorded := rules.RecordedNames()
 		used := map[string][]string{} // metric -> where
 		for _, r := range append(rules.Alerts(), recordingRules(rules)...) {
-			ms, err := mixin.MetricNames(r.Expr)
+			ms, err := inspect.MetricNames(r.Expr)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -237,12 +238,12 @@ func TestEndToEnd(t *testing.T) {
 				used[m] = append(used[m], "rule "+r.Alert+r.Record)
 			}
 		}
-		dashboards, err := mixin.LoadDashboards(root)
+		dashboards, err := inspect.LoadDashboards(root)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, q := range mixin.DashboardQueries(dashboards) {
-			ms, err := mixin.MetricNames(mixin.Substitute(q.Expr, "1m"))
+		for _, q := range inspect.DashboardQueries(dashboards) {
+			ms, err := inspect.MetricNames(inspect.Substitute(q.Expr, "1m"))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -267,17 +268,17 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	t.Run("every dashboard query returns data", func(t *testing.T) {
-		dashboards, err := mixin.LoadDashboards(root)
+		dashboards, err := inspect.LoadDashboards(root)
 		if err != nil {
 			t.Fatal(err)
 		}
-		queries := mixin.DashboardQueries(dashboards)
+		queries := inspect.DashboardQueries(dashboards)
 		empty := map[string]string{}
 		// Rates need two scrapes after the traffic; retry the empty ones for a while.
 		waitFor(30*time.Second, func() bool {
 			clear(empty)
 			for _, q := range queries {
-				e := mixin.Substitute(q.Expr, "1m")
+				e := inspect.Substitute(q.Expr, "1m")
 				r, err := prom.query(e)
 				if err != nil {
 					t.Fatalf("%s / %s: %v", q.Dashboard, q.Panel, err)

@@ -45,7 +45,7 @@ func TestPsqlScript(t *testing.T) {
 	psql := needTool(t, "psql")
 	h := newHarness(t, nil)
 	ctx := ctxTimeout(t, 60*time.Second)
-	script, err := filepath.Abs("../testdata/proxy/session.sql")
+	script, err := filepath.Abs("testdata/session.sql")
 	if err != nil {
 		t.Fatal(err)
 	}

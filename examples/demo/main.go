@@ -25,7 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pgsidecar/pgsidecar/examples/pos"
-	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/internal/pgcluster"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -51,7 +51,7 @@ func run(bin, listen, appMetrics, proxyAddr string, workers int, duration time.D
 	dsn := os.Getenv("DATABASE_URL")
 	if dsn == "" {
 		say("starting a throwaway PostgreSQL cluster ...")
-		c, err := pgtest.Start(pgtest.Options{})
+		c, err := pgcluster.Start(pgcluster.Options{})
 		if err != nil {
 			return err
 		}

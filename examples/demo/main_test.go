@@ -84,6 +84,24 @@ func TestDemo(t *testing.T) {
 }
 
 // build compiles a package's command into a temporary directory and returns its path.
+// TestDemoDoesNotLinkTesting: the demo is a program, not a test; linking the testing package
+// would register its flags and pull test-only code into it (internal/pgtest does).
+func TestDemoDoesNotLinkTesting(t *testing.T) {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("go tool not on PATH")
+	}
+	out, err := exec.Command(goTool, "list", "-deps", ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list -deps: %v\n%s", err, out)
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		if pkg == "testing" || strings.HasSuffix(pkg, "/internal/pgtest") {
+			t.Errorf("the demo links %s", pkg)
+		}
+	}
+}
+
 func build(t *testing.T, pkg string) string {
 	t.Helper()
 	goTool, err := exec.LookPath("go")

@@ -1,4 +1,5 @@
-// Command mixin writes pgsidecar's rule file and dashboards from e2e/mixin.
+// Command mixin writes pgsidecar's rule file and dashboards from package mixin; `make mixin`
+// runs it from the repository root.
 package main
 
 import (
@@ -7,11 +8,11 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/pgsidecar/pgsidecar/e2e/mixin"
+	"github.com/pgsidecar/pgsidecar/mixin"
 )
 
 func main() {
-	root := flag.String("root", "..", "repository root to write alerts/ and dashboards/ under")
+	root := flag.String("root", ".", "repository root to write alerts/ and dashboards/ under")
 	flag.Parse()
 	files, err := mixin.Default.Files()
 	if err != nil {

@@ -1,7 +1,6 @@
-package mixin
+package inspect
 
 import (
-	"bytes"
 	"encoding/json"
 	"maps"
 	"os"
@@ -15,27 +14,11 @@ import (
 
 	"github.com/prometheus/prometheus/promql/parser"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/pgsidecar/pgsidecar/mixin"
 )
 
 const root = "../.."
-
-// TestGeneratedFilesUpToDate fails when the committed rules or dashboards differ from what the
-// generator writes, i.e. someone edited one side only.
-func TestGeneratedFilesUpToDate(t *testing.T) {
-	files, err := Default.Files()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for path, want := range files {
-		got, err := os.ReadFile(filepath.Join(root, path))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(got, want) {
-			t.Errorf("%s is not what e2e/mixin generates; run `go run ./cmd/mixin -root ..` in e2e/ (or port the edit to e2e/mixin)", path)
-		}
-	}
-}
 
 func TestDashboardLint(t *testing.T) {
 	dashboards, err := LoadDashboards(root)
@@ -167,7 +150,7 @@ type drawnThreshold struct {
 	metrics []string
 }
 
-func drawnThresholds(c Config) []drawnThreshold {
+func drawnThresholds(c mixin.Config) []drawnThreshold {
 	errs := []string{"pgsidecar_query_errors_total", "pgsidecar_query_duration_seconds_count"}
 	out := []drawnThreshold{
 		{"PoolUtilization", c.PoolUtilization, "percentunit", []string{"pgsidecar_pool_connections", "pgsidecar_pool_max_connections"}},
@@ -184,7 +167,7 @@ func drawnThresholds(c Config) []drawnThreshold {
 		{"health check up", 1, "none", []string{"pgsidecar_health_check_up"}},
 		{"pg_up", 1, "none", []string{"pg_up"}},
 	}
-	for _, w := range BurnWindows {
+	for _, w := range mixin.BurnWindows {
 		if w.Severity == "critical" {
 			out = append(out, drawnThreshold{"page burn rate " + w.Long + "/" + w.Short, w.Factor, "short", errs})
 		}
@@ -194,7 +177,7 @@ func drawnThresholds(c Config) []drawnThreshold {
 
 // checkThresholdsDrawn: every alert threshold is drawn on each panel that shows its quantity
 // (and on at least one), and every threshold a panel draws is one of its quantity's.
-func checkThresholdsDrawn(t *testing.T, c Config, dashboards map[string]map[string]any) {
+func checkThresholdsDrawn(t *testing.T, c mixin.Config, dashboards map[string]map[string]any) {
 	t.Helper()
 	type panel struct {
 		where   string
@@ -275,19 +258,20 @@ func checkThresholdsDrawn(t *testing.T, c Config, dashboards map[string]map[stri
 	}
 }
 
-// TestThresholdsDrawn checks the committed dashboards against the thresholds of Default, and the
-// dashboards generated from a configuration whose thresholds all differ, so that two equal
-// defaults (80 % pool and server utilisation) cannot hide a threshold wired to the wrong panel.
+// TestThresholdsDrawn checks the committed dashboards against the thresholds of mixin.Default,
+// and the dashboards generated from a configuration whose thresholds all differ, so that two
+// equal defaults (80 % pool and server utilisation) cannot hide a threshold wired to the wrong
+// panel.
 func TestThresholdsDrawn(t *testing.T) {
 	t.Run("committed", func(t *testing.T) {
 		dashboards, err := LoadDashboards(root)
 		if err != nil {
 			t.Fatal(err)
 		}
-		checkThresholdsDrawn(t, Default, dashboards)
+		checkThresholdsDrawn(t, mixin.Default, dashboards)
 	})
 	t.Run("distinct thresholds", func(t *testing.T) {
-		c := Default
+		c := mixin.Default
 		c.ErrorRatio, c.AvgLatencySeconds, c.PoolUtilization, c.ServerConnectionUtilization = 0.03, 0.7, 0.71, 0.77
 		c.LongTransactionSeconds, c.IdleInTransactionSeconds, c.CacheHitRatio, c.SlowQueriesPer10m = 321, 43, 0.93, 17
 		seen := map[float64]string{}
@@ -299,7 +283,7 @@ func TestThresholdsDrawn(t *testing.T) {
 		}
 		dashboards := map[string]map[string]any{}
 		for _, d := range c.Dashboards() {
-			b, err := DashboardJSON(d)
+			b, err := mixin.DashboardJSON(d)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -307,7 +291,7 @@ func TestThresholdsDrawn(t *testing.T) {
 			if err := json.Unmarshal(b, &m); err != nil {
 				t.Fatal(err)
 			}
-			dashboards[filepath.Base(DashboardPath(d))] = m
+			dashboards[filepath.Base(mixin.DashboardPath(d))] = m
 		}
 		checkThresholdsDrawn(t, c, dashboards)
 	})
@@ -355,7 +339,7 @@ func TestRuleConventions(t *testing.T) {
 		}
 		u := a.Annotations["runbook_url"]
 		base, anchor, _ := strings.Cut(u, "#")
-		if base != Default.RunbookURL || !anchors[anchor] || anchor != strings.ToLower(a.Alert) {
+		if base != mixin.Default.RunbookURL || !anchors[anchor] || anchor != strings.ToLower(a.Alert) {
 			t.Errorf("%s: runbook_url %q has no matching '## %s' section in docs/runbooks.md", a.Alert, u, a.Alert)
 		}
 		if _, err := Parse(a.Expr); err != nil {

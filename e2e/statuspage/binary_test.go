@@ -1,4 +1,4 @@
-package api
+package statuspage
 
 import (
 	"encoding/json"
@@ -15,6 +15,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/pgsidecar/pgsidecar/api"
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
 	"github.com/pgsidecar/pgsidecar/internal/testutil"
 	"github.com/pgsidecar/pgsidecar/pool"
@@ -30,7 +31,8 @@ func TestBinaryLandingPageToStatus(t *testing.T) {
 	chromium := chromiumPath(t)
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "pgsidecar")
-	build := exec.Command("go", "build", "-o", bin, "github.com/pgsidecar/pgsidecar")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Dir = filepath.Join("..", "..") // the main module, built as `make build` does
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
@@ -72,7 +74,7 @@ func TestBinaryLandingPageToStatus(t *testing.T) {
 		t.Fatalf("landing page has no link to /status: %d\n%s", code, body)
 	}
 	code, body := get("/api/database/detailed-metrics")
-	var det DetailedMetricsResponse
+	var det api.DetailedMetricsResponse
 	if code != 200 || json.Unmarshal([]byte(body), &det) != nil || det.Up == nil || !*det.Up ||
 		det.Database == nil || det.Database.SizeBytes == nil || *det.Database.SizeBytes <= 0 {
 		t.Fatalf("detailed-metrics from the binary's collectors: %d %s", code, body)

@@ -1,4 +1,7 @@
-package mixin
+// Package inspect reads the committed rule file and dashboards the way Prometheus and Grafana
+// would: it parses their PromQL, which needs Prometheus itself and so stays out of the main
+// module.
+package inspect
 
 import (
 	"encoding/json"
@@ -11,6 +14,8 @@ import (
 
 	"github.com/prometheus/prometheus/promql/parser"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/pgsidecar/pgsidecar/mixin"
 )
 
 // Query is one PromQL expression found in a committed dashboard.
@@ -157,25 +162,12 @@ func MetricNames(expr string) ([]string, error) {
 }
 
 // LoadRules reads the committed rule file under root.
-func LoadRules(root string) (RuleFile, error) {
-	var f RuleFile
-	b, err := os.ReadFile(filepath.Join(root, RulesPath))
+func LoadRules(root string) (mixin.RuleFile, error) {
+	var f mixin.RuleFile
+	b, err := os.ReadFile(filepath.Join(root, mixin.RulesPath))
 	if err != nil {
 		return f, err
 	}
 	err = yaml.Unmarshal(b, &f)
 	return f, err
-}
-
-// RecordedNames are the series names the rule file records itself.
-func (f RuleFile) RecordedNames() map[string]bool {
-	out := map[string]bool{}
-	for _, g := range f.Groups {
-		for _, r := range g.Rules {
-			if r.Record != "" {
-				out[r.Record] = true
-			}
-		}
-	}
-	return out
 }

@@ -1,10 +1,7 @@
-package api
+package statuspage
 
 import (
-	"context"
 	"net/http"
-	"os"
-	"os/exec"
 	"regexp"
 	"strings"
 	"sync/atomic"
@@ -13,103 +10,16 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/pgsidecar/pgsidecar/api"
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
 )
-
-// chromiumPath finds Debian's chromium. On a Debian machine as root it is required (make test
-// installs it); elsewhere the browser test skips with a clear message.
-func chromiumPath(t *testing.T) string {
-	t.Helper()
-	for _, name := range []string{"chromium", "chromium-browser"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	if _, err := os.Stat("/etc/debian_version"); err == nil && os.Geteuid() == 0 {
-		t.Fatal("chromium is not installed: run scripts/deps.sh (apt-get install chromium)")
-	}
-	t.Skip("chromium not found; install it (Debian: apt-get install chromium) to run the status page test")
-	return ""
-}
-
-// pageState is what the test reads from the page.
-type pageState struct {
-	Snapshots   int    `json:"snapshots"`
-	Status      string `json:"status"`
-	PoolName    string `json:"poolName"`
-	Utilization string `json:"utilization"`
-	Used        string `json:"used"`
-	Max         string `json:"max"`
-	P50         string `json:"p50"`
-	P99         string `json:"p99"`
-	Total       string `json:"total"`
-	ErrorRate   string `json:"errorRate"`
-	Banner      string `json:"banner"`
-	SlowSQL     string `json:"slowSql"`
-	Lines       int    `json:"lines"`
-	Styled      bool   `json:"styled"`
-	Foreign     []string
-}
-
-const readPage = `(() => {
-  const t = id => document.getElementById(id).textContent;
-  return {
-    snapshots: Number(document.body.getAttribute("data-snapshots") || 0),
-    status: t("status"), poolName: t("pool-name"), utilization: t("utilization"),
-    used: t("used"), max: t("max"), p50: t("p50"), p99: t("p99"), total: t("total"),
-    errorRate: t("error-rate-total"), banner: t("banner"), slowSql: t("slow"),
-    lines: document.querySelectorAll("svg.chart polyline").length,
-    styled: getComputedStyle(document.getElementById("status")).color === "rgb(255, 255, 255)",
-    Foreign: performance.getEntriesByType("resource").map(e => e.name).filter(n => !n.startsWith(location.origin)),
-  };
-})()`
-
-// newBrowser starts a headless Chromium with a fresh profile, closed at test end. The flags
-// keep it from reaching out to the network, which is closed in CI and would stall it.
-func newBrowser(t *testing.T, bin string) context.Context {
-	t.Helper()
-	profile, err := os.MkdirTemp("", "api-chromium-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(profile) })
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	t.Cleanup(cancel)
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(ctx,
-		chromedp.ExecPath(bin),
-		chromedp.Headless,
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck,
-		chromedp.UserDataDir(profile),
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-dev-shm-usage", true),
-	)
-	t.Cleanup(cancelAlloc)
-	browser, cancelBrowser := chromedp.NewContext(allocCtx)
-	t.Cleanup(cancelBrowser)
-	return browser
-}
-
-func readPageState(t *testing.T, browser context.Context) pageState {
-	t.Helper()
-	p, err := chromedp.Run(browser, chromedp.Evaluate[pageState](readPage))
-	if err != nil {
-		t.Fatalf("reading the page: %v", err)
-	}
-	return p
-}
 
 // TestStatusPageInChromium opens /status in a real headless Chromium against a running
 // sidecar and checks that live values appear, and that a database outage shows as such.
 func TestStatusPageInChromium(t *testing.T) {
 	bin := chromiumPath(t)
 	cluster.RequireControl(t)
-	s := startSidecar(t, testConfig(t), false, Options{StreamInterval: 100 * time.Millisecond, Window: 2 * time.Second})
+	s := startSidecar(t, testConfig(t), api.Options{StreamInterval: 100 * time.Millisecond, Window: 2 * time.Second})
 	s.waitHealthy(t)
 	for range 20 {
 		if err := s.query(t, "SELECT 1"); err != nil {
@@ -207,7 +117,7 @@ func TestStatusPageInChromium(t *testing.T) {
 		t.Fatalf("the page does not show the lost stream or does not retry (%d attempts): %+v", refused.Load(), st)
 	}
 	seen = st.Snapshots
-	h2 := New(Options{Manager: s.m, Gatherer: s.reg, StreamInterval: 100 * time.Millisecond})
+	h2 := api.New(api.Options{Manager: s.m, Gatherer: s.reg, StreamInterval: 100 * time.Millisecond})
 	t.Cleanup(h2.Close)
 	mux := http.NewServeMux()
 	h2.Register(mux)
