@@ -42,14 +42,8 @@ type env struct {
 // newEnv builds the pieces against the test cluster's database db ("" for postgres).
 func newEnv(t testing.TB, db string, cfg Config) *env {
 	t.Helper()
-	pc := pool.DefaultConfig()
-	pc.DatabaseURL = cluster.URL(db)
+	pc := testutil.FastPool(t, pool.FromEnv, cluster.URL(db), "test")
 	pc.MinConns = 1
-	pc.MaxConns = 4
-	pc.RetryDelay = 10 * time.Millisecond
-	pc.RetryMaxDelay = 100 * time.Millisecond
-	pc.MetricsLogInterval = 0
-	pc.Name = "test"
 	e := &env{reg: prometheus.NewRegistry(), log: &testutil.LogBuffer{}}
 	logger := slog.New(slog.NewTextHandler(e.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	mgr, err := pool.New(pc, pool.WithLogger(logger), pool.WithRegisterer(e.reg))

@@ -40,16 +40,8 @@ type harness struct {
 
 func newHarness(t testing.TB, tweak func(pc *pool.Config, c *Config)) *harness {
 	t.Helper()
-	pc := pool.DefaultConfig()
-	pc.DatabaseURL = cluster.URL("")
-	pc.MaxConns = 4
+	pc := testutil.FastPool(t, pool.FromEnv, cluster.URL(""), strings.ReplaceAll(t.Name(), "/", "_"))
 	pc.MinConns = 1
-	pc.RetryDelay = 10 * time.Millisecond
-	pc.RetryMaxDelay = 100 * time.Millisecond
-	pc.ConnectTimeout = 5 * time.Second
-	pc.HealthCheckTimeout = 2 * time.Second
-	pc.MetricsLogInterval = 0
-	pc.Name = strings.ReplaceAll(t.Name(), "/", "_")
 	dir, err := os.MkdirTemp("", "pgsidecar-proxy-")
 	if err != nil {
 		t.Fatal(err)
