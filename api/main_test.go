@@ -46,8 +46,9 @@ func testConfig(t testing.TB) pool.Config {
 }
 
 // startSidecar builds a pool, registers the pg_* collectors when withCollector is set,
-// and serves the API; everything is closed at test end.
-func startSidecar(t testing.TB, cfg pool.Config, withCollector bool, opts Options) *sidecar {
+// and serves the API with DefaultConfig changed by tweak (may be nil); everything is closed at
+// test end.
+func startSidecar(t testing.TB, cfg pool.Config, withCollector bool, tweak func(*Config)) *sidecar {
 	t.Helper()
 	s := &sidecar{reg: prometheus.NewRegistry()}
 	logger := slog.New(slog.DiscardHandler)
@@ -58,15 +59,24 @@ func startSidecar(t testing.TB, cfg pool.Config, withCollector bool, opts Option
 	s.m = m
 	t.Cleanup(m.Close)
 	if withCollector {
-		e, err := collector.New(m, collector.Config{Logger: logger, Enabled: map[string]bool{"statements": true}})
+		cc := collector.DefaultConfig()
+		cc.QueriesFile = ""
+		cc.Enabled = map[string]bool{"statements": true}
+		e, err := collector.New(m, cc, collector.WithLogger(logger))
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(e.Close)
 		s.reg.MustRegister(e)
 	}
-	opts.Manager, opts.Gatherer, opts.Logger = m, s.reg, logger
-	s.h = New(opts)
+	ac := DefaultConfig()
+	if tweak != nil {
+		tweak(&ac)
+	}
+	s.h, err = New(m, ac, WithLogger(logger), WithGatherer(s.reg))
+	if err != nil {
+		t.Fatalf("api.New: %v", err)
+	}
 	mux := http.NewServeMux()
 	s.h.Register(mux)
 	s.mux.Store(mux)

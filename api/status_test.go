@@ -109,7 +109,7 @@ func readPageState(t *testing.T, browser context.Context) pageState {
 func TestStatusPageInChromium(t *testing.T) {
 	bin := chromiumPath(t)
 	cluster.RequireControl(t)
-	s := startSidecar(t, testConfig(t), false, Options{StreamInterval: 100 * time.Millisecond, Window: 2 * time.Second})
+	s := startSidecar(t, testConfig(t), false, func(c *Config) { c.StreamInterval = 100 * time.Millisecond; c.Window = 2 * time.Second })
 	s.waitHealthy(t)
 	for range 20 {
 		if err := s.query(t, "SELECT 1"); err != nil {
@@ -207,7 +207,12 @@ func TestStatusPageInChromium(t *testing.T) {
 		t.Fatalf("the page does not show the lost stream or does not retry (%d attempts): %+v", refused.Load(), st)
 	}
 	seen = st.Snapshots
-	h2 := New(Options{Manager: s.m, Gatherer: s.reg, StreamInterval: 100 * time.Millisecond})
+	cfg := DefaultConfig()
+	cfg.StreamInterval = 100 * time.Millisecond
+	h2, err := New(s.m, cfg, WithGatherer(s.reg))
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(h2.Close)
 	mux := http.NewServeMux()
 	h2.Register(mux)

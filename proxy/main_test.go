@@ -47,7 +47,8 @@ func newHarness(t testing.TB, tweak func(pc *pool.Config, c *Config)) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	c := Config{Listen: []string{"127.0.0.1:0"}}
+	c := DefaultConfig()
+	c.Listen = []string{"127.0.0.1:0"}
 	if tweak != nil {
 		tweak(&pc, &c)
 	}
