@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 
+	"github.com/pgsidecar/pgsidecar/internal/settings"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -38,14 +39,14 @@ func main() {
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// settingValue adapts a pool.Setting to kingpin's flag value interface.
-type settingValue struct {
-	cfg *pool.Config
-	s   pool.Setting
+// settingValue adapts a setting of a package's table to kingpin's flag value interface.
+type settingValue[C any] struct {
+	cfg *C
+	s   settings.Setting[C]
 	raw string
 }
 
-func (v *settingValue) Set(s string) error {
+func (v *settingValue[C]) Set(s string) error {
 	if err := v.s.Set(v.cfg, s); err != nil {
 		return err
 	}
@@ -53,21 +54,51 @@ func (v *settingValue) Set(s string) error {
 	return nil
 }
 
-func (v *settingValue) String() string {
+func (v *settingValue[C]) String() string {
 	if v.s.Env == "DATABASE_URL" {
 		return pool.RedactDSN(v.raw)
 	}
 	return v.raw
 }
 
-// feature is one optional part of the binary (collectors, API, proxy), wired in its own
-// wire_*.go file, which appends a constructor to features from init.
+// IsBoolFlag makes kingpin accept --NAME and --no-NAME for a switch.
+func (v *settingValue[C]) IsBoolFlag() bool { return v.s.Bool }
+
+// IsCumulative makes kingpin accept a list setting more than once.
+func (v *settingValue[C]) IsCumulative() bool { return v.s.Repeatable }
+
+// bindSettings declares a flag, with its environment variable and default, for every setting
+// of a package's table; parsing fills cfg.
+func bindSettings[C any](k *kingpin.Application, cfg *C, table []settings.Setting[C]) {
+	for _, s := range table {
+		f := k.Flag(s.Flag, s.Help)
+		if s.Env != "" {
+			f = f.Envar(s.Env)
+		}
+		if s.Default != "" {
+			f = f.Default(s.Default)
+		}
+		if s.PlaceHolder != "" {
+			f = f.PlaceHolder(s.PlaceHolder)
+		}
+		f.SetValue(&settingValue[C]{cfg: cfg, s: s, raw: s.Default})
+	}
+}
+
+// feature is one optional part of the binary (API, collectors, proxy), wired in its own
+// wire_*.go file.
 type feature interface {
 	// flags declares the feature's flags before parsing.
 	flags(k *kingpin.Application)
 	// start runs after the pool exists; the returned stop (may be nil) runs at shutdown, in
 	// reverse order of start.
 	start(ctx context.Context, d *deps) (stop func(), err error)
+}
+
+// features builds the optional parts afresh for each run, so no flag value outlives its run.
+// Their flags appear in --help, and they start, in this order.
+func features() []feature {
+	return []feature{&apiFeature{}, &collectorFeature{}, &proxyFeature{}}
 }
 
 // deps is what features get to work with.
@@ -80,9 +111,6 @@ type deps struct {
 	// metricsMiddleware wraps the telemetry handler, e.g. to pass each scrape's deadline on.
 	metricsMiddleware []func(http.Handler) http.Handler
 }
-
-// features builds the optional parts afresh for each run, so no flag value outlives its run.
-var features []func() feature
 
 // registry is the process's Prometheus registry; it remembers what was registered so the
 // reference docs can list every metric, including those no event has created yet.
@@ -132,8 +160,8 @@ type app struct {
 	features      []feature
 }
 
-// newApp declares every flag. Pool flags come from pool.Settings, so flags, environment
-// variables and docs share one table.
+// newApp declares every flag. The pool's and each feature's flags come from the package's
+// settings table, so flags, environment variables and docs share one table per package.
 func newApp(stdout, stderr io.Writer) (*kingpin.Application, *app) {
 	a := &app{poolCfg: pool.DefaultConfig(), logCfg: &promslog.Config{Writer: stderr}}
 	k := kingpin.New("pgsidecar", "Prometheus-native observability sidecar and exporter for PostgreSQL connection pools.")
@@ -143,20 +171,13 @@ func newApp(stdout, stderr io.Writer) (*kingpin.Application, *app) {
 	k.HelpFlag.Short('h')
 	k.Flag("env-file", "Read settings from this .env file first (KEY=VALUE lines; the environment wins).").
 		PlaceHolder("FILE").StringVar(&a.envFile)
-	for _, s := range pool.Settings() {
-		f := k.Flag(s.Flag, s.Help).Envar(s.Env)
-		if s.Default != "" {
-			f = f.Default(s.Default)
-		}
-		f.SetValue(&settingValue{cfg: &a.poolCfg, s: s, raw: s.Default})
-	}
+	bindSettings(k, &a.poolCfg, pool.Settings())
 	a.webFlags = kingpinflag.AddFlags(k, defaultListenAddress)
 	k.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").StringVar(&a.telemetryPath)
 	promslogflag.AddFlags(k, a.logCfg)
-	for _, newFeature := range features {
-		f := newFeature()
+	a.features = features()
+	for _, f := range a.features {
 		f.flags(k)
-		a.features = append(a.features, f)
 	}
 	return k, a
 }

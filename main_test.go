@@ -92,6 +92,41 @@ func TestHelpAndVersion(t *testing.T) {
 	}
 }
 
+// TestSettingsTablesBindFlagsAndEnvironment parses every kind of setting the packages' tables
+// declare (switches, lists, sizes, durations, enums) from flags and environment variables.
+func TestSettingsTablesBindFlagsAndEnvironment(t *testing.T) {
+	clearPoolEnv(t)
+	t.Setenv("PGSIDECAR_COLLECTOR_SETTINGS", "false")
+	t.Setenv("PGSIDECAR_COLLECTION_TIMEOUT", "7s")
+	t.Setenv("PROXY_LISTEN_ADDRESS", "127.0.0.1:6432\n/run/pg/.s.PGSQL.6432")
+	t.Setenv("DB_MAX_CONNECTIONS", "7")
+	k, a := newApp(io.Discard, io.Discard)
+	if _, err := k.Parse([]string{"--no-web.enable-api", "--no-collector.activity", "--collector.statements",
+		"--proxy.max-message-size=2MiB", "--proxy.auth-method=md5", "--collector.database.size-interval=1d"}); err != nil {
+		t.Fatal(err)
+	}
+	api, col, prx := a.features[0].(*apiFeature).cfg, a.features[1].(*collectorFeature).cfg, a.features[2].(*proxyFeature).cfg
+	if api.Enabled {
+		t.Error("--no-web.enable-api left the API on")
+	}
+	want := map[string]bool{"activity": false, "database": true, "settings": false, "statements": true}
+	for name, on := range want {
+		if col.Enabled[name] != on {
+			t.Errorf("collector %s on = %v, want %v", name, col.Enabled[name], on)
+		}
+	}
+	if col.Timeout != 7*time.Second || col.DatabaseSizeInterval != 24*time.Hour || col.MaxConns != 1 || col.StatementsLimit != 25 {
+		t.Errorf("collector config %+v", col)
+	}
+	if strings.Join(prx.Listen, ",") != "127.0.0.1:6432,/run/pg/.s.PGSQL.6432" || prx.MaxMessageSize != 2<<20 ||
+		prx.Auth != "md5" || prx.MaxClients != 1000 {
+		t.Errorf("proxy config %+v", prx)
+	}
+	if a.poolCfg.MaxConns != 7 || a.poolCfg.MinConns != 5 {
+		t.Errorf("pool config %+v", a.poolCfg)
+	}
+}
+
 func TestEnvFile(t *testing.T) {
 	clearPoolEnv(t)
 	dir := t.TempDir()

@@ -9,24 +9,25 @@ import (
 	"github.com/pgsidecar/pgsidecar/api"
 )
 
-func init() { features = append(features, func() feature { return &apiFeature{} }) }
-
 // apiFeature mounts the seed's /api/database/* endpoints, the /healthz and /readyz probes
 // and the /status page on the exporter's server, so TLS and basic auth cover them too.
 type apiFeature struct {
-	enabled bool
+	cfg api.Config
 }
 
 func (f *apiFeature) flags(k *kingpin.Application) {
-	k.Flag("web.enable-api", "Serve /api/database/*, /healthz, /readyz and the /status page.").
-		Default("true").BoolVar(&f.enabled)
+	f.cfg = api.DefaultConfig()
+	bindSettings(k, &f.cfg, api.Settings())
 }
 
 func (f *apiFeature) start(ctx context.Context, d *deps) (func(), error) {
-	if !f.enabled {
+	if !f.cfg.Enabled {
 		return nil, nil
 	}
-	h := api.New(api.Options{Manager: d.mgr, Gatherer: d.reg, Logger: d.logger})
+	h, err := api.New(d.mgr, f.cfg, api.WithLogger(d.logger), api.WithGatherer(d.reg))
+	if err != nil {
+		return nil, badConfig(err)
+	}
 	h.Register(d.mux)
 	d.links = append(d.links, web.LandingLinks{Address: "/status", Text: "Status"},
 		web.LandingLinks{Address: "/api/database/metrics", Text: "Pool metrics (JSON)"},

@@ -11,23 +11,19 @@ import (
 	"github.com/pgsidecar/pgsidecar/collector"
 )
 
-func init() { features = append(features, func() feature { return &collectorFeature{} }) }
-
 // collectorFeature exports the database statistics (pg_* metrics) and custom queries, and
 // reloads the queries file on SIGHUP and POST /-/reload.
 type collectorFeature struct {
-	flagCfg *collector.FlagConfig
+	cfg collector.Config
 }
 
-func (f *collectorFeature) flags(k *kingpin.Application) { f.flagCfg = collector.AddFlags(k) }
+func (f *collectorFeature) flags(k *kingpin.Application) {
+	f.cfg = collector.DefaultConfig()
+	bindSettings(k, &f.cfg, collector.Settings())
+}
 
 func (f *collectorFeature) start(ctx context.Context, d *deps) (func(), error) {
-	if err := f.flagCfg.Validate(); err != nil {
-		return nil, badConfig(err)
-	}
-	cfg := f.flagCfg.Config()
-	cfg.Logger = d.logger
-	e, err := collector.New(d.mgr, cfg)
+	e, err := collector.New(d.mgr, f.cfg, collector.WithLogger(d.logger))
 	if err != nil {
 		return nil, badConfig(err)
 	}
@@ -36,7 +32,7 @@ func (f *collectorFeature) start(ctx context.Context, d *deps) (func(), error) {
 	}
 	d.metricsMiddleware = append(d.metricsMiddleware, e.Middleware)
 	d.mux.Handle("/-/reload", e.ReloadHandler())
-	d.logger.Info("Collectors enabled", "collectors", e.Enabled(), "queries_file", cfg.QueriesFile)
+	d.logger.Info("Collectors enabled", "collectors", e.Enabled(), "queries_file", f.cfg.QueriesFile)
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)

@@ -9,6 +9,8 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -17,30 +19,76 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pgsidecar/pgsidecar/internal/settings"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
-// Options configure a Handler.
-type Options struct {
-	// Manager is the pool the endpoints describe. Required.
-	Manager *pool.Manager
-	// Gatherer holds the collectors' pg_* metrics (usually the binary's registry). Nil means
-	// no PostgreSQL-side figures: those fields are null.
-	Gatherer prometheus.Gatherer
-	// Logger receives the few log lines the API writes (default: slog.Default()).
-	Logger *slog.Logger
-	// StreamInterval is the time between two live-metrics events (default 1s).
+// Config configures a Handler. Start from DefaultConfig.
+type Config struct {
+	// Enabled tells the binary whether to serve the API at all (--web.enable-api); New does not
+	// look at it.
+	Enabled bool
+	// StreamInterval is the time between two live-metrics events.
 	StreamInterval time.Duration
-	// Window is the span of the "recent" latency and error figures of live-metrics
-	// (default 10s).
+	// Window is the span of the "recent" latency and error figures of live-metrics.
 	Window time.Duration
-	// MaxStreams caps concurrent live-metrics streams; more get 503 (default 64).
+	// MaxStreams caps concurrent live-metrics streams; more get 503.
 	MaxStreams int
 	// GatherMaxAge is how long one read of the collectors' metrics is reused, so that a
-	// dashboard polling detailed-metrics does not run the catalog queries on every request
-	// (default 5s).
+	// dashboard polling detailed-metrics does not run the catalog queries on every request.
 	GatherMaxAge time.Duration
 }
+
+// Setting describes one API setting: its flag, its environment variable, its default and its
+// meaning.
+type Setting = settings.Setting[Config]
+
+// Settings lists every API setting in the order they are documented.
+func Settings() []Setting {
+	return []Setting{
+		{Flag: "web.enable-api", Default: "true", Bool: true,
+			Help: "Serve /api/database/*, /healthz, /readyz and the /status page.",
+			Set:  settings.Bool("--web.enable-api", func(c *Config) *bool { return &c.Enabled })},
+	}
+}
+
+// DefaultConfig returns the defaults of Settings, with a live-metrics event every second over a
+// 10s window, at most 64 streams, and the collectors' metrics reused for 5s.
+func DefaultConfig() Config {
+	c := Config{StreamInterval: time.Second, Window: 10 * time.Second, MaxStreams: 64, GatherMaxAge: 5 * time.Second}
+	if err := settings.Apply(&c, Settings()); err != nil {
+		panic("api: " + err.Error())
+	}
+	return c
+}
+
+// Validate rejects values that cannot work. Its errors name the field and the value.
+func (c Config) Validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	for _, d := range []struct {
+		name string
+		d    time.Duration
+	}{{"StreamInterval", c.StreamInterval}, {"Window", c.Window}, {"GatherMaxAge", c.GatherMaxAge}} {
+		if d.d <= 0 {
+			add("api %s (%s) must be greater than 0", d.name, d.d)
+		}
+	}
+	if c.MaxStreams < 1 {
+		add("api MaxStreams (%d) must be at least 1", c.MaxStreams)
+	}
+	return errors.Join(errs...)
+}
+
+// Option changes how New builds a Handler.
+type Option func(*Handler)
+
+// WithLogger sets the logger of the few lines the API writes (default: slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(h *Handler) { h.log = l } }
+
+// WithGatherer reads the collectors' pg_* metrics from g (usually the binary's registry).
+// Without it the PostgreSQL-side figures are null.
+func WithGatherer(g prometheus.Gatherer) Option { return func(h *Handler) { h.gatherer = g } }
 
 // Handler serves the API. Close ends the open live-metrics streams; call it at shutdown
 // before the HTTP server waits for requests to finish.
@@ -63,34 +111,24 @@ type Handler struct {
 	wg     sync.WaitGroup // open streams
 }
 
-// New builds a Handler.
-func New(o Options) *Handler {
-	if o.Logger == nil {
-		o.Logger = slog.Default()
-	}
-	if o.StreamInterval <= 0 {
-		o.StreamInterval = time.Second
-	}
-	if o.Window <= 0 {
-		o.Window = 10 * time.Second
-	}
-	if o.MaxStreams <= 0 {
-		o.MaxStreams = 64
-	}
-	if o.GatherMaxAge <= 0 {
-		o.GatherMaxAge = 5 * time.Second
+// New checks cfg and builds a Handler on mgr's pool.
+func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Handler, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	h := &Handler{
-		mgr:      o.Manager,
-		gatherer: o.Gatherer,
-		log:      o.Logger,
-		interval: o.StreamInterval,
-		window:   newWindow(o.Window),
-		streams:  make(chan struct{}, o.MaxStreams),
-		maxAge:   o.GatherMaxAge,
+		mgr:      mgr,
+		log:      slog.Default(),
+		interval: cfg.StreamInterval,
+		window:   newWindow(cfg.Window),
+		streams:  make(chan struct{}, cfg.MaxStreams),
+		maxAge:   cfg.GatherMaxAge,
+	}
+	for _, o := range opts {
+		o(h)
 	}
 	h.ctx, h.cancel = context.WithCancel(context.Background())
-	return h
+	return h, nil
 }
 
 // Close ends every live-metrics stream and waits for their handlers to return. New streams

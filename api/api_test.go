@@ -119,7 +119,7 @@ func TestEndpointsGolden(t *testing.T) {
 	if err := cluster.Exec(ctxTimeout(t, 10*time.Second), "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"); err != nil {
 		t.Fatal(err)
 	}
-	s := startSidecar(t, testConfig(t), true, Options{})
+	s := startSidecar(t, testConfig(t), true, nil)
 	s.waitHealthy(t)
 	// The workload: 5 quick selects, one error (42P01), one slow statement with a password
 	// literal (which the API must mask).
@@ -199,7 +199,7 @@ func TestEndpointsGolden(t *testing.T) {
 
 // TestNoCollectorData: without pg_* metrics the answers keep their shape, with nulls.
 func TestNoCollectorData(t *testing.T) {
-	s := startSidecar(t, testConfig(t), false, Options{})
+	s := startSidecar(t, testConfig(t), false, nil)
 	s.waitHealthy(t)
 	code, _, body := s.do(t, http.MethodGet, "/api/database/detailed-metrics", "")
 	golden(t, "detailed-metrics-no-collector", code, body)
@@ -217,7 +217,7 @@ func TestNoCollectorData(t *testing.T) {
 // the sidecar's own endpoints must keep answering, and everything recovers after a restart.
 func TestDatabaseDown(t *testing.T) {
 	cluster.RequireControl(t)
-	s := startSidecar(t, testConfig(t), true, Options{})
+	s := startSidecar(t, testConfig(t), true, nil)
 	s.waitHealthy(t)
 	t.Cleanup(func() { _ = cluster.StartAgain() })
 	if err := cluster.Stop("immediate"); err != nil {
@@ -289,7 +289,7 @@ func TestDatabaseDown(t *testing.T) {
 }
 
 func TestMethodsAndUnknownPaths(t *testing.T) {
-	s := startSidecar(t, testConfig(t), false, Options{})
+	s := startSidecar(t, testConfig(t), false, nil)
 	for _, tc := range []struct {
 		method, path string
 		code         int
@@ -325,7 +325,7 @@ func TestMethodsAndUnknownPaths(t *testing.T) {
 func TestWarmupOpensConnections(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.MinConns, cfg.MaxConns = 1, 6
-	s := startSidecar(t, cfg, false, Options{})
+	s := startSidecar(t, cfg, false, nil)
 	s.waitHealthy(t)
 	if !pgtest.WaitFor(10*time.Second, func() bool { return cluster.Sessions(t, cfg.ApplicationName) == 1 }) {
 		t.Fatalf("sessions before warm-up: %d, want 1", cluster.Sessions(t, cfg.ApplicationName))
@@ -374,7 +374,7 @@ func TestHealthStartingIsNotReady(t *testing.T) {
 	// A port nobody listens on: the pool never connects.
 	cfg.DatabaseURL = fmt.Sprintf("postgres://postgres:%s@127.0.0.1:1/postgres?sslmode=disable&connect_timeout=1", pgtest.SuperuserPassword)
 	cfg.ConnectTimeout = time.Second
-	s := startSidecar(t, cfg, false, Options{})
+	s := startSidecar(t, cfg, false, nil)
 	code, _, body := s.do(t, http.MethodGet, "/readyz", "")
 	if code != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz of a pool that cannot connect: %d %s", code, body)
@@ -399,7 +399,7 @@ func TestHealthStartingIsNotReady(t *testing.T) {
 func TestFindingsTriggered(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.MinConns, cfg.MaxConns = 1, 2
-	s := startSidecar(t, cfg, false, Options{})
+	s := startSidecar(t, cfg, false, nil)
 	s.waitHealthy(t)
 	if err := s.query(t, "SELECT pg_sleep(0.6)"); err != nil { // the only query: average 600 ms
 		t.Fatal(err)
@@ -463,7 +463,7 @@ func TestGatherReuse(t *testing.T) {
 		maxAge time.Duration
 		same   bool
 	}{{time.Hour, true}, {time.Nanosecond, false}} {
-		s := startSidecar(t, testConfig(t), true, Options{GatherMaxAge: tc.maxAge})
+		s := startSidecar(t, testConfig(t), true, func(c *Config) { c.GatherMaxAge = tc.maxAge })
 		s.waitHealthy(t)
 		var a, b DetailedMetricsResponse
 		s.getJSON(t, "/api/database/detailed-metrics", http.StatusOK, &a)
@@ -482,7 +482,7 @@ func TestGatherReuse(t *testing.T) {
 func TestWarmupDefaultWithoutMinimum(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.MinConns = 0
-	s := startSidecar(t, cfg, false, Options{})
+	s := startSidecar(t, cfg, false, nil)
 	s.waitHealthy(t)
 	code, _, body := s.do(t, http.MethodPost, "/api/database/warmup", "")
 	var res WarmupResponse

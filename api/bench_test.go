@@ -8,7 +8,7 @@ import (
 
 // BenchmarkLiveSnapshot is the cost of one live-metrics event (per open stream per second).
 func BenchmarkLiveSnapshot(b *testing.B) {
-	s := startSidecar(b, testConfig(b), false, Options{})
+	s := startSidecar(b, testConfig(b), false, nil)
 	s.waitHealthy(b)
 	for range 100 {
 		if err := s.query(b, "SELECT 1"); err != nil {
@@ -24,7 +24,7 @@ func BenchmarkLiveSnapshot(b *testing.B) {
 // BenchmarkEndpoints serves each pool-side endpoint in-process (no network), to show what a
 // dashboard polling them costs the sidecar.
 func BenchmarkEndpoints(b *testing.B) {
-	s := startSidecar(b, testConfig(b), false, Options{})
+	s := startSidecar(b, testConfig(b), false, nil)
 	s.waitHealthy(b)
 	mux := http.NewServeMux()
 	s.h.Register(mux)

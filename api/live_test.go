@@ -91,7 +91,7 @@ func (c *sseClient) snapshot(t testing.TB) (int, LiveSnapshot) {
 func (s *sidecar) openStreams() int { return len(s.h.streams) }
 
 func TestLiveStreamDeliversSnapshots(t *testing.T) {
-	s := startSidecar(t, testConfig(t), false, Options{StreamInterval: 20 * time.Millisecond, Window: 5 * time.Second})
+	s := startSidecar(t, testConfig(t), false, func(c *Config) { c.StreamInterval = 20 * time.Millisecond; c.Window = 5 * time.Second })
 	s.waitHealthy(t)
 	c := s.openStream(t)
 	if ct := c.resp.Header.Get("Content-Type"); c.resp.StatusCode != 200 || ct != "text/event-stream; charset=utf-8" {
@@ -145,7 +145,7 @@ func TestLiveStreamDeliversSnapshots(t *testing.T) {
 }
 
 func TestLiveStreamEndsOnClose(t *testing.T) {
-	s := startSidecar(t, testConfig(t), false, Options{StreamInterval: 20 * time.Millisecond})
+	s := startSidecar(t, testConfig(t), false, func(c *Config) { c.StreamInterval = 20 * time.Millisecond })
 	c := s.openStream(t)
 	c.snapshot(t)
 	done := make(chan struct{})
@@ -176,7 +176,7 @@ func TestLiveStreamEndsOnClose(t *testing.T) {
 }
 
 func TestLiveStreamLimit(t *testing.T) {
-	s := startSidecar(t, testConfig(t), false, Options{StreamInterval: 20 * time.Millisecond, MaxStreams: 1})
+	s := startSidecar(t, testConfig(t), false, func(c *Config) { c.StreamInterval = 20 * time.Millisecond; c.MaxStreams = 1 })
 	c := s.openStream(t)
 	c.snapshot(t)
 	code, _, body := s.do(t, http.MethodGet, "/api/database/live-metrics", "", "Accept", "text/event-stream")

@@ -17,6 +17,7 @@ import (
 
 	"github.com/pgsidecar/pgsidecar/collector"
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/internal/testutil"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -37,25 +38,17 @@ type sidecar struct {
 
 func testConfig(t testing.TB) pool.Config {
 	t.Helper()
-	c := pool.DefaultConfig()
-	c.DatabaseURL = cluster.URL("")
-	c.MaxConns = 4
-	c.MinConns = 2
-	c.RetryDelay = 10 * time.Millisecond
-	c.RetryMaxDelay = 100 * time.Millisecond
-	c.ConnectTimeout = 5 * time.Second
-	c.HealthCheckTimeout = 2 * time.Second
-	c.HealthCheckInterval = time.Hour // no background pings to disturb the counts
-	c.MetricsLogInterval = 0
+	c := testutil.FastPool(t, pool.FromEnv, cluster.URL(""), "api")
+	c.HealthCheckInterval = time.Hour  // no background pings to disturb the counts
 	c.SlowQueryThreshold = time.Second // also the health check latency that counts as degraded
-	c.Name = "api"
 	c.ApplicationName = "api-test-" + strings.ReplaceAll(strings.ToLower(t.Name()), "/", "-")
 	return c
 }
 
 // startSidecar builds a pool, registers the pg_* collectors when withCollector is set,
-// and serves the API; everything is closed at test end.
-func startSidecar(t testing.TB, cfg pool.Config, withCollector bool, opts Options) *sidecar {
+// and serves the API with DefaultConfig changed by tweak (may be nil); everything is closed at
+// test end.
+func startSidecar(t testing.TB, cfg pool.Config, withCollector bool, tweak func(*Config)) *sidecar {
 	t.Helper()
 	s := &sidecar{reg: prometheus.NewRegistry()}
 	logger := slog.New(slog.DiscardHandler)
@@ -66,15 +59,24 @@ func startSidecar(t testing.TB, cfg pool.Config, withCollector bool, opts Option
 	s.m = m
 	t.Cleanup(m.Close)
 	if withCollector {
-		e, err := collector.New(m, collector.Config{Logger: logger, Enabled: map[string]bool{"statements": true}})
+		cc := collector.DefaultConfig()
+		cc.QueriesFile = ""
+		cc.Enabled = map[string]bool{"statements": true}
+		e, err := collector.New(m, cc, collector.WithLogger(logger))
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(e.Close)
 		s.reg.MustRegister(e)
 	}
-	opts.Manager, opts.Gatherer, opts.Logger = m, s.reg, logger
-	s.h = New(opts)
+	ac := DefaultConfig()
+	if tweak != nil {
+		tweak(&ac)
+	}
+	s.h, err = New(m, ac, WithLogger(logger), WithGatherer(s.reg))
+	if err != nil {
+		t.Fatalf("api.New: %v", err)
+	}
 	mux := http.NewServeMux()
 	s.h.Register(mux)
 	s.mux.Store(mux)

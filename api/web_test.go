@@ -67,7 +67,7 @@ func selfSignedCert(t *testing.T, dir string) (certFile, keyFile string, roots *
 // exporter-toolkit with a web config: TLS and basic auth guard every endpoint, and the
 // live-metrics stream flows through the toolkit's handler over HTTP/2.
 func TestBehindExporterToolkitTLSAndBasicAuth(t *testing.T) {
-	s := startSidecar(t, testConfig(t), false, Options{StreamInterval: 20 * time.Millisecond})
+	s := startSidecar(t, testConfig(t), false, func(c *Config) { c.StreamInterval = 20 * time.Millisecond })
 	s.waitHealthy(t)
 	dir := t.TempDir()
 	certFile, keyFile, roots := selfSignedCert(t, dir)

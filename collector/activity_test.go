@@ -32,7 +32,7 @@ func openSession(t *testing.T, db, app string) *pgx.Conn {
 
 func TestActivityIdleInTransactionAndLockWaits(t *testing.T) {
 	createDB(t, "activity_t")
-	e := newEnv(t, "", Config{Enabled: map[string]bool{"database": false, "settings": false}})
+	e := newEnv(t, "", func(c *Config) { c.Enabled = map[string]bool{"database": false, "settings": false} })
 	ctx := ctxTimeout(t, 30*time.Second)
 
 	for range 3 {

@@ -9,14 +9,14 @@ import (
 // BenchmarkCollect measures one whole collection with the default collectors and the shipped
 // queries.yaml, on one connection to the test server (most of the time is the server's).
 func BenchmarkCollect(b *testing.B) {
-	benchCollect(b, Config{QueriesFile: "../" + DefaultQueriesFile})
+	benchCollect(b, func(c *Config) { c.QueriesFile = "../" + DefaultQueriesFile })
 }
 
 // BenchmarkCollectBuiltin is BenchmarkCollect without custom queries.
-func BenchmarkCollectBuiltin(b *testing.B) { benchCollect(b, Config{}) }
+func BenchmarkCollectBuiltin(b *testing.B) { benchCollect(b, nil) }
 
-func benchCollect(b *testing.B, cfg Config) {
-	e := newEnv(b, "", cfg)
+func benchCollect(b *testing.B, tweak func(*Config)) {
+	e := newEnv(b, "", tweak)
 	ctx := context.Background()
 	if warm := e.exp.collect(ctx); len(warm.metrics) == 0 { // opens the connection, fills caches
 		b.Fatal("no metrics")

@@ -10,7 +10,7 @@ import (
 
 func TestDatabaseStatistics(t *testing.T) {
 	createDB(t, "database_t")
-	e := newEnv(t, "", Config{Enabled: map[string]bool{"activity": false, "settings": false}})
+	e := newEnv(t, "", func(c *Config) { c.Enabled = map[string]bool{"activity": false, "settings": false} })
 	ctx := ctxTimeout(t, 30*time.Second)
 	before := e.scrape(t, 0, 20*time.Second)
 	db := map[string]string{"datname": "database_t"}
@@ -119,7 +119,10 @@ func TestDatabaseQueryByVersion(t *testing.T) {
 
 func TestDatabaseSizesAreReused(t *testing.T) {
 	createDB(t, "dbsize_t")
-	e := newEnv(t, "", Config{DatabaseSizeInterval: time.Hour, Enabled: map[string]bool{"activity": false, "settings": false}})
+	e := newEnv(t, "", func(c *Config) {
+		c.DatabaseSizeInterval = time.Hour
+		c.Enabled = map[string]bool{"activity": false, "settings": false}
+	})
 	db := map[string]string{"datname": "dbsize_t"}
 	before := e.scrape(t, 0, 20*time.Second).value(t, "pg_database_size_bytes", db)
 	c := openSession(t, "dbsize_t", "size-test")
@@ -129,7 +132,7 @@ func TestDatabaseSizesAreReused(t *testing.T) {
 	if got := e.scrape(t, 0, 20*time.Second).value(t, "pg_database_size_bytes", db); got != before {
 		t.Errorf("size measured again within the interval: %v, then %v", before, got)
 	}
-	fresh := newEnv(t, "", Config{Enabled: map[string]bool{"activity": false, "settings": false}})
+	fresh := newEnv(t, "", func(c *Config) { c.Enabled = map[string]bool{"activity": false, "settings": false} })
 	if got := fresh.scrape(t, 0, 20*time.Second).value(t, "pg_database_size_bytes", db); got <= before {
 		t.Errorf("size without reuse = %v, want more than %v after a 100000 row table", got, before)
 	}

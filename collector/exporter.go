@@ -19,7 +19,8 @@ import (
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
-// Config configures an Exporter. AddFlags fills one from the command line.
+// Config configures an Exporter. Start from DefaultConfig; Settings fills one from flags and
+// environment variables.
 type Config struct {
 	// Enabled switches collectors on or off by name; collectors not listed keep their default.
 	Enabled map[string]bool
@@ -27,18 +28,22 @@ type Config struct {
 	// X-Prometheus-Scrape-Timeout-Seconds. It is also the statement_timeout of the collector's
 	// sessions, so no single statement outlives it on the server.
 	Timeout time.Duration
-	// MaxConns caps the collector's connections to the database (default 1).
+	// MaxConns caps the collector's connections to the database.
 	MaxConns int32
 	// QueriesFile is the custom queries file ("" for none).
 	QueriesFile string
-	// StatementsLimit is how many statements the statements collector exports (default 25).
+	// StatementsLimit is how many statements the statements collector exports.
 	StatementsLimit int
 	// DatabaseSizeInterval is how long database sizes are reused before being measured again
 	// (0: every collection).
 	DatabaseSizeInterval time.Duration
-	// Logger receives collection and reload messages (default slog.Default()).
-	Logger *slog.Logger
 }
+
+// Option changes how New builds an Exporter.
+type Option func(*Exporter)
+
+// WithLogger sets the logger of collection and reload messages (default: slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(e *Exporter) { e.log = l } }
 
 // DefaultTimeout is the collection deadline when neither the scrape nor the flag gives one.
 const DefaultTimeout = 5 * time.Second
@@ -86,14 +91,11 @@ type Exporter struct {
 	duplicates, invalid                           atomic.Int64
 }
 
-// New builds an Exporter on a side pool of mgr (mgr closes it). It loads the queries file and
-// fails on an invalid one, naming file and line.
-func New(mgr *pool.Manager, cfg Config) (*Exporter, error) {
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = DefaultTimeout
-	}
-	if cfg.MaxConns <= 0 {
-		cfg.MaxConns = 1
+// New checks cfg and builds an Exporter on a side pool of mgr (mgr closes it). It loads the
+// queries file and fails on an invalid one, naming file and line.
+func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Exporter, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	p, err := mgr.NewMonitorPool(pool.MonitorOptions{
 		MaxConns:         cfg.MaxConns,
@@ -103,7 +105,7 @@ func New(mgr *pool.Manager, cfg Config) (*Exporter, error) {
 	if err != nil {
 		return nil, err
 	}
-	e, err := newExporter(p, mgr.Name(), cfg)
+	e, err := newExporter(p, mgr.Name(), cfg, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -114,28 +116,12 @@ func New(mgr *pool.Manager, cfg Config) (*Exporter, error) {
 	return e, nil
 }
 
-// newExporter builds an Exporter on a pgxpool (New gives it the manager's side pool).
-func newExporter(p *pgxpool.Pool, poolName string, cfg Config) (*Exporter, error) {
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = DefaultTimeout
-	}
-	if cfg.MaxConns <= 0 {
-		cfg.MaxConns = 1
-	}
-	if cfg.StatementsLimit <= 0 {
-		cfg.StatementsLimit = 25
-	}
-	for name := range cfg.Enabled {
-		if _, ok := registry[name]; !ok {
-			return nil, fmt.Errorf("unknown collector %q (known: %v)", name, Names())
-		}
-	}
+// newExporter builds an Exporter on a pgxpool (New gives it the manager's side pool) from a
+// validated cfg.
+func newExporter(p *pgxpool.Pool, poolName string, cfg Config, opts ...Option) (*Exporter, error) {
 	e := &Exporter{
 		cfg:       cfg,
-		log:       cfg.Logger,
+		log:       slog.Default(),
 		pool:      p,
 		deadlines: map[uint64]time.Time{},
 		failing:   map[string]string{},
@@ -152,19 +138,22 @@ func newExporter(p *pgxpool.Pool, poolName string, cfg Config) (*Exporter, error
 		droppedDesc: desc("pgsidecar_collector_dropped_series_total",
 			"Samples dropped from collections, by reason (duplicate series, invalid label value).", "reason"),
 	}
+	for _, o := range opts {
+		o(e)
+	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
-	opts := Options{Logger: cfg.Logger, StatementsLimit: cfg.StatementsLimit, DatabaseSizeInterval: cfg.DatabaseSizeInterval}
+	factoryOpts := Options{Logger: e.log, StatementsLimit: cfg.StatementsLimit, DatabaseSizeInterval: cfg.DatabaseSizeInterval}
 	for _, name := range Names() {
 		on, set := cfg.Enabled[name]
 		if !set {
 			on = registry[name].enabled
 		}
 		if on {
-			e.cols = append(e.cols, namedCollector{name: name, c: registry[name].factory(opts)})
+			e.cols = append(e.cols, namedCollector{name: name, c: registry[name].factory(factoryOpts)})
 		}
 	}
 	if cfg.QueriesFile != "" {
-		e.custom = newCustomCollector(cfg.QueriesFile, cfg.Logger)
+		e.custom = newCustomCollector(cfg.QueriesFile, e.log)
 		if err := e.custom.reload(); err != nil {
 			return nil, fmt.Errorf("--queries.file: %w", err)
 		}

@@ -42,7 +42,9 @@ func init() {
 }
 
 func TestBrokenCollectorAndDuplicatesKeepTheScrape(t *testing.T) {
-	e := newEnv(t, "", Config{Enabled: map[string]bool{"test_broken": true, "test_duplicate": true, "settings": false}})
+	e := newEnv(t, "", func(c *Config) {
+		c.Enabled = map[string]bool{"test_broken": true, "test_duplicate": true, "settings": false}
+	})
 	s := e.scrape(t, 0, 20*time.Second)
 	if s.status != http.StatusOK {
 		t.Fatalf("status %d", s.status)
@@ -75,7 +77,7 @@ func TestBrokenCollectorAndDuplicatesKeepTheScrape(t *testing.T) {
 }
 
 func TestUnknownCollectorIsAnError(t *testing.T) {
-	_, err := newExporter(nil, "x", Config{Enabled: map[string]bool{"nope": true}})
+	err := testConfig(func(c *Config) { c.Enabled = map[string]bool{"nope": true} }).Validate()
 	if err == nil || !strings.Contains(err.Error(), `unknown collector "nope"`) {
 		t.Fatalf("err = %v", err)
 	}
@@ -128,7 +130,10 @@ pg_custom_ok:
         usage: GAUGE
         description: Still exported when another query has bad values.
 `)
-	e := newEnv(t, "", Config{QueriesFile: path, Enabled: map[string]bool{"activity": false, "database": false, "settings": false}})
+	e := newEnv(t, "", func(c *Config) {
+		c.QueriesFile = path
+		c.Enabled = map[string]bool{"activity": false, "database": false, "settings": false}
+	})
 	s := e.scrape(t, 0, 20*time.Second)
 	a, b := map[string]string{"name": "a"}, map[string]string{"name": ""}
 	for _, c := range []struct {
@@ -213,7 +218,10 @@ pg_past:
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cluster.Exec(context.Background(), "DROP SEQUENCE cache_seq") })
-	e := newEnv(t, "", Config{QueriesFile: path, Enabled: map[string]bool{"activity": false, "database": false, "settings": false}})
+	e := newEnv(t, "", func(c *Config) {
+		c.QueriesFile = path
+		c.Enabled = map[string]bool{"activity": false, "database": false, "settings": false}
+	})
 	first := e.scrape(t, 0, 20*time.Second)
 	second := e.scrape(t, 0, 20*time.Second)
 	if a, b := first.value(t, "pg_cached_n", nil), second.value(t, "pg_cached_n", nil); a != b {
@@ -236,8 +244,11 @@ pg_slow:
         usage: GAUGE
 `)
 	// A long statement_timeout, so only the cancel request can stop the server-side sleep early.
-	e := newEnv(t, "", Config{QueriesFile: path, Timeout: 2 * time.Minute,
-		Enabled: map[string]bool{"settings": false}})
+	e := newEnv(t, "", func(c *Config) {
+		c.QueriesFile = path
+		c.Timeout = 2 * time.Minute
+		c.Enabled = map[string]bool{"settings": false}
+	})
 	// Prometheus' timeout of 2 s leaves the collection 1.6 s, against a 60 s sleep and a 2 min
 	// statement_timeout. The client waits 3 s more than Prometheus would, so that a stalled
 	// machine does not fail the test, but a collection that waits for the query does.
@@ -290,7 +301,10 @@ pg_after:
     - timeout_ms:
         usage: GAUGE
 `)
-	e := newEnv(t, "", Config{QueriesFile: path, Enabled: map[string]bool{"activity": false, "database": false, "settings": false}})
+	e := newEnv(t, "", func(c *Config) {
+		c.QueriesFile = path
+		c.Enabled = map[string]bool{"activity": false, "database": false, "settings": false}
+	})
 	s := e.scrape(t, 0, 20*time.Second)
 	if got := s.value(t, "pgsidecar_custom_query_errors_total", map[string]string{"query": "pg_slow"}); got != 1 {
 		t.Errorf("errors{pg_slow} = %v, want 1", got)
@@ -324,8 +338,11 @@ pg_shared:
 	}
 	t.Cleanup(func() { _ = cluster.Exec(context.Background(), "DROP SEQUENCE shared_seq") })
 	// Small answers: fifty of them are encoded and parsed at once under the race detector.
-	e := newEnv(t, "", Config{QueriesFile: path, Timeout: 45 * time.Second,
-		Enabled: map[string]bool{"database": false, "settings": false}})
+	e := newEnv(t, "", func(c *Config) {
+		c.QueriesFile = path
+		c.Timeout = 45 * time.Second
+		c.Enabled = map[string]bool{"database": false, "settings": false}
+	})
 	// Hold the lock so the first collection waits until every scrape has joined it.
 	locker := openSession(t, "", "locker")
 	if _, err := locker.Exec(ctx, "SELECT pg_advisory_lock(4242)"); err != nil {
@@ -374,7 +391,7 @@ pg_shared:
 
 func TestDatabaseDown(t *testing.T) {
 	cluster.RequireControl(t)
-	e := newEnv(t, "", Config{Timeout: 30 * time.Second})
+	e := newEnv(t, "", func(c *Config) { c.Timeout = 30 * time.Second })
 	if s := e.scrape(t, 0, 20*time.Second); s.value(t, "pg_up", nil) != 1 {
 		t.Fatal("pg_up not 1 before the stop")
 	}
@@ -429,7 +446,10 @@ pg_reload:
         usage: GAUGE
 `
 	path := writeQueries(t, good)
-	e := newEnv(t, "", Config{QueriesFile: path, Enabled: map[string]bool{"activity": false, "database": false, "settings": false}})
+	e := newEnv(t, "", func(c *Config) {
+		c.QueriesFile = path
+		c.Enabled = map[string]bool{"activity": false, "database": false, "settings": false}
+	})
 	s := e.scrape(t, 0, 20*time.Second)
 	if s.value(t, "pgsidecar_queries_last_reload_successful", nil) != 1 || s.value(t, "pg_reload_first", nil) != 1 {
 		t.Fatalf("initial load:\n%s", s.body)
@@ -468,11 +488,12 @@ pg_reload:
 
 func TestNewFailsOnBadQueriesFile(t *testing.T) {
 	path := writeQueries(t, "pg_x:\n  query: SELECT 1 AS v\n  metrics: []\n")
-	_, err := newExporter(nil, "x", Config{QueriesFile: path, Logger: slog.New(slog.DiscardHandler)})
+	discard := WithLogger(slog.New(slog.DiscardHandler))
+	_, err := newExporter(nil, "x", testConfig(func(c *Config) { c.QueriesFile = path }), discard)
 	if err == nil || !strings.Contains(err.Error(), "queries.yaml:3: query pg_x: no metric columns") {
 		t.Fatalf("err = %v", err)
 	}
-	_, err = newExporter(nil, "x", Config{QueriesFile: path + ".missing", Logger: slog.New(slog.DiscardHandler)})
+	_, err = newExporter(nil, "x", testConfig(func(c *Config) { c.QueriesFile = path + ".missing" }), discard)
 	if !errors.Is(err, errNotExist) {
 		t.Fatalf("missing file: err = %v", err)
 	}
@@ -505,7 +526,10 @@ func (hangup) Signal()        {}
 
 func TestReloadEndpointAndSignal(t *testing.T) {
 	path := writeQueries(t, "pg_r:\n  query: SELECT 1 AS one\n  metrics:\n    - one:\n        usage: GAUGE\n")
-	e := newEnv(t, "", Config{QueriesFile: path, Enabled: map[string]bool{"activity": false, "database": false, "settings": false}})
+	e := newEnv(t, "", func(c *Config) {
+		c.QueriesFile = path
+		c.Enabled = map[string]bool{"activity": false, "database": false, "settings": false}
+	})
 	srv := httptest.NewServer(e.exp.ReloadHandler())
 	t.Cleanup(srv.Close)
 	post := func() (int, string) {
@@ -555,7 +579,10 @@ func TestReloadEndpointAndSignal(t *testing.T) {
 // TestErrorsHideThePassword: an error quoting the connection password is logged without it.
 func TestErrorsHideThePassword(t *testing.T) {
 	path := writeQueries(t, "pg_pw:\n  query: SELECT '"+pgtest.SuperuserPassword+"'::int AS x\n  metrics:\n    - x:\n        usage: GAUGE\n")
-	e := newEnv(t, "", Config{QueriesFile: path, Enabled: map[string]bool{"activity": false, "database": false, "settings": false}})
+	e := newEnv(t, "", func(c *Config) {
+		c.QueriesFile = path
+		c.Enabled = map[string]bool{"activity": false, "database": false, "settings": false}
+	})
 	s := e.scrape(t, 0, 20*time.Second)
 	if got := s.value(t, "pgsidecar_custom_query_errors_total", map[string]string{"query": "pg_pw"}); got != 1 {
 		t.Fatalf("errors = %v, want 1", got)
@@ -572,7 +599,7 @@ func TestErrorsHideThePassword(t *testing.T) {
 // TestTwoConnections: with --collector.max-connections=2 the collectors share two sessions.
 func TestTwoConnections(t *testing.T) {
 	path := writeQueries(t, "pg_two:\n  query: SELECT 1 AS one FROM pg_sleep(0.2)\n  metrics:\n    - one:\n        usage: GAUGE\n")
-	e := newEnv(t, "", Config{MaxConns: 2, QueriesFile: path})
+	e := newEnv(t, "", func(c *Config) { c.MaxConns = 2; c.QueriesFile = path })
 	for range 2 {
 		s := e.scrape(t, 0, 20*time.Second)
 		for _, name := range []string{"activity", "database", "settings", "queries"} {
@@ -604,7 +631,11 @@ pg_slow:
     - v:
         usage: GAUGE
 `)
-	e := newEnv(t, "", Config{QueriesFile: path, Timeout: 2 * time.Minute, Enabled: map[string]bool{"settings": false}})
+	e := newEnv(t, "", func(c *Config) {
+		c.QueriesFile = path
+		c.Timeout = 2 * time.Minute
+		c.Enabled = map[string]bool{"settings": false}
+	})
 	// A first, short collection finds the database up (its slow query cut off at the deadline).
 	if s := e.scrape(t, time.Second, 5*time.Second); s.value(t, "pg_up", nil) != 1 {
 		t.Fatal("pg_up not 1 before the test")
@@ -665,7 +696,7 @@ pg_within:
     - v:
         usage: GAUGE
 `)
-	e := newEnv(t, "", Config{QueriesFile: path, Enabled: map[string]bool{"settings": false}})
+	e := newEnv(t, "", func(c *Config) { c.QueriesFile = path; c.Enabled = map[string]bool{"settings": false} })
 	s := e.scrape(t, 0, 20*time.Second)
 	if s.status != http.StatusOK {
 		t.Fatalf("status %d", s.status)

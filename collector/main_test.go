@@ -39,17 +39,12 @@ type env struct {
 	log *testutil.LogBuffer
 }
 
-// newEnv builds the pieces against the test cluster's database db ("" for postgres).
-func newEnv(t testing.TB, db string, cfg Config) *env {
+// newEnv builds the pieces against the test cluster's database db ("" for postgres), with the
+// exporter's config changed by tweak (may be nil).
+func newEnv(t testing.TB, db string, tweak func(*Config)) *env {
 	t.Helper()
-	pc := pool.DefaultConfig()
-	pc.DatabaseURL = cluster.URL(db)
+	pc := testutil.FastPool(t, pool.FromEnv, cluster.URL(db), "test")
 	pc.MinConns = 1
-	pc.MaxConns = 4
-	pc.RetryDelay = 10 * time.Millisecond
-	pc.RetryMaxDelay = 100 * time.Millisecond
-	pc.MetricsLogInterval = 0
-	pc.Name = "test"
 	e := &env{reg: prometheus.NewRegistry(), log: &testutil.LogBuffer{}}
 	logger := slog.New(slog.NewTextHandler(e.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	mgr, err := pool.New(pc, pool.WithLogger(logger), pool.WithRegisterer(e.reg))
@@ -58,8 +53,7 @@ func newEnv(t testing.TB, db string, cfg Config) *env {
 	}
 	t.Cleanup(mgr.Close)
 	e.mgr = mgr
-	cfg.Logger = logger
-	exp, err := New(mgr, cfg)
+	exp, err := New(mgr, testConfig(tweak), WithLogger(logger))
 	if err != nil {
 		t.Fatalf("collector.New: %v", err)
 	}
@@ -71,6 +65,16 @@ func newEnv(t testing.TB, db string, cfg Config) *env {
 	})))
 	t.Cleanup(e.srv.Close)
 	return e
+}
+
+// testConfig is DefaultConfig without the shipped queries file, changed by tweak (may be nil).
+func testConfig(tweak func(*Config)) Config {
+	cfg := DefaultConfig()
+	cfg.QueriesFile = ""
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	return cfg
 }
 
 // scrape is one /metrics answer, parsed.

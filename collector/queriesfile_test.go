@@ -107,7 +107,7 @@ func TestShippedQueriesRun(t *testing.T) {
 	}) {
 		t.Fatal("the statistics never showed 400 dead rows")
 	}
-	e := newEnv(t, "shipped_t", Config{QueriesFile: filepath.Join("..", DefaultQueriesFile)})
+	e := newEnv(t, "shipped_t", func(c *Config) { c.QueriesFile = filepath.Join("..", DefaultQueriesFile) })
 	var s scrape
 	if !waitScrape(t, e, func(s scrape) bool {
 		return len(s.values("pg_table_bloat_dead_tuples", map[string]string{"relname": "churn"})) == 1

@@ -9,7 +9,10 @@ import (
 )
 
 func TestSettings(t *testing.T) {
-	e := newEnv(t, "", Config{Timeout: 7 * time.Second, Enabled: map[string]bool{"activity": false, "database": false}})
+	e := newEnv(t, "", func(c *Config) {
+		c.Timeout = 7 * time.Second
+		c.Enabled = map[string]bool{"activity": false, "database": false}
+	})
 	s := e.scrape(t, 0, 20*time.Second)
 	for name, want := range map[string]float64{
 		"pg_settings_max_connections":                100,
@@ -40,7 +43,7 @@ func TestSettings(t *testing.T) {
 // TestSettingsFollowReload: the values are reused between scrapes, and read again when the
 // server reloads its configuration.
 func TestSettingsFollowReload(t *testing.T) {
-	e := newEnv(t, "", Config{Enabled: map[string]bool{"activity": false, "database": false}})
+	e := newEnv(t, "", func(c *Config) { c.Enabled = map[string]bool{"activity": false, "database": false} })
 	ctx := ctxTimeout(t, 30*time.Second)
 	if got := e.scrape(t, 0, 20*time.Second).value(t, "pg_settings_work_mem_bytes", nil); got != 4<<20 {
 		t.Fatalf("work_mem = %v, want the default 4 MiB", got)

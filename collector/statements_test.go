@@ -8,8 +8,10 @@ import (
 
 func TestStatements(t *testing.T) {
 	createDB(t, "statements_t")
-	e := newEnv(t, "statements_t", Config{StatementsLimit: 3,
-		Enabled: map[string]bool{"statements": true, "activity": false, "database": false, "settings": false}})
+	e := newEnv(t, "statements_t", func(c *Config) {
+		c.StatementsLimit = 3
+		c.Enabled = map[string]bool{"statements": true, "activity": false, "database": false, "settings": false}
+	})
 
 	// Without the extension: nothing exported, the collector still succeeds, and says so once.
 	for range 2 {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgsidecar/pgsidecar/internal/settings"
 )
 
 // Config configures a Manager. Durations are plain time.Durations; the environment and flags
@@ -58,7 +60,7 @@ type Config struct {
 func DefaultConfig() Config {
 	var c Config
 	for _, s := range Settings() {
-		if err := s.set(&c, s.Default); err != nil {
+		if err := s.Set(&c, s.Default); err != nil {
 			panic("pool: bad default for " + s.Env + ": " + err.Error())
 		}
 	}
@@ -66,28 +68,20 @@ func DefaultConfig() Config {
 }
 
 // Setting describes one configuration value: its environment variable, its flag, its default
-// and its meaning. The binary's flags, FromEnv and the reference docs are all built from this
-// one table.
-type Setting struct {
-	Env     string
-	Flag    string
-	Default string
-	Help    string
-	set     func(c *Config, v string) error
-}
-
-// Set parses v into c. Errors name the setting and never echo a connection string.
-func (s Setting) Set(c *Config, v string) error { return s.set(c, v) }
+// and its meaning; its Set parses a value into a Config, with errors that name the setting and
+// never echo a connection string. The binary's flags, FromEnv and the reference docs are all
+// built from this one table, of the same shape as the other packages' settings.
+type Setting = settings.Setting[Config]
 
 // Settings lists every pool setting in the order they are documented.
 func Settings() []Setting {
 	return []Setting{
 		{Env: "DATABASE_URL", Flag: "database-url", Default: "",
 			Help: "PostgreSQL URL or key=value DSN; libpq PG* variables fill in the rest.",
-			set:  func(c *Config, v string) error { c.DatabaseURL = strings.TrimSpace(v); return nil }},
+			Set:  func(c *Config, v string) error { c.DatabaseURL = strings.TrimSpace(v); return nil }},
 		{Env: "DB_POOL_NAME", Flag: "db.pool-name", Default: "default",
 			Help: "Name of the pool in metric labels and logs.",
-			set: func(c *Config, v string) error {
+			Set: func(c *Config, v string) error {
 				if strings.TrimSpace(v) == "" {
 					return errors.New("DB_POOL_NAME must not be empty")
 				}
@@ -96,47 +90,47 @@ func Settings() []Setting {
 			}},
 		{Env: "DB_MAX_CONNECTIONS", Flag: "db.max-connections", Default: "20",
 			Help: "Maximum connections in the pool.",
-			set:  int32Setter("DB_MAX_CONNECTIONS", func(c *Config) *int32 { return &c.MaxConns })},
+			Set:  int32Setter("DB_MAX_CONNECTIONS", func(c *Config) *int32 { return &c.MaxConns })},
 		{Env: "DB_MIN_CONNECTIONS", Flag: "db.min-connections", Default: "5",
 			Help: "Connections opened and warmed at start and kept open.",
-			set:  int32Setter("DB_MIN_CONNECTIONS", func(c *Config) *int32 { return &c.MinConns })},
+			Set:  int32Setter("DB_MIN_CONNECTIONS", func(c *Config) *int32 { return &c.MinConns })},
 		{Env: "DB_CONNECTION_TIMEOUT", Flag: "db.connection-timeout", Default: "10000",
 			Help: "Timeout to open a connection or wait for a free one (milliseconds or Go duration).",
-			set:  durationSetter("DB_CONNECTION_TIMEOUT", func(c *Config) *time.Duration { return &c.ConnectTimeout })},
+			Set:  durationSetter("DB_CONNECTION_TIMEOUT", func(c *Config) *time.Duration { return &c.ConnectTimeout })},
 		{Env: "DB_IDLE_TIMEOUT", Flag: "db.idle-timeout", Default: "600000",
 			Help: "Close connections idle this long, down to the minimum (milliseconds or Go duration).",
-			set:  durationSetter("DB_IDLE_TIMEOUT", func(c *Config) *time.Duration { return &c.IdleTimeout })},
+			Set:  durationSetter("DB_IDLE_TIMEOUT", func(c *Config) *time.Duration { return &c.IdleTimeout })},
 		{Env: "DB_MAX_LIFETIME", Flag: "db.max-lifetime", Default: "3600000",
 			Help: "Close connections older than this (milliseconds or Go duration).",
-			set:  durationSetter("DB_MAX_LIFETIME", func(c *Config) *time.Duration { return &c.MaxLifetime })},
+			Set:  durationSetter("DB_MAX_LIFETIME", func(c *Config) *time.Duration { return &c.MaxLifetime })},
 		{Env: "DB_RETRY_ATTEMPTS", Flag: "db.retry-attempts", Default: "3",
 			Help: "Maximum tries of a retried operation or transaction (1 = no retry).",
-			set: func(c *Config, v string) error {
+			Set: func(c *Config, v string) error {
 				n, err := parseInt("DB_RETRY_ATTEMPTS", v)
 				c.RetryAttempts = int(n)
 				return err
 			}},
 		{Env: "DB_RETRY_DELAY", Flag: "db.retry-delay", Default: "1000",
 			Help: "First retry backoff delay, doubled each retry, with jitter (milliseconds or Go duration).",
-			set:  durationSetter("DB_RETRY_DELAY", func(c *Config) *time.Duration { return &c.RetryDelay })},
+			Set:  durationSetter("DB_RETRY_DELAY", func(c *Config) *time.Duration { return &c.RetryDelay })},
 		{Env: "DB_RETRY_MAX_DELAY", Flag: "db.retry-max-delay", Default: "30s",
 			Help: "Cap of the retry and reconnect backoff delay (milliseconds or Go duration).",
-			set:  durationSetter("DB_RETRY_MAX_DELAY", func(c *Config) *time.Duration { return &c.RetryMaxDelay })},
+			Set:  durationSetter("DB_RETRY_MAX_DELAY", func(c *Config) *time.Duration { return &c.RetryMaxDelay })},
 		{Env: "DB_HEALTH_CHECK_INTERVAL", Flag: "db.health-check-interval", Default: "30s",
 			Help: "Time between health checks while healthy (milliseconds or Go duration).",
-			set:  durationSetter("DB_HEALTH_CHECK_INTERVAL", func(c *Config) *time.Duration { return &c.HealthCheckInterval })},
+			Set:  durationSetter("DB_HEALTH_CHECK_INTERVAL", func(c *Config) *time.Duration { return &c.HealthCheckInterval })},
 		{Env: "DB_HEALTH_CHECK_TIMEOUT", Flag: "db.health-check-timeout", Default: "5s",
 			Help: "Timeout of one health check ping (milliseconds or Go duration).",
-			set:  durationSetter("DB_HEALTH_CHECK_TIMEOUT", func(c *Config) *time.Duration { return &c.HealthCheckTimeout })},
+			Set:  durationSetter("DB_HEALTH_CHECK_TIMEOUT", func(c *Config) *time.Duration { return &c.HealthCheckTimeout })},
 		{Env: "DB_SLOW_QUERY_THRESHOLD", Flag: "db.slow-query-threshold", Default: "1s",
 			Help: "Queries at least this long are logged as \"Slow query detected\" (milliseconds or Go duration).",
-			set:  durationSetter("DB_SLOW_QUERY_THRESHOLD", func(c *Config) *time.Duration { return &c.SlowQueryThreshold })},
+			Set:  durationSetter("DB_SLOW_QUERY_THRESHOLD", func(c *Config) *time.Duration { return &c.SlowQueryThreshold })},
 		{Env: "DB_METRICS_LOG_INTERVAL", Flag: "db.metrics-log-interval", Default: "60s",
 			Help: "Period of the \"Database pool metrics\" log line; 0 turns it off (milliseconds or Go duration).",
-			set:  durationSetter("DB_METRICS_LOG_INTERVAL", func(c *Config) *time.Duration { return &c.MetricsLogInterval })},
+			Set:  durationSetter("DB_METRICS_LOG_INTERVAL", func(c *Config) *time.Duration { return &c.MetricsLogInterval })},
 		{Env: "DB_APPLICATION_NAME", Flag: "db.application-name", Default: "pgsidecar",
 			Help: "application_name sent to PostgreSQL unless the URL sets one.",
-			set:  func(c *Config, v string) error { c.ApplicationName = v; return nil }},
+			Set:  func(c *Config, v string) error { c.ApplicationName = v; return nil }},
 	}
 }
 
@@ -146,7 +140,7 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 	c := DefaultConfig()
 	for _, s := range Settings() {
 		if v, ok := lookup(s.Env); ok {
-			if err := s.set(&c, v); err != nil {
+			if err := s.Set(&c, v); err != nil {
 				return c, err
 			}
 		}

@@ -25,17 +25,7 @@ func TestMain(m *testing.M) {
 // testConfig is a small, fast-reacting pool on the test cluster.
 func testConfig(t testing.TB) Config {
 	t.Helper()
-	c := DefaultConfig()
-	c.DatabaseURL = cluster.URL("")
-	c.MaxConns = 4
-	c.MinConns = 2
-	c.RetryDelay = 10 * time.Millisecond
-	c.RetryMaxDelay = 100 * time.Millisecond
-	c.ConnectTimeout = 5 * time.Second
-	c.HealthCheckTimeout = 2 * time.Second
-	c.MetricsLogInterval = 0
-	c.Name = strings.ReplaceAll(t.Name(), "/", "_")
-	return c
+	return testutil.FastPool(t, FromEnv, cluster.URL(""), strings.ReplaceAll(t.Name(), "/", "_"))
 }
 
 type harness struct {

@@ -7,9 +7,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/alecthomas/units"
+
+	"github.com/pgsidecar/pgsidecar/internal/settings"
 )
 
 // AuthMethod is how the proxy authenticates its clients.
@@ -23,63 +28,150 @@ const (
 	AuthTrust AuthMethod = "trust"
 )
 
+func (m AuthMethod) known() bool { return m == AuthSCRAM || m == AuthMD5 || m == AuthTrust }
+
 // DefaultMaxMessageSize bounds one client protocol message. PostgreSQL itself accepts up to 1 GiB;
 // a smaller bound keeps one client from making the proxy buffer that much for a query text.
 const DefaultMaxMessageSize = 64 << 20
 
-// Config configures a Server.
+// Config configures a Server. Start from DefaultConfig; Settings fills one from flags and
+// environment variables.
 type Config struct {
 	// Listen lists addresses: host:port for TCP, or an absolute path for a unix socket (for libpq
 	// clients name it <dir>/.s.PGSQL.<port>).
 	Listen []string
-	// Auth is the client authentication method (default scram-sha-256).
+	// Auth is the client authentication method.
 	Auth AuthMethod
+	// UsersFile is a file of client credentials in PgBouncer's auth_file format (see LoadUsers),
+	// read by New. Give it or Users, not both.
+	UsersFile string
 	// Users maps user names to their secret: a plain password, an md5 hash ("md5" + hex) or a
-	// SCRAM-SHA-256 verifier as stored in pg_authid. Empty means the user and password of the
-	// pool's DATABASE_URL.
+	// SCRAM-SHA-256 verifier as stored in pg_authid. With neither Users nor UsersFile, the user
+	// and password of the pool's DATABASE_URL.
 	Users map[string]string
+	// TLSCertFile and TLSKeyFile, given together, are the certificate and key New loads for TLS
+	// to clients. Give them or TLS, not both.
+	TLSCertFile, TLSKeyFile string
 	// TLS, when set, lets clients switch to TLS after an SSLRequest.
 	TLS *tls.Config
-	// MaxMessageSize bounds one client message in bytes (default DefaultMaxMessageSize).
+	// MaxMessageSize bounds one client message in bytes.
 	MaxMessageSize int
 	// MaxClients bounds the client connections served at once, including those authenticating
-	// or waiting for a server connection (default 1000); more are refused with 53300.
+	// or waiting for a server connection; more are refused with 53300.
 	MaxClients int
-	// StartupTimeout bounds the handshake: TLS, startup packet and authentication (default 15s).
+	// StartupTimeout bounds the handshake: TLS, startup packet and authentication.
 	StartupTimeout time.Duration
-	// ResetTimeout bounds the reset of a server connection when a session ends (default 5s).
+	// ResetTimeout bounds the reset of a server connection when a session ends.
 	ResetTimeout time.Duration
 }
 
-func (c *Config) setDefaults() {
-	if c.Auth == "" {
-		c.Auth = AuthSCRAM
-	}
-	if c.MaxMessageSize <= 0 {
-		c.MaxMessageSize = DefaultMaxMessageSize
-	}
-	if c.MaxClients <= 0 {
-		c.MaxClients = 1000
-	}
-	if c.StartupTimeout <= 0 {
-		c.StartupTimeout = 15 * time.Second
-	}
-	if c.ResetTimeout <= 0 {
-		c.ResetTimeout = 5 * time.Second
+// Setting describes one proxy setting: its flag, its environment variable, its default and its
+// meaning.
+type Setting = settings.Setting[Config]
+
+// Settings lists every proxy setting in the order they are documented.
+func Settings() []Setting {
+	return []Setting{
+		{Flag: "proxy.listen-address", Env: "PROXY_LISTEN_ADDRESS", PlaceHolder: "ADDRESS", Repeatable: true,
+			Help: "Serve the PostgreSQL protocol on this address (host:port, or an absolute unix socket path such as /run/pgsidecar/.s.PGSQL.6432); repeatable. The proxy is off unless set.",
+			Set:  settings.Strings(func(c *Config) *[]string { return &c.Listen })},
+		{Flag: "proxy.auth-method", Default: string(AuthSCRAM),
+			Help: "Client authentication: scram-sha-256, md5, or trust (trust only for loopback and unix socket clients).",
+			Set: func(c *Config, v string) error {
+				// Checked here too, so a wrong method fails even while the proxy is off.
+				if !AuthMethod(v).known() {
+					return fmt.Errorf("--proxy.auth-method must be one of scram-sha-256, md5, trust, got '%s'", v)
+				}
+				c.Auth = AuthMethod(v)
+				return nil
+			}},
+		{Flag: "proxy.users-file", PlaceHolder: "FILE",
+			Help: "Client credentials in PgBouncer auth_file format (\"user\" \"password, md5 hash or SCRAM verifier\"); default: the user and password of DATABASE_URL.",
+			Set:  settings.String(func(c *Config) *string { return &c.UsersFile })},
+		{Flag: "proxy.tls-cert-file", PlaceHolder: "FILE",
+			Help: "Certificate for TLS to proxy clients (with --proxy.tls-key-file).",
+			Set:  settings.String(func(c *Config) *string { return &c.TLSCertFile })},
+		{Flag: "proxy.tls-key-file", PlaceHolder: "FILE",
+			Help: "Private key for TLS to proxy clients.",
+			Set:  settings.String(func(c *Config) *string { return &c.TLSKeyFile })},
+		{Flag: "proxy.max-message-size", Default: units.Base2Bytes(DefaultMaxMessageSize).String(),
+			Help: "Largest protocol message a proxy client may send.",
+			Set: func(c *Config, v string) error {
+				n, err := units.ParseBase2Bytes(v)
+				if err != nil {
+					return fmt.Errorf("--proxy.max-message-size: %w", err)
+				}
+				if n > math.MaxInt32 {
+					return fmt.Errorf("--proxy.max-message-size (%s) must not exceed 2GiB", n)
+				}
+				c.MaxMessageSize = int(n)
+				return nil
+			}},
+		{Flag: "proxy.max-client-connections", Default: "1000",
+			Help: "Client connections served at once, waiting ones included; more are refused with SQLSTATE 53300.",
+			Set:  settings.Int("--proxy.max-client-connections", func(c *Config) *int { return &c.MaxClients })},
 	}
 }
 
-func (c *Config) validate() error {
-	switch c.Auth {
-	case AuthSCRAM, AuthMD5, AuthTrust:
-	default:
-		return fmt.Errorf("proxy auth method (%q) must be one of scram-sha-256, md5, trust", c.Auth)
+// DefaultConfig returns the defaults of Settings (no listen address), with a 15s startup
+// timeout and a 5s reset timeout.
+func DefaultConfig() Config {
+	c := Config{StartupTimeout: 15 * time.Second, ResetTimeout: 5 * time.Second}
+	if err := settings.Apply(&c, Settings()); err != nil {
+		panic("proxy: " + err.Error())
 	}
+	return c
+}
+
+// Validate rejects values that cannot work. Its errors name the flag and the value.
+func (c Config) Validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if len(c.Listen) == 0 {
-		return errors.New("proxy listen address is not set")
+		add("--proxy.listen-address is not set")
+	}
+	if !c.Auth.known() {
+		add("--proxy.auth-method (%q) must be one of scram-sha-256, md5, trust", c.Auth)
+	}
+	if c.UsersFile != "" && len(c.Users) > 0 {
+		add("--proxy.users-file and Users must not both be given")
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		add("--proxy.tls-cert-file and --proxy.tls-key-file must be given together")
+	}
+	if c.TLSCertFile != "" && c.TLS != nil {
+		add("--proxy.tls-cert-file and TLS must not both be given")
 	}
 	if c.MaxMessageSize < 1024 {
-		return fmt.Errorf("proxy max message size (%d) must be at least 1024 bytes", c.MaxMessageSize)
+		add("--proxy.max-message-size (%s) must be at least 1KiB", units.Base2Bytes(c.MaxMessageSize))
+	}
+	if c.MaxClients < 1 {
+		add("--proxy.max-client-connections (%d) must be at least 1", c.MaxClients)
+	}
+	if c.StartupTimeout <= 0 {
+		add("proxy StartupTimeout (%s) must be greater than 0", c.StartupTimeout)
+	}
+	if c.ResetTimeout <= 0 {
+		add("proxy ResetTimeout (%s) must be greater than 0", c.ResetTimeout)
+	}
+	return errors.Join(errs...)
+}
+
+// loadFiles reads the users file and the TLS certificate and key the config names.
+func (c *Config) loadFiles() error {
+	if c.UsersFile != "" {
+		users, err := LoadUsers(c.UsersFile)
+		if err != nil {
+			return fmt.Errorf("--proxy.users-file: %w", err)
+		}
+		c.Users = users
+	}
+	if c.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.TLSCertFile, c.TLSKeyFile)
+		if err != nil {
+			return fmt.Errorf("--proxy.tls-cert-file/--proxy.tls-key-file: %w", err)
+		}
+		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	return nil
 }

@@ -40,22 +40,15 @@ type harness struct {
 
 func newHarness(t testing.TB, tweak func(pc *pool.Config, c *Config)) *harness {
 	t.Helper()
-	pc := pool.DefaultConfig()
-	pc.DatabaseURL = cluster.URL("")
-	pc.MaxConns = 4
+	pc := testutil.FastPool(t, pool.FromEnv, cluster.URL(""), strings.ReplaceAll(t.Name(), "/", "_"))
 	pc.MinConns = 1
-	pc.RetryDelay = 10 * time.Millisecond
-	pc.RetryMaxDelay = 100 * time.Millisecond
-	pc.ConnectTimeout = 5 * time.Second
-	pc.HealthCheckTimeout = 2 * time.Second
-	pc.MetricsLogInterval = 0
-	pc.Name = strings.ReplaceAll(t.Name(), "/", "_")
 	dir, err := os.MkdirTemp("", "pgsidecar-proxy-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	c := Config{Listen: []string{"127.0.0.1:0"}}
+	c := DefaultConfig()
+	c.Listen = []string{"127.0.0.1:0"}
 	if tweak != nil {
 		tweak(&pc, &c)
 	}

@@ -62,11 +62,13 @@ type Server struct {
 	sessions  map[uint32]*session // by the cancel key's process ID we gave the client
 }
 
-// New checks cfg and prepares a Server on mgr's pool. Clients may only use the database of the
-// pool's DATABASE_URL. Call Start to listen.
+// New checks cfg, reads the files it names and prepares a Server on mgr's pool. Clients may
+// only use the database of the pool's DATABASE_URL. Call Start to listen.
 func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
-	cfg.setDefaults()
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := cfg.loadFiles(); err != nil {
 		return nil, err
 	}
 	cc := mgr.Pool().Config().ConnConfig

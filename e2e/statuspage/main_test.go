@@ -55,7 +55,7 @@ func testConfig(t testing.TB) pool.Config {
 }
 
 // startSidecar builds a pool and serves the API on it; everything is closed at test end.
-func startSidecar(t testing.TB, cfg pool.Config, opts api.Options) *sidecar {
+func startSidecar(t testing.TB, cfg pool.Config, apiCfg api.Config) *sidecar {
 	t.Helper()
 	s := &sidecar{reg: prometheus.NewRegistry()}
 	logger := slog.New(slog.DiscardHandler)
@@ -65,8 +65,10 @@ func startSidecar(t testing.TB, cfg pool.Config, opts api.Options) *sidecar {
 	}
 	s.m = m
 	t.Cleanup(m.Close)
-	opts.Manager, opts.Gatherer, opts.Logger = m, s.reg, logger
-	s.h = api.New(opts)
+	s.h, err = api.New(m, apiCfg, api.WithGatherer(s.reg), api.WithLogger(logger))
+	if err != nil {
+		t.Fatalf("api.New: %v", err)
+	}
 	mux := http.NewServeMux()
 	s.h.Register(mux)
 	s.mux.Store(mux)

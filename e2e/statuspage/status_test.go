@@ -19,7 +19,9 @@ import (
 func TestStatusPageInChromium(t *testing.T) {
 	bin := chromiumPath(t)
 	cluster.RequireControl(t)
-	s := startSidecar(t, testConfig(t), api.Options{StreamInterval: 100 * time.Millisecond, Window: 2 * time.Second})
+	apiCfg := api.DefaultConfig()
+	apiCfg.StreamInterval, apiCfg.Window = 100*time.Millisecond, 2*time.Second
+	s := startSidecar(t, testConfig(t), apiCfg)
 	s.waitHealthy(t)
 	for range 20 {
 		if err := s.query(t, "SELECT 1"); err != nil {
@@ -117,7 +119,12 @@ func TestStatusPageInChromium(t *testing.T) {
 		t.Fatalf("the page does not show the lost stream or does not retry (%d attempts): %+v", refused.Load(), st)
 	}
 	seen = st.Snapshots
-	h2 := api.New(api.Options{Manager: s.m, Gatherer: s.reg, StreamInterval: 100 * time.Millisecond})
+	cfg := api.DefaultConfig()
+	cfg.StreamInterval = 100 * time.Millisecond
+	h2, err := api.New(s.m, cfg, api.WithGatherer(s.reg))
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(h2.Close)
 	mux := http.NewServeMux()
 	h2.Register(mux)

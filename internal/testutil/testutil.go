@@ -1,5 +1,6 @@
 // Package testutil holds the small helpers several packages' tests share: a log buffer safe for
-// concurrent writers and a reader of metric values from a Prometheus gatherer.
+// concurrent writers, a reader of metric values from a Prometheus gatherer, free addresses and
+// the fast-reacting pool the tests run on.
 package testutil
 
 import (
@@ -99,4 +100,31 @@ func FreeAddr(t testing.TB) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// FastPool returns the configuration of a small pool on url that reacts fast, for tests: four
+// connections, two kept open, retries after 10ms backing off to 100ms, short connect and health
+// check timeouts, no periodic metrics log line. fromEnv is pool.FromEnv (this package cannot
+// import pool, whose own tests use it); tests change what they need in the result.
+func FastPool[C any](t testing.TB, fromEnv func(lookup func(string) (string, bool)) (C, error), url, name string) C {
+	t.Helper()
+	env := map[string]string{
+		"DATABASE_URL":            url,
+		"DB_POOL_NAME":            name,
+		"DB_MAX_CONNECTIONS":      "4",
+		"DB_MIN_CONNECTIONS":      "2",
+		"DB_RETRY_DELAY":          "10ms",
+		"DB_RETRY_MAX_DELAY":      "100ms",
+		"DB_CONNECTION_TIMEOUT":   "5s",
+		"DB_HEALTH_CHECK_TIMEOUT": "2s",
+		"DB_METRICS_LOG_INTERVAL": "0",
+	}
+	c, err := fromEnv(func(key string) (string, bool) {
+		v, ok := env[key]
+		return v, ok
+	})
+	if err != nil {
+		t.Fatalf("fast pool config: %v", err)
+	}
+	return c
 }

@@ -1,0 +1,118 @@
+package collector
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	// Imported as conf: settings is the pg_settings collector here.
+	conf "github.com/pgsidecar/pgsidecar/internal/settings"
+)
+
+// DefaultQueriesFile is the name of the shipped custom queries file.
+const DefaultQueriesFile = "queries.yaml"
+
+// Setting describes one collector setting: its flag, its PGSIDECAR_* environment variable, its
+// default and its meaning.
+type Setting = conf.Setting[Config]
+
+// Settings lists every collector setting in the order they are documented:
+// --[no-]collector.NAME for every registered collector, then the collection settings.
+func Settings() []Setting {
+	var out []Setting
+	for _, name := range Names() {
+		r := registry[name]
+		def, state := "false", "disabled"
+		if r.enabled {
+			def, state = "true", "enabled"
+		}
+		out = append(out, Setting{Flag: "collector." + name, Env: envName("collector." + name), Default: def,
+			Help: r.help + " (default: " + state + ").", Bool: true,
+			Set: func(c *Config, v string) error {
+				on, err := conf.ParseBool("--collector."+name, v)
+				if err != nil {
+					return err
+				}
+				if c.Enabled == nil {
+					c.Enabled = map[string]bool{}
+				}
+				c.Enabled[name] = on
+				return nil
+			}})
+	}
+	return append(out,
+		Setting{Flag: "collection-timeout", Env: envName("collection-timeout"), Default: DefaultTimeout.String(),
+			Help: "Collection deadline when the scrape sends no X-Prometheus-Scrape-Timeout-Seconds header; also the statement_timeout of collector queries.",
+			Set:  conf.Duration("--collection-timeout", func(c *Config) *time.Duration { return &c.Timeout })},
+		Setting{Flag: "collector.max-connections", Env: envName("collector.max-connections"), Default: "1",
+			Help: "Most connections the collectors open to the database.",
+			Set:  conf.Int32("--collector.max-connections", func(c *Config) *int32 { return &c.MaxConns })},
+		Setting{Flag: "collector.statements.limit", Env: envName("collector.statements.limit"), Default: "25",
+			Help: "Number of statements (top by total time) the statements collector exports.",
+			Set:  conf.Int("--collector.statements.limit", func(c *Config) *int { return &c.StatementsLimit })},
+		Setting{Flag: "collector.database.size-interval", Env: envName("collector.database.size-interval"), Default: "1m",
+			Help: "Measure database sizes at most this often (pg_database_size reads every file of every database); 0 measures them on every scrape.",
+			Set:  conf.Duration("--collector.database.size-interval", func(c *Config) *time.Duration { return &c.DatabaseSizeInterval })},
+		Setting{Flag: "queries.file", Env: envName("queries.file"), Default: defaultQueriesFile(),
+			Help: "YAML file of custom queries (postgres_exporter format, plus timeout and min_version/max_version); empty disables. Default: the first queries.yaml found in the working directory, next to the binary, or in /etc/pgsidecar. Reloaded on SIGHUP and POST /-/reload.",
+			Set:  conf.String(func(c *Config) *string { return &c.QueriesFile })},
+	)
+}
+
+// DefaultConfig returns the defaults of Settings: the collectors' default states, and the
+// shipped queries.yaml when one is found (see --queries.file).
+func DefaultConfig() Config {
+	var c Config
+	if err := conf.Apply(&c, Settings()); err != nil {
+		panic("collector: " + err.Error())
+	}
+	return c
+}
+
+// Validate rejects values that cannot work. Its errors name the flag and the value.
+func (c Config) Validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	for name := range c.Enabled {
+		if _, ok := registry[name]; !ok {
+			add("unknown collector %q (known: %v)", name, Names())
+		}
+	}
+	if c.Timeout <= 0 {
+		add("--collection-timeout (%s) must be greater than 0", c.Timeout)
+	}
+	if c.MaxConns < 1 {
+		add("--collector.max-connections (%d) must be at least 1", c.MaxConns)
+	}
+	if c.StatementsLimit < 1 {
+		add("--collector.statements.limit (%d) must be at least 1", c.StatementsLimit)
+	}
+	if c.DatabaseSizeInterval < 0 {
+		add("--collector.database.size-interval (%s) must not be negative", c.DatabaseSizeInterval)
+	}
+	return errors.Join(errs...)
+}
+
+// envName turns a flag name into its environment variable: collector.max-connections →
+// PGSIDECAR_COLLECTOR_MAX_CONNECTIONS.
+func envName(flag string) string {
+	return "PGSIDECAR_" + strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(flag))
+}
+
+// defaultQueriesFile is the shipped queries.yaml in the working directory, next to the binary
+// or in /etc/pgsidecar (where the container image and packages put it), or "" when there is none.
+func defaultQueriesFile() string {
+	candidates := []string{DefaultQueriesFile}
+	if exe, err := os.Executable(); err == nil {
+		candidates = append(candidates, filepath.Join(filepath.Dir(exe), DefaultQueriesFile))
+	}
+	for _, p := range append(candidates, filepath.Join("/etc/pgsidecar", DefaultQueriesFile)) {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return ""
+}
