@@ -372,7 +372,7 @@ func envFileArg(args []string) string {
 
 // loadEnvFile sets KEY=VALUE lines of a .env file as environment variables, without replacing
 // variables already set. Blank lines and # comments are skipped; values may be quoted, and a
-// " #" after an unquoted value starts a comment (as in the seed's examples).
+// " #" after an unquoted value starts a comment (as .env files commonly do).
 func loadEnvFile(path string) error {
 	f, err := os.Open(path)
 	if err != nil {

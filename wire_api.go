@@ -9,7 +9,7 @@ import (
 	"github.com/pgsidecar/pgsidecar/api"
 )
 
-// apiFeature mounts the seed's /api/database/* endpoints, the /healthz and /readyz probes
+// apiFeature mounts the /api/database/* endpoints, the /healthz and /readyz probes
 // and the /status page on the exporter's server, so TLS and basic auth cover them too.
 type apiFeature struct {
 	cfg api.Config

@@ -1,4 +1,4 @@
-// Package api serves pgsidecar's JSON endpoints (the seed's /api/database/*), the Kubernetes
+// Package api serves pgsidecar's JSON endpoints (/api/database/*), the Kubernetes
 // probes /healthz and /readyz, and the live /status page.
 //
 // Pool-side figures come from the Manager's in-memory snapshots; PostgreSQL-side figures come

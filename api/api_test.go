@@ -394,7 +394,7 @@ func TestHealthStartingIsNotReady(t *testing.T) {
 	}
 }
 
-// TestFindingsTriggered drives the pool past the seed's thresholds: a saturated pool with a
+// TestFindingsTriggered drives the pool past the alert thresholds: a saturated pool with a
 // caller waiting is degraded (still ready), and the findings say what crossed which line.
 func TestFindingsTriggered(t *testing.T) {
 	cfg := testConfig(t)

@@ -88,7 +88,7 @@ type TopStatement struct {
 	Rows         float64 `json:"rows"`
 }
 
-// Finding is the result of one of the seed's alert checks.
+// Finding is the result of one of the alert checks (thresholds from internal/thresholds).
 type Finding struct {
 	Check          string  `json:"check"`
 	Triggered      bool    `json:"triggered"`

@@ -85,7 +85,7 @@ func run(bin, listen, appMetrics, proxyAddr string, workers int, duration time.D
 	}
 	defer sidecar.stop()
 
-	// The app: the seed's POS services on the pool library, with its own metrics endpoint.
+	// The app: the point-of-sale services on the pool library, with its own metrics endpoint.
 	reg := prometheus.NewRegistry()
 	cfg := pool.DefaultConfig()
 	cfg.DatabaseURL, cfg.Name, cfg.ApplicationName = dsn, "pos-app", "pos-app"

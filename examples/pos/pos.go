@@ -1,4 +1,4 @@
-// Package pos is the seed's point-of-sale services (ProductService, SalesService) written on
+// Package pos is a small point-of-sale application (ProductService, SalesService) written on
 // the pool library: sales in a Transaction with an inventory decrement, reports with
 // ExecuteWithRetry and bulk price updates with BatchExecute. The demo's traffic generator
 // drives it.
@@ -74,8 +74,8 @@ type Product struct {
 	Price    float64
 }
 
-// GetProducts lists active products with their category, retried on transient errors (the
-// seed's ProductService.getProducts).
+// GetProducts lists active products with their category, retried on transient errors
+// (ProductService.getProducts).
 func (s *Store) GetProducts(ctx context.Context, limit int) ([]Product, error) {
 	return pool.ExecuteWithRetryValue(ctx, s.db, func(ctx context.Context) ([]Product, error) {
 		rows, err := s.db.Pool().Query(ctx, `
@@ -93,7 +93,7 @@ func (s *Store) GetProducts(ctx context.Context, limit int) ([]Product, error) {
 	})
 }
 
-// CreateProduct inserts a product and its inventory row in one transaction (the seed's
+// CreateProduct inserts a product and its inventory row in one transaction (as
 // ProductService.createProduct). A duplicate name fails with SQLSTATE 23505 and is not retried.
 func (s *Store) CreateProduct(ctx context.Context, name string, categoryID int, price float64, initialQty int) (int, error) {
 	var id int
@@ -122,7 +122,7 @@ type Sale struct {
 }
 
 // CreateSale records a sale, its items and the inventory decrements in one SERIALIZABLE
-// transaction (the seed's SalesService.createSale with timeout 15 s and maxWait 8 s).
+// transaction (as SalesService.createSale, with timeout 15 s and maxWait 8 s).
 // Concurrent sales of the same product conflict now and then; Transaction runs them again.
 func (s *Store) CreateSale(ctx context.Context, customerID int, payment string, items []SaleItem) (Sale, error) {
 	var sale Sale
@@ -164,7 +164,7 @@ type ReportRow struct {
 	Revenue float64
 }
 
-// GetSalesReport sums sales per day in [start, end] (the seed's getSalesReport). slow adds a
+// GetSalesReport sums sales per day in [start, end] (getSalesReport). slow adds a
 // deliberate pause so the demo shows a slow query now and then.
 func (s *Store) GetSalesReport(ctx context.Context, start, end time.Time, slow time.Duration) ([]ReportRow, error) {
 	return pool.ExecuteWithRetryValue(ctx, s.db, func(ctx context.Context) ([]ReportRow, error) {
@@ -191,7 +191,7 @@ type PriceUpdate struct {
 }
 
 // BulkUpdatePrices applies price updates in batches of batchSize with BatchExecute, each update
-// retried on its own (the seed's batch operations example). It returns one error per update.
+// retried on its own (the batch operations example). It returns one error per update.
 func (s *Store) BulkUpdatePrices(ctx context.Context, updates []PriceUpdate, batchSize int) []error {
 	ops := make([]func(context.Context) (int64, error), len(updates))
 	for i, u := range updates {

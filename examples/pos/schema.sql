@@ -1,4 +1,4 @@
--- A small point-of-sale schema, as in the seed's Vevurn POS examples.
+-- A small point-of-sale schema for the demo's traffic.
 CREATE TABLE IF NOT EXISTS categories (
     id   serial PRIMARY KEY,
     name text NOT NULL UNIQUE

@@ -16,7 +16,7 @@ type TrafficOptions struct {
 	Pause   time.Duration // pause between one worker's operations (default 50ms)
 	// SlowReportEvery makes every Nth report deliberately slow (default 20; 0 keeps the default).
 	SlowReportEvery int
-	SlowReport      time.Duration // how slow (default 1.2 s, past the seed's 1 s threshold)
+	SlowReport      time.Duration // how slow (default 1.2 s, past the 1 s slow query threshold)
 	Products        int           // product ids to pick from (default 50)
 	Customers       int           // customer ids to pick from (default 20)
 }
