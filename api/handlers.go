@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/pgsidecar/pgsidecar/internal/redact"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -228,7 +229,7 @@ func (h *Handler) warmup(w http.ResponseWriter, r *http.Request) {
 		DurationMs: ms(res.Duration)}
 	if err != nil {
 		resp.Requested = n
-		resp.Error = pool.Scrub(err.Error(), cfg.DatabaseURL)
+		resp.Error = redact.Scrub(err.Error(), cfg.DatabaseURL)
 		h.log.Warn("Database warm-up failed", "requested", n, "opened", res.Opened, "error", resp.Error)
 		writeJSON(w, http.StatusServiceUnavailable, resp)
 		return

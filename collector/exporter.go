@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/pgsidecar/pgsidecar/internal/redact"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -349,7 +350,7 @@ func (e *Exporter) errString(err error) string {
 	if err == nil {
 		return ""
 	}
-	return pool.Scrub(err.Error(), e.dsn)
+	return redact.Scrub(err.Error(), e.dsn)
 }
 
 type colResult struct {

@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/pgsidecar/pgsidecar/internal/redact"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -101,7 +102,7 @@ func New(cfg Config, opts ...Option) (*Manager, error) {
 	m.metrics = newMetrics(m)
 	m.pool, err = pgxpool.NewWithConfig(context.Background(), pc)
 	if err != nil {
-		return nil, fmt.Errorf("pool %s: %s", cfg.Name, Scrub(err.Error(), m.dsn))
+		return nil, fmt.Errorf("pool %s: %s", cfg.Name, redact.Scrub(err.Error(), m.dsn))
 	}
 	if m.reg != nil {
 		if err := m.reg.Register(m.metrics); err != nil {
@@ -109,7 +110,7 @@ func New(cfg Config, opts ...Option) (*Manager, error) {
 			return nil, fmt.Errorf("pool %s: registering metrics: %w", cfg.Name, err)
 		}
 	}
-	m.log.Info("Database pool created", "database", RedactDSN(cfg.DatabaseURL), "max_connections", cfg.MaxConns,
+	m.log.Info("Database pool created", "database", redact.DSN(cfg.DatabaseURL), "max_connections", cfg.MaxConns,
 		"min_connections", cfg.MinConns)
 	m.wg.Add(1)
 	go m.run()
@@ -160,7 +161,7 @@ func (m *Manager) RecordQuery(op Operation, sql string, d time.Duration, err err
 	}
 	if d >= m.cfg.SlowQueryThreshold {
 		x.slowQueries.Inc()
-		text := truncateSQL(MaskSQLPasswords(Scrub(sql, m.dsn)), 500)
+		text := truncateSQL(redact.SQLPasswords(redact.Scrub(sql, m.dsn)), 500)
 		m.mu.Lock()
 		m.slow.add(SlowQuery{Time: time.Now(), Duration: d, Operation: op.String(), SQL: text})
 		m.mu.Unlock()
@@ -186,7 +187,7 @@ func (m *Manager) noteError(err error) {
 	if !m.connErrSeen.Swap(true) {
 		m.metrics.healthUp.Set(0)
 		m.mu.Lock()
-		m.health.LastError = Scrub(err.Error(), m.dsn)
+		m.health.LastError = redact.Scrub(err.Error(), m.dsn)
 		m.mu.Unlock()
 	}
 	select {
@@ -269,7 +270,7 @@ func (m *Manager) connect() bool {
 					"duration", res.Duration)
 				if err != nil {
 					m.log.Warn("Database warm-up incomplete", "ready", res.Ready, "wanted", res.Requested,
-						"error", Scrub(err.Error(), m.dsn))
+						"error", redact.Scrub(err.Error(), m.dsn))
 				}
 				return true
 			}
@@ -281,7 +282,7 @@ func (m *Manager) connect() bool {
 		if delay <= 0 {
 			delay = 100 * time.Millisecond
 		}
-		m.log.Warn("Database connection failed", "attempt", attempt, "error", Scrub(err.Error(), m.dsn),
+		m.log.Warn("Database connection failed", "attempt", attempt, "error", redact.Scrub(err.Error(), m.dsn),
 			"next_attempt_in", delay)
 		if sleep(m.ctx, delay) != nil {
 			return false
@@ -326,7 +327,7 @@ func (m *Manager) check() bool {
 		m.setServerFull(d, err)
 		if !m.fullSeen.Swap(true) {
 			m.log.Warn("Database health check: the server refuses new connections; keeping the pool's",
-				"status", StatusDegraded, "error", Scrub(err.Error(), m.dsn))
+				"status", StatusDegraded, "error", redact.Scrub(err.Error(), m.dsn))
 		}
 		return false
 	}
@@ -494,7 +495,7 @@ func (m *Manager) rewarm() {
 	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.ConnectTimeout)
 	defer cancel()
 	if _, err := m.warmup(ctx, int(m.cfg.MinConns)); err != nil && !m.isClosed() {
-		m.log.Warn("Database warm-up after reconnect incomplete", "error", Scrub(err.Error(), m.dsn))
+		m.log.Warn("Database warm-up after reconnect incomplete", "error", redact.Scrub(err.Error(), m.dsn))
 	}
 }
 
@@ -522,7 +523,7 @@ func (m *Manager) setHealth(ok bool, d time.Duration, err error) {
 	h.TotalFailures++
 	h.Status = StatusUnhealthy
 	if err != nil {
-		h.LastError = Scrub(err.Error(), m.dsn)
+		h.LastError = redact.Scrub(err.Error(), m.dsn)
 		h.LastErrorCode = SQLState(err)
 	}
 	m.metrics.healthUp.Set(0)
@@ -545,7 +546,7 @@ func (m *Manager) setServerFull(d time.Duration, err error) {
 	h := &m.health
 	h.LastCheck, h.Latency = time.Now(), d
 	h.Status = StatusDegraded
-	h.LastError, h.LastErrorCode = Scrub(err.Error(), m.dsn), SQLState(err)
+	h.LastError, h.LastErrorCode = redact.Scrub(err.Error(), m.dsn), SQLState(err)
 	m.metrics.healthUp.Set(1)
 }
 
@@ -733,7 +734,7 @@ func (m *Manager) warmup(ctx context.Context, n int) (WarmupResult, error) {
 		}
 	}
 	if err := firstError(errs); err != nil {
-		return res, &scrubbedError{msg: Scrub(err.Error(), m.dsn), err: err}
+		return res, &scrubbedError{msg: redact.Scrub(err.Error(), m.dsn), err: err}
 	}
 	return res, nil
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/pgsidecar/pgsidecar/internal/redact"
 )
 
 // MonitorOptions shape the small side pool that monitoring queries (collectors, API) use.
@@ -52,7 +53,7 @@ func (m *Manager) NewMonitorPool(opts MonitorOptions) (*pgxpool.Pool, error) {
 	}
 	p, err := pgxpool.NewWithConfig(context.Background(), pc)
 	if err != nil {
-		return nil, fmt.Errorf("monitor pool: %s", Scrub(err.Error(), m.dsn))
+		return nil, fmt.Errorf("monitor pool: %s", redact.Scrub(err.Error(), m.dsn))
 	}
 	m.mu.Lock()
 	m.sidePools = append(m.sidePools, p)

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgsidecar/pgsidecar/internal/redact"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -412,7 +413,7 @@ func (s *Server) acquire() (*pgxpool.Conn, error) {
 					code = lastCode
 				}
 				return nil, reject(code, "cannot connect to the database within DB_CONNECTION_TIMEOUT (%s): %s", timeout,
-					pool.Scrub(lastErr.Error(), s.mgr.Config().DatabaseURL))
+					redact.Scrub(lastErr.Error(), s.mgr.Config().DatabaseURL))
 			}
 			return nil, reject("53300", "no server connection available within DB_CONNECTION_TIMEOUT (%s): all %d pool connections are in use",
 				timeout, s.mgr.Config().MaxConns)
