@@ -116,3 +116,28 @@ func (e *RetryError) Error() string {
 
 // Unwrap returns the last attempt's error.
 func (e *RetryError) Unwrap() error { return e.Err }
+
+// errSaturated is what ping reports when it could not get a connection because all are in use.
+var errSaturated = errors.New("every pool connection is in use")
+
+// errAcquireLimit is the cause of an acquire's context that ran out of its acquireLimit.
+var errAcquireLimit = errors.New("pool acquire limit reached")
+
+// scrubbedError shows an error's text without the DSN's password but keeps the error itself
+// for errors.As, so that SQLState still finds the server's code (53300, 28P01, ...).
+type scrubbedError struct {
+	msg string
+	err error
+}
+
+func (e *scrubbedError) Error() string { return e.msg }
+func (e *scrubbedError) Unwrap() error { return e.err }
+
+// ErrTxTimeout is wrapped into the error of a transaction that ran past TxOptions.Timeout.
+var ErrTxTimeout = errors.New("transaction timeout exceeded")
+
+// ErrAcquireTimeout is wrapped into the error of a helper (Transaction, ExecuteWithRetry,
+// ExecuteWithRetryValue, BatchExecute, ExecPipeline, Warmup) whose wait for a free pool
+// connection outlasted DB_CONNECTION_TIMEOUT (for Transaction: TxOptions.MaxWait when set). It is
+// not retried.
+var ErrAcquireTimeout = errors.New("timed out waiting for a pool connection")

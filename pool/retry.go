@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 )
 
@@ -73,4 +74,23 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+// Backoff returns the delay before retry number attempt (1-based): base doubled per attempt,
+// capped at maxDelay, with "equal jitter" so the result lies in [d/2, d]. Spreading retries
+// keeps many clients from hitting a recovering server at the same instant.
+func Backoff(attempt int, base, maxDelay time.Duration) time.Duration {
+	if base <= 0 {
+		return 0
+	}
+	d := base
+	for i := 1; i < attempt && d < maxDelay; i++ {
+		d *= 2
+	}
+	d = min(d, maxDelay)
+	half := d / 2
+	if half <= 0 {
+		return d
+	}
+	return half + rand.N(d-half+1)
 }
