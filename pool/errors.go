@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgsidecar/pgsidecar/internal/redact"
 )
 
 // Retryable reports whether running the failed work again is both safe and useful.
@@ -123,8 +125,10 @@ var errSaturated = errors.New("every pool connection is in use")
 // errAcquireLimit is the cause of an acquire's context that ran out of its acquireLimit.
 var errAcquireLimit = errors.New("pool acquire limit reached")
 
-// scrubbedError shows an error's text without the DSN's password but keeps the error itself
-// for errors.As, so that SQLState still finds the server's code (53300, 28P01, ...).
+// scrubbedError is how an error leaves the pool: its text (Error, and every fmt verb) has the
+// passwords of DATABASE_URL and PGPASSWORD masked, while errors.Is and errors.As still reach the
+// error itself, so *pgconn.PgError, ErrAcquireTimeout, context errors and SQLState (53300, 28P01,
+// ...) work as on the error pgx returned.
 type scrubbedError struct {
 	msg string
 	err error
@@ -132,6 +136,29 @@ type scrubbedError struct {
 
 func (e *scrubbedError) Error() string { return e.msg }
 func (e *scrubbedError) Unwrap() error { return e.err }
+
+// Format prints the scrubbed text for every verb: %+v and %#v must not reach the inner error.
+func (e *scrubbedError) Format(f fmt.State, verb rune) {
+	if verb == 'q' {
+		fmt.Fprintf(f, "%q", e.msg)
+		return
+	}
+	_, _ = io.WriteString(f, e.msg)
+}
+
+// scrubbed wraps err for returning from the pool; nil stays nil and a scrubbed error is not
+// wrapped again.
+func scrubbed(s *redact.Scrubber, err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := err.(*scrubbedError); ok {
+		return err
+	}
+	return &scrubbedError{msg: s.Scrub(err.Error()), err: err}
+}
+
+func (m *Manager) scrubbed(err error) error { return scrubbed(m.scrub, err) }
 
 // ErrTxTimeout is wrapped into the error of a transaction that ran past TxOptions.Timeout.
 var ErrTxTimeout = errors.New("transaction timeout exceeded")

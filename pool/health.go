@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
-
-	"github.com/pgsidecar/pgsidecar/internal/redact"
 )
 
 // Status is the pool's health as the health endpoints report it.
@@ -41,7 +39,7 @@ func (m *Manager) noteError(err error) {
 	if !m.connErrSeen.Swap(true) {
 		m.metrics.healthUp.Set(0)
 		m.mu.Lock()
-		m.health.LastError = redact.Scrub(err.Error(), m.dsn)
+		m.health.LastError = m.scrub.Scrub(err.Error())
 		m.mu.Unlock()
 	}
 	select {
@@ -124,7 +122,7 @@ func (m *Manager) connect() bool {
 					"duration", res.Duration)
 				if err != nil {
 					m.log.Warn("Database warm-up incomplete", "ready", res.Ready, "wanted", res.Requested,
-						"error", redact.Scrub(err.Error(), m.dsn))
+						"error", m.scrub.Scrub(err.Error()))
 				}
 				return true
 			}
@@ -136,7 +134,7 @@ func (m *Manager) connect() bool {
 		if delay <= 0 {
 			delay = 100 * time.Millisecond
 		}
-		m.log.Warn("Database connection failed", "attempt", attempt, "error", redact.Scrub(err.Error(), m.dsn),
+		m.log.Warn("Database connection failed", "attempt", attempt, "error", m.scrub.Scrub(err.Error()),
 			"next_attempt_in", delay)
 		if sleep(m.ctx, delay) != nil {
 			return false
@@ -181,7 +179,7 @@ func (m *Manager) check() bool {
 		m.setServerFull(d, err)
 		if !m.fullSeen.Swap(true) {
 			m.log.Warn("Database health check: the server refuses new connections; keeping the pool's",
-				"status", StatusDegraded, "error", redact.Scrub(err.Error(), m.dsn))
+				"status", StatusDegraded, "error", m.scrub.Scrub(err.Error()))
 		}
 		return false
 	}
@@ -271,7 +269,7 @@ func (m *Manager) setHealth(ok bool, d time.Duration, err error) {
 	h.TotalFailures++
 	h.Status = StatusUnhealthy
 	if err != nil {
-		h.LastError = redact.Scrub(err.Error(), m.dsn)
+		h.LastError = m.scrub.Scrub(err.Error())
 		h.LastErrorCode = SQLState(err)
 	}
 	m.metrics.healthUp.Set(0)
@@ -294,7 +292,7 @@ func (m *Manager) setServerFull(d time.Duration, err error) {
 	h := &m.health
 	h.LastCheck, h.Latency = time.Now(), d
 	h.Status = StatusDegraded
-	h.LastError, h.LastErrorCode = redact.Scrub(err.Error(), m.dsn), SQLState(err)
+	h.LastError, h.LastErrorCode = m.scrub.Scrub(err.Error()), SQLState(err)
 	m.metrics.healthUp.Set(1)
 }
 

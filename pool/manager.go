@@ -32,7 +32,7 @@ func WithRegisterer(r prometheus.Registerer) Option { return func(m *Manager) { 
 // Manager owns one pgxpool and everything around it. It is safe for concurrent use.
 type Manager struct {
 	cfg     Config
-	dsn     string // for scrubbing passwords out of error text
+	scrub   *redact.Scrubber // the DSN's passwords, kept out of errors and logs
 	log     *slog.Logger
 	reg     prometheus.Registerer
 	pool    *pgxpool.Pool
@@ -59,16 +59,17 @@ type Manager struct {
 // pool connects and warms up in the background, retrying with backoff. Queries made before that
 // wait for a connection like any other.
 func New(cfg Config, opts ...Option) (*Manager, error) {
+	scrub := redact.NewScrubber(cfg.DatabaseURL)
 	if err := cfg.Validate(); err != nil {
-		return nil, err
+		return nil, scrubbed(scrub, err)
 	}
 	pc, err := cfg.pgxConfig()
 	if err != nil {
-		return nil, err
+		return nil, scrubbed(scrub, err)
 	}
 	m := &Manager{
 		cfg:     cfg,
-		dsn:     cfg.DatabaseURL,
+		scrub:   scrub,
 		log:     slog.Default(),
 		started: time.Now(),
 		trigger: make(chan struct{}, 1),
@@ -88,12 +89,12 @@ func New(cfg Config, opts ...Option) (*Manager, error) {
 	m.metrics = newMetrics(m)
 	m.pool, err = pgxpool.NewWithConfig(context.Background(), pc)
 	if err != nil {
-		return nil, fmt.Errorf("pool %s: %s", cfg.Name, redact.Scrub(err.Error(), m.dsn))
+		return nil, m.scrubbed(fmt.Errorf("pool %s: %w", cfg.Name, err))
 	}
 	if m.reg != nil {
 		if err := m.reg.Register(m.metrics); err != nil {
 			m.pool.Close()
-			return nil, fmt.Errorf("pool %s: registering metrics: %w", cfg.Name, err)
+			return nil, m.scrubbed(fmt.Errorf("pool %s: registering metrics: %w", cfg.Name, err))
 		}
 	}
 	m.log.Info("Database pool created", "database", redact.DSN(cfg.DatabaseURL), "max_connections", cfg.MaxConns,

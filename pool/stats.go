@@ -19,7 +19,7 @@ func (m *Manager) RecordQuery(op Operation, sql string, d time.Duration, err err
 	}
 	if d >= m.cfg.SlowQueryThreshold {
 		x.slowQueries.Inc()
-		text := truncateSQL(redact.SQLPasswords(redact.Scrub(sql, m.dsn)), 500)
+		text := truncateSQL(redact.SQLPasswords(m.scrub.Scrub(sql)), 500)
 		m.mu.Lock()
 		m.slow.add(SlowQuery{Time: time.Now(), Duration: d, Operation: op.String(), SQL: text})
 		m.mu.Unlock()

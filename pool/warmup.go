@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/pgsidecar/pgsidecar/internal/redact"
 )
 
 func (m *Manager) rewarm() {
@@ -16,7 +14,7 @@ func (m *Manager) rewarm() {
 	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.ConnectTimeout)
 	defer cancel()
 	if _, err := m.warmup(ctx, int(m.cfg.MinConns)); err != nil && !m.isClosed() {
-		m.log.Warn("Database warm-up after reconnect incomplete", "error", redact.Scrub(err.Error(), m.dsn))
+		m.log.Warn("Database warm-up after reconnect incomplete", "error", m.scrub.Scrub(err.Error()))
 	}
 }
 
@@ -34,7 +32,7 @@ type WarmupResult struct {
 // DB_CONNECTION_TIMEOUT for a free connection.
 func (m *Manager) Warmup(ctx context.Context, n int) (WarmupResult, error) {
 	if n < 0 || n > int(m.cfg.MaxConns) {
-		return WarmupResult{}, fmt.Errorf("warm-up connections (%d) must be between 0 and DB_MAX_CONNECTIONS (%d)", n, m.cfg.MaxConns)
+		return WarmupResult{}, m.scrubbed(fmt.Errorf("warm-up connections (%d) must be between 0 and DB_MAX_CONNECTIONS (%d)", n, m.cfg.MaxConns))
 	}
 	return m.warmup(ctx, n)
 }
@@ -70,7 +68,7 @@ func (m *Manager) warmup(ctx context.Context, n int) (WarmupResult, error) {
 		}
 	}
 	if err := firstError(errs); err != nil {
-		return res, &scrubbedError{msg: redact.Scrub(err.Error(), m.dsn), err: err}
+		return res, m.scrubbed(err)
 	}
 	return res, nil
 }

@@ -142,7 +142,15 @@ func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\
 // Scrub removes from msg every password found in the given DSNs and in PGPASSWORD, in plain and
 // URL-escaped form. Errors that come from parsing or connecting pass through it before they are
 // logged or returned.
-func Scrub(msg string, dsns ...string) string {
+func Scrub(msg string, dsns ...string) string { return NewScrubber(dsns...).Scrub(msg) }
+
+// Scrubber is Scrub with its passwords found once: for a caller that scrubs many messages
+// against the same DSN.
+type Scrubber struct{ forms []string }
+
+// NewScrubber finds the passwords of dsns and PGPASSWORD, and the forms they may take in text.
+func NewScrubber(dsns ...string) *Scrubber {
+	s := &Scrubber{}
 	for _, p := range passwords(dsns...) {
 		if len(p) < 2 {
 			continue
@@ -150,9 +158,17 @@ func Scrub(msg string, dsns ...string) string {
 		kvEscaped := strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(p)
 		for _, form := range []string{kvEscaped, p, url.QueryEscape(p), url.PathEscape(p), (&url.URL{User: url.UserPassword("", p)}).User.String()[1:]} {
 			if form != "" {
-				msg = strings.ReplaceAll(msg, form, "xxxxx")
+				s.forms = append(s.forms, form)
 			}
 		}
+	}
+	return s
+}
+
+// Scrub replaces every form of the passwords in msg with xxxxx.
+func (s *Scrubber) Scrub(msg string) string {
+	for _, form := range s.forms {
+		msg = strings.ReplaceAll(msg, form, "xxxxx")
 	}
 	return msg
 }
