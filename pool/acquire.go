@@ -3,7 +3,6 @@ package pool
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -43,10 +42,48 @@ func (l *acquireLimit) explain(ctx context.Context, err error) error {
 	if err == nil || !l.timedOut.Load() || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
-	if l.opening.Load() {
-		return fmt.Errorf("%w: no connection could be opened to the database within %s (%s)", ErrAcquireTimeout, l.setting, l.wait)
+	return &AcquireError{Setting: l.setting, Wait: l.wait, Opening: l.opening.Load()}
+}
+
+// Acquire borrows a connection from the pool for the caller to Release, waiting at most
+// DB_CONNECTION_TIMEOUT for it (less when ctx ends first). While a connection cannot be opened
+// (the database is down, or refuses) it tries again with backoff, from 50 ms up to 1 s, until
+// then. When DB_CONNECTION_TIMEOUT runs out the error is an *AcquireError (errors.Is
+// ErrAcquireTimeout) that tells a busy pool from a database that could not be reached, with the
+// last connection error as its Cause. When ctx ends first the error is ctx's.
+func (m *Manager) Acquire(ctx context.Context) (*pgxpool.Conn, error) {
+	wait := m.cfg.ConnectTimeout
+	actx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	var lastErr error
+	for attempt := 1; ; attempt++ {
+		c, err := m.pool.Acquire(actx)
+		switch {
+		case err == nil:
+			return c, nil
+		case ctx.Err() != nil:
+			return nil, m.scrubbed(err)
+		case actx.Err() != nil:
+			return nil, m.scrubbed(m.acquireTimeout(wait, lastErr, err))
+		}
+		lastErr = err
+		_ = sleep(actx, Backoff(attempt, 50*time.Millisecond, time.Second))
 	}
-	return fmt.Errorf("%w: the pool had no free connection within %s (%s)", ErrAcquireTimeout, l.setting, l.wait)
+}
+
+// acquireTimeout is Acquire's error when DB_CONNECTION_TIMEOUT ran out: err is the last
+// acquire's, lastErr the connection error before it, if any.
+func (m *Manager) acquireTimeout(wait time.Duration, lastErr, err error) *AcquireError {
+	if lastErr == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+		lastErr = err
+	}
+	if h := m.Health(); lastErr == nil && h.Status == StatusUnhealthy {
+		// The only attempt was still connecting when time ran out; the health loop knows why.
+		lastErr = &healthError{msg: h.LastError, code: h.LastErrorCode}
+	}
+	st := m.pool.Stat()
+	return &AcquireError{Setting: "DB_CONNECTION_TIMEOUT", Wait: wait,
+		Opening: lastErr != nil || st.AcquiredConns() < st.MaxConns(), Cause: m.scrubbed(lastErr)}
 }
 
 // acquire takes a connection from the pool, waiting at most wait (set by setting) for a free one,

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -87,9 +88,12 @@ func IsConnectionError(err error) bool {
 // failed connection, "timeout" or "canceled" for the caller's context, "client" otherwise.
 func SQLState(err error) string {
 	var pgErr *pgconn.PgError
+	var health *healthError
 	switch {
 	case errors.As(err, &pgErr):
 		return pgErr.Code
+	case errors.As(err, &health):
+		return health.code
 	case errors.Is(err, context.DeadlineExceeded):
 		return "timeout"
 	case errors.Is(err, context.Canceled):
@@ -163,8 +167,50 @@ func (m *Manager) scrubbed(err error) error { return scrubbed(m.scrub, err) }
 // ErrTxTimeout is wrapped into the error of a transaction that ran past TxOptions.Timeout.
 var ErrTxTimeout = errors.New("transaction timeout exceeded")
 
-// ErrAcquireTimeout is wrapped into the error of a helper (Transaction, ExecuteWithRetry,
-// ExecuteWithRetryValue, BatchExecute, ExecPipeline, Warmup) whose wait for a free pool
-// connection outlasted DB_CONNECTION_TIMEOUT (for Transaction: TxOptions.MaxWait when set). It is
-// not retried.
+// AcquireError is the error of a wait for a pool connection that ran out of its bound
+// (DB_CONNECTION_TIMEOUT, or TxOptions.MaxWait). errors.Is(err, ErrAcquireTimeout) holds for it,
+// and errors.As and SQLState reach its Cause.
+type AcquireError struct {
+	Setting string        // what bounded the wait: DB_CONNECTION_TIMEOUT or TxOptions.MaxWait
+	Wait    time.Duration // the bound
+	// Opening: the pool had room when the wait ended, so it was for a new connection to open (a
+	// slow or unreachable server), not for a busy one to come back.
+	Opening bool
+	// Cause is the last error opening a connection during the wait (scrubbed of passwords), when
+	// Manager.Acquire saw one; nil when the pool was busy.
+	Cause error
+}
+
+func (e *AcquireError) Error() string {
+	var msg string
+	if e.Opening {
+		msg = fmt.Sprintf("%s: no connection could be opened to the database within %s (%s)", ErrAcquireTimeout, e.Setting, e.Wait)
+	} else {
+		msg = fmt.Sprintf("%s: the pool had no free connection within %s (%s)", ErrAcquireTimeout, e.Setting, e.Wait)
+	}
+	if e.Cause != nil {
+		msg += ": " + e.Cause.Error()
+	}
+	return msg
+}
+
+// Unwrap returns ErrAcquireTimeout and the Cause, if any.
+func (e *AcquireError) Unwrap() []error {
+	if e.Cause == nil {
+		return []error{ErrAcquireTimeout}
+	}
+	return []error{ErrAcquireTimeout, e.Cause}
+}
+
+// healthError is the health loop's last error, scrubbed already, standing in for a connection
+// error that an acquire did not see itself.
+type healthError struct{ msg, code string }
+
+func (e *healthError) Error() string    { return e.msg }
+func (e *healthError) SQLState() string { return e.code }
+
+// ErrAcquireTimeout is wrapped into the error (an *AcquireError) of Acquire or a helper
+// (Transaction, ExecuteWithRetry, ExecuteWithRetryValue, BatchExecute, ExecPipeline, Warmup)
+// whose wait for a free pool connection outlasted DB_CONNECTION_TIMEOUT (for Transaction:
+// TxOptions.MaxWait when set). It is not retried.
 var ErrAcquireTimeout = errors.New("timed out waiting for a pool connection")
