@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"crypto/md5"
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
@@ -10,6 +9,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgauth"
 )
 
 // AuthMethod is how the proxy authenticates its clients.
@@ -153,12 +154,11 @@ func parseSecret(user, secret string) (*credential, error) {
 	case len(secret) == 35 && strings.HasPrefix(secret, "md5") && isHex(secret[3:]):
 		return &credential{md5: secret}, nil
 	default:
-		sum := md5.Sum([]byte(secret + user))
 		v, err := newSCRAMVerifier(secret)
 		if err != nil {
 			return nil, err
 		}
-		return &credential{md5: "md5" + hex.EncodeToString(sum[:]), scram: v}, nil
+		return &credential{md5: pgauth.MD5(secret, user), scram: v}, nil
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgsidecar/pgsidecar/internal/pgauth"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -290,7 +291,7 @@ func (sess *session) authenticate(raw net.Conn) error {
 		if v == nil {
 			// Unknown user (or no SCRAM secret): run the exchange against a random secret so the
 			// reply does not tell which user names exist.
-			v = &scramVerifier{salt: make([]byte, 16), iterations: scramIterations, storedKey: make([]byte, 32), serverKey: make([]byte, 32)}
+			v = &scramVerifier{salt: make([]byte, 16), iterations: pgauth.SCRAMIterations, storedKey: make([]byte, 32), serverKey: make([]byte, 32)}
 			_, _ = rand.Read(v.salt)
 			_, _ = rand.Read(v.storedKey)
 		}
