@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/pgsidecar/pgsidecar/internal/redact"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -229,7 +228,7 @@ func (h *Handler) warmup(w http.ResponseWriter, r *http.Request) {
 		DurationMs: ms(res.Duration)}
 	if err != nil {
 		resp.Requested = n
-		resp.Error = redact.Scrub(err.Error(), cfg.DatabaseURL)
+		resp.Error = err.Error()
 		h.log.Warn("Database warm-up failed", "requested", n, "opened", res.Opened, "error", resp.Error)
 		writeJSON(w, http.StatusServiceUnavailable, resp)
 		return

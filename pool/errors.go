@@ -164,6 +164,12 @@ func scrubbed(s *redact.Scrubber, err error) error {
 
 func (m *Manager) scrubbed(err error) error { return scrubbed(m.scrub, err) }
 
+// ScrubError returns err as the Manager's own methods return errors: its text with the passwords
+// of DATABASE_URL and PGPASSWORD masked, errors.Is and errors.As reaching err. It is for errors
+// of queries made on Pool() or a monitor pool, whose text may quote a password (a statement
+// that holds it, echoed by the server). nil stays nil.
+func (m *Manager) ScrubError(err error) error { return m.scrubbed(err) }
+
 // ErrTxTimeout is wrapped into the error of a transaction that ran past TxOptions.Timeout.
 var ErrTxTimeout = errors.New("transaction timeout exceeded")
 

@@ -111,8 +111,13 @@ func New(cfg Config, opts ...Option) (*Manager, error) {
 // Pool returns the underlying pgxpool for queries. Queries through it are measured.
 func (m *Manager) Pool() *pgxpool.Pool { return m.pool }
 
-// Config returns the configuration the manager was built with.
-func (m *Manager) Config() Config { return m.cfg }
+// Config returns the configuration the manager was built with, its DatabaseURL with the
+// password masked (xxxxx): the password stays inside the pool.
+func (m *Manager) Config() Config {
+	c := m.cfg
+	c.DatabaseURL = redact.DSN(c.DatabaseURL)
+	return c
+}
 
 // Name is the pool's name in metrics and logs.
 func (m *Manager) Name() string { return m.cfg.Name }
