@@ -80,13 +80,13 @@ func New(cfg Config, opts ...Option) (*Manager, error) {
 	}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.log = m.log.With("pool", cfg.Name)
-	m.tracer = &tracer{m: m}
+	m.metrics = newMetrics(cfg.Name, m.snapshot)
+	m.tracer = &tracer{metrics: m.metrics, recordQuery: m.RecordQuery, noteError: m.noteError}
 	pc.ConnConfig.Tracer = acquireTracer{m.tracer}
 	pc.BeforeClose = func(*pgx.Conn) { m.closedConns.Add(1) }
 	// pgxpool keeps MinConns open (it tops the pool up in its background health check and
 	// closes idle connections only down to MinConns); the manager's connect loop adds the
 	// logged, backed-off first warm-up.
-	m.metrics = newMetrics(m)
 	m.pool, err = pgxpool.NewWithConfig(context.Background(), pc)
 	if err != nil {
 		return nil, m.scrubbed(fmt.Errorf("pool %s: %w", cfg.Name, err))

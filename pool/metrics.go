@@ -18,7 +18,7 @@ var QueryBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.
 // metrics holds every metric of one pool. Events are counted into vecs created once; pool state
 // is read from pgxpool at scrape time and sent as const metrics.
 type metrics struct {
-	m *Manager
+	snapshot func() poolSnapshot
 
 	queryDuration  *prometheus.HistogramVec
 	queryObservers [numOperations]prometheus.Observer
@@ -47,8 +47,18 @@ type metrics struct {
 	acquireCancels *prometheus.Desc
 }
 
-func newMetrics(m *Manager) *metrics {
-	labels := prometheus.Labels{"pool": m.cfg.Name}
+// poolSnapshot is the pool state that metrics read at scrape time.
+type poolSnapshot struct {
+	stat     *pgxpool.Stat
+	minConns int32
+	pending  int64 // acquires waiting now
+	closed   int64 // connections closed, for any reason
+}
+
+// newMetrics creates the metrics of the pool called name; snapshot reads its state at scrape
+// time.
+func newMetrics(name string, snapshot func() poolSnapshot) *metrics {
+	labels := prometheus.Labels{"pool": name}
 	counter := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels})
 	}
@@ -59,7 +69,7 @@ func newMetrics(m *Manager) *metrics {
 		return prometheus.NewDesc(name, help, varLabels, labels)
 	}
 	x := &metrics{
-		m: m,
+		snapshot: snapshot,
 		queryDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:                            "pgsidecar_query_duration_seconds",
 			Help:                            "Duration of queries, from send to last row read, by operation.",
@@ -130,7 +140,8 @@ func (x *metrics) Collect(ch chan<- prometheus.Metric) {
 	for _, c := range x.eventCollectors() {
 		c.Collect(ch)
 	}
-	s := x.m.pool.Stat()
+	snap := x.snapshot()
+	s := snap.stat
 	g := func(d *prometheus.Desc, v float64, lv ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, lv...)
 	}
@@ -141,14 +152,14 @@ func (x *metrics) Collect(ch chan<- prometheus.Metric) {
 	g(x.connections, float64(s.AcquiredConns()), "used")
 	g(x.connections, float64(s.ConstructingConns()), "constructing")
 	g(x.maxConns, float64(s.MaxConns()))
-	g(x.minConns, float64(x.m.cfg.MinConns))
-	g(x.pending, float64(x.m.tracer.pending.Load()))
+	g(x.minConns, float64(snap.minConns))
+	g(x.pending, float64(snap.pending))
 	c(x.acquires, float64(s.AcquireCount()))
 	c(x.opened, float64(s.NewConnsCount()))
 	lifetime, idle := s.MaxLifetimeDestroyCount(), s.MaxIdleDestroyCount()
 	// BeforeClose runs after pgxpool counts a lifetime or idle close, so the difference can dip
 	// for a moment; a counter must not go down.
-	other := x.closedOther.max(x.m.closedConns.Load() - lifetime - idle)
+	other := x.closedOther.max(snap.closed - lifetime - idle)
 	c(x.closed, float64(lifetime), "max_lifetime")
 	c(x.closed, float64(idle), "max_idle")
 	c(x.closed, float64(other), "other")

@@ -49,6 +49,12 @@ type Stats struct {
 	Health            Health
 }
 
+// snapshot reads the pool state that metrics need at scrape time.
+func (m *Manager) snapshot() poolSnapshot {
+	return poolSnapshot{stat: m.pool.Stat(), minConns: m.cfg.MinConns, pending: m.tracer.pending.Load(),
+		closed: m.closedConns.Load()}
+}
+
 // Stats reads the pool and its metrics once.
 func (m *Manager) Stats() Stats {
 	s := m.pool.Stat()
