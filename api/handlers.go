@@ -69,7 +69,7 @@ func (h *Handler) healthResponse() HealthResponse {
 	return hr
 }
 
-func (h *Handler) uptime() float64 { return secs(time.Since(h.mgr.Started())) }
+func (h *Handler) uptime() float64 { return secs(h.mgr.Stats().Uptime) }
 
 // health answers 200 while the pool serves queries (healthy or degraded) and 503 otherwise
 // (unhealthy, or still connecting for the first time).

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgsidecar/pgsidecar/internal/backoff"
 )
 
 // The wait for a free connection. pgxpool has no limit of its own on it; the Manager's helpers
@@ -67,7 +69,7 @@ func (m *Manager) Acquire(ctx context.Context) (*pgxpool.Conn, error) {
 			return nil, m.scrubbed(m.acquireTimeout(wait, lastErr, err))
 		}
 		lastErr = err
-		_ = sleep(actx, Backoff(attempt, 50*time.Millisecond, time.Second))
+		_ = sleep(actx, backoff.Delay(attempt, 50*time.Millisecond, time.Second))
 	}
 }
 

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgsidecar/pgsidecar/internal/backoff"
 )
 
 // Status is the pool's health as the health endpoints report it.
@@ -82,7 +84,7 @@ func (m *Manager) run() {
 		} else if !ok {
 			// Look again soon so recovery is seen within about a second, backing off from 250 ms
 			// to 1 s so a long outage (or a rotated password) costs the server one login a second.
-			next = min(next, Backoff(m.Health().ConsecutiveFailures, 250*time.Millisecond, time.Second))
+			next = min(next, backoff.Delay(m.Health().ConsecutiveFailures, 250*time.Millisecond, time.Second))
 		}
 		if !timer.Stop() {
 			select {
@@ -130,7 +132,7 @@ func (m *Manager) connect() bool {
 		} else {
 			m.setHealth(false, time.Since(start), err)
 		}
-		delay := Backoff(attempt, m.cfg.RetryDelay, m.cfg.RetryMaxDelay)
+		delay := backoff.Delay(attempt, m.cfg.RetryDelay, m.cfg.RetryMaxDelay)
 		if delay <= 0 {
 			delay = 100 * time.Millisecond
 		}

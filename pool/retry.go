@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/backoff"
 )
 
 // ExecuteWithRetry runs fn, and runs it again while it fails with a Retryable error, up to
@@ -44,7 +45,7 @@ func ExecuteWithRetryValue[T any](ctx context.Context, m *Manager, fn func(ctx c
 			return zero, &RetryError{Attempts: attempt, Err: m.scrubbed(stoppedRetrying(ctx, err))}
 		}
 		m.metrics.retries.Inc()
-		delay := Backoff(attempt, m.cfg.RetryDelay, m.cfg.RetryMaxDelay)
+		delay := backoff.Delay(attempt, m.cfg.RetryDelay, m.cfg.RetryMaxDelay)
 		m.log.Debug("Retrying database operation", "attempt", attempt, "sqlstate", SQLState(err), "next_attempt_in", delay)
 		if sleep(ctx, delay) != nil {
 			return zero, &RetryError{Attempts: attempt, Err: m.scrubbed(stoppedRetrying(ctx, err))}
@@ -75,23 +76,4 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
-}
-
-// Backoff returns the delay before retry number attempt (1-based): base doubled per attempt,
-// capped at maxDelay, with "equal jitter" so the result lies in [d/2, d]. Spreading retries
-// keeps many clients from hitting a recovering server at the same instant.
-func Backoff(attempt int, base, maxDelay time.Duration) time.Duration {
-	if base <= 0 {
-		return 0
-	}
-	d := base
-	for i := 1; i < attempt && d < maxDelay; i++ {
-		d *= 2
-	}
-	d = min(d, maxDelay)
-	half := d / 2
-	if half <= 0 {
-		return d
-	}
-	return half + rand.N(d-half+1)
 }

@@ -28,6 +28,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pgsidecar/pgsidecar/internal/backoff"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -191,7 +192,7 @@ func (s *Server) serve(l net.Listener) {
 			// Out of file descriptors and the like: wait and go on accepting, as net/http does;
 			// giving up would leave clients hanging in the listen backlog.
 			failures++
-			delay := pool.Backoff(failures, 5*time.Millisecond, time.Second)
+			delay := backoff.Delay(failures, 5*time.Millisecond, time.Second)
 			if failures == 1 || failures%100 == 0 {
 				s.log.Error("Proxy accept failed", "address", l.Addr().String(), "error", err.Error(), "retry_in", delay)
 			}
