@@ -173,6 +173,10 @@ func (s *Scrubber) Scrub(msg string) string {
 	return msg
 }
 
+// minPiece is the shortest piece of a password split at an @ that is masked on its own: shorter
+// ones would mask ordinary words and give little away.
+const minPiece = 4
+
 func passwords(dsns ...string) []string {
 	var out []string
 	if p := os.Getenv("PGPASSWORD"); p != "" {
@@ -195,9 +199,23 @@ func passwords(dsns ...string) []string {
 				}
 			}
 			if lo, hi, ok := rawURLPassword(dsn); ok {
-				out = append(out, dsn[lo:hi])
-				if p, err := url.PathUnescape(dsn[lo:hi]); err == nil {
+				raw := dsn[lo:hi]
+				out = append(out, raw)
+				if p, err := url.PathUnescape(raw); err == nil {
 					out = append(out, p)
+				}
+				// A password with an unescaped @ is split there by a parser that reads the
+				// rest as the host, which connection errors then show: mask each piece.
+				if pieces := strings.Split(raw, "@"); len(pieces) > 1 {
+					for _, piece := range pieces {
+						if len(piece) < minPiece {
+							continue
+						}
+						out = append(out, piece)
+						if p, err := url.PathUnescape(piece); err == nil {
+							out = append(out, p)
+						}
+					}
 				}
 			}
 			continue

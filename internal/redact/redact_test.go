@@ -42,6 +42,11 @@ func TestScrubRemovesEveryForm(t *testing.T) {
 			t.Fatalf("Scrub left %q in %q", leak, got)
 		}
 	}
+	// A password with an unescaped @, which a parser may split there and show the rest as host.
+	dsn := "postgres://app:Zq9:p@ss%2Fw%25rd-Leak7@127.0.0.1:1/pos"
+	if got := Scrub("lookup ss/w%rd-Leak7@127.0.0.1: no such host", dsn); strings.Contains(got, "Leak7") {
+		t.Errorf("Scrub left a piece of the password: %q", got)
+	}
 	// A URL with quotes or a space around it, as an env file may leave it.
 	for _, dsn := range []string{` "postgres://app:s3cretpw@db/pos?sslmode=disable"`, " postgres://app:s3cretpw@db/pos"} {
 		if got := Scrub("connecting to "+dsn+" failed", dsn); strings.Contains(got, "s3cretpw") {
