@@ -173,6 +173,12 @@ func (m *Manager) ScrubError(err error) error { return m.scrubbed(err) }
 // ErrTxTimeout is wrapped into the error of a transaction that ran past TxOptions.Timeout.
 var ErrTxTimeout = errors.New("transaction timeout exceeded")
 
+// ErrAcquireTimeout is wrapped into the error (an *AcquireError) of Acquire or a helper
+// (Transaction, ExecuteWithRetry, ExecuteWithRetryValue, BatchExecute, ExecPipeline, Warmup)
+// whose wait for a free pool connection outlasted DB_CONNECTION_TIMEOUT (for Transaction:
+// TxOptions.MaxWait when set). It is not retried.
+var ErrAcquireTimeout = errors.New("timed out waiting for a pool connection")
+
 // AcquireError is the error of a wait for a pool connection that ran out of its bound
 // (DB_CONNECTION_TIMEOUT, or TxOptions.MaxWait). errors.Is(err, ErrAcquireTimeout) holds for it,
 // and errors.As and SQLState reach its Cause.
@@ -214,9 +220,3 @@ type healthError struct{ msg, code string }
 
 func (e *healthError) Error() string    { return e.msg }
 func (e *healthError) SQLState() string { return e.code }
-
-// ErrAcquireTimeout is wrapped into the error (an *AcquireError) of Acquire or a helper
-// (Transaction, ExecuteWithRetry, ExecuteWithRetryValue, BatchExecute, ExecPipeline, Warmup)
-// whose wait for a free pool connection outlasted DB_CONNECTION_TIMEOUT (for Transaction:
-// TxOptions.MaxWait when set). It is not retried.
-var ErrAcquireTimeout = errors.New("timed out waiting for a pool connection")
