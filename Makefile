@@ -33,7 +33,7 @@ test: deps
 # Each fuzz target briefly (go test -fuzz takes one target at a time); seeds live in testdata/fuzz.
 # FUZZTIME is an execution count: a duration races Go 1.26's fuzz coordinator at the deadline and
 # fails with a bare "context deadline exceeded" on a busy machine (golang/go#75804, fixed in 1.27).
-FUZZ_TARGETS := ./pool/:FuzzClassifyOperation ./pool/:FuzzParseDuration ./pool/:FuzzRedactDSN \
+FUZZ_TARGETS := ./pool/:FuzzClassifyOperation ./pool/:FuzzParseDuration ./internal/redact/:FuzzRedactDSN \
 	./pool/:FuzzFromEnv ./collector/:FuzzParseQueries ./proxy/:FuzzStartupPacket \
 	./proxy/:FuzzSCRAMExchange ./proxy/:FuzzDecodeError
 fuzz:

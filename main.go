@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 
+	"github.com/pgsidecar/pgsidecar/internal/redact"
 	"github.com/pgsidecar/pgsidecar/internal/settings"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
@@ -56,7 +57,7 @@ func (v *settingValue[C]) Set(s string) error {
 
 func (v *settingValue[C]) String() string {
 	if v.s.Env == "DATABASE_URL" {
-		return pool.RedactDSN(v.raw)
+		return redact.DSN(v.raw)
 	}
 	return v.raw
 }
@@ -185,7 +186,7 @@ func newApp(stdout, stderr io.Writer) (*kingpin.Application, *app) {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if f := envFileArg(args); f != "" {
 		if err := loadEnvFile(f); err != nil {
-			fmt.Fprintf(stderr, "pgsidecar: --env-file: %s\n", pool.Scrub(err.Error()))
+			fmt.Fprintf(stderr, "pgsidecar: --env-file: %s\n", redact.Scrub(err.Error()))
 			return 2
 		}
 	}
@@ -203,7 +204,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitCode
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "pgsidecar: %s\n", pool.Scrub(err.Error(), os.Getenv("DATABASE_URL")))
+		fmt.Fprintf(stderr, "pgsidecar: %s\n", redact.Scrub(err.Error(), os.Getenv("DATABASE_URL")))
 		return 2
 	}
 	logger := promslog.New(a.logCfg)
@@ -260,10 +261,10 @@ func serve(ctx context.Context, a *app, logger *slog.Logger) int {
 		stopFeature, err := f.start(ctx, d)
 		if err != nil {
 			if errors.As(err, new(configError)) {
-				logger.Error("Invalid configuration", "error", pool.Scrub(err.Error(), a.poolCfg.DatabaseURL))
+				logger.Error("Invalid configuration", "error", redact.Scrub(err.Error(), a.poolCfg.DatabaseURL))
 				return 2
 			}
-			logger.Error("Cannot start", "error", pool.Scrub(err.Error(), a.poolCfg.DatabaseURL))
+			logger.Error("Cannot start", "error", redact.Scrub(err.Error(), a.poolCfg.DatabaseURL))
 			return 1
 		}
 		if stopFeature != nil {

@@ -65,7 +65,7 @@ func (h *Handler) healthResponse() HealthResponse {
 	return hr
 }
 
-func (h *Handler) uptime() float64 { return secs(time.Since(h.mgr.Started())) }
+func (h *Handler) uptime() float64 { return secs(h.mgr.Stats().Uptime) }
 
 // health answers 200 while the pool serves queries (healthy or degraded) and 503 otherwise
 // (unhealthy, or still connecting for the first time).
@@ -233,7 +233,7 @@ func (h *Handler) warmup(w http.ResponseWriter, r *http.Request) {
 		DurationMs: ms(res.Duration)}
 	if err != nil {
 		resp.Requested = n
-		resp.Error = pool.Scrub(err.Error(), cfg.DatabaseURL)
+		resp.Error = err.Error()
 		h.log.Warn("Database warm-up failed", "requested", n, "opened", res.Opened, "error", resp.Error)
 		writeJSON(w, http.StatusServiceUnavailable, resp)
 		return

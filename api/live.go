@@ -65,13 +65,8 @@ func (w *window) recent(now, started time.Time, cur pool.QueryHistogram) RecentQ
 		return r
 	}
 	r.ErrorRate = ratio(float64(r.Errors) / float64(r.Queries))
-	delta := make([]uint64, len(cur.Cumulative))
-	for i := range delta {
-		if i < len(base.h.Cumulative) && cur.Cumulative[i] >= base.h.Cumulative[i] {
-			delta[i] = cur.Cumulative[i] - base.h.Cumulative[i]
-		}
-	}
-	q := func(p float64) float64 { return round3(pool.HistogramQuantile(p, delta, r.Queries) * 1000) }
+	delta := cur.Sub(base.h)
+	q := func(p float64) float64 { return round3(delta.Quantile(p) * 1000) }
 	r.AverageMs = round3((cur.SumSeconds - base.h.SumSeconds) * 1000 / float64(r.Queries))
 	r.P50Ms, r.P95Ms, r.P99Ms = q(0.50), q(0.95), q(0.99)
 	return r

@@ -194,10 +194,11 @@ func TestLiveStreamLimit(t *testing.T) {
 // TestWindow checks the recent figures against readings whose deltas are known.
 func TestWindow(t *testing.T) {
 	w := newWindow(10 * time.Second)
-	n := len(pool.QueryBuckets)
+	bounds := pool.QueryHistogram{}.Bounds()
+	n := len(bounds)
 	hist := func(count, errs uint64, sum float64, upTo float64) pool.QueryHistogram {
 		h := pool.QueryHistogram{Cumulative: make([]uint64, n), Count: count, Errors: errs, SumSeconds: sum}
-		for i, b := range pool.QueryBuckets {
+		for i, b := range bounds {
 			if b >= upTo {
 				h.Cumulative[i] = count
 			}
@@ -213,7 +214,7 @@ func TestWindow(t *testing.T) {
 	}
 	// 50 more queries, all slower (in the 0.1 s bucket).
 	h2 := hist(150, 10, 6, 0.1)
-	for i, b := range pool.QueryBuckets {
+	for i, b := range bounds {
 		if b >= 0.01 && b < 0.1 {
 			h2.Cumulative[i] = 100
 		}

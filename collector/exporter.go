@@ -64,14 +64,16 @@ type namedCollector struct {
 // metrics. It is a prometheus.Collector (unchecked: custom queries define metrics at run time);
 // register it on the same registry that serves /metrics and wrap that handler with Middleware.
 type Exporter struct {
-	cfg    Config
-	log    *slog.Logger
-	pool   *pgxpool.Pool
-	dsn    string // scrubbed out of logged errors
-	cols   []namedCollector
-	custom *customCollector // nil without a queries file
-	ctx    context.Context  // canceled by Close
-	cancel context.CancelFunc
+	cfg  Config
+	log  *slog.Logger
+	pool *pgxpool.Pool
+	// scrubErr masks passwords in errors before they are logged: a failing query's error may
+	// quote one (Manager.ScrubError; none without a Manager).
+	scrubErr func(error) error
+	cols     []namedCollector
+	custom   *customCollector // nil without a queries file
+	ctx      context.Context  // canceled by Close
+	cancel   context.CancelFunc
 
 	group singleflight.Group
 
@@ -109,7 +111,7 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Exporter, error) {
 	if err != nil {
 		return nil, err
 	}
-	e.dsn = mgr.Config().DatabaseURL
+	e.scrubErr = mgr.ScrubError
 	if e.custom != nil {
 		e.custom.scrub = e.errString
 	}
@@ -123,6 +125,7 @@ func newExporter(p *pgxpool.Pool, poolName string, cfg Config, opts ...Option) (
 		cfg:       cfg,
 		log:       slog.Default(),
 		pool:      p,
+		scrubErr:  func(err error) error { return err },
 		deadlines: map[uint64]time.Time{},
 		failing:   map[string]string{},
 		wasUp:     true,
@@ -338,7 +341,7 @@ func (e *Exporter) errString(err error) string {
 	if err == nil {
 		return ""
 	}
-	return pool.Scrub(err.Error(), e.dsn)
+	return e.scrubErr(err).Error()
 }
 
 type colResult struct {

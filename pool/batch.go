@@ -30,18 +30,18 @@ func BatchExecute[T any](ctx context.Context, m *Manager, ops []func(ctx context
 		var wg sync.WaitGroup
 		for i := start; i < end; i++ {
 			if err := waitTurn(ctx, sem); err != nil {
-				out[i].Err = err
+				out[i].Err = m.scrubbed(err)
 				continue
 			}
 			wg.Go(func() {
 				defer func() { <-sem }()
 				if err := ctx.Err(); err != nil {
-					out[i].Err = err
+					out[i].Err = m.scrubbed(err)
 					return
 				}
 				actx, limit := withAcquireLimit(ctx, m.cfg.ConnectTimeout, "DB_CONNECTION_TIMEOUT")
 				v, err := ops[i](actx)
-				out[i].Value, out[i].Err = v, limit.explain(ctx, err)
+				out[i].Value, out[i].Err = v, m.scrubbed(limit.explain(ctx, err))
 			})
 		}
 		wg.Wait()
@@ -82,7 +82,7 @@ func (m *Manager) ExecPipeline(ctx context.Context, stmts []Statement) ([]pgconn
 	}
 	c, err := m.acquire(ctx, m.cfg.ConnectTimeout, "DB_CONNECTION_TIMEOUT")
 	if err != nil {
-		return nil, err
+		return nil, m.scrubbed(err)
 	}
 	defer c.Release()
 	br := c.SendBatch(ctx, b)
@@ -91,9 +91,9 @@ func (m *Manager) ExecPipeline(ctx context.Context, stmts []Statement) ([]pgconn
 		tag, err := br.Exec()
 		if err != nil {
 			_ = br.Close()
-			return tags, err
+			return tags, m.scrubbed(err)
 		}
 		tags = append(tags, tag)
 	}
-	return tags, br.Close()
+	return tags, m.scrubbed(br.Close())
 }

@@ -116,50 +116,6 @@ func TestParseDuration(t *testing.T) {
 	}
 }
 
-func TestRedactDSN(t *testing.T) {
-	cases := map[string]string{
-		"postgres://app:s3cr%40t@db:5432/pos":                  "postgres://app:xxxxx@db:5432/pos",
-		"postgresql://app@db/pos?password=abc&sslmode=disable": "postgresql://app@db/pos?password=xxxxx&sslmode=disable",
-		"host=db user=app password=abc dbname=pos":             "host=db user=app password=xxxxx dbname=pos",
-		"host=db password = 'a b\\' c' dbname=pos":             "host=db password=xxxxx dbname=pos",
-		"host=db user=app dbname=pos":                          "host=db user=app dbname=pos",
-		"host=db mypassword=abc":                               "host=db mypassword=abc",
-		"postgres://app:pw@db/pos":                             "postgres://app:xxxxx@db/pos",
-		"host=db password='0://00' dbname=pos":                 "host=db password=xxxxx dbname=pos",
-		"password=a://b@c host=db":                             "password=xxxxx host=db",
-		"postgress://app:pw@db/pos?sslmode=disable":            "postgress://app:xxxxx@db/pos?sslmode=disable",
-		` "postgres://app:pw@db/pos?sslmode=disable"`:          "postgres://app:xxxxx@db/pos?sslmode=disable",
-		"": "",
-	}
-	for in, want := range cases {
-		if got := RedactDSN(in); got != want {
-			t.Errorf("RedactDSN(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
-func TestScrubRemovesEveryForm(t *testing.T) {
-	pw := "p:a@s/s%w rd"
-	t.Setenv("PGPASSWORD", "envsecret99")
-	dsns := []string{
-		"postgres://app:" + "p%3Aa%40s%2Fs%25w%20rd" + "@db/pos",
-		"host=db password='" + pw + "'",
-	}
-	msg := "failed: " + pw + " / p%3Aa%40s%2Fs%25w%20rd / p%3Aa%40s%2Fs%25w+rd / envsecret99"
-	got := Scrub(msg, dsns...)
-	for _, leak := range []string{pw, "p%3Aa%40s", "envsecret99"} {
-		if strings.Contains(got, leak) {
-			t.Fatalf("Scrub left %q in %q", leak, got)
-		}
-	}
-	// A URL with quotes or a space around it, as an env file may leave it.
-	for _, dsn := range []string{` "postgres://app:s3cretpw@db/pos?sslmode=disable"`, " postgres://app:s3cretpw@db/pos"} {
-		if got := Scrub("connecting to "+dsn+" failed", dsn); strings.Contains(got, "s3cretpw") {
-			t.Errorf("Scrub left the password of %q: %q", dsn, got)
-		}
-	}
-}
-
 func TestSettingsTableIsComplete(t *testing.T) {
 	seen := map[string]bool{}
 	for _, s := range Settings() {

@@ -7,8 +7,11 @@ import (
 	"io"
 	"net"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgsidecar/pgsidecar/internal/redact"
 )
 
 // Retryable reports whether running the failed work again is both safe and useful.
@@ -85,9 +88,12 @@ func IsConnectionError(err error) bool {
 // failed connection, "timeout" or "canceled" for the caller's context, "client" otherwise.
 func SQLState(err error) string {
 	var pgErr *pgconn.PgError
+	var health *healthError
 	switch {
 	case errors.As(err, &pgErr):
 		return pgErr.Code
+	case errors.As(err, &health):
+		return health.code
 	case errors.Is(err, context.DeadlineExceeded):
 		return "timeout"
 	case errors.Is(err, context.Canceled):
@@ -116,3 +122,101 @@ func (e *RetryError) Error() string {
 
 // Unwrap returns the last attempt's error.
 func (e *RetryError) Unwrap() error { return e.Err }
+
+// errSaturated is what ping reports when it could not get a connection because all are in use.
+var errSaturated = errors.New("every pool connection is in use")
+
+// errAcquireLimit is the cause of an acquire's context that ran out of its acquireLimit.
+var errAcquireLimit = errors.New("pool acquire limit reached")
+
+// scrubbedError is how an error leaves the pool: its text (Error, and every fmt verb) has the
+// passwords of DATABASE_URL and PGPASSWORD masked, while errors.Is and errors.As still reach the
+// error itself, so *pgconn.PgError, ErrAcquireTimeout, context errors and SQLState (53300, 28P01,
+// ...) work as on the error pgx returned.
+type scrubbedError struct {
+	msg string
+	err error
+}
+
+func (e *scrubbedError) Error() string { return e.msg }
+func (e *scrubbedError) Unwrap() error { return e.err }
+
+// Format prints the scrubbed text for every verb: %+v and %#v must not reach the inner error.
+func (e *scrubbedError) Format(f fmt.State, verb rune) {
+	if verb == 'q' {
+		fmt.Fprintf(f, "%q", e.msg)
+		return
+	}
+	_, _ = io.WriteString(f, e.msg)
+}
+
+// scrubbed wraps err for returning from the pool; nil stays nil and a scrubbed error is not
+// wrapped again.
+func scrubbed(s *redact.Scrubber, err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := err.(*scrubbedError); ok {
+		return err
+	}
+	return &scrubbedError{msg: s.Scrub(err.Error()), err: err}
+}
+
+func (m *Manager) scrubbed(err error) error { return scrubbed(m.scrub, err) }
+
+// ScrubError returns err as the Manager's own methods return errors: its text with the passwords
+// of DATABASE_URL and PGPASSWORD masked, errors.Is and errors.As reaching err. It is for errors
+// of queries made on Pool() or a monitor pool, whose text may quote a password (a statement
+// that holds it, echoed by the server). nil stays nil.
+func (m *Manager) ScrubError(err error) error { return m.scrubbed(err) }
+
+// ErrTxTimeout is wrapped into the error of a transaction that ran past TxOptions.Timeout.
+var ErrTxTimeout = errors.New("transaction timeout exceeded")
+
+// ErrAcquireTimeout is wrapped into the error (an *AcquireError) of Acquire or a helper
+// (Transaction, ExecuteWithRetry, ExecuteWithRetryValue, BatchExecute, ExecPipeline, Warmup)
+// whose wait for a free pool connection outlasted DB_CONNECTION_TIMEOUT (for Transaction:
+// TxOptions.MaxWait when set). It is not retried.
+var ErrAcquireTimeout = errors.New("timed out waiting for a pool connection")
+
+// AcquireError is the error of a wait for a pool connection that ran out of its bound
+// (DB_CONNECTION_TIMEOUT, or TxOptions.MaxWait). errors.Is(err, ErrAcquireTimeout) holds for it,
+// and errors.As and SQLState reach its Cause.
+type AcquireError struct {
+	Setting string        // what bounded the wait: DB_CONNECTION_TIMEOUT or TxOptions.MaxWait
+	Wait    time.Duration // the bound
+	// Opening: the pool had room when the wait ended, so it was for a new connection to open (a
+	// slow or unreachable server), not for a busy one to come back.
+	Opening bool
+	// Cause is the last error opening a connection during the wait (scrubbed of passwords), when
+	// Manager.Acquire saw one; nil when the pool was busy.
+	Cause error
+}
+
+func (e *AcquireError) Error() string {
+	var msg string
+	if e.Opening {
+		msg = fmt.Sprintf("%s: no connection could be opened to the database within %s (%s)", ErrAcquireTimeout, e.Setting, e.Wait)
+	} else {
+		msg = fmt.Sprintf("%s: the pool had no free connection within %s (%s)", ErrAcquireTimeout, e.Setting, e.Wait)
+	}
+	if e.Cause != nil {
+		msg += ": " + e.Cause.Error()
+	}
+	return msg
+}
+
+// Unwrap returns ErrAcquireTimeout and the Cause, if any.
+func (e *AcquireError) Unwrap() []error {
+	if e.Cause == nil {
+		return []error{ErrAcquireTimeout}
+	}
+	return []error{ErrAcquireTimeout, e.Cause}
+}
+
+// healthError is the health loop's last error, scrubbed already, standing in for a connection
+// error that an acquire did not see itself.
+type healthError struct{ msg, code string }
+
+func (e *healthError) Error() string    { return e.msg }
+func (e *healthError) SQLState() string { return e.code }

@@ -91,28 +91,6 @@ func TestRetryableRealErrors(t *testing.T) {
 	}
 }
 
-func TestBackoffBounds(t *testing.T) {
-	base, maxDelay := 100*time.Millisecond, 2*time.Second
-	for attempt := 1; attempt <= 10; attempt++ {
-		full := base << (attempt - 1)
-		if full > maxDelay {
-			full = maxDelay
-		}
-		for range 200 {
-			d := Backoff(attempt, base, maxDelay)
-			if d < full/2 || d > full {
-				t.Fatalf("attempt %d: %v outside [%v, %v]", attempt, d, full/2, full)
-			}
-		}
-	}
-	if d := Backoff(1, 0, time.Second); d != 0 {
-		t.Fatalf("zero base gave %v", d)
-	}
-	if d := Backoff(1000, time.Second, 3*time.Second); d > 3*time.Second {
-		t.Fatalf("cap exceeded: %v", d)
-	}
-}
-
 func TestRetryErrorKeepsCause(t *testing.T) {
 	cause := &pgconn.PgError{Severity: "ERROR", Code: "23505", Message: "duplicate key"}
 	err := error(&RetryError{Attempts: 3, Err: fmt.Errorf("insert: %w", cause)})
@@ -198,8 +176,8 @@ func FuzzClassifyOperation(f *testing.F) {
 
 func TestBucketQuantile(t *testing.T) {
 	// 100 samples, all in the (0.005, 0.01] bucket.
-	cum := make([]uint64, len(QueryBuckets))
-	for i, b := range QueryBuckets {
+	cum := make([]uint64, len(queryBuckets))
+	for i, b := range queryBuckets {
 		if b >= 0.01 {
 			cum[i] = 100
 		}

@@ -2,6 +2,7 @@ package pool
 
 import (
 	"math"
+	"slices"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -11,14 +12,15 @@ import (
 	dto "github.com/prometheus/client_model/go"
 )
 
-// QueryBuckets are the classic buckets of pgsidecar_query_duration_seconds. They have
+// queryBuckets are the classic buckets of pgsidecar_query_duration_seconds (QueryHistogram.Bounds
+// hands out a copy). They have
 // boundaries at the seed's alert thresholds (0.5 s average latency, 1 s slow query).
-var QueryBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
+var queryBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
 
 // metrics holds every metric of one pool. Events are counted into vecs created once; pool state
 // is read from pgxpool at scrape time and sent as const metrics.
 type metrics struct {
-	m *Manager
+	snapshot func() poolSnapshot
 
 	queryDuration  *prometheus.HistogramVec
 	queryObservers [numOperations]prometheus.Observer
@@ -47,8 +49,18 @@ type metrics struct {
 	acquireCancels *prometheus.Desc
 }
 
-func newMetrics(m *Manager) *metrics {
-	labels := prometheus.Labels{"pool": m.cfg.Name}
+// poolSnapshot is the pool state that metrics read at scrape time.
+type poolSnapshot struct {
+	stat     *pgxpool.Stat
+	minConns int32
+	pending  int64 // acquires waiting now
+	closed   int64 // connections closed, for any reason
+}
+
+// newMetrics creates the metrics of the pool called name; snapshot reads its state at scrape
+// time.
+func newMetrics(name string, snapshot func() poolSnapshot) *metrics {
+	labels := prometheus.Labels{"pool": name}
 	counter := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels})
 	}
@@ -59,12 +71,12 @@ func newMetrics(m *Manager) *metrics {
 		return prometheus.NewDesc(name, help, varLabels, labels)
 	}
 	x := &metrics{
-		m: m,
+		snapshot: snapshot,
 		queryDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:                            "pgsidecar_query_duration_seconds",
 			Help:                            "Duration of queries, from send to last row read, by operation.",
 			ConstLabels:                     labels,
-			Buckets:                         QueryBuckets,
+			Buckets:                         queryBuckets,
 			NativeHistogramBucketFactor:     1.1,
 			NativeHistogramMaxBucketNumber:  160,
 			NativeHistogramMinResetDuration: time.Hour,
@@ -130,7 +142,8 @@ func (x *metrics) Collect(ch chan<- prometheus.Metric) {
 	for _, c := range x.eventCollectors() {
 		c.Collect(ch)
 	}
-	s := x.m.pool.Stat()
+	snap := x.snapshot()
+	s := snap.stat
 	g := func(d *prometheus.Desc, v float64, lv ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, lv...)
 	}
@@ -141,14 +154,14 @@ func (x *metrics) Collect(ch chan<- prometheus.Metric) {
 	g(x.connections, float64(s.AcquiredConns()), "used")
 	g(x.connections, float64(s.ConstructingConns()), "constructing")
 	g(x.maxConns, float64(s.MaxConns()))
-	g(x.minConns, float64(x.m.cfg.MinConns))
-	g(x.pending, float64(x.m.tracer.pending.Load()))
+	g(x.minConns, float64(snap.minConns))
+	g(x.pending, float64(snap.pending))
 	c(x.acquires, float64(s.AcquireCount()))
 	c(x.opened, float64(s.NewConnsCount()))
 	lifetime, idle := s.MaxLifetimeDestroyCount(), s.MaxIdleDestroyCount()
 	// BeforeClose runs after pgxpool counts a lifetime or idle close, so the difference can dip
 	// for a moment; a counter must not go down.
-	other := x.closedOther.max(x.m.closedConns.Load() - lifetime - idle)
+	other := x.closedOther.max(snap.closed - lifetime - idle)
 	c(x.closed, float64(lifetime), "max_lifetime")
 	c(x.closed, float64(idle), "max_idle")
 	c(x.closed, float64(other), "other")
@@ -192,16 +205,42 @@ func (x *metrics) queryStats() QueryStats {
 // QueryHistogram is the query duration histogram summed over operations. Two readings taken a
 // while apart give the latency of just the queries in between, which is what live views show.
 type QueryHistogram struct {
-	Cumulative []uint64 // cumulative counts per bound of QueryBuckets
+	Cumulative []uint64 // cumulative counts per bound of Bounds
 	Count      uint64
 	SumSeconds float64
 	Errors     uint64
 }
 
+// Bounds returns the upper bounds, in seconds, of the buckets Cumulative counts over; they are
+// the same for every QueryHistogram.
+func (QueryHistogram) Bounds() []float64 { return slices.Clone(queryBuckets) }
+
+// Sub returns the queries between base, an earlier reading, and h. Counts that went down (a
+// reading from another pool) give 0.
+func (h QueryHistogram) Sub(base QueryHistogram) QueryHistogram {
+	d := QueryHistogram{Cumulative: make([]uint64, len(h.Cumulative)), Count: h.Count - min(base.Count, h.Count),
+		SumSeconds: h.SumSeconds - base.SumSeconds, Errors: h.Errors - min(base.Errors, h.Errors)}
+	for i := range d.Cumulative {
+		if i < len(base.Cumulative) && h.Cumulative[i] >= base.Cumulative[i] {
+			d.Cumulative[i] = h.Cumulative[i] - base.Cumulative[i]
+		}
+	}
+	return d
+}
+
+// Quantile estimates quantile q (0..1) of the query durations, in seconds, the way PromQL's
+// histogram_quantile does. It returns 0 when there were no queries.
+func (h QueryHistogram) Quantile(q float64) float64 {
+	if h.Count == 0 || len(h.Cumulative) != len(queryBuckets) {
+		return 0
+	}
+	return bucketQuantile(q, h.Cumulative, h.Count)
+}
+
 // read reads the query histograms and error counters once: the histogram summed over
 // operations, the count by operation (non-zero only) and the errors by SQLSTATE.
 func (x *metrics) read() (h QueryHistogram, byOp, bySQLState map[string]uint64) {
-	h.Cumulative = make([]uint64, len(QueryBuckets))
+	h.Cumulative = make([]uint64, len(queryBuckets))
 	byOp, bySQLState = map[string]uint64{}, map[string]uint64{}
 	for op := range numOperations {
 		var pb dto.Metric
@@ -247,18 +286,18 @@ func bucketQuantile(q float64, cumulative []uint64, total uint64) float64 {
 	rank := q * float64(total)
 	i := sort.Search(len(cumulative), func(i int) bool { return float64(cumulative[i]) >= rank })
 	if i == len(cumulative) {
-		return QueryBuckets[len(QueryBuckets)-1]
+		return queryBuckets[len(queryBuckets)-1]
 	}
 	lower, prev := 0.0, uint64(0)
 	if i > 0 {
-		lower, prev = QueryBuckets[i-1], cumulative[i-1]
+		lower, prev = queryBuckets[i-1], cumulative[i-1]
 	}
 	inBucket := cumulative[i] - prev
 	if inBucket == 0 {
-		return QueryBuckets[i]
+		return queryBuckets[i]
 	}
-	v := lower + (QueryBuckets[i]-lower)*(rank-float64(prev))/float64(inBucket)
-	return math.Min(v, QueryBuckets[i])
+	v := lower + (queryBuckets[i]-lower)*(rank-float64(prev))/float64(inBucket)
+	return math.Min(v, queryBuckets[i])
 }
 
 // monotonic remembers the largest value it was given.

@@ -29,7 +29,7 @@ type MonitorOptions struct {
 func (m *Manager) NewMonitorPool(opts MonitorOptions) (*pgxpool.Pool, error) {
 	pc, err := m.cfg.pgxConfig()
 	if err != nil {
-		return nil, err
+		return nil, m.scrubbed(err)
 	}
 	if opts.MaxConns <= 0 {
 		opts.MaxConns = 1
@@ -52,7 +52,7 @@ func (m *Manager) NewMonitorPool(opts MonitorOptions) (*pgxpool.Pool, error) {
 	}
 	p, err := pgxpool.NewWithConfig(context.Background(), pc)
 	if err != nil {
-		return nil, fmt.Errorf("monitor pool: %s", Scrub(err.Error(), m.dsn))
+		return nil, m.scrubbed(fmt.Errorf("monitor pool: %w", err))
 	}
 	m.mu.Lock()
 	m.sidePools = append(m.sidePools, p)

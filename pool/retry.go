@@ -5,13 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/backoff"
 )
 
 // ExecuteWithRetry runs fn, and runs it again while it fails with a Retryable error, up to
 // DB_RETRY_ATTEMPTS tries with exponential backoff and jitter from DB_RETRY_DELAY. It stops at
 // once when ctx is done. fn must be safe to run again as a whole (for example one statement, or
 // a function that opens its own transaction). The error after the last try is a *RetryError
-// carrying the cause and the number of attempts; when ctx ended first it carries ctx's error too.
+// carrying the cause (scrubbed of passwords) and the number of attempts; when ctx ended first it
+// carries ctx's error too.
 //
 // fn's pool acquires (through m.Pool() with the ctx fn is given) wait at most
 // DB_CONNECTION_TIMEOUT for a free connection, unless ctx ends sooner; the queries themselves
@@ -36,16 +39,16 @@ func ExecuteWithRetryValue[T any](ctx context.Context, m *Manager, fn func(ctx c
 		// trying again would make the caller wait that long once per attempt (see Retryable).
 		err = limit.explain(ctx, err)
 		if attempt >= m.cfg.RetryAttempts || !Retryable(err) {
-			return zero, &RetryError{Attempts: attempt, Err: err}
+			return zero, &RetryError{Attempts: attempt, Err: m.scrubbed(err)}
 		}
 		if ctx.Err() != nil {
-			return zero, &RetryError{Attempts: attempt, Err: stoppedRetrying(ctx, err)}
+			return zero, &RetryError{Attempts: attempt, Err: m.scrubbed(stoppedRetrying(ctx, err))}
 		}
 		m.metrics.retries.Inc()
-		delay := Backoff(attempt, m.cfg.RetryDelay, m.cfg.RetryMaxDelay)
+		delay := backoff.Delay(attempt, m.cfg.RetryDelay, m.cfg.RetryMaxDelay)
 		m.log.Debug("Retrying database operation", "attempt", attempt, "sqlstate", SQLState(err), "next_attempt_in", delay)
 		if sleep(ctx, delay) != nil {
-			return zero, &RetryError{Attempts: attempt, Err: stoppedRetrying(ctx, err)}
+			return zero, &RetryError{Attempts: attempt, Err: m.scrubbed(stoppedRetrying(ctx, err))}
 		}
 	}
 }

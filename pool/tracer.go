@@ -14,8 +14,10 @@ import (
 // interfaces. Its start hooks wrap the context in one small struct (one allocation) that carries
 // what the end hook needs.
 type tracer struct {
-	m       *Manager
-	pending atomic.Int64
+	metrics     *metrics
+	recordQuery func(op Operation, sql string, d time.Duration, err error) // Manager.RecordQuery
+	noteError   func(err error)                                            // a connection may be lost
+	pending     atomic.Int64
 }
 
 type queryTrace struct {
@@ -46,7 +48,7 @@ func (t *tracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQu
 // TraceQueryEnd implements pgx.QueryTracer.
 func (t *tracer) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryEndData) {
 	if q, ok := ctx.(*queryTrace); ok {
-		t.m.RecordQuery(q.op, q.sql, time.Since(q.start), d.Err)
+		t.recordQuery(q.op, q.sql, time.Since(q.start), d.Err)
 	}
 }
 
@@ -62,13 +64,13 @@ func (t *tracer) TraceBatchQuery(_ context.Context, _ *pgx.Conn, d pgx.TraceBatc
 	if !d.ReadStartTime.IsZero() {
 		dur = time.Since(d.ReadStartTime)
 	}
-	t.m.RecordQuery(ClassifyOperation(d.SQL), d.SQL, dur, d.Err)
+	t.recordQuery(ClassifyOperation(d.SQL), d.SQL, dur, d.Err)
 }
 
 // TraceBatchEnd implements pgx.BatchTracer.
 func (t *tracer) TraceBatchEnd(_ context.Context, _ *pgx.Conn, d pgx.TraceBatchEndData) {
 	if d.Err != nil {
-		t.m.noteError(d.Err)
+		t.noteError(d.Err)
 	}
 }
 
@@ -80,7 +82,7 @@ func (t *tracer) TraceCopyFromStart(ctx context.Context, _ *pgx.Conn, _ pgx.Trac
 // TraceCopyFromEnd implements pgx.CopyFromTracer.
 func (t *tracer) TraceCopyFromEnd(ctx context.Context, _ *pgx.Conn, d pgx.TraceCopyFromEndData) {
 	if q, ok := ctx.(*queryTrace); ok {
-		t.m.RecordQuery(q.op, q.sql, time.Since(q.start), d.Err)
+		t.recordQuery(q.op, q.sql, time.Since(q.start), d.Err)
 	}
 }
 
@@ -92,8 +94,8 @@ func (t *tracer) TraceConnectStart(ctx context.Context, _ pgx.TraceConnectStartD
 // TraceConnectEnd implements pgx.ConnectTracer: a failed connect marks the pool unhealthy.
 func (t *tracer) TraceConnectEnd(ctx context.Context, d pgx.TraceConnectEndData) {
 	if d.Err != nil && ctx.Err() == nil {
-		t.m.metrics.connectErrors.Inc()
-		t.m.noteError(d.Err)
+		t.metrics.connectErrors.Inc()
+		t.noteError(d.Err)
 	}
 }
 
@@ -110,13 +112,13 @@ func (t *tracer) TraceAcquireEnd(ctx context.Context, _ *pgxpool.Pool, d pgxpool
 	if !ok {
 		return
 	}
-	t.m.metrics.acquireWait.Observe(time.Since(a.start).Seconds())
+	t.metrics.acquireWait.Observe(time.Since(a.start).Seconds())
 	if d.Err == nil {
 		return
 	}
 	if errors.Is(d.Err, context.DeadlineExceeded) {
-		t.m.metrics.acquireTimeout.Inc()
+		t.metrics.acquireTimeout.Inc()
 		return
 	}
-	t.m.noteError(d.Err)
+	t.noteError(d.Err)
 }

@@ -20,15 +20,6 @@ type TxOptions struct {
 	AccessMode pgx.TxAccessMode
 }
 
-// ErrTxTimeout is wrapped into the error of a transaction that ran past TxOptions.Timeout.
-var ErrTxTimeout = errors.New("transaction timeout exceeded")
-
-// ErrAcquireTimeout is wrapped into the error of a helper (Transaction, ExecuteWithRetry,
-// ExecuteWithRetryValue, BatchExecute, ExecPipeline, Warmup) whose wait for a free pool
-// connection outlasted DB_CONNECTION_TIMEOUT (for Transaction: TxOptions.MaxWait when set). It is
-// not retried.
-var ErrAcquireTimeout = errors.New("timed out waiting for a pool connection")
-
 // Transaction runs fn inside a transaction on one connection: it commits when fn returns nil and
 // rolls back when fn returns an error or panics (the panic goes on after the rollback). A
 // serialization failure or deadlock (or an error before anything reached the server) runs the

@@ -3,7 +3,6 @@ package proxy
 import (
 	"crypto/hmac"
 	"crypto/md5"
-	"crypto/pbkdf2"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -13,9 +12,9 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-)
 
-const scramIterations = 4096
+	"github.com/pgsidecar/pgsidecar/internal/pgauth"
+)
 
 // scramVerifier is a SCRAM-SHA-256 secret as PostgreSQL stores it: the salt, the iteration count
 // and the two derived keys. The password itself is not needed to verify a client.
@@ -27,19 +26,13 @@ type scramVerifier struct {
 }
 
 // newSCRAMVerifier derives a verifier from a password with a fresh random salt. It runs once per
-// user when the proxy starts, so authentication costs no PBKDF2 per connection. The password is
-// SASLprep'd first, as PostgreSQL and libpq do, so non-ASCII passwords match theirs.
+// user when the proxy starts, so authentication costs no PBKDF2 per connection.
 func newSCRAMVerifier(password string) (*scramVerifier, error) {
-	salt := make([]byte, 16)
-	_, _ = rand.Read(salt)
-	salted, err := pbkdf2.Key(sha256.New, saslprep(password), salt, scramIterations, sha256.Size)
+	s, err := pgauth.SCRAMVerifier(password)
 	if err != nil {
 		return nil, err
 	}
-	clientKey := hmacSHA256(salted, "Client Key")
-	stored := sha256.Sum256(clientKey)
-	return &scramVerifier{salt: salt, iterations: scramIterations, storedKey: stored[:],
-		serverKey: hmacSHA256(salted, "Server Key")}, nil
+	return parseSCRAMVerifier(s)
 }
 
 // parseSCRAMVerifier reads "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>".

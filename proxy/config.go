@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"crypto/md5"
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/alecthomas/units"
 
+	"github.com/pgsidecar/pgsidecar/internal/pgauth"
 	"github.com/pgsidecar/pgsidecar/internal/settings"
 )
 
@@ -245,12 +245,11 @@ func parseSecret(user, secret string) (*credential, error) {
 	case len(secret) == 35 && strings.HasPrefix(secret, "md5") && isHex(secret[3:]):
 		return &credential{md5: secret}, nil
 	default:
-		sum := md5.Sum([]byte(secret + user))
 		v, err := newSCRAMVerifier(secret)
 		if err != nil {
 			return nil, err
 		}
-		return &credential{md5: "md5" + hex.EncodeToString(sum[:]), scram: v}, nil
+		return &credential{md5: pgauth.MD5(secret, user), scram: v}, nil
 	}
 }
 

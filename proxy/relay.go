@@ -106,7 +106,7 @@ func (sess *session) run(srvConn *pgxpool.Conn, params map[string]string) {
 			end.clean = pc.TxStatus() == 'I' && !pc.IsClosed()
 			s.refuse(sess.cw, reject(pgErr.Code, "%s", pgErr.Message))
 		} else {
-			s.refuse(sess.cw, reject("08006", "server connection failed: %s", pool.Scrub(err.Error(), s.mgr.Config().DatabaseURL)))
+			s.refuse(sess.cw, reject("08006", "server connection failed: %s", s.mgr.ScrubError(err)))
 		}
 		_ = sess.cw.Flush()
 		return
@@ -637,7 +637,7 @@ func (sess *session) serverLost(cause error, pending chan pendingSync, serverSai
 	}
 	if s.ctx.Err() == nil {
 		s.log.Warn("Proxy server connection lost", "user", sess.user, "client", sess.remote,
-			"error", pool.Scrub(cause.Error(), s.mgr.Config().DatabaseURL))
+			"error", s.mgr.ScrubError(cause).Error())
 	}
 	if !serverSaidFatal {
 		s.refuse(sess.cw, reject("08006", "server connection lost; the session ended and its transaction, if any, is lost"))

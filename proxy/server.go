@@ -28,6 +28,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pgsidecar/pgsidecar/internal/backoff"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -71,14 +72,13 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 	if err := cfg.loadFiles(); err != nil {
 		return nil, err
 	}
-	cc := mgr.Pool().Config().ConnConfig
 	s := &Server{
 		mgr:      mgr,
 		cfg:      cfg,
 		log:      slog.Default(),
 		m:        newMetrics(mgr.Name()),
 		creds:    map[string]*credential{},
-		database: cc.Database,
+		database: mgr.Pool().Config().ConnConfig.Database,
 		clients:  map[net.Conn]struct{}{},
 		sessions: map[uint32]*session{},
 	}
@@ -88,10 +88,20 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 	s.log = s.log.With("pool", mgr.Name())
 	users := cfg.Users
 	if len(users) == 0 {
-		if cc.Password == "" && cfg.Auth != AuthTrust {
+		own, err := mgr.ClientCredential()
+		if err != nil {
+			return nil, fmt.Errorf("proxy: %w", err)
+		}
+		if own.SCRAM == "" && cfg.Auth != AuthTrust {
 			return nil, errors.New("proxy: DATABASE_URL has no password to check clients against; give a users file or use trust authentication")
 		}
-		users = map[string]string{cc.User: cc.Password}
+		c := &credential{md5: own.MD5}
+		if own.SCRAM != "" {
+			if c.scram, err = parseSCRAMVerifier(own.SCRAM); err != nil {
+				return nil, fmt.Errorf("proxy: user %q: %w", own.User, err)
+			}
+		}
+		s.creds[own.User] = c
 	}
 	for name, secret := range users {
 		c, err := parseSecret(name, secret)
@@ -184,7 +194,7 @@ func (s *Server) serve(l net.Listener) {
 			// Out of file descriptors and the like: wait and go on accepting, as net/http does;
 			// giving up would leave clients hanging in the listen backlog.
 			failures++
-			delay := pool.Backoff(failures, 5*time.Millisecond, time.Second)
+			delay := backoff.Delay(failures, 5*time.Millisecond, time.Second)
 			if failures == 1 || failures%100 == 0 {
 				s.log.Error("Proxy accept failed", "address", l.Addr().String(), "error", err.Error(), "retry_in", delay)
 			}

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgsidecar/pgsidecar/internal/pgauth"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -290,7 +291,7 @@ func (sess *session) authenticate(raw net.Conn) error {
 		if v == nil {
 			// Unknown user (or no SCRAM secret): run the exchange against a random secret so the
 			// reply does not tell which user names exist.
-			v = &scramVerifier{salt: make([]byte, 16), iterations: scramIterations, storedKey: make([]byte, 32), serverKey: make([]byte, 32)}
+			v = &scramVerifier{salt: make([]byte, 16), iterations: pgauth.SCRAMIterations, storedKey: make([]byte, 32), serverKey: make([]byte, 32)}
 			_, _ = rand.Read(v.salt)
 			_, _ = rand.Read(v.storedKey)
 		}
@@ -375,56 +376,31 @@ func (sess *session) send(m encoder) error {
 	return err
 }
 
-// acquire borrows a server connection within DB_CONNECTION_TIMEOUT. While the database is
-// unreachable it retries with backoff until then; a client that still has none gets 53300 (pool
-// exhausted, or the server refused for too many connections) or 08006 (database unreachable)
-// instead of waiting forever.
+// acquire borrows a server connection within DB_CONNECTION_TIMEOUT (the pool retries while the
+// database is unreachable). A client that still has none gets 53300 (pool exhausted, or the
+// server refused for too many connections) or 08006 (database unreachable) instead of waiting
+// forever.
 func (s *Server) acquire() (*pgxpool.Conn, error) {
-	timeout := s.mgr.Config().ConnectTimeout
-	ctx, cancel := context.WithTimeout(s.ctx, timeout)
-	defer cancel()
 	start := time.Now()
 	defer func() { s.m.wait.Observe(time.Since(start).Seconds()) }()
-	var lastErr error
-	for attempt := 1; ; attempt++ {
-		c, err := s.mgr.Pool().Acquire(ctx)
-		if err == nil {
-			return c, nil
-		}
-		if ctx.Err() != nil {
-			if lastErr == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
-				lastErr = err
-			}
-			lastCode := "" // the server's SQLSTATE behind lastErr, if any
-			var pgErr *pgconn.PgError
-			if errors.As(lastErr, &pgErr) {
-				lastCode = pgErr.Code
-			}
-			if h := s.mgr.Health(); lastErr == nil && h.Status == pool.StatusUnhealthy {
-				// The only attempt was still connecting when time ran out.
-				lastErr, lastCode = errors.New(h.LastError), h.LastErrorCode
-			}
-			if lastErr != nil {
-				code := "08006"
-				if strings.HasPrefix(lastCode, "53") {
-					// The server answered but refused for lack of resources (too many
-					// connections): a capacity problem like an exhausted pool, not an outage.
-					code = lastCode
-				}
-				return nil, reject(code, "cannot connect to the database within DB_CONNECTION_TIMEOUT (%s): %s", timeout,
-					pool.Scrub(lastErr.Error(), s.mgr.Config().DatabaseURL))
-			}
-			return nil, reject("53300", "no server connection available within DB_CONNECTION_TIMEOUT (%s): all %d pool connections are in use",
-				timeout, s.mgr.Config().MaxConns)
-		}
-		lastErr = err
-		t := time.NewTimer(pool.Backoff(attempt, 50*time.Millisecond, time.Second))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-		case <-t.C:
-		}
+	c, err := s.mgr.Acquire(s.ctx)
+	if err == nil {
+		return c, nil
 	}
+	var ae *pool.AcquireError
+	if errors.As(err, &ae) && ae.Cause != nil {
+		code := "08006"
+		if c := pool.SQLState(ae.Cause); strings.HasPrefix(c, "53") {
+			// The server answered but refused for lack of resources (too many connections): a
+			// capacity problem like an exhausted pool, not an outage.
+			code = c
+		}
+		return nil, reject(code, "cannot connect to the database within DB_CONNECTION_TIMEOUT (%s): %s", ae.Wait, ae.Cause)
+	}
+	// The pool is busy, or the proxy is closing.
+	cfg := s.mgr.Config()
+	return nil, reject("53300", "no server connection available within DB_CONNECTION_TIMEOUT (%s): all %d pool connections are in use",
+		cfg.ConnectTimeout, cfg.MaxConns)
 }
 
 // applyParams sets the client's startup parameters (application_name, DateStyle, options -c ...)

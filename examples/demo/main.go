@@ -26,6 +26,7 @@ import (
 
 	"github.com/pgsidecar/pgsidecar/examples/pos"
 	"github.com/pgsidecar/pgsidecar/internal/pgcluster"
+	"github.com/pgsidecar/pgsidecar/internal/redact"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -70,7 +71,7 @@ func run(bin, listen, appMetrics, proxyAddr string, workers int, duration time.D
 		}
 		say("PostgreSQL is up on 127.0.0.1:%d (data in %s)", c.Port(), c.Dir())
 	} else {
-		say("using DATABASE_URL %s", pool.RedactDSN(dsn))
+		say("using DATABASE_URL %s", redact.DSN(dsn))
 	}
 
 	// The proxy checks its clients against the password of DATABASE_URL; a database reached

@@ -1,4 +1,4 @@
-package proxy
+package pgauth
 
 import (
 	"unicode"
@@ -8,7 +8,7 @@ import (
 	"golang.org/x/text/unicode/norm"
 )
 
-// saslprep prepares a password for SCRAM-SHA-256 the way PostgreSQL's pg_saslprep does (SASLprep,
+// SASLprep prepares a password for SCRAM-SHA-256 the way PostgreSQL's pg_saslprep does (SASLprep,
 // RFC 4013, a stringprep profile of RFC 3454), so that a verifier derived here from a plaintext
 // password matches what the server stores and what libpq clients prove.
 //
@@ -22,7 +22,7 @@ import (
 // as it is in saslprep_a1.go. NFKC and the bidi classes come from x/text's newer Unicode;
 // normalization of characters assigned in 3.2 is stable across versions, and the few bidi
 // classes that changed since 3.2 are corrected by the tables below.
-func saslprep(password string) string {
+func SASLprep(password string) string {
 	ascii := true
 	for i := 0; i < len(password); i++ {
 		if password[i] >= utf8.RuneSelf {

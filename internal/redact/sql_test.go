@@ -1,4 +1,4 @@
-package pool
+package redact
 
 import "testing"
 
@@ -15,8 +15,8 @@ func TestMaskPasswords(t *testing.T) {
 		{"UPDATE users SET password = $1 WHERE id = $2", "UPDATE users SET password = $1 WHERE id = $2"},
 		{"SELECT 1", "SELECT 1"},
 	} {
-		if got := MaskSQLPasswords(tc.in); got != tc.want {
-			t.Errorf("MaskSQLPasswords(%q) = %q, want %q", tc.in, got, tc.want)
+		if got := SQLPasswords(tc.in); got != tc.want {
+			t.Errorf("SQLPasswords(%q) = %q, want %q", tc.in, got, tc.want)
 		}
 	}
 }

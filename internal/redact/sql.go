@@ -1,4 +1,4 @@
-package pool
+package redact
 
 import (
 	"regexp"
@@ -12,9 +12,9 @@ var passwordSetting = regexp.MustCompile(`(?i)\bpassword(\s*=\s*|\s+)('(?:[^']|'
 // urlPassword matches the password of a URL with user information.
 var urlPassword = regexp.MustCompile(`(://[^:/@\s']*:)[^@\s']+@`)
 
-// MaskSQLPasswords replaces password values in SQL text (PASSWORD '...', password=..., URL
+// SQLPasswords replaces password values in SQL text (PASSWORD '...', password=..., URL
 // passwords) with xxxxx, so a logged or listed slow statement never shows one.
-func MaskSQLPasswords(sql string) string {
+func SQLPasswords(sql string) string {
 	sql = passwordSetting.ReplaceAllStringFunc(sql, func(m string) string {
 		sub := passwordSetting.FindStringSubmatch(m)
 		sep, val := sub[1], sub[2]

@@ -1,0 +1,154 @@
+package pool
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/pgsidecar/pgsidecar/internal/redact"
+)
+
+// RecordQuery counts one query in the pool's metrics and logs it when slow. The tracer calls it
+// for library traffic; other front ends (such as a protocol relay) call it for theirs.
+func (m *Manager) RecordQuery(op Operation, sql string, d time.Duration, err error) {
+	x := m.metrics
+	x.queryObservers[op].Observe(d.Seconds())
+	if err != nil {
+		x.queryErrors.WithLabelValues(op.String(), SQLState(err)).Inc()
+		m.noteError(err)
+	}
+	if d >= m.cfg.SlowQueryThreshold {
+		x.slowQueries.Inc()
+		text := truncateSQL(redact.SQLPasswords(m.scrub.Scrub(sql)), 500)
+		m.mu.Lock()
+		m.slow.add(SlowQuery{Time: time.Now(), Duration: d, Operation: op.String(), SQL: text})
+		m.mu.Unlock()
+		m.log.Warn("Slow query detected", "duration", d, "operation", op.String(), "sql", text)
+	}
+}
+
+// Stats is a snapshot of the pool for APIs and logs.
+type Stats struct {
+	Name              string
+	TotalConns        int32
+	IdleConns         int32
+	UsedConns         int32
+	ConstructingConns int32
+	MaxConns          int32
+	MinConns          int32
+	PendingAcquires   int64
+	Utilisation       float64 // used / max
+	AcquireCount      int64
+	EmptyAcquireCount int64
+	AcquireWait       time.Duration // cumulative wait of acquires that found no idle connection
+	ConnectionsOpened int64
+	Queries           QueryStats
+	SlowQueries       uint64
+	Retries           uint64
+	Uptime            time.Duration
+	Health            Health
+}
+
+// snapshot reads the pool state that metrics need at scrape time.
+func (m *Manager) snapshot() poolSnapshot {
+	return poolSnapshot{stat: m.pool.Stat(), minConns: m.cfg.MinConns, pending: m.tracer.pending.Load(),
+		closed: m.closedConns.Load()}
+}
+
+// Stats reads the pool and its metrics once.
+func (m *Manager) Stats() Stats {
+	s := m.pool.Stat()
+	return Stats{
+		Name:              m.cfg.Name,
+		TotalConns:        s.TotalConns(),
+		IdleConns:         s.IdleConns(),
+		UsedConns:         s.AcquiredConns(),
+		ConstructingConns: s.ConstructingConns(),
+		MaxConns:          s.MaxConns(),
+		MinConns:          m.cfg.MinConns,
+		PendingAcquires:   m.tracer.pending.Load(),
+		Utilisation:       utilisation(s),
+		AcquireCount:      s.AcquireCount(),
+		EmptyAcquireCount: s.EmptyAcquireCount(),
+		AcquireWait:       s.EmptyAcquireWaitTime(),
+		ConnectionsOpened: s.NewConnsCount(),
+		Queries:           m.metrics.queryStats(),
+		SlowQueries:       counterValue(m.metrics.slowQueries),
+		Retries:           counterValue(m.metrics.retries),
+		Uptime:            time.Since(m.started),
+		Health:            m.Health(),
+	}
+}
+
+// SlowQuery is one entry of the recent slow query list.
+type SlowQuery struct {
+	Time      time.Time
+	Duration  time.Duration
+	Operation string
+	SQL       string // whitespace collapsed and truncated; never argument values
+}
+
+// SlowQueries returns the most recent slow queries, newest first.
+func (m *Manager) SlowQueries() []SlowQuery {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.slow.list()
+}
+
+const slowRingSize = 50
+
+type slowRing struct {
+	buf  [slowRingSize]SlowQuery
+	next int
+	n    int
+}
+
+func (r *slowRing) add(q SlowQuery) {
+	r.buf[r.next] = q
+	r.next = (r.next + 1) % slowRingSize
+	r.n = min(r.n+1, slowRingSize)
+}
+
+func (r *slowRing) list() []SlowQuery {
+	out := make([]SlowQuery, 0, r.n)
+	for i := 1; i <= r.n; i++ {
+		out = append(out, r.buf[(r.next-i+slowRingSize)%slowRingSize])
+	}
+	return out
+}
+
+// truncateSQL collapses whitespace and cuts the text at limit bytes (on a rune boundary).
+func truncateSQL(sql string, limit int) string {
+	s := strings.Join(strings.Fields(sql), " ")
+	if len(s) <= limit {
+		return s
+	}
+	cut := limit
+	for cut > 0 && (s[cut]&0xC0) == 0x80 {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+// logMetricsLoop writes the seed's periodic "Database pool metrics" line, with the pool's
+// acquire figures added: acquires, those that found no idle connection (empty_acquires), their
+// cumulative wait (acquire_wait) and the acquires that gave up at their deadline.
+func (m *Manager) logMetricsLoop() {
+	defer m.wg.Done()
+	t := time.NewTicker(m.cfg.MetricsLogInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-t.C:
+			s := m.Stats()
+			m.log.Info("Database pool metrics", "total", s.TotalConns, "idle", s.IdleConns, "used", s.UsedConns,
+				"pending", s.PendingAcquires, "utilisation", fmt.Sprintf("%.1f%%", s.Utilisation*100),
+				"queries", s.Queries.Count, "errors", s.Queries.Errors, "error_rate", fmt.Sprintf("%.2f%%", s.Queries.ErrorRate*100),
+				"avg_latency", s.Queries.Average, "p95_latency", s.Queries.P95, "slow_queries", s.SlowQueries,
+				"acquires", s.AcquireCount, "empty_acquires", s.EmptyAcquireCount, "acquire_wait", s.AcquireWait,
+				"acquire_timeouts", counterValue(m.metrics.acquireTimeout), "status", s.Health.Status)
+		}
+	}
+}
