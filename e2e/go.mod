@@ -4,6 +4,7 @@ go 1.26.7
 
 require (
 	github.com/jackc/pgx/v5 v5.12.0
+	github.com/pganalyze/pg_query_go/v6 v6.2.5
 	github.com/pgsidecar/pgsidecar v0.0.0
 	github.com/prometheus/common v0.73.1
 	github.com/prometheus/prometheus v0.316.0
