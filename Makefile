@@ -35,7 +35,8 @@ test: deps
 # fails with a bare "context deadline exceeded" on a busy machine (golang/go#75804, fixed in 1.27).
 FUZZ_TARGETS := ./pool/:FuzzClassifyOperation ./pool/:FuzzParseDuration ./internal/redact/:FuzzRedactDSN \
 	./pool/:FuzzFromEnv ./collector/:FuzzParseQueries ./proxy/:FuzzStartupPacket \
-	./proxy/:FuzzSCRAMExchange ./proxy/:FuzzDecodeError
+	./proxy/:FuzzSCRAMExchange ./proxy/:FuzzDecodeError ./internal/sqlnorm/:FuzzNormalize \
+	./internal/sqlstate/:FuzzLabel
 fuzz:
 	@for pt in $(FUZZ_TARGETS); do \
 		pkg=$${pt%%:*}; t=$${pt#*:}; echo "fuzz $$pkg $$t"; \

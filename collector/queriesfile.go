@@ -3,7 +3,6 @@ package collector
 import (
 	"errors"
 	"fmt"
-	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -11,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/pgsidecar/pgsidecar/internal/regularfile"
 )
 
 // Column usages of a custom query, as in postgres_exporter's queries.yaml.
@@ -60,11 +61,15 @@ var queryKeys = []string{"query", "metrics", "cache_seconds", "timeout", "max_se
 // error instead of growing every scrape and Prometheus' memory.
 const DefaultMaxSeries = 10000
 
+// maxQueriesFileSize bounds a queries file: the shipped one is under 10 KiB.
+const maxQueriesFileSize = 4 << 20
+
 // loadQueries reads and validates a queries file. reserved holds metric names a custom query
 // must not take (the built-in collectors' names). Every problem found is reported, each as
-// "file:line: message".
+// "file:line: message". Only a regular file of at most maxQueriesFileSize is read, so that a
+// FIFO or /dev/zero given by mistake fails at once instead of hanging start-up or a reload.
 func loadQueries(path string, reserved func(string) bool) ([]*customQuery, error) {
-	data, err := os.ReadFile(path)
+	data, err := regularfile.Read(path, maxQueriesFileSize)
 	if err != nil {
 		return nil, err
 	}

@@ -1,8 +1,10 @@
 package collector
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -155,6 +157,41 @@ func TestShippedQueriesRun(t *testing.T) {
 		"pg_database_wraparound", "pg_stat_wal"} {
 		if got := s.value(t, "pgsidecar_custom_query_errors_total", map[string]string{"query": name}); got != 0 {
 			t.Errorf("errors{%s} = %v", name, got)
+		}
+	}
+}
+
+// TestQueriesFileMustBeARegularFile checks that a FIFO, a device or an oversized file is refused
+// at once: reading a FIFO waited for a writer forever, and /dev/zero ate memory until the
+// process died.
+func TestQueriesFileMustBeARegularFile(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "queries.fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	big := filepath.Join(dir, "big.yaml")
+	if err := os.WriteFile(big, []byte(strings.Repeat("# padding\n", maxQueriesFileSize/10+1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]string{
+		fifo:        "not a regular file (a named pipe)",
+		"/dev/zero": "not a regular file (a character device)",
+		dir:         "not a regular file (a directory)",
+		big:         "larger than 4194304 bytes",
+	} {
+		errc := make(chan error, 1)
+		go func() {
+			_, err := loadQueries(path, builtinName)
+			errc <- err
+		}()
+		select {
+		case err := <-errc:
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("loadQueries(%s) = %v, want an error saying %q", path, err, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("loadQueries(%s) still reading after 10 s", path)
 		}
 	}
 }
