@@ -15,7 +15,7 @@ type Result[T any] struct {
 }
 
 // BatchExecute runs ops in chunks of batchSize, the ops of a chunk concurrently (at most
-// DB_MAX_CONNECTIONS at once), one chunk after the other, as the seed's batchExecute does. It
+// DB_MAX_CONNECTIONS at once), one chunk after the other. It
 // returns each op's result in input order. Once ctx is done no further op starts, also none that
 // was waiting for its turn; those get ctx's error. An op's pool acquires wait at most
 // DB_CONNECTION_TIMEOUT for a free connection (see ExecuteWithRetry).

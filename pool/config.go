@@ -17,7 +17,7 @@ import (
 )
 
 // Config configures a Manager. Durations are plain time.Durations; the environment and flags
-// accept the seed's plain milliseconds ("10000") as well as Go durations ("10s").
+// accept plain milliseconds ("10000") as well as Go durations ("10s").
 type Config struct {
 	// Name labels this pool's metrics and log lines (pool="..."), so one process can hold several.
 	Name string
@@ -56,7 +56,7 @@ type Config struct {
 	ApplicationName string
 }
 
-// DefaultConfig returns the seed's defaults.
+// DefaultConfig returns the defaults of every setting (see Settings).
 func DefaultConfig() Config {
 	var c Config
 	for _, s := range Settings() {
@@ -235,7 +235,7 @@ func rootCause(err error) error {
 	}
 }
 
-// ParseDuration accepts the seed's plain milliseconds ("10000") or a Go duration ("10s", "1m30s").
+// ParseDuration accepts plain milliseconds ("10000") or a Go duration ("10s", "1m30s").
 func ParseDuration(v string) (time.Duration, error) {
 	v = strings.TrimSpace(v)
 	if v == "" {

@@ -10,7 +10,7 @@ func envLookup(env map[string]string) func(string) (string, bool) {
 	return func(k string) (string, bool) { v, ok := env[k]; return v, ok }
 }
 
-func TestFromEnvDefaultsMatchSeed(t *testing.T) {
+func TestFromEnvDefaults(t *testing.T) {
 	c, err := FromEnv(envLookup(map[string]string{"DATABASE_URL": "postgres://u@h/db"}))
 	if err != nil {
 		t.Fatal(err)
@@ -25,7 +25,7 @@ func TestFromEnvDefaultsMatchSeed(t *testing.T) {
 	}
 }
 
-func TestFromEnvSeedProductionValues(t *testing.T) {
+func TestFromEnvProductionValues(t *testing.T) {
 	c, err := FromEnv(envLookup(map[string]string{
 		"DATABASE_URL": "postgres://u@h/db", "DB_MAX_CONNECTIONS": "50", "DB_MIN_CONNECTIONS": "15",
 		"DB_CONNECTION_TIMEOUT": "15000", "DB_IDLE_TIMEOUT": "300000", "DB_MAX_LIFETIME": "1800000",
@@ -131,7 +131,7 @@ func TestSettingsTableIsComplete(t *testing.T) {
 		"DB_IDLE_TIMEOUT", "DB_MAX_LIFETIME", "DB_RETRY_ATTEMPTS", "DB_RETRY_DELAY", "DB_HEALTH_CHECK_INTERVAL",
 		"DB_SLOW_QUERY_THRESHOLD", "DB_RETRY_MAX_DELAY"} {
 		if !seen[env] {
-			t.Errorf("seed setting %s missing", env)
+			t.Errorf("setting %s missing", env)
 		}
 	}
 }

@@ -17,7 +17,7 @@ import (
 // exampleURL is the test cluster's URL; the examples run against a real server.
 func exampleURL() string { return os.Getenv(pgtest.URLEnv) }
 
-// The seed's getInstance/getClient: one Manager per process, configured from the environment
+// One Manager per process, configured from the environment
 // (DATABASE_URL, DB_MAX_CONNECTIONS, ...), with metrics on a Prometheus registry.
 func Example() {
 	cfg, err := pool.FromEnv(func(k string) (string, bool) {
@@ -44,7 +44,7 @@ func Example() {
 	// Output: 42 <nil>
 }
 
-// The seed's executeWithRetry: transient errors (serialization failures, deadlocks, a restarting
+// ExecuteWithRetry: transient errors (serialization failures, deadlocks, a restarting
 // server) are retried with backoff; a unique violation is not.
 func ExampleManager_ExecuteWithRetry() {
 	db := exampleManager()
@@ -62,7 +62,7 @@ func ExampleManager_ExecuteWithRetry() {
 	// Output: [coffee tea] <nil>
 }
 
-// The seed's transaction(cb, {timeout, maxWait}): commit on success, rollback on error or panic,
+// Transaction with a timeout and a bound on the wait for a connection: commit on success, rollback on error or panic,
 // the whole function retried on serialization failure or deadlock.
 func ExampleManager_Transaction() {
 	db := exampleManager()
@@ -80,7 +80,7 @@ func ExampleManager_Transaction() {
 	// Output: 7 <nil>
 }
 
-// The seed's batchExecute(operations, 10): operations run in chunks, results in input order.
+// BatchExecute with chunks of 10: operations run in chunks, results in input order.
 func ExampleBatchExecute() {
 	db := exampleManager()
 	defer db.Close()

@@ -14,7 +14,7 @@ import (
 
 // queryBuckets are the classic buckets of pgsidecar_query_duration_seconds (QueryHistogram.Bounds
 // hands out a copy). They have
-// boundaries at the seed's alert thresholds (0.5 s average latency, 1 s slow query).
+// boundaries at the alert thresholds (0.5 s average latency, 1 s slow query).
 var queryBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
 
 // metrics holds every metric of one pool. Events are counted into vecs created once; pool state

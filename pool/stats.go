@@ -130,7 +130,7 @@ func truncateSQL(sql string, limit int) string {
 	return s[:cut] + "…"
 }
 
-// logMetricsLoop writes the seed's periodic "Database pool metrics" line, with the pool's
+// logMetricsLoop writes the periodic "Database pool metrics" line, with the pool's
 // acquire figures added: acquires, those that found no idle connection (empty_acquires), their
 // cumulative wait (acquire_wait) and the acquires that gave up at their deadline.
 func (m *Manager) logMetricsLoop() {

@@ -9,7 +9,8 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// TxOptions are the seed's transaction options plus PostgreSQL's own.
+// TxOptions bound a transaction's run time and its wait for a connection, and carry
+// PostgreSQL's own transaction options.
 type TxOptions struct {
 	// Timeout bounds the whole transaction, from BEGIN to COMMIT (0: no limit beyond ctx).
 	Timeout time.Duration
