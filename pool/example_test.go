@@ -62,8 +62,8 @@ func ExampleManager_ExecuteWithRetry() {
 	// Output: [coffee tea] <nil>
 }
 
-// Transaction with a timeout and a bound on the wait for a connection: commit on success, rollback on error or panic,
-// the whole function retried on serialization failure or deadlock.
+// Transaction with a timeout and a bound on the wait for a connection: commit on success,
+// rollback on error or panic, the whole function retried on serialization failure or deadlock.
 func ExampleManager_Transaction() {
 	db := exampleManager()
 	defer db.Close()
