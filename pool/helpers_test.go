@@ -283,14 +283,18 @@ func TestMetricsLogLine(t *testing.T) {
 			for _, m := range field.FindAllStringSubmatch(line, -1) {
 				last[m[1]] = strings.Trim(m[2], `"`)
 			}
-			if n, err := strconv.Atoi(last["empty_acquires"]); err == nil && n >= 1 {
+			// A line written while the query ran has its acquire but not yet the query: wait for
+			// one written after both.
+			empty, _ := strconv.Atoi(last["empty_acquires"])
+			queries, _ := strconv.Atoi(last["queries"])
+			if empty >= 1 && queries >= 1 {
 				return true
 			}
 		}
 		return false
 	})
 	if !ok {
-		t.Fatalf("no metrics line counting the empty acquire; last one: %v\nlogs:\n%s", last, h.log.String())
+		t.Fatalf("no metrics line counting the empty acquire and the query; last one: %v\nlogs:\n%s", last, h.log.String())
 	}
 	for _, k := range want {
 		if _, ok := last[k]; !ok {
