@@ -18,6 +18,7 @@ import (
 
 	"github.com/pgsidecar/pgsidecar/api"
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/internal/testutil"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -38,18 +39,9 @@ type sidecar struct {
 
 func testConfig(t testing.TB) pool.Config {
 	t.Helper()
-	c := pool.DefaultConfig()
-	c.DatabaseURL = cluster.URL("")
-	c.MaxConns = 4
-	c.MinConns = 2
-	c.RetryDelay = 10 * time.Millisecond
-	c.RetryMaxDelay = 100 * time.Millisecond
-	c.ConnectTimeout = 5 * time.Second
-	c.HealthCheckTimeout = 2 * time.Second
-	c.HealthCheckInterval = time.Hour // no background pings to disturb the counts
-	c.MetricsLogInterval = 0
+	c := testutil.FastPool(t, pool.FromEnv, cluster.URL(""), "api")
+	c.HealthCheckInterval = time.Hour  // no background pings to disturb the counts
 	c.SlowQueryThreshold = time.Second // also the health check latency that counts as degraded
-	c.Name = "api"
 	c.ApplicationName = "statuspage-test-" + strings.ReplaceAll(strings.ToLower(t.Name()), "/", "-")
 	return c
 }
