@@ -89,8 +89,10 @@ func TestBinaryLandingPageToStatus(t *testing.T) {
 	}
 	var st pageState
 	if !pgtest.WaitFor(60*time.Second, func() bool {
-		path, err := chromedp.Run(browser, chromedp.Evaluate[string](`location.pathname`))
-		if err != nil || path != "/status" {
+		// The new page must be there and parsed: right after the click, location already says
+		// /status while its elements do not exist yet.
+		ready, err := chromedp.Run(browser, chromedp.Evaluate[bool](`location.pathname === "/status" && document.readyState === "complete"`))
+		if err != nil || !ready {
 			return false
 		}
 		st = readPageState(t, browser)
