@@ -274,7 +274,7 @@ func serve(ctx context.Context, a *app, logger *slog.Logger) int {
 	for _, wrap := range d.metricsMiddleware {
 		metricsHandler = wrap(metricsHandler)
 	}
-	if err := handle(mux, a.telemetryPath, metricsHandler); err != nil {
+	if err := handle(mux, a.telemetryPath, readOnly(metricsHandler)); err != nil {
 		logger.Error("Cannot serve metrics", "path", a.telemetryPath, "error", err.Error())
 		return 2
 	}
@@ -289,7 +289,7 @@ func serve(ctx context.Context, a *app, logger *slog.Logger) int {
 			logger.Error("Cannot build the landing page", "error", err.Error())
 			return 1
 		}
-		mux.Handle("/", landing)
+		mux.Handle("/", readOnly(landing))
 	}
 
 	var listeners []net.Listener
@@ -350,6 +350,19 @@ func handle(mux *http.ServeMux, pattern string, h http.Handler) (err error) {
 	}()
 	mux.Handle(pattern, h)
 	return nil
+}
+
+// readOnly answers 405, naming GET and HEAD in the Allow header, to any other method, as the
+// API paths do: a PUT or POST that "succeeds" would tell a client its request did something.
+func readOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "method "+r.Method+" not allowed; use GET or HEAD", http.StatusMethodNotAllowed)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 func closeAll(ls []net.Listener) {
