@@ -1,14 +1,18 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -216,4 +220,52 @@ func maxDur(ds []time.Duration) time.Duration {
 		m = max(m, d)
 	}
 	return m
+}
+
+// TestClosedLogReader: when the reader of the sidecar's stderr goes away (pgsidecar 2>&1 |
+// grep …, and grep ends), the log lines are lost but the process, its pool and its proxied
+// sessions go on.
+func TestClosedLogReader(t *testing.T) {
+	clearPoolEnv(t)
+	addr, proxyAddr := testutil.FreeAddr(t), testutil.FreeAddr(t)
+	r, w, err := os.Pipe()
+	must(t, err)
+	p := startProcess(t, w, "--web.listen-address="+addr, "--database-url="+cluster.URL(""),
+		"--proxy.listen-address="+proxyAddr, "--db.min-connections=1")
+	w.Close()
+	// Read until the sidecar serves, then close the only reader.
+	lines := bufio.NewScanner(r)
+	for lines.Scan() && !strings.Contains(lines.Text(), "Listening on") {
+	}
+	base := "http://" + addr
+	if !pgtest.WaitFor(20*time.Second, func() bool { c, _ := get(t, base+"/readyz"); return c == 200 }) {
+		t.Fatal("never ready")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	session, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres:%s@%s/postgres?sslmode=disable", pgtest.SuperuserPassword, proxyAddr))
+	must(t, err)
+	defer session.Close(context.Background())
+	r.Close()
+
+	// A warm-up logs a line, which now goes to a pipe nobody reads.
+	resp, err := http.Post(base+"/api/database/warmup", "application/json", strings.NewReader(`{"connections": 1}`))
+	if err == nil {
+		resp.Body.Close()
+	}
+	time.Sleep(500 * time.Millisecond)
+	if !p.running() {
+		t.Fatalf("the sidecar ended when its log reader went away: %v", p.err)
+	}
+	if c, _ := get(t, base+"/healthz"); c != 200 {
+		t.Fatalf("/healthz = %d", c)
+	}
+	var one int
+	if err := session.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+		t.Fatalf("the proxied session ended: %v", err)
+	}
+	must(t, p.cmd.Process.Signal(syscall.SIGTERM))
+	if code := p.exitCode(t, 30*time.Second); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM", code)
+	}
 }

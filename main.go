@@ -37,6 +37,10 @@ import (
 const defaultListenAddress = ":9188"
 
 func main() {
+	// A write to a closed pipe on stdout or stderr (pgsidecar 2>&1 | grep …, and grep ends)
+	// would end the process with SIGPIPE, taking the pool and every proxied session with it.
+	// Ignored, such writes fail with EPIPE instead: only the log lines are lost.
+	signal.Ignore(syscall.SIGPIPE)
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }
 

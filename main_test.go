@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -29,7 +30,91 @@ import (
 
 var cluster *pgtest.Cluster
 
-func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &cluster, pgtest.Options{})) }
+func TestMain(m *testing.M) {
+	code := pgtest.Main(m, &cluster, pgtest.Options{})
+	if binaryDir != "" {
+		_ = os.RemoveAll(binaryDir)
+	}
+	os.Exit(code)
+}
+
+var (
+	binaryOnce sync.Once
+	binaryDir  string
+	binaryPath string
+	binaryErr  error
+)
+
+// sidecarBinary builds the pgsidecar command once per test run, for tests of what only a real
+// process shows: signals, exit codes, a closed stderr.
+func sidecarBinary(t *testing.T) string {
+	t.Helper()
+	binaryOnce.Do(func() {
+		goTool, err := exec.LookPath("go")
+		if err != nil {
+			binaryErr = err
+			return
+		}
+		if binaryDir, binaryErr = os.MkdirTemp("", "pgsidecar-bin"); binaryErr != nil {
+			return
+		}
+		binaryPath = filepath.Join(binaryDir, "pgsidecar")
+		if out, err := exec.Command(goTool, "build", "-o", binaryPath, ".").CombinedOutput(); err != nil {
+			binaryErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binaryErr != nil {
+		t.Fatal(binaryErr)
+	}
+	return binaryPath
+}
+
+// sidecarProcess is a running pgsidecar binary.
+type sidecarProcess struct {
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when the process has ended; then err holds Wait's answer
+	err    error
+}
+
+// startProcess starts the binary with args and the test's environment, its stdout and stderr
+// both going to out.
+func startProcess(t *testing.T, out *os.File, args ...string) *sidecarProcess {
+	t.Helper()
+	p := &sidecarProcess{cmd: exec.Command(sidecarBinary(t), args...), exited: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = out, out
+	must(t, p.cmd.Start())
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	})
+	return p
+}
+
+// exitCode waits up to d for the process to end and returns its exit code, or -1 when a signal
+// ended it; the test fails if it is still running.
+func (p *sidecarProcess) exitCode(t *testing.T, d time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.exited:
+	case <-time.After(d):
+		t.Fatalf("the process still runs %s later", d)
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// running reports whether the process has not ended.
+func (p *sidecarProcess) running() bool {
+	select {
+	case <-p.exited:
+		return false
+	default:
+		return true
+	}
+}
 
 // clearPoolEnv keeps the developer's environment out of config tests.
 func clearPoolEnv(t *testing.T) {
