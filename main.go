@@ -30,6 +30,7 @@ import (
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 
 	"github.com/pgsidecar/pgsidecar/internal/redact"
+	"github.com/pgsidecar/pgsidecar/internal/regularfile"
 	"github.com/pgsidecar/pgsidecar/internal/settings"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
@@ -388,18 +389,41 @@ func envFileArg(args []string) string {
 	return ""
 }
 
+const (
+	// maxEnvFileSize bounds the --env-file read, so that a runaway file cannot exhaust memory.
+	maxEnvFileSize = 16 << 20
+	// maxEnvLine bounds one line of it: generous for a certificate or a long DSN in a value.
+	maxEnvLine = 1 << 20
+)
+
 // loadEnvFile sets KEY=VALUE lines of a .env file as environment variables, without replacing
 // variables already set. Blank lines and # comments are skipped; values may be quoted, and a
-// " #" after an unquoted value starts a comment (as .env files commonly do).
+// " #" after an unquoted value starts a comment (as .env files commonly do). Only a regular
+// file is read, so a FIFO or a device cannot hang start-up.
 func loadEnvFile(path string) error {
-	f, err := os.Open(path)
+	f, err := regularfile.Open(path, maxEnvFileSize)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
+	br := bufio.NewReader(io.LimitReader(f, maxEnvFileSize+1))
+	read := 0
+	for n := 1; ; n++ {
+		raw, tooLong, err := readLine(br, maxEnvLine)
+		read += len(raw) + 1
+		if err != nil && (err != io.EOF || len(raw) == 0) {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+		if read > maxEnvFileSize {
+			return fmt.Errorf("%s: larger than %d bytes", path, maxEnvFileSize)
+		}
+		if tooLong {
+			return fmt.Errorf("%s:%d: %s is longer than %d MiB", path, n, lineSubject(raw), maxEnvLine>>20)
+		}
+		line := strings.TrimSpace(string(raw))
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
@@ -421,5 +445,34 @@ func loadEnvFile(path string) error {
 			}
 		}
 	}
-	return sc.Err()
+}
+
+// readLine reads one line without its line end. A line longer than limit is read to its end
+// but only its first limit bytes are returned, with tooLong set. The error is io.EOF after the
+// last line.
+func readLine(br *bufio.Reader, limit int) (line []byte, tooLong bool, err error) {
+	for {
+		chunk, isPrefix, err := br.ReadLine()
+		if len(line)+len(chunk) > limit {
+			tooLong = true
+			chunk = chunk[:max(0, limit-len(line))]
+		}
+		line = append(line, chunk...)
+		if err != nil || !isPrefix {
+			return line, tooLong, err
+		}
+	}
+}
+
+// lineSubject names an over-long line by its key when it starts like KEY=…, without showing
+// any of the value, which may be a secret.
+func lineSubject(line []byte) string {
+	s := strings.TrimPrefix(strings.TrimLeft(string(line[:min(len(line), 256)]), " \t"), "export ")
+	if key, _, ok := strings.Cut(s, "="); ok {
+		key = strings.TrimSpace(key)
+		if key != "" && len(key) <= 128 && strings.Trim(key, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") == "" {
+			return "the line of " + key
+		}
+	}
+	return "the line"
 }

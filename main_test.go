@@ -475,3 +475,38 @@ func TestConcurrentScrapesShareCollections(t *testing.T) {
 		t.Fatalf("%v collections for 50 simultaneous scrapes", n)
 	}
 }
+
+// TestEnvFileLongLines: lines up to 1 MiB load; a longer one is named by its line number and
+// key, without any of its value.
+func TestEnvFileLongLines(t *testing.T) {
+	clearPoolEnv(t)
+	t.Setenv("PGSIDECAR_TEST_LONG", "")
+	os.Unsetenv("PGSIDECAR_TEST_LONG")
+	dir := t.TempDir()
+	f := filepath.Join(dir, ".env")
+	long := strings.Repeat("v", 900<<10)
+	must(t, os.WriteFile(f, []byte("# long values\nPGSIDECAR_TEST_LONG="+long+"\nDB_MAX_CONNECTIONS=0\n"), 0o600))
+	var out, errOut testutil.LogBuffer
+	code := run(context.Background(), []string{"--env-file", f, "--database-url=postgres://h/db"}, &out, &errOut)
+	if code != 2 || !strings.Contains(errOut.String(), "DB_MAX_CONNECTIONS (0) must be at least 1") {
+		t.Fatalf("the lines after a 900 KiB line were not loaded: exit %d, %s", code, errOut.String())
+	}
+	if os.Getenv("PGSIDECAR_TEST_LONG") != long {
+		t.Fatal("a 900 KiB value was not loaded whole")
+	}
+	for _, tc := range []struct{ content, want string }{
+		{"DB_MIN_CONNECTIONS=1\nexport DB_SECRET_THING=" + strings.Repeat("s3cr3t", 400<<10) + "\n",
+			".env:2: the line of DB_SECRET_THING is longer than 1 MiB"},
+		{"DB_MIN_CONNECTIONS=1\n\n" + strings.Repeat("s3cr3t", 400<<10), ".env:3: the line is longer than 1 MiB"},
+	} {
+		must(t, os.WriteFile(f, []byte(tc.content), 0o600))
+		out, errOut = testutil.LogBuffer{}, testutil.LogBuffer{}
+		code := run(context.Background(), []string{"--env-file=" + f}, &out, &errOut)
+		if code != 2 || !strings.Contains(errOut.String(), "--env-file: ") || !strings.Contains(errOut.String(), tc.want) {
+			t.Errorf("exit %d, %q; want 2 and %q", code, errOut.String(), tc.want)
+		}
+		if strings.Contains(errOut.String(), "s3cr3t") || strings.Contains(errOut.String(), "token too long") {
+			t.Errorf("error shows the value or the scanner's words: %.300s", errOut.String())
+		}
+	}
+}
