@@ -347,3 +347,51 @@ func TestSlowHTTPClients(t *testing.T) {
 		}
 	}
 }
+
+// TestListenFailures: a listen address that cannot work names its flag. One that is wrong in
+// itself exits 2 like any bad setting; one in use exits 1, since a restart can succeed once the
+// other process lets go.
+func TestListenFailures(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	defer taken.Close()
+	inUse := taken.Addr().String()
+	cases := []struct {
+		name string
+		args []string
+		code int
+		want []string // all in the output
+	}{
+		{"web address in use", []string{"--web.listen-address=" + inUse}, 1, []string{"--web.listen-address: listen tcp " + inUse + ": bind: address already in use"}},
+		{"web address without port", []string{"--web.listen-address=127.0.0.1"}, 2, []string{"--web.listen-address: listen tcp: address 127.0.0.1: missing port in address"}},
+		{"web unknown port", []string{"--web.listen-address=127.0.0.1:metrics"}, 2, []string{"--web.listen-address: listen tcp: lookup tcp/metrics: unknown port"}},
+		{"web second address in use", []string{"--web.listen-address=127.0.0.1:0", "--web.listen-address=" + inUse}, 1, []string{"--web.listen-address: ", "address already in use"}},
+		{"proxy address in use", []string{"--web.listen-address=127.0.0.1:0", "--proxy.listen-address=" + inUse}, 1, []string{"--proxy.listen-address: ", inUse, "address already in use"}},
+		{"proxy address without port", []string{"--web.listen-address=127.0.0.1:0", "--proxy.listen-address=127.0.0.1"}, 2, []string{"--proxy.listen-address: ", "address 127.0.0.1: missing port in address"}},
+		{"proxy socket directory missing", []string{"--web.listen-address=127.0.0.1:0", "--proxy.listen-address=/nonexistent/dir/.s.PGSQL.6432"}, 2, []string{"--proxy.listen-address: ", "listen unix /nonexistent/dir/.s.PGSQL.6432: bind: no such file or directory"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			clearPoolEnv(t)
+			t.Setenv("DATABASE_URL", "postgres://app:topsecret1@127.0.0.1:1/pos?sslmode=disable")
+			var out, errOut testutil.LogBuffer
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			code := run(ctx, append([]string{"--db.metrics-log-interval=0"}, tc.args...), &out, &errOut)
+			if ctx.Err() != nil {
+				t.Fatalf("the failure did not stop the program\n%s", errOut.String())
+			}
+			if code != tc.code {
+				t.Fatalf("exit code %d, want %d\n%s", code, tc.code, errOut.String())
+			}
+			for _, want := range tc.want {
+				if !strings.Contains(errOut.String(), want) {
+					t.Fatalf("output does not say %q:\n%s", want, errOut.String())
+				}
+			}
+			if strings.Contains(errOut.String()+out.String(), "topsecret1") {
+				t.Fatal("output leaks the password")
+			}
+		})
+	}
+}

@@ -301,8 +301,11 @@ func serve(ctx context.Context, a *app, logger *slog.Logger) int {
 	for _, addr := range *a.webFlags.WebListenAddresses {
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
-			logger.Error("Cannot listen", "address", addr, "error", err.Error())
+			logger.Error("Cannot listen", "address", addr, "error", "--web.listen-address: "+err.Error())
 			closeAll(listeners)
+			if listenConfigError(err) {
+				return 2
+			}
 			return 1
 		}
 		listeners = append(listeners, l)
@@ -368,6 +371,24 @@ func readOnly(h http.Handler) http.Handler {
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// listenConfigError reports whether a listen failure lies in the address itself, which exits 2
+// like any bad setting: a malformed address or unknown port, a host name that does not resolve,
+// a socket directory that does not exist, no permission. Other failures (the address in use,
+// or not on this host yet) exit 1: they can pass on a restart, for instance once the previous
+// instance has let go of the port.
+func listenConfigError(err error) bool {
+	var addrErr *net.AddrError
+	if errors.As(err, &addrErr) {
+		return true
+	}
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) {
+		return dnsErr.IsNotFound
+	}
+	return errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ENOTDIR) ||
+		errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM)
 }
 
 func closeAll(ls []net.Listener) {
