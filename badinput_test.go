@@ -9,7 +9,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -393,5 +396,28 @@ func TestListenFailures(t *testing.T) {
 				t.Fatal("output leaks the password")
 			}
 		})
+	}
+}
+
+// TestStartupFilesThatWouldBlock: a FIFO or a device given as a configuration file is refused
+// at once, naming the flag, rather than hanging start-up or filling memory.
+func TestStartupFilesThatWouldBlock(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	must(t, syscall.Mkfifo(fifo, 0o600))
+	for _, flag := range []string{"--env-file", "--queries.file", "--web.config.file"} {
+		for _, path := range []string{fifo, "/dev/zero"} {
+			t.Run(flag+" "+filepath.Base(path), func(t *testing.T) {
+				clearPoolEnv(t)
+				t.Setenv("DATABASE_URL", "postgres://app:topsecret1@127.0.0.1:1/pos?sslmode=disable")
+				out, err := os.CreateTemp(t.TempDir(), "out")
+				must(t, err)
+				p := startProcess(t, out, "--web.listen-address=127.0.0.1:0", flag+"="+path)
+				code := p.exitCode(t, 10*time.Second)
+				b, _ := os.ReadFile(out.Name())
+				if code != 2 || !strings.Contains(string(b), flag+": ") || !strings.Contains(string(b), "not a regular file") {
+					t.Fatalf("exit code %d, want 2 and a message naming %s:\n%s", code, flag, b)
+				}
+			})
+		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -267,5 +268,57 @@ func TestClosedLogReader(t *testing.T) {
 	must(t, p.cmd.Process.Signal(syscall.SIGTERM))
 	if code := p.exitCode(t, 30*time.Second); code != 0 {
 		t.Fatalf("exit code %d after SIGTERM", code)
+	}
+}
+
+// TestSignalDuringStartup: SIGTERM stops the program promptly even when a start-up stage is
+// blocked, here on a FIFO given as a file that a library reads without checking (pgx's
+// sslrootcert, the web config's certificate) or that is read after signals are caught (the
+// proxy's users file). The message names the stage it was stopped at.
+func TestSignalDuringStartup(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	must(t, syscall.Mkfifo(fifo, 0o600))
+	webCfg := filepath.Join(dir, "web.yml")
+	must(t, os.WriteFile(webCfg, []byte("tls_server_config:\n  cert_file: "+fifo+"\n  key_file: "+fifo+"\n"), 0o600))
+	url := "postgres://app:topsecret1@127.0.0.1:1/pos?sslmode=disable"
+	cases := []struct {
+		name, url string
+		args      []string
+		stage     string
+	}{
+		{"sslrootcert", "postgres://app:topsecret1@127.0.0.1:1/pos?sslmode=verify-full&sslrootcert=" + fifo, nil,
+			"checking the pool configuration"},
+		{"web config certificate", url, []string{"--web.config.file=" + webCfg}, "reading --web.config.file"},
+		{"proxy users file", url, []string{"--proxy.listen-address=127.0.0.1:0", "--proxy.users-file=" + fifo}, "starting the proxy"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			clearPoolEnv(t)
+			t.Setenv("DATABASE_URL", tc.url)
+			out, err := os.CreateTemp(t.TempDir(), "out")
+			must(t, err)
+			p := startProcess(t, out, append([]string{"--web.listen-address=127.0.0.1:0"}, tc.args...)...)
+			time.Sleep(time.Second)
+			if !p.running() {
+				b, _ := os.ReadFile(out.Name())
+				if p.cmd.ProcessState.ExitCode() == 2 && strings.Contains(string(b), "not a regular file") {
+					t.Skipf("the stage no longer blocks: %s", b)
+				}
+				t.Fatalf("ended before the signal: %v\n%s", p.err, b)
+			}
+			sent := time.Now()
+			must(t, p.cmd.Process.Signal(syscall.SIGTERM))
+			code := p.exitCode(t, 10*time.Second)
+			b, _ := os.ReadFile(out.Name())
+			if code != 1 || !strings.Contains(string(b), "stopped during start-up") &&
+				!strings.Contains(string(b), "Stopped during start-up") || !strings.Contains(string(b), tc.stage) {
+				t.Fatalf("exit code %d after %s, want 1 and a message naming %q:\n%s", code, time.Since(sent), tc.stage, b)
+			}
+			if strings.Contains(string(b), "topsecret1") {
+				t.Fatal("output leaks the password")
+			}
+			t.Logf("stopped %s after SIGTERM", time.Since(sent).Round(10*time.Millisecond))
+		})
 	}
 }

@@ -96,6 +96,8 @@ func bindSettings[C any](k *kingpin.Application, cfg *C, table []settings.Settin
 type feature interface {
 	// flags declares the feature's flags before parsing.
 	flags(k *kingpin.Application)
+	// name says what the feature is, in messages about start-up.
+	name() string
 	// start runs after the pool exists; the returned stop (may be nil) runs at shutdown, in
 	// reverse order of start.
 	start(ctx context.Context, d *deps) (stop func(), err error)
@@ -188,13 +190,80 @@ func newApp(stdout, stderr io.Writer) (*kingpin.Application, *app) {
 	return k, a
 }
 
+// startupGrace is how long a signal during start-up waits for the current stage to finish
+// before the program stops without it: a stage blocked on a file or the network must not keep
+// the process from stopping.
+const startupGrace = 2 * time.Second
+
+// startStage names what start-up is doing, for the message when a signal stops it there.
+type startStage struct {
+	mu     sync.Mutex
+	what   string
+	logger *slog.Logger
+}
+
+func (st *startStage) set(what string) {
+	st.mu.Lock()
+	st.what = what
+	st.mu.Unlock()
+}
+
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if f := envFileArg(args); f != "" {
-		if err := loadEnvFile(f); err != nil {
-			fmt.Fprintf(stderr, "pgsidecar: --env-file: %s\n", redact.Scrub(err.Error()))
-			return 2
+	// Signals are caught before anything that can wait, so SIGTERM and SIGINT stop the program
+	// at every stage of start-up as well as while it serves.
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	type started struct {
+		s    *server
+		code int
+	}
+	stage := &startStage{}
+	done := make(chan started, 1)
+	go func() {
+		s, code := start(ctx, args, stdout, stderr, stage)
+		done <- started{s, code}
+	}()
+	var st started
+	select {
+	case st = <-done:
+	case <-ctx.Done():
+		select {
+		case st = <-done:
+		case <-time.After(startupGrace):
+			stage.mu.Lock()
+			what, logger := stage.what, stage.logger
+			stage.mu.Unlock()
+			if logger != nil {
+				logger.Error("Stopped during start-up without waiting for it", "stage", what)
+			} else {
+				fmt.Fprintf(stderr, "pgsidecar: stopped during start-up without waiting for it: %s\n", what)
+			}
+			// In the process, the exit ends the stage; elsewhere (tests), clean up once it ends.
+			go func() {
+				if st := <-done; st.s != nil {
+					st.s.close()
+				}
+			}()
+			return 1
 		}
 	}
+	if st.s == nil {
+		return st.code
+	}
+	return st.s.serve(ctx)
+}
+
+// start reads the configuration and starts everything up to listening. It returns the server
+// ready to serve, or nil and the exit code.
+func start(ctx context.Context, args []string, stdout, stderr io.Writer, stage *startStage) (*server, int) {
+	if f := envFileArg(args); f != "" {
+		stage.set("reading --env-file " + f)
+		if err := loadEnvFile(f); err != nil {
+			fmt.Fprintf(stderr, "pgsidecar: --env-file: %s\n", redact.Scrub(err.Error()))
+			return nil, 2
+		}
+	}
+	stage.set("parsing the command line")
 	k, a := newApp(stdout, stderr)
 	// --help and --version end the program through kingpin's terminate hook; keep the exit code
 	// instead of exiting so run stays testable.
@@ -206,34 +275,80 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	})
 	_, err := k.Parse(args)
 	if exitCode >= 0 {
-		return exitCode
+		return nil, exitCode
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "pgsidecar: %s\n", redact.Scrub(err.Error(), os.Getenv("DATABASE_URL")))
-		return 2
+		return nil, 2
 	}
 	logger := promslog.New(a.logCfg)
 	if !strings.HasPrefix(a.telemetryPath, "/") || strings.ContainsAny(a.telemetryPath, " {}") {
 		fmt.Fprintf(stderr, "pgsidecar: --web.telemetry-path (%q) must be a path starting with /\n", a.telemetryPath)
-		return 2
+		return nil, 2
 	}
+	// Checking DATABASE_URL reads the files it names (sslrootcert, a passfile).
+	stage.set("checking the pool configuration and the files DATABASE_URL names")
 	if err := a.poolCfg.Validate(); err != nil {
 		fmt.Fprintf(stderr, "pgsidecar: invalid configuration:\n  %s\n", strings.ReplaceAll(err.Error(), "\n", "\n  "))
-		return 2
+		return nil, 2
 	}
 	if f := *a.webFlags.WebConfigFile; f != "" {
+		stage.set("reading --web.config.file " + f + " and the files it names")
+		if err := checkRegularFile(f); err != nil {
+			fmt.Fprintf(stderr, "pgsidecar: --web.config.file: %s\n", err)
+			return nil, 2
+		}
 		if err := web.Validate(f); err != nil {
 			fmt.Fprintf(stderr, "pgsidecar: --web.config.file: %s\n", err)
-			return 2
+			return nil, 2
 		}
 	}
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	return serve(ctx, a, logger)
+	stage.mu.Lock()
+	stage.logger = logger
+	stage.mu.Unlock()
+	return startServer(ctx, a, logger, stage)
 }
 
-func serve(ctx context.Context, a *app, logger *slog.Logger) int {
+// maxWebConfigSize bounds --web.config.file, a short YAML file.
+const maxWebConfigSize = 1 << 20
+
+// checkRegularFile refuses a path that is not a regular file of reasonable size, before a
+// library that reads it without such checks would block on a FIFO or read a device forever.
+func checkRegularFile(path string) error {
+	f, err := regularfile.Open(path, maxWebConfigSize)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// server is the started program: everything built and listening, not yet serving.
+type server struct {
+	a         *app
+	logger    *slog.Logger
+	srv       *http.Server
+	listeners []net.Listener
+	cleanup   []func() // run in reverse order by close
+}
+
+// close stops what start-up started, in reverse order.
+func (s *server) close() {
+	closeAll(s.listeners)
+	for i := len(s.cleanup) - 1; i >= 0; i-- {
+		s.cleanup[i]()
+	}
+}
+
+// startServer creates the pool, starts the features and listens. On failure it stops what it
+// started and returns nil and the exit code.
+func startServer(ctx context.Context, a *app, logger *slog.Logger, stage *startStage) (_ *server, code int) {
 	logger.Info("Starting pgsidecar", "version", version.Info(), "build_context", version.BuildContext())
+	s := &server{a: a, logger: logger}
+	defer func() {
+		if code != 0 {
+			s.close()
+		}
+	}()
 	reg := &registry{Registry: prometheus.NewRegistry()}
 	if registryHook != nil {
 		registryHook(reg)
@@ -243,12 +358,13 @@ func serve(ctx context.Context, a *app, logger *slog.Logger) int {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		versioncollector.NewCollector("pgsidecar"),
 	)
+	stage.set("creating the pool")
 	mgr, err := pool.New(a.poolCfg, pool.WithLogger(logger), pool.WithRegisterer(reg))
 	if err != nil {
 		logger.Error("Cannot create the pool", "error", err.Error())
-		return 1
+		return nil, 1
 	}
-	defer mgr.Close()
+	s.cleanup = append(s.cleanup, mgr.Close)
 
 	mux := http.NewServeMux()
 	var metricsHandler http.Handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{
@@ -263,17 +379,18 @@ func serve(ctx context.Context, a *app, logger *slog.Logger) int {
 	d := &deps{mgr: mgr, reg: reg, mux: mux, logger: logger,
 		links: []web.LandingLinks{{Address: a.telemetryPath, Text: "Metrics"}}}
 	for _, f := range a.features {
+		stage.set("starting the " + f.name())
 		stopFeature, err := f.start(ctx, d)
 		if err != nil {
 			if errors.As(err, new(configError)) {
 				logger.Error("Invalid configuration", "error", redact.Scrub(err.Error(), a.poolCfg.DatabaseURL))
-				return 2
+				return nil, 2
 			}
 			logger.Error("Cannot start", "error", redact.Scrub(err.Error(), a.poolCfg.DatabaseURL))
-			return 1
+			return nil, 1
 		}
 		if stopFeature != nil {
-			defer stopFeature()
+			s.cleanup = append(s.cleanup, stopFeature)
 		}
 	}
 	for _, wrap := range d.metricsMiddleware {
@@ -281,7 +398,7 @@ func serve(ctx context.Context, a *app, logger *slog.Logger) int {
 	}
 	if err := handle(mux, a.telemetryPath, readOnly(metricsHandler)); err != nil {
 		logger.Error("Cannot serve metrics", "path", a.telemetryPath, "error", err.Error())
-		return 2
+		return nil, 2
 	}
 	if a.telemetryPath != "/" {
 		landing, err := web.NewLandingPage(web.LandingConfig{
@@ -292,44 +409,53 @@ func serve(ctx context.Context, a *app, logger *slog.Logger) int {
 		})
 		if err != nil {
 			logger.Error("Cannot build the landing page", "error", err.Error())
-			return 1
+			return nil, 1
 		}
 		mux.Handle("/", readOnly(landing))
 	}
 
-	var listeners []net.Listener
+	stage.set("listening on --web.listen-address")
 	for _, addr := range *a.webFlags.WebListenAddresses {
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
 			logger.Error("Cannot listen", "address", addr, "error", "--web.listen-address: "+err.Error())
-			closeAll(listeners)
 			if listenConfigError(err) {
-				return 2
+				return nil, 2
 			}
-			return 1
+			return nil, 1
 		}
-		listeners = append(listeners, l)
+		s.listeners = append(s.listeners, l)
 	}
 	// Slow or stalled clients are cut off rather than holding a connection and goroutine each;
 	// no WriteTimeout, so the live-metrics stream can run for as long as its client stays.
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 15 * time.Second,
+	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 15 * time.Second,
 		IdleTimeout: 2 * time.Minute}
+	return s, 0
+}
+
+// serve serves until ctx ends or the web server fails, then shuts down.
+func (s *server) serve(ctx context.Context) int {
+	defer func() {
+		for i := len(s.cleanup) - 1; i >= 0; i-- {
+			s.cleanup[i]()
+		}
+	}()
 	errc := make(chan error, 1)
-	go func() { errc <- web.ServeMultiple(listeners, srv, a.webFlags, logger) }()
+	go func() { errc <- web.ServeMultiple(s.listeners, s.srv, s.a.webFlags, s.logger) }()
 
 	select {
 	case err := <-errc:
 		if err != nil && !errors.Is(err, http.ErrServerClosed) {
-			logger.Error("Web server failed", "error", err.Error())
+			s.logger.Error("Web server failed", "error", err.Error())
 			return 1
 		}
 	case <-ctx.Done():
-		logger.Info("Shutting down")
+		s.logger.Info("Shutting down")
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		logger.Warn("Web server did not stop cleanly", "error", err.Error())
+	if err := s.srv.Shutdown(sctx); err != nil {
+		s.logger.Warn("Web server did not stop cleanly", "error", err.Error())
 	}
 	return 0
 }

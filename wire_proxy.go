@@ -38,3 +38,7 @@ func (f *proxyFeature) start(_ context.Context, d *deps) (func(), error) {
 	}
 	return func() { _ = srv.Close() }, nil
 }
+
+func (f *proxyFeature) name() string {
+	return "proxy (reading --proxy.users-file and the TLS files, listening on --proxy.listen-address)"
+}
