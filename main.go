@@ -331,9 +331,14 @@ type server struct {
 	cleanup   []func() // run in reverse order by close
 }
 
-// close stops what start-up started, in reverse order.
+// close stops what start-up started, for a server that will not serve.
 func (s *server) close() {
 	closeAll(s.listeners)
+	s.stop()
+}
+
+// stop stops the features and the pool, in reverse order of start.
+func (s *server) stop() {
 	for i := len(s.cleanup) - 1; i >= 0; i-- {
 		s.cleanup[i]()
 	}
@@ -435,11 +440,7 @@ func startServer(ctx context.Context, a *app, logger *slog.Logger, stage *startS
 
 // serve serves until ctx ends or the web server fails, then shuts down.
 func (s *server) serve(ctx context.Context) int {
-	defer func() {
-		for i := len(s.cleanup) - 1; i >= 0; i-- {
-			s.cleanup[i]()
-		}
-	}()
+	defer s.stop()
 	errc := make(chan error, 1)
 	go func() { errc <- web.ServeMultiple(s.listeners, s.srv, s.a.webFlags, s.logger) }()
 
