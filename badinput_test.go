@@ -9,7 +9,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -123,6 +126,19 @@ func TestBadHTTPInput(t *testing.T) {
 		{"POST", "/api/database/warmup", `not json`, nil, 400, `"error"`},
 		{"POST", "/api/database/warmup", `{"connections": "two"}`, nil, 400, `"error"`},
 		{"POST", "/api/database/warmup", `{"connections": 1, "extra": true}`, nil, 400, `"error"`},
+		{"POST", "/api/database/warmup", `{"connections": 1} {"connections": 2}`, nil, 400, "nothing after it"},
+		{"POST", "/api/database/warmup", `{"connections": 1}garbage`, nil, 400, "nothing after it"},
+		{"POST", "/api/database/warmup", `{"connections": 1}]`, nil, 400, "nothing after it"},
+		{"POST", "/api/database/warmup", "{\"connections\": 1}\n", nil, 200, `"opened"`},
+		{"PUT", "/metrics", "", nil, 405, "Allow: GET, HEAD"},
+		{"POST", "/metrics", "x", nil, 405, "Allow: GET, HEAD"},
+		{"DELETE", "/metrics", "", nil, 405, "Allow: GET, HEAD"},
+		{"HEAD", "/metrics", "", nil, 200, ""},
+		{"POST", "/healthz", "", nil, 405, "Allow: GET, HEAD"},
+		{"PUT", "/readyz", "", nil, 405, "Allow: GET, HEAD"},
+		{"POST", "/status", "", nil, 405, "Allow: GET, HEAD"},
+		{"POST", "/", "", nil, 405, "Allow: GET, HEAD"},
+		{"GET", "/-/reload", "", nil, 405, "Allow: POST"},
 		{"GET", "/api/database/no-such-endpoint", "", nil, 404, `"error"`},
 		{"GET", "/api/database/metrics/extra", "", nil, 404, `"error"`},
 		{"GET", "/-/reload", "", nil, 405, ""},
@@ -331,6 +347,77 @@ func TestSlowHTTPClients(t *testing.T) {
 		_ = c.SetReadDeadline(time.Now().Add(2 * time.Minute))
 		if _, err := io.Copy(io.Discard, c); err != nil {
 			t.Fatalf("stalled client %d: the server did not close the connection: %v", i, err)
+		}
+	}
+}
+
+// TestListenFailures: a listen address that cannot work names its flag. One that is wrong in
+// itself exits 2 like any bad setting; one in use exits 1, since a restart can succeed once the
+// other process lets go.
+func TestListenFailures(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	defer taken.Close()
+	inUse := taken.Addr().String()
+	cases := []struct {
+		name string
+		args []string
+		code int
+		want []string // all in the output
+	}{
+		{"web address in use", []string{"--web.listen-address=" + inUse}, 1, []string{"--web.listen-address: listen tcp " + inUse + ": bind: address already in use"}},
+		{"web address without port", []string{"--web.listen-address=127.0.0.1"}, 2, []string{"--web.listen-address: listen tcp: address 127.0.0.1: missing port in address"}},
+		{"web unknown port", []string{"--web.listen-address=127.0.0.1:metrics"}, 2, []string{"--web.listen-address: listen tcp: lookup tcp/metrics: unknown port"}},
+		{"web second address in use", []string{"--web.listen-address=127.0.0.1:0", "--web.listen-address=" + inUse}, 1, []string{"--web.listen-address: ", "address already in use"}},
+		{"proxy address in use", []string{"--web.listen-address=127.0.0.1:0", "--proxy.listen-address=" + inUse}, 1, []string{"--proxy.listen-address: ", inUse, "address already in use"}},
+		{"proxy address without port", []string{"--web.listen-address=127.0.0.1:0", "--proxy.listen-address=127.0.0.1"}, 2, []string{"--proxy.listen-address: ", "address 127.0.0.1: missing port in address"}},
+		{"proxy socket directory missing", []string{"--web.listen-address=127.0.0.1:0", "--proxy.listen-address=/nonexistent/dir/.s.PGSQL.6432"}, 2, []string{"--proxy.listen-address: ", "listen unix /nonexistent/dir/.s.PGSQL.6432: bind: no such file or directory"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			clearPoolEnv(t)
+			t.Setenv("DATABASE_URL", "postgres://app:topsecret1@127.0.0.1:1/pos?sslmode=disable")
+			var out, errOut testutil.LogBuffer
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			code := run(ctx, append([]string{"--db.metrics-log-interval=0"}, tc.args...), &out, &errOut)
+			if ctx.Err() != nil {
+				t.Fatalf("the failure did not stop the program\n%s", errOut.String())
+			}
+			if code != tc.code {
+				t.Fatalf("exit code %d, want %d\n%s", code, tc.code, errOut.String())
+			}
+			for _, want := range tc.want {
+				if !strings.Contains(errOut.String(), want) {
+					t.Fatalf("output does not say %q:\n%s", want, errOut.String())
+				}
+			}
+			if strings.Contains(errOut.String()+out.String(), "topsecret1") {
+				t.Fatal("output leaks the password")
+			}
+		})
+	}
+}
+
+// TestStartupFilesThatWouldBlock: a FIFO or a device given as a configuration file is refused
+// at once, naming the flag, rather than hanging start-up or filling memory.
+func TestStartupFilesThatWouldBlock(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	must(t, syscall.Mkfifo(fifo, 0o600))
+	for _, flag := range []string{"--env-file", "--queries.file", "--web.config.file"} {
+		for _, path := range []string{fifo, "/dev/zero"} {
+			t.Run(flag+" "+filepath.Base(path), func(t *testing.T) {
+				clearPoolEnv(t)
+				t.Setenv("DATABASE_URL", "postgres://app:topsecret1@127.0.0.1:1/pos?sslmode=disable")
+				out, err := os.CreateTemp(t.TempDir(), "out")
+				must(t, err)
+				p := startProcess(t, out, "--web.listen-address=127.0.0.1:0", flag+"="+path)
+				code := p.exitCode(t, 10*time.Second)
+				b, _ := os.ReadFile(out.Name())
+				if code != 2 || !strings.Contains(string(b), flag+": ") || !strings.Contains(string(b), "not a regular file") {
+					t.Fatalf("exit code %d, want 2 and a message naming %s:\n%s", code, flag, b)
+				}
+			})
 		}
 	}
 }

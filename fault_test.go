@@ -1,14 +1,19 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -216,4 +221,104 @@ func maxDur(ds []time.Duration) time.Duration {
 		m = max(m, d)
 	}
 	return m
+}
+
+// TestClosedLogReader: when the reader of the sidecar's stderr goes away (pgsidecar 2>&1 |
+// grep …, and grep ends), the log lines are lost but the process, its pool and its proxied
+// sessions go on.
+func TestClosedLogReader(t *testing.T) {
+	clearPoolEnv(t)
+	addr, proxyAddr := testutil.FreeAddr(t), testutil.FreeAddr(t)
+	r, w, err := os.Pipe()
+	must(t, err)
+	p := startProcess(t, w, "--web.listen-address="+addr, "--database-url="+cluster.URL(""),
+		"--proxy.listen-address="+proxyAddr, "--db.min-connections=1")
+	w.Close()
+	// Read until the sidecar serves, then close the only reader.
+	lines := bufio.NewScanner(r)
+	for lines.Scan() && !strings.Contains(lines.Text(), "Listening on") {
+	}
+	base := "http://" + addr
+	if !pgtest.WaitFor(20*time.Second, func() bool { c, _ := get(t, base+"/readyz"); return c == 200 }) {
+		t.Fatal("never ready")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	session, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres:%s@%s/postgres?sslmode=disable", pgtest.SuperuserPassword, proxyAddr))
+	must(t, err)
+	defer session.Close(context.Background())
+	r.Close()
+
+	// A warm-up logs a line, which now goes to a pipe nobody reads.
+	resp, err := http.Post(base+"/api/database/warmup", "application/json", strings.NewReader(`{"connections": 1}`))
+	if err == nil {
+		resp.Body.Close()
+	}
+	time.Sleep(500 * time.Millisecond)
+	if !p.running() {
+		t.Fatalf("the sidecar ended when its log reader went away: %v", p.err)
+	}
+	if c, _ := get(t, base+"/healthz"); c != 200 {
+		t.Fatalf("/healthz = %d", c)
+	}
+	var one int
+	if err := session.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+		t.Fatalf("the proxied session ended: %v", err)
+	}
+	must(t, p.cmd.Process.Signal(syscall.SIGTERM))
+	if code := p.exitCode(t, 30*time.Second); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM", code)
+	}
+}
+
+// TestSignalDuringStartup: SIGTERM stops the program promptly even when a start-up stage is
+// blocked, here on a FIFO given as a file that a library reads without checking (pgx's
+// sslrootcert, the web config's certificate) or that is read after signals are caught (the
+// proxy's users file). The message names the stage it was stopped at.
+func TestSignalDuringStartup(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	must(t, syscall.Mkfifo(fifo, 0o600))
+	webCfg := filepath.Join(dir, "web.yml")
+	must(t, os.WriteFile(webCfg, []byte("tls_server_config:\n  cert_file: "+fifo+"\n  key_file: "+fifo+"\n"), 0o600))
+	url := "postgres://app:topsecret1@127.0.0.1:1/pos?sslmode=disable"
+	cases := []struct {
+		name, url string
+		args      []string
+		stage     string
+	}{
+		{"sslrootcert", "postgres://app:topsecret1@127.0.0.1:1/pos?sslmode=verify-full&sslrootcert=" + fifo, nil,
+			"checking the pool configuration"},
+		{"web config certificate", url, []string{"--web.config.file=" + webCfg}, "reading --web.config.file"},
+		{"proxy users file", url, []string{"--proxy.listen-address=127.0.0.1:0", "--proxy.users-file=" + fifo}, "starting the proxy"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			clearPoolEnv(t)
+			t.Setenv("DATABASE_URL", tc.url)
+			out, err := os.CreateTemp(t.TempDir(), "out")
+			must(t, err)
+			p := startProcess(t, out, append([]string{"--web.listen-address=127.0.0.1:0"}, tc.args...)...)
+			time.Sleep(time.Second)
+			if !p.running() {
+				b, _ := os.ReadFile(out.Name())
+				if p.cmd.ProcessState.ExitCode() == 2 && strings.Contains(string(b), "not a regular file") {
+					t.Skipf("the stage no longer blocks: %s", b)
+				}
+				t.Fatalf("ended before the signal: %v\n%s", p.err, b)
+			}
+			sent := time.Now()
+			must(t, p.cmd.Process.Signal(syscall.SIGTERM))
+			code := p.exitCode(t, 10*time.Second)
+			b, _ := os.ReadFile(out.Name())
+			if code != 1 || !strings.Contains(string(b), "stopped during start-up") &&
+				!strings.Contains(string(b), "Stopped during start-up") || !strings.Contains(string(b), tc.stage) {
+				t.Fatalf("exit code %d after %s, want 1 and a message naming %q:\n%s", code, time.Since(sent), tc.stage, b)
+			}
+			if strings.Contains(string(b), "topsecret1") {
+				t.Fatal("output leaks the password")
+			}
+			t.Logf("stopped %s after SIGTERM", time.Since(sent).Round(10*time.Millisecond))
+		})
+	}
 }

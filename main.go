@@ -30,6 +30,7 @@ import (
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 
 	"github.com/pgsidecar/pgsidecar/internal/redact"
+	"github.com/pgsidecar/pgsidecar/internal/regularfile"
 	"github.com/pgsidecar/pgsidecar/internal/settings"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
@@ -37,6 +38,10 @@ import (
 const defaultListenAddress = ":9188"
 
 func main() {
+	// A write to a closed pipe on stdout or stderr (pgsidecar 2>&1 | grep …, and grep ends)
+	// would end the process with SIGPIPE, taking the pool and every proxied session with it.
+	// Ignored, such writes fail with EPIPE instead: only the log lines are lost.
+	signal.Ignore(syscall.SIGPIPE)
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -91,6 +96,8 @@ func bindSettings[C any](k *kingpin.Application, cfg *C, table []settings.Settin
 type feature interface {
 	// flags declares the feature's flags before parsing.
 	flags(k *kingpin.Application)
+	// name says what the feature is, in messages about start-up.
+	name() string
 	// start runs after the pool exists; the returned stop (may be nil) runs at shutdown, in
 	// reverse order of start.
 	start(ctx context.Context, d *deps) (stop func(), err error)
@@ -183,13 +190,80 @@ func newApp(stdout, stderr io.Writer) (*kingpin.Application, *app) {
 	return k, a
 }
 
+// startupGrace is how long a signal during start-up waits for the current stage to finish
+// before the program stops without it: a stage blocked on a file or the network must not keep
+// the process from stopping.
+const startupGrace = 2 * time.Second
+
+// startStage names what start-up is doing, for the message when a signal stops it there.
+type startStage struct {
+	mu     sync.Mutex
+	what   string
+	logger *slog.Logger
+}
+
+func (st *startStage) set(what string) {
+	st.mu.Lock()
+	st.what = what
+	st.mu.Unlock()
+}
+
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if f := envFileArg(args); f != "" {
-		if err := loadEnvFile(f); err != nil {
-			fmt.Fprintf(stderr, "pgsidecar: --env-file: %s\n", redact.Scrub(err.Error()))
-			return 2
+	// Signals are caught before anything that can wait, so SIGTERM and SIGINT stop the program
+	// at every stage of start-up as well as while it serves.
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	type started struct {
+		s    *server
+		code int
+	}
+	stage := &startStage{}
+	done := make(chan started, 1)
+	go func() {
+		s, code := start(ctx, args, stdout, stderr, stage)
+		done <- started{s, code}
+	}()
+	var st started
+	select {
+	case st = <-done:
+	case <-ctx.Done():
+		select {
+		case st = <-done:
+		case <-time.After(startupGrace):
+			stage.mu.Lock()
+			what, logger := stage.what, stage.logger
+			stage.mu.Unlock()
+			if logger != nil {
+				logger.Error("Stopped during start-up without waiting for it", "stage", what)
+			} else {
+				fmt.Fprintf(stderr, "pgsidecar: stopped during start-up without waiting for it: %s\n", what)
+			}
+			// In the process, the exit ends the stage; elsewhere (tests), clean up once it ends.
+			go func() {
+				if st := <-done; st.s != nil {
+					st.s.close()
+				}
+			}()
+			return 1
 		}
 	}
+	if st.s == nil {
+		return st.code
+	}
+	return st.s.serve(ctx)
+}
+
+// start reads the configuration and starts everything up to listening. It returns the server
+// ready to serve, or nil and the exit code.
+func start(ctx context.Context, args []string, stdout, stderr io.Writer, stage *startStage) (*server, int) {
+	if f := envFileArg(args); f != "" {
+		stage.set("reading --env-file " + f)
+		if err := loadEnvFile(f); err != nil {
+			fmt.Fprintf(stderr, "pgsidecar: --env-file: %s\n", redact.Scrub(err.Error()))
+			return nil, 2
+		}
+	}
+	stage.set("parsing the command line")
 	k, a := newApp(stdout, stderr)
 	// --help and --version end the program through kingpin's terminate hook; keep the exit code
 	// instead of exiting so run stays testable.
@@ -201,34 +275,85 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	})
 	_, err := k.Parse(args)
 	if exitCode >= 0 {
-		return exitCode
+		return nil, exitCode
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "pgsidecar: %s\n", redact.Scrub(err.Error(), os.Getenv("DATABASE_URL")))
-		return 2
+		return nil, 2
 	}
 	logger := promslog.New(a.logCfg)
 	if !strings.HasPrefix(a.telemetryPath, "/") || strings.ContainsAny(a.telemetryPath, " {}") {
 		fmt.Fprintf(stderr, "pgsidecar: --web.telemetry-path (%q) must be a path starting with /\n", a.telemetryPath)
-		return 2
+		return nil, 2
 	}
+	// Checking DATABASE_URL reads the files it names (sslrootcert, a passfile).
+	stage.set("checking the pool configuration and the files DATABASE_URL names")
 	if err := a.poolCfg.Validate(); err != nil {
 		fmt.Fprintf(stderr, "pgsidecar: invalid configuration:\n  %s\n", strings.ReplaceAll(err.Error(), "\n", "\n  "))
-		return 2
+		return nil, 2
 	}
 	if f := *a.webFlags.WebConfigFile; f != "" {
+		stage.set("reading --web.config.file " + f + " and the files it names")
+		if err := checkRegularFile(f); err != nil {
+			fmt.Fprintf(stderr, "pgsidecar: --web.config.file: %s\n", err)
+			return nil, 2
+		}
 		if err := web.Validate(f); err != nil {
 			fmt.Fprintf(stderr, "pgsidecar: --web.config.file: %s\n", err)
-			return 2
+			return nil, 2
 		}
 	}
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	return serve(ctx, a, logger)
+	stage.mu.Lock()
+	stage.logger = logger
+	stage.mu.Unlock()
+	return startServer(ctx, a, logger, stage)
 }
 
-func serve(ctx context.Context, a *app, logger *slog.Logger) int {
+// maxWebConfigSize bounds --web.config.file, a short YAML file.
+const maxWebConfigSize = 1 << 20
+
+// checkRegularFile refuses a path that is not a regular file of reasonable size, before a
+// library that reads it without such checks would block on a FIFO or read a device forever.
+func checkRegularFile(path string) error {
+	f, err := regularfile.Open(path, maxWebConfigSize)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// server is the started program: everything built and listening, not yet serving.
+type server struct {
+	a         *app
+	logger    *slog.Logger
+	srv       *http.Server
+	listeners []net.Listener
+	cleanup   []func() // run in reverse order by close
+}
+
+// close stops what start-up started, for a server that will not serve.
+func (s *server) close() {
+	closeAll(s.listeners)
+	s.stop()
+}
+
+// stop stops the features and the pool, in reverse order of start.
+func (s *server) stop() {
+	for i := len(s.cleanup) - 1; i >= 0; i-- {
+		s.cleanup[i]()
+	}
+}
+
+// startServer creates the pool, starts the features and listens. On failure it stops what it
+// started and returns nil and the exit code.
+func startServer(ctx context.Context, a *app, logger *slog.Logger, stage *startStage) (_ *server, code int) {
 	logger.Info("Starting pgsidecar", "version", version.Info(), "build_context", version.BuildContext())
+	s := &server{a: a, logger: logger}
+	defer func() {
+		if code != 0 {
+			s.close()
+		}
+	}()
 	reg := &registry{Registry: prometheus.NewRegistry()}
 	if registryHook != nil {
 		registryHook(reg)
@@ -238,12 +363,13 @@ func serve(ctx context.Context, a *app, logger *slog.Logger) int {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		versioncollector.NewCollector("pgsidecar"),
 	)
+	stage.set("creating the pool")
 	mgr, err := pool.New(a.poolCfg, pool.WithLogger(logger), pool.WithRegisterer(reg))
 	if err != nil {
 		logger.Error("Cannot create the pool", "error", err.Error())
-		return 1
+		return nil, 1
 	}
-	defer mgr.Close()
+	s.cleanup = append(s.cleanup, mgr.Close)
 
 	mux := http.NewServeMux()
 	var metricsHandler http.Handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{
@@ -258,25 +384,26 @@ func serve(ctx context.Context, a *app, logger *slog.Logger) int {
 	d := &deps{mgr: mgr, reg: reg, mux: mux, logger: logger,
 		links: []web.LandingLinks{{Address: a.telemetryPath, Text: "Metrics"}}}
 	for _, f := range a.features {
+		stage.set("starting the " + f.name())
 		stopFeature, err := f.start(ctx, d)
 		if err != nil {
 			if errors.As(err, new(configError)) {
 				logger.Error("Invalid configuration", "error", redact.Scrub(err.Error(), a.poolCfg.DatabaseURL))
-				return 2
+				return nil, 2
 			}
 			logger.Error("Cannot start", "error", redact.Scrub(err.Error(), a.poolCfg.DatabaseURL))
-			return 1
+			return nil, 1
 		}
 		if stopFeature != nil {
-			defer stopFeature()
+			s.cleanup = append(s.cleanup, stopFeature)
 		}
 	}
 	for _, wrap := range d.metricsMiddleware {
 		metricsHandler = wrap(metricsHandler)
 	}
-	if err := handle(mux, a.telemetryPath, metricsHandler); err != nil {
+	if err := handle(mux, a.telemetryPath, readOnly(metricsHandler)); err != nil {
 		logger.Error("Cannot serve metrics", "path", a.telemetryPath, "error", err.Error())
-		return 2
+		return nil, 2
 	}
 	if a.telemetryPath != "/" {
 		landing, err := web.NewLandingPage(web.LandingConfig{
@@ -287,41 +414,49 @@ func serve(ctx context.Context, a *app, logger *slog.Logger) int {
 		})
 		if err != nil {
 			logger.Error("Cannot build the landing page", "error", err.Error())
-			return 1
+			return nil, 1
 		}
-		mux.Handle("/", landing)
+		mux.Handle("/", readOnly(landing))
 	}
 
-	var listeners []net.Listener
+	stage.set("listening on --web.listen-address")
 	for _, addr := range *a.webFlags.WebListenAddresses {
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
-			logger.Error("Cannot listen", "address", addr, "error", err.Error())
-			closeAll(listeners)
-			return 1
+			logger.Error("Cannot listen", "address", addr, "error", "--web.listen-address: "+err.Error())
+			if listenConfigError(err) {
+				return nil, 2
+			}
+			return nil, 1
 		}
-		listeners = append(listeners, l)
+		s.listeners = append(s.listeners, l)
 	}
 	// Slow or stalled clients are cut off rather than holding a connection and goroutine each;
 	// no WriteTimeout, so the live-metrics stream can run for as long as its client stays.
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 15 * time.Second,
+	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 15 * time.Second,
 		IdleTimeout: 2 * time.Minute}
+	return s, 0
+}
+
+// serve serves until ctx ends or the web server fails, then shuts down.
+func (s *server) serve(ctx context.Context) int {
+	defer s.stop()
 	errc := make(chan error, 1)
-	go func() { errc <- web.ServeMultiple(listeners, srv, a.webFlags, logger) }()
+	go func() { errc <- web.ServeMultiple(s.listeners, s.srv, s.a.webFlags, s.logger) }()
 
 	select {
 	case err := <-errc:
 		if err != nil && !errors.Is(err, http.ErrServerClosed) {
-			logger.Error("Web server failed", "error", err.Error())
+			s.logger.Error("Web server failed", "error", err.Error())
 			return 1
 		}
 	case <-ctx.Done():
-		logger.Info("Shutting down")
+		s.logger.Info("Shutting down")
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		logger.Warn("Web server did not stop cleanly", "error", err.Error())
+	if err := s.srv.Shutdown(sctx); err != nil {
+		s.logger.Warn("Web server did not stop cleanly", "error", err.Error())
 	}
 	return 0
 }
@@ -352,6 +487,37 @@ func handle(mux *http.ServeMux, pattern string, h http.Handler) (err error) {
 	return nil
 }
 
+// readOnly answers 405, naming GET and HEAD in the Allow header, to any other method, as the
+// API paths do: a PUT or POST that "succeeds" would tell a client its request did something.
+func readOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "method "+r.Method+" not allowed; use GET or HEAD", http.StatusMethodNotAllowed)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// listenConfigError reports whether a listen failure lies in the address itself, which exits 2
+// like any bad setting: a malformed address or unknown port, a host name that does not resolve,
+// a socket directory that does not exist, no permission. Other failures (the address in use,
+// or not on this host yet) exit 1: they can pass on a restart, for instance once the previous
+// instance has let go of the port.
+func listenConfigError(err error) bool {
+	var addrErr *net.AddrError
+	if errors.As(err, &addrErr) {
+		return true
+	}
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) {
+		return dnsErr.IsNotFound
+	}
+	return errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ENOTDIR) ||
+		errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM)
+}
+
 func closeAll(ls []net.Listener) {
 	for _, l := range ls {
 		_ = l.Close()
@@ -371,18 +537,41 @@ func envFileArg(args []string) string {
 	return ""
 }
 
+const (
+	// maxEnvFileSize bounds the --env-file read, so that a runaway file cannot exhaust memory.
+	maxEnvFileSize = 16 << 20
+	// maxEnvLine bounds one line of it: generous for a certificate or a long DSN in a value.
+	maxEnvLine = 1 << 20
+)
+
 // loadEnvFile sets KEY=VALUE lines of a .env file as environment variables, without replacing
 // variables already set. Blank lines and # comments are skipped; values may be quoted, and a
-// " #" after an unquoted value starts a comment (as .env files commonly do).
+// " #" after an unquoted value starts a comment (as .env files commonly do). Only a regular
+// file is read, so a FIFO or a device cannot hang start-up.
 func loadEnvFile(path string) error {
-	f, err := os.Open(path)
+	f, err := regularfile.Open(path, maxEnvFileSize)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
+	br := bufio.NewReader(io.LimitReader(f, maxEnvFileSize+1))
+	read := 0
+	for n := 1; ; n++ {
+		raw, tooLong, err := readLine(br, maxEnvLine)
+		read += len(raw) + 1
+		if err != nil && (err != io.EOF || len(raw) == 0) {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+		if read > maxEnvFileSize {
+			return fmt.Errorf("%s: larger than %d bytes", path, maxEnvFileSize)
+		}
+		if tooLong {
+			return fmt.Errorf("%s:%d: %s is longer than %d MiB", path, n, lineSubject(raw), maxEnvLine>>20)
+		}
+		line := strings.TrimSpace(string(raw))
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
@@ -404,5 +593,34 @@ func loadEnvFile(path string) error {
 			}
 		}
 	}
-	return sc.Err()
+}
+
+// readLine reads one line without its line end. A line longer than limit is read to its end
+// but only its first limit bytes are returned, with tooLong set. The error is io.EOF after the
+// last line.
+func readLine(br *bufio.Reader, limit int) (line []byte, tooLong bool, err error) {
+	for {
+		chunk, isPrefix, err := br.ReadLine()
+		if len(line)+len(chunk) > limit {
+			tooLong = true
+			chunk = chunk[:max(0, limit-len(line))]
+		}
+		line = append(line, chunk...)
+		if err != nil || !isPrefix {
+			return line, tooLong, err
+		}
+	}
+}
+
+// lineSubject names an over-long line by its key when it starts like KEY=…, without showing
+// any of the value, which may be a secret.
+func lineSubject(line []byte) string {
+	s := strings.TrimPrefix(strings.TrimLeft(string(line[:min(len(line), 256)]), " \t"), "export ")
+	if key, _, ok := strings.Cut(s, "="); ok {
+		key = strings.TrimSpace(key)
+		if key != "" && len(key) <= 128 && strings.Trim(key, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") == "" {
+			return "the line of " + key
+		}
+	}
+	return "the line"
 }

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -29,7 +30,91 @@ import (
 
 var cluster *pgtest.Cluster
 
-func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &cluster, pgtest.Options{})) }
+func TestMain(m *testing.M) {
+	code := pgtest.Main(m, &cluster, pgtest.Options{})
+	if binaryDir != "" {
+		_ = os.RemoveAll(binaryDir)
+	}
+	os.Exit(code)
+}
+
+var (
+	binaryOnce sync.Once
+	binaryDir  string
+	binaryPath string
+	binaryErr  error
+)
+
+// sidecarBinary builds the pgsidecar command once per test run, for tests of what only a real
+// process shows: signals, exit codes, a closed stderr.
+func sidecarBinary(t *testing.T) string {
+	t.Helper()
+	binaryOnce.Do(func() {
+		goTool, err := exec.LookPath("go")
+		if err != nil {
+			binaryErr = err
+			return
+		}
+		if binaryDir, binaryErr = os.MkdirTemp("", "pgsidecar-bin"); binaryErr != nil {
+			return
+		}
+		binaryPath = filepath.Join(binaryDir, "pgsidecar")
+		if out, err := exec.Command(goTool, "build", "-o", binaryPath, ".").CombinedOutput(); err != nil {
+			binaryErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binaryErr != nil {
+		t.Fatal(binaryErr)
+	}
+	return binaryPath
+}
+
+// sidecarProcess is a running pgsidecar binary.
+type sidecarProcess struct {
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when the process has ended; then err holds Wait's answer
+	err    error
+}
+
+// startProcess starts the binary with args and the test's environment, its stdout and stderr
+// both going to out.
+func startProcess(t *testing.T, out *os.File, args ...string) *sidecarProcess {
+	t.Helper()
+	p := &sidecarProcess{cmd: exec.Command(sidecarBinary(t), args...), exited: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = out, out
+	must(t, p.cmd.Start())
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	})
+	return p
+}
+
+// exitCode waits up to d for the process to end and returns its exit code, or -1 when a signal
+// ended it; the test fails if it is still running.
+func (p *sidecarProcess) exitCode(t *testing.T, d time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.exited:
+	case <-time.After(d):
+		t.Fatalf("the process still runs %s later", d)
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// running reports whether the process has not ended.
+func (p *sidecarProcess) running() bool {
+	select {
+	case <-p.exited:
+		return false
+	default:
+		return true
+	}
+}
 
 // clearPoolEnv keeps the developer's environment out of config tests.
 func clearPoolEnv(t *testing.T) {
@@ -388,5 +473,40 @@ func TestConcurrentScrapesShareCollections(t *testing.T) {
 	// Without sharing this would be 50 (plus the probe's own).
 	if n := collections() - before; n > 12 {
 		t.Fatalf("%v collections for 50 simultaneous scrapes", n)
+	}
+}
+
+// TestEnvFileLongLines: lines up to 1 MiB load; a longer one is named by its line number and
+// key, without any of its value.
+func TestEnvFileLongLines(t *testing.T) {
+	clearPoolEnv(t)
+	t.Setenv("PGSIDECAR_TEST_LONG", "")
+	os.Unsetenv("PGSIDECAR_TEST_LONG")
+	dir := t.TempDir()
+	f := filepath.Join(dir, ".env")
+	long := strings.Repeat("v", 900<<10)
+	must(t, os.WriteFile(f, []byte("# long values\nPGSIDECAR_TEST_LONG="+long+"\nDB_MAX_CONNECTIONS=0\n"), 0o600))
+	var out, errOut testutil.LogBuffer
+	code := run(context.Background(), []string{"--env-file", f, "--database-url=postgres://h/db"}, &out, &errOut)
+	if code != 2 || !strings.Contains(errOut.String(), "DB_MAX_CONNECTIONS (0) must be at least 1") {
+		t.Fatalf("the lines after a 900 KiB line were not loaded: exit %d, %s", code, errOut.String())
+	}
+	if os.Getenv("PGSIDECAR_TEST_LONG") != long {
+		t.Fatal("a 900 KiB value was not loaded whole")
+	}
+	for _, tc := range []struct{ content, want string }{
+		{"DB_MIN_CONNECTIONS=1\nexport DB_SECRET_THING=" + strings.Repeat("s3cr3t", 400<<10) + "\n",
+			".env:2: the line of DB_SECRET_THING is longer than 1 MiB"},
+		{"DB_MIN_CONNECTIONS=1\n\n" + strings.Repeat("s3cr3t", 400<<10), ".env:3: the line is longer than 1 MiB"},
+	} {
+		must(t, os.WriteFile(f, []byte(tc.content), 0o600))
+		out, errOut = testutil.LogBuffer{}, testutil.LogBuffer{}
+		code := run(context.Background(), []string{"--env-file=" + f}, &out, &errOut)
+		if code != 2 || !strings.Contains(errOut.String(), "--env-file: ") || !strings.Contains(errOut.String(), tc.want) {
+			t.Errorf("exit %d, %q; want 2 and %q", code, errOut.String(), tc.want)
+		}
+		if strings.Contains(errOut.String(), "s3cr3t") || strings.Contains(errOut.String(), "token too long") {
+			t.Errorf("error shows the value or the scanner's words: %.300s", errOut.String())
+		}
 	}
 }

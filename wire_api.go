@@ -40,3 +40,5 @@ func (f *apiFeature) start(ctx context.Context, d *deps) (func(), error) {
 		h.Close()
 	}, nil
 }
+
+func (f *apiFeature) name() string { return "API" }

@@ -50,3 +50,5 @@ func (f *collectorFeature) start(ctx context.Context, d *deps) (func(), error) {
 		d.reg.Unregister(e)
 	}, nil
 }
+
+func (f *collectorFeature) name() string { return "collectors (reading --queries.file)" }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/alecthomas/kingpin/v2"
 
@@ -29,7 +30,15 @@ func (f *proxyFeature) start(_ context.Context, d *deps) (func(), error) {
 	}
 	if err := srv.Start(); err != nil {
 		_ = srv.Close()
+		err = fmt.Errorf("--proxy.listen-address: %w", err)
+		if listenConfigError(err) {
+			return nil, badConfig(err)
+		}
 		return nil, err
 	}
 	return func() { _ = srv.Close() }, nil
+}
+
+func (f *proxyFeature) name() string {
+	return "proxy (reading --proxy.users-file and the TLS files, listening on --proxy.listen-address)"
 }

@@ -217,6 +217,12 @@ func (h *Handler) warmup(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusBadRequest, "body must be JSON like {\"connections\": 5}: "+err.Error())
 			return
 		}
+		// One object and nothing after it: a second value or stray bytes mean the client sent
+		// something other than what this endpoint reads.
+		if _, err := dec.Token(); err != io.EOF {
+			writeError(w, http.StatusBadRequest, "body must be one JSON object like {\"connections\": 5}, with nothing after it")
+			return
+		}
 		if req.Connections != nil {
 			n = *req.Connections
 		}
