@@ -30,6 +30,36 @@ const (
 
 func (m AuthMethod) known() bool { return m == AuthSCRAM || m == AuthMD5 || m == AuthTrust }
 
+// TLSMode is the proxy's TLS policy for client connections.
+type TLSMode string
+
+// TLS policies. The zero value picks TLSAllow when a certificate is configured and TLSDisable
+// otherwise, which is how the proxy behaved before the policy existed.
+const (
+	// TLSDisable answers every SSLRequest with 'N', even with a certificate configured, so TLS
+	// can be turned off without removing the certificate from a deployment.
+	TLSDisable TLSMode = "disable"
+	// TLSAllow offers TLS to clients that ask (SSLRequest) and serves plaintext to the others.
+	TLSAllow TLSMode = "allow"
+	// TLSRequire refuses plaintext logins over TCP with FATAL 28000, as a PostgreSQL server with
+	// only hostssl lines in pg_hba.conf does. Unix socket clients are not refused: PostgreSQL
+	// matches them with local lines, never hostssl, and libpq never asks for TLS on a socket.
+	TLSRequire TLSMode = "require"
+)
+
+func (m TLSMode) known() bool { return m == "" || m == TLSDisable || m == TLSAllow || m == TLSRequire }
+
+// tlsMode resolves the zero TLSMode against the configured certificate.
+func (c Config) tlsMode() TLSMode {
+	if c.TLSMode != "" {
+		return c.TLSMode
+	}
+	if c.TLSCertFile != "" || c.TLS != nil {
+		return TLSAllow
+	}
+	return TLSDisable
+}
+
 // DefaultMaxMessageSize bounds one client protocol message. PostgreSQL itself accepts up to 1 GiB;
 // a smaller bound keeps one client from making the proxy buffer that much for a query text.
 const DefaultMaxMessageSize = 64 << 20
@@ -52,8 +82,11 @@ type Config struct {
 	// TLSCertFile and TLSKeyFile, given together, are the certificate and key New loads for TLS
 	// to clients. Give them or TLS, not both.
 	TLSCertFile, TLSKeyFile string
-	// TLS, when set, lets clients switch to TLS after an SSLRequest.
+	// TLS, when set, lets clients switch to TLS after an SSLRequest (unless TLSMode is
+	// TLSDisable).
 	TLS *tls.Config
+	// TLSMode is the TLS policy; empty means TLSAllow with a certificate, TLSDisable without.
+	TLSMode TLSMode
 	// MaxMessageSize bounds one client message in bytes.
 	MaxMessageSize int
 	// MaxClients bounds the client connections served at once, including those authenticating
@@ -94,6 +127,15 @@ func Settings() []Setting {
 		{Flag: "proxy.tls-key-file", PlaceHolder: "FILE",
 			Help: "Private key for TLS to proxy clients.",
 			Set:  settings.String(func(c *Config) *string { return &c.TLSKeyFile })},
+		{Flag: "proxy.tls-mode", Env: "PROXY_TLS_MODE", PlaceHolder: "MODE",
+			Help: "TLS policy for proxy clients: disable (answer every SSLRequest with N), allow (TLS for clients that ask) or require (refuse plaintext TCP logins with SQLSTATE 28000; unix socket clients are not refused); default: allow with a certificate, disable without.",
+			Set: func(c *Config, v string) error {
+				if v == "" || !TLSMode(v).known() {
+					return fmt.Errorf("--proxy.tls-mode must be one of disable, allow, require, got '%s'", v)
+				}
+				c.TLSMode = TLSMode(v)
+				return nil
+			}},
 		{Flag: "proxy.max-message-size", Default: units.Base2Bytes(DefaultMaxMessageSize).String(),
 			Help: "Largest protocol message a proxy client may send.",
 			Set: func(c *Config, v string) error {
@@ -141,6 +183,12 @@ func (c Config) Validate() error {
 	}
 	if c.TLSCertFile != "" && c.TLS != nil {
 		add("--proxy.tls-cert-file and TLS must not both be given")
+	}
+	if !c.TLSMode.known() {
+		add("--proxy.tls-mode (%q) must be one of disable, allow, require", c.TLSMode)
+	}
+	if c.TLSMode == TLSRequire && c.TLSCertFile == "" && c.TLS == nil {
+		add("--proxy.tls-mode=require needs a certificate: give --proxy.tls-cert-file and --proxy.tls-key-file")
 	}
 	if c.MaxMessageSize < 1024 {
 		add("--proxy.max-message-size (%s) must be at least 1KiB", units.Base2Bytes(c.MaxMessageSize))

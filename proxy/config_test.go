@@ -23,6 +23,9 @@ func TestConfigValidateNamesTheFlag(t *testing.T) {
 		{func(c *Config) { c.TLSCertFile, c.TLSKeyFile, c.TLS = "c", "k", &tls.Config{} }, "--proxy.tls-cert-file and TLS must not both be given"},
 		{func(c *Config) { c.UsersFile, c.Users = "users.txt", map[string]string{"u": "p"} }, "--proxy.users-file and Users must not both be given"},
 		{func(c *Config) { c.ResetTimeout = 0 }, "proxy ResetTimeout (0s) must be greater than 0"},
+		{func(c *Config) { c.TLSMode = "sometimes" }, `--proxy.tls-mode ("sometimes") must be one of disable, allow, require`},
+		{func(c *Config) { c.TLSMode = TLSRequire }, "--proxy.tls-mode=require needs a certificate: give --proxy.tls-cert-file and --proxy.tls-key-file"},
+		{func(c *Config) { c.TLSMode, c.TLS = TLSRequire, &tls.Config{} }, ""},
 	} {
 		c := DefaultConfig()
 		c.Listen = []string{"127.0.0.1:0"}

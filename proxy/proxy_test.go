@@ -639,3 +639,69 @@ func TestServerKilledMidTransaction(t *testing.T) {
 		t.Fatalf("no working session after the server came back\nlogs:\n%s", h.log.String())
 	}
 }
+
+// TestTLSModes connects pgx clients with each sslmode to a proxy in each TLS mode: allow serves
+// both, disable declines TLS even with a certificate, and require refuses plaintext TCP logins
+// with PostgreSQL's FATAL 28000 while prefer clients get TLS and unix socket clients still log in.
+func TestTLSModes(t *testing.T) {
+	cert := selfSigned(t)
+	ctx := ctxTimeout(t, 60*time.Second)
+	type want struct {
+		tls  bool   // the session runs over TLS
+		code string // or the login fails with this SQLSTATE ("-" for a client-side error)
+	}
+	for _, tc := range []struct {
+		mode  TLSMode
+		modes map[string]want // by client sslmode
+	}{
+		{TLSAllow, map[string]want{"disable": {}, "prefer": {tls: true}, "require": {tls: true}}},
+		{TLSDisable, map[string]want{"disable": {}, "prefer": {}, "require": {code: "-"}}},
+		{TLSRequire, map[string]want{"disable": {code: "28000"}, "prefer": {tls: true}, "require": {tls: true}}},
+	} {
+		t.Run(string(tc.mode), func(t *testing.T) {
+			h := newHarness(t, func(_ *pool.Config, c *Config) {
+				c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+				c.TLSMode = tc.mode
+			})
+			for sslmode, w := range tc.modes {
+				url := strings.Replace(h.superURL(), "sslmode=disable", "sslmode="+sslmode, 1)
+				c, err := pgx.Connect(ctx, url)
+				if w.code != "" {
+					if err == nil {
+						_ = c.Close(ctx)
+						t.Fatalf("sslmode=%s: logged in, want an error %s", sslmode, w.code)
+					}
+					if w.code != "-" && sqlState(err) != w.code {
+						t.Fatalf("sslmode=%s: %v, want %s", sslmode, err, w.code)
+					}
+					t.Logf("sslmode=%s: %v", sslmode, err)
+					if w.code == "28000" {
+						const want = `no pg_hba.conf entry for host "127.0.0.1", user "postgres", database "postgres", no encryption`
+						var pgErr *pgconn.PgError
+						if !errors.As(err, &pgErr) || pgErr.Severity != "FATAL" || pgErr.Message != want {
+							t.Fatalf("sslmode=%s: %v, want FATAL %s", sslmode, err, want)
+						}
+					}
+					continue
+				}
+				if err != nil {
+					t.Fatalf("sslmode=%s: %v\nlogs:\n%s", sslmode, err, h.log.String())
+				}
+				_, isTLS := c.PgConn().Conn().(*tls.Conn)
+				var n int
+				qerr := c.QueryRow(ctx, "select 7").Scan(&n)
+				_ = c.Close(ctx)
+				if isTLS != w.tls || qerr != nil || n != 7 {
+					t.Fatalf("sslmode=%s: tls=%v, query %v (%d); want tls=%v", sslmode, isTLS, qerr, n, w.tls)
+				}
+			}
+			// Unix socket clients are never refused for want of TLS.
+			c, err := pgx.Connect(ctx, fmt.Sprintf("host=%s port=%d user=postgres password=%s dbname=postgres sslmode=disable",
+				h.sock, h.port, pgtest.SuperuserPassword))
+			if err != nil {
+				t.Fatalf("unix socket client: %v", err)
+			}
+			_ = c.Close(ctx)
+		})
+	}
+}

@@ -51,6 +51,7 @@ type Server struct {
 	m        *metrics
 	creds    map[string]*credential
 	database string
+	tlsMode  TLSMode // resolved: never empty
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -79,6 +80,7 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 		m:        newMetrics(mgr.Name()),
 		creds:    map[string]*credential{},
 		database: mgr.Pool().Config().ConnConfig.Database,
+		tlsMode:  cfg.tlsMode(),
 		clients:  map[net.Conn]struct{}{},
 		sessions: map[uint32]*session{},
 	}
@@ -142,7 +144,7 @@ func (s *Server) Start() error {
 	s.listeners = append(s.listeners, ls...)
 	s.mu.Unlock()
 	for _, l := range ls {
-		s.log.Info("Proxy listening", "address", l.Addr().String(), "auth", string(s.cfg.Auth), "tls", s.cfg.TLS != nil)
+		s.log.Info("Proxy listening", "address", l.Addr().String(), "auth", string(s.cfg.Auth), "tls", s.cfg.TLS != nil && s.tlsMode != TLSDisable, "tls_mode", string(s.tlsMode))
 		s.wg.Add(1)
 		go s.serve(l)
 	}

@@ -98,6 +98,14 @@ func (s *Server) handle(raw net.Conn) {
 	sess.run(srvConn, params)
 }
 
+// remoteHost is the client's IP address, as PostgreSQL names the host in its errors.
+func remoteHost(c net.Conn) string {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.IP.String()
+	}
+	return "[local]"
+}
+
 func remoteString(c net.Conn) string {
 	if a := c.RemoteAddr(); a != nil && a.String() != "" && a.String() != "@" {
 		return a.String()
@@ -134,7 +142,7 @@ func (s *Server) startup(raw net.Conn) (net.Conn, map[string]string, error) {
 		code := binary.BigEndian.Uint32(pkt)
 		switch {
 		case code == sslRequest && !tlsDone:
-			if s.cfg.TLS == nil {
+			if s.cfg.TLS == nil || s.tlsMode == TLSDisable {
 				if _, err := conn.Write([]byte{'N'}); err != nil {
 					return nil, nil, err
 				}
@@ -172,6 +180,13 @@ func (s *Server) startup(raw net.Conn) (net.Conn, map[string]string, error) {
 			}
 			if params["database"] == "" {
 				params["database"] = params["user"]
+			}
+			if s.tlsMode == TLSRequire && !tlsDone {
+				if _, ok := raw.RemoteAddr().(*net.TCPAddr); ok {
+					// PostgreSQL's answer when only hostssl lines could match.
+					return conn, nil, reject("28000", "no pg_hba.conf entry for host %q, user %q, database %q, no encryption",
+						remoteHost(raw), params["user"], params["database"])
+				}
 			}
 			if params["database"] != s.database {
 				return conn, nil, reject("3D000", "database %q is not served by this proxy (it serves %q)", params["database"], s.database)
