@@ -705,3 +705,23 @@ func TestTLSModes(t *testing.T) {
 		})
 	}
 }
+
+// TestTrustOnNonLoopbackWarns: trust on a wildcard address gets one warning per such address,
+// naming the flag; loopback and unix socket addresses get none.
+func TestTrustOnNonLoopbackWarns(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), ".s.PGSQL.1")
+	h := newHarness(t, func(_ *pool.Config, c *Config) {
+		c.Auth = AuthTrust
+		c.Listen = []string{"0.0.0.0:0", "127.0.0.1:0", sock}
+	})
+	var warnings []string
+	for _, line := range strings.Split(h.log.String(), "\n") {
+		if strings.Contains(line, "non-loopback") {
+			warnings = append(warnings, line)
+		}
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0], "level=WARN") || !strings.Contains(warnings[0], "address=0.0.0.0:") ||
+		!strings.Contains(warnings[0], "--proxy.auth-method=trust") {
+		t.Fatalf("want one WARN naming 0.0.0.0 and --proxy.auth-method, got %q\nlogs:\n%s", warnings, h.log.String())
+	}
+}

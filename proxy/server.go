@@ -143,8 +143,13 @@ func (s *Server) Start() error {
 	s.mu.Lock()
 	s.listeners = append(s.listeners, ls...)
 	s.mu.Unlock()
-	for _, l := range ls {
+	for i, l := range ls {
 		s.log.Info("Proxy listening", "address", l.Addr().String(), "auth", string(s.cfg.Auth), "tls", s.cfg.TLS != nil && s.tlsMode != TLSDisable, "tls_mode", string(s.tlsMode))
+		if a, ok := l.Addr().(*net.TCPAddr); ok && s.cfg.Auth == AuthTrust && !a.IP.IsLoopback() {
+			// Clients from elsewhere are refused, but the address says the operator expects them.
+			s.log.Warn("Proxy trust authentication on a non-loopback address", "address", s.cfg.Listen[i],
+				"flag", "--proxy.auth-method=trust", "effect", "only loopback and unix socket clients can log in; others get 28000")
+		}
 		s.wg.Add(1)
 		go s.serve(l)
 	}
