@@ -96,6 +96,10 @@ type Config struct {
 	StartupTimeout time.Duration
 	// ResetTimeout bounds the reset of a server connection when a session ends.
 	ResetTimeout time.Duration
+	// AuthFailureLogInterval spaces the "Proxy authentication failed" log lines: the first
+	// failure is logged in full, the ones after it within the interval in one summary line with
+	// their count ("suppressed"). The auth failures metric counts every one.
+	AuthFailureLogInterval time.Duration
 }
 
 // Setting describes one proxy setting: its flag, its environment variable, its default and its
@@ -156,9 +160,9 @@ func Settings() []Setting {
 }
 
 // DefaultConfig returns the defaults of Settings (no listen address), with a 15s startup
-// timeout and a 5s reset timeout.
+// timeout, a 5s reset timeout and authentication failures logged at most every 10s.
 func DefaultConfig() Config {
-	c := Config{StartupTimeout: 15 * time.Second, ResetTimeout: 5 * time.Second}
+	c := Config{StartupTimeout: 15 * time.Second, ResetTimeout: 5 * time.Second, AuthFailureLogInterval: 10 * time.Second}
 	if err := settings.Apply(&c, Settings()); err != nil {
 		panic("proxy: " + err.Error())
 	}
@@ -201,6 +205,9 @@ func (c Config) Validate() error {
 	}
 	if c.ResetTimeout <= 0 {
 		add("proxy ResetTimeout (%s) must be greater than 0", c.ResetTimeout)
+	}
+	if c.AuthFailureLogInterval <= 0 {
+		add("proxy AuthFailureLogInterval (%s) must be greater than 0", c.AuthFailureLogInterval)
 	}
 	return errors.Join(errs...)
 }

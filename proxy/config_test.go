@@ -23,6 +23,7 @@ func TestConfigValidateNamesTheFlag(t *testing.T) {
 		{func(c *Config) { c.TLSCertFile, c.TLSKeyFile, c.TLS = "c", "k", &tls.Config{} }, "--proxy.tls-cert-file and TLS must not both be given"},
 		{func(c *Config) { c.UsersFile, c.Users = "users.txt", map[string]string{"u": "p"} }, "--proxy.users-file and Users must not both be given"},
 		{func(c *Config) { c.ResetTimeout = 0 }, "proxy ResetTimeout (0s) must be greater than 0"},
+		{func(c *Config) { c.AuthFailureLogInterval = 0 }, "proxy AuthFailureLogInterval (0s) must be greater than 0"},
 		{func(c *Config) { c.TLSMode = "sometimes" }, `--proxy.tls-mode ("sometimes") must be one of disable, allow, require`},
 		{func(c *Config) { c.TLSMode = TLSRequire }, "--proxy.tls-mode=require needs a certificate: give --proxy.tls-cert-file and --proxy.tls-key-file"},
 		{func(c *Config) { c.TLSMode, c.TLS = TLSRequire, &tls.Config{} }, ""},
@@ -40,7 +41,8 @@ func TestConfigValidateNamesTheFlag(t *testing.T) {
 func TestDefaultConfigIsTheFlagDefaults(t *testing.T) {
 	c := DefaultConfig()
 	if c.Auth != AuthSCRAM || c.MaxMessageSize != DefaultMaxMessageSize || c.MaxClients != 1000 ||
-		c.StartupTimeout != 15*time.Second || c.ResetTimeout != 5*time.Second || len(c.Listen) != 0 {
+		c.StartupTimeout != 15*time.Second || c.ResetTimeout != 5*time.Second || len(c.Listen) != 0 ||
+		c.AuthFailureLogInterval != 10*time.Second || c.TLSMode != "" {
 		t.Fatalf("%+v", c)
 	}
 }

@@ -725,3 +725,53 @@ func TestTrustOnNonLoopbackWarns(t *testing.T) {
 		t.Fatalf("want one WARN naming 0.0.0.0 and --proxy.auth-method, got %q\nlogs:\n%s", warnings, h.log.String())
 	}
 }
+
+// TestAuthFailureLogThrottled: 200 failed logins count 200 in the metric but log one line in
+// full and one summary with the other 199.
+func TestAuthFailureLogThrottled(t *testing.T) {
+	h := newHarness(t, func(_ *pool.Config, c *Config) { c.AuthFailureLogInterval = time.Minute })
+	ctx := ctxTimeout(t, 120*time.Second)
+	const n = 200
+	var wg sync.WaitGroup
+	work := make(chan int)
+	errs := make(chan error, n)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range work {
+				c, err := pgconn.Connect(ctx, h.url("postgres", "not-the-password", ""))
+				if err == nil {
+					_ = c.Close(ctx)
+				}
+				errs <- err
+			}
+		}()
+	}
+	start := time.Now()
+	for i := range n {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	close(errs)
+	t.Logf("%d failed logins in %s", n, time.Since(start))
+	for err := range errs {
+		if sqlState(err) != "28P01" {
+			t.Fatalf("login with a wrong password: %v, want 28P01", err)
+		}
+	}
+	if got := h.metric(t, "pgsidecar_proxy_auth_failures_total", nil); got != n {
+		t.Errorf("auth failures metric = %v, want %d", got, n)
+	}
+	_ = h.srv.Close() // logs the pending summary
+	var lines []string
+	for _, line := range strings.Split(h.log.String(), "\n") {
+		if strings.Contains(line, "Proxy authentication failed") {
+			lines = append(lines, line)
+		}
+	}
+	if len(lines) != 2 || !strings.Contains(lines[0], "user=postgres") || !strings.Contains(lines[1], fmt.Sprintf("suppressed=%d", n-1)) {
+		t.Fatalf("want the first failure and a summary of %d suppressed, got %d lines:\n%s", n-1, len(lines), strings.Join(lines, "\n"))
+	}
+}

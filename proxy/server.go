@@ -52,6 +52,7 @@ type Server struct {
 	creds    map[string]*credential
 	database string
 	tlsMode  TLSMode // resolved: never empty
+	authLog  *logThrottle
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -88,6 +89,7 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 		o(s)
 	}
 	s.log = s.log.With("pool", mgr.Name())
+	s.authLog = &logThrottle{log: s.log, msg: "Proxy authentication failed", interval: cfg.AuthFailureLogInterval}
 	users := cfg.Users
 	if len(users) == 0 {
 		own, err := mgr.ClientCredential()
@@ -273,6 +275,7 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	s.authLog.stop()
 	if s.reg != nil {
 		for _, c := range s.m.collectors() {
 			s.reg.Unregister(c)

@@ -267,9 +267,9 @@ func (sess *session) authenticate(raw net.Conn) error {
 	fail := func(err error) error {
 		s.m.authFailures.WithLabelValues(string(method)).Inc()
 		if err != nil && !errors.Is(err, errWrongPassword) {
-			s.log.Warn("Proxy authentication failed", "user", sess.user, "client", sess.remote, "method", string(method), "error", err.Error())
+			s.authLog.event("user", sess.user, "client", sess.remote, "method", string(method), "error", err.Error())
 		} else {
-			s.log.Warn("Proxy authentication failed", "user", sess.user, "client", sess.remote, "method", string(method))
+			s.authLog.event("user", sess.user, "client", sess.remote, "method", string(method))
 		}
 		return reject("28P01", "password authentication failed for user %q", sess.user)
 	}
