@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -49,6 +50,14 @@ const (
 
 func (m TLSMode) known() bool { return m == "" || m == TLSDisable || m == TLSAllow || m == TLSRequire }
 
+// maxStartup resolves MaxStartup's 0 to its rule.
+func (c Config) maxStartup() int {
+	if c.MaxStartup > 0 {
+		return c.MaxStartup
+	}
+	return max(10, min(100, c.MaxClients/2))
+}
+
 // tlsMode resolves the zero TLSMode against the configured certificate.
 func (c Config) tlsMode() TLSMode {
 	if c.TLSMode != "" {
@@ -89,9 +98,15 @@ type Config struct {
 	TLSMode TLSMode
 	// MaxMessageSize bounds one client message in bytes.
 	MaxMessageSize int
-	// MaxClients bounds the client connections served at once, including those authenticating
-	// or waiting for a server connection; more are refused with 53300.
+	// MaxClients bounds the authenticated client connections served at once, including those
+	// waiting for a server connection; more are refused with 53300 after authentication.
+	// Connections still in startup do not count: MaxStartup bounds them.
 	MaxClients int
+	// MaxStartup bounds the connections still in startup (TLS handshake, startup packet,
+	// authentication). When it is reached, a new connection closes the oldest one in startup,
+	// so connections that never finish their startup cannot keep real clients out for the
+	// startup timeout. 0 means max(10, min(100, MaxClients/2)).
+	MaxStartup int
 	// StartupTimeout bounds the handshake: TLS, startup packet and authentication.
 	StartupTimeout time.Duration
 	// ResetTimeout bounds the reset of a server connection when a session ends.
@@ -154,8 +169,22 @@ func Settings() []Setting {
 				return nil
 			}},
 		{Flag: "proxy.max-client-connections", Default: "1000",
-			Help: "Client connections served at once, waiting ones included; more are refused with SQLSTATE 53300.",
+			Help: "Authenticated client connections served at once, those waiting for a server connection included; more are refused with SQLSTATE 53300. Connections still in startup count against --proxy.max-startup-connections instead.",
 			Set:  settings.Int("--proxy.max-client-connections", func(c *Config) *int { return &c.MaxClients })},
+		{Flag: "proxy.max-startup-connections", Default: "auto",
+			Help: "Connections still in startup (TLS handshake, startup packet, authentication) at once, not counted in --proxy.max-client-connections; at the bound a new connection closes the oldest one in startup. auto: half of --proxy.max-client-connections, at least 10 and at most 100.",
+			Set: func(c *Config, v string) error {
+				if v == "auto" {
+					c.MaxStartup = 0
+					return nil
+				}
+				n, err := strconv.Atoi(v)
+				if err != nil || n < 1 {
+					return fmt.Errorf("--proxy.max-startup-connections must be auto or a number of at least 1, got '%s'", v)
+				}
+				c.MaxStartup = n
+				return nil
+			}},
 	}
 }
 
@@ -199,6 +228,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxClients < 1 {
 		add("--proxy.max-client-connections (%d) must be at least 1", c.MaxClients)
+	}
+	if c.MaxStartup < 0 {
+		add("--proxy.max-startup-connections (%d) must be at least 1", c.MaxStartup)
 	}
 	if c.StartupTimeout <= 0 {
 		add("proxy StartupTimeout (%s) must be greater than 0", c.StartupTimeout)

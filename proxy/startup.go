@@ -66,14 +66,15 @@ func (s *Server) handle(raw net.Conn) {
 		s.refuse(raw, err)
 		return
 	}
-	if s.clientCount() > s.cfg.MaxClients {
-		s.refuse(conn, reject("53300", "sorry, too many clients already (the proxy serves at most %d)", s.cfg.MaxClients))
-		return
-	}
 	sess := &session{srv: s, client: conn, user: params["user"], remote: remoteString(raw)}
 	sess.cr = bufio.NewReaderSize(conn, ioBufSize)
 	sess.cw = bufio.NewWriterSize(conn, ioBufSize)
 	if err := sess.authenticate(raw); err != nil {
+		s.refuse(sess.cw, err)
+		_ = sess.cw.Flush()
+		return
+	}
+	if err := s.authenticated(raw); err != nil {
 		s.refuse(sess.cw, err)
 		_ = sess.cw.Flush()
 		return
