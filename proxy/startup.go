@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgauth"
+	"github.com/pgsidecar/pgsidecar/internal/sqlstate"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -123,7 +124,9 @@ func (s *Server) refuse(w io.Writer, err error) {
 		}
 		return
 	}
-	s.m.rejected.WithLabelValues(r.code).Inc()
+	// The codes are the proxy's own, but 53xxx ones come from the server: keep the label set
+	// bounded whatever it sends.
+	s.m.rejected.WithLabelValues(sqlstate.Label(r.code)).Inc()
 	b, _ := (&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: r.code, Message: r.msg}).Encode(nil)
 	_, _ = w.Write(b)
 }
