@@ -111,8 +111,9 @@ type Config struct {
 	StartupTimeout time.Duration
 	// ResetTimeout bounds the reset of a server connection when a session ends.
 	ResetTimeout time.Duration
-	// AuthFailureLogInterval spaces the "Proxy authentication failed" log lines: the first
-	// failure is logged in full, the ones after it within the interval in one summary line with
+	// AuthFailureLogInterval spaces the log lines of repeated client failures ("Proxy
+	// authentication failed", and connections closed at --proxy.max-startup-connections): the
+	// first is logged in full, the ones after it within the interval in one summary line with
 	// their count ("suppressed"). The auth failures metric counts every one.
 	AuthFailureLogInterval time.Duration
 }
