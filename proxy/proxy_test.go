@@ -654,9 +654,10 @@ func TestTLSModes(t *testing.T) {
 		mode  TLSMode
 		modes map[string]want // by client sslmode
 	}{
-		{TLSAllow, map[string]want{"disable": {}, "prefer": {tls: true}, "require": {tls: true}}},
-		{TLSDisable, map[string]want{"disable": {}, "prefer": {}, "require": {code: "-"}}},
-		{TLSRequire, map[string]want{"disable": {code: "28000"}, "prefer": {tls: true}, "require": {tls: true}}},
+		{TLSAllow, map[string]want{"disable": {}, "allow": {}, "prefer": {tls: true}, "require": {tls: true}}},
+		{TLSDisable, map[string]want{"disable": {}, "allow": {}, "prefer": {}, "require": {code: "-"}}},
+		// allow tries plaintext first and, refused, TLS.
+		{TLSRequire, map[string]want{"disable": {code: "28000"}, "allow": {tls: true}, "prefer": {tls: true}, "require": {tls: true}}},
 	} {
 		t.Run(string(tc.mode), func(t *testing.T) {
 			h := newHarness(t, func(_ *pool.Config, c *Config) {
