@@ -73,6 +73,11 @@ func TestBadStartupInput(t *testing.T) {
 		{"telemetry path without slash", []string{"--web.telemetry-path=metrics"}, nil, `--web.telemetry-path ("metrics") must be a path starting with /`},
 		{"telemetry path taken", []string{"--web.telemetry-path=/status"}, nil, `msg="Cannot serve metrics" path=/status`},
 		{"proxy cert without key", []string{"--proxy.listen-address=127.0.0.1:0", "--proxy.tls-cert-file=/x.pem"}, nil, "--proxy.tls-cert-file and --proxy.tls-key-file must be given together"},
+		{"proxy TLS mode", []string{"--proxy.tls-mode=sometimes"}, nil, "--proxy.tls-mode must be one of disable, allow, require, got 'sometimes'"},
+		{"proxy TLS mode from env", nil, map[string]string{"PROXY_TLS_MODE": "on"}, "--proxy.tls-mode must be one of disable, allow, require, got 'on'"},
+		{"proxy TLS required without a certificate", []string{"--proxy.listen-address=127.0.0.1:0", "--proxy.tls-mode=require"}, nil, "--proxy.tls-mode=require needs a certificate: give --proxy.tls-cert-file and --proxy.tls-key-file"},
+		{"zero proxy startup connections", []string{"--proxy.max-startup-connections=0"}, nil, "--proxy.max-startup-connections must be auto or a number of at least 1, got '0'"},
+		{"words for proxy startup connections", []string{"--proxy.max-startup-connections=many"}, nil, "--proxy.max-startup-connections must be auto or a number of at least 1, got 'many'"},
 		{"proxy unreadable users file", []string{"--proxy.listen-address=127.0.0.1:0", "--proxy.users-file=/nonexistent/users.txt"}, nil, "--proxy.users-file"},
 	}
 	for _, tc := range cases {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -320,5 +321,34 @@ func TestSignalDuringStartup(t *testing.T) {
 			}
 			t.Logf("stopped %s after SIGTERM", time.Since(sent).Round(10*time.Millisecond))
 		})
+	}
+}
+
+// TestSilentProxyConnections opens --proxy.max-client-connections TCP connections to the
+// binary's proxy that never send a startup packet: a real client must still log in and query
+// at once, not wait out the 15s startup timeout for FATAL 53300.
+func TestSilentProxyConnections(t *testing.T) {
+	proxyAddr := testutil.FreeAddr(t)
+	_, logs, stop := startSidecar(t, "--database-url="+cluster.URL(""), "--proxy.listen-address="+proxyAddr,
+		"--proxy.max-client-connections=10", "--db.max-connections=2", "--db.min-connections=1")
+	defer stop()
+	for range 10 {
+		c, err := net.DialTimeout("tcp", proxyAddr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	time.Sleep(200 * time.Millisecond) // let the proxy accept them all
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres:%s@%s/postgres?sslmode=disable", pgtest.SuperuserPassword, proxyAddr))
+	if err != nil {
+		t.Fatalf("real client behind 10 silent connections: %v\nlogs:\n%s", err, logs.String())
+	}
+	defer c.Close(context.Background())
+	var n int
+	if err := c.QueryRow(ctx, "SELECT 3").Scan(&n); err != nil || n != 3 {
+		t.Fatalf("query: %v (%d)", err, n)
 	}
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -307,4 +308,37 @@ func nodeExample(t *testing.T, ctx context.Context, name string) string {
 	}
 	t.Logf("npm ci in a copy of examples/%s took %v", name, time.Since(start).Round(time.Millisecond))
 	return dir
+}
+
+// TestPsqlTLSRequire: libpq against a proxy with --proxy.tls-mode=require. prefer and allow
+// end up on TLS (allow after the plaintext refusal), disable fails with the hostssl-only error.
+func TestPsqlTLSRequire(t *testing.T) {
+	psql := needTool(t, "psql")
+	cert := selfSigned(t)
+	h := newHarness(t, func(_ *pool.Config, c *Config) {
+		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		c.TLSMode = TLSRequire
+	})
+	ctx := ctxTimeout(t, 60*time.Second)
+	for sslmode, want := range map[string]string{
+		"prefer":  "ssl=t",
+		"allow":   "ssl=t",
+		"require": "ssl=t",
+		"disable": `no pg_hba.conf entry for host "127.0.0.1", user "postgres", database "postgres", no encryption`,
+	} {
+		env := []string{"PGPASSWORD=" + pgtest.SuperuserPassword, "PGCONNECT_TIMEOUT=10", "PGSSLMODE=" + sslmode, "LC_ALL=C"}
+		// ssl_is_used() is the server's view; the proxy's TLS is the client's, which \conninfo shows.
+		out, err := runTool(t, ctx, env, psql, "-X", "-At", "-h", "127.0.0.1", "-p", fmt.Sprint(h.port), "-U", "postgres",
+			"-d", "postgres", "-c", `\conninfo`)
+		got := "ssl=f"
+		if strings.Contains(out, "SSL connection") {
+			got = "ssl=t"
+		}
+		if err != nil {
+			got = out
+		}
+		if !strings.Contains(got, want) {
+			t.Errorf("psql sslmode=%s: %v %s, want %s", sslmode, err, out, want)
+		}
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -29,6 +30,44 @@ const (
 )
 
 func (m AuthMethod) known() bool { return m == AuthSCRAM || m == AuthMD5 || m == AuthTrust }
+
+// TLSMode is the proxy's TLS policy for client connections.
+type TLSMode string
+
+// TLS policies. The zero value picks TLSAllow when a certificate is configured and TLSDisable
+// otherwise, which is how the proxy behaved before the policy existed.
+const (
+	// TLSDisable answers every SSLRequest with 'N', even with a certificate configured, so TLS
+	// can be turned off without removing the certificate from a deployment.
+	TLSDisable TLSMode = "disable"
+	// TLSAllow offers TLS to clients that ask (SSLRequest) and serves plaintext to the others.
+	TLSAllow TLSMode = "allow"
+	// TLSRequire refuses plaintext logins over TCP with FATAL 28000, as a PostgreSQL server with
+	// only hostssl lines in pg_hba.conf does. Unix socket clients are not refused: PostgreSQL
+	// matches them with local lines, never hostssl, and libpq never asks for TLS on a socket.
+	TLSRequire TLSMode = "require"
+)
+
+func (m TLSMode) known() bool { return m == "" || m == TLSDisable || m == TLSAllow || m == TLSRequire }
+
+// maxStartup resolves MaxStartup's 0 to its rule.
+func (c Config) maxStartup() int {
+	if c.MaxStartup > 0 {
+		return c.MaxStartup
+	}
+	return max(10, min(100, c.MaxClients/2))
+}
+
+// tlsMode resolves the zero TLSMode against the configured certificate.
+func (c Config) tlsMode() TLSMode {
+	if c.TLSMode != "" {
+		return c.TLSMode
+	}
+	if c.TLSCertFile != "" || c.TLS != nil {
+		return TLSAllow
+	}
+	return TLSDisable
+}
 
 // DefaultMaxMessageSize bounds one client protocol message. PostgreSQL itself accepts up to 1 GiB;
 // a smaller bound keeps one client from making the proxy buffer that much for a query text.
@@ -52,17 +91,31 @@ type Config struct {
 	// TLSCertFile and TLSKeyFile, given together, are the certificate and key New loads for TLS
 	// to clients. Give them or TLS, not both.
 	TLSCertFile, TLSKeyFile string
-	// TLS, when set, lets clients switch to TLS after an SSLRequest.
+	// TLS, when set, lets clients switch to TLS after an SSLRequest (unless TLSMode is
+	// TLSDisable).
 	TLS *tls.Config
+	// TLSMode is the TLS policy; empty means TLSAllow with a certificate, TLSDisable without.
+	TLSMode TLSMode
 	// MaxMessageSize bounds one client message in bytes.
 	MaxMessageSize int
-	// MaxClients bounds the client connections served at once, including those authenticating
-	// or waiting for a server connection; more are refused with 53300.
+	// MaxClients bounds the authenticated client connections served at once, including those
+	// waiting for a server connection; more are refused with 53300 after authentication.
+	// Connections still in startup do not count: MaxStartup bounds them.
 	MaxClients int
+	// MaxStartup bounds the connections still in startup (TLS handshake, startup packet,
+	// authentication). When it is reached, a new connection closes the oldest one in startup,
+	// so connections that never finish their startup cannot keep real clients out for the
+	// startup timeout. 0 means max(10, min(100, MaxClients/2)).
+	MaxStartup int
 	// StartupTimeout bounds the handshake: TLS, startup packet and authentication.
 	StartupTimeout time.Duration
 	// ResetTimeout bounds the reset of a server connection when a session ends.
 	ResetTimeout time.Duration
+	// AuthFailureLogInterval spaces the log lines of repeated client failures ("Proxy
+	// authentication failed", and connections closed at --proxy.max-startup-connections): the
+	// first is logged in full, the ones after it within the interval in one summary line with
+	// their count ("suppressed"). The auth failures metric counts every one.
+	AuthFailureLogInterval time.Duration
 }
 
 // Setting describes one proxy setting: its flag, its environment variable, its default and its
@@ -94,6 +147,15 @@ func Settings() []Setting {
 		{Flag: "proxy.tls-key-file", PlaceHolder: "FILE",
 			Help: "Private key for TLS to proxy clients.",
 			Set:  settings.String(func(c *Config) *string { return &c.TLSKeyFile })},
+		{Flag: "proxy.tls-mode", Env: "PROXY_TLS_MODE", PlaceHolder: "MODE",
+			Help: "TLS policy for proxy clients: disable (answer every SSLRequest with N), allow (TLS for clients that ask) or require (refuse plaintext TCP logins with SQLSTATE 28000; unix socket clients are not refused); default: allow with a certificate, disable without.",
+			Set: func(c *Config, v string) error {
+				if v == "" || !TLSMode(v).known() {
+					return fmt.Errorf("--proxy.tls-mode must be one of disable, allow, require, got '%s'", v)
+				}
+				c.TLSMode = TLSMode(v)
+				return nil
+			}},
 		{Flag: "proxy.max-message-size", Default: units.Base2Bytes(DefaultMaxMessageSize).String(),
 			Help: "Largest protocol message a proxy client may send.",
 			Set: func(c *Config, v string) error {
@@ -108,15 +170,29 @@ func Settings() []Setting {
 				return nil
 			}},
 		{Flag: "proxy.max-client-connections", Default: "1000",
-			Help: "Client connections served at once, waiting ones included; more are refused with SQLSTATE 53300.",
+			Help: "Authenticated client connections served at once, those waiting for a server connection included; more are refused with SQLSTATE 53300. Connections still in startup count against --proxy.max-startup-connections instead.",
 			Set:  settings.Int("--proxy.max-client-connections", func(c *Config) *int { return &c.MaxClients })},
+		{Flag: "proxy.max-startup-connections", Default: "auto",
+			Help: "Connections still in startup (TLS handshake, startup packet, authentication) at once, not counted in --proxy.max-client-connections; at the bound a new connection closes the oldest one in startup. auto: half of --proxy.max-client-connections, at least 10 and at most 100.",
+			Set: func(c *Config, v string) error {
+				if v == "auto" {
+					c.MaxStartup = 0
+					return nil
+				}
+				n, err := strconv.Atoi(v)
+				if err != nil || n < 1 {
+					return fmt.Errorf("--proxy.max-startup-connections must be auto or a number of at least 1, got '%s'", v)
+				}
+				c.MaxStartup = n
+				return nil
+			}},
 	}
 }
 
 // DefaultConfig returns the defaults of Settings (no listen address), with a 15s startup
-// timeout and a 5s reset timeout.
+// timeout, a 5s reset timeout and authentication failures logged at most every 10s.
 func DefaultConfig() Config {
-	c := Config{StartupTimeout: 15 * time.Second, ResetTimeout: 5 * time.Second}
+	c := Config{StartupTimeout: 15 * time.Second, ResetTimeout: 5 * time.Second, AuthFailureLogInterval: 10 * time.Second}
 	if err := settings.Apply(&c, Settings()); err != nil {
 		panic("proxy: " + err.Error())
 	}
@@ -142,17 +218,29 @@ func (c Config) Validate() error {
 	if c.TLSCertFile != "" && c.TLS != nil {
 		add("--proxy.tls-cert-file and TLS must not both be given")
 	}
+	if !c.TLSMode.known() {
+		add("--proxy.tls-mode (%q) must be one of disable, allow, require", c.TLSMode)
+	}
+	if c.TLSMode == TLSRequire && c.TLSCertFile == "" && c.TLS == nil {
+		add("--proxy.tls-mode=require needs a certificate: give --proxy.tls-cert-file and --proxy.tls-key-file")
+	}
 	if c.MaxMessageSize < 1024 {
 		add("--proxy.max-message-size (%s) must be at least 1KiB", units.Base2Bytes(c.MaxMessageSize))
 	}
 	if c.MaxClients < 1 {
 		add("--proxy.max-client-connections (%d) must be at least 1", c.MaxClients)
 	}
+	if c.MaxStartup < 0 {
+		add("--proxy.max-startup-connections (%d) must be at least 1", c.MaxStartup)
+	}
 	if c.StartupTimeout <= 0 {
 		add("proxy StartupTimeout (%s) must be greater than 0", c.StartupTimeout)
 	}
 	if c.ResetTimeout <= 0 {
 		add("proxy ResetTimeout (%s) must be greater than 0", c.ResetTimeout)
+	}
+	if c.AuthFailureLogInterval <= 0 {
+		add("proxy AuthFailureLogInterval (%s) must be greater than 0", c.AuthFailureLogInterval)
 	}
 	return errors.Join(errs...)
 }

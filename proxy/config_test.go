@@ -23,6 +23,11 @@ func TestConfigValidateNamesTheFlag(t *testing.T) {
 		{func(c *Config) { c.TLSCertFile, c.TLSKeyFile, c.TLS = "c", "k", &tls.Config{} }, "--proxy.tls-cert-file and TLS must not both be given"},
 		{func(c *Config) { c.UsersFile, c.Users = "users.txt", map[string]string{"u": "p"} }, "--proxy.users-file and Users must not both be given"},
 		{func(c *Config) { c.ResetTimeout = 0 }, "proxy ResetTimeout (0s) must be greater than 0"},
+		{func(c *Config) { c.MaxStartup = -1 }, "--proxy.max-startup-connections (-1) must be at least 1"},
+		{func(c *Config) { c.AuthFailureLogInterval = 0 }, "proxy AuthFailureLogInterval (0s) must be greater than 0"},
+		{func(c *Config) { c.TLSMode = "sometimes" }, `--proxy.tls-mode ("sometimes") must be one of disable, allow, require`},
+		{func(c *Config) { c.TLSMode = TLSRequire }, "--proxy.tls-mode=require needs a certificate: give --proxy.tls-cert-file and --proxy.tls-key-file"},
+		{func(c *Config) { c.TLSMode, c.TLS = TLSRequire, &tls.Config{} }, ""},
 	} {
 		c := DefaultConfig()
 		c.Listen = []string{"127.0.0.1:0"}
@@ -37,7 +42,19 @@ func TestConfigValidateNamesTheFlag(t *testing.T) {
 func TestDefaultConfigIsTheFlagDefaults(t *testing.T) {
 	c := DefaultConfig()
 	if c.Auth != AuthSCRAM || c.MaxMessageSize != DefaultMaxMessageSize || c.MaxClients != 1000 ||
-		c.StartupTimeout != 15*time.Second || c.ResetTimeout != 5*time.Second || len(c.Listen) != 0 {
+		c.StartupTimeout != 15*time.Second || c.ResetTimeout != 5*time.Second || len(c.Listen) != 0 ||
+		c.AuthFailureLogInterval != 10*time.Second || c.TLSMode != "" || c.MaxStartup != 0 || c.maxStartup() != 100 {
 		t.Fatalf("%+v", c)
+	}
+}
+
+func TestMaxStartupRule(t *testing.T) {
+	for clients, want := range map[int]int{1: 10, 10: 10, 20: 10, 50: 25, 200: 100, 1000: 100} {
+		if got := (Config{MaxClients: clients}).maxStartup(); got != want {
+			t.Errorf("MaxClients %d: max startup %d, want %d", clients, got, want)
+		}
+	}
+	if got := (Config{MaxClients: 1000, MaxStartup: 3}).maxStartup(); got != 3 {
+		t.Errorf("explicit MaxStartup 3: got %d", got)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -254,5 +256,56 @@ func TestServerConnectionLimitThroughProxy(t *testing.T) {
 	}
 	if _, err := selectWithin(t, third, 5*time.Second, 3); err != nil {
 		t.Fatalf("third client: %v", err)
+	}
+}
+
+// TestSilentConnectionsDoNotLockOutClients fills both bounds with TCP connections that never
+// send a startup packet: a real client must still log in and query at once (the oldest silent
+// connection makes room), and every silent one is closed by the startup timeout.
+func TestSilentConnectionsDoNotLockOutClients(t *testing.T) {
+	const startupTimeout = 2 * time.Second
+	h := newHarness(t, func(_ *pool.Config, c *Config) {
+		c.MaxClients, c.MaxStartup = 5, 5
+		c.StartupTimeout = startupTimeout
+	})
+	addr := fmt.Sprintf("127.0.0.1:%d", h.port)
+	var silent []net.Conn
+	for range 5 {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		silent = append(silent, c)
+	}
+	if !pgtest.WaitFor(hangGrace, func() bool {
+		return h.metric(t, "pgsidecar_proxy_client_connections", map[string]string{"state": "authenticating"}) == 5
+	}) {
+		t.Fatal("silent connections not accepted")
+	}
+	start := time.Now()
+	for i := range 2 {
+		c, took, err := connectWithin(t, h.superURL(), startupTimeout/2)
+		if err != nil {
+			t.Fatalf("real client %d with the startup bound full: %v after %s\nlogs:\n%s", i, err, took, h.log.String())
+		}
+		if _, err := selectWithin(t, c, 5*time.Second, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Each silent connection ends by the startup timeout: the oldest two made room, the others
+	// timed out.
+	for i, c := range silent {
+		_ = c.SetReadDeadline(start.Add(startupTimeout + hangGrace))
+		_, err := c.Read(make([]byte, 1))
+		if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("silent connection %d still open past the startup timeout: %v", i, err)
+		}
+	}
+	if took := time.Since(start); took > startupTimeout+hangGrace {
+		t.Fatalf("silent connections closed after %s", took)
+	}
+	if !strings.Contains(h.log.String(), "--proxy.max-startup-connections reached") {
+		t.Errorf("no log line about the full startup bound:\n%s", h.log.String())
 	}
 }

@@ -298,3 +298,21 @@ func TestTerminateWithoutReading(t *testing.T) {
 		t.Errorf("queries measured: %v, want 1", got)
 	}
 }
+
+// TestClientErrorLabelsBounded: every code the proxy sends keeps its own label, and a code
+// passed on from a server outside PostgreSQL's table (a pooler in between could send any) maps
+// to its class, so pgsidecar_proxy_client_errors_total cannot grow a series per code.
+func TestClientErrorLabelsBounded(t *testing.T) {
+	h := newHarness(t, nil)
+	for _, code := range []string{"28000", "28P01", "3D000", "0A000", "08P01", "08006", "53300", "53ZZZ", "Z9999"} {
+		h.srv.refuse(io.Discard, reject(code, "test"))
+	}
+	for label, want := range map[string]float64{"28000": 1, "28P01": 1, "3D000": 1, "0A000": 1, "08P01": 1, "08006": 1, "53300": 1, "53xxx": 1, "other": 1} {
+		if got := h.metric(t, "pgsidecar_proxy_client_errors_total", map[string]string{"sqlstate": label}); got != want {
+			t.Errorf("sqlstate=%s: %v, want %v", label, got, want)
+		}
+	}
+	if got := h.metric(t, "pgsidecar_proxy_client_errors_total", nil); got != 9 {
+		t.Errorf("all client errors: %v, want 9", got)
+	}
+}

@@ -639,3 +639,140 @@ func TestServerKilledMidTransaction(t *testing.T) {
 		t.Fatalf("no working session after the server came back\nlogs:\n%s", h.log.String())
 	}
 }
+
+// TestTLSModes connects pgx clients with each sslmode to a proxy in each TLS mode: allow serves
+// both, disable declines TLS even with a certificate, and require refuses plaintext TCP logins
+// with PostgreSQL's FATAL 28000 while prefer clients get TLS and unix socket clients still log in.
+func TestTLSModes(t *testing.T) {
+	cert := selfSigned(t)
+	ctx := ctxTimeout(t, 60*time.Second)
+	type want struct {
+		tls  bool   // the session runs over TLS
+		code string // or the login fails with this SQLSTATE ("-" for a client-side error)
+	}
+	for _, tc := range []struct {
+		mode  TLSMode
+		modes map[string]want // by client sslmode
+	}{
+		{TLSAllow, map[string]want{"disable": {}, "allow": {}, "prefer": {tls: true}, "require": {tls: true}}},
+		{TLSDisable, map[string]want{"disable": {}, "allow": {}, "prefer": {}, "require": {code: "-"}}},
+		// allow tries plaintext first and, refused, TLS.
+		{TLSRequire, map[string]want{"disable": {code: "28000"}, "allow": {tls: true}, "prefer": {tls: true}, "require": {tls: true}}},
+	} {
+		t.Run(string(tc.mode), func(t *testing.T) {
+			h := newHarness(t, func(_ *pool.Config, c *Config) {
+				c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+				c.TLSMode = tc.mode
+			})
+			for sslmode, w := range tc.modes {
+				url := strings.Replace(h.superURL(), "sslmode=disable", "sslmode="+sslmode, 1)
+				c, err := pgx.Connect(ctx, url)
+				if w.code != "" {
+					if err == nil {
+						_ = c.Close(ctx)
+						t.Fatalf("sslmode=%s: logged in, want an error %s", sslmode, w.code)
+					}
+					if w.code != "-" && sqlState(err) != w.code {
+						t.Fatalf("sslmode=%s: %v, want %s", sslmode, err, w.code)
+					}
+					t.Logf("sslmode=%s: %v", sslmode, err)
+					if w.code == "28000" {
+						const want = `no pg_hba.conf entry for host "127.0.0.1", user "postgres", database "postgres", no encryption`
+						var pgErr *pgconn.PgError
+						if !errors.As(err, &pgErr) || pgErr.Severity != "FATAL" || pgErr.Message != want {
+							t.Fatalf("sslmode=%s: %v, want FATAL %s", sslmode, err, want)
+						}
+					}
+					continue
+				}
+				if err != nil {
+					t.Fatalf("sslmode=%s: %v\nlogs:\n%s", sslmode, err, h.log.String())
+				}
+				_, isTLS := c.PgConn().Conn().(*tls.Conn)
+				var n int
+				qerr := c.QueryRow(ctx, "select 7").Scan(&n)
+				_ = c.Close(ctx)
+				if isTLS != w.tls || qerr != nil || n != 7 {
+					t.Fatalf("sslmode=%s: tls=%v, query %v (%d); want tls=%v", sslmode, isTLS, qerr, n, w.tls)
+				}
+			}
+			// Unix socket clients are never refused for want of TLS.
+			c, err := pgx.Connect(ctx, fmt.Sprintf("host=%s port=%d user=postgres password=%s dbname=postgres sslmode=disable",
+				h.sock, h.port, pgtest.SuperuserPassword))
+			if err != nil {
+				t.Fatalf("unix socket client: %v", err)
+			}
+			_ = c.Close(ctx)
+		})
+	}
+}
+
+// TestTrustOnNonLoopbackWarns: trust on a wildcard address gets one warning per such address,
+// naming the flag; loopback and unix socket addresses get none.
+func TestTrustOnNonLoopbackWarns(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), ".s.PGSQL.1")
+	h := newHarness(t, func(_ *pool.Config, c *Config) {
+		c.Auth = AuthTrust
+		c.Listen = []string{"0.0.0.0:0", "127.0.0.1:0", sock}
+	})
+	var warnings []string
+	for _, line := range strings.Split(h.log.String(), "\n") {
+		if strings.Contains(line, "non-loopback") {
+			warnings = append(warnings, line)
+		}
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0], "level=WARN") || !strings.Contains(warnings[0], "address=0.0.0.0:") ||
+		!strings.Contains(warnings[0], "--proxy.auth-method=trust") {
+		t.Fatalf("want one WARN naming 0.0.0.0 and --proxy.auth-method, got %q\nlogs:\n%s", warnings, h.log.String())
+	}
+}
+
+// TestAuthFailureLogThrottled: 200 failed logins count 200 in the metric but log one line in
+// full and one summary with the other 199.
+func TestAuthFailureLogThrottled(t *testing.T) {
+	h := newHarness(t, func(_ *pool.Config, c *Config) { c.AuthFailureLogInterval = time.Minute })
+	ctx := ctxTimeout(t, 120*time.Second)
+	const n = 200
+	var wg sync.WaitGroup
+	work := make(chan int)
+	errs := make(chan error, n)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range work {
+				c, err := pgconn.Connect(ctx, h.url("postgres", "not-the-password", ""))
+				if err == nil {
+					_ = c.Close(ctx)
+				}
+				errs <- err
+			}
+		}()
+	}
+	start := time.Now()
+	for i := range n {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	close(errs)
+	t.Logf("%d failed logins in %s", n, time.Since(start))
+	for err := range errs {
+		if sqlState(err) != "28P01" {
+			t.Fatalf("login with a wrong password: %v, want 28P01", err)
+		}
+	}
+	if got := h.metric(t, "pgsidecar_proxy_auth_failures_total", nil); got != n {
+		t.Errorf("auth failures metric = %v, want %d", got, n)
+	}
+	_ = h.srv.Close() // logs the pending summary
+	var lines []string
+	for _, line := range strings.Split(h.log.String(), "\n") {
+		if strings.Contains(line, "Proxy authentication failed") {
+			lines = append(lines, line)
+		}
+	}
+	if len(lines) != 2 || !strings.Contains(lines[0], "user=postgres") || !strings.Contains(lines[1], fmt.Sprintf("suppressed=%d", n-1)) {
+		t.Fatalf("want the first failure and a summary of %d suppressed, got %d lines:\n%s", n-1, len(lines), strings.Join(lines, "\n"))
+	}
+}

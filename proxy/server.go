@@ -14,6 +14,7 @@
 package proxy
 
 import (
+	"container/list"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -51,6 +52,9 @@ type Server struct {
 	m        *metrics
 	creds    map[string]*credential
 	database string
+	tlsMode  TLSMode // resolved: never empty
+	authLog  *logThrottle
+	evictLog *logThrottle
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -59,7 +63,9 @@ type Server struct {
 	mu        sync.Mutex
 	closed    bool
 	listeners []net.Listener
-	clients   map[net.Conn]struct{}
+	clients   map[net.Conn]*clientState
+	starting  *list.List          // connections still in startup, oldest first
+	authed    int                 // authenticated connections, bounded by MaxClients
 	sessions  map[uint32]*session // by the cancel key's process ID we gave the client
 }
 
@@ -79,13 +85,18 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 		m:        newMetrics(mgr.Name()),
 		creds:    map[string]*credential{},
 		database: mgr.Pool().Config().ConnConfig.Database,
-		clients:  map[net.Conn]struct{}{},
+		tlsMode:  cfg.tlsMode(),
+		clients:  map[net.Conn]*clientState{},
+		starting: list.New(),
 		sessions: map[uint32]*session{},
 	}
 	for _, o := range opts {
 		o(s)
 	}
 	s.log = s.log.With("pool", mgr.Name())
+	s.authLog = &logThrottle{log: s.log, msg: "Proxy authentication failed", interval: cfg.AuthFailureLogInterval}
+	s.evictLog = &logThrottle{log: s.log, msg: "Proxy closed the oldest connection still in startup: --proxy.max-startup-connections reached",
+		interval: cfg.AuthFailureLogInterval}
 	users := cfg.Users
 	if len(users) == 0 {
 		own, err := mgr.ClientCredential()
@@ -141,8 +152,13 @@ func (s *Server) Start() error {
 	s.mu.Lock()
 	s.listeners = append(s.listeners, ls...)
 	s.mu.Unlock()
-	for _, l := range ls {
-		s.log.Info("Proxy listening", "address", l.Addr().String(), "auth", string(s.cfg.Auth), "tls", s.cfg.TLS != nil)
+	for i, l := range ls {
+		s.log.Info("Proxy listening", "address", l.Addr().String(), "auth", string(s.cfg.Auth), "tls", s.cfg.TLS != nil && s.tlsMode != TLSDisable, "tls_mode", string(s.tlsMode))
+		if a, ok := l.Addr().(*net.TCPAddr); ok && s.cfg.Auth == AuthTrust && !a.IP.IsLoopback() {
+			// Clients from elsewhere are refused, but the address says the operator expects them.
+			s.log.Warn("Proxy trust authentication on a non-loopback address", "address", s.cfg.Listen[i],
+				"flag", "--proxy.auth-method=trust", "effect", "only loopback and unix socket clients can log in; others get 28000")
+		}
 		s.wg.Add(1)
 		go s.serve(l)
 	}
@@ -208,9 +224,15 @@ func (s *Server) serve(l net.Listener) {
 			continue
 		}
 		failures = 0
-		if !s.track(c) {
+		ok, evicted := s.track(c)
+		if !ok {
 			_ = c.Close()
 			return
+		}
+		if evicted != nil {
+			// Its handler sees the closed connection and ends; untrack forgets it.
+			_ = evicted.Close()
+			s.evictLog.event("max", s.cfg.maxStartup())
 		}
 		s.wg.Add(1)
 		go func() {
@@ -221,14 +243,51 @@ func (s *Server) serve(l net.Listener) {
 	}
 }
 
-func (s *Server) track(c net.Conn) bool {
+// clientState is where a client connection is in its life: in startup (elem set) or
+// authenticated (authed).
+type clientState struct {
+	elem   *list.Element // in Server.starting
+	authed bool
+}
+
+// track records a new connection as in startup. When MaxStartup connections already are, it
+// returns the oldest of them for the caller to close: a client that finishes its startup in
+// time gets in however many connections sit idle in theirs, and an attacker must open
+// connections faster than real clients authenticate to keep them out.
+func (s *Server) track(c net.Conn) (ok bool, evicted net.Conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return false
+		return false, nil
 	}
-	s.clients[c] = struct{}{}
-	return true
+	if s.starting.Len() >= s.cfg.maxStartup() {
+		evicted = s.starting.Remove(s.starting.Front()).(net.Conn)
+		s.clients[evicted].elem = nil
+	}
+	s.clients[c] = &clientState{elem: s.starting.PushBack(c)}
+	return true, evicted
+}
+
+// errEvicted ends the startup of a connection track closed to make room.
+var errEvicted = errors.New("closed to make room for a newer connection in startup")
+
+// authenticated moves c from startup to the authenticated clients, or refuses it with 53300
+// when MaxClients are.
+func (s *Server) authenticated(c net.Conn) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.clients[c]
+	if st == nil || st.elem == nil {
+		return errEvicted
+	}
+	s.starting.Remove(st.elem)
+	st.elem = nil
+	if s.authed >= s.cfg.MaxClients {
+		return reject("53300", "sorry, too many clients already (the proxy serves at most %d)", s.cfg.MaxClients)
+	}
+	st.authed = true
+	s.authed++
+	return nil
 }
 
 func (s *Server) clientCount() int {
@@ -240,6 +299,14 @@ func (s *Server) clientCount() int {
 func (s *Server) untrack(c net.Conn) {
 	_ = c.Close()
 	s.mu.Lock()
+	if st := s.clients[c]; st != nil {
+		if st.elem != nil {
+			s.starting.Remove(st.elem)
+		}
+		if st.authed {
+			s.authed--
+		}
+	}
 	delete(s.clients, c)
 	s.mu.Unlock()
 }
@@ -266,6 +333,8 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	s.authLog.stop()
+	s.evictLog.stop()
 	if s.reg != nil {
 		for _, c := range s.m.collectors() {
 			s.reg.Unregister(c)

@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgauth"
+	"github.com/pgsidecar/pgsidecar/internal/sqlstate"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -66,14 +67,15 @@ func (s *Server) handle(raw net.Conn) {
 		s.refuse(raw, err)
 		return
 	}
-	if s.clientCount() > s.cfg.MaxClients {
-		s.refuse(conn, reject("53300", "sorry, too many clients already (the proxy serves at most %d)", s.cfg.MaxClients))
-		return
-	}
 	sess := &session{srv: s, client: conn, user: params["user"], remote: remoteString(raw)}
 	sess.cr = bufio.NewReaderSize(conn, ioBufSize)
 	sess.cw = bufio.NewWriterSize(conn, ioBufSize)
 	if err := sess.authenticate(raw); err != nil {
+		s.refuse(sess.cw, err)
+		_ = sess.cw.Flush()
+		return
+	}
+	if err := s.authenticated(raw); err != nil {
 		s.refuse(sess.cw, err)
 		_ = sess.cw.Flush()
 		return
@@ -98,6 +100,14 @@ func (s *Server) handle(raw net.Conn) {
 	sess.run(srvConn, params)
 }
 
+// remoteHost is the client's IP address, as PostgreSQL names the host in its errors.
+func remoteHost(c net.Conn) string {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.IP.String()
+	}
+	return "[local]"
+}
+
 func remoteString(c net.Conn) string {
 	if a := c.RemoteAddr(); a != nil && a.String() != "" && a.String() != "@" {
 		return a.String()
@@ -114,7 +124,9 @@ func (s *Server) refuse(w io.Writer, err error) {
 		}
 		return
 	}
-	s.m.rejected.WithLabelValues(r.code).Inc()
+	// The codes are the proxy's own, but 53xxx ones come from the server: keep the label set
+	// bounded whatever it sends.
+	s.m.rejected.WithLabelValues(sqlstate.Label(r.code)).Inc()
 	b, _ := (&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: r.code, Message: r.msg}).Encode(nil)
 	_, _ = w.Write(b)
 }
@@ -134,7 +146,7 @@ func (s *Server) startup(raw net.Conn) (net.Conn, map[string]string, error) {
 		code := binary.BigEndian.Uint32(pkt)
 		switch {
 		case code == sslRequest && !tlsDone:
-			if s.cfg.TLS == nil {
+			if s.cfg.TLS == nil || s.tlsMode == TLSDisable {
 				if _, err := conn.Write([]byte{'N'}); err != nil {
 					return nil, nil, err
 				}
@@ -172,6 +184,13 @@ func (s *Server) startup(raw net.Conn) (net.Conn, map[string]string, error) {
 			}
 			if params["database"] == "" {
 				params["database"] = params["user"]
+			}
+			if s.tlsMode == TLSRequire && !tlsDone {
+				if _, ok := raw.RemoteAddr().(*net.TCPAddr); ok {
+					// PostgreSQL's answer when only hostssl lines could match.
+					return conn, nil, reject("28000", "no pg_hba.conf entry for host %q, user %q, database %q, no encryption",
+						remoteHost(raw), params["user"], params["database"])
+				}
 			}
 			if params["database"] != s.database {
 				return conn, nil, reject("3D000", "database %q is not served by this proxy (it serves %q)", params["database"], s.database)
@@ -252,9 +271,9 @@ func (sess *session) authenticate(raw net.Conn) error {
 	fail := func(err error) error {
 		s.m.authFailures.WithLabelValues(string(method)).Inc()
 		if err != nil && !errors.Is(err, errWrongPassword) {
-			s.log.Warn("Proxy authentication failed", "user", sess.user, "client", sess.remote, "method", string(method), "error", err.Error())
+			s.authLog.event("user", sess.user, "client", sess.remote, "method", string(method), "error", err.Error())
 		} else {
-			s.log.Warn("Proxy authentication failed", "user", sess.user, "client", sess.remote, "method", string(method))
+			s.authLog.event("user", sess.user, "client", sess.remote, "method", string(method))
 		}
 		return reject("28P01", "password authentication failed for user %q", sess.user)
 	}
