@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -660,5 +661,58 @@ func TestSaturatedPoolIsDegradedNotUnhealthy(t *testing.T) {
 	}
 	if got := h.metricValue(t, "pgsidecar_health_check_failures_total", nil); got != 0 {
 		t.Fatalf("health check failures while saturated: %v", got)
+	}
+}
+
+// A client can raise any five-character SQLSTATE; codes PostgreSQL does not define are folded
+// into their class or "other", so pgsidecar_query_errors_total (and the errors-by-SQLSTATE map
+// of the API, read from it) stays bounded however many made-up codes it sees.
+func TestMadeUpSQLStatesKeepTheErrorSeriesBounded(t *testing.T) {
+	h := newManager(t, testConfig(t))
+	h.waitHealthy(t)
+	ctx := ctxTimeout(t, 60*time.Second)
+	for i := range 500 {
+		var code string
+		switch i % 3 {
+		case 0:
+			code = fmt.Sprintf("Q%04d", i) // no such class
+		case 1:
+			code = fmt.Sprintf("P0%03d", i+100) // an application's own code, class P0
+		default:
+			code = fmt.Sprintf("XX%03d", i+100) // class XX, code not defined
+		}
+		_, err := h.m.Pool().Exec(ctx, fmt.Sprintf("DO $$BEGIN RAISE EXCEPTION 'made up' USING ERRCODE = '%s'; END$$", code))
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != code {
+			t.Fatalf("raising %s: %v", code, err)
+		}
+	}
+	// A code PostgreSQL defines stays as it is.
+	if _, err := h.m.Pool().Exec(ctx, "SELECT 1/0"); err == nil {
+		t.Fatal("no division by zero")
+	}
+	families, err := h.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		if f.GetName() != "pgsidecar_query_errors_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "sqlstate" {
+					got[l.GetValue()] += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	want := map[string]float64{"other": 167, "P0xxx": 167, "XXxxx": 166, "22012": 1}
+	if !maps.Equal(got, want) {
+		t.Fatalf("query error series by sqlstate = %v, want %v", got, want)
+	}
+	if by := h.m.Stats().Queries.BySQLState; len(by) != len(want) {
+		t.Fatalf("errors by SQLSTATE = %v", by)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/sqlnorm"
+	"github.com/pgsidecar/pgsidecar/internal/sqlstate"
 )
 
 // RecordQuery counts one query in the pool's metrics and logs it when slow. The tracer calls it
@@ -14,7 +15,7 @@ func (m *Manager) RecordQuery(op Operation, sql string, d time.Duration, err err
 	x := m.metrics
 	x.queryObservers[op].Observe(d.Seconds())
 	if err != nil {
-		x.queryErrors.WithLabelValues(op.String(), SQLState(err)).Inc()
+		x.queryErrors.WithLabelValues(op.String(), sqlStateLabel(err)).Inc()
 		m.noteError(err)
 	}
 	if d >= m.cfg.SlowQueryThreshold {
@@ -24,6 +25,18 @@ func (m *Manager) RecordQuery(op Operation, sql string, d time.Duration, err err
 		m.slow.add(SlowQuery{Time: time.Now(), Duration: d, Operation: op.String(), SQL: text})
 		m.mu.Unlock()
 		m.log.Warn("Slow query detected", "duration", d, "operation", op.String(), "sql", text)
+	}
+}
+
+// sqlStateLabel is the sqlstate label of pgsidecar_query_errors_total for err: SQLState's value,
+// with a server code PostgreSQL does not define (a client can raise any five characters) folded
+// into its class or "other", so that clients cannot add series without end.
+func sqlStateLabel(err error) string {
+	switch s := SQLState(err); s {
+	case "timeout", "canceled", "client":
+		return s
+	default:
+		return sqlstate.Label(s)
 	}
 }
 
