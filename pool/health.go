@@ -23,26 +23,17 @@ const (
 	StatusUnhealthy Status = "unhealthy"
 )
 
-// noteError marks the pool unhealthy at once when err is a connection-class error and asks the
-// health loop to check now instead of at the next tick.
+// noteError asks the health loop to check now, instead of at the next tick, when err is a
+// connection-class error. It does not mark the pool unhealthy: one connection's error (a client
+// terminating its own backend, say) says nothing of the others; only a failed check does.
 func (m *Manager) noteError(err error) {
 	if !IsConnectionError(err) {
 		return
 	}
-	if serverFull(err) {
-		// The server answered, refusing a new connection: it is up. Let the check decide,
-		// without marking down the connections the pool holds.
-		select {
-		case m.trigger <- struct{}{}:
-		default:
-		}
-		return
-	}
-	if !m.connErrSeen.Swap(true) {
-		m.metrics.healthUp.Set(0)
-		m.mu.Lock()
-		m.health.LastError = m.scrub.Scrub(err.Error())
-		m.mu.Unlock()
+	if !serverFull(err) {
+		// Until a check passes, the check looks past a busy pool and a full server (see check
+		// and ping): the error may mean the pool's connections are dead.
+		m.connErrSeen.Store(true)
 	}
 	select {
 	case m.trigger <- struct{}{}:
@@ -323,9 +314,6 @@ func (m *Manager) Health() Health {
 	m.mu.Lock()
 	h := m.health
 	m.mu.Unlock()
-	if m.connErrSeen.Load() {
-		h.Status = StatusUnhealthy
-	}
 	if h.Status == StatusHealthy {
 		s := m.pool.Stat()
 		if s.AcquiredConns() >= s.MaxConns() && m.tracer.pending.Load() > 0 {

@@ -41,7 +41,7 @@ type Manager struct {
 	started time.Time
 
 	closedConns atomic.Int64
-	connErrSeen atomic.Bool // a connection error since the last good check
+	connErrSeen atomic.Bool // a query saw a connection error since the last good check
 	fullSeen    atomic.Bool // the last check found the server full (53300) with connections kept
 	trigger     chan struct{}
 	ctx         context.Context // canceled by Close

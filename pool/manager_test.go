@@ -447,9 +447,11 @@ func TestHealthLoopSeesStopAndRecovers(t *testing.T) {
 	if err == nil {
 		t.Fatal("query succeeded with the server stopped")
 	}
+	lost := time.Now()
 	if !pgtest.WaitFor(5*time.Second, func() bool { return h.m.Health().Status == StatusUnhealthy }) {
 		t.Fatalf("still %s after a connection error", h.m.Health().Status)
 	}
+	t.Logf("unhealthy %s after the query saw the connection error", time.Since(lost))
 	if !pgtest.WaitFor(5*time.Second, func() bool { return strings.Contains(h.log.String(), "Database health check") }) {
 		t.Fatal("no health check log line")
 	}
@@ -715,4 +717,56 @@ func TestMadeUpSQLStatesKeepTheErrorSeriesBounded(t *testing.T) {
 	if by := h.m.Stats().Queries.BySQLState; len(by) != len(want) {
 		t.Fatalf("errors by SQLSTATE = %v", by)
 	}
+}
+
+// A client that terminates its own backends again and again does not make the pool unhealthy:
+// each error triggers a check, and only a failed check marks the pool down (a readiness probe
+// polling Health would otherwise take the instance out of service for one client's doing).
+func TestTerminatingOwnBackendsDoesNotFlapHealth(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.HealthCheckInterval = time.Hour // only the triggered checks run
+	h := newManager(t, cfg)
+	h.waitHealthy(t)
+	ctx := ctxTimeout(t, 60*time.Second)
+	stop := make(chan struct{})
+	var kills atomic.Int64
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := h.m.Pool().Exec(ctx, "SELECT pg_terminate_backend(pg_backend_pid())"); err != nil {
+					kills.Add(1)
+				}
+			}
+		})
+	}
+	var polls, down int
+	var bad Health
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		polls++
+		if hl := h.m.Health(); hl.Status == StatusUnhealthy {
+			down++
+			bad = hl
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	if kills.Load() < 20 {
+		t.Fatalf("only %d backends terminated", kills.Load())
+	}
+	if down > 0 {
+		t.Fatalf("unhealthy in %d of %d polls while the server was fine (%d backends terminated): %+v",
+			down, polls, kills.Load(), bad)
+	}
+	if got := h.metricValue(t, "pgsidecar_health_check_up", nil); got != 1 {
+		t.Fatalf("pgsidecar_health_check_up = %v", got)
+	}
+	t.Logf("%d polls, %d backends terminated", polls, kills.Load())
 }

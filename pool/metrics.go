@@ -101,7 +101,7 @@ func newMetrics(name string, snapshot func() poolSnapshot) *metrics {
 		}),
 		acquireTimeout: counter("pgsidecar_pool_acquire_timeouts_total", "Acquires that gave up because their deadline passed before a connection was free."),
 		connectErrors:  counter("pgsidecar_pool_connect_errors_total", "Failed attempts to open a connection to PostgreSQL."),
-		healthUp:       gauge("pgsidecar_health_check_up", "1 if the last health check succeeded and no connection error was seen since, else 0."),
+		healthUp:       gauge("pgsidecar_health_check_up", "1 if the last health check succeeded, else 0."),
 		healthDuration: gauge("pgsidecar_health_check_duration_seconds", "Duration of the last health check."),
 		healthFailures: counter("pgsidecar_health_check_failures_total", "Health checks that failed."),
 		reconnects:     counter("pgsidecar_reconnects_total", "Times the pool came back healthy after losing the database."),
