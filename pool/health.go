@@ -233,12 +233,9 @@ func (m *Manager) ping(ctx context.Context) (time.Duration, error) {
 	return time.Since(start), err
 }
 
-// saturated reports whether every connection the pool may open is handed out (connections
-// still being opened do not count: they say nothing about a busy pool).
-func (m *Manager) saturated() bool {
-	s := m.pool.Stat()
-	return s.AcquiredConns() >= s.MaxConns()
-}
+// saturated reports whether callers hold every connection the pool may open (connections
+// being opened, or pinged by an acquire, do not count: they say nothing about a busy pool).
+func (m *Manager) saturated() bool { return m.tracer.busy(m.pool) }
 
 func (m *Manager) setHealth(ok bool, d time.Duration, err error) {
 	m.metrics.healthDuration.Set(d.Seconds())
@@ -307,16 +304,15 @@ type Health struct {
 	LastErrorCode       string // LastError as SQLState labels it: the server's SQLSTATE (53300), 08006, timeout, ...
 }
 
-// Health returns the current health. A connection error seen by any query since the last
-// successful check makes it unhealthy at once; a saturated pool (every connection in use and
-// callers waiting) makes a healthy pool degraded.
+// Health returns the current health, as the last check found it: a connection error seen by a
+// query triggers a check but does not by itself make the pool unhealthy. A saturated pool
+// (callers hold every connection and others wait) makes a healthy pool degraded.
 func (m *Manager) Health() Health {
 	m.mu.Lock()
 	h := m.health
 	m.mu.Unlock()
 	if h.Status == StatusHealthy {
-		s := m.pool.Stat()
-		if s.AcquiredConns() >= s.MaxConns() && m.tracer.pending.Load() > 0 {
+		if m.saturated() && m.tracer.pending.Load() > 0 {
 			h.Status = StatusDegraded
 		}
 	}

@@ -626,7 +626,7 @@ func TestSlowQueryTextIsNormalised(t *testing.T) {
 func TestSaturatedPoolIsDegradedNotUnhealthy(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.MaxConns, cfg.MinConns = 1, 1
-	cfg.HealthCheckInterval = 100 * time.Millisecond
+	cfg.HealthCheckInterval = time.Second
 	cfg.HealthCheckTimeout = 200 * time.Millisecond
 	h := newManager(t, cfg)
 	h.waitHealthy(t)
@@ -650,7 +650,7 @@ func TestSaturatedPoolIsDegradedNotUnhealthy(t *testing.T) {
 		t.Fatalf("saturated pool reports %s", h.m.Health().Status)
 	}
 	// Several health intervals pass with the pool full: never unhealthy, no failures counted.
-	deadline := time.Now().Add(time.Second)
+	deadline := time.Now().Add(2500 * time.Millisecond)
 	for time.Now().Before(deadline) {
 		if st := h.m.Health().Status; st == StatusUnhealthy {
 			t.Fatalf("saturated pool turned unhealthy: %+v", h.m.Health())

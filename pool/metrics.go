@@ -99,7 +99,7 @@ func newMetrics(name string, snapshot func() poolSnapshot) *metrics {
 			ConstLabels: labels,
 			Buckets:     []float64{0.00001, 0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10},
 		}),
-		acquireTimeout: counter("pgsidecar_pool_acquire_timeouts_total", "Acquires that gave up because their deadline passed before a connection was free."),
+		acquireTimeout: counter("pgsidecar_pool_acquire_timeouts_total", "Acquires that gave up because their deadline passed while callers held every pool connection (a wait for a database that does not answer is not counted)."),
 		connectErrors:  counter("pgsidecar_pool_connect_errors_total", "Failed attempts to open a connection to PostgreSQL."),
 		healthUp:       gauge("pgsidecar_health_check_up", "1 if the last health check succeeded, else 0."),
 		healthDuration: gauge("pgsidecar_health_check_duration_seconds", "Duration of the last health check."),
