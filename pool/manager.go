@@ -108,7 +108,10 @@ func New(cfg Config, opts ...Option) (*Manager, error) {
 	return m, nil
 }
 
-// Pool returns the underlying pgxpool for queries. Queries through it are measured.
+// Pool returns the underlying pgxpool for queries. Queries through it are measured. Acquire
+// connections with its Acquire (or the helpers that use it), not AcquireAllIdle, which pgxpool
+// does not trace: the pool counts the connections callers hold to tell a busy pool from a
+// database that does not answer.
 func (m *Manager) Pool() *pgxpool.Pool { return m.pool }
 
 // Config returns the configuration the manager was built with, its DatabaseURL with the

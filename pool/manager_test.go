@@ -768,5 +768,5 @@ func TestTerminatingOwnBackendsDoesNotFlapHealth(t *testing.T) {
 	if got := h.metricValue(t, "pgsidecar_health_check_up", nil); got != 1 {
 		t.Fatalf("pgsidecar_health_check_up = %v", got)
 	}
-	t.Logf("%d polls, %d backends terminated", polls, kills.Load())
+	t.Logf("%d polls, %d backends terminated, %d health checks logged", polls, kills.Load(), h.log.Count("Database health check"))
 }
