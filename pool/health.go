@@ -35,6 +35,12 @@ func (m *Manager) noteError(err error) {
 		// and ping): the error may mean the pool's connections are dead.
 		m.connErrSeen.Store(true)
 	}
+	m.checkNow()
+}
+
+// checkNow asks the health loop to check now instead of at the next tick (while healthy; while
+// unhealthy it rechecks on its own short timer).
+func (m *Manager) checkNow() {
 	select {
 	case m.trigger <- struct{}{}:
 	default:

@@ -81,7 +81,7 @@ func New(cfg Config, opts ...Option) (*Manager, error) {
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.log = m.log.With("pool", cfg.Name)
 	m.metrics = newMetrics(cfg.Name, m.snapshot)
-	m.tracer = &tracer{metrics: m.metrics, recordQuery: m.RecordQuery, noteError: m.noteError}
+	m.tracer = &tracer{metrics: m.metrics, recordQuery: m.RecordQuery, noteError: m.noteError, checkNow: m.checkNow}
 	pc.ConnConfig.Tracer = acquireTracer{m.tracer}
 	pc.BeforeClose = func(*pgx.Conn) { m.closedConns.Add(1) }
 	// pgxpool keeps MinConns open (it tops the pool up in its background health check and

@@ -17,6 +17,7 @@ type tracer struct {
 	metrics     *metrics
 	recordQuery func(op Operation, sql string, d time.Duration, err error) // Manager.RecordQuery
 	noteError   func(err error)                                            // a connection may be lost
+	checkNow    func()                                                     // ask the health loop to check now
 	pending     atomic.Int64
 	// held counts connections handed to callers and not yet released. pgxpool's own count of
 	// acquired connections also has those an acquire is still pinging, which on a database
@@ -135,9 +136,11 @@ func (t *tracer) TraceAcquireEnd(ctx context.Context, p *pgxpool.Pool, d pgxpool
 	if errors.Is(d.Err, context.DeadlineExceeded) {
 		// Only a wait for a busy pool is a saturation signal. A wait that ran out while
 		// connections were free for the taking was a wait for the database (down, frozen or
-		// slow to accept): the health check reports that.
+		// slow to accept): the health check, asked to look now, reports that.
 		if t.busy(p) {
 			t.metrics.acquireTimeout.Inc()
+		} else {
+			t.checkNow()
 		}
 		return
 	}
