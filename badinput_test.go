@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -43,6 +44,15 @@ func TestBadStartupInput(t *testing.T) {
 		{"zero attempts", nil, map[string]string{"DB_RETRY_ATTEMPTS": "0"}, "DB_RETRY_ATTEMPTS (0) must be at least 1"},
 		{"negative retry delay", []string{"--db.retry-delay=-1s"}, nil, `DB_RETRY_DELAY: "-1s" is negative`},
 		{"zero health interval", nil, map[string]string{"DB_HEALTH_CHECK_INTERVAL": "0"}, "DB_HEALTH_CHECK_INTERVAL (0s) must be greater than 0"},
+		{"nanosecond health interval", nil, map[string]string{"DB_HEALTH_CHECK_INTERVAL": "1ns"}, "DB_HEALTH_CHECK_INTERVAL (1ns) must be at least 1s"},
+		{"nanosecond health timeout", nil, map[string]string{"DB_HEALTH_CHECK_TIMEOUT": "1ns"}, "DB_HEALTH_CHECK_TIMEOUT (1ns) must be at least 100ms"},
+		{"millisecond connection timeout", nil, map[string]string{"DB_CONNECTION_TIMEOUT": "1"}, "DB_CONNECTION_TIMEOUT (1ms) must be at least 100ms"},
+		{"nanosecond idle timeout", nil, map[string]string{"DB_IDLE_TIMEOUT": "1ns"}, "DB_IDLE_TIMEOUT (1ns) must be at least 1s"},
+		{"nanosecond lifetime", []string{"--db.max-lifetime=1ns"}, nil, "DB_MAX_LIFETIME (1ns) must be at least 1s"},
+		{"nanosecond retry delays", nil, map[string]string{"DB_RETRY_DELAY": "1ns", "DB_RETRY_MAX_DELAY": "1ns"}, "DB_RETRY_MAX_DELAY (1ns) must be at least 10ms"},
+		{"nanosecond metrics log interval", []string{"--db.metrics-log-interval=1ns"}, nil, "DB_METRICS_LOG_INTERVAL (1ns) must be 0 or at least 1s"},
+		{"pool name not UTF-8", nil, map[string]string{"DB_POOL_NAME": "pool\xff\xfe"}, `DB_POOL_NAME ("pool\xff\xfe") must be valid UTF-8`},
+		{"pool name too long", []string{"--db.pool-name=" + strings.Repeat("p", 129)}, nil, "DB_POOL_NAME (129 bytes) must be at most 128 bytes"},
 		{"words for threshold", nil, map[string]string{"DB_SLOW_QUERY_THRESHOLD": "fast"}, `DB_SLOW_QUERY_THRESHOLD: "fast" is not milliseconds`},
 		{"bad port in URL", nil, map[string]string{"DATABASE_URL": "postgres://u:pw@h:port/db"}, "DATABASE_URL (postgres://u:xxxxx@h:port/db) is invalid"},
 		{"unknown sslmode", nil, map[string]string{"DATABASE_URL": "postgres://u@h/db?sslmode=sometimes"}, "sslmode is invalid"},
@@ -90,7 +100,11 @@ func TestBadStartupInput(t *testing.T) {
 			var out, errOut testutil.LogBuffer
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			args := append([]string{"--web.listen-address=127.0.0.1:0", "--db.metrics-log-interval=0"}, tc.args...)
+			args := []string{"--web.listen-address=127.0.0.1:0"}
+			if !slices.ContainsFunc(tc.args, func(a string) bool { return strings.HasPrefix(a, "--db.metrics-log-interval=") }) {
+				args = append(args, "--db.metrics-log-interval=0")
+			}
+			args = append(args, tc.args...)
 			code := run(ctx, args, &out, &errOut)
 			if ctx.Err() != nil {
 				t.Fatalf("bad input did not stop the program: it ran until the test's deadline\n%s", errOut.String())

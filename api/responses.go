@@ -74,7 +74,7 @@ type SlowQuery struct {
 	Time       time.Time `json:"time"`
 	DurationMs float64   `json:"durationMs"`
 	Operation  string    `json:"operation"`
-	SQL        string    `json:"sql"` // whitespace collapsed, truncated, password literals masked
+	SQL        string    `json:"sql"` // normalised (every constant a $n placeholder, no comments), truncated
 }
 
 // TopStatement is one pg_stat_statements entry, as the collectors export it.
@@ -235,7 +235,7 @@ func (h *Handler) slowQueries(limit int) []SlowQuery {
 	}
 	out := make([]SlowQuery, 0, len(list))
 	for _, q := range list {
-		sql := q.SQL // masked and scrubbed by the pool when it was recorded
+		sql := q.SQL // normalised and scrubbed by the pool when it was recorded
 		out = append(out, SlowQuery{Time: q.Time.UTC(), DurationMs: ms(q.Duration), Operation: q.Operation, SQL: sql})
 	}
 	return out

@@ -25,8 +25,9 @@ type acquireLimit struct {
 	wait     time.Duration
 	setting  string      // what set wait, for the error: DB_CONNECTION_TIMEOUT or TxOptions.MaxWait
 	timedOut atomic.Bool // an acquire under this limit gave up because of it
-	// opening: when it gave up, the pool had room, so the wait was for a new connection to
-	// open (a slow or unreachable server), not for a busy one to come back.
+	// opening: when it gave up, callers did not hold every connection, so the wait was for the
+	// database (to open a connection or answer the ping of an idle one), not for a busy
+	// connection to come back.
 	opening atomic.Bool
 }
 
@@ -83,9 +84,8 @@ func (m *Manager) acquireTimeout(wait time.Duration, lastErr, err error) *Acquir
 		// The only attempt was still connecting when time ran out; the health loop knows why.
 		lastErr = &healthError{msg: h.LastError, code: h.LastErrorCode}
 	}
-	st := m.pool.Stat()
 	return &AcquireError{Setting: "DB_CONNECTION_TIMEOUT", Wait: wait,
-		Opening: lastErr != nil || st.AcquiredConns() < st.MaxConns(), Cause: m.scrubbed(lastErr)}
+		Opening: lastErr != nil || !m.tracer.busy(m.pool), Cause: m.scrubbed(lastErr)}
 }
 
 // acquire takes a connection from the pool, waiting at most wait (set by setting) for a free one,
@@ -128,8 +128,7 @@ func (t acquireTracer) TraceAcquireStart(ctx context.Context, p *pgxpool.Pool, d
 func (t acquireTracer) TraceAcquireEnd(ctx context.Context, p *pgxpool.Pool, d pgxpool.TraceAcquireEndData) {
 	if a, ok := ctx.(*limitedAcquire); ok {
 		if d.Err != nil && a.inner.Err() == nil && errors.Is(context.Cause(a.Context), errAcquireLimit) {
-			st := p.Stat()
-			a.limit.opening.Store(st.AcquiredConns() < st.MaxConns())
+			a.limit.opening.Store(!t.busy(p))
 			a.limit.timedOut.Store(true)
 		}
 		a.cancel()

@@ -95,3 +95,18 @@ func BenchmarkTracerOverhead(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkShownSQL measures what a slow query pays to have its text normalised before it is
+// logged and listed: a typical statement of about 200 bytes. Only slow queries pay it.
+func BenchmarkShownSQL(b *testing.B) {
+	const sql = "SELECT o.id, o.total, c.name FROM orders o JOIN customers c ON c.id = o.customer_id " +
+		"WHERE o.created_at > '2026-01-01' AND o.status IN ('paid', 'shipped') AND o.total > 100.50 " +
+		"ORDER BY o.created_at DESC LIMIT 50"
+	b.SetBytes(int64(len(sql)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if s := shownSQL(OpSelect, sql); len(s) == 0 {
+			b.Fatal("empty")
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -148,12 +149,25 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 	return c, c.Validate()
 }
 
+// maxPoolName bounds DB_POOL_NAME, which is a label value of every pool metric.
+const maxPoolName = 128
+
+// minTimeout is the least DB_CONNECTION_TIMEOUT and DB_HEALTH_CHECK_TIMEOUT: a round trip and a
+// login must fit in it.
+const minTimeout = 100 * time.Millisecond
+
 // Validate checks the settings against each other. Its errors name the setting and the value.
 func (c Config) Validate() error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	if c.Name == "" {
+	switch {
+	case c.Name == "":
 		add("DB_POOL_NAME must not be empty")
+	case !utf8.ValidString(c.Name):
+		// A metric label value must be UTF-8: the registry would refuse every metric of the pool.
+		add("DB_POOL_NAME (%q) must be valid UTF-8", c.Name)
+	case len(c.Name) > maxPoolName:
+		add("DB_POOL_NAME (%d bytes) must be at most %d bytes", len(c.Name), maxPoolName)
 	}
 	if c.MaxConns < 1 {
 		add("DB_MAX_CONNECTIONS (%d) must be at least 1", c.MaxConns)
@@ -167,27 +181,37 @@ func (c Config) Validate() error {
 	if c.RetryAttempts < 1 {
 		add("DB_RETRY_ATTEMPTS (%d) must be at least 1", c.RetryAttempts)
 	}
-	positive := []struct {
-		name string
-		d    time.Duration
+	// Floors keep a typo (1ns, or milliseconds taken for seconds) from turning a period into a
+	// busy loop: a health check, a log line or a reconnect attempt per microsecond.
+	floors := []struct {
+		name    string
+		d, min  time.Duration
+		zeroOff bool // 0 is allowed and turns the thing off
 	}{
-		{"DB_CONNECTION_TIMEOUT", c.ConnectTimeout},
-		{"DB_MAX_LIFETIME", c.MaxLifetime},
-		{"DB_IDLE_TIMEOUT", c.IdleTimeout},
-		{"DB_HEALTH_CHECK_INTERVAL", c.HealthCheckInterval},
-		{"DB_HEALTH_CHECK_TIMEOUT", c.HealthCheckTimeout},
-		{"DB_SLOW_QUERY_THRESHOLD", c.SlowQueryThreshold},
+		{"DB_CONNECTION_TIMEOUT", c.ConnectTimeout, minTimeout, false},
+		{"DB_MAX_LIFETIME", c.MaxLifetime, time.Second, false},
+		{"DB_IDLE_TIMEOUT", c.IdleTimeout, time.Second, false},
+		{"DB_HEALTH_CHECK_INTERVAL", c.HealthCheckInterval, time.Second, false},
+		{"DB_HEALTH_CHECK_TIMEOUT", c.HealthCheckTimeout, minTimeout, false},
+		{"DB_RETRY_DELAY", c.RetryDelay, time.Millisecond, true},
+		{"DB_RETRY_MAX_DELAY", c.RetryMaxDelay, 10 * time.Millisecond, false},
+		{"DB_METRICS_LOG_INTERVAL", c.MetricsLogInterval, time.Second, true},
 	}
-	for _, p := range positive {
-		if p.d <= 0 {
-			add("%s (%s) must be greater than 0", p.name, p.d)
+	for _, f := range floors {
+		switch {
+		case f.zeroOff && f.d < 0:
+			add("%s (%s) must not be negative", f.name, f.d)
+		case f.zeroOff && f.d == 0:
+		case f.zeroOff && f.d < f.min:
+			add("%s (%s) must be 0 or at least %s", f.name, f.d, f.min)
+		case f.d <= 0:
+			add("%s (%s) must be greater than 0", f.name, f.d)
+		case f.d < f.min:
+			add("%s (%s) must be at least %s", f.name, f.d, f.min)
 		}
 	}
-	if c.RetryDelay < 0 {
-		add("DB_RETRY_DELAY (%s) must not be negative", c.RetryDelay)
-	}
-	if c.MetricsLogInterval < 0 {
-		add("DB_METRICS_LOG_INTERVAL (%s) must not be negative", c.MetricsLogInterval)
+	if c.SlowQueryThreshold <= 0 {
+		add("DB_SLOW_QUERY_THRESHOLD (%s) must be greater than 0", c.SlowQueryThreshold)
 	}
 	if c.RetryMaxDelay < c.RetryDelay {
 		add("DB_RETRY_MAX_DELAY (%s) must not be less than DB_RETRY_DELAY (%s)", c.RetryMaxDelay, c.RetryDelay)

@@ -185,8 +185,9 @@ var ErrAcquireTimeout = errors.New("timed out waiting for a pool connection")
 type AcquireError struct {
 	Setting string        // what bounded the wait: DB_CONNECTION_TIMEOUT or TxOptions.MaxWait
 	Wait    time.Duration // the bound
-	// Opening: the pool had room when the wait ended, so it was for a new connection to open (a
-	// slow or unreachable server), not for a busy one to come back.
+	// Opening: callers did not hold every connection when the wait ended, so it was for the
+	// database (to open a new connection, or to answer the ping of an idle one: a server that
+	// is down, frozen or slow), not for a busy connection to come back.
 	Opening bool
 	// Cause is the last error opening a connection during the wait (scrubbed of passwords), when
 	// Manager.Acquire saw one; nil when the pool was busy.
@@ -195,9 +196,12 @@ type AcquireError struct {
 
 func (e *AcquireError) Error() string {
 	var msg string
-	if e.Opening {
+	switch {
+	case e.Opening && e.Cause != nil:
 		msg = fmt.Sprintf("%s: no connection could be opened to the database within %s (%s)", ErrAcquireTimeout, e.Setting, e.Wait)
-	} else {
+	case e.Opening:
+		msg = fmt.Sprintf("%s: the database did not answer within %s (%s)", ErrAcquireTimeout, e.Setting, e.Wait)
+	default:
 		msg = fmt.Sprintf("%s: the pool had no free connection within %s (%s)", ErrAcquireTimeout, e.Setting, e.Wait)
 	}
 	if e.Cause != nil {

@@ -262,7 +262,7 @@ func TestStatementTimeoutIsNotAConnectionProblem(t *testing.T) {
 func TestStalledNetwork(t *testing.T) {
 	fp, cfg := viaFaultProxy(t)
 	defer fp.Close() // before the Manager's Close (a cleanup): it ends connections in progress
-	cfg.HealthCheckInterval = 200 * time.Millisecond
+	cfg.HealthCheckInterval = time.Second
 	cfg.HealthCheckTimeout = 500 * time.Millisecond
 	cfg.ConnectTimeout = time.Second
 	cfg.RetryAttempts = 1
@@ -639,4 +639,98 @@ func TestStartWhileServerFull(t *testing.T) {
 	if _, err := h.m.Pool().Exec(ctx, "SELECT 1"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A frozen server (SIGSTOP: connections open, nothing answers) is not a full pool. Acquires
+// that run out of DB_CONNECTION_TIMEOUT while callers hold no connection say the database did
+// not answer, and do not count as acquire timeouts (the saturation signal); the health check
+// reports the server unhealthy; after SIGCONT the pool serves again.
+func TestFrozenServerIsNotAFullPool(t *testing.T) {
+	cluster.RequireControl(t)
+	cfg := testConfig(t)
+	cfg.MaxConns, cfg.MinConns = 8, 2
+	cfg.ConnectTimeout = time.Second
+	// No check on the timer: an acquire that the database does not answer asks for one.
+	cfg.HealthCheckInterval = time.Hour
+	cfg.HealthCheckTimeout = 500 * time.Millisecond
+	h := newManager(t, cfg)
+	h.waitHealthy(t)
+	time.Sleep(1100 * time.Millisecond) // idle long enough that pgxpool pings them on acquire
+	thaw, err := cluster.Freeze()
+	if err != nil {
+		t.Fatal(err)
+	}
+	thawed := false
+	defer func() {
+		if !thawed {
+			_ = thaw()
+		}
+	}()
+	frozen := time.Now()
+	// More acquirers than connections: their pings and connects in progress must not make the
+	// pool look busy either.
+	errs := make(chan error, 10)
+	var got []*pgxpool.Conn
+	var gotMu sync.Mutex
+	defer func() {
+		for _, c := range got {
+			c.Release()
+		}
+	}()
+	for range 10 {
+		go func() {
+			c, err := h.m.Acquire(context.Background())
+			if err == nil {
+				gotMu.Lock()
+				got = append(got, c) // kept, or the next acquire would take it unpinged
+				gotMu.Unlock()
+			}
+			errs <- err
+		}()
+	}
+	failed := 0
+	for range 10 {
+		var err error
+		select {
+		case err = <-errs:
+		case <-time.After(30 * time.Second):
+			t.Fatal("an acquire is still waiting 30 s after the freeze")
+		}
+		if err == nil {
+			continue // a connection used less than a second ago is handed out unpinged
+		}
+		failed++
+		var ae *AcquireError
+		if !errors.As(err, &ae) || !ae.Opening {
+			t.Fatalf("acquire on a frozen server = %v, want an AcquireError saying the database did not answer", err)
+		}
+		if !strings.Contains(err.Error(), "did not answer") && !strings.Contains(err.Error(), "no connection could be opened") {
+			t.Fatalf("acquire error %q", err)
+		}
+		if strings.Contains(err.Error(), "no free connection") {
+			t.Fatalf("a frozen server reported as a full pool: %v", err)
+		}
+	}
+	if failed < 8 {
+		t.Fatalf("only %d of 10 acquires failed on a frozen server", failed)
+	}
+	if got := h.metricValue(t, "pgsidecar_pool_acquire_timeouts_total", nil); got != 0 {
+		t.Fatalf("acquire_timeouts_total = %v on a frozen server, want 0", got)
+	}
+	if !pgtest.WaitFor(10*time.Second, func() bool { return h.m.Health().Status == StatusUnhealthy }) {
+		t.Fatalf("still %+v with the server frozen", h.m.Health())
+	}
+	t.Logf("unhealthy %s after the freeze: %+v", time.Since(frozen), h.m.Health())
+	thawed = true
+	if err := thaw(); err != nil {
+		t.Fatal(err)
+	}
+	if !pgtest.WaitFor(30*time.Second, func() bool { return h.m.Health().Status == StatusHealthy }) {
+		t.Fatalf("not healthy after SIGCONT: %+v", h.m.Health())
+	}
+	c, err := h.m.Acquire(ctxTimeout(t, 10*time.Second))
+	if err != nil {
+		t.Fatalf("acquire after SIGCONT: %v", err)
+	}
+	c.Release()
 }

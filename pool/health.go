@@ -23,27 +23,24 @@ const (
 	StatusUnhealthy Status = "unhealthy"
 )
 
-// noteError marks the pool unhealthy at once when err is a connection-class error and asks the
-// health loop to check now instead of at the next tick.
+// noteError asks the health loop to check now, instead of at the next tick, when err is a
+// connection-class error. It does not mark the pool unhealthy: one connection's error (a client
+// terminating its own backend, say) says nothing of the others; only a failed check does.
 func (m *Manager) noteError(err error) {
 	if !IsConnectionError(err) {
 		return
 	}
-	if serverFull(err) {
-		// The server answered, refusing a new connection: it is up. Let the check decide,
-		// without marking down the connections the pool holds.
-		select {
-		case m.trigger <- struct{}{}:
-		default:
-		}
-		return
+	if !serverFull(err) {
+		// Until a check passes, the check looks past a busy pool and a full server (see check
+		// and ping): the error may mean the pool's connections are dead.
+		m.connErrSeen.Store(true)
 	}
-	if !m.connErrSeen.Swap(true) {
-		m.metrics.healthUp.Set(0)
-		m.mu.Lock()
-		m.health.LastError = m.scrub.Scrub(err.Error())
-		m.mu.Unlock()
-	}
+	m.checkNow()
+}
+
+// checkNow asks the health loop to check now instead of at the next tick (while healthy; while
+// unhealthy it rechecks on its own short timer).
+func (m *Manager) checkNow() {
 	select {
 	case m.trigger <- struct{}{}:
 	default:
@@ -242,12 +239,9 @@ func (m *Manager) ping(ctx context.Context) (time.Duration, error) {
 	return time.Since(start), err
 }
 
-// saturated reports whether every connection the pool may open is handed out (connections
-// still being opened do not count: they say nothing about a busy pool).
-func (m *Manager) saturated() bool {
-	s := m.pool.Stat()
-	return s.AcquiredConns() >= s.MaxConns()
-}
+// saturated reports whether callers hold every connection the pool may open (connections
+// being opened, or pinged by an acquire, do not count: they say nothing about a busy pool).
+func (m *Manager) saturated() bool { return m.tracer.busy(m.pool) }
 
 func (m *Manager) setHealth(ok bool, d time.Duration, err error) {
 	m.metrics.healthDuration.Set(d.Seconds())
@@ -316,19 +310,15 @@ type Health struct {
 	LastErrorCode       string // LastError as SQLState labels it: the server's SQLSTATE (53300), 08006, timeout, ...
 }
 
-// Health returns the current health. A connection error seen by any query since the last
-// successful check makes it unhealthy at once; a saturated pool (every connection in use and
-// callers waiting) makes a healthy pool degraded.
+// Health returns the current health, as the last check found it: a connection error seen by a
+// query triggers a check but does not by itself make the pool unhealthy. A saturated pool
+// (callers hold every connection and others wait) makes a healthy pool degraded.
 func (m *Manager) Health() Health {
 	m.mu.Lock()
 	h := m.health
 	m.mu.Unlock()
-	if m.connErrSeen.Load() {
-		h.Status = StatusUnhealthy
-	}
 	if h.Status == StatusHealthy {
-		s := m.pool.Stat()
-		if s.AcquiredConns() >= s.MaxConns() && m.tracer.pending.Load() > 0 {
+		if m.saturated() && m.tracer.pending.Load() > 0 {
 			h.Status = StatusDegraded
 		}
 	}

@@ -41,7 +41,7 @@ type Manager struct {
 	started time.Time
 
 	closedConns atomic.Int64
-	connErrSeen atomic.Bool // a connection error since the last good check
+	connErrSeen atomic.Bool // a query saw a connection error since the last good check
 	fullSeen    atomic.Bool // the last check found the server full (53300) with connections kept
 	trigger     chan struct{}
 	ctx         context.Context // canceled by Close
@@ -81,7 +81,7 @@ func New(cfg Config, opts ...Option) (*Manager, error) {
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.log = m.log.With("pool", cfg.Name)
 	m.metrics = newMetrics(cfg.Name, m.snapshot)
-	m.tracer = &tracer{metrics: m.metrics, recordQuery: m.RecordQuery, noteError: m.noteError}
+	m.tracer = &tracer{metrics: m.metrics, recordQuery: m.RecordQuery, noteError: m.noteError, checkNow: m.checkNow}
 	pc.ConnConfig.Tracer = acquireTracer{m.tracer}
 	pc.BeforeClose = func(*pgx.Conn) { m.closedConns.Add(1) }
 	// pgxpool keeps MinConns open (it tops the pool up in its background health check and
@@ -108,7 +108,10 @@ func New(cfg Config, opts ...Option) (*Manager, error) {
 	return m, nil
 }
 
-// Pool returns the underlying pgxpool for queries. Queries through it are measured.
+// Pool returns the underlying pgxpool for queries. Queries through it are measured. Acquire
+// connections with its Acquire (or the helpers that use it), not AcquireAllIdle, which pgxpool
+// does not trace: the pool counts the connections callers hold to tell a busy pool from a
+// database that does not answer.
 func (m *Manager) Pool() *pgxpool.Pool { return m.pool }
 
 // Config returns the configuration the manager was built with, its DatabaseURL with the

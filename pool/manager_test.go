@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -129,7 +130,7 @@ func TestSlowQueryIsLogged(t *testing.T) {
 	}
 	logs := h.log.String()
 	if !strings.Contains(logs, "Slow query detected") || !strings.Contains(logs, "operation=select") ||
-		!strings.Contains(logs, "pg_sleep(0.1)") {
+		!strings.Contains(logs, `sql="SELECT pg_sleep($2), $1::text"`) {
 		t.Fatalf("no slow query line:\n%s", logs)
 	}
 	if strings.Contains(logs, "argument-value-never-logged") {
@@ -446,9 +447,11 @@ func TestHealthLoopSeesStopAndRecovers(t *testing.T) {
 	if err == nil {
 		t.Fatal("query succeeded with the server stopped")
 	}
+	lost := time.Now()
 	if !pgtest.WaitFor(5*time.Second, func() bool { return h.m.Health().Status == StatusUnhealthy }) {
 		t.Fatalf("still %s after a connection error", h.m.Health().Status)
 	}
+	t.Logf("unhealthy %s after the query saw the connection error", time.Since(lost))
 	if !pgtest.WaitFor(5*time.Second, func() bool { return strings.Contains(h.log.String(), "Database health check") }) {
 		t.Fatal("no health check log line")
 	}
@@ -570,22 +573,51 @@ func TestHealthLoopDoesNotSpinWhileDown(t *testing.T) {
 	}
 }
 
-func TestSlowQueryLogMasksPasswords(t *testing.T) {
+// Every SQL text that leaves the pool (the Slow query detected line, the slow query list that
+// the API and status page show) is normalised: no constant of any spelling PostgreSQL accepts,
+// and no comment, is shown; text that cannot be lexed is not shown at all.
+func TestSlowQueryTextIsNormalised(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.SlowQueryThreshold = time.Nanosecond
 	h := newManager(t, cfg)
-	ctx := ctxTimeout(t, 10*time.Second)
-	_, _ = h.m.Pool().Exec(ctx, "DROP ROLE IF EXISTS masked; CREATE ROLE masked PASSWORD 'role-secret-77'")
-	if strings.Contains(h.log.String(), "role-secret-77") {
-		t.Fatalf("slow query log shows the password:\n%s", h.log.String())
+	ctx := ctxTimeout(t, 30*time.Second)
+	stmts := []struct{ sql, secret string }{
+		{"DROP ROLE IF EXISTS masked; CREATE ROLE masked PASSWORD 'quoted-secret-1'", "quoted-secret-1"},
+		{"ALTER ROLE masked PASSWORD $$dollar-secret-2$$", "dollar-secret-2"},
+		{"ALTER ROLE masked PASSWORD $pw$tagged-secret-3$pw$", "tagged-secret-3"},
+		{`ALTER ROLE masked PASSWORD E'escaped\'secret-4'`, "secret-4"},
+		{"ALTER ROLE masked PASSWORD U&'unicode-secret-5'", "unicode-secret-5"},
+		{"ALTER ROLE masked PASSWORD 'split-' \n 'secret-6'", "secret-6"},
+		{"SELECT 1 /* comment-secret-7 /* nested */ */", "comment-secret-7"},
+		{"SELECT 1 -- line-comment-secret-8\n", "line-comment-secret-8"},
+		{"SELECT 'host=db password=conninfo-secret-9'", "conninfo-secret-9"},
+		{"SELECT 'postgres://u:url-secret-10@db/x'", "url-secret-10"},
+		{"SELECT 9876543210123", "9876543210123"},
+		{"SELECT 'unterminated-secret-11", "unterminated-secret-11"},
+		{`SELECT 'backslash\' , 'secret-12'`, "secret-12"},
+		{"SELECT 1 /* unterminated-comment-secret-13", "unterminated-comment-secret-13"},
 	}
-	for _, q := range h.m.SlowQueries() {
-		if strings.Contains(q.SQL, "role-secret-77") {
-			t.Fatalf("slow query list shows the password: %q", q.SQL)
+	for _, st := range stmts {
+		_, _ = h.m.Pool().Exec(ctx, st.sql)
+	}
+	_, _ = h.m.Pool().Exec(ctx, "DROP ROLE IF EXISTS masked")
+	logs := h.log.String()
+	list := h.m.SlowQueries()
+	for _, st := range stmts {
+		if strings.Contains(logs, st.secret) {
+			t.Errorf("the log shows %q:\n%s", st.secret, logs)
+		}
+		for _, q := range list {
+			if strings.Contains(q.SQL, st.secret) {
+				t.Errorf("the slow query list shows %q: %q", st.secret, q.SQL)
+			}
 		}
 	}
-	if !strings.Contains(h.log.String(), "PASSWORD 'xxxxx'") {
-		t.Fatalf("no masked statement logged:\n%s", h.log.String())
+	for _, want := range []string{"ALTER ROLE masked PASSWORD $1", "SELECT $1",
+		"(not shown: SELECT statement of 30 bytes that cannot be normalised)"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("no %q in the log:\n%s", want, logs)
+		}
 	}
 }
 
@@ -594,7 +626,7 @@ func TestSlowQueryLogMasksPasswords(t *testing.T) {
 func TestSaturatedPoolIsDegradedNotUnhealthy(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.MaxConns, cfg.MinConns = 1, 1
-	cfg.HealthCheckInterval = 100 * time.Millisecond
+	cfg.HealthCheckInterval = time.Second
 	cfg.HealthCheckTimeout = 200 * time.Millisecond
 	h := newManager(t, cfg)
 	h.waitHealthy(t)
@@ -618,7 +650,7 @@ func TestSaturatedPoolIsDegradedNotUnhealthy(t *testing.T) {
 		t.Fatalf("saturated pool reports %s", h.m.Health().Status)
 	}
 	// Several health intervals pass with the pool full: never unhealthy, no failures counted.
-	deadline := time.Now().Add(time.Second)
+	deadline := time.Now().Add(2500 * time.Millisecond)
 	for time.Now().Before(deadline) {
 		if st := h.m.Health().Status; st == StatusUnhealthy {
 			t.Fatalf("saturated pool turned unhealthy: %+v", h.m.Health())
@@ -632,4 +664,109 @@ func TestSaturatedPoolIsDegradedNotUnhealthy(t *testing.T) {
 	if got := h.metricValue(t, "pgsidecar_health_check_failures_total", nil); got != 0 {
 		t.Fatalf("health check failures while saturated: %v", got)
 	}
+}
+
+// A client can raise any five-character SQLSTATE; codes PostgreSQL does not define are folded
+// into their class or "other", so pgsidecar_query_errors_total (and the errors-by-SQLSTATE map
+// of the API, read from it) stays bounded however many made-up codes it sees.
+func TestMadeUpSQLStatesKeepTheErrorSeriesBounded(t *testing.T) {
+	h := newManager(t, testConfig(t))
+	h.waitHealthy(t)
+	ctx := ctxTimeout(t, 60*time.Second)
+	for i := range 500 {
+		var code string
+		switch i % 3 {
+		case 0:
+			code = fmt.Sprintf("Q%04d", i) // no such class
+		case 1:
+			code = fmt.Sprintf("P0%03d", i+100) // an application's own code, class P0
+		default:
+			code = fmt.Sprintf("XX%03d", i+100) // class XX, code not defined
+		}
+		_, err := h.m.Pool().Exec(ctx, fmt.Sprintf("DO $$BEGIN RAISE EXCEPTION 'made up' USING ERRCODE = '%s'; END$$", code))
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != code {
+			t.Fatalf("raising %s: %v", code, err)
+		}
+	}
+	// A code PostgreSQL defines stays as it is.
+	if _, err := h.m.Pool().Exec(ctx, "SELECT 1/0"); err == nil {
+		t.Fatal("no division by zero")
+	}
+	families, err := h.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		if f.GetName() != "pgsidecar_query_errors_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "sqlstate" {
+					got[l.GetValue()] += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	want := map[string]float64{"other": 167, "P0xxx": 167, "XXxxx": 166, "22012": 1}
+	if !maps.Equal(got, want) {
+		t.Fatalf("query error series by sqlstate = %v, want %v", got, want)
+	}
+	if by := h.m.Stats().Queries.BySQLState; len(by) != len(want) {
+		t.Fatalf("errors by SQLSTATE = %v", by)
+	}
+}
+
+// A client that terminates its own backends again and again does not make the pool unhealthy:
+// each error triggers a check, and only a failed check marks the pool down (a readiness probe
+// polling Health would otherwise take the instance out of service for one client's doing).
+func TestTerminatingOwnBackendsDoesNotFlapHealth(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.HealthCheckInterval = time.Hour // only the triggered checks run
+	h := newManager(t, cfg)
+	h.waitHealthy(t)
+	ctx := ctxTimeout(t, 60*time.Second)
+	stop := make(chan struct{})
+	var kills atomic.Int64
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := h.m.Pool().Exec(ctx, "SELECT pg_terminate_backend(pg_backend_pid())"); err != nil {
+					kills.Add(1)
+				}
+			}
+		})
+	}
+	var polls, down int
+	var bad Health
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		polls++
+		if hl := h.m.Health(); hl.Status == StatusUnhealthy {
+			down++
+			bad = hl
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	if kills.Load() < 20 {
+		t.Fatalf("only %d backends terminated", kills.Load())
+	}
+	if down > 0 {
+		t.Fatalf("unhealthy in %d of %d polls while the server was fine (%d backends terminated): %+v",
+			down, polls, kills.Load(), bad)
+	}
+	if got := h.metricValue(t, "pgsidecar_health_check_up", nil); got != 1 {
+		t.Fatalf("pgsidecar_health_check_up = %v", got)
+	}
+	t.Logf("%d polls, %d backends terminated, %d health checks logged", polls, kills.Load(), h.log.Count("Database health check"))
 }

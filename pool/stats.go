@@ -5,7 +5,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/pgsidecar/pgsidecar/internal/redact"
+	"github.com/pgsidecar/pgsidecar/internal/sqlnorm"
+	"github.com/pgsidecar/pgsidecar/internal/sqlstate"
 )
 
 // RecordQuery counts one query in the pool's metrics and logs it when slow. The tracer calls it
@@ -14,16 +15,28 @@ func (m *Manager) RecordQuery(op Operation, sql string, d time.Duration, err err
 	x := m.metrics
 	x.queryObservers[op].Observe(d.Seconds())
 	if err != nil {
-		x.queryErrors.WithLabelValues(op.String(), SQLState(err)).Inc()
+		x.queryErrors.WithLabelValues(op.String(), sqlStateLabel(err)).Inc()
 		m.noteError(err)
 	}
 	if d >= m.cfg.SlowQueryThreshold {
 		x.slowQueries.Inc()
-		text := truncateSQL(redact.SQLPasswords(m.scrub.Scrub(sql)), 500)
+		text := truncateSQL(m.scrub.Scrub(shownSQL(op, sql)), 500)
 		m.mu.Lock()
 		m.slow.add(SlowQuery{Time: time.Now(), Duration: d, Operation: op.String(), SQL: text})
 		m.mu.Unlock()
 		m.log.Warn("Slow query detected", "duration", d, "operation", op.String(), "sql", text)
+	}
+}
+
+// sqlStateLabel is the sqlstate label of pgsidecar_query_errors_total for err: SQLState's value,
+// with a server code PostgreSQL does not define (a client can raise any five characters) folded
+// into its class or "other", so that clients cannot add series without end.
+func sqlStateLabel(err error) string {
+	switch s := SQLState(err); s {
+	case "timeout", "canceled", "client":
+		return s
+	default:
+		return sqlstate.Label(s)
 	}
 }
 
@@ -85,7 +98,7 @@ type SlowQuery struct {
 	Time      time.Time
 	Duration  time.Duration
 	Operation string
-	SQL       string // whitespace collapsed and truncated; never argument values
+	SQL       string // normalised (constants as $n, no comments) and truncated; never argument values
 }
 
 // SlowQueries returns the most recent slow queries, newest first.
@@ -115,6 +128,18 @@ func (r *slowRing) list() []SlowQuery {
 		out = append(out, r.buf[(r.next-i+slowRingSize)%slowRingSize])
 	}
 	return out
+}
+
+// shownSQL is the text of sql that may leave the process (logs, the slow query list, the API):
+// normalised, every constant a placeholder and every comment gone, so that no password or other
+// value in it is shown whatever its spelling. Text the normaliser cannot lex is not shown at all,
+// only its operation and length.
+func shownSQL(op Operation, sql string) string {
+	text, err := sqlnorm.Normalize(sql)
+	if err != nil {
+		return fmt.Sprintf("(not shown: %s statement of %d bytes that cannot be normalised)", strings.ToUpper(op.String()), len(sql))
+	}
+	return text
 }
 
 // truncateSQL collapses whitespace and cuts the text at limit bytes (on a rune boundary).

@@ -17,8 +17,21 @@ type tracer struct {
 	metrics     *metrics
 	recordQuery func(op Operation, sql string, d time.Duration, err error) // Manager.RecordQuery
 	noteError   func(err error)                                            // a connection may be lost
+	checkNow    func()                                                     // ask the health loop to check now
 	pending     atomic.Int64
+	// held counts connections handed to callers and not yet released. pgxpool's own count of
+	// acquired connections also has those an acquire is still pinging, which on a database
+	// that does not answer (a frozen server) would read as a busy pool.
+	held atomic.Int64
 }
+
+// busy reports whether callers hold every connection p may open: a wait for a connection is a
+// wait for one to come back. When not busy, a wait is for the database (to answer the ping of
+// an idle connection or to open a new one).
+func (t *tracer) busy(p *pgxpool.Pool) bool { return t.held.Load() >= int64(p.Stat().MaxConns()) }
+
+// TraceRelease implements pgxpool.ReleaseTracer.
+func (t *tracer) TraceRelease(*pgxpool.Pool, pgxpool.TraceReleaseData) { t.held.Add(-1) }
 
 type queryTrace struct {
 	context.Context
@@ -38,6 +51,7 @@ var (
 	_ pgx.CopyFromTracer    = (*tracer)(nil)
 	_ pgx.ConnectTracer     = (*tracer)(nil)
 	_ pgxpool.AcquireTracer = (*tracer)(nil)
+	_ pgxpool.ReleaseTracer = (*tracer)(nil)
 )
 
 // TraceQueryStart implements pgx.QueryTracer.
@@ -106,8 +120,11 @@ func (t *tracer) TraceAcquireStart(ctx context.Context, _ *pgxpool.Pool, _ pgxpo
 }
 
 // TraceAcquireEnd implements pgxpool.AcquireTracer.
-func (t *tracer) TraceAcquireEnd(ctx context.Context, _ *pgxpool.Pool, d pgxpool.TraceAcquireEndData) {
+func (t *tracer) TraceAcquireEnd(ctx context.Context, p *pgxpool.Pool, d pgxpool.TraceAcquireEndData) {
 	t.pending.Add(-1)
+	if d.Err == nil {
+		t.held.Add(1)
+	}
 	a, ok := ctx.(*acquireTrace)
 	if !ok {
 		return
@@ -117,7 +134,14 @@ func (t *tracer) TraceAcquireEnd(ctx context.Context, _ *pgxpool.Pool, d pgxpool
 		return
 	}
 	if errors.Is(d.Err, context.DeadlineExceeded) {
-		t.metrics.acquireTimeout.Inc()
+		// Only a wait for a busy pool is a saturation signal. A wait that ran out while
+		// connections were free for the taking was a wait for the database (down, frozen or
+		// slow to accept): the health check, asked to look now, reports that.
+		if t.busy(p) {
+			t.metrics.acquireTimeout.Inc()
+		} else {
+			t.checkNow()
+		}
 		return
 	}
 	t.noteError(d.Err)

@@ -84,7 +84,7 @@ func TestStalledNetworkThroughProxy(t *testing.T) {
 		pc.DatabaseURL = fmt.Sprintf("postgres://postgres:%s@127.0.0.1:%d/postgres?sslmode=disable", pgtest.SuperuserPassword, fp.Port())
 		pc.MaxConns, pc.MinConns = 4, 1
 		pc.ConnectTimeout = connectTimeout
-		pc.HealthCheckInterval = 200 * time.Millisecond
+		pc.HealthCheckInterval = time.Second
 		pc.HealthCheckTimeout = 500 * time.Millisecond
 		pc.RetryAttempts = 1
 		pc.ApplicationName = "proxy-stall"
@@ -205,7 +205,7 @@ func TestServerConnectionLimitThroughProxy(t *testing.T) {
 		pc.DatabaseURL = cluster.URLFor(role, password, "postgres")
 		pc.MaxConns, pc.MinConns = 4, 0
 		pc.ConnectTimeout = connectTimeout
-		pc.HealthCheckInterval = 200 * time.Millisecond
+		pc.HealthCheckInterval = time.Second
 		pc.HealthCheckTimeout = 500 * time.Millisecond
 	})
 	url := h.url(role, password, "") // the proxy checks clients against DATABASE_URL's user
@@ -307,5 +307,36 @@ func TestSilentConnectionsDoNotLockOutClients(t *testing.T) {
 	}
 	if !strings.Contains(h.log.String(), "--proxy.max-startup-connections reached") {
 		t.Errorf("no log line about the full startup bound:\n%s", h.log.String())
+	}
+}
+
+// A client of a frozen server (SIGSTOP: the pool's connections are idle, nothing answers) gets
+// 08006 saying the database cannot be reached, not 53300 blaming a full pool.
+func TestFrozenServerThroughProxy(t *testing.T) {
+	cluster.RequireControl(t)
+	h := newHarness(t, func(pc *pool.Config, _ *Config) {
+		pc.MaxConns, pc.MinConns = 8, 2
+		pc.ConnectTimeout = time.Second
+		pc.HealthCheckInterval = time.Hour // no check touches the idle connections
+	})
+	h.waitIdle(t)
+	time.Sleep(1100 * time.Millisecond) // idle long enough that pgxpool pings them on acquire
+	thaw, err := cluster.Freeze()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = thaw() }()
+	c, took, err := connectWithin(t, h.superURL(), 20*time.Second)
+	if err == nil {
+		_ = c.Close(context.Background())
+		t.Fatal("a client got a session on a frozen server")
+	}
+	t.Logf("client: %v after %s", err, took)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "08006" || !strings.Contains(pgErr.Message, "cannot connect to the database") {
+		t.Fatalf("client of a frozen server: %v, want 08006 cannot connect to the database", err)
+	}
+	if got := h.metric(t, "pgsidecar_pool_acquire_timeouts_total", nil); got != 0 {
+		t.Fatalf("acquire_timeouts_total = %v on a frozen server", got)
 	}
 }

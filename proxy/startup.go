@@ -397,8 +397,8 @@ func (sess *session) send(m encoder) error {
 
 // acquire borrows a server connection within DB_CONNECTION_TIMEOUT (the pool retries while the
 // database is unreachable). A client that still has none gets 53300 (pool exhausted, or the
-// server refused for too many connections) or 08006 (database unreachable) instead of waiting
-// forever.
+// server refused for too many connections) or 08006 (database unreachable or not answering)
+// instead of waiting forever.
 func (s *Server) acquire() (*pgxpool.Conn, error) {
 	start := time.Now()
 	defer func() { s.m.wait.Observe(time.Since(start).Seconds()) }()
@@ -415,6 +415,11 @@ func (s *Server) acquire() (*pgxpool.Conn, error) {
 			code = c
 		}
 		return nil, reject(code, "cannot connect to the database within DB_CONNECTION_TIMEOUT (%s): %s", ae.Wait, ae.Cause)
+	}
+	if ae != nil && ae.Opening {
+		// Connections were free for the taking, but the database answered neither the ping of an
+		// idle one nor a new connection: a frozen or overloaded server, not a busy pool.
+		return nil, reject("08006", "cannot connect to the database within DB_CONNECTION_TIMEOUT (%s): the database did not answer", ae.Wait)
 	}
 	// The pool is busy, or the proxy is closing.
 	cfg := s.mgr.Config()

@@ -346,3 +346,51 @@ func freePort() (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
+
+// Freeze stops the server with SIGSTOP, the postmaster first (so that it starts no new
+// process) and then every process it started, as a hung host or a paused VM would: connections
+// stay open and new ones are accepted by the kernel, but nothing answers. thaw sends SIGCONT to
+// the same processes; call it before Stop or Close. Linux only (it reads /proc).
+func (c *Cluster) Freeze() (thaw func() error, err error) {
+	if c.External() {
+		return nil, errors.New("pgcluster: cannot freeze an external server")
+	}
+	b, err := os.ReadFile(filepath.Join(c.dir, "data", "postmaster.pid"))
+	if err != nil {
+		return nil, err
+	}
+	pm, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
+	if err != nil {
+		return nil, fmt.Errorf("pgcluster: postmaster.pid: %w", err)
+	}
+	if err := syscall.Kill(pm, syscall.SIGSTOP); err != nil {
+		return nil, err
+	}
+	pids := []int{pm}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces and parentheses, so read after the last ')'.
+		f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(pm) {
+			_ = syscall.Kill(pid, syscall.SIGSTOP)
+			pids = append(pids, pid)
+		}
+	}
+	return func() error {
+		var errs []error
+		for i := len(pids) - 1; i >= 0; i-- {
+			if err := syscall.Kill(pids[i], syscall.SIGCONT); err != nil && !errors.Is(err, syscall.ESRCH) {
+				errs = append(errs, err)
+			}
+		}
+		return errors.Join(errs...)
+	}, nil
+}
