@@ -186,7 +186,7 @@ func (h *Handler) detailedMetrics(w http.ResponseWriter, _ *http.Request) {
 
 // database is the name of the pool's database, from its connection settings.
 func (h *Handler) database() string {
-	return h.mgr.Pool().Config().ConnConfig.Database
+	return h.mgr.Database()
 }
 
 // warmup opens connections: the body's (or query's) "connections", default the pool minimum

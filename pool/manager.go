@@ -125,6 +125,11 @@ func (m *Manager) Config() Config {
 // Name is the pool's name in metrics and logs.
 func (m *Manager) Name() string { return m.cfg.Name }
 
+// Database is the name of the database the pool connects to, as DATABASE_URL (or the
+// environment's PGDATABASE) gives it. Callers that need only that do not have to read it from
+// Pool().Config(), which also holds the password.
+func (m *Manager) Database() string { return m.pool.Config().ConnConfig.Database }
+
 // Close stops the background loops, closes every connection and unregisters the metrics. It
 // waits for connections in use to be released.
 func (m *Manager) Close() {

@@ -770,3 +770,16 @@ func TestTerminatingOwnBackendsDoesNotFlapHealth(t *testing.T) {
 	}
 	t.Logf("%d polls, %d backends terminated, %d health checks logged", polls, kills.Load(), h.log.Count("Database health check"))
 }
+
+// TestConfigAndDatabaseHideThePassword checks the accessors other packages use: the database
+// name without reaching into pgx's config, and the configuration with the password masked.
+func TestConfigAndDatabaseHideThePassword(t *testing.T) {
+	cfg := testConfig(t)
+	h := newManager(t, cfg)
+	if got := h.m.Database(); got != "postgres" {
+		t.Errorf("Database() = %q, want postgres", got)
+	}
+	if got := h.m.Config().DatabaseURL; strings.Contains(got, pgtest.SuperuserPassword) || !strings.Contains(got, "xxxxx") {
+		t.Errorf("Config().DatabaseURL = %q shows the password or no mask", got)
+	}
+}

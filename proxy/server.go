@@ -84,7 +84,7 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 		log:      slog.Default(),
 		m:        newMetrics(mgr.Name()),
 		creds:    map[string]*credential{},
-		database: mgr.Pool().Config().ConnConfig.Database,
+		database: mgr.Database(),
 		tlsMode:  cfg.tlsMode(),
 		clients:  map[net.Conn]*clientState{},
 		starting: list.New(),
