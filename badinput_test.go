@@ -423,14 +423,33 @@ func TestListenFailures(t *testing.T) {
 func TestStartupFilesThatWouldBlock(t *testing.T) {
 	fifo := filepath.Join(t.TempDir(), "fifo")
 	must(t, syscall.Mkfifo(fifo, 0o600))
-	for _, flag := range []string{"--env-file", "--queries.file", "--web.config.file"} {
+	// The proxy's files are read when it starts; a FIFO there hung start-up. The other file of
+	// the TLS pair is a regular one, so the error is about the file under test.
+	regular := filepath.Join(t.TempDir(), "regular.pem")
+	must(t, os.WriteFile(regular, []byte("not PEM"), 0o600))
+	proxyArgs := func(flag, path string) []string {
+		args := []string{"--proxy.listen-address=127.0.0.1:0", flag + "=" + path}
+		switch flag {
+		case "--proxy.tls-cert-file":
+			args = append(args, "--proxy.tls-key-file="+regular)
+		case "--proxy.tls-key-file":
+			args = append(args, "--proxy.tls-cert-file="+regular)
+		}
+		return args
+	}
+	for _, flag := range []string{"--env-file", "--queries.file", "--web.config.file", "--proxy.users-file",
+		"--proxy.tls-cert-file", "--proxy.tls-key-file"} {
 		for _, path := range []string{fifo, "/dev/zero"} {
 			t.Run(flag+" "+filepath.Base(path), func(t *testing.T) {
 				clearPoolEnv(t)
 				t.Setenv("DATABASE_URL", "postgres://app:topsecret1@127.0.0.1:1/pos?sslmode=disable")
 				out, err := os.CreateTemp(t.TempDir(), "out")
 				must(t, err)
-				p := startProcess(t, out, "--web.listen-address=127.0.0.1:0", flag+"="+path)
+				args := []string{"--web.listen-address=127.0.0.1:0", flag + "=" + path}
+				if strings.HasPrefix(flag, "--proxy.") {
+					args = append([]string{"--web.listen-address=127.0.0.1:0"}, proxyArgs(flag, path)...)
+				}
+				p := startProcess(t, out, args...)
 				code := p.exitCode(t, 10*time.Second)
 				b, _ := os.ReadFile(out.Name())
 				if code != 2 || !strings.Contains(string(b), flag+": ") || !strings.Contains(string(b), "not a regular file") {

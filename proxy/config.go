@@ -2,12 +2,12 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -15,6 +15,7 @@ import (
 	"github.com/alecthomas/units"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgauth"
+	"github.com/pgsidecar/pgsidecar/internal/regularfile"
 	"github.com/pgsidecar/pgsidecar/internal/settings"
 )
 
@@ -255,26 +256,46 @@ func (c *Config) loadFiles() error {
 		c.Users = users
 	}
 	if c.TLSCertFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.TLSCertFile, c.TLSKeyFile)
+		cert, err := loadKeyPair(c.TLSCertFile, c.TLSKeyFile)
 		if err != nil {
-			return fmt.Errorf("--proxy.tls-cert-file/--proxy.tls-key-file: %w", err)
+			return err
 		}
 		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	return nil
 }
 
+// maxConfigFileSize bounds the users file and each TLS file: reading one is never meant to take
+// more, and a FIFO or a device given by mistake must fail at once, not hang start-up.
+const maxConfigFileSize = 16 << 20
+
+// loadKeyPair is tls.LoadX509KeyPair on regular files of bounded size; errors name the flag.
+func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
+	cert, err := regularfile.Read(certFile, maxConfigFileSize)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("--proxy.tls-cert-file: %w", err)
+	}
+	key, err := regularfile.Read(keyFile, maxConfigFileSize)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("--proxy.tls-key-file: %w", err)
+	}
+	pair, err := tls.X509KeyPair(cert, key)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("--proxy.tls-cert-file/--proxy.tls-key-file: %w", err)
+	}
+	return pair, nil
+}
+
 // LoadUsers reads a users file in PgBouncer's auth_file format: one `"name" "secret"` per line,
 // where the secret is a plain password, an md5 hash or a SCRAM-SHA-256 verifier. Lines starting
 // with ; or # are comments. Errors give the line number, never a secret.
 func LoadUsers(path string) (map[string]string, error) {
-	f, err := os.Open(path)
+	data, err := regularfile.Read(path, maxConfigFileSize)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
 	users := map[string]string{}
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(bytes.NewReader(data))
 	for n := 1; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || line[0] == ';' || line[0] == '#' {
