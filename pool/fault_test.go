@@ -734,3 +734,68 @@ func TestFrozenServerIsNotAFullPool(t *testing.T) {
 	}
 	c.Release()
 }
+
+// TestRecoveryWhileCallersHoldEveryConnection: after a failed check, callers take every
+// connection as the database comes back and keep them busy. The check then cannot ping, but
+// the statements they run show the database answers: the pool must read healthy again, not
+// stay unhealthy for as long as the callers hold on.
+func TestRecoveryWhileCallersHoldEveryConnection(t *testing.T) {
+	cluster.RequireControl(t)
+	cfg := testConfig(t)
+	cfg.MaxConns, cfg.MinConns = 2, 1
+	cfg.ConnectTimeout = time.Second
+	cfg.HealthCheckInterval = time.Hour // only the rechecks of an unhealthy pool run
+	cfg.HealthCheckTimeout = 500 * time.Millisecond
+	h := newManager(t, cfg)
+	h.waitHealthy(t)
+	time.Sleep(1100 * time.Millisecond) // idle long enough that pgxpool pings them on acquire
+	thaw, err := cluster.Freeze()
+	if err != nil {
+		t.Fatal(err)
+	}
+	thawed := false
+	defer func() {
+		if !thawed {
+			_ = thaw()
+		}
+	}()
+	if _, err := h.m.Acquire(context.Background()); err == nil {
+		t.Fatal("acquired a connection on a frozen server")
+	}
+	if !pgtest.WaitFor(10*time.Second, func() bool { return h.m.Health().Status == StatusUnhealthy }) {
+		t.Fatalf("a frozen server never made the pool unhealthy: %+v", h.m.Health())
+	}
+	// Two callers, one per connection, that take a connection as soon as one opens and keep it
+	// busy until the test ends.
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	for range 2 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				c, err := h.m.Pool().Acquire(ctx)
+				if err != nil {
+					continue
+				}
+				for ctx.Err() == nil {
+					if _, err := c.Exec(ctx, "SELECT pg_sleep(0.01)"); err != nil {
+						break
+					}
+				}
+				c.Release()
+			}
+		})
+	}
+	time.Sleep(200 * time.Millisecond) // the callers' connects are under way
+	if err := thaw(); err != nil {
+		t.Fatal(err)
+	}
+	thawed = true
+	if !pgtest.WaitFor(10*time.Second, func() bool { return h.m.Health().Status != StatusUnhealthy }) {
+		t.Fatalf("the pool stayed unhealthy while its callers' statements succeeded: %+v, held %d",
+			h.m.Health(), h.m.tracer.held.Load())
+	}
+}

@@ -185,16 +185,25 @@ func (m *Manager) check() bool {
 	if m.fullSeen.Swap(false) && err == nil {
 		m.log.Info("Database accepts new connections again")
 	}
-	if errors.Is(err, errSaturated) {
-		// Every connection is busy serving queries: the database answers, the pool is full.
-		// Health() reports that as degraded; it is no reason to drop connections.
-		m.log.Debug("Database health check skipped: every pool connection is in use")
-		return !m.connErrSeen.Load()
-	}
 	m.mu.Lock()
 	wasUp := m.health.Status == StatusHealthy || m.health.Status == StatusDegraded
 	failures := m.health.ConsecutiveFailures
 	m.mu.Unlock()
+	if errors.Is(err, errSaturated) {
+		if wasUp {
+			// Every connection is busy serving queries: the database answers, the pool is
+			// full. Health() reports that as degraded; it is no reason to drop connections.
+			m.log.Debug("Database health check skipped: every pool connection is in use")
+			return !m.connErrSeen.Load()
+		}
+		// The last check failed, and callers now hold every connection, so this one cannot
+		// ping. Statements that succeeded since that failure show the database answers again
+		// (callers took the connections as it came back); without any it is still down.
+		if m.queriesOK.Load() == m.okAtFailure.Load() {
+			return false
+		}
+		err, d = nil, 0
+	}
 
 	m.setHealth(err == nil, d, err)
 	st := m.Health()
@@ -264,6 +273,7 @@ func (m *Manager) setHealth(ok bool, d time.Duration, err error) {
 	h.ConsecutiveFailures++
 	h.TotalFailures++
 	h.Status = StatusUnhealthy
+	m.okAtFailure.Store(m.queriesOK.Load())
 	if err != nil {
 		h.LastError = m.scrub.Scrub(err.Error())
 		h.LastErrorCode = SQLState(err)

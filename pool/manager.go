@@ -43,6 +43,11 @@ type Manager struct {
 	closedConns atomic.Int64
 	connErrSeen atomic.Bool // a query saw a connection error since the last good check
 	fullSeen    atomic.Bool // the last check found the server full (53300) with connections kept
+	// queriesOK counts statements that succeeded; okAtFailure is its value at the last failed
+	// check. A check that cannot ping because callers hold every connection reads recovery
+	// from the difference.
+	queriesOK   atomic.Uint64
+	okAtFailure atomic.Uint64
 	trigger     chan struct{}
 	ctx         context.Context // canceled by Close
 	cancel      context.CancelFunc
@@ -109,9 +114,9 @@ func New(cfg Config, opts ...Option) (*Manager, error) {
 }
 
 // Pool returns the underlying pgxpool for queries. Queries through it are measured. Acquire
-// connections with its Acquire (or the helpers that use it), not AcquireAllIdle, which pgxpool
-// does not trace: the pool counts the connections callers hold to tell a busy pool from a
-// database that does not answer.
+// connections with its Acquire (or the helpers that use it), not AcquireAllIdle, and give them
+// back with Release, not Hijack: pgxpool traces neither, and the pool counts the connections
+// callers hold to tell a busy pool from a database that does not answer.
 func (m *Manager) Pool() *pgxpool.Pool { return m.pool }
 
 // Config returns the configuration the manager was built with, its DatabaseURL with the

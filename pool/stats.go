@@ -17,6 +17,8 @@ func (m *Manager) RecordQuery(op Operation, sql string, d time.Duration, err err
 	if err != nil {
 		x.queryErrors.WithLabelValues(op.String(), sqlStateLabel(err)).Inc()
 		m.noteError(err)
+	} else {
+		m.queriesOK.Add(1)
 	}
 	if d >= m.cfg.SlowQueryThreshold {
 		x.slowQueries.Inc()
