@@ -209,7 +209,7 @@ func describeMetrics(t *testing.T, reg *registry) []metricDoc {
 
 // builtinCatalogMetric tells the collectors' own pg_* families from custom queries.yaml ones.
 func builtinCatalogMetric(name string) bool {
-	for _, p := range []string{"pg_up", "pg_static", "pg_scrape_", "pg_stat_activity_", "pg_server_", "pg_stat_database_",
+	for _, p := range []string{"pg_up", "pg_static", "pg_scrape_", "pg_stat_activity_", "pg_server_", "pg_stat_database_", "pg_stat_bgwriter_", "pg_stat_archiver_",
 		"pg_database_", "pg_settings_", "pg_stat_statements_", "pgsidecar_"} {
 		if strings.HasPrefix(name, p) {
 			return true

@@ -27,7 +27,9 @@ import (
 var cluster *pgtest.Cluster
 
 func TestMain(m *testing.M) {
-	os.Exit(pgtest.Main(m, &cluster, pgtest.Options{CheckLeaks: true}))
+	os.Exit(pgtest.Main(m, &cluster, pgtest.Options{CheckLeaks: true,
+		// Archiving to nowhere, so the archiver collector has segments to count.
+		Settings: []string{"archive_mode = on", "archive_command = 'true'"}}))
 }
 
 // env is a pool manager, an exporter on it and the /metrics handler, as the binary wires them.
