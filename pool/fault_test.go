@@ -655,17 +655,7 @@ func TestFrozenServerIsNotAFullPool(t *testing.T) {
 	cfg.HealthCheckTimeout = 500 * time.Millisecond
 	h := newManager(t, cfg)
 	h.waitHealthy(t)
-	time.Sleep(1100 * time.Millisecond) // idle long enough that pgxpool pings them on acquire
-	thaw, err := cluster.Freeze()
-	if err != nil {
-		t.Fatal(err)
-	}
-	thawed := false
-	defer func() {
-		if !thawed {
-			_ = thaw()
-		}
-	}()
+	thaw := freezeIdle(t)
 	frozen := time.Now()
 	// More acquirers than connections: their pings and connects in progress must not make the
 	// pool look busy either.
@@ -721,7 +711,6 @@ func TestFrozenServerIsNotAFullPool(t *testing.T) {
 		t.Fatalf("still %+v with the server frozen", h.m.Health())
 	}
 	t.Logf("unhealthy %s after the freeze: %+v", time.Since(frozen), h.m.Health())
-	thawed = true
 	if err := thaw(); err != nil {
 		t.Fatal(err)
 	}
@@ -748,17 +737,7 @@ func TestRecoveryWhileCallersHoldEveryConnection(t *testing.T) {
 	cfg.HealthCheckTimeout = 500 * time.Millisecond
 	h := newManager(t, cfg)
 	h.waitHealthy(t)
-	time.Sleep(1100 * time.Millisecond) // idle long enough that pgxpool pings them on acquire
-	thaw, err := cluster.Freeze()
-	if err != nil {
-		t.Fatal(err)
-	}
-	thawed := false
-	defer func() {
-		if !thawed {
-			_ = thaw()
-		}
-	}()
+	thaw := freezeIdle(t)
 	if _, err := h.m.Acquire(context.Background()); err == nil {
 		t.Fatal("acquired a connection on a frozen server")
 	}
@@ -793,9 +772,28 @@ func TestRecoveryWhileCallersHoldEveryConnection(t *testing.T) {
 	if err := thaw(); err != nil {
 		t.Fatal(err)
 	}
-	thawed = true
 	if !pgtest.WaitFor(10*time.Second, func() bool { return h.m.Health().Status != StatusUnhealthy }) {
 		t.Fatalf("the pool stayed unhealthy while its callers' statements succeeded: %+v, held %d",
 			h.m.Health(), h.m.tracer.held.Load())
 	}
+}
+
+// freezeIdle freezes the server (SIGSTOP) once the pool's connections have been idle long
+// enough that pgxpool pings them on acquire. It returns the thaw, which the test may call
+// earlier; it runs at the end of the test otherwise.
+func freezeIdle(t *testing.T) func() error {
+	t.Helper()
+	time.Sleep(1100 * time.Millisecond)
+	thaw, err := cluster.Freeze()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	var thawErr error
+	do := func() error {
+		once.Do(func() { thawErr = thaw() })
+		return thawErr
+	}
+	t.Cleanup(func() { _ = do() })
+	return do
 }

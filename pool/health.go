@@ -199,7 +199,7 @@ func (m *Manager) check() bool {
 		// The last check failed, and callers now hold every connection, so this one cannot
 		// ping. Statements that succeeded since that failure show the database answers again
 		// (callers took the connections as it came back); without any it is still down.
-		if m.queriesOK.Load() == m.okAtFailure.Load() {
+		if m.succeededQueries() == m.okAtFailure.Load() {
 			return false
 		}
 		err, d = nil, 0
@@ -273,7 +273,7 @@ func (m *Manager) setHealth(ok bool, d time.Duration, err error) {
 	h.ConsecutiveFailures++
 	h.TotalFailures++
 	h.Status = StatusUnhealthy
-	m.okAtFailure.Store(m.queriesOK.Load())
+	m.okAtFailure.Store(m.succeededQueries())
 	if err != nil {
 		h.LastError = m.scrub.Scrub(err.Error())
 		h.LastErrorCode = SQLState(err)

@@ -43,10 +43,8 @@ type Manager struct {
 	closedConns atomic.Int64
 	connErrSeen atomic.Bool // a query saw a connection error since the last good check
 	fullSeen    atomic.Bool // the last check found the server full (53300) with connections kept
-	// queriesOK counts statements that succeeded; okAtFailure is its value at the last failed
-	// check. A check that cannot ping because callers hold every connection reads recovery
-	// from the difference.
-	queriesOK   atomic.Uint64
+	// okAtFailure is succeededQueries at the last failed check. A check that cannot ping
+	// because callers hold every connection reads recovery from the difference.
 	okAtFailure atomic.Uint64
 	trigger     chan struct{}
 	ctx         context.Context // canceled by Close

@@ -17,8 +17,6 @@ func (m *Manager) RecordQuery(op Operation, sql string, d time.Duration, err err
 	if err != nil {
 		x.queryErrors.WithLabelValues(op.String(), sqlStateLabel(err)).Inc()
 		m.noteError(err)
-	} else {
-		m.queriesOK.Add(1)
 	}
 	if d >= m.cfg.SlowQueryThreshold {
 		x.slowQueries.Inc()
@@ -40,6 +38,12 @@ func sqlStateLabel(err error) string {
 	default:
 		return sqlstate.Label(s)
 	}
+}
+
+// succeededQueries is how many measured statements succeeded, from the query metrics.
+func (m *Manager) succeededQueries() uint64 {
+	h, _, _ := m.metrics.read()
+	return h.Count - h.Errors
 }
 
 // Stats is a snapshot of the pool for APIs and logs.

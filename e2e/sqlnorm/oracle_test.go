@@ -3,6 +3,7 @@
 package sqlnorm_test
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -58,7 +59,7 @@ func check(t *testing.T, sql string) {
 	if err != nil {
 		t.Fatalf("%q: PostgreSQL's scanner accepts it, the normaliser does not: %v", sql, err)
 	}
-	if !equal(got, want) {
+	if !slices.Equal(got, want) {
 		t.Fatalf("%q: constant and comment spans\n got %v %s\nwant %v %s", sql, got, show(sql, got), want, show(sql, want))
 	}
 }
@@ -69,18 +70,6 @@ func show(sql string, spans [][2]int) string {
 		parts = append(parts, sql[s[0]:s[1]])
 	}
 	return strings.Join(parts, " | ")
-}
-
-func equal(a, b [][2]int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 var corpus = []string{

@@ -2,6 +2,7 @@ package sqlnorm
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -18,7 +19,7 @@ func Normalize(sql string) (string, error) {
 	}
 	if strings.IndexByte(sql, '\\') >= 0 {
 		other, err := lex(sql, false)
-		if err != nil || !equalTokens(toks, other) {
+		if err != nil || !slices.Equal(toks, other) {
 			return "", fmt.Errorf("%w: a backslash in a string makes its end depend on standard_conforming_strings", ErrLex)
 		}
 	}
@@ -53,16 +54,4 @@ func Normalize(sql string) (string, error) {
 		}
 	}
 	return b.String(), nil
-}
-
-func equalTokens(a, b []Token) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
