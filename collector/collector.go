@@ -46,6 +46,9 @@ type registration struct {
 	enabled bool // default state
 	help    string
 	factory func(Options) Collector
+	// perDatabase collectors read views that only show the connected database; they run in
+	// every database --collector.databases selects.
+	perDatabase bool
 }
 
 var registry = map[string]registration{}
@@ -57,6 +60,15 @@ func register(name string, enabled bool, help string, factory func(Options) Coll
 		panic("collector: " + name + " registered twice")
 	}
 	registry[name] = registration{name: name, enabled: enabled, help: help, factory: factory}
+}
+
+// registerPerDatabase registers a collector that runs once in each selected database. Its
+// series must carry a datname label, so that two databases never give the same series.
+func registerPerDatabase(name string, enabled bool, help string, factory func(Options) Collector) {
+	register(name, enabled, help, factory)
+	r := registry[name]
+	r.perDatabase = true
+	registry[name] = r
 }
 
 // Names lists the registered collectors in sorted order.

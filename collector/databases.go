@@ -1,0 +1,325 @@
+package collector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Per-database collection: pg_stat_user_tables and its siblings only show the database a
+// session is connected to, so the per-database collectors run once in the database of the
+// pool and then, one database after the other, in every other database the role may connect
+// to and --collector.databases selects, over a side connection.
+
+// databaseFilter selects databases by name: comma-separated names or path.Match patterns, a
+// leading "!" excluding. With no include entries every database not excluded is selected.
+type databaseFilter struct {
+	include, exclude []string
+}
+
+// parseDatabaseFilter parses a --collector.databases value.
+func parseDatabaseFilter(spec string) (databaseFilter, error) {
+	var f databaseFilter
+	for _, e := range strings.Split(spec, ",") {
+		e = strings.TrimSpace(e)
+		neg := strings.HasPrefix(e, "!")
+		e = strings.TrimPrefix(e, "!")
+		if e == "" {
+			continue
+		}
+		if _, err := path.Match(e, ""); err != nil {
+			return f, fmt.Errorf("--collector.databases (%q): bad pattern %q: %w", spec, e, err)
+		}
+		if neg {
+			f.exclude = append(f.exclude, e)
+		} else {
+			f.include = append(f.include, e)
+		}
+	}
+	return f, nil
+}
+
+func matchAny(patterns []string, name string) bool {
+	for _, p := range patterns {
+		if ok, _ := path.Match(p, name); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// match reports whether the filter selects the database.
+func (f databaseFilter) match(name string) bool {
+	if len(f.include) > 0 && !matchAny(f.include, name) {
+		return false
+	}
+	return !matchAny(f.exclude, name)
+}
+
+// otherDatabasesQuery lists the databases besides the connected one that the role may connect
+// to; templates are left out, as is a database that does not accept connections.
+const otherDatabasesQuery = `
+SELECT datname FROM pg_database
+WHERE datallowconn AND NOT datistemplate AND datname <> current_database()
+  AND has_database_privilege(datname, 'CONNECT')
+ORDER BY datname`
+
+// sideIdleTimeout is how long the side connection stays open unused. It is short: a server
+// with many databases should not keep a backend per database for the exporter, and DROP
+// DATABASE waits up to 5 seconds for other sessions in the database to leave before failing.
+const sideIdleTimeout = 2 * time.Second
+
+// sidePool holds at most one connection, to one database at a time, made with the collector
+// pool's settings. Taking a connection to another database closes the one held.
+type sidePool struct {
+	from *pgxpool.Pool // whose settings the connections take
+	idle time.Duration
+
+	mu     sync.Mutex
+	conn   *pgx.Conn
+	db     string
+	timer  *time.Timer
+	closed bool
+}
+
+func newSidePool(p *pgxpool.Pool, idle time.Duration) *sidePool {
+	return &sidePool{from: p, idle: idle}
+}
+
+// get returns a connection to db, reusing the idle one when it is to db.
+func (p *sidePool) get(ctx context.Context, db string) (*pgx.Conn, error) {
+	p.mu.Lock()
+	if p.timer != nil {
+		p.timer.Stop()
+		p.timer = nil
+	}
+	held, heldDB := p.conn, p.db
+	p.conn = nil
+	closed := p.closed
+	p.mu.Unlock()
+	if closed {
+		return nil, errors.New("collector closed")
+	}
+	if held != nil {
+		if heldDB == db && !held.IsClosed() {
+			return held, nil
+		}
+		closeConn(held)
+	}
+	pc := p.from.Config()
+	cfg := pc.ConnConfig
+	cfg.Database = db
+	c, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if pc.AfterConnect != nil {
+		if err := pc.AfterConnect(ctx, c); err != nil {
+			closeConn(c)
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// put keeps c idle for reuse until the idle timeout, or closes it when it is broken.
+func (p *sidePool) put(c *pgx.Conn, db string) {
+	p.mu.Lock()
+	if p.closed || c.IsClosed() || p.conn != nil {
+		p.mu.Unlock()
+		closeConn(c)
+		return
+	}
+	p.conn, p.db = c, db
+	p.timer = time.AfterFunc(p.idle, p.closeIdle)
+	p.mu.Unlock()
+}
+
+func (p *sidePool) closeIdle() {
+	p.mu.Lock()
+	c := p.conn
+	p.conn, p.timer = nil, nil
+	p.mu.Unlock()
+	if c != nil {
+		closeConn(c)
+	}
+}
+
+// close closes the idle connection and refuses new ones.
+func (p *sidePool) close() {
+	p.mu.Lock()
+	p.closed = true
+	if p.timer != nil {
+		p.timer.Stop()
+	}
+	c := p.conn
+	p.conn, p.timer = nil, nil
+	p.mu.Unlock()
+	if c != nil {
+		closeConn(c)
+	}
+}
+
+// held reports whether a side connection is open (tests use it).
+func (p *sidePool) held() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.conn != nil
+}
+
+func closeConn(c *pgx.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = c.Close(ctx)
+}
+
+// databaseGone reports whether err says the database does not exist (any more).
+func databaseGone(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "3D000"
+}
+
+// hasPerDatabase reports whether a per-database collector is enabled.
+func (e *Exporter) hasPerDatabase() bool {
+	for _, c := range e.cols {
+		if c.perDatabase {
+			return true
+		}
+	}
+	return false
+}
+
+// otherDatabases lists the databases besides the connected one the per-database collectors
+// visit.
+func (e *Exporter) otherDatabases(ctx context.Context, q Querier) ([]string, error) {
+	var out []string
+	err := queryRows(ctx, q, otherDatabasesQuery, func(r pgx.Rows) error {
+		var name string
+		if err := r.Scan(&name); err != nil {
+			return err
+		}
+		if e.databases.match(name) {
+			out = append(out, name)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// collectDatabases runs the per-database collectors in each other database, one at a time on
+// the side connection, within the collection's deadline, and reports every visited database's
+// outcome. The connected database's per-database results (already in results) are reported
+// too when it is selected. A database dropped since it was listed is skipped silently; one
+// that refuses the connection is reported and logged, without failing the collectors.
+func (e *Exporter) collectDatabases(ctx context.Context, current string, here bool, others []string, version int,
+	s *sink, results []colResult) {
+	if here {
+		ok, dur := 1.0, time.Duration(0)
+		for i, c := range e.cols {
+			if c.perDatabase {
+				dur += results[i].dur
+				if results[i].err != nil {
+					ok = 0
+				}
+			}
+		}
+		s.add(e.dbSuccessDesc, prometheus.GaugeValue, ok, []string{current})
+		s.add(e.dbDurationDesc, prometheus.GaugeValue, dur.Seconds(), []string{current})
+	}
+	for _, db := range others {
+		if e.beforeDatabase != nil {
+			e.beforeDatabase(db)
+		}
+		start := time.Now()
+		ok, gone := e.collectDatabase(ctx, db, version, s, results)
+		if gone {
+			continue
+		}
+		v := 0.0
+		if ok {
+			v = 1
+		}
+		s.add(e.dbSuccessDesc, prometheus.GaugeValue, v, []string{db})
+		s.add(e.dbDurationDesc, prometheus.GaugeValue, time.Since(start).Seconds(), []string{db})
+	}
+}
+
+// collectDatabase runs the per-database collectors in db. gone is true when db no longer
+// exists.
+func (e *Exporter) collectDatabase(ctx context.Context, db string, version int, s *sink, results []colResult) (ok, gone bool) {
+	failAll := func(err error) {
+		for i, c := range e.cols {
+			if c.perDatabase && results[i].err == nil {
+				results[i].err = fmt.Errorf("database %q: %w", db, err)
+			}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		failAll(err) // out of time: the collectors did not finish
+		return false, false
+	}
+	conn, err := e.side.get(ctx, db)
+	if err != nil {
+		if databaseGone(err) {
+			return false, true
+		}
+		if ctx.Err() != nil {
+			failAll(ctx.Err())
+		}
+		e.noteDatabase(db, err)
+		return false, false
+	}
+	e.noteDatabase(db, nil)
+	ok = true
+	for i, c := range e.cols {
+		if !c.perDatabase {
+			continue
+		}
+		start := time.Now()
+		err := e.runOne(ctx, c.c, &Scrape{Conn: conn, Version: version, sink: s})
+		results[i].dur += time.Since(start)
+		if err != nil {
+			ok = false
+			if results[i].err == nil {
+				results[i].err = fmt.Errorf("database %q: %w", db, err)
+			}
+		}
+		if conn.IsClosed() {
+			if ctx.Err() != nil {
+				e.cancelOnServer(conn.PgConn())
+			}
+			break
+		}
+	}
+	e.side.put(conn, db)
+	return ok, false
+}
+
+// noteDatabase logs a database that starts refusing the collector's connection, or accepts it
+// again, once rather than on every scrape.
+func (e *Exporter) noteDatabase(db string, err error) {
+	key := "database " + db
+	e.mu.Lock()
+	_, was := e.failing[key]
+	if err != nil {
+		e.failing[key] = e.errString(err)
+	} else {
+		delete(e.failing, key)
+	}
+	e.mu.Unlock()
+	switch {
+	case err != nil && !was:
+		e.log.Warn("Collector cannot connect to a database", "datname", db, "error", e.errString(err))
+	case err == nil && was:
+		e.log.Info("Collector connects to the database again", "datname", db)
+	}
+}
