@@ -450,7 +450,7 @@ func (e *Exporter) collectOnce(ctx context.Context) *collection {
 	}
 
 	s.add(e.upDesc, prometheus.GaugeValue, 1, nil)
-	s.add(e.staticDesc, prometheus.GaugeValue, 1, []string{full, short})
+	s.add(e.staticDesc, prometheus.UntypedValue, 1, []string{full, short}) // untyped, as postgres_exporter
 	failed := false
 	for i, c := range e.cols {
 		r := results[i]
