@@ -73,47 +73,46 @@ WHERE datallowconn AND NOT datistemplate AND datname <> current_database()
   AND has_database_privilege(datname, 'CONNECT')
 ORDER BY datname`
 
-// sideIdleTimeout is how long the side connection stays open unused. It is short: a server
-// with many databases should not keep a backend per database for the exporter, and DROP
-// DATABASE waits up to 5 seconds for other sessions in the database to leave before failing.
-const sideIdleTimeout = 2 * time.Second
-
-// sidePool holds at most one connection, to one database at a time, made with the collector
-// pool's settings. Taking a connection to another database closes the one held.
+// sidePool holds the connections to other databases: it opens one at a time (the databases
+// are visited one after the other), keeps at most maxIdle of them open between scrapes, one per
+// database, and closes each after idle unused. A new backend costs far more than the
+// statistics queries themselves (start-up, authentication, a cold catalog cache), so keeping
+// connections across scrapes is what makes per-database statistics cheap; the bound and the
+// idle timeout keep a server with many databases from paying a backend per database for it.
 type sidePool struct {
-	from *pgxpool.Pool // whose settings the connections take
-	idle time.Duration
+	from    *pgxpool.Pool // whose settings the connections take
+	maxIdle int
+	idle    time.Duration
 
 	mu     sync.Mutex
-	conn   *pgx.Conn
-	db     string
-	timer  *time.Timer
+	conns  map[string]*idleConn
 	closed bool
 }
 
-func newSidePool(p *pgxpool.Pool, idle time.Duration) *sidePool {
-	return &sidePool{from: p, idle: idle}
+type idleConn struct {
+	conn  *pgx.Conn
+	timer *time.Timer
 }
 
-// get returns a connection to db, reusing the idle one when it is to db.
+func newSidePool(p *pgxpool.Pool, maxIdle int, idle time.Duration) *sidePool {
+	return &sidePool{from: p, maxIdle: maxIdle, idle: idle, conns: map[string]*idleConn{}}
+}
+
+// get returns a connection to db: the idle one when there is one, else a new one.
 func (p *sidePool) get(ctx context.Context, db string) (*pgx.Conn, error) {
 	p.mu.Lock()
-	if p.timer != nil {
-		p.timer.Stop()
-		p.timer = nil
-	}
-	held, heldDB := p.conn, p.db
-	p.conn = nil
-	closed := p.closed
-	p.mu.Unlock()
-	if closed {
+	if p.closed {
+		p.mu.Unlock()
 		return nil, errors.New("collector closed")
 	}
-	if held != nil {
-		if heldDB == db && !held.IsClosed() {
-			return held, nil
+	ic := p.conns[db]
+	delete(p.conns, db)
+	p.mu.Unlock()
+	if ic != nil {
+		ic.timer.Stop()
+		if !ic.conn.IsClosed() {
+			return ic.conn, nil
 		}
-		closeConn(held)
 	}
 	pc := p.from.Config()
 	cfg := pc.ConnConfig
@@ -131,49 +130,52 @@ func (p *sidePool) get(ctx context.Context, db string) (*pgx.Conn, error) {
 	return c, nil
 }
 
-// put keeps c idle for reuse until the idle timeout, or closes it when it is broken.
+// put keeps c for reuse until the idle timeout, or closes it when it is broken or maxIdle
+// connections are kept already (the databases visited first keep theirs: with a fixed order,
+// evicting the oldest would make every scrape reconnect everywhere).
 func (p *sidePool) put(c *pgx.Conn, db string) {
 	p.mu.Lock()
-	if p.closed || c.IsClosed() || p.conn != nil {
+	if p.closed || c.IsClosed() || len(p.conns) >= p.maxIdle || p.idle <= 0 || p.conns[db] != nil {
 		p.mu.Unlock()
 		closeConn(c)
 		return
 	}
-	p.conn, p.db = c, db
-	p.timer = time.AfterFunc(p.idle, p.closeIdle)
+	ic := &idleConn{conn: c}
+	ic.timer = time.AfterFunc(p.idle, func() { p.expire(db, ic) })
+	p.conns[db] = ic
 	p.mu.Unlock()
 }
 
-func (p *sidePool) closeIdle() {
+// expire closes ic when it is still the idle connection to db.
+func (p *sidePool) expire(db string, ic *idleConn) {
 	p.mu.Lock()
-	c := p.conn
-	p.conn, p.timer = nil, nil
-	p.mu.Unlock()
-	if c != nil {
-		closeConn(c)
+	if p.conns[db] != ic {
+		p.mu.Unlock()
+		return
 	}
+	delete(p.conns, db)
+	p.mu.Unlock()
+	closeConn(ic.conn)
 }
 
-// close closes the idle connection and refuses new ones.
+// close closes the idle connections and refuses new ones.
 func (p *sidePool) close() {
 	p.mu.Lock()
 	p.closed = true
-	if p.timer != nil {
-		p.timer.Stop()
-	}
-	c := p.conn
-	p.conn, p.timer = nil, nil
+	conns := p.conns
+	p.conns = map[string]*idleConn{}
 	p.mu.Unlock()
-	if c != nil {
-		closeConn(c)
+	for _, ic := range conns {
+		ic.timer.Stop()
+		closeConn(ic.conn)
 	}
 }
 
-// held reports whether a side connection is open (tests use it).
-func (p *sidePool) held() bool {
+// open reports how many idle connections the pool keeps (tests use it).
+func (p *sidePool) open() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.conn != nil
+	return len(p.conns)
 }
 
 func closeConn(c *pgx.Conn) {

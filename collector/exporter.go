@@ -40,6 +40,10 @@ type Config struct {
 	// Databases selects the databases the per-database collectors read besides the connected
 	// one (see --collector.databases); empty selects all the role may connect to.
 	Databases string
+	// DatabasesMaxIdle caps the connections to other databases kept open between scrapes.
+	DatabasesMaxIdle int
+	// DatabasesIdleTimeout closes a connection to another database unused for that long.
+	DatabasesIdleTimeout time.Duration
 }
 
 // Option changes how New builds an Exporter.
@@ -168,7 +172,7 @@ func newExporter(p *pgxpool.Pool, poolName string, cfg Config, opts ...Option) (
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.databases, _ = parseDatabaseFilter(cfg.Databases) // checked by Validate
-	e.side = newSidePool(p, sideIdleTimeout)
+	e.side = newSidePool(p, cfg.DatabasesMaxIdle, cfg.DatabasesIdleTimeout)
 	factoryOpts := Options{Logger: e.log, StatementsLimit: cfg.StatementsLimit, DatabaseSizeInterval: cfg.DatabaseSizeInterval}
 	for _, name := range Names() {
 		on, set := cfg.Enabled[name]
