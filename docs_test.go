@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"flag"
 	"fmt"
 	"io"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/pgsidecar/pgsidecar/collector"
 )
 
 var update = flag.Bool("update", false, "rewrite docs/reference.md and golden files from the code")
@@ -30,8 +33,19 @@ func TestReferenceDocs(t *testing.T) {
 	if err := cluster.Exec(t.Context(), "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"); err != nil {
 		t.Fatal(err)
 	}
-	addr, _, stop := startSidecar(t, "--database-url="+cluster.URL(""), "--collector.statements",
-		"--proxy.listen-address=127.0.0.1:0", "--proxy.auth-method=trust")
+	// A replication slot and a table with an index, so that the slot and table collectors have
+	// rows.
+	if err := cluster.Exec(t.Context(), "SELECT pg_create_physical_replication_slot('docs_slot', true); CREATE TABLE docs_t (id int PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = cluster.Exec(context.Background(), "SELECT pg_drop_replication_slot('docs_slot'); DROP TABLE docs_t")
+	}()
+	args := []string{"--database-url=" + cluster.URL(""), "--proxy.listen-address=127.0.0.1:0", "--proxy.auth-method=trust"}
+	for _, name := range collector.Names() {
+		args = append(args, "--collector."+name)
+	}
+	addr, _, stop := startSidecar(t, args...)
 	_, _ = get(t, "http://"+addr+"/metrics")
 	got := referenceDoc(t, captured)
 	stop()
@@ -210,7 +224,9 @@ func describeMetrics(t *testing.T, reg *registry) []metricDoc {
 // builtinCatalogMetric tells the collectors' own pg_* families from custom queries.yaml ones.
 func builtinCatalogMetric(name string) bool {
 	for _, p := range []string{"pg_up", "pg_static", "pg_scrape_", "pg_stat_activity_", "pg_server_", "pg_stat_database_", "pg_stat_bgwriter_", "pg_stat_archiver_",
-		"pg_database_", "pg_settings_", "pg_stat_statements_", "pgsidecar_"} {
+		"pg_database_", "pg_settings_", "pg_stat_statements_", "pgsidecar_", "pg_exporter_", "pg_stat_checkpointer_", "pg_replication_",
+		"pg_stat_user_tables_", "pg_statio_user_", "pg_locks_", "pg_wal_", "pg_long_running_transactions", "pg_stat_progress_vacuum_",
+		"pg_postmaster_", "pg_roles_", "pg_stat_wal_receiver_", "pg_buffercache_summary_"} {
 		if strings.HasPrefix(name, p) {
 			return true
 		}

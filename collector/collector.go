@@ -3,7 +3,8 @@
 // --[no-]collector.NAME, plus custom metrics from a queries.yaml file.
 //
 // All queries of a scrape go through one small side pool of the pool manager (one connection by
-// default), under a deadline taken from Prometheus' scrape timeout. Concurrent scrapes share one
+// default), under a deadline taken from Prometheus' scrape timeout; the per-database collectors
+// also visit the other databases, one at a time (databases.go). Concurrent scrapes share one
 // collection, and a failing or slow collector only sets its own
 // pg_scrape_collector_success{collector} to 0: the scrape itself always answers.
 package collector
@@ -46,6 +47,9 @@ type registration struct {
 	enabled bool // default state
 	help    string
 	factory func(Options) Collector
+	// perDatabase collectors read views that only show the connected database; they run in
+	// every database --collector.databases selects.
+	perDatabase bool
 }
 
 var registry = map[string]registration{}
@@ -57,6 +61,15 @@ func register(name string, enabled bool, help string, factory func(Options) Coll
 		panic("collector: " + name + " registered twice")
 	}
 	registry[name] = registration{name: name, enabled: enabled, help: help, factory: factory}
+}
+
+// registerPerDatabase registers a collector that runs once in each selected database. Its
+// series must carry a datname label, so that two databases never give the same series.
+func registerPerDatabase(name string, enabled bool, help string, factory func(Options) Collector) {
+	register(name, enabled, help, factory)
+	r := registry[name]
+	r.perDatabase = true
+	registry[name] = r
 }
 
 // Names lists the registered collectors in sorted order.

@@ -56,6 +56,15 @@ func Settings() []Setting {
 		Setting{Flag: "collector.database.size-interval", Env: envName("collector.database.size-interval"), Default: "1m",
 			Help: "Measure database sizes at most this often (pg_database_size reads every file of every database); 0 measures them on every scrape.",
 			Set:  conf.Duration("--collector.database.size-interval", func(c *Config) *time.Duration { return &c.DatabaseSizeInterval })},
+		Setting{Flag: "collector.databases", Env: envName("collector.databases"), Default: "", PlaceHolder: "LIST",
+			Help: "Databases the per-database collectors (stat_user_tables, statio_user_tables, statio_user_indexes) read besides the pool's own: comma-separated names or glob patterns (app_*), !pattern excludes; empty selects every database the role may connect to.",
+			Set:  conf.String(func(c *Config) *string { return &c.Databases })},
+		Setting{Flag: "collector.databases.max-idle", Env: envName("collector.databases.max-idle"), Default: "20",
+			Help: "Most connections to other databases kept open between scrapes, one per database; the databases beyond are connected to anew on every scrape. 0 closes each after use.",
+			Set:  conf.Int("--collector.databases.max-idle", func(c *Config) *int { return &c.DatabasesMaxIdle })},
+		Setting{Flag: "collector.databases.idle-timeout", Env: envName("collector.databases.idle-timeout"), Default: "1m",
+			Help: "Close a connection to another database unused for this long; keep it above the scrape interval so that scrapes reuse it.",
+			Set:  conf.Duration("--collector.databases.idle-timeout", func(c *Config) *time.Duration { return &c.DatabasesIdleTimeout })},
 		Setting{Flag: "queries.file", Env: envName("queries.file"), Default: defaultQueriesFile(),
 			Help: "YAML file of custom queries (postgres_exporter format, plus timeout and min_version/max_version); empty disables. Default: the first queries.yaml found in the working directory, next to the binary, or in /etc/pgsidecar. Reloaded on SIGHUP and POST /-/reload.",
 			Set:  conf.String(func(c *Config) *string { return &c.QueriesFile })},
@@ -89,6 +98,15 @@ func (c Config) Validate() error {
 	}
 	if c.StatementsLimit < 1 {
 		add("--collector.statements.limit (%d) must be at least 1", c.StatementsLimit)
+	}
+	if c.DatabasesMaxIdle < 0 {
+		add("--collector.databases.max-idle (%d) must not be negative", c.DatabasesMaxIdle)
+	}
+	if c.DatabasesIdleTimeout < 0 {
+		add("--collector.databases.idle-timeout (%s) must not be negative", c.DatabasesIdleTimeout)
+	}
+	if _, err := parseDatabaseFilter(c.Databases); err != nil {
+		errs = append(errs, err)
 	}
 	if c.DatabaseSizeInterval < 0 {
 		add("--collector.database.size-interval (%s) must not be negative", c.DatabaseSizeInterval)

@@ -37,6 +37,13 @@ type Config struct {
 	// DatabaseSizeInterval is how long database sizes are reused before being measured again
 	// (0: every collection).
 	DatabaseSizeInterval time.Duration
+	// Databases selects the databases the per-database collectors read besides the connected
+	// one (see --collector.databases); empty selects all the role may connect to.
+	Databases string
+	// DatabasesMaxIdle caps the connections to other databases kept open between scrapes.
+	DatabasesMaxIdle int
+	// DatabasesIdleTimeout closes a connection to another database unused for that long.
+	DatabasesIdleTimeout time.Duration
 }
 
 // Option changes how New builds an Exporter.
@@ -56,8 +63,9 @@ const waitGrace = 200 * time.Millisecond
 const scrapeTimeoutHeader = "X-Prometheus-Scrape-Timeout-Seconds"
 
 type namedCollector struct {
-	name string
-	c    Collector
+	name        string
+	c           Collector
+	perDatabase bool
 }
 
 // Exporter runs the enabled collectors against the pool manager's database and exports their
@@ -85,11 +93,21 @@ type Exporter struct {
 	upKnown   bool // a collection has connected or failed since start
 
 	collections atomic.Int64
-	waiting     atomic.Int64   // scrapes waiting for a collection (tests use it)
-	wg          sync.WaitGroup // collections and cancel requests in progress
+	// lastDuration is how long the last finished collection took, in seconds.
+	lastDuration float64
+
+	// Per-database collection: the filter, the side connection to other databases, and a hook
+	// tests use to act just before a database is visited.
+	databases      databaseFilter
+	side           *sidePool
+	beforeDatabase func(datname string)
+	waiting        atomic.Int64   // scrapes waiting for a collection (tests use it)
+	wg             sync.WaitGroup // collections and cancel requests in progress
 
 	upDesc, staticDesc, durationDesc, successDesc *prometheus.Desc
 	collectionsDesc, droppedDesc                  *prometheus.Desc
+	dbSuccessDesc, dbDurationDesc                 *prometheus.Desc
+	lastErrorDesc, lastDurationDesc, scrapesDesc  *prometheus.Desc
 	duplicates, invalid                           atomic.Int64
 }
 
@@ -140,11 +158,21 @@ func newExporter(p *pgxpool.Pool, poolName string, cfg Config, opts ...Option) (
 			"Collections run against the database; concurrent scrapes share one."),
 		droppedDesc: desc("pgsidecar_collector_dropped_series_total",
 			"Samples dropped from collections, by reason (duplicate series, invalid label value).", "reason"),
+		dbSuccessDesc: desc("pgsidecar_collector_database_success",
+			"1 if the per-database collectors could read a database in the last collection, 0 if it refused the connection, failed or ran out of time.", "datname"),
+		dbDurationDesc: desc("pgsidecar_collector_database_duration_seconds",
+			"Time the per-database collectors took in a database in the last collection, connecting included.", "datname"),
+		lastErrorDesc: desc("pg_exporter_last_scrape_error",
+			"1 if the last collection could not reach the database or a collector failed in it, else 0."),
+		lastDurationDesc: desc("pg_exporter_last_scrape_duration_seconds", "Duration of the last collection."),
+		scrapesDesc:      desc("pg_exporter_scrapes_total", "Collections run against the database; concurrent scrapes share one."),
 	}
 	for _, o := range opts {
 		o(e)
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
+	e.databases, _ = parseDatabaseFilter(cfg.Databases) // checked by Validate
+	e.side = newSidePool(p, cfg.DatabasesMaxIdle, cfg.DatabasesIdleTimeout)
 	factoryOpts := Options{Logger: e.log, StatementsLimit: cfg.StatementsLimit, DatabaseSizeInterval: cfg.DatabaseSizeInterval}
 	for _, name := range Names() {
 		on, set := cfg.Enabled[name]
@@ -152,7 +180,8 @@ func newExporter(p *pgxpool.Pool, poolName string, cfg Config, opts ...Option) (
 			on = registry[name].enabled
 		}
 		if on {
-			e.cols = append(e.cols, namedCollector{name: name, c: registry[name].factory(factoryOpts)})
+			e.cols = append(e.cols, namedCollector{name: name, c: registry[name].factory(factoryOpts),
+				perDatabase: registry[name].perDatabase})
 		}
 	}
 	if cfg.QueriesFile != "" {
@@ -171,6 +200,7 @@ func newExporter(p *pgxpool.Pool, poolName string, cfg Config, opts ...Option) (
 func (e *Exporter) Close() {
 	e.cancel()
 	e.wg.Wait()
+	e.side.close()
 }
 
 // Enabled lists the collectors that run, in the order they run.
@@ -257,6 +287,16 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 		ch <- m
 	}
 	ch <- prometheus.MustNewConstMetric(e.collectionsDesc, prometheus.CounterValue, float64(e.collections.Load()))
+	ch <- prometheus.MustNewConstMetric(e.scrapesDesc, prometheus.CounterValue, float64(e.collections.Load()))
+	e.mu.Lock()
+	lastDur := e.lastDuration
+	e.mu.Unlock()
+	lastErr := 0.0
+	if res.failed {
+		lastErr = 1
+	}
+	ch <- prometheus.MustNewConstMetric(e.lastErrorDesc, prometheus.GaugeValue, lastErr)
+	ch <- prometheus.MustNewConstMetric(e.lastDurationDesc, prometheus.GaugeValue, lastDur)
 	ch <- prometheus.MustNewConstMetric(e.droppedDesc, prometheus.CounterValue, float64(e.duplicates.Load()), "duplicate")
 	ch <- prometheus.MustNewConstMetric(e.droppedDesc, prometheus.CounterValue, float64(e.invalid.Load()), "invalid")
 	if e.custom != nil {
@@ -267,6 +307,9 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 // collection is the result of one collection, shared by the scrapes that joined it.
 type collection struct {
 	metrics []prometheus.Metric
+	// failed is set when the database was unreachable, a collector failed, or the scrape's
+	// deadline passed before the collection finished.
+	failed bool
 }
 
 func (e *Exporter) collectShared(deadline time.Time) *collection {
@@ -319,7 +362,7 @@ func (e *Exporter) nothingRan(up float64) *collection {
 		s.add(e.durationDesc, prometheus.GaugeValue, 0, []string{c.name})
 		s.add(e.successDesc, prometheus.GaugeValue, 0, []string{c.name})
 	}
-	return &collection{metrics: s.metrics}
+	return &collection{metrics: s.metrics, failed: true}
 }
 
 // noteUp logs transitions between reachable and unreachable once, not on every scrape.
@@ -349,23 +392,42 @@ type colResult struct {
 	err error
 }
 
-// collect runs every enabled collector once under ctx.
+// collect runs every enabled collector once under ctx, and notes its duration for
+// pg_exporter_last_scrape_duration_seconds.
 func (e *Exporter) collect(ctx context.Context) *collection {
+	start := time.Now()
 	e.collections.Add(1)
+	c := e.collectOnce(ctx)
+	e.mu.Lock()
+	e.lastDuration = time.Since(start).Seconds()
+	e.mu.Unlock()
+	return c
+}
+
+// collectOnce runs the collectors.
+func (e *Exporter) collectOnce(ctx context.Context) *collection {
 	conn, err := e.pool.Acquire(ctx)
 	if err != nil {
 		return e.failed(err)
 	}
 	var version int
-	var full, short, configKey string
+	var full, short, configKey, current string
 	err = conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int, version(), "+
-		"pg_conf_load_time()::text || ' ' || pg_backend_pid()").Scan(&version, &full, &configKey)
+		"pg_conf_load_time()::text || ' ' || pg_backend_pid(), current_database()").Scan(&version, &full, &configKey, &current)
 	if err != nil {
 		conn.Release()
 		return e.failed(err)
 	}
 	short = semver(version)
 	e.noteUp(true, nil)
+	var others []string
+	if e.hasPerDatabase() {
+		if others, err = e.otherDatabases(ctx, conn); err != nil {
+			conn.Release()
+			return e.failed(err)
+		}
+	}
+	here := e.databases.match(current)
 
 	s := newSink()
 	results := make([]colResult, len(e.cols))
@@ -381,31 +443,35 @@ func (e *Exporter) collect(ctx context.Context) *collection {
 		if w == 0 {
 			first = conn
 		}
-		wg.Go(func() { e.worker(ctx, first, version, configKey, s, queue, results) })
+		wg.Go(func() { e.worker(ctx, first, version, configKey, here, s, queue, results) })
 	}
 	if workers == 0 {
 		conn.Release()
 	}
 	wg.Wait()
+	if e.hasPerDatabase() {
+		e.collectDatabases(ctx, current, here, others, version, s, results)
+	}
 
 	s.add(e.upDesc, prometheus.GaugeValue, 1, nil)
-	s.add(e.staticDesc, prometheus.GaugeValue, 1, []string{full, short})
+	s.add(e.staticDesc, prometheus.UntypedValue, 1, []string{full, short}) // untyped, as postgres_exporter
+	failed := false
 	for i, c := range e.cols {
 		r := results[i]
-		ok := 1.0
+		success := 1.0
 		if r.err != nil {
-			ok = 0
+			success, failed = 0, true
 		}
 		e.noteCollector(c.name, r)
 		s.add(e.durationDesc, prometheus.GaugeValue, r.dur.Seconds(), []string{c.name})
-		s.add(e.successDesc, prometheus.GaugeValue, ok, []string{c.name})
+		s.add(e.successDesc, prometheus.GaugeValue, success, []string{c.name})
 	}
 	e.duplicates.Add(int64(s.duplicates))
 	e.invalid.Add(int64(s.invalid))
 	if s.invalid > 0 {
 		e.log.Warn("Collection dropped invalid samples", "count", s.invalid, "error", e.errString(s.lastErr))
 	}
-	return &collection{metrics: s.metrics}
+	return &collection{metrics: s.metrics, failed: failed}
 }
 
 // noteCollector logs a collector that starts failing, fails differently or works again, rather
@@ -430,14 +496,17 @@ func (e *Exporter) noteCollector(name string, r colResult) {
 }
 
 // worker runs collectors from queue on one connection, acquiring it first if conn is nil.
-func (e *Exporter) worker(ctx context.Context, conn *pgxpool.Conn, version int, configKey string, s *sink, queue <-chan int,
-	results []colResult) {
+func (e *Exporter) worker(ctx context.Context, conn *pgxpool.Conn, version int, configKey string, here bool, s *sink,
+	queue <-chan int, results []colResult) {
 	defer func() {
 		if conn != nil {
 			conn.Release()
 		}
 	}()
 	for i := range queue {
+		if e.cols[i].perDatabase && !here {
+			continue // --collector.databases leaves the connected database out
+		}
 		start := time.Now()
 		if conn == nil {
 			c, err := e.pool.Acquire(ctx)

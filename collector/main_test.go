@@ -45,7 +45,13 @@ type env struct {
 // exporter's config changed by tweak (may be nil).
 func newEnv(t testing.TB, db string, tweak func(*Config)) *env {
 	t.Helper()
-	pc := testutil.FastPool(t, pool.FromEnv, cluster.URL(db), "test")
+	return newEnvURL(t, cluster.URL(db), tweak)
+}
+
+// newEnvURL is newEnv with the pool connecting to url.
+func newEnvURL(t testing.TB, url string, tweak func(*Config)) *env {
+	t.Helper()
+	pc := testutil.FastPool(t, pool.FromEnv, url, "test")
 	pc.MinConns = 1
 	e := &env{reg: prometheus.NewRegistry(), log: &testutil.LogBuffer{}}
 	logger := slog.New(slog.NewTextHandler(e.log, &slog.HandlerOptions{Level: slog.LevelDebug}))

@@ -7,8 +7,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/pgsidecar/pgsidecar/internal/pgtest"
 )
 
 // TestBadQueriesFiles checks the exact error for each invalid file in testdata/queries.
@@ -49,8 +47,8 @@ func TestShippedQueriesFileIsValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(qs) < 5 {
-		t.Errorf("shipped queries: %d, want at least 5", len(qs))
+	if len(qs) < 2 {
+		t.Errorf("shipped queries: %d, want at least 2", len(qs))
 	}
 	for _, q := range qs {
 		if q.timeout <= 0 {
@@ -83,80 +81,26 @@ func TestParseServerVersion(t *testing.T) {
 // TestShippedQueriesRun runs the shipped queries.yaml against the test server.
 func TestShippedQueriesRun(t *testing.T) {
 	createDB(t, "shipped_t")
-	ctx := ctxTimeout(t, 30*time.Second)
-	c := openSession(t, "shipped_t", "shipped-test")
-	for _, sql := range []string{
-		"CREATE TABLE churn (id int PRIMARY KEY, v text)",
-		"ALTER TABLE churn SET (autovacuum_enabled = off)",
-		"INSERT INTO churn SELECT g, 'x' FROM generate_series(1, 1000) g",
-		"DELETE FROM churn WHERE id <= 400",
-		"ANALYZE churn",
-	} {
-		if _, err := c.Exec(ctx, sql); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// PostgreSQL 15+ flushes a session's statistics at once when asked; older ones within 10 s.
-	_, _ = c.Exec(ctx, "SELECT pg_stat_force_next_flush()")
-	_, _ = c.Exec(ctx, "SELECT 1")
-	// The bloat query is cached for a minute: wait until the server's statistics show the
-	// deleted rows before the first scrape.
-	other := openSession(t, "shipped_t", "stats-poll")
-	if !pgtest.WaitFor(20*time.Second, func() bool {
-		var dead int64
-		err := other.QueryRow(ctx, "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'churn'").Scan(&dead)
-		return err == nil && dead == 400
-	}) {
-		t.Fatal("the statistics never showed 400 dead rows")
-	}
-	e := newEnv(t, "shipped_t", func(c *Config) { c.QueriesFile = filepath.Join("..", DefaultQueriesFile) })
-	var s scrape
-	if !waitScrape(t, e, func(s scrape) bool {
-		return len(s.values("pg_table_bloat_dead_tuples", map[string]string{"relname": "churn"})) == 1
-	}, &s) {
-		t.Fatalf("no bloat figures for the churn table:\n%s", s.body)
-	}
+	e := newEnv(t, "shipped_t", func(c *Config) {
+		only()(c)
+		c.QueriesFile = filepath.Join("..", DefaultQueriesFile)
+	})
+	s := e.scrape(t, 0, 20*time.Second)
 	if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": "queries"}); got != 1 {
 		t.Errorf("queries success = %v; log:\n%s", got, e.log.String())
-	}
-	churn := map[string]string{"relname": "churn", "schemaname": "public"}
-	if got := s.value(t, "pg_table_bloat_dead_tuples", churn); got != 400 {
-		t.Errorf("dead tuples = %v, want 400", got)
-	}
-	live := s.value(t, "pg_table_bloat_live_tuples", churn)
-	ratio := s.value(t, "pg_table_bloat_dead_ratio", churn)
-	if want := 400 / (live + 400); ratio != want || ratio <= 0 {
-		t.Errorf("dead ratio = %v, want %v (live rows %v)", ratio, want, live)
-	}
-	size := s.value(t, "pg_table_bloat_size_bytes", churn)
-	if got, want := s.value(t, "pg_table_bloat_estimated_bloat_bytes", churn), size*ratio; got < want*0.999 || got > want*1.001 || got <= 0 {
-		t.Errorf("estimated bloat = %v, want size %v × ratio %v", got, size, ratio)
-	}
-	if len(s.values("pg_table_bloat_last_vacuum_timestamp_seconds", churn)) != 0 {
-		t.Error("a never vacuumed table has a last vacuum time")
-	}
-	if got := s.value(t, "pg_replication_is_replica", nil); got != 0 {
-		t.Errorf("is_replica = %v on a primary", got)
-	}
-	if len(s.values("pg_replication_lag_seconds", nil)) != 0 {
-		t.Error("a primary exports replication lag")
-	}
-	if got := s.value(t, "pg_locks_count", map[string]string{"datname": "shipped_t", "mode": "accesssharelock"}); got < 1 {
-		t.Errorf("access share locks in shipped_t = %v, want at least the collector's own", got)
-	}
-	if len(s.values("pg_locks_count", map[string]string{"datname": "template1"})) != 8 {
-		t.Error("pg_locks_count lacks the eight modes for an idle database")
-	}
-	if len(s.values("pg_database_wraparound_age_xids", map[string]string{"datname": "shipped_t"})) != 1 {
-		t.Error("no wraparound age")
 	}
 	if got := s.value(t, "pg_stat_wal_bytes_total", nil); got <= 0 {
 		t.Errorf("WAL bytes = %v", got)
 	}
-	for _, name := range []string{"pg_long_running", "pg_locks", "pg_replication", "pg_stat_replication", "pg_table_bloat",
-		"pg_database_wraparound", "pg_stat_wal"} {
+	for _, name := range []string{"pg_stat_replication", "pg_stat_wal"} {
 		if got := s.value(t, "pgsidecar_custom_query_errors_total", map[string]string{"query": name}); got != 0 {
 			t.Errorf("errors{%s} = %v", name, got)
+		}
+	}
+	// The queries that built-in collectors replaced are gone.
+	for _, name := range []string{"pg_long_running", "pg_locks", "pg_replication", "pg_table_bloat", "pg_database_wraparound"} {
+		if vs := s.values("pgsidecar_custom_query_errors_total", map[string]string{"query": name}); len(vs) != 0 {
+			t.Errorf("query %s still shipped", name)
 		}
 	}
 }

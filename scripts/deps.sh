@@ -63,6 +63,7 @@ declare -A need=(
 	[prometheus-alertmanager]=prometheus-alertmanager
 	[psql]=postgresql-client
 	[pgbench]=postgresql-client
+	[prometheus-postgres-exporter]=prometheus-postgres-exporter
 )
 if [ "${PGSIDECAR_DEPS_EXTRA:-}" != "" ]; then
 	for pair in $PGSIDECAR_DEPS_EXTRA; do need[${pair%%=*}]=${pair#*=}; done

@@ -1,0 +1,249 @@
+package collector
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestDatabaseFilter(t *testing.T) {
+	for _, c := range []struct {
+		spec     string
+		selected []string
+		left     []string
+	}{
+		{"", []string{"app", "postgres", "x"}, nil},
+		{"app", []string{"app"}, []string{"app2", "postgres"}},
+		{"app_*, shop", []string{"app_1", "app_x", "shop"}, []string{"app", "shop2", "postgres"}},
+		{"!postgres", []string{"app", "x"}, []string{"postgres"}},
+		{"app_*,!app_test*", []string{"app_1"}, []string{"app_test", "app_test_2", "other"}},
+	} {
+		f, err := parseDatabaseFilter(c.spec)
+		if err != nil {
+			t.Fatalf("%q: %v", c.spec, err)
+		}
+		for _, db := range c.selected {
+			if !f.match(db) {
+				t.Errorf("%q leaves %s out", c.spec, db)
+			}
+		}
+		for _, db := range c.left {
+			if f.match(db) {
+				t.Errorf("%q selects %s", c.spec, db)
+			}
+		}
+	}
+	err := testConfig(func(c *Config) { c.Databases = "app,[x" }).Validate()
+	if err == nil || !strings.Contains(err.Error(), "--collector.databases") || !strings.Contains(err.Error(), "[x") {
+		t.Errorf("bad pattern: %v", err)
+	}
+}
+
+// perDatabaseSetup makes the databases of the per-database tests, each with a table t, and a
+// monitoring role that is not a superuser (superusers may connect anywhere). pd_revoked does
+// not grant it CONNECT; pd_refuse admits no non-superuser connection, which only shows when
+// connecting. It returns the role's URL for database db.
+func perDatabaseSetup(t *testing.T, db string) string {
+	t.Helper()
+	ctx := ctxTimeout(t, 60*time.Second)
+	for _, d := range []string{"pd_a", "pd_b", "pd_c", "pd_drop", "pd_revoked", "pd_refuse"} {
+		createDB(t, d)
+		c := openSession(t, d, "pd-setup")
+		if _, err := c.Exec(ctx, "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10)"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, sql := range []string{
+		"DROP ROLE IF EXISTS pd_monitor",
+		"CREATE ROLE pd_monitor LOGIN PASSWORD 'pd-monitor-pw' IN ROLE pg_monitor",
+		"REVOKE CONNECT ON DATABASE pd_revoked FROM PUBLIC",
+		"ALTER DATABASE pd_refuse CONNECTION LIMIT 0",
+	} {
+		if err := cluster.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { _ = cluster.Exec(context.Background(), "DROP ROLE IF EXISTS pd_monitor") })
+	return cluster.URLFor("pd_monitor", "pd-monitor-pw", db)
+}
+
+func TestPerDatabaseCollectors(t *testing.T) {
+	url := perDatabaseSetup(t, "pd_a")
+	e := newEnvURL(t, url, func(c *Config) {
+		only("stat_user_tables", "statio_user_tables", "statio_user_indexes")(c)
+		c.Databases = "pd_*"
+		c.DatabasesMaxIdle = 0
+	})
+	// Just before each other database is visited: count the collector's sessions outside the
+	// pool's database (none kept idle here, so at most the one in use), and drop pd_drop once
+	// it was listed.
+	var mu sync.Mutex
+	var visited []string
+	maxSide := int64(0)
+	e.exp.beforeDatabase = func(db string) {
+		ctx := ctxTimeout(t, 30*time.Second)
+		n, err := cluster.QueryInt(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgsidecar-collector' AND datname <> 'pd_a'")
+		if err != nil {
+			t.Error(err)
+		}
+		mu.Lock()
+		visited = append(visited, db)
+		maxSide = max(maxSide, n)
+		mu.Unlock()
+		if db == "pd_drop" {
+			if err := cluster.Exec(ctx, "DROP DATABASE pd_drop WITH (FORCE)"); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	s := e.scrape(t, 0, 30*time.Second)
+	if s.status != 200 || s.value(t, "pg_up", nil) != 1 {
+		t.Fatalf("status %d:\n%s", s.status, s.body)
+	}
+	mu.Lock()
+	if got := strings.Join(visited, ","); got != "pd_b,pd_c,pd_drop,pd_refuse" {
+		t.Errorf("visited %s, want the other selected databases the role may connect to", got)
+	}
+	if maxSide > 1 {
+		t.Errorf("%d side connections open at once, want at most 1", maxSide)
+	}
+	mu.Unlock()
+	for _, c := range []string{"stat_user_tables", "statio_user_tables", "statio_user_indexes"} {
+		collectorOK(t, s, c) // a dropped or refusing database does not fail the collectors
+	}
+	for _, db := range []string{"pd_a", "pd_b", "pd_c"} {
+		tbl := map[string]string{"datname": db, "schemaname": "public", "relname": "t"}
+		if vs := s.values("pg_stat_user_tables_n_tup_ins", tbl); len(vs) != 1 || vs[0] != 10 {
+			t.Errorf("%s: n_tup_ins %v, want [10]", db, vs)
+		}
+		if vs := s.values("pg_statio_user_tables_heap_blocks_hit", tbl); len(vs) != 1 {
+			t.Errorf("%s: heap_blocks_hit %v", db, vs)
+		}
+		if vs := s.values("pg_statio_user_indexes_idx_blks_hit_total", map[string]string{"datname": db, "indexrelname": "t_pkey"}); len(vs) != 1 {
+			t.Errorf("%s: idx_blks_hit_total %v", db, vs)
+		}
+		if got := s.value(t, "pgsidecar_collector_database_success", map[string]string{"datname": db}); got != 1 {
+			t.Errorf("%s: database success %v", db, got)
+		}
+	}
+	for _, db := range []string{"pd_drop", "pd_revoked", "pd_refuse", "postgres"} {
+		if vs := s.values("pg_stat_user_tables_n_tup_ins", map[string]string{"datname": db}); len(vs) != 0 {
+			t.Errorf("%s: series exported: %v", db, vs)
+		}
+	}
+	if got := s.value(t, "pgsidecar_collector_database_success", map[string]string{"datname": "pd_refuse"}); got != 0 {
+		t.Errorf("pd_refuse: database success %v, want 0", got)
+	}
+	for _, db := range []string{"pd_drop", "pd_revoked"} {
+		if vs := s.values("pgsidecar_collector_database_success", map[string]string{"datname": db}); len(vs) != 0 {
+			t.Errorf("%s: database success %v, want no series", db, vs)
+		}
+	}
+	// The refusal is logged once, not on every scrape.
+	e.scrape(t, 0, 30*time.Second)
+	if n := strings.Count(e.log.String(), "Collector cannot connect to a database"); n != 1 || !strings.Contains(e.log.String(), "pd_refuse") {
+		t.Errorf("refusal logged %d times:\n%s", n, e.log.String())
+	}
+	if n := e.exp.side.open(); n != 0 {
+		t.Errorf("%d side connections kept with --collector.databases.max-idle=0", n)
+	}
+}
+
+// TestPerDatabaseIdleConnections: connections to other databases are kept for the next scrape,
+// up to max-idle of them, and close after the idle timeout.
+func TestPerDatabaseIdleConnections(t *testing.T) {
+	url := perDatabaseSetup(t, "pd_a")
+	e := newEnvURL(t, url, func(c *Config) {
+		only("stat_user_tables")(c)
+		c.Databases = "pd_*"
+		c.DatabasesMaxIdle = 2
+		c.DatabasesIdleTimeout = 8 * time.Second
+	})
+	ctx := ctxTimeout(t, 30*time.Second)
+	sessions := func() string {
+		conn := openSession(t, "", "pd-count")
+		var got string
+		err := conn.QueryRow(ctx, `SELECT COALESCE(string_agg(datname || ':' || pid, ',' ORDER BY datname), '')
+			FROM pg_stat_activity WHERE application_name = 'pgsidecar-collector' AND datname <> 'pd_a'`).Scan(&got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	e.scrape(t, 0, 30*time.Second)
+	first := sessions()
+	if n := e.exp.side.open(); n != 2 || !strings.HasPrefix(first, "pd_b:") || !strings.Contains(first, ",pd_c:") || strings.Count(first, ",") != 1 {
+		t.Fatalf("kept %d connections (%s), want pd_b's and pd_c's (the first two visited)", n, first)
+	}
+	e.scrape(t, 0, 30*time.Second)
+	if again := sessions(); again != first {
+		t.Errorf("sessions %s after the second scrape, want the same backends %s", again, first)
+	}
+	if !waitForCond(20*time.Second, func() bool { return sessions() == "" && e.exp.side.open() == 0 }) {
+		t.Errorf("connections still open after the idle timeout: %s", sessions())
+	}
+}
+
+func TestPerDatabaseExclusion(t *testing.T) {
+	url := perDatabaseSetup(t, "pd_a")
+	e := newEnvURL(t, url, func(c *Config) {
+		only("stat_user_tables")(c)
+		c.Databases = "pd_*,!pd_a,!pd_c"
+	})
+	s := e.scrape(t, 0, 30*time.Second)
+	collectorOK(t, s, "stat_user_tables")
+	var got []string
+	for _, m := range s.families["pg_stat_user_tables_n_tup_ins"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "datname" {
+				got = append(got, l.GetValue())
+			}
+		}
+	}
+	if strings.Join(got, ",") != "pd_b,pd_drop" {
+		t.Errorf("databases %v, want pd_b and pd_drop (pd_a and pd_c are excluded, pd_refuse refuses)", got)
+	}
+}
+
+// TestPerDatabaseDeadline: a database that takes too long does not hold the scrape past its
+// deadline; the databases not reached in time count as failed.
+func TestPerDatabaseDeadline(t *testing.T) {
+	url := perDatabaseSetup(t, "pd_a")
+	e := newEnvURL(t, url, func(c *Config) {
+		only("stat_user_tables")(c)
+		c.Databases = "pd_a,pd_b,pd_c"
+	})
+	e.exp.beforeDatabase = func(db string) {
+		if db == "pd_b" {
+			time.Sleep(6 * time.Second)
+		}
+	}
+	start := time.Now()
+	s := e.scrape(t, 2*time.Second, 10*time.Second) // a 1.6 s collection budget
+	// Without the deadline the scrape would wait for pd_b's 6 s; allow for a loaded machine.
+	if d := time.Since(start); d > 4*time.Second {
+		t.Errorf("scrape took %v with a 2 s scrape timeout", d)
+	}
+	if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": "stat_user_tables"}); got != 0 {
+		t.Errorf("stat_user_tables success = %v after running out of time", got)
+	}
+	if got := s.value(t, "pg_exporter_last_scrape_error", nil); got != 1 {
+		t.Errorf("last_scrape_error = %v", got)
+	}
+}
+
+func waitForCond(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return true
+}
