@@ -1,0 +1,87 @@
+// Package fingerprint names a SQL statement independently of its constants, spacing, comments
+// and the case of its keywords, so that every execution of one statement lands in one series.
+//
+// The fingerprint is FNV-1a (64 bits) of the statement's canonical form, written as 16 lower
+// case hex digits. The canonical form is the text that internal/sqlnorm normalises, read as
+// tokens: every constant and every parameter ($1) becomes "?", unquoted words (keywords and
+// identifiers, which PostgreSQL folds to lower case) are lower-cased (ASCII letters only, as
+// PostgreSQL folds them), quoted identifiers and operators stay as written, comments go, and the
+// tokens are joined by one space. Nothing in it depends on the process or its version, so the
+// same statement has the same fingerprint in every pgsidecar and after upgrades (unless the
+// SQL lexer itself is fixed).
+package fingerprint
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/pgsidecar/pgsidecar/internal/sqlnorm"
+)
+
+// Fingerprint identifies a normalised statement.
+type Fingerprint uint64
+
+// String returns the fingerprint as 16 lower case hex digits, its metric label value.
+func (f Fingerprint) String() string { return fmt.Sprintf("%016x", uint64(f)) }
+
+const (
+	offset64 = 14695981039346656037
+	prime64  = 1099511628211
+)
+
+// Of returns the fingerprint of sql and its normalised text (constants as $n, comments gone,
+// whitespace folded; see sqlnorm.Normalize). Text that cannot be normalised gives an error, no
+// text and the fingerprint of Unnormalisable(op) for the caller to use.
+func Of(sql string) (Fingerprint, string, error) {
+	text, err := sqlnorm.Normalize(sql)
+	if err != nil {
+		return 0, "", err
+	}
+	toks, err := sqlnorm.Lex(text)
+	if err != nil {
+		return 0, "", err // normalised text always lexes; kept for safety
+	}
+	h := uint64(offset64)
+	write := func(b byte) { h = (h ^ uint64(b)) * prime64 }
+	for i, t := range toks {
+		if i > 0 {
+			write(' ')
+		}
+		switch {
+		case t.Kind == sqlnorm.Param || t.Kind == sqlnorm.String || t.Kind == sqlnorm.Number:
+			write('?')
+		case isWordStart(text[t.Start]):
+			quoted := false // U&"Name": the quoted part keeps its case
+			for j := t.Start; j < t.End; j++ {
+				c := text[j]
+				quoted = quoted || c == '"'
+				if !quoted && c >= 'A' && c <= 'Z' {
+					c += 'a' - 'A'
+				}
+				write(c)
+			}
+		default:
+			for j := t.Start; j < t.End; j++ {
+				write(text[j])
+			}
+		}
+	}
+	return Fingerprint(h), text, nil
+}
+
+// Unnormalisable is the fingerprint of every statement of the given operation (a label such as
+// "select") whose text cannot be normalised: such text is never shown, so its statements share
+// one name per operation.
+func Unnormalisable(op string) Fingerprint {
+	h := uint64(offset64)
+	for _, c := range []byte("(unnormalisable) " + strings.ToLower(op)) {
+		h = (h ^ uint64(c)) * prime64
+	}
+	return Fingerprint(h)
+}
+
+// isWordStart reports an unquoted word: a keyword or identifier, which PostgreSQL folds to lower
+// case. Quoted identifiers ("Name", U&"x") keep their case.
+func isWordStart(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || c >= 0x80
+}
