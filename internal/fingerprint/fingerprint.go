@@ -5,8 +5,8 @@
 // case hex digits. The canonical form is the text that internal/sqlnorm normalises, read as
 // tokens: every constant and every parameter ($1) becomes "?", unquoted words (keywords and
 // identifiers, which PostgreSQL folds to lower case) are lower-cased (ASCII letters only, as
-// PostgreSQL folds them), quoted identifiers and operators stay as written, comments go, and the
-// tokens are joined by one space. Nothing in it depends on the process or its version, so the
+// PostgreSQL folds them), quoted identifiers and operators stay as written, comments and
+// trailing semicolons go, and the tokens are joined by one space. Nothing in it depends on the process or its version, so the
 // same statement has the same fingerprint in every pgsidecar and after upgrades (unless the
 // SQL lexer itself is fixed).
 package fingerprint
@@ -40,6 +40,10 @@ func Of(sql string) (Fingerprint, string, error) {
 	toks, err := sqlnorm.Lex(text)
 	if err != nil {
 		return 0, "", err // normalised text always lexes; kept for safety
+	}
+	// A statement ended by a semicolon is the same statement.
+	for len(toks) > 0 && text[toks[len(toks)-1].Start] == ';' {
+		toks = toks[:len(toks)-1]
 	}
 	h := uint64(offset64)
 	write := func(b byte) { h = (h ^ uint64(b)) * prime64 }

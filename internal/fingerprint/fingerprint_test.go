@@ -14,6 +14,7 @@ func TestSameStatement(t *testing.T) {
 		{"INSERT INTO t (a, b) VALUES ($1, $2)", "insert into T (A, B) values (1, 'x')"},
 		{"SELECT \"Name\" FROM t", "select \"Name\" from T"},
 		{"SELECT $$a$$", "SELECT 'b'"},
+		{"SELECT 1;", "SELECT 1 ; ;"},
 	} {
 		a, ta, err := Of(pair[0])
 		if err != nil {
