@@ -12,6 +12,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/pgsidecar/pgsidecar/internal/fingerprint"
+	"github.com/pgsidecar/pgsidecar/internal/sqlnorm"
 )
 
 // windowSlots is how many slots the sliding window is cut into: a statement's time leaves the
@@ -48,10 +49,10 @@ type statements struct {
 // statementText is one raw text already fingerprinted. The key is a hash of the text; the
 // length is checked too, so that a wrong match needs a 64-bit collision of equal-length texts.
 type statementText struct {
-	n    int
-	fp   fingerprint.Fingerprint
-	text string     // normalised, scrubbed and truncated: the info series' label
-	stmt *statement // the tracked statement, when last looked at
+	n       int
+	fp      fingerprint.Fingerprint
+	unshown bool       // the text cannot be normalised
+	stmt    *statement // the tracked statement, when last looked at
 }
 
 // statement is one tracked fingerprint.
@@ -110,9 +111,13 @@ func (s *statements) record(op Operation, sql string, d time.Duration, err error
 	s.mu.Lock()
 	t := s.texts[key]
 	if t == nil || t.n != len(sql) {
-		// Normalising takes a while and allocates: not under the lock.
+		// Lexing takes a while: not under the lock.
 		s.mu.Unlock()
-		t = s.newText(op, sql)
+		fp, lexErr := fingerprint.Sum(sql)
+		if lexErr != nil {
+			fp = fingerprint.Unnormalisable(op.String())
+		}
+		t = &statementText{n: len(sql), fp: fp, unshown: lexErr != nil}
 		s.mu.Lock()
 		if len(s.texts) >= maxTexts {
 			for k := range s.texts { // a random entry: map iteration starts anywhere
@@ -124,9 +129,15 @@ func (s *statements) record(op Operation, sql string, d time.Duration, err error
 	}
 	st := t.stmt
 	if st == nil || st.evicted {
-		st = s.tracked[t.fp]
-		if st == nil {
-			st = s.admit(t, op, now)
+		if st = s.tracked[t.fp]; st == nil {
+			// A new statement: its text is needed now. Normalising and scrubbing take a
+			// while and allocate: not under the lock.
+			s.mu.Unlock()
+			text := s.shownText(op, sql, t.unshown)
+			s.mu.Lock()
+			if st = s.tracked[t.fp]; st == nil {
+				st = s.admit(t.fp, text, op, now)
+			}
 		}
 		t.stmt = st
 	}
@@ -151,20 +162,19 @@ func (s *statements) record(op Operation, sql string, d time.Duration, err error
 
 func (s *statements) slotOf(t time.Time) int64 { return t.UnixNano() / int64(s.slot) }
 
-// newText fingerprints sql. Text that cannot be normalised is never shown: it gets the
-// fingerprint of its operation's unnormalisable statements.
-func (s *statements) newText(op Operation, sql string) *statementText {
-	fp, text, err := fingerprint.Of(sql)
-	if err != nil {
-		return &statementText{n: len(sql), fp: fingerprint.Unnormalisable(op.String()),
-			text: "(not shown: " + strings.ToUpper(op.String()) + " statement that cannot be normalised)"}
+// shownText is the text of the info series: normalised, scrubbed and truncated. Text that
+// cannot be normalised is never shown.
+func (s *statements) shownText(op Operation, sql string, unshown bool) string {
+	text, err := sqlnorm.Normalize(sql)
+	if unshown || err != nil {
+		return "(not shown: " + strings.ToUpper(op.String()) + " statement that cannot be normalised)"
 	}
-	return &statementText{n: len(sql), fp: fp, text: truncateSQL(s.scrub(text), s.textLength)}
+	return truncateSQL(s.scrub(text), s.textLength)
 }
 
-// admit starts tracking t's fingerprint, evicting the tracked statement with the least time in
+// admit starts tracking fingerprint fp, evicting the tracked statement with the least time in
 // the window when full.
-func (s *statements) admit(t *statementText, op Operation, now int64) *statement {
+func (s *statements) admit(fp fingerprint.Fingerprint, text string, op Operation, now int64) *statement {
 	if len(s.tracked) >= s.capacity {
 		var victim *statement
 		var vs float64
@@ -177,11 +187,11 @@ func (s *statements) admit(t *statementText, op Operation, now int64) *statement
 		}
 		s.evict(victim)
 	}
-	label := t.fp.String()
-	st := &statement{fp: t.fp, label: label, op: op, text: t.text, last: now,
+	label := fp.String()
+	st := &statement{fp: fp, label: label, op: op, text: text, last: now,
 		hist: s.duration.WithLabelValues(label, op.String()).(prometheus.Histogram),
 		errs: map[string]prometheus.Counter{}}
-	s.tracked[t.fp] = st
+	s.tracked[fp] = st
 	return st
 }
 

@@ -1,13 +1,21 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgsidecar/pgsidecar/internal/fingerprint"
+	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/pool"
 )
 
 // TestStatementsMeasuredThroughTheProxy: N executions of one statement by proxied clients (two
@@ -50,4 +58,76 @@ func TestStatementsMeasuredThroughTheProxy(t *testing.T) {
 	if got := h.metric(t, "pgsidecar_statement_errors_total", map[string]string{"fingerprint": bad.String(), "sqlstate": "22012"}); got != 2 {
 		t.Errorf("statement errors = %v, want 2", got)
 	}
+}
+
+// BenchmarkProxyStatements is what statement measurement costs a proxied query: pgbench -S
+// (an external client, so that this process's CPU is the proxy's and the pool's alone) through
+// the proxy with STATEMENTS_TOP=0 and 50, with the simple protocol (a new constant in every
+// statement's text, so every one is fingerprinted) and prepared statements (one text, already
+// seen). It reports the proxy's CPU per transaction and transactions per second. Each run lasts
+// PGBENCH_SECONDS (default 5); compare with benchstat:
+//
+//	go test -run '^$' -bench ProxyStatements -benchtime 1x -count 6 ./proxy/
+func BenchmarkProxyStatements(b *testing.B) {
+	pgbench, err := exec.LookPath("pgbench")
+	if err != nil {
+		b.Skip("pgbench not installed (scripts/deps.sh installs it)")
+	}
+	seconds := 5
+	if v, err := strconv.Atoi(os.Getenv("PGBENCH_SECONDS")); err == nil && v > 0 {
+		seconds = v
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	if err := cluster.Exec(ctx, "create database statements_bench"); err != nil && sqlState(err) != "42P04" {
+		b.Fatal(err)
+	}
+	env := append(os.Environ(), "PGPASSWORD="+pgtest.SuperuserPassword, "PGSSLMODE=disable")
+	pgb := func(port int, args ...string) (string, error) {
+		cmd := exec.CommandContext(ctx, pgbench, append(args, "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-U", "postgres", "statements_bench")...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := pgb(cluster.Port(), "-i", "-q", "-s", "1"); err != nil {
+		b.Fatalf("pgbench -i: %v\n%s", err, out)
+	}
+	processed := regexp.MustCompile(`number of transactions actually processed: (\d+)`)
+	for _, mode := range []string{"simple", "prepared"} {
+		for _, top := range []int{0, 50} {
+			b.Run(fmt.Sprintf("mode=%s/statements=%d", mode, top), func(b *testing.B) {
+				h := newHarness(b, func(pc *pool.Config, _ *Config) {
+					pc.DatabaseURL = cluster.URL("statements_bench")
+					pc.MaxConns, pc.MinConns = 4, 4
+					pc.StatementsTop = top
+				})
+				var tx, cpu float64
+				var elapsed time.Duration
+				for range b.N {
+					cpu0, start := rusageCPU(), time.Now()
+					out, err := pgb(h.port, "-S", "-n", "-M", mode, "-c", "4", "-j", "2", "-T", strconv.Itoa(seconds))
+					elapsed += time.Since(start)
+					cpu += float64(rusageCPU() - cpu0)
+					if err != nil {
+						b.Fatalf("pgbench: %v\n%s", err, out)
+					}
+					m := processed.FindStringSubmatch(out)
+					if m == nil {
+						b.Fatalf("no transaction count in pgbench's output:\n%s", out)
+					}
+					n, _ := strconv.Atoi(m[1])
+					tx += float64(n)
+				}
+				b.ReportMetric(cpu/tx/1000, "cpu-µs/tx")
+				b.ReportMetric(tx/elapsed.Seconds(), "tx/s")
+			})
+		}
+	}
+}
+
+// rusageCPU is the CPU time this process (the proxy and its pool) has used.
+func rusageCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

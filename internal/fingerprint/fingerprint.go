@@ -2,8 +2,8 @@
 // and the case of its keywords, so that every execution of one statement lands in one series.
 //
 // The fingerprint is FNV-1a (64 bits) of the statement's canonical form, written as 16 lower
-// case hex digits. The canonical form is the text that internal/sqlnorm normalises, read as
-// tokens: every constant and every parameter ($1) becomes "?", unquoted words (keywords and
+// case hex digits. The canonical form is the statement read as tokens by internal/sqlnorm's
+// lexer (the one its normaliser uses): every constant and every parameter ($1) becomes "?", unquoted words (keywords and
 // identifiers, which PostgreSQL folds to lower case) are lower-cased (ASCII letters only, as
 // PostgreSQL folds them), quoted identifiers and operators stay as written, comments and
 // trailing semicolons go, and the tokens are joined by one space. Nothing in it depends on the process or its version, so the
@@ -14,6 +14,7 @@ package fingerprint
 import (
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/pgsidecar/pgsidecar/internal/sqlnorm"
 )
@@ -30,34 +31,68 @@ const (
 )
 
 // Of returns the fingerprint of sql and its normalised text (constants as $n, comments gone,
-// whitespace folded; see sqlnorm.Normalize). Text that cannot be normalised gives an error, no
-// text and the fingerprint of Unnormalisable(op) for the caller to use.
+// whitespace folded; see sqlnorm.Normalize). Text that cannot be normalised gives an error and
+// no text; callers name such statements by Unnormalisable.
 func Of(sql string) (Fingerprint, string, error) {
 	text, err := sqlnorm.Normalize(sql)
 	if err != nil {
 		return 0, "", err
 	}
-	toks, err := sqlnorm.Lex(text)
-	if err != nil {
-		return 0, "", err // normalised text always lexes; kept for safety
+	f, err := Sum(sql)
+	return f, text, err
+}
+
+// Sum returns the fingerprint Of returns, without building the normalised text: what a caller
+// that already has the text pays for a new spelling of it. It fails where Of fails.
+func Sum(sql string) (Fingerprint, error) {
+	if strings.IndexByte(sql, '\\') >= 0 {
+		// Normalize refuses some text with backslashes (see there); refuse the same.
+		if _, err := sqlnorm.Normalize(sql); err != nil {
+			return 0, err
+		}
 	}
-	// A statement ended by a semicolon is the same statement.
-	for len(toks) > 0 && text[toks[len(toks)-1].Start] == ';' {
-		toks = toks[:len(toks)-1]
+	buf := tokens.Get().(*[]sqlnorm.Token)
+	toks, err := sqlnorm.AppendTokens((*buf)[:0], sql)
+	if err != nil {
+		tokens.Put(buf)
+		return 0, err
+	}
+	f := sum(sql, toks)
+	if cap(toks) <= 4096 {
+		*buf = toks[:0]
+		tokens.Put(buf)
+	}
+	return f, nil
+}
+
+// tokens holds token slices for Sum to reuse.
+var tokens = sync.Pool{New: func() any { return new([]sqlnorm.Token) }}
+
+// sum hashes the canonical form of the tokens of sql.
+func sum(sql string, toks []sqlnorm.Token) Fingerprint {
+	// Comments go; a statement ended by a semicolon is the same statement.
+	last := len(toks) - 1
+	for last >= 0 && (toks[last].Kind == sqlnorm.Comment || sql[toks[last].Start] == ';') {
+		last--
 	}
 	h := uint64(offset64)
 	write := func(b byte) { h = (h ^ uint64(b)) * prime64 }
-	for i, t := range toks {
-		if i > 0 {
+	first := true
+	for _, t := range toks[:last+1] {
+		if t.Kind == sqlnorm.Comment {
+			continue
+		}
+		if !first {
 			write(' ')
 		}
+		first = false
 		switch {
 		case t.Kind == sqlnorm.Param || t.Kind == sqlnorm.String || t.Kind == sqlnorm.Number:
 			write('?')
-		case isWordStart(text[t.Start]):
+		case isWordStart(sql[t.Start]):
 			quoted := false // U&"Name": the quoted part keeps its case
 			for j := t.Start; j < t.End; j++ {
-				c := text[j]
+				c := sql[j]
 				quoted = quoted || c == '"'
 				if !quoted && c >= 'A' && c <= 'Z' {
 					c += 'a' - 'A'
@@ -66,11 +101,11 @@ func Of(sql string) (Fingerprint, string, error) {
 			}
 		default:
 			for j := t.Start; j < t.End; j++ {
-				write(text[j])
+				write(sql[j])
 			}
 		}
 	}
-	return Fingerprint(h), text, nil
+	return Fingerprint(h)
 }
 
 // Unnormalisable is the fingerprint of every statement of the given operation (a label such as

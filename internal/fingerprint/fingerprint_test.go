@@ -90,3 +90,27 @@ func TestFingerprintIsHex(t *testing.T) {
 		t.Errorf("String() = %q", s)
 	}
 }
+
+// FuzzSum checks what holds for any text: Sum fails where Of fails, and the normalised text
+// that Of shows has the fingerprint of the statement it came from.
+func FuzzSum(f *testing.F) {
+	for _, s := range []string{"SELECT 1", "select * from T where a = 'x' -- c\n;", "SELECT E'\\'' /* c */", "SELECT 'a'\n'b'", "SELECT $1, 1..2", "SELECT N'x', U&\"A\"", "SELECT 1abc"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, sql string) {
+		a, text, errOf := Of(sql)
+		b, errSum := Sum(sql)
+		if (errOf == nil) != (errSum == nil) {
+			t.Fatalf("%q: Of error %v, Sum error %v", sql, errOf, errSum)
+		}
+		if errOf != nil {
+			return
+		}
+		if a != b {
+			t.Fatalf("%q: Of %s, Sum %s", sql, a, b)
+		}
+		if c, err := Sum(text); err != nil || c != a {
+			t.Fatalf("%q has fingerprint %s, its normalised text %q has %s (%v)", sql, a, text, c, err)
+		}
+	})
+}

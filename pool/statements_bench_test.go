@@ -1,0 +1,62 @@
+package pool
+
+import (
+	"fmt"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// BenchmarkRecordQuery is what measuring one query costs the pool (library and proxy paths
+// both end in RecordQuery), with statement measurement off (STATEMENTS_TOP=0) and on: for a
+// statement already seen (a prepared statement, or a simple query repeated as is) and for a
+// text never seen (a simple query with new constants each time, as pgbench -S -M simple sends:
+// it is fingerprinted again). Compare with benchstat:
+//
+//	go test -run '^$' -bench RecordQuery -count 6 ./pool/
+func BenchmarkRecordQuery(b *testing.B) {
+	const sql = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+	texts := make([]string, 100_000)
+	for i := range texts {
+		texts[i] = fmt.Sprintf("SELECT abalance FROM pgbench_accounts WHERE aid = %d", i)
+	}
+	for _, tc := range []struct {
+		name string
+		top  int
+		sql  func(i int) string
+	}{
+		{"statements=off", 0, func(int) string { return sql }},
+		{"statements=on/seen", 50, func(int) string { return sql }},
+		{"statements=off/new-constants", 0, func(i int) string { return texts[i%len(texts)] }},
+		{"statements=on/new-constants", 50, func(i int) string { return texts[i%len(texts)] }},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			cfg := testConfig(b)
+			cfg.StatementsTop = tc.top
+			m, err := New(cfg, WithLogger(discardLogger()), WithRegisterer(prometheus.NewRegistry()))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer m.Close()
+			m.RecordQuery(OpSelect, sql, time.Millisecond, nil)
+			b.ReportAllocs()
+			i := 0
+			cpu := processCPU()
+			for b.Loop() {
+				m.RecordQuery(OpSelect, tc.sql(i), 300*time.Microsecond, nil)
+				i++
+			}
+			b.ReportMetric(float64(processCPU()-cpu)/float64(b.N), "cpu-ns/op")
+		})
+	}
+}
+
+// processCPU is the CPU time this process has used: on a shared machine a benchmark's wall
+// time counts the waits for a core too.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
