@@ -11,8 +11,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/pgsidecar/pgsidecar/internal/testutil"
 )
 
 var update = flag.Bool("update", false, "rewrite docs/reference.md and golden files from the code")
@@ -30,8 +33,18 @@ func TestReferenceDocs(t *testing.T) {
 	if err := cluster.Exec(t.Context(), "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"); err != nil {
 		t.Fatal(err)
 	}
+	proxyAddr := testutil.FreeAddr(t)
 	addr, _, stop := startSidecar(t, "--database-url="+cluster.URL(""), "--collector.statements",
-		"--proxy.listen-address=127.0.0.1:0", "--proxy.auth-method=trust")
+		"--proxy.listen-address="+proxyAddr, "--proxy.auth-method=trust")
+	// One statement through the proxy, so that the statement metrics have series to show their types.
+	conn, err := pgx.Connect(t.Context(), "postgres://postgres@"+proxyAddr+"/postgres?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(t.Context(), "SELECT 1/0"); err == nil {
+		t.Fatal("SELECT 1/0 succeeded")
+	}
+	_ = conn.Close(t.Context())
 	_, _ = get(t, "http://"+addr+"/metrics")
 	got := referenceDoc(t, captured)
 	stop()

@@ -60,3 +60,38 @@ func processCPU() time.Duration {
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkLibraryStatements is the library path end to end: a query through the pool's
+// pgxpool (pgx's tracer, then RecordQuery), statement measurement off and on. cpu-ns/op is the
+// whole process's CPU per query, the application's pgx included.
+//
+//	go test -run '^$' -bench LibraryStatements -benchtime 20000x -count 1 ./pool/
+func BenchmarkLibraryStatements(b *testing.B) {
+	for _, top := range []int{0, 50} {
+		b.Run(fmt.Sprintf("statements=%d", top), func(b *testing.B) {
+			cfg := testConfig(b)
+			cfg.MaxConns, cfg.MinConns = 2, 2
+			cfg.StatementsTop = top
+			m, err := New(cfg, WithLogger(discardLogger()), WithRegisterer(prometheus.NewRegistry()))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer m.Close()
+			ctx := b.Context()
+			var v int
+			for range 3 {
+				if err := m.Pool().QueryRow(ctx, "SELECT $1::int + 1", 1).Scan(&v); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportAllocs()
+			cpu := processCPU()
+			for b.Loop() {
+				if err := m.Pool().QueryRow(ctx, "SELECT $1::int + 1", 1).Scan(&v); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(processCPU()-cpu)/float64(b.N), "cpu-ns/op")
+		})
+	}
+}
