@@ -19,15 +19,16 @@ import (
 // window one slot (a tenth of it) at a time.
 const windowSlots = 10
 
-// maxTexts bounds the cache of raw statement texts already fingerprinted.
+// maxTexts is the size of the cache of raw statement texts already fingerprinted (a power of
+// two).
 const maxTexts = 4096
 
 // statements measures statements by fingerprint and exports the top ones by total time over a
 // sliding window. Memory and series are bounded whatever the workload: it keeps at most
 // capacity statements (a few times top), evicting the one with the least time in the window to
-// make room, and at most maxTexts raw texts. A statement is fingerprinted once per distinct
-// text; an execution of a text already seen costs a hash of the text, two map lookups and the
-// histogram observation, without allocating.
+// make room, and a fixed cache of maxTexts raw texts. A statement is fingerprinted once per
+// distinct text; an execution of a text already seen costs a hash of the text, a cache slot
+// and the histogram observation, without allocating.
 type statements struct {
 	top        int
 	capacity   int
@@ -42,13 +43,15 @@ type statements struct {
 
 	seed    maphash.Seed
 	mu      sync.Mutex
-	texts   map[uint64]*statementText
+	texts   *[maxTexts]statementText // direct-mapped by the hash of the text
 	tracked map[fingerprint.Fingerprint]*statement
 }
 
-// statementText is one raw text already fingerprinted. The key is a hash of the text; the
-// length is checked too, so that a wrong match needs a 64-bit collision of equal-length texts.
+// statementText is one raw text already fingerprinted, found by the hash of the text (key); the
+// length is checked too, so that a wrong match needs a 64-bit collision of equal-length texts. A
+// new text takes the slot of whatever text was there.
 type statementText struct {
+	key     uint64
 	n       int
 	fp      fingerprint.Fingerprint
 	unshown bool       // the text cannot be normalised
@@ -99,7 +102,7 @@ func newStatements(labels prometheus.Labels, cfg Config, scrub func(string) stri
 			"The normalised text (constants as $n) of each top statement's fingerprint; always 1.",
 			[]string{"fingerprint", "text"}, labels),
 		seed:    maphash.MakeSeed(),
-		texts:   map[uint64]*statementText{},
+		texts:   new([maxTexts]statementText),
 		tracked: map[fingerprint.Fingerprint]*statement{},
 	}
 }
@@ -109,37 +112,33 @@ func (s *statements) record(op Operation, sql string, d time.Duration, err error
 	key := maphash.String(s.seed, sql)
 	now := s.slotOf(s.now())
 	s.mu.Lock()
-	t := s.texts[key]
-	if t == nil || t.n != len(sql) {
+	t := &s.texts[key%maxTexts]
+	if t.key != key || t.n != len(sql) || t.fp == 0 {
 		// Lexing takes a while: not under the lock.
 		s.mu.Unlock()
 		fp, lexErr := fingerprint.Sum(sql)
 		if lexErr != nil {
 			fp = fingerprint.Unnormalisable(op.String())
 		}
-		t = &statementText{n: len(sql), fp: fp, unshown: lexErr != nil}
 		s.mu.Lock()
-		if len(s.texts) >= maxTexts {
-			for k := range s.texts { // a random entry: map iteration starts anywhere
-				delete(s.texts, k)
-				break
-			}
-		}
-		s.texts[key] = t
+		*t = statementText{key: key, n: len(sql), fp: fp, unshown: lexErr != nil}
 	}
-	st := t.stmt
+	fp, st := t.fp, t.stmt
 	if st == nil || st.evicted {
-		if st = s.tracked[t.fp]; st == nil {
+		if st = s.tracked[fp]; st == nil {
 			// A new statement: its text is needed now. Normalising and scrubbing take a
-			// while and allocate: not under the lock.
+			// while and allocate: not under the lock, where another text may take slot t.
+			unshown := t.unshown
 			s.mu.Unlock()
-			text := s.shownText(op, sql, t.unshown)
+			text := s.shownText(op, sql, unshown)
 			s.mu.Lock()
-			if st = s.tracked[t.fp]; st == nil {
-				st = s.admit(t.fp, text, op, now)
+			if st = s.tracked[fp]; st == nil {
+				st = s.admit(fp, text, op, now)
 			}
 		}
-		t.stmt = st
+		if t.key == key && t.fp == fp {
+			t.stmt = st
+		}
 	}
 	st.add(now, d)
 	hist := st.hist
@@ -157,7 +156,7 @@ func (s *statements) record(op Operation, sql string, d time.Duration, err error
 	if errCounter != nil {
 		errCounter.Inc()
 	}
-	return t.fp
+	return fp
 }
 
 func (s *statements) slotOf(t time.Time) int64 { return t.UnixNano() / int64(s.slot) }
@@ -202,6 +201,8 @@ func (s *statements) evict(st *statement) {
 	for label := range st.errs {
 		s.errors.DeleteLabelValues(st.label, label)
 	}
+	// Cached texts may point here until they are looked up again: keep them small.
+	st.hist, st.errs = nil, nil
 }
 
 // add counts one execution of d in slot now.
@@ -234,6 +235,7 @@ func (st *statement) window(now int64) (seconds float64, calls uint64) {
 // ranked is one of the top statements at one moment.
 type ranked struct {
 	st            *statement
+	hist          prometheus.Histogram // st's, read under the lock: eviction clears it
 	windowSeconds float64
 	windowCalls   uint64
 	errs          []prometheus.Counter
@@ -253,7 +255,7 @@ func (s *statements) topN() []ranked {
 			s.evict(st)
 			continue
 		}
-		list = append(list, ranked{st: st, windowSeconds: sec, windowCalls: calls})
+		list = append(list, ranked{st: st, hist: st.hist, windowSeconds: sec, windowCalls: calls})
 	}
 	slices.SortFunc(list, func(a, b ranked) int {
 		if c := cmp.Compare(b.windowSeconds, a.windowSeconds); c != 0 {
@@ -284,7 +286,7 @@ func (s *statements) describe(ch chan<- *prometheus.Desc) {
 // exported.
 func (s *statements) collect(ch chan<- prometheus.Metric) {
 	for _, r := range s.topN() {
-		ch <- r.st.hist
+		ch <- r.hist
 		for _, c := range r.errs {
 			ch <- c
 		}
@@ -295,7 +297,7 @@ func (s *statements) collect(ch chan<- prometheus.Metric) {
 // StatementStats is one of the top statements by total time over the statements window
 // (Config.StatementsWindow), as measured by the pool: library and proxied traffic alike.
 type StatementStats struct {
-	Fingerprint   string            // 16 hex digits; see Config.StatementsTop
+	Fingerprint   string            // 16 hex digits, the fingerprint label of the statement metrics
 	Operation     string            // the operation label
 	Text          string            // normalised (constants as $n), truncated to StatementsTextLength
 	Calls         uint64            // executions since the statement was last admitted to the tracked set
@@ -319,7 +321,7 @@ func (m *Manager) Statements() []StatementStats {
 	out := make([]StatementStats, 0, len(top))
 	for _, r := range top {
 		var pb dto.Metric
-		if r.st.hist.Write(&pb) != nil {
+		if r.hist.Write(&pb) != nil {
 			continue
 		}
 		h := pb.GetHistogram()

@@ -27,10 +27,10 @@ func BenchmarkRecordQuery(b *testing.B) {
 		top  int
 		sql  func(i int) string
 	}{
-		{"statements=off", 0, func(int) string { return sql }},
-		{"statements=on/seen", 50, func(int) string { return sql }},
-		{"statements=off/new-constants", 0, func(i int) string { return texts[i%len(texts)] }},
-		{"statements=on/new-constants", 50, func(i int) string { return texts[i%len(texts)] }},
+		{"text=seen/statements=off", 0, func(int) string { return sql }},
+		{"text=seen/statements=on", 50, func(int) string { return sql }},
+		{"text=new/statements=off", 0, func(i int) string { return texts[i%len(texts)] }},
+		{"text=new/statements=on", 50, func(i int) string { return texts[i%len(texts)] }},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			cfg := testConfig(b)

@@ -65,7 +65,9 @@ func TestStatementsMeasuredThroughTheProxy(t *testing.T) {
 // the proxy with STATEMENTS_TOP=0 and 50, with the simple protocol (a new constant in every
 // statement's text, so every one is fingerprinted) and prepared statements (one text, already
 // seen). It reports the proxy's CPU per transaction and transactions per second. Each run lasts
-// PGBENCH_SECONDS (default 5); compare with benchstat:
+// PGBENCH_SECONDS (default 5) at PGBENCH_RATE transactions per second (default 1500, so that
+// both settings run at the same rate: on a loaded machine the CPU per transaction grows as the
+// rate drops); compare with benchstat:
 //
 //	go test -run '^$' -bench ProxyStatements -benchtime 1x -count 6 ./proxy/
 func BenchmarkProxyStatements(b *testing.B) {
@@ -73,9 +75,12 @@ func BenchmarkProxyStatements(b *testing.B) {
 	if err != nil {
 		b.Skip("pgbench not installed (scripts/deps.sh installs it)")
 	}
-	seconds := 5
+	seconds, rate := 5, 1500
 	if v, err := strconv.Atoi(os.Getenv("PGBENCH_SECONDS")); err == nil && v > 0 {
 		seconds = v
+	}
+	if v, err := strconv.Atoi(os.Getenv("PGBENCH_RATE")); err == nil && v > 0 {
+		rate = v
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
@@ -105,7 +110,7 @@ func BenchmarkProxyStatements(b *testing.B) {
 				var elapsed time.Duration
 				for range b.N {
 					cpu0, start := rusageCPU(), time.Now()
-					out, err := pgb(h.port, "-S", "-n", "-M", mode, "-c", "4", "-j", "2", "-T", strconv.Itoa(seconds))
+					out, err := pgb(h.port, "-S", "-n", "-M", mode, "-c", "4", "-j", "2", "-T", strconv.Itoa(seconds), "-R", strconv.Itoa(rate))
 					elapsed += time.Since(start)
 					cpu += float64(rusageCPU() - cpu0)
 					if err != nil {
