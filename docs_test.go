@@ -12,10 +12,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/pgsidecar/pgsidecar/collector"
+	"github.com/pgsidecar/pgsidecar/internal/testutil"
 )
 
 var update = flag.Bool("update", false, "rewrite docs/reference.md and golden files from the code")
@@ -41,11 +43,21 @@ func TestReferenceDocs(t *testing.T) {
 	defer func() {
 		_ = cluster.Exec(context.Background(), "SELECT pg_drop_replication_slot('docs_slot'); DROP TABLE docs_t")
 	}()
-	args := []string{"--database-url=" + cluster.URL(""), "--proxy.listen-address=127.0.0.1:0", "--proxy.auth-method=trust"}
+	proxyAddr := testutil.FreeAddr(t)
+	args := []string{"--database-url=" + cluster.URL(""), "--proxy.listen-address=" + proxyAddr, "--proxy.auth-method=trust"}
 	for _, name := range collector.Names() {
 		args = append(args, "--collector."+name)
 	}
 	addr, _, stop := startSidecar(t, args...)
+	// One statement through the proxy, so that the statement metrics have series to show their types.
+	conn, err := pgx.Connect(t.Context(), "postgres://postgres@"+proxyAddr+"/postgres?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(t.Context(), "SELECT 1/0"); err == nil {
+		t.Fatal("SELECT 1/0 succeeded")
+	}
+	_ = conn.Close(t.Context())
 	_, _ = get(t, "http://"+addr+"/metrics")
 	got := referenceDoc(t, captured)
 	stop()

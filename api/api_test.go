@@ -37,6 +37,8 @@ var volatile = map[string]string{
 	"current": "<number>", "utilization": "<number>", "sessionsByState": "<object>", "queryId": "<string>",
 	"calls": "<number>", "totalSeconds": "<number>", "meanMs": "<number>", "rows": "<number>",
 	"database": "<string>", "user": "<string>",
+	// The statements' bucket counts and time in the window.
+	"histogram": "<array>", "windowCalls": "<number>",
 }
 
 var digits = regexp.MustCompile(`[0-9]+(\.[0-9]+)?`)
@@ -60,6 +62,17 @@ func normalise(v any, key string) any {
 	case []any:
 		if key == "topStatements" && len(x) > 1 {
 			x = x[:1]
+		}
+		if ph, ok := volatile[key]; ok && ph == "<array>" {
+			return ph
+		}
+		if key == "statements" {
+			// Ranked by time, which varies between statements of about the same time.
+			slices.SortFunc(x, func(a, b any) int {
+				fa, _ := a.(map[string]any)["fingerprint"].(string)
+				fb, _ := b.(map[string]any)["fingerprint"].(string)
+				return strings.Compare(fa, fb)
+			})
 		}
 		for i, e := range x {
 			x[i] = normalise(e, key)

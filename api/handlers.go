@@ -103,6 +103,7 @@ func (h *Handler) performance(w http.ResponseWriter, _ *http.Request) {
 		Latency:          latency(s.Queries),
 		ErrorsBySQLState: s.Queries.BySQLState,
 		SlowQueries:      h.slowQueries(0),
+		Statements:       h.statements(0),
 	}
 	var snap *registrySnapshot
 	if serving(s.Health.Status) {

@@ -89,6 +89,7 @@ func (h *Handler) live() LiveSnapshot {
 		Latency:           latency(s.Queries),
 		Recent:            h.window.recent(now, now.Add(-s.Uptime), hist),
 		RecentSlowQueries: h.slowQueries(5),
+		Statements:        h.statements(10),
 	}
 }
 

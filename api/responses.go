@@ -75,6 +75,36 @@ type SlowQuery struct {
 	DurationMs float64   `json:"durationMs"`
 	Operation  string    `json:"operation"`
 	SQL        string    `json:"sql"` // normalised (every constant a $n placeholder, no comments), truncated
+	// Fingerprint names the statement as the fingerprint label of the pgsidecar_statement_*
+	// metrics does.
+	Fingerprint string `json:"fingerprint"`
+}
+
+// Statement is one of the top statements by total time over the statements window, as the
+// pool measures them (library and proxied traffic); the same figures as its
+// pgsidecar_statement_* series.
+type Statement struct {
+	Fingerprint   string  `json:"fingerprint"`
+	Operation     string  `json:"operation"`
+	Text          string  `json:"text"`   // normalised (every constant a $n placeholder), truncated
+	Calls         uint64  `json:"calls"`  // since the statement was last admitted to the tracked set
+	Errors        uint64  `json:"errors"` // of those calls
+	TotalSeconds  float64 `json:"totalSeconds"`
+	WindowCalls   uint64  `json:"windowCalls"`   // calls in the statements window
+	WindowSeconds float64 `json:"windowSeconds"` // time in the statements window: the ranking
+	P50Ms         float64 `json:"p50Ms"`
+	P95Ms         float64 `json:"p95Ms"`
+	P99Ms         float64 `json:"p99Ms"`
+	// Histogram holds the calls per classic bucket (not cumulative), the last one above every
+	// bound (leMs null).
+	Histogram []Bucket `json:"histogram"`
+}
+
+// Bucket is one bucket of a latency histogram: the calls that took more than the bucket
+// before's bound and at most LeMs.
+type Bucket struct {
+	LeMs  *float64 `json:"leMs"` // null: above the last bound
+	Count uint64   `json:"count"`
 }
 
 // TopStatement is one pg_stat_statements entry, as the collectors export it.
@@ -108,7 +138,10 @@ type PerformanceResponse struct {
 	ErrorsBySQLState map[string]uint64 `json:"errorsBySqlState"`
 	SlowQueries      []SlowQuery       `json:"slowQueries"`   // newest first
 	TopStatements    []TopStatement    `json:"topStatements"` // null without pg_stat_statements data
-	Findings         []Finding         `json:"findings"`
+	// Statements are the top statements by total time over the statements window, measured by
+	// the pool itself, most first; null when statement measurement is off.
+	Statements []Statement `json:"statements"`
+	Findings   []Finding   `json:"findings"`
 }
 
 // QueryCounts is a short query count summary.
@@ -140,6 +173,7 @@ type LiveSnapshot struct {
 	Latency           Latency       `json:"latency"` // since start
 	Recent            RecentQueries `json:"recent"`
 	RecentSlowQueries []SlowQuery   `json:"recentSlowQueries"` // at most 5, newest first
+	Statements        []Statement   `json:"statements"`        // the top 10 of the performance answer's
 }
 
 // WarmupResponse is the body of POST /api/database/warmup.
@@ -236,7 +270,35 @@ func (h *Handler) slowQueries(limit int) []SlowQuery {
 	out := make([]SlowQuery, 0, len(list))
 	for _, q := range list {
 		sql := q.SQL // normalised and scrubbed by the pool when it was recorded
-		out = append(out, SlowQuery{Time: q.Time.UTC(), DurationMs: ms(q.Duration), Operation: q.Operation, SQL: sql})
+		out = append(out, SlowQuery{Time: q.Time.UTC(), DurationMs: ms(q.Duration), Operation: q.Operation, SQL: sql,
+			Fingerprint: q.Fingerprint})
+	}
+	return out
+}
+
+// statements returns the pool's top statements, at most limit (0: all); nil when statement
+// measurement is off.
+func (h *Handler) statements(limit int) []Statement {
+	list := h.mgr.Statements()
+	if list == nil {
+		return nil
+	}
+	if limit > 0 && len(list) > limit {
+		list = list[:limit]
+	}
+	out := make([]Statement, 0, len(list))
+	for _, s := range list {
+		st := Statement{Fingerprint: s.Fingerprint, Operation: s.Operation, Text: s.Text, Calls: s.Calls,
+			Errors: s.Errors, TotalSeconds: round3(s.TotalSeconds), WindowCalls: s.WindowCalls,
+			WindowSeconds: round3(s.WindowSeconds), P50Ms: ms(s.P50), P95Ms: ms(s.P95), P99Ms: ms(s.P99)}
+		var prev uint64
+		for i, le := range s.Histogram.Bounds() {
+			bound := round3(le * 1000)
+			st.Histogram = append(st.Histogram, Bucket{LeMs: &bound, Count: s.Histogram.Cumulative[i] - prev})
+			prev = s.Histogram.Cumulative[i]
+		}
+		st.Histogram = append(st.Histogram, Bucket{Count: s.Histogram.Count - min(prev, s.Histogram.Count)})
+		out = append(out, st)
 	}
 	return out
 }

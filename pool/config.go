@@ -55,6 +55,16 @@ type Config struct {
 	MetricsLogInterval time.Duration
 	// ApplicationName is sent to the server unless the URL sets application_name.
 	ApplicationName string
+	// StatementsTop is how many statements, the top ones by total time over StatementsWindow,
+	// get their own latency histogram, error counter and info series (STATEMENTS_TOP); 0 turns
+	// statement measurement off.
+	StatementsTop int
+	// StatementsWindow is the sliding window over which statements are ranked
+	// (STATEMENTS_WINDOW).
+	StatementsWindow time.Duration
+	// StatementsTextLength bounds, in bytes, the normalised text of the statement info series
+	// (STATEMENTS_TEXT_LENGTH).
+	StatementsTextLength int
 }
 
 // DefaultConfig returns the defaults of every setting (see Settings).
@@ -132,6 +142,15 @@ func Settings() []Setting {
 		{Env: "DB_APPLICATION_NAME", Flag: "db.application-name", Default: "pgsidecar",
 			Help: "application_name sent to PostgreSQL unless the URL sets one.",
 			Set:  func(c *Config, v string) error { c.ApplicationName = v; return nil }},
+		{Env: "STATEMENTS_TOP", Flag: "statements.top", Default: "50",
+			Help: "How many statements, the top ones by total time over the statements window, get their own latency histogram; 0 turns statement measurement off.",
+			Set:  intSetter("STATEMENTS_TOP", func(c *Config) *int { return &c.StatementsTop })},
+		{Env: "STATEMENTS_WINDOW", Flag: "statements.window", Default: "10m",
+			Help: "Sliding window over which statements are ranked by total time (milliseconds or Go duration).",
+			Set:  durationSetter("STATEMENTS_WINDOW", func(c *Config) *time.Duration { return &c.StatementsWindow })},
+		{Env: "STATEMENTS_TEXT_LENGTH", Flag: "statements.text-length", Default: "200",
+			Help: "Most bytes of normalised statement text in the text label of pgsidecar_statement_info.",
+			Set:  intSetter("STATEMENTS_TEXT_LENGTH", func(c *Config) *int { return &c.StatementsTextLength })},
 	}
 }
 
@@ -155,6 +174,16 @@ const maxPoolName = 128
 // minTimeout is the least DB_CONNECTION_TIMEOUT and DB_HEALTH_CHECK_TIMEOUT: a round trip and a
 // login must fit in it.
 const minTimeout = 100 * time.Millisecond
+
+// Bounds of the statement settings: each top statement is a histogram series per pool, and its
+// text a label value on every scrape.
+const (
+	maxStatementsTop    = 1000
+	minStatementsWindow = 10 * time.Second
+	maxStatementsWindow = 24 * time.Hour
+	minStatementText    = 20
+	maxStatementText    = 4096
+)
 
 // Validate checks the settings against each other. Its errors name the setting and the value.
 func (c Config) Validate() error {
@@ -212,6 +241,17 @@ func (c Config) Validate() error {
 	}
 	if c.SlowQueryThreshold <= 0 {
 		add("DB_SLOW_QUERY_THRESHOLD (%s) must be greater than 0", c.SlowQueryThreshold)
+	}
+	if c.StatementsTop > maxStatementsTop {
+		add("STATEMENTS_TOP (%d) must be at most %d", c.StatementsTop, maxStatementsTop)
+	}
+	if c.StatementsTop > 0 {
+		if c.StatementsWindow < minStatementsWindow || c.StatementsWindow > maxStatementsWindow {
+			add("STATEMENTS_WINDOW (%s) must be between %s and %s", c.StatementsWindow, minStatementsWindow, maxStatementsWindow)
+		}
+		if c.StatementsTextLength < minStatementText || c.StatementsTextLength > maxStatementText {
+			add("STATEMENTS_TEXT_LENGTH (%d) must be between %d and %d", c.StatementsTextLength, minStatementText, maxStatementText)
+		}
 	}
 	if c.RetryMaxDelay < c.RetryDelay {
 		add("DB_RETRY_MAX_DELAY (%s) must not be less than DB_RETRY_DELAY (%s)", c.RetryMaxDelay, c.RetryDelay)
@@ -305,6 +345,20 @@ func int32Setter(name string, field func(*Config) *int32) func(*Config, string) 
 			return fmt.Errorf("%s: %q is too large", name, v)
 		}
 		*field(c) = int32(n)
+		return nil
+	}
+}
+
+func intSetter(name string, field func(*Config) *int) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := parseInt(name, v)
+		if err != nil {
+			return err
+		}
+		if n > math.MaxInt32 {
+			return fmt.Errorf("%s: %q is too large", name, v)
+		}
+		*field(c) = int(n)
 		return nil
 	}
 }

@@ -19,7 +19,8 @@ func TestFromEnvDefaults(t *testing.T) {
 		ConnectTimeout: 10 * time.Second, IdleTimeout: 10 * time.Minute, MaxLifetime: time.Hour,
 		RetryAttempts: 3, RetryDelay: time.Second, RetryMaxDelay: 30 * time.Second,
 		HealthCheckInterval: 30 * time.Second, HealthCheckTimeout: 5 * time.Second,
-		SlowQueryThreshold: time.Second, MetricsLogInterval: time.Minute, ApplicationName: "pgsidecar"}
+		SlowQueryThreshold: time.Second, MetricsLogInterval: time.Minute, ApplicationName: "pgsidecar",
+		StatementsTop: 50, StatementsWindow: 10 * time.Minute, StatementsTextLength: 200}
 	if c != want {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", c, want)
 	}
@@ -68,6 +69,10 @@ func TestBadConfigNamesTheSetting(t *testing.T) {
 		{map[string]string{"DB_HEALTH_CHECK_TIMEOUT": "99"}, "DB_HEALTH_CHECK_TIMEOUT (99ms) must be at least 100ms"},
 		{map[string]string{"DB_CONNECTION_TIMEOUT": "1ns"}, "DB_CONNECTION_TIMEOUT (1ns) must be at least 100ms"},
 		{map[string]string{"DB_IDLE_TIMEOUT": "999"}, "DB_IDLE_TIMEOUT (999ms) must be at least 1s"},
+		{map[string]string{"STATEMENTS_TOP": "-1"}, "STATEMENTS_TOP (-1) must not be negative"},
+		{map[string]string{"STATEMENTS_TOP": "5000"}, "STATEMENTS_TOP (5000) must be at most 1000"},
+		{map[string]string{"STATEMENTS_WINDOW": "1s"}, "STATEMENTS_WINDOW (1s) must be between 10s and 24h0m0s"},
+		{map[string]string{"STATEMENTS_TEXT_LENGTH": "5"}, "STATEMENTS_TEXT_LENGTH (5) must be between 20 and 4096"},
 		{map[string]string{"DB_MAX_LIFETIME": "1ns"}, "DB_MAX_LIFETIME (1ns) must be at least 1s"},
 		{map[string]string{"DB_RETRY_DELAY": "1ns"}, "DB_RETRY_DELAY (1ns) must be 0 or at least 1ms"},
 		{map[string]string{"DB_RETRY_DELAY": "0", "DB_RETRY_MAX_DELAY": "1ms"}, "DB_RETRY_MAX_DELAY (1ms) must be at least 10ms"},

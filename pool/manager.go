@@ -84,6 +84,9 @@ func New(cfg Config, opts ...Option) (*Manager, error) {
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.log = m.log.With("pool", cfg.Name)
 	m.metrics = newMetrics(cfg.Name, m.snapshot)
+	if cfg.StatementsTop > 0 {
+		m.metrics.stmts = newStatements(prometheus.Labels{"pool": cfg.Name}, cfg, m.scrub.Scrub)
+	}
 	m.tracer = &tracer{metrics: m.metrics, recordQuery: m.RecordQuery, noteError: m.noteError, checkNow: m.checkNow}
 	pc.ConnConfig.Tracer = acquireTracer{m.tracer}
 	pc.BeforeClose = func(*pgx.Conn) { m.closedConns.Add(1) }

@@ -21,6 +21,7 @@ var queryBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.
 // is read from pgxpool at scrape time and sent as const metrics.
 type metrics struct {
 	snapshot func() poolSnapshot
+	stmts    *statements // nil when statement measurement is off
 
 	queryDuration  *prometheus.HistogramVec
 	queryObservers [numOperations]prometheus.Observer
@@ -134,6 +135,9 @@ func (x *metrics) Describe(ch chan<- *prometheus.Desc) {
 		x.opened, x.closed, x.emptyAcquires, x.acquireCancels} {
 		ch <- d
 	}
+	if x.stmts != nil {
+		x.stmts.describe(ch)
+	}
 }
 
 // Collect implements prometheus.Collector: event metrics as counted, pool state from one
@@ -141,6 +145,9 @@ func (x *metrics) Describe(ch chan<- *prometheus.Desc) {
 func (x *metrics) Collect(ch chan<- prometheus.Metric) {
 	for _, c := range x.eventCollectors() {
 		c.Collect(ch)
+	}
+	if x.stmts != nil {
+		x.stmts.collect(ch)
 	}
 	snap := x.snapshot()
 	s := snap.stat

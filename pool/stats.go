@@ -5,12 +5,16 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgsidecar/pgsidecar/internal/fingerprint"
 	"github.com/pgsidecar/pgsidecar/internal/sqlnorm"
 	"github.com/pgsidecar/pgsidecar/internal/sqlstate"
 )
 
 // RecordQuery counts one query in the pool's metrics and logs it when slow. The tracer calls it
 // for library traffic; other front ends (such as a protocol relay) call it for theirs.
+//
+// With statement measurement on (Config.StatementsTop), it also counts the query in its
+// statement's histogram, found by the statement's fingerprint.
 func (m *Manager) RecordQuery(op Operation, sql string, d time.Duration, err error) {
 	x := m.metrics
 	x.queryObservers[op].Observe(d.Seconds())
@@ -18,14 +22,30 @@ func (m *Manager) RecordQuery(op Operation, sql string, d time.Duration, err err
 		x.queryErrors.WithLabelValues(op.String(), sqlStateLabel(err)).Inc()
 		m.noteError(err)
 	}
+	var fp fingerprint.Fingerprint
+	if x.stmts != nil {
+		fp = x.stmts.record(op, sql, d, err)
+	}
 	if d >= m.cfg.SlowQueryThreshold {
 		x.slowQueries.Inc()
+		if x.stmts == nil {
+			fp = fingerprintOf(op, sql)
+		}
 		text := truncateSQL(m.scrub.Scrub(shownSQL(op, sql)), 500)
 		m.mu.Lock()
-		m.slow.add(SlowQuery{Time: time.Now(), Duration: d, Operation: op.String(), SQL: text})
+		m.slow.add(SlowQuery{Time: time.Now(), Duration: d, Operation: op.String(), SQL: text, Fingerprint: fp.String()})
 		m.mu.Unlock()
-		m.log.Warn("Slow query detected", "duration", d, "operation", op.String(), "sql", text)
+		m.log.Warn("Slow query detected", "duration", d, "operation", op.String(), "fingerprint", fp.String(), "sql", text)
 	}
+}
+
+// fingerprintOf is the fingerprint of sql, or of its operation's unnormalisable statements.
+func fingerprintOf(op Operation, sql string) fingerprint.Fingerprint {
+	fp, _, err := fingerprint.Of(sql)
+	if err != nil {
+		return fingerprint.Unnormalisable(op.String())
+	}
+	return fp
 }
 
 // sqlStateLabel is the sqlstate label of pgsidecar_query_errors_total for err: SQLState's value,
@@ -105,6 +125,9 @@ type SlowQuery struct {
 	Duration  time.Duration
 	Operation string
 	SQL       string // normalised (constants as $n, no comments) and truncated; never argument values
+	// Fingerprint names the statement (16 hex digits), as the fingerprint label of the
+	// statement metrics does.
+	Fingerprint string
 }
 
 // SlowQueries returns the most recent slow queries, newest first.

@@ -40,9 +40,18 @@ type pageState struct {
 	ErrorRate   string `json:"errorRate"`
 	Banner      string `json:"banner"`
 	SlowSQL     string `json:"slowSql"`
-	Lines       int    `json:"lines"`
-	Styled      bool   `json:"styled"`
-	Foreign     []string
+	Statements  []struct {
+		Fingerprint string   `json:"fingerprint"`
+		Cells       []string `json:"cells"`
+	} `json:"statements"`
+	Histogram struct {
+		Shown  bool   `json:"shown"`
+		Title  string `json:"title"`
+		Counts []int  `json:"counts"`
+	} `json:"histogram"`
+	Lines   int  `json:"lines"`
+	Styled  bool `json:"styled"`
+	Foreign []string
 }
 
 const readPage = `(() => {
@@ -52,6 +61,11 @@ const readPage = `(() => {
     status: t("status"), poolName: t("pool-name"), utilization: t("utilization"),
     used: t("used"), max: t("max"), p50: t("p50"), p99: t("p99"), total: t("total"),
     errorRate: t("error-rate-total"), banner: t("banner"), slowSql: t("slow"),
+    statements: [...document.querySelectorAll("#statements tr[data-fingerprint]")].map(tr => ({
+      fingerprint: tr.getAttribute("data-fingerprint"), cells: [...tr.cells].map(c => c.textContent) })),
+    histogram: { shown: document.getElementById("statement-histogram").className === "shown",
+      title: t("histogram-fingerprint"),
+      counts: [...document.querySelectorAll("#chart-histogram rect")].map(r => Number(r.getAttribute("data-count"))) },
     lines: document.querySelectorAll("svg.chart polyline").length,
     styled: getComputedStyle(document.getElementById("status")).color === "rgb(255, 255, 255)",
     Foreign: performance.getEntriesByType("resource").map(e => e.name).filter(n => !n.startsWith(location.origin)),

@@ -74,6 +74,54 @@ func TestStatusPageInChromium(t *testing.T) {
 		t.Fatalf("the page stopped updating at %d snapshots", seen)
 	}
 
+	// The top statements table: SELECT 1 ran 20 times; clicking its row shows its histogram,
+	// and the table keeps updating as the statement runs again.
+	row := func(st pageState, text string) (string, []string) {
+		for _, r := range st.Statements {
+			if len(r.Cells) == 8 && r.Cells[0] == text {
+				return r.Fingerprint, r.Cells
+			}
+		}
+		return "", nil
+	}
+	fingerprint, cells := row(st, "SELECT $1")
+	if fingerprint == "" || cells[1] != "select" || cells[2] != "20" || cells[3] != "0" {
+		t.Fatalf("statements table: %+v", st.Statements)
+	}
+	if _, cells := row(st, "SELECT * FROM no_such_table"); cells == nil || cells[3] != "1" {
+		t.Errorf("statements table lacks the failing statement with its error: %+v", st.Statements)
+	}
+	if st.Histogram.Shown {
+		t.Errorf("a histogram shows before any row was clicked: %+v", st.Histogram)
+	}
+	if _, err := chromedp.Run(browser, chromedp.Click(chromedp.CSS(`#statements tr[data-fingerprint="`+fingerprint+`"]`))); err != nil {
+		t.Fatalf("clicking the statement's row: %v", err)
+	}
+	sum := func(c []int) (n int) {
+		for _, v := range c {
+			n += v
+		}
+		return n
+	}
+	if !pgtest.WaitFor(30*time.Second, func() bool { st = read(); return st.Histogram.Shown && sum(st.Histogram.Counts) == 20 }) {
+		t.Fatalf("clicking the row shows no histogram of its 20 calls: %+v", st.Histogram)
+	}
+	if !strings.Contains(st.Histogram.Title, fingerprint) || len(st.Histogram.Counts) != 16 {
+		t.Errorf("histogram of %s: %+v", fingerprint, st.Histogram)
+	}
+	for range 5 {
+		if err := s.query(t, "SELECT 2"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !pgtest.WaitFor(30*time.Second, func() bool {
+		st = read()
+		_, cells := row(st, "SELECT $1")
+		return cells != nil && cells[2] == "25" && sum(st.Histogram.Counts) == 25
+	}) {
+		t.Fatalf("the statements table or the histogram did not update: %+v %+v", st.Statements, st.Histogram)
+	}
+
 	// The database goes away: the page must say so and keep updating.
 	t.Cleanup(func() { _ = cluster.StartAgain() })
 	if err := cluster.Stop("immediate"); err != nil {

@@ -36,10 +36,12 @@ var ErrLex = errors.New("cannot lex SQL text")
 
 // Lex splits sql into tokens, whitespace left out, reading plain '...' strings as PostgreSQL does
 // with standard_conforming_strings on (its default), where a backslash is an ordinary character.
-func Lex(sql string) ([]Token, error) { return lex(sql, true) }
+func Lex(sql string) ([]Token, error) { return lex(nil, sql, true) }
 
-func lex(s string, standardStrings bool) ([]Token, error) {
-	var toks []Token
+// AppendTokens is Lex appending to toks, so that a caller lexing often can reuse one slice.
+func AppendTokens(toks []Token, sql string) ([]Token, error) { return lex(toks, sql, true) }
+
+func lex(toks []Token, s string, standardStrings bool) ([]Token, error) {
 	i := 0
 	for i < len(s) {
 		c := s[i]

@@ -18,7 +18,7 @@ func Normalize(sql string) (string, error) {
 		return "", err
 	}
 	if strings.IndexByte(sql, '\\') >= 0 {
-		other, err := lex(sql, false)
+		other, err := lex(nil, sql, false)
 		if err != nil || !slices.Equal(toks, other) {
 			return "", fmt.Errorf("%w: a backslash in a string makes its end depend on standard_conforming_strings", ErrLex)
 		}
