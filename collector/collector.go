@@ -37,6 +37,8 @@ type Options struct {
 	Logger *slog.Logger
 	// StatementsLimit is the number of statements the statements collector exports.
 	StatementsLimit int
+	// StatementsQueryLength is the length of the statement text label, 0 for none.
+	StatementsQueryLength int
 	// DatabaseSizeInterval is how long the database collector reuses database sizes.
 	DatabaseSizeInterval time.Duration
 }
