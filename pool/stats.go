@@ -13,7 +13,7 @@ import (
 // for library traffic; other front ends (such as a protocol relay) call it for theirs.
 func (m *Manager) RecordQuery(op Operation, sql string, d time.Duration, err error) {
 	x := m.metrics
-	x.queryObservers[op].Observe(d.Seconds())
+	x.queryObserver(op).Observe(d.Seconds())
 	if err != nil {
 		x.queryErrors.WithLabelValues(op.String(), sqlStateLabel(err)).Inc()
 		m.noteError(err)
