@@ -11,8 +11,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/pgsidecar/pgsidecar/internal/testutil"
 )
 
 var update = flag.Bool("update", false, "rewrite docs/reference.md and golden files from the code")
@@ -30,8 +33,18 @@ func TestReferenceDocs(t *testing.T) {
 	if err := cluster.Exec(t.Context(), "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"); err != nil {
 		t.Fatal(err)
 	}
+	proxyAddr := testutil.FreeAddr(t)
 	addr, _, stop := startSidecar(t, "--database-url="+cluster.URL(""), "--collector.statements",
-		"--proxy.listen-address=127.0.0.1:0", "--proxy.auth-method=trust")
+		"--proxy.listen-address="+proxyAddr, "--proxy.auth-method=trust")
+	// A query through the proxy, so that the series created on first use exist.
+	conn, err := pgx.Connect(t.Context(), "postgres://postgres@"+proxyAddr+"/postgres?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(t.Context(), "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(t.Context())
 	_, _ = get(t, "http://"+addr+"/metrics")
 	got := referenceDoc(t, captured)
 	stop()
@@ -75,7 +88,10 @@ func referenceDoc(t *testing.T, reg *registry) string {
 	b.WriteString("Generated from the code by `make docs`; a test fails when this file and the code disagree.\n\n")
 	b.WriteString("## Flags and environment variables\n\n")
 	b.WriteString("Every flag can also be set through the environment variable shown. Durations of the `DB_*`\n")
-	b.WriteString("settings take milliseconds (`10000`) or Go durations (`10s`).\n\n")
+	b.WriteString("settings take milliseconds (`10000`) or Go durations (`10s`). A variable is the flag in capitals,\n")
+	b.WriteString("dots and dashes as underscores, after `PGSIDECAR_` (`--log.level` is `PGSIDECAR_LOG_LEVEL`);\n")
+	b.WriteString("the pool's (`DATABASE_URL`, `DB_*`), the proxy's (`PROXY_*`) and the statements' (`STATEMENTS_*`)\n")
+	b.WriteString("have no prefix. A repeatable flag takes one value per line of its variable.\n\n")
 	b.WriteString("| flag | environment | default | meaning |\n|---|---|---|---|\n")
 	k, _ := newApp(io.Discard, io.Discard)
 	for _, f := range k.Model().Flags {
