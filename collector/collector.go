@@ -142,6 +142,25 @@ func (k *sink) add(d *prometheus.Desc, t prometheus.ValueType, v float64, labels
 	k.metrics = append(k.metrics, m)
 }
 
+// addHistogram adds a histogram sample, with the same duplicate and error handling as add.
+func (k *sink) addHistogram(d *prometheus.Desc, h *histogramValue, labels []string) {
+	key := seriesKey{desc: d, labels: strings.Join(labels, "\xff")}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if _, dup := k.seen[key]; dup {
+		k.duplicates++
+		return
+	}
+	m, err := prometheus.NewConstHistogram(d, h.count, h.sum, h.buckets, labels...)
+	if err != nil {
+		k.invalid++
+		k.lastErr = err
+		return
+	}
+	k.seen[key] = struct{}{}
+	k.metrics = append(k.metrics, m)
+}
+
 // seriesKey identifies a series within one collection. Descs are built once per metric name
 // (custom queries validate that names are unique), so the pointer stands for the name.
 type seriesKey struct {
