@@ -101,7 +101,10 @@ func referenceDoc(t *testing.T, reg *registry) string {
 	b.WriteString("Generated from the code by `make docs`; a test fails when this file and the code disagree.\n\n")
 	b.WriteString("## Flags and environment variables\n\n")
 	b.WriteString("Every flag can also be set through the environment variable shown. Durations of the `DB_*`\n")
-	b.WriteString("settings take milliseconds (`10000`) or Go durations (`10s`).\n\n")
+	b.WriteString("settings take milliseconds (`10000`) or Go durations (`10s`). A variable is the flag in capitals,\n")
+	b.WriteString("dots and dashes as underscores, after `PGSIDECAR_` (`--log.level` is `PGSIDECAR_LOG_LEVEL`);\n")
+	b.WriteString("the pool's (`DATABASE_URL`, `DB_*`), the proxy's (`PROXY_*`) and the statements' (`STATEMENTS_*`)\n")
+	b.WriteString("have no prefix. A repeatable flag takes one value per line of its variable.\n\n")
 	b.WriteString("| flag | environment | default | meaning |\n|---|---|---|---|\n")
 	k, _ := newApp(io.Discard, io.Discard)
 	for _, f := range k.Model().Flags {

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -27,7 +28,6 @@ import (
 	promslogflag "github.com/prometheus/common/promslog/flag"
 	"github.com/prometheus/common/version"
 	"github.com/prometheus/exporter-toolkit/web"
-	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 
 	"github.com/pgsidecar/pgsidecar/internal/redact"
 	"github.com/pgsidecar/pgsidecar/internal/regularfile"
@@ -168,21 +168,59 @@ type app struct {
 	features      []feature
 }
 
-// newApp declares every flag. The pool's and each feature's flags come from the package's
-// settings table, so flags, environment variables and docs share one table per package.
+// envFileVar names the .env file like --env-file; it is read before the command line is parsed,
+// as --env-file is.
+const envFileVar = "PGSIDECAR_ENV_FILE"
+
+// envFileSetting is --env-file, which envFileArg reads before parsing: it is declared for
+// --help and the docs, and parsing it again changes nothing.
+var envFileSetting = settings.Setting[app]{Flag: "env-file", Env: envFileVar, PlaceHolder: "FILE",
+	Help: "Read settings from this .env file first (KEY=VALUE lines; the environment wins).",
+	Set:  settings.String(func(a *app) *string { return &a.envFile })}
+
+// webSettings are the web server's and the log's settings: the flags exporter-toolkit and
+// promslog declare (same names, defaults and help), declared here so that they get environment
+// variables like every other setting.
+func webSettings() []settings.Setting[app] {
+	var out []settings.Setting[app]
+	if runtime.GOOS == "linux" { // socket activation is systemd's
+		out = append(out, settings.Setting[app]{Flag: "web.systemd-socket", Env: "PGSIDECAR_WEB_SYSTEMD_SOCKET", Bool: true,
+			Help: "Use systemd socket activation listeners instead of port listeners (Linux only).",
+			Set:  settings.Bool("--web.systemd-socket", func(a *app) *bool { return a.webFlags.WebSystemdSocket })})
+	}
+	return append(out,
+		settings.Setting[app]{Flag: "web.listen-address", Env: "PGSIDECAR_WEB_LISTEN_ADDRESS", Default: defaultListenAddress, Repeatable: true,
+			Help: "Addresses on which to expose metrics and web interface. Repeatable for multiple addresses (one per line in the variable). Examples: `:9100` or `[::1]:9100` for http, `vsock://:9100` for vsock",
+			Set:  settings.Strings(func(a *app) *[]string { return a.webFlags.WebListenAddresses })},
+		settings.Setting[app]{Flag: "web.config.file", Env: "PGSIDECAR_WEB_CONFIG_FILE", PlaceHolder: "FILE",
+			Help: "Path to configuration file that can enable TLS or authentication. See: https://github.com/prometheus/exporter-toolkit/blob/master/docs/web-configuration.md",
+			Set:  settings.String(func(a *app) *string { return a.webFlags.WebConfigFile })},
+		settings.Setting[app]{Flag: "web.telemetry-path", Env: "PGSIDECAR_WEB_TELEMETRY_PATH", Default: "/metrics",
+			Help: "Path under which to expose metrics.",
+			Set:  settings.String(func(a *app) *string { return &a.telemetryPath })},
+		settings.Setting[app]{Flag: "log.level", Env: "PGSIDECAR_LOG_LEVEL", Default: "info",
+			Help: promslogflag.LevelFlagHelp,
+			Set:  func(a *app, v string) error { return a.logCfg.Level.Set(v) }},
+		settings.Setting[app]{Flag: "log.format", Env: "PGSIDECAR_LOG_FORMAT", Default: "logfmt",
+			Help: promslogflag.FormatFlagHelp,
+			Set:  func(a *app, v string) error { return a.logCfg.Format.Set(v) }},
+	)
+}
+
+// newApp declares every flag. Each comes from a settings table (the pool's, each feature's,
+// the web server's), so flags, environment variables and docs share one table per package.
 func newApp(stdout, stderr io.Writer) (*kingpin.Application, *app) {
-	a := &app{poolCfg: pool.DefaultConfig(), logCfg: &promslog.Config{Writer: stderr}}
+	a := &app{poolCfg: pool.DefaultConfig(),
+		webFlags: &web.FlagConfig{WebListenAddresses: new([]string), WebSystemdSocket: new(bool), WebConfigFile: new(string)},
+		logCfg:   &promslog.Config{Writer: stderr, Level: promslog.NewLevel(), Format: promslog.NewFormat()}}
 	k := kingpin.New("pgsidecar", "Prometheus-native observability sidecar and exporter for PostgreSQL connection pools.")
 	k.UsageWriter(stdout)
 	k.ErrorWriter(stderr)
 	k.Version(version.Print("pgsidecar"))
 	k.HelpFlag.Short('h')
-	k.Flag("env-file", "Read settings from this .env file first (KEY=VALUE lines; the environment wins).").
-		PlaceHolder("FILE").StringVar(&a.envFile)
+	bindSettings(k, a, []settings.Setting[app]{envFileSetting})
 	bindSettings(k, &a.poolCfg, pool.Settings())
-	a.webFlags = kingpinflag.AddFlags(k, defaultListenAddress)
-	k.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").StringVar(&a.telemetryPath)
-	promslogflag.AddFlags(k, a.logCfg)
+	bindSettings(k, a, webSettings())
 	a.features = features()
 	for _, f := range a.features {
 		f.flags(k)
@@ -524,7 +562,8 @@ func closeAll(ls []net.Listener) {
 	}
 }
 
-// envFileArg finds --env-file before kingpin parses, since the file feeds kingpin's Envar.
+// envFileArg finds --env-file (or else PGSIDECAR_ENV_FILE) before kingpin parses, since the file
+// feeds kingpin's Envar.
 func envFileArg(args []string) string {
 	for i, arg := range args {
 		if v, ok := strings.CutPrefix(arg, "--env-file="); ok {
@@ -534,7 +573,7 @@ func envFileArg(args []string) string {
 			return args[i+1]
 		}
 	}
-	return ""
+	return os.Getenv(envFileVar)
 }
 
 const (

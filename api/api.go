@@ -46,7 +46,7 @@ type Setting = settings.Setting[Config]
 // Settings lists every API setting in the order they are documented.
 func Settings() []Setting {
 	return []Setting{
-		{Flag: "web.enable-api", Default: "true", Bool: true,
+		{Flag: "web.enable-api", Env: "PGSIDECAR_WEB_ENABLE_API", Default: "true", Bool: true,
 			Help: "Serve /api/database/*, /healthz, /readyz and the /status page.",
 			Set:  settings.Bool("--web.enable-api", func(c *Config) *bool { return &c.Enabled })},
 	}

@@ -142,8 +142,8 @@ func (s *registrySnapshot) fillDetailed(r *DetailedMetricsResponse) {
 		Current:        s.opt("pg_server_connections", nil),
 		Max:            s.opt("pg_settings_max_connections", nil),
 		Utilization:    s.opt("pg_server_connection_utilization_ratio", nil),
-		IdleInTx:       s.opt("pg_stat_activity_idle_in_transaction_count", nil),
-		WaitingOnLocks: s.opt("pg_stat_activity_waiting_on_locks_count", nil),
+		IdleInTx:       s.opt("pg_stat_activity_idle_in_transaction_sessions", nil),
+		WaitingOnLocks: s.opt("pg_stat_activity_waiting_on_locks_sessions", nil),
 	}
 	if u := r.Connections.Utilization; u != nil {
 		*u = ratio(*u)

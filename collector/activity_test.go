@@ -78,10 +78,10 @@ func TestActivityIdleInTransactionAndLockWaits(t *testing.T) {
 	}
 	db := map[string]string{"datname": "activity_t"}
 	// The three sessions plus the lock holder, which sits idle in its transaction too.
-	if got := s.value(t, "pg_stat_activity_idle_in_transaction_count", db); got != 4 {
+	if got := s.value(t, "pg_stat_activity_idle_in_transaction_sessions", db); got != 4 {
 		t.Errorf("idle in transaction sessions = %v, want 4", got)
 	}
-	if got := s.value(t, "pg_stat_activity_waiting_on_locks_count", db); got != 1 {
+	if got := s.value(t, "pg_stat_activity_waiting_on_locks_sessions", db); got != 1 {
 		t.Errorf("sessions waiting on locks = %v, want 1", got)
 	}
 	if got := s.value(t, "pg_stat_activity_oldest_xact_seconds", db); got <= 0 {
@@ -96,7 +96,7 @@ func TestActivityIdleInTransactionAndLockWaits(t *testing.T) {
 		t.Errorf("max_tx_duration = %v, want > 0", got)
 	}
 	// Databases without sessions are still there, with zeros.
-	if got := s.value(t, "pg_stat_activity_idle_in_transaction_count", map[string]string{"datname": "template1"}); got != 0 {
+	if got := s.value(t, "pg_stat_activity_idle_in_transaction_sessions", map[string]string{"datname": "template1"}); got != 0 {
 		t.Errorf("template1 idle in transaction = %v, want 0", got)
 	}
 	// The collector's own session is visible, identified by its application name.

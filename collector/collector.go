@@ -38,6 +38,8 @@ type Options struct {
 	Logger *slog.Logger
 	// StatementsLimit is the number of statements the statements collector exports.
 	StatementsLimit int
+	// StatementsQueryLength is the length of the statement text label, 0 for none.
+	StatementsQueryLength int
 	// DatabaseSizeInterval is how long the database collector reuses database sizes.
 	DatabaseSizeInterval time.Duration
 }
@@ -145,6 +147,25 @@ func (k *sink) add(d *prometheus.Desc, t prometheus.ValueType, v float64, labels
 	m, err := prometheus.NewConstMetric(d, t, v, labels...)
 	if err != nil {
 		// Invalid UTF-8 in a label value or a wrong label count: skip the sample, keep the rest.
+		k.invalid++
+		k.lastErr = err
+		return
+	}
+	k.seen[key] = struct{}{}
+	k.metrics = append(k.metrics, m)
+}
+
+// addHistogram adds a histogram sample, with the same duplicate and error handling as add.
+func (k *sink) addHistogram(d *prometheus.Desc, h *histogramValue, labels []string) {
+	key := seriesKey{desc: d, labels: strings.Join(labels, "\xff")}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if _, dup := k.seen[key]; dup {
+		k.duplicates++
+		return
+	}
+	m, err := prometheus.NewConstHistogram(d, h.count, h.sum, h.buckets, labels...)
+	if err != nil {
 		k.invalid++
 		k.lastErr = err
 		return

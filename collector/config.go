@@ -53,6 +53,12 @@ func Settings() []Setting {
 		Setting{Flag: "collector.statements.limit", Env: envName("collector.statements.limit"), Default: "25",
 			Help: "Number of statements (top by total time) the statements collector exports.",
 			Set:  conf.Int("--collector.statements.limit", func(c *Config) *int { return &c.StatementsLimit })},
+		Setting{Flag: "collector.statements.include-query", Env: envName("collector.statements.include-query"), Default: "false", Bool: true,
+			Help: "Export each statement's text, cut to --collector.statements.query-length characters, as pg_stat_statements_query_id{queryid, query} (postgres_exporter's include_query). The server then reads its query text file on every collection.",
+			Set:  conf.Bool("--collector.statements.include-query", func(c *Config) *bool { return &c.StatementsIncludeQuery })},
+		Setting{Flag: "collector.statements.query-length", Env: envName("collector.statements.query-length"), Default: "120",
+			Help: "Characters of statement text kept with --collector.statements.include-query.",
+			Set:  conf.Int("--collector.statements.query-length", func(c *Config) *int { return &c.StatementsQueryLength })},
 		Setting{Flag: "collector.database.size-interval", Env: envName("collector.database.size-interval"), Default: "1m",
 			Help: "Measure database sizes at most this often (pg_database_size reads every file of every database); 0 measures them on every scrape.",
 			Set:  conf.Duration("--collector.database.size-interval", func(c *Config) *time.Duration { return &c.DatabaseSizeInterval })},
@@ -95,6 +101,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxConns < 1 {
 		add("--collector.max-connections (%d) must be at least 1", c.MaxConns)
+	}
+	if c.StatementsIncludeQuery && c.StatementsQueryLength < 1 {
+		add("--collector.statements.query-length (%d) must be at least 1", c.StatementsQueryLength)
 	}
 	if c.StatementsLimit < 1 {
 		add("--collector.statements.limit (%d) must be at least 1", c.StatementsLimit)

@@ -49,6 +49,13 @@ type sample struct {
 	vtype  prometheus.ValueType
 	value  float64
 	labels []string
+	hist   *histogramValue // a HISTOGRAM column's sample instead of value
+}
+
+type histogramValue struct {
+	count   uint64
+	sum     float64
+	buckets map[float64]uint64
 }
 
 func newCustomCollector(path string, log *slog.Logger) *customCollector {
@@ -69,7 +76,7 @@ func newCustomCollector(path string, log *slog.Logger) *customCollector {
 // reload loads the queries file; on error the current queries stay. The first load's error
 // is the caller's to report (it stops the program).
 func (c *customCollector) reload() error {
-	qs, err := loadQueries(c.path, builtinName)
+	qs, warnings, err := loadQueries(c.path, builtinName)
 	if err != nil {
 		c.reloadOK.Set(0)
 		if c.queries.Load() != nil {
@@ -84,6 +91,9 @@ func (c *customCollector) reload() error {
 	c.mu.Unlock()
 	for _, q := range qs {
 		c.errs.WithLabelValues(q.name)
+	}
+	for _, w := range warnings {
+		c.log.Warn("Custom query metric not loaded", "reason", w)
 	}
 	c.reloadOK.Set(1)
 	c.reloadTS.SetToCurrentTime()
@@ -150,6 +160,10 @@ func (c *customCollector) Update(ctx context.Context, s *Scrape) error {
 
 func emit(s *Scrape, samples []sample) {
 	for _, x := range samples {
+		if x.hist != nil {
+			s.sink.addHistogram(x.desc, x.hist, x.labels)
+			continue
+		}
 		s.sink.add(x.desc, x.vtype, x.value, x.labels)
 	}
 }
@@ -303,6 +317,7 @@ func readResult(rr *pgconn.ResultReader, q *customQuery, tm *pgtype.Map) ([]samp
 		col   *customColumn
 		idx   int
 		vtype prometheus.ValueType
+		parts [3]int // a histogram's _bucket, _sum and _count columns
 	}
 	var mcols []metricCol
 	for i := range q.columns {
@@ -314,11 +329,27 @@ func readResult(rr *pgconn.ResultReader, q *customQuery, tm *pgtype.Map) ([]samp
 		if !ok {
 			return missing("metric", col.name)
 		}
-		vt := prometheus.GaugeValue
+		m := metricCol{col: col, idx: j, vtype: prometheus.GaugeValue}
 		if col.usage == usageCounter {
-			vt = prometheus.CounterValue
+			m.vtype = prometheus.CounterValue
 		}
-		mcols = append(mcols, metricCol{col: col, idx: j, vtype: vt})
+		if col.usage == usageHistogram {
+			for k, part := range []string{"_bucket", "_sum", "_count"} {
+				if m.parts[k], ok = index[col.name+part]; !ok {
+					return missing("histogram", col.name+part)
+				}
+			}
+		}
+		mcols = append(mcols, m)
+	}
+	// Columns the file does not list become untyped metrics, as in postgres_exporter.
+	for j, f := range fields {
+		if q.known[f.Name] || !metricNameRE.MatchString(q.name+"_"+f.Name) {
+			continue
+		}
+		if d := q.unknownDesc(f.Name); d != nil {
+			mcols = append(mcols, metricCol{col: &customColumn{name: f.Name, desc: d}, idx: j, vtype: prometheus.UntypedValue})
+		}
 	}
 	var out []sample
 	var convErr error
@@ -332,12 +363,48 @@ func readResult(rr *pgconn.ResultReader, q *customQuery, tm *pgtype.Map) ([]samp
 			if raw[m.idx] == nil {
 				continue // NULL is no sample, not zero
 			}
-			f, ok := toFloat(decode(tm, fields[m.idx], raw[m.idx]))
-			if !ok {
-				convErr = fmt.Errorf("column %s: a value of type %s cannot be a metric value", m.col.name, typeName(fields[m.idx].DataTypeOID))
+			v := decode(tm, fields[m.idx], raw[m.idx])
+			x := sample{desc: m.col.desc, vtype: m.vtype, labels: labels}
+			var err error
+			switch m.col.usage {
+			case usageHistogram:
+				x.hist, err = histogramSample(v, func(k int) any { return decode(tm, fields[m.parts[k]], raw[m.parts[k]]) })
+			case usageMapped:
+				// Numbers pass as they are, as in postgres_exporter; text goes through the
+				// mapping, and text without one gives no sample there either.
+				var ok bool
+				if x.value, ok = toFloat(v); !ok {
+					if x.value, ok = m.col.mapping[labelValue(v)]; !ok {
+						continue
+					}
+				}
+			case usageDuration:
+				// Numbers (milliseconds, -1 for off) pass as they are, as in postgres_exporter;
+				// text such as 1.5s is converted to milliseconds.
+				var ok bool
+				if x.value, ok = toFloat(v); !ok {
+					d, perr := time.ParseDuration(labelValue(v))
+					if perr != nil {
+						err = fmt.Errorf("column %s: %q is not a number of milliseconds or a duration such as 1.5s", m.col.name, labelValue(v))
+					}
+					x.value = float64(d) / float64(time.Millisecond)
+				}
+			case "": // a column the file does not list: numbers only, anything else is skipped
+				var ok bool
+				if x.value, ok = toFloat(v); !ok {
+					continue
+				}
+			default:
+				var ok bool
+				if x.value, ok = toFloat(v); !ok {
+					err = fmt.Errorf("column %s: a value of type %s cannot be a metric value", m.col.name, typeName(fields[m.idx].DataTypeOID))
+				}
+			}
+			if err != nil {
+				convErr = err
 				continue
 			}
-			out = append(out, sample{desc: m.col.desc, vtype: m.vtype, value: f, labels: labels})
+			out = append(out, x)
 		}
 		if len(out) > q.maxSeries {
 			if _, err := rr.Close(); err != nil {
@@ -350,6 +417,52 @@ func readResult(rr *pgconn.ResultReader, q *customQuery, tm *pgtype.Map) ([]samp
 		return out, err
 	}
 	return out, convErr
+}
+
+// histogramSample reads a HISTOGRAM column: bounds holds the upper bounds; part(0) the
+// cumulative counts per bound, part(1) the sum and part(2) the count.
+func histogramSample(bounds any, part func(int) any) (*histogramValue, error) {
+	les, ok1 := bounds.([]any)
+	counts, ok2 := part(0).([]any)
+	if !ok1 || !ok2 {
+		return nil, errors.New("a histogram's bounds and _bucket columns must be arrays")
+	}
+	h := &histogramValue{buckets: make(map[float64]uint64, len(les))}
+	for i, le := range les {
+		if i >= len(counts) {
+			break
+		}
+		b, okb := toFloat(le)
+		c, okc := toFloat(counts[i])
+		if !okb || !okc || c < 0 {
+			return nil, errors.New("a histogram's bounds and counts must be numbers")
+		}
+		h.buckets[b] = uint64(c)
+	}
+	sum, oks := toFloat(part(1))
+	count, okc := toFloat(part(2))
+	if !oks || !okc || count < 0 {
+		return nil, errors.New("a histogram's _sum and _count must be numbers")
+	}
+	h.sum, h.count = sum, uint64(count)
+	return h, nil
+}
+
+// unknownDesc is the untyped metric of a result column the file does not list, made on first
+// sight; nil when a built-in collector exports that name.
+func (q *customQuery) unknownDesc(column string) *prometheus.Desc {
+	q.unknownMu.Lock()
+	defer q.unknownMu.Unlock()
+	if d, ok := q.unknown[column]; ok {
+		return d
+	}
+	name := q.name + "_" + column
+	var d *prometheus.Desc
+	if q.reserved == nil || !q.reserved(name) {
+		d = prometheus.NewDesc(name, "Unknown metric from "+q.name, q.labels, nil)
+	}
+	q.unknown[column] = d
+	return d
 }
 
 // decode turns a raw column value into the Go value pgx would return for it.

@@ -21,11 +21,14 @@ type dbColumn struct {
 	metric     string
 	help       string
 	counter    bool
-	minVersion int // first server_version_num that has the column
+	scale      float64 // multiplies the value (1/1000 turns milliseconds into seconds); 0 means 1
+	epoch      bool    // a timestamp, exported as Unix seconds
+	minVersion int     // first server_version_num that has the column
 }
 
-// databaseColumns follows postgres_exporter's names and types (times stay in milliseconds
-// there, so they do here). The session columns exist from PostgreSQL 14.
+// databaseColumns follows postgres_exporter's names and types where it has the column (its
+// blk_*_time stay in milliseconds, and stats_reset is a counter of Unix seconds, 0 before the
+// first reset). Columns it does not export get promtool-clean names in base units.
 var databaseColumns = []dbColumn{
 	{column: "numbackends", metric: "numbackends", help: "Backends currently connected to this database."},
 	{column: "xact_commit", metric: "xact_commit", help: "Transactions in this database that have been committed.", counter: true},
@@ -41,21 +44,34 @@ var databaseColumns = []dbColumn{
 	{column: "temp_files", metric: "temp_files", help: "Temporary files created by queries in this database.", counter: true},
 	{column: "temp_bytes", metric: "temp_bytes", help: "Total bytes written to temporary files by queries in this database.", counter: true},
 	{column: "deadlocks", metric: "deadlocks", help: "Deadlocks detected in this database.", counter: true},
-	{column: "checksum_failures", metric: "checksum_failures", help: "Data page checksum failures detected in this database.", counter: true},
+	{column: "checksum_failures", metric: "checksum_failures_total", help: "Data page checksum failures detected in this database.", counter: true},
+	{column: "checksum_last_failure", metric: "checksum_last_failure_timestamp_seconds", help: "Time of the last data page checksum failure in this database (no sample before the first).", epoch: true},
 	{column: "blk_read_time", metric: "blk_read_time", help: "Time spent reading data file blocks by backends in this database, in milliseconds.", counter: true},
 	{column: "blk_write_time", metric: "blk_write_time", help: "Time spent writing data file blocks by backends in this database, in milliseconds.", counter: true},
-	{column: "session_time", metric: "session_time", help: "Time spent by sessions of this database, in milliseconds.", counter: true, minVersion: 140000},
-	{column: "active_time", metric: "active_time", help: "Time spent executing SQL statements in this database, in milliseconds.", counter: true, minVersion: 140000},
-	{column: "idle_in_transaction_time", metric: "idle_in_transaction_time", help: "Time spent idling while in a transaction in this database, in milliseconds.", counter: true, minVersion: 140000},
-	{column: "sessions", metric: "sessions", help: "Sessions established to this database.", counter: true, minVersion: 140000},
-	{column: "sessions_abandoned", metric: "sessions_abandoned", help: "Sessions terminated because the client connection was lost.", counter: true, minVersion: 140000},
-	{column: "sessions_fatal", metric: "sessions_fatal", help: "Sessions terminated by fatal errors.", counter: true, minVersion: 140000},
-	{column: "sessions_killed", metric: "sessions_killed", help: "Sessions terminated by operator intervention.", counter: true, minVersion: 140000},
+	{column: "stats_reset", metric: "stats_reset", help: "Time at which these statistics were last reset, in Unix seconds (0 if never).", counter: true, epoch: true},
+	{column: "session_time", metric: "session_time_seconds_total", help: "Time spent by sessions of this database.", counter: true, scale: 1e-3, minVersion: 140000},
+	{column: "active_time", metric: "active_time_seconds_total", help: "Time spent executing SQL statements in this database.", counter: true, scale: 1e-3, minVersion: 140000},
+	{column: "idle_in_transaction_time", metric: "idle_in_transaction_time_seconds_total", help: "Time spent idling while in a transaction in this database.", counter: true, scale: 1e-3, minVersion: 140000},
+	{column: "sessions", metric: "sessions_total", help: "Sessions established to this database.", counter: true, minVersion: 140000},
+	{column: "sessions_abandoned", metric: "sessions_abandoned_total", help: "Sessions terminated because the client connection was lost.", counter: true, minVersion: 140000},
+	{column: "sessions_fatal", metric: "sessions_fatal_total", help: "Sessions terminated by fatal errors.", counter: true, minVersion: 140000},
+	{column: "sessions_killed", metric: "sessions_killed_total", help: "Sessions terminated by operator intervention.", counter: true, minVersion: 140000},
+}
+
+// conflictColumns are the pg_stat_database_conflicts columns postgres_exporter exports, as
+// counters named pg_stat_database_conflicts_COLUMN. They only count on standbys.
+var conflictColumns = []dbColumn{
+	{column: "confl_tablespace", help: "Queries in this database canceled due to dropped tablespaces."},
+	{column: "confl_lock", help: "Queries in this database canceled due to lock timeouts."},
+	{column: "confl_snapshot", help: "Queries in this database canceled due to old snapshots."},
+	{column: "confl_bufferpin", help: "Queries in this database canceled due to pinned buffers."},
+	{column: "confl_deadlock", help: "Queries in this database canceled due to deadlocks."},
 }
 
 type database struct {
-	descs []*prometheus.Desc // parallel to databaseColumns
-	size  *prometheus.Desc
+	descs     []*prometheus.Desc // parallel to databaseColumns
+	conflicts []*prometheus.Desc // parallel to conflictColumns
+	size      *prometheus.Desc
 
 	// Sizes are read at most once per sizeInterval: pg_database_size walks every file of a
 	// database, which costs more than all other statistics together, while sizes change slowly.
@@ -76,6 +92,9 @@ func newDatabase(sizeInterval time.Duration) *database {
 	for _, col := range databaseColumns {
 		c.descs = append(c.descs, desc("pg_stat_database_"+col.metric, col.help, "datid", "datname"))
 	}
+	for _, col := range conflictColumns {
+		c.conflicts = append(c.conflicts, desc("pg_stat_database_conflicts_"+col.column, col.help, "datid", "datname"))
+	}
 	return c
 }
 
@@ -90,15 +109,26 @@ func databaseColumnsFor(version int) []int {
 	return idx
 }
 
-// databaseQuery is the pg_stat_database query for a server version. The row of shared objects
-// (no datname) is left out.
+// databaseQuery is the pg_stat_database query for a server version, joined with
+// pg_stat_database_conflicts. The row of shared objects (no datname) is left out.
 func databaseQuery(version int) string {
 	var b strings.Builder
 	b.WriteString("SELECT s.datid::text, s.datname")
 	for _, i := range databaseColumnsFor(version) {
-		b.WriteString(", s." + databaseColumns[i].column + "::float8")
+		col := databaseColumns[i]
+		switch {
+		case col.column == "stats_reset":
+			b.WriteString(", coalesce(floor(extract(epoch FROM s.stats_reset)), 0)::float8")
+		case col.epoch:
+			b.WriteString(", extract(epoch FROM s." + col.column + ")::float8")
+		default:
+			b.WriteString(", s." + col.column + "::float8")
+		}
 	}
-	b.WriteString("\nFROM pg_stat_database s WHERE s.datname IS NOT NULL")
+	for _, col := range conflictColumns {
+		b.WriteString(", c." + col.column + "::float8")
+	}
+	b.WriteString("\nFROM pg_stat_database s LEFT JOIN pg_stat_database_conflicts c ON c.datid = s.datid\nWHERE s.datname IS NOT NULL")
 	return b.String()
 }
 
@@ -137,8 +167,8 @@ func (c *database) Update(ctx context.Context, s *Scrape) error {
 
 func (c *database) updateStats(ctx context.Context, s *Scrape) error {
 	cols := databaseColumnsFor(s.Version)
-	vals := make([]*float64, len(cols))
-	dest := make([]any, 0, len(cols)+3)
+	vals := make([]*float64, len(cols)+len(conflictColumns))
+	dest := make([]any, 0, len(vals)+2)
 	var datid, datname string
 	dest = append(dest, &datid, &datname)
 	for i := range vals {
@@ -154,10 +184,18 @@ func (c *database) updateStats(ctx context.Context, s *Scrape) error {
 			}
 			col := databaseColumns[i]
 			v := *vals[j]
+			if col.scale != 0 {
+				v *= col.scale
+			}
 			if col.counter {
 				s.Counter(c.descs[i], v, datid, datname)
 			} else {
 				s.Gauge(c.descs[i], v, datid, datname)
+			}
+		}
+		for j, v := range vals[len(cols):] {
+			if v != nil {
+				s.Counter(c.conflicts[j], *v, datid, datname)
 			}
 		}
 		return nil

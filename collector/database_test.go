@@ -70,9 +70,54 @@ func TestDatabaseStatistics(t *testing.T) {
 	if datid == "" || strings.Trim(datid, "0123456789") != "" {
 		t.Errorf("datid label %q, want the database oid", datid)
 	}
-	// PostgreSQL 14+ session columns, in seconds.
-	if got := s.values("pg_stat_database_session_time", db); len(got) != 1 {
-		t.Errorf("session_time samples: %v", got)
+	// PostgreSQL 14+ session columns: in seconds, with _total, as the server's milliseconds
+	// divided by 1000 (read before and after the scrape, since the server keeps counting).
+	var activeBefore, activeAfter float64
+	activeMS := "SELECT active_time FROM pg_stat_database WHERE datname = 'database_t'"
+	if err := c.QueryRow(ctx, activeMS).Scan(&activeBefore); err != nil {
+		t.Fatal(err)
+	}
+	s = e.scrape(t, 0, 20*time.Second)
+	if err := c.QueryRow(ctx, activeMS).Scan(&activeAfter); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.value(t, "pg_stat_database_active_time_seconds_total", db); got < activeBefore/1000 || got > activeAfter/1000 || got == 0 {
+		t.Errorf("active_time_seconds_total = %v, want between %v and %v (the server's milliseconds / 1000)", got, activeBefore/1000, activeAfter/1000)
+	}
+	for _, name := range []string{"pg_stat_database_session_time_seconds_total", "pg_stat_database_idle_in_transaction_time_seconds_total",
+		"pg_stat_database_sessions_total", "pg_stat_database_sessions_abandoned_total", "pg_stat_database_sessions_fatal_total",
+		"pg_stat_database_sessions_killed_total", "pg_stat_database_stats_reset",
+		"pg_stat_database_conflicts_confl_lock", "pg_stat_database_conflicts_confl_deadlock"} {
+		if got := s.values(name, db); len(got) != 1 {
+			t.Errorf("%s samples: %v", name, got)
+		}
+		if s.families[name].GetType() != dto.MetricType_COUNTER {
+			t.Errorf("%s type %v, want counter", name, s.families[name].GetType())
+		}
+	}
+	if got := s.value(t, "pg_stat_database_sessions_total", db); got < 1 {
+		t.Errorf("sessions_total = %v, want at least the test's session", got)
+	}
+	// The checksum columns are NULL, so absent, without data checksums (the test cluster's
+	// default); stats_reset is 0 or
+	// a Unix time in whole seconds (a fresh database has not been reset).
+	var checksums string
+	if err := c.QueryRow(ctx, "SHOW data_checksums").Scan(&checksums); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.values("pg_stat_database_checksum_failures_total", db); len(got) != map[string]int{"on": 1, "off": 0}[checksums] {
+		t.Errorf("checksum_failures_total samples %v with data_checksums %s", got, checksums)
+	}
+	if got := s.values("pg_stat_database_checksum_last_failure_timestamp_seconds", db); len(got) != 0 {
+		t.Errorf("checksum_last_failure samples %v without a failure", got)
+	}
+	if got := s.value(t, "pg_stat_database_stats_reset", db); got != 0 && (got < 1e9 || got != float64(int64(got))) {
+		t.Errorf("stats_reset = %v, want 0 or a Unix time", got)
+	}
+	for _, old := range []string{"pg_stat_database_session_time", "pg_stat_database_active_time", "pg_stat_database_sessions", "pg_stat_database_checksum_failures"} {
+		if _, ok := s.families[old]; ok {
+			t.Errorf("%s still exported", old)
+		}
 	}
 	if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": "database"}); got != 1 {
 		t.Errorf("database success = %v", got)
@@ -105,7 +150,7 @@ func TestDatabaseQueryByVersion(t *testing.T) {
 		{130012, false}, {140009, true}, {150004, true}, {160001, true}, {170002, true},
 	} {
 		q := databaseQuery(c.version)
-		for _, col := range []string{"s.xact_commit", "s.blk_read_time", "s.deadlocks", "s.checksum_failures"} {
+		for _, col := range []string{"s.xact_commit", "s.blk_read_time", "s.deadlocks", "s.checksum_failures", "s.stats_reset", "c.confl_lock"} {
 			if !strings.Contains(q, col) {
 				t.Errorf("%d: query lacks %s", c.version, col)
 			}

@@ -34,6 +34,12 @@ type Config struct {
 	QueriesFile string
 	// StatementsLimit is how many statements the statements collector exports.
 	StatementsLimit int
+	// StatementsIncludeQuery adds each exported statement's text, cut to StatementsQueryLength
+	// characters, as pg_stat_statements_query_id{queryid, query}. Reading the texts makes the
+	// server read its query text file on every collection, so it is off by default.
+	StatementsIncludeQuery bool
+	// StatementsQueryLength is how many characters of a statement's text are kept.
+	StatementsQueryLength int
 	// DatabaseSizeInterval is how long database sizes are reused before being measured again
 	// (0: every collection).
 	DatabaseSizeInterval time.Duration
@@ -174,6 +180,9 @@ func newExporter(p *pgxpool.Pool, poolName string, cfg Config, opts ...Option) (
 	e.databases, _ = parseDatabaseFilter(cfg.Databases) // checked by Validate
 	e.side = newSidePool(p, cfg.DatabasesMaxIdle, cfg.DatabasesIdleTimeout)
 	factoryOpts := Options{Logger: e.log, StatementsLimit: cfg.StatementsLimit, DatabaseSizeInterval: cfg.DatabaseSizeInterval}
+	if cfg.StatementsIncludeQuery {
+		factoryOpts.StatementsQueryLength = cfg.StatementsQueryLength
+	}
 	for _, name := range Names() {
 		on, set := cfg.Enabled[name]
 		if !set {

@@ -21,7 +21,7 @@ func FuzzParseQueries(f *testing.F) {
 	f.Add([]byte("{}"))
 	f.Add([]byte("- a\n- b\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		qs, err := parseQueries("fuzz.yaml", data, builtinName)
+		qs, _, err := parseQueries("fuzz.yaml", data, builtinName)
 		if err != nil {
 			if !strings.HasPrefix(err.Error(), "fuzz.yaml") {
 				t.Fatalf("error does not name the file: %v", err)

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,7 +21,19 @@ const (
 	usageCounter = "COUNTER"
 	usageGauge   = "GAUGE"
 	usageDiscard = "DISCARD"
+	// usageHistogram: the column holds the upper bounds (an array), COLUMN_bucket the
+	// cumulative counts (an array), COLUMN_sum and COLUMN_count the rest of one histogram.
+	usageHistogram = "HISTOGRAM"
+	// usageMapped: a gauge whose text values the column's metric_mapping turns into numbers
+	// (postgres_exporter exports only the numbers: it never reads a file's mapping).
+	usageMapped = "MAPPEDMETRIC"
+	// usageDuration: a gauge of milliseconds named COLUMN_milliseconds; text such as "1.5s" is
+	// converted (postgres_exporter exports only the numbers).
+	usageDuration = "DURATION"
 )
+
+// usages lists the usages in the order error messages name them.
+var usages = []string{usageLabel, usageCounter, usageGauge, usageDiscard, usageHistogram, usageMapped, usageDuration}
 
 // customQuery is one entry of the queries file.
 type customQuery struct {
@@ -34,13 +47,21 @@ type customQuery struct {
 	minVersion   int // server_version_num bounds, 0 for none
 	maxVersion   int
 	labels       []string // label column names in order
+	// known are the result columns the file accounts for (listed, or a histogram's
+	// companions); postgres_exporter exports every other numeric column as an untyped
+	// NAME_COLUMN, and so does readResult, with the descs made on first sight kept here.
+	known     map[string]bool
+	unknownMu sync.Mutex
+	unknown   map[string]*prometheus.Desc
+	reserved  func(string) bool
 }
 
 type customColumn struct {
 	name        string
 	usage       string
 	description string
-	desc        *prometheus.Desc // for COUNTER and GAUGE columns
+	mapping     map[string]float64 // MAPPEDMETRIC values
+	desc        *prometheus.Desc   // for every column that becomes a metric
 }
 
 // appliesTo reports whether the query runs on a server of this version.
@@ -54,7 +75,7 @@ var (
 	yamlLineRE   = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 )
 
-var queryKeys = []string{"query", "metrics", "cache_seconds", "timeout", "max_series", "min_version", "max_version", "master"}
+var queryKeys = []string{"query", "metrics", "cache_seconds", "timeout", "max_series", "min_version", "max_version", "master", "runonserver"}
 
 // DefaultMaxSeries bounds what one custom query may export when its max_series is not set: a
 // label taken from an unbounded column (a query text, an id) fails that query with a clear
@@ -65,34 +86,36 @@ const DefaultMaxSeries = 10000
 const maxQueriesFileSize = 4 << 20
 
 // loadQueries reads and validates a queries file. reserved holds metric names a custom query
-// must not take (the built-in collectors' names). Every problem found is reported, each as
-// "file:line: message". Only a regular file of at most maxQueriesFileSize is read, so that a
-// FIFO or /dev/zero given by mistake fails at once instead of hanging start-up or a reload.
-func loadQueries(path string, reserved func(string) bool) ([]*customQuery, error) {
+// does not take (the built-in collectors' names): such a column is left out with a warning, so
+// that a postgres_exporter file whose queries the built-ins now cover loads unchanged. Every
+// problem found is reported, each as "file:line: message". Only a regular file of at most
+// maxQueriesFileSize is read, so that a FIFO or /dev/zero given by mistake fails at once
+// instead of hanging start-up or a reload.
+func loadQueries(path string, reserved func(string) bool) ([]*customQuery, []string, error) {
 	data, err := regularfile.Read(path, maxQueriesFileSize)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	return parseQueries(path, data, reserved)
 }
 
-func parseQueries(path string, data []byte, reserved func(string) bool) ([]*customQuery, error) {
+func parseQueries(path string, data []byte, reserved func(string) bool) ([]*customQuery, []string, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		msg := err.Error()
 		if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
-			return nil, fmt.Errorf("%s:%s: %s", path, m[1], m[2])
+			return nil, nil, fmt.Errorf("%s:%s: %s", path, m[1], m[2])
 		}
-		return nil, fmt.Errorf("%s: %s", path, msg)
+		return nil, nil, fmt.Errorf("%s: %s", path, msg)
 	}
 	p := &queryParser{path: path, reserved: reserved, metrics: map[string]int{}}
 	if len(doc.Content) == 0 {
-		return nil, nil // an empty file defines no queries
+		return nil, nil, nil // an empty file defines no queries
 	}
 	root := doc.Content[0]
 	if root.Kind != yaml.MappingNode {
 		p.errorf(root, "expected a mapping of query names to queries")
-		return nil, p.err()
+		return nil, nil, p.err()
 	}
 	seen := map[string]int{}
 	var out []*customQuery
@@ -108,9 +131,9 @@ func parseQueries(path string, data []byte, reserved func(string) bool) ([]*cust
 		}
 	}
 	if err := p.err(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return out, nil
+	return out, p.warnings, nil
 }
 
 type queryParser struct {
@@ -118,6 +141,11 @@ type queryParser struct {
 	reserved func(string) bool
 	metrics  map[string]int // metric name → line defined
 	errs     []string
+	warnings []string
+}
+
+func (p *queryParser) warnf(n *yaml.Node, format string, args ...any) {
+	p.warnings = append(p.warnings, fmt.Sprintf("%s:%d: %s", p.path, n.Line, fmt.Sprintf(format, args...)))
 }
 
 func (p *queryParser) errorf(n *yaml.Node, format string, args ...any) {
@@ -141,7 +169,8 @@ func (p *queryParser) query(k, v *yaml.Node) *customQuery {
 		p.errorf(v, "query %s: expected a mapping with query and metrics", name)
 		return nil
 	}
-	q := &customQuery{name: name, line: k.Line, maxSeries: DefaultMaxSeries}
+	q := &customQuery{name: name, line: k.Line, maxSeries: DefaultMaxSeries, known: map[string]bool{},
+		unknown: map[string]*prometheus.Desc{}, reserved: p.reserved}
 	errsBefore := len(p.errs)
 	var metricsNode *yaml.Node
 	for i := 0; i+1 < len(v.Content); i += 2 {
@@ -187,7 +216,11 @@ func (p *queryParser) query(k, v *yaml.Node) *customQuery {
 				p.errorf(val, "query %s: master must be true or false", name)
 			}
 		case "runonserver":
-			p.errorf(key, "query %s: runonserver is not supported; use min_version and max_version", name)
+			// postgres_exporter reads it and runs the query on every version all the same;
+			// min_version and max_version are what limits a query here.
+			if val.Kind != yaml.ScalarNode {
+				p.errorf(val, "query %s: runonserver must be a version range such as \">=13.0.0\"", name)
+			}
 		default:
 			p.errorf(key, "query %s: unknown key %q (known: %s)", name, key.Value, strings.Join(queryKeys, ", "))
 		}
@@ -206,7 +239,13 @@ func (p *queryParser) query(k, v *yaml.Node) *customQuery {
 	if len(p.errs) > errsBefore {
 		return nil
 	}
-	return q
+	for _, col := range q.columns {
+		if col.desc != nil {
+			return q
+		}
+	}
+	p.warnf(k, "query %s left out: the built-in collectors export all its metrics", name)
+	return nil
 }
 
 func (p *queryParser) columns(q *customQuery, n *yaml.Node) {
@@ -237,6 +276,7 @@ func (p *queryParser) columns(q *customQuery, n *yaml.Node) {
 			continue
 		}
 		cols[col.name] = true
+		q.known[col.name] = true
 		if cv.Kind != yaml.MappingNode {
 			p.errorf(cv, "query %s: column %s: expected usage and description", q.name, col.name)
 			continue
@@ -250,34 +290,49 @@ func (p *queryParser) columns(q *customQuery, n *yaml.Node) {
 				usageLine = val
 			case "description":
 				col.description = val.Value
+			case "metric_mapping":
+				if err := val.Decode(&col.mapping); err != nil {
+					p.errorf(val, "query %s: column %s: metric_mapping must map text values to numbers", q.name, col.name)
+				}
+			case "pg_version":
+				// Read by postgres_exporter for its built-in maps only; a file's column is
+				// queried on every version there, and here.
 			default:
-				p.errorf(key, "query %s: column %s: unknown key %q (known: usage, description)", q.name, col.name, key.Value)
+				p.errorf(key, "query %s: column %s: unknown key %q (known: usage, description, metric_mapping, pg_version)", q.name, col.name, key.Value)
 			}
 		}
 		switch col.usage {
 		case usageLabel:
 			q.labels = append(q.labels, col.name)
-		case usageCounter, usageGauge:
+		case usageCounter, usageGauge, usageMapped, usageDuration:
+			metricCols = append(metricCols, pending{col: col, node: ck})
+		case usageHistogram:
+			for _, part := range []string{"_bucket", "_sum", "_count"} {
+				q.known[col.name+part] = true
+			}
 			metricCols = append(metricCols, pending{col: col, node: ck})
 		case usageDiscard:
 		case "":
-			p.errorf(ck, "query %s: column %s: missing usage (LABEL, COUNTER, GAUGE or DISCARD)", q.name, col.name)
+			p.errorf(ck, "query %s: column %s: missing usage (%s)", q.name, col.name, strings.Join(usages, ", "))
 		default:
-			p.errorf(usageLine, "query %s: column %s: usage %q is not one of LABEL, COUNTER, GAUGE, DISCARD", q.name, col.name, col.usage)
+			p.errorf(usageLine, "query %s: column %s: usage %q is not one of %s", q.name, col.name, col.usage, strings.Join(usages, ", "))
 		}
 		q.columns = append(q.columns, col)
 	}
 	if len(metricCols) == 0 && len(p.errs) == errsBefore {
-		p.errorf(n, "query %s: no metric columns (usage COUNTER or GAUGE)", q.name)
+		p.errorf(n, "query %s: no metric columns (usage COUNTER, GAUGE, HISTOGRAM, MAPPEDMETRIC or DURATION)", q.name)
 	}
 	for _, m := range metricCols {
 		metric := q.name + "_" + m.col.name
+		if m.col.usage == usageDuration {
+			metric += "_milliseconds" // postgres_exporter's name
+		}
 		if prev, dup := p.metrics[metric]; dup {
 			p.errorf(m.node, "query %s: metric %s already defined at line %d", q.name, metric, prev)
 			continue
 		}
 		if p.reserved(metric) {
-			p.errorf(m.node, "query %s: metric %s is already exported by a built-in collector", q.name, metric)
+			p.warnf(m.node, "query %s: metric %s left out: a built-in collector exports it", q.name, metric)
 			continue
 		}
 		p.metrics[metric] = m.node.Line

@@ -3,6 +3,7 @@ package collector
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -61,6 +62,9 @@ func (c *settings) read(ctx context.Context, s *Scrape) error {
 		if err := r.Scan(&name, &setting, &unit, &help, &vartype); err != nil {
 			return err
 		}
+		if unit == "" {
+			unit = unitlessSettings[name]
+		}
 		v, suffix, err := settingValue(setting, unit, vartype)
 		if err != nil {
 			return fmt.Errorf("setting %s: %w", name, err)
@@ -69,7 +73,7 @@ func (c *settings) read(ctx context.Context, s *Scrape) error {
 		d, ok := c.descs[key]
 		if !ok {
 			metric := "pg_settings_" + strings.NewReplacer(".", "_", "-", "_").Replace(name) + suffix
-			d = desc(metric, help)
+			d = desc(metric, settingHelp(help, suffix))
 			c.descs[key] = d
 		}
 		out = append(out, settingSample{desc: d, value: v})
@@ -80,6 +84,33 @@ func (c *settings) read(ctx context.Context, s *Scrape) error {
 	}
 	c.cached = out
 	return nil
+}
+
+// unitlessSettings gives the unit of settings that pg_settings lists without one although
+// their value has a unit: commit_delay is in microseconds. With it they are converted and
+// suffixed like every other time setting.
+var unitlessSettings = map[string]string{"commit_delay": "us"}
+
+// unitPhrases are the server's words for a setting's unit in its description; once the value
+// is converted they would be wrong, so they are taken out.
+var unitPhrases = regexp.MustCompile(`,? in (milliseconds|microseconds|seconds|minutes|kilobytes)|(N|n)umber of pages|number of kilobytes`)
+
+// settingHelp is the server's description of a setting, with the unit the value was converted
+// to instead of the server's unit, in postgres_exporter's words.
+func settingHelp(help, suffix string) string {
+	if suffix == "" {
+		return help
+	}
+	help = unitPhrases.ReplaceAllStringFunc(help, func(m string) string {
+		switch m {
+		case "Number of pages":
+			return "Amount of data"
+		case "number of pages", "number of kilobytes":
+			return "amount of data"
+		}
+		return ""
+	})
+	return help + " [Units converted to " + strings.TrimPrefix(suffix, "_") + ".]"
 }
 
 // settingValue parses a pg_settings value and normalises its unit: time to seconds, memory to
@@ -116,10 +147,13 @@ func settingValue(setting, unit, vartype string) (float64, string, error) {
 	return v * mult, suffix, nil
 }
 
-// unitScale understands pg_settings units: ms, s, min, h, d, and memory units with an optional
+// unitScale understands pg_settings units: ms, s, min, h, d (and us, see unitlessSettings),
+// and memory units with an optional
 // block multiplier such as 8kB.
 func unitScale(unit string) (float64, string, error) {
 	switch unit {
+	case "us":
+		return 1e-6, "_seconds", nil
 	case "ms":
 		return 1e-3, "_seconds", nil
 	case "s":

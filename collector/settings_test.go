@@ -2,6 +2,8 @@ package collector
 
 import (
 	"context"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -26,6 +28,8 @@ func TestSettings(t *testing.T) {
 		"pg_settings_checkpoint_timeout_seconds":         300,
 		"pg_settings_log_min_duration_statement_seconds": -1, // disabled stays -1
 		"pg_settings_wal_segment_size_bytes":             16 << 20,
+		// pg_settings gives commit_delay no unit; it is in microseconds.
+		"pg_settings_commit_delay_seconds": 0,
 	} {
 		if got := s.value(t, name, nil); got != want {
 			t.Errorf("%s = %v, want %v", name, got, want)
@@ -33,6 +37,40 @@ func TestSettings(t *testing.T) {
 	}
 	if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": "settings"}); got != 1 {
 		t.Errorf("settings success = %v", got)
+	}
+	if _, ok := s.families["pg_settings_commit_delay"]; ok {
+		t.Error("pg_settings_commit_delay is exported without its unit")
+	}
+	// Converted values say so in their help, and not the server's unit any more.
+	converted := 0
+	for name, mf := range s.families {
+		help := mf.GetHelp()
+		for suffix, unit := range map[string]string{"_seconds": "seconds", "_bytes": "bytes"} {
+			if !strings.HasPrefix(name, "pg_settings_") || !strings.HasSuffix(name, suffix) {
+				continue
+			}
+			converted++
+			if !strings.HasSuffix(help, "[Units converted to "+unit+".]") {
+				t.Errorf("%s help %q does not state the unit %s", name, help, unit)
+			}
+			if m := regexp.MustCompile(`milliseconds|microseconds|kilobytes|minutes|[Nn]umber of pages`).FindString(help); m != "" {
+				t.Errorf("%s help %q still speaks of %s", name, help, m)
+			}
+		}
+	}
+	if converted < 20 {
+		t.Errorf("%d settings with converted units, want the server's 20 or more", converted)
+	}
+	for name, want := range map[string]string{
+		"pg_settings_vacuum_cost_delay_seconds":    "Vacuum cost delay. [Units converted to seconds.]",
+		"pg_settings_commit_delay_seconds":         "Sets the delay between transaction commit and flushing WAL to disk. [Units converted to seconds.]",
+		"pg_settings_max_stack_depth_bytes":        "Sets the maximum stack depth. [Units converted to bytes.]",
+		"pg_settings_max_connections":              "Sets the maximum number of concurrent connections.",
+		"pg_settings_checkpoint_flush_after_bytes": "Amount of data after which previously performed writes are flushed to disk. [Units converted to bytes.]",
+	} {
+		if got := s.families[name].GetHelp(); got != want {
+			t.Errorf("%s help %q, want %q", name, got, want)
+		}
 	}
 	var own string
 	if err := e.exp.pool.QueryRow(ctxTimeout(t, 10*time.Second), "SHOW statement_timeout").Scan(&own); err != nil || own != "7s" {
@@ -83,6 +121,7 @@ func TestSettingValue(t *testing.T) {
 		{"5", "min", "integer", 300, "_seconds"},
 		{"1", "d", "integer", 86400, "_seconds"},
 		{"-1", "ms", "integer", -1, "_seconds"},
+		{"250", "us", "integer", 0.00025, "_seconds"},
 		{"0.9", "", "real", 0.9, ""},
 	} {
 		v, suffix, err := settingValue(c.setting, c.unit, c.vartype)

@@ -21,10 +21,11 @@ func init() {
 // pg_stat_statements extension is told about once in the log; the collector then exports
 // nothing and still succeeds, since that is a setup choice rather than a failure.
 type statements struct {
-	limit int
-	log   *slog.Logger
+	limit       int
+	queryLength int // characters of statement text exported, 0 for none
+	log         *slog.Logger
 
-	calls, seconds, rows, readTime, writeTime *prometheus.Desc
+	calls, seconds, rows, readTime, writeTime, queryText *prometheus.Desc
 
 	mu         sync.Mutex
 	toldAbsent bool
@@ -33,37 +34,46 @@ type statements struct {
 func newStatements(o Options) *statements {
 	l := []string{"user", "datname", "queryid"}
 	return &statements{
-		limit:   o.StatementsLimit,
-		log:     o.Logger,
-		calls:   desc("pg_stat_statements_calls_total", "Times the statement was executed.", l...),
-		seconds: desc("pg_stat_statements_seconds_total", "Total time spent executing the statement.", l...),
-		rows:    desc("pg_stat_statements_rows_total", "Rows retrieved or affected by the statement.", l...),
+		limit:       o.StatementsLimit,
+		queryLength: o.StatementsQueryLength,
+		log:         o.Logger,
+		calls:       desc("pg_stat_statements_calls_total", "Times the statement was executed.", l...),
+		seconds:     desc("pg_stat_statements_seconds_total", "Total time spent executing the statement.", l...),
+		rows:        desc("pg_stat_statements_rows_total", "Rows retrieved or affected by the statement.", l...),
 		readTime: desc("pg_stat_statements_block_read_seconds_total",
 			"Time the statement spent reading blocks (needs track_io_timing).", l...),
 		writeTime: desc("pg_stat_statements_block_write_seconds_total",
 			"Time the statement spent writing blocks (needs track_io_timing).", l...),
+		queryText: desc("pg_stat_statements_query_id",
+			"Text of an exported statement, cut to --collector.statements.query-length characters; always 1.", "queryid", "query"),
 	}
 }
 
 // statementsQuery picks the block time columns by version: PostgreSQL 17 renamed
 // blk_read_time/blk_write_time to shared_blk_read_time/shared_blk_write_time. Rows are summed
-// over toplevel (14+) so each (user, database, queryid) appears once.
-func statementsQuery(version int) string {
+// over toplevel (14+) so each (user, database, queryid) appears once. The statement texts
+// live in a file the server reads in whole whenever they are asked for, so
+// pg_stat_statements(false) leaves them out unless queryLength (characters kept) is above 0.
+func statementsQuery(version, queryLength int) string {
 	read, write := "blk_read_time", "blk_write_time"
 	if version >= 170000 {
 		read, write = "shared_blk_read_time", "shared_blk_write_time"
 	}
+	text, from := "NULL::text", "pg_stat_statements(false)"
+	if queryLength > 0 {
+		text, from = fmt.Sprintf("min(left(s.query, %d))", queryLength), "pg_stat_statements(true)"
+	}
 	return fmt.Sprintf(`
 SELECT r.rolname, d.datname, s.queryid::text,
        sum(s.calls)::float8, (sum(s.total_exec_time) / 1000)::float8, sum(s.rows)::float8,
-       (sum(s.%s) / 1000)::float8, (sum(s.%s) / 1000)::float8
-FROM pg_stat_statements s
+       (sum(s.%s) / 1000)::float8, (sum(s.%s) / 1000)::float8, %s
+FROM %s s
 JOIN pg_roles r ON r.oid = s.userid
 JOIN pg_database d ON d.oid = s.dbid
 WHERE s.queryid IS NOT NULL
 GROUP BY r.rolname, d.datname, s.queryid
 ORDER BY sum(s.total_exec_time) DESC
-LIMIT $1`, read, write)
+LIMIT $1`, read, write, text, from)
 }
 
 const statementsInstalled = `SELECT to_regclass('pg_stat_statements') IS NOT NULL`
@@ -77,10 +87,12 @@ func (c *statements) Update(ctx context.Context, s *Scrape) error {
 		c.tellAbsentOnce("pg_stat_statements is not installed in this database (CREATE EXTENSION pg_stat_statements)")
 		return nil
 	}
-	err := queryRows(ctx, s.Conn, statementsQuery(s.Version), func(r pgx.Rows) error {
+	texts := map[string]bool{} // queryids whose text was sent: one text per queryid
+	err := queryRows(ctx, s.Conn, statementsQuery(s.Version, c.queryLength), func(r pgx.Rows) error {
 		var user, db, id string
 		var calls, secs, rows, read, write float64
-		if err := r.Scan(&user, &db, &id, &calls, &secs, &rows, &read, &write); err != nil {
+		var text *string
+		if err := r.Scan(&user, &db, &id, &calls, &secs, &rows, &read, &write, &text); err != nil {
 			return err
 		}
 		s.Counter(c.calls, calls, user, db, id)
@@ -88,6 +100,11 @@ func (c *statements) Update(ctx context.Context, s *Scrape) error {
 		s.Counter(c.rows, rows, user, db, id)
 		s.Counter(c.readTime, read, user, db, id)
 		s.Counter(c.writeTime, write, user, db, id)
+		if text != nil && !texts[id] {
+			texts[id] = true
+			// A counter, as postgres_exporter exports it.
+			s.Counter(c.queryText, 1, id, *text)
+		}
 		return nil
 	}, c.limit)
 	var pgErr *pgconn.PgError

@@ -63,6 +63,43 @@ func TestStatements(t *testing.T) {
 	if n := len(s.values("pg_stat_statements_calls_total", nil)); n != 3 {
 		t.Errorf("%d statements exported, want the limit of 3", n)
 	}
+	if _, ok := s.families["pg_stat_statements_query_id"]; ok {
+		t.Error("statement texts exported without --collector.statements.include-query")
+	}
+	// The server saw the collector ask for the statistics without the texts (it records the
+	// argument of pg_stat_statements() as a parameter, so the shape of the query tells).
+	var withText, withoutText int
+	if err := c.QueryRow(ctx, `
+SELECT count(*) FILTER (WHERE query LIKE '%left(s.query%'),
+       count(*) FILTER (WHERE query LIKE '%FROM pg_stat_statements(%' AND query NOT LIKE '%left(s.query%')
+FROM pg_stat_statements`).Scan(&withText, &withoutText); err != nil {
+		t.Fatal(err)
+	}
+	if withText != 0 || withoutText != 1 {
+		t.Errorf("the server ran %d collections with statement texts and %d without, want 0 and 1", withText, withoutText)
+	}
+
+	// With the texts: one series per exported statement, its text cut to the length.
+	e = newEnv(t, "statements_t", func(c *Config) {
+		c.StatementsLimit = 3
+		c.StatementsIncludeQuery = true
+		c.StatementsQueryLength = 20
+		c.Enabled = map[string]bool{"statements": true, "activity": false, "database": false, "settings": false}
+	})
+	s = e.scrape(t, 0, 20*time.Second)
+	if got := s.value(t, "pg_stat_statements_query_id", map[string]string{"queryid": queryID, "query": "SELECT pg_sleep($1) "}); got != 1 {
+		t.Errorf("query_id = %v, want 1", got)
+	}
+	if mf := s.families["pg_stat_statements_query_id"]; len(mf.GetMetric()) > 3 {
+		t.Errorf("%d statement texts exported, want at most the limit of 3", len(mf.GetMetric()))
+	}
+	for _, m := range s.families["pg_stat_statements_query_id"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "query" && len([]rune(l.GetValue())) > 20 {
+				t.Errorf("statement text %q longer than 20 characters", l.GetValue())
+			}
+		}
+	}
 }
 
 func TestStatementsQueryByVersion(t *testing.T) {
@@ -73,12 +110,18 @@ func TestStatementsQueryByVersion(t *testing.T) {
 		{130000, "sum(s.blk_read_time)"}, {140000, "sum(s.blk_read_time)"}, {150000, "sum(s.blk_read_time)"},
 		{160000, "sum(s.blk_read_time)"}, {170000, "sum(s.shared_blk_read_time)"},
 	} {
-		q := statementsQuery(c.version)
+		q := statementsQuery(c.version, 0)
 		if !strings.Contains(q, c.read) {
 			t.Errorf("%d: query lacks %s:\n%s", c.version, c.read, q)
 		}
 		if !strings.Contains(q, "total_exec_time") || !strings.Contains(q, "LIMIT $1") {
 			t.Errorf("%d: query lacks total_exec_time ordering or limit", c.version)
+		}
+		if !strings.Contains(q, "FROM pg_stat_statements(false) s") || strings.Contains(q, "left(s.query") {
+			t.Errorf("%d: query without texts reads them:\n%s", c.version, q)
+		}
+		if q := statementsQuery(c.version, 40); !strings.Contains(q, "FROM pg_stat_statements(true) s") || !strings.Contains(q, "left(s.query, 40)") {
+			t.Errorf("%d: query with texts of 40 characters:\n%s", c.version, q)
 		}
 	}
 }

@@ -145,7 +145,11 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 
-	// Healthy traffic: the error alert's traffic guard holds, and the alert does not.
+	// Healthy traffic: the error alert's traffic guard holds, and the alert does not. A query
+	// series is born with its operation's first query, and rate() cannot see the increase before
+	// a series' first sample: a few statements first, the rest after the next scrape.
+	traffic(ctx, t, s, 3, 0)
+	time.Sleep(scrapeInterval + scrapeInterval/2)
 	traffic(ctx, t, s, 150, 0)
 	if !waitFor(30*time.Second, func() bool {
 		return len(expr(t, `pool:pgsidecar_queries:rate5m{job="pgsidecar"} > 0.1`)) > 0

@@ -350,11 +350,11 @@ func (c Config) postgresDashboard() *Dashboard {
 	b.add(timeseries("Oldest transaction", fmt.Sprintf("Age of the oldest open transaction by database. The dashed line is the alert threshold (%ss).", num(c.LongTransactionSeconds)), "s",
 		q{s(`max by (datname) (pg_stat_activity_oldest_xact_seconds{DSEL})`), "{{datname}}"}).above(c.LongTransactionSeconds), 12, 8)
 	b.add(timeseries("Idle-in-transaction sessions", "Sessions idle inside an open transaction, by database.", "short",
-		q{s(`max by (datname) (pg_stat_activity_idle_in_transaction_count{DSEL})`), "{{datname}}"}), 8, 8)
+		q{s(`max by (datname) (pg_stat_activity_idle_in_transaction_sessions{DSEL})`), "{{datname}}"}), 8, 8)
 	b.add(timeseries("Oldest idle-in-transaction session", fmt.Sprintf("How long the oldest idle-in-transaction session has waited, by database. The dashed line is the alert threshold (%ss).", num(c.IdleInTransactionSeconds)), "s",
 		q{s(`max by (datname) (pg_stat_activity_idle_in_transaction_max_seconds{DSEL})`), "{{datname}}"}).above(c.IdleInTransactionSeconds), 8, 8)
 	b.add(timeseries("Sessions waiting on locks", "Sessions waiting for a lock, by database.", "short",
-		q{s(`max by (datname) (pg_stat_activity_waiting_on_locks_count{DSEL})`), "{{datname}}"}), 8, 8)
+		q{s(`max by (datname) (pg_stat_activity_waiting_on_locks_sessions{DSEL})`), "{{datname}}"}), 8, 8)
 	b.add(timeseries("Server connection utilisation", fmt.Sprintf("Client backends / max_connections per server, and the pool maxima of all sidecars of a cluster / max_connections (what the server would see if every pool filled up). Alert above %s.", pct(c.ServerConnectionUtilization)), "percentunit",
 		q{s(`max by (instance) (pg_server_connection_utilization_ratio{SEL})`), "backends {{instance}}"},
 		q{`sum by (cluster) (pgsidecar_pool_max_connections) / on (cluster) max by (cluster) (pg_settings_max_connections)`, "pool maxima {{cluster}}"}).above(c.ServerConnectionUtilization), 12, 8)

@@ -84,6 +84,51 @@ func TestHistogramCountsEveryQuery(t *testing.T) {
 	}
 }
 
+// TestQuerySeriesOnFirstUse: an operation's duration series appear with its first query, not
+// up front for every operation the pool could classify.
+func TestQuerySeriesOnFirstUse(t *testing.T) {
+	h := newManager(t, testConfig(t))
+	h.waitHealthy(t)
+	var counts []uint64 // of the last operations() scrape
+	operations := func() []string {
+		counts = nil
+		mfs, err := h.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ops []string
+		for _, mf := range mfs {
+			if mf.GetName() != "pgsidecar_query_duration_seconds" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				counts = append(counts, m.GetHistogram().GetSampleCount())
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "operation" {
+						ops = append(ops, l.GetValue())
+					}
+				}
+			}
+		}
+		return ops
+	}
+	if ops := operations(); len(ops) != 0 {
+		t.Fatalf("duration series before any query: %v", ops)
+	}
+	if _, err := h.m.Pool().Exec(ctxTimeout(t, 10*time.Second), "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	if ops := operations(); len(ops) != 1 || ops[0] != "select" {
+		t.Fatalf("duration series after one SELECT: %v, want [select]", ops)
+	}
+	if counts[0] != 1 {
+		t.Fatalf("select count = %d, want 1", counts[0])
+	}
+	if st := h.m.Stats(); st.Queries.Count != 1 || st.Queries.ByOperation["select"] != 1 {
+		t.Fatalf("stats %+v", st.Queries)
+	}
+}
+
 func TestBatchAndCopyAreCounted(t *testing.T) {
 	h := newManager(t, testConfig(t))
 	ctx := ctxTimeout(t, 30*time.Second)

@@ -23,8 +23,10 @@ type metrics struct {
 	snapshot func() poolSnapshot
 	stmts    *statements // nil when statement measurement is off
 
-	queryDuration  *prometheus.HistogramVec
-	queryObservers [numOperations]prometheus.Observer
+	queryDuration *prometheus.HistogramVec
+	// queryObservers caches the histogram of each operation once it has a series: series are
+	// created on an operation's first query, not up front for operations never seen.
+	queryObservers [numOperations]atomic.Pointer[prometheus.Observer]
 	queryErrors    *prometheus.CounterVec
 	slowQueries    prometheus.Counter
 	retries        prometheus.Counter
@@ -117,13 +119,21 @@ func newMetrics(name string, snapshot func() poolSnapshot) *metrics {
 		emptyAcquires:  desc("pgsidecar_pool_empty_acquires_total", "Acquires that found no idle connection and had to wait or open one."),
 		acquireCancels: desc("pgsidecar_pool_canceled_acquires_total", "Acquires canceled by their caller's context."),
 	}
-	for op := range numOperations {
-		x.queryObservers[op] = x.queryDuration.WithLabelValues(op.String())
-	}
 	for _, o := range []string{"commit", "rollback", "error"} {
 		x.transactions.WithLabelValues(o)
 	}
 	return x
+}
+
+// queryObserver returns the duration histogram of op, creating its series on first use.
+func (x *metrics) queryObserver(op Operation) prometheus.Observer {
+	if o := x.queryObservers[op].Load(); o != nil {
+		return *o
+	}
+	// Concurrent first uses get the same series from the vec.
+	o := x.queryDuration.WithLabelValues(op.String())
+	x.queryObservers[op].Store(&o)
+	return o
 }
 
 // Describe implements prometheus.Collector.
@@ -250,8 +260,12 @@ func (x *metrics) read() (h QueryHistogram, byOp, bySQLState map[string]uint64) 
 	h.Cumulative = make([]uint64, len(queryBuckets))
 	byOp, bySQLState = map[string]uint64{}, map[string]uint64{}
 	for op := range numOperations {
+		o := x.queryObservers[op].Load()
+		if o == nil {
+			continue // no query of this operation yet
+		}
 		var pb dto.Metric
-		if err := x.queryObservers[op].(prometheus.Metric).Write(&pb); err != nil {
+		if err := (*o).(prometheus.Metric).Write(&pb); err != nil {
 			continue
 		}
 		hist := pb.GetHistogram()

@@ -17,7 +17,7 @@ import (
 // statement's histogram, found by the statement's fingerprint.
 func (m *Manager) RecordQuery(op Operation, sql string, d time.Duration, err error) {
 	x := m.metrics
-	x.queryObservers[op].Observe(d.Seconds())
+	x.queryObserver(op).Observe(d.Seconds())
 	if err != nil {
 		x.queryErrors.WithLabelValues(op.String(), sqlStateLabel(err)).Inc()
 		m.noteError(err)

@@ -129,7 +129,7 @@ func Settings() []Setting {
 		{Flag: "proxy.listen-address", Env: "PROXY_LISTEN_ADDRESS", PlaceHolder: "ADDRESS", Repeatable: true,
 			Help: "Serve the PostgreSQL protocol on this address (host:port, or an absolute unix socket path such as /run/pgsidecar/.s.PGSQL.6432); repeatable. The proxy is off unless set.",
 			Set:  settings.Strings(func(c *Config) *[]string { return &c.Listen })},
-		{Flag: "proxy.auth-method", Default: string(AuthSCRAM),
+		{Flag: "proxy.auth-method", Env: "PROXY_AUTH_METHOD", Default: string(AuthSCRAM),
 			Help: "Client authentication: scram-sha-256, md5, or trust (trust only for loopback and unix socket clients).",
 			Set: func(c *Config, v string) error {
 				// Checked here too, so a wrong method fails even while the proxy is off.
@@ -139,13 +139,13 @@ func Settings() []Setting {
 				c.Auth = AuthMethod(v)
 				return nil
 			}},
-		{Flag: "proxy.users-file", PlaceHolder: "FILE",
+		{Flag: "proxy.users-file", Env: "PROXY_USERS_FILE", PlaceHolder: "FILE",
 			Help: "Client credentials in PgBouncer auth_file format (\"user\" \"password, md5 hash or SCRAM verifier\"); default: the user and password of DATABASE_URL.",
 			Set:  settings.String(func(c *Config) *string { return &c.UsersFile })},
-		{Flag: "proxy.tls-cert-file", PlaceHolder: "FILE",
+		{Flag: "proxy.tls-cert-file", Env: "PROXY_TLS_CERT_FILE", PlaceHolder: "FILE",
 			Help: "Certificate for TLS to proxy clients (with --proxy.tls-key-file).",
 			Set:  settings.String(func(c *Config) *string { return &c.TLSCertFile })},
-		{Flag: "proxy.tls-key-file", PlaceHolder: "FILE",
+		{Flag: "proxy.tls-key-file", Env: "PROXY_TLS_KEY_FILE", PlaceHolder: "FILE",
 			Help: "Private key for TLS to proxy clients.",
 			Set:  settings.String(func(c *Config) *string { return &c.TLSKeyFile })},
 		{Flag: "proxy.tls-mode", Env: "PROXY_TLS_MODE", PlaceHolder: "MODE",
@@ -157,7 +157,7 @@ func Settings() []Setting {
 				c.TLSMode = TLSMode(v)
 				return nil
 			}},
-		{Flag: "proxy.max-message-size", Default: units.Base2Bytes(DefaultMaxMessageSize).String(),
+		{Flag: "proxy.max-message-size", Env: "PROXY_MAX_MESSAGE_SIZE", Default: units.Base2Bytes(DefaultMaxMessageSize).String(),
 			Help: "Largest protocol message a proxy client may send.",
 			Set: func(c *Config, v string) error {
 				n, err := units.ParseBase2Bytes(v)
@@ -170,10 +170,10 @@ func Settings() []Setting {
 				c.MaxMessageSize = int(n)
 				return nil
 			}},
-		{Flag: "proxy.max-client-connections", Default: "1000",
+		{Flag: "proxy.max-client-connections", Env: "PROXY_MAX_CLIENT_CONNECTIONS", Default: "1000",
 			Help: "Authenticated client connections served at once, those waiting for a server connection included; more are refused with SQLSTATE 53300. Connections still in startup count against --proxy.max-startup-connections instead.",
 			Set:  settings.Int("--proxy.max-client-connections", func(c *Config) *int { return &c.MaxClients })},
-		{Flag: "proxy.max-startup-connections", Default: "auto",
+		{Flag: "proxy.max-startup-connections", Env: "PROXY_MAX_STARTUP_CONNECTIONS", Default: "auto",
 			Help: "Connections still in startup (TLS handshake, startup packet, authentication) at once, not counted in --proxy.max-client-connections; at the bound a new connection closes the oldest one in startup. auto: half of --proxy.max-client-connections, at least 10 and at most 100.",
 			Set: func(c *Config, v string) error {
 				if v == "auto" {

@@ -27,7 +27,8 @@ type Setting[C any] struct {
 	// Bool marks an on/off switch: --NAME sets "true" and --no-NAME "false".
 	Bool bool
 	// Repeatable marks a list: each use of the flag (each line of the variable) adds a value.
-	// A repeatable setting has no default.
+	// Its default, if any, is the list when neither the flag nor the variable is given; Apply
+	// leaves it out, since later values would add to it.
 	Repeatable bool
 	// Set parses v into c. Its errors name the setting and never echo a secret.
 	Set func(c *C, v string) error
@@ -36,7 +37,7 @@ type Setting[C any] struct {
 // Apply sets every default of table on c.
 func Apply[C any](c *C, table []Setting[C]) error {
 	for _, s := range table {
-		if s.Default == "" {
+		if s.Default == "" || s.Repeatable {
 			continue
 		}
 		if err := s.Set(c, s.Default); err != nil {
