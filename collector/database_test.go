@@ -81,7 +81,7 @@ func TestDatabaseStatistics(t *testing.T) {
 	if err := c.QueryRow(ctx, activeMS).Scan(&activeAfter); err != nil {
 		t.Fatal(err)
 	}
-	if got := s.value(t, "pg_stat_database_active_time_seconds_total", db); got < activeBefore/1000 || got > activeAfter/1000 || got == 0 {
+	if got := s.value(t, "pg_stat_database_active_time_seconds_total", db); got < activeBefore/1000*(1-1e-9) || got > activeAfter/1000*(1+1e-9) || got == 0 {
 		t.Errorf("active_time_seconds_total = %v, want between %v and %v (the server's milliseconds / 1000)", got, activeBefore/1000, activeAfter/1000)
 	}
 	for _, name := range []string{"pg_stat_database_session_time_seconds_total", "pg_stat_database_idle_in_transaction_time_seconds_total",
