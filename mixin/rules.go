@@ -62,7 +62,11 @@ func (f RuleFile) RecordedNames() map[string]bool {
 
 // num prints a threshold the way a person would write it in PromQL.
 func num(v float64) string {
-	return strconv.FormatFloat(math.Round(v*1e9)/1e9, 'g', -1, 64)
+	r := math.Round(v*1e9) / 1e9
+	if r == math.Trunc(r) && math.Abs(r) < 1e15 {
+		return strconv.FormatInt(int64(r), 10) // byte counts without an exponent
+	}
+	return strconv.FormatFloat(r, 'g', -1, 64)
 }
 
 // dur prints a duration in Prometheus' notation (5m, 1h, 1d).
