@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgsidecar/pgsidecar/mixin"
 )
 
@@ -138,25 +140,35 @@ func checkPostgresAlerts(ctx context.Context, t *testing.T, exprs map[string]str
 		}
 	})
 
-	// A collector that fails while the database is up: the statements collector without its
-	// extension. The errors then make up a growing share of the scrapes Prometheus holds.
+	// A collector that fails while the database is up: a session holds an ACCESS EXCLUSIVE lock
+	// on a table, as a migration does, and the tables collector, which reads the table's size,
+	// waits for it until the scrape's deadline. The errors then make up a growing share of the
+	// scrapes Prometheus holds.
 	t.Run("exporter scrape errors", func(t *testing.T) {
 		eventually(t, "scrape error series", `pg_exporter_last_scrape_error{job="pgsidecar"} == 0`, true, 30*time.Second)
 		if r := expr(t, exprs["PgSidecarExporterScrapeErrors"]); len(r) != 0 {
 			t.Fatalf("PgSidecarExporterScrapeErrors true before any error: %v", r)
 		}
-		if err := cluster.Exec(ctx, "DROP EXTENSION pg_stat_statements"); err != nil {
+		conn, err := pgx.Connect(ctx, cluster.URL("postgres"))
+		if err != nil {
+			t.Fatal(pgconnScrub(err))
+		}
+		defer conn.Close(context.Background())
+		tx, err := conn.Begin(ctx)
+		if err != nil {
 			t.Fatal(err)
 		}
-		defer func() {
-			if err := cluster.Exec(ctx, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"); err != nil {
-				t.Error(err)
-			}
-		}()
+		if _, err := tx.Exec(ctx, "LOCK TABLE e2e_items IN ACCESS EXCLUSIVE MODE"); err != nil {
+			t.Fatal(err)
+		}
 		eventually(t, "scrape errors", `pg_exporter_last_scrape_error{job="pgsidecar"} == 1`, true, 30*time.Second)
 		got := eventually(t, "scrape error alert", exprs["PgSidecarExporterScrapeErrors"], true, 90*time.Second)
 		if got[0].Metric["instance"] == "" {
 			t.Errorf("alert series %v: want the sidecar's instance", got[0].Metric)
 		}
+		if err := tx.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "clean scrapes once the lock is gone", `pg_exporter_last_scrape_error{job="pgsidecar"} == 0`, true, 30*time.Second)
 	})
 }
