@@ -319,7 +319,8 @@ func (c Config) poolDashboard() *Dashboard {
 
 	b.row("Top statements (--statements.top)")
 	stmtP99 := s(`histogram_quantile(0.99, sum by (fingerprint, le) (rate(pgsidecar_statement_duration_seconds_bucket{SEL}[RI])))`)
-	withText := s(` * on (fingerprint) group_left (text) max by (fingerprint, text) (pgsidecar_statement_info{SEL})`)
+	// One text per fingerprint, even when sidecars cut it at different lengths.
+	withText := s(` * on (fingerprint) group_left (text) topk by (fingerprint) (1, max by (fingerprint, text) (pgsidecar_statement_info{SEL}))`)
 	b.add(table("Top statements", "The statements with the highest p99 over the dashboard's time range, with their normalised text (pgsidecar_statement_info): p99, calls per second and errors per second. Only the top statements by total time over --statements.window are measured.", "s",
 		q{s(`topk(20, histogram_quantile(0.99, sum by (fingerprint, le) (rate(pgsidecar_statement_duration_seconds_bucket{SEL}[$__range]))))`) + withText, ""},
 		q{s(`sum by (fingerprint) (rate(pgsidecar_statement_duration_seconds_count{SEL}[$__range]))`) + withText, ""},
