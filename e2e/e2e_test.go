@@ -86,11 +86,16 @@ func TestEndToEnd(t *testing.T) {
 	for _, sql := range []string{
 		"CREATE EXTENSION IF NOT EXISTS pg_stat_statements",
 		"CREATE TABLE IF NOT EXISTS e2e_items (id int PRIMARY KEY, n int NOT NULL)",
+		// Vacuumed once, for the time since the last vacuum.
+		"VACUUM e2e_items",
 	} {
 		if err := cluster.Exec(ctx, sql); err != nil {
 			t.Fatalf("%s: %v", sql, err)
 		}
 	}
+	// The database alerts' series: a table with dead tuples that autovacuum leaves alone, and a
+	// physical replication slot that reserves WAL and has no consumer.
+	setUpTablesAndSlot(ctx, t)
 	exprs, rules := alertExprs(t)
 	s := startSidecar(t)
 	prom := startPrometheus(t, s.web)
@@ -170,7 +175,8 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 	t.Run("health alerts quiet when healthy", func(t *testing.T) {
-		for _, a := range []string{"PgSidecarHealthCheckFailing", "PgSidecarDatabaseDown", "PgSidecarDown"} {
+		for _, a := range []string{"PgSidecarHealthCheckFailing", "PgSidecarDatabaseDown", "PgSidecarDown",
+			"PgSidecarProxyClientWaitHigh", "PgSidecarStatementLatencyRegression"} {
 			if r := expr(t, exprs[a]); len(r) != 0 {
 				t.Errorf("%s expression true while healthy: %v", a, r)
 			}
@@ -337,6 +343,8 @@ func TestEndToEnd(t *testing.T) {
 	t.Run("slow query counted", func(t *testing.T) {
 		eventually(t, "slow queries", `pgsidecar_slow_queries_total{job="pgsidecar"} >= 1`, true, 15*time.Second)
 	})
+
+	checkPostgresAlerts(ctx, t, exprs, expr, eventually)
 
 	// The database goes away: health and database-down expressions turn true, the sidecar
 	// keeps answering scrapes; back to false once the database is back.

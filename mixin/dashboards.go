@@ -207,7 +207,7 @@ func (c Config) poolDashboard() *Dashboard {
 		return strings.ReplaceAll(strings.ReplaceAll(format, "SEL", sel), "RI", ri)
 	}
 	b := newDashboard("pgsidecar-pool", "pgsidecar / Pool & queries",
-		"Connection pool and query metrics measured by pgsidecar: utilisation, waiters, latency, errors, health.",
+		"Connection pool and query metrics measured by pgsidecar: utilisation, waiters, latency, errors, the proxy, top statements, health.",
 		queryVar("job", "Job", "pgsidecar_pool_max_connections", ""),
 		queryVar("instance", "Instance", "pgsidecar_pool_max_connections", `job=~"$job"`),
 		queryVar("pool", "Pool", "pgsidecar_pool_max_connections", `job=~"$job", instance=~"$instance"`),
@@ -288,11 +288,11 @@ func (c Config) poolDashboard() *Dashboard {
 		q{s(`sum by (outcome) (rate(pgsidecar_transactions_total{SEL}[RI]))`), "{{outcome}}"}), 12, 8)
 
 	b.row("Proxy (--proxy.listen-address)")
-	b.add(timeseries("Proxy client connections", "Clients connected to the proxy by state: authenticating, waiting for a server connection, active (holding one, session pooling).", "short",
+	b.add(timeseries("Proxy client connections", "Clients connected to the proxy by state: authenticating, waiting for a server connection, active (holding one), idle (logged in, holding none between transactions; always 0 in session mode).", "short",
 		q{s(`sum by (state) (pgsidecar_proxy_client_connections{SEL})`), "{{state}}"}), 8, 8)
-	b.add(timeseries("Proxy client wait", "Time authenticated proxy clients waited for a server connection from the pool, by percentile.", "s",
+	b.add(timeseries("Proxy client wait", fmt.Sprintf("Time proxy clients waited for a server connection (each checkout in transaction mode; PgBouncer's maxwait), by percentile. The dashed line is the p99 alert threshold (%ss, PgSidecarProxyClientWaitHigh).", num(c.ProxyClientWaitSeconds)), "s",
 		q{s(`histogram_quantile(0.5, sum by (le) (rate(pgsidecar_proxy_client_wait_seconds_bucket{SEL}[RI])))`), "p50"},
-		q{s(`histogram_quantile(0.99, sum by (le) (rate(pgsidecar_proxy_client_wait_seconds_bucket{SEL}[RI])))`), "p99"}), 8, 8)
+		q{s(`histogram_quantile(0.99, sum by (le) (rate(pgsidecar_proxy_client_wait_seconds_bucket{SEL}[RI])))`), "p99"}).above(c.ProxyClientWaitSeconds), 8, 8)
 	b.add(timeseries("Proxy sessions and transactions", "Client sessions that got a server connection, and explicit transactions of proxied clients by outcome (abandoned: the client left mid-transaction).", "ops",
 		q{s(`sum(rate(pgsidecar_proxy_sessions_total{SEL}[RI]))`), "sessions"},
 		q{s(`sum by (outcome) (rate(pgsidecar_proxy_transactions_total{SEL}[RI]))`), "transactions {{outcome}}"}), 8, 8)
@@ -302,6 +302,39 @@ func (c Config) poolDashboard() *Dashboard {
 		q{s(`sum by (method) (rate(pgsidecar_proxy_auth_failures_total{SEL}[RI]))`), "auth failed {{method}}"},
 		q{s(`sum by (sqlstate) (rate(pgsidecar_proxy_client_errors_total{SEL}[RI]))`), "proxy error {{sqlstate}}"},
 		q{s(`sum(rate(pgsidecar_proxy_server_connections_lost_total{SEL}[RI]))`), "server connection lost"}), 12, 8)
+	b.add(timeseries("Proxy server connections", "The proxy's server connections by state: active (serving a client) and idle (in the proxy's pool, ready for the next transaction).", "short",
+		q{s(`sum by (state) (pgsidecar_proxy_server_connections{SEL})`), "{{state}}"}), 8, 8)
+	b.add(timeseries("Transactions per session", "Transactions a client ran in one session, observed when the session ends, by percentile and mean: how many transactions share one login.", "short",
+		q{s(`histogram_quantile(0.5, sum by (le) (rate(pgsidecar_proxy_session_transactions_bucket{SEL}[RI])))`), "p50"},
+		q{s(`histogram_quantile(0.99, sum by (le) (rate(pgsidecar_proxy_session_transactions_bucket{SEL}[RI])))`), "p99"},
+		q{s(`sum(rate(pgsidecar_proxy_session_transactions_sum{SEL}[RI])) / sum(rate(pgsidecar_proxy_session_transactions_count{SEL}[RI]))`), "mean"}), 8, 8)
+	b.add(timeseries("Pinned sessions", "Client sessions pinned to their server connection until they disconnect, by the session state that pinned them (LISTEN, advisory lock, temporary table, SQL PREPARE, WITH HOLD cursor, SET). A pinned session takes a server connection out of transaction pooling.", "short",
+		q{s(`sum by (reason) (pgsidecar_proxy_pinned_sessions{SEL})`), "{{reason}}"}), 8, 8)
+	b.add(timeseries("Prepared statement cache", "Protocol-level prepared statements of clients found already prepared on the server connection (hits), prepared there first (misses), and dropped from a connection's LRU (evictions; --proxy.max-prepared-statements). Evictions followed by misses mean the cache is too small for the statements in use.", "ops",
+		q{s(`sum(rate(pgsidecar_proxy_prepared_statement_hits_total{SEL}[RI]))`), "hits"},
+		q{s(`sum(rate(pgsidecar_proxy_prepared_statement_misses_total{SEL}[RI]))`), "misses"},
+		q{s(`sum(rate(pgsidecar_proxy_prepared_statement_evictions_total{SEL}[RI]))`), "evictions"}), 12, 8)
+	b.add(timeseries("Sessions pinned", "Client sessions that became pinned, per second, by reason.", "ops",
+		q{s(`sum by (reason) (rate(pgsidecar_proxy_pinned_sessions_total{SEL}[RI]))`), "{{reason}}"}), 12, 8)
+
+	b.row("Top statements (--statements.top)")
+	stmtP99 := s(`histogram_quantile(0.99, sum by (fingerprint, le) (rate(pgsidecar_statement_duration_seconds_bucket{SEL}[RI])))`)
+	// One text per fingerprint, even when sidecars cut it at different lengths.
+	withText := s(` * on (fingerprint) group_left (text) topk by (fingerprint) (1, max by (fingerprint, text) (pgsidecar_statement_info{SEL}))`)
+	b.add(table("Top statements", "The statements with the highest p99 over the dashboard's time range, with their normalised text (pgsidecar_statement_info): p99, calls per second and errors per second. Only the top statements by total time over --statements.window are measured.", "s",
+		q{s(`topk(20, histogram_quantile(0.99, sum by (fingerprint, le) (rate(pgsidecar_statement_duration_seconds_bucket{SEL}[$__range]))))`) + withText, ""},
+		q{s(`sum by (fingerprint) (rate(pgsidecar_statement_duration_seconds_count{SEL}[$__range]))`) + withText, ""},
+		q{s(`sum by (fingerprint) (rate(pgsidecar_statement_errors_total{SEL}[$__range]))`) + withText, ""}), 24, 10)
+	b.add(timeseries("Statement p99", fmt.Sprintf("99th percentile duration of the ten statements with the highest p99, by fingerprint (the table above has their text). PgSidecarStatementLatencyRegression fires when one reaches %s times its p99 of the day before and at least %ss.", num(c.StatementLatencyFactor), num(c.StatementLatencyMinSeconds)), "s",
+		q{"topk(10, " + stmtP99 + ")", "{{fingerprint}}"}), 12, 8)
+	prev := timeseries("Statement p99, one day earlier", "The same percentiles 24 hours earlier: the baseline PgSidecarStatementLatencyRegression compares each statement with.", "s",
+		q{"topk(10, " + stmtP99 + ")", "{{fingerprint}}"})
+	prev.TimeShift = "1d"
+	b.add(prev, 12, 8)
+	b.add(timeseries("Statement calls", "Calls per second of the ten busiest measured statements, by fingerprint.", "reqps",
+		q{s(`topk(10, sum by (fingerprint) (rate(pgsidecar_statement_duration_seconds_count{SEL}[RI])))`), "{{fingerprint}}"}), 12, 8)
+	b.add(timeseries("Statement errors", "Failed calls per second of the measured statements, by fingerprint and SQLSTATE.", "ops",
+		q{s(`sum by (fingerprint, sqlstate) (rate(pgsidecar_statement_errors_total{SEL}[RI]))`), "{{fingerprint}} {{sqlstate}}"}), 12, 8)
 
 	b.row("Health")
 	b.add(timeseries("Health check", "1 when the pool's last health check succeeded, 0 when it failed. Failing for 1 minute fires PgSidecarHealthCheckFailing.", "none",
@@ -322,7 +355,7 @@ func (c Config) postgresDashboard() *Dashboard {
 		return strings.NewReplacer("DSEL", dsel, "SEL", sel, "RI", ri).Replace(format)
 	}
 	b := newDashboard("pgsidecar-postgresql", "pgsidecar / PostgreSQL",
-		"PostgreSQL statistics collected by pgsidecar through its pool: sessions, transactions, connections, cache, deadlocks, size and top statements.",
+		"PostgreSQL statistics collected by pgsidecar through its pool: sessions, transactions, connections, cache, deadlocks, size, checkpoints and background writer, tables, replication, the exporter's scrapes and top statements.",
 		queryVar("job", "Job", "pg_up", ""),
 		queryVar("instance", "Instance", "pg_up", `job=~"$job"`),
 		queryVar("datname", "Database", "pg_database_size_bytes", `job=~"$job", instance=~"$instance"`),
@@ -380,6 +413,59 @@ func (c Config) postgresDashboard() *Dashboard {
 		q{s(`sum(rate(pg_stat_database_tup_deleted{DSEL}[RI]))`), "deleted"}), 8, 8)
 	b.add(timeseries("Database size", "Disk space used by each database.", "bytes",
 		q{s(`max by (datname) (pg_database_size_bytes{DSEL})`), "{{datname}}"}), 24, 8)
+
+	b.row("Checkpoints and background writer")
+	b.add(timeseries("Checkpoints per hour", "Checkpoints in the last hour: timed (checkpoint_timeout passed) and requested (WAL reached max_wal_size, or CHECKPOINT was run). pg_stat_bgwriter up to PostgreSQL 16.", "short",
+		q{s(`max by (instance) (increase(pg_stat_bgwriter_checkpoints_timed_total{SEL}[1h]))`), "timed {{instance}}"},
+		q{s(`max by (instance) (increase(pg_stat_bgwriter_checkpoints_req_total{SEL}[1h]))`), "requested {{instance}}"}), 8, 8)
+	b.add(timeseries("Requested checkpoints", fmt.Sprintf("Share of the last hour's checkpoints that were requested rather than timed. The dashed line is the alert threshold (%s, PgSidecarCheckpointsRequested).", pct(c.RequestedCheckpointRatio)), "percentunit",
+		q{s(`max by (instance) (increase(pg_stat_bgwriter_checkpoints_req_total{SEL}[1h])) / (max by (instance) (increase(pg_stat_bgwriter_checkpoints_req_total{SEL}[1h])) + max by (instance) (increase(pg_stat_bgwriter_checkpoints_timed_total{SEL}[1h])))`), "{{instance}}"}).ratio().above(c.RequestedCheckpointRatio), 8, 8)
+	b.add(timeseries("Checkpoint write and sync time", "Time per second the checkpointer spent writing buffers and syncing files (counters in milliseconds).", "s",
+		q{s(`max by (instance) (rate(pg_stat_bgwriter_checkpoint_write_time_total{SEL}[RI])) / 1000`), "write {{instance}}"},
+		q{s(`max by (instance) (rate(pg_stat_bgwriter_checkpoint_sync_time_total{SEL}[RI])) / 1000`), "sync {{instance}}"}), 8, 8)
+	b.add(timeseries("Buffers written", "Buffers written per second by the checkpointer, the background writer and backends themselves. Backends writing many buffers (and fsyncs by backends) mean the background writer cannot keep up.", "ops",
+		q{s(`max(rate(pg_stat_bgwriter_buffers_checkpoint_total{SEL}[RI]))`), "checkpointer"},
+		q{s(`max(rate(pg_stat_bgwriter_buffers_clean_total{SEL}[RI]))`), "background writer"},
+		q{s(`max(rate(pg_stat_bgwriter_buffers_backend_total{SEL}[RI]))`), "backends"},
+		q{s(`max(rate(pg_stat_bgwriter_buffers_backend_fsync_total{SEL}[RI]))`), "backend fsyncs"}), 12, 8)
+	b.add(timeseries("Buffers allocated and writer stops", "Buffers allocated per second, and times per second the background writer stopped a cleaning scan at bgwriter_lru_maxpages.", "ops",
+		q{s(`max(rate(pg_stat_bgwriter_buffers_alloc_total{SEL}[RI]))`), "allocated"},
+		q{s(`max(rate(pg_stat_bgwriter_maxwritten_clean_total{SEL}[RI]))`), "writer stopped at maxpages"}), 12, 8)
+
+	// The tables row reads pg_stat_user_tables of every database the sidecar collects from.
+	const tbl = "datname, schemaname, relname"
+	b.row("Tables")
+	b.add(timeseries("Dead tuples", "Dead tuples of the ten tables with the most: rows deleted or updated that vacuum has not removed yet.", "short",
+		q{s(`topk(10, max by (` + tbl + `) (pg_stat_user_tables_n_dead_tup{DSEL}))`), "{{datname}} {{schemaname}}.{{relname}}"}), 12, 8)
+	b.add(timeseries("Dead tuple ratio", fmt.Sprintf("Dead / (live + dead) tuples of the ten worst tables with more than %s dead tuples. Above the dashed line (%s) for 30 minutes fires PgSidecarDeadTuplesHigh.", num(c.MinDeadTuples), pct(c.DeadTupleRatio)), "percentunit",
+		q{s(`topk(10, max by (`+tbl+`) (pg_stat_user_tables_n_dead_tup{DSEL}) / (max by (`+tbl+`) (pg_stat_user_tables_n_live_tup{DSEL}) + max by (`+tbl+`) (pg_stat_user_tables_n_dead_tup{DSEL})) and max by (`+tbl+`) (pg_stat_user_tables_n_dead_tup{DSEL}) > `) + num(c.MinDeadTuples) + ")", "{{datname}} {{schemaname}}.{{relname}}"}).ratio().above(c.DeadTupleRatio), 12, 8)
+	b.add(timeseries("Sequential scans", "Sequential scans per second of the ten tables scanned most: a large table here usually lacks an index.", "ops",
+		q{s(`topk(10, max by (` + tbl + `) (rate(pg_stat_user_tables_seq_scan{DSEL}[RI])))`), "{{datname}} {{schemaname}}.{{relname}}"}), 8, 8)
+	b.add(timeseries("Rows read by sequential scans", "Rows per second read by sequential scans, ten tables with the most.", "ops",
+		q{s(`topk(10, max by (` + tbl + `) (rate(pg_stat_user_tables_seq_tup_read{DSEL}[RI])))`), "{{datname}} {{schemaname}}.{{relname}}"}), 8, 8)
+	b.add(timeseries("Time since last vacuum", "Time since the last vacuum (manual or autovacuum) of the ten tables vacuumed longest ago; tables never vacuumed are left out.", "s",
+		q{s(`topk(10, time() - max by (` + tbl + `) (pg_stat_user_tables_last_vacuum{DSEL} > pg_stat_user_tables_last_autovacuum{DSEL} or pg_stat_user_tables_last_autovacuum{DSEL} > 0))`), "{{datname}} {{schemaname}}.{{relname}}"}), 8, 8)
+
+	b.row("Replication")
+	role := stat("Role", "Whether the server is a replica (in recovery) or a primary.", "none",
+		q{s(`max by (instance) (pg_replication_is_replica{SEL})`), "{{instance}}"})
+	role.FieldConfig.Defaults.Mappings = []any{map[string]any{"type": "value", "options": map[string]any{
+		"0": map[string]any{"text": "primary", "index": 0},
+		"1": map[string]any{"text": "replica", "index": 1},
+	}}}
+	b.add(role, 4, 8)
+	b.add(timeseries("Replication lag", fmt.Sprintf("How long a replica has not replayed the primary's latest changes (0 on a primary, and on a replica that has replayed all it received). The dashed line is the alert threshold (%ss, PgSidecarReplicationLagHigh).", num(c.ReplicationLagSeconds)), "s",
+		q{s(`max by (instance) (pg_replication_lag_seconds{SEL})`), "{{instance}}"}).above(c.ReplicationLagSeconds), 10, 8)
+	b.add(timeseries("WAL retained by replication slots", fmt.Sprintf("WAL the server keeps for each replication slot (from the slot's restart_lsn to the current WAL position). An inactive slot above the dashed line (%sB) for 15 minutes fires PgSidecarReplicationSlotInactive.", humanBytes(c.InactiveSlotRetainedBytes)), "bytes",
+		q{s(`max by (slot_name) (pg_replication_slots_pg_wal_lsn_diff{SEL})`), "{{slot_name}}"}).above(c.InactiveSlotRetainedBytes), 10, 8)
+	b.add(timeseries("Replication slots in use", "1 while a consumer (replica or logical decoding client) is connected to the slot, 0 while nobody is.", "none",
+		q{s(`max by (slot_name) (pg_replication_slots_active{SEL})`), "{{slot_name}}"}), 24, 6)
+
+	b.row("Exporter")
+	b.add(timeseries("Scrape errors", fmt.Sprintf("Share of the sidecar's scrapes of PostgreSQL statistics with an error over 30 minutes. Above the dashed line (%s) while the database is up fires PgSidecarExporterScrapeErrors.", pct(c.ScrapeErrorRatio)), "percentunit",
+		q{s(`avg_over_time(pg_exporter_last_scrape_error{SEL}[30m])`), "{{instance}}"}).ratio().above(c.ScrapeErrorRatio), 12, 8)
+	b.add(timeseries("Scrape duration", "Duration of the sidecar's last scrape of PostgreSQL statistics.", "s",
+		q{s(`max by (instance) (pg_exporter_last_scrape_duration_seconds{SEL})`), "{{instance}}"}), 12, 8)
 
 	b.row("Statements (needs --collector.statements)")
 	b.add(table("Top statements by total time", "Statements from pg_stat_statements that spent the most time per second over the interval (time per second, calls per second). The statements collector is off by default: start pgsidecar with --collector.statements.", "s",

@@ -88,6 +88,7 @@ type Panel struct {
 	Description     string           `json:"description,omitempty"`
 	Datasource      *DatasourceRef   `json:"datasource,omitempty"`
 	GridPos         GridPos          `json:"gridPos"`
+	TimeShift       string           `json:"timeShift,omitempty"`
 	Collapsed       *bool            `json:"collapsed,omitempty"`
 	FieldConfig     *FieldConfig     `json:"fieldConfig,omitempty"`
 	Options         map[string]any   `json:"options,omitempty"`

@@ -53,6 +53,19 @@ func TestAlertsFollowThresholds(t *testing.T) {
 		MinBlockRate:                12,
 		SlowQueriesPer10m:           17,
 		ErrorObjective:              0.995,
+
+		ProxyClientWaitSeconds: 0.35,
+
+		ReplicationLagSeconds:     47,
+		InactiveSlotRetainedBytes: 3 << 20,
+		DeadTupleRatio:            0.23,
+		MinDeadTuples:             777,
+		RequestedCheckpointRatio:  0.61,
+		MinRequestedCheckpoints:   4,
+		ScrapeErrorRatio:          0.13,
+
+		StatementLatencyFactor:     2.5,
+		StatementLatencyMinSeconds: 0.07,
 	}
 	exprs := map[string]string{}
 	for _, a := range c.Rules().Alerts() {
@@ -71,6 +84,13 @@ func TestAlertsFollowThresholds(t *testing.T) {
 		{"PgSidecarLongRunningTransaction", []string{"> 321"}},
 		{"PgSidecarIdleInTransaction", []string{"> 43"}},
 		{"PgSidecarCacheHitRatioLow", []string{"< 0.93\n", "> 12"}},
+		{"PgSidecarProxyClientWaitHigh", []string{"[5m])) > 0.35\n", "_count[5m]) > 0.25"}},
+		{"PgSidecarStatementLatencyRegression", []string{"2.5 * histogram_quantile", ") > 0.07\n", "[30m])) > 0.25", "offset 1d)) > 0.25"}},
+		{"PgSidecarReplicationLagHigh", []string{"> 47"}},
+		{"PgSidecarReplicationSlotInactive", []string{"> 3145728\n"}},
+		{"PgSidecarDeadTuplesHigh", []string{"> 0.23\n", "> 777"}},
+		{"PgSidecarCheckpointsRequested", []string{"> 0.61\n", ">= 4"}},
+		{"PgSidecarExporterScrapeErrors", []string{"> 0.13\n"}},
 		{"PgSidecarQueryErrorBudgetBurnFast", []string{"(14.4 * 0.005)", "(6 * 0.005)", "rate1h > 0.25", "rate6h > 0.25"}},
 		{"PgSidecarQueryErrorBudgetBurnSlow", []string{"(3 * 0.005)", "(1 * 0.005)", "rate1d > 0.25", "rate3d > 0.25"}},
 	} {

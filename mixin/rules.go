@@ -62,7 +62,11 @@ func (f RuleFile) RecordedNames() map[string]bool {
 
 // num prints a threshold the way a person would write it in PromQL.
 func num(v float64) string {
-	return strconv.FormatFloat(math.Round(v*1e9)/1e9, 'g', -1, 64)
+	r := math.Round(v*1e9) / 1e9
+	if r == math.Trunc(r) && math.Abs(r) < 1e15 {
+		return strconv.FormatInt(int64(r), 10) // byte counts without an exponent
+	}
+	return strconv.FormatFloat(r, 'g', -1, 64)
 }
 
 // dur prints a duration in Prometheus' notation (5m, 1h, 1d).
@@ -82,6 +86,17 @@ func dur(d time.Duration) string {
 const ofCluster = "{{ with $labels.cluster }} of cluster {{ . }}{{ end }}"
 
 func pct(v float64) string { return num(v*100) + "%" }
+
+// humanBytes prints a byte count in binary units, as humanize1024 renders $value.
+func humanBytes(v float64) string {
+	units := []string{"", "Ki", "Mi", "Gi", "Ti"}
+	i := 0
+	for v >= 1024 && i < len(units)-1 {
+		v /= 1024
+		i++
+	}
+	return num(v) + units[i]
+}
 
 // alert builds an alerting rule with the mixin conventions: a severity label, a plain summary,
 // a templated description and a runbook anchor named after the alert.
@@ -231,6 +246,27 @@ pool:pgsidecar_queries:rate5m > %s`, num(c.AvgLatencySeconds), minRate),
 			fmt.Sprintf(`up{%s} == 0`, c.SidecarSelector),
 			"Prometheus cannot scrape a pgsidecar.",
 			`{{ $labels.instance }} of job {{ $labels.job }} has not answered scrapes for `+dur(c.ForMedium)+`.`),
+		c.alert("PgSidecarProxyClientWaitHigh", "warning", c.ForMedium, fmt.Sprintf(`
+histogram_quantile(0.99, rate(pgsidecar_proxy_client_wait_seconds_bucket[5m])) > %s
+and
+rate(pgsidecar_proxy_client_wait_seconds_count[5m]) > %s`, num(c.ProxyClientWaitSeconds), minRate),
+			"Proxy clients wait too long for a server connection.",
+			fmt.Sprintf(`1%% of the waits of proxy clients of pool {{ $labels.pool }} on {{ $labels.instance }} for a server connection took longer than {{ $value | humanizeDuration }} over the last 5 minutes (threshold %ss).`, num(c.ProxyClientWaitSeconds))),
+		c.alert("PgSidecarStatementLatencyRegression", "warning", c.ForLong, fmt.Sprintf(`
+(
+  histogram_quantile(0.99, sum by (cluster, job, pool, fingerprint, le) (rate(pgsidecar_statement_duration_seconds_bucket[30m])))
+  >
+  %[1]s * histogram_quantile(0.99, sum by (cluster, job, pool, fingerprint, le) (rate(pgsidecar_statement_duration_seconds_bucket[30m] offset 1d)))
+) > %[2]s
+and
+sum by (cluster, job, pool, fingerprint) (rate(pgsidecar_statement_duration_seconds_count[30m])) > %[3]s
+and
+sum by (cluster, job, pool, fingerprint) (rate(pgsidecar_statement_duration_seconds_count[30m] offset 1d)) > %[3]s`,
+			num(c.StatementLatencyFactor), num(c.StatementLatencyMinSeconds), minRate),
+			"A statement got much slower than it was a day ago.",
+			fmt.Sprintf(`Statement {{ $labels.fingerprint }} of pool {{ $labels.pool }} (job {{ $labels.job }}) has a p99 of {{ $value | humanizeDuration }} over the last 30 minutes, more than %s times its p99 at the same time yesterday.`+
+				`{{ with printf "max by (text) (pgsidecar_statement_info{job=%%q, pool=%%q, fingerprint=%%q})" $labels.job $labels.pool $labels.fingerprint | query }} Text: {{ (. | first).Labels.text }}{{ end }}`,
+				num(c.StatementLatencyFactor))),
 		c.alert("PgSidecarCollectorFailing", "warning", c.ForLong,
 			`pg_scrape_collector_success == 0 unless on (job, instance) (pg_up == 0)`,
 			"A database collector of the sidecar fails.",
@@ -279,6 +315,48 @@ max by (cluster, datname) (rate(pg_stat_database_blks_hit[30m]) + rate(pg_stat_d
 			num(c.CacheHitRatio), num(c.MinBlockRate)),
 			"Few block reads are served from the buffer cache.",
 			fmt.Sprintf(`Only {{ $value | humanizePercentage }} of block reads in database {{ $labels.datname }}`+ofCluster+` hit shared buffers over the last 30 minutes (threshold %s).`, pct(c.CacheHitRatio))),
+		c.alert("PgSidecarReplicationLagHigh", "warning", c.ForMedium,
+			fmt.Sprintf(`max by (cluster) (pg_replication_lag_seconds) > %s`, num(c.ReplicationLagSeconds)),
+			"A replica lags behind its primary.",
+			fmt.Sprintf(`The replica`+ofCluster+` has not replayed the primary's latest changes for {{ $value | humanizeDuration }} (threshold %ss): reads there are stale, and a failover would lose or wait for them.`, num(c.ReplicationLagSeconds))),
+		c.alert("PgSidecarReplicationSlotInactive", "warning", c.ForLong, fmt.Sprintf(`
+max by (cluster, slot_name) (pg_replication_slots_pg_wal_lsn_diff) > %s
+and on (cluster, slot_name)
+max by (cluster, slot_name) (pg_replication_slots_active) == 0`, num(c.InactiveSlotRetainedBytes)),
+			"An inactive replication slot retains WAL.",
+			fmt.Sprintf(`Replication slot {{ $labels.slot_name }}`+ofCluster+` has no consumer and holds back {{ $value | humanize1024 }}B of WAL (threshold %sB); the WAL disk fills up until the consumer returns or the slot is dropped.`, humanBytes(c.InactiveSlotRetainedBytes))),
+		c.alert("PgSidecarDeadTuplesHigh", "warning", 30*time.Minute, fmt.Sprintf(`
+max by (cluster, datname, schemaname, relname) (pg_stat_user_tables_n_dead_tup)
+/
+(
+  max by (cluster, datname, schemaname, relname) (pg_stat_user_tables_n_live_tup)
+  +
+  max by (cluster, datname, schemaname, relname) (pg_stat_user_tables_n_dead_tup)
+)
+> %s
+and
+max by (cluster, datname, schemaname, relname) (pg_stat_user_tables_n_dead_tup) > %s`, num(c.DeadTupleRatio), num(c.MinDeadTuples)),
+			"Dead tuples pile up in a table: autovacuum is not keeping up.",
+			fmt.Sprintf(`{{ $value | humanizePercentage }} of the tuples of table {{ $labels.schemaname }}.{{ $labels.relname }} in database {{ $labels.datname }}`+ofCluster+` are dead (threshold %s, at least %s dead tuples) and have been for 30 minutes.`, pct(c.DeadTupleRatio), num(c.MinDeadTuples))),
+		c.alert("PgSidecarCheckpointsRequested", "info", c.ForLong, fmt.Sprintf(`
+max by (cluster) (increase(pg_stat_bgwriter_checkpoints_req_total[1h]))
+/
+(
+  max by (cluster) (increase(pg_stat_bgwriter_checkpoints_req_total[1h]))
+  +
+  max by (cluster) (increase(pg_stat_bgwriter_checkpoints_timed_total[1h]))
+)
+> %s
+and
+max by (cluster) (increase(pg_stat_bgwriter_checkpoints_req_total[1h])) >= %s`, num(c.RequestedCheckpointRatio), num(c.MinRequestedCheckpoints)),
+			"Checkpoints are requested more often than timed.",
+			fmt.Sprintf(`{{ $value | humanizePercentage }} of the checkpoints of the server`+ofCluster+` in the last hour were requested (WAL filled max_wal_size, or CHECKPOINT was run) rather than timed (threshold %s).`, pct(c.RequestedCheckpointRatio))),
+		c.alert("PgSidecarExporterScrapeErrors", "warning", c.ForMedium, fmt.Sprintf(`
+avg_over_time(pg_exporter_last_scrape_error[30m]) > %s
+unless on (job, instance)
+(pg_up == 0)`, num(c.ScrapeErrorRatio)),
+			"The sidecar's scrapes of PostgreSQL statistics have errors.",
+			fmt.Sprintf(`{{ $value | humanizePercentage }} of the scrapes of {{ $labels.instance }} over the last 30 minutes had an error (threshold %s) while the database was up; some statistics are missing from them.`, pct(c.ScrapeErrorRatio))),
 	}}
 
 	sloAlerts := RuleGroup{Name: "pgsidecar-slo.alerts", Rules: []Rule{

@@ -162,6 +162,12 @@ func drawnThresholds(c mixin.Config) []drawnThreshold {
 		{"LongTransactionSeconds", c.LongTransactionSeconds, "s", []string{"pg_stat_activity_oldest_xact_seconds"}},
 		{"IdleInTransactionSeconds", c.IdleInTransactionSeconds, "s", []string{"pg_stat_activity_idle_in_transaction_max_seconds"}},
 		{"CacheHitRatio", c.CacheHitRatio, "percentunit", []string{"pg_stat_database_blks_hit", "pg_stat_database_blks_read"}},
+		{"ProxyClientWaitSeconds", c.ProxyClientWaitSeconds, "s", []string{"pgsidecar_proxy_client_wait_seconds_bucket"}},
+		{"ReplicationLagSeconds", c.ReplicationLagSeconds, "s", []string{"pg_replication_lag_seconds"}},
+		{"InactiveSlotRetainedBytes", c.InactiveSlotRetainedBytes, "bytes", []string{"pg_replication_slots_pg_wal_lsn_diff"}},
+		{"DeadTupleRatio", c.DeadTupleRatio, "percentunit", []string{"pg_stat_user_tables_n_dead_tup", "pg_stat_user_tables_n_live_tup"}},
+		{"RequestedCheckpointRatio", c.RequestedCheckpointRatio, "percentunit", []string{"pg_stat_bgwriter_checkpoints_req_total", "pg_stat_bgwriter_checkpoints_timed_total"}},
+		{"ScrapeErrorRatio", c.ScrapeErrorRatio, "percentunit", []string{"pg_exporter_last_scrape_error"}},
 		// Fixed by design: any deadlock alerts (drawn at 1); health and pg_up alert at 0 (red under 1).
 		{"any deadlock", 1, "short", []string{"pg_stat_database_deadlocks"}},
 		{"health check up", 1, "none", []string{"pgsidecar_health_check_up"}},
@@ -274,6 +280,8 @@ func TestThresholdsDrawn(t *testing.T) {
 		c := mixin.Default
 		c.ErrorRatio, c.AvgLatencySeconds, c.PoolUtilization, c.ServerConnectionUtilization = 0.03, 0.7, 0.71, 0.77
 		c.LongTransactionSeconds, c.IdleInTransactionSeconds, c.CacheHitRatio, c.SlowQueriesPer10m = 321, 43, 0.93, 17
+		c.ProxyClientWaitSeconds, c.ReplicationLagSeconds, c.InactiveSlotRetainedBytes = 0.35, 47, 3<<20
+		c.DeadTupleRatio, c.RequestedCheckpointRatio, c.ScrapeErrorRatio = 0.23, 0.61, 0.13
 		seen := map[float64]string{}
 		for _, d := range drawnThresholds(c) {
 			if other, dup := seen[d.value]; dup && d.value != 1 && !strings.HasPrefix(d.name, "ServerConnectionUtilization") {
