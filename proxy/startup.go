@@ -65,8 +65,10 @@ func (s *Server) handle(raw net.Conn) {
 		return
 	}
 	sess := &session{srv: s, client: conn, user: params["user"], remote: remoteString(raw)}
-	sess.cr = bufio.NewReaderSize(conn, ioBufSize)
-	sess.cw = bufio.NewWriterSize(conn, ioBufSize)
+	sess.cr = readerPool.Get().(*bufio.Reader)
+	sess.cr.Reset(conn)
+	sess.cw = writerPool.Get().(*bufio.Writer)
+	sess.cw.Reset(conn)
 	if err := sess.authenticate(raw); err != nil {
 		s.refuse(sess.cw, err)
 		_ = sess.cw.Flush()
@@ -80,6 +82,14 @@ func (s *Server) handle(raw net.Conn) {
 	_ = raw.SetDeadline(time.Time{})
 	authenticating = false
 	s.m.authenticating.Dec()
+
+	if s.cfg.PoolMode == PoolTransaction {
+		s.m.sessions.Inc()
+		s.register(sess)
+		defer s.unregister(sess)
+		s.runTx(sess, params)
+		return
+	}
 
 	s.m.waiting.Inc()
 	srvConn, err := s.acquire()
@@ -282,6 +292,11 @@ func (sess *session) send(m encoder) error {
 func (s *Server) acquire() (*pgxpool.Conn, error) {
 	start := time.Now()
 	defer func() { s.m.wait.Observe(time.Since(start).Seconds()) }()
+	return s.acquireConn()
+}
+
+// acquireConn is acquire without the wait metric, for callers that measure their own wait.
+func (s *Server) acquireConn() (*pgxpool.Conn, error) {
 	c, err := s.mgr.Acquire(s.ctx)
 	if err == nil {
 		return c, nil
