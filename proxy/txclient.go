@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -43,6 +44,12 @@ type txSession struct {
 	pin       string            // why the session keeps its server connection, or ""
 	// transactions counts transactions and single statements outside one.
 	transactions int
+
+	// undone: Parses and Closes the proxy answered but the server would have skipped (an
+	// earlier request of their batch failed); the client applies them before its next request.
+	undoMu  sync.Mutex
+	undone  []*entry
+	hasUndo atomic.Bool
 
 	sc    *srvConn // held now; guarded by session.mu
 	state prometheus.Gauge
@@ -147,6 +154,36 @@ func (t *txSession) releaseClientWriter() {
 		t.cw = nil
 	}
 	t.wmu.Unlock()
+}
+
+// undo records that the server skipped the request e answered. Called by readLoop.
+func (t *txSession) undo(e *entry) {
+	t.undoMu.Lock()
+	t.undone = append(t.undone, e)
+	t.undoMu.Unlock()
+	t.hasUndo.Store(true)
+}
+
+// applyUndone reverts the statements of skipped Parses and Closes.
+func (t *txSession) applyUndone() {
+	t.undoMu.Lock()
+	undone := t.undone
+	t.undone = nil
+	t.hasUndo.Store(false)
+	t.undoMu.Unlock()
+	for _, e := range undone {
+		if e.closed {
+			if t.stmts[e.stmtName] == nil {
+				t.stmts[e.stmtName] = e.stmt
+				t.srv.stmts.ref(e.stmt) // the Close's put is undone too
+			}
+			continue
+		}
+		if t.stmts[e.stmtName] == e.stmt {
+			delete(t.stmts, e.stmtName)
+			t.srv.stmts.put(e.stmt)
+		}
+	}
 }
 
 // forgetStatements drops the client's named statements.
@@ -451,18 +488,16 @@ func (t *txSession) queue(c *srvConn, e *entry) bool {
 	return true
 }
 
-// answer makes up an answer for the client in its place in the stream.
-func (t *txSession) answer(c *srvConn, msg []byte) {
+// answer makes up an answer for the client in its place in the stream: e.synth.
+func (t *txSession) answer(c *srvConn, e *entry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.errSkip && c.errBatch == t.batch {
-		return // PostgreSQL would have skipped the request
-	}
 	if len(c.queue) == 0 {
-		t.writeClient(msg)
+		t.writeClient(e.synth)
 		return
 	}
-	c.queue = append(c.queue, &entry{synth: msg, batch: t.batch})
+	e.batch = t.batch
+	c.queue = append(c.queue, e)
 }
 
 var (
@@ -530,6 +565,9 @@ func (t *txSession) loop() {
 				}
 				continue
 			}
+		}
+		if t.hasUndo.Load() {
+			t.applyUndone()
 		}
 		c, err := t.hold()
 		if err != nil {
@@ -622,8 +660,9 @@ func (t *txSession) loop() {
 				typ = 'B'
 				break
 			}
-			t.stmts[name] = s.stmts.get(string(rest))
-			t.answer(c, parseComplete)
+			st := s.stmts.get(string(rest))
+			t.stmts[name] = st
+			t.answer(c, &entry{synth: parseComplete, stmtName: name, stmt: st})
 			continue
 		case 'B':
 			portal, rest := cbytes(body)
@@ -664,9 +703,9 @@ func (t *txSession) loop() {
 					if skipped {
 						continue
 					}
-					s.stmts.put(st)
 					delete(t.stmts, name)
-					t.answer(c, closeComplete)
+					t.answer(c, &entry{synth: closeComplete, stmtName: name, stmt: st, closed: true})
+					s.stmts.put(st)
 					continue
 				}
 			}

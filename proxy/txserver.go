@@ -30,6 +30,11 @@ type entry struct {
 	batch uint64 // the client's extended-protocol batch: requests up to and including a Sync
 	skip  bool   // injected by the proxy: the answers (but errors) are not the client's
 	synth []byte // the made-up answer (kind 0)
+	// A made-up answer to a named Parse or Close: the client's statement it added or removed,
+	// undone when the server skips the request.
+	stmtName string
+	stmt     *pstmt
+	closed   bool
 
 	errMsg   []byte // replaces the server's ErrorResponse body: an in-band error of the proxy's
 	prepared *pstmt // an injected Parse: the statement it prepares
@@ -303,6 +308,9 @@ func (c *srvConn) failBatch(h *entry) {
 		}
 		if e.prepared != nil {
 			c.stmts.remove(e.prepared)
+		}
+		if e.stmt != nil && c.client != nil {
+			c.client.undo(e)
 		}
 	}
 	for i := len(keep); i < len(c.queue); i++ {

@@ -60,6 +60,17 @@ func (r *stmtRegistry) get(key string) *pstmt {
 	return st
 }
 
+// ref counts one more client reference to st, taking it back into the registry if the last
+// one had gone.
+func (r *stmtRegistry) ref(st *pstmt) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st.refs++
+	if r.byKey[st.key] == nil {
+		r.byKey[st.key] = st
+	}
+}
+
 // put drops a client reference; the last one forgets the statement. Server connections that
 // still have it prepared close it when it falls out of their LRU.
 func (r *stmtRegistry) put(st *pstmt) {
