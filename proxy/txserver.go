@@ -454,6 +454,9 @@ func (c *srvConn) lost(cause error, serverSaidFatal bool) {
 	cl := c.client
 	queue := c.queue
 	c.queue = nil
+	if cl != nil && c.status != 'I' && s.ctx.Err() == nil {
+		s.m.transactions.WithLabelValues("error").Inc()
+	}
 	if cl != nil {
 		cl.detach(c)
 	}
