@@ -99,18 +99,18 @@ func newMetrics(poolName string) *metrics {
 		}, []string{"state"}),
 		sessionTx: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:        "pgsidecar_proxy_session_transactions",
-			Help:        "Transactions (explicit, or single statements outside one) per client session, observed when the session ends.",
+			Help:        "Transactions (explicit, or single statements outside one) per transaction-mode client session, observed when the session ends.",
 			ConstLabels: labels,
 			Buckets:     []float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000, 10000, 100000},
 		}),
 		stmtHits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name:        "pgsidecar_proxy_prepared_statement_hits_total",
-			Help:        "Uses (Bind, Describe) of a client's prepared statement in transaction mode that found it prepared on the server connection.",
+			Help:        "Parses, Binds and Describes of a client's named statement in transaction mode that found it prepared on the server connection.",
 			ConstLabels: labels,
 		}),
 		stmtMisses: prometheus.NewCounter(prometheus.CounterOpts{
 			Name:        "pgsidecar_proxy_prepared_statement_misses_total",
-			Help:        "Uses of a client's prepared statement in transaction mode that had to prepare it on the server connection first.",
+			Help:        "Parses, Binds and Describes of a client's named statement in transaction mode that prepared it on the server connection.",
 			ConstLabels: labels,
 		}),
 		stmtEvicted: prometheus.NewCounter(prometheus.CounterOpts{

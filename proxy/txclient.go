@@ -40,6 +40,7 @@ type txSession struct {
 	want      map[string]string // tracked settings now; guarded by the holding connection's mu
 	stmts     map[string]*pstmt // the client's named statements
 	unnamed   []byte            // the body of the client's last unnamed Parse, to prepare it again elsewhere
+	unnamedN  uint64            // counts the client's unnamed Parses
 	// pending: named Parses and Closes of a batch begun without a server connection, answered
 	// when the batch needs none (Sync, Flush) or sent ahead of the first request that does.
 	pending []*entry
@@ -673,9 +674,10 @@ func (t *txSession) loop() {
 				} else {
 					t.unnamed = nil
 				}
+				t.unnamedN++
 				c.mu.Lock()
 				if t.queue(c, &entry{kind: 'P'}) {
-					c.unnamedBy = t
+					c.unnamedBy, c.unnamedN = t, t.unnamedN
 				}
 				c.mu.Unlock()
 				break
@@ -928,13 +930,13 @@ func (t *txSession) parseOn(c *srvConn, st *pstmt, name string, pre []byte) []by
 func (t *txSession) unnamedOn(c *srvConn, pre []byte) []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.unnamedBy == t || t.unnamed == nil {
+	if c.unnamedBy == t && c.unnamedN == t.unnamedN || t.unnamed == nil {
 		return pre
 	}
 	if !t.queue(c, &entry{kind: 'P', skip: true}) {
 		return pre
 	}
-	c.unnamedBy = t
+	c.unnamedBy, c.unnamedN = t, t.unnamedN
 	return appendMsg(pre, 'P', t.unnamed)
 }
 

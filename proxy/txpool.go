@@ -39,63 +39,61 @@ func (ss *serverSet) get() (*srvConn, error) {
 	start := time.Now()
 	defer func() { s.m.wait.Observe(time.Since(start).Seconds()) }()
 	wait := s.mgr.Config().ConnectTimeout
-	for {
-		ss.mu.Lock()
-		if ss.closed {
-			ss.mu.Unlock()
-			return nil, reject("57P01", "the proxy is shutting down")
-		}
-		ss.retireExpired()
-		if n := len(ss.idle); n > 0 {
-			c := ss.idle[n-1]
-			ss.idle = ss.idle[:n-1]
-			ss.mu.Unlock()
-			s.m.serverIdle.Dec()
-			s.m.serverActive.Inc()
-			return c, nil
-		}
-		if ss.total < int(s.mgr.Config().MaxConns) {
-			ss.total++
-			ss.mu.Unlock()
-			c, err := ss.open()
-			if err != nil {
-				ss.mu.Lock()
-				ss.total--
-				ss.mu.Unlock()
-				return nil, err
-			}
-			s.m.serverActive.Inc()
-			return c, nil
-		}
-		w := &setWaiter{ch: make(chan *srvConn, 1)}
-		el := ss.waiters.PushBack(w)
+	ss.mu.Lock()
+	if ss.closed {
 		ss.mu.Unlock()
-		left := wait - time.Since(start)
-		t := time.NewTimer(max(left, 0))
-		select {
-		case c := <-w.ch:
-			t.Stop()
-			return c, nil
-		case <-t.C:
-		case <-s.ctx.Done():
-			t.Stop()
-		}
-		ss.mu.Lock()
-		select {
-		case c := <-w.ch:
-			ss.mu.Unlock()
-			return c, nil
-		default:
-		}
-		ss.waiters.Remove(el)
-		ss.mu.Unlock()
-		if s.ctx.Err() != nil {
-			return nil, reject("57P01", "the proxy is shutting down")
-		}
-		cfg := s.mgr.Config()
-		return nil, reject("53300", "no server connection available within DB_CONNECTION_TIMEOUT (%s): all %d pool connections are in use",
-			cfg.ConnectTimeout, cfg.MaxConns)
+		return nil, reject("57P01", "the proxy is shutting down")
 	}
+	ss.retireExpired()
+	if n := len(ss.idle); n > 0 {
+		c := ss.idle[n-1]
+		ss.idle = ss.idle[:n-1]
+		ss.mu.Unlock()
+		s.m.serverIdle.Dec()
+		s.m.serverActive.Inc()
+		return c, nil
+	}
+	if ss.total < int(s.mgr.Config().MaxConns) {
+		ss.total++
+		ss.mu.Unlock()
+		c, err := ss.open()
+		if err != nil {
+			ss.mu.Lock()
+			ss.total--
+			ss.mu.Unlock()
+			return nil, err
+		}
+		s.m.serverActive.Inc()
+		return c, nil
+	}
+	w := &setWaiter{ch: make(chan *srvConn, 1)}
+	el := ss.waiters.PushBack(w)
+	ss.mu.Unlock()
+	left := wait - time.Since(start)
+	t := time.NewTimer(max(left, 0))
+	select {
+	case c := <-w.ch:
+		t.Stop()
+		return c, nil
+	case <-t.C:
+	case <-s.ctx.Done():
+		t.Stop()
+	}
+	ss.mu.Lock()
+	select {
+	case c := <-w.ch:
+		ss.mu.Unlock()
+		return c, nil
+	default:
+	}
+	ss.waiters.Remove(el)
+	ss.mu.Unlock()
+	if s.ctx.Err() != nil {
+		return nil, reject("57P01", "the proxy is shutting down")
+	}
+	cfg := s.mgr.Config()
+	return nil, reject("53300", "no server connection available within DB_CONNECTION_TIMEOUT (%s): all %d pool connections are in use",
+		cfg.ConnectTimeout, cfg.MaxConns)
 }
 
 // open borrows a connection from the pool for the set and starts reading it.

@@ -83,6 +83,7 @@ type srvConn struct {
 	params     map[string]string // tracked settings as the proxy or clients set them; absent: the connection's default
 	reported   map[string]string // the server's ParameterStatus values
 	unnamedBy  *txSession        // whose unnamed statement the server holds
+	unnamedN   uint64            // and which of its unnamed Parses
 }
 
 func (c *srvConn) head() *entry {
