@@ -4,9 +4,25 @@
 // series as library traffic (Manager.RecordQuery): latency histograms, errors by SQLSTATE and the
 // slow query log.
 //
-// Pooling is by session: a client keeps one server connection from login to logout, so session
-// state (prepared statements, temporary tables, LISTEN, SET) behaves as with a direct
-// connection. On logout the connection is reset (ROLLBACK if needed, DISCARD ALL) and returned.
+// Pooling is by session (Config.PoolMode PoolSession, the default) or by transaction
+// (PoolTransaction).
+//
+// In session mode a client keeps one server connection from login to logout, so session state
+// (prepared statements, temporary tables, LISTEN, SET) behaves as with a direct connection. On
+// logout the connection is reset (ROLLBACK if needed, DISCARD ALL) and returned. The relay is
+// session.go (login and reset), relay.go (client to server) and response.go (server to client).
+//
+// In transaction mode a client holds a server connection only while it is in a transaction or
+// has requests outstanding. The proxy keeps its own set of server connections, borrowed from the
+// pool manager (txpool.go), each read by one goroutine for its whole life (txserver.go); each
+// client has one goroutine reading its messages (txclient.go). Every answer the client expects,
+// including those to messages the proxy injects, has an entry in the connection's queue, so
+// answers are forwarded, dropped or made up in order. What PostgreSQL keeps per session is kept
+// per client instead (txstate.go): named prepared statements (mapped to statements shared by
+// all clients and prepared lazily on each connection, with a bounded LRU per connection) and
+// the settings drivers rely on (applied on checkout). State that cannot move between
+// connections (LISTEN, session advisory locks, temporary tables, SQL PREPARE, WITH HOLD cursors,
+// other SETs) pins the client to its connection until it leaves.
 //
 // The proxy serves the database and user of the pool's DATABASE_URL: clients authenticate
 // against the proxy's own credentials, and their queries run as the pool's user. Cancel keys
@@ -55,6 +71,8 @@ type Server struct {
 	tlsMode  TLSMode // resolved: never empty
 	authLog  *logThrottle
 	evictLog *logThrottle
+	txSet    *serverSet   // transaction mode's server connections
+	stmts    stmtRegistry // transaction mode's prepared statements
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -122,6 +140,9 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 		s.creds[name] = c
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if cfg.PoolMode == PoolTransaction {
+		s.txSet = &serverSet{s: s}
+	}
 	if s.reg != nil {
 		for i, c := range s.m.collectors() {
 			if err := s.reg.Register(c); err != nil {
@@ -153,7 +174,7 @@ func (s *Server) Start() error {
 	s.listeners = append(s.listeners, ls...)
 	s.mu.Unlock()
 	for i, l := range ls {
-		s.log.Info("Proxy listening", "address", l.Addr().String(), "auth", string(s.cfg.Auth), "tls", s.cfg.TLS != nil && s.tlsMode != TLSDisable, "tls_mode", string(s.tlsMode))
+		s.log.Info("Proxy listening", "address", l.Addr().String(), "pool_mode", string(s.cfg.PoolMode), "auth", string(s.cfg.Auth), "tls", s.cfg.TLS != nil && s.tlsMode != TLSDisable, "tls_mode", string(s.tlsMode))
 		if a, ok := l.Addr().(*net.TCPAddr); ok && s.cfg.Auth == AuthTrust && !a.IP.IsLoopback() {
 			// Clients from elsewhere are refused, but the address says the operator expects them.
 			s.log.Warn("Proxy trust authentication on a non-loopback address", "address", s.cfg.Listen[i],
@@ -333,6 +354,9 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	if s.txSet != nil {
+		s.txSet.close()
+	}
 	s.authLog.stop()
 	s.evictLog.stop()
 	if s.reg != nil {
