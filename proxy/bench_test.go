@@ -12,13 +12,16 @@ import (
 	"os/user"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -134,7 +137,7 @@ func pgbenchRun(ctx context.Context, pgbench string, env []string, port int, o p
 	// time on top, so that every run has about the same measured part.
 	seconds := o.seconds
 	if !o.connectEach {
-		seconds += o.clients / 100
+		seconds += o.clients / 50
 	}
 	args := []string{"-S", "-n", "-M", o.protocol, "-c", fmt.Sprint(o.clients), "-j", fmt.Sprint(min(o.clients, 2)),
 		"-T", fmt.Sprint(seconds), "-l", "--log-prefix", filepath.Join(dir, "tx"),
@@ -142,7 +145,14 @@ func pgbenchRun(ctx context.Context, pgbench string, env []string, port int, o p
 	if o.connectEach {
 		args = append(args, "-C")
 	}
-	out, err := runToolB(ctx, env, "", pgbench, args...)
+	// A pooler that stops answering a client would keep pgbench waiting for ever: give up a
+	// minute after the run should have ended.
+	runCtx, cancel := context.WithTimeout(ctx, time.Duration(seconds+60)*time.Second)
+	defer cancel()
+	out, err := runToolB(runCtx, env, "", pgbench, args...)
+	if runCtx.Err() != nil && ctx.Err() == nil {
+		err = fmt.Errorf("no answer: pgbench still running a minute after its -T %d s", seconds)
+	}
 	r := pgbenchResult{out: out}
 	if err != nil || !strings.Contains(out, "number of failed transactions: 0 ") {
 		return r, fmt.Errorf("pgbench %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -386,4 +396,152 @@ func BenchmarkRoundTrip(b *testing.B) {
 			}
 		})
 	}
+}
+
+// startEpollCopy relays each connection on a loopback port to target as startByteCopy does, but
+// from one goroutine on a locked OS thread that waits in level-triggered epoll_wait for all
+// connections, as PgBouncer's event loop does: no goroutine per direction, and no read that ends
+// in EAGAIN before a goroutine may park. It is a reference point for what such an I/O model saves;
+// a write that cannot complete at once is retried after a short sleep, which is enough for small
+// messages.
+func startEpollCopy(b *testing.B, target string) int {
+	b.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var (
+		mu    sync.Mutex
+		peer  = map[int]int{}           // fd → the fd it relays to
+		files = map[int][]*os.File{}    // keeps each pair's descriptors open
+		conns = map[net.Conn]struct{}{} // the originals, closed at the end
+		stop  atomic.Bool
+		wg    sync.WaitGroup
+	)
+	closePair := func(fd int) {
+		mu.Lock()
+		defer mu.Unlock()
+		p, ok := peer[fd]
+		if !ok {
+			return
+		}
+		for _, x := range []int{fd, p} {
+			_ = syscall.EpollCtl(epfd, syscall.EPOLL_CTL_DEL, x, nil)
+			delete(peer, x)
+			for _, f := range files[x] {
+				_ = f.Close()
+			}
+			delete(files, x)
+		}
+	}
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				_ = c.Close()
+				continue
+			}
+			cf, err1 := c.(*net.TCPConn).File()
+			sf, err2 := s.(*net.TCPConn).File()
+			if err1 != nil || err2 != nil {
+				_ = c.Close()
+				_ = s.Close()
+				continue
+			}
+			cfd, sfd := int(cf.Fd()), int(sf.Fd())
+			_ = syscall.SetNonblock(cfd, true)
+			_ = syscall.SetNonblock(sfd, true)
+			mu.Lock()
+			conns[c], conns[s] = struct{}{}, struct{}{}
+			peer[cfd], peer[sfd] = sfd, cfd
+			files[cfd], files[sfd] = []*os.File{cf}, []*os.File{sf}
+			mu.Unlock()
+			for _, fd := range []int{cfd, sfd} {
+				_ = syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, fd, &syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(fd)})
+			}
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		events := make([]syscall.EpollEvent, 128)
+		buf := make([]byte, 32<<10)
+		for !stop.Load() {
+			// A raw system call keeps this thread's P while it waits, as an event loop outside
+			// Go's scheduler would: syscall.EpollWait would hand the P off after 20 µs and take
+			// one back on return, at the cost of more thread wake-ups than it saves. The short
+			// timeout bounds how long a garbage collection waits for this goroutine.
+			r, _, errno := syscall.RawSyscall6(syscall.SYS_EPOLL_WAIT, uintptr(epfd),
+				uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 5, 0, 0)
+			n := int(r)
+			if errno != 0 {
+				if errno != syscall.EINTR {
+					return
+				}
+				n = 0
+			}
+			for _, ev := range events[:max(n, 0)] {
+				fd := int(ev.Fd)
+				mu.Lock()
+				to, ok := peer[fd]
+				mu.Unlock()
+				if !ok {
+					continue
+				}
+				r, err := syscall.Read(fd, buf)
+				if err == syscall.EAGAIN {
+					continue
+				}
+				if r <= 0 || !writeAll(to, buf[:r]) {
+					closePair(fd)
+				}
+			}
+		}
+	}()
+	b.Cleanup(func() {
+		_ = l.Close()
+		stop.Store(true)
+		wg.Wait()
+		mu.Lock()
+		fds := make([]int, 0, len(peer))
+		for fd := range peer {
+			fds = append(fds, fd)
+		}
+		mu.Unlock()
+		for _, fd := range fds {
+			closePair(fd)
+		}
+		for c := range conns {
+			_ = c.Close()
+		}
+		_ = syscall.Close(epfd)
+	})
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// writeAll writes b to the non-blocking descriptor fd, retrying while its send buffer is full.
+func writeAll(fd int, b []byte) bool {
+	for len(b) > 0 {
+		n, err := syscall.Write(fd, b)
+		if err == syscall.EAGAIN {
+			time.Sleep(50 * time.Microsecond)
+			continue
+		}
+		if err != nil || n <= 0 {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
 }

@@ -36,6 +36,9 @@ import (
 //	PROXYBENCH_LEVER_BIN, PROXYBENCH_LEVER_ENV
 //	                       a second pgsidecar ("lever") run alongside the first in the session
 //	                       mode benchmark, from another binary and/or with other environment
+//	PROXYBENCH_RELAYS      add the reference relays bytecopy and epollcopy (in the test process)
+//	                       to the session mode benchmark
+//	PROXYBENCH_PERF        count system calls and context switches per transaction (perf stat)
 //
 // They need pgbench and pgbouncer and skip without them. scripts/proxy-bench.sh raises the open
 // file limit and runs them all.
@@ -56,7 +59,8 @@ type benchBed struct {
 	rounds              int
 }
 
-func newBenchBed(b *testing.B) *benchBed {
+// newBenchBed starts a server with the given max_connections and the pgbench tables at scale 1.
+func newBenchBed(b *testing.B, maxConns int) *benchBed {
 	b.Helper()
 	bed := &benchBed{pgbench: benchTool(b, "pgbench"), pgbouncer: benchTool(b, "pgbouncer"),
 		seconds: envInt("PROXYBENCH_SECONDS", 10), rounds: envInt("PROXYBENCH_ROUNDS", 3)}
@@ -67,7 +71,7 @@ func newBenchBed(b *testing.B) *benchBed {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Hour)
 	b.Cleanup(cancel)
 	bed.ctx = ctx
-	pg, err := pgtest.Start(pgtest.Options{MaxConnections: 100})
+	pg, err := pgtest.Start(pgtest.Options{MaxConnections: maxConns})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -206,6 +210,39 @@ type measured struct {
 	cpuPerTx    time.Duration // pooler CPU time per transaction in the steady part of the run
 	serverConns int           // most connections from the target to the server seen during the run
 	load        float64       // one-minute load average when the run started
+	// System calls and context switches of the target per transaction over the whole run
+	// (logins included), with PROXYBENCH_PERF set.
+	syscallsPerTx, switchesPerTx float64
+}
+
+// perfStat counts the system calls and context switches of process pid with perf stat until
+// the returned function is called, which returns the counts by event name.
+func perfStat(b *testing.B, pid int) func() map[string]float64 {
+	b.Helper()
+	perf, err := exec.LookPath("perf")
+	if err != nil {
+		b.Skip("PROXYBENCH_PERF needs perf")
+	}
+	out := filepath.Join(b.TempDir(), "perf.csv")
+	cmd := exec.Command(perf, "stat", "-x,", "-o", out, "-e", "raw_syscalls:sys_enter,context-switches", "-p", fmt.Sprint(pid))
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	return func() map[string]float64 {
+		_ = cmd.Process.Signal(syscall.SIGINT)
+		_ = cmd.Wait()
+		raw, _ := os.ReadFile(out)
+		c := map[string]float64{}
+		for _, line := range strings.Split(string(raw), "\n") {
+			// count,unit,event,...
+			if f := strings.Split(line, ","); len(f) > 2 {
+				if v, err := strconv.ParseFloat(f[0], 64); err == nil {
+					c[f[2]] = v
+				}
+			}
+		}
+		return c
+	}
 }
 
 // measure runs pgbench through tg. CPU per transaction is the target's user and system CPU time
@@ -252,10 +289,19 @@ func (bed *benchBed) measure(b *testing.B, tg benchTarget, o pgbenchOpts) (measu
 		}
 	}()
 	m := measured{load: loadAverage()}
+	var counts func() map[string]float64
+	if os.Getenv("PROXYBENCH_PERF") != "" && tg.pid != 0 {
+		counts = perfStat(b, tg.pid)
+	}
 	r, err := pgbenchRun(bed.ctx, bed.pgbench, bed.env, tg.port, o)
 	close(stop)
 	wg.Wait()
 	m.pgbenchResult, m.serverConns = r, conns
+	if counts != nil && len(r.ends) > 0 {
+		c := counts()
+		m.syscallsPerTx = c["raw_syscalls:sys_enter"] / float64(len(r.ends))
+		m.switchesPerTx = c["context-switches"] / float64(len(r.ends))
+	}
 	if err != nil || tg.pid == 0 {
 		return m, err
 	}
@@ -283,7 +329,7 @@ func (bed *benchBed) measure(b *testing.B, tg benchTarget, o pgbenchOpts) (measu
 //
 //	go test -run '^$' -bench ProxyTransactionPool -benchtime 1x -timeout 60m ./proxy/
 func BenchmarkProxyTransactionPool(b *testing.B) {
-	bed := newBenchBed(b)
+	bed := newBenchBed(b, 100)
 	const poolSize = 20
 	targets := []benchTarget{bed.startBouncer(b, "transaction", poolSize)}
 	if sc, err := bed.startSidecar(b, "pgsidecar", bed.bin, "transaction", poolSize, sidecarEnv("PROXYBENCH_SIDECAR_ENV")); err == nil {
@@ -330,7 +376,8 @@ func BenchmarkProxyTransactionPool(b *testing.B) {
 //
 //	go test -run '^$' -bench ProxySessionPool -benchtime 1x -timeout 30m ./proxy/
 func BenchmarkProxySessionPool(b *testing.B) {
-	bed := newBenchBed(b)
+	// Room for 32 direct clients next to the pools of PgBouncer, pgsidecar and the lever.
+	bed := newBenchBed(b, 200)
 	const poolSize = 32
 	sc, err := bed.startSidecar(b, "pgsidecar", bed.bin, "session", poolSize, sidecarEnv("PROXYBENCH_SIDECAR_ENV"))
 	if err != nil {
@@ -348,6 +395,13 @@ func BenchmarkProxySessionPool(b *testing.B) {
 		}
 		targets = append(targets, lv)
 	}
+	if os.Getenv("PROXYBENCH_RELAYS") != "" {
+		// Reference relays in this process: a copy loop per direction on Go's poller, and
+		// one epoll loop for all connections.
+		target := fmt.Sprintf("127.0.0.1:%d", bed.pg.Port())
+		targets = append(targets, benchTarget{name: "bytecopy", port: startByteCopy(b, target), pid: os.Getpid()},
+			benchTarget{name: "epollcopy", port: startEpollCopy(b, target), pid: os.Getpid()})
+	}
 	tab := newBenchTable()
 	for round := 1; round <= bed.rounds; round++ {
 		for _, clients := range envInts("PROXYBENCH_CLIENTS", []int{1, 8, 32}) {
@@ -364,8 +418,8 @@ func BenchmarkProxySessionPool(b *testing.B) {
 		}
 	}
 	printSummary(b, tab.markdown("pgsidecar", "pgbouncer"))
-	if len(targets) > 3 {
-		printSummary(b, tab.markdown("lever", "pgsidecar"))
+	for _, tg := range targets[3:] {
+		printSummary(b, tab.markdown(tg.name, "pgsidecar"))
 	}
 }
 
@@ -376,7 +430,7 @@ func BenchmarkProxySessionPool(b *testing.B) {
 //
 //	go test -run '^$' -bench ProxyConnectionChurn -benchtime 1x ./proxy/
 func BenchmarkProxyConnectionChurn(b *testing.B) {
-	bed := newBenchBed(b)
+	bed := newBenchBed(b, 100)
 	const poolSize = 20
 	mode := "transaction"
 	if os.Getenv("PROXYBENCH_MODE") == "session" {
@@ -415,7 +469,7 @@ func BenchmarkProxyConnectionChurn(b *testing.B) {
 //
 //	go test -run '^$' -bench ProxyIdleClients -benchtime 1x ./proxy/
 func BenchmarkProxyIdleClients(b *testing.B) {
-	bed := newBenchBed(b)
+	bed := newBenchBed(b, 100)
 	const poolSize = 20
 	clients := envInt("PROXYBENCH_IDLE_CLIENTS", 1000)
 	names := []string{"pgbouncer", "pgsidecar"}
@@ -520,6 +574,10 @@ func (m measured) report(b *testing.B) {
 	b.ReportMetric(float64(m.serverConns), "server_conns")
 	b.ReportMetric(float64(m.connectTime.Microseconds())/1000, "connect_ms")
 	b.ReportMetric(m.load, "load1")
+	if m.syscallsPerTx > 0 {
+		b.ReportMetric(m.syscallsPerTx, "syscalls/tx")
+		b.ReportMetric(m.switchesPerTx, "ctxsw/tx")
+	}
 }
 
 // benchTable collects measurements by row (a setting) and target, over rounds.
@@ -557,7 +615,7 @@ func (t *benchTable) markdown(a, b string) string {
 	var sb strings.Builder
 	sb.WriteString("| setting | target | rounds | TPS | median | p99 | CPU/tx | server conns | load |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, row := range t.rows {
-		for _, name := range []string{"direct", "pgbouncer", "pgsidecar", "lever"} {
+		for _, name := range []string{"direct", "pgbouncer", "pgsidecar", "lever", "bytecopy", "epollcopy"} {
 			ms := t.m[row][name]
 			if len(ms) == 0 {
 				continue
@@ -572,6 +630,9 @@ func (t *benchTable) markdown(a, b string) string {
 			cpu := "–"
 			if c := get(func(m measured) float64 { return float64(m.cpuPerTx.Nanoseconds()) / 1000 }); c > 0 {
 				cpu = fmt.Sprintf("%.1f µs", c)
+			}
+			if sc := get(func(m measured) float64 { return m.syscallsPerTx }); sc > 0 {
+				cpu += fmt.Sprintf(" (%.1f syscalls, %.1f switches)", sc, get(func(m measured) float64 { return m.switchesPerTx }))
 			}
 			var loads []float64
 			for _, m := range ms {
