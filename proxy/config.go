@@ -70,6 +70,23 @@ func (c Config) tlsMode() TLSMode {
 	return TLSDisable
 }
 
+// PoolMode is when a client holds a server connection.
+type PoolMode string
+
+// Pool modes.
+const (
+	// PoolSession gives each client one server connection from login to logout: every session
+	// feature works as on a direct connection.
+	PoolSession PoolMode = "session"
+	// PoolTransaction gives a client a server connection only while it is in a transaction or
+	// has requests outstanding, so many clients share few server connections. Session state
+	// that cannot move between connections pins the client to its connection (see the package
+	// documentation).
+	PoolTransaction PoolMode = "transaction"
+)
+
+func (m PoolMode) known() bool { return m == PoolSession || m == PoolTransaction }
+
 // DefaultMaxMessageSize bounds one client protocol message. PostgreSQL itself accepts up to 1 GiB;
 // a smaller bound keeps one client from making the proxy buffer that much for a query text.
 const DefaultMaxMessageSize = 64 << 20
@@ -112,6 +129,12 @@ type Config struct {
 	StartupTimeout time.Duration
 	// ResetTimeout bounds the reset of a server connection when a session ends.
 	ResetTimeout time.Duration
+	// PoolMode is session or transaction pooling.
+	PoolMode PoolMode
+	// MaxPreparedStatements bounds the protocol-level prepared statements the proxy keeps on
+	// each server connection in transaction mode; the least recently used is closed to make
+	// room.
+	MaxPreparedStatements int
 	// AuthFailureLogInterval spaces the log lines of repeated client failures ("Proxy
 	// authentication failed", and connections closed at --proxy.max-startup-connections): the
 	// first is logged in full, the ones after it within the interval in one summary line with
@@ -157,6 +180,18 @@ func Settings() []Setting {
 				c.TLSMode = TLSMode(v)
 				return nil
 			}},
+		{Flag: "proxy.pool-mode", Env: "PROXY_POOL_MODE", Default: string(PoolSession),
+			Help: "session: a client keeps one server connection from login to logout. transaction: a client holds one only while in a transaction or with requests outstanding, so many clients share DB_MAX_CONNECTIONS server connections; sessions that take state that cannot move (LISTEN, session advisory locks, temporary tables, SQL PREPARE, WITH HOLD cursors, other SETs) are pinned to their connection until they end.",
+			Set: func(c *Config, v string) error {
+				if !PoolMode(v).known() {
+					return fmt.Errorf("--proxy.pool-mode must be session or transaction, got '%s'", v)
+				}
+				c.PoolMode = PoolMode(v)
+				return nil
+			}},
+		{Flag: "proxy.max-prepared-statements", Env: "PROXY_MAX_PREPARED_STATEMENTS", Default: "200",
+			Help: "Protocol-level prepared statements kept on each server connection in transaction mode; the least recently used one is closed to make room.",
+			Set:  settings.Int("--proxy.max-prepared-statements", func(c *Config) *int { return &c.MaxPreparedStatements })},
 		{Flag: "proxy.max-message-size", Default: units.Base2Bytes(DefaultMaxMessageSize).String(),
 			Help: "Largest protocol message a proxy client may send.",
 			Set: func(c *Config, v string) error {
@@ -233,6 +268,12 @@ func (c Config) Validate() error {
 	}
 	if c.MaxStartup < 0 {
 		add("--proxy.max-startup-connections (%d) must be at least 1", c.MaxStartup)
+	}
+	if !c.PoolMode.known() {
+		add("--proxy.pool-mode (%q) must be session or transaction", c.PoolMode)
+	}
+	if c.MaxPreparedStatements < 1 {
+		add("--proxy.max-prepared-statements (%d) must be at least 1", c.MaxPreparedStatements)
 	}
 	if c.StartupTimeout <= 0 {
 		add("proxy StartupTimeout (%s) must be greater than 0", c.StartupTimeout)

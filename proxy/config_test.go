@@ -28,6 +28,9 @@ func TestConfigValidateNamesTheFlag(t *testing.T) {
 		{func(c *Config) { c.TLSMode = "sometimes" }, `--proxy.tls-mode ("sometimes") must be one of disable, allow, require`},
 		{func(c *Config) { c.TLSMode = TLSRequire }, "--proxy.tls-mode=require needs a certificate: give --proxy.tls-cert-file and --proxy.tls-key-file"},
 		{func(c *Config) { c.TLSMode, c.TLS = TLSRequire, &tls.Config{} }, ""},
+		{func(c *Config) { c.PoolMode = "statement" }, `--proxy.pool-mode ("statement") must be session or transaction`},
+		{func(c *Config) { c.MaxPreparedStatements = 0 }, "--proxy.max-prepared-statements (0) must be at least 1"},
+		{func(c *Config) { c.PoolMode = PoolTransaction }, ""},
 	} {
 		c := DefaultConfig()
 		c.Listen = []string{"127.0.0.1:0"}
@@ -43,7 +46,8 @@ func TestDefaultConfigIsTheFlagDefaults(t *testing.T) {
 	c := DefaultConfig()
 	if c.Auth != AuthSCRAM || c.MaxMessageSize != DefaultMaxMessageSize || c.MaxClients != 1000 ||
 		c.StartupTimeout != 15*time.Second || c.ResetTimeout != 5*time.Second || len(c.Listen) != 0 ||
-		c.AuthFailureLogInterval != 10*time.Second || c.TLSMode != "" || c.MaxStartup != 0 || c.maxStartup() != 100 {
+		c.AuthFailureLogInterval != 10*time.Second || c.TLSMode != "" || c.MaxStartup != 0 || c.maxStartup() != 100 ||
+		c.PoolMode != PoolSession || c.MaxPreparedStatements != 200 {
 		t.Fatalf("%+v", c)
 	}
 }

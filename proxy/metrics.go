@@ -22,19 +22,43 @@ type metrics struct {
 	authenticating prometheus.Gauge
 	waiting        prometheus.Gauge
 	active         prometheus.Gauge
+	idle           prometheus.Gauge
+
+	// Transaction mode.
+	serverConns  *prometheus.GaugeVec
+	serverActive prometheus.Gauge
+	serverIdle   prometheus.Gauge
+	sessionTx    prometheus.Histogram
+	stmtHits     prometheus.Counter
+	stmtMisses   prometheus.Counter
+	stmtEvicted  prometheus.Counter
+	pinned       *prometheus.GaugeVec
+	pinnedTotal  *prometheus.CounterVec
 }
+
+// Reasons a transaction-mode session is pinned to its server connection.
+const (
+	pinListen       = "listen"
+	pinAdvisoryLock = "advisory_lock"
+	pinTempTable    = "temp_table"
+	pinPrepare      = "prepare"
+	pinCursorHold   = "cursor_with_hold"
+	pinSet          = "set"
+)
+
+var pinReasons = []string{pinListen, pinAdvisoryLock, pinTempTable, pinPrepare, pinCursorHold, pinSet}
 
 func newMetrics(poolName string) *metrics {
 	labels := prometheus.Labels{"pool": poolName}
 	x := &metrics{
 		clients: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name:        "pgsidecar_proxy_client_connections",
-			Help:        "Client connections to the proxy by state (authenticating, waiting for a server connection, active).",
+			Help:        "Client connections to the proxy by state: authenticating, waiting for a server connection, active (holding one), idle (logged in, holding none; transaction mode only).",
 			ConstLabels: labels,
 		}, []string{"state"}),
 		wait: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:        "pgsidecar_proxy_client_wait_seconds",
-			Help:        "Time an authenticated client waited for a server connection from the pool.",
+			Help:        "Time an authenticated client waited for a server connection from the pool: once per session in session mode, at each checkout in transaction mode.",
 			ConstLabels: labels,
 			Buckets:     []float64{0.00001, 0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10},
 		}),
@@ -68,6 +92,42 @@ func newMetrics(poolName string) *metrics {
 			Help:        "Server connections that failed during a client session; the client got FATAL 08006.",
 			ConstLabels: labels,
 		}),
+		serverConns: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name:        "pgsidecar_proxy_server_connections",
+			Help:        "The proxy's transaction-mode server connections by state: active (serving a client) or idle (in the proxy's pool).",
+			ConstLabels: labels,
+		}, []string{"state"}),
+		sessionTx: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:        "pgsidecar_proxy_session_transactions",
+			Help:        "Transactions (explicit, or single statements outside one) per client session, observed when the session ends.",
+			ConstLabels: labels,
+			Buckets:     []float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000, 10000, 100000},
+		}),
+		stmtHits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name:        "pgsidecar_proxy_prepared_statement_hits_total",
+			Help:        "Uses (Bind, Describe) of a client's prepared statement in transaction mode that found it prepared on the server connection.",
+			ConstLabels: labels,
+		}),
+		stmtMisses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name:        "pgsidecar_proxy_prepared_statement_misses_total",
+			Help:        "Uses of a client's prepared statement in transaction mode that had to prepare it on the server connection first.",
+			ConstLabels: labels,
+		}),
+		stmtEvicted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name:        "pgsidecar_proxy_prepared_statement_evictions_total",
+			Help:        "Prepared statements closed on a server connection to stay within --proxy.max-prepared-statements.",
+			ConstLabels: labels,
+		}),
+		pinned: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name:        "pgsidecar_proxy_pinned_sessions",
+			Help:        "Transaction-mode client sessions pinned to their server connection now, by the first reason (listen, advisory_lock, temp_table, prepare, cursor_with_hold, set).",
+			ConstLabels: labels,
+		}, []string{"reason"}),
+		pinnedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name:        "pgsidecar_proxy_pinned_sessions_total",
+			Help:        "Transaction-mode client sessions that were pinned to their server connection, by the first reason.",
+			ConstLabels: labels,
+		}, []string{"reason"}),
 	}
 	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name:        "pgsidecar_proxy_bytes_total",
@@ -79,6 +139,13 @@ func newMetrics(poolName string) *metrics {
 	x.authenticating = x.clients.WithLabelValues("authenticating")
 	x.waiting = x.clients.WithLabelValues("waiting")
 	x.active = x.clients.WithLabelValues("active")
+	x.idle = x.clients.WithLabelValues("idle")
+	x.serverActive = x.serverConns.WithLabelValues("active")
+	x.serverIdle = x.serverConns.WithLabelValues("idle")
+	for _, r := range pinReasons {
+		x.pinned.WithLabelValues(r)
+		x.pinnedTotal.WithLabelValues(r)
+	}
 	for _, o := range []string{"commit", "rollback", "error", "abandoned"} {
 		x.transactions.WithLabelValues(o)
 	}
@@ -88,5 +155,6 @@ func newMetrics(poolName string) *metrics {
 
 func (x *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{x.clients, x.wait, x.transactions, x.bytesVec, x.authFailures, x.sessions,
-		x.rejected, x.cancels, x.serverLost}
+		x.rejected, x.cancels, x.serverLost, x.serverConns, x.sessionTx, x.stmtHits, x.stmtMisses, x.stmtEvicted,
+		x.pinned, x.pinnedTotal}
 }

@@ -55,6 +55,8 @@ type Server struct {
 	tlsMode  TLSMode // resolved: never empty
 	authLog  *logThrottle
 	evictLog *logThrottle
+	txSet    *serverSet   // transaction mode's server connections
+	stmts    stmtRegistry // transaction mode's prepared statements
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -122,6 +124,9 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 		s.creds[name] = c
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if cfg.PoolMode == PoolTransaction {
+		s.txSet = &serverSet{s: s}
+	}
 	if s.reg != nil {
 		for i, c := range s.m.collectors() {
 			if err := s.reg.Register(c); err != nil {
@@ -153,7 +158,7 @@ func (s *Server) Start() error {
 	s.listeners = append(s.listeners, ls...)
 	s.mu.Unlock()
 	for i, l := range ls {
-		s.log.Info("Proxy listening", "address", l.Addr().String(), "auth", string(s.cfg.Auth), "tls", s.cfg.TLS != nil && s.tlsMode != TLSDisable, "tls_mode", string(s.tlsMode))
+		s.log.Info("Proxy listening", "address", l.Addr().String(), "pool_mode", string(s.cfg.PoolMode), "auth", string(s.cfg.Auth), "tls", s.cfg.TLS != nil && s.tlsMode != TLSDisable, "tls_mode", string(s.tlsMode))
 		if a, ok := l.Addr().(*net.TCPAddr); ok && s.cfg.Auth == AuthTrust && !a.IP.IsLoopback() {
 			// Clients from elsewhere are refused, but the address says the operator expects them.
 			s.log.Warn("Proxy trust authentication on a non-loopback address", "address", s.cfg.Listen[i],
@@ -333,6 +338,9 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	if s.txSet != nil {
+		s.txSet.close()
+	}
 	s.authLog.stop()
 	s.evictLog.stop()
 	if s.reg != nil {

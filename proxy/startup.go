@@ -3,8 +3,6 @@ package proxy
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"crypto/subtle"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
@@ -18,7 +16,6 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/pgsidecar/pgsidecar/internal/pgauth"
 	"github.com/pgsidecar/pgsidecar/internal/sqlstate"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
@@ -68,8 +65,10 @@ func (s *Server) handle(raw net.Conn) {
 		return
 	}
 	sess := &session{srv: s, client: conn, user: params["user"], remote: remoteString(raw)}
-	sess.cr = bufio.NewReaderSize(conn, ioBufSize)
-	sess.cw = bufio.NewWriterSize(conn, ioBufSize)
+	sess.cr = readerPool.Get().(*bufio.Reader)
+	sess.cr.Reset(conn)
+	sess.cw = writerPool.Get().(*bufio.Writer)
+	sess.cw.Reset(conn)
 	if err := sess.authenticate(raw); err != nil {
 		s.refuse(sess.cw, err)
 		_ = sess.cw.Flush()
@@ -83,6 +82,14 @@ func (s *Server) handle(raw net.Conn) {
 	_ = raw.SetDeadline(time.Time{})
 	authenticating = false
 	s.m.authenticating.Dec()
+
+	if s.cfg.PoolMode == PoolTransaction {
+		s.m.sessions.Inc()
+		s.register(sess)
+		defer s.unregister(sess)
+		s.runTx(sess, params)
+		return
+	}
 
 	s.m.waiting.Inc()
 	srvConn, err := s.acquire()
@@ -264,123 +271,6 @@ func isLocal(c net.Conn) bool {
 	return c.RemoteAddr() == nil
 }
 
-// authenticate runs the configured method and sends AuthenticationOk.
-func (sess *session) authenticate(raw net.Conn) error {
-	s := sess.srv
-	method := s.cfg.Auth
-	fail := func(err error) error {
-		s.m.authFailures.WithLabelValues(string(method)).Inc()
-		if err != nil && !errors.Is(err, errWrongPassword) {
-			s.authLog.event("user", sess.user, "client", sess.remote, "method", string(method), "error", err.Error())
-		} else {
-			s.authLog.event("user", sess.user, "client", sess.remote, "method", string(method))
-		}
-		return reject("28P01", "password authentication failed for user %q", sess.user)
-	}
-	cred := s.creds[sess.user]
-	switch {
-	case method == AuthTrust:
-		if !isLocal(raw) {
-			s.m.authFailures.WithLabelValues(string(method)).Inc()
-			return reject("28000", "trust authentication is only allowed on loopback and unix socket connections")
-		}
-	case method == AuthMD5 && (cred == nil || cred.md5 != ""):
-		var salt [4]byte
-		_, _ = rand.Read(salt[:])
-		if err := sess.send(&pgproto3.AuthenticationMD5Password{Salt: salt}); err != nil {
-			return err
-		}
-		body, err := sess.expectPassword()
-		if err != nil {
-			return err
-		}
-		if cred == nil {
-			return fail(nil)
-		}
-		got := strings.TrimRight(string(body), "\x00")
-		if subtle.ConstantTimeCompare([]byte(got), []byte(md5Response(cred.md5, salt))) != 1 {
-			return fail(nil)
-		}
-	default:
-		method = AuthSCRAM
-		v := (*scramVerifier)(nil)
-		if cred != nil {
-			v = cred.scram
-		}
-		if v == nil {
-			// Unknown user (or no SCRAM secret): run the exchange against a random secret so the
-			// reply does not tell which user names exist.
-			v = &scramVerifier{salt: make([]byte, 16), iterations: pgauth.SCRAMIterations, storedKey: make([]byte, 32), serverKey: make([]byte, 32)}
-			_, _ = rand.Read(v.salt)
-			_, _ = rand.Read(v.storedKey)
-		}
-		if err := sess.scram(v); err != nil {
-			if errors.As(err, new(*rejectError)) {
-				return err
-			}
-			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-				return err
-			}
-			return fail(err)
-		}
-	}
-	return sess.send(&pgproto3.AuthenticationOk{})
-}
-
-func (sess *session) scram(v *scramVerifier) error {
-	if err := sess.send(&pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}}); err != nil {
-		return err
-	}
-	body, err := sess.expectPassword()
-	if err != nil {
-		return err
-	}
-	var init pgproto3.SASLInitialResponse
-	if err := init.Decode(body); err != nil {
-		return reject("08P01", "malformed SASL initial response")
-	}
-	if init.AuthMechanism != "SCRAM-SHA-256" {
-		return reject("28000", "SASL authentication mechanism %q is not supported", init.AuthMechanism)
-	}
-	ss := &scramServer{v: v}
-	first, err := ss.first(string(init.Data))
-	if err != nil {
-		return err
-	}
-	if err := sess.send(&pgproto3.AuthenticationSASLContinue{Data: []byte(first)}); err != nil {
-		return err
-	}
-	body, err = sess.expectPassword()
-	if err != nil {
-		return err
-	}
-	final, err := ss.final(string(body))
-	if err != nil {
-		return err
-	}
-	return sess.send(&pgproto3.AuthenticationSASLFinal{Data: []byte(final)})
-}
-
-// expectPassword flushes what was written and reads one PasswordMessage-type ('p') body.
-func (sess *session) expectPassword() ([]byte, error) {
-	if err := sess.cw.Flush(); err != nil {
-		return nil, err
-	}
-	var hdr [5]byte
-	if _, err := io.ReadFull(sess.cr, hdr[:]); err != nil {
-		return nil, err
-	}
-	n := int(binary.BigEndian.Uint32(hdr[1:])) - 4
-	if hdr[0] != 'p' || n < 0 || n > 10000 {
-		return nil, reject("08P01", "expected a password response, got message type %q", hdr[0])
-	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(sess.cr, body); err != nil {
-		return nil, err
-	}
-	return body, nil
-}
-
 type encoder interface {
 	Encode(dst []byte) ([]byte, error)
 }
@@ -402,6 +292,11 @@ func (sess *session) send(m encoder) error {
 func (s *Server) acquire() (*pgxpool.Conn, error) {
 	start := time.Now()
 	defer func() { s.m.wait.Observe(time.Since(start).Seconds()) }()
+	return s.acquireConn()
+}
+
+// acquireConn is acquire without the wait metric, for callers that measure their own wait.
+func (s *Server) acquireConn() (*pgxpool.Conn, error) {
 	c, err := s.mgr.Acquire(s.ctx)
 	if err == nil {
 		return c, nil

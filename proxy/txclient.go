@@ -1,0 +1,854 @@
+package proxy
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+// The client side of transaction mode: one goroutine per client reads its messages, checks out
+// a server connection when a request needs one, maps the client's prepared statements onto the
+// proxy's and queues an entry for every answer it expects (see entry). The server connection's
+// readLoop forwards the answers and gives the connection back.
+
+// Idle clients hold no buffers: readers and writers come from these pools while messages are in
+// flight.
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, ioBufSize) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, ioBufSize) }}
+)
+
+// noStatement names no statement on any server connection: a Bind of it fails, which is how the
+// proxy makes the server fail a request in-band with the proxy's own error.
+const noStatement = "pgsidecar_none"
+
+// txSession is a client session in transaction mode.
+type txSession struct {
+	*session
+	startWant map[string]string // tracked settings from the startup packet (SQL values)
+	want      map[string]string // tracked settings now; guarded by the holding connection's mu
+	stmts     map[string]*pstmt // the client's named statements
+	unnamed   []byte            // the body of the client's last unnamed Parse, to prepare it again elsewhere
+	batch     uint64            // counts the client's Syncs
+	pin       string            // why the session keeps its server connection, or ""
+	// transactions counts transactions and single statements outside one.
+	transactions int
+
+	// undone: Parses and Closes the proxy answered but the server would have skipped (an
+	// earlier request of their batch failed); the client applies them before its next request.
+	undoMu  sync.Mutex
+	undone  []*entry
+	hasUndo atomic.Bool
+
+	sc    *srvConn // held now; guarded by session.mu
+	state prometheus.Gauge
+
+	cr  *bufio.Reader // from readerPool while the client has bytes buffered
+	sw  *bufio.Writer // to the server connection, from writerPool while writing
+	swc *srvConn      // what sw writes to
+	buf []byte
+
+	wmu sync.Mutex
+	cw  *bufio.Writer // to the client, from writerPool
+}
+
+// setState moves the client between the waiting, active and idle gauges.
+func (t *txSession) setState(g prometheus.Gauge) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.state != nil {
+		t.state.Dec()
+	}
+	t.state = g
+	if g != nil {
+		g.Inc()
+	}
+}
+
+func (t *txSession) current() *srvConn {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.sc
+}
+
+// detach lets go of c. c.mu is held.
+func (t *txSession) detach(c *srvConn) {
+	c.client = nil
+	c.writing = false
+	t.mu.Lock()
+	if t.sc == c {
+		t.sc = nil
+		t.server = nil
+	}
+	if t.state == t.srv.m.active {
+		t.state.Dec()
+		t.state = t.srv.m.idle
+		t.state.Inc()
+	}
+	t.mu.Unlock()
+}
+
+// writeClient buffers bytes for the client.
+func (t *txSession) writeClient(b []byte) {
+	t.wmu.Lock()
+	if t.cw == nil {
+		t.cw = writerPool.Get().(*bufio.Writer)
+		t.cw.Reset(t.client)
+	}
+	_, _ = t.cw.Write(b)
+	t.wmu.Unlock()
+}
+
+// writeMsg buffers a message for the client: its body, or n body bytes copied from r. Only a
+// failed read is returned: the client's own read notices a client that is gone.
+func (t *txSession) writeMsg(typ byte, body []byte, r *bufio.Reader, n int) error {
+	t.wmu.Lock()
+	defer t.wmu.Unlock()
+	if t.cw == nil {
+		t.cw = writerPool.Get().(*bufio.Writer)
+		t.cw.Reset(t.client)
+	}
+	var hdr [5]byte
+	hdr[0] = typ
+	if r == nil {
+		n = len(body)
+	}
+	binary.BigEndian.PutUint32(hdr[1:], uint32(n+4))
+	_, _ = t.cw.Write(hdr[:])
+	if r == nil {
+		_, _ = t.cw.Write(body)
+		return nil
+	}
+	readErr, _ := copyBody(t.cw, r, n)
+	return readErr
+}
+
+// flushClient sends what is buffered for the client.
+func (t *txSession) flushClient() {
+	t.wmu.Lock()
+	if t.cw != nil && t.cw.Buffered() > 0 {
+		if err := t.cw.Flush(); err != nil {
+			_ = t.client.Close() // the client's read fails and ends the session
+		}
+	}
+	t.wmu.Unlock()
+}
+
+// releaseClientWriter gives the client writer back to its pool when nothing is buffered.
+func (t *txSession) releaseClientWriter() {
+	t.wmu.Lock()
+	if t.cw != nil && t.cw.Buffered() == 0 {
+		t.cw.Reset(nil)
+		writerPool.Put(t.cw)
+		t.cw = nil
+	}
+	t.wmu.Unlock()
+}
+
+// undo records that the server skipped the request e answered. Called by readLoop.
+func (t *txSession) undo(e *entry) {
+	t.undoMu.Lock()
+	t.undone = append(t.undone, e)
+	t.undoMu.Unlock()
+	t.hasUndo.Store(true)
+}
+
+// applyUndone reverts the statements of skipped Parses and Closes.
+func (t *txSession) applyUndone() {
+	t.undoMu.Lock()
+	undone := t.undone
+	t.undone = nil
+	t.hasUndo.Store(false)
+	t.undoMu.Unlock()
+	for _, e := range undone {
+		if e.closed {
+			if t.stmts[e.stmtName] == nil {
+				t.stmts[e.stmtName] = e.stmt
+				t.srv.stmts.ref(e.stmt) // the Close's put is undone too
+			}
+			continue
+		}
+		if t.stmts[e.stmtName] == e.stmt {
+			delete(t.stmts, e.stmtName)
+			t.srv.stmts.put(e.stmt)
+		}
+	}
+}
+
+// forgetStatements drops the client's named statements.
+func (t *txSession) forgetStatements() {
+	for name, st := range t.stmts {
+		t.srv.stmts.put(st)
+		delete(t.stmts, name)
+	}
+}
+
+func clone(m map[string]string) map[string]string {
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// setPin pins the session to its server connection. The connection's mu is held.
+func (t *txSession) setPin(reason string) {
+	if t.pin != "" || reason == "" {
+		return
+	}
+	t.pin = reason
+	t.srv.m.pinned.WithLabelValues(reason).Inc()
+	t.srv.m.pinnedTotal.WithLabelValues(reason).Inc()
+}
+
+func (t *txSession) unpin() {
+	if t.pin != "" {
+		t.srv.m.pinned.WithLabelValues(t.pin).Dec()
+		t.pin = ""
+	}
+}
+
+// runTx serves a logged-in client in transaction mode until it leaves.
+func (s *Server) runTx(sess *session, params map[string]string) {
+	t := &txSession{session: sess, startWant: startupWant(params), stmts: map[string]*pstmt{}}
+	t.want = clone(t.startWant)
+	t.cr = sess.cr
+	t.cw = sess.cw
+	sess.cr, sess.cw = nil, nil
+	t.setState(s.m.idle)
+	defer func() {
+		t.leave()
+		t.setState(nil)
+		s.m.sessionTx.Observe(float64(t.transactions))
+		t.unpin()
+		for _, st := range t.stmts {
+			s.stmts.put(st)
+		}
+		if t.cr != nil {
+			t.cr.Reset(nil)
+			readerPool.Put(t.cr)
+			t.cr = nil
+		}
+		t.releaseClientWriter()
+	}()
+	if !t.login() {
+		return
+	}
+	t.loop()
+}
+
+// login checks the client's startup settings on a server connection and reports the server's
+// parameters, as PostgreSQL does at the end of its startup.
+func (t *txSession) login() bool {
+	s := t.srv
+	c, err := t.hold()
+	if err != nil {
+		s.refuse(t, err)
+		t.flushClient()
+		return false
+	}
+	// hold queued the settings; wait for the server to take them.
+	c.mu.Lock()
+	var done chan error
+	if len(c.queue) > 0 {
+		done = make(chan error, 1)
+		c.queue[len(c.queue)-1].done = done
+	}
+	c.mu.Unlock()
+	t.flushServer()
+	if done != nil {
+		if err := <-done; err != nil {
+			t.endWrite()
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) {
+				s.refuse(t, reject(pgErr.Code, "%s", pgErr.Message))
+			}
+			t.flushClient()
+			return false
+		}
+	}
+	c.mu.Lock()
+	var msgs []byte
+	for _, name := range reportedParams {
+		if v := c.reported[name]; v != "" {
+			msgs, _ = (&pgproto3.ParameterStatus{Name: name, Value: v}).Encode(msgs)
+		}
+	}
+	c.mu.Unlock()
+	key := make([]byte, 4)
+	binary.BigEndian.PutUint32(key, t.secret)
+	msgs, _ = (&pgproto3.BackendKeyData{ProcessID: t.pid, SecretKey: key}).Encode(msgs)
+	msgs, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(msgs)
+	t.writeClient(msgs)
+	t.endWrite()
+	t.flushClient()
+	return true
+}
+
+// Write lets the proxy's refuse write to the client.
+func (t *txSession) Write(b []byte) (int, error) {
+	t.writeClient(b)
+	return len(b), nil
+}
+
+// hold returns the server connection the client holds, checking one out (and bringing its
+// settings in line with the client's) when it holds none, and marks it as being written to so
+// that it stays attached until endWrite.
+func (t *txSession) hold() (*srvConn, error) {
+	s := t.srv
+	if c := t.current(); c != nil {
+		c.mu.Lock()
+		if c.client == t {
+			c.writing = true
+			c.mu.Unlock()
+			t.bindWriter(c)
+			return c, nil
+		}
+		c.mu.Unlock()
+	}
+	t.setState(s.m.waiting)
+	var c *srvConn
+	for {
+		var err error
+		c, err = s.txSet.get()
+		if err != nil {
+			t.setState(s.m.idle)
+			return nil, err
+		}
+		c.mu.Lock()
+		if !c.broken {
+			break
+		}
+		c.mu.Unlock()
+	}
+	c.client = t
+	c.writing = true
+	t.mu.Lock()
+	t.sc = c
+	t.server = c.pc
+	t.mu.Unlock()
+	t.setState(s.m.active)
+	apply := c.settingsFor(t.want)
+	if apply != "" {
+		c.queue = append(c.queue, &entry{kind: 'Q', skip: true})
+	}
+	c.mu.Unlock()
+	t.bindWriter(c)
+	if apply != "" {
+		b, _ := (&pgproto3.Query{String: apply}).Encode(nil)
+		_, _ = t.sw.Write(b)
+	}
+	return c, nil
+}
+
+// settingsFor returns the SQL that brings the connection's tracked settings to want, or "".
+// c.mu is held; the connection's settings are then want's.
+func (c *srvConn) settingsFor(want map[string]string) string {
+	var sql []byte
+	for name, v := range want {
+		if c.params[name] != v {
+			sql = fmt.Appendf(sql, "SET %s TO %s;", name, v)
+			c.params[name] = v
+		}
+	}
+	for name := range c.params {
+		if _, ok := want[name]; !ok {
+			sql = fmt.Appendf(sql, "RESET %s;", name)
+			delete(c.params, name)
+		}
+	}
+	return string(sql)
+}
+
+func (t *txSession) bindWriter(c *srvConn) {
+	if t.sw == nil {
+		t.sw = writerPool.Get().(*bufio.Writer)
+		t.sw.Reset(c.net)
+		t.swc = c
+	} else if t.swc != c {
+		t.flushServer()
+		t.sw.Reset(c.net)
+		t.swc = c
+	}
+}
+
+// flushServer sends what is buffered for the server; a failed write breaks the connection,
+// which its readLoop then drops.
+func (t *txSession) flushServer() {
+	if t.sw != nil && t.sw.Buffered() > 0 {
+		if err := t.sw.Flush(); err != nil {
+			_ = t.swc.net.Close()
+			t.sw.Reset(t.swc.net)
+		}
+	}
+}
+
+// endWrite flushes the server writer, gives it back, and lets the connection go if nothing
+// holds it any more.
+func (t *txSession) endWrite() {
+	t.flushServer()
+	if t.sw != nil {
+		t.sw.Reset(nil)
+		writerPool.Put(t.sw)
+		t.sw, t.swc = nil, nil
+	}
+	if c := t.current(); c != nil {
+		c.mu.Lock()
+		if c.client == t {
+			c.writing = false
+			c.settle()
+		}
+		c.mu.Unlock()
+	}
+}
+
+// leave lets go of the server connection when the client is gone: outstanding queries are
+// canceled, an open transaction rolled back and a pinned session's state discarded before the
+// connection serves anyone else.
+func (t *txSession) leave() {
+	t.flushServer()
+	if t.sw != nil {
+		t.sw.Reset(nil)
+		writerPool.Put(t.sw)
+		t.sw, t.swc = nil, nil
+	}
+	c := t.current()
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.client != t {
+		return
+	}
+	t.detach(c)
+	if t.pin != "" {
+		c.discardDue = true
+	}
+	if len(c.queue) > 0 {
+		_ = c.net.SetDeadline(time.Now().Add(t.srv.cfg.ResetTimeout))
+		c.cancelling = true
+		go c.cancelFor()
+	}
+	if c.copying == 'G' {
+		b, _ := (&pgproto3.CopyFail{Message: "client disconnected"}).Encode(nil)
+		_, _ = c.net.Write(b)
+	}
+	c.settle()
+}
+
+// readHeader reads a message header from the client. With nothing buffered it gives the reader
+// back to its pool and waits on the connection itself, so an idle client holds no buffer.
+func (t *txSession) readHeader(hdr []byte) error {
+	if t.cr == nil || t.cr.Buffered() == 0 {
+		if t.cr != nil {
+			t.cr.Reset(nil)
+			readerPool.Put(t.cr)
+			t.cr = nil
+		}
+		if _, err := io.ReadFull(t.client, hdr); err != nil {
+			return err
+		}
+		t.cr = readerPool.Get().(*bufio.Reader)
+		t.cr.Reset(t.client)
+		return nil
+	}
+	_, err := io.ReadFull(t.cr, hdr)
+	return err
+}
+
+func (t *txSession) readBody(n int) ([]byte, error) {
+	if cap(t.buf) < n {
+		t.buf = make([]byte, n)
+	}
+	t.buf = t.buf[:n]
+	_, err := io.ReadFull(t.cr, t.buf)
+	return t.buf, err
+}
+
+// queue adds an entry for an answer the client expects, unless the server skips the request
+// (an earlier request of its batch failed). c.mu is held.
+func (t *txSession) queue(c *srvConn, e *entry) bool {
+	e.batch = t.batch
+	if c.errSkip && c.errBatch == t.batch && e.kind != 'S' {
+		return false
+	}
+	c.queue = append(c.queue, e)
+	return true
+}
+
+// answer makes up an answer for the client in its place in the stream: e.synth.
+func (t *txSession) answer(c *srvConn, e *entry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.queue) == 0 {
+		t.writeClient(e.synth)
+		return
+	}
+	e.batch = t.batch
+	c.queue = append(c.queue, e)
+}
+
+var (
+	parseComplete, _ = (&pgproto3.ParseComplete{}).Encode(nil)
+	closeComplete, _ = (&pgproto3.CloseComplete{}).Encode(nil)
+)
+
+// loop relays the client's messages until it leaves or its server connection fails.
+func (t *txSession) loop() {
+	s := t.srv
+	var (
+		hdr      [5]byte
+		bytesIn  int
+		start    time.Time // of the batch: its first message
+		batchOp  = pool.OpOther
+		batchSQL string
+		batchSet bool
+		executed bool
+	)
+	setBatch := func(op pool.Operation, sql string) {
+		if !batchSet || !executed {
+			batchOp, batchSQL, batchSet = op, sql, true
+		}
+	}
+	for {
+		if t.cr == nil || needFlush(t.cr) {
+			t.endWrite()
+			t.flushClient()
+			if t.current() == nil {
+				t.releaseClientWriter()
+			}
+			if bytesIn > 0 {
+				s.m.bytesIn.Add(float64(bytesIn))
+				bytesIn = 0
+			}
+		}
+		if err := t.readHeader(hdr[:]); err != nil {
+			return
+		}
+		typ := hdr[0]
+		n := int(binary.BigEndian.Uint32(hdr[1:])) - 4
+		if n < 0 {
+			s.refuse(t, reject("08P01", "invalid message length %d", n+4))
+			return
+		}
+		if n > s.cfg.MaxMessageSize {
+			s.refuse(t, reject("54000", "message of type %q too large (more than %d bytes)", typ, s.cfg.MaxMessageSize))
+			_ = t.client.SetReadDeadline(time.Now().Add(s.cfg.ResetTimeout))
+			_, _ = t.cr.Discard(n)
+			return
+		}
+		bytesIn += n + 5
+		if start.IsZero() {
+			start = time.Now()
+		}
+		if typ == 'X' {
+			return
+		}
+		// Messages that need no server connection when none is held.
+		switch typ {
+		case 'H', 'd', 'c', 'f':
+			if t.current() == nil {
+				if _, err := t.cr.Discard(n); err != nil {
+					return
+				}
+				continue
+			}
+		}
+		if t.hasUndo.Load() {
+			t.applyUndone()
+		}
+		c, err := t.hold()
+		if err != nil {
+			_, _ = t.cr.Discard(n)
+			s.refuse(t, err)
+			t.flushClient()
+			return
+		}
+		var body []byte
+		switch typ {
+		case 'Q', 'P', 'B', 'D', 'C':
+			if body, err = t.readBody(n); err != nil {
+				return
+			}
+		}
+		var pre []byte // messages the proxy sends first, on the client's behalf
+		switch typ {
+		case 'Q':
+			sqlb := body[:max(len(body)-1, 0)]
+			sql := sqlPrefix(sqlb)
+			e := &entry{kind: 'Q', start: start, op: pool.ClassifyOperation(sql), sql: sql, measure: true}
+			start = time.Time{}
+			if mayAffectSession(sqlb) {
+				eff := analyze(string(sqlb))
+				c.mu.Lock()
+				t.setPin(eff.pin)
+				if eff.discard {
+					// Whether or not it succeeds, the statements the client can still use are
+					// the server's, which the proxy does not track for a pinned session.
+					t.want = clone(t.startWant)
+					t.unnamed = nil
+				}
+				pinned := t.pin != ""
+				c.mu.Unlock()
+				e.changes, e.discard = eff.changes, eff.discard
+				if eff.discard {
+					t.forgetStatements()
+				}
+				switch {
+				case eff.dealloc == "*":
+					t.forgetStatements()
+					if !pinned {
+						body, e.emptyAs = []byte{0}, "DEALLOCATE ALL"
+					} else {
+						e.deallocAll = true
+					}
+				case eff.dealloc != "":
+					if st := t.stmts[eff.dealloc]; st != nil {
+						s.stmts.put(st)
+						delete(t.stmts, eff.dealloc)
+						body, e.emptyAs = []byte{0}, "DEALLOCATE"
+					}
+				}
+			}
+			c.mu.Lock()
+			t.queue(c, e)
+			c.unnamedBy = nil // a simple Query drops the unnamed statement
+			c.mu.Unlock()
+		case 'P':
+			name, rest := cstring(body)
+			sqlb, _ := cbytes(rest)
+			sql := sqlPrefix(sqlb)
+			setBatch(pool.ClassifyOperation(sql), sql)
+			if mayAffectSession(sqlb) {
+				c.mu.Lock()
+				t.setPin(analyze(string(sqlb)).pin)
+				c.mu.Unlock()
+			}
+			if name == "" {
+				if len(body) <= 64<<10 {
+					t.unnamed = append(t.unnamed[:0], body...)
+				} else {
+					t.unnamed = nil
+				}
+				c.mu.Lock()
+				if t.queue(c, &entry{kind: 'P'}) {
+					c.unnamedBy = t
+				}
+				c.mu.Unlock()
+				break
+			}
+			c.mu.Lock()
+			skipped := c.errSkip && c.errBatch == t.batch
+			c.mu.Unlock()
+			if skipped {
+				continue
+			}
+			if _, dup := t.stmts[name]; dup {
+				body = t.failRequest(c, "42P05", fmt.Sprintf("prepared statement %q already exists", name))
+				typ = 'B'
+				break
+			}
+			st := s.stmts.get(string(rest))
+			t.stmts[name] = st
+			t.answer(c, &entry{synth: parseComplete, stmtName: name, stmt: st})
+			continue
+		case 'B':
+			portal, rest := cbytes(body)
+			name, params := cstring(rest)
+			if st := t.stmts[name]; name != "" && st != nil {
+				setBatch(st.op, st.sql)
+				pre = t.prepareOn(c, st, pre)
+				nb := make([]byte, 0, len(portal)+len(st.name)+2+len(params))
+				nb = append(append(nb, portal...), 0)
+				nb = append(append(nb, st.name...), 0)
+				body = append(nb, params...)
+			} else if name == "" {
+				pre = t.unnamedOn(c, pre)
+			}
+			c.mu.Lock()
+			t.queue(c, &entry{kind: 'B'})
+			c.mu.Unlock()
+		case 'D':
+			if len(body) > 0 && body[0] == 'S' {
+				name, _ := cstring(body[1:])
+				if st := t.stmts[name]; name != "" && st != nil {
+					pre = t.prepareOn(c, st, pre)
+					body = append(append([]byte{'S'}, st.name...), 0)
+				} else if name == "" {
+					pre = t.unnamedOn(c, pre)
+				}
+			}
+			c.mu.Lock()
+			t.queue(c, &entry{kind: 'D'})
+			c.mu.Unlock()
+		case 'C':
+			if len(body) > 0 && body[0] == 'S' {
+				name, _ := cstring(body[1:])
+				if st := t.stmts[name]; name != "" && st != nil {
+					c.mu.Lock()
+					skipped := c.errSkip && c.errBatch == t.batch
+					c.mu.Unlock()
+					if skipped {
+						continue
+					}
+					delete(t.stmts, name)
+					t.answer(c, &entry{synth: closeComplete, stmtName: name, stmt: st, closed: true})
+					s.stmts.put(st)
+					continue
+				}
+			}
+			c.mu.Lock()
+			t.queue(c, &entry{kind: 'C'})
+			c.mu.Unlock()
+		case 'E':
+			executed = true
+			c.mu.Lock()
+			t.queue(c, &entry{kind: 'E'})
+			c.mu.Unlock()
+		case 'S':
+			if !batchSet {
+				batchOp, batchSQL = pool.OpOther, ""
+			}
+			c.mu.Lock()
+			t.queue(c, &entry{kind: 'S', start: start, op: batchOp, sql: batchSQL, measure: executed})
+			c.mu.Unlock()
+			t.batch++
+			start, batchSet, executed = time.Time{}, false, false
+		case 'F':
+			c.mu.Lock()
+			t.queue(c, &entry{kind: 'F', start: start, op: pool.OpOther, sql: "function call", measure: true})
+			c.mu.Unlock()
+			start = time.Time{}
+		}
+		if len(pre) > 0 {
+			_, _ = t.sw.Write(pre)
+		}
+		if body != nil {
+			binary.BigEndian.PutUint32(hdr[1:], uint32(len(body)+4))
+			hdr[0] = typ
+			_, _ = t.sw.Write(hdr[:])
+			_, _ = t.sw.Write(body)
+		} else {
+			_, _ = t.sw.Write(hdr[:])
+			if readErr, _ := copyBody(t.sw, t.cr, n); readErr != nil {
+				return
+			}
+		}
+		if cap(t.buf) > 1<<20 {
+			t.buf = nil
+		}
+	}
+}
+
+// failRequest turns a client request into one the server fails (a Bind of a statement that
+// does not exist), with the error replaced by the proxy's: the client gets it in-band, in its
+// place among the answers, and the server skips the rest of the batch and fails the
+// transaction as PostgreSQL would. It returns the Bind's body.
+func (t *txSession) failRequest(c *srvConn, code, msg string) []byte {
+	e := &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: code, Message: msg}
+	b, _ := e.Encode(nil)
+	c.mu.Lock()
+	t.queue(c, &entry{kind: 'B', errMsg: b[5:]})
+	c.mu.Unlock()
+	body := append([]byte{0}, noStatement...)
+	return append(body, 0, 0, 0, 0, 0, 0, 0)
+}
+
+// prepareOn makes sure st is prepared on c before the client's request that uses it, appending
+// the Parse (and the Close of the statement it evicts) to pre.
+func (t *txSession) prepareOn(c *srvConn, st *pstmt, pre []byte) []byte {
+	s := t.srv
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stmts.has(st) {
+		s.m.stmtHits.Inc()
+		return pre
+	}
+	s.m.stmtMisses.Inc()
+	if !t.queue(c, &entry{kind: 'P', skip: true, prepared: st}) {
+		return pre
+	}
+	pre = appendMsg(pre, 'P', st.parseBody())
+	if old := c.stmts.add(st, s.cfg.MaxPreparedStatements); old != nil {
+		s.m.stmtEvicted.Inc()
+		t.queue(c, &entry{kind: 'C', skip: true})
+		pre = appendMsg(pre, 'C', append(append([]byte{'S'}, old.name...), 0))
+	}
+	return pre
+}
+
+// unnamedOn prepares the client's unnamed statement again when the connection does not hold it
+// (the client parsed it in an earlier transaction, on another connection).
+func (t *txSession) unnamedOn(c *srvConn, pre []byte) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.unnamedBy == t || t.unnamed == nil {
+		return pre
+	}
+	if !t.queue(c, &entry{kind: 'P', skip: true}) {
+		return pre
+	}
+	c.unnamedBy = t
+	return appendMsg(pre, 'P', t.unnamed)
+}
+
+// appendMsg appends a message of type typ with body to b.
+func appendMsg(b []byte, typ byte, body []byte) []byte {
+	b = append(b, typ, 0, 0, 0, 0)
+	binary.BigEndian.PutUint32(b[len(b)-4:], uint32(len(body)+4))
+	return append(b, body...)
+}
+
+// sessionWords are the first words of the statements analyze looks at.
+var sessionWords = map[string]bool{"set": true, "reset": true, "listen": true, "prepare": true, "declare": true,
+	"create": true, "discard": true, "deallocate": true}
+
+// mayAffectSession is a quick test of SQL text for statements transaction mode must look at
+// (analyze), so that ordinary queries cost no parsing.
+func mayAffectSession(b []byte) bool {
+	i := 0
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	if i < len(b) && (b[i] == '-' || b[i] == '/') {
+		return true // a comment first: let analyze skip it
+	}
+	var w [10]byte
+	k := 0
+	for j := i; j < len(b) && k < len(w); j++ {
+		ch := b[j] | 0x20
+		if ch < 'a' || ch > 'z' {
+			break
+		}
+		w[k] = ch
+		k++
+	}
+	if sessionWords[string(w[:k])] {
+		return true
+	}
+	for j := i; j < len(b); j++ {
+		switch b[j] {
+		case ';':
+			if j < len(b)-1 {
+				return true
+			}
+		case 'a', 'A':
+			if j+4 <= len(b) && (b[j+1]|0x20) == 'd' && (b[j+2]|0x20) == 'v' && (b[j+3]|0x20) == 'i' {
+				return true
+			}
+		}
+	}
+	return false
+}

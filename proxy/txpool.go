@@ -1,0 +1,234 @@
+package proxy
+
+import (
+	"bufio"
+	"container/list"
+	"context"
+	"sync"
+	"time"
+)
+
+// serverSet is transaction mode's own server connections. Each one is a connection borrowed from
+// the pool manager (Manager.Acquire, bounded by DB_CONNECTION_TIMEOUT) and kept for as long as
+// the proxy uses it, so:
+//   - proxied and library traffic together never exceed DB_MAX_CONNECTIONS;
+//   - library traffic never runs on a connection carrying clients' prepared statements or
+//     settings, and pgx's statement cache never runs on one the proxy tracks;
+//   - a checkout from the set is a list pop with no ping round trip (pgxpool pings a connection
+//     idle for over a second when it hands it out; the set goes to the pool only to grow).
+//
+// A connection idle in the set for DB_IDLE_TIMEOUT, or older than DB_MAX_LIFETIME when it comes
+// back, is reset (DISCARD ALL) and given back to the pool.
+type serverSet struct {
+	s *Server
+
+	mu      sync.Mutex
+	idle    []*srvConn // most recently used last
+	total   int        // connections borrowed, or being borrowed, from the pool
+	waiters list.List  // of *setWaiter, oldest first
+	closed  bool
+	wg      sync.WaitGroup // one per borrowed connection
+}
+
+type setWaiter struct{ ch chan *srvConn }
+
+// get checks out a server connection: an idle one, a new one borrowed from the pool, or the
+// next one a client gives back, waiting at most DB_CONNECTION_TIMEOUT. Then 53300.
+func (ss *serverSet) get() (*srvConn, error) {
+	s := ss.s
+	start := time.Now()
+	defer func() { s.m.wait.Observe(time.Since(start).Seconds()) }()
+	wait := s.mgr.Config().ConnectTimeout
+	for {
+		ss.mu.Lock()
+		if ss.closed {
+			ss.mu.Unlock()
+			return nil, reject("57P01", "the proxy is shutting down")
+		}
+		ss.retireExpired()
+		if n := len(ss.idle); n > 0 {
+			c := ss.idle[n-1]
+			ss.idle = ss.idle[:n-1]
+			ss.mu.Unlock()
+			s.m.serverIdle.Dec()
+			s.m.serverActive.Inc()
+			return c, nil
+		}
+		if ss.total < int(s.mgr.Config().MaxConns) {
+			ss.total++
+			ss.mu.Unlock()
+			c, err := ss.open()
+			if err != nil {
+				ss.mu.Lock()
+				ss.total--
+				ss.mu.Unlock()
+				return nil, err
+			}
+			s.m.serverActive.Inc()
+			return c, nil
+		}
+		w := &setWaiter{ch: make(chan *srvConn, 1)}
+		el := ss.waiters.PushBack(w)
+		ss.mu.Unlock()
+		left := wait - time.Since(start)
+		t := time.NewTimer(max(left, 0))
+		select {
+		case c := <-w.ch:
+			t.Stop()
+			return c, nil
+		case <-t.C:
+		case <-s.ctx.Done():
+			t.Stop()
+		}
+		ss.mu.Lock()
+		select {
+		case c := <-w.ch:
+			ss.mu.Unlock()
+			return c, nil
+		default:
+		}
+		ss.waiters.Remove(el)
+		ss.mu.Unlock()
+		if s.ctx.Err() != nil {
+			return nil, reject("57P01", "the proxy is shutting down")
+		}
+		cfg := s.mgr.Config()
+		return nil, reject("53300", "no server connection available within DB_CONNECTION_TIMEOUT (%s): all %d pool connections are in use",
+			cfg.ConnectTimeout, cfg.MaxConns)
+	}
+}
+
+// open borrows a connection from the pool for the set and starts reading it.
+func (ss *serverSet) open() (*srvConn, error) {
+	s := ss.s
+	pooled, err := s.acquireConn()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ResetTimeout)
+	defer cancel()
+	pc := pooled.Conn().PgConn()
+	// pgx's statement cache may hold statements from library use: drop them, so that the only
+	// statements on the connection are the ones the proxy tracks.
+	err = pc.SyncConn(ctx)
+	if err == nil {
+		err = pooled.Conn().DeallocateAll(ctx)
+	}
+	if err != nil {
+		_ = pooled.Conn().Close(ctx)
+		pooled.Release()
+		return nil, reject("08006", "server connection failed: %s", s.mgr.ScrubError(err))
+	}
+	c := &srvConn{set: ss, pooled: pooled, pc: pc, net: pc.Conn(), born: time.Now(), status: 'I',
+		params: map[string]string{}, reported: map[string]string{}, exited: make(chan struct{})}
+	c.sr = bufio.NewReaderSize(c.net, ioBufSize)
+	for _, name := range reportedParams {
+		if v := pc.ParameterStatus(name); v != "" {
+			c.reported[name] = v
+		}
+	}
+	ss.wg.Add(1)
+	go c.readLoop()
+	return c, nil
+}
+
+// put takes back a connection no client holds and that is clean: to the longest waiting
+// client, or to the idle list.
+func (ss *serverSet) put(c *srvConn) {
+	s := ss.s
+	_ = c.net.SetDeadline(time.Time{})
+	ss.mu.Lock()
+	if ss.closed || time.Since(c.born) > s.mgr.Config().MaxLifetime {
+		ss.total--
+		ss.mu.Unlock()
+		s.m.serverActive.Dec()
+		go ss.retire(c)
+		return
+	}
+	if e := ss.waiters.Front(); e != nil {
+		ss.waiters.Remove(e)
+		e.Value.(*setWaiter).ch <- c
+		ss.mu.Unlock()
+		return
+	}
+	c.idleSince = time.Now()
+	ss.idle = append(ss.idle, c)
+	ss.mu.Unlock()
+	s.m.serverActive.Dec()
+	s.m.serverIdle.Inc()
+}
+
+// drop forgets a connection that failed; it is closed, and the pool discards it.
+func (ss *serverSet) drop(c *srvConn, attached bool) {
+	ss.mu.Lock()
+	idle := false
+	for i, x := range ss.idle {
+		if x == c {
+			ss.idle = append(ss.idle[:i], ss.idle[i+1:]...)
+			idle = true
+			break
+		}
+	}
+	ss.total--
+	ss.mu.Unlock()
+	switch {
+	case idle:
+		ss.s.m.serverIdle.Dec()
+	case attached:
+		ss.s.m.serverActive.Dec()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	_ = c.pooled.Conn().Close(ctx)
+	cancel()
+	c.pooled.Release()
+	ss.wg.Done()
+}
+
+// retireExpired gives back connections idle for longer than DB_IDLE_TIMEOUT. ss.mu is held.
+func (ss *serverSet) retireExpired() {
+	idleTimeout := ss.s.mgr.Config().IdleTimeout
+	for len(ss.idle) > 0 && idleTimeout > 0 && time.Since(ss.idle[0].idleSince) > idleTimeout {
+		c := ss.idle[0]
+		ss.idle = ss.idle[1:]
+		ss.total--
+		ss.s.m.serverIdle.Dec()
+		go ss.retire(c)
+	}
+}
+
+// retire stops reading c, resets it and gives it back to the pool (closed if the reset fails).
+func (ss *serverSet) retire(c *srvConn) {
+	defer ss.wg.Done()
+	c.mu.Lock()
+	c.stopping = true
+	c.mu.Unlock()
+	_ = c.net.SetReadDeadline(time.Now())
+	<-c.exited
+	_ = c.net.SetReadDeadline(time.Time{})
+	ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.ResetTimeout)
+	defer cancel()
+	ok := !c.broken && c.sr.Buffered() == 0
+	if ok {
+		_, err := c.pc.Exec(ctx, "DISCARD ALL").ReadAll()
+		ok = err == nil && c.pc.TxStatus() == 'I'
+	}
+	if !ok {
+		_ = c.pooled.Conn().Close(ctx)
+	}
+	c.pooled.Release()
+}
+
+// close gives every connection back to the pool once clients have let go of them.
+func (ss *serverSet) close() {
+	ss.mu.Lock()
+	ss.closed = true
+	idle := ss.idle
+	ss.idle = nil
+	ss.total -= len(idle)
+	ss.mu.Unlock()
+	for _, c := range idle {
+		ss.s.m.serverIdle.Dec()
+		go ss.retire(c)
+	}
+	ss.wg.Wait()
+}

@@ -1,0 +1,494 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+// The server side of transaction mode: each server connection has one goroutine reading it for
+// as long as the proxy holds it (readLoop), which forwards answers to the client holding the
+// connection and decides when the connection goes back to the set.
+
+// entry is one request sent to the server, or one answer the proxy makes up, in the order the
+// client expects the answers. Every message the proxy injects has one, which says what becomes
+// of its answer.
+type entry struct {
+	kind  byte   // the request's message type: Query, Parse, Bind, ...; 0 for a made-up answer
+	batch uint64 // the client's extended-protocol batch: requests up to and including a Sync
+	skip  bool   // injected by the proxy: the answers (but errors) are not the client's
+	synth []byte // the made-up answer (kind 0)
+	// A made-up answer to a named Parse or Close: the client's statement it added or removed,
+	// undone when the server skips the request.
+	stmtName string
+	stmt     *pstmt
+	closed   bool
+
+	errMsg   []byte // replaces the server's ErrorResponse body: an in-band error of the proxy's
+	prepared *pstmt // an injected Parse: the statement it prepares
+	emptyAs  string // the CommandComplete tag that replaces an EmptyQueryResponse
+
+	// Effects on the session state once a Query succeeds.
+	changes    []paramChange
+	discard    bool // DISCARD ALL: every statement and setting of the connection is gone
+	deallocAll bool // DEALLOCATE ALL: every statement of the connection is gone
+	failed     bool
+
+	// Measurement of a Query, Sync or FunctionCall.
+	start   time.Time
+	op      pool.Operation
+	sql     string
+	measure bool
+
+	done chan error // the client waits for this Query's ReadyForQuery (login)
+}
+
+// srvConn is one server connection of transaction mode.
+type srvConn struct {
+	set    *serverSet
+	pooled *pgxpool.Conn
+	pc     *pgconn.PgConn
+	net    net.Conn
+	sr     *bufio.Reader // readLoop's
+	born   time.Time
+	exited chan struct{} // readLoop returned
+
+	mu         sync.Mutex
+	client     *txSession // holding the connection, or nil
+	queue      []*entry
+	status     byte // the last ReadyForQuery status
+	copying    byte // 'G' in COPY FROM STDIN, 'H' in COPY TO STDOUT, 0 otherwise
+	errSkip    bool // the server skips the client's messages up to the Sync of errBatch
+	errBatch   uint64
+	batchErr   *pgconn.PgError // the first error since the last ReadyForQuery
+	writing    bool            // the client is writing to the connection: it stays attached
+	cancelling bool            // a cancel request for a client that left is on its way
+	discardDue bool            // a pinned client left: DISCARD ALL before reuse
+	stopping   bool            // retire stops readLoop
+	broken     bool
+	idleSince  time.Time
+	stmts      stmtLRU
+	params     map[string]string // tracked settings as the proxy or clients set them; absent: the connection's default
+	reported   map[string]string // the server's ParameterStatus values
+	unnamedBy  *txSession        // whose unnamed statement the server holds
+}
+
+func (c *srvConn) head() *entry {
+	if len(c.queue) == 0 {
+		return nil
+	}
+	return c.queue[0]
+}
+
+func (c *srvConn) pop() {
+	c.queue[0] = nil
+	c.queue = c.queue[1:]
+	if len(c.queue) == 0 {
+		c.queue = c.queue[:0:0]
+	}
+}
+
+// emitSynth writes the made-up answers at the head of the queue: every answer before them has
+// been forwarded. It reports whether it wrote any.
+func (c *srvConn) emitSynth() bool {
+	wrote := false
+	for len(c.queue) > 0 && c.queue[0].kind == 0 {
+		if cl := c.client; cl != nil {
+			cl.writeClient(c.queue[0].synth)
+			wrote = true
+		}
+		c.pop()
+	}
+	return wrote
+}
+
+// ends reports whether a server message of type typ is the last answer to a request of kind.
+func ends(kind, typ byte) bool {
+	switch kind {
+	case 'P':
+		return typ == '1'
+	case 'B':
+		return typ == '2'
+	case 'D':
+		return typ == 'T' || typ == 'n'
+	case 'E':
+		return typ == 'C' || typ == 'I' || typ == 's'
+	case 'C':
+		return typ == '3'
+	}
+	return false // Query, Sync and FunctionCall end at ReadyForQuery
+}
+
+// readLoop forwards the server's messages until the connection fails or retire stops it.
+func (c *srvConn) readLoop() {
+	defer close(c.exited)
+	s := c.set.s
+	var (
+		hdr      [5]byte
+		body     []byte
+		out      *txSession // written to since the last flush
+		bytesOut int
+		fatal    bool
+	)
+	for {
+		if needFlush(c.sr) {
+			if out != nil {
+				out.flushClient()
+				out = nil
+			}
+			if bytesOut > 0 {
+				s.m.bytesOut.Add(float64(bytesOut))
+				bytesOut = 0
+			}
+		}
+		got, err := io.ReadFull(c.sr, hdr[:])
+		if err != nil {
+			c.mu.Lock()
+			stopping := c.stopping
+			c.mu.Unlock()
+			if stopping && got == 0 && isTimeout(err) {
+				return
+			}
+			c.lost(err, fatal)
+			return
+		}
+		typ := hdr[0]
+		n := int(binary.BigEndian.Uint32(hdr[1:])) - 4
+		if n < 0 || (typ == 'E' || typ == 'S' || typ == 'Z' || typ == 'C') && n > 1<<20 {
+			c.lost(errors.New("invalid message from server"), fatal)
+			return
+		}
+		// The messages the proxy reads: the rest are copied through.
+		inspect := typ == 'Z' || typ == 'E' || typ == 'S' || typ == 'I'
+		if inspect {
+			if cap(body) < n {
+				body = make([]byte, n)
+			}
+			body = body[:n]
+			if _, err := io.ReadFull(c.sr, body); err != nil {
+				c.lost(err, fatal)
+				return
+			}
+		}
+		bytesOut += n + 5
+
+		// Decide under the lock, write to the client without it (a client slow to read must not
+		// stop its own requests from being queued), then update the queue. The answer's entry
+		// stays at the head while it is written, so no made-up answer can overtake it.
+		c.mu.Lock()
+		if typ != 'N' && typ != 'A' && typ != 'S' {
+			c.emitSynth()
+		}
+		cl := c.client
+		h := c.head()
+		forward := cl != nil && (h == nil || !h.skip)
+		var replace []byte // the body of a message to send instead
+		switch typ {
+		case 'S':
+			name, rest := cstring(body)
+			value, _ := cstring(rest)
+			c.reported[name] = value
+			if ln := strings.ToLower(name); trackedParams[ln] && forward {
+				cl.want[ln] = quoteLiteral(value)
+				c.params[ln] = quoteLiteral(value)
+			}
+		case 'E':
+			e := decodeError(body)
+			if e.Severity == "FATAL" || e.Severity == "PANIC" {
+				fatal = true
+			}
+			if c.batchErr == nil {
+				c.batchErr = e
+			}
+			// The client's request failed, also when the proxy sent it on its behalf (a
+			// statement prepared for its Bind).
+			forward = cl != nil && (h == nil || h.done == nil)
+			if h != nil && h.errMsg != nil {
+				replace = h.errMsg
+			}
+		case 'I':
+			if h != nil && h.emptyAs != "" {
+				typ = 'C'
+				replace = append([]byte(h.emptyAs), 0)
+			}
+		case 'Z':
+			if n != 1 {
+				c.mu.Unlock()
+				c.lost(errors.New("invalid ReadyForQuery from server"), fatal)
+				return
+			}
+		case 'G', 'H', 'W':
+			c.copying = typ
+		}
+		c.mu.Unlock()
+
+		switch {
+		case !forward:
+			if !inspect {
+				if _, err := c.sr.Discard(n); err != nil {
+					c.lost(err, fatal)
+					return
+				}
+			}
+		case replace != nil:
+			cl.writeMsg(typ, replace, nil, 0)
+		case inspect:
+			cl.writeMsg(typ, body, nil, 0)
+		default:
+			if err := cl.writeMsg(typ, nil, c.sr, n); err != nil {
+				c.lost(err, fatal)
+				return
+			}
+		}
+		if forward {
+			out = cl
+		}
+		if typ == 'Z' && out != nil {
+			out.flushClient()
+			out = nil
+		}
+
+		switch hdr[0] {
+		case 'D', 'd', 'N', 'A', 'S', 't', 'G', 'H', 'W', 'c':
+			continue // never the last answer to a request
+		}
+		c.mu.Lock()
+		if h != nil && len(c.queue) > 0 && c.queue[0] == h {
+			switch {
+			case hdr[0] == 'E':
+				h.failed = true
+				if h.kind != 'Q' && h.kind != 'F' && h.kind != 'S' {
+					c.failBatch(h)
+				}
+			case typ == 'Z':
+				c.pop()
+				c.readyForQuery(h, body[0], cl)
+			case ends(h.kind, hdr[0]):
+				c.pop()
+			}
+		}
+		if typ == 'Z' || hdr[0] == 'E' {
+			if c.emitSynth() && c.client != nil {
+				out = c.client
+			}
+		}
+		if typ == 'Z' {
+			c.settle()
+		}
+		c.mu.Unlock()
+		if typ == 'Z' && out != nil {
+			out.flushClient()
+			out = nil
+		}
+	}
+}
+
+// failBatch handles an error answer to h, an extended-protocol request: the server now skips
+// the batch's messages up to its Sync, so their entries (and the answers the proxy was to make
+// up for them) go.
+func (c *srvConn) failBatch(h *entry) {
+	c.errSkip, c.errBatch = true, h.batch
+	keep := c.queue[:0]
+	for i, e := range c.queue {
+		if i == 0 || e.batch != h.batch || e.kind == 'S' || e.kind == 'Q' {
+			keep = append(keep, e)
+			continue
+		}
+		if e.prepared != nil {
+			c.stmts.remove(e.prepared)
+		}
+		if e.stmt != nil && c.client != nil {
+			c.client.undo(e)
+		}
+	}
+	for i := len(keep); i < len(c.queue); i++ {
+		c.queue[i] = nil
+	}
+	c.queue = keep
+	c.pop() // h itself, at the head
+	if h.prepared != nil {
+		c.stmts.remove(h.prepared)
+	}
+}
+
+// readyForQuery applies what a Query or Sync, now answered, did to the session state and
+// measures it. c.mu is held.
+func (c *srvConn) readyForQuery(h *entry, status byte, cl *txSession) {
+	s := c.set.s
+	prev := c.status
+	c.status = status
+	c.copying = 0
+	if c.errSkip && c.errBatch == h.batch && h.kind == 'S' {
+		c.errSkip = false
+	}
+	batchErr := c.batchErr
+	c.batchErr = nil
+	if h.done != nil {
+		var err error
+		if batchErr != nil {
+			err = batchErr
+		}
+		h.done <- err
+	}
+	if !h.failed {
+		if h.discard || h.deallocAll {
+			c.stmts.clear()
+			c.unnamedBy = nil
+		}
+		if h.discard {
+			clear(c.params)
+			if cl != nil {
+				cl.unpin() // DISCARD ALL drops whatever pinned the session
+			}
+		}
+		for _, ch := range h.changes {
+			switch {
+			case ch.all:
+				clear(c.params)
+				if cl != nil {
+					cl.want = map[string]string{}
+				}
+			case ch.value == "":
+				delete(c.params, ch.name)
+				if cl != nil {
+					delete(cl.want, ch.name)
+				}
+			default:
+				c.params[ch.name] = ch.value
+				if cl != nil {
+					cl.want[ch.name] = ch.value
+				}
+			}
+		}
+	}
+	if h.skip || cl == nil {
+		return
+	}
+	if h.measure {
+		var qerr error
+		if batchErr != nil {
+			qerr = batchErr
+		}
+		s.mgr.RecordQuery(h.op, h.sql, time.Since(h.start), qerr)
+	}
+	if status == 'I' && (prev != 'I' || h.measure) {
+		cl.transactions++
+	}
+	if prev != 'I' && status == 'I' {
+		outcome := "commit"
+		switch {
+		case prev == 'E' || batchErr != nil:
+			outcome = "error"
+		case h.op == pool.OpRollback:
+			outcome = "rollback"
+		}
+		s.m.transactions.WithLabelValues(outcome).Inc()
+	}
+}
+
+// settle gives the connection back when nothing holds it any more: no request outstanding,
+// outside a transaction, no COPY, and the client neither writing nor pinned. Once its client
+// has left, it first rolls back and, for a pinned client, discards the session state.
+// c.mu is held.
+func (c *srvConn) settle() {
+	if len(c.queue) > 0 || c.copying != 0 || c.broken || c.stopping {
+		return
+	}
+	if cl := c.client; cl != nil {
+		if c.status == 'I' && !c.writing && cl.pin == "" {
+			cl.detach(c)
+			c.set.put(c)
+		}
+		return
+	}
+	if c.cancelling {
+		return
+	}
+	switch {
+	case c.status != 'I':
+		c.set.s.m.transactions.WithLabelValues("abandoned").Inc()
+		c.inject("ROLLBACK", false)
+	case c.discardDue:
+		c.discardDue = false
+		c.inject("DISCARD ALL", true)
+	default:
+		c.set.put(c)
+	}
+}
+
+// inject sends a Query of the proxy's own on a connection no client holds. c.mu is held.
+func (c *srvConn) inject(sql string, discard bool) {
+	c.queue = append(c.queue, &entry{kind: 'Q', skip: true, discard: discard})
+	b, _ := (&pgproto3.Query{String: sql}).Encode(nil)
+	_ = c.net.SetWriteDeadline(time.Now().Add(c.set.s.cfg.ResetTimeout))
+	if _, err := c.net.Write(b); err != nil {
+		_ = c.net.Close() // readLoop sees it and drops the connection
+	}
+	_ = c.net.SetWriteDeadline(time.Time{})
+}
+
+// lost drops a connection that failed. Its client, if any, gets FATAL 08006 (unless the server
+// said FATAL itself) and is disconnected; requests in flight are measured as 08006 errors.
+func (c *srvConn) lost(cause error, serverSaidFatal bool) {
+	s := c.set.s
+	c.mu.Lock()
+	c.broken = true
+	cl := c.client
+	queue := c.queue
+	c.queue = nil
+	if cl != nil {
+		cl.detach(c)
+	}
+	c.mu.Unlock()
+	lostErr := &pgconn.PgError{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "08006", Message: "server connection lost"}
+	for _, e := range queue {
+		if e.done != nil {
+			e.done <- lostErr
+		}
+		if cl != nil && e.measure && !e.skip {
+			s.mgr.RecordQuery(e.op, e.sql, time.Since(e.start), lostErr)
+		}
+	}
+	if cl != nil {
+		if s.ctx.Err() == nil {
+			s.m.serverLost.Inc()
+			s.log.Warn("Proxy server connection lost", "user", cl.user, "client", cl.remote,
+				"error", s.mgr.ScrubError(cause).Error())
+		}
+		if !serverSaidFatal {
+			var buf []byte
+			buf, _ = (&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "08006",
+				Message: "server connection lost; the session ended and its transaction, if any, is lost"}).Encode(buf)
+			cl.writeClient(buf)
+			s.m.rejected.WithLabelValues("08006").Inc()
+		}
+		cl.flushClient()
+		_ = cl.client.Close()
+	}
+	c.set.drop(c, cl != nil)
+}
+
+// cancelFor sends a cancel request for the queries a client that left still has running, then
+// lets the connection settle: it cannot go to another client before the server has the cancel
+// (PostgreSQL ignores a cancel that finds the backend idle).
+func (c *srvConn) cancelFor() {
+	ctx, cancel := context.WithTimeout(context.Background(), c.set.s.cfg.ResetTimeout)
+	_ = c.pc.CancelRequest(ctx)
+	cancel()
+	c.mu.Lock()
+	c.cancelling = false
+	c.settle()
+	c.mu.Unlock()
+}
