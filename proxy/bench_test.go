@@ -21,7 +21,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -478,18 +477,12 @@ func startEpollCopy(b *testing.B, target string) int {
 		events := make([]syscall.EpollEvent, 128)
 		buf := make([]byte, 32<<10)
 		for !stop.Load() {
-			// A raw system call keeps this thread's P while it waits, as an event loop outside
-			// Go's scheduler would: syscall.EpollWait would hand the P off after 20 µs and take
-			// one back on return, at the cost of more thread wake-ups than it saves. The short
-			// timeout bounds how long a garbage collection waits for this goroutine.
-			r, _, errno := syscall.RawSyscall6(syscall.SYS_EPOLL_WAIT, uintptr(epfd),
-				uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 5, 0, 0)
-			n := int(r)
-			if errno != 0 {
-				if errno != syscall.EINTR {
-					return
-				}
-				n = 0
+			// A blocking system call: Go hands this thread's P to another thread after 20 µs
+			// and takes one back on return (a raw system call would keep it, but would also hold
+			// up every garbage collection's stop-the-world until it returned).
+			n, err := syscall.EpollWait(epfd, events, 100)
+			if err != nil && err != syscall.EINTR {
+				return
 			}
 			for _, ev := range events[:max(n, 0)] {
 				fd := int(ev.Fd)

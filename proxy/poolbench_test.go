@@ -492,7 +492,7 @@ func BenchmarkProxyIdleClients(b *testing.B) {
 						b.Skip(err)
 					}
 				}
-				if _, err := pgbenchRun(bed.ctx, bed.pgbench, bed.env, tg.port, pgbenchOpts{clients: poolSize, seconds: 2, protocol: "extended"}); err != nil {
+				if _, err := pgbenchRun(bed.ctx, bed.pgbench, bed.env, tg.port, pgbenchOpts{clients: poolSize, seconds: 2, protocol: "simple"}); err != nil {
 					b.Fatal(err)
 				}
 				time.Sleep(time.Second)
