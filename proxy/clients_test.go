@@ -342,3 +342,59 @@ func TestPsqlTLSRequire(t *testing.T) {
 		}
 	}
 }
+
+// TestPgbenchTransactionMode runs pgbench with 64 clients over a pool of 4 in transaction mode,
+// with the select-only and TPC-B scripts and each query protocol (-M prepared being what
+// PgBouncer 1.18 refuses): every transaction succeeds and the proxy never holds more than 4
+// server sessions.
+func TestPgbenchTransactionMode(t *testing.T) {
+	pgbench := needTool(t, "pgbench")
+	ctx := ctxTimeout(t, 240*time.Second)
+	if err := cluster.Exec(ctx, "create database proxy_bench_tx"); err != nil && sqlState(err) != "42P04" {
+		t.Fatal(err)
+	}
+	env := []string{"PGPASSWORD=" + pgtest.SuperuserPassword, "PGSSLMODE=disable", "PGCONNECT_TIMEOUT=30"}
+	if out, err := runTool(t, ctx, env, pgbench, "-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p", fmt.Sprint(cluster.Port()),
+		"-U", "postgres", "proxy_bench_tx"); err != nil {
+		t.Fatalf("pgbench -i: %v\n%s", err, out)
+	}
+	h := newTxHarness(t, 4, func(pc *pool.Config, _ *Config) {
+		pc.DatabaseURL = cluster.URL("proxy_bench_tx")
+		pc.ConnectTimeout = 30 * time.Second
+	})
+	const clients, perClient = 64, 8
+	stop := serverSessions(t)
+	for _, mode := range []string{"-S", ""} {
+		for _, proto := range []string{"simple", "extended", "prepared"} {
+			name := strings.TrimPrefix(mode+"_"+proto, "_")
+			t.Run(name, func(t *testing.T) {
+				args := []string{"-n", "-M", proto, "-c", fmt.Sprint(clients), "-j", "2", "-t", fmt.Sprint(perClient),
+					"-h", "127.0.0.1", "-p", fmt.Sprint(h.port), "-U", "postgres", "proxy_bench_tx"}
+				if mode != "" {
+					args = append([]string{mode}, args...)
+				}
+				out, err := runTool(t, ctx, env, pgbench, args...)
+				if err != nil {
+					t.Fatalf("pgbench %v: %v\n%s\nlogs:\n%s", args, err, out, lastLines(h.log.String(), 40))
+				}
+				total := clients * perClient
+				if !strings.Contains(out, fmt.Sprintf("number of transactions actually processed: %d/%d", total, total)) ||
+					!strings.Contains(out, "number of failed transactions: 0 ") {
+					t.Fatalf("pgbench did not finish every transaction:\n%s", out)
+				}
+			})
+		}
+	}
+	if peak := stop(); peak > 4 {
+		t.Errorf("%d server sessions at once, want at most 4 (the pool)", peak)
+	} else {
+		t.Logf("at most %d server sessions for %d clients", peak, clients)
+	}
+	if got := h.metric(t, "pgsidecar_query_errors_total", nil); got != 0 {
+		t.Errorf("query errors = %v, want 0", got)
+	}
+	if got := h.metric(t, "pgsidecar_proxy_prepared_statement_hits_total", nil); got == 0 {
+		t.Errorf("no prepared statement hits: -M prepared did not reuse statements across clients")
+	}
+	h.waitIdle(t)
+}

@@ -49,6 +49,11 @@ func newHarness(t testing.TB, tweak func(pc *pool.Config, c *Config)) *harness {
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
 	c := DefaultConfig()
 	c.Listen = []string{"127.0.0.1:0"}
+	// PROXY_TEST_POOL_MODE=transaction runs the tests written for session mode in transaction
+	// mode, to find what breaks there (tests of session-only behaviour are expected to fail).
+	if m := os.Getenv("PROXY_TEST_POOL_MODE"); m != "" {
+		c.PoolMode = PoolMode(m)
+	}
 	if tweak != nil {
 		tweak(&pc, &c)
 	}
@@ -108,10 +113,16 @@ func (h *harness) metric(t testing.TB, name string, want map[string]string) floa
 	return testutil.MetricValue(t, h.reg, name, want)
 }
 
-// waitIdle waits until no client session holds a pool connection.
+// waitIdle waits until no client session holds a server connection.
 func (h *harness) waitIdle(t testing.TB) {
 	t.Helper()
 	if !pgtest.WaitFor(10*time.Second, func() bool {
+		if h.srv.cfg.PoolMode == PoolTransaction {
+			// The proxy keeps its server connections, borrowed from the pool, when no client
+			// holds them.
+			return h.metric(t, "pgsidecar_proxy_client_connections", nil) == 0 &&
+				h.metric(t, "pgsidecar_proxy_server_connections", map[string]string{"state": "active"}) == 0
+		}
 		return h.metric(t, "pgsidecar_proxy_client_connections", nil) == 0 && h.mgr.Stats().UsedConns == 0
 	}) {
 		t.Fatalf("sessions did not end: used=%d\nlogs:\n%s", h.mgr.Stats().UsedConns, h.log.String())

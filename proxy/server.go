@@ -4,9 +4,25 @@
 // series as library traffic (Manager.RecordQuery): latency histograms, errors by SQLSTATE and the
 // slow query log.
 //
-// Pooling is by session: a client keeps one server connection from login to logout, so session
-// state (prepared statements, temporary tables, LISTEN, SET) behaves as with a direct
-// connection. On logout the connection is reset (ROLLBACK if needed, DISCARD ALL) and returned.
+// Pooling is by session (Config.PoolMode PoolSession, the default) or by transaction
+// (PoolTransaction).
+//
+// In session mode a client keeps one server connection from login to logout, so session state
+// (prepared statements, temporary tables, LISTEN, SET) behaves as with a direct connection. On
+// logout the connection is reset (ROLLBACK if needed, DISCARD ALL) and returned. The relay is
+// session.go (login and reset), relay.go (client to server) and response.go (server to client).
+//
+// In transaction mode a client holds a server connection only while it is in a transaction or
+// has requests outstanding. The proxy keeps its own set of server connections, borrowed from the
+// pool manager (txpool.go), each read by one goroutine for its whole life (txserver.go); each
+// client has one goroutine reading its messages (txclient.go). Every answer the client expects,
+// including those to messages the proxy injects, has an entry in the connection's queue, so
+// answers are forwarded, dropped or made up in order. What PostgreSQL keeps per session is kept
+// per client instead (txstate.go): named prepared statements (mapped to statements shared by
+// all clients and prepared lazily on each connection, with a bounded LRU per connection) and
+// the settings drivers rely on (applied on checkout). State that cannot move between
+// connections (LISTEN, session advisory locks, temporary tables, SQL PREPARE, WITH HOLD cursors,
+// other SETs) pins the client to its connection until it leaves.
 //
 // The proxy serves the database and user of the pool's DATABASE_URL: clients authenticate
 // against the proxy's own credentials, and their queries run as the pool's user. Cancel keys

@@ -93,9 +93,11 @@ func (sess *session) run(srvConn *pgxpool.Conn, params map[string]string) {
 	defer func() { sess.release(srvConn, end) }()
 
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ResetTimeout)
-	err := pc.SyncConn(ctx)
+	err := applyParams(ctx, pc, params)
 	if err == nil {
-		err = applyParams(ctx, pc, params)
+		// Last: a query through pgconn may leave its background reader in a read of the
+		// socket, which would take the first bytes the relay is to read.
+		err = pc.SyncConn(ctx)
 	}
 	cancel()
 	if err != nil {

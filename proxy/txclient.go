@@ -40,8 +40,12 @@ type txSession struct {
 	want      map[string]string // tracked settings now; guarded by the holding connection's mu
 	stmts     map[string]*pstmt // the client's named statements
 	unnamed   []byte            // the body of the client's last unnamed Parse, to prepare it again elsewhere
-	batch     uint64            // counts the client's Syncs
-	pin       string            // why the session keeps its server connection, or ""
+	// pending: named Parses and Closes of a batch begun without a server connection, answered
+	// when the batch needs none (Sync, Flush) or sent ahead of the first request that does.
+	pending []*entry
+	failed  bool   // such a batch failed: its messages are skipped up to its Sync
+	batch   uint64 // counts the client's Syncs
+	pin     string // why the session keeps its server connection, or ""
 	// transactions counts transactions and single statements outside one.
 	transactions int
 
@@ -200,6 +204,12 @@ func clone(m map[string]string) map[string]string {
 		out[k] = v
 	}
 	return out
+}
+
+// tracks reports whether the session carries the setting from connection to connection.
+func (t *txSession) tracks(name string) bool {
+	_, ok := t.startWant[name]
+	return ok || trackedParams[name]
 }
 
 // setPin pins the session to its server connection. The connection's mu is held.
@@ -503,6 +513,7 @@ func (t *txSession) answer(c *srvConn, e *entry) {
 var (
 	parseComplete, _ = (&pgproto3.ParseComplete{}).Encode(nil)
 	closeComplete, _ = (&pgproto3.CloseComplete{}).Encode(nil)
+	readyIdle, _     = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(nil)
 )
 
 // loop relays the client's messages until it leaves or its server connection fails.
@@ -550,40 +561,50 @@ func (t *txSession) loop() {
 			return
 		}
 		bytesIn += n + 5
-		if start.IsZero() {
-			start = time.Now()
-		}
 		if typ == 'X' {
 			return
 		}
 		// Messages that need no server connection when none is held.
-		switch typ {
-		case 'H', 'd', 'c', 'f':
-			if t.current() == nil {
-				if _, err := t.cr.Discard(n); err != nil {
-					return
-				}
-				continue
-			}
-		}
 		if t.hasUndo.Load() {
 			t.applyUndone()
 		}
-		c, err := t.hold()
-		if err != nil {
-			_, _ = t.cr.Discard(n)
-			s.refuse(t, err)
-			t.flushClient()
-			return
-		}
 		var body []byte
+		var err error
 		switch typ {
 		case 'Q', 'P', 'B', 'D', 'C':
 			if body, err = t.readBody(n); err != nil {
 				return
 			}
 		}
+		if t.current() == nil && t.answerAlone(typ, body) {
+			if body == nil {
+				if _, err := t.cr.Discard(n); err != nil {
+					return
+				}
+			}
+			continue
+		}
+		c, err := t.hold()
+		if err != nil {
+			if body == nil {
+				_, _ = t.cr.Discard(n)
+			}
+			s.refuse(t, err)
+			t.flushClient()
+			return
+		}
+		if start.IsZero() {
+			start = time.Now() // the wait for a server connection is not the query's time
+		}
 		var pre []byte // messages the proxy sends first, on the client's behalf
+		for _, p := range t.pending {
+			if p.closed {
+				t.answer(c, p)
+			} else {
+				pre = t.parseOn(c, p.stmt, p.stmtName, pre)
+			}
+		}
+		t.pending = t.pending[:0]
 		switch typ {
 		case 'Q':
 			sqlb := body[:max(len(body)-1, 0)]
@@ -594,6 +615,16 @@ func (t *txSession) loop() {
 				eff := analyze(string(sqlb))
 				c.mu.Lock()
 				t.setPin(eff.pin)
+				changes := eff.changes[:0]
+				for _, ch := range eff.changes {
+					switch {
+					case ch.all || t.tracks(ch.name):
+						changes = append(changes, ch)
+					case ch.value != "":
+						t.setPin(pinSet) // RESET of a setting no one changed is harmless
+					}
+				}
+				eff.changes = changes
 				if eff.discard {
 					// Whether or not it succeeds, the statements the client can still use are
 					// the server's, which the proxy does not track for a pinned session.
@@ -662,7 +693,9 @@ func (t *txSession) loop() {
 			}
 			st := s.stmts.get(string(rest))
 			t.stmts[name] = st
-			t.answer(c, &entry{synth: parseComplete, stmtName: name, stmt: st})
+			if pre = t.parseOn(c, st, name, pre); len(pre) > 0 {
+				_, _ = t.sw.Write(pre)
+			}
 			continue
 		case 'B':
 			portal, rest := cbytes(body)
@@ -752,6 +785,78 @@ func (t *txSession) loop() {
 	}
 }
 
+// answerAlone handles, without a server connection, a message of a client that holds none:
+// named Parses and Closes wait in t.pending, and a Sync or Flush with nothing else in its batch
+// is answered by the proxy. Such clients (pgbench -M prepared, libpq's PQprepare) do not then
+// wait for a server connection to prepare a statement, which could deadlock a client that
+// serves several connections from one thread while others hold the server connections. It
+// reports whether it handled the message.
+func (t *txSession) answerAlone(typ byte, body []byte) bool {
+	s := t.srv
+	if t.failed {
+		if typ != 'S' {
+			return true
+		}
+		t.failed = false
+		t.pending = t.pending[:0]
+		t.writeClient(readyIdle)
+		t.batch++
+		return true
+	}
+	switch typ {
+	case 'P':
+		name, rest := cstring(body)
+		if name == "" {
+			return false
+		}
+		if _, dup := t.stmts[name]; dup {
+			t.writePending()
+			e := &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "42P05",
+				Message: fmt.Sprintf("prepared statement %q already exists", name)}
+			b, _ := e.Encode(nil)
+			t.writeClient(b)
+			t.failed = true
+			return true
+		}
+		st := s.stmts.get(string(rest))
+		t.stmts[name] = st
+		t.pending = append(t.pending, &entry{synth: parseComplete, stmtName: name, stmt: st})
+		return true
+	case 'C':
+		if len(body) == 0 || body[0] != 'S' {
+			return false
+		}
+		name, _ := cstring(body[1:])
+		st := t.stmts[name]
+		if name == "" || st == nil {
+			return false
+		}
+		delete(t.stmts, name)
+		s.stmts.put(st)
+		t.pending = append(t.pending, &entry{synth: closeComplete, stmtName: name, stmt: st, closed: true})
+		return true
+	case 'S':
+		t.writePending()
+		t.writeClient(readyIdle)
+		t.batch++
+		return true
+	case 'H':
+		t.writePending()
+		return true
+	case 'd', 'c', 'f':
+		return true // no COPY runs without a server connection
+	}
+	return false
+}
+
+// writePending answers the waiting Parses and Closes.
+func (t *txSession) writePending() {
+	for _, p := range t.pending {
+		t.writeClient(p.synth)
+	}
+	t.pending = t.pending[:0]
+}
+
 // failRequest turns a client request into one the server fails (a Bind of a statement that
 // does not exist), with the error replaced by the proxy's: the client gets it in-band, in its
 // place among the answers, and the server skips the rest of the batch and fails the
@@ -780,6 +885,35 @@ func (t *txSession) prepareOn(c *srvConn, st *pstmt, pre []byte) []byte {
 	if !t.queue(c, &entry{kind: 'P', skip: true, prepared: st}) {
 		return pre
 	}
+	pre = appendMsg(pre, 'P', st.parseBody())
+	if old := c.stmts.add(st, s.cfg.MaxPreparedStatements); old != nil {
+		s.m.stmtEvicted.Inc()
+		t.queue(c, &entry{kind: 'C', skip: true})
+		pre = appendMsg(pre, 'C', append(append([]byte{'S'}, old.name...), 0))
+	}
+	return pre
+}
+
+// parseOn answers a client's named Parse of st: at once when c has st prepared, else by
+// preparing it on c, appended to pre, so that errors in the statement come where PostgreSQL
+// gives them. Other connections prepare it when a Bind or Describe needs it there.
+func (t *txSession) parseOn(c *srvConn, st *pstmt, name string, pre []byte) []byte {
+	s := t.srv
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stmts.has(st) {
+		s.m.stmtHits.Inc()
+		e := &entry{synth: parseComplete, stmtName: name, stmt: st}
+		if len(c.queue) == 0 {
+			t.writeClient(e.synth)
+		} else {
+			e.batch = t.batch
+			c.queue = append(c.queue, e)
+		}
+		return pre
+	}
+	s.m.stmtMisses.Inc()
+	t.queue(c, &entry{kind: 'P', prepared: st, stmtName: name, stmt: st})
 	pre = appendMsg(pre, 'P', st.parseBody())
 	if old := c.stmts.add(st, s.cfg.MaxPreparedStatements); old != nil {
 		s.m.stmtEvicted.Inc()

@@ -2,10 +2,12 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -555,5 +557,64 @@ func TestTxModeCancel(t *testing.T) {
 	}
 	if got := h.metric(t, "pgsidecar_proxy_cancel_requests_total", nil); got != 1 {
 		t.Errorf("cancel requests = %v, want 1", got)
+	}
+}
+
+// TestTxModeServerKilledMidTransaction: the client whose server connection dies gets FATAL 08006;
+// the connection is dropped and other clients carry on.
+func TestTxModeServerKilledMidTransaction(t *testing.T) {
+	cluster.RequireControl(t)
+	h := newTxHarness(t, 2, nil)
+	ctx := ctxTimeout(t, 90*time.Second)
+	a := h.pgconnect(t, ctx, "")
+	if _, err := simple(ctx, a, "begin"); err != nil {
+		t.Fatal(err)
+	}
+	pid, err := simple(ctx, a, "select pg_backend_pid()")
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := simple(ctx, a, "select pg_sleep(60)")
+		errc <- err
+	}()
+	if !pgtest.WaitFor(20*time.Second, func() bool {
+		n, _ := cluster.QueryInt(ctx, "select count(*) from pg_stat_activity where pid = "+pid+" and query = 'select pg_sleep(60)' and state = 'active'")
+		return n == 1
+	}) {
+		t.Fatal("the query never started")
+	}
+	var p int
+	fmt.Sscan(pid, &p)
+	if err := syscall.Kill(p, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill backend %d: %v", p, err)
+	}
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+		t.Fatal("the client was left hanging")
+	}
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "08006" || pgErr.Severity != "FATAL" {
+		t.Fatalf("query on a killed server connection: %v, want FATAL 08006", err)
+	}
+	if got := h.metric(t, "pgsidecar_proxy_server_connections_lost_total", nil); got != 1 {
+		t.Errorf("server connections lost = %v, want 1", got)
+	}
+	if got := h.metric(t, "pgsidecar_proxy_transactions_total", map[string]string{"outcome": "error"}); got != 1 {
+		t.Errorf("transactions with outcome error = %v, want 1", got)
+	}
+	// The postmaster restarts after a backend crash; clients get in again once it is back.
+	if !pgtest.WaitFor(30*time.Second, func() bool {
+		c, err := pgconn.Connect(ctx, h.url("postgres", pgtest.SuperuserPassword, ""))
+		if err != nil {
+			return false
+		}
+		defer c.Close(ctx)
+		got, err := simple(ctx, c, "select pg_backend_pid()")
+		return err == nil && got != pid
+	}) {
+		t.Fatalf("no working session after the server came back\nlogs:\n%s", h.log.String())
 	}
 }

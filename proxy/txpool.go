@@ -109,10 +109,11 @@ func (ss *serverSet) open() (*srvConn, error) {
 	defer cancel()
 	pc := pooled.Conn().PgConn()
 	// pgx's statement cache may hold statements from library use: drop them, so that the only
-	// statements on the connection are the ones the proxy tracks.
-	err = pc.SyncConn(ctx)
+	// statements on the connection are the ones the proxy tracks. SyncConn comes last: a query
+	// through pgconn may leave its background reader in a read of the socket.
+	err = pooled.Conn().DeallocateAll(ctx)
 	if err == nil {
-		err = pooled.Conn().DeallocateAll(ctx)
+		err = pc.SyncConn(ctx)
 	}
 	if err != nil {
 		_ = pooled.Conn().Close(ctx)

@@ -188,8 +188,8 @@ func (c *srvConn) readLoop() {
 		// stop its own requests from being queued), then update the queue. The answer's entry
 		// stays at the head while it is written, so no made-up answer can overtake it.
 		c.mu.Lock()
-		if typ != 'N' && typ != 'A' && typ != 'S' {
-			c.emitSynth()
+		if typ != 'N' && typ != 'A' && typ != 'S' && c.emitSynth() {
+			out = c.client
 		}
 		cl := c.client
 		h := c.head()
@@ -200,7 +200,7 @@ func (c *srvConn) readLoop() {
 			name, rest := cstring(body)
 			value, _ := cstring(rest)
 			c.reported[name] = value
-			if ln := strings.ToLower(name); trackedParams[ln] && forward {
+			if ln := strings.ToLower(name); forward && cl.tracks(ln) {
 				cl.want[ln] = quoteLiteral(value)
 				c.params[ln] = quoteLiteral(value)
 			}
@@ -265,6 +265,9 @@ func (c *srvConn) readLoop() {
 			continue // never the last answer to a request
 		}
 		c.mu.Lock()
+		if c.client != cl {
+			cl = nil // it left meanwhile
+		}
 		if h != nil && len(c.queue) > 0 && c.queue[0] == h {
 			switch {
 			case hdr[0] == 'E':
@@ -320,6 +323,9 @@ func (c *srvConn) failBatch(h *entry) {
 	c.pop() // h itself, at the head
 	if h.prepared != nil {
 		c.stmts.remove(h.prepared)
+	}
+	if h.stmt != nil && c.client != nil {
+		c.client.undo(h) // a named Parse that failed: the client has no such statement
 	}
 }
 
@@ -448,6 +454,9 @@ func (c *srvConn) lost(cause error, serverSaidFatal bool) {
 	cl := c.client
 	queue := c.queue
 	c.queue = nil
+	if cl != nil && c.status != 'I' && s.ctx.Err() == nil {
+		s.m.transactions.WithLabelValues("error").Inc()
+	}
 	if cl != nil {
 		cl.detach(c)
 	}

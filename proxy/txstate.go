@@ -123,7 +123,8 @@ func (l *stmtLRU) clear() {
 }
 
 // trackedParams are the settings drivers rely on that transaction mode carries from server
-// connection to server connection, lower-cased. Any other SET pins the session.
+// connection to server connection, lower-cased, besides those a client gives in its startup
+// packet. A SET of any other setting pins the session.
 var trackedParams = map[string]bool{
 	"client_encoding": true, "datestyle": true, "timezone": true, "intervalstyle": true,
 	"standard_conforming_strings": true, "extra_float_digits": true, "application_name": true,
@@ -133,18 +134,27 @@ var trackedParams = map[string]bool{
 // quoteLiteral makes v an SQL string literal.
 func quoteLiteral(v string) string { return "'" + strings.ReplaceAll(v, "'", "''") + "'" }
 
-// startupWant is the tracked settings a client asked for in its startup packet, as SQL values.
+// startupWant is the settings a client asked for in its startup packet, lower-cased, as SQL
+// values. Names that are not plain identifiers are left out, as session mode leaves them.
 func startupWant(params map[string]string) map[string]string {
 	want := map[string]string{}
 	add := func(name, value string) {
-		if n := strings.ToLower(name); trackedParams[n] {
-			if n == "client_encoding" && strings.EqualFold(value, "auto") {
+		n := strings.ToLower(name)
+		for _, r := range n {
+			if !(r == '_' || r == '.' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9') {
 				return
 			}
-			want[n] = quoteLiteral(value)
 		}
+		if n == "client_encoding" && strings.EqualFold(value, "auto") {
+			return
+		}
+		want[n] = quoteLiteral(value)
 	}
 	for name, value := range params {
+		switch name {
+		case "user", "database", "replication":
+			continue
+		}
 		if name == "options" {
 			for _, kv := range startupOptions(value) {
 				add(kv[0], kv[1])
@@ -179,7 +189,8 @@ func startupOptions(value string) [][2]string {
 	return out
 }
 
-// paramChange is the effect of a SET or RESET of a tracked setting: value "" resets it.
+// paramChange is the effect of a SET or RESET of a setting: value "" resets it. The session
+// carries it if it tracks the setting, and is pinned by a SET of one it does not.
 type paramChange struct {
 	name, value string
 	all         bool // RESET ALL
@@ -247,7 +258,7 @@ func analyze(sql string) stmtEffect {
 			if len(w) >= 2 {
 				if w[1] == "all" {
 					e.changes = append(e.changes, paramChange{all: true})
-				} else if trackedParams[w[1]] {
+				} else {
 					e.changes = append(e.changes, paramChange{name: w[1]})
 				}
 			}
@@ -286,10 +297,6 @@ func (e *stmtEffect) set(part string, w []string) {
 	name := w[i]
 	if name == "time" && len(w) > i+1 && w[i+1] == "zone" {
 		name = "timezone"
-	}
-	if !trackedParams[name] {
-		e.setPin(pinSet)
-		return
 	}
 	value := setValue(part, name)
 	if value == "" || strings.EqualFold(value, "default") || strings.EqualFold(value, "local") {
