@@ -14,7 +14,7 @@ FUZZTIME  ?= 10000x
 # scripts/deps.sh fetches Go into .toolchain/ when the machine's is missing or too old.
 export PATH := $(CURDIR)/.toolchain/go/bin:$(PATH):/usr/local/go/bin
 
-.PHONY: all build test test-monitoring lint demo bench deps fmt fuzz docs mixin
+.PHONY: all build test test-monitoring lint demo bench bench-proxy deps fmt fuzz docs mixin
 
 all: build
 
@@ -75,3 +75,8 @@ demo: deps build
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -count 6 ./pool/ ./collector/ ./api/ | tee bench-go.txt
 	$(GO) test -run '^$$' -bench PgbenchSelectOnly -benchtime 1x ./proxy/ | tee bench-proxy.txt
+
+# The proxy against PgBouncer, each in its own process: transaction and session pooling, idle
+# clients' memory, connection churn (about 25 minutes; skips without pgbench or pgbouncer).
+bench-proxy: deps
+	./scripts/proxy-bench.sh

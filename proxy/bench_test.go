@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -11,10 +12,12 @@ import (
 	"os/user"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -56,7 +59,7 @@ func BenchmarkPgbenchSelectOnly(b *testing.B) {
 		pc.DatabaseURL = cluster.URL("proxy_bench")
 		pc.MaxConns, pc.MinConns = poolSize, poolSize
 	})
-	bouncerPort, bouncerPID := startPgBouncer(b, ctx, pgbouncer, poolSize)
+	bouncerPort, bouncerPID := startPgBouncer(b, pgbouncer, cluster.Port(), "session", poolSize, 200, "")
 	copyPort := startByteCopy(b, fmt.Sprintf("127.0.0.1:%d", cluster.Port()))
 
 	// cpu returns the CPU time used so far by the process that serves the target; the proxy
@@ -92,50 +95,108 @@ func BenchmarkPgbenchSelectOnly(b *testing.B) {
 	}
 }
 
-var tpsRE = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
+var tpsRE = regexp.MustCompile(`tps = ([0-9.]+) \((without initial connection time|including reconnection times)\)`)
+
+var connTimeRE = regexp.MustCompile(`initial connection time = ([0-9.]+) ms`)
 
 func runPgbench(b *testing.B, ctx context.Context, pgbench string, env []string, port, clients, seconds int) (float64, time.Duration) {
-	dir, err := os.MkdirTemp("", "pgbench-log-")
+	r, err := pgbenchRun(ctx, pgbench, env, port, pgbenchOpts{clients: clients, seconds: seconds, protocol: "simple"})
 	if err != nil {
 		b.Fatal(err)
 	}
+	return r.tps, r.median
+}
+
+// pgbenchOpts is one pgbench run of the select-only script against database proxy_bench.
+type pgbenchOpts struct {
+	clients, seconds int
+	protocol         string // -M: simple, extended or prepared
+	connectEach      bool   // -C: a new connection for every transaction
+}
+
+// pgbenchResult is what one pgbench run measured. Latencies come from its per-transaction log
+// (-l), which holds every transaction's latency and completion time, so the percentiles are exact.
+type pgbenchResult struct {
+	tps         float64
+	median, p99 time.Duration
+	connectTime time.Duration // pgbench's initial connection time (all clients logging in)
+	// ends holds every transaction's completion time, sorted, for counting the transactions in
+	// a window of the run.
+	ends []time.Time
+	out  string
+}
+
+func pgbenchRun(ctx context.Context, pgbench string, env []string, port int, o pgbenchOpts) (pgbenchResult, error) {
+	dir, err := os.MkdirTemp("", "pgbench-log-")
+	if err != nil {
+		return pgbenchResult{}, err
+	}
 	defer os.RemoveAll(dir)
-	args := []string{"-S", "-n", "-M", "simple", "-c", fmt.Sprint(clients), "-j", fmt.Sprint(min(clients, 2)),
+	// -T counts the clients' logins too, which take seconds for a thousand clients: give them
+	// time on top, so that every run has about the same measured part.
+	seconds := o.seconds
+	if !o.connectEach {
+		seconds += o.clients / 50
+	}
+	args := []string{"-S", "-n", "-M", o.protocol, "-c", fmt.Sprint(o.clients), "-j", fmt.Sprint(min(o.clients, 2)),
 		"-T", fmt.Sprint(seconds), "-l", "--log-prefix", filepath.Join(dir, "tx"),
 		"-h", "127.0.0.1", "-p", fmt.Sprint(port), "-U", "postgres", "proxy_bench"}
-	out, err := runToolB(ctx, env, "", pgbench, args...)
+	if o.connectEach {
+		args = append(args, "-C")
+	}
+	// A pooler that stops answering a client would keep pgbench waiting for ever: give up a
+	// minute after the run should have ended.
+	runCtx, cancel := context.WithTimeout(ctx, time.Duration(seconds+60)*time.Second)
+	defer cancel()
+	out, err := runToolB(runCtx, env, "", pgbench, args...)
+	if runCtx.Err() != nil && ctx.Err() == nil {
+		err = fmt.Errorf("no answer: pgbench still running a minute after its -T %d s", seconds)
+	}
+	r := pgbenchResult{out: out}
 	if err != nil || !strings.Contains(out, "number of failed transactions: 0 ") {
-		b.Fatalf("pgbench: %v\n%s", err, out)
+		return r, fmt.Errorf("pgbench %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	m := tpsRE.FindStringSubmatch(out)
 	if m == nil {
-		b.Fatalf("no tps in pgbench output:\n%s", out)
+		return r, fmt.Errorf("no tps in pgbench output:\n%s", out)
 	}
-	tps, _ := strconv.ParseFloat(m[1], 64)
+	r.tps, _ = strconv.ParseFloat(m[1], 64)
+	if m := connTimeRE.FindStringSubmatch(out); m != nil {
+		ms, _ := strconv.ParseFloat(m[1], 64)
+		r.connectTime = time.Duration(ms * float64(time.Millisecond))
+	}
 	// Per-transaction log lines: client_id transaction_no time(us) script_no time_epoch time_us.
 	var lat []int
 	files, _ := filepath.Glob(filepath.Join(dir, "tx.*"))
 	for _, f := range files {
 		fh, err := os.Open(f)
 		if err != nil {
-			b.Fatal(err)
+			return r, err
 		}
 		sc := bufio.NewScanner(fh)
 		for sc.Scan() {
 			fields := strings.Fields(sc.Text())
-			if len(fields) >= 3 {
-				if us, err := strconv.Atoi(fields[2]); err == nil {
-					lat = append(lat, us)
-				}
+			if len(fields) < 6 {
+				continue
+			}
+			us, err1 := strconv.Atoi(fields[2])
+			sec, err2 := strconv.ParseInt(fields[4], 10, 64)
+			usec, err3 := strconv.ParseInt(fields[5], 10, 64)
+			if err1 == nil && err2 == nil && err3 == nil {
+				lat = append(lat, us)
+				r.ends = append(r.ends, time.Unix(sec, usec*1000))
 			}
 		}
 		fh.Close()
 	}
 	if len(lat) == 0 {
-		b.Fatal("empty pgbench transaction log")
+		return r, fmt.Errorf("empty pgbench transaction log:\n%s", out)
 	}
 	sort.Ints(lat)
-	return tps, time.Duration(lat[len(lat)/2]) * time.Microsecond
+	sort.Slice(r.ends, func(i, j int) bool { return r.ends[i].Before(r.ends[j]) })
+	r.median = time.Duration(lat[len(lat)/2]) * time.Microsecond
+	r.p99 = time.Duration(lat[min(len(lat)-1, len(lat)*99/100)]) * time.Microsecond
+	return r, nil
 }
 
 func benchTool(b *testing.B, name string) string {
@@ -159,9 +220,12 @@ func runToolB(ctx context.Context, env []string, dir, name string, args ...strin
 	return string(out), err
 }
 
-// startPgBouncer runs PgBouncer in session mode in front of the test cluster with the given pool
-// size. PgBouncer refuses to run as root, so as root it runs as the postgres user.
-func startPgBouncer(b *testing.B, ctx context.Context, bin string, poolSize int) (int, int) {
+// startPgBouncer runs PgBouncer in front of the PostgreSQL server on pgPort in the given pool
+// mode (session or transaction), with poolSize server connections opened up front and at most
+// maxClients client connections, and returns its port and process id. Clients log in with
+// secret (a SCRAM verifier; empty for the plain password), PgBouncer itself with the password.
+// PgBouncer refuses to run as root, so as root it runs as the postgres user.
+func startPgBouncer(b *testing.B, bin string, pgPort int, mode string, poolSize, maxClients int, secret string) (int, int) {
 	b.Helper()
 	dir, err := os.MkdirTemp("", "pgbouncer-")
 	if err != nil {
@@ -175,23 +239,23 @@ func startPgBouncer(b *testing.B, ctx context.Context, bin string, poolSize int)
 	port := l.Addr().(*net.TCPAddr).Port
 	_ = l.Close()
 	ini := fmt.Sprintf(`[databases]
-proxy_bench = host=127.0.0.1 port=%d dbname=proxy_bench
+proxy_bench = host=127.0.0.1 port=%d dbname=proxy_bench user=postgres password=%s
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = %d
 unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = %s/users.txt
-pool_mode = session
+pool_mode = %s
 default_pool_size = %d
 min_pool_size = %d
-max_client_conn = 200
+max_client_conn = %d
 logfile = %s/pgbouncer.log
 pidfile = %s/pgbouncer.pid
-`, cluster.Port(), port, dir, poolSize, poolSize, dir, dir)
+`, pgPort, pgtest.SuperuserPassword, port, dir, mode, poolSize, poolSize, maxClients, dir, dir)
 	files := map[string]string{
 		"pgbouncer.ini": ini,
-		"users.txt":     fmt.Sprintf("\"postgres\" \"%s\"\n", pgtest.SuperuserPassword),
+		"users.txt":     fmt.Sprintf("\"postgres\" \"%s\"\n", cmp.Or(secret, pgtest.SuperuserPassword)),
 	}
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
@@ -235,7 +299,6 @@ pidfile = %s/pgbouncer.pid
 		log, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))
 		b.Fatalf("pgbouncer did not start:\n%s", log)
 	}
-	_ = ctx
 	return port, cmd.Process.Pid
 }
 
@@ -300,17 +363,13 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// procCPU reads another process's user and system CPU time from /proc (in clock ticks of 10 ms).
+// procCPU reads another process's user and system CPU time from /proc.
 func procCPU(b *testing.B, pid int) time.Duration {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	cpu, err := readProcCPU(pid)
 	if err != nil {
 		b.Fatal(err)
 	}
-	// Fields after the command name, which is in parentheses and may contain spaces.
-	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
-	utime, _ := strconv.Atoi(f[11])
-	stime, _ := strconv.Atoi(f[12])
-	return time.Duration(utime+stime) * 10 * time.Millisecond
+	return cpu
 }
 
 // BenchmarkRoundTrip measures one simple query round trip (select 1) from a pgconn client,
@@ -336,4 +395,146 @@ func BenchmarkRoundTrip(b *testing.B) {
 			}
 		})
 	}
+}
+
+// startEpollCopy relays each connection on a loopback port to target as startByteCopy does, but
+// from one goroutine on a locked OS thread that waits in level-triggered epoll_wait for all
+// connections, as PgBouncer's event loop does: no goroutine per direction, and no read that ends
+// in EAGAIN before a goroutine may park. It is a reference point for what such an I/O model saves;
+// a write that cannot complete at once is retried after a short sleep, which is enough for small
+// messages.
+func startEpollCopy(b *testing.B, target string) int {
+	b.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var (
+		mu    sync.Mutex
+		peer  = map[int]int{}           // fd → the fd it relays to
+		files = map[int][]*os.File{}    // keeps each pair's descriptors open
+		conns = map[net.Conn]struct{}{} // the originals, closed at the end
+		stop  atomic.Bool
+		wg    sync.WaitGroup
+	)
+	closePair := func(fd int) {
+		mu.Lock()
+		defer mu.Unlock()
+		p, ok := peer[fd]
+		if !ok {
+			return
+		}
+		for _, x := range []int{fd, p} {
+			_ = syscall.EpollCtl(epfd, syscall.EPOLL_CTL_DEL, x, nil)
+			delete(peer, x)
+			for _, f := range files[x] {
+				_ = f.Close()
+			}
+			delete(files, x)
+		}
+	}
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				_ = c.Close()
+				continue
+			}
+			cf, err1 := c.(*net.TCPConn).File()
+			sf, err2 := s.(*net.TCPConn).File()
+			if err1 != nil || err2 != nil {
+				_ = c.Close()
+				_ = s.Close()
+				continue
+			}
+			cfd, sfd := int(cf.Fd()), int(sf.Fd())
+			_ = syscall.SetNonblock(cfd, true)
+			_ = syscall.SetNonblock(sfd, true)
+			mu.Lock()
+			conns[c], conns[s] = struct{}{}, struct{}{}
+			peer[cfd], peer[sfd] = sfd, cfd
+			files[cfd], files[sfd] = []*os.File{cf}, []*os.File{sf}
+			mu.Unlock()
+			for _, fd := range []int{cfd, sfd} {
+				_ = syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, fd, &syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(fd)})
+			}
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		events := make([]syscall.EpollEvent, 128)
+		buf := make([]byte, 32<<10)
+		for !stop.Load() {
+			// A blocking system call: Go hands this thread's P to another thread after 20 µs
+			// and takes one back on return (a raw system call would keep it, but would also hold
+			// up every garbage collection's stop-the-world until it returned).
+			n, err := syscall.EpollWait(epfd, events, 100)
+			if err != nil && err != syscall.EINTR {
+				return
+			}
+			for _, ev := range events[:max(n, 0)] {
+				fd := int(ev.Fd)
+				mu.Lock()
+				to, ok := peer[fd]
+				mu.Unlock()
+				if !ok {
+					continue
+				}
+				r, err := syscall.Read(fd, buf)
+				if err == syscall.EAGAIN {
+					continue
+				}
+				if r <= 0 || !writeAll(to, buf[:r]) {
+					closePair(fd)
+				}
+			}
+		}
+	}()
+	b.Cleanup(func() {
+		_ = l.Close()
+		stop.Store(true)
+		wg.Wait()
+		mu.Lock()
+		fds := make([]int, 0, len(peer))
+		for fd := range peer {
+			fds = append(fds, fd)
+		}
+		mu.Unlock()
+		for _, fd := range fds {
+			closePair(fd)
+		}
+		for c := range conns {
+			_ = c.Close()
+		}
+		_ = syscall.Close(epfd)
+	})
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// writeAll writes b to the non-blocking descriptor fd, retrying while its send buffer is full.
+func writeAll(fd int, b []byte) bool {
+	for len(b) > 0 {
+		n, err := syscall.Write(fd, b)
+		if err == syscall.EAGAIN {
+			time.Sleep(50 * time.Microsecond)
+			continue
+		}
+		if err != nil || n <= 0 {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
 }
