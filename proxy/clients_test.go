@@ -134,11 +134,18 @@ func TestPgbench(t *testing.T) {
 }
 
 // TestNodePostgres runs the node-postgres smoke script of examples/node-smoke through the proxy.
+// It runs in both pool modes: in transaction mode its named statements are the proxy's to map.
 func TestNodePostgres(t *testing.T) {
 	node := needNode(t)
-	h := newHarness(t, nil)
 	ctx := ctxTimeout(t, 150*time.Second)
 	dir := nodeExample(t, ctx, "node-smoke")
+	for _, mode := range []PoolMode{PoolSession, PoolTransaction} {
+		t.Run(string(mode), func(t *testing.T) { nodePostgresSmoke(t, ctx, node, dir, mode) })
+	}
+}
+
+func nodePostgresSmoke(t *testing.T, ctx context.Context, node, dir string, mode PoolMode) {
+	h := newHarness(t, func(_ *pool.Config, c *Config) { c.PoolMode = mode })
 	out, err := runTool(t, ctx, []string{"DATABASE_URL=" + h.superURL()}, node, filepath.Join(dir, "smoke.js"))
 	if err != nil {
 		t.Fatalf("node smoke.js: %v\n%s\nlogs:\n%s", err, out, h.log.String())
@@ -157,15 +164,21 @@ func TestNodePostgres(t *testing.T) {
 	if got := h.metric(t, "pgsidecar_query_errors_total", map[string]string{"sqlstate": "22012"}); got != 1 {
 		t.Errorf("22012 errors = %v, want 1", got)
 	}
+	if mode == PoolTransaction {
+		// The named statement went through the proxy's statement map.
+		if got := h.metric(t, "pgsidecar_proxy_prepared_statement_misses_total", nil) + h.metric(t, "pgsidecar_proxy_prepared_statement_hits_total", nil); got == 0 {
+			t.Error("no prepared statement lookups in transaction mode")
+		}
+	}
 }
 
 // TestPrisma runs the Prisma ORM smoke script of examples/prisma-smoke through the proxy: Prisma 7
 // without Rust engines (query compiler in WebAssembly, node-postgres via @prisma/adapter-pg), so
 // everything it needs comes from the npm registry.
+// It runs in both pool modes.
 func TestPrisma(t *testing.T) {
 	node := needNode(t)
 	npm := needNpm(t)
-	h := newHarness(t, nil)
 	ctx := ctxTimeout(t, 300*time.Second)
 	dir := nodeExample(t, ctx, "prisma-smoke")
 	start := time.Now()
@@ -173,6 +186,13 @@ func TestPrisma(t *testing.T) {
 		t.Fatalf("prisma generate: %v\n%s", err, out)
 	}
 	t.Logf("prisma generate took %v", time.Since(start).Round(time.Millisecond))
+	for _, mode := range []PoolMode{PoolSession, PoolTransaction} {
+		t.Run(string(mode), func(t *testing.T) { prismaSmoke(t, ctx, node, dir, mode) })
+	}
+}
+
+func prismaSmoke(t *testing.T, ctx context.Context, node, dir string, mode PoolMode) {
+	h := newHarness(t, func(_ *pool.Config, c *Config) { c.PoolMode = mode })
 	type counts struct{ queries, unique, commit, rollback, failed, abandoned int }
 	measured := func() counts {
 		m := func(name string, labels map[string]string) int { return int(h.metric(t, name, labels)) }
@@ -184,7 +204,7 @@ func TestPrisma(t *testing.T) {
 			tx("commit"), tx("rollback"), tx("error"), tx("abandoned")}
 	}
 	before := measured()
-	start = time.Now()
+	start := time.Now()
 	out, err := runTool(t, ctx, []string{"DATABASE_URL=" + h.superURL()}, node, filepath.Join(dir, "smoke.js"))
 	if err != nil {
 		t.Fatalf("node smoke.js: %v\n%s\nlogs:\n%s", err, out, h.log.String())
