@@ -468,6 +468,9 @@ func (t *txSession) readHeader(hdr []byte) error {
 			readerPool.Put(t.cr)
 			t.cr = nil
 		}
+		if cap(t.buf) > 4<<10 {
+			t.buf = nil // nor a large message's body
+		}
 		if _, err := io.ReadFull(t.client, hdr); err != nil {
 			return err
 		}
