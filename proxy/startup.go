@@ -338,22 +338,8 @@ func applyParams(ctx context.Context, pc *pgconn.PgConn, params map[string]strin
 		switch name {
 		case "user", "database", "replication":
 		case "options":
-			f := strings.Fields(value)
-			for i := 0; i < len(f); i++ {
-				opt := f[i]
-				if opt == "-c" && i+1 < len(f) {
-					i++
-					opt = f[i]
-				} else if v, ok := strings.CutPrefix(opt, "-c"); ok {
-					opt = v
-				} else if v, ok := strings.CutPrefix(opt, "--"); ok {
-					opt = v
-				} else {
-					continue
-				}
-				if k, v, ok := strings.Cut(opt, "="); ok {
-					add(strings.ReplaceAll(k, "-", "_"), v)
-				}
+			for _, kv := range startupOptions(value) {
+				add(kv[0], kv[1])
 			}
 		case "client_encoding":
 			if !strings.EqualFold(value, "auto") {

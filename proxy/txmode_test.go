@@ -618,3 +618,33 @@ func TestTxModeServerKilledMidTransaction(t *testing.T) {
 		t.Fatalf("no working session after the server came back\nlogs:\n%s", h.log.String())
 	}
 }
+
+// TestStartupOptionsApplied: settings a client gives in its startup options parameter
+// (PGOPTIONS, libpq's options=) hold in its session, in both pool modes, and in transaction mode
+// they do not reach another client on the same server connection.
+func TestStartupOptionsApplied(t *testing.T) {
+	for _, mode := range []PoolMode{PoolSession, PoolTransaction} {
+		t.Run(string(mode), func(t *testing.T) {
+			h := newHarness(t, func(pc *pool.Config, c *Config) {
+				c.PoolMode = mode
+				pc.MaxConns = 1
+			})
+			ctx := ctxTimeout(t, 30*time.Second)
+			a := h.connect(t, ctx, h.url("postgres", pgtest.SuperuserPassword, "options=-c%20work_mem%3D3MB%20--lock-timeout%3D7s"))
+			for name, want := range map[string]string{"work_mem": "3MB", "lock_timeout": "7s"} {
+				var got string
+				if err := a.QueryRow(ctx, "SHOW "+name).Scan(&got); err != nil || got != want {
+					t.Errorf("%s = %q, %v; want %q", name, got, err, want)
+				}
+			}
+			if mode != PoolTransaction {
+				return
+			}
+			b := h.connect(t, ctx, h.superURL())
+			var got string
+			if err := b.QueryRow(ctx, "SHOW work_mem").Scan(&got); err != nil || got == "3MB" {
+				t.Errorf("other client: work_mem = %q, %v; leaked from the first client's options", got, err)
+			}
+		})
+	}
+}
