@@ -130,6 +130,18 @@ type sink struct {
 func newSink() *sink { return &sink{seen: make(map[seriesKey]struct{}, 512)} }
 
 func (k *sink) add(d *prometheus.Desc, t prometheus.ValueType, v float64, labels []string) {
+	m, err := prometheus.NewConstMetric(d, t, v, labels...)
+	k.keep(d, labels, m, err)
+}
+
+// addHistogram adds a histogram sample, with the same duplicate and error handling as add.
+func (k *sink) addHistogram(d *prometheus.Desc, h *histogramValue, labels []string) {
+	m, err := prometheus.NewConstHistogram(d, h.count, h.sum, h.buckets, labels...)
+	k.keep(d, labels, m, err)
+}
+
+// keep adds m unless its series was already emitted or building it failed.
+func (k *sink) keep(d *prometheus.Desc, labels []string, m prometheus.Metric, err error) {
 	key := seriesKey{desc: d}
 	switch len(labels) {
 	case 0:
@@ -144,28 +156,8 @@ func (k *sink) add(d *prometheus.Desc, t prometheus.ValueType, v float64, labels
 		k.duplicates++
 		return
 	}
-	m, err := prometheus.NewConstMetric(d, t, v, labels...)
 	if err != nil {
 		// Invalid UTF-8 in a label value or a wrong label count: skip the sample, keep the rest.
-		k.invalid++
-		k.lastErr = err
-		return
-	}
-	k.seen[key] = struct{}{}
-	k.metrics = append(k.metrics, m)
-}
-
-// addHistogram adds a histogram sample, with the same duplicate and error handling as add.
-func (k *sink) addHistogram(d *prometheus.Desc, h *histogramValue, labels []string) {
-	key := seriesKey{desc: d, labels: strings.Join(labels, "\xff")}
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if _, dup := k.seen[key]; dup {
-		k.duplicates++
-		return
-	}
-	m, err := prometheus.NewConstHistogram(d, h.count, h.sum, h.buckets, labels...)
-	if err != nil {
 		k.invalid++
 		k.lastErr = err
 		return

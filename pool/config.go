@@ -101,10 +101,10 @@ func Settings() []Setting {
 			}},
 		{Env: "DB_MAX_CONNECTIONS", Flag: "db.max-connections", Default: "20",
 			Help: "Maximum connections in the pool.",
-			Set:  int32Setter("DB_MAX_CONNECTIONS", func(c *Config) *int32 { return &c.MaxConns })},
+			Set:  intSetter("DB_MAX_CONNECTIONS", func(c *Config) *int32 { return &c.MaxConns })},
 		{Env: "DB_MIN_CONNECTIONS", Flag: "db.min-connections", Default: "5",
 			Help: "Connections opened and warmed at start and kept open.",
-			Set:  int32Setter("DB_MIN_CONNECTIONS", func(c *Config) *int32 { return &c.MinConns })},
+			Set:  intSetter("DB_MIN_CONNECTIONS", func(c *Config) *int32 { return &c.MinConns })},
 		{Env: "DB_CONNECTION_TIMEOUT", Flag: "db.connection-timeout", Default: "10000",
 			Help: "Timeout to open a connection or wait for a free one (milliseconds or Go duration).",
 			Set:  durationSetter("DB_CONNECTION_TIMEOUT", func(c *Config) *time.Duration { return &c.ConnectTimeout })},
@@ -335,7 +335,8 @@ func durationSetter(name string, field func(*Config) *time.Duration) func(*Confi
 	}
 }
 
-func int32Setter(name string, field func(*Config) *int32) func(*Config, string) error {
+// intSetter parses a whole number of at most 32 bits, for int and int32 fields alike.
+func intSetter[T int | int32](name string, field func(*Config) *T) func(*Config, string) error {
 	return func(c *Config, v string) error {
 		n, err := parseInt(name, v)
 		if err != nil {
@@ -344,21 +345,7 @@ func int32Setter(name string, field func(*Config) *int32) func(*Config, string) 
 		if n > math.MaxInt32 {
 			return fmt.Errorf("%s: %q is too large", name, v)
 		}
-		*field(c) = int32(n)
-		return nil
-	}
-}
-
-func intSetter(name string, field func(*Config) *int) func(*Config, string) error {
-	return func(c *Config, v string) error {
-		n, err := parseInt(name, v)
-		if err != nil {
-			return err
-		}
-		if n > math.MaxInt32 {
-			return fmt.Errorf("%s: %q is too large", name, v)
-		}
-		*field(c) = int(n)
+		*field(c) = T(n)
 		return nil
 	}
 }

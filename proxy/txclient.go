@@ -59,10 +59,11 @@ type txSession struct {
 	sc    *srvConn // held now; guarded by session.mu
 	state prometheus.Gauge
 
-	cr  *bufio.Reader // from readerPool while the client has bytes buffered
-	sw  *bufio.Writer // to the server connection, from writerPool while writing
-	swc *srvConn      // what sw writes to
-	buf []byte
+	cr      *bufio.Reader // from readerPool while the client has bytes buffered
+	sw      *bufio.Writer // to the server connection, from writerPool while writing
+	swc     *srvConn      // what sw writes to
+	buf     []byte
+	rewrite []byte // a Bind or Describe with the client's statement name replaced by the proxy's
 
 	wmu sync.Mutex
 	cw  *bufio.Writer // to the client, from writerPool
@@ -471,6 +472,9 @@ func (t *txSession) readHeader(hdr []byte) error {
 		if cap(t.buf) > 4<<10 {
 			t.buf = nil // nor a large message's body
 		}
+		if cap(t.rewrite) > 4<<10 {
+			t.rewrite = nil
+		}
 		if _, err := io.ReadFull(t.client, hdr); err != nil {
 			return err
 		}
@@ -500,6 +504,13 @@ func (t *txSession) queue(c *srvConn, e *entry) bool {
 	}
 	c.queue = append(c.queue, e)
 	return true
+}
+
+// queueLocked is queue under c's lock.
+func (t *txSession) queueLocked(c *srvConn, e *entry) {
+	c.mu.Lock()
+	t.queue(c, e)
+	c.mu.Unlock()
 }
 
 // answer makes up an answer for the client in its place in the stream: e.synth.
@@ -704,33 +715,31 @@ func (t *txSession) loop() {
 			continue
 		case 'B':
 			portal, rest := cbytes(body)
-			name, params := cstring(rest)
-			if st := t.stmts[name]; name != "" && st != nil {
+			name, params := cbytes(rest)
+			if st := t.stmts[string(name)]; len(name) > 0 && st != nil {
 				setBatch(st.op, st.sql)
 				pre = t.prepareOn(c, st, pre)
-				nb := make([]byte, 0, len(portal)+len(st.name)+2+len(params))
-				nb = append(append(nb, portal...), 0)
-				nb = append(append(nb, st.name...), 0)
-				body = append(nb, params...)
-			} else if name == "" {
+				// The body lives in t.buf: the rewrite goes to t.rewrite.
+				t.rewrite = append(append(t.rewrite[:0], portal...), 0)
+				t.rewrite = append(append(t.rewrite, st.name...), 0)
+				t.rewrite = append(t.rewrite, params...)
+				body = t.rewrite
+			} else if len(name) == 0 {
 				pre = t.unnamedOn(c, pre)
 			}
-			c.mu.Lock()
-			t.queue(c, &entry{kind: 'B'})
-			c.mu.Unlock()
+			t.queueLocked(c, &entry{kind: 'B'})
 		case 'D':
 			if len(body) > 0 && body[0] == 'S' {
-				name, _ := cstring(body[1:])
-				if st := t.stmts[name]; name != "" && st != nil {
+				name, _ := cbytes(body[1:])
+				if st := t.stmts[string(name)]; len(name) > 0 && st != nil {
 					pre = t.prepareOn(c, st, pre)
-					body = append(append([]byte{'S'}, st.name...), 0)
-				} else if name == "" {
+					t.rewrite = append(append(append(t.rewrite[:0], 'S'), st.name...), 0)
+					body = t.rewrite
+				} else if len(name) == 0 {
 					pre = t.unnamedOn(c, pre)
 				}
 			}
-			c.mu.Lock()
-			t.queue(c, &entry{kind: 'D'})
-			c.mu.Unlock()
+			t.queueLocked(c, &entry{kind: 'D'})
 		case 'C':
 			if len(body) > 0 && body[0] == 'S' {
 				name, _ := cstring(body[1:])
@@ -747,27 +756,19 @@ func (t *txSession) loop() {
 					continue
 				}
 			}
-			c.mu.Lock()
-			t.queue(c, &entry{kind: 'C'})
-			c.mu.Unlock()
+			t.queueLocked(c, &entry{kind: 'C'})
 		case 'E':
 			executed = true
-			c.mu.Lock()
-			t.queue(c, &entry{kind: 'E'})
-			c.mu.Unlock()
+			t.queueLocked(c, &entry{kind: 'E'})
 		case 'S':
 			if !batchSet {
 				batchOp, batchSQL = pool.OpOther, ""
 			}
-			c.mu.Lock()
-			t.queue(c, &entry{kind: 'S', start: start, op: batchOp, sql: batchSQL, measure: executed})
-			c.mu.Unlock()
+			t.queueLocked(c, &entry{kind: 'S', start: start, op: batchOp, sql: batchSQL, measure: executed})
 			t.batch++
 			start, batchSet, executed = time.Time{}, false, false
 		case 'F':
-			c.mu.Lock()
-			t.queue(c, &entry{kind: 'F', start: start, op: pool.OpOther, sql: "function call", measure: true})
-			c.mu.Unlock()
+			t.queueLocked(c, &entry{kind: 'F', start: start, op: pool.OpOther, sql: "function call", measure: true})
 			start = time.Time{}
 		}
 		if len(pre) > 0 {
@@ -786,6 +787,9 @@ func (t *txSession) loop() {
 		}
 		if cap(t.buf) > 1<<20 {
 			t.buf = nil
+		}
+		if cap(t.rewrite) > 1<<20 {
+			t.rewrite = nil
 		}
 	}
 }
@@ -869,9 +873,7 @@ func (t *txSession) writePending() {
 func (t *txSession) failRequest(c *srvConn, code, msg string) []byte {
 	e := &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: code, Message: msg}
 	b, _ := e.Encode(nil)
-	c.mu.Lock()
-	t.queue(c, &entry{kind: 'B', errMsg: b[5:]})
-	c.mu.Unlock()
+	t.queueLocked(c, &entry{kind: 'B', errMsg: b[5:]})
 	body := append([]byte{0}, noStatement...)
 	return append(body, 0, 0, 0, 0, 0, 0, 0)
 }
@@ -891,12 +893,7 @@ func (t *txSession) prepareOn(c *srvConn, st *pstmt, pre []byte) []byte {
 		return pre
 	}
 	pre = appendMsg(pre, 'P', st.parseBody())
-	if old := c.stmts.add(st, s.cfg.MaxPreparedStatements); old != nil {
-		s.m.stmtEvicted.Inc()
-		t.queue(c, &entry{kind: 'C', skip: true})
-		pre = appendMsg(pre, 'C', append(append([]byte{'S'}, old.name...), 0))
-	}
-	return pre
+	return t.addPrepared(c, st, pre)
 }
 
 // parseOn answers a client's named Parse of st: at once when c has st prepared, else by
@@ -920,6 +917,13 @@ func (t *txSession) parseOn(c *srvConn, st *pstmt, name string, pre []byte) []by
 	s.m.stmtMisses.Inc()
 	t.queue(c, &entry{kind: 'P', prepared: st, stmtName: name, stmt: st})
 	pre = appendMsg(pre, 'P', st.parseBody())
+	return t.addPrepared(c, st, pre)
+}
+
+// addPrepared records st as prepared on c (the caller holds c.mu and has appended its Parse to
+// pre), appending the Close of the statement it evicts.
+func (t *txSession) addPrepared(c *srvConn, st *pstmt, pre []byte) []byte {
+	s := t.srv
 	if old := c.stmts.add(st, s.cfg.MaxPreparedStatements); old != nil {
 		s.m.stmtEvicted.Inc()
 		t.queue(c, &entry{kind: 'C', skip: true})
