@@ -39,6 +39,7 @@ type txSession struct {
 	startWant map[string]string // tracked settings from the startup packet (SQL values)
 	want      map[string]string // tracked settings now; guarded by the holding connection's mu
 	stmts     map[string]*pstmt // the client's named statements
+	stmtBytes int               // text the client's named statements hold, bounded by maxClientStatementBytes
 	unnamed   []byte            // the body of the client's last unnamed Parse, to prepare it again elsewhere
 	unnamedN  uint64            // counts the client's unnamed Parses
 	// pending: named Parses and Closes of a batch begun without a server connection, answered
@@ -180,13 +181,13 @@ func (t *txSession) applyUndone() {
 	for _, e := range undone {
 		if e.closed {
 			if t.stmts[e.stmtName] == nil {
-				t.stmts[e.stmtName] = e.stmt
+				t.keepStmt(e.stmtName, e.stmt)
 				t.srv.stmts.ref(e.stmt) // the Close's put is undone too
 			}
 			continue
 		}
 		if t.stmts[e.stmtName] == e.stmt {
-			delete(t.stmts, e.stmtName)
+			t.dropStmt(e.stmtName, e.stmt)
 			t.srv.stmts.put(e.stmt)
 		}
 	}
@@ -196,8 +197,37 @@ func (t *txSession) applyUndone() {
 func (t *txSession) forgetStatements() {
 	for name, st := range t.stmts {
 		t.srv.stmts.put(st)
-		delete(t.stmts, name)
+		t.dropStmt(name, st)
 	}
+}
+
+// Bounds on one client's named statements in transaction mode, where the proxy keeps their
+// text: without them one client could make the proxy hold any amount of it.
+const (
+	maxClientStatements     = maxStatements
+	maxClientStatementBytes = 64 << 20
+)
+
+// statementRefused is the error for a named Parse of a statement of n bytes, or "" to accept it.
+func (t *txSession) statementRefused(name string, n int) (code, msg string) {
+	if _, dup := t.stmts[name]; dup {
+		return "42P05", fmt.Sprintf("prepared statement %q already exists", name)
+	}
+	if len(t.stmts) >= maxClientStatements || t.stmtBytes+n > maxClientStatementBytes {
+		return "53400", fmt.Sprintf("too many prepared statements in this session: the proxy keeps at most %d, of %d MiB of text in all; close some first",
+			maxClientStatements, maxClientStatementBytes>>20)
+	}
+	return "", ""
+}
+
+func (t *txSession) keepStmt(name string, st *pstmt) {
+	t.stmts[name] = st
+	t.stmtBytes += len(st.key)
+}
+
+func (t *txSession) dropStmt(name string, st *pstmt) {
+	delete(t.stmts, name)
+	t.stmtBytes -= len(st.key)
 }
 
 func clone(m map[string]string) map[string]string {
@@ -663,7 +693,7 @@ func (t *txSession) loop() {
 				case eff.dealloc != "":
 					if st := t.stmts[eff.dealloc]; st != nil {
 						s.stmts.put(st)
-						delete(t.stmts, eff.dealloc)
+						t.dropStmt(eff.dealloc, st)
 						body, e.emptyAs = []byte{0}, "DEALLOCATE"
 					}
 				}
@@ -702,13 +732,13 @@ func (t *txSession) loop() {
 			if skipped {
 				continue
 			}
-			if _, dup := t.stmts[name]; dup {
-				body = t.failRequest(c, "42P05", fmt.Sprintf("prepared statement %q already exists", name))
+			if code, msg := t.statementRefused(name, len(rest)); code != "" {
+				body = t.failRequest(c, code, msg)
 				typ = 'B'
 				break
 			}
 			st := s.stmts.get(string(rest))
-			t.stmts[name] = st
+			t.keepStmt(name, st)
 			if pre = t.parseOn(c, st, name, pre); len(pre) > 0 {
 				_, _ = t.sw.Write(pre)
 			}
@@ -750,7 +780,7 @@ func (t *txSession) loop() {
 					if skipped {
 						continue
 					}
-					delete(t.stmts, name)
+					t.dropStmt(name, st)
 					t.answer(c, &entry{synth: closeComplete, stmtName: name, stmt: st, closed: true})
 					s.stmts.put(st)
 					continue
@@ -818,17 +848,16 @@ func (t *txSession) answerAlone(typ byte, body []byte) bool {
 		if name == "" {
 			return false
 		}
-		if _, dup := t.stmts[name]; dup {
+		if code, msg := t.statementRefused(name, len(rest)); code != "" {
 			t.writePending()
-			e := &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "42P05",
-				Message: fmt.Sprintf("prepared statement %q already exists", name)}
+			e := &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: code, Message: msg}
 			b, _ := e.Encode(nil)
 			t.writeClient(b)
 			t.failed = true
 			return true
 		}
 		st := s.stmts.get(string(rest))
-		t.stmts[name] = st
+		t.keepStmt(name, st)
 		t.pending = append(t.pending, &entry{synth: parseComplete, stmtName: name, stmt: st})
 		return true
 	case 'C':
@@ -840,7 +869,7 @@ func (t *txSession) answerAlone(typ byte, body []byte) bool {
 		if name == "" || st == nil {
 			return false
 		}
-		delete(t.stmts, name)
+		t.dropStmt(name, st)
 		s.stmts.put(st)
 		t.pending = append(t.pending, &entry{synth: closeComplete, stmtName: name, stmt: st, closed: true})
 		return true

@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
 	"github.com/pgsidecar/pgsidecar/pool"
@@ -646,5 +647,54 @@ func TestStartupOptionsApplied(t *testing.T) {
 				t.Errorf("other client: work_mem = %q, %v; leaked from the first client's options", got, err)
 			}
 		})
+	}
+}
+
+// TestTxModeStatementsPerClientBounded: the proxy keeps each client's named statements, so it
+// refuses one more than maxClientStatements in-band (53400) and the session goes on.
+func TestTxModeStatementsPerClientBounded(t *testing.T) {
+	h := newTxHarness(t, 1, nil)
+	ctx := ctxTimeout(t, 60*time.Second)
+	c := h.pgconnect(t, ctx, "")
+	fe := c.Frontend()
+	for i := 0; i <= maxClientStatements; i++ {
+		fe.Send(&pgproto3.Parse{Name: fmt.Sprintf("s%d", i), Query: fmt.Sprintf("select %d", i)})
+		if i%1000 == 0 {
+			if err := fe.Flush(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	fe.Send(&pgproto3.Sync{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var parsed int
+	var refused *pgproto3.ErrorResponse
+	for {
+		msg, err := fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+			break
+		}
+		switch m := msg.(type) {
+		case *pgproto3.ParseComplete:
+			parsed++
+		case *pgproto3.ErrorResponse:
+			refused = m
+		}
+	}
+	if parsed != maxClientStatements || refused == nil || refused.Code != "53400" {
+		t.Fatalf("parsed %d, error %+v; want %d parsed, then 53400", parsed, refused, maxClientStatements)
+	}
+	// Still usable, and the statements it has run.
+	if got, err := simple(ctx, c, "select 1"); err != nil || got != "1" {
+		t.Fatalf("after the refusal: %q, %v", got, err)
+	}
+	res := c.ExecPrepared(ctx, "s7", nil, nil, nil).Read()
+	if res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != "7" {
+		t.Fatalf("statement s7: %v %v", res.Err, res.Rows)
 	}
 }
