@@ -845,7 +845,8 @@ func (t *txSession) answerAlone(typ byte, body []byte) bool {
 	switch typ {
 	case 'P':
 		name, rest := cstring(body)
-		if name == "" {
+		if sqlb, _ := cbytes(rest); name == "" || mayAffectSession(sqlb) {
+			// Statements that may pin the session are seen on a server connection.
 			return false
 		}
 		if code, msg := t.statementRefused(name, len(rest)); code != "" {

@@ -698,3 +698,27 @@ func TestTxModeStatementsPerClientBounded(t *testing.T) {
 		t.Fatalf("statement s7: %v %v", res.Err, res.Rows)
 	}
 }
+
+// TestTxModePinsPreparedSessionState: a named statement that takes session state pins its
+// client even when parsed while the client held no server connection (pgconn's Prepare sends
+// Parse, Describe and Sync at once), so its temporary table does not reach the next client.
+func TestTxModePinsPreparedSessionState(t *testing.T) {
+	h := newTxHarness(t, 2, nil)
+	ctx := ctxTimeout(t, 30*time.Second)
+	a := h.pgconnect(t, ctx, "")
+	if _, err := a.Prepare(ctx, "mk", "create temporary table pinned_t (i int)", nil); err != nil {
+		t.Fatal(err)
+	}
+	if res := a.ExecPrepared(ctx, "mk", nil, nil, nil).Read(); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	// The second client gets the other connection; the most recently used one would be the
+	// first client's, had it not been pinned.
+	b := h.pgconnect(t, ctx, "")
+	if _, err := simple(ctx, b, "create temporary table pinned_t (i int)"); err != nil {
+		t.Fatalf("the first client's temporary table reached the second client: %v", err)
+	}
+	if got := h.metric(t, "pgsidecar_proxy_pinned_sessions", map[string]string{"reason": "temp_table"}); got < 1 {
+		t.Errorf("pinned sessions (temp_table) = %v, want the first client", got)
+	}
+}
