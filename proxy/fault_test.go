@@ -320,7 +320,15 @@ func TestFrozenServerThroughProxy(t *testing.T) {
 		pc.HealthCheckInterval = time.Hour // no check touches the idle connections
 	})
 	h.waitIdle(t)
-	time.Sleep(1100 * time.Millisecond) // idle long enough that pgxpool pings them on acquire
+	// Both minimum connections open (on a loaded machine the second may still be logging in),
+	// then idle long enough that pgxpool pings them on acquire.
+	if !pgtest.WaitFor(20*time.Second, func() bool {
+		st := h.mgr.Stats()
+		return st.IdleConns >= 2 && st.ConstructingConns == 0
+	}) {
+		t.Fatalf("the pool did not open its minimum connections: %+v", h.mgr.Stats())
+	}
+	time.Sleep(1100 * time.Millisecond)
 	thaw, err := cluster.Freeze()
 	if err != nil {
 		t.Fatal(err)
