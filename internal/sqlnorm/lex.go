@@ -41,6 +41,11 @@ func Lex(sql string) ([]Token, error) { return lex(nil, sql, true) }
 // AppendTokens is Lex appending to toks, so that a caller lexing often can reuse one slice.
 func AppendTokens(toks []Token, sql string) ([]Token, error) { return lex(toks, sql, true) }
 
+// LexNonStandard is Lex as PostgreSQL reads text with standard_conforming_strings off, where a
+// backslash in a plain '...' string escapes the next character. A client may turn that setting
+// off, so what must hold under either reading checks both.
+func LexNonStandard(sql string) ([]Token, error) { return lex(nil, sql, false) }
+
 func lex(toks []Token, s string, standardStrings bool) ([]Token, error) {
 	i := 0
 	for i < len(s) {

@@ -1,0 +1,66 @@
+package sessionsql
+
+import (
+	"bytes"
+	"sync"
+)
+
+// Cache remembers the Effect of texts seen before, so that a repeated text costs a map lookup.
+// It holds at most maxCacheEntries texts of maxCacheBytes in all, starting afresh when full:
+// clients choose the texts, so nothing they send may grow it without bound.
+type Cache struct {
+	mu      sync.RWMutex
+	effects map[string]Effect
+	bytes   int
+}
+
+const (
+	maxCacheEntries = 20000
+	maxCacheBytes   = 16 << 20
+	// maxCachedText is the longest text cached; longer ones are analysed every time.
+	maxCachedText = 64 << 10
+)
+
+// Analyze returns Analyze(sql) for sql, with a trailing block comment (a sqlcommenter tag that
+// changes per request) left out of the cache key, and out of the reading too: a comment does
+// nothing.
+func (c *Cache) Analyze(sql []byte) Effect {
+	key := sql[:commentFree(sql)]
+	if len(key) > maxCachedText {
+		return Analyze(string(key))
+	}
+	c.mu.RLock()
+	e, ok := c.effects[string(key)]
+	c.mu.RUnlock()
+	if ok {
+		return e
+	}
+	k := string(key)
+	e = Analyze(k)
+	c.mu.Lock()
+	if c.effects == nil || len(c.effects) >= maxCacheEntries || c.bytes+len(k) > maxCacheBytes {
+		c.effects, c.bytes = map[string]Effect{}, 0
+	}
+	if _, dup := c.effects[k]; !dup {
+		c.effects[k] = e
+		c.bytes += len(k)
+	}
+	c.mu.Unlock()
+	return e
+}
+
+// commentFree returns the length of sql without its trailing /* ... */ comment, if it ends in
+// one that opens at its last "/*" and closes only at its very end. Where that "/*" is not a
+// comment's start after all (it stands in a string), the text before it cannot be lexed and
+// Analyze pins, which is the safe side.
+func commentFree(sql []byte) int {
+	s := bytes.TrimRight(sql, " \t\r\n;")
+	if !bytes.HasSuffix(s, []byte("*/")) {
+		return len(sql)
+	}
+	open := bytes.LastIndex(s, []byte("/*"))
+	if open < 0 || open+4 > len(s) || bytes.Index(s[open+2:], []byte("*/")) != len(s)-open-4 {
+		return len(sql)
+	}
+	return open
+}
