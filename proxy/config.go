@@ -87,6 +87,21 @@ const (
 
 func (m PoolMode) known() bool { return m == PoolSession || m == PoolTransaction }
 
+// PinPolicy is what transaction mode does with a statement that would pin its session.
+type PinPolicy string
+
+// Pin policies.
+const (
+	// PinPolicyPin pins the session to its server connection until the client leaves.
+	PinPolicyPin PinPolicy = "pin"
+	// PinPolicyError answers the statement with an in-band ERROR (SQLSTATE 0A000) instead, for
+	// applications that would rather know; a client that asked for a pinned session at login
+	// still gets one.
+	PinPolicyError PinPolicy = "error"
+)
+
+func (p PinPolicy) known() bool { return p == PinPolicyPin || p == PinPolicyError }
+
 // DefaultMaxMessageSize bounds one client protocol message. PostgreSQL itself accepts up to 1 GiB;
 // a smaller bound keeps one client from making the proxy buffer that much for a query text.
 const DefaultMaxMessageSize = 64 << 20
@@ -135,6 +150,8 @@ type Config struct {
 	// each server connection in transaction mode; the least recently used is closed to make
 	// room.
 	MaxPreparedStatements int
+	// PinPolicy is what transaction mode does with a statement that would pin its session.
+	PinPolicy PinPolicy
 	// AuthFailureLogInterval spaces the log lines of repeated client failures ("Proxy
 	// authentication failed", and connections closed at --proxy.max-startup-connections): the
 	// first is logged in full, the ones after it within the interval in one summary line with
@@ -187,6 +204,15 @@ func Settings() []Setting {
 					return fmt.Errorf("--proxy.pool-mode must be session or transaction, got '%s'", v)
 				}
 				c.PoolMode = PoolMode(v)
+				return nil
+			}},
+		{Flag: "proxy.pin-policy", Env: "PROXY_PIN_POLICY", Default: string(PinPolicyPin),
+			Help: "Transaction mode, a statement that would pin its session to one server connection (SET ROLE, a session advisory lock, a temporary table, LISTEN, ...): pin (keep the connection for the client until it leaves) or error (answer it with an in-band ERROR, SQLSTATE 0A000). A client may ask for a pinned session at login with options='-c pgsidecar.pool_mode=session'.",
+			Set: func(c *Config, v string) error {
+				if !PinPolicy(v).known() {
+					return fmt.Errorf("--proxy.pin-policy must be pin or error, got '%s'", v)
+				}
+				c.PinPolicy = PinPolicy(v)
 				return nil
 			}},
 		{Flag: "proxy.max-prepared-statements", Env: "PROXY_MAX_PREPARED_STATEMENTS", Default: "200",
@@ -271,6 +297,9 @@ func (c Config) Validate() error {
 	}
 	if !c.PoolMode.known() {
 		add("--proxy.pool-mode (%q) must be session or transaction", c.PoolMode)
+	}
+	if !c.PinPolicy.known() {
+		add("--proxy.pin-policy (%q) must be pin or error", c.PinPolicy)
 	}
 	if c.MaxPreparedStatements < 1 {
 		add("--proxy.max-prepared-statements (%d) must be at least 1", c.MaxPreparedStatements)

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pgsidecar/pgsidecar/internal/sessionsql"
 )
 
 // metrics are the proxy's own series. Query latency and errors of proxied traffic go to the pool
@@ -36,17 +38,8 @@ type metrics struct {
 	pinnedTotal  *prometheus.CounterVec
 }
 
-// Reasons a transaction-mode session is pinned to its server connection.
-const (
-	pinListen       = "listen"
-	pinAdvisoryLock = "advisory_lock"
-	pinTempTable    = "temp_table"
-	pinPrepare      = "prepare"
-	pinCursorHold   = "cursor_with_hold"
-	pinSet          = "set"
-)
-
-var pinReasons = []string{pinListen, pinAdvisoryLock, pinTempTable, pinPrepare, pinCursorHold, pinSet}
+// pinReasons are the reasons a transaction-mode session is pinned to its server connection.
+var pinReasons = sessionsql.Reasons
 
 func newMetrics(poolName string) *metrics {
 	labels := prometheus.Labels{"pool": poolName}
@@ -120,7 +113,7 @@ func newMetrics(poolName string) *metrics {
 		}),
 		pinned: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name:        "pgsidecar_proxy_pinned_sessions",
-			Help:        "Transaction-mode client sessions pinned to their server connection now, by the first reason (listen, advisory_lock, temp_table, prepare, cursor_with_hold, set).",
+			Help:        "Transaction-mode client sessions pinned to their server connection now, by the first reason (role, set_config, advisory_lock, listen, temp_table, prepare, cursor_with_hold, load, session_function, do_block, unknown_statement, unlexable, requested).",
 			ConstLabels: labels,
 		}, []string{"reason"}),
 		pinnedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{

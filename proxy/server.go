@@ -46,6 +46,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgsidecar/pgsidecar/internal/backoff"
+	"github.com/pgsidecar/pgsidecar/internal/sessionsql"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -73,6 +74,8 @@ type Server struct {
 	evictLog *logThrottle
 	txSet    *serverSet   // transaction mode's server connections
 	stmts    stmtRegistry // transaction mode's prepared statements
+	analysis sessionsql.Cache
+	pinLog   *logThrottle
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -112,6 +115,8 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 		o(s)
 	}
 	s.log = s.log.With("pool", mgr.Name())
+	s.stmts.analysis = &s.analysis
+	s.pinLog = &logThrottle{log: s.log, msg: "Proxy session pinned to its server connection", interval: cfg.AuthFailureLogInterval}
 	s.authLog = &logThrottle{log: s.log, msg: "Proxy authentication failed", interval: cfg.AuthFailureLogInterval}
 	s.evictLog = &logThrottle{log: s.log, msg: "Proxy closed the oldest connection still in startup: --proxy.max-startup-connections reached",
 		interval: cfg.AuthFailureLogInterval}
@@ -359,6 +364,7 @@ func (s *Server) Close() error {
 	}
 	s.authLog.stop()
 	s.evictLog.stop()
+	s.pinLog.stop()
 	if s.reg != nil {
 		for _, c := range s.m.collectors() {
 			s.reg.Unregister(c)

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,6 +16,8 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pgsidecar/pgsidecar/internal/fingerprint"
+	"github.com/pgsidecar/pgsidecar/internal/sessionsql"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -36,12 +40,18 @@ const noStatement = "pgsidecar_none"
 // txSession is a client session in transaction mode.
 type txSession struct {
 	*session
-	startWant map[string]string // tracked settings from the startup packet (SQL values)
-	want      map[string]string // tracked settings now; guarded by the holding connection's mu
-	stmts     map[string]*pstmt // the client's named statements
-	stmtBytes int               // text the client's named statements hold, bounded by maxClientStatementBytes
-	unnamed   []byte            // the body of the client's last unnamed Parse, to prepare it again elsewhere
-	unnamedN  uint64            // counts the client's unnamed Parses
+	startWant map[string]string   // settings from the startup packet, by lower-cased name
+	want      map[string]string   // the session's own settings as last read back; guarded by the holding connection's mu
+	custom    map[string]struct{} // custom settings the client has named, read back by name
+	wantPin   string              // a pin to take at the next checkout (asked for at login)
+	stmts     map[string]*pstmt   // the client's named statements
+	stmtBytes int                 // text the client's named statements hold, bounded by maxClientStatementBytes
+	unnamed   []byte              // the body of the client's last unnamed Parse, to prepare it again elsewhere
+	unnamedN  uint64              // counts the client's unnamed Parses
+	unnamedFx sessionsql.Effect   // what the unnamed statement does to the session
+	// What the current extended-protocol batch does, taken at its Sync.
+	batchResets  []string
+	batchDiscard bool
 	// pending: named Parses and Closes of a batch begun without a server connection, answered
 	// when the batch needs none (Sync, Flush) or sent ahead of the first request that does.
 	pending []*entry
@@ -238,10 +248,67 @@ func clone(m map[string]string) map[string]string {
 	return out
 }
 
-// tracks reports whether the session carries the setting from connection to connection.
-func (t *txSession) tracks(name string) bool {
-	_, ok := t.startWant[name]
-	return ok || trackedParams[name]
+// maxCustomSettings bounds the custom settings one client may name; one more pins it, since
+// the proxy could no longer read them all back.
+const maxCustomSettings = 100
+
+// takeEffect applies what a client's statement does to the session before it is sent: a pin,
+// or settings to read back before the connection goes to anyone else. c.mu is held.
+func (t *txSession) takeEffect(c *srvConn, eff *sessionsql.Effect, sqlb []byte) {
+	if eff.Pin != "" {
+		t.pinFor(eff.Pin, sqlb)
+	}
+	if !eff.Settings {
+		return
+	}
+	c.dirty++
+	for _, n := range eff.Custom {
+		if _, ok := t.custom[n]; ok {
+			continue
+		}
+		if len(t.custom) >= maxCustomSettings {
+			t.pinFor(sessionsql.PinSetConfig, sqlb)
+			return
+		}
+		t.custom[n] = struct{}{}
+	}
+}
+
+// pinFor pins the session, logging the statement that did it (rate-limited) so that operators
+// can find what pins. c.mu is held.
+func (t *txSession) pinFor(reason string, sqlb []byte) {
+	if t.pin != "" {
+		return
+	}
+	t.setPin(reason)
+	fp := "unnormalisable"
+	if f, err := fingerprint.Sum(string(sqlb)); err == nil {
+		fp = f.String()
+	}
+	t.srv.pinLog.event("reason", reason, "fingerprint", fp, "user", t.user, "client", t.remote)
+}
+
+// pinRefusal is the in-band error that answers a statement that would pin the session when
+// --proxy.pin-policy is error, or nil when it may pin.
+func (t *txSession) pinRefusal(reason string) []byte {
+	if reason == "" || t.srv.cfg.PinPolicy != PinPolicyError || t.pin != "" {
+		return nil
+	}
+	e := &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "0A000",
+		Message: fmt.Sprintf("this statement would pin the session to one server connection (%s), which --proxy.pin-policy=error refuses", reason),
+		Hint:    "Connect with options='-c " + requestPinOption + "=session' for a session of your own."}
+	b, _ := e.Encode(nil)
+	return b[5:]
+}
+
+// restoreMsg is a Query restoring the client's start-up values of the settings in resets, or nil.
+func (t *txSession) restoreMsg(resets []string) []byte {
+	sql := restoreSQL(t.startWant, resets)
+	if sql == "" {
+		return nil
+	}
+	b, _ := (&pgproto3.Query{String: sql}).Encode(nil)
+	return b
 }
 
 // setPin pins the session to its server connection. The connection's mu is held.
@@ -263,7 +330,11 @@ func (t *txSession) unpin() {
 
 // runTx serves a logged-in client in transaction mode until it leaves.
 func (s *Server) runTx(sess *session, params map[string]string) {
-	t := &txSession{session: sess, startWant: startupWant(params), stmts: map[string]*pstmt{}}
+	t := &txSession{session: sess, startWant: startupWant(params), stmts: map[string]*pstmt{},
+		custom: map[string]struct{}{}}
+	if requestsPin(params) {
+		t.wantPin = sessionsql.PinRequested
+	}
 	t.want = clone(t.startWant)
 	t.cr = sess.cr
 	t.cw = sess.cw
@@ -381,6 +452,10 @@ func (t *txSession) hold() (*srvConn, error) {
 	t.server = c.pc
 	t.mu.Unlock()
 	t.setState(s.m.active)
+	if t.wantPin != "" {
+		t.setPin(t.wantPin)
+		t.wantPin = ""
+	}
 	apply := c.settingsFor(t.want)
 	if apply != "" {
 		c.queue = append(c.queue, &entry{kind: 'Q', skip: true})
@@ -397,20 +472,24 @@ func (t *txSession) hold() (*srvConn, error) {
 // settingsFor returns the SQL that brings the connection's tracked settings to want, or "".
 // c.mu is held; the connection's settings are then want's.
 func (c *srvConn) settingsFor(want map[string]string) string {
-	var sql []byte
+	var sets []string
 	for name, v := range want {
-		if c.params[name] != v {
-			sql = fmt.Appendf(sql, "SET %s TO %s;", name, v)
+		if cur, ok := c.params[name]; !ok || cur != v {
+			sets = append(sets, "pg_catalog.set_config("+literal(name)+", "+literal(v)+", false)")
 			c.params[name] = v
 		}
 	}
+	var sql string
+	if len(sets) > 0 {
+		sql = "SELECT " + strings.Join(sets, ", ") + ";"
+	}
 	for name := range c.params {
 		if _, ok := want[name]; !ok {
-			sql = fmt.Appendf(sql, "RESET %s;", name)
+			sql += "RESET " + settingIdent(name) + ";"
 			delete(c.params, name)
 		}
 	}
-	return string(sql)
+	return sql
 }
 
 func (t *txSession) bindWriter(c *srvConn) {
@@ -641,7 +720,8 @@ func (t *txSession) loop() {
 		if start.IsZero() {
 			start = time.Now() // the wait for a server connection is not the query's time
 		}
-		var pre []byte // messages the proxy sends first, on the client's behalf
+		var pre []byte  // messages the proxy sends first, on the client's behalf
+		var post []byte // and after, on the client's behalf
 		for _, p := range t.pending {
 			if p.closed {
 				t.answer(c, p)
@@ -656,50 +736,18 @@ func (t *txSession) loop() {
 			sql := sqlPrefix(sqlb)
 			e := &entry{kind: 'Q', start: start, op: pool.ClassifyOperation(sql), sql: sql, measure: true}
 			start = time.Time{}
-			if mayAffectSession(sqlb) {
-				eff := analyze(string(sqlb))
-				c.mu.Lock()
-				t.setPin(eff.pin)
-				changes := eff.changes[:0]
-				for _, ch := range eff.changes {
-					switch {
-					case ch.all || t.tracks(ch.name):
-						changes = append(changes, ch)
-					case ch.value != "":
-						t.setPin(pinSet) // RESET of a setting no one changed is harmless
-					}
-				}
-				eff.changes = changes
-				if eff.discard {
-					// Whether or not it succeeds, the statements the client can still use are
-					// the server's, which the proxy does not track for a pinned session.
-					t.want = clone(t.startWant)
-					t.unnamed = nil
-				}
-				pinned := t.pin != ""
-				c.mu.Unlock()
-				e.changes, e.discard = eff.changes, eff.discard
-				if eff.discard {
-					t.forgetStatements()
-				}
-				switch {
-				case eff.dealloc == "*":
-					t.forgetStatements()
-					if !pinned {
-						body, e.emptyAs = []byte{0}, "DEALLOCATE ALL"
-					} else {
-						e.deallocAll = true
-					}
-				case eff.dealloc != "":
-					if st := t.stmts[eff.dealloc]; st != nil {
-						s.stmts.put(st)
-						t.dropStmt(eff.dealloc, st)
-						body, e.emptyAs = []byte{0}, "DEALLOCATE"
-					}
+			if eff := s.analysis.Analyze(sqlb); !eff.Harmless() {
+				if refusal := t.pinRefusal(eff.Pin); refusal != nil {
+					body, e.errMsg = failingQuery, refusal
+				} else {
+					body, post = t.queryEffect(c, e, &eff, sqlb, body)
 				}
 			}
 			c.mu.Lock()
 			t.queue(c, e)
+			if post != nil {
+				t.queue(c, &entry{kind: 'Q', skip: true, quiet: true})
+			}
 			c.unnamedBy = nil // a simple Query drops the unnamed statement
 			c.mu.Unlock()
 		case 'P':
@@ -707,12 +755,19 @@ func (t *txSession) loop() {
 			sqlb, _ := cbytes(rest)
 			sql := sqlPrefix(sqlb)
 			setBatch(pool.ClassifyOperation(sql), sql)
-			if mayAffectSession(sqlb) {
+			eff := s.analysis.Analyze(sqlb)
+			if refusal := t.pinRefusal(eff.Pin); refusal != nil {
+				body = t.failRequest(c, refusal)
+				typ = 'B'
+				break
+			}
+			if eff.Pin != "" {
 				c.mu.Lock()
-				t.setPin(analyze(string(sqlb)).pin)
+				t.pinFor(eff.Pin, sqlb)
 				c.mu.Unlock()
 			}
 			if name == "" {
+				t.unnamedFx = eff
 				if len(body) <= 64<<10 {
 					t.unnamed = append(t.unnamed[:0], body...)
 				} else {
@@ -733,7 +788,7 @@ func (t *txSession) loop() {
 				continue
 			}
 			if code, msg := t.statementRefused(name, len(rest)); code != "" {
-				body = t.failRequest(c, code, msg)
+				body = t.failRequest(c, errorBody(code, msg))
 				typ = 'B'
 				break
 			}
@@ -746,18 +801,20 @@ func (t *txSession) loop() {
 		case 'B':
 			portal, rest := cbytes(body)
 			name, params := cbytes(rest)
+			eff := &t.unnamedFx
 			if st := t.stmts[string(name)]; len(name) > 0 && st != nil {
-				setBatch(st.op, st.sql)
+				eff = &st.eff
 				pre = t.prepareOn(c, st, pre)
 				// The body lives in t.buf: the rewrite goes to t.rewrite.
 				t.rewrite = append(append(t.rewrite[:0], portal...), 0)
 				t.rewrite = append(append(t.rewrite, st.name...), 0)
 				t.rewrite = append(t.rewrite, params...)
 				body = t.rewrite
+				setBatch(st.op, st.sql)
 			} else if len(name) == 0 {
 				pre = t.unnamedOn(c, pre)
 			}
-			t.queueLocked(c, &entry{kind: 'B'})
+			t.bindEffect(c, eff)
 		case 'D':
 			if len(body) > 0 && body[0] == 'S' {
 				name, _ := cbytes(body[1:])
@@ -794,7 +851,15 @@ func (t *txSession) loop() {
 			if !batchSet {
 				batchOp, batchSQL = pool.OpOther, ""
 			}
-			t.queueLocked(c, &entry{kind: 'S', start: start, op: batchOp, sql: batchSQL, measure: executed})
+			sync := &entry{kind: 'S', start: start, op: batchOp, sql: batchSQL, measure: executed, discard: t.batchDiscard}
+			post = t.restoreMsg(t.batchResets)
+			c.mu.Lock()
+			t.queue(c, sync)
+			if post != nil {
+				t.queue(c, &entry{kind: 'Q', skip: true, quiet: true})
+			}
+			c.mu.Unlock()
+			t.batchResets, t.batchDiscard = t.batchResets[:0], false
 			t.batch++
 			start, batchSet, executed = time.Time{}, false, false
 		case 'F':
@@ -814,6 +879,10 @@ func (t *txSession) loop() {
 			if readErr, _ := copyBody(t.sw, t.cr, n); readErr != nil {
 				return
 			}
+		}
+		if post != nil {
+			_, _ = t.sw.Write(post)
+			post = nil
 		}
 		if cap(t.buf) > 1<<20 {
 			t.buf = nil
@@ -845,7 +914,7 @@ func (t *txSession) answerAlone(typ byte, body []byte) bool {
 	switch typ {
 	case 'P':
 		name, rest := cstring(body)
-		if sqlb, _ := cbytes(rest); name == "" || mayAffectSession(sqlb) {
+		if sqlb, _ := cbytes(rest); name == "" || !s.analysis.Analyze(sqlb).Harmless() {
 			// Statements that may pin the session are seen on a server connection.
 			return false
 		}
@@ -900,10 +969,8 @@ func (t *txSession) writePending() {
 // does not exist), with the error replaced by the proxy's: the client gets it in-band, in its
 // place among the answers, and the server skips the rest of the batch and fails the
 // transaction as PostgreSQL would. It returns the Bind's body.
-func (t *txSession) failRequest(c *srvConn, code, msg string) []byte {
-	e := &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: code, Message: msg}
-	b, _ := e.Encode(nil)
-	t.queueLocked(c, &entry{kind: 'B', errMsg: b[5:]})
+func (t *txSession) failRequest(c *srvConn, errMsg []byte) []byte {
+	t.queueLocked(c, &entry{kind: 'B', errMsg: errMsg})
 	body := append([]byte{0}, noStatement...)
 	return append(body, 0, 0, 0, 0, 0, 0, 0)
 }
@@ -984,44 +1051,66 @@ func appendMsg(b []byte, typ byte, body []byte) []byte {
 	return append(b, body...)
 }
 
-// sessionWords are the first words of the statements analyze looks at.
-var sessionWords = map[string]bool{"set": true, "reset": true, "listen": true, "prepare": true, "declare": true,
-	"create": true, "discard": true, "deallocate": true}
+// errorBody is the body of an ErrorResponse of the proxy's.
+func errorBody(code, msg string) []byte {
+	e := &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: code, Message: msg}
+	b, _ := e.Encode(nil)
+	return b[5:]
+}
 
-// mayAffectSession is a quick test of SQL text for statements transaction mode must look at
-// (analyze), so that ordinary queries cost no parsing.
-func mayAffectSession(b []byte) bool {
-	i := 0
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
+// failingQuery is a Query body the server fails in-band, where the proxy answers a Query with
+// an error of its own (entry.errMsg replaces the server's): the transaction then fails as
+// PostgreSQL would fail it.
+var failingQuery = []byte("SELECT 1/0\x00")
+
+// queryEffect applies what a simple Query's statements do to the session, and returns the body
+// to send (a DEALLOCATE of the proxy's own statements is answered without the server) and a
+// Query to send after it (start-up values to restore), or nil.
+func (t *txSession) queryEffect(c *srvConn, e *entry, eff *sessionsql.Effect, sqlb, body []byte) ([]byte, []byte) {
+	s := t.srv
+	c.mu.Lock()
+	t.takeEffect(c, eff, sqlb)
+	pinned := t.pin != ""
+	c.mu.Unlock()
+	e.discard = eff.Discard
+	if eff.Discard {
+		// Whether or not it succeeds, the statements the client can still use are the
+		// server's, which the proxy does not track for a pinned session.
+		t.unnamed = nil
+		t.forgetStatements()
 	}
-	if i < len(b) && (b[i] == '-' || b[i] == '/') {
-		return true // a comment first: let analyze skip it
-	}
-	var w [10]byte
-	k := 0
-	for j := i; j < len(b) && k < len(w); j++ {
-		ch := b[j] | 0x20
-		if ch < 'a' || ch > 'z' {
-			break
-		}
-		w[k] = ch
-		k++
-	}
-	if sessionWords[string(w[:k])] {
-		return true
-	}
-	for j := i; j < len(b); j++ {
-		switch b[j] {
-		case ';':
-			if j < len(b)-1 {
-				return true
+	alone := eff.Statements == 1
+	for _, name := range eff.Dealloc {
+		if name == "*" {
+			t.forgetStatements()
+			if !pinned && alone {
+				body, e.emptyAs = []byte{0}, "DEALLOCATE ALL"
+			} else {
+				e.deallocAll = true
 			}
-		case 'a', 'A':
-			if j+4 <= len(b) && (b[j+1]|0x20) == 'd' && (b[j+2]|0x20) == 'v' && (b[j+3]|0x20) == 'i' {
-				return true
-			}
+			continue
+		}
+		if st := t.stmts[name]; st != nil && alone {
+			s.stmts.put(st)
+			t.dropStmt(name, st)
+			body, e.emptyAs = []byte{0}, "DEALLOCATE"
 		}
 	}
-	return false
+	return body, t.restoreMsg(eff.Resets)
+}
+
+// bindEffect queues the entry of a Bind of a statement with effect eff, and takes what running
+// it does to the session.
+func (t *txSession) bindEffect(c *srvConn, eff *sessionsql.Effect) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t.queue(c, &entry{kind: 'B'})
+	if eff.Harmless() {
+		return
+	}
+	t.takeEffect(c, eff, nil)
+	t.batchResets = append(t.batchResets, eff.Resets...)
+	if eff.Discard || slices.Contains(eff.Dealloc, "*") {
+		t.batchDiscard = true
+	}
 }

@@ -429,7 +429,9 @@ func TestTxModePins(t *testing.T) {
 			"select count(*) from pg_prepared_statements where name = 'pinned_q'", "0"},
 		{"cursor_with_hold", []string{"declare pinned_cur cursor with hold for select generate_series(1, 3)", "fetch 1 from pinned_cur"}, "fetch 1 from pinned_cur", "2",
 			"select count(*) from pg_cursors where name = 'pinned_cur'", "0"},
-		{"set", []string{"set work_mem = '7MB'"}, "show work_mem", "7MB", "show work_mem", "4MB"},
+		{"role", []string{"set role pg_monitor"}, "select current_user", "pg_monitor", "select current_user", "postgres"},
+		{"set_config", []string{"select set_config('pgsidecar_test' || '.x', 'y', false)"},
+			"select current_setting('pgsidecar_test.x', true)", "y", "select coalesce(nullif(current_setting('pgsidecar_test.x', true), ''), 'none')", "none"},
 	} {
 		t.Run(tc.reason, func(t *testing.T) {
 			a := h.pgconnect(t, ctx, "")
@@ -467,8 +469,8 @@ func TestTxModePins(t *testing.T) {
 			}
 		})
 	}
-	if got := h.metric(t, "pgsidecar_proxy_pinned_sessions_total", nil); got != 6 {
-		t.Errorf("pinned sessions total = %v, want 6", got)
+	if got := h.metric(t, "pgsidecar_proxy_pinned_sessions_total", nil); got != 7 {
+		t.Errorf("pinned sessions total = %v, want 7", got)
 	}
 }
 

@@ -7,14 +7,15 @@ import (
 	"errors"
 	"io"
 	"net"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgsidecar/pgsidecar/internal/sessionsql"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -29,6 +30,7 @@ type entry struct {
 	kind  byte   // the request's message type: Query, Parse, Bind, ...; 0 for a made-up answer
 	batch uint64 // the client's extended-protocol batch: requests up to and including a Sync
 	skip  bool   // injected by the proxy: the answers (but errors) are not the client's
+	quiet bool   // injected by the proxy: not even its errors are the client's
 	synth []byte // the made-up answer (kind 0)
 	// A made-up answer to a named Parse or Close: the client's statement it added or removed,
 	// undone when the server skips the request.
@@ -41,10 +43,15 @@ type entry struct {
 	emptyAs  string // the CommandComplete tag that replaces an EmptyQueryResponse
 
 	// Effects on the session state once a Query succeeds.
-	changes    []paramChange
 	discard    bool // DISCARD ALL: every statement and setting of the connection is gone
 	deallocAll bool // DEALLOCATE ALL: every statement of the connection is gone
 	failed     bool
+
+	// A read-back of the session's settings (readBackSQL): the rows, and the connection's
+	// dirty count it covers.
+	readBack bool
+	rows     [][2]string
+	seq      uint64
 
 	// Measurement of a Query, Sync or FunctionCall.
 	start   time.Time
@@ -65,25 +72,29 @@ type srvConn struct {
 	born   time.Time
 	exited chan struct{} // readLoop returned
 
-	mu         sync.Mutex
-	client     *txSession // holding the connection, or nil
-	queue      []*entry
-	status     byte // the last ReadyForQuery status
-	copying    byte // 'G' in COPY FROM STDIN, 'H' in COPY TO STDOUT, 0 otherwise
-	errSkip    bool // the server skips the client's messages up to the Sync of errBatch
-	errBatch   uint64
-	batchErr   *pgconn.PgError // the first error since the last ReadyForQuery
-	writing    bool            // the client is writing to the connection: it stays attached
-	cancelling bool            // a cancel request for a client that left is on its way
-	discardDue bool            // a pinned client left: DISCARD ALL before reuse
-	stopping   bool            // retire stops readLoop
-	broken     bool
-	idleSince  time.Time
-	stmts      stmtLRU
-	params     map[string]string // tracked settings as the proxy or clients set them; absent: the connection's default
-	reported   map[string]string // the server's ParameterStatus values
-	unnamedBy  *txSession        // whose unnamed statement the server holds
-	unnamedN   uint64            // and which of its unnamed Parses
+	mu          sync.Mutex
+	client      *txSession // holding the connection, or nil
+	queue       []*entry
+	status      byte // the last ReadyForQuery status
+	copying     byte // 'G' in COPY FROM STDIN, 'H' in COPY TO STDOUT, 0 otherwise
+	errSkip     bool // the server skips the client's messages up to the Sync of errBatch
+	errBatch    uint64
+	batchErr    *pgconn.PgError // the first error since the last ReadyForQuery
+	writing     bool            // the client is writing to the connection: it stays attached
+	cancelling  bool            // a cancel request for a client that left is on its way
+	discardDue  bool            // a pinned client left: DISCARD ALL before reuse
+	stopping    bool            // retire stops readLoop
+	broken      bool
+	idleSince   time.Time
+	stmts       stmtLRU
+	params      map[string]string // the session's own settings, as last read back or set by the proxy
+	dirty       uint64            // counts requests that may have changed settings ...
+	clean       uint64            // ... up to the one the last read-back covered
+	readingBack bool
+	capturing   atomic.Bool       // a read-back's rows are coming: readLoop reads DataRows
+	reported    map[string]string // the server's ParameterStatus values
+	unnamedBy   *txSession        // whose unnamed statement the server holds
+	unnamedN    uint64            // and which of its unnamed Parses
 }
 
 func (c *srvConn) head() *entry {
@@ -172,7 +183,7 @@ func (c *srvConn) readLoop() {
 			return
 		}
 		// The messages the proxy reads: the rest are copied through.
-		inspect := typ == 'Z' || typ == 'E' || typ == 'S' || typ == 'I'
+		inspect := typ == 'Z' || typ == 'E' || typ == 'S' || typ == 'I' || typ == 'D' && c.capturing.Load()
 		if inspect {
 			if cap(body) < n {
 				body = make([]byte, n)
@@ -201,9 +212,19 @@ func (c *srvConn) readLoop() {
 			name, rest := cstring(body)
 			value, _ := cstring(rest)
 			c.reported[name] = value
-			if ln := strings.ToLower(name); forward && cl.tracks(ln) {
-				cl.want[ln] = quoteLiteral(value)
-				c.params[ln] = quoteLiteral(value)
+			if forward {
+				// A client's request changed a setting (in a function, maybe, out of the
+				// analysis's sight): read the settings back before anyone else gets the
+				// connection.
+				c.dirty++
+			}
+		case 'D':
+			if h != nil && h.readBack {
+				if row, ok := textRow(body); ok {
+					h.rows = append(h.rows, row)
+				} else {
+					h.failed = true
+				}
 			}
 		case 'E':
 			e := decodeError(body)
@@ -215,7 +236,7 @@ func (c *srvConn) readLoop() {
 			}
 			// The client's request failed, also when the proxy sent it on its behalf (a
 			// statement prepared for its Bind).
-			forward = cl != nil && (h == nil || h.done == nil)
+			forward = cl != nil && (h == nil || h.done == nil && !h.quiet)
 			if h != nil && h.errMsg != nil {
 				replace = h.errMsg
 			}
@@ -349,6 +370,9 @@ func (c *srvConn) readyForQuery(h *entry, status byte, cl *txSession) {
 		}
 		h.done <- err
 	}
+	if h.readBack {
+		c.readBackDone(h, status, cl)
+	}
 	if !h.failed {
 		if h.discard || h.deallocAll {
 			c.stmts.clear()
@@ -356,27 +380,8 @@ func (c *srvConn) readyForQuery(h *entry, status byte, cl *txSession) {
 		}
 		if h.discard {
 			clear(c.params)
-			if cl != nil {
-				cl.unpin() // DISCARD ALL drops whatever pinned the session
-			}
-		}
-		for _, ch := range h.changes {
-			switch {
-			case ch.all:
-				clear(c.params)
-				if cl != nil {
-					cl.want = map[string]string{}
-				}
-			case ch.value == "":
-				delete(c.params, ch.name)
-				if cl != nil {
-					delete(cl.want, ch.name)
-				}
-			default:
-				c.params[ch.name] = ch.value
-				if cl != nil {
-					cl.want[ch.name] = ch.value
-				}
+			if cl != nil && unpinnedByDiscard[cl.pin] {
+				cl.unpin() // DISCARD ALL drops what pinned the session
 			}
 		}
 	}
@@ -415,6 +420,10 @@ func (c *srvConn) settle() {
 	}
 	if cl := c.client; cl != nil {
 		if c.status == 'I' && !c.writing && cl.pin == "" {
+			if c.dirty != c.clean {
+				c.startReadBack(cl)
+				return
+			}
 			cl.detach(c)
 			c.set.put(c)
 		}
@@ -429,7 +438,14 @@ func (c *srvConn) settle() {
 		c.inject("ROLLBACK", false)
 	case c.discardDue:
 		c.discardDue = false
+		c.clean = c.dirty
 		c.inject("DISCARD ALL", true)
+	case c.dirty != c.clean:
+		// Its client left with settings of its own that were not read back: no one else gets
+		// them.
+		c.clean = c.dirty
+		clear(c.params)
+		c.inject("RESET ALL", false)
 	default:
 		c.set.put(c)
 	}
@@ -501,4 +517,73 @@ func (c *srvConn) cancelFor() {
 	c.cancelling = false
 	c.settle()
 	c.mu.Unlock()
+}
+
+// unpinnedByDiscard are the pin reasons whose state DISCARD ALL drops, so that the session may
+// move again. A loaded library, a dblink connection, a random seed or what an unknown statement
+// did stay, and so does the pin.
+var unpinnedByDiscard = map[string]bool{
+	sessionsql.PinRole: true, sessionsql.PinSetConfig: true, sessionsql.PinAdvisoryLock: true,
+	sessionsql.PinListen: true, sessionsql.PinTempTable: true, sessionsql.PinPrepare: true,
+	sessionsql.PinCursorHold: true,
+}
+
+// startReadBack asks the server for the session's own settings, before the connection goes
+// back to the set. c.mu is held; nothing else is being written to the connection.
+func (c *srvConn) startReadBack(cl *txSession) {
+	if c.readingBack {
+		return
+	}
+	c.readingBack = true
+	c.capturing.Store(true)
+	c.queue = append(c.queue, &entry{kind: 'Q', skip: true, quiet: true, readBack: true, seq: c.dirty})
+	b, _ := (&pgproto3.Query{String: readBackSQL(cl.custom)}).Encode(nil)
+	_ = c.net.SetWriteDeadline(time.Now().Add(c.set.s.cfg.ResetTimeout))
+	if _, err := c.net.Write(b); err != nil {
+		_ = c.net.Close() // readLoop sees it and drops the connection
+	}
+	_ = c.net.SetWriteDeadline(time.Time{})
+}
+
+// readBackDone takes the settings a read-back found as the client's and the connection's.
+// c.mu is held.
+func (c *srvConn) readBackDone(h *entry, status byte, cl *txSession) {
+	c.readingBack = false
+	c.capturing.Store(false)
+	if h.failed || status != 'I' {
+		// Nothing can tell what the session holds: no one else may have it.
+		_ = c.net.Close()
+		return
+	}
+	params := make(map[string]string, len(h.rows))
+	for _, r := range h.rows {
+		params[r[0]] = r[1]
+	}
+	c.params = params
+	if cl != nil {
+		cl.want = clone(params)
+	}
+	c.clean = h.seq
+}
+
+// textRow reads a DataRow of two non-null text columns.
+func textRow(b []byte) ([2]string, bool) {
+	var row [2]string
+	if len(b) < 2 || binary.BigEndian.Uint16(b) != 2 {
+		return row, false
+	}
+	b = b[2:]
+	for i := range row {
+		if len(b) < 4 {
+			return row, false
+		}
+		n := int(int32(binary.BigEndian.Uint32(b)))
+		b = b[4:]
+		if n < 0 || n > len(b) {
+			return row, false
+		}
+		row[i] = string(b[:n])
+		b = b[n:]
+	}
+	return row, true
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/pgsidecar/pgsidecar/internal/sessionsql"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -23,6 +24,7 @@ type pstmt struct {
 	refs int    // client statements mapped to it
 	op   pool.Operation
 	sql  string
+	eff  sessionsql.Effect // what running it does to the session
 }
 
 // parseBody is the body of a Parse that prepares st under its server-side name.
@@ -35,6 +37,8 @@ func (st *pstmt) parseBody() []byte {
 
 // stmtRegistry holds the proxy-wide statements, keyed by text and parameter types.
 type stmtRegistry struct {
+	analysis *sessionsql.Cache
+
 	mu    sync.Mutex
 	byKey map[string]*pstmt
 	next  uint64
@@ -52,7 +56,7 @@ func (r *stmtRegistry) get(key string) *pstmt {
 	sqlb, _ := cbytes([]byte(key))
 	sql := sqlPrefix(sqlb)
 	st := &pstmt{key: key, name: "pgsidecar_" + strconv.FormatUint(r.next, 10), refs: 1,
-		op: pool.ClassifyOperation(sql), sql: sql}
+		op: pool.ClassifyOperation(sql), sql: sql, eff: r.analysis.Analyze(sqlb)}
 	if r.byKey == nil {
 		r.byKey = map[string]*pstmt{}
 	}
@@ -122,20 +126,9 @@ func (l *stmtLRU) clear() {
 	l.at = nil
 }
 
-// trackedParams are the settings drivers rely on that transaction mode carries from server
-// connection to server connection, lower-cased, besides those a client gives in its startup
-// packet. A SET of any other setting pins the session.
-var trackedParams = map[string]bool{
-	"client_encoding": true, "datestyle": true, "timezone": true, "intervalstyle": true,
-	"standard_conforming_strings": true, "extra_float_digits": true, "application_name": true,
-	"search_path": true,
-}
-
-// quoteLiteral makes v an SQL string literal.
-func quoteLiteral(v string) string { return "'" + strings.ReplaceAll(v, "'", "''") + "'" }
-
-// startupWant is the settings a client asked for in its startup packet, lower-cased, as SQL
-// values. Names that are not plain identifiers are left out, as session mode leaves them.
+// startupWant is the settings a client asked for in its startup packet, by lower-cased name,
+// as the values it gave. Names that are not plain identifiers are left out, as session mode
+// leaves them; so is the proxy's own option (requestPinOption).
 func startupWant(params map[string]string) map[string]string {
 	want := map[string]string{}
 	add := func(name, value string) {
@@ -145,10 +138,10 @@ func startupWant(params map[string]string) map[string]string {
 				return
 			}
 		}
-		if n == "client_encoding" && strings.EqualFold(value, "auto") {
+		if n == "client_encoding" && strings.EqualFold(value, "auto") || n == requestPinOption {
 			return
 		}
-		want[n] = quoteLiteral(value)
+		want[n] = value
 	}
 	for name, value := range params {
 		switch name {
@@ -164,6 +157,21 @@ func startupWant(params map[string]string) map[string]string {
 		add(name, value)
 	}
 	return want
+}
+
+// requestPinOption is the start-up setting (options=-c pgsidecar.pool_mode=session) by which a
+// client asks transaction mode for a session of its own, pinned from login.
+const requestPinOption = "pgsidecar.pool_mode"
+
+// requestsPin reports whether a client's start-up parameters ask for a pinned session.
+func requestsPin(params map[string]string) bool {
+	v, ok := params[requestPinOption]
+	for _, kv := range startupOptions(params["options"]) {
+		if strings.ToLower(kv[0]) == requestPinOption {
+			v, ok = kv[1], true
+		}
+	}
+	return ok && strings.EqualFold(v, "session")
 }
 
 // startupOptions reads the -c name=value settings of a startup options parameter.
@@ -189,201 +197,69 @@ func startupOptions(value string) [][2]string {
 	return out
 }
 
-// paramChange is the effect of a SET or RESET of a setting: value "" resets it. The session
-// carries it if it tracks the setting, and is pinned by a SET of one it does not.
-type paramChange struct {
-	name, value string
-	all         bool // RESET ALL
+// literal makes v an SQL string constant that reads the same whatever
+// standard_conforming_strings is: a client may have turned it off on the connection.
+func literal(v string) string {
+	q := strings.ReplaceAll(v, "'", "''")
+	if strings.IndexByte(v, '\\') >= 0 {
+		return "E'" + strings.ReplaceAll(q, `\`, `\\`) + "'"
+	}
+	return "'" + q + "'"
 }
 
-// stmtEffect is what the proxy must know of one SQL statement a client sends in transaction mode.
-type stmtEffect struct {
-	pin     string        // a reason to pin the session, or ""
-	changes []paramChange // tracked settings it changes
-	discard bool          // DISCARD ALL
-	dealloc string        // DEALLOCATE's statement name; "*" for ALL
+// settingIdent writes a setting name as quoted identifiers, part by part (app.tenant becomes
+// "app"."tenant"), so that any name the server reported can be RESET.
+func settingIdent(name string) string {
+	parts := strings.Split(name, ".")
+	for i, p := range parts {
+		parts[i] = `"` + strings.ReplaceAll(p, `"`, `""`) + `"`
+	}
+	return strings.Join(parts, ".")
 }
 
-// analyze reads the statements of a client's SQL text for what transaction mode must know. It
-// recognises the simple forms drivers and people write; anything it does not recognise is left
-// alone.
-func analyze(sql string) stmtEffect {
-	var e stmtEffect
-	for _, part := range splitStatements(sql) {
-		w := words(part, 5)
-		if len(w) == 0 {
-			continue
-		}
-		lower := strings.ToLower(part)
-		if strings.Contains(lower, "pg_advisory_lock") || strings.Contains(lower, "pg_try_advisory_lock") {
-			e.setPin(pinAdvisoryLock)
-		}
-		switch w[0] {
-		case "listen":
-			e.setPin(pinListen)
-		case "prepare":
-			e.setPin(pinPrepare)
-		case "declare":
-			if strings.Contains(strings.Join(strings.Fields(lower), " "), "with hold") {
-				e.setPin(pinCursorHold)
-			}
-		case "create":
-			for _, x := range w[1:] {
-				if x == "temp" || x == "temporary" {
-					e.setPin(pinTempTable)
-				}
-				if x == "table" {
-					break
-				}
-			}
-		case "discard":
-			if len(w) >= 2 && w[1] == "all" {
-				e.discard = true
-			} else if len(w) >= 2 && (w[1] == "temp" || w[1] == "temporary") {
-				// Harmless: nothing of it moves between connections.
-			}
-		case "deallocate":
-			i := 1
-			if len(w) > i && w[i] == "prepare" {
-				i++
-			}
-			if len(w) > i {
-				if w[i] == "all" {
-					e.dealloc = "*"
-				} else {
-					e.dealloc = identifier(part, w[i])
-				}
-			}
-		case "reset":
-			if len(w) >= 2 {
-				if w[1] == "all" {
-					e.changes = append(e.changes, paramChange{all: true})
-				} else {
-					e.changes = append(e.changes, paramChange{name: w[1]})
-				}
-			}
-		case "set":
-			e.set(part, w)
-		}
-	}
-	return e
-}
+// Reading settings back. A client's settings that outlive its transactions are whatever the
+// server holds once a transaction ends, which no reading of SQL text can tell in every case
+// (savepoints, errors, a rollback, a statement that runs set_config in a CTE or only for some
+// rows). So after a client's requests that may have changed settings, the proxy asks the server
+// before the connection goes to anyone else.
 
-func (e *stmtEffect) setPin(reason string) {
-	if e.pin == "" {
-		e.pin = reason
-	}
-}
-
-// set reads SET [SESSION] name {TO|=} value.
-func (e *stmtEffect) set(part string, w []string) {
-	i := 1
-	if len(w) > i && w[i] == "session" {
-		if len(w) > i+1 && (w[i+1] == "characteristics" || w[i+1] == "authorization") {
-			if w[i+1] == "authorization" {
-				e.setPin(pinSet)
-			}
-			return
-		}
-		i++
-	}
-	if len(w) <= i {
-		return
-	}
-	switch w[i] {
-	case "local", "transaction", "constraints":
-		return // ends with the transaction
-	}
-	name := w[i]
-	if name == "time" && len(w) > i+1 && w[i+1] == "zone" {
-		name = "timezone"
-	}
-	value := setValue(part, name)
-	if value == "" || strings.EqualFold(value, "default") || strings.EqualFold(value, "local") {
-		value = ""
-	}
-	e.changes = append(e.changes, paramChange{name: name, value: value})
-}
-
-// setValue is the raw value text of a SET statement: what follows TO or = (or, for SET TIME
-// ZONE, the zone).
-func setValue(part, name string) string {
-	s := strings.TrimSpace(part)
-	lower := strings.ToLower(s)
-	if name == "timezone" {
-		if i := strings.Index(lower, "zone"); i >= 0 && !strings.Contains(lower[:i], "timezone") {
-			return strings.TrimSpace(s[i+4:])
-		}
-	}
-	i := strings.Index(lower, name)
-	if i < 0 {
-		return ""
-	}
-	rest := strings.TrimSpace(s[i+len(name):])
-	lr := strings.ToLower(rest)
-	switch {
-	case strings.HasPrefix(rest, "="):
-		rest = rest[1:]
-	case strings.HasPrefix(lr, "to") && (len(lr) == 2 || lr[2] == ' ' || lr[2] == '\t' || lr[2] == '\n' || lr[2] == '\''):
-		rest = rest[2:]
-	default:
-		return ""
-	}
-	return strings.TrimSpace(rest)
-}
-
-// identifier returns the statement name word as PostgreSQL reads it: a double-quoted name keeps
-// its case, an unquoted one is lower-cased.
-func identifier(part, lowerWord string) string {
-	if i := strings.Index(part, "\""); i >= 0 {
-		if j := strings.Index(part[i+1:], "\""); j >= 0 {
-			return part[i+1 : i+1+j]
-		}
-	}
-	return lowerWord
-}
-
-// splitStatements splits SQL text at semicolons outside quotes and comments, dropping comments.
-func splitStatements(sql string) []string {
-	var parts []string
+// readBackSQL is the query that reads a session's own settings: every built-in one set in the
+// session (pg_settings lists no custom ones), and the custom ones named.
+func readBackSQL(custom map[string]struct{}) string {
 	var b strings.Builder
-	for i := 0; i < len(sql); i++ {
-		c := sql[i]
-		switch {
-		case c == '\'' || c == '"':
-			j := i + 1
-			for j < len(sql) && sql[j] != c {
-				j++
+	b.WriteString("SELECT pg_catalog.lower(name), setting FROM pg_catalog.pg_settings WHERE source = 'session' AND name NOT IN ('role', 'session_authorization')")
+	if len(custom) > 0 {
+		b.WriteString(" UNION ALL SELECT n, pg_catalog.current_setting(n, true) FROM (VALUES ")
+		first := true
+		for n := range custom {
+			if !first {
+				b.WriteString(", ")
 			}
-			b.WriteString(sql[i:min(j+1, len(sql))])
-			i = j
-		case c == '-' && i+1 < len(sql) && sql[i+1] == '-':
-			for i < len(sql) && sql[i] != '\n' {
-				i++
-			}
-			b.WriteByte(' ')
-		case c == '/' && i+1 < len(sql) && sql[i+1] == '*':
-			j := strings.Index(sql[i+2:], "*/")
-			if j < 0 {
-				i = len(sql)
-			} else {
-				i += j + 3
-			}
-			b.WriteByte(' ')
-		case c == ';':
-			parts = append(parts, b.String())
-			b.Reset()
-		default:
-			b.WriteByte(c)
+			first = false
+			b.WriteString("(" + literal(n) + ")")
 		}
+		b.WriteString(") v(n) WHERE pg_catalog.current_setting(n, true) IS NOT NULL")
 	}
-	return append(parts, b.String())
+	return b.String()
 }
 
-// words returns up to n leading words of s, lower-cased; '=' and '(' separate words too.
-func words(s string, n int) []string {
-	f := strings.FieldsFunc(strings.ToLower(s), func(r rune) bool {
-		return r == ' ' || r == '\t' || r == '\n' || r == '\r' || r == '=' || r == '(' || r == ','
-	})
-	return f[:min(len(f), n)]
+// restoreSQL is the query that brings back a client's start-up values of the settings a RESET
+// (or DISCARD ALL, or SET ... TO DEFAULT) returned to the server's defaults, as PostgreSQL
+// returns a direct connection's to its start-up values. It changes only those the session does
+// not hold a value of its own for, so it does nothing where the RESET did not happen (its
+// statement failed and rolled back). It returns "" when there is nothing to restore.
+func restoreSQL(start map[string]string, resets []string) string {
+	var vals []string
+	for _, r := range resets {
+		for name, v := range start {
+			if r == "*" || r == name {
+				vals = append(vals, "("+literal(name)+", "+literal(v)+")")
+			}
+		}
+	}
+	if len(vals) == 0 {
+		return ""
+	}
+	return "SELECT pg_catalog.set_config(v.n, v.v, false) FROM (VALUES " + strings.Join(vals, ", ") +
+		") v(n, v) JOIN pg_catalog.pg_settings s ON pg_catalog.lower(s.name) = v.n WHERE s.source <> 'session'"
 }

@@ -62,13 +62,15 @@ type Effect struct {
 	Resets []string
 	// Discard reports DISCARD ALL.
 	Discard bool
+	// Statements counts the text's statements (empty ones left out).
+	Statements int
 	// Dealloc names the SQL-level prepared statements DEALLOCATE drops, as the server reads
 	// the names ("*" for ALL).
 	Dealloc []string
 }
 
 // Harmless reports whether the text leaves nothing behind but its transaction's work.
-func (e *Effect) Harmless() bool {
+func (e Effect) Harmless() bool {
 	return e.Pin == "" && !e.Settings && len(e.Resets) == 0 && !e.Discard && len(e.Dealloc) == 0
 }
 
@@ -159,6 +161,7 @@ func analyzeTokens(sql string, toks []sqlnorm.Token, depth int) Effect {
 		}
 	}
 	flush()
+	e.Statements = n
 	return e
 }
 
