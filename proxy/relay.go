@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgproto3"
+
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -16,17 +18,23 @@ import (
 // to server direction runs here; the other in its own goroutine. Only the messages that metrics
 // need are decoded: Query and Parse (SQL text), Bind and Close (statement names), ReadyForQuery
 // and ErrorResponse. Everything else is forwarded as it came.
-func (sess *session) relay(server net.Conn) relayEnd {
+//
+// RESET, RESET ALL, SET ... TO DEFAULT and DISCARD ALL return the server connection to the pool
+// connection's defaults, not to the client's start-up values (which the proxy applied with
+// set_config): after them the relay sends a query of its own that restores those (restoreSQL),
+// whose answers the client does not see.
+func (sess *session) relay(server net.Conn, start map[string]string) relayEnd {
 	s := sess.srv
 	sr := bufio.NewReaderSize(server, ioBufSize)
 	sw := bufio.NewWriterSize(server, ioBufSize)
 	pending := make(chan pendingSync, 256)
 	var stopping atomic.Bool
+	var outstanding atomic.Int32 // requests sent and not yet answered to their ReadyForQuery
 	done := make(chan relayEnd, 1)
 	exited := make(chan struct{})
 	go func() {
 		defer close(exited)
-		done <- sess.serverToClient(sr, pending, &stopping)
+		done <- sess.serverToClient(sr, pending, &outstanding, &stopping)
 	}()
 
 	var (
@@ -39,6 +47,8 @@ func (sess *session) relay(server net.Conn) relayEnd {
 		executed   bool // batch has an Execute
 		dirty      bool // extended-protocol messages sent since the last Sync
 		bytesIn    int
+		resets     []string // of the batch, to restore at its Sync
+		post       []byte   // a Query of the proxy's own to send after the client's message
 		clientGone bool
 		terminated bool         // the client said goodbye (Terminate) rather than dropping the connection
 		bad        *rejectError // a message the proxy refuses to relay
@@ -54,6 +64,7 @@ func (sess *session) relay(server net.Conn) relayEnd {
 		return buf, err
 	}
 	enqueue := func(p pendingSync) {
+		outstanding.Add(1)
 		select {
 		case pending <- p:
 		default:
@@ -108,9 +119,13 @@ loop:
 				clientGone = true
 				break loop
 			}
-			sql := sqlPrefix(body[:max(len(body)-1, 0)])
+			sqlb := body[:max(len(body)-1, 0)]
+			sql := sqlPrefix(sqlb)
 			enqueue(pendingSync{start: batchStart, op: pool.ClassifyOperation(sql), sql: sql, measure: true})
 			batchStart = time.Time{}
+			if len(start) > 0 {
+				post = restoreQuery(start, s.analysis.Analyze(sqlb).Resets)
+			}
 		case 'P':
 			if body, err = readBody(n); err != nil {
 				clientGone = true
@@ -120,6 +135,9 @@ loop:
 			sqlb, _ := cbytes(rest)
 			sql := sqlPrefix(sqlb)
 			info := stmtInfo{op: pool.ClassifyOperation(sql), sql: sql}
+			if len(start) > 0 {
+				info.resets = s.analysis.Analyze(sqlb).Resets
+			}
 			if _, ok := stmts[name]; ok || len(stmts) < maxStatements {
 				stmts[name] = info
 			}
@@ -134,9 +152,11 @@ loop:
 			}
 			_, rest := cbytes(body)
 			name, _ := cbytes(rest)
-			if info, ok := stmts[string(name)]; ok && (!batchSet || !executed) {
+			info, ok := stmts[string(name)]
+			if ok && (!batchSet || !executed) {
 				batch, batchSet = info, true
 			}
+			resets = append(resets, info.resets...)
 			dirty = true
 		case 'C':
 			if body, err = readBody(n); err != nil {
@@ -157,6 +177,10 @@ loop:
 			}
 			enqueue(pendingSync{start: batchStart, op: batch.op, sql: batch.sql, measure: executed})
 			batchStart, batchSet, executed, dirty = time.Time{}, false, false, false
+			if len(resets) > 0 {
+				post = restoreQuery(start, resets)
+				resets = resets[:0]
+			}
 		case 'F':
 			enqueue(pendingSync{start: batchStart, op: pool.OpOther, sql: "function call", measure: true})
 			batchStart = time.Time{}
@@ -173,6 +197,11 @@ loop:
 			break
 		} else {
 			writeErr = werr
+		}
+		if writeErr == nil && post != nil {
+			enqueue(pendingSync{silent: true})
+			_, writeErr = sw.Write(post)
+			post = nil
 		}
 		if writeErr != nil {
 			break
@@ -204,18 +233,18 @@ loop:
 		// (node-postgres' pool does after an error): collect the answers for a while, so that
 		// those queries are measured and the connection stays reusable. The client will not
 		// read them: writes to it fail at once instead of blocking.
-		draining := len(pending) > 0 && terminated && writeErr == nil && s.ctx.Err() == nil
+		draining := outstanding.Load() > 0 && terminated && writeErr == nil && s.ctx.Err() == nil
 		deadline := time.Now()
 		switch {
 		case draining:
 			deadline = deadline.Add(s.cfg.ResetTimeout)
 			_ = sess.client.SetWriteDeadline(time.Now())
-		case len(pending) > 0:
+		case outstanding.Load() > 0:
 			// The client left with a query running: cancel it rather than let it run on.
 			cancelQuery()
 		}
 		stopping.Store(true)
-		if len(pending) == 0 {
+		if outstanding.Load() == 0 {
 			deadline = time.Now() // answered meanwhile, before the reader could see stopping
 		}
 		_ = server.SetReadDeadline(deadline)
@@ -224,14 +253,14 @@ loop:
 		}
 		end = <-done
 		_ = server.SetReadDeadline(time.Time{})
-		if draining && len(pending) > 0 && !end.lost && s.ctx.Err() == nil {
+		if draining && outstanding.Load() > 0 && !end.lost && s.ctx.Err() == nil {
 			cancelQuery() // the answers did not come in time
 		}
 	}
 	if end.lost {
 		return end
 	}
-	end.clean = end.clean && writeErr == nil && len(pending) == 0 && !dirty && sr.Buffered() == 0 && bad == nil
+	end.clean = end.clean && writeErr == nil && outstanding.Load() == 0 && !dirty && sr.Buffered() == 0 && bad == nil
 	if writeErr != nil {
 		s.m.serverLost.Inc()
 		s.refuse(sess.cw, reject("08006", "server connection lost; the session ended and its transaction, if any, is lost"))
@@ -303,4 +332,15 @@ func cstring(b []byte) (string, []byte) {
 		return string(b), nil
 	}
 	return string(b[:i]), b[i+1:]
+}
+
+// restoreQuery is a Query message restoring the start-up values start of the settings in
+// resets, or nil.
+func restoreQuery(start map[string]string, resets []string) []byte {
+	sql := restoreSQL(start, resets)
+	if sql == "" {
+		return nil
+	}
+	b, _ := (&pgproto3.Query{String: sql}).Encode(nil)
+	return b
 }

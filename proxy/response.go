@@ -16,7 +16,7 @@ import (
 
 // serverToClient relays server messages to the client and measures each ReadyForQuery against
 // its pending Query or Sync.
-func (sess *session) serverToClient(sr *bufio.Reader, pending chan pendingSync, stopping *atomic.Bool) relayEnd {
+func (sess *session) serverToClient(sr *bufio.Reader, pending chan pendingSync, outstanding *atomic.Int32, stopping *atomic.Bool) relayEnd {
 	s := sess.srv
 	end := relayEnd{txStatus: 'I'}
 	var (
@@ -25,6 +25,8 @@ func (sess *session) serverToClient(sr *bufio.Reader, pending chan pendingSync, 
 		batchErr *pgconn.PgError
 		fatal    bool
 		bytesOut int
+		cur      pendingSync // the request being answered, once its first answer came
+		have     bool
 	)
 	for {
 		if needFlush(sr) {
@@ -60,6 +62,41 @@ func (sess *session) serverToClient(sr *bufio.Reader, pending chan pendingSync, 
 			return end
 		}
 		bytesOut += n + 5
+		if !have {
+			select {
+			case cur = <-pending:
+				have = true
+			default:
+			}
+		}
+		if have && cur.silent {
+			// The proxy's own query: none of its answers are the client's.
+			if typ == 'Z' && n == 1 {
+				st, err := sr.ReadByte()
+				if err != nil {
+					if !stopping.Load() {
+						sess.serverLost(err, pending, fatal)
+						end.lost = true
+					}
+					return end
+				}
+				end.txStatus, have = st, false
+				if outstanding.Add(-1) == 0 && stopping.Load() {
+					_ = sess.cw.Flush()
+					end.clean = true
+					return end
+				}
+				continue
+			}
+			if _, err := sr.Discard(n); err != nil {
+				if !stopping.Load() {
+					sess.serverLost(err, pending, fatal)
+					end.lost = true
+				}
+				return end
+			}
+			continue
+		}
 		_, _ = sess.cw.Write(hdr[:])
 		switch typ {
 		case 'Z':
@@ -77,11 +114,18 @@ func (sess *session) serverToClient(sr *bufio.Reader, pending chan pendingSync, 
 				return end
 			}
 			_, _ = sess.cw.Write(st[:])
-			var p pendingSync
-			select {
-			case p = <-pending:
-			default:
+			p := cur
+			if !have {
+				select {
+				case p = <-pending:
+					have = true
+				default:
+				}
 			}
+			if have {
+				outstanding.Add(-1)
+			}
+			have = false
 			if p.measure {
 				var qerr error
 				if batchErr != nil {
@@ -101,7 +145,7 @@ func (sess *session) serverToClient(sr *bufio.Reader, pending chan pendingSync, 
 			}
 			end.txStatus = st[0]
 			batchErr = nil
-			if stopping.Load() && len(pending) == 0 {
+			if stopping.Load() && outstanding.Load() == 0 {
 				_ = sess.cw.Flush()
 				s.m.bytesOut.Add(float64(bytesOut))
 				end.clean = true

@@ -67,6 +67,7 @@ type pendingSync struct {
 	op      pool.Operation
 	sql     string
 	measure bool // false for a Sync that closed no Execute (prepare or describe only)
+	silent  bool // the proxy's own query (restoring start-up values): its answers are not the client's
 }
 
 // relayEnd says how the relay stopped and what state the server connection is in.
@@ -78,8 +79,9 @@ type relayEnd struct {
 
 // stmtInfo is what the proxy remembers of a prepared statement: enough to label its executions.
 type stmtInfo struct {
-	op  pool.Operation
-	sql string
+	op     pool.Operation
+	sql    string
+	resets []string // settings running it returns to their defaults (sessionsql.Effect.Resets)
 }
 
 const maxStatements = 10000
@@ -125,7 +127,7 @@ func (sess *session) run(srvConn *pgxpool.Conn, params map[string]string) {
 		return
 	}
 	sess.setServer(pc)
-	end = sess.relay(pc.Conn())
+	end = sess.relay(pc.Conn(), startupWant(params))
 	sess.setServer(nil)
 	switch {
 	case end.txStatus == 'I':

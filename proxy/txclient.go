@@ -302,14 +302,7 @@ func (t *txSession) pinRefusal(reason string) []byte {
 }
 
 // restoreMsg is a Query restoring the client's start-up values of the settings in resets, or nil.
-func (t *txSession) restoreMsg(resets []string) []byte {
-	sql := restoreSQL(t.startWant, resets)
-	if sql == "" {
-		return nil
-	}
-	b, _ := (&pgproto3.Query{String: sql}).Encode(nil)
-	return b
-}
+func (t *txSession) restoreMsg(resets []string) []byte { return restoreQuery(t.startWant, resets) }
 
 // setPin pins the session to its server connection. The connection's mu is held.
 func (t *txSession) setPin(reason string) {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -166,34 +167,52 @@ func TestTxModeRolledBackSetUndone(t *testing.T) {
 }
 
 // TestResetReturnsToStartupValues: RESET, RESET ALL, SET ... TO DEFAULT and DISCARD ALL return a
-// client to the values it asked for at login, as on a direct connection.
+// client to the values it asked for at login, as on a direct connection, in both pool modes and
+// on both protocols.
 func TestResetReturnsToStartupValues(t *testing.T) {
-	h := newTxHarness(t, 1, nil)
-	ctx := ctxTimeout(t, 30*time.Second)
-	a := h.pgconnect(t, ctx, "options=-c%20work_mem%3D3MB&application_name=startup_app")
-	for _, reset := range []string{"RESET ALL", "RESET work_mem", "SET work_mem TO DEFAULT", "DISCARD ALL"} {
-		if _, err := simple(ctx, a, "SET work_mem = '5MB'; SET application_name = 'changed'"); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := simple(ctx, a, reset); err != nil {
-			t.Fatalf("%s: %v", reset, err)
-		}
-		if got, err := simple(ctx, a, "show work_mem"); err != nil || got != "3MB" {
-			t.Errorf("after %s: work_mem = %q, %v; want the start-up 3MB", reset, got, err)
-		}
-		if reset == "RESET ALL" || reset == "DISCARD ALL" {
-			if got, _ := simple(ctx, a, "show application_name"); got != "startup_app" {
-				t.Errorf("after %s: application_name = %q, want startup_app", reset, got)
+	for _, mode := range []PoolMode{PoolSession, PoolTransaction} {
+		t.Run(string(mode), func(t *testing.T) {
+			h := newHarness(t, func(pc *pool.Config, c *Config) {
+				c.PoolMode = mode
+				pc.MaxConns = 1
+			})
+			ctx := ctxTimeout(t, 30*time.Second)
+			a := h.pgconnect(t, ctx, "options=-c%20work_mem%3D3MB&application_name=startup_app")
+			for _, reset := range []string{"RESET ALL", "RESET work_mem", "SET work_mem TO DEFAULT", "DISCARD ALL", "extended RESET ALL", "extended RESET work_mem"} {
+				if _, err := simple(ctx, a, "SET work_mem = '5MB'; SET application_name = 'changed'"); err != nil {
+					t.Fatal(err)
+				}
+				var err error
+				if sql, ok := strings.CutPrefix(reset, "extended "); ok {
+					_, err = extended(ctx, a, sql)
+				} else {
+					_, err = simple(ctx, a, reset)
+				}
+				if err != nil {
+					t.Fatalf("%s: %v", reset, err)
+				}
+				if got, err := simple(ctx, a, "show work_mem"); err != nil || got != "3MB" {
+					t.Errorf("after %s: work_mem = %q, %v; want the start-up 3MB", reset, got, err)
+				}
+				if strings.HasSuffix(reset, " ALL") {
+					if got, _ := simple(ctx, a, "show application_name"); got != "startup_app" {
+						t.Errorf("after %s: application_name = %q, want startup_app", reset, got)
+					}
+				}
 			}
-		}
-	}
-	// A RESET that fails with its transaction changes nothing.
-	if _, err := simple(ctx, a, "SET work_mem = '5MB'"); err != nil {
-		t.Fatal(err)
-	}
-	_, _ = simple(ctx, a, "RESET ALL; SELECT 1/0")
-	if got, _ := simple(ctx, a, "show work_mem"); got != "5MB" {
-		t.Errorf("after a failed RESET ALL: work_mem = %q, want 5MB", got)
+			// A RESET that fails with its transaction changes nothing.
+			if _, err := simple(ctx, a, "SET work_mem = '5MB'"); err != nil {
+				t.Fatal(err)
+			}
+			_, _ = simple(ctx, a, "RESET ALL; SELECT 1/0")
+			if got, _ := simple(ctx, a, "show work_mem"); got != "5MB" {
+				t.Errorf("after a failed RESET ALL: work_mem = %q, want 5MB", got)
+			}
+			// The restoring query's answers are the proxy's: the client saw none of them.
+			if got, err := simple(ctx, a, "select 42"); err != nil || got != "42" {
+				t.Errorf("select 42 = %q, %v", got, err)
+			}
+		})
 	}
 }
 
