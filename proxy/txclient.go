@@ -483,11 +483,38 @@ func (t *txSession) leave() {
 		c.cancelling = true
 		go c.cancelFor()
 	}
-	if c.copying == 'G' {
-		b, _ := (&pgproto3.CopyFail{Message: "client disconnected"}).Encode(nil)
-		_, _ = c.net.Write(b)
+	var end []byte
+	if c.copying == 'G' || len(c.queue) > 0 {
+		// Also when readLoop has not seen the server start a COPY FROM STDIN that a request
+		// outstanding may start: a cancel does not end one waiting for data, and the server
+		// ignores a CopyFail outside a COPY.
+		end, _ = (&pgproto3.CopyFail{Message: "client disconnected"}).Encode(end)
+	}
+	if c.midBatch {
+		end = t.abortBatch(c, end)
+	}
+	if len(end) > 0 {
+		_ = c.net.SetWriteDeadline(time.Now().Add(t.srv.cfg.ResetTimeout))
+		if _, err := c.net.Write(end); err != nil {
+			_ = c.net.Close() // readLoop sees it and drops the connection
+		}
 	}
 	c.settle()
+}
+
+// abortBatch ends the batch of a client that left before its Sync, appending the messages to
+// b: without a Sync the server would wait for the rest of the batch while the connection
+// stays out of use, and a Sync alone would commit the batch's implicit transaction, which
+// PostgreSQL rolls back when its client goes. So a request that fails first (a Bind of a
+// statement that does not exist; skipped if the batch already failed), then the Sync. An
+// explicit transaction is left failed, and settle rolls it back. c.mu is held.
+func (t *txSession) abortBatch(c *srvConn, b []byte) []byte {
+	if t.queue(c, &entry{kind: 'B', skip: true}) {
+		bind := append([]byte{0}, noStatement...)
+		b = appendMsg(b, 'B', append(bind, 0, 0, 0, 0, 0, 0, 0))
+	}
+	t.queue(c, &entry{kind: 'S', skip: true})
+	return appendMsg(b, 'S', nil)
 }
 
 // readHeader reads a message header from the client. With nothing buffered it gives the reader
@@ -529,6 +556,12 @@ func (t *txSession) readBody(n int) ([]byte, error) {
 // (an earlier request of its batch failed). c.mu is held.
 func (t *txSession) queue(c *srvConn, e *entry) bool {
 	e.batch = t.batch
+	switch e.kind {
+	case 'P', 'B', 'D', 'C', 'E':
+		c.midBatch = true
+	case 'S':
+		c.midBatch = false
+	}
 	if c.errSkip && c.errBatch == t.batch && e.kind != 'S' {
 		return false
 	}

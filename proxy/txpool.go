@@ -32,6 +32,32 @@ type serverSet struct {
 
 type setWaiter struct{ ch chan *srvConn }
 
+// Which server-connections gauge counts a connection (srvConn.counted).
+const (
+	uncounted = iota
+	countedActive
+	countedIdle
+)
+
+// count moves c to the gauge of state: every path in or out of the set goes through it, so a
+// connection is counted once, whichever path (put, drop, retire) lets go of it. ss.mu is held.
+func (ss *serverSet) count(c *srvConn, state byte) {
+	m := ss.s.m
+	switch c.counted {
+	case countedActive:
+		m.serverActive.Dec()
+	case countedIdle:
+		m.serverIdle.Dec()
+	}
+	c.counted = state
+	switch state {
+	case countedActive:
+		m.serverActive.Inc()
+	case countedIdle:
+		m.serverIdle.Inc()
+	}
+}
+
 // get checks out a server connection: an idle one, a new one borrowed from the pool, or the
 // next one a client gives back, waiting at most DB_CONNECTION_TIMEOUT. Then 53300.
 func (ss *serverSet) get() (*srvConn, error) {
@@ -48,9 +74,8 @@ func (ss *serverSet) get() (*srvConn, error) {
 	if n := len(ss.idle); n > 0 {
 		c := ss.idle[n-1]
 		ss.idle = ss.idle[:n-1]
+		ss.count(c, countedActive)
 		ss.mu.Unlock()
-		s.m.serverIdle.Dec()
-		s.m.serverActive.Inc()
 		return c, nil
 	}
 	if ss.total < int(s.mgr.Config().MaxConns) {
@@ -63,7 +88,9 @@ func (ss *serverSet) get() (*srvConn, error) {
 			ss.mu.Unlock()
 			return nil, err
 		}
-		s.m.serverActive.Inc()
+		ss.mu.Lock()
+		ss.count(c, countedActive)
+		ss.mu.Unlock()
 		return c, nil
 	}
 	w := &setWaiter{ch: make(chan *srvConn, 1)}
@@ -139,8 +166,8 @@ func (ss *serverSet) put(c *srvConn) {
 	ss.mu.Lock()
 	if ss.closed || time.Since(c.born) > s.mgr.Config().MaxLifetime {
 		ss.total--
+		ss.count(c, uncounted)
 		ss.mu.Unlock()
-		s.m.serverActive.Dec()
 		go ss.retire(c)
 		return
 	}
@@ -152,30 +179,23 @@ func (ss *serverSet) put(c *srvConn) {
 	}
 	c.idleSince = time.Now()
 	ss.idle = append(ss.idle, c)
+	ss.count(c, countedIdle)
 	ss.mu.Unlock()
-	s.m.serverActive.Dec()
-	s.m.serverIdle.Inc()
 }
 
-// drop forgets a connection that failed; it is closed, and the pool discards it.
-func (ss *serverSet) drop(c *srvConn, attached bool) {
+// drop forgets a connection that failed, held by a client or not (one whose client left is
+// still active until it is clean); it is closed, and the pool discards it.
+func (ss *serverSet) drop(c *srvConn) {
 	ss.mu.Lock()
-	idle := false
 	for i, x := range ss.idle {
 		if x == c {
 			ss.idle = append(ss.idle[:i], ss.idle[i+1:]...)
-			idle = true
 			break
 		}
 	}
 	ss.total--
+	ss.count(c, uncounted)
 	ss.mu.Unlock()
-	switch {
-	case idle:
-		ss.s.m.serverIdle.Dec()
-	case attached:
-		ss.s.m.serverActive.Dec()
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	_ = c.pooled.Conn().Close(ctx)
 	cancel()
@@ -190,7 +210,7 @@ func (ss *serverSet) retireExpired() {
 		c := ss.idle[0]
 		ss.idle = ss.idle[1:]
 		ss.total--
-		ss.s.m.serverIdle.Dec()
+		ss.count(c, uncounted)
 		go ss.retire(c)
 	}
 }
@@ -224,9 +244,11 @@ func (ss *serverSet) close() {
 	idle := ss.idle
 	ss.idle = nil
 	ss.total -= len(idle)
+	for _, c := range idle {
+		ss.count(c, uncounted)
+	}
 	ss.mu.Unlock()
 	for _, c := range idle {
-		ss.s.m.serverIdle.Dec()
 		go ss.retire(c)
 	}
 	ss.wg.Wait()

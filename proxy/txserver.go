@@ -84,6 +84,12 @@ type srvConn struct {
 	reported   map[string]string // the server's ParameterStatus values
 	unnamedBy  *txSession        // whose unnamed statement the server holds
 	unnamedN   uint64            // and which of its unnamed Parses
+	// midBatch: extended-protocol requests went to the server since the last Sync, so the
+	// server is inside their batch (and its implicit transaction) whatever status it last
+	// reported.
+	midBatch bool
+
+	counted byte // the gauge counting the connection (serverSet.count); guarded by set.mu
 }
 
 func (c *srvConn) head() *entry {
@@ -159,7 +165,13 @@ func (c *srvConn) readLoop() {
 			c.mu.Lock()
 			stopping := c.stopping
 			c.mu.Unlock()
-			if stopping && got == 0 && isTimeout(err) {
+			if stopping {
+				// retire stopped the read, and gives the connection back or closes it.
+				if got != 0 || !isTimeout(err) {
+					c.mu.Lock()
+					c.broken = true
+					c.mu.Unlock()
+				}
 				return
 			}
 			c.lost(err, fatal)
@@ -414,7 +426,7 @@ func (c *srvConn) settle() {
 		return
 	}
 	if cl := c.client; cl != nil {
-		if c.status == 'I' && !c.writing && cl.pin == "" {
+		if c.status == 'I' && !c.writing && !c.midBatch && cl.pin == "" {
 			cl.detach(c)
 			c.set.put(c)
 		}
@@ -487,7 +499,7 @@ func (c *srvConn) lost(cause error, serverSaidFatal bool) {
 		cl.flushClient()
 		_ = cl.client.Close()
 	}
-	c.set.drop(c, cl != nil)
+	c.set.drop(c)
 }
 
 // cancelFor sends a cancel request for the queries a client that left still has running, then

@@ -1,0 +1,238 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+// sendNoSync sends Parse, Bind and Execute of sql with no Sync, as a client that leaves in the
+// middle of a batch does, and waits until the proxy holds a server connection for it.
+func sendNoSync(t *testing.T, h *harness, c *pgconn.PgConn, sql string) {
+	t.Helper()
+	fe := c.Frontend()
+	fe.Send(&pgproto3.Parse{Query: sql})
+	fe.Send(&pgproto3.Bind{})
+	fe.Send(&pgproto3.Execute{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTxModeMidBatchDisconnectFreesConnection: a client that sends a batch without its Sync and
+// leaves gives its server connection back at once, with the batch's work rolled back; the
+// server-connection gauges stay true to the one connection.
+func TestTxModeMidBatchDisconnectFreesConnection(t *testing.T) {
+	h := newTxHarness(t, 1, nil)
+	ctx := ctxTimeout(t, 30*time.Second)
+	b := h.pgconnect(t, ctx, "")
+	if _, err := simple(ctx, b, "create table if not exists midbatch (n int); truncate midbatch"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		a := h.pgconnect(t, ctx, "")
+		sendNoSync(t, h, a, "insert into midbatch values (1)")
+		time.Sleep(50 * time.Millisecond) // the proxy holds the connection for a
+		_ = a.Conn().Close()
+		qctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		got, err := simple(qctx, b, "select count(*) from midbatch")
+		cancel()
+		if err != nil || got != "0" {
+			t.Fatalf("round %d: query after a client left mid-batch: %q, %v (the insert must be rolled back, the connection free)", i, got, err)
+		}
+		if n := h.metric(t, "pgsidecar_proxy_server_connections", nil); n > 1 {
+			t.Fatalf("round %d: %v server connections counted, pool of 1", i, n)
+		}
+	}
+	_ = b.Close(ctx)
+	h.waitIdle(t)
+	if n := h.metric(t, "pgsidecar_proxy_server_connections", map[string]string{"state": "active"}); n != 0 {
+		t.Errorf("active server connections at rest: %v", n)
+	}
+}
+
+// TestTxModeGaugesUnderDisconnects is a property test: clients leave at random points (in the
+// middle of a batch, of a transaction, of a COPY, after an error, or cleanly) over a pool of
+// two. The server-connection gauges never go negative nor count more than the pool, the proxy
+// never holds more server sessions than DB_MAX_CONNECTIONS, and at rest no connection is active.
+func TestTxModeGaugesUnderDisconnects(t *testing.T) {
+	const maxConns = 2
+	h := newTxHarness(t, maxConns, nil)
+	ctx := ctxTimeout(t, 60*time.Second)
+	setup := h.pgconnect(t, ctx, "")
+	if _, err := simple(ctx, setup, "create table if not exists leave_copy (n int)"); err != nil {
+		t.Fatal(err)
+	}
+	_ = setup.Close(ctx)
+
+	stopSessions := serverSessions(t)
+	sampling := make(chan struct{})
+	sampled := make(chan error, 1)
+	go func() {
+		var bad error
+		over := 0
+		for {
+			select {
+			case <-sampling:
+				sampled <- bad
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			active := h.metric(t, "pgsidecar_proxy_server_connections", map[string]string{"state": "active"})
+			idle := h.metric(t, "pgsidecar_proxy_server_connections", map[string]string{"state": "idle"})
+			// The two gauges are read one after the other: a connection moving between them
+			// may be seen in both once, so only a sum over the pool that lasts counts.
+			if active+idle > maxConns {
+				over++
+			} else {
+				over = 0
+			}
+			if bad == nil && (active < 0 || idle < 0 || active > maxConns || idle > maxConns || over >= 3) {
+				bad = fmt.Errorf("server connection gauges active=%v idle=%v with a pool of %d", active, idle, maxConns)
+			}
+		}
+	}()
+
+	leaves := []func(c *pgconn.PgConn) error{
+		func(c *pgconn.PgConn) error { // mid-batch
+			fe := c.Frontend()
+			fe.Send(&pgproto3.Parse{Query: "select pg_sleep(0.01)"})
+			fe.Send(&pgproto3.Bind{})
+			fe.Send(&pgproto3.Execute{})
+			return fe.Flush()
+		},
+		func(c *pgconn.PgConn) error { // mid-transaction
+			_, err := simple(ctx, c, "begin; select 1")
+			return err
+		},
+		func(c *pgconn.PgConn) error { // during COPY FROM STDIN
+			fe := c.Frontend()
+			fe.Send(&pgproto3.Query{String: "copy leave_copy from stdin"})
+			fe.Send(&pgproto3.CopyData{Data: []byte("1\n")})
+			return fe.Flush()
+		},
+		func(c *pgconn.PgConn) error { // after an error in a transaction
+			_, _ = simple(ctx, c, "begin")
+			_, err := simple(ctx, c, "select 1/0")
+			if sqlState(err) != "22012" {
+				return fmt.Errorf("select 1/0: %v", err)
+			}
+			return nil
+		},
+		func(c *pgconn.PgConn) error { // after an error in a batch, before its Sync
+			fe := c.Frontend()
+			fe.Send(&pgproto3.Parse{Query: "select 1/0"})
+			fe.Send(&pgproto3.Bind{})
+			fe.Send(&pgproto3.Execute{})
+			fe.Send(&pgproto3.Parse{Query: "select 1"})
+			return fe.Flush()
+		},
+		func(c *pgconn.PgConn) error { // mid-query
+			c.Exec(ctx, "select pg_sleep(0.05)")
+			return nil
+		},
+		func(c *pgconn.PgConn) error { // cleanly
+			_, err := simple(ctx, c, "select 1")
+			return err
+		},
+	}
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	seeds := make([]int, 40)
+	for i := range seeds {
+		seeds[i] = rng.IntN(len(leaves))
+	}
+	t.Logf("leave points: %v", seeds)
+	var wg sync.WaitGroup
+	errs := make(chan error, len(seeds))
+	sem := make(chan struct{}, 4)
+	for i, k := range seeds {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, err := pgconn.Connect(ctx, h.superURL())
+			if err != nil {
+				errs <- fmt.Errorf("client %d: connect: %w", i, err)
+				return
+			}
+			if err := leaves[k](c); err != nil {
+				errs <- fmt.Errorf("client %d (leave %d): %w", i, k, err)
+			}
+			time.Sleep(time.Duration(rand.IntN(20)) * time.Millisecond)
+			_ = c.Conn().Close()
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// Every connection is usable again, in time.
+	c := h.pgconnect(t, ctx, "")
+	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	if got, err := simple(qctx, c, "select 42"); err != nil || got != "42" {
+		t.Errorf("query after the clients left: %q, %v", got, err)
+	}
+	cancel()
+	_ = c.Close(ctx)
+	h.waitIdle(t)
+	close(sampling)
+	if err := <-sampled; err != nil {
+		t.Error(err)
+	}
+	if peak := stopSessions(); peak > maxConns {
+		t.Errorf("%d server sessions at once, DB_MAX_CONNECTIONS is %d", peak, maxConns)
+	}
+	if n := h.metric(t, "pgsidecar_proxy_server_connections", map[string]string{"state": "active"}); n != 0 {
+		t.Errorf("active server connections at rest: %v", n)
+	}
+}
+
+// TestTxModeGaugeWhenLeftConnectionFails: a server connection that fails after its client left
+// (here a frozen backend that cannot take the cancel nor the rollback within the reset timeout)
+// leaves the active gauge.
+func TestTxModeGaugeWhenLeftConnectionFails(t *testing.T) {
+	h := newTxHarness(t, 1, func(_ *pool.Config, c *Config) { c.ResetTimeout = 300 * time.Millisecond })
+	ctx := ctxTimeout(t, 30*time.Second)
+	a := h.pgconnect(t, ctx, "")
+	pid, err := simple(ctx, a, "begin; select pg_backend_pid()")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := strconv.Atoi(pid)
+	if err := syscall.Kill(p, syscall.SIGSTOP); err != nil {
+		t.Skipf("cannot stop the backend: %v", err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(p, syscall.SIGCONT) })
+	a.Exec(ctx, "select 1")
+	time.Sleep(50 * time.Millisecond)
+	_ = a.Conn().Close()
+	if !pgtest.WaitFor(5*time.Second, func() bool {
+		return h.metric(t, "pgsidecar_proxy_server_connections", map[string]string{"state": "active"}) == 0
+	}) {
+		t.Fatalf("active server connections after the dropped one: %v, want 0",
+			h.metric(t, "pgsidecar_proxy_server_connections", map[string]string{"state": "active"}))
+	}
+	_ = syscall.Kill(p, syscall.SIGCONT)
+	b := h.pgconnect(t, ctx, "")
+	if got, err := simple(ctx, b, "select 42"); err != nil || got != "42" {
+		t.Fatalf("query on a new connection: %q, %v", got, err)
+	}
+	_ = b.Close(ctx)
+	h.waitIdle(t)
+	if n := h.metric(t, "pgsidecar_proxy_server_connections", map[string]string{"state": "active"}); n != 0 {
+		t.Errorf("active server connections at rest: %v", n)
+	}
+}
