@@ -131,6 +131,10 @@ type Config struct {
 	ResetTimeout time.Duration
 	// PoolMode is session or transaction pooling.
 	PoolMode PoolMode
+	// QueryWaitTimeout bounds a transaction-mode client's wait for a server connection that
+	// another client gives back; then its request fails in-band with 53300. 0 means the pool's
+	// DB_CONNECTION_TIMEOUT.
+	QueryWaitTimeout time.Duration
 	// MaxPreparedStatements bounds the protocol-level prepared statements the proxy keeps on
 	// each server connection in transaction mode; the least recently used is closed to make
 	// room.
@@ -187,6 +191,23 @@ func Settings() []Setting {
 					return fmt.Errorf("--proxy.pool-mode must be session or transaction, got '%s'", v)
 				}
 				c.PoolMode = PoolMode(v)
+				return nil
+			}},
+		{Flag: "proxy.query-wait-timeout", Env: "PROXY_QUERY_WAIT_TIMEOUT", Default: "auto",
+			Help: "Transaction mode: how long a client's request waits for a server connection when all DB_MAX_CONNECTIONS are in use; then the request fails with ERROR 53300 and the client stays connected. auto: DB_CONNECTION_TIMEOUT, the bound on every other wait for a pool connection, so one setting keeps bounding them all unless this is set (PgBouncer's query_wait_timeout defaults to 120s, longer than most applications wait for a query). Opening a new server connection stays bounded by DB_CONNECTION_TIMEOUT.",
+			Set: func(c *Config, v string) error {
+				if v == "auto" {
+					c.QueryWaitTimeout = 0
+					return nil
+				}
+				var d time.Duration
+				if err := settings.Duration("--proxy.query-wait-timeout", func(c *time.Duration) *time.Duration { return c })(&d, v); err != nil {
+					return err
+				}
+				if d <= 0 {
+					return fmt.Errorf("--proxy.query-wait-timeout must be auto or a duration greater than 0, got '%s'", v)
+				}
+				c.QueryWaitTimeout = d
 				return nil
 			}},
 		{Flag: "proxy.max-prepared-statements", Env: "PROXY_MAX_PREPARED_STATEMENTS", Default: "200",
@@ -271,6 +292,9 @@ func (c Config) Validate() error {
 	}
 	if !c.PoolMode.known() {
 		add("--proxy.pool-mode (%q) must be session or transaction", c.PoolMode)
+	}
+	if c.QueryWaitTimeout < 0 {
+		add("--proxy.query-wait-timeout (%s) must not be negative", c.QueryWaitTimeout)
 	}
 	if c.MaxPreparedStatements < 1 {
 		add("--proxy.max-prepared-statements (%d) must be at least 1", c.MaxPreparedStatements)

@@ -41,6 +41,9 @@ var reportedParams = []string{
 // rejectError is an ErrorResponse the proxy sends before closing a client.
 type rejectError struct {
 	code, msg string
+	// inBand: the client can be told with an ERROR in place of its request's answer and stay
+	// connected (transaction mode's wait for a server connection).
+	inBand bool
 }
 
 func (e *rejectError) Error() string { return e.msg }

@@ -667,6 +667,9 @@ func (t *txSession) loop() {
 			if body == nil {
 				_, _ = t.cr.Discard(n)
 			}
+			if t.failInBand(typ, err) {
+				continue
+			}
 			s.refuse(t, err)
 			t.flushClient()
 			return
@@ -919,6 +922,26 @@ func (t *txSession) answerAlone(typ byte, body []byte) bool {
 		return true // no COPY runs without a server connection
 	}
 	return false
+}
+
+// failInBand answers a request of a client that holds no server connection, when err lets the
+// client stay connected, with an ERROR as PostgreSQL gives one for a failed request: a Query or
+// FunctionCall's is followed by ReadyForQuery, an extended-protocol request's skips the rest of
+// its batch up to the Sync (answerAlone). It reports whether it did.
+func (t *txSession) failInBand(typ byte, err error) bool {
+	var r *rejectError
+	if !errors.As(err, &r) || !r.inBand {
+		return false
+	}
+	t.writePending()
+	b, _ := (&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: r.code, Message: r.msg}).Encode(nil)
+	t.writeClient(b)
+	if typ == 'Q' || typ == 'F' {
+		t.writeClient(readyIdle)
+	} else {
+		t.failed = true
+	}
+	return true
 }
 
 // writePending answers the waiting Parses and Closes.

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -235,4 +236,56 @@ func TestTxModeGaugeWhenLeftConnectionFails(t *testing.T) {
 	if n := h.metric(t, "pgsidecar_proxy_server_connections", map[string]string{"state": "active"}); n != 0 {
 		t.Errorf("active server connections at rest: %v", n)
 	}
+}
+
+// TestTxModeWaitTimeoutInBand: a request that waits --proxy.query-wait-timeout for a server
+// connection fails with ERROR 53300, a simple Query and an extended batch alike, and the client
+// stays connected: its next request runs once a connection is free.
+func TestTxModeWaitTimeoutInBand(t *testing.T) {
+	h := newTxHarness(t, 1, func(_ *pool.Config, c *Config) { c.QueryWaitTimeout = 200 * time.Millisecond })
+	ctx := ctxTimeout(t, 30*time.Second)
+	b := h.pgconnect(t, ctx, "")
+	a := h.pgconnect(t, ctx, "")
+	if _, err := simple(ctx, a, "begin; select 1"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err := simple(ctx, b, "select 1")
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "53300" || pgErr.Severity != "ERROR" {
+		t.Fatalf("query while the only connection is in a transaction: %v, want ERROR 53300", err)
+	}
+	if d := time.Since(start); d < 200*time.Millisecond || d > 3*time.Second {
+		t.Errorf("waited %s, want about the 200ms query wait timeout", d)
+	}
+	res := b.ExecParams(ctx, "select $1::int", [][]byte{[]byte("7")}, nil, nil, nil).Read()
+	if sqlState(res.Err) != "53300" {
+		t.Fatalf("extended query while the only connection is in a transaction: %v, want 53300", res.Err)
+	}
+	if b.IsClosed() || b.TxStatus() != 'I' {
+		t.Fatalf("client closed (%v) or not idle (%c) after the in-band errors", b.IsClosed(), b.TxStatus())
+	}
+	if _, err := simple(ctx, a, "commit"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := simple(ctx, b, "select 42"); err != nil || got != "42" {
+		t.Fatalf("query once the connection is free: %q, %v", got, err)
+	}
+	if got, err := execParams(ctx, b, "select $1::int", "7"); err != nil || got != "7" {
+		t.Fatalf("extended query once the connection is free: %q, %v", got, err)
+	}
+	if n := h.metric(t, "pgsidecar_proxy_wait_timeouts_total", nil); n != 2 {
+		t.Errorf("wait timeouts counted: %v, want 2", n)
+	}
+}
+
+func execParams(ctx context.Context, c *pgconn.PgConn, sql, arg string) (string, error) {
+	res := c.ExecParams(ctx, sql, [][]byte{[]byte(arg)}, nil, nil, nil).Read()
+	if res.Err != nil {
+		return "", res.Err
+	}
+	if len(res.Rows) != 1 {
+		return "", fmt.Errorf("%d rows", len(res.Rows))
+	}
+	return string(res.Rows[0][0]), nil
 }

@@ -58,13 +58,14 @@ func (ss *serverSet) count(c *srvConn, state byte) {
 	}
 }
 
-// get checks out a server connection: an idle one, a new one borrowed from the pool, or the
-// next one a client gives back, waiting at most DB_CONNECTION_TIMEOUT. Then 53300.
+// get checks out a server connection: an idle one, a new one borrowed from the pool (opening
+// it is bounded by DB_CONNECTION_TIMEOUT), or the next one a client gives back, waiting at most
+// --proxy.query-wait-timeout. Then 53300, which the client gets in-band.
 func (ss *serverSet) get() (*srvConn, error) {
 	s := ss.s
 	start := time.Now()
 	defer func() { s.m.wait.Observe(time.Since(start).Seconds()) }()
-	wait := s.mgr.Config().ConnectTimeout
+	wait := s.queryWaitTimeout()
 	ss.mu.Lock()
 	if ss.closed {
 		ss.mu.Unlock()
@@ -118,9 +119,19 @@ func (ss *serverSet) get() (*srvConn, error) {
 	if s.ctx.Err() != nil {
 		return nil, reject("57P01", "the proxy is shutting down")
 	}
-	cfg := s.mgr.Config()
-	return nil, reject("53300", "no server connection available within DB_CONNECTION_TIMEOUT (%s): all %d pool connections are in use",
-		cfg.ConnectTimeout, cfg.MaxConns)
+	s.m.waitTimeouts.Inc()
+	err := reject("53300", "no server connection available within --proxy.query-wait-timeout (%s): all %d pool connections are in use",
+		wait, s.mgr.Config().MaxConns)
+	err.inBand = true
+	return nil, err
+}
+
+// queryWaitTimeout is --proxy.query-wait-timeout, or DB_CONNECTION_TIMEOUT when it is auto.
+func (s *Server) queryWaitTimeout() time.Duration {
+	if s.cfg.QueryWaitTimeout > 0 {
+		return s.cfg.QueryWaitTimeout
+	}
+	return s.mgr.Config().ConnectTimeout
 }
 
 // open borrows a connection from the pool for the set and starts reading it.
