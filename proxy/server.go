@@ -71,8 +71,10 @@ type Server struct {
 	tlsMode  TLSMode // resolved: never empty
 	authLog  *logThrottle
 	evictLog *logThrottle
-	txSet    *serverSet   // transaction mode's server connections
-	stmts    stmtRegistry // transaction mode's prepared statements
+	// Logs of clients the proxy closed for what they did.
+	oversizeLog *logThrottle
+	txSet       *serverSet   // transaction mode's server connections
+	stmts       stmtRegistry // transaction mode's prepared statements
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -114,6 +116,8 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 	s.log = s.log.With("pool", mgr.Name())
 	s.authLog = &logThrottle{log: s.log, msg: "Proxy authentication failed", interval: cfg.AuthFailureLogInterval}
 	s.evictLog = &logThrottle{log: s.log, msg: "Proxy closed the oldest connection still in startup: --proxy.max-startup-connections reached",
+		interval: cfg.AuthFailureLogInterval}
+	s.oversizeLog = &logThrottle{log: s.log, msg: "Proxy closed a client that sent a message over --proxy.max-message-size",
 		interval: cfg.AuthFailureLogInterval}
 	users := cfg.Users
 	if len(users) == 0 {
@@ -359,6 +363,7 @@ func (s *Server) Close() error {
 	}
 	s.authLog.stop()
 	s.evictLog.stop()
+	s.oversizeLog.stop()
 	if s.reg != nil {
 		for _, c := range s.m.collectors() {
 			s.reg.Unregister(c)

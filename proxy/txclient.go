@@ -634,8 +634,8 @@ func (t *txSession) loop() {
 		}
 		if n > s.cfg.MaxMessageSize {
 			s.refuse(t, reject("54000", "message of type %q too large (more than %d bytes)", typ, s.cfg.MaxMessageSize))
-			_ = t.client.SetReadDeadline(time.Now().Add(s.cfg.ResetTimeout))
-			_, _ = t.cr.Discard(n)
+			t.flushClient()
+			s.endOversized(t.session, t.cr, n)
 			return
 		}
 		bytesIn += n + 5

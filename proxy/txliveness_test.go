@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -288,4 +289,43 @@ func execParams(ctx context.Context, c *pgconn.PgConn, sql, arg string) (string,
 		return "", fmt.Errorf("%d rows", len(res.Rows))
 	}
 	return string(res.Rows[0][0]), nil
+}
+
+// TestOversizedMessageErrorArrives: a client that sends a message over --proxy.max-message-size
+// and more after it (as a pipelining client does) reads the proxy's 54000 before the close, in
+// both pool modes.
+func TestOversizedMessageErrorArrives(t *testing.T) {
+	for _, mode := range []PoolMode{PoolSession, PoolTransaction} {
+		t.Run(string(mode), func(t *testing.T) {
+			h := newHarness(t, func(_ *pool.Config, c *Config) {
+				c.PoolMode = mode
+				c.MaxMessageSize = 64 << 10
+			})
+			ctx := ctxTimeout(t, 30*time.Second)
+			c := h.pgconnect(t, ctx, "")
+			msg := (&pgproto3.Query{String: strings.Repeat("x", 1<<20)})
+			b, _ := msg.Encode(nil)
+			b, _ = (&pgproto3.Sync{}).Encode(b)
+			b, _ = (&pgproto3.Query{String: "select 1"}).Encode(b)
+			conn := c.Conn()
+			_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := conn.Write(b); err != nil {
+				t.Fatalf("write: %v", err)
+			}
+			// pgconn returns an ErrorResponse as its error.
+			var err error
+			for err == nil {
+				_, err = c.ReceiveMessage(ctx)
+			}
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "54000" || pgErr.Severity != "FATAL" {
+				t.Fatalf("reading the proxy's answer: %v, want FATAL 54000", err)
+			}
+			if !pgtest.WaitFor(5*time.Second, func() bool {
+				return strings.Contains(h.log.String(), "message over --proxy.max-message-size")
+			}) {
+				t.Errorf("the close is not logged")
+			}
+		})
+	}
 }
