@@ -135,6 +135,10 @@ type Config struct {
 	// another client gives back; then its request fails in-band with 53300. 0 means the pool's
 	// DB_CONNECTION_TIMEOUT.
 	QueryWaitTimeout time.Duration
+	// IdleTransactionTimeout, when not 0, ends a transaction-mode client that holds a server
+	// connection in a transaction with no request outstanding for this long: FATAL 25P03, its
+	// transaction rolled back and the connection freed for other clients.
+	IdleTransactionTimeout time.Duration
 	// MaxPreparedStatements bounds the protocol-level prepared statements the proxy keeps on
 	// each server connection in transaction mode; the least recently used is closed to make
 	// room.
@@ -210,6 +214,9 @@ func Settings() []Setting {
 				c.QueryWaitTimeout = d
 				return nil
 			}},
+		{Flag: "proxy.idle-transaction-timeout", Env: "PROXY_IDLE_TRANSACTION_TIMEOUT", Default: "0",
+			Help: "Transaction mode: disconnect a client idle in a transaction (no request outstanding) for this long, with FATAL 25P03; its transaction is rolled back and its server connection goes to other clients. 0: off, as PostgreSQL's idle_in_transaction_session_timeout and PgBouncer's idle_transaction_timeout are by default, since ending a slow but live transaction loses its work; set it when clients may forget open transactions, each of which holds one of DB_MAX_CONNECTIONS from everyone.",
+			Set:  settings.Duration("--proxy.idle-transaction-timeout", func(c *Config) *time.Duration { return &c.IdleTransactionTimeout })},
 		{Flag: "proxy.max-prepared-statements", Env: "PROXY_MAX_PREPARED_STATEMENTS", Default: "200",
 			Help: "Protocol-level prepared statements kept on each server connection in transaction mode; the least recently used one is closed to make room.",
 			Set:  settings.Int("--proxy.max-prepared-statements", func(c *Config) *int { return &c.MaxPreparedStatements })},
@@ -292,6 +299,9 @@ func (c Config) Validate() error {
 	}
 	if !c.PoolMode.known() {
 		add("--proxy.pool-mode (%q) must be session or transaction", c.PoolMode)
+	}
+	if c.IdleTransactionTimeout < 0 {
+		add("--proxy.idle-transaction-timeout (%s) must not be negative", c.IdleTransactionTimeout)
 	}
 	if c.QueryWaitTimeout < 0 {
 		add("--proxy.query-wait-timeout (%s) must not be negative", c.QueryWaitTimeout)

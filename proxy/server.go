@@ -73,6 +73,7 @@ type Server struct {
 	evictLog *logThrottle
 	// Logs of clients the proxy closed for what they did.
 	oversizeLog *logThrottle
+	idleTxLog   *logThrottle
 	txSet       *serverSet   // transaction mode's server connections
 	stmts       stmtRegistry // transaction mode's prepared statements
 
@@ -118,6 +119,8 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 	s.evictLog = &logThrottle{log: s.log, msg: "Proxy closed the oldest connection still in startup: --proxy.max-startup-connections reached",
 		interval: cfg.AuthFailureLogInterval}
 	s.oversizeLog = &logThrottle{log: s.log, msg: "Proxy closed a client that sent a message over --proxy.max-message-size",
+		interval: cfg.AuthFailureLogInterval}
+	s.idleTxLog = &logThrottle{log: s.log, msg: "Proxy closed a client idle in a transaction for --proxy.idle-transaction-timeout",
 		interval: cfg.AuthFailureLogInterval}
 	users := cfg.Users
 	if len(users) == 0 {
@@ -364,6 +367,7 @@ func (s *Server) Close() error {
 	s.authLog.stop()
 	s.evictLog.stop()
 	s.oversizeLog.stop()
+	s.idleTxLog.stop()
 	if s.reg != nil {
 		for _, c := range s.m.collectors() {
 			s.reg.Unregister(c)

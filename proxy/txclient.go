@@ -68,6 +68,8 @@ type txSession struct {
 
 	wmu sync.Mutex
 	cw  *bufio.Writer // to the client, from writerPool
+
+	idleDeadline time.Time // the client's read deadline for --proxy.idle-transaction-timeout, or zero
 }
 
 // setState moves the client between the waiting, active and idle gauges.
@@ -517,6 +519,51 @@ func (t *txSession) abortBatch(c *srvConn, b []byte) []byte {
 	return appendMsg(b, 'S', nil)
 }
 
+// errIdleWait: the client sent nothing before its idle-transaction deadline.
+var errIdleWait = errors.New("idle transaction deadline")
+
+// armIdleTimeout sets a read deadline on a client about to wait for its next message while it
+// holds a server connection, so that one idle in a transaction is noticed (idleTooLong).
+func (t *txSession) armIdleTimeout() {
+	if !t.idleDeadline.IsZero() || t.cr != nil && t.cr.Buffered() > 0 || t.current() == nil {
+		return
+	}
+	t.idleDeadline = time.Now().Add(t.srv.cfg.IdleTransactionTimeout)
+	_ = t.client.SetReadDeadline(t.idleDeadline)
+}
+
+// idleTooLong is called when the client's idle deadline passed. A client idle in a transaction
+// (no request outstanding) for --proxy.idle-transaction-timeout gets FATAL 25P03 and true: its
+// session ends, and leave rolls the transaction back. Otherwise the deadline moves to when the
+// client would have been idle that long.
+func (t *txSession) idleTooLong() bool {
+	s := t.srv
+	timeout := s.cfg.IdleTransactionTimeout
+	t.idleDeadline = time.Time{}
+	_ = t.client.SetReadDeadline(time.Time{})
+	c := t.current()
+	if c == nil {
+		return false
+	}
+	c.mu.Lock()
+	idle := c.client == t && len(c.queue) == 0 && c.copying == 0 && !c.writing && (c.status == 'T' || c.status == 'E')
+	since := c.readyAt
+	c.mu.Unlock()
+	if !idle {
+		return false // armIdleTimeout sets a new deadline
+	}
+	if left := timeout - time.Since(since); left > 0 {
+		t.idleDeadline = time.Now().Add(left)
+		_ = t.client.SetReadDeadline(t.idleDeadline)
+		return false
+	}
+	s.m.idleTxEnded.Inc()
+	s.idleTxLog.event("user", t.user, "client", t.remote, "timeout", timeout)
+	s.refuse(t, reject("25P03", "terminating connection due to idle-in-transaction timeout (--proxy.idle-transaction-timeout is %s)", timeout))
+	t.flushClient()
+	return true
+}
+
 // readHeader reads a message header from the client. With nothing buffered it gives the reader
 // back to its pool and waits on the connection itself, so an idle client holds no buffer.
 func (t *txSession) readHeader(hdr []byte) error {
@@ -532,7 +579,10 @@ func (t *txSession) readHeader(hdr []byte) error {
 		if cap(t.rewrite) > 4<<10 {
 			t.rewrite = nil
 		}
-		if _, err := io.ReadFull(t.client, hdr); err != nil {
+		if got, err := io.ReadFull(t.client, hdr); err != nil {
+			if got == 0 && !t.idleDeadline.IsZero() && isTimeout(err) {
+				return errIdleWait
+			}
 			return err
 		}
 		t.cr = readerPool.Get().(*bufio.Reader)
@@ -623,8 +673,18 @@ func (t *txSession) loop() {
 				bytesIn = 0
 			}
 		}
+		if s.cfg.IdleTransactionTimeout > 0 {
+			t.armIdleTimeout()
+		}
 		if err := t.readHeader(hdr[:]); err != nil {
+			if err == errIdleWait && !t.idleTooLong() {
+				continue
+			}
 			return
+		}
+		if !t.idleDeadline.IsZero() {
+			t.idleDeadline = time.Time{}
+			_ = t.client.SetReadDeadline(time.Time{})
 		}
 		typ := hdr[0]
 		n := int(binary.BigEndian.Uint32(hdr[1:])) - 4

@@ -329,3 +329,44 @@ func TestOversizedMessageErrorArrives(t *testing.T) {
 		})
 	}
 }
+
+// TestTxModeIdleTransactionTimeout: a client idle in a transaction longer than
+// --proxy.idle-transaction-timeout gets FATAL 25P03, its transaction is rolled back and its
+// server connection serves the next client; a client whose query runs that long is not idle.
+func TestTxModeIdleTransactionTimeout(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	h := newTxHarness(t, 1, func(_ *pool.Config, c *Config) { c.IdleTransactionTimeout = timeout })
+	ctx := ctxTimeout(t, 30*time.Second)
+	a := h.pgconnect(t, ctx, "")
+	if _, err := simple(ctx, a, "create table if not exists idle_tx (n int); truncate idle_tx"); err != nil {
+		t.Fatal(err)
+	}
+	// Busy, not idle: a query longer than the timeout, then requests in quick succession.
+	if _, err := simple(ctx, a, "begin; select pg_sleep(0.5)"); err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		time.Sleep(timeout / 2)
+		if _, err := simple(ctx, a, "insert into idle_tx values (1)"); err != nil {
+			t.Fatalf("client active in its transaction: %v", err)
+		}
+	}
+	time.Sleep(3 * timeout)
+	_, err := simple(ctx, a, "commit")
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "25P03" || pgErr.Severity != "FATAL" {
+		t.Fatalf("commit after idling in the transaction: %v, want FATAL 25P03", err)
+	}
+	b := h.pgconnect(t, ctx, "")
+	qctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if got, err := simple(qctx, b, "select count(*) from idle_tx"); err != nil || got != "0" {
+		t.Fatalf("after the idle client was ended: %q, %v (want its transaction rolled back)", got, err)
+	}
+	if n := h.metric(t, "pgsidecar_proxy_idle_transaction_timeouts_total", nil); n != 1 {
+		t.Errorf("idle transaction timeouts counted: %v, want 1", n)
+	}
+	if !strings.Contains(h.log.String(), "idle in a transaction") {
+		t.Errorf("the close is not logged")
+	}
+}

@@ -88,6 +88,7 @@ type srvConn struct {
 	// server is inside their batch (and its implicit transaction) whatever status it last
 	// reported.
 	midBatch bool
+	readyAt  time.Time // of the last ReadyForQuery
 
 	counted byte // the gauge counting the connection (serverSet.count); guarded by set.mu
 }
@@ -348,6 +349,7 @@ func (c *srvConn) readyForQuery(h *entry, status byte, cl *txSession) {
 	s := c.set.s
 	prev := c.status
 	c.status = status
+	c.readyAt = time.Now()
 	c.copying = 0
 	if c.errSkip && c.errBatch == h.batch && h.kind == 'S' {
 		c.errSkip = false
