@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -286,17 +287,28 @@ func (s *Server) runTx(sess *session, params map[string]string) {
 		}
 		t.releaseClientWriter()
 	}()
-	if !t.login() {
+	if !t.login(params) {
 		return
 	}
 	t.loop()
 }
 
-// login checks the client's startup settings on a server connection and reports the server's
-// parameters, as PostgreSQL does at the end of its startup.
-func (t *txSession) login() bool {
+// login reports the server's parameters, as PostgreSQL does at the end of its startup. With a
+// server connection free it checks the client's startup settings there, so that a bad one fails
+// the login as on PostgreSQL. With every connection in use the client logs in without one: the
+// parameters are those of the set's connections, with the settings the client asked for as it
+// asked for them, applied when it first checks out a connection (where a bad one fails its
+// first request). Only before the set has opened any connection does a login wait for one.
+func (t *txSession) login(params map[string]string) bool {
 	s := t.srv
-	c, err := t.hold()
+	c, err := t.checkout(false)
+	if err == nil && c == nil {
+		if reported := s.txSet.reportedParams(); reported != nil {
+			t.welcome(reported, params)
+			return true
+		}
+		c, err = t.hold()
+	}
 	if err != nil {
 		s.refuse(t, err)
 		t.flushClient()
@@ -323,21 +335,48 @@ func (t *txSession) login() bool {
 		}
 	}
 	c.mu.Lock()
+	reported := clone(c.reported)
+	c.mu.Unlock()
+	t.endWrite()
+	t.welcome(reported, nil)
+	return true
+}
+
+// welcome ends the client's login: ParameterStatus for each reported parameter (with the
+// client's own startup settings of them when given), BackendKeyData and ReadyForQuery.
+func (t *txSession) welcome(reported, startup map[string]string) {
+	asked := map[string]string{}
+	for name, value := range startup {
+		switch name {
+		case "user", "database", "replication":
+		case "options":
+			for _, kv := range startupOptions(value) {
+				asked[strings.ToLower(kv[0])] = kv[1]
+			}
+		case "client_encoding":
+			if !strings.EqualFold(value, "auto") {
+				asked[name] = value
+			}
+		default:
+			asked[strings.ToLower(name)] = value
+		}
+	}
 	var msgs []byte
 	for _, name := range reportedParams {
-		if v := c.reported[name]; v != "" {
+		v := reported[name]
+		if a, ok := asked[strings.ToLower(name)]; ok {
+			v = a
+		}
+		if v != "" {
 			msgs, _ = (&pgproto3.ParameterStatus{Name: name, Value: v}).Encode(msgs)
 		}
 	}
-	c.mu.Unlock()
 	key := make([]byte, 4)
 	binary.BigEndian.PutUint32(key, t.secret)
 	msgs, _ = (&pgproto3.BackendKeyData{ProcessID: t.pid, SecretKey: key}).Encode(msgs)
 	msgs, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(msgs)
 	t.writeClient(msgs)
-	t.endWrite()
 	t.flushClient()
-	return true
 }
 
 // Write lets the proxy's refuse write to the client.
@@ -349,7 +388,10 @@ func (t *txSession) Write(b []byte) (int, error) {
 // hold returns the server connection the client holds, checking one out (and bringing its
 // settings in line with the client's) when it holds none, and marks it as being written to so
 // that it stays attached until endWrite.
-func (t *txSession) hold() (*srvConn, error) {
+func (t *txSession) hold() (*srvConn, error) { return t.checkout(true) }
+
+// checkout is hold; without wait, it returns nil when every server connection is in use.
+func (t *txSession) checkout(wait bool) (*srvConn, error) {
 	s := t.srv
 	if c := t.current(); c != nil {
 		c.mu.Lock()
@@ -365,8 +407,12 @@ func (t *txSession) hold() (*srvConn, error) {
 	var c *srvConn
 	for {
 		var err error
-		c, err = s.txSet.get()
-		if err != nil {
+		if wait {
+			c, err = s.txSet.get()
+		} else {
+			c, err = s.txSet.take()
+		}
+		if c == nil {
 			t.setState(s.m.idle)
 			return nil, err
 		}

@@ -370,3 +370,76 @@ func TestTxModeIdleTransactionTimeout(t *testing.T) {
 		t.Errorf("the close is not logged")
 	}
 }
+
+// TestTxModeLoginWithoutServerConnection: a client logs in while every server connection is
+// held, with the server's parameters and its own startup settings reported; its first query
+// waits and fails in-band, and once a connection is free its settings are in force there.
+func TestTxModeLoginWithoutServerConnection(t *testing.T) {
+	h := newTxHarness(t, 1, func(_ *pool.Config, c *Config) { c.QueryWaitTimeout = 300 * time.Millisecond })
+	ctx := ctxTimeout(t, 30*time.Second)
+	a := h.pgconnect(t, ctx, "")
+	if _, err := simple(ctx, a, "begin; select 1"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	lctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	b, err := pgconn.Connect(lctx, h.url("postgres", pgtest.SuperuserPassword, "application_name=bee&timezone=Asia/Tokyo"))
+	if err != nil {
+		t.Fatalf("login while the only server connection is held: %v", err)
+	}
+	t.Cleanup(func() { _ = b.Close(context.Background()) })
+	t.Logf("logged in in %s", time.Since(start))
+	for name, want := range map[string]string{"application_name": "bee", "TimeZone": "Asia/Tokyo",
+		"server_encoding": "UTF8", "client_encoding": "UTF8", "integer_datetimes": "on",
+		"standard_conforming_strings": "on", "DateStyle": "", "IntervalStyle": "", "is_superuser": "",
+		"session_authorization": "", "server_version": ""} {
+		got := b.ParameterStatus(name)
+		if got == "" || want != "" && got != want {
+			t.Errorf("ParameterStatus %s = %q, want %q", name, got, want)
+		}
+	}
+	if _, err := simple(ctx, b, "select 1"); sqlState(err) != "53300" {
+		t.Fatalf("first query while the connection is held: %v, want 53300 in-band", err)
+	}
+	if _, err := simple(ctx, a, "commit"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := simple(ctx, b, "select current_setting('application_name') || ' ' || current_setting('timezone')"); err != nil || got != "bee Asia/Tokyo" {
+		t.Fatalf("settings on the first checkout: %q, %v", got, err)
+	}
+	// A bad startup setting still fails the login when a connection is free to check it on.
+	bad, err := pgconn.Connect(ctx, h.url("postgres", pgtest.SuperuserPassword, "options=-c%20statement_timeout%3Dbanana"))
+	if err == nil {
+		_ = bad.Close(ctx)
+		t.Fatal("login with statement_timeout=banana succeeded")
+	}
+}
+
+// TestTxModeDeadIdleConnectionReplaced: a server connection that dies while idle in the set
+// never reaches a client: the next login and query get a working one.
+func TestTxModeDeadIdleConnectionReplaced(t *testing.T) {
+	h := newTxHarness(t, 1, nil)
+	ctx := ctxTimeout(t, 30*time.Second)
+	a := h.pgconnect(t, ctx, "")
+	pid, err := simple(ctx, a, "select pg_backend_pid()")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = a.Close(ctx)
+	direct, err := pgconn.Connect(ctx, cluster.URL(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close(ctx)
+	if _, err := simple(ctx, direct, "select pg_terminate_backend("+pid+", 5000)"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		b := h.pgconnect(t, ctx, "")
+		if got, err := simple(ctx, b, "select 42"); err != nil || got != "42" {
+			t.Fatalf("round %d: query after the idle server connection died: %q, %v", i, got, err)
+		}
+		_ = b.Close(ctx)
+	}
+}

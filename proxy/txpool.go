@@ -28,6 +28,9 @@ type serverSet struct {
 	waiters list.List  // of *setWaiter, oldest first
 	closed  bool
 	wg      sync.WaitGroup // one per borrowed connection
+	// reported: the ParameterStatus values of the last connection opened, before any client
+	// changed them, for the logins of clients that find no connection free.
+	reported map[string]string
 }
 
 type setWaiter struct{ ch chan *srvConn }
@@ -67,32 +70,9 @@ func (ss *serverSet) get() (*srvConn, error) {
 	defer func() { s.m.wait.Observe(time.Since(start).Seconds()) }()
 	wait := s.queryWaitTimeout()
 	ss.mu.Lock()
-	if ss.closed {
-		ss.mu.Unlock()
-		return nil, reject("57P01", "the proxy is shutting down")
-	}
-	ss.retireExpired()
-	if n := len(ss.idle); n > 0 {
-		c := ss.idle[n-1]
-		ss.idle = ss.idle[:n-1]
-		ss.count(c, countedActive)
-		ss.mu.Unlock()
-		return c, nil
-	}
-	if ss.total < int(s.mgr.Config().MaxConns) {
-		ss.total++
-		ss.mu.Unlock()
-		c, err := ss.open()
-		if err != nil {
-			ss.mu.Lock()
-			ss.total--
-			ss.mu.Unlock()
-			return nil, err
-		}
-		ss.mu.Lock()
-		ss.count(c, countedActive)
-		ss.mu.Unlock()
-		return c, nil
+	c, err := ss.takeLocked()
+	if c != nil || err != nil {
+		return c, err
 	}
 	w := &setWaiter{ch: make(chan *srvConn, 1)}
 	el := ss.waiters.PushBack(w)
@@ -120,10 +100,10 @@ func (ss *serverSet) get() (*srvConn, error) {
 		return nil, reject("57P01", "the proxy is shutting down")
 	}
 	s.m.waitTimeouts.Inc()
-	err := reject("53300", "no server connection available within --proxy.query-wait-timeout (%s): all %d pool connections are in use",
+	timedOut := reject("53300", "no server connection available within --proxy.query-wait-timeout (%s): all %d pool connections are in use",
 		wait, s.mgr.Config().MaxConns)
-	err.inBand = true
-	return nil, err
+	timedOut.inBand = true
+	return nil, timedOut
 }
 
 // queryWaitTimeout is --proxy.query-wait-timeout, or DB_CONNECTION_TIMEOUT when it is auto.
@@ -132,6 +112,59 @@ func (s *Server) queryWaitTimeout() time.Duration {
 		return s.cfg.QueryWaitTimeout
 	}
 	return s.mgr.Config().ConnectTimeout
+}
+
+// take checks out an idle connection, or a new one when the set has room, without waiting for
+// one a client gives back: nil when every connection is in use.
+func (ss *serverSet) take() (*srvConn, error) {
+	ss.mu.Lock()
+	c, err := ss.takeLocked()
+	if c == nil && err == nil {
+		ss.mu.Unlock()
+	}
+	return c, err
+}
+
+// takeLocked is take with ss.mu held, which it unlocks unless it returns nil, nil.
+func (ss *serverSet) takeLocked() (*srvConn, error) {
+	s := ss.s
+	if ss.closed {
+		ss.mu.Unlock()
+		return nil, reject("57P01", "the proxy is shutting down")
+	}
+	ss.retireExpired()
+	if n := len(ss.idle); n > 0 {
+		c := ss.idle[n-1]
+		ss.idle = ss.idle[:n-1]
+		ss.count(c, countedActive)
+		ss.mu.Unlock()
+		return c, nil
+	}
+	if ss.total >= int(s.mgr.Config().MaxConns) {
+		return nil, nil
+	}
+	ss.total++
+	ss.mu.Unlock()
+	c, err := ss.open()
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if err != nil {
+		ss.total--
+		return nil, err
+	}
+	ss.count(c, countedActive)
+	return c, nil
+}
+
+// reportedParams returns a copy of the server's ParameterStatus values, nil before the set
+// opened its first connection.
+func (ss *serverSet) reportedParams() map[string]string {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.reported == nil {
+		return nil
+	}
+	return clone(ss.reported)
 }
 
 // open borrows a connection from the pool for the set and starts reading it.
@@ -164,6 +197,9 @@ func (ss *serverSet) open() (*srvConn, error) {
 			c.reported[name] = v
 		}
 	}
+	ss.mu.Lock()
+	ss.reported = clone(c.reported)
+	ss.mu.Unlock()
 	ss.wg.Add(1)
 	go c.readLoop()
 	return c, nil

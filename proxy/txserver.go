@@ -222,6 +222,9 @@ func (c *srvConn) readLoop() {
 			e := decodeError(body)
 			if e.Severity == "FATAL" || e.Severity == "PANIC" {
 				fatal = true
+				// The server is ending the session (terminated, shut down): no client must
+				// check the connection out before the read of its end drops it.
+				c.broken = true
 			}
 			if c.batchErr == nil {
 				c.batchErr = e
