@@ -146,6 +146,14 @@ type Config struct {
 	ResetTimeout time.Duration
 	// PoolMode is session or transaction pooling.
 	PoolMode PoolMode
+	// QueryWaitTimeout bounds a transaction-mode client's wait for a server connection that
+	// another client gives back; then its request fails in-band with 53300. 0 means the pool's
+	// DB_CONNECTION_TIMEOUT.
+	QueryWaitTimeout time.Duration
+	// IdleTransactionTimeout, when not 0, ends a transaction-mode client that holds a server
+	// connection in a transaction with no request outstanding for this long: FATAL 25P03, its
+	// transaction rolled back and the connection freed for other clients.
+	IdleTransactionTimeout time.Duration
 	// MaxPreparedStatements bounds the protocol-level prepared statements the proxy keeps on
 	// each server connection in transaction mode; the least recently used is closed to make
 	// room.
@@ -215,6 +223,26 @@ func Settings() []Setting {
 				c.PinPolicy = PinPolicy(v)
 				return nil
 			}},
+		{Flag: "proxy.query-wait-timeout", Env: "PROXY_QUERY_WAIT_TIMEOUT", Default: "auto",
+			Help: "Transaction mode: how long a client's request waits for a server connection when all DB_MAX_CONNECTIONS are in use; then the request fails with ERROR 53300 and the client stays connected. auto: DB_CONNECTION_TIMEOUT, the bound on every other wait for a pool connection, so one setting keeps bounding them all unless this is set (PgBouncer's query_wait_timeout defaults to 120s, longer than most applications wait for a query). Opening a new server connection stays bounded by DB_CONNECTION_TIMEOUT.",
+			Set: func(c *Config, v string) error {
+				if v == "auto" {
+					c.QueryWaitTimeout = 0
+					return nil
+				}
+				var d time.Duration
+				if err := settings.Duration("--proxy.query-wait-timeout", func(c *time.Duration) *time.Duration { return c })(&d, v); err != nil {
+					return err
+				}
+				if d <= 0 {
+					return fmt.Errorf("--proxy.query-wait-timeout must be auto or a duration greater than 0, got '%s'", v)
+				}
+				c.QueryWaitTimeout = d
+				return nil
+			}},
+		{Flag: "proxy.idle-transaction-timeout", Env: "PROXY_IDLE_TRANSACTION_TIMEOUT", Default: "0",
+			Help: "Transaction mode: disconnect a client idle in a transaction (no request outstanding) for this long, with FATAL 25P03; its transaction is rolled back and its server connection goes to other clients. 0: off, as PostgreSQL's idle_in_transaction_session_timeout and PgBouncer's idle_transaction_timeout are by default, since ending a slow but live transaction loses its work; set it when clients may forget open transactions, each of which holds one of DB_MAX_CONNECTIONS from everyone.",
+			Set:  settings.Duration("--proxy.idle-transaction-timeout", func(c *Config) *time.Duration { return &c.IdleTransactionTimeout })},
 		{Flag: "proxy.max-prepared-statements", Env: "PROXY_MAX_PREPARED_STATEMENTS", Default: "200",
 			Help: "Protocol-level prepared statements kept on each server connection in transaction mode; the least recently used one is closed to make room.",
 			Set:  settings.Int("--proxy.max-prepared-statements", func(c *Config) *int { return &c.MaxPreparedStatements })},
@@ -300,6 +328,12 @@ func (c Config) Validate() error {
 	}
 	if !c.PinPolicy.known() {
 		add("--proxy.pin-policy (%q) must be pin or error", c.PinPolicy)
+	}
+	if c.IdleTransactionTimeout < 0 {
+		add("--proxy.idle-transaction-timeout (%s) must not be negative", c.IdleTransactionTimeout)
+	}
+	if c.QueryWaitTimeout < 0 {
+		add("--proxy.query-wait-timeout (%s) must not be negative", c.QueryWaitTimeout)
 	}
 	if c.MaxPreparedStatements < 1 {
 		add("--proxy.max-prepared-statements (%d) must be at least 1", c.MaxPreparedStatements)

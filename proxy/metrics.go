@@ -20,6 +20,8 @@ type metrics struct {
 	rejected     *prometheus.CounterVec
 	cancels      prometheus.Counter
 	serverLost   prometheus.Counter
+	waitTimeouts prometheus.Counter
+	idleTxEnded  prometheus.Counter
 
 	authenticating prometheus.Gauge
 	waiting        prometheus.Gauge
@@ -85,6 +87,16 @@ func newMetrics(poolName string) *metrics {
 			Help:        "Server connections that failed during a client session; the client got FATAL 08006.",
 			ConstLabels: labels,
 		}),
+		waitTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name:        "pgsidecar_proxy_wait_timeouts_total",
+			Help:        "Requests of transaction-mode clients that waited --proxy.query-wait-timeout for a server connection without getting one; each got ERROR 53300 in-band and stayed connected.",
+			ConstLabels: labels,
+		}),
+		idleTxEnded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name:        "pgsidecar_proxy_idle_transaction_timeouts_total",
+			Help:        "Transaction-mode clients disconnected for staying idle in a transaction longer than --proxy.idle-transaction-timeout; their transactions were rolled back.",
+			ConstLabels: labels,
+		}),
 		serverConns: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name:        "pgsidecar_proxy_server_connections",
 			Help:        "The proxy's transaction-mode server connections by state: active (serving a client) or idle (in the proxy's pool).",
@@ -148,6 +160,6 @@ func newMetrics(poolName string) *metrics {
 
 func (x *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{x.clients, x.wait, x.transactions, x.bytesVec, x.authFailures, x.sessions,
-		x.rejected, x.cancels, x.serverLost, x.serverConns, x.sessionTx, x.stmtHits, x.stmtMisses, x.stmtEvicted,
+		x.rejected, x.cancels, x.serverLost, x.waitTimeouts, x.idleTxEnded, x.serverConns, x.sessionTx, x.stmtHits, x.stmtMisses, x.stmtEvicted,
 		x.pinned, x.pinnedTotal}
 }

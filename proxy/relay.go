@@ -267,15 +267,11 @@ loop:
 		_ = sess.cw.Flush()
 	}
 	if bad != nil {
-		if discard > 0 {
-			// Read the rest of the message without keeping it, so that a client still
-			// writing it can read the error instead of failing on a closed socket.
-			_ = sess.client.SetReadDeadline(time.Now().Add(s.cfg.ResetTimeout))
-			_, _ = sess.cr.Discard(discard)
-			_ = sess.client.SetReadDeadline(time.Time{})
-		}
 		s.refuse(sess.cw, bad)
 		_ = sess.cw.Flush()
+		if discard > 0 {
+			s.endOversized(sess, sess.cr, discard)
+		}
 	}
 	return end
 }

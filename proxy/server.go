@@ -72,10 +72,13 @@ type Server struct {
 	tlsMode  TLSMode // resolved: never empty
 	authLog  *logThrottle
 	evictLog *logThrottle
-	txSet    *serverSet   // transaction mode's server connections
-	stmts    stmtRegistry // transaction mode's prepared statements
-	analysis sessionsql.Cache
-	pinLog   *logThrottle
+	// Logs of clients the proxy closed for what they did.
+	oversizeLog *logThrottle
+	idleTxLog   *logThrottle
+	txSet       *serverSet   // transaction mode's server connections
+	stmts       stmtRegistry // transaction mode's prepared statements
+	analysis    sessionsql.Cache
+	pinLog      *logThrottle
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -119,6 +122,10 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 	s.pinLog = &logThrottle{log: s.log, msg: "Proxy session pinned to its server connection", interval: cfg.AuthFailureLogInterval}
 	s.authLog = &logThrottle{log: s.log, msg: "Proxy authentication failed", interval: cfg.AuthFailureLogInterval}
 	s.evictLog = &logThrottle{log: s.log, msg: "Proxy closed the oldest connection still in startup: --proxy.max-startup-connections reached",
+		interval: cfg.AuthFailureLogInterval}
+	s.oversizeLog = &logThrottle{log: s.log, msg: "Proxy closed a client that sent a message over --proxy.max-message-size",
+		interval: cfg.AuthFailureLogInterval}
+	s.idleTxLog = &logThrottle{log: s.log, msg: "Proxy closed a client idle in a transaction for --proxy.idle-transaction-timeout",
 		interval: cfg.AuthFailureLogInterval}
 	users := cfg.Users
 	if len(users) == 0 {
@@ -365,6 +372,8 @@ func (s *Server) Close() error {
 	s.authLog.stop()
 	s.evictLog.stop()
 	s.pinLog.stop()
+	s.oversizeLog.stop()
+	s.idleTxLog.stop()
 	if s.reg != nil {
 		for _, c := range s.m.collectors() {
 			s.reg.Unregister(c)

@@ -41,6 +41,9 @@ var reportedParams = []string{
 // rejectError is an ErrorResponse the proxy sends before closing a client.
 type rejectError struct {
 	code, msg string
+	// inBand: the client can be told with an ERROR in place of its request's answer and stay
+	// connected (transaction mode's wait for a server connection).
+	inBand bool
 }
 
 func (e *rejectError) Error() string { return e.msg }
@@ -136,6 +139,21 @@ func (s *Server) refuse(w io.Writer, err error) {
 	s.m.rejected.WithLabelValues(sqlstate.Label(r.code)).Inc()
 	b, _ := (&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: r.code, Message: r.msg}).Encode(nil)
 	_, _ = w.Write(b)
+}
+
+// endOversized ends the session of a client that sent a message of n bytes, over
+// --proxy.max-message-size, once its 54000 is flushed, and logs it. Closing a socket with input
+// unread makes the kernel reset the connection, and a client still writing its message would
+// get the reset, not the error: so the proxy half-closes the connection and reads what the
+// client still sends (the rest of the message and whatever it pipelined after it) until the
+// client closes, for at most the reset timeout and n bytes plus 1 MiB.
+func (s *Server) endOversized(sess *session, r io.Reader, n int) {
+	s.oversizeLog.event("user", sess.user, "client", sess.remote, "size", n, "max", s.cfg.MaxMessageSize)
+	if cw, ok := sess.client.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_ = sess.client.SetReadDeadline(time.Now().Add(s.cfg.ResetTimeout))
+	_, _ = io.CopyN(io.Discard, r, int64(n)+1<<20)
 }
 
 // startup reads startup packets until a StartupMessage, answering SSLRequest and GSSENCRequest on

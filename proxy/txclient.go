@@ -78,6 +78,8 @@ type txSession struct {
 
 	wmu sync.Mutex
 	cw  *bufio.Writer // to the client, from writerPool
+
+	idleDeadline time.Time // the client's read deadline for --proxy.idle-transaction-timeout, or zero
 }
 
 // setState moves the client between the waiting, active and idle gauges.
@@ -348,17 +350,28 @@ func (s *Server) runTx(sess *session, params map[string]string) {
 		}
 		t.releaseClientWriter()
 	}()
-	if !t.login() {
+	if !t.login(params) {
 		return
 	}
 	t.loop()
 }
 
-// login checks the client's startup settings on a server connection and reports the server's
-// parameters, as PostgreSQL does at the end of its startup.
-func (t *txSession) login() bool {
+// login reports the server's parameters, as PostgreSQL does at the end of its startup. With a
+// server connection free it checks the client's startup settings there, so that a bad one fails
+// the login as on PostgreSQL. With every connection in use the client logs in without one: the
+// parameters are those of the set's connections, with the settings the client asked for as it
+// asked for them, applied when it first checks out a connection (where a bad one fails its
+// first request). Only before the set has opened any connection does a login wait for one.
+func (t *txSession) login(params map[string]string) bool {
 	s := t.srv
-	c, err := t.hold()
+	c, err := t.checkout(false)
+	if err == nil && c == nil {
+		if reported := s.txSet.reportedParams(); reported != nil {
+			t.welcome(reported, params)
+			return true
+		}
+		c, err = t.hold()
+	}
 	if err != nil {
 		s.refuse(t, err)
 		t.flushClient()
@@ -385,21 +398,48 @@ func (t *txSession) login() bool {
 		}
 	}
 	c.mu.Lock()
+	reported := clone(c.reported)
+	c.mu.Unlock()
+	t.endWrite()
+	t.welcome(reported, nil)
+	return true
+}
+
+// welcome ends the client's login: ParameterStatus for each reported parameter (with the
+// client's own startup settings of them when given), BackendKeyData and ReadyForQuery.
+func (t *txSession) welcome(reported, startup map[string]string) {
+	asked := map[string]string{}
+	for name, value := range startup {
+		switch name {
+		case "user", "database", "replication":
+		case "options":
+			for _, kv := range startupOptions(value) {
+				asked[strings.ToLower(kv[0])] = kv[1]
+			}
+		case "client_encoding":
+			if !strings.EqualFold(value, "auto") {
+				asked[name] = value
+			}
+		default:
+			asked[strings.ToLower(name)] = value
+		}
+	}
 	var msgs []byte
 	for _, name := range reportedParams {
-		if v := c.reported[name]; v != "" {
+		v := reported[name]
+		if a, ok := asked[strings.ToLower(name)]; ok {
+			v = a
+		}
+		if v != "" {
 			msgs, _ = (&pgproto3.ParameterStatus{Name: name, Value: v}).Encode(msgs)
 		}
 	}
-	c.mu.Unlock()
 	key := make([]byte, 4)
 	binary.BigEndian.PutUint32(key, t.secret)
 	msgs, _ = (&pgproto3.BackendKeyData{ProcessID: t.pid, SecretKey: key}).Encode(msgs)
 	msgs, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(msgs)
 	t.writeClient(msgs)
-	t.endWrite()
 	t.flushClient()
-	return true
 }
 
 // Write lets the proxy's refuse write to the client.
@@ -411,7 +451,10 @@ func (t *txSession) Write(b []byte) (int, error) {
 // hold returns the server connection the client holds, checking one out (and bringing its
 // settings in line with the client's) when it holds none, and marks it as being written to so
 // that it stays attached until endWrite.
-func (t *txSession) hold() (*srvConn, error) {
+func (t *txSession) hold() (*srvConn, error) { return t.checkout(true) }
+
+// checkout is hold; without wait, it returns nil when every server connection is in use.
+func (t *txSession) checkout(wait bool) (*srvConn, error) {
 	s := t.srv
 	if c := t.current(); c != nil {
 		c.mu.Lock()
@@ -427,8 +470,12 @@ func (t *txSession) hold() (*srvConn, error) {
 	var c *srvConn
 	for {
 		var err error
-		c, err = s.txSet.get()
-		if err != nil {
+		if wait {
+			c, err = s.txSet.get()
+		} else {
+			c, err = s.txSet.take()
+		}
+		if c == nil {
 			t.setState(s.m.idle)
 			return nil, err
 		}
@@ -555,11 +602,83 @@ func (t *txSession) leave() {
 		c.cancelling = true
 		go c.cancelFor()
 	}
-	if c.copying == 'G' {
-		b, _ := (&pgproto3.CopyFail{Message: "client disconnected"}).Encode(nil)
-		_, _ = c.net.Write(b)
+	var end []byte
+	if c.copying == 'G' || len(c.queue) > 0 {
+		// Also when readLoop has not seen the server start a COPY FROM STDIN that a request
+		// outstanding may start: a cancel does not end one waiting for data, and the server
+		// ignores a CopyFail outside a COPY.
+		end, _ = (&pgproto3.CopyFail{Message: "client disconnected"}).Encode(end)
+	}
+	if c.midBatch {
+		end = t.abortBatch(c, end)
+	}
+	if len(end) > 0 {
+		_ = c.net.SetWriteDeadline(time.Now().Add(t.srv.cfg.ResetTimeout))
+		if _, err := c.net.Write(end); err != nil {
+			_ = c.net.Close() // readLoop sees it and drops the connection
+		}
 	}
 	c.settle()
+}
+
+// abortBatch ends the batch of a client that left before its Sync, appending the messages to
+// b: without a Sync the server would wait for the rest of the batch while the connection
+// stays out of use, and a Sync alone would commit the batch's implicit transaction, which
+// PostgreSQL rolls back when its client goes. So a request that fails first (a Bind of a
+// statement that does not exist; skipped if the batch already failed), then the Sync. An
+// explicit transaction is left failed, and settle rolls it back. c.mu is held.
+func (t *txSession) abortBatch(c *srvConn, b []byte) []byte {
+	if t.queue(c, &entry{kind: 'B', skip: true}) {
+		bind := append([]byte{0}, noStatement...)
+		b = appendMsg(b, 'B', append(bind, 0, 0, 0, 0, 0, 0, 0))
+	}
+	t.queue(c, &entry{kind: 'S', skip: true})
+	return appendMsg(b, 'S', nil)
+}
+
+// errIdleWait: the client sent nothing before its idle-transaction deadline.
+var errIdleWait = errors.New("idle transaction deadline")
+
+// armIdleTimeout sets a read deadline on a client about to wait for its next message while it
+// holds a server connection, so that one idle in a transaction is noticed (idleTooLong).
+func (t *txSession) armIdleTimeout() {
+	if !t.idleDeadline.IsZero() || t.cr != nil && t.cr.Buffered() > 0 || t.current() == nil {
+		return
+	}
+	t.idleDeadline = time.Now().Add(t.srv.cfg.IdleTransactionTimeout)
+	_ = t.client.SetReadDeadline(t.idleDeadline)
+}
+
+// idleTooLong is called when the client's idle deadline passed. A client idle in a transaction
+// (no request outstanding) for --proxy.idle-transaction-timeout gets FATAL 25P03 and true: its
+// session ends, and leave rolls the transaction back. Otherwise the deadline moves to when the
+// client would have been idle that long.
+func (t *txSession) idleTooLong() bool {
+	s := t.srv
+	timeout := s.cfg.IdleTransactionTimeout
+	t.idleDeadline = time.Time{}
+	_ = t.client.SetReadDeadline(time.Time{})
+	c := t.current()
+	if c == nil {
+		return false
+	}
+	c.mu.Lock()
+	idle := c.client == t && len(c.queue) == 0 && c.copying == 0 && !c.writing && (c.status == 'T' || c.status == 'E')
+	since := c.readyAt
+	c.mu.Unlock()
+	if !idle {
+		return false // armIdleTimeout sets a new deadline
+	}
+	if left := timeout - time.Since(since); left > 0 {
+		t.idleDeadline = time.Now().Add(left)
+		_ = t.client.SetReadDeadline(t.idleDeadline)
+		return false
+	}
+	s.m.idleTxEnded.Inc()
+	s.idleTxLog.event("user", t.user, "client", t.remote, "timeout", timeout)
+	s.refuse(t, reject("25P03", "terminating connection due to idle-in-transaction timeout (--proxy.idle-transaction-timeout is %s)", timeout))
+	t.flushClient()
+	return true
 }
 
 // readHeader reads a message header from the client. With nothing buffered it gives the reader
@@ -577,7 +696,10 @@ func (t *txSession) readHeader(hdr []byte) error {
 		if cap(t.rewrite) > 4<<10 {
 			t.rewrite = nil
 		}
-		if _, err := io.ReadFull(t.client, hdr); err != nil {
+		if got, err := io.ReadFull(t.client, hdr); err != nil {
+			if got == 0 && !t.idleDeadline.IsZero() && isTimeout(err) {
+				return errIdleWait
+			}
 			return err
 		}
 		t.cr = readerPool.Get().(*bufio.Reader)
@@ -601,6 +723,12 @@ func (t *txSession) readBody(n int) ([]byte, error) {
 // (an earlier request of its batch failed). c.mu is held.
 func (t *txSession) queue(c *srvConn, e *entry) bool {
 	e.batch = t.batch
+	switch e.kind {
+	case 'P', 'B', 'D', 'C', 'E':
+		c.midBatch = true
+	case 'S':
+		c.midBatch = false
+	}
 	if c.errSkip && c.errBatch == t.batch && e.kind != 'S' {
 		return false
 	}
@@ -662,8 +790,18 @@ func (t *txSession) loop() {
 				bytesIn = 0
 			}
 		}
+		if s.cfg.IdleTransactionTimeout > 0 {
+			t.armIdleTimeout()
+		}
 		if err := t.readHeader(hdr[:]); err != nil {
+			if err == errIdleWait && !t.idleTooLong() {
+				continue
+			}
 			return
+		}
+		if !t.idleDeadline.IsZero() {
+			t.idleDeadline = time.Time{}
+			_ = t.client.SetReadDeadline(time.Time{})
 		}
 		typ := hdr[0]
 		n := int(binary.BigEndian.Uint32(hdr[1:])) - 4
@@ -673,8 +811,8 @@ func (t *txSession) loop() {
 		}
 		if n > s.cfg.MaxMessageSize {
 			s.refuse(t, reject("54000", "message of type %q too large (more than %d bytes)", typ, s.cfg.MaxMessageSize))
-			_ = t.client.SetReadDeadline(time.Now().Add(s.cfg.ResetTimeout))
-			_, _ = t.cr.Discard(n)
+			t.flushClient()
+			s.endOversized(t.session, t.cr, n)
 			return
 		}
 		bytesIn += n + 5
@@ -705,6 +843,9 @@ func (t *txSession) loop() {
 		if err != nil {
 			if body == nil {
 				_, _ = t.cr.Discard(n)
+			}
+			if t.failInBand(typ, err) {
+				continue
 			}
 			s.refuse(t, err)
 			t.flushClient()
@@ -948,6 +1089,26 @@ func (t *txSession) answerAlone(typ byte, body []byte) bool {
 		return true // no COPY runs without a server connection
 	}
 	return false
+}
+
+// failInBand answers a request of a client that holds no server connection, when err lets the
+// client stay connected, with an ERROR as PostgreSQL gives one for a failed request: a Query or
+// FunctionCall's is followed by ReadyForQuery, an extended-protocol request's skips the rest of
+// its batch up to the Sync (answerAlone). It reports whether it did.
+func (t *txSession) failInBand(typ byte, err error) bool {
+	var r *rejectError
+	if !errors.As(err, &r) || !r.inBand {
+		return false
+	}
+	t.writePending()
+	b, _ := (&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: r.code, Message: r.msg}).Encode(nil)
+	t.writeClient(b)
+	if typ == 'Q' || typ == 'F' {
+		t.writeClient(readyIdle)
+	} else {
+		t.failed = true
+	}
+	return true
 }
 
 // writePending answers the waiting Parses and Closes.

@@ -28,43 +28,51 @@ type serverSet struct {
 	waiters list.List  // of *setWaiter, oldest first
 	closed  bool
 	wg      sync.WaitGroup // one per borrowed connection
+	// reported: the ParameterStatus values of the last connection opened, before any client
+	// changed them, for the logins of clients that find no connection free.
+	reported map[string]string
 }
 
 type setWaiter struct{ ch chan *srvConn }
 
-// get checks out a server connection: an idle one, a new one borrowed from the pool, or the
-// next one a client gives back, waiting at most DB_CONNECTION_TIMEOUT. Then 53300.
+// Which server-connections gauge counts a connection (srvConn.counted).
+const (
+	uncounted = iota
+	countedActive
+	countedIdle
+)
+
+// count moves c to the gauge of state: every path in or out of the set goes through it, so a
+// connection is counted once, whichever path (put, drop, retire) lets go of it. ss.mu is held.
+func (ss *serverSet) count(c *srvConn, state byte) {
+	m := ss.s.m
+	switch c.counted {
+	case countedActive:
+		m.serverActive.Dec()
+	case countedIdle:
+		m.serverIdle.Dec()
+	}
+	c.counted = state
+	switch state {
+	case countedActive:
+		m.serverActive.Inc()
+	case countedIdle:
+		m.serverIdle.Inc()
+	}
+}
+
+// get checks out a server connection: an idle one, a new one borrowed from the pool (opening
+// it is bounded by DB_CONNECTION_TIMEOUT), or the next one a client gives back, waiting at most
+// --proxy.query-wait-timeout. Then 53300, which the client gets in-band.
 func (ss *serverSet) get() (*srvConn, error) {
 	s := ss.s
 	start := time.Now()
 	defer func() { s.m.wait.Observe(time.Since(start).Seconds()) }()
-	wait := s.mgr.Config().ConnectTimeout
+	wait := s.queryWaitTimeout()
 	ss.mu.Lock()
-	if ss.closed {
-		ss.mu.Unlock()
-		return nil, reject("57P01", "the proxy is shutting down")
-	}
-	ss.retireExpired()
-	if n := len(ss.idle); n > 0 {
-		c := ss.idle[n-1]
-		ss.idle = ss.idle[:n-1]
-		ss.mu.Unlock()
-		s.m.serverIdle.Dec()
-		s.m.serverActive.Inc()
-		return c, nil
-	}
-	if ss.total < int(s.mgr.Config().MaxConns) {
-		ss.total++
-		ss.mu.Unlock()
-		c, err := ss.open()
-		if err != nil {
-			ss.mu.Lock()
-			ss.total--
-			ss.mu.Unlock()
-			return nil, err
-		}
-		s.m.serverActive.Inc()
-		return c, nil
+	c, err := ss.takeLocked()
+	if c != nil || err != nil {
+		return c, err
 	}
 	w := &setWaiter{ch: make(chan *srvConn, 1)}
 	el := ss.waiters.PushBack(w)
@@ -91,9 +99,72 @@ func (ss *serverSet) get() (*srvConn, error) {
 	if s.ctx.Err() != nil {
 		return nil, reject("57P01", "the proxy is shutting down")
 	}
-	cfg := s.mgr.Config()
-	return nil, reject("53300", "no server connection available within DB_CONNECTION_TIMEOUT (%s): all %d pool connections are in use",
-		cfg.ConnectTimeout, cfg.MaxConns)
+	s.m.waitTimeouts.Inc()
+	timedOut := reject("53300", "no server connection available within --proxy.query-wait-timeout (%s): all %d pool connections are in use",
+		wait, s.mgr.Config().MaxConns)
+	timedOut.inBand = true
+	return nil, timedOut
+}
+
+// queryWaitTimeout is --proxy.query-wait-timeout, or DB_CONNECTION_TIMEOUT when it is auto.
+func (s *Server) queryWaitTimeout() time.Duration {
+	if s.cfg.QueryWaitTimeout > 0 {
+		return s.cfg.QueryWaitTimeout
+	}
+	return s.mgr.Config().ConnectTimeout
+}
+
+// take checks out an idle connection, or a new one when the set has room, without waiting for
+// one a client gives back: nil when every connection is in use.
+func (ss *serverSet) take() (*srvConn, error) {
+	ss.mu.Lock()
+	c, err := ss.takeLocked()
+	if c == nil && err == nil {
+		ss.mu.Unlock()
+	}
+	return c, err
+}
+
+// takeLocked is take with ss.mu held, which it unlocks unless it returns nil, nil.
+func (ss *serverSet) takeLocked() (*srvConn, error) {
+	s := ss.s
+	if ss.closed {
+		ss.mu.Unlock()
+		return nil, reject("57P01", "the proxy is shutting down")
+	}
+	ss.retireExpired()
+	if n := len(ss.idle); n > 0 {
+		c := ss.idle[n-1]
+		ss.idle = ss.idle[:n-1]
+		ss.count(c, countedActive)
+		ss.mu.Unlock()
+		return c, nil
+	}
+	if ss.total >= int(s.mgr.Config().MaxConns) {
+		return nil, nil
+	}
+	ss.total++
+	ss.mu.Unlock()
+	c, err := ss.open()
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if err != nil {
+		ss.total--
+		return nil, err
+	}
+	ss.count(c, countedActive)
+	return c, nil
+}
+
+// reportedParams returns a copy of the server's ParameterStatus values, nil before the set
+// opened its first connection.
+func (ss *serverSet) reportedParams() map[string]string {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.reported == nil {
+		return nil
+	}
+	return clone(ss.reported)
 }
 
 // open borrows a connection from the pool for the set and starts reading it.
@@ -126,6 +197,9 @@ func (ss *serverSet) open() (*srvConn, error) {
 			c.reported[name] = v
 		}
 	}
+	ss.mu.Lock()
+	ss.reported = clone(c.reported)
+	ss.mu.Unlock()
 	ss.wg.Add(1)
 	go c.readLoop()
 	return c, nil
@@ -139,8 +213,8 @@ func (ss *serverSet) put(c *srvConn) {
 	ss.mu.Lock()
 	if ss.closed || time.Since(c.born) > s.mgr.Config().MaxLifetime {
 		ss.total--
+		ss.count(c, uncounted)
 		ss.mu.Unlock()
-		s.m.serverActive.Dec()
 		go ss.retire(c)
 		return
 	}
@@ -152,30 +226,23 @@ func (ss *serverSet) put(c *srvConn) {
 	}
 	c.idleSince = time.Now()
 	ss.idle = append(ss.idle, c)
+	ss.count(c, countedIdle)
 	ss.mu.Unlock()
-	s.m.serverActive.Dec()
-	s.m.serverIdle.Inc()
 }
 
-// drop forgets a connection that failed; it is closed, and the pool discards it.
-func (ss *serverSet) drop(c *srvConn, attached bool) {
+// drop forgets a connection that failed, held by a client or not (one whose client left is
+// still active until it is clean); it is closed, and the pool discards it.
+func (ss *serverSet) drop(c *srvConn) {
 	ss.mu.Lock()
-	idle := false
 	for i, x := range ss.idle {
 		if x == c {
 			ss.idle = append(ss.idle[:i], ss.idle[i+1:]...)
-			idle = true
 			break
 		}
 	}
 	ss.total--
+	ss.count(c, uncounted)
 	ss.mu.Unlock()
-	switch {
-	case idle:
-		ss.s.m.serverIdle.Dec()
-	case attached:
-		ss.s.m.serverActive.Dec()
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	_ = c.pooled.Conn().Close(ctx)
 	cancel()
@@ -190,7 +257,7 @@ func (ss *serverSet) retireExpired() {
 		c := ss.idle[0]
 		ss.idle = ss.idle[1:]
 		ss.total--
-		ss.s.m.serverIdle.Dec()
+		ss.count(c, uncounted)
 		go ss.retire(c)
 	}
 }
@@ -224,9 +291,11 @@ func (ss *serverSet) close() {
 	idle := ss.idle
 	ss.idle = nil
 	ss.total -= len(idle)
+	for _, c := range idle {
+		ss.count(c, uncounted)
+	}
 	ss.mu.Unlock()
 	for _, c := range idle {
-		ss.s.m.serverIdle.Dec()
 		go ss.retire(c)
 	}
 	ss.wg.Wait()

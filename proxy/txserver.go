@@ -95,6 +95,13 @@ type srvConn struct {
 	reported    map[string]string // the server's ParameterStatus values
 	unnamedBy   *txSession        // whose unnamed statement the server holds
 	unnamedN    uint64            // and which of its unnamed Parses
+	// midBatch: extended-protocol requests went to the server since the last Sync, so the
+	// server is inside their batch (and its implicit transaction) whatever status it last
+	// reported.
+	midBatch bool
+	readyAt  time.Time // of the last ReadyForQuery
+
+	counted byte // the gauge counting the connection (serverSet.count); guarded by set.mu
 }
 
 func (c *srvConn) head() *entry {
@@ -170,7 +177,13 @@ func (c *srvConn) readLoop() {
 			c.mu.Lock()
 			stopping := c.stopping
 			c.mu.Unlock()
-			if stopping && got == 0 && isTimeout(err) {
+			if stopping {
+				// retire stopped the read, and gives the connection back or closes it.
+				if got != 0 || !isTimeout(err) {
+					c.mu.Lock()
+					c.broken = true
+					c.mu.Unlock()
+				}
 				return
 			}
 			c.lost(err, fatal)
@@ -230,6 +243,9 @@ func (c *srvConn) readLoop() {
 			e := decodeError(body)
 			if e.Severity == "FATAL" || e.Severity == "PANIC" {
 				fatal = true
+				// The server is ending the session (terminated, shut down): no client must
+				// check the connection out before the read of its end drops it.
+				c.broken = true
 			}
 			if c.batchErr == nil {
 				c.batchErr = e
@@ -357,6 +373,7 @@ func (c *srvConn) readyForQuery(h *entry, status byte, cl *txSession) {
 	s := c.set.s
 	prev := c.status
 	c.status = status
+	c.readyAt = time.Now()
 	c.copying = 0
 	if c.errSkip && c.errBatch == h.batch && h.kind == 'S' {
 		c.errSkip = false
@@ -419,7 +436,7 @@ func (c *srvConn) settle() {
 		return
 	}
 	if cl := c.client; cl != nil {
-		if c.status == 'I' && !c.writing && cl.pin == "" {
+		if c.status == 'I' && !c.writing && !c.midBatch && cl.pin == "" {
 			if c.dirty != c.clean {
 				c.startReadBack(cl)
 				return
@@ -503,7 +520,7 @@ func (c *srvConn) lost(cause error, serverSaidFatal bool) {
 		cl.flushClient()
 		_ = cl.client.Close()
 	}
-	c.set.drop(c, cl != nil)
+	c.set.drop(c)
 }
 
 // cancelFor sends a cancel request for the queries a client that left still has running, then
