@@ -37,7 +37,10 @@ type entry struct {
 	closed   bool
 
 	errMsg   []byte // replaces the server's ErrorResponse body: an in-band error of the proxy's
-	prepared *pstmt // an injected Parse: the statement it prepares
+	prepared *pstmt // a Parse of the proxy's statement: the statement it prepares
+	reparse  bool   // that Parse follows a Close of the same statement (see parseOn)
+	closes   *pstmt // an injected Close: the statement it closes
+	uses     *pstmt // a Bind or Describe of the proxy's statement
 	emptyAs  string // the CommandComplete tag that replaces an EmptyQueryResponse
 
 	// Effects on the session state once a Query succeeds.
@@ -80,6 +83,7 @@ type srvConn struct {
 	broken     bool
 	idleSince  time.Time
 	stmts      stmtLRU
+	unusedSeen uint64            // the registry's count of unused stale statements when last looked at
 	params     map[string]string // tracked settings as the proxy or clients set them; absent: the connection's default
 	reported   map[string]string // the server's ParameterStatus values
 	unnamedBy  *txSession        // whose unnamed statement the server holds
@@ -213,6 +217,9 @@ func (c *srvConn) readLoop() {
 			if c.batchErr == nil {
 				c.batchErr = e
 			}
+			if h != nil && h.uses != nil && e.Code == staleCode {
+				s.stmts.markStale(h.uses)
+			}
 			// The client's request failed, also when the proxy sent it on its behalf (a
 			// statement prepared for its Bind).
 			forward = cl != nil && (h == nil || h.done == nil)
@@ -280,6 +287,12 @@ func (c *srvConn) readLoop() {
 				c.pop()
 				c.readyForQuery(h, body[0], cl)
 			case ends(h.kind, hdr[0]):
+				if hdr[0] == '1' && h.prepared != nil {
+					h.prepared.valid.Store(true)
+					if h.reparse {
+						c.stmts.keep(h.prepared) // an earlier Parse of it may have failed
+					}
+				}
 				c.pop()
 			}
 		}
@@ -310,8 +323,11 @@ func (c *srvConn) failBatch(h *entry) {
 			keep = append(keep, e)
 			continue
 		}
-		if e.prepared != nil {
+		switch {
+		case e.prepared != nil && !e.reparse:
 			c.stmts.remove(e.prepared)
+		case e.closes != nil:
+			c.stmts.keep(e.closes) // the server skipped its Close: still prepared
 		}
 		if e.stmt != nil && c.client != nil {
 			c.client.undo(e)
