@@ -98,7 +98,19 @@ func TestTxModeParseErrorsAtParse(t *testing.T) {
 	if got != "E:42P01 Z E:42P01 Z parsed bound C Z" {
 		t.Fatalf("pipeline with invalid Parses: %q", got)
 	}
-	for _, name := range []string{"s1", "s2", "s3", "s4"} {
+	// The same new text twice in one batch: both stand or fall with the first.
+	if got := exchange(t, ctx, a, &pgproto3.Parse{Name: "s5", Query: missing + " and 2 = 2"},
+		&pgproto3.Parse{Name: "s6", Query: missing + " and 2 = 2"}, nil); got != "E:42P01 Z" {
+		t.Fatalf("two Parses of invalid SQL in a batch: %q", got)
+	}
+	if got := exchange(t, ctx, a, &pgproto3.Parse{Name: "g1", Query: "select 'twice'"},
+		&pgproto3.Parse{Name: "g2", Query: "select 'twice'"}, nil); got != "parsed parsed Z" {
+		t.Fatalf("two Parses of a new statement in a batch: %q", got)
+	}
+	if res := a.ExecPrepared(ctx, "g2", nil, nil, nil).Read(); res.Err != nil {
+		t.Fatalf("g2: %v", res.Err)
+	}
+	for _, name := range []string{"s1", "s2", "s3", "s4", "s5", "s6"} {
 		if res := a.ExecPrepared(ctx, name, nil, nil, nil).Read(); sqlState(res.Err) != "26000" {
 			t.Fatalf("%s after its failed Parse: %v, want 26000", name, res.Err)
 		}
@@ -362,6 +374,59 @@ func TestTxModePgxRecoversAfterDDL(t *testing.T) {
 		}
 		if n, err := query(c); err != nil || n != 2 {
 			t.Fatalf("client %d, second query after ALTER: %d columns, %v; want 2", i, n, err)
+		}
+	}
+}
+
+// TestTxModeDroppedTableFailsAtParseAgain: once a Bind of a shared statement fails because its
+// table is gone, a new Parse of it gets the error at the Parse, as directly, although the
+// statement was valid before.
+func TestTxModeDroppedTableFailsAtParseAgain(t *testing.T) {
+	h := newTxHarness(t, 1, nil)
+	ctx := ctxTimeout(t, 30*time.Second)
+	a, b := h.pgconnect(t, ctx, ""), h.pgconnect(t, ctx, "")
+	if _, err := simple(ctx, a, "drop table if exists pstmt_dropped; create table pstmt_dropped (x int)"); err != nil {
+		t.Fatal(err)
+	}
+	const query = "select * from pstmt_dropped"
+	if _, err := a.Prepare(ctx, "s", query, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := simple(ctx, a, "drop table pstmt_dropped"); err != nil {
+		t.Fatal(err)
+	}
+	if res := a.ExecPrepared(ctx, "s", nil, nil, nil).Read(); sqlState(res.Err) != "42P01" {
+		t.Fatalf("statement of the dropped table: %v, want 42P01", res.Err)
+	}
+	if got := exchange(t, ctx, b, &pgproto3.Parse{Name: "s", Query: query}, nil); got != "E:42P01 Z" {
+		t.Fatalf("Parse of the dropped table's statement: %q, want an error at the Parse", got)
+	}
+}
+
+// TestTxModeSkippedCloseKeepsStatement: when the server skips the Close of a statement the
+// proxy evicted (an earlier request of its batch failed), the statement is still prepared
+// there, and the proxy does not prepare it again (which would fail with 42P05).
+func TestTxModeSkippedCloseKeepsStatement(t *testing.T) {
+	h := newTxHarness(t, 1, func(_ *pool.Config, c *Config) { c.MaxPreparedStatements = 1 })
+	ctx := ctxTimeout(t, 30*time.Second)
+	a := h.pgconnect(t, ctx, "")
+	for _, name := range []string{"p1", "p2"} {
+		if _, err := a.Prepare(ctx, name, "select '"+name+"'", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// p2 is prepared on the server connection; binding p1 after the failing request prepares
+	// p1 and closes p2, both of which the server skips.
+	got := exchange(t, ctx, a,
+		&pgproto3.Parse{Query: "select 1/0"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Bind{PreparedStatement: "p1"}, &pgproto3.Execute{}, nil)
+	if got != "parsed E:22012 Z" {
+		t.Fatalf("failing batch: %q", got)
+	}
+	for _, name := range []string{"p2", "p1", "p2"} {
+		res := a.ExecPrepared(ctx, name, nil, nil, nil).Read()
+		if res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != name {
+			t.Fatalf("%s after the failed batch: %v %q", name, res.Err, res.Rows)
 		}
 	}
 }

@@ -217,8 +217,15 @@ func (c *srvConn) readLoop() {
 			if c.batchErr == nil {
 				c.batchErr = e
 			}
-			if h != nil && h.uses != nil && e.Code == staleCode {
-				s.stmts.markStale(h.uses)
+			if h != nil && h.uses != nil {
+				switch {
+				case e.Code == staleCode:
+					s.stmts.markStale(h.uses)
+				case strings.HasPrefix(e.Code, "42"):
+					// No longer valid as it stands (a dropped table): the next Parse of it
+					// goes to a server, to fail there as it would directly.
+					h.uses.valid.Store(false)
+				}
 			}
 			// The client's request failed, also when the proxy sent it on its behalf (a
 			// statement prepared for its Bind).
