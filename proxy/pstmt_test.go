@@ -430,3 +430,80 @@ func TestTxModeSkippedCloseKeepsStatement(t *testing.T) {
 		}
 	}
 }
+
+// TestTxModeResultTypeCheckedWherePreparedLater: a statement prepared again on a server
+// connection after DDL changed its result type (here: evicted there before the ALTER TABLE) is
+// not run with the new result type, which a driver would decode with the row description it
+// cached (pgx does, without describing the portal), but fails with 0A000 as it would directly.
+func TestTxModeResultTypeCheckedWherePreparedLater(t *testing.T) {
+	h := newTxHarness(t, 1, func(_ *pool.Config, c *Config) { c.MaxPreparedStatements = 1 })
+	ctx := ctxTimeout(t, 30*time.Second)
+	a, b := h.pgconnect(t, ctx, ""), h.pgconnect(t, ctx, "")
+	px := h.connect(t, ctx, h.superURL())
+	if _, err := simple(ctx, a, "drop table if exists pstmt_later; create table pstmt_later (id int); insert into pstmt_later values (1)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Prepare(ctx, "s", "select * from pstmt_later", nil); err != nil {
+		t.Fatal(err)
+	}
+	exec := func(c *pgconn.PgConn, name string) string {
+		res := c.ExecPrepared(ctx, name, nil, nil, nil).Read()
+		if res.Err != nil {
+			return sqlState(res.Err)
+		}
+		return fmt.Sprintf("%dcols", len(res.FieldDescriptions))
+	}
+	query := func() (int, error) {
+		rows, err := px.Query(ctx, "select * from pstmt_later where id = $1", 1)
+		if err != nil {
+			return 0, err
+		}
+		defer rows.Close()
+		n := 0
+		for rows.Next() {
+			v, err := rows.Values()
+			if err != nil {
+				return 0, err
+			}
+			n = len(v)
+		}
+		return n, rows.Err()
+	}
+	if got := exec(a, "s"); got != "1cols" {
+		t.Fatalf("before ALTER: %s", got)
+	}
+	if n, err := query(); err != nil || n != 1 {
+		t.Fatalf("pgx before ALTER: %d, %v", n, err)
+	}
+	// Room for one statement: this one evicts the others from the server connection.
+	if _, err := b.Prepare(ctx, "evict", "select 'evict'", nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := exec(b, "evict"); got != "1cols" {
+		t.Fatalf("evicting statement: %s", got)
+	}
+	if _, err := simple(ctx, b, "alter table pstmt_later add column extra text default 'x'"); err != nil {
+		t.Fatal(err)
+	}
+	if got := exec(a, "s"); got != "0A000" {
+		t.Fatalf("statement prepared before ALTER, used after it: %s, want 0A000 as directly", got)
+	}
+	if got := exec(a, "s"); got != "0A000" {
+		t.Fatalf("again: %s, want 0A000 as directly", got)
+	}
+	if n, err := query(); err != nil && sqlState(err) != "0A000" || err == nil && n != 2 {
+		t.Fatalf("pgx after ALTER: %d columns, %v; want 0A000 or 2 columns", n, err)
+	}
+	if n, err := query(); err != nil || n != 2 {
+		t.Fatalf("pgx again: %d columns, %v; want 2", n, err)
+	}
+	if err := a.Deallocate(ctx, "s"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Prepare(ctx, "s", "select * from pstmt_later", nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := exec(a, "s"); got != "2cols" {
+		t.Fatalf("prepared again after ALTER: %s, want 2cols", got)
+	}
+}

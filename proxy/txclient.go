@@ -927,27 +927,80 @@ func (t *txSession) failRequest(c *srvConn, code, msg string) []byte {
 
 // prepareOn makes sure st is prepared on c before the client's request that uses it, appending
 // the Parse (and the Closes of the statements it evicts) to pre. It reports stale, and sends
-// nothing, when st is a version whose result type changed and c does not have it: the client
-// then gets the error it gets where st is prepared, rather than st prepared afresh with a
-// result its driver does not expect.
+// nothing for the request, when st is a version whose result type changed and c does not have
+// it: the client then gets the error it gets where st is prepared, rather than st prepared
+// afresh with a result its driver would decode with the old row description.
 func (t *txSession) prepareOn(c *srvConn, st *pstmt, pre []byte) (_ []byte, stale bool) {
 	s := t.srv
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	pre = t.closeUnused(c, pre)
 	if c.stmts.has(st) {
 		s.m.stmtHits.Inc()
+		c.mu.Unlock()
 		return pre, false
 	}
 	if st.stale.Load() {
+		c.mu.Unlock()
 		return pre, true
 	}
 	s.m.stmtMisses.Inc()
+	// With nothing else for the client outstanding, wait for the check of the result type
+	// before the request goes out: the answers the server sends meanwhile are not the client's,
+	// so the wait cannot depend on the client reading. Otherwise the check only marks st stale
+	// for later requests.
+	var verdict chan bool
+	if st.result.Load() != nil && c.quiet() {
+		verdict = make(chan bool, 1)
+	}
 	if !t.queue(c, &entry{kind: 'P', skip: true, prepared: st}) {
+		c.mu.Unlock()
 		return pre, false
 	}
 	pre = appendMsg(pre, 'P', st.parseBody())
-	return t.addPrepared(c, st, pre), false
+	pre = t.describeOn(c, st, verdict, pre)
+	pre = t.addPrepared(c, st, pre)
+	c.mu.Unlock()
+	if verdict == nil {
+		return pre, false
+	}
+	// The server answers extended-protocol messages at a Flush (which it does not answer).
+	_, _ = t.sw.Write(appendMsg(pre, 'H', nil))
+	t.flushServer()
+	pre = pre[:0]
+	select {
+	case differs := <-verdict:
+		if !differs {
+			return pre, false
+		}
+	case <-time.After(s.cfg.ResetTimeout):
+		return pre, false // a stalled server: the request waits behind the check there
+	}
+	c.mu.Lock()
+	pre = t.closeUnused(c, pre)
+	c.mu.Unlock()
+	return pre, true
+}
+
+// quiet reports whether every answer outstanding on c is one the client does not get: waiting
+// for c's answers then cannot wait for the client. c.mu is held.
+func (c *srvConn) quiet() bool {
+	for _, e := range c.queue {
+		if !e.skip {
+			return false
+		}
+	}
+	return true
+}
+
+// describeOn appends to pre a Describe of st, just prepared on c, that records or checks its
+// result type (see checkResult). c.mu is held.
+func (t *txSession) describeOn(c *srvConn, st *pstmt, verdict chan bool, pre []byte) []byte {
+	if !t.queue(c, &entry{kind: 'D', skip: true, describes: st, verdict: verdict}) {
+		return pre
+	}
+	b := make([]byte, 0, len(st.name)+2)
+	b = append(append(append(b, 'S'), st.name...), 0)
+	return appendMsg(pre, 'D', b)
 }
 
 // parseOn answers a client's named Parse of st: at once when c has st prepared and a server has
@@ -979,12 +1032,14 @@ func (t *txSession) parseOn(c *srvConn, st *pstmt, name string, pre []byte) []by
 			pre = appendMsg(pre, 'C', closeBody(st.name))
 			t.queue(c, &entry{kind: 'P', prepared: st, reparse: true, stmtName: name, stmt: st})
 			pre = appendMsg(pre, 'P', st.parseBody())
+			pre = t.describeOn(c, st, nil, pre)
 		}
 		return pre
 	}
 	s.m.stmtMisses.Inc()
 	t.queue(c, &entry{kind: 'P', prepared: st, stmtName: name, stmt: st})
 	pre = appendMsg(pre, 'P', st.parseBody())
+	pre = t.describeOn(c, st, nil, pre)
 	return t.addPrepared(c, st, pre)
 }
 
@@ -1010,12 +1065,22 @@ func (t *txSession) addPrepared(c *srvConn, st *pstmt, pre []byte) []byte {
 	return pre
 }
 
-// closeUnused appends to pre the Closes of the stale statements c has prepared that no client
-// holds any more, when some statement has become such since c last looked. c.mu is held.
+// closeUnused appends to pre the Closes of the statements c prepared with another result type
+// than their first, and of the stale statements c has prepared that no client holds any more
+// when some statement has become such since c last looked. c.mu is held.
 func (t *txSession) closeUnused(c *srvConn, pre []byte) []byte {
 	s := t.srv
+	if c.errSkip && c.errBatch == t.batch {
+		return pre
+	}
+	for _, st := range c.closeDue {
+		t.queue(c, &entry{kind: 'C', skip: true})
+		pre = appendMsg(pre, 'C', closeBody(st.name))
+	}
+	clear(c.closeDue)
+	c.closeDue = c.closeDue[:0]
 	n := s.stmts.unused.Load()
-	if n == c.unusedSeen || c.errSkip && c.errBatch == t.batch {
+	if n == c.unusedSeen {
 		return pre
 	}
 	c.unusedSeen = n

@@ -41,7 +41,12 @@ type entry struct {
 	reparse  bool   // that Parse follows a Close of the same statement (see parseOn)
 	closes   *pstmt // an injected Close: the statement it closes
 	uses     *pstmt // a Bind or Describe of the proxy's statement
-	emptyAs  string // the CommandComplete tag that replaces an EmptyQueryResponse
+	// An injected Describe of the statement just prepared: its result type is recorded, or
+	// checked against the one recorded, and a client waiting on verdict learns whether it
+	// differed (true) or could not be told (false: the Parse failed, the connection was lost).
+	describes *pstmt
+	verdict   chan bool
+	emptyAs   string // the CommandComplete tag that replaces an EmptyQueryResponse
 
 	// Effects on the session state once a Query succeeds.
 	changes    []paramChange
@@ -84,6 +89,7 @@ type srvConn struct {
 	idleSince  time.Time
 	stmts      stmtLRU
 	unusedSeen uint64            // the registry's count of unused stale statements when last looked at
+	closeDue   []*pstmt          // statements prepared with another result type than their first, to close
 	params     map[string]string // tracked settings as the proxy or clients set them; absent: the connection's default
 	reported   map[string]string // the server's ParameterStatus values
 	unnamedBy  *txSession        // whose unnamed statement the server holds
@@ -176,7 +182,7 @@ func (c *srvConn) readLoop() {
 			return
 		}
 		// The messages the proxy reads: the rest are copied through.
-		inspect := typ == 'Z' || typ == 'E' || typ == 'S' || typ == 'I'
+		inspect := typ == 'Z' || typ == 'E' || typ == 'S' || typ == 'I' || typ == 'T' && c.describing()
 		if inspect {
 			if cap(body) < n {
 				body = make([]byte, n)
@@ -246,6 +252,10 @@ func (c *srvConn) readLoop() {
 			}
 		case 'G', 'H', 'W':
 			c.copying = typ
+		case 'T', 'n':
+			if h != nil && h.describes != nil {
+				c.checkResult(h, typ, body)
+			}
 		}
 		c.mu.Unlock()
 
@@ -336,6 +346,7 @@ func (c *srvConn) failBatch(h *entry) {
 		case e.closes != nil:
 			c.stmts.keep(e.closes) // the server skipped its Close: still prepared
 		}
+		e.report(false)
 		if e.stmt != nil && c.client != nil {
 			c.client.undo(e)
 		}
@@ -345,11 +356,48 @@ func (c *srvConn) failBatch(h *entry) {
 	}
 	c.queue = keep
 	c.pop() // h itself, at the head
+	h.report(false)
 	if h.prepared != nil {
 		c.stmts.remove(h.prepared)
 	}
 	if h.stmt != nil && c.client != nil {
 		c.client.undo(h) // a named Parse that failed: the client has no such statement
+	}
+}
+
+// describing reports whether the answer awaited is that of an injected Describe.
+func (c *srvConn) describing() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	h := c.head()
+	return h != nil && h.describes != nil
+}
+
+// checkResult records the result type a server answered h's Describe with, the first time the
+// statement is prepared, and otherwise compares it with the recorded one: a statement whose
+// result type changed (DDL) is stale, as PostgreSQL would find where it was prepared before,
+// and is closed again here, where it was prepared with the new one. c.mu is held.
+func (c *srvConn) checkResult(h *entry, typ byte, body []byte) {
+	st := h.describes
+	sig := resultSig(typ, body)
+	differs := false
+	if !st.result.CompareAndSwap(nil, &sig) && *st.result.Load() != sig {
+		differs = true
+		c.set.s.stmts.markStale(st)
+		c.stmts.remove(st)
+		c.closeDue = append(c.closeDue, st)
+	}
+	h.report(differs)
+}
+
+// report tells the client waiting on e's verdict, if any, whether the statement's result type
+// differed.
+func (e *entry) report(differs bool) {
+	if e.verdict != nil {
+		select {
+		case e.verdict <- differs:
+		default:
+		}
 	}
 }
 
@@ -487,6 +535,7 @@ func (c *srvConn) lost(cause error, serverSaidFatal bool) {
 	c.mu.Unlock()
 	lostErr := &pgconn.PgError{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "08006", Message: "server connection lost"}
 	for _, e := range queue {
+		e.report(false)
 		if e.done != nil {
 			e.done <- lostErr
 		}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"container/list"
+	"encoding/binary"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,8 +30,34 @@ type pstmt struct {
 	// valid: a server has prepared it, so the proxy may answer a Parse of it alone.
 	valid atomic.Bool
 	// stale: a server said its result type changed (0A000, cached plan must not change result
-	// type); it is no longer prepared on connections that lack it.
+	// type), or it had another one where the proxy prepared it later; it is no longer prepared
+	// on connections that lack it.
 	stale atomic.Bool
+	// result is its result type where the proxy first prepared it (resultSig): where it
+	// prepares it later, the result type must be the same.
+	result atomic.Pointer[string]
+}
+
+// resultSig is the result type a Describe of a statement answers, RowDescription (typ 'T',
+// body) or NoData ('n'): the columns' names, types and type modifiers, what PostgreSQL compares
+// to tell that a statement's result type changed.
+func resultSig(typ byte, body []byte) string {
+	if typ != 'T' || len(body) < 2 {
+		return "n"
+	}
+	sig := make([]byte, 0, len(body))
+	n := int(binary.BigEndian.Uint16(body))
+	rest := body[2:]
+	for range n {
+		name, r := cbytes(rest)
+		if len(r) < 18 {
+			return string(body) // malformed: compare it whole
+		}
+		sig = append(append(sig, name...), 0)
+		sig = append(sig, r[6:16]...) // type OID, length and modifier
+		rest = r[18:]
+	}
+	return string(sig)
 }
 
 // The SQLSTATE and message with which PostgreSQL refuses a statement whose result type changed.
