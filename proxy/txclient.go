@@ -935,10 +935,16 @@ func (t *txSession) loop() {
 		case 'B':
 			portal, rest := cbytes(body)
 			name, params := cbytes(rest)
+			e := &entry{kind: 'B'}
 			eff := &t.unnamedFx
 			if st := t.stmts[string(name)]; len(name) > 0 && st != nil {
 				eff = &st.eff
-				pre = t.prepareOn(c, st, pre)
+				var stale bool
+				if pre, stale = t.prepareOn(c, st, pre); stale {
+					body = t.failRequest(c, errorBody(staleCode, staleMsg))
+					break
+				}
+				e.uses = st
 				// The body lives in t.buf: the rewrite goes to t.rewrite.
 				t.rewrite = append(append(t.rewrite[:0], portal...), 0)
 				t.rewrite = append(append(t.rewrite, st.name...), 0)
@@ -948,19 +954,25 @@ func (t *txSession) loop() {
 			} else if len(name) == 0 {
 				pre = t.unnamedOn(c, pre)
 			}
-			t.bindEffect(c, eff)
+			t.bindEffect(c, e, eff)
 		case 'D':
+			e := &entry{kind: 'D'}
 			if len(body) > 0 && body[0] == 'S' {
 				name, _ := cbytes(body[1:])
 				if st := t.stmts[string(name)]; len(name) > 0 && st != nil {
-					pre = t.prepareOn(c, st, pre)
+					var stale bool
+					if pre, stale = t.prepareOn(c, st, pre); stale {
+						body, typ = t.failRequest(c, errorBody(staleCode, staleMsg)), 'B'
+						break
+					}
+					e.uses = st
 					t.rewrite = append(append(append(t.rewrite[:0], 'S'), st.name...), 0)
 					body = t.rewrite
 				} else if len(name) == 0 {
 					pre = t.unnamedOn(c, pre)
 				}
 			}
-			t.queueLocked(c, &entry{kind: 'D'})
+			t.queueLocked(c, e)
 		case 'C':
 			if len(body) > 0 && body[0] == 'S' {
 				name, _ := cstring(body[1:])
@@ -1028,11 +1040,13 @@ func (t *txSession) loop() {
 }
 
 // answerAlone handles, without a server connection, a message of a client that holds none:
-// named Parses and Closes wait in t.pending, and a Sync or Flush with nothing else in its batch
-// is answered by the proxy. Such clients (pgbench -M prepared, libpq's PQprepare) do not then
-// wait for a server connection to prepare a statement, which could deadlock a client that
-// serves several connections from one thread while others hold the server connections. It
-// reports whether it handled the message.
+// named Parses of statements a server has prepared and Closes wait in t.pending, and a Sync or
+// Flush with nothing else in its batch is answered by the proxy. Such clients (pgbench -M
+// prepared, libpq's PQprepare) do not then wait for a server connection to prepare a statement
+// that another client prepared first, which could deadlock a client that serves several
+// connections from one thread while others hold the server connections. A Parse of a statement
+// not yet known to be valid goes to a server connection, so that its errors come at the Parse as
+// PostgreSQL gives them. It reports whether it handled the message.
 func (t *txSession) answerAlone(typ byte, body []byte) bool {
 	s := t.srv
 	if t.failed {
@@ -1060,7 +1074,10 @@ func (t *txSession) answerAlone(typ byte, body []byte) bool {
 			t.failed = true
 			return true
 		}
-		st := s.stmts.get(string(rest))
+		st := s.stmts.known(string(rest))
+		if st == nil {
+			return false
+		}
 		t.keepStmt(name, st)
 		t.pending = append(t.pending, &entry{synth: parseComplete, stmtName: name, stmt: st})
 		return true
@@ -1130,57 +1147,178 @@ func (t *txSession) failRequest(c *srvConn, errMsg []byte) []byte {
 }
 
 // prepareOn makes sure st is prepared on c before the client's request that uses it, appending
-// the Parse (and the Close of the statement it evicts) to pre.
-func (t *txSession) prepareOn(c *srvConn, st *pstmt, pre []byte) []byte {
+// the Parse (and the Closes of the statements it evicts) to pre. It reports stale, and sends
+// nothing for the request, when st is a version whose result type changed and c does not have
+// it: the client then gets the error it gets where st is prepared, rather than st prepared
+// afresh with a result its driver would decode with the old row description.
+func (t *txSession) prepareOn(c *srvConn, st *pstmt, pre []byte) (_ []byte, stale bool) {
 	s := t.srv
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	pre = t.closeUnused(c, pre)
 	if c.stmts.has(st) {
 		s.m.stmtHits.Inc()
-		return pre
+		c.mu.Unlock()
+		return pre, false
+	}
+	if st.stale.Load() {
+		c.mu.Unlock()
+		return pre, true
 	}
 	s.m.stmtMisses.Inc()
+	// With nothing else for the client outstanding, wait for the check of the result type
+	// before the request goes out: the answers the server sends meanwhile are not the client's,
+	// so the wait cannot depend on the client reading. Otherwise the check only marks st stale
+	// for later requests.
+	var verdict chan bool
+	if st.result.Load() != nil && c.quiet() {
+		verdict = make(chan bool, 1)
+	}
 	if !t.queue(c, &entry{kind: 'P', skip: true, prepared: st}) {
-		return pre
+		c.mu.Unlock()
+		return pre, false
 	}
 	pre = appendMsg(pre, 'P', st.parseBody())
-	return t.addPrepared(c, st, pre)
+	pre = t.describeOn(c, st, verdict, pre)
+	pre = t.addPrepared(c, st, pre)
+	c.mu.Unlock()
+	if verdict == nil {
+		return pre, false
+	}
+	// The server answers extended-protocol messages at a Flush (which it does not answer).
+	_, _ = t.sw.Write(appendMsg(pre, 'H', nil))
+	t.flushServer()
+	pre = pre[:0]
+	select {
+	case differs := <-verdict:
+		if !differs {
+			return pre, false
+		}
+	case <-time.After(s.cfg.ResetTimeout):
+		return pre, false // a stalled server: the request waits behind the check there
+	}
+	c.mu.Lock()
+	pre = t.closeUnused(c, pre)
+	c.mu.Unlock()
+	return pre, true
 }
 
-// parseOn answers a client's named Parse of st: at once when c has st prepared, else by
-// preparing it on c, appended to pre, so that errors in the statement come where PostgreSQL
-// gives them. Other connections prepare it when a Bind or Describe needs it there.
+// quiet reports whether every answer outstanding on c is one the client does not get: waiting
+// for c's answers then cannot wait for the client. c.mu is held.
+func (c *srvConn) quiet() bool {
+	for _, e := range c.queue {
+		if !e.skip {
+			return false
+		}
+	}
+	return true
+}
+
+// describeOn appends to pre a Describe of st, just prepared on c, that records or checks its
+// result type (see checkResult). c.mu is held.
+func (t *txSession) describeOn(c *srvConn, st *pstmt, verdict chan bool, pre []byte) []byte {
+	if !t.queue(c, &entry{kind: 'D', skip: true, describes: st, verdict: verdict}) {
+		return pre
+	}
+	b := make([]byte, 0, len(st.name)+2)
+	b = append(append(append(b, 'S'), st.name...), 0)
+	return appendMsg(pre, 'D', b)
+}
+
+// parseOn answers a client's named Parse of st: at once when c has st prepared and a server has
+// accepted it, else by preparing it on c, appended to pre, so that errors in the statement come
+// where PostgreSQL gives them. Other connections prepare it when a Bind or Describe needs it
+// there.
 func (t *txSession) parseOn(c *srvConn, st *pstmt, name string, pre []byte) []byte {
 	s := t.srv
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	pre = t.closeUnused(c, pre)
 	if c.stmts.has(st) {
-		s.m.stmtHits.Inc()
-		e := &entry{synth: parseComplete, stmtName: name, stmt: st}
-		if len(c.queue) == 0 {
-			t.writeClient(e.synth)
-		} else {
-			e.batch = t.batch
-			c.queue = append(c.queue, e)
+		// Not yet valid: the client's own Parse of it is unanswered. In the same batch, this
+		// one stands or falls with it; in an earlier batch, that one may fail, so this one gets
+		// the server's answer too, after a Close (of nothing, if that Parse fails).
+		if st.valid.Load() || c.parsing(st, t.batch) {
+			s.m.stmtHits.Inc()
+			e := &entry{synth: parseComplete, stmtName: name, stmt: st}
+			if len(c.queue) == 0 {
+				t.writeClient(e.synth)
+			} else {
+				e.batch = t.batch
+				c.queue = append(c.queue, e)
+			}
+			return pre
+		}
+		s.m.stmtMisses.Inc()
+		if t.queue(c, &entry{kind: 'C', skip: true}) {
+			pre = appendMsg(pre, 'C', closeBody(st.name))
+			t.queue(c, &entry{kind: 'P', prepared: st, reparse: true, stmtName: name, stmt: st})
+			pre = appendMsg(pre, 'P', st.parseBody())
+			pre = t.describeOn(c, st, nil, pre)
 		}
 		return pre
 	}
 	s.m.stmtMisses.Inc()
 	t.queue(c, &entry{kind: 'P', prepared: st, stmtName: name, stmt: st})
 	pre = appendMsg(pre, 'P', st.parseBody())
+	pre = t.describeOn(c, st, nil, pre)
 	return t.addPrepared(c, st, pre)
 }
 
+// parsing reports whether a Parse of st in the client's batch is unanswered on c. c.mu is held.
+func (c *srvConn) parsing(st *pstmt, batch uint64) bool {
+	for _, e := range c.queue {
+		if e.kind == 'P' && e.prepared == st && e.batch == batch {
+			return true
+		}
+	}
+	return false
+}
+
 // addPrepared records st as prepared on c (the caller holds c.mu and has appended its Parse to
-// pre), appending the Close of the statement it evicts.
+// pre), appending the Closes of the statements it evicts.
 func (t *txSession) addPrepared(c *srvConn, st *pstmt, pre []byte) []byte {
 	s := t.srv
-	if old := c.stmts.add(st, s.cfg.MaxPreparedStatements); old != nil {
+	for _, old := range c.stmts.add(st, s.cfg.MaxPreparedStatements) {
 		s.m.stmtEvicted.Inc()
-		t.queue(c, &entry{kind: 'C', skip: true})
-		pre = appendMsg(pre, 'C', append(append([]byte{'S'}, old.name...), 0))
+		t.queue(c, &entry{kind: 'C', skip: true, closes: old})
+		pre = appendMsg(pre, 'C', closeBody(old.name))
 	}
 	return pre
+}
+
+// closeUnused appends to pre the Closes of the statements c prepared with another result type
+// than their first, and of the stale statements c has prepared that no client holds any more
+// when some statement has become such since c last looked. c.mu is held.
+func (t *txSession) closeUnused(c *srvConn, pre []byte) []byte {
+	s := t.srv
+	if c.errSkip && c.errBatch == t.batch {
+		return pre
+	}
+	for _, st := range c.closeDue {
+		t.queue(c, &entry{kind: 'C', skip: true})
+		pre = appendMsg(pre, 'C', closeBody(st.name))
+	}
+	clear(c.closeDue)
+	c.closeDue = c.closeDue[:0]
+	n := s.stmts.unused.Load()
+	if n == c.unusedSeen {
+		return pre
+	}
+	c.unusedSeen = n
+	for _, st := range s.stmts.unusedIn(&c.stmts) {
+		c.stmts.remove(st)
+		t.queue(c, &entry{kind: 'C', skip: true, closes: st})
+		pre = appendMsg(pre, 'C', closeBody(st.name))
+	}
+	return pre
+}
+
+// closeBody is the body of a Close of the statement named name.
+func closeBody(name string) []byte {
+	b := make([]byte, 0, len(name)+2)
+	b = append(b, 'S')
+	b = append(b, name...)
+	return append(b, 0)
 }
 
 // unnamedOn prepares the client's unnamed statement again when the connection does not hold it
@@ -1255,10 +1393,10 @@ func (t *txSession) queryEffect(c *srvConn, e *entry, eff *sessionsql.Effect, sq
 
 // bindEffect queues the entry of a Bind of a statement with effect eff, and takes what running
 // it does to the session.
-func (t *txSession) bindEffect(c *srvConn, eff *sessionsql.Effect) {
+func (t *txSession) bindEffect(c *srvConn, e *entry, eff *sessionsql.Effect) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	t.queue(c, &entry{kind: 'B'})
+	t.queue(c, e)
 	if eff.Harmless() {
 		return
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,8 +40,16 @@ type entry struct {
 	closed   bool
 
 	errMsg   []byte // replaces the server's ErrorResponse body: an in-band error of the proxy's
-	prepared *pstmt // an injected Parse: the statement it prepares
-	emptyAs  string // the CommandComplete tag that replaces an EmptyQueryResponse
+	prepared *pstmt // a Parse of the proxy's statement: the statement it prepares
+	reparse  bool   // that Parse follows a Close of the same statement (see parseOn)
+	closes   *pstmt // an injected Close: the statement it closes
+	uses     *pstmt // a Bind or Describe of the proxy's statement
+	// An injected Describe of the statement just prepared: its result type is recorded, or
+	// checked against the one recorded, and a client waiting on verdict learns whether it
+	// differed (true) or could not be told (false: the Parse failed, the connection was lost).
+	describes *pstmt
+	verdict   chan bool
+	emptyAs   string // the CommandComplete tag that replaces an EmptyQueryResponse
 
 	// Effects on the session state once a Query succeeds.
 	discard    bool // DISCARD ALL: every statement and setting of the connection is gone
@@ -87,6 +96,8 @@ type srvConn struct {
 	broken      bool
 	idleSince   time.Time
 	stmts       stmtLRU
+	unusedSeen  uint64            // the registry's count of unused stale statements when last looked at
+	closeDue    []*pstmt          // statements prepared with another result type than their first, to close
 	params      map[string]string // the session's own settings, as last read back or set by the proxy
 	dirty       uint64            // counts requests that may have changed settings ...
 	clean       uint64            // ... up to the one the last read-back covered
@@ -196,7 +207,7 @@ func (c *srvConn) readLoop() {
 			return
 		}
 		// The messages the proxy reads: the rest are copied through.
-		inspect := typ == 'Z' || typ == 'E' || typ == 'S' || typ == 'I' || typ == 'D' && c.capturing.Load()
+		inspect := typ == 'Z' || typ == 'E' || typ == 'S' || typ == 'I' || typ == 'D' && c.capturing.Load() || typ == 'T' && c.describing()
 		if inspect {
 			if cap(body) < n {
 				body = make([]byte, n)
@@ -250,6 +261,16 @@ func (c *srvConn) readLoop() {
 			if c.batchErr == nil {
 				c.batchErr = e
 			}
+			if h != nil && h.uses != nil {
+				switch {
+				case e.Code == staleCode:
+					s.stmts.markStale(h.uses)
+				case strings.HasPrefix(e.Code, "42"):
+					// No longer valid as it stands (a dropped table): the next Parse of it
+					// goes to a server, to fail there as it would directly.
+					h.uses.valid.Store(false)
+				}
+			}
 			// The client's request failed, also when the proxy sent it on its behalf (a
 			// statement prepared for its Bind).
 			forward = cl != nil && (h == nil || h.done == nil && !h.quiet)
@@ -269,6 +290,10 @@ func (c *srvConn) readLoop() {
 			}
 		case 'G', 'H', 'W':
 			c.copying = typ
+		case 'T', 'n':
+			if h != nil && h.describes != nil {
+				c.checkResult(h, typ, body)
+			}
 		}
 		c.mu.Unlock()
 
@@ -317,6 +342,12 @@ func (c *srvConn) readLoop() {
 				c.pop()
 				c.readyForQuery(h, body[0], cl)
 			case ends(h.kind, hdr[0]):
+				if hdr[0] == '1' && h.prepared != nil {
+					h.prepared.valid.Store(true)
+					if h.reparse {
+						c.stmts.keep(h.prepared) // an earlier Parse of it may have failed
+					}
+				}
 				c.pop()
 			}
 		}
@@ -347,9 +378,13 @@ func (c *srvConn) failBatch(h *entry) {
 			keep = append(keep, e)
 			continue
 		}
-		if e.prepared != nil {
+		switch {
+		case e.prepared != nil && !e.reparse:
 			c.stmts.remove(e.prepared)
+		case e.closes != nil:
+			c.stmts.keep(e.closes) // the server skipped its Close: still prepared
 		}
+		e.report(false)
 		if e.stmt != nil && c.client != nil {
 			c.client.undo(e)
 		}
@@ -359,11 +394,48 @@ func (c *srvConn) failBatch(h *entry) {
 	}
 	c.queue = keep
 	c.pop() // h itself, at the head
+	h.report(false)
 	if h.prepared != nil {
 		c.stmts.remove(h.prepared)
 	}
 	if h.stmt != nil && c.client != nil {
 		c.client.undo(h) // a named Parse that failed: the client has no such statement
+	}
+}
+
+// describing reports whether the answer awaited is that of an injected Describe.
+func (c *srvConn) describing() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	h := c.head()
+	return h != nil && h.describes != nil
+}
+
+// checkResult records the result type a server answered h's Describe with, the first time the
+// statement is prepared, and otherwise compares it with the recorded one: a statement whose
+// result type changed (DDL) is stale, as PostgreSQL would find where it was prepared before,
+// and is closed again here, where it was prepared with the new one. c.mu is held.
+func (c *srvConn) checkResult(h *entry, typ byte, body []byte) {
+	st := h.describes
+	sig := resultSig(typ, body)
+	differs := false
+	if !st.result.CompareAndSwap(nil, &sig) && *st.result.Load() != sig {
+		differs = true
+		c.set.s.stmts.markStale(st)
+		c.stmts.remove(st)
+		c.closeDue = append(c.closeDue, st)
+	}
+	h.report(differs)
+}
+
+// report tells the client waiting on e's verdict, if any, whether the statement's result type
+// differed.
+func (e *entry) report(differs bool) {
+	if e.verdict != nil {
+		select {
+		case e.verdict <- differs:
+		default:
+		}
 	}
 }
 
@@ -497,6 +569,7 @@ func (c *srvConn) lost(cause error, serverSaidFatal bool) {
 	c.mu.Unlock()
 	lostErr := &pgconn.PgError{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "08006", Message: "server connection lost"}
 	for _, e := range queue {
+		e.report(false)
 		if e.done != nil {
 			e.done <- lostErr
 		}

@@ -2,9 +2,11 @@ package proxy
 
 import (
 	"container/list"
+	"encoding/binary"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/pgsidecar/pgsidecar/internal/sessionsql"
 	"github.com/pgsidecar/pgsidecar/pool"
@@ -17,15 +19,54 @@ import (
 // all (pins).
 
 // pstmt is a prepared statement shared by the clients that prepared the same text with the same
-// parameter types, under one server-side name.
+// parameter types, under one server-side name. It is one version of its text: when a server
+// says its result type changed (DDL), later Parses of the text get a new version, while the
+// clients that hold this one keep getting the error, as they would on a direct connection.
 type pstmt struct {
 	key  string // the Parse body after the statement name: query, parameter count and types
 	name string // its name on server connections
-	refs int    // client statements mapped to it
+	refs int    // client statements mapped to it; guarded by the registry's mu
 	op   pool.Operation
 	sql  string
 	eff  sessionsql.Effect // what running it does to the session
+	// valid: a server has prepared it, so the proxy may answer a Parse of it alone.
+	valid atomic.Bool
+	// stale: a server said its result type changed (0A000, cached plan must not change result
+	// type), or it had another one where the proxy prepared it later; it is no longer prepared
+	// on connections that lack it.
+	stale atomic.Bool
+	// result is its result type where the proxy first prepared it (resultSig): where it
+	// prepares it later, the result type must be the same.
+	result atomic.Pointer[string]
 }
+
+// resultSig is the result type a Describe of a statement answers, RowDescription (typ 'T',
+// body) or NoData ('n'): the columns' names, types and type modifiers, what PostgreSQL compares
+// to tell that a statement's result type changed.
+func resultSig(typ byte, body []byte) string {
+	if typ != 'T' || len(body) < 2 {
+		return "n"
+	}
+	sig := make([]byte, 0, len(body))
+	n := int(binary.BigEndian.Uint16(body))
+	rest := body[2:]
+	for range n {
+		name, r := cbytes(rest)
+		if len(r) < 18 {
+			return string(body) // malformed: compare it whole
+		}
+		sig = append(append(sig, name...), 0)
+		sig = append(sig, r[6:16]...) // type OID, length and modifier
+		rest = r[18:]
+	}
+	return string(sig)
+}
+
+// The SQLSTATE and message with which PostgreSQL refuses a statement whose result type changed.
+const (
+	staleCode = "0A000"
+	staleMsg  = "cached plan must not change result type"
+)
 
 // parseBody is the body of a Parse that prepares st under its server-side name.
 func (st *pstmt) parseBody() []byte {
@@ -35,16 +76,21 @@ func (st *pstmt) parseBody() []byte {
 	return append(b, st.key...)
 }
 
-// stmtRegistry holds the proxy-wide statements, keyed by text and parameter types.
+// stmtRegistry holds the proxy-wide statements, keyed by text and parameter types: the current
+// version of each text that a client holds.
 type stmtRegistry struct {
 	analysis *sessionsql.Cache
 
 	mu    sync.Mutex
 	byKey map[string]*pstmt
 	next  uint64
+	// unused counts stale versions that lost their last client: server connections that see it
+	// change close such versions they still have prepared.
+	unused atomic.Uint64
 }
 
-// get returns the statement for key, creating it, and counts a client reference to it.
+// get returns the current version of the statement for key, creating it, and counts a client
+// reference to it.
 func (r *stmtRegistry) get(key string) *pstmt {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -64,19 +110,33 @@ func (r *stmtRegistry) get(key string) *pstmt {
 	return st
 }
 
+// known is get for a statement a server has prepared: it returns nil, and counts nothing, when
+// the current version of key (if any) has not been prepared yet.
+func (r *stmtRegistry) known(key string) *pstmt {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.byKey[key]
+	if st == nil || !st.valid.Load() {
+		return nil
+	}
+	st.refs++
+	return st
+}
+
 // ref counts one more client reference to st, taking it back into the registry if the last
-// one had gone.
+// one had gone (unless a newer version has taken its place).
 func (r *stmtRegistry) ref(st *pstmt) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st.refs++
-	if r.byKey[st.key] == nil {
+	if r.byKey[st.key] == nil && !st.stale.Load() {
 		r.byKey[st.key] = st
 	}
 }
 
 // put drops a client reference; the last one forgets the statement. Server connections that
-// still have it prepared close it when it falls out of their LRU.
+// still have it prepared close it when it falls out of their LRU, or, for a stale version, when
+// they next prepare or use a statement.
 func (r *stmtRegistry) put(st *pstmt) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -84,6 +144,38 @@ func (r *stmtRegistry) put(st *pstmt) {
 	if st.refs <= 0 && r.byKey[st.key] == st {
 		delete(r.byKey, st.key)
 	}
+	if st.refs == 0 && st.stale.Load() {
+		r.unused.Add(1)
+	}
+}
+
+// markStale records that a server refused st because its result type changed: the next Parse
+// of its text gets a new version.
+func (r *stmtRegistry) markStale(st *pstmt) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if st.stale.Swap(true) {
+		return
+	}
+	if r.byKey[st.key] == st {
+		delete(r.byKey, st.key)
+	}
+	if st.refs <= 0 {
+		r.unused.Add(1)
+	}
+}
+
+// unusedIn returns the stale versions in l that no client holds any more.
+func (r *stmtRegistry) unusedIn(l *stmtLRU) []*pstmt {
+	var out []*pstmt
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for e := l.order.Front(); e != nil; e = e.Next() {
+		if st := e.Value.(*pstmt); st.stale.Load() && st.refs <= 0 {
+			out = append(out, st)
+		}
+	}
+	return out
 }
 
 // stmtLRU is the statements prepared on one server connection, most recently used first.
@@ -100,18 +192,30 @@ func (l *stmtLRU) has(st *pstmt) bool {
 	return e != nil
 }
 
-// add records st as prepared and returns the statement to close to stay within max, if any.
-func (l *stmtLRU) add(st *pstmt, max int) *pstmt {
+// add records st as prepared and returns the statements to close to stay within max.
+func (l *stmtLRU) add(st *pstmt, max int) []*pstmt {
 	if l.at == nil {
 		l.at = map[*pstmt]*list.Element{}
 	}
 	l.at[st] = l.order.PushFront(st)
-	if l.order.Len() <= max {
-		return nil
+	var evict []*pstmt
+	for l.order.Len() > max {
+		old := l.order.Remove(l.order.Back()).(*pstmt)
+		delete(l.at, old)
+		evict = append(evict, old)
 	}
-	old := l.order.Remove(l.order.Back()).(*pstmt)
-	delete(l.at, old)
-	return old
+	return evict
+}
+
+// keep records st as prepared if it is not, without evicting: the server prepared it again
+// after the proxy had taken it for gone (a Parse that failed in an earlier batch).
+func (l *stmtLRU) keep(st *pstmt) {
+	if l.at == nil {
+		l.at = map[*pstmt]*list.Element{}
+	}
+	if l.at[st] == nil {
+		l.at[st] = l.order.PushFront(st)
+	}
 }
 
 func (l *stmtLRU) remove(st *pstmt) {
