@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -250,6 +251,15 @@ func clone(m map[string]string) map[string]string {
 	return out
 }
 
+// stmtScope is the registry scope of the client's new statements: its own once it is pinned.
+// The held connection's mu is held, if there is one.
+func (t *txSession) stmtScope() string {
+	if t.pin == "" {
+		return ""
+	}
+	return "pinned " + strconv.FormatUint(uint64(t.pid), 10) + "\x00"
+}
+
 // maxCustomSettings bounds the custom settings one client may name; one more pins it, since
 // the proxy could no longer read them all back.
 const maxCustomSettings = 100
@@ -292,8 +302,14 @@ func (t *txSession) pinFor(reason string, sqlb []byte) {
 
 // pinRefusal is the in-band error that answers a statement that would pin the session when
 // --proxy.pin-policy is error, or nil when it may pin.
-func (t *txSession) pinRefusal(reason string) []byte {
-	if reason == "" || t.srv.cfg.PinPolicy != PinPolicyError || t.pin != "" {
+func (t *txSession) pinRefusal(c *srvConn, reason string) []byte {
+	if reason == "" || t.srv.cfg.PinPolicy != PinPolicyError {
+		return nil
+	}
+	c.mu.Lock()
+	pinned := t.pin != ""
+	c.mu.Unlock()
+	if pinned {
 		return nil
 	}
 	e := &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "0A000",
@@ -871,7 +887,7 @@ func (t *txSession) loop() {
 			e := &entry{kind: 'Q', start: start, op: pool.ClassifyOperation(sql), sql: sql, measure: true}
 			start = time.Time{}
 			if eff := s.analysis.Analyze(sqlb); !eff.Harmless() {
-				if refusal := t.pinRefusal(eff.Pin); refusal != nil {
+				if refusal := t.pinRefusal(c, eff.Pin); refusal != nil {
 					body, e.errMsg = failingQuery, refusal
 				} else {
 					body, post = t.queryEffect(c, e, &eff, sqlb, body)
@@ -890,7 +906,7 @@ func (t *txSession) loop() {
 			sql := sqlPrefix(sqlb)
 			setBatch(pool.ClassifyOperation(sql), sql)
 			eff := s.analysis.Analyze(sqlb)
-			if refusal := t.pinRefusal(eff.Pin); refusal != nil {
+			if refusal := t.pinRefusal(c, eff.Pin); refusal != nil {
 				body = t.failRequest(c, refusal)
 				typ = 'B'
 				break
@@ -926,7 +942,10 @@ func (t *txSession) loop() {
 				typ = 'B'
 				break
 			}
-			st := s.stmts.get(string(rest))
+			c.mu.Lock()
+			scope := t.stmtScope()
+			c.mu.Unlock()
+			st := s.stmts.get(scope, string(rest))
 			t.keepStmt(name, st)
 			if pre = t.parseOn(c, st, name, pre); len(pre) > 0 {
 				_, _ = t.sw.Write(pre)
@@ -1074,7 +1093,7 @@ func (t *txSession) answerAlone(typ byte, body []byte) bool {
 			t.failed = true
 			return true
 		}
-		st := s.stmts.known(string(rest))
+		st := s.stmts.known(t.stmtScope(), string(rest))
 		if st == nil {
 			return false
 		}

@@ -272,3 +272,31 @@ func TestTxModeORMTrafficDoesNotPin(t *testing.T) {
 		t.Errorf("pinned sessions = %v, want 0", got)
 	}
 }
+
+// TestTxModePinnedClientsOwnStatements: two clients with temporary tables of the same name but
+// other columns prepare the same text: each gets its own table's rows, as directly, not an
+// error from the other's result type.
+func TestTxModePinnedClientsOwnStatements(t *testing.T) {
+	h := newTxHarness(t, 2, nil)
+	ctx := ctxTimeout(t, 30*time.Second)
+	a := h.pgconnect(t, ctx, "")
+	b := h.pgconnect(t, ctx, "")
+	if _, err := simple(ctx, a, "create temp table same_name (x int); insert into same_name values (1)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := simple(ctx, b, "create temp table same_name (y text, z text); insert into same_name values ('b', 'c')"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		conn *pgconn.PgConn
+		cols int
+	}{{a, 1}, {b, 2}} {
+		if _, err := c.conn.Prepare(ctx, "s", "select * from same_name", nil); err != nil {
+			t.Fatal(err)
+		}
+		res := c.conn.ExecPrepared(ctx, "s", nil, nil, nil).Read()
+		if res.Err != nil || len(res.FieldDescriptions) != c.cols {
+			t.Errorf("select * from same_name: %d columns, %v; want %d", len(res.FieldDescriptions), res.Err, c.cols)
+		}
+	}
+}

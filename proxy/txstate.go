@@ -23,12 +23,14 @@ import (
 // says its result type changed (DDL), later Parses of the text get a new version, while the
 // clients that hold this one keep getting the error, as they would on a direct connection.
 type pstmt struct {
-	key  string // the Parse body after the statement name: query, parameter count and types
-	name string // its name on server connections
-	refs int    // client statements mapped to it; guarded by the registry's mu
-	op   pool.Operation
-	sql  string
-	eff  sessionsql.Effect // what running it does to the session
+	key string // the Parse body after the statement name: query, parameter count and types
+	// regKey is key in the registry: key after the scope of a pinned client's own statements.
+	regKey string
+	name   string // its name on server connections
+	refs   int    // client statements mapped to it; guarded by the registry's mu
+	op     pool.Operation
+	sql    string
+	eff    sessionsql.Effect // what running it does to the session
 	// valid: a server has prepared it, so the proxy may answer a Parse of it alone.
 	valid atomic.Bool
 	// stale: a server said its result type changed (0A000, cached plan must not change result
@@ -91,31 +93,36 @@ type stmtRegistry struct {
 
 // get returns the current version of the statement for key, creating it, and counts a client
 // reference to it.
-func (r *stmtRegistry) get(key string) *pstmt {
+//
+// scope keeps statements apart that must not be shared: a pinned client's statements are its
+// own (scope names the client), since what its text means may depend on its session (a
+// temporary table of the same name as another client's), and it keeps its connection anyway.
+func (r *stmtRegistry) get(scope, key string) *pstmt {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if st := r.byKey[key]; st != nil {
+	regKey := scope + key
+	if st := r.byKey[regKey]; st != nil {
 		st.refs++
 		return st
 	}
 	r.next++
 	sqlb, _ := cbytes([]byte(key))
 	sql := sqlPrefix(sqlb)
-	st := &pstmt{key: key, name: "pgsidecar_" + strconv.FormatUint(r.next, 10), refs: 1,
+	st := &pstmt{key: key, regKey: regKey, name: "pgsidecar_" + strconv.FormatUint(r.next, 10), refs: 1,
 		op: pool.ClassifyOperation(sql), sql: sql, eff: r.analysis.Analyze(sqlb)}
 	if r.byKey == nil {
 		r.byKey = map[string]*pstmt{}
 	}
-	r.byKey[key] = st
+	r.byKey[regKey] = st
 	return st
 }
 
 // known is get for a statement a server has prepared: it returns nil, and counts nothing, when
 // the current version of key (if any) has not been prepared yet.
-func (r *stmtRegistry) known(key string) *pstmt {
+func (r *stmtRegistry) known(scope, key string) *pstmt {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	st := r.byKey[key]
+	st := r.byKey[scope+key]
 	if st == nil || !st.valid.Load() {
 		return nil
 	}
@@ -129,8 +136,8 @@ func (r *stmtRegistry) ref(st *pstmt) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st.refs++
-	if r.byKey[st.key] == nil && !st.stale.Load() {
-		r.byKey[st.key] = st
+	if r.byKey[st.regKey] == nil && !st.stale.Load() {
+		r.byKey[st.regKey] = st
 	}
 }
 
@@ -141,7 +148,7 @@ func (r *stmtRegistry) put(st *pstmt) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st.refs--
-	if st.refs <= 0 && r.byKey[st.key] == st {
+	if st.refs <= 0 && r.byKey[st.regKey] == st {
 		delete(r.byKey, st.key)
 	}
 	if st.refs == 0 && st.stale.Load() {
@@ -157,7 +164,7 @@ func (r *stmtRegistry) markStale(st *pstmt) {
 	if st.stale.Swap(true) {
 		return
 	}
-	if r.byKey[st.key] == st {
+	if r.byKey[st.regKey] == st {
 		delete(r.byKey, st.key)
 	}
 	if st.refs <= 0 {
