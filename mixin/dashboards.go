@@ -308,7 +308,7 @@ func (c Config) poolDashboard() *Dashboard {
 		q{s(`histogram_quantile(0.5, sum by (le) (rate(pgsidecar_proxy_session_transactions_bucket{SEL}[RI])))`), "p50"},
 		q{s(`histogram_quantile(0.99, sum by (le) (rate(pgsidecar_proxy_session_transactions_bucket{SEL}[RI])))`), "p99"},
 		q{s(`sum(rate(pgsidecar_proxy_session_transactions_sum{SEL}[RI])) / sum(rate(pgsidecar_proxy_session_transactions_count{SEL}[RI]))`), "mean"}), 8, 8)
-	b.add(timeseries("Pinned sessions", "Client sessions pinned to their server connection until they disconnect, by the session state that pinned them (LISTEN, advisory lock, temporary table, SQL PREPARE, WITH HOLD cursor, SET). A pinned session takes a server connection out of transaction pooling.", "short",
+	b.add(timeseries("Pinned sessions", "Client sessions pinned to their server connection until they disconnect, by the session state that pinned them (SET ROLE, LISTEN, advisory lock, temporary object, SQL PREPARE, WITH HOLD cursor, an unknown statement, ...). A pinned session takes a server connection out of transaction pooling.", "short",
 		q{s(`sum by (reason) (pgsidecar_proxy_pinned_sessions{SEL})`), "{{reason}}"}), 8, 8)
 	b.add(timeseries("Prepared statement cache", "Protocol-level prepared statements of clients found already prepared on the server connection (hits), prepared there first (misses), and dropped from a connection's LRU (evictions; --proxy.max-prepared-statements). Evictions followed by misses mean the cache is too small for the statements in use.", "ops",
 		q{s(`sum(rate(pgsidecar_proxy_prepared_statement_hits_total{SEL}[RI]))`), "hits"},

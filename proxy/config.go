@@ -206,7 +206,7 @@ func Settings() []Setting {
 				return nil
 			}},
 		{Flag: "proxy.pool-mode", Env: "PROXY_POOL_MODE", Default: string(PoolSession),
-			Help: "session: a client keeps one server connection from login to logout. transaction: a client holds one only while in a transaction or with requests outstanding, so many clients share DB_MAX_CONNECTIONS server connections; sessions that take state that cannot move (LISTEN, session advisory locks, temporary tables, SQL PREPARE, WITH HOLD cursors, other SETs) are pinned to their connection until they end.",
+			Help: "session: a client keeps one server connection from login to logout. transaction: a client holds one only while in a transaction or with requests outstanding, so many clients share DB_MAX_CONNECTIONS server connections; settings (SET, RESET, set_config) follow each client; sessions that take state that cannot move (SET ROLE, LISTEN, session advisory locks, temporary objects, SQL PREPARE, WITH HOLD cursors) are pinned to their connection until they end.",
 			Set: func(c *Config, v string) error {
 				if !PoolMode(v).known() {
 					return fmt.Errorf("--proxy.pool-mode must be session or transaction, got '%s'", v)
