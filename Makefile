@@ -36,7 +36,7 @@ test: deps
 FUZZ_TARGETS := ./pool/:FuzzClassifyOperation ./pool/:FuzzParseDuration ./internal/redact/:FuzzRedactDSN \
 	./pool/:FuzzFromEnv ./collector/:FuzzParseQueries ./proxy/:FuzzStartupPacket \
 	./proxy/:FuzzSCRAMExchange ./proxy/:FuzzDecodeError ./internal/sqlnorm/:FuzzNormalize \
-	./internal/sqlstate/:FuzzLabel ./internal/fingerprint/:FuzzSum
+	./internal/sqlstate/:FuzzLabel ./internal/fingerprint/:FuzzSum ./internal/sessionsql/:FuzzAnalyze
 fuzz:
 	@for pt in $(FUZZ_TARGETS); do \
 		pkg=$${pt%%:*}; t=$${pt#*:}; echo "fuzz $$pkg $$t"; \

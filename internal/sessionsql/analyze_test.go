@@ -198,3 +198,23 @@ func FuzzAnalyze(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkCacheHit is what a repeated text costs the proxy per message.
+func BenchmarkCacheHit(b *testing.B) {
+	var c Cache
+	sql := []byte(`SELECT "public"."users"."id", "public"."users"."email" FROM "public"."users" WHERE ("public"."users"."id" = $1 AND 1=1) LIMIT $2 OFFSET $3 /*traceparent='00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'*/`)
+	c.Analyze(sql)
+	b.ReportAllocs()
+	for b.Loop() {
+		c.Analyze(sql)
+	}
+}
+
+// BenchmarkAnalyze is the cost of a text seen for the first time.
+func BenchmarkAnalyze(b *testing.B) {
+	sql := `SELECT "public"."users"."id", "public"."users"."email" FROM "public"."users" WHERE ("public"."users"."id" = $1 AND 1=1) LIMIT $2 OFFSET $3`
+	b.ReportAllocs()
+	for b.Loop() {
+		Analyze(sql)
+	}
+}
