@@ -34,8 +34,9 @@ import (
 //	PGSIDECAR_BIN          a built pgsidecar binary (default: built from this module)
 //	PROXYBENCH_SIDECAR_ENV extra environment for pgsidecar, space-separated (GOMAXPROCS=1 ...)
 //	PROXYBENCH_LEVER_BIN, PROXYBENCH_LEVER_ENV
-//	                       a second pgsidecar ("lever") run alongside the first in the session
-//	                       mode benchmark, from another binary and/or with other environment
+//	                       a second pgsidecar ("lever") run alongside the first, from another
+//	                       binary and/or with other environment (the session and transaction
+//	                       mode benchmarks)
 //	PROXYBENCH_RELAYS      add the reference relays bytecopy and epollcopy (in the test process)
 //	                       to the session mode benchmark
 //	PROXYBENCH_PERF        count system calls and context switches per transaction (perf stat)
@@ -336,6 +337,14 @@ func BenchmarkProxyTransactionPool(b *testing.B) {
 		targets = append(targets, sc)
 	} else {
 		b.Logf("pgsidecar left out: %v", err)
+	}
+	if lv := os.Getenv("PROXYBENCH_LEVER_BIN"); lv != "" {
+		// Another build of pgsidecar, interleaved with this one (a regression check).
+		sc, err := bed.startSidecar(b, "lever", lv, "transaction", poolSize, sidecarEnv("PROXYBENCH_LEVER_ENV"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		targets = append(targets, sc)
 	}
 	tab := newBenchTable()
 	clientCounts := envInts("PROXYBENCH_CLIENTS", []int{100, 500, 1000})
