@@ -51,20 +51,20 @@ type oracleException struct {
 // set_config inside, are kept out of the grammar; one drawn on purpose goes here.
 var documentedExceptions = []oracleException{}
 
-// probeSQL reads the session state a client could observe. Settings are those a session or
-// its startup packet set: the server's own configuration is the same on both sides and only
-// makes the output long (a session's SET of one shows, its source becoming "session"). Both
-// sides start with the same startup parameters (the oracle's clients send application_name,
-// which the pool's connections otherwise carry with the pool's name), so the proxy's SETs on
-// checkout show the same values as a direct session's startup packet; the source is not
-// compared, as it legitimately differs ("session" against "client"). A custom setting such
-// as app.tenant, once defined on a backend, reads as ” rather than NULL after RESET or
-// DISCARD ALL: no proxy can undo that short of closing the connection, so both count as
-// unset. Settings whose value the connection's route would decide go in probeVolatile (none).
+// probeSQL reads the session state a client could observe. Settings are listed by value
+// alone, those that differ from the server's built-in default: a setting's source
+// legitimately differs between the two sides (the proxy brings a server connection to a
+// client's values with SET, where a direct session has them from its startup packet or the
+// configuration file), so comparing sources, or choosing settings by source, would report
+// equal values as different. Both sides start with the same startup parameters: the oracle's
+// clients send application_name, which the pool's connections otherwise carry with the pool's
+// name. A custom setting such as app.tenant, once defined on a backend, reads as ” rather
+// than NULL after RESET or DISCARD ALL: no proxy can undo that short of closing the
+// connection, so both count as unset. Settings whose value the route to the server decides
+// go in probeVolatile.
 var probeSQL = `select 'user=' || current_user || ' session=' || session_user
- || ' | settings=' || coalesce((select string_agg(name || '=' || setting, ',' order by name) from pg_settings
-     where source not in ('default', 'override', 'configuration file', 'command line', 'environment variable')
-       and name <> all($VOLATILE$)), '')
+ || ' | settings=' || coalesce((select string_agg(name || '=' || setting, ';' order by name) from pg_settings
+     where setting is distinct from boot_val and name <> all($VOLATILE$)), '')
  || ' | app.tenant=' || coalesce(nullif(current_setting('app.tenant', true), ''), '<unset>')
  || ' | temp=' || (select count(*) from pg_class where relnamespace = pg_my_temp_schema())
  || ' | advisory=' || (select count(*) from pg_locks where locktype = 'advisory' and pid = pg_backend_pid())
@@ -74,7 +74,16 @@ var probeSQL = `select 'user=' || current_user || ' session=' || session_user
  || ' | isolation=' || current_setting('transaction_isolation') || ',' || current_setting('transaction_read_only')`
 
 // probeVolatile are settings the probe leaves out, with why.
-var probeVolatile = map[string]string{}
+var probeVolatile = map[string]string{
+	// The probe's isolation field shows them.
+	"transaction_isolation": "field", "transaction_read_only": "field",
+	// The direct side connects over the unix socket, where these read as 0; over TCP they read
+	// as the kernel's values.
+	"tcp_keepalives_idle":     "socket",
+	"tcp_keepalives_interval": "socket",
+	"tcp_keepalives_count":    "socket",
+	"tcp_user_timeout":        "socket",
+}
 
 func probeQuery() string {
 	names := make([]string, 0, len(probeVolatile))
@@ -106,6 +115,8 @@ func (k keepTB) Cleanup(f func()) { *k.cleanups = append(*k.cleanups, f) }
 
 var oracleSetup = `
 do $$ begin if not exists (select from pg_roles where rolname = 'oracle_role') then create role oracle_role; end if; end $$;
+-- So that the probe lists the same settings under SET ROLE as without it.
+grant pg_read_all_settings to oracle_role;
 create schema if not exists oracle_alt;
 `
 
@@ -529,16 +540,47 @@ func diffGroup(st step, pv, dv string) string {
 	return "probe " + strings.Join(fields, " ")
 }
 
-func settingsDiff(a, b string) []string {
-	parse := func(s string) map[string]string {
-		m := map[string]string{}
-		for _, kv := range strings.Split(s, ",") {
-			k, v, _ := strings.Cut(kv, "=")
+// probeDiff keeps the fields of two probes that differ, and of settings those that differ.
+func probeDiff(a, b string) (string, string) {
+	af, bf := strings.Split(a, " | "), strings.Split(b, " | ")
+	if len(af) != len(bf) {
+		return a, b
+	}
+	var ao, bo []string
+	for i := range af {
+		if af[i] == bf[i] {
+			continue
+		}
+		name, av, _ := strings.Cut(af[i], "=")
+		_, bv, _ := strings.Cut(bf[i], "=")
+		if name == "settings" {
+			am, bm := settingsMap(av), settingsMap(bv)
+			var as, bs []string
+			for _, k := range settingsDiff(av, bv) {
+				as = append(as, k+"="+am[k])
+				bs = append(bs, k+"="+bm[k])
+			}
+			ao, bo = append(ao, "settings: "+strings.Join(as, ", ")), append(bo, "settings: "+strings.Join(bs, ", "))
+			continue
+		}
+		ao, bo = append(ao, af[i]), append(bo, bf[i])
+	}
+	return strings.Join(ao, " | "), strings.Join(bo, " | ")
+}
+
+// settingsMap reads the probe's name=value list. Values hold no ";".
+func settingsMap(s string) map[string]string {
+	m := map[string]string{}
+	for _, kv := range strings.Split(s, ";") {
+		if k, v, ok := strings.Cut(kv, "="); ok {
 			m[k] = v
 		}
-		return m
 	}
-	am, bm := parse(a), parse(b)
+	return m
+}
+
+func settingsDiff(a, b string) []string {
+	am, bm := settingsMap(a), settingsMap(b)
 	var out []string
 	for k, v := range am {
 		if bm[k] != v {
@@ -711,9 +753,15 @@ func (d *oracleDiff) String() string {
 			if s < len(d.directResults[te.client]) {
 				dv = d.directResults[te.client][s]
 			}
-			if pv == dv {
+			switch {
+			case pv == dv && st.path == pathProbe:
+				b.WriteString("        -> (the same state)\n")
+			case pv == dv:
 				fmt.Fprintf(&b, "        -> %s\n", pv)
-			} else {
+			case st.path == pathProbe:
+				pv, dv = probeDiff(pv, dv)
+				fmt.Fprintf(&b, "        -> proxy:  %s\n        -> direct: %s\n", pv, dv)
+			default:
 				fmt.Fprintf(&b, "        -> proxy:  %s\n        -> direct: %s\n", pv, dv)
 			}
 			if te.client == d.client && s == d.step {
