@@ -45,6 +45,9 @@ func (s step) text(offset int) string {
 }
 
 func (s step) String() string {
+	if s.kind == "probe/full" {
+		return "-- probe (all settings)"
+	}
 	if s.path == pathProbe {
 		return "-- probe"
 	}
@@ -122,9 +125,9 @@ func genCase(seed uint64, only string) *oracleCase {
 		g := &gen{r: r, only: only, id: id}
 		cs := clientScript{id: id, orm: flavour}
 		if flavour != "" {
-			cs.steps = g.ormScript(flavour)
+			cs.steps = withFullProbe(g.ormScript(flavour))
 		} else {
-			cs.steps = g.script()
+			cs.steps = withFullProbe(g.script())
 		}
 		c.clients = append(c.clients, cs)
 	}
@@ -132,6 +135,18 @@ func genCase(seed uint64, only string) *oracleCase {
 }
 
 func probeStep() step { return step{kind: "probe", path: pathProbe} }
+
+// withFullProbe makes a script's last probe the full one, which reads every setting from
+// pg_settings (ten times the cost of the others, which read a list of settings).
+func withFullProbe(steps []step) []step {
+	for i := len(steps) - 1; i >= 0; i-- {
+		if steps[i].path == pathProbe {
+			steps[i].kind = "probe/full"
+			break
+		}
+	}
+	return steps
+}
 
 // script is 2-4 units (a statement or two, or a transaction), each followed by a probe.
 func (g *gen) script() []step {

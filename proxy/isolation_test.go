@@ -19,7 +19,6 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
-	"github.com/pgsidecar/pgsidecar/internal/testutil"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -85,7 +84,25 @@ var probeVolatile = map[string]string{
 	"tcp_user_timeout":        "socket",
 }
 
-func probeQuery() string {
+// probeSettings are the settings the light probe reads: those the grammar and the ORMs set,
+// and their neighbours.
+var probeSettings = []string{"statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout",
+	"search_path", "work_mem", "TimeZone", "DateStyle", "IntervalStyle", "application_name",
+	"client_min_messages", "standard_conforming_strings", "extra_float_digits", "client_encoding",
+	"default_transaction_isolation", "default_transaction_read_only", "role", "session_authorization"}
+
+// probeQuery is the full probe, or the light one, which reads probeSettings instead of
+// pg_settings.
+func probeQuery(full bool) string {
+	if !full {
+		names := make([]string, len(probeSettings))
+		for i, n := range probeSettings {
+			names[i] = quoteLiteral(n)
+		}
+		return strings.Replace(probeSQL, `(select string_agg(name || '=' || setting, ';' order by name) from pg_settings
+     where setting is distinct from boot_val and name <> all($VOLATILE$))`,
+			`(select string_agg(n || '=' || current_setting(n), ';' order by n) from unnest(array[`+strings.Join(names, ",")+`]) n)`, 1)
+	}
 	names := make([]string, 0, len(probeVolatile))
 	for n := range probeVolatile {
 		names = append(names, quoteLiteral(n))
@@ -96,8 +113,9 @@ func probeQuery() string {
 
 // oracle holds what cases share: the setup and one proxy per pool size.
 type oracle struct {
-	proxies []*oracleProxy
-	probe   string
+	proxies    []*oracleProxy
+	probe      string // the full probe
+	lightProbe string
 }
 
 type oracleProxy struct {
@@ -135,7 +153,7 @@ create table if not exists public.oracle_log%[1]d (v text);
 	if err := cluster.Exec(ctx, sql); err != nil {
 		t.Fatalf("oracle setup: %v", err)
 	}
-	o := &oracle{probe: probeQuery()}
+	o := &oracle{probe: probeQuery(true), lightProbe: probeQuery(false)}
 	for _, n := range []int32{1, 2} {
 		h := newTxHarness(t, n, func(pc *pool.Config, c *Config) {
 			// A client may wait for a pinned client's whole script before it gets the only
@@ -199,7 +217,11 @@ func (o *oracle) runStep(c *oracleConn, s step, keyOffset int) string {
 	}
 	switch s.path {
 	case pathProbe:
-		res, err := c.c.Exec(ctx, o.probe).ReadAll()
+		probe := o.lightProbe
+		if s.kind == "probe/full" {
+			probe = o.probe
+		}
+		res, err := c.c.Exec(ctx, probe).ReadAll()
 		if err != nil {
 			return renderErr(err)
 		}
@@ -430,19 +452,6 @@ func (o *oracle) clean(p *oracleProxy) error {
 	return p.waitIdle()
 }
 
-// sample sums a metric family's samples whose labels include want.
-func (p *oracleProxy) sample(name string, want map[string]string) float64 {
-	mfs, err := p.h.reg.Gather()
-	if err != nil {
-		return -1
-	}
-	n := 0.0
-	for _, v := range testutil.Samples(mfs, name, want) {
-		n += v
-	}
-	return n
-}
-
 // gauge reads one gauge; the oracle polls a few often, which gathering the whole registry
 // would make costly.
 func gauge(g prometheus.Gauge) float64 {
@@ -470,11 +479,14 @@ func (p *oracleProxy) waitIdle() error {
 // waiting is the number of clients waiting for a server connection.
 func (p *oracleProxy) waiting() int { return int(gauge(p.h.srv.m.waiting)) }
 
-// pinCounts is the proxy's pinned sessions total by reason.
+// pinCounts is the proxy's pgsidecar_proxy_pinned_sessions_total by reason.
 func (p *oracleProxy) pinCounts() map[string]float64 {
 	m := map[string]float64{}
 	for _, r := range pinReasons {
-		m[r] = p.sample("pgsidecar_proxy_pinned_sessions_total", map[string]string{"reason": r})
+		var d dto.Metric
+		if err := p.h.srv.m.pinnedTotal.WithLabelValues(r).Write(&d); err == nil {
+			m[r] = d.GetCounter().GetValue()
+		}
 	}
 	return m
 }
