@@ -556,7 +556,14 @@ func diffGroup(st step, pv, dv string) string {
 func probeDiff(a, b string) (string, string) {
 	af, bf := strings.Split(a, " | "), strings.Split(b, " | ")
 	if len(af) != len(bf) {
-		return a, b
+		// One side failed: the other's whole probe says little.
+		short := func(s string) string {
+			if len(s) > 120 {
+				return s[:120] + "..."
+			}
+			return s
+		}
+		return short(a), short(b)
 	}
 	var ao, bo []string
 	for i := range af {
@@ -568,9 +575,15 @@ func probeDiff(a, b string) (string, string) {
 		if name == "settings" {
 			am, bm := settingsMap(av), settingsMap(bv)
 			var as, bs []string
+			val := func(m map[string]string, k string) string {
+				if v, ok := m[k]; ok {
+					return v
+				}
+				return "(built-in default)"
+			}
 			for _, k := range settingsDiff(av, bv) {
-				as = append(as, k+"="+am[k])
-				bs = append(bs, k+"="+bm[k])
+				as = append(as, k+"="+val(am, k))
+				bs = append(bs, k+"="+val(bm, k))
 			}
 			ao, bo = append(ao, "settings: "+strings.Join(as, ", ")), append(bo, "settings: "+strings.Join(bs, ", "))
 			continue
