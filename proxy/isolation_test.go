@@ -33,7 +33,8 @@ import (
 //	PGSIDECAR_ORACLE_SCRIPTS  client scripts to run (default 2000)
 //	PGSIDECAR_ORACLE_SEED     first case seed (default 1); case i has seed SEED+i
 //	PGSIDECAR_ORACLE_ONLY     one category of oracleCategories, or "orm"
-//	PGSIDECAR_ORACLE_SHOW     differences to shrink and print (default 6)
+//	PGSIDECAR_ORACLE_SHOW     differences to shrink and print (default 5)
+//	PGSIDECAR_ORACLE_POOL_MODE=session  checks the oracle itself: nothing is shared there
 //
 // One case: go test ./proxy -run 'TestIsolationOracle/seed=123$' (a seed outside the default
 // range needs PGSIDECAR_ORACLE_SEED=123 PGSIDECAR_ORACLE_SCRIPTS=1).
@@ -160,6 +161,13 @@ create table if not exists public.oracle_log%[1]d (v text);
 			// server connection.
 			pc.ConnectTimeout = 20 * time.Second
 			c.Auth = AuthTrust
+			// Session mode, where nothing is shared, checks the oracle itself: it must find
+			// no difference there.
+			// There a client holds a server connection from login, so each needs one.
+			if m := os.Getenv("PGSIDECAR_ORACLE_POOL_MODE"); m != "" {
+				c.PoolMode = PoolMode(m)
+				pc.MaxConns = 8
+			}
 		})
 		o.proxies = append(o.proxies, &oracleProxy{h: h, conns: int(n)})
 	}
