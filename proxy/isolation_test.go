@@ -58,13 +58,12 @@ var documentedExceptions = []oracleException{}
 // configuration file), so comparing sources, or choosing settings by source, would report
 // equal values as different. Both sides start with the same startup parameters: the oracle's
 // clients send application_name, which the pool's connections otherwise carry with the pool's
-// name. A custom setting such as app.tenant, once defined on a backend, reads as ” rather
+// name. A custom setting such as app.tenant, once defined on a backend, reads as empty rather
 // than NULL after RESET or DISCARD ALL: no proxy can undo that short of closing the
 // connection, so both count as unset. Settings whose value the route to the server decides
 // go in probeVolatile.
 var probeSQL = `select 'user=' || current_user || ' session=' || session_user
- || ' | settings=' || coalesce((select string_agg(name || '=' || setting, ';' order by name) from pg_settings
-     where setting is distinct from boot_val and name <> all($VOLATILE$)), '')
+ || ' | settings=' || coalesce($SETTINGS$, '')
  || ' | app.tenant=' || coalesce(nullif(current_setting('app.tenant', true), ''), '<unset>')
  || ' | temp=' || (select count(*) from pg_class where relnamespace = pg_my_temp_schema())
  || ' | advisory=' || (select count(*) from pg_locks where locktype = 'advisory' and pid = pg_backend_pid())
@@ -95,21 +94,22 @@ var probeSettings = []string{"statement_timeout", "lock_timeout", "idle_in_trans
 // probeQuery is the full probe, or the light one, which reads probeSettings instead of
 // pg_settings.
 func probeQuery(full bool) string {
-	if !full {
+	var settings string
+	if full {
+		names := make([]string, 0, len(probeVolatile))
+		for n := range probeVolatile {
+			names = append(names, quoteLiteral(n))
+		}
+		settings = `(select string_agg(name || '=' || setting, ';' order by name) from pg_settings
+     where setting is distinct from boot_val and name <> all(array[` + strings.Join(names, ",") + `]::text[]))`
+	} else {
 		names := make([]string, len(probeSettings))
 		for i, n := range probeSettings {
 			names[i] = quoteLiteral(n)
 		}
-		return strings.Replace(probeSQL, `(select string_agg(name || '=' || setting, ';' order by name) from pg_settings
-     where setting is distinct from boot_val and name <> all($VOLATILE$))`,
-			`(select string_agg(n || '=' || current_setting(n), ';' order by n) from unnest(array[`+strings.Join(names, ",")+`]) n)`, 1)
+		settings = `(select string_agg(n || '=' || current_setting(n), ';' order by n) from unnest(array[` + strings.Join(names, ",") + `]) n)`
 	}
-	names := make([]string, 0, len(probeVolatile))
-	for n := range probeVolatile {
-		names = append(names, quoteLiteral(n))
-	}
-	list := "array[" + strings.Join(names, ",") + "]::text[]"
-	return strings.Replace(probeSQL, "$VOLATILE$", list, 1)
+	return strings.Replace(probeSQL, "$SETTINGS$", settings, 1)
 }
 
 // oracle holds what cases share: the setup and one proxy per pool size.
@@ -162,8 +162,8 @@ create table if not exists public.oracle_log%[1]d (v text);
 			pc.ConnectTimeout = 20 * time.Second
 			c.Auth = AuthTrust
 			// Session mode, where nothing is shared, checks the oracle itself: it must find
-			// no difference there.
-			// There a client holds a server connection from login, so each needs one.
+			// no difference there. A client holds a server connection from login, so each
+			// needs one.
 			if m := os.Getenv("PGSIDECAR_ORACLE_POOL_MODE"); m != "" {
 				c.PoolMode = PoolMode(m)
 				pc.MaxConns = 8
@@ -174,7 +174,7 @@ create table if not exists public.oracle_log%[1]d (v text);
 	return o
 }
 
-// result is what one step returned, as text: command tags, rows, SQLSTATEs.
+// renderResult is what a step returned, as text: command tag and rows, or SQLSTATE.
 func renderResult(r *pgconn.Result) string {
 	if r.Err != nil {
 		return renderErr(r.Err)
