@@ -98,14 +98,14 @@ func probeQuery(full bool) string {
 	if full {
 		names := make([]string, 0, len(probeVolatile))
 		for n := range probeVolatile {
-			names = append(names, quoteLiteral(n))
+			names = append(names, literal(n))
 		}
 		settings = `(select string_agg(name || '=' || setting, ';' order by name) from pg_settings
      where setting is distinct from boot_val and name <> all(array[` + strings.Join(names, ",") + `]::text[]))`
 	} else {
 		names := make([]string, len(probeSettings))
 		for i, n := range probeSettings {
-			names[i] = quoteLiteral(n)
+			names[i] = literal(n)
 		}
 		settings = `(select string_agg(n || '=' || current_setting(n), ';' order by n) from unnest(array[` + strings.Join(names, ",") + `]) n)`
 	}

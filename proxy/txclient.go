@@ -52,7 +52,8 @@ type txSession struct {
 	unnamedFx sessionsql.Effect   // what the unnamed statement does to the session
 	// What the current extended-protocol batch does, taken at its Sync.
 	batchResets  []string
-	batchDiscard bool
+	batchDiscard bool // DISCARD ALL
+	batchDealloc bool // DEALLOCATE ALL
 	// pending: named Parses and Closes of a batch begun without a server connection, answered
 	// when the batch needs none (Sync, Flush) or sent ahead of the first request that does.
 	pending []*entry
@@ -1016,7 +1017,8 @@ func (t *txSession) loop() {
 			if !batchSet {
 				batchOp, batchSQL = pool.OpOther, ""
 			}
-			sync := &entry{kind: 'S', start: start, op: batchOp, sql: batchSQL, measure: executed, discard: t.batchDiscard}
+			sync := &entry{kind: 'S', start: start, op: batchOp, sql: batchSQL, measure: executed,
+				discard: t.batchDiscard, deallocAll: t.batchDealloc}
 			post = t.restoreMsg(t.batchResets)
 			c.mu.Lock()
 			t.queue(c, sync)
@@ -1024,7 +1026,7 @@ func (t *txSession) loop() {
 				t.queue(c, &entry{kind: 'Q', skip: true, quiet: true})
 			}
 			c.mu.Unlock()
-			t.batchResets, t.batchDiscard = t.batchResets[:0], false
+			t.batchResets, t.batchDiscard, t.batchDealloc = t.batchResets[:0], false, false
 			t.batch++
 			start, batchSet, executed = time.Time{}, false, false
 		case 'F':
@@ -1421,7 +1423,6 @@ func (t *txSession) bindEffect(c *srvConn, e *entry, eff *sessionsql.Effect) {
 	}
 	t.takeEffect(c, eff, nil)
 	t.batchResets = append(t.batchResets, eff.Resets...)
-	if eff.Discard || slices.Contains(eff.Dealloc, "*") {
-		t.batchDiscard = true
-	}
+	t.batchDiscard = t.batchDiscard || eff.Discard
+	t.batchDealloc = t.batchDealloc || slices.Contains(eff.Dealloc, "*")
 }

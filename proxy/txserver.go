@@ -462,7 +462,9 @@ func (c *srvConn) readyForQuery(h *entry, status byte, cl *txSession) {
 	if h.readBack {
 		c.readBackDone(h, status, cl)
 	}
-	if !h.failed {
+	// A Sync's batch may have failed at any of its requests: DISCARD ALL or DEALLOCATE ALL in
+	// it then did nothing.
+	if !h.failed && batchErr == nil {
 		if h.discard || h.deallocAll {
 			c.stmts.clear()
 			c.unnamedBy = nil
