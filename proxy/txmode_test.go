@@ -150,11 +150,7 @@ func simple(ctx context.Context, c *pgconn.PgConn, sql string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	last := res[len(res)-1]
-	if len(last.Rows) == 0 {
-		return last.CommandTag.String(), nil
-	}
-	return string(last.Rows[0][0]), nil
+	return firstValue(res[len(res)-1])
 }
 
 // TestTxModePreparedStatements: each client's named statements are its own, whichever server

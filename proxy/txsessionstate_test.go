@@ -19,7 +19,11 @@ func extended(ctx context.Context, c *pgconn.PgConn, sql string, args ...string)
 	for i, a := range args {
 		params[i] = []byte(a)
 	}
-	res := c.ExecParams(ctx, sql, params, nil, nil, nil).Read()
+	return firstValue(c.ExecParams(ctx, sql, params, nil, nil, nil).Read())
+}
+
+// firstValue is the first column of a result's first row, or its command tag.
+func firstValue(res *pgconn.Result) (string, error) {
 	if res.Err != nil {
 		return "", res.Err
 	}
@@ -34,14 +38,7 @@ func named(ctx context.Context, c *pgconn.PgConn, name, sql string) (string, err
 	if _, err := c.Prepare(ctx, name, sql, nil); err != nil {
 		return "", err
 	}
-	res := c.ExecPrepared(ctx, name, nil, nil, nil).Read()
-	if res.Err != nil {
-		return "", res.Err
-	}
-	if len(res.Rows) == 0 {
-		return res.CommandTag.String(), nil
-	}
-	return string(res.Rows[0][0]), nil
+	return firstValue(c.ExecPrepared(ctx, name, nil, nil, nil).Read())
 }
 
 // TestTxModeSessionStateStaysOwn: each way a client changes its session's settings (the cases
