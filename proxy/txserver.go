@@ -419,6 +419,12 @@ func (c *srvConn) checkResult(h *entry, typ byte, body []byte) {
 	st := h.describes
 	sig := resultSig(typ, body)
 	differs := false
+	if resultVaries(st.sql) {
+		// FETCH and EXECUTE describe the cursor or statement they name at the time, if it
+		// exists: their result type is not the statement's own.
+		h.report(false)
+		return
+	}
 	if !st.result.CompareAndSwap(nil, &sig) && *st.result.Load() != sig {
 		differs = true
 		c.set.s.stmts.markStale(st)
@@ -678,4 +684,20 @@ func textRow(b []byte) ([2]string, bool) {
 		b = b[n:]
 	}
 	return row, true
+}
+
+// resultVaries reports a statement whose described result type depends on session state at the
+// time (FETCH, EXECUTE), not on the statement: a new one where it is prepared again is no change.
+func resultVaries(sql string) bool {
+	sql = strings.TrimLeft(sql, " \t\r\n(")
+	for _, w := range []string{"fetch", "execute", "move"} {
+		if len(sql) >= len(w) && strings.EqualFold(sql[:len(w)], w) && (len(sql) == len(w) || !isWordChar(sql[len(w)])) {
+			return true
+		}
+	}
+	return false
+}
+
+func isWordChar(c byte) bool {
+	return c == '_' || c >= '0' && c <= '9' || c|0x20 >= 'a' && c|0x20 <= 'z' || c >= 0x80
 }

@@ -297,3 +297,35 @@ func TestTxModePinnedClientsOwnStatements(t *testing.T) {
 		}
 	}
 }
+
+// TestTxModeFetchPreparedBeforeItsCursor: a FETCH prepared before its cursor exists describes no
+// result, and one with the cursor open describes the cursor's: that is no change of result type
+// where the proxy prepares it again on another server connection.
+func TestTxModeFetchPreparedBeforeItsCursor(t *testing.T) {
+	h := newTxHarness(t, 2, nil)
+	ctx := ctxTimeout(t, 30*time.Second)
+	for round := range 4 {
+		c := h.pgconnect(t, ctx, "")
+		hold := h.pgconnect(t, ctx, "")
+		sd, err := c.Prepare(ctx, "ps_fetch", `fetch all in "fetch_cursor"`, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Another client holds one connection in a transaction, so c's may change.
+		if round%2 == 1 {
+			if _, err := simple(ctx, hold, "begin; select 1"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := simple(ctx, c, `begin; declare "fetch_cursor" cursor for select n, n::text from generate_series(1, 3) n`); err != nil {
+			t.Fatal(err)
+		}
+		res := c.ExecStatement(ctx, sd, nil, nil, nil).Read()
+		if res.Err != nil || len(res.Rows) != 3 {
+			t.Fatalf("round %d: fetch: %d rows, %v", round, len(res.Rows), res.Err)
+		}
+		_, _ = simple(ctx, c, "commit")
+		_ = hold.Close(ctx)
+		_ = c.Close(ctx)
+	}
+}
