@@ -158,8 +158,9 @@ create table if not exists public.oracle_log%[1]d (v text);
 	for _, n := range []int32{1, 2} {
 		h := newTxHarness(t, n, func(pc *pool.Config, c *Config) {
 			// A client may wait for a pinned client's whole script before it gets the only
-			// server connection.
-			pc.ConnectTimeout = 20 * time.Second
+			// server connection, which a loaded machine (the race detector, other packages'
+			// tests) makes slow.
+			pc.ConnectTimeout = 60 * time.Second
 			c.Auth = AuthTrust
 			// Session mode, where nothing is shared, checks the oracle itself: it must find
 			// no difference there. A client holds a server connection from login, so each
