@@ -24,21 +24,28 @@ const (
 // Analyze returns Analyze(sql) for sql, with a trailing block comment (a sqlcommenter tag that
 // changes per request) left out of the cache key, and out of the reading too: a comment does
 // nothing.
+//
+// A text the cache does not hold and that the quick scan clears (the whole text: what the key
+// leaves out is a comment only if the key lexes) is not cached: such texts (with
+// constants inline) are new every time, and would only push out the repeated ones.
 func (c *Cache) Analyze(sql []byte) Effect {
+	key := sql[:commentFree(sql)]
+	if len(key) <= maxCachedText {
+		c.mu.RLock()
+		e, ok := c.effects[string(key)]
+		c.mu.RUnlock()
+		if ok {
+			return e
+		}
+	}
 	if certainlyHarmless(sql) {
 		return Effect{Statements: 1}
 	}
-	key := sql[:commentFree(sql)]
 	if len(key) > maxCachedText {
 		return Analyze(string(key))
 	}
-	c.mu.RLock()
-	e, ok := c.effects[string(key)]
-	c.mu.RUnlock()
-	if ok {
-		return e
-	}
 	k := string(key)
+	e := Analyze(k)
 	e = Analyze(k)
 	c.mu.Lock()
 	if c.effects == nil || len(c.effects) >= maxCacheEntries || c.bytes+len(k) > maxCacheBytes {

@@ -22,16 +22,15 @@ func certainlyHarmless(sql []byte) bool {
 	for j := start; j < i; j++ {
 		w[j-start] = sql[j] | 0x20
 	}
-	switch string(w[:i-start]) {
-	case "select", "insert", "update", "delete", "with", "values", "table", "show", "begin",
-		"start", "commit", "end", "rollback", "abort", "savepoint", "release", "fetch", "move",
-		"close", "notify", "unlisten", "lock", "merge", "copy", "explain":
-	default:
+	// Every check these kinds get beyond their first word looks for a word the scan below
+	// refuses: temp (CREATE TEMP, INTO TEMP, pg_temp), hold (DECLARE ... WITH HOLD), or a
+	// denylisted function.
+	if !harmlessKinds[string(w[:i-start])] {
 		return false
 	}
 	for j := i; j < len(sql); j++ {
-		switch c := sql[j] | 0x20; c {
-		case ';':
+		switch c := sql[j]; {
+		case c == ';':
 			// Only a final one: another statement may follow.
 			for k := j + 1; k < len(sql); k++ {
 				if !isSpaceByte(sql[k]) && sql[k] != ';' {
@@ -39,33 +38,22 @@ func certainlyHarmless(sql []byte) bool {
 				}
 			}
 			return true
-		case '\\' | 0x20, '&':
+		case c == '\\' || c == '&':
 			// A backslash reads two ways; U& spells identifiers in escapes.
 			return false
-		case 's':
-			if has(sql, j, "set") {
-				return false
-			}
-		case 't':
-			if has(sql, j, "temp") {
-				return false
-			}
-		case 'a':
-			if has(sql, j, "advisory") {
-				return false
-			}
-		case 'd':
-			if has(sql, j, "dblink") {
-				return false
-			}
-		case 'h':
-			if has(sql, j, "hold") {
+		default:
+			if needle[c|0x20] != "" && has(sql, j, needle[c|0x20]) {
 				return false
 			}
 		}
 	}
 	return true
 }
+
+// needle is, by its first letter (lower case), a word whose presence sends a text to the full
+// analysis: set (SET, set_config, setseed, set_limit, ..._setup), temp (TEMP, pg_temp), advisory
+// (session advisory locks), dblink, hold (WITH HOLD).
+var needle = [256]string{'s': "set", 't': "temp", 'a': "advisory", 'd': "dblink", 'h': "hold"}
 
 // has reports whether sql holds word at i, ASCII case folded.
 func has(sql []byte, i int, word string) bool {
