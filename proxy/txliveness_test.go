@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -441,5 +442,43 @@ func TestTxModeDeadIdleConnectionReplaced(t *testing.T) {
 			t.Fatalf("round %d: query after the idle server connection died: %q, %v", i, got, err)
 		}
 		_ = b.Close(ctx)
+	}
+}
+
+// TestTxModeWaiterGetsRoomOfLostConnection: a client waiting for the only server connection gets
+// a new one as soon as that connection is lost, not after its wait runs out.
+func TestTxModeWaiterGetsRoomOfLostConnection(t *testing.T) {
+	h := newTxHarness(t, 1, func(_ *pool.Config, c *Config) { c.QueryWaitTimeout = 30 * time.Second })
+	ctx := ctxTimeout(t, 60*time.Second)
+	a := h.pgconnect(t, ctx, "")
+	pid, err := simple(ctx, a, "begin; select pg_backend_pid()")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := h.pgconnect(t, ctx, "")
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { _, err := simple(ctx, b, "select 1"); done <- err }()
+	if !pgtest.WaitFor(5*time.Second, func() bool {
+		return h.metric(t, "pgsidecar_proxy_client_connections", map[string]string{"state": "waiting"}) == 1
+	}) {
+		t.Fatal("the second client is not waiting")
+	}
+	admin, err := pgx.Connect(ctx, cluster.URL(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, "select pg_terminate_backend("+pid+")"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("waiting client: %v", err)
+		}
+		t.Logf("the waiting client got a connection %v after it asked", time.Since(start).Round(time.Millisecond))
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiting client still waits 10 s after the only server connection was lost")
 	}
 }

@@ -69,33 +69,39 @@ func (ss *serverSet) get() (*srvConn, error) {
 	start := time.Now()
 	defer func() { s.m.wait.Observe(time.Since(start).Seconds()) }()
 	wait := s.queryWaitTimeout()
-	ss.mu.Lock()
-	c, err := ss.takeLocked()
-	if c != nil || err != nil {
-		return c, err
-	}
-	w := &setWaiter{ch: make(chan *srvConn, 1)}
-	el := ss.waiters.PushBack(w)
-	ss.mu.Unlock()
-	left := wait - time.Since(start)
-	t := time.NewTimer(max(left, 0))
-	select {
-	case c := <-w.ch:
-		t.Stop()
-		return c, nil
-	case <-t.C:
-	case <-s.ctx.Done():
-		t.Stop()
-	}
-	ss.mu.Lock()
-	select {
-	case c := <-w.ch:
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for {
+		ss.mu.Lock()
+		c, err := ss.takeLocked()
+		if c != nil || err != nil {
+			return c, err
+		}
+		w := &setWaiter{ch: make(chan *srvConn, 1)}
+		el := ss.waiters.PushBack(w)
 		ss.mu.Unlock()
-		return c, nil
-	default:
+		select {
+		case c := <-w.ch:
+			if c != nil {
+				return c, nil
+			}
+			continue // a connection went: there is room for a new one
+		case <-t.C:
+		case <-s.ctx.Done():
+		}
+		ss.mu.Lock()
+		select {
+		case c := <-w.ch:
+			ss.mu.Unlock()
+			if c != nil {
+				return c, nil
+			}
+		default:
+			ss.waiters.Remove(el)
+			ss.mu.Unlock()
+		}
+		break
 	}
-	ss.waiters.Remove(el)
-	ss.mu.Unlock()
 	if s.ctx.Err() != nil {
 		return nil, reject("57P01", "the proxy is shutting down")
 	}
@@ -212,7 +218,7 @@ func (ss *serverSet) put(c *srvConn) {
 	_ = c.net.SetDeadline(time.Time{})
 	ss.mu.Lock()
 	if ss.closed || time.Since(c.born) > s.mgr.Config().MaxLifetime {
-		ss.total--
+		ss.shrunk()
 		ss.count(c, uncounted)
 		ss.mu.Unlock()
 		go ss.retire(c)
@@ -230,6 +236,17 @@ func (ss *serverSet) put(c *srvConn) {
 	ss.mu.Unlock()
 }
 
+// shrunk is called, ss.mu held, when the set holds one connection fewer: the longest waiting
+// client is woken (with no connection) to open a new one, rather than wait for a connection
+// that no client will give back.
+func (ss *serverSet) shrunk() {
+	ss.total--
+	if e := ss.waiters.Front(); e != nil {
+		ss.waiters.Remove(e)
+		e.Value.(*setWaiter).ch <- nil
+	}
+}
+
 // drop forgets a connection that failed, held by a client or not (one whose client left is
 // still active until it is clean); it is closed, and the pool discards it.
 func (ss *serverSet) drop(c *srvConn) {
@@ -240,7 +257,7 @@ func (ss *serverSet) drop(c *srvConn) {
 			break
 		}
 	}
-	ss.total--
+	ss.shrunk()
 	ss.count(c, uncounted)
 	ss.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
