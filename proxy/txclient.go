@@ -320,9 +320,6 @@ func (t *txSession) pinRefusal(c *srvConn, reason string) []byte {
 	return b[5:]
 }
 
-// restoreMsg is a Query restoring the client's start-up values of the settings in resets, or nil.
-func (t *txSession) restoreMsg(resets []string) []byte { return restoreQuery(t.startWant, resets) }
-
 // setPin pins the session to its server connection. The connection's mu is held.
 func (t *txSession) setPin(reason string) {
 	if t.pin != "" || reason == "" {
@@ -384,7 +381,7 @@ func (t *txSession) login(params map[string]string) bool {
 	c, err := t.checkout(false)
 	if err == nil && c == nil {
 		if reported := s.txSet.reportedParams(); reported != nil {
-			t.welcome(reported, params)
+			t.welcome(reported, t.startWant)
 			return true
 		}
 		c, err = t.hold()
@@ -423,24 +420,9 @@ func (t *txSession) login(params map[string]string) bool {
 }
 
 // welcome ends the client's login: ParameterStatus for each reported parameter (with the
-// client's own startup settings of them when given), BackendKeyData and ReadyForQuery.
-func (t *txSession) welcome(reported, startup map[string]string) {
-	asked := map[string]string{}
-	for name, value := range startup {
-		switch name {
-		case "user", "database", "replication":
-		case "options":
-			for _, kv := range startupOptions(value) {
-				asked[strings.ToLower(kv[0])] = kv[1]
-			}
-		case "client_encoding":
-			if !strings.EqualFold(value, "auto") {
-				asked[name] = value
-			}
-		default:
-			asked[strings.ToLower(name)] = value
-		}
-	}
+// client's own start-up setting of it, by lower-cased name, when asked), BackendKeyData and
+// ReadyForQuery.
+func (t *txSession) welcome(reported, asked map[string]string) {
 	var msgs []byte
 	for _, name := range reportedParams {
 		v := reported[name]
@@ -614,7 +596,9 @@ func (t *txSession) leave() {
 	if t.pin != "" {
 		c.discardDue = true
 	}
-	if len(c.queue) > 0 {
+	if len(c.queue) > 0 && !c.quiet() {
+		// Only the client's own requests are cancelled: a cancel would fail the proxy's (a
+		// read-back of settings), and with it the connection.
 		_ = c.net.SetDeadline(time.Now().Add(t.srv.cfg.ResetTimeout))
 		c.cancelling = true
 		go c.cancelFor()
@@ -1019,7 +1003,7 @@ func (t *txSession) loop() {
 			}
 			sync := &entry{kind: 'S', start: start, op: batchOp, sql: batchSQL, measure: executed,
 				discard: t.batchDiscard, deallocAll: t.batchDealloc}
-			post = t.restoreMsg(t.batchResets)
+			post = restoreQuery(t.startWant, t.batchResets)
 			c.mu.Lock()
 			t.queue(c, sync)
 			if post != nil {
@@ -1409,7 +1393,7 @@ func (t *txSession) queryEffect(c *srvConn, e *entry, eff *sessionsql.Effect, sq
 			body, e.emptyAs = []byte{0}, "DEALLOCATE"
 		}
 	}
-	return body, t.restoreMsg(eff.Resets)
+	return body, restoreQuery(t.startWant, eff.Resets)
 }
 
 // bindEffect queues the entry of a Bind of a statement with effect eff, and takes what running

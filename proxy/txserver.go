@@ -81,31 +81,30 @@ type srvConn struct {
 	born   time.Time
 	exited chan struct{} // readLoop returned
 
-	mu          sync.Mutex
-	client      *txSession // holding the connection, or nil
-	queue       []*entry
-	status      byte // the last ReadyForQuery status
-	copying     byte // 'G' in COPY FROM STDIN, 'H' in COPY TO STDOUT, 0 otherwise
-	errSkip     bool // the server skips the client's messages up to the Sync of errBatch
-	errBatch    uint64
-	batchErr    *pgconn.PgError // the first error since the last ReadyForQuery
-	writing     bool            // the client is writing to the connection: it stays attached
-	cancelling  bool            // a cancel request for a client that left is on its way
-	discardDue  bool            // a pinned client left: DISCARD ALL before reuse
-	stopping    bool            // retire stops readLoop
-	broken      bool
-	idleSince   time.Time
-	stmts       stmtLRU
-	unusedSeen  uint64            // the registry's count of unused stale statements when last looked at
-	closeDue    []*pstmt          // statements prepared with another result type than their first, to close
-	params      map[string]string // the session's own settings, as last read back or set by the proxy
-	dirty       uint64            // counts requests that may have changed settings ...
-	clean       uint64            // ... up to the one the last read-back covered
-	readingBack bool
-	capturing   atomic.Bool       // a read-back's rows are coming: readLoop reads DataRows
-	reported    map[string]string // the server's ParameterStatus values
-	unnamedBy   *txSession        // whose unnamed statement the server holds
-	unnamedN    uint64            // and which of its unnamed Parses
+	mu         sync.Mutex
+	client     *txSession // holding the connection, or nil
+	queue      []*entry
+	status     byte // the last ReadyForQuery status
+	copying    byte // 'G' in COPY FROM STDIN, 'H' in COPY TO STDOUT, 0 otherwise
+	errSkip    bool // the server skips the client's messages up to the Sync of errBatch
+	errBatch   uint64
+	batchErr   *pgconn.PgError // the first error since the last ReadyForQuery
+	writing    bool            // the client is writing to the connection: it stays attached
+	cancelling bool            // a cancel request for a client that left is on its way
+	discardDue bool            // a pinned client left: DISCARD ALL before reuse
+	stopping   bool            // retire stops readLoop
+	broken     bool
+	idleSince  time.Time
+	stmts      stmtLRU
+	unusedSeen uint64            // the registry's count of unused stale statements when last looked at
+	closeDue   []*pstmt          // statements prepared with another result type than their first, to close
+	params     map[string]string // the session's own settings, as last read back or set by the proxy
+	dirty      uint64            // counts requests that may have changed settings ...
+	clean      uint64            // ... up to the one the last read-back covered
+	capturing  atomic.Bool       // a read-back is outstanding: readLoop reads its DataRows
+	reported   map[string]string // the server's ParameterStatus values
+	unnamedBy  *txSession        // whose unnamed statement the server holds
+	unnamedN   uint64            // and which of its unnamed Parses
 	// midBatch: extended-protocol requests went to the server since the last Sync, so the
 	// server is inside their batch (and its implicit transaction) whatever status it last
 	// reported.
@@ -550,7 +549,13 @@ func (c *srvConn) settle() {
 
 // inject sends a Query of the proxy's own on a connection no client holds. c.mu is held.
 func (c *srvConn) inject(sql string, discard bool) {
-	c.queue = append(c.queue, &entry{kind: 'Q', skip: true, discard: discard})
+	c.send(&entry{kind: 'Q', skip: true, discard: discard}, sql)
+}
+
+// send writes a Query of the proxy's own, answered to e, while nothing else writes to the
+// connection. c.mu is held.
+func (c *srvConn) send(e *entry, sql string) {
+	c.queue = append(c.queue, e)
 	b, _ := (&pgproto3.Query{String: sql}).Encode(nil)
 	_ = c.net.SetWriteDeadline(time.Now().Add(c.set.s.cfg.ResetTimeout))
 	if _, err := c.net.Write(b); err != nil {
@@ -629,24 +634,16 @@ var unpinnedByDiscard = map[string]bool{
 // startReadBack asks the server for the session's own settings, before the connection goes
 // back to the set. c.mu is held; nothing else is being written to the connection.
 func (c *srvConn) startReadBack(cl *txSession) {
-	if c.readingBack {
+	if c.capturing.Load() {
 		return
 	}
-	c.readingBack = true
 	c.capturing.Store(true)
-	c.queue = append(c.queue, &entry{kind: 'Q', skip: true, quiet: true, readBack: true, seq: c.dirty})
-	b, _ := (&pgproto3.Query{String: readBackSQL(cl.custom)}).Encode(nil)
-	_ = c.net.SetWriteDeadline(time.Now().Add(c.set.s.cfg.ResetTimeout))
-	if _, err := c.net.Write(b); err != nil {
-		_ = c.net.Close() // readLoop sees it and drops the connection
-	}
-	_ = c.net.SetWriteDeadline(time.Time{})
+	c.send(&entry{kind: 'Q', skip: true, quiet: true, readBack: true, seq: c.dirty}, readBackSQL(cl.custom))
 }
 
 // readBackDone takes the settings a read-back found as the client's and the connection's.
 // c.mu is held.
 func (c *srvConn) readBackDone(h *entry, status byte, cl *txSession) {
-	c.readingBack = false
 	c.capturing.Store(false)
 	if h.failed || status != 'I' {
 		// Nothing can tell what the session holds: no one else may have it.
