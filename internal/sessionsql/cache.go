@@ -46,7 +46,6 @@ func (c *Cache) Analyze(sql []byte) Effect {
 	}
 	k := string(key)
 	e := Analyze(k)
-	e = Analyze(k)
 	c.mu.Lock()
 	if c.effects == nil || len(c.effects) >= maxCacheEntries || c.bytes+len(k) > maxCacheBytes {
 		c.effects, c.bytes = map[string]Effect{}, 0
