@@ -54,7 +54,7 @@ func Settings() []Setting {
 			Help: "Number of statements (top by total time) the statements collector exports.",
 			Set:  conf.Int("--collector.statements.limit", func(c *Config) *int { return &c.StatementsLimit })},
 		Setting{Flag: "collector.statements.include-query", Env: envName("collector.statements.include-query"), Default: "false", Bool: true,
-			Help: "Export each statement's text, cut to --collector.statements.query-length characters, as pg_stat_statements_query_id{queryid, query} (postgres_exporter's include_query). The server then reads its query text file on every collection.",
+			Help: "Export each statement's text as pg_stat_statements_query_id{queryid, query} (postgres_exporter's include_query), normalised as the slow query log shows it (every constant, a utility statement's too, a placeholder; comments dropped; bytes that are not UTF-8 replaced) and cut to --collector.statements.query-length characters. The server then reads its query text file on every collection.",
 			Set:  conf.Bool("--collector.statements.include-query", func(c *Config) *bool { return &c.StatementsIncludeQuery })},
 		Setting{Flag: "collector.statements.query-length", Env: envName("collector.statements.query-length"), Default: "120",
 			Help: "Characters of statement text kept with --collector.statements.include-query.",
