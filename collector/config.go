@@ -45,7 +45,7 @@ func Settings() []Setting {
 	}
 	return append(out,
 		Setting{Flag: "collection-timeout", Env: envName("collection-timeout"), Default: DefaultTimeout.String(),
-			Help: "Collection deadline when the scrape sends no X-Prometheus-Scrape-Timeout-Seconds header; also the statement_timeout of collector queries.",
+			Help: "A collection's deadline, whichever scrape started it; a scrape's X-Prometheus-Scrape-Timeout-Seconds (clamped to 0.1 s–1 h) bounds only its own wait, after which it answers with what has finished. Also the statement_timeout of collector queries.",
 			Set:  conf.Duration("--collection-timeout", func(c *Config) *time.Duration { return &c.Timeout })},
 		Setting{Flag: "collector.max-connections", Env: envName("collector.max-connections"), Default: "1",
 			Help: "Most connections the collectors open to the database.",
