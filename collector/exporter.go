@@ -129,6 +129,7 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Exporter, error) {
 	p, err := mgr.NewMonitorPool(pool.MonitorOptions{
 		MaxConns:         cfg.MaxConns,
 		StatementTimeout: cfg.Timeout,
+		LockTimeout:      lockTimeout(cfg.Timeout),
 		ApplicationName:  "pgsidecar-collector",
 	})
 	if err != nil {
@@ -144,6 +145,11 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Exporter, error) {
 	}
 	return e, nil
 }
+
+// lockTimeout is the collector sessions' lock_timeout: a fifth of the collection's deadline
+// (1 s by default). A query waiting for a lock past it fails, and only its collector with it;
+// the others keep the rest of the deadline.
+func lockTimeout(collection time.Duration) time.Duration { return collection / 5 }
 
 // newExporter builds an Exporter on a pgxpool (New gives it the manager's side pool) from a
 // validated cfg.
