@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -809,5 +810,87 @@ pg_within:
 	}
 	if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": "activity"}); got != 1 {
 		t.Errorf("activity success = %v", got)
+	}
+}
+
+// TestCustomHistogramValidated: a HISTOGRAM row Prometheus would misread (a NaN or unordered
+// bound, counts that decrease or pass _count) is rejected and counted against its query; a
+// last bound of +Inf is the _count bucket. Rows of one query that repeat a label set (NULL
+// beside ” too) keep the first row, and the query counts as failed and is logged once.
+func TestCustomHistogramValidated(t *testing.T) {
+	hist := func(name, labels, bounds, counts, count string) string {
+		return name + `:
+  query: SELECT ` + labels + ` AS k, ARRAY[` + bounds + `]::float8[] AS h, ARRAY[` + counts + `]::int8[] AS h_bucket, 7.5 AS h_sum, ` + count + ` AS h_count
+  metrics:
+    - k:
+        usage: LABEL
+    - h:
+        usage: HISTOGRAM
+`
+	}
+	path := writeQueries(t, hist("pg_hnan", "'a'", "1, 2, 'NaN'", "3, 1, 5", "5")+
+		hist("pg_hdecreasing", "'a'", "1, 2, 3", "3, 1, 5", "5")+
+		hist("pg_hunordered", "'a'", "2, 1", "1, 2", "2")+
+		hist("pg_hover", "'a'", "1, 2", "1, 9", "5")+
+		hist("pg_hinf", "'a'", "1, 'Infinity'", "2, 5", "5")+
+		`pg_hrows:
+  query: SELECT * FROM (VALUES ('good', ARRAY[1, 2]::float8[], ARRAY[1, 2]::int8[], 1.5, 2),
+                               ('bad', ARRAY[1, 2]::float8[], ARRAY[2, 1]::int8[], 1.5, 2)) v(k, h, h_bucket, h_sum, h_count)
+  metrics:
+    - k:
+        usage: LABEL
+    - h:
+        usage: HISTOGRAM
+pg_dup:
+  query: SELECT * FROM (VALUES (NULL::text, 1), ('', 2), ('x', 3), ('x', 4)) v(k, v)
+  metrics:
+    - k:
+        usage: LABEL
+    - v:
+        usage: GAUGE
+`)
+	e := newEnv(t, "", func(c *Config) {
+		c.QueriesFile = path
+		only("activity")(c)
+	})
+	s := e.scrape(t, 0, 20*time.Second)
+	for _, q := range []string{"pg_hnan", "pg_hdecreasing", "pg_hunordered", "pg_hover", "pg_hrows", "pg_dup"} {
+		if got := s.value(t, "pgsidecar_custom_query_errors_total", map[string]string{"query": q}); got != 1 {
+			t.Errorf("errors{%s} = %v, want 1", q, got)
+		}
+	}
+	if got := s.value(t, "pgsidecar_custom_query_errors_total", map[string]string{"query": "pg_hinf"}); got != 0 {
+		t.Errorf("errors{pg_hinf} = %v, want 0:\n%s", got, e.log.String())
+	}
+	for _, name := range []string{"pg_hnan_h", "pg_hdecreasing_h", "pg_hunordered_h", "pg_hover_h"} {
+		if _, ok := s.families[name]; ok {
+			t.Errorf("%s exported", name)
+		}
+	}
+	if strings.Contains(s.body, `le="NaN"`) {
+		t.Error(`le="NaN" exported`)
+	}
+	if mf := s.families["pg_hrows_h"]; len(mf.GetMetric()) != 1 || mf.GetMetric()[0].GetLabel()[0].GetValue() != "good" {
+		t.Errorf("pg_hrows_h: %v, want the good row only", mf)
+	}
+	if mf := s.families["pg_hinf_h"]; len(mf.GetMetric()) != 1 {
+		t.Errorf("pg_hinf_h: %v", mf)
+	} else {
+		h := mf.GetMetric()[0].GetHistogram()
+		b := h.GetBucket()
+		if h.GetSampleCount() != 5 || len(b) != 2 || b[0].GetUpperBound() != 1 || b[0].GetCumulativeCount() != 2 ||
+			!math.IsInf(b[1].GetUpperBound(), 1) || b[1].GetCumulativeCount() != 5 {
+			t.Errorf("pg_hinf_h = %v, want le=1 at 2 and one le=+Inf at the count of 5", h)
+		}
+	}
+	if got := s.value(t, "pg_dup_v", map[string]string{"k": ""}); got != 1 {
+		t.Errorf(`pg_dup_v{k=""} = %v, want the first row's 1`, got)
+	}
+	if got := s.value(t, "pg_dup_v", map[string]string{"k": "x"}); got != 3 {
+		t.Errorf(`pg_dup_v{k="x"} = %v, want the first row's 3`, got)
+	}
+	e.scrape(t, 0, 20*time.Second)
+	if n := strings.Count(e.log.String(), `msg="Custom query failed" query=pg_dup`); n != 1 {
+		t.Errorf("duplicate label sets logged %d times over two scrapes, want once:\n%s", n, e.log.String())
 	}
 }
