@@ -63,7 +63,7 @@ func Settings() []Setting {
 			Help: "Measure database sizes at most this often (pg_database_size reads every file of every database); 0 measures them on every scrape.",
 			Set:  conf.Duration("--collector.database.size-interval", func(c *Config) *time.Duration { return &c.DatabaseSizeInterval })},
 		Setting{Flag: "collector.databases", Env: envName("collector.databases"), Default: "", PlaceHolder: "LIST",
-			Help: "Databases the per-database collectors (stat_user_tables, statio_user_tables, statio_user_indexes) read besides the pool's own: comma-separated names or glob patterns (app_*), !pattern excludes; empty selects every database the role may connect to.",
+			Help: "Databases the per-database collectors (stat_user_tables, statio_user_tables, statio_user_indexes) read besides the pool's own, which they always read: comma-separated names or glob patterns (app_*), !pattern excludes; empty selects every database the role may connect to. A pattern that matches no database is logged.",
 			Set:  conf.String(func(c *Config) *string { return &c.Databases })},
 		Setting{Flag: "collector.databases.max-idle", Env: envName("collector.databases.max-idle"), Default: "20",
 			Help: "Most connections to other databases kept open between scrapes, one per database; the databases beyond are connected to anew on every scrape. 0 closes each after use.",

@@ -205,8 +205,44 @@ func TestPerDatabaseExclusion(t *testing.T) {
 			}
 		}
 	}
-	if strings.Join(got, ",") != "pd_b,pd_drop" {
-		t.Errorf("databases %v, want pd_b and pd_drop (pd_a and pd_c are excluded, pd_refuse refuses)", got)
+	if strings.Join(got, ",") != "pd_a,pd_b,pd_drop" {
+		t.Errorf("databases %v, want pd_a (the pool's own, always read), pd_b and pd_drop (pd_c is excluded, pd_refuse refuses)", got)
+	}
+}
+
+// TestPerDatabaseFilterKeepsThePoolsDatabase: a --collector.databases that selects nothing (a
+// typo, or '!*') still reads the pool's own database, and says at the first collection which
+// patterns match no database, and again only when that changes.
+func TestPerDatabaseFilterKeepsThePoolsDatabase(t *testing.T) {
+	url := perDatabaseSetup(t, "pd_a")
+	for _, spec := range []string{"nonexistent", "!*"} {
+		e := newEnvURL(t, url, func(c *Config) {
+			only("stat_user_tables")(c)
+			c.Databases = spec
+		})
+		s := e.scrape(t, 0, 30*time.Second)
+		collectorOK(t, s, "stat_user_tables")
+		if vs := s.values("pg_stat_user_tables_n_tup_ins", map[string]string{"datname": "pd_a", "relname": "t"}); len(vs) != 1 {
+			t.Errorf("%s: the pool's own database was not read: %v", spec, vs)
+		}
+		if vs := s.values("pg_stat_user_tables_n_tup_ins", map[string]string{"datname": "pd_b"}); len(vs) != 0 {
+			t.Errorf("%s: pd_b read", spec)
+		}
+		if spec == "nonexistent" {
+			e.scrape(t, 0, 30*time.Second)
+			if n := strings.Count(e.log.String(), "patterns match no database"); n != 1 || !strings.Contains(e.log.String(), "patterns=nonexistent") {
+				t.Errorf("the unmatched pattern logged %d times over two scrapes, want once:\n%s", n, e.log.String())
+			}
+			ctx := ctxTimeout(t, 30*time.Second)
+			if err := cluster.Exec(ctx, "CREATE DATABASE nonexistent"); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = cluster.Exec(context.Background(), "DROP DATABASE IF EXISTS nonexistent WITH (FORCE)") })
+			e.scrape(t, 0, 30*time.Second)
+			if !strings.Contains(e.log.String(), "patterns all match a database again") {
+				t.Errorf("the change was not logged:\n%s", e.log.String())
+			}
+		}
 	}
 }
 

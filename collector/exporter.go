@@ -94,6 +94,9 @@ type Exporter struct {
 	failing map[string]string // collector → last error logged
 	wasUp   bool
 	upKnown bool // a collection has connected or failed since start
+	// --collector.databases patterns that matched no database, as last logged.
+	unmatchedPatterns string
+	unmatchedKnown    bool
 
 	encodeSlot  chan struct{} // held while the Middleware encodes an answer
 	inFlight    atomic.Int64  // scrapes the Middleware is serving
@@ -653,7 +656,6 @@ func (e *Exporter) collectOnce(ctx context.Context, r *run) *collection {
 			return e.failed(err)
 		}
 	}
-	here := e.databases.match(current)
 	r.visitsOthers = len(others) > 0
 
 	s := r.sink
@@ -670,14 +672,14 @@ func (e *Exporter) collectOnce(ctx context.Context, r *run) *collection {
 		if w == 0 {
 			first = conn
 		}
-		wg.Go(func() { e.worker(ctx, first, version, configKey, here, r, queue, results) })
+		wg.Go(func() { e.worker(ctx, first, version, configKey, r, queue, results) })
 	}
 	if workers == 0 {
 		conn.Release()
 	}
 	wg.Wait()
 	if e.hasPerDatabase() {
-		e.collectDatabases(ctx, current, here, others, version, s, results)
+		e.collectDatabases(ctx, current, others, version, s, results)
 	}
 
 	// The collection's own series go beside the collectors', not into r's sink, so a scrape's
@@ -728,7 +730,7 @@ func (e *Exporter) noteCollector(name string, r colResult) {
 }
 
 // worker runs collectors from queue on one connection, acquiring it first if conn is nil.
-func (e *Exporter) worker(ctx context.Context, conn *pgxpool.Conn, version int, configKey string, here bool, r *run,
+func (e *Exporter) worker(ctx context.Context, conn *pgxpool.Conn, version int, configKey string, r *run,
 	queue <-chan int, results []colResult) {
 	defer func() {
 		if conn != nil {
@@ -736,9 +738,6 @@ func (e *Exporter) worker(ctx context.Context, conn *pgxpool.Conn, version int, 
 		}
 	}()
 	for i := range queue {
-		if e.cols[i].perDatabase && !here {
-			continue // --collector.databases leaves the connected database out
-		}
 		start := time.Now()
 		if conn == nil {
 			c, err := e.pool.Acquire(ctx)
