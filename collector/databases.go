@@ -111,9 +111,13 @@ func (p *sidePool) get(ctx context.Context, db string) (*pgx.Conn, error) {
 	p.mu.Unlock()
 	if ic != nil {
 		ic.timer.Stop()
-		if !ic.conn.IsClosed() {
+		// A kept connection the server ended meanwhile (pg_terminate_backend, DROP DATABASE
+		// WITH (FORCE), a restart) has its FATAL waiting to be read: check without a round
+		// trip, and open a new one rather than fail this database for a scrape.
+		if !ic.conn.IsClosed() && ic.conn.PgConn().CheckConn() == nil {
 			return ic.conn, nil
 		}
+		closeConn(ic.conn)
 	}
 	pc := p.from.Config()
 	cfg := pc.ConnConfig

@@ -283,3 +283,48 @@ func waitForCond(timeout time.Duration, cond func() bool) bool {
 	}
 	return true
 }
+
+// TestPerDatabaseKeptConnectionEndedByTheServer: the connection kept to another database blocks
+// a plain DROP DATABASE (documented); ending it from the server (pg_terminate_backend, or DROP
+// DATABASE WITH (FORCE)) costs the next scrape nothing: it opens a new one.
+func TestPerDatabaseKeptConnectionEndedByTheServer(t *testing.T) {
+	createDB(t, "kept_t")
+	ctx := ctxTimeout(t, 30*time.Second)
+	c := openSession(t, "kept_t", "kept-setup")
+	if _, err := c.Exec(ctx, "CREATE TABLE t (id int)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, "", func(c *Config) {
+		only("stat_user_tables")(c)
+		c.Databases = "kept_t"
+	})
+	s := e.scrape(t, 0, 20*time.Second)
+	if got := s.value(t, "pgsidecar_collector_database_success", map[string]string{"datname": "kept_t"}); got != 1 || e.exp.side.open() != 1 {
+		t.Fatalf("kept_t success %v, %d connections kept", got, e.exp.side.open())
+	}
+	err := cluster.Exec(ctx, "DROP DATABASE kept_t")
+	if err == nil || !strings.Contains(err.Error(), "is being accessed by other users") {
+		t.Fatalf("DROP DATABASE beside the kept connection: %v, want it refused (as documented)", err)
+	}
+	if err := cluster.Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'kept_t' AND application_name = 'pgsidecar-collector'"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the FATAL reaches the kept connection
+	s = e.scrape(t, 0, 20*time.Second)
+	if got := s.value(t, "pgsidecar_collector_database_success", map[string]string{"datname": "kept_t"}); got != 1 {
+		t.Errorf("kept_t success after its connection was terminated = %v, want 1:\n%s", got, e.log.String())
+	}
+	collectorOK(t, s, "stat_user_tables")
+	if err := cluster.Exec(ctx, "DROP DATABASE kept_t WITH (FORCE)"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	s = e.scrape(t, 0, 20*time.Second)
+	collectorOK(t, s, "stat_user_tables")
+	if vs := s.values("pgsidecar_collector_database_success", map[string]string{"datname": "kept_t"}); len(vs) != 0 {
+		t.Errorf("a dropped database still reported: %v", vs)
+	}
+}
