@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -368,6 +369,10 @@ pg_shared:
 		c.Timeout = 45 * time.Second
 		c.Enabled = map[string]bool{"database": false, "settings": false}
 	})
+	// Each Gather of the registry is one encode of the whole answer, the memory that grew with
+	// every concurrent scraper: count them.
+	gathers := &gatherCounter{}
+	e.reg.MustRegister(gathers)
 	// Hold the lock so the first collection waits until every scrape has joined it.
 	locker := openSession(t, "", "locker")
 	if _, err := locker.Exec(ctx, "SELECT pg_advisory_lock(4242)"); err != nil {
@@ -422,7 +427,16 @@ pg_shared:
 	if got := results[0].value(t, "pgsidecar_collections_total", nil); got != 1 {
 		t.Errorf("pgsidecar_collections_total = %v, want 1", got)
 	}
+	if n := gathers.n.Load(); n != 1 {
+		t.Errorf("%d encodes for %d concurrent scrapes of one collection, want 1 shared", n, len(results))
+	}
 }
+
+// gatherCounter counts the Gathers of the registry it is registered on.
+type gatherCounter struct{ n atomic.Int64 }
+
+func (g *gatherCounter) Describe(chan<- *prometheus.Desc) {}
+func (g *gatherCounter) Collect(chan<- prometheus.Metric) { g.n.Add(1) }
 
 func TestDatabaseDown(t *testing.T) {
 	cluster.RequireControl(t)
