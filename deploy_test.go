@@ -54,10 +54,10 @@ func TestDeploymentExamplesMatchTheBinary(t *testing.T) {
 					Template struct {
 						Spec struct {
 							Containers []struct {
-								Name          string
-								Args          []string
-								Env           []struct{ Name string }
-								Ports         []struct {
+								Name  string
+								Args  []string
+								Env   []struct{ Name string }
+								Ports []struct {
 									Name          string
 									ContainerPort int `yaml:"containerPort"`
 								}

@@ -112,9 +112,10 @@ func (p *sidePool) get(ctx context.Context, db string) (*pgx.Conn, error) {
 	if ic != nil {
 		ic.timer.Stop()
 		// A kept connection the server ended meanwhile (pg_terminate_backend, DROP DATABASE
-		// WITH (FORCE), a restart) has its FATAL waiting to be read: check without a round
-		// trip, and open a new one rather than fail this database for a scrape.
-		if !ic.conn.IsClosed() && ic.conn.PgConn().CheckConn() == nil {
+		// WITH (FORCE), a restart) fails its next query: a ping finds that out, for one round
+		// trip beside the collectors' queries, and a new one is opened rather than this
+		// database failed for a scrape.
+		if !ic.conn.IsClosed() && ic.conn.Ping(ctx) == nil {
 			return ic.conn, nil
 		}
 		closeConn(ic.conn)
