@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -53,14 +54,18 @@ func TestDeploymentExamplesMatchTheBinary(t *testing.T) {
 					Template struct {
 						Spec struct {
 							Containers []struct {
-								Name          string
-								Args          []string
-								Env           []struct{ Name string }
+								Name  string
+								Args  []string
+								Env   []struct{ Name string }
+								Ports []struct {
+									Name          string
+									ContainerPort int `yaml:"containerPort"`
+								}
 								LivenessProbe struct {
-									HTTPGet struct{ Path string } `yaml:"httpGet"`
+									HTTPGet struct{ Path, Port string } `yaml:"httpGet"`
 								} `yaml:"livenessProbe"`
 								ReadinessProbe struct {
-									HTTPGet struct{ Path string } `yaml:"httpGet"`
+									HTTPGet struct{ Path, Port string } `yaml:"httpGet"`
 								} `yaml:"readinessProbe"`
 							}
 						}
@@ -87,6 +92,26 @@ func TestDeploymentExamplesMatchTheBinary(t *testing.T) {
 				}
 				if c.LivenessProbe.HTTPGet.Path != "/healthz" || c.ReadinessProbe.HTTPGet.Path != "/readyz" {
 					t.Errorf("%s: probes should use /healthz and /readyz", file)
+				}
+				// The probes send no credentials, so they must reach the listener without basic
+				// auth: --web.probe-listen-address's port.
+				probeArg := ""
+				for _, a := range c.Args {
+					if v, ok := strings.CutPrefix(a, "--web.probe-listen-address="); ok {
+						probeArg = v
+					}
+				}
+				for _, port := range []string{c.LivenessProbe.HTTPGet.Port, c.ReadinessProbe.HTTPGet.Port} {
+					number := 0
+					for _, p := range c.Ports {
+						if p.Name == port {
+							number = p.ContainerPort
+						}
+					}
+					if probeArg == "" || !strings.HasSuffix(probeArg, ":"+strconv.Itoa(number)) {
+						t.Errorf("%s: probe port %s (%d) is not --web.probe-listen-address (%q): with basic auth on, kubelet's probes would fail",
+							file, port, number, probeArg)
+					}
 				}
 			}
 		}

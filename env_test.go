@@ -35,6 +35,7 @@ var envValues = map[string]string{
 	"web.listen-address":                "127.0.0.1:9999",
 	"web.config.file":                   "/etc/pgsidecar/web.yml",
 	"web.telemetry-path":                "/stats",
+	"web.probe-listen-address":          ":9189",
 	"log.level":                         "debug",
 	"log.format":                        "json",
 	"collection-timeout":                "9s",

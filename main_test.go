@@ -510,3 +510,31 @@ func TestEnvFileLongLines(t *testing.T) {
 		}
 	}
 }
+
+// TestProbeListenerWithoutAuth: with basic auth on, --web.probe-listen-address serves /healthz
+// and /readyz without credentials (and nothing else), as kubelet's probes in the Kubernetes
+// example need, while the main listener still requires them.
+func TestProbeListenerWithoutAuth(t *testing.T) {
+	clearPoolEnv(t)
+	dir := t.TempDir()
+	hash, err := bcrypt.GenerateFromPassword([]byte("scrape-pw"), bcrypt.MinCost)
+	must(t, err)
+	must(t, os.WriteFile(filepath.Join(dir, "web.yml"), fmt.Appendf(nil, "basic_auth_users:\n  prometheus: %s\n", hash), 0o600))
+	probes := testutil.FreeAddr(t)
+	addr, logs, _ := startSidecar(t, "--database-url="+cluster.URL(""), "--web.config.file="+filepath.Join(dir, "web.yml"),
+		"--web.probe-listen-address="+probes)
+	if code, _ := get(t, "http://"+addr+"/healthz"); code != http.StatusUnauthorized {
+		t.Errorf("/healthz on the main listener without credentials: %d, want 401", code)
+	}
+	if code, body := get(t, "http://"+probes+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz on the probe listener: %d %s; logs:\n%s", code, body, logs.String())
+	}
+	if !pgtest.WaitFor(20*time.Second, func() bool { code, _ := get(t, "http://"+probes+"/readyz"); return code == http.StatusOK }) {
+		t.Errorf("/readyz on the probe listener never 200; logs:\n%s", logs.String())
+	}
+	for _, path := range []string{"/metrics", "/api/database/metrics", "/status", "/"} {
+		if code, _ := get(t, "http://"+probes+path); code != http.StatusNotFound {
+			t.Errorf("%s on the probe listener: %d, want 404", path, code)
+		}
+	}
+}

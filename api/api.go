@@ -37,6 +37,10 @@ type Config struct {
 	// GatherMaxAge is how long one read of the collectors' metrics is reused, so that a
 	// dashboard polling detailed-metrics does not run the catalog queries on every request.
 	GatherMaxAge time.Duration
+	// ProbeListenAddress, when set, also serves /healthz and /readyz, and nothing else, on
+	// this address in plain HTTP without basic auth: probes that send no credentials
+	// (Kubernetes httpGet) keep working when --web.config.file turns auth on.
+	ProbeListenAddress string
 }
 
 // Setting describes one API setting: its flag, its environment variable, its default and its
@@ -49,6 +53,9 @@ func Settings() []Setting {
 		{Flag: "web.enable-api", Env: "PGSIDECAR_WEB_ENABLE_API", Default: "true", Bool: true,
 			Help: "Serve /api/database/*, /healthz, /readyz and the /status page.",
 			Set:  settings.Bool("--web.enable-api", func(c *Config) *bool { return &c.Enabled })},
+		{Flag: "web.probe-listen-address", Env: "PGSIDECAR_WEB_PROBE_LISTEN_ADDRESS", Default: "", PlaceHolder: "ADDRESS",
+			Help: "Also serve /healthz and /readyz, and nothing else, on this address (such as :9189), in plain HTTP without --web.config.file's TLS and basic auth, for probes that cannot send credentials (Kubernetes httpGet); empty serves them only on --web.listen-address. They reveal only whether the process is up and the pool ready.",
+			Set:  settings.String(func(c *Config) *string { return &c.ProbeListenAddress })},
 	}
 }
 
@@ -154,6 +161,13 @@ func (h *Handler) Register(mux *http.ServeMux) {
 	mux.Handle("/healthz", get(h.healthz))
 	mux.Handle("/readyz", get(h.readyz))
 	mux.Handle("/status", get(h.statusPage))
+}
+
+// RegisterProbes mounts only the probes, /healthz and /readyz, on mux: for a listener of their
+// own without authentication (Config.ProbeListenAddress).
+func (h *Handler) RegisterProbes(mux *http.ServeMux) {
+	mux.Handle("/healthz", get(h.healthz))
+	mux.Handle("/readyz", get(h.readyz))
 }
 
 // get allows GET and HEAD.

@@ -18,7 +18,7 @@ func BenchmarkCollectBuiltin(b *testing.B) { benchCollect(b, nil) }
 func benchCollect(b *testing.B, tweak func(*Config)) {
 	e := newEnv(b, "", tweak)
 	ctx := context.Background()
-	if warm := e.exp.collect(ctx); len(warm.metrics) == 0 { // opens the connection, fills caches
+	if warm := e.exp.collect(ctx, newRun()); len(warm.metrics) == 0 { // opens the connection, fills caches
 		b.Fatal("no metrics")
 	}
 	b.ReportAllocs()
@@ -26,7 +26,7 @@ func benchCollect(b *testing.B, tweak func(*Config)) {
 	var n int
 	for b.Loop() {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		n = len(e.exp.collect(cctx).metrics)
+		n = len(e.exp.collect(cctx, newRun()).metrics)
 		cancel()
 	}
 	b.ReportMetric(float64(n), "series/op")

@@ -3,7 +3,7 @@
 // --[no-]collector.NAME, plus custom metrics from a queries.yaml file.
 //
 // All queries of a scrape go through one small side pool of the pool manager (one connection by
-// default), under a deadline taken from Prometheus' scrape timeout; the per-database collectors
+// default), under the collection's deadline (--collection-timeout); the per-database collectors
 // also visit the other databases, one at a time (databases.go). Concurrent scrapes share one
 // collection, and a failing or slow collector only sets its own
 // pg_scrape_collector_success{collector} to 0: the scrape itself always answers.

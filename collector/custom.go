@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -353,12 +354,23 @@ func readResult(rr *pgconn.ResultReader, q *customQuery, tm *pgtype.Map) ([]samp
 	}
 	var out []sample
 	var convErr error
+	seen := map[string]struct{}{} // label sets of the rows read
+	duplicates := 0
 	for rr.NextRow() {
 		raw := rr.Values()
 		labels := make([]string, len(labelIdx))
 		for i, j := range labelIdx {
 			labels[i] = labelValue(decode(tm, fields[j], raw[j]))
 		}
+		// A label set already read (NULL reads as '', so NULL beside '' is one too) would make
+		// duplicate series: the first row's stay, and the query counts as failed, as
+		// postgres_exporter fails it, rather than losing rows silently.
+		key := strings.Join(labels, "\xff")
+		if _, dup := seen[key]; dup {
+			duplicates++
+			continue
+		}
+		seen[key] = struct{}{}
 		for _, m := range mcols {
 			if raw[m.idx] == nil {
 				continue // NULL is no sample, not zero
@@ -416,37 +428,66 @@ func readResult(rr *pgconn.ResultReader, q *customQuery, tm *pgtype.Map) ([]samp
 	if _, err := rr.Close(); err != nil {
 		return out, err
 	}
+	if duplicates > 0 && convErr == nil {
+		// No count in the message: the failure is logged when it starts or changes, once
+		// per reload while it goes on.
+		convErr = fmt.Errorf("rows repeat a set of label values (%v), only the first of each exported: make the labels unique (NULL and '' read the same)", q.labels)
+	}
 	return out, convErr
 }
 
 // histogramSample reads a HISTOGRAM column: bounds holds the upper bounds; part(0) the
-// cumulative counts per bound, part(1) the sum and part(2) the count.
+// cumulative counts per bound, part(1) the sum and part(2) the count. A histogram Prometheus
+// would misread is an error and no sample: bounds must be finite numbers in increasing order
+// (a last bound of +Inf is allowed; its count must then be _count), with as many counts,
+// cumulative (never decreasing) whole numbers no larger than _count.
 func histogramSample(bounds any, part func(int) any) (*histogramValue, error) {
 	les, ok1 := bounds.([]any)
 	counts, ok2 := part(0).([]any)
 	if !ok1 || !ok2 {
 		return nil, errors.New("a histogram's bounds and _bucket columns must be arrays")
 	}
-	h := &histogramValue{buckets: make(map[float64]uint64, len(les))}
-	for i, le := range les {
-		if i >= len(counts) {
-			break
-		}
-		b, okb := toFloat(le)
-		c, okc := toFloat(counts[i])
-		if !okb || !okc || c < 0 {
-			return nil, errors.New("a histogram's bounds and counts must be numbers")
-		}
-		h.buckets[b] = uint64(c)
+	if len(les) != len(counts) {
+		return nil, fmt.Errorf("a histogram has %d bounds and %d bucket counts", len(les), len(counts))
 	}
 	sum, oks := toFloat(part(1))
 	count, okc := toFloat(part(2))
-	if !oks || !okc || count < 0 {
-		return nil, errors.New("a histogram's _sum and _count must be numbers")
+	if !oks || !okc || !wholeCount(count) {
+		return nil, errors.New("a histogram's _sum must be a number and its _count a whole number of at least 0")
 	}
-	h.sum, h.count = sum, uint64(count)
+	h := &histogramValue{buckets: make(map[float64]uint64, len(les)), sum: sum, count: uint64(count)}
+	prevBound, prevCount := math.Inf(-1), 0.0
+	for i, le := range les {
+		b, okb := toFloat(le)
+		c, okc := toFloat(counts[i])
+		if !okb || !okc {
+			return nil, errors.New("a histogram's bounds and counts must be numbers")
+		}
+		switch {
+		case math.IsNaN(b) || math.IsInf(b, -1) || math.IsInf(b, 1) && i != len(les)-1:
+			return nil, fmt.Errorf("histogram bound %v: bounds must be finite (+Inf only as the last)", b)
+		case b <= prevBound:
+			return nil, fmt.Errorf("histogram bounds must increase: %v after %v", b, prevBound)
+		case !wholeCount(c):
+			return nil, fmt.Errorf("histogram bucket le=%v: count %v is not a whole number of at least 0", b, c)
+		case c < prevCount:
+			return nil, fmt.Errorf("histogram counts must be cumulative: %v at le=%v after %v", c, b, prevCount)
+		case c > count:
+			return nil, fmt.Errorf("histogram bucket le=%v counts %v, more than _count %v", b, c, count)
+		case math.IsInf(b, 1):
+			if c != count {
+				return nil, fmt.Errorf("histogram bucket le=+Inf counts %v, not _count %v", c, count)
+			}
+			continue // the +Inf bucket is _count, which the exposition adds
+		}
+		prevBound, prevCount = b, c
+		h.buckets[b] = uint64(c)
+	}
 	return h, nil
 }
+
+// wholeCount reports whether v can be an observation count.
+func wholeCount(v float64) bool { return v >= 0 && v == math.Trunc(v) && v < 1<<63 }
 
 // unknownDesc is the untyped metric of a result column the file does not list, made on first
 // sight; nil when a built-in collector exports that name.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -110,9 +111,14 @@ func (p *sidePool) get(ctx context.Context, db string) (*pgx.Conn, error) {
 	p.mu.Unlock()
 	if ic != nil {
 		ic.timer.Stop()
-		if !ic.conn.IsClosed() {
+		// A kept connection the server ended meanwhile (pg_terminate_backend, DROP DATABASE
+		// WITH (FORCE), a restart) fails its next query: a ping finds that out, for one round
+		// trip beside the collectors' queries, and a new one is opened rather than this
+		// database failed for a scrape.
+		if !ic.conn.IsClosed() && ic.conn.Ping(ctx) == nil {
 			return ic.conn, nil
 		}
+		closeConn(ic.conn)
 	}
 	pc := p.from.Config()
 	cfg := pc.ConnConfig
@@ -201,42 +207,78 @@ func (e *Exporter) hasPerDatabase() bool {
 }
 
 // otherDatabases lists the databases besides the connected one the per-database collectors
-// visit.
+// visit, and logs the --collector.databases patterns that match none of them (a typo) when
+// that set changes: at the first collection, and whenever databases come or go.
 func (e *Exporter) otherDatabases(ctx context.Context, q Querier) ([]string, error) {
-	var out []string
+	var out, all []string
 	err := queryRows(ctx, q, otherDatabasesQuery, func(r pgx.Rows) error {
 		var name string
 		if err := r.Scan(&name); err != nil {
 			return err
 		}
+		all = append(all, name)
 		if e.databases.match(name) {
 			out = append(out, name)
 		}
 		return nil
 	})
+	if err == nil {
+		e.noteUnmatched(e.databases.unmatched(all))
+	}
 	return out, err
+}
+
+// unmatched lists the patterns, "!" kept, that match none of names.
+func (f databaseFilter) unmatched(names []string) []string {
+	var out []string
+	check := func(patterns []string, prefix string) {
+		for _, p := range patterns {
+			if !slices.ContainsFunc(names, func(n string) bool { ok, _ := path.Match(p, n); return ok }) {
+				out = append(out, prefix+p)
+			}
+		}
+	}
+	check(f.include, "")
+	check(f.exclude, "!")
+	return out
+}
+
+// noteUnmatched logs the patterns that match no database when they differ from the last ones
+// logged.
+func (e *Exporter) noteUnmatched(patterns []string) {
+	key := strings.Join(patterns, ",")
+	e.mu.Lock()
+	prev, known := e.unmatchedPatterns, e.unmatchedKnown
+	e.unmatchedPatterns, e.unmatchedKnown = key, true
+	e.mu.Unlock()
+	switch {
+	case known && key == prev:
+	case key != "":
+		e.log.Warn("--collector.databases patterns match no database besides the pool's own (which is always read)",
+			"patterns", key, "databases", e.cfg.Databases)
+	case known:
+		e.log.Info("--collector.databases patterns all match a database again", "databases", e.cfg.Databases)
+	}
 }
 
 // collectDatabases runs the per-database collectors in each other database, one at a time on
 // the side connection, within the collection's deadline, and reports every visited database's
 // outcome. The connected database's per-database results (already in results) are reported
-// too when it is selected. A database dropped since it was listed is skipped silently; one
+// too: it is always read. A database dropped since it was listed is skipped silently; one
 // that refuses the connection is reported and logged, without failing the collectors.
-func (e *Exporter) collectDatabases(ctx context.Context, current string, here bool, others []string, version int,
+func (e *Exporter) collectDatabases(ctx context.Context, current string, others []string, version int,
 	s *sink, results []colResult) {
-	if here {
-		ok, dur := 1.0, time.Duration(0)
-		for i, c := range e.cols {
-			if c.perDatabase {
-				dur += results[i].dur
-				if results[i].err != nil {
-					ok = 0
-				}
+	ok, dur := 1.0, time.Duration(0)
+	for i, c := range e.cols {
+		if c.perDatabase {
+			dur += results[i].dur
+			if results[i].err != nil {
+				ok = 0
 			}
 		}
-		s.add(e.dbSuccessDesc, prometheus.GaugeValue, ok, []string{current})
-		s.add(e.dbDurationDesc, prometheus.GaugeValue, dur.Seconds(), []string{current})
 	}
+	s.add(e.dbSuccessDesc, prometheus.GaugeValue, ok, []string{current})
+	s.add(e.dbDurationDesc, prometheus.GaugeValue, dur.Seconds(), []string{current})
 	for _, db := range others {
 		if e.beforeDatabase != nil {
 			e.beforeDatabase(db)

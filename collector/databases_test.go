@@ -205,8 +205,44 @@ func TestPerDatabaseExclusion(t *testing.T) {
 			}
 		}
 	}
-	if strings.Join(got, ",") != "pd_b,pd_drop" {
-		t.Errorf("databases %v, want pd_b and pd_drop (pd_a and pd_c are excluded, pd_refuse refuses)", got)
+	if strings.Join(got, ",") != "pd_a,pd_b,pd_drop" {
+		t.Errorf("databases %v, want pd_a (the pool's own, always read), pd_b and pd_drop (pd_c is excluded, pd_refuse refuses)", got)
+	}
+}
+
+// TestPerDatabaseFilterKeepsThePoolsDatabase: a --collector.databases that selects nothing (a
+// typo, or '!*') still reads the pool's own database, and says at the first collection which
+// patterns match no database, and again only when that changes.
+func TestPerDatabaseFilterKeepsThePoolsDatabase(t *testing.T) {
+	url := perDatabaseSetup(t, "pd_a")
+	for _, spec := range []string{"nonexistent", "!*"} {
+		e := newEnvURL(t, url, func(c *Config) {
+			only("stat_user_tables")(c)
+			c.Databases = spec
+		})
+		s := e.scrape(t, 0, 30*time.Second)
+		collectorOK(t, s, "stat_user_tables")
+		if vs := s.values("pg_stat_user_tables_n_tup_ins", map[string]string{"datname": "pd_a", "relname": "t"}); len(vs) != 1 {
+			t.Errorf("%s: the pool's own database was not read: %v", spec, vs)
+		}
+		if vs := s.values("pg_stat_user_tables_n_tup_ins", map[string]string{"datname": "pd_b"}); len(vs) != 0 {
+			t.Errorf("%s: pd_b read", spec)
+		}
+		if spec == "nonexistent" {
+			e.scrape(t, 0, 30*time.Second)
+			if n := strings.Count(e.log.String(), "patterns match no database"); n != 1 || !strings.Contains(e.log.String(), "patterns=nonexistent") {
+				t.Errorf("the unmatched pattern logged %d times over two scrapes, want once:\n%s", n, e.log.String())
+			}
+			ctx := ctxTimeout(t, 30*time.Second)
+			if err := cluster.Exec(ctx, "CREATE DATABASE nonexistent"); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = cluster.Exec(context.Background(), "DROP DATABASE IF EXISTS nonexistent WITH (FORCE)") })
+			e.scrape(t, 0, 30*time.Second)
+			if !strings.Contains(e.log.String(), "patterns all match a database again") {
+				t.Errorf("the change was not logged:\n%s", e.log.String())
+			}
+		}
 	}
 }
 
@@ -246,4 +282,49 @@ func waitForCond(timeout time.Duration, cond func() bool) bool {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return true
+}
+
+// TestPerDatabaseKeptConnectionEndedByTheServer: the connection kept to another database blocks
+// a plain DROP DATABASE (documented); ending it from the server (pg_terminate_backend, or DROP
+// DATABASE WITH (FORCE)) costs the next scrape nothing: it opens a new one.
+func TestPerDatabaseKeptConnectionEndedByTheServer(t *testing.T) {
+	createDB(t, "kept_t")
+	ctx := ctxTimeout(t, 30*time.Second)
+	c := openSession(t, "kept_t", "kept-setup")
+	if _, err := c.Exec(ctx, "CREATE TABLE t (id int)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, "", func(c *Config) {
+		only("stat_user_tables")(c)
+		c.Databases = "kept_t"
+	})
+	s := e.scrape(t, 0, 20*time.Second)
+	if got := s.value(t, "pgsidecar_collector_database_success", map[string]string{"datname": "kept_t"}); got != 1 || e.exp.side.open() != 1 {
+		t.Fatalf("kept_t success %v, %d connections kept", got, e.exp.side.open())
+	}
+	err := cluster.Exec(ctx, "DROP DATABASE kept_t")
+	if err == nil || !strings.Contains(err.Error(), "is being accessed by other users") {
+		t.Fatalf("DROP DATABASE beside the kept connection: %v, want it refused (as documented)", err)
+	}
+	if err := cluster.Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'kept_t' AND application_name = 'pgsidecar-collector'"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the FATAL reaches the kept connection
+	s = e.scrape(t, 0, 20*time.Second)
+	if got := s.value(t, "pgsidecar_collector_database_success", map[string]string{"datname": "kept_t"}); got != 1 {
+		t.Errorf("kept_t success after its connection was terminated = %v, want 1:\n%s", got, e.log.String())
+	}
+	collectorOK(t, s, "stat_user_tables")
+	if err := cluster.Exec(ctx, "DROP DATABASE kept_t WITH (FORCE)"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	s = e.scrape(t, 0, 20*time.Second)
+	collectorOK(t, s, "stat_user_tables")
+	if vs := s.values("pgsidecar_collector_database_success", map[string]string{"datname": "kept_t"}); len(vs) != 0 {
+		t.Errorf("a dropped database still reported: %v", vs)
+	}
 }

@@ -1,11 +1,15 @@
 package collector
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -14,7 +18,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/pgsidecar/pgsidecar/pool"
 )
@@ -24,9 +27,9 @@ import (
 type Config struct {
 	// Enabled switches collectors on or off by name; collectors not listed keep their default.
 	Enabled map[string]bool
-	// Timeout is the collection deadline when a scrape does not send
-	// X-Prometheus-Scrape-Timeout-Seconds. It is also the statement_timeout of the collector's
-	// sessions, so no single statement outlives it on the server.
+	// Timeout is a collection's deadline, whichever scrape started it (a scrape's
+	// X-Prometheus-Scrape-Timeout-Seconds bounds only how long that scrape waits). It is also the
+	// statement_timeout of the collector's sessions, so no single statement outlives it.
 	Timeout time.Duration
 	// MaxConns caps the collector's connections to the database.
 	MaxConns int32
@@ -58,12 +61,8 @@ type Option func(*Exporter)
 // WithLogger sets the logger of collection and reload messages (default: slog.Default()).
 func WithLogger(l *slog.Logger) Option { return func(e *Exporter) { e.log = l } }
 
-// DefaultTimeout is the collection deadline when neither the scrape nor the flag gives one.
+// DefaultTimeout is a collection's deadline unless --collection-timeout gives one.
 const DefaultTimeout = 5 * time.Second
-
-// waitGrace is how long past its deadline a scrape waits for the collection to hand over its
-// results; it stays within the margin scrapeTimeout keeps for encoding the answer.
-const waitGrace = 200 * time.Millisecond
 
 // scrapeTimeoutHeader is the header in which Prometheus sends its scrape timeout.
 const scrapeTimeoutHeader = "X-Prometheus-Scrape-Timeout-Seconds"
@@ -89,14 +88,20 @@ type Exporter struct {
 	ctx      context.Context  // canceled by Close
 	cancel   context.CancelFunc
 
-	group singleflight.Group
+	mu      sync.Mutex
+	running *run              // the collection in progress, nil between collections
+	serving *collection       // what the Middleware is encoding, nil when it is not
+	failing map[string]string // collector → last error logged
+	wasUp   bool
+	upKnown bool // a collection has connected or failed since start
+	// --collector.databases patterns that matched no database, as last logged.
+	unmatchedPatterns string
+	unmatchedKnown    bool
 
-	mu        sync.Mutex
-	deadlines map[uint64]time.Time // deadlines of scrapes in flight
-	failing   map[string]string    // collector → last error logged
-	nextID    uint64
-	wasUp     bool
-	upKnown   bool // a collection has connected or failed since start
+	encodeSlot  chan struct{} // held while the Middleware encodes an answer
+	inFlight    atomic.Int64  // scrapes the Middleware is serving
+	maxInFlight atomic.Int64  // maxScrapesInFlight; tests lower it
+	rejected    atomic.Int64  // scrapes refused past maxScrapesInFlight
 
 	collections atomic.Int64
 	// lastDuration is how long the last finished collection took, in seconds.
@@ -114,6 +119,7 @@ type Exporter struct {
 	collectionsDesc, droppedDesc                  *prometheus.Desc
 	dbSuccessDesc, dbDurationDesc                 *prometheus.Desc
 	lastErrorDesc, lastDurationDesc, scrapesDesc  *prometheus.Desc
+	rejectedDesc                                  *prometheus.Desc
 	duplicates, invalid                           atomic.Int64
 }
 
@@ -126,6 +132,7 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Exporter, error) {
 	p, err := mgr.NewMonitorPool(pool.MonitorOptions{
 		MaxConns:         cfg.MaxConns,
 		StatementTimeout: cfg.Timeout,
+		LockTimeout:      lockTimeout(cfg.Timeout),
 		ApplicationName:  "pgsidecar-collector",
 	})
 	if err != nil {
@@ -142,17 +149,22 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Exporter, error) {
 	return e, nil
 }
 
+// lockTimeout is the collector sessions' lock_timeout: a fifth of the collection's deadline
+// (1 s by default). A query waiting for a lock past it fails, and only its collector with it;
+// the others keep the rest of the deadline.
+func lockTimeout(collection time.Duration) time.Duration { return collection / 5 }
+
 // newExporter builds an Exporter on a pgxpool (New gives it the manager's side pool) from a
 // validated cfg.
 func newExporter(p *pgxpool.Pool, poolName string, cfg Config, opts ...Option) (*Exporter, error) {
 	e := &Exporter{
-		cfg:       cfg,
-		log:       slog.Default(),
-		pool:      p,
-		scrubErr:  func(err error) error { return err },
-		deadlines: map[uint64]time.Time{},
-		failing:   map[string]string{},
-		wasUp:     true,
+		cfg:        cfg,
+		log:        slog.Default(),
+		pool:       p,
+		scrubErr:   func(err error) error { return err },
+		failing:    map[string]string{},
+		wasUp:      true,
+		encodeSlot: make(chan struct{}, 1),
 		upDesc: prometheus.NewDesc("pg_up", "1 if the last collection could connect to PostgreSQL and query it, else 0.",
 			nil, prometheus.Labels{"pool": poolName}),
 		staticDesc: desc("pg_static", "PostgreSQL server version; the value is always 1.", "version", "short_version"),
@@ -172,10 +184,13 @@ func newExporter(p *pgxpool.Pool, poolName string, cfg Config, opts ...Option) (
 			"1 if the last collection could not reach the database or a collector failed in it, else 0."),
 		lastDurationDesc: desc("pg_exporter_last_scrape_duration_seconds", "Duration of the last collection."),
 		scrapesDesc:      desc("pg_exporter_scrapes_total", "Collections run against the database; concurrent scrapes share one."),
+		rejectedDesc: desc("pgsidecar_scrapes_rejected_total",
+			"Scrapes of /metrics answered 503 because 64 were already being served."),
 	}
 	for _, o := range opts {
 		o(e)
 	}
+	e.maxInFlight.Store(maxScrapesInFlight)
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.databases, _ = parseDatabaseFilter(cfg.Databases) // checked by Validate
 	e.side = newSidePool(p, cfg.DatabasesMaxIdle, cfg.DatabasesIdleTimeout)
@@ -230,68 +245,91 @@ func (e *Exporter) Reload() error {
 	return e.custom.reload()
 }
 
-// Middleware passes each scrape's deadline (Prometheus' X-Prometheus-Scrape-Timeout-Seconds
-// minus a margin, else Config.Timeout) to the collection that serves it. Wrap the /metrics
-// handler with it.
+// Middleware serves each scrape from the shared collection, waiting for it at most until the
+// scrape's own deadline (Prometheus' X-Prometheus-Scrape-Timeout-Seconds, clamped, less a
+// margin; else Config.Timeout). A scrape whose deadline comes first answers with what the
+// collection has finished so far; the collection itself runs on with the server's own bound,
+// Config.Timeout, so one scraper's header never shortens, or lengthens, another's collection.
+//
+// The answer is encoded once per collection and format and the bytes shared by every scrape of
+// that collection: with 290,000 series an encode costs tens of MB, and concurrent scrapers
+// would otherwise each pay it. Encodes run one at a time, into memory, so a slow reader holds
+// no encode; at most maxScrapesInFlight scrapes are served at once, the rest get 503. Wrap the
+// /metrics handler with it.
 func (e *Exporter) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		d := scrapeTimeout(r.Header.Get(scrapeTimeoutHeader), e.cfg.Timeout)
-		release := e.addDeadline(time.Now().Add(d))
-		defer release()
-		next.ServeHTTP(w, r)
+		if e.inFlight.Add(1) > e.maxInFlight.Load() {
+			e.inFlight.Add(-1)
+			e.rejected.Add(1)
+			http.Error(w, "too many scrapes in flight", http.StatusServiceUnavailable)
+			return
+		}
+		defer e.inFlight.Add(-1)
+		start := time.Now()
+		budget := scrapeTimeout(r.Header.Get(scrapeTimeoutHeader), e.cfg.Timeout)
+		col := e.await(start.Add(budget))
+		a, err := e.answer(r, next, col, start.Add(budget+encodeMargin))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		h := w.Header()
+		for k, v := range a.header {
+			h[k] = v
+		}
+		w.WriteHeader(a.status)
+		_, _ = w.Write(a.body)
 	})
 }
 
-// scrapeTimeout turns the scrape timeout header into a collection budget: the header's value
-// less a margin for encoding and sending the answer (half a second, or a fifth of short
-// timeouts), or def when the header is missing or invalid.
+// maxScrapesInFlight bounds the scrapes served at once. A scrape waiting for the shared
+// collection or answer costs a goroutine and a reference to bytes it shares, not an encode of
+// its own, so the bound is generous for any real set of scrapers (an HA pair of Prometheus
+// servers, agents, people with curl) and only stops a client that loops or floods; past it a
+// scrape gets 503 at once. (promhttp's own limit, behind the Middleware, then never binds.)
+const maxScrapesInFlight = 64
+
+// encodeMargin is the part of a scrape's timeout kept for encoding and sending the answer.
+const encodeMargin = 500 * time.Millisecond
+
+// Header values outside [minScrapeTimeout, maxScrapeTimeout] seconds are clamped: Prometheus
+// sends its scrape_timeout, which is never below a tenth of a second nor above an hour in any
+// sane configuration, and larger values overflowed time.Duration (9.3e9 s read as negative).
+const (
+	minScrapeTimeout = 0.1
+	maxScrapeTimeout = 3600.0
+)
+
+// scrapeTimeout turns the scrape timeout header into how long the scrape waits for the
+// collection: the header's value, clamped to a sane range, less a margin for encoding and
+// sending the answer (half a second, or a fifth of short timeouts), or def when the header is
+// missing or invalid.
 func scrapeTimeout(header string, def time.Duration) time.Duration {
 	if header == "" {
 		return def
 	}
 	secs, err := strconv.ParseFloat(header, 64)
-	if err != nil || secs <= 0 || math.IsInf(secs, 0) || math.IsNaN(secs) {
+	if err != nil || secs <= 0 || math.IsNaN(secs) || math.IsInf(secs, 0) {
 		return def
 	}
+	secs = min(max(secs, minScrapeTimeout), maxScrapeTimeout)
 	t := time.Duration(secs * float64(time.Second))
-	return t - min(500*time.Millisecond, t/5)
-}
-
-func (e *Exporter) addDeadline(t time.Time) func() {
-	e.mu.Lock()
-	id := e.nextID
-	e.nextID++
-	e.deadlines[id] = t
-	e.mu.Unlock()
-	return func() {
-		e.mu.Lock()
-		delete(e.deadlines, id)
-		e.mu.Unlock()
-	}
-}
-
-// deadline is the earliest deadline of the scrapes in flight, so a shared collection answers
-// in time for each of them; without any, Config.Timeout from now.
-func (e *Exporter) deadline() time.Time {
-	d := time.Now().Add(e.cfg.Timeout)
-	e.mu.Lock()
-	for _, t := range e.deadlines {
-		if t.Before(d) {
-			d = t
-		}
-	}
-	e.mu.Unlock()
-	return d
+	return t - min(encodeMargin, t/5)
 }
 
 // Describe sends nothing: the Exporter is an unchecked collector, since custom queries
 // define their metrics at run time.
 func (e *Exporter) Describe(chan<- *prometheus.Desc) {}
 
-// Collect runs a collection, or joins the one already running, and sends its metrics.
+// Collect sends the collection the Middleware is encoding, or (for a Gather outside it, such
+// as the API's) the shared collection once it finishes.
 func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
-	deadline := e.deadline()
-	res := e.collectShared(deadline)
+	e.mu.Lock()
+	res := e.serving
+	e.mu.Unlock()
+	if res == nil {
+		res = e.await(time.Time{})
+	}
 	for _, m := range res.metrics {
 		ch <- m
 	}
@@ -308,39 +346,218 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(e.lastDurationDesc, prometheus.GaugeValue, lastDur)
 	ch <- prometheus.MustNewConstMetric(e.droppedDesc, prometheus.CounterValue, float64(e.duplicates.Load()), "duplicate")
 	ch <- prometheus.MustNewConstMetric(e.droppedDesc, prometheus.CounterValue, float64(e.invalid.Load()), "invalid")
+	ch <- prometheus.MustNewConstMetric(e.rejectedDesc, prometheus.CounterValue, float64(e.rejected.Load()))
 	if e.custom != nil {
 		e.custom.collectOwn(ch)
 	}
 }
 
-// collection is the result of one collection, shared by the scrapes that joined it.
+// collection is the result of one collection, shared by the scrapes that joined it, or a
+// scrape's view of one still running.
 type collection struct {
 	metrics []prometheus.Metric
 	// failed is set when the database was unreachable, a collector failed, or the scrape's
 	// deadline passed before the collection finished.
 	failed bool
+
+	mu      sync.Mutex
+	answers map[string]*answer // encoded answers, by format
 }
 
-func (e *Exporter) collectShared(deadline time.Time) *collection {
+// answer is an encoded /metrics response, shared by the scrapes of one collection that asked
+// for the same format.
+type answer struct {
+	done   chan struct{} // closed once the fields are set
+	header http.Header
+	status int
+	body   []byte
+}
+
+// answer encodes col for r with next (the registry's handler), or returns the answer already
+// encoded for another scrape of col in r's format. It gives up at deadline when other encodes
+// hold the encoder.
+func (e *Exporter) answer(r *http.Request, next http.Handler, col *collection, deadline time.Time) (*answer, error) {
+	// promhttp picks the format and compression from these headers alone.
+	key := r.Header.Get("Accept") + "\x00" + r.Header.Get("Accept-Encoding")
+	col.mu.Lock()
+	if col.answers == nil {
+		col.answers = map[string]*answer{}
+	}
+	a, shared := col.answers[key]
+	if !shared {
+		a = &answer{done: make(chan struct{})}
+		col.answers[key] = a
+	}
+	col.mu.Unlock()
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	if shared {
+		select {
+		case <-a.done:
+			if a.status == 0 {
+				return nil, errEncodeBusy
+			}
+			return a, nil
+		case <-timer.C:
+			return nil, errEncodeBusy
+		case <-r.Context().Done():
+			return nil, r.Context().Err()
+		}
+	}
+	defer close(a.done)
+	select {
+	case e.encodeSlot <- struct{}{}:
+	case <-timer.C:
+		e.forget(col, key)
+		return nil, errEncodeBusy
+	case <-r.Context().Done():
+		e.forget(col, key)
+		return nil, r.Context().Err()
+	}
+	defer func() { <-e.encodeSlot }()
+	e.mu.Lock()
+	e.serving = col
+	e.mu.Unlock()
+	rec := &recorder{header: http.Header{}}
+	// The request's context must not cut an encode that other scrapes share.
+	next.ServeHTTP(rec, r.WithContext(context.WithoutCancel(r.Context())))
+	e.mu.Lock()
+	e.serving = nil
+	e.mu.Unlock()
+	a.header, a.status, a.body = rec.header, rec.status, rec.body.Bytes()
+	if a.status == 0 {
+		a.status = http.StatusOK
+	}
+	return a, nil
+}
+
+// forget drops an answer its encoder gave up on, so a later scrape encodes it afresh.
+func (e *Exporter) forget(col *collection, key string) {
+	col.mu.Lock()
+	delete(col.answers, key)
+	col.mu.Unlock()
+}
+
+var errEncodeBusy = errors.New("the metrics encoder is busy with other scrapes past this scrape's deadline")
+
+// recorder is an http.ResponseWriter that keeps the response in memory.
+type recorder struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (r *recorder) Header() http.Header { return r.header }
+
+func (r *recorder) WriteHeader(status int) {
+	if r.status == 0 {
+		r.status = status
+	}
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	r.WriteHeader(http.StatusOK)
+	return r.body.Write(b)
+}
+
+// run is one collection against the database, in progress or finished; scrapes join it.
+type run struct {
+	done   chan struct{} // closed once result is set
+	result *collection
+
+	mu        sync.Mutex
+	sink      *sink             // the collectors' series so far
+	connected bool              // the collection reached the database
+	static    []string          // pg_static's labels, once known
+	finished  map[int]colResult // collectors whose outcome is final, by index in e.cols
+	// visitsOthers is set (before the collectors start) when the per-database collectors visit
+	// other databases after the connected one.
+	visitsOthers bool
+}
+
+func newRun() *run {
+	return &run{done: make(chan struct{}), sink: newSink(), finished: map[int]colResult{}}
+}
+
+// finish records collector i's final outcome, for scrapes that answer before the run ends.
+func (r *run) finish(i int, res colResult) {
+	r.mu.Lock()
+	r.finished[i] = res
+	r.mu.Unlock()
+}
+
+// await returns the shared collection once it finishes, starting one when none runs; when
+// deadline (if not zero) comes first, what the collection has finished so far.
+func (e *Exporter) await(deadline time.Time) *collection {
 	e.waiting.Add(1)
 	defer e.waiting.Add(-1)
-	resc := e.group.DoChan("collect", func() (any, error) {
-		e.wg.Add(1)
-		defer e.wg.Done()
-		ctx, cancel := context.WithDeadline(e.ctx, deadline)
-		defer cancel()
-		return e.collect(ctx), nil
-	})
-	// The collection itself stops at the deadline; allow it a moment to wrap up and answer.
-	timer := time.NewTimer(time.Until(deadline) + waitGrace)
+	r := e.currentRun()
+	if deadline.IsZero() {
+		<-r.done
+		return r.result
+	}
+	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	select {
-	case r := <-resc:
-		return r.Val.(*collection)
+	case <-r.done:
+		return r.result
 	case <-timer.C:
-		// Joined a collection that started with a later deadline than ours: answer without it.
+		return e.snapshot(r)
+	}
+}
+
+// currentRun returns the collection in progress, or starts one. A collection's deadline is
+// Config.Timeout from its start, whoever asked for it.
+func (e *Exporter) currentRun() *run {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.running != nil {
+		return e.running
+	}
+	r := newRun()
+	e.running = r
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		ctx, cancel := context.WithTimeout(e.ctx, e.cfg.Timeout)
+		defer cancel()
+		res := e.collect(ctx, r)
+		e.mu.Lock()
+		r.result = res
+		e.running = nil
+		e.mu.Unlock()
+		close(r.done)
+	}()
+	return r
+}
+
+// snapshot is a scrape's answer from a collection still running: the series of the collectors
+// that finished and their success; the others unsuccessful. Before the collection has reached
+// the database it is an unfinished answer.
+func (e *Exporter) snapshot(r *run) *collection {
+	r.mu.Lock()
+	connected, static := r.connected, r.static
+	finished := maps.Clone(r.finished)
+	r.mu.Unlock()
+	if !connected {
 		return e.unfinished()
 	}
+	r.sink.mu.Lock()
+	metrics := slices.Clone(r.sink.metrics)
+	r.sink.mu.Unlock()
+	own := newSink()
+	own.add(e.upDesc, prometheus.GaugeValue, 1, nil)
+	own.add(e.staticDesc, prometheus.UntypedValue, 1, static)
+	for i, c := range e.cols {
+		res, done := finished[i]
+		success := 0.0
+		if done && res.err == nil {
+			success = 1
+		}
+		own.add(e.durationDesc, prometheus.GaugeValue, res.dur.Seconds(), []string{c.name})
+		own.add(e.successDesc, prometheus.GaugeValue, success, []string{c.name})
+	}
+	return &collection{metrics: append(metrics, own.metrics...), failed: true}
 }
 
 // unfinished answers a scrape whose deadline passed while the collection it joined still
@@ -403,18 +620,18 @@ type colResult struct {
 
 // collect runs every enabled collector once under ctx, and notes its duration for
 // pg_exporter_last_scrape_duration_seconds.
-func (e *Exporter) collect(ctx context.Context) *collection {
+func (e *Exporter) collect(ctx context.Context, r *run) *collection {
 	start := time.Now()
 	e.collections.Add(1)
-	c := e.collectOnce(ctx)
+	c := e.collectOnce(ctx, r)
 	e.mu.Lock()
 	e.lastDuration = time.Since(start).Seconds()
 	e.mu.Unlock()
 	return c
 }
 
-// collectOnce runs the collectors.
-func (e *Exporter) collectOnce(ctx context.Context) *collection {
+// collectOnce runs the collectors, their series going to r's sink as they come.
+func (e *Exporter) collectOnce(ctx context.Context, r *run) *collection {
 	conn, err := e.pool.Acquire(ctx)
 	if err != nil {
 		return e.failed(err)
@@ -429,6 +646,9 @@ func (e *Exporter) collectOnce(ctx context.Context) *collection {
 	}
 	short = semver(version)
 	e.noteUp(true, nil)
+	r.mu.Lock()
+	r.connected, r.static = true, []string{full, short}
+	r.mu.Unlock()
 	var others []string
 	if e.hasPerDatabase() {
 		if others, err = e.otherDatabases(ctx, conn); err != nil {
@@ -436,9 +656,9 @@ func (e *Exporter) collectOnce(ctx context.Context) *collection {
 			return e.failed(err)
 		}
 	}
-	here := e.databases.match(current)
+	r.visitsOthers = len(others) > 0
 
-	s := newSink()
+	s := r.sink
 	results := make([]colResult, len(e.cols))
 	queue := make(chan int, len(e.cols))
 	for i := range e.cols {
@@ -452,35 +672,40 @@ func (e *Exporter) collectOnce(ctx context.Context) *collection {
 		if w == 0 {
 			first = conn
 		}
-		wg.Go(func() { e.worker(ctx, first, version, configKey, here, s, queue, results) })
+		wg.Go(func() { e.worker(ctx, first, version, configKey, r, queue, results) })
 	}
 	if workers == 0 {
 		conn.Release()
 	}
 	wg.Wait()
 	if e.hasPerDatabase() {
-		e.collectDatabases(ctx, current, here, others, version, s, results)
+		e.collectDatabases(ctx, current, others, version, s, results)
 	}
 
-	s.add(e.upDesc, prometheus.GaugeValue, 1, nil)
-	s.add(e.staticDesc, prometheus.UntypedValue, 1, []string{full, short}) // untyped, as postgres_exporter
+	// The collection's own series go beside the collectors', not into r's sink, so a scrape's
+	// snapshot taken meanwhile does not get them twice.
+	own := newSink()
+	own.add(e.upDesc, prometheus.GaugeValue, 1, nil)
+	own.add(e.staticDesc, prometheus.UntypedValue, 1, []string{full, short}) // untyped, as postgres_exporter
 	failed := false
 	for i, c := range e.cols {
-		r := results[i]
+		res := results[i]
 		success := 1.0
-		if r.err != nil {
+		if res.err != nil {
 			success, failed = 0, true
 		}
-		e.noteCollector(c.name, r)
-		s.add(e.durationDesc, prometheus.GaugeValue, r.dur.Seconds(), []string{c.name})
-		s.add(e.successDesc, prometheus.GaugeValue, success, []string{c.name})
+		e.noteCollector(c.name, res)
+		own.add(e.durationDesc, prometheus.GaugeValue, res.dur.Seconds(), []string{c.name})
+		own.add(e.successDesc, prometheus.GaugeValue, success, []string{c.name})
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	e.duplicates.Add(int64(s.duplicates))
 	e.invalid.Add(int64(s.invalid))
 	if s.invalid > 0 {
 		e.log.Warn("Collection dropped invalid samples", "count", s.invalid, "error", e.errString(s.lastErr))
 	}
-	return &collection{metrics: s.metrics, failed: failed}
+	return &collection{metrics: append(slices.Clip(s.metrics), own.metrics...), failed: failed}
 }
 
 // noteCollector logs a collector that starts failing, fails differently or works again, rather
@@ -505,7 +730,7 @@ func (e *Exporter) noteCollector(name string, r colResult) {
 }
 
 // worker runs collectors from queue on one connection, acquiring it first if conn is nil.
-func (e *Exporter) worker(ctx context.Context, conn *pgxpool.Conn, version int, configKey string, here bool, s *sink,
+func (e *Exporter) worker(ctx context.Context, conn *pgxpool.Conn, version int, configKey string, r *run,
 	queue <-chan int, results []colResult) {
 	defer func() {
 		if conn != nil {
@@ -513,9 +738,6 @@ func (e *Exporter) worker(ctx context.Context, conn *pgxpool.Conn, version int, 
 		}
 	}()
 	for i := range queue {
-		if e.cols[i].perDatabase && !here {
-			continue // --collector.databases leaves the connected database out
-		}
 		start := time.Now()
 		if conn == nil {
 			c, err := e.pool.Acquire(ctx)
@@ -525,8 +747,12 @@ func (e *Exporter) worker(ctx context.Context, conn *pgxpool.Conn, version int, 
 			}
 			conn = c
 		}
-		err := e.runOne(ctx, e.cols[i].c, &Scrape{Conn: conn, Version: version, ConfigKey: configKey, sink: s})
+		err := e.runOne(ctx, e.cols[i].c, &Scrape{Conn: conn, Version: version, ConfigKey: configKey, sink: r.sink})
 		results[i] = colResult{dur: time.Since(start), err: err}
+		if !e.cols[i].perDatabase || !r.visitsOthers {
+			// A per-database collector's outcome is final once the other databases were visited too.
+			r.finish(i, results[i])
+		}
 		if conn.Conn().IsClosed() {
 			// A deadline cut the connection; the next collector needs a new one.
 			if ctx.Err() != nil {

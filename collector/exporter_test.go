@@ -5,11 +5,13 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -243,15 +245,15 @@ pg_slow:
     - v:
         usage: GAUGE
 `)
-	// A long statement_timeout, so only the cancel request can stop the server-side sleep early.
+	// A long collection bound: only the scrape's own deadline ends its wait.
 	e := newEnv(t, "", func(c *Config) {
 		c.QueriesFile = path
 		c.Timeout = 2 * time.Minute
 		only("activity", "database")(c) // few enough to finish well within the budget
 	})
-	// Prometheus' timeout of 2 s leaves the collection 1.6 s, against a 60 s sleep and a 2 min
-	// statement_timeout. The client waits 3 s more than Prometheus would, so that a stalled
-	// machine does not fail the test, but a collection that waits for the query does.
+	// Prometheus' timeout of 2 s leaves the scrape 1.6 s, against a 60 s sleep. The client
+	// waits 3 s more than Prometheus would, so that a stalled machine does not fail the test,
+	// but a scrape that waits for the query does. It answers with what has finished.
 	s := e.scrape(t, 2*time.Second, 5*time.Second)
 	if s.status != http.StatusOK {
 		t.Fatalf("status %d", s.status)
@@ -270,7 +272,32 @@ pg_slow:
 	if len(s.values("pg_stat_activity_count", nil)) == 0 {
 		t.Error("activity metrics missing")
 	}
-	// The sleeping statement is canceled on the server, not left running.
+}
+
+// TestCollectionDeadlineCancelsOnTheServer: a collection cut by its deadline (here a custom
+// query whose own timeout is longer) has its statement canceled on the server, not left
+// running, and the next collection works on a fresh connection.
+func TestCollectionDeadlineCancelsOnTheServer(t *testing.T) {
+	path := writeQueries(t, `
+pg_slow:
+  query: SELECT 1 AS v FROM pg_sleep(60)
+  timeout: 10m
+  metrics:
+    - v:
+        usage: GAUGE
+`)
+	e := newEnv(t, "", func(c *Config) {
+		c.QueriesFile = path
+		c.Timeout = 1500 * time.Millisecond
+		only("activity", "database")(c)
+	})
+	s := e.scrape(t, 0, 10*time.Second)
+	if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": "queries"}); got != 0 {
+		t.Errorf("queries success = %v, want 0", got)
+	}
+	if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": "activity"}); got != 1 {
+		t.Errorf("activity success = %v, want 1", got)
+	}
 	ctx := ctxTimeout(t, 20*time.Second)
 	if !pgtest.WaitFor(10*time.Second, func() bool {
 		n, err := cluster.QueryInt(ctx, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' AND state = 'active' AND pid <> pg_backend_pid()")
@@ -278,8 +305,7 @@ pg_slow:
 	}) {
 		t.Error("the timed-out query is still running on the server")
 	}
-	// The next scrape works again on a fresh connection.
-	s = e.scrape(t, 2*time.Second, 10*time.Second)
+	s = e.scrape(t, 0, 10*time.Second)
 	if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": "activity"}); got != 1 {
 		t.Errorf("activity success after a timeout = %v", got)
 	}
@@ -343,6 +369,10 @@ pg_shared:
 		c.Timeout = 45 * time.Second
 		c.Enabled = map[string]bool{"database": false, "settings": false}
 	})
+	// Each Gather of the registry is one encode of the whole answer, the memory that grew with
+	// every concurrent scraper: count them.
+	gathers := &gatherCounter{}
+	e.reg.MustRegister(gathers)
 	// Hold the lock so the first collection waits until every scrape has joined it.
 	locker := openSession(t, "", "locker")
 	if _, err := locker.Exec(ctx, "SELECT pg_advisory_lock(4242)"); err != nil {
@@ -356,6 +386,16 @@ pg_shared:
 	}
 	if !pgtest.WaitFor(30*time.Second, func() bool { return e.exp.waiting.Load() == n }) {
 		t.Fatalf("only %d of %d scrapes waiting", e.exp.waiting.Load(), n)
+	}
+	// Past the bound of scrapes in flight, one more is refused at once.
+	e.exp.maxInFlight.Store(n)
+	if resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(e.srv.URL); err != nil {
+		t.Error(err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			t.Errorf("scrape %d of %d allowed: status %d, want 503", n+1, n, resp.StatusCode)
+		}
 	}
 	// Sessions of earlier tests' exporters may take a moment to end on the server.
 	var collectors int64
@@ -387,7 +427,16 @@ pg_shared:
 	if got := results[0].value(t, "pgsidecar_collections_total", nil); got != 1 {
 		t.Errorf("pgsidecar_collections_total = %v, want 1", got)
 	}
+	if n := gathers.n.Load(); n != 1 {
+		t.Errorf("%d encodes for %d concurrent scrapes of one collection, want 1 shared", n, len(results))
+	}
 }
+
+// gatherCounter counts the Gathers of the registry it is registered on.
+type gatherCounter struct{ n atomic.Int64 }
+
+func (g *gatherCounter) Describe(chan<- *prometheus.Desc) {}
+func (g *gatherCounter) Collect(chan<- prometheus.Metric) { g.n.Add(1) }
 
 func TestDatabaseDown(t *testing.T) {
 	cluster.RequireControl(t)
@@ -511,6 +560,10 @@ func TestScrapeTimeout(t *testing.T) {
 		{"nonsense", 5 * time.Second},
 		{"-1", 5 * time.Second},
 		{"+Inf", 5 * time.Second},
+		{"NaN", 5 * time.Second},
+		{"9.3e9", 3600*time.Second - 500*time.Millisecond},
+		{"1e308", 3600*time.Second - 500*time.Millisecond},
+		{"0.001", 80 * time.Millisecond},
 	} {
 		if got := scrapeTimeout(c.header, 5*time.Second); got != c.want {
 			t.Errorf("scrapeTimeout(%q) = %v, want %v", c.header, got, c.want)
@@ -620,13 +673,14 @@ func TestTwoConnections(t *testing.T) {
 	}
 }
 
-// TestScrapeJoiningALongerCollection: a scrape with a short timeout joins a collection started
-// by one with a long timeout. It answers at its own deadline without that collection's data,
-// and its pg_up is what the last collection found, not a claim that the database is down.
+// TestScrapeJoiningALongerCollection: a scrape with a short timeout joins a collection that
+// takes longer. It answers at its own deadline with what has finished (pg_up from the
+// collection, which reached the database), and the collection goes on for the scrapes that
+// wait longer: the short deadline cuts nothing for them.
 func TestScrapeJoiningALongerCollection(t *testing.T) {
 	path := writeQueries(t, `
 pg_slow:
-  query: SELECT 1 AS v FROM pg_sleep(4)
+  query: SELECT 1 AS v FROM pg_sleep(3)
   metrics:
     - v:
         usage: GAUGE
@@ -636,22 +690,21 @@ pg_slow:
 		c.Timeout = 2 * time.Minute
 		c.Enabled = map[string]bool{"settings": false}
 	})
-	// A first, short collection finds the database up (its slow query cut off at the deadline).
-	if s := e.scrape(t, time.Second, 5*time.Second); s.value(t, "pg_up", nil) != 1 {
-		t.Fatal("pg_up not 1 before the test")
-	}
 	before := e.exp.collections.Load()
 	long := make(chan scrape, 1)
 	go func() { long <- e.scrape(t, 20*time.Second, 30*time.Second) }()
 	if !pgtest.WaitFor(10*time.Second, func() bool { return e.exp.collections.Load() > before }) {
 		t.Fatal("the long scrape's collection did not start")
 	}
-	short := e.scrape(t, time.Second, 4*time.Second) // answers at about 1 s; the sleep takes 4
+	short := e.scrape(t, time.Second, 4*time.Second) // answers at about 1 s; the sleep takes 3
 	if got := short.value(t, "pg_up", map[string]string{"pool": "test"}); got != 1 {
 		t.Errorf("short scrape: pg_up = %v, want 1", got)
 	}
 	if got := short.value(t, "pg_scrape_collector_success", map[string]string{"collector": "queries"}); got != 0 {
 		t.Errorf("short scrape: queries success = %v, want 0 (it got no results)", got)
+	}
+	if got := short.value(t, "pg_scrape_collector_success", map[string]string{"collector": "activity"}); got != 1 {
+		t.Errorf("short scrape: activity success = %v, want 1 (it finished before the deadline)", got)
 	}
 	ls := <-long
 	if got := ls.value(t, "pg_scrape_collector_success", map[string]string{"collector": "queries"}); got != 1 {
@@ -666,6 +719,60 @@ pg_slow:
 	if strings.Contains(e.log.String(), "cannot reach") {
 		t.Errorf("logged the database as unreachable:\n%s", e.log.String())
 	}
+}
+
+// TestScrapeTimeoutHeaderDoesNotDecideOthers: a scraper's header, absurd or tiny, decides only
+// its own answer. A header beyond time.Duration's range is clamped, not read as negative; a
+// client looping with a tiny one does not cut the collection a normal scrape shares.
+func TestScrapeTimeoutHeaderDoesNotDecideOthers(t *testing.T) {
+	path := writeQueries(t, `
+pg_half:
+  query: SELECT 1 AS v FROM pg_sleep(0.5)
+  metrics:
+    - v:
+        usage: GAUGE
+`)
+	e := newEnv(t, "", func(c *Config) {
+		c.QueriesFile = path
+		only("activity")(c)
+	})
+	for _, header := range []string{"9.3e9", "1e308"} {
+		req, _ := http.NewRequest(http.MethodGet, e.srv.URL, nil)
+		req.Header.Set(scrapeTimeoutHeader, header)
+		resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, want := range []string{`pg_up{pool="test"} 1`, `pg_scrape_collector_success{collector="queries"} 1`, "pg_half_v 1"} {
+			if !strings.Contains(string(body), want) {
+				t.Errorf("header %s: no %s in the answer", header, want)
+			}
+		}
+	}
+	// A client loops with a 0.2 s header while a normal scrape shares the collection.
+	stop := make(chan struct{})
+	var looped sync.WaitGroup
+	looped.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			e.scrape(t, 200*time.Millisecond, 5*time.Second)
+		}
+	})
+	for range 3 {
+		time.Sleep(50 * time.Millisecond) // let the loop start the collection first
+		s := e.scrape(t, 0, 10*time.Second)
+		if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": "queries"}); got != 1 {
+			t.Errorf("a normal scrape beside a looping 0.2 s scraper: queries success = %v, want 1", got)
+		}
+	}
+	close(stop)
+	looped.Wait()
 }
 
 // TestHugeLabelSet: a query whose label comes from an unbounded column fails on its own, with
@@ -717,5 +824,87 @@ pg_within:
 	}
 	if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": "activity"}); got != 1 {
 		t.Errorf("activity success = %v", got)
+	}
+}
+
+// TestCustomHistogramValidated: a HISTOGRAM row Prometheus would misread (a NaN or unordered
+// bound, counts that decrease or pass _count) is rejected and counted against its query; a
+// last bound of +Inf is the _count bucket. Rows of one query that repeat a label set (NULL
+// beside ” too) keep the first row, and the query counts as failed and is logged once.
+func TestCustomHistogramValidated(t *testing.T) {
+	hist := func(name, labels, bounds, counts, count string) string {
+		return name + `:
+  query: SELECT ` + labels + ` AS k, ARRAY[` + bounds + `]::float8[] AS h, ARRAY[` + counts + `]::int8[] AS h_bucket, 7.5 AS h_sum, ` + count + ` AS h_count
+  metrics:
+    - k:
+        usage: LABEL
+    - h:
+        usage: HISTOGRAM
+`
+	}
+	path := writeQueries(t, hist("pg_hnan", "'a'", "1, 2, 'NaN'", "3, 1, 5", "5")+
+		hist("pg_hdecreasing", "'a'", "1, 2, 3", "3, 1, 5", "5")+
+		hist("pg_hunordered", "'a'", "2, 1", "1, 2", "2")+
+		hist("pg_hover", "'a'", "1, 2", "1, 9", "5")+
+		hist("pg_hinf", "'a'", "1, 'Infinity'", "2, 5", "5")+
+		`pg_hrows:
+  query: SELECT * FROM (VALUES ('good', ARRAY[1, 2]::float8[], ARRAY[1, 2]::int8[], 1.5, 2),
+                               ('bad', ARRAY[1, 2]::float8[], ARRAY[2, 1]::int8[], 1.5, 2)) v(k, h, h_bucket, h_sum, h_count)
+  metrics:
+    - k:
+        usage: LABEL
+    - h:
+        usage: HISTOGRAM
+pg_dup:
+  query: SELECT * FROM (VALUES (NULL::text, 1), ('', 2), ('x', 3), ('x', 4)) v(k, v)
+  metrics:
+    - k:
+        usage: LABEL
+    - v:
+        usage: GAUGE
+`)
+	e := newEnv(t, "", func(c *Config) {
+		c.QueriesFile = path
+		only("activity")(c)
+	})
+	s := e.scrape(t, 0, 20*time.Second)
+	for _, q := range []string{"pg_hnan", "pg_hdecreasing", "pg_hunordered", "pg_hover", "pg_hrows", "pg_dup"} {
+		if got := s.value(t, "pgsidecar_custom_query_errors_total", map[string]string{"query": q}); got != 1 {
+			t.Errorf("errors{%s} = %v, want 1", q, got)
+		}
+	}
+	if got := s.value(t, "pgsidecar_custom_query_errors_total", map[string]string{"query": "pg_hinf"}); got != 0 {
+		t.Errorf("errors{pg_hinf} = %v, want 0:\n%s", got, e.log.String())
+	}
+	for _, name := range []string{"pg_hnan_h", "pg_hdecreasing_h", "pg_hunordered_h", "pg_hover_h"} {
+		if _, ok := s.families[name]; ok {
+			t.Errorf("%s exported", name)
+		}
+	}
+	if strings.Contains(s.body, `le="NaN"`) {
+		t.Error(`le="NaN" exported`)
+	}
+	if mf := s.families["pg_hrows_h"]; len(mf.GetMetric()) != 1 || mf.GetMetric()[0].GetLabel()[0].GetValue() != "good" {
+		t.Errorf("pg_hrows_h: %v, want the good row only", mf)
+	}
+	if mf := s.families["pg_hinf_h"]; len(mf.GetMetric()) != 1 {
+		t.Errorf("pg_hinf_h: %v", mf)
+	} else {
+		h := mf.GetMetric()[0].GetHistogram()
+		b := h.GetBucket()
+		if h.GetSampleCount() != 5 || len(b) != 2 || b[0].GetUpperBound() != 1 || b[0].GetCumulativeCount() != 2 ||
+			!math.IsInf(b[1].GetUpperBound(), 1) || b[1].GetCumulativeCount() != 5 {
+			t.Errorf("pg_hinf_h = %v, want le=1 at 2 and one le=+Inf at the count of 5", h)
+		}
+	}
+	if got := s.value(t, "pg_dup_v", map[string]string{"k": ""}); got != 1 {
+		t.Errorf(`pg_dup_v{k=""} = %v, want the first row's 1`, got)
+	}
+	if got := s.value(t, "pg_dup_v", map[string]string{"k": "x"}); got != 3 {
+		t.Errorf(`pg_dup_v{k="x"} = %v, want the first row's 3`, got)
+	}
+	e.scrape(t, 0, 20*time.Second)
+	if n := strings.Count(e.log.String(), `msg="Custom query failed" query=pg_dup`); n != 1 {
+		t.Errorf("duplicate label sets logged %d times over two scrapes, want once:\n%s", n, e.log.String())
 	}
 }

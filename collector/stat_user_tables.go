@@ -42,12 +42,25 @@ func newStatUserTables() *statUserTables {
 			c("autovacuum_count", "Number of times this table has been vacuumed by the autovacuum daemon."),
 			c("analyze_count", "Number of times this table has been manually analyzed."),
 			c("autoanalyze_count", "Number of times this table has been analyzed by the autovacuum daemon."),
-			gauge("pg_indexes_size(relid)", desc("pg_stat_user_tables_index_size_bytes", "Disk space used by the indexes of this table.", l...)),
-			gauge("pg_table_size(relid)", desc("pg_stat_user_tables_table_size_bytes", "Disk space used by this table, without its indexes.", l...)),
+			nullableGauge(unlocked("pg_indexes_size(relid)"), desc("pg_stat_user_tables_index_size_bytes",
+				"Disk space used by the indexes of this table; absent while another session holds or awaits an ACCESS EXCLUSIVE lock on it.", l...)),
+			nullableGauge(unlocked("pg_table_size(relid)"), desc("pg_stat_user_tables_table_size_bytes",
+				"Disk space used by this table, without its indexes; absent while another session holds or awaits an ACCESS EXCLUSIVE lock on it.", l...)),
 		},
 		// The same columns exist on every supported version (13–17).
 		from: "FROM pg_stat_user_tables",
 	}}
+}
+
+// unlocked is size, a size function of relid, for tables no session holds or awaits an ACCESS
+// EXCLUSIVE lock on, else NULL. The size functions open the table with ACCESS SHARE, which waits
+// behind such a lock (VACUUM FULL, a migration's ALTER TABLE) and, queued behind a waiting one,
+// blocks like it; reading pg_locks once first leaves those tables' sizes out instead. A lock
+// taken between the two is left to the session's lock_timeout.
+func unlocked(size string) string {
+	return `CASE WHEN relid NOT IN (SELECT l.relation FROM pg_locks l WHERE l.locktype = 'relation'
+  AND l.mode = 'AccessExclusiveLock' AND l.relation IS NOT NULL
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())) THEN ` + size + ` END`
 }
 
 func (c *statUserTables) Update(ctx context.Context, s *Scrape) error { return c.q.run(ctx, s) }

@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -70,5 +71,63 @@ func TestStatUserTables(t *testing.T) {
 	}
 	if got := s.value(t, "pg_stat_user_tables_index_size_bytes", tbl); got < 8192 {
 		t.Errorf("index_size_bytes = %v", got)
+	}
+}
+
+// TestLockedTableLosesOnlyItsOwnSeries: a table under ACCESS EXCLUSIVE (VACUUM FULL, a
+// migration) loses its size series for as long; its other statistics, the other tables' sizes and
+// the other collectors are not held up. A query that needs the lock anyway (a custom query
+// reading the table) fails at the collector sessions' lock_timeout, on its own.
+func TestLockedTableLosesOnlyItsOwnSeries(t *testing.T) {
+	createDB(t, "locked_t")
+	c := openSession(t, "locked_t", "locker")
+	ctx := ctxTimeout(t, 30*time.Second)
+	for _, sql := range []string{"CREATE TABLE busy (id int PRIMARY KEY)", "CREATE TABLE calm (id int PRIMARY KEY)",
+		"BEGIN", "LOCK TABLE busy IN ACCESS EXCLUSIVE MODE"} {
+		if _, err := c.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := writeQueries(t, `
+pg_busy:
+  query: SELECT count(*) AS n FROM busy
+  metrics:
+    - n:
+        usage: GAUGE
+`)
+	e := newEnv(t, "locked_t", func(c *Config) {
+		c.Timeout = 4 * time.Second
+		c.QueriesFile = path
+		only("stat_user_tables", "activity", "database")(c)
+		c.Databases = "locked_t"
+	})
+	start := time.Now()
+	s := e.scrape(t, 0, 10*time.Second)
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("the scrape took %v against a 4 s deadline: the lock held it up", d)
+	}
+	for _, name := range []string{"stat_user_tables", "activity", "database"} {
+		if got := s.value(t, "pg_scrape_collector_success", map[string]string{"collector": name}); got != 1 {
+			t.Errorf("%s success = %v, want 1", name, got)
+		}
+	}
+	busy := map[string]string{"datname": "locked_t", "schemaname": "public", "relname": "busy"}
+	calm := map[string]string{"datname": "locked_t", "schemaname": "public", "relname": "calm"}
+	for _, name := range []string{"pg_stat_user_tables_table_size_bytes", "pg_stat_user_tables_index_size_bytes"} {
+		if n := len(s.values(name, busy)); n != 0 {
+			t.Errorf("%s of the locked table exported", name)
+		}
+		if n := len(s.values(name, calm)); n != 1 {
+			t.Errorf("%s of the unlocked table: %d samples, want 1", name, n)
+		}
+	}
+	if n := len(s.values("pg_stat_user_tables_seq_scan", busy)); n != 1 {
+		t.Errorf("the locked table's statistics: %d seq_scan samples, want 1", n)
+	}
+	if got := s.value(t, "pgsidecar_custom_query_errors_total", map[string]string{"query": "pg_busy"}); got != 1 {
+		t.Errorf("errors{pg_busy} = %v, want 1", got)
+	}
+	if !strings.Contains(e.log.String(), "lock timeout") {
+		t.Errorf("the custom query did not fail at lock_timeout:\n%s", e.log.String())
 	}
 }

@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pgsidecar/pgsidecar/internal/sqlnorm"
 )
 
 func init() {
@@ -29,6 +32,7 @@ type statements struct {
 
 	mu         sync.Mutex
 	toldAbsent bool
+	toldTexts  bool // the texts could not be read once; logged once per process
 }
 
 func newStatements(o Options) *statements {
@@ -45,7 +49,7 @@ func newStatements(o Options) *statements {
 		writeTime: desc("pg_stat_statements_block_write_seconds_total",
 			"Time the statement spent writing blocks (needs track_io_timing).", l...),
 		queryText: desc("pg_stat_statements_query_id",
-			"Text of an exported statement, cut to --collector.statements.query-length characters; always 1.", "queryid", "query"),
+			"Text of an exported statement, normalised (every constant a placeholder, comments dropped) and cut to --collector.statements.query-length characters; always 1.", "queryid", "query"),
 	}
 }
 
@@ -54,14 +58,15 @@ func newStatements(o Options) *statements {
 // over toplevel (14+) so each (user, database, queryid) appears once. The statement texts
 // live in a file the server reads in whole whenever they are asked for, so
 // pg_stat_statements(false) leaves them out unless queryLength (characters kept) is above 0.
-func statementsQuery(version, queryLength int) string {
+// schema is the extension's schema, quoted: it need not be on the session's search_path.
+func statementsQuery(version, queryLength int, schema string) string {
 	read, write := "blk_read_time", "blk_write_time"
 	if version >= 170000 {
 		read, write = "shared_blk_read_time", "shared_blk_write_time"
 	}
-	text, from := "NULL::text", "pg_stat_statements(false)"
+	text, from := "NULL::text", schema+".pg_stat_statements(false)"
 	if queryLength > 0 {
-		text, from = fmt.Sprintf("min(left(s.query, %d))", queryLength), "pg_stat_statements(true)"
+		text, from = fmt.Sprintf("min(left(s.query, %d))", textFetchLength(queryLength)), schema+".pg_stat_statements(true)"
 	}
 	return fmt.Sprintf(`
 SELECT r.rolname, d.datname, s.queryid::text,
@@ -76,19 +81,53 @@ ORDER BY sum(s.total_exec_time) DESC
 LIMIT $1`, read, write, text, from)
 }
 
-const statementsInstalled = `SELECT to_regclass('pg_stat_statements') IS NOT NULL`
+// textFetchLength is how many characters of a statement's text are read to export
+// queryLength of them: the text is normalised before it is cut, and dropping comments and
+// folding whitespace shortens it. A text longer than this is cut first; a cut inside a string
+// or comment leaves it unlexable, so it is not shown rather than shown in part.
+func textFetchLength(queryLength int) int { return max(4*queryLength, 8192) }
+
+// statementsSchema finds the extension in pg_extension, so one installed in a schema outside
+// the collector's search_path is still read. It gives the quoted schema name, or "" when the
+// extension is not installed in the connected database.
+const statementsSchema = `SELECT coalesce((SELECT quote_ident(n.nspname) FROM pg_extension x
+JOIN pg_namespace n ON n.oid = x.extnamespace WHERE x.extname = 'pg_stat_statements'), '')`
 
 func (c *statements) Update(ctx context.Context, s *Scrape) error {
-	var installed bool
-	if err := s.Conn.QueryRow(ctx, statementsInstalled).Scan(&installed); err != nil {
+	var schema string
+	if err := s.Conn.QueryRow(ctx, statementsSchema).Scan(&schema); err != nil {
 		return err
 	}
-	if !installed {
+	if schema == "" {
 		c.tellAbsentOnce("pg_stat_statements is not installed in this database (CREATE EXTENSION pg_stat_statements)")
 		return nil
 	}
+	err := c.read(ctx, s, schema, c.queryLength)
+	var pgErr *pgconn.PgError
+	if c.queryLength > 0 && errors.As(err, &pgErr) && (pgErr.Code == "22021" || pgErr.Code == "22P05") {
+		// A statement text from a database of another encoding (SQL_ASCII allows any bytes)
+		// cannot be converted to this one's, and the server fails the whole call for it. The
+		// figures do not need the texts: read them without.
+		c.tellTextsOnce(pgErr.Message)
+		err = c.read(ctx, s, schema, 0)
+	}
+	if errors.As(err, &pgErr) && pgErr.Code == "55000" {
+		// The extension exists but the library is not in shared_preload_libraries.
+		c.tellAbsentOnce("pg_stat_statements is installed but not loaded (add it to shared_preload_libraries)")
+		return nil
+	}
+	if err == nil {
+		c.mu.Lock()
+		c.toldAbsent = false
+		c.mu.Unlock()
+	}
+	return err
+}
+
+// read exports the top statements, with texts of queryLength characters when above 0.
+func (c *statements) read(ctx context.Context, s *Scrape, schema string, queryLength int) error {
 	texts := map[string]bool{} // queryids whose text was sent: one text per queryid
-	err := queryRows(ctx, s.Conn, statementsQuery(s.Version, c.queryLength), func(r pgx.Rows) error {
+	return queryRows(ctx, s.Conn, statementsQuery(s.Version, queryLength, schema), func(r pgx.Rows) error {
 		var user, db, id string
 		var calls, secs, rows, read, write float64
 		var text *string
@@ -103,22 +142,41 @@ func (c *statements) Update(ctx context.Context, s *Scrape) error {
 		if text != nil && !texts[id] {
 			texts[id] = true
 			// A counter, as postgres_exporter exports it.
-			s.Counter(c.queryText, 1, id, *text)
+			s.Counter(c.queryText, 1, id, shownText(*text, c.queryLength))
 		}
 		return nil
 	}, c.limit)
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "55000" {
-		// The extension exists but the library is not in shared_preload_libraries.
-		c.tellAbsentOnce("pg_stat_statements is installed but not loaded (add it to shared_preload_libraries)")
-		return nil
+}
+
+// shownText is a statement text as it may leave the process, like the slow query log's:
+// pg_stat_statements replaces the constants of planned statements but keeps utility
+// statements (ALTER ROLE … PASSWORD '…') and comments as sent, so the text is normalised
+// again, every constant a placeholder and every comment gone, then cut to length characters.
+// Bytes that are not UTF-8 (a SQL_ASCII database's text) become U+FFFD first; text the
+// normaliser cannot lex is not shown.
+func shownText(text string, length int) string {
+	norm, err := sqlnorm.Normalize(strings.ToValidUTF8(text, "\uFFFD"))
+	if err != nil {
+		return "(not shown: statement that cannot be normalised)"
 	}
-	if err == nil {
-		c.mu.Lock()
-		c.toldAbsent = false
-		c.mu.Unlock()
+	if n := 0; len(norm) > length {
+		for i := range norm {
+			if n == length {
+				return norm[:i]
+			}
+			n++
+		}
 	}
-	return err
+	return norm
+}
+
+func (c *statements) tellTextsOnce(msg string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.toldTexts {
+		c.toldTexts = true
+		c.log.Warn("Statements collector exports no statement texts: the server cannot convert one to this database's encoding", "error", msg)
+	}
 }
 
 func (c *statements) tellAbsentOnce(msg string) {

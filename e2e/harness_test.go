@@ -190,11 +190,17 @@ func startSidecar(t *testing.T) *sidecar {
 		"DB_HEALTH_CHECK_INTERVAL=1s",
 		"DB_SLOW_QUERY_THRESHOLD=" + slowThreshold.String(),
 	}
+	// One custom query, reading e2e_items, so that a lock on the table can fail a collector
+	// (the built-in ones skip a locked table's size).
+	queries := filepath.Join(t.TempDir(), "queries.yaml")
+	if err := os.WriteFile(queries, []byte("e2e_items:\n  query: SELECT count(*) AS rows FROM e2e_items\n  metrics:\n    - rows:\n        usage: GAUGE\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	s.process = startProcess(t, "pgsidecar", env, t.TempDir(), binary,
 		"--web.listen-address="+s.web,
 		"--proxy.listen-address="+s.proxy,
 		"--collector.statements",
-		"--queries.file=",
+		"--queries.file="+queries,
 	)
 	ok := waitFor(30*time.Second, func() bool {
 		body, err := get("http://" + s.web + "/metrics")

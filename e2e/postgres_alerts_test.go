@@ -141,8 +141,8 @@ func checkPostgresAlerts(ctx context.Context, t *testing.T, exprs map[string]str
 	})
 
 	// A collector that fails while the database is up: a session holds an ACCESS EXCLUSIVE lock
-	// on a table, as a migration does, and the tables collector, which reads the table's size,
-	// waits for it until the scrape's deadline. The errors then make up a growing share of the
+	// on a table, as a migration does, and the custom query that reads the table waits for it
+	// until the collector sessions' lock_timeout. The errors then make up a growing share of the
 	// scrapes Prometheus holds.
 	t.Run("exporter scrape errors", func(t *testing.T) {
 		eventually(t, "scrape error series", `pg_exporter_last_scrape_error{job="pgsidecar"} == 0`, true, 30*time.Second)

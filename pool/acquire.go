@@ -64,6 +64,9 @@ func (m *Manager) Acquire(ctx context.Context) (*pgxpool.Conn, error) {
 		switch {
 		case err == nil:
 			return c, nil
+		case m.isClosed():
+			// Closed before or during the wait: no connection will come.
+			return nil, ErrClosed
 		case ctx.Err() != nil:
 			return nil, m.scrubbed(err)
 		case actx.Err() != nil:
@@ -94,6 +97,9 @@ func (m *Manager) acquireTimeout(wait time.Duration, lastErr, err error) *Acquir
 func (m *Manager) acquire(ctx context.Context, wait time.Duration, setting string) (*pgxpool.Conn, error) {
 	actx, l := withAcquireLimit(ctx, wait, setting)
 	c, err := m.pool.Acquire(actx)
+	if err != nil && m.isClosed() {
+		return nil, ErrClosed
+	}
 	return c, l.explain(ctx, err)
 }
 

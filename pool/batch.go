@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -19,24 +20,43 @@ type Result[T any] struct {
 // returns each op's result in input order. Once ctx is done no further op starts, also none that
 // was waiting for its turn; those get ctx's error. An op's pool acquires wait at most
 // DB_CONNECTION_TIMEOUT for a free connection (see ExecuteWithRetry).
+//
+// An op that panics does so on a goroutine of BatchExecute's, where the caller could not
+// recover it and the process would exit. So, as Transaction does, BatchExecute hands the panic on
+// to its caller: it starts no more ops, lets those running finish (ctx bounds them; cancelling
+// them would cost their connections), and then panics in the caller's goroutine with the first
+// op's panic value.
 func BatchExecute[T any](ctx context.Context, m *Manager, ops []func(ctx context.Context) (T, error), batchSize int) []Result[T] {
 	if batchSize < 1 {
 		batchSize = 1
 	}
+	var (
+		panicOnce sync.Once
+		panicked  any
+		didPanic  atomic.Bool
+	)
 	out := make([]Result[T], len(ops))
 	sem := make(chan struct{}, min(batchSize, int(m.cfg.MaxConns)))
-	for start := 0; start < len(ops); start += batchSize {
+	for start := 0; start < len(ops) && !didPanic.Load(); start += batchSize {
 		end := min(start+batchSize, len(ops))
 		var wg sync.WaitGroup
-		for i := start; i < end; i++ {
+		for i := start; i < end && !didPanic.Load(); i++ {
 			if err := waitTurn(ctx, sem); err != nil {
 				out[i].Err = m.scrubbed(err)
 				continue
 			}
 			wg.Go(func() {
 				defer func() { <-sem }()
+				defer func() {
+					if p := recover(); p != nil {
+						panicOnce.Do(func() { panicked = p; didPanic.Store(true) })
+					}
+				}()
 				if err := ctx.Err(); err != nil {
 					out[i].Err = m.scrubbed(err)
+					return
+				}
+				if didPanic.Load() {
 					return
 				}
 				actx, limit := withAcquireLimit(ctx, m.cfg.ConnectTimeout, "DB_CONNECTION_TIMEOUT")
@@ -45,6 +65,9 @@ func BatchExecute[T any](ctx context.Context, m *Manager, ops []func(ctx context
 			})
 		}
 		wg.Wait()
+	}
+	if didPanic.Load() {
+		panic(panicked)
 	}
 	return out
 }

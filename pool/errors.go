@@ -42,7 +42,7 @@ import (
 // attempt.
 func Retryable(err error) bool {
 	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
-		errors.Is(err, ErrAcquireTimeout) || errors.Is(err, pgconn.ErrConnClosed) {
+		errors.Is(err, ErrAcquireTimeout) || errors.Is(err, pgconn.ErrConnClosed) || errors.Is(err, ErrClosed) {
 		return false
 	}
 	var pgErr *pgconn.PgError
@@ -169,6 +169,10 @@ func (m *Manager) scrubbed(err error) error { return scrubbed(m.scrub, err) }
 // of queries made on Pool() or a monitor pool, whose text may quote a password (a statement
 // that holds it, echoed by the server). nil stays nil.
 func (m *Manager) ScrubError(err error) error { return m.scrubbed(err) }
+
+// ErrClosed is the error of Acquire and the helpers once Close has been called: at once, not
+// after a wait for a connection that will never come.
+var ErrClosed = errors.New("pool closed")
 
 // ErrTxTimeout is wrapped into the error of a transaction that ran past TxOptions.Timeout.
 var ErrTxTimeout = errors.New("transaction timeout exceeded")

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -185,5 +187,45 @@ func TestBucketQuantile(t *testing.T) {
 	p := bucketQuantile(0.5, cum, 100)
 	if p <= 0.005 || p > 0.01 {
 		t.Fatalf("p50 = %v, want within (0.005, 0.01]", p)
+	}
+}
+
+// TestClosedPoolAndNestedRetryErrors: after Close, Acquire and the helpers fail at once with
+// ErrClosed ("pool closed"), not after DB_CONNECTION_TIMEOUT; a retried operation inside another
+// reads "failed after" once.
+func TestClosedPoolAndNestedRetryErrors(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.ConnectTimeout = 5 * time.Second
+	h := newManager(t, cfg)
+	h.waitHealthy(t)
+	ctx := ctxTimeout(t, 30*time.Second)
+
+	inner := errors.New("inner failure")
+	err := h.m.Transaction(ctx, func(ctx context.Context, _ pgx.Tx) error {
+		return h.m.Transaction(ctx, func(context.Context, pgx.Tx) error { return inner }, TxOptions{})
+	}, TxOptions{})
+	if !errors.Is(err, inner) || strings.Count(err.Error(), "failed after") != 1 {
+		t.Errorf("nested Transaction: %q, want the inner failure with one \"failed after\"", err)
+	}
+	err = h.m.ExecuteWithRetry(ctx, func(ctx context.Context) error {
+		return h.m.ExecuteWithRetry(ctx, func(context.Context) error { return inner })
+	})
+	if !errors.Is(err, inner) || strings.Count(err.Error(), "failed after") != 1 {
+		t.Errorf("nested ExecuteWithRetry: %q, want the inner failure with one \"failed after\"", err)
+	}
+
+	h.m.Close()
+	start := time.Now()
+	c, err := h.m.Acquire(ctx)
+	if c != nil {
+		c.Release()
+	}
+	if d := time.Since(start); d > time.Second || !errors.Is(err, ErrClosed) || err.Error() != "pool closed" {
+		t.Errorf("Acquire after Close: %v after %v, want \"pool closed\" at once", err, d)
+	}
+	start = time.Now()
+	err = h.m.Transaction(ctx, func(context.Context, pgx.Tx) error { return nil }, TxOptions{})
+	if d := time.Since(start); d > time.Second || !errors.Is(err, ErrClosed) {
+		t.Errorf("Transaction after Close: %v after %v, want ErrClosed at once", err, d)
 	}
 }

@@ -828,3 +828,42 @@ func TestConfigAndDatabaseHideThePassword(t *testing.T) {
 		t.Errorf("Config().DatabaseURL = %q shows the password or no mask", got)
 	}
 }
+
+// An op that panics inside BatchExecute runs on BatchExecute's goroutine; the panic reaches the
+// caller, who can recover it, after the ops still running finished, and no later op starts.
+func TestBatchExecuteHandsAPanicToItsCaller(t *testing.T) {
+	h := newManager(t, testConfig(t))
+	ctx := ctxTimeout(t, 30*time.Second)
+	var started, finished atomic.Int32
+	ops := make([]func(context.Context) (int, error), 9)
+	for i := range ops {
+		ops[i] = func(ctx context.Context) (int, error) {
+			started.Add(1)
+			defer finished.Add(1)
+			var v int
+			err := h.m.Pool().QueryRow(ctx, "SELECT $1::int FROM pg_sleep(0.05)", i).Scan(&v)
+			if i == 1 {
+				panic("op 1 is broken")
+			}
+			return v, err
+		}
+	}
+	got := func() (p any) {
+		defer func() { p = recover() }()
+		BatchExecute(ctx, h.m, ops, 3)
+		return nil
+	}()
+	if got != "op 1 is broken" {
+		t.Fatalf("recovered %v, want op 1's panic", got)
+	}
+	if s, f := started.Load(), finished.Load(); s != 3 || f != 3 {
+		t.Errorf("%d ops started and %d finished, want the first chunk's 3 and no more", s, f)
+	}
+	if n := h.m.Pool().Stat().AcquiredConns(); n != 0 {
+		t.Errorf("%d connections still acquired after the panic", n)
+	}
+	var one int
+	if err := h.m.Pool().QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+		t.Fatalf("the pool after the panic: %v", err)
+	}
+}

@@ -17,6 +17,10 @@ type MonitorOptions struct {
 	MaxConns int32
 	// StatementTimeout is set as the server-side statement_timeout of its sessions (0: none).
 	StatementTimeout time.Duration
+	// LockTimeout is set as the lock_timeout of its sessions (0: none), so a monitoring query
+	// that needs a lock another session holds (a table under VACUUM FULL or a migration's
+	// ACCESS EXCLUSIVE) fails on its own instead of spending every other query's time waiting.
+	LockTimeout time.Duration
 	// ApplicationName identifies these sessions in pg_stat_activity (default: the pool's
 	// application name with "-collector" appended).
 	ApplicationName string
@@ -40,14 +44,24 @@ func (m *Manager) NewMonitorPool(opts MonitorOptions) (*pgxpool.Pool, error) {
 	pc.MaxConns = opts.MaxConns
 	pc.MinConns = 0
 	pc.ConnConfig.RuntimeParams["application_name"] = opts.ApplicationName
+	// SET, not startup parameters: a startup value would also become the session's reset_val,
+	// which is how the settings collector tells the server's own statement_timeout
+	// (pg_settings_statement_timeout_seconds) from this one.
+	var sets []string
 	if opts.StatementTimeout > 0 {
-		// SET, not a startup parameter: a startup value would also become the session's
-		// reset_val, which is how the settings collector tells the server's own
-		// statement_timeout (pg_settings_statement_timeout_seconds) from this one.
-		set := "SET statement_timeout = " + strconv.FormatInt(opts.StatementTimeout.Milliseconds(), 10)
+		sets = append(sets, "SET statement_timeout = "+strconv.FormatInt(opts.StatementTimeout.Milliseconds(), 10))
+	}
+	if opts.LockTimeout > 0 {
+		sets = append(sets, "SET lock_timeout = "+strconv.FormatInt(max(opts.LockTimeout.Milliseconds(), 1), 10))
+	}
+	if len(sets) > 0 {
 		pc.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
-			_, err := c.Exec(ctx, set)
-			return err
+			for _, set := range sets {
+				if _, err := c.Exec(ctx, set); err != nil {
+					return err
+				}
+			}
+			return nil
 		}
 	}
 	p, err := pgxpool.NewWithConfig(context.Background(), pc)

@@ -39,7 +39,7 @@ func ExecuteWithRetryValue[T any](ctx context.Context, m *Manager, fn func(ctx c
 		// trying again would make the caller wait that long once per attempt (see Retryable).
 		err = limit.explain(ctx, err)
 		if attempt >= m.cfg.RetryAttempts || !Retryable(err) {
-			return zero, &RetryError{Attempts: attempt, Err: m.scrubbed(err)}
+			return zero, m.retryError(attempt, err)
 		}
 		if ctx.Err() != nil {
 			return zero, &RetryError{Attempts: attempt, Err: m.scrubbed(stoppedRetrying(ctx, err))}
@@ -51,6 +51,21 @@ func ExecuteWithRetryValue[T any](ctx context.Context, m *Manager, fn func(ctx c
 			return zero, &RetryError{Attempts: attempt, Err: m.scrubbed(stoppedRetrying(ctx, err))}
 		}
 	}
+}
+
+// retryError is the final error after attempt tries that ended with err. A nested retried
+// operation (a Transaction inside ExecuteWithRetry, say) already made err a *RetryError: one
+// attempt of the outer adds nothing to it, and more keep its cause with the outer count, so
+// the message reads "failed after N attempts" once, not once per level.
+func (m *Manager) retryError(attempt int, err error) error {
+	var inner *RetryError
+	if errors.As(err, &inner) {
+		if attempt == 1 {
+			return err
+		}
+		return &RetryError{Attempts: attempt, Err: inner.Err}
+	}
+	return &RetryError{Attempts: attempt, Err: m.scrubbed(err)}
 }
 
 // stoppedRetrying is the final error when ctx ended while a retry was due: it keeps both the
