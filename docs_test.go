@@ -126,6 +126,7 @@ func referenceDoc(t *testing.T, reg *registry) string {
 		fmt.Fprintf(&b, "| `%s` | %s | %s | %s |\n", name, env, def, cell(f.Help))
 	}
 
+	upstreamDoc(&b)
 	b.WriteString("\n## Metrics\n\n")
 	b.WriteString("`pgsidecar_*` are measured by pgsidecar itself; `pg_*` are PostgreSQL's statistics under\n")
 	b.WriteString("postgres_exporter-compatible names. Labels in *italics* are constant per pool or process.\n\n")
@@ -134,6 +135,53 @@ func referenceDoc(t *testing.T, reg *registry) string {
 		fmt.Fprintf(&b, "| `%s` | %s | %s | %s |\n", m.name, m.typ, m.labels, cell(m.help))
 	}
 	return b.String()
+}
+
+// upstreamDoc lists postgres_exporter's flags and variables and what pgsidecar does with them.
+func upstreamDoc(b *bytes.Buffer) {
+	b.WriteString("\n## postgres_exporter's flags and variables\n\n")
+	b.WriteString("pgsidecar starts with postgres_exporter's (0.20) flags and environment, so that a unit file, a\n")
+	b.WriteString("container spec or Debian's `/etc/default/prometheus-postgres-exporter` keeps working. The flags\n")
+	b.WriteString("are hidden from `--help`. Flags with the same name in both (`--web.*`, `--log.*`,\n")
+	b.WriteString("`--collection-timeout`, and `--collector.X` where the collector names agree) are pgsidecar's own.\n")
+	b.WriteString("The default port stays 9188 (postgres_exporter's is 9187): pass `--web.listen-address=:9187`\n")
+	b.WriteString("to take its place.\n\n")
+	b.WriteString("The database: `DATABASE_URL` (or `--database-url`), or else postgres_exporter's variables in its\n")
+	b.WriteString("order: `DATA_SOURCE_NAME` (one server: a comma-separated list is refused); else `DATA_SOURCE_URI`\n")
+	b.WriteString("(`host:port/database?options`, or the file `DATA_SOURCE_URI_FILE` names) with `DATA_SOURCE_USER`\n")
+	b.WriteString("and `DATA_SOURCE_PASS`, a `*_FILE` variable winning over its plain one (the passed-over one is\n")
+	b.WriteString("logged). `DATABASE_URL` or `--database-url` together with a `DATA_SOURCE_*` variable is an error.\n")
+	b.WriteString("Started with `DATA_SOURCE_*`, pgsidecar reads the per-database statistics of the connected\n")
+	b.WriteString("database only, as postgres_exporter does, unless `--auto-discover-databases` (or\n")
+	b.WriteString("`--collector.databases.discover`) is given.\n\n")
+	b.WriteString("`PG_EXPORTER_*` variables stand for the flags below and for `--web.telemetry-path`,\n")
+	b.WriteString("`--web.listen-address` and `--collection-timeout`; a flag on the command line wins over them. Any\n")
+	b.WriteString("other `PG_EXPORTER_*` variable, or one set together with pgsidecar's own variable for the same\n")
+	b.WriteString("flag, is an error naming it. Those honoured:\n\n")
+	for _, name := range knownUpstreamEnv() {
+		fmt.Fprintf(b, "- `%s`\n", name)
+	}
+	b.WriteString("\n")
+	b.WriteString("| postgres_exporter | environment | pgsidecar | notes |\n|---|---|---|---|\n")
+	k, _ := newApp(io.Discard, io.Discard)
+	for _, f := range upstreamFlags() {
+		name := "--" + f.Name
+		if k.GetFlag(f.Name).Model().IsBoolFlag() {
+			name = "--[no-]" + f.Name
+		}
+		env := ""
+		if f.Env != "" {
+			env = "`" + f.Env + "`"
+		}
+		target := "refused"
+		switch {
+		case f.Target != "":
+			target = "`--" + f.Target + "`"
+		case f.Set != nil:
+			target = "see notes"
+		}
+		fmt.Fprintf(b, "| `%s` | %s | %s | %s |\n", name, env, target, cell(f.Note))
+	}
 }
 
 func cell(s string) string { return strings.ReplaceAll(strings.ReplaceAll(s, "|", `\|`), "\n", " ") }

@@ -225,6 +225,7 @@ func newApp(stdout, stderr io.Writer) (*kingpin.Application, *app) {
 	for _, f := range a.features {
 		f.flags(k)
 	}
+	bindUpstreamFlags(k, a)
 	return k, a
 }
 
@@ -301,8 +302,24 @@ func start(ctx context.Context, args []string, stdout, stderr io.Writer, stage *
 			return nil, 2
 		}
 	}
+	stage.set("reading postgres_exporter's DATA_SOURCE_* variables")
+	dsn, ignored, err := dataSource()
+	if err != nil {
+		fmt.Fprintf(stderr, "pgsidecar: %s\n", redact.Scrub(err.Error(), os.Getenv("DATA_SOURCE_NAME")))
+		return nil, 2
+	}
 	stage.set("parsing the command line")
 	k, a := newApp(stdout, stderr)
+	envArgs, err := upstreamEnvArgs(k)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgsidecar: %s\n", strings.ReplaceAll(err.Error(), "\n", "\n  "))
+		return nil, 2
+	}
+	args = append(envArgs, args...)
+	if dsn != "" {
+		// Started as postgres_exporter, pgsidecar reads the connected database only, as it does.
+		k.GetFlag("collector.databases.discover").Default("false")
+	}
 	// --help and --version end the program through kingpin's terminate hook; keep the exit code
 	// instead of exiting so run stays testable.
 	exitCode := -1
@@ -311,15 +328,25 @@ func start(ctx context.Context, args []string, stdout, stderr io.Writer, stage *
 			exitCode = code
 		}
 	})
-	_, err := k.Parse(args)
+	_, err = k.Parse(args)
 	if exitCode >= 0 {
 		return nil, exitCode
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "pgsidecar: %s\n", redact.Scrub(err.Error(), os.Getenv("DATABASE_URL")))
+		fmt.Fprintf(stderr, "pgsidecar: %s\n", redact.Scrub(err.Error(), os.Getenv("DATABASE_URL"), dsn))
 		return nil, 2
 	}
+	if dsn != "" {
+		if a.poolCfg.DatabaseURL != "" {
+			fmt.Fprintln(stderr, "pgsidecar: --database-url and postgres_exporter's DATA_SOURCE_* variables are both set; set one")
+			return nil, 2
+		}
+		a.poolCfg.DatabaseURL = dsn
+	}
 	logger := promslog.New(a.logCfg)
+	for _, name := range ignored {
+		logger.Warn("Ignoring a DATA_SOURCE_* variable, as postgres_exporter does: another one takes precedence", "variable", name)
+	}
 	if !strings.HasPrefix(a.telemetryPath, "/") || strings.ContainsAny(a.telemetryPath, " {}") {
 		fmt.Fprintf(stderr, "pgsidecar: --web.telemetry-path (%q) must be a path starting with /\n", a.telemetryPath)
 		return nil, 2

@@ -46,6 +46,10 @@ type Config struct {
 	// Databases selects the databases the per-database collectors read besides the connected
 	// one (see --collector.databases); empty selects all the role may connect to.
 	Databases string
+	// Discover sends the per-database collectors to the other databases as well; off, they
+	// read the connected database only, as postgres_exporter does without
+	// --auto-discover-databases.
+	Discover bool
 	// DatabasesMaxIdle caps the connections to other databases kept open between scrapes.
 	DatabasesMaxIdle int
 	// DatabasesIdleTimeout closes a connection to another database unused for that long.
@@ -430,7 +434,7 @@ func (e *Exporter) collectOnce(ctx context.Context) *collection {
 	short = semver(version)
 	e.noteUp(true, nil)
 	var others []string
-	if e.hasPerDatabase() {
+	if e.hasPerDatabase() && e.cfg.Discover {
 		if others, err = e.otherDatabases(ctx, conn); err != nil {
 			conn.Release()
 			return e.failed(err)
