@@ -485,16 +485,13 @@ func startServer(ctx context.Context, a *app, logger *slog.Logger, stage *startS
 	}
 
 	stage.set("listening on --web.listen-address")
-	for _, addr := range *a.webFlags.WebListenAddresses {
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			logger.Error("Cannot listen", "address", addr, "error", "--web.listen-address: "+err.Error())
-			if listenConfigError(err) {
-				return nil, 2
-			}
-			return nil, 1
+	s.listeners, err = listenWeb(*a.webFlags.WebListenAddresses, *a.webFlags.WebSystemdSocket)
+	if err != nil {
+		logger.Error("Cannot listen", "error", err.Error())
+		if listenConfigError(err) || errors.As(err, new(addressError)) {
+			return nil, 2
 		}
-		s.listeners = append(s.listeners, l)
+		return nil, 1
 	}
 	// Slow or stalled clients are cut off rather than holding a connection and goroutine each;
 	// no WriteTimeout, so the live-metrics stream can run for as long as its client stays.
