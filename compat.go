@@ -183,9 +183,11 @@ func bindUpstreamFlags(k *kingpin.Application, a *app) {
 }
 
 // upstreamEnvArgs turns the PG_EXPORTER_* variables into flags, to go before the command line
-// (which then wins over them, as in postgres_exporter). A variable outside the known set is an
-// error naming it, and so is one set together with pgsidecar's own variable for the same flag.
-func upstreamEnvArgs(k *kingpin.Application) ([]string, error) {
+// args. A flag on the command line wins over its variable, as in postgres_exporter: a variable
+// whose flag args give is left out (a repeatable flag would otherwise add to it). A variable
+// outside the known set is an error naming it, and so is one set together with pgsidecar's own
+// variable for the same flag.
+func upstreamEnvArgs(k *kingpin.Application, args []string) ([]string, error) {
 	byEnv := map[string]upstreamFlag{}
 	for _, f := range upstreamFlags() {
 		if f.Env != "" {
@@ -200,7 +202,7 @@ func upstreamEnvArgs(k *kingpin.Application) ([]string, error) {
 		}
 	}
 	sort.Strings(names)
-	var args []string
+	var out []string
 	var errs []error
 	for _, name := range names {
 		v := os.Getenv(name)
@@ -227,6 +229,9 @@ func upstreamEnvArgs(k *kingpin.Application) ([]string, error) {
 			errs = append(errs, fmt.Errorf("%s and %s are both set; set one", name, ownEnv))
 			continue
 		}
+		if given(args, flag) || given(args, own.Model().Name) {
+			continue
+		}
 		if own.Model().IsBoolFlag() || f.Bool {
 			on, err := settings.ParseBool(name, v)
 			if err != nil {
@@ -234,15 +239,29 @@ func upstreamEnvArgs(k *kingpin.Application) ([]string, error) {
 				continue
 			}
 			if on {
-				args = append(args, "--"+flag)
+				out = append(out, "--"+flag)
 			} else {
-				args = append(args, "--no-"+flag)
+				out = append(out, "--no-"+flag)
 			}
 			continue
 		}
-		args = append(args, "--"+flag+"="+v)
+		out = append(out, "--"+flag+"="+v)
 	}
-	return args, errors.Join(errs...)
+	return out, errors.Join(errs...)
+}
+
+// given reports whether args set the flag: --NAME, --NAME=V, or --no-NAME.
+func given(args []string, name string) bool {
+	for _, a := range args {
+		if a == "--" {
+			return false
+		}
+		a, _, _ = strings.Cut(a, "=")
+		if a == "--"+name || a == "--no-"+name {
+			return true
+		}
+	}
+	return false
 }
 
 // knownUpstreamEnv lists the PG_EXPORTER_* variables pgsidecar honours.

@@ -57,8 +57,28 @@ func TestUpstreamFlagsAreHiddenAliases(t *testing.T) {
 		t.Errorf("--disable-default-metrics --collector.wal: %v", c.Enabled)
 	}
 
+	// A flag on the command line wins over its PG_EXPORTER_* variable, a repeatable one too.
+	t.Setenv("PG_EXPORTER_WEB_LISTEN_ADDRESS", ":1")
+	t.Setenv("PG_EXPORTER_EXTEND_QUERY_PATH", "/env.yaml")
+	k, _ := newApp(io.Discard, io.Discard)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "[--extend.query-path=/env.yaml --web.listen-address=:1]"},
+		{[]string{"--web.listen-address=:2", "--queries.file=/cli.yaml"}, "[]"},
+		{[]string{"--extend.query-path", "/cli.yaml"}, "[--web.listen-address=:1]"},
+	} {
+		got, err := upstreamEnvArgs(k, tc.args)
+		if err != nil || fmt.Sprint(got) != tc.want {
+			t.Errorf("args %v: %v, %v; want %s", tc.args, got, err, tc.want)
+		}
+	}
+	os.Unsetenv("PG_EXPORTER_WEB_LISTEN_ADDRESS")
+	os.Unsetenv("PG_EXPORTER_EXTEND_QUERY_PATH")
+
 	var help strings.Builder
-	k, _ := newApp(&help, io.Discard)
+	k, _ = newApp(&help, io.Discard)
 	k.Terminate(func(int) {})
 	_, _ = k.Parse([]string{"--help"})
 	if help.Len() < 1000 || strings.Contains(help.String(), "collector.stat_bgwriter") || strings.Contains(help.String(), "extend.query-path") {

@@ -310,7 +310,7 @@ func start(ctx context.Context, args []string, stdout, stderr io.Writer, stage *
 	}
 	stage.set("parsing the command line")
 	k, a := newApp(stdout, stderr)
-	envArgs, err := upstreamEnvArgs(k)
+	envArgs, err := upstreamEnvArgs(k, args)
 	if err != nil {
 		fmt.Fprintf(stderr, "pgsidecar: %s\n", strings.ReplaceAll(err.Error(), "\n", "\n  "))
 		return nil, 2
