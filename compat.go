@@ -90,8 +90,8 @@ func upstreamFlags() []upstreamFlag {
 		{Name: "constantLabels", Env: "PG_EXPORTER_CONSTANT_LABELS", Note: "set target labels in Prometheus' scrape configuration instead"},
 		{Name: "dumpmaps", Bool: true, Note: "a debugging aid of postgres_exporter's built-in query maps, which pgsidecar does not have"},
 		{Name: "collector.xlog_location", Bool: true, Note: "it exports nothing on PostgreSQL 10 or later"},
-		{Name: "collector.stat_statements.exclude_databases", Note: "not supported yet"},
-		{Name: "collector.stat_statements.exclude_users", Note: "not supported yet"},
+		{Name: "collector.stat_statements.exclude_databases", Target: "collector.statements.exclude-databases"},
+		{Name: "collector.stat_statements.exclude_users", Target: "collector.statements.exclude-users"},
 	}
 	return out
 }

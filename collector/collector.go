@@ -42,6 +42,9 @@ type Options struct {
 	StatementsQueryLength int
 	// DatabaseSizeInterval is how long the database collector reuses database sizes.
 	DatabaseSizeInterval time.Duration
+	// StatementsExcludeDatabases and StatementsExcludeUsers name the databases and users whose
+	// statements the statements collector leaves out.
+	StatementsExcludeDatabases, StatementsExcludeUsers []string
 }
 
 type registration struct {

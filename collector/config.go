@@ -59,6 +59,12 @@ func Settings() []Setting {
 		Setting{Flag: "collector.statements.query-length", Env: envName("collector.statements.query-length"), Default: "120",
 			Help: "Characters of statement text kept with --collector.statements.include-query.",
 			Set:  conf.Int("--collector.statements.query-length", func(c *Config) *int { return &c.StatementsQueryLength })},
+		Setting{Flag: "collector.statements.exclude-databases", Env: envName("collector.statements.exclude-databases"), PlaceHolder: "LIST",
+			Help: "Comma-separated databases whose statements the statements collector leaves out.",
+			Set:  conf.String(func(c *Config) *string { return &c.StatementsExcludeDatabases })},
+		Setting{Flag: "collector.statements.exclude-users", Env: envName("collector.statements.exclude-users"), PlaceHolder: "LIST",
+			Help: "Comma-separated users whose statements the statements collector leaves out.",
+			Set:  conf.String(func(c *Config) *string { return &c.StatementsExcludeUsers })},
 		Setting{Flag: "collector.database.size-interval", Env: envName("collector.database.size-interval"), Default: "1m",
 			Help: "Measure database sizes at most this often (pg_database_size reads every file of every database); 0 measures them on every scrape.",
 			Set:  conf.Duration("--collector.database.size-interval", func(c *Config) *time.Duration { return &c.DatabaseSizeInterval })},
@@ -124,6 +130,17 @@ func (c Config) Validate() error {
 		add("--collector.database.size-interval (%s) must not be negative", c.DatabaseSizeInterval)
 	}
 	return errors.Join(errs...)
+}
+
+// splitNames splits a comma-separated list of names, leaving out blanks.
+func splitNames(list string) []string {
+	var out []string
+	for name := range strings.SplitSeq(list, ",") {
+		if name = strings.TrimSpace(name); name != "" {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // envName turns a flag name into its environment variable: collector.max-connections →

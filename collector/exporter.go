@@ -40,6 +40,9 @@ type Config struct {
 	StatementsIncludeQuery bool
 	// StatementsQueryLength is how many characters of a statement's text are kept.
 	StatementsQueryLength int
+	// StatementsExcludeDatabases and StatementsExcludeUsers are comma-separated names of the
+	// databases and users whose statements are left out.
+	StatementsExcludeDatabases, StatementsExcludeUsers string
 	// DatabaseSizeInterval is how long database sizes are reused before being measured again
 	// (0: every collection).
 	DatabaseSizeInterval time.Duration
@@ -183,7 +186,8 @@ func newExporter(p *pgxpool.Pool, poolName string, cfg Config, opts ...Option) (
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.databases, _ = parseDatabaseFilter(cfg.Databases) // checked by Validate
 	e.side = newSidePool(p, cfg.DatabasesMaxIdle, cfg.DatabasesIdleTimeout)
-	factoryOpts := Options{Logger: e.log, StatementsLimit: cfg.StatementsLimit, DatabaseSizeInterval: cfg.DatabaseSizeInterval}
+	factoryOpts := Options{Logger: e.log, StatementsLimit: cfg.StatementsLimit, DatabaseSizeInterval: cfg.DatabaseSizeInterval,
+		StatementsExcludeDatabases: splitNames(cfg.StatementsExcludeDatabases), StatementsExcludeUsers: splitNames(cfg.StatementsExcludeUsers)}
 	if cfg.StatementsIncludeQuery {
 		factoryOpts.StatementsQueryLength = cfg.StatementsQueryLength
 	}
