@@ -44,7 +44,8 @@ func TestReferenceDocs(t *testing.T) {
 		_ = cluster.Exec(context.Background(), "SELECT pg_drop_replication_slot('docs_slot'); DROP TABLE docs_t")
 	}()
 	proxyAddr := testutil.FreeAddr(t)
-	args := []string{"--database-url=" + cluster.URL(""), "--proxy.listen-address=" + proxyAddr, "--proxy.auth-method=trust"}
+	args := []string{"--database-url=" + cluster.URL(""), "--proxy.listen-address=" + proxyAddr, "--proxy.auth-method=trust",
+		"--collector.statements.include-query"}
 	for _, name := range collector.Names() {
 		args = append(args, "--collector."+name)
 	}
@@ -129,10 +130,13 @@ func referenceDoc(t *testing.T, reg *registry) string {
 	upstreamDoc(&b)
 	b.WriteString("\n## Metrics\n\n")
 	b.WriteString("`pgsidecar_*` are measured by pgsidecar itself; `pg_*` are PostgreSQL's statistics under\n")
-	b.WriteString("postgres_exporter-compatible names. Labels in *italics* are constant per pool or process.\n\n")
-	b.WriteString("| metric | type | labels | help |\n|---|---|---|---|\n")
+	b.WriteString("postgres_exporter-compatible names. Labels in *italics* are constant per pool or process. Every\n")
+	b.WriteString("metric a collector declares is listed, whether its collector is on by default or not and\n")
+	b.WriteString("whether the server has rows for it; a metric's type is the one its samples had where this file\n")
+	b.WriteString("was generated (PostgreSQL 15, a primary), else counter for a `_total` name and gauge otherwise.\n\n")
+	b.WriteString("| metric | type | labels | collector | help |\n|---|---|---|---|---|\n")
 	for _, m := range describeMetrics(t, reg) {
-		fmt.Fprintf(&b, "| `%s` | %s | %s | %s |\n", m.name, m.typ, m.labels, cell(m.help))
+		fmt.Fprintf(&b, "| `%s` | %s | %s | %s | %s |\n", m.name, m.typ, m.labels, m.collector, cell(m.help))
 	}
 	return b.String()
 }
@@ -186,7 +190,7 @@ func upstreamDoc(b *bytes.Buffer) {
 
 func cell(s string) string { return strings.ReplaceAll(strings.ReplaceAll(s, "|", `\|`), "\n", " ") }
 
-type metricDoc struct{ name, typ, labels, help string }
+type metricDoc struct{ name, typ, labels, collector, help string }
 
 var descRE = regexp.MustCompile(`^Desc\{fqName: "([^"]*)", help: "((?:[^"\\]|\\.)*)", unit: "[^"]*", constLabels: \{([^}]*)\}, variableLabels: \{([^}]*)\}\}$`)
 
@@ -240,6 +244,26 @@ func describeMetrics(t *testing.T, reg *registry) []metricDoc {
 	for _, d := range collected {
 		descs = append(descs, d)
 	}
+	// What each collector declares, so that a metric without a sample here is listed too.
+	collectorOf := map[string]string{"pg_settings_*": "`settings` (on)"}
+	for _, decl := range collector.Declarations() {
+		state := "off"
+		if decl.DefaultEnabled {
+			state = "on"
+		}
+		for _, d := range decl.Descs {
+			descs = append(descs, d)
+			m := descRE.FindStringSubmatch(d.String())
+			if m == nil {
+				continue
+			}
+			collectorOf[m[1]] = "`" + decl.Collector + "` (" + state + ")"
+			if typ, ok := decl.Types[d]; ok && types[m[1]] == "" {
+				types[m[1]] = map[prometheus.ValueType]string{prometheus.CounterValue: "counter",
+					prometheus.GaugeValue: "gauge", prometheus.UntypedValue: "untyped"}[typ]
+			}
+		}
+	}
 	for _, d := range descs {
 		m := descRE.FindStringSubmatch(d.String())
 		if m == nil {
@@ -251,7 +275,7 @@ func describeMetrics(t *testing.T, reg *registry) []metricDoc {
 		}
 		if strings.HasPrefix(name, "pg_settings_") {
 			// One series per server setting; documented as a family.
-			seen["pg_settings_*"] = metricDoc{name: "pg_settings_*", typ: "gauge",
+			seen["pg_settings_*"] = metricDoc{name: "pg_settings_*", typ: "gauge", collector: collectorOf["pg_settings_*"],
 				help: "Numeric and boolean settings from pg_settings, durations in seconds and sizes in bytes (e.g. pg_settings_max_connections, pg_settings_shared_buffers_bytes, pg_settings_statement_timeout_seconds)."}
 			continue
 		}
@@ -274,7 +298,7 @@ func describeMetrics(t *testing.T, reg *registry) []metricDoc {
 			}
 		}
 		help := strings.ReplaceAll(m[2], `\"`, `"`)
-		seen[name] = metricDoc{name: name, typ: typ, labels: strings.Join(labels, ", "), help: help}
+		seen[name] = metricDoc{name: name, typ: typ, labels: strings.Join(labels, ", "), collector: collectorOf[name], help: help}
 	}
 	out := make([]metricDoc, 0, len(seen))
 	for _, m := range seen {
