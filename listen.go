@@ -37,7 +37,6 @@ func listenWeb(addresses []string, systemdSocket bool) ([]net.Listener, error) {
 			}
 		}
 		if len(out) == 0 {
-			closeAll(out)
 			return nil, addressError{errors.New("--web.systemd-socket: systemd passed no listening socket (is the service started by its .socket unit?)")}
 		}
 		return out, nil
