@@ -44,7 +44,8 @@ func TestReferenceDocs(t *testing.T) {
 		_ = cluster.Exec(context.Background(), "SELECT pg_drop_replication_slot('docs_slot'); DROP TABLE docs_t")
 	}()
 	proxyAddr := testutil.FreeAddr(t)
-	args := []string{"--database-url=" + cluster.URL(""), "--proxy.listen-address=" + proxyAddr, "--proxy.auth-method=trust"}
+	args := []string{"--database-url=" + cluster.URL(""), "--proxy.listen-address=" + proxyAddr, "--proxy.auth-method=trust",
+		"--collector.statements.include-query"}
 	for _, name := range collector.Names() {
 		args = append(args, "--collector."+name)
 	}
@@ -126,19 +127,70 @@ func referenceDoc(t *testing.T, reg *registry) string {
 		fmt.Fprintf(&b, "| `%s` | %s | %s | %s |\n", name, env, def, cell(f.Help))
 	}
 
+	upstreamDoc(&b)
 	b.WriteString("\n## Metrics\n\n")
 	b.WriteString("`pgsidecar_*` are measured by pgsidecar itself; `pg_*` are PostgreSQL's statistics under\n")
-	b.WriteString("postgres_exporter-compatible names. Labels in *italics* are constant per pool or process.\n\n")
-	b.WriteString("| metric | type | labels | help |\n|---|---|---|---|\n")
+	b.WriteString("postgres_exporter-compatible names. Labels in *italics* are constant per pool or process. Every\n")
+	b.WriteString("metric a collector declares is listed, whether its collector is on by default or not and\n")
+	b.WriteString("whether the server has rows for it; a metric's type is the one its samples had where this file\n")
+	b.WriteString("was generated (PostgreSQL 15, a primary), else counter for a `_total` name and gauge otherwise.\n\n")
+	b.WriteString("| metric | type | labels | collector | help |\n|---|---|---|---|---|\n")
 	for _, m := range describeMetrics(t, reg) {
-		fmt.Fprintf(&b, "| `%s` | %s | %s | %s |\n", m.name, m.typ, m.labels, cell(m.help))
+		fmt.Fprintf(&b, "| `%s` | %s | %s | %s | %s |\n", m.name, m.typ, m.labels, m.collector, cell(m.help))
 	}
 	return b.String()
 }
 
+// upstreamDoc lists postgres_exporter's flags and variables and what pgsidecar does with them.
+func upstreamDoc(b *bytes.Buffer) {
+	b.WriteString("\n## postgres_exporter's flags and variables\n\n")
+	b.WriteString("pgsidecar starts with postgres_exporter's (0.20) flags and environment, so that a unit file, a\n")
+	b.WriteString("container spec or Debian's `/etc/default/prometheus-postgres-exporter` keeps working. The flags\n")
+	b.WriteString("are hidden from `--help`. Flags with the same name in both (`--web.*`, `--log.*`,\n")
+	b.WriteString("`--collection-timeout`, and `--collector.X` where the collector names agree) are pgsidecar's own.\n")
+	b.WriteString("The default port stays 9188 (postgres_exporter's is 9187): pass `--web.listen-address=:9187`\n")
+	b.WriteString("to take its place.\n\n")
+	b.WriteString("The database: `DATABASE_URL` (or `--database-url`), or else postgres_exporter's variables in its\n")
+	b.WriteString("order: `DATA_SOURCE_NAME` (one server: a comma-separated list is refused); else `DATA_SOURCE_URI`\n")
+	b.WriteString("(`host:port/database?options`, or the file `DATA_SOURCE_URI_FILE` names) with `DATA_SOURCE_USER`\n")
+	b.WriteString("and `DATA_SOURCE_PASS`, a `*_FILE` variable winning over its plain one (the passed-over one is\n")
+	b.WriteString("logged). `DATABASE_URL` or `--database-url` together with a `DATA_SOURCE_*` variable is an error.\n")
+	b.WriteString("Started with `DATA_SOURCE_*`, pgsidecar reads the per-database statistics of the connected\n")
+	b.WriteString("database only, as postgres_exporter does, unless `--auto-discover-databases` (or\n")
+	b.WriteString("`--collector.databases.discover`) is given.\n\n")
+	b.WriteString("`PG_EXPORTER_*` variables stand for the flags below and for `--web.telemetry-path`,\n")
+	b.WriteString("`--web.listen-address` and `--collection-timeout`; a flag on the command line wins over them. Any\n")
+	b.WriteString("other `PG_EXPORTER_*` variable, or one set together with pgsidecar's own variable for the same\n")
+	b.WriteString("flag, is an error naming it. Those honoured:\n\n")
+	for _, name := range knownUpstreamEnv() {
+		fmt.Fprintf(b, "- `%s`\n", name)
+	}
+	b.WriteString("\n")
+	b.WriteString("| postgres_exporter | environment | pgsidecar | notes |\n|---|---|---|---|\n")
+	k, _ := newApp(io.Discard, io.Discard)
+	for _, f := range upstreamFlags() {
+		name := "--" + f.Name
+		if k.GetFlag(f.Name).Model().IsBoolFlag() {
+			name = "--[no-]" + f.Name
+		}
+		env := ""
+		if f.Env != "" {
+			env = "`" + f.Env + "`"
+		}
+		target := "refused"
+		switch {
+		case f.Target != "":
+			target = "`--" + f.Target + "`"
+		case f.Set != nil:
+			target = "see notes"
+		}
+		fmt.Fprintf(b, "| `%s` | %s | %s | %s |\n", name, env, target, cell(f.Note))
+	}
+}
+
 func cell(s string) string { return strings.ReplaceAll(strings.ReplaceAll(s, "|", `\|`), "\n", " ") }
 
-type metricDoc struct{ name, typ, labels, help string }
+type metricDoc struct{ name, typ, labels, collector, help string }
 
 var descRE = regexp.MustCompile(`^Desc\{fqName: "([^"]*)", help: "((?:[^"\\]|\\.)*)", unit: "[^"]*", constLabels: \{([^}]*)\}, variableLabels: \{([^}]*)\}\}$`)
 
@@ -192,6 +244,26 @@ func describeMetrics(t *testing.T, reg *registry) []metricDoc {
 	for _, d := range collected {
 		descs = append(descs, d)
 	}
+	// What each collector declares, so that a metric without a sample here is listed too.
+	collectorOf := map[string]string{"pg_settings_*": "`settings` (on)"}
+	for _, decl := range collector.Declarations() {
+		state := "off"
+		if decl.DefaultEnabled {
+			state = "on"
+		}
+		for _, d := range decl.Descs {
+			descs = append(descs, d)
+			m := descRE.FindStringSubmatch(d.String())
+			if m == nil {
+				continue
+			}
+			collectorOf[m[1]] = "`" + decl.Collector + "` (" + state + ")"
+			if typ, ok := decl.Types[d]; ok && types[m[1]] == "" {
+				types[m[1]] = map[prometheus.ValueType]string{prometheus.CounterValue: "counter",
+					prometheus.GaugeValue: "gauge", prometheus.UntypedValue: "untyped"}[typ]
+			}
+		}
+	}
 	for _, d := range descs {
 		m := descRE.FindStringSubmatch(d.String())
 		if m == nil {
@@ -203,7 +275,7 @@ func describeMetrics(t *testing.T, reg *registry) []metricDoc {
 		}
 		if strings.HasPrefix(name, "pg_settings_") {
 			// One series per server setting; documented as a family.
-			seen["pg_settings_*"] = metricDoc{name: "pg_settings_*", typ: "gauge",
+			seen["pg_settings_*"] = metricDoc{name: "pg_settings_*", typ: "gauge", collector: collectorOf["pg_settings_*"],
 				help: "Numeric and boolean settings from pg_settings, durations in seconds and sizes in bytes (e.g. pg_settings_max_connections, pg_settings_shared_buffers_bytes, pg_settings_statement_timeout_seconds)."}
 			continue
 		}
@@ -226,7 +298,7 @@ func describeMetrics(t *testing.T, reg *registry) []metricDoc {
 			}
 		}
 		help := strings.ReplaceAll(m[2], `\"`, `"`)
-		seen[name] = metricDoc{name: name, typ: typ, labels: strings.Join(labels, ", "), help: help}
+		seen[name] = metricDoc{name: name, typ: typ, labels: strings.Join(labels, ", "), collector: collectorOf[name], help: help}
 	}
 	out := make([]metricDoc, 0, len(seen))
 	for _, m := range seen {

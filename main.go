@@ -225,6 +225,7 @@ func newApp(stdout, stderr io.Writer) (*kingpin.Application, *app) {
 	for _, f := range a.features {
 		f.flags(k)
 	}
+	bindUpstreamFlags(k, a)
 	return k, a
 }
 
@@ -301,8 +302,24 @@ func start(ctx context.Context, args []string, stdout, stderr io.Writer, stage *
 			return nil, 2
 		}
 	}
+	stage.set("reading postgres_exporter's DATA_SOURCE_* variables")
+	dsn, ignored, err := dataSource()
+	if err != nil {
+		fmt.Fprintf(stderr, "pgsidecar: %s\n", redact.Scrub(err.Error(), os.Getenv("DATA_SOURCE_NAME")))
+		return nil, 2
+	}
 	stage.set("parsing the command line")
 	k, a := newApp(stdout, stderr)
+	envArgs, err := upstreamEnvArgs(k, args)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgsidecar: %s\n", strings.ReplaceAll(err.Error(), "\n", "\n  "))
+		return nil, 2
+	}
+	args = append(envArgs, args...)
+	if dsn != "" {
+		// Started as postgres_exporter, pgsidecar reads the connected database only, as it does.
+		k.GetFlag("collector.databases.discover").Default("false")
+	}
 	// --help and --version end the program through kingpin's terminate hook; keep the exit code
 	// instead of exiting so run stays testable.
 	exitCode := -1
@@ -311,15 +328,25 @@ func start(ctx context.Context, args []string, stdout, stderr io.Writer, stage *
 			exitCode = code
 		}
 	})
-	_, err := k.Parse(args)
+	_, err = k.Parse(args)
 	if exitCode >= 0 {
 		return nil, exitCode
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "pgsidecar: %s\n", redact.Scrub(err.Error(), os.Getenv("DATABASE_URL")))
+		fmt.Fprintf(stderr, "pgsidecar: %s\n", redact.Scrub(err.Error(), os.Getenv("DATABASE_URL"), dsn))
 		return nil, 2
 	}
+	if dsn != "" {
+		if a.poolCfg.DatabaseURL != "" {
+			fmt.Fprintln(stderr, "pgsidecar: --database-url and postgres_exporter's DATA_SOURCE_* variables are both set; set one")
+			return nil, 2
+		}
+		a.poolCfg.DatabaseURL = dsn
+	}
 	logger := promslog.New(a.logCfg)
+	for _, name := range ignored {
+		logger.Warn("Ignoring a DATA_SOURCE_* variable, as postgres_exporter does: another one takes precedence", "variable", name)
+	}
 	if !strings.HasPrefix(a.telemetryPath, "/") || strings.ContainsAny(a.telemetryPath, " {}") {
 		fmt.Fprintf(stderr, "pgsidecar: --web.telemetry-path (%q) must be a path starting with /\n", a.telemetryPath)
 		return nil, 2
@@ -458,16 +485,13 @@ func startServer(ctx context.Context, a *app, logger *slog.Logger, stage *startS
 	}
 
 	stage.set("listening on --web.listen-address")
-	for _, addr := range *a.webFlags.WebListenAddresses {
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			logger.Error("Cannot listen", "address", addr, "error", "--web.listen-address: "+err.Error())
-			if listenConfigError(err) {
-				return nil, 2
-			}
-			return nil, 1
+	s.listeners, err = listenWeb(*a.webFlags.WebListenAddresses, *a.webFlags.WebSystemdSocket)
+	if err != nil {
+		logger.Error("Cannot listen", "error", err.Error())
+		if listenConfigError(err) || errors.As(err, new(addressError)) {
+			return nil, 2
 		}
-		s.listeners = append(s.listeners, l)
+		return nil, 1
 	}
 	// Slow or stalled clients are cut off rather than holding a connection and goroutine each;
 	// no WriteTimeout, so the live-metrics stream can run for as long as its client stays.

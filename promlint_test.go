@@ -45,7 +45,7 @@ func TestMetricsPassPromtool(t *testing.T) {
 	args := []string{"--database-url=" + cluster.URL(""), "--queries.file=", "--proxy.auth-method=trust"}
 	k, _ := newApp(nil, nil) // every collector switch on, --collector.statements.include-query too
 	for _, f := range k.Model().Flags {
-		if strings.HasPrefix(f.Name, "collector.") && f.IsBoolFlag() {
+		if strings.HasPrefix(f.Name, "collector.") && f.IsBoolFlag() && !f.Hidden {
 			args = append(args, "--"+f.Name)
 		}
 	}

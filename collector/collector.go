@@ -42,6 +42,9 @@ type Options struct {
 	StatementsQueryLength int
 	// DatabaseSizeInterval is how long the database collector reuses database sizes.
 	DatabaseSizeInterval time.Duration
+	// StatementsExcludeDatabases and StatementsExcludeUsers name the databases and users whose
+	// statements the statements collector leaves out.
+	StatementsExcludeDatabases, StatementsExcludeUsers []string
 }
 
 type registration struct {
@@ -176,10 +179,14 @@ type seriesKey struct {
 // desc builds a Desc and records its name as taken by a built-in collector, so custom queries
 // cannot export the same name.
 func desc(name, help string, labels ...string) *prometheus.Desc {
+	d := prometheus.NewDesc(name, help, labels, nil)
 	builtinMu.Lock()
 	builtinNames[name] = true
+	if declaring != nil {
+		*declaring = append(*declaring, d)
+	}
 	builtinMu.Unlock()
-	return prometheus.NewDesc(name, help, labels, nil)
+	return d
 }
 
 var (
@@ -189,7 +196,59 @@ var (
 		"pg_scrape_collector_success": true,
 	}
 	builtinOnce sync.Once
+	// declaring collects the descs desc builds while Declarations builds a collector, and
+	// declaringTypes the types its columns declare (declareType).
+	declaring      *[]*prometheus.Desc
+	declaringTypes map[*prometheus.Desc]prometheus.ValueType
+	declareMu      sync.Mutex
 )
+
+// Declaration is what a built-in collector declares it exports: the metrics it builds descs
+// for when it is built. The settings collector's pg_settings_* follow the server's settings
+// and are built as it reads them, so it declares none.
+type Declaration struct {
+	Collector      string
+	DefaultEnabled bool
+	// PerDatabase collectors run in every database --collector.databases selects.
+	PerDatabase bool
+	Descs       []*prometheus.Desc
+	// Types holds the value type of the descs whose type is fixed when the collector is built
+	// (the columns of row queries); the others' types show only in their samples.
+	Types map[*prometheus.Desc]prometheus.ValueType
+}
+
+// declareType notes d's value type while Declarations builds a collector.
+func declareType(d *prometheus.Desc, t prometheus.ValueType) {
+	builtinMu.Lock()
+	if declaringTypes != nil {
+		declaringTypes[d] = t
+	}
+	builtinMu.Unlock()
+}
+
+// Declarations builds every registered collector once, in name order, and returns what each
+// declares. It needs no database. Descs built meanwhile by another goroutine (an Exporter being
+// created) would be counted too, so it is for docs and tests.
+func Declarations() []Declaration {
+	declareMu.Lock()
+	defer declareMu.Unlock()
+	var out []Declaration
+	for _, name := range Names() {
+		r := registry[name]
+		var descs []*prometheus.Desc
+		types := map[*prometheus.Desc]prometheus.ValueType{}
+		builtinMu.Lock()
+		declaring, declaringTypes = &descs, types
+		builtinMu.Unlock()
+		r.factory(Options{Logger: slog.New(slog.DiscardHandler)})
+		builtinMu.Lock()
+		declaring, declaringTypes = nil, nil
+		builtinMu.Unlock()
+		out = append(out, Declaration{Collector: name, DefaultEnabled: r.enabled, PerDatabase: r.perDatabase,
+			Descs: descs, Types: types})
+	}
+	return out
+}
 
 // builtinName reports whether a built-in collector exports name (or, for the settings
 // collector, any pg_settings_* name).

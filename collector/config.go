@@ -59,12 +59,21 @@ func Settings() []Setting {
 		Setting{Flag: "collector.statements.query-length", Env: envName("collector.statements.query-length"), Default: "120",
 			Help: "Characters of statement text kept with --collector.statements.include-query.",
 			Set:  conf.Int("--collector.statements.query-length", func(c *Config) *int { return &c.StatementsQueryLength })},
+		Setting{Flag: "collector.statements.exclude-databases", Env: envName("collector.statements.exclude-databases"), PlaceHolder: "LIST",
+			Help: "Comma-separated databases whose statements the statements collector leaves out.",
+			Set:  conf.String(func(c *Config) *string { return &c.StatementsExcludeDatabases })},
+		Setting{Flag: "collector.statements.exclude-users", Env: envName("collector.statements.exclude-users"), PlaceHolder: "LIST",
+			Help: "Comma-separated users whose statements the statements collector leaves out.",
+			Set:  conf.String(func(c *Config) *string { return &c.StatementsExcludeUsers })},
 		Setting{Flag: "collector.database.size-interval", Env: envName("collector.database.size-interval"), Default: "1m",
 			Help: "Measure database sizes at most this often (pg_database_size reads every file of every database); 0 measures them on every scrape.",
 			Set:  conf.Duration("--collector.database.size-interval", func(c *Config) *time.Duration { return &c.DatabaseSizeInterval })},
 		Setting{Flag: "collector.databases", Env: envName("collector.databases"), Default: "", PlaceHolder: "LIST",
 			Help: "Databases the per-database collectors (stat_user_tables, statio_user_tables, statio_user_indexes) read besides the pool's own, which they always read: comma-separated names or glob patterns (app_*), !pattern excludes; empty selects every database the role may connect to. A pattern that matches no database is logged.",
 			Set:  conf.String(func(c *Config) *string { return &c.Databases })},
+		Setting{Flag: "collector.databases.discover", Env: envName("collector.databases.discover"), Default: "true", Bool: true,
+			Help: "Run the per-database collectors in the other databases too (those --collector.databases selects); off, they read the pool's database only, as postgres_exporter does without --auto-discover-databases. Off by default when the database comes from postgres_exporter's DATA_SOURCE_* variables.",
+			Set:  conf.Bool("--collector.databases.discover", func(c *Config) *bool { return &c.Discover })},
 		Setting{Flag: "collector.databases.max-idle", Env: envName("collector.databases.max-idle"), Default: "20",
 			Help: "Most connections to other databases kept open between scrapes, one per database; the databases beyond are connected to anew on every scrape. 0 closes each after use.",
 			Set:  conf.Int("--collector.databases.max-idle", func(c *Config) *int { return &c.DatabasesMaxIdle })},
@@ -121,6 +130,17 @@ func (c Config) Validate() error {
 		add("--collector.database.size-interval (%s) must not be negative", c.DatabaseSizeInterval)
 	}
 	return errors.Join(errs...)
+}
+
+// splitNames splits a comma-separated list of names, leaving out blanks.
+func splitNames(list string) []string {
+	var out []string
+	for name := range strings.SplitSeq(list, ",") {
+		if name = strings.TrimSpace(name); name != "" {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // envName turns a flag name into its environment variable: collector.max-connections →

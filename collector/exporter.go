@@ -43,12 +43,19 @@ type Config struct {
 	StatementsIncludeQuery bool
 	// StatementsQueryLength is how many characters of a statement's text are kept.
 	StatementsQueryLength int
+	// StatementsExcludeDatabases and StatementsExcludeUsers are comma-separated names of the
+	// databases and users whose statements are left out.
+	StatementsExcludeDatabases, StatementsExcludeUsers string
 	// DatabaseSizeInterval is how long database sizes are reused before being measured again
 	// (0: every collection).
 	DatabaseSizeInterval time.Duration
 	// Databases selects the databases the per-database collectors read besides the connected
 	// one (see --collector.databases); empty selects all the role may connect to.
 	Databases string
+	// Discover sends the per-database collectors to the other databases as well; off, they
+	// read the connected database only, as postgres_exporter does without
+	// --auto-discover-databases.
+	Discover bool
 	// DatabasesMaxIdle caps the connections to other databases kept open between scrapes.
 	DatabasesMaxIdle int
 	// DatabasesIdleTimeout closes a connection to another database unused for that long.
@@ -194,7 +201,8 @@ func newExporter(p *pgxpool.Pool, poolName string, cfg Config, opts ...Option) (
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.databases, _ = parseDatabaseFilter(cfg.Databases) // checked by Validate
 	e.side = newSidePool(p, cfg.DatabasesMaxIdle, cfg.DatabasesIdleTimeout)
-	factoryOpts := Options{Logger: e.log, StatementsLimit: cfg.StatementsLimit, DatabaseSizeInterval: cfg.DatabaseSizeInterval}
+	factoryOpts := Options{Logger: e.log, StatementsLimit: cfg.StatementsLimit, DatabaseSizeInterval: cfg.DatabaseSizeInterval,
+		StatementsExcludeDatabases: splitNames(cfg.StatementsExcludeDatabases), StatementsExcludeUsers: splitNames(cfg.StatementsExcludeUsers)}
 	if cfg.StatementsIncludeQuery {
 		factoryOpts.StatementsQueryLength = cfg.StatementsQueryLength
 	}
@@ -650,7 +658,7 @@ func (e *Exporter) collectOnce(ctx context.Context, r *run) *collection {
 	r.connected, r.static = true, []string{full, short}
 	r.mu.Unlock()
 	var others []string
-	if e.hasPerDatabase() {
+	if e.hasPerDatabase() && e.cfg.Discover {
 		if others, err = e.otherDatabases(ctx, conn); err != nil {
 			conn.Release()
 			return e.failed(err)

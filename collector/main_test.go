@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -115,7 +117,42 @@ func (e *env) scrape(t testing.TB, timeout, clientTimeout time.Duration) scrape 
 	if err != nil {
 		t.Fatalf("parsing scrape: %v\n%s", err, body)
 	}
+	checkDeclared(t, fams)
 	return scrape{status: resp.StatusCode, families: fams, body: string(body)}
+}
+
+var declared = sync.OnceValue(func() map[string]bool {
+	out := map[string]bool{}
+	for _, d := range Declarations() {
+		for _, desc := range d.Descs {
+			out[descName(desc)] = true
+		}
+	}
+	return out
+})
+
+// descName reads a Desc's metric name.
+func descName(d *prometheus.Desc) string {
+	name, _, _ := strings.Cut(strings.TrimPrefix(d.String(), `Desc{fqName: "`), `"`)
+	return name
+}
+
+// checkDeclared fails the test when a built-in collector exported a pg_* metric that no
+// collector declares (Declarations), which the reference docs would then leave out. The
+// exporter's own series and the settings collector's per-setting ones are not a collector's.
+func checkDeclared(t testing.TB, fams map[string]*dto.MetricFamily) {
+	t.Helper()
+	for name := range fams {
+		switch {
+		case !strings.HasPrefix(name, "pg_"), name == "pg_up", name == "pg_static",
+			strings.HasPrefix(name, "pg_scrape_collector_"), strings.HasPrefix(name, "pg_exporter_"),
+			strings.HasPrefix(name, "pg_settings_"), !builtinName(name):
+			continue
+		}
+		if !declared()[name] {
+			t.Errorf("%s is exported by a built-in collector that does not declare it", name)
+		}
+	}
 }
 
 // values returns the samples of a metric whose labels include want.

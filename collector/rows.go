@@ -66,15 +66,19 @@ func (q rowQuery) run(ctx context.Context, s *Scrape) error {
 }
 
 // gauge, counter and nullableGauge build columns.
+// They declare the column's type for Declarations.
 func gauge(expr string, d *prometheus.Desc) column {
+	declareType(d, prometheus.GaugeValue)
 	return column{expr: expr, desc: d, typ: prometheus.GaugeValue}
 }
 
 func counter(expr string, d *prometheus.Desc) column {
+	declareType(d, prometheus.CounterValue)
 	return column{expr: expr, desc: d, typ: prometheus.CounterValue}
 }
 
 func nullableGauge(expr string, d *prometheus.Desc) column {
+	declareType(d, prometheus.GaugeValue)
 	return column{expr: expr, desc: d, typ: prometheus.GaugeValue, keepNull: true}
 }
 

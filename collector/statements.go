@@ -26,7 +26,9 @@ func init() {
 type statements struct {
 	limit       int
 	queryLength int // characters of statement text exported, 0 for none
-	log         *slog.Logger
+	// excludeDBs and excludeUsers are left out (never nil: the query takes them as arrays).
+	excludeDBs, excludeUsers []string
+	log                      *slog.Logger
 
 	calls, seconds, rows, readTime, writeTime, queryText *prometheus.Desc
 
@@ -38,12 +40,14 @@ type statements struct {
 func newStatements(o Options) *statements {
 	l := []string{"user", "datname", "queryid"}
 	return &statements{
-		limit:       o.StatementsLimit,
-		queryLength: o.StatementsQueryLength,
-		log:         o.Logger,
-		calls:       desc("pg_stat_statements_calls_total", "Times the statement was executed.", l...),
-		seconds:     desc("pg_stat_statements_seconds_total", "Total time spent executing the statement.", l...),
-		rows:        desc("pg_stat_statements_rows_total", "Rows retrieved or affected by the statement.", l...),
+		limit:        o.StatementsLimit,
+		queryLength:  o.StatementsQueryLength,
+		excludeDBs:   append([]string{}, o.StatementsExcludeDatabases...),
+		excludeUsers: append([]string{}, o.StatementsExcludeUsers...),
+		log:          o.Logger,
+		calls:        desc("pg_stat_statements_calls_total", "Times the statement was executed.", l...),
+		seconds:      desc("pg_stat_statements_seconds_total", "Total time spent executing the statement.", l...),
+		rows:         desc("pg_stat_statements_rows_total", "Rows retrieved or affected by the statement.", l...),
 		readTime: desc("pg_stat_statements_block_read_seconds_total",
 			"Time the statement spent reading blocks (needs track_io_timing).", l...),
 		writeTime: desc("pg_stat_statements_block_write_seconds_total",
@@ -75,7 +79,7 @@ SELECT r.rolname, d.datname, s.queryid::text,
 FROM %s s
 JOIN pg_roles r ON r.oid = s.userid
 JOIN pg_database d ON d.oid = s.dbid
-WHERE s.queryid IS NOT NULL
+WHERE s.queryid IS NOT NULL AND d.datname <> ALL ($2::text[]) AND r.rolname <> ALL ($3::text[])
 GROUP BY r.rolname, d.datname, s.queryid
 ORDER BY sum(s.total_exec_time) DESC
 LIMIT $1`, read, write, text, from)
@@ -145,7 +149,7 @@ func (c *statements) read(ctx context.Context, s *Scrape, schema string, queryLe
 			s.Counter(c.queryText, 1, id, shownText(*text, c.queryLength))
 		}
 		return nil
-	}, c.limit)
+	}, c.limit, c.excludeDBs, c.excludeUsers)
 }
 
 // shownText is a statement text as it may leave the process, like the slow query log's:

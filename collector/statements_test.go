@@ -265,3 +265,38 @@ func TestStatementsInvalidUTF8Text(t *testing.T) {
 		t.Errorf("the invalid text is not exported with its bad bytes replaced (one U+FFFD a run):\n%s", texts)
 	}
 }
+
+// TestStatementsExcluded: --collector.statements.exclude-databases and .exclude-users (postgres_exporter's
+// stat_statements.exclude_databases and .exclude_users) leave those statements out.
+func TestStatementsExcluded(t *testing.T) {
+	createDB(t, "statements_x")
+	ctx := ctxTimeout(t, 30*time.Second)
+	c := openSession(t, "statements_x", "stmt-x")
+	if _, err := c.Exec(ctx, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := c.Exec(ctx, "SELECT 1 AS excluded_marker"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env := func(db, user string) scrape {
+		e := newEnv(t, "statements_x", func(c *Config) {
+			c.StatementsLimit = 1000
+			c.StatementsExcludeDatabases, c.StatementsExcludeUsers = db, user
+			c.Enabled = map[string]bool{"statements": true, "activity": false, "database": false, "settings": false}
+		})
+		return e.scrape(t, 0, 20*time.Second)
+	}
+	here, postgres := map[string]string{"datname": "statements_x"}, map[string]string{"user": "postgres"}
+	s := env("", "")
+	if len(s.values("pg_stat_statements_calls_total", here)) == 0 || len(s.values("pg_stat_statements_calls_total", postgres)) == 0 {
+		t.Fatal("no statements of statements_x and of postgres without exclusions")
+	}
+	if n := len(env("other, statements_x", "").values("pg_stat_statements_calls_total", here)); n != 0 {
+		t.Errorf("%d statements of an excluded database", n)
+	}
+	if n := len(env("", "nobody,postgres").values("pg_stat_statements_calls_total", postgres)); n != 0 {
+		t.Errorf("%d statements of an excluded user", n)
+	}
+}
