@@ -152,9 +152,7 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 		s.creds[name] = c
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	if cfg.PoolMode == PoolTransaction {
-		s.txSet = &serverSet{s: s}
-	}
+	s.txSet = &serverSet{s: s}
 	if s.reg != nil {
 		for i, c := range s.m.collectors() {
 			if err := s.reg.Register(c); err != nil {
@@ -366,9 +364,7 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
-	if s.txSet != nil {
-		s.txSet.close()
-	}
+	s.txSet.close()
 	s.authLog.stop()
 	s.evictLog.stop()
 	s.pinLog.stop()

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
@@ -12,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -27,8 +25,6 @@ const (
 	gssencRequest = 80877104
 	cancelCode    = 80877102
 )
-
-const ioBufSize = 32 << 10
 
 // reportedParams are the settings PostgreSQL reports with ParameterStatus; the proxy replays the
 // server connection's values to each client at login.
@@ -86,28 +82,10 @@ func (s *Server) handle(raw net.Conn) {
 	authenticating = false
 	s.m.authenticating.Dec()
 
-	if s.cfg.PoolMode == PoolTransaction {
-		s.m.sessions.Inc()
-		s.register(sess)
-		defer s.unregister(sess)
-		s.runTx(sess, params)
-		return
-	}
-
-	s.m.waiting.Inc()
-	srvConn, err := s.acquire()
-	s.m.waiting.Dec()
-	if err != nil {
-		s.refuse(sess.cw, err)
-		_ = sess.cw.Flush()
-		return
-	}
-	s.m.active.Inc()
-	defer s.m.active.Dec()
 	s.m.sessions.Inc()
 	s.register(sess)
 	defer s.unregister(sess)
-	sess.run(srvConn, params)
+	s.runTx(sess, params)
 }
 
 // remoteHost is the client's IP address, as PostgreSQL names the host in its errors.
@@ -270,15 +248,6 @@ func parseStartupParams(b []byte) (map[string]string, []string) {
 	return params, unknown
 }
 
-func indexZero(b []byte) int {
-	for i, c := range b {
-		if c == 0 {
-			return i
-		}
-	}
-	return -1
-}
-
 func isLocal(c net.Conn) bool {
 	switch a := c.RemoteAddr().(type) {
 	case *net.UnixAddr:
@@ -287,10 +256,6 @@ func isLocal(c net.Conn) bool {
 		return a.IP.IsLoopback()
 	}
 	return c.RemoteAddr() == nil
-}
-
-type encoder interface {
-	Encode(dst []byte) ([]byte, error)
 }
 
 // send buffers one message for the client.
@@ -303,17 +268,10 @@ func (sess *session) send(m encoder) error {
 	return err
 }
 
-// acquire borrows a server connection within DB_CONNECTION_TIMEOUT (the pool retries while the
-// database is unreachable). A client that still has none gets 53300 (pool exhausted, or the
+// acquireConn borrows a server connection within DB_CONNECTION_TIMEOUT (the pool retries while
+// the database is unreachable). A client that still has none gets 53300 (pool exhausted, or the
 // server refused for too many connections) or 08006 (database unreachable or not answering)
 // instead of waiting forever.
-func (s *Server) acquire() (*pgxpool.Conn, error) {
-	start := time.Now()
-	defer func() { s.m.wait.Observe(time.Since(start).Seconds()) }()
-	return s.acquireConn()
-}
-
-// acquireConn is acquire without the wait metric, for callers that measure their own wait.
 func (s *Server) acquireConn() (*pgxpool.Conn, error) {
 	c, err := s.mgr.Acquire(s.ctx)
 	if err == nil {
@@ -338,38 +296,4 @@ func (s *Server) acquireConn() (*pgxpool.Conn, error) {
 	cfg := s.mgr.Config()
 	return nil, reject("53300", "no server connection available within DB_CONNECTION_TIMEOUT (%s): all %d pool connections are in use",
 		cfg.ConnectTimeout, cfg.MaxConns)
-}
-
-// applyParams sets the client's startup parameters (application_name, DateStyle, options -c ...)
-// on the server connection through pgconn, which then knows the reported values.
-func applyParams(ctx context.Context, pc *pgconn.PgConn, params map[string]string) error {
-	var sets []string
-	add := func(name, value string) {
-		for _, r := range name {
-			if !(r == '_' || r == '.' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
-				return
-			}
-		}
-		sets = append(sets, fmt.Sprintf("pg_catalog.set_config('%s', '%s', false)", name, strings.ReplaceAll(value, "'", "''")))
-	}
-	for name, value := range params {
-		switch name {
-		case "user", "database", "replication":
-		case "options":
-			for _, kv := range startupOptions(value) {
-				add(kv[0], kv[1])
-			}
-		case "client_encoding":
-			if !strings.EqualFold(value, "auto") {
-				add(name, value)
-			}
-		default:
-			add(name, value)
-		}
-	}
-	if len(sets) == 0 {
-		return nil
-	}
-	_, err := pc.Exec(ctx, "SELECT "+strings.Join(sets, ", ")).ReadAll()
-	return err
 }

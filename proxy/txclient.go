@@ -45,6 +45,10 @@ type txSession struct {
 	want      map[string]string   // the session's own settings as last read back; guarded by the holding connection's mu
 	custom    map[string]struct{} // custom settings the client has named, read back by name
 	wantPin   string              // a pin to take at the next checkout (asked for at login)
+	// whole: session mode, a client pinned from login. Its statements are the server's, relayed
+	// under the client's names; named keeps what measuring their executions needs.
+	whole bool
+	named map[string]namedStmt
 	stmts     map[string]*pstmt   // the client's named statements
 	stmtBytes int                 // text the client's named statements hold, bounded by maxClientStatementBytes
 	unnamed   []byte              // the body of the client's last unnamed Parse, to prepare it again elsewhere
@@ -60,8 +64,9 @@ type txSession struct {
 	failed  bool   // such a batch failed: its messages are skipped up to its Sync
 	batch   uint64 // counts the client's Syncs
 	pin     string // why the session keeps its server connection, or ""
-	// transactions counts transactions and single statements outside one.
-	transactions int
+	// transactions counts transactions and single statements outside one; a connection draining
+	// a client's last answers counts after the client's goroutine ended.
+	transactions atomic.Int64
 
 	// undone: Parses and Closes the proxy answered but the server would have skipped (an
 	// earlier request of their batch failed); the client applies them before its next request.
@@ -82,6 +87,7 @@ type txSession struct {
 	cw  *bufio.Writer // to the client, from writerPool
 
 	idleDeadline time.Time // the client's read deadline for --proxy.idle-transaction-timeout, or zero
+	terminated   bool      // the client said goodbye (Terminate) rather than dropping the connection
 }
 
 // setState moves the client between the waiting, active and idle gauges.
@@ -106,7 +112,7 @@ func (t *txSession) current() *srvConn {
 // detach lets go of c. c.mu is held.
 func (t *txSession) detach(c *srvConn) {
 	c.client = nil
-	c.writing = false
+	c.writing, c.leaving = false, false
 	t.mu.Lock()
 	if t.sc == c {
 		t.sc = nil
@@ -166,6 +172,22 @@ func (t *txSession) flushClient() {
 	t.wmu.Unlock()
 }
 
+// offerFlush is flushClient for the client's own goroutine before it waits for the client: it
+// does nothing while the server side holds the writer. That side may be waiting, in the middle
+// of an answer, for the rest of it, which the server sends only once it gets a request this
+// goroutine has still to read; and it flushes what it wrote once it is done.
+func (t *txSession) offerFlush() {
+	if !t.wmu.TryLock() {
+		return
+	}
+	if t.cw != nil && t.cw.Buffered() > 0 {
+		if err := t.cw.Flush(); err != nil {
+			_ = t.client.Close()
+		}
+	}
+	t.wmu.Unlock()
+}
+
 // releaseClientWriter gives the client writer back to its pool when nothing is buffered.
 func (t *txSession) releaseClientWriter() {
 	t.wmu.Lock()
@@ -218,7 +240,7 @@ func (t *txSession) forgetStatements() {
 // Bounds on one client's named statements in transaction mode, where the proxy keeps their
 // text: without them one client could make the proxy hold any amount of it.
 const (
-	maxClientStatements     = maxStatements
+	maxClientStatements     = 10000
 	maxClientStatementBytes = 64 << 20
 )
 
@@ -320,21 +342,49 @@ func (t *txSession) pinRefusal(c *srvConn, reason string) []byte {
 	return b[5:]
 }
 
+// pinWhole pins a session-mode client from login. It is no pin of transaction mode's, and is
+// not counted as one.
+const pinWhole = "session_mode"
+
 // setPin pins the session to its server connection. The connection's mu is held.
 func (t *txSession) setPin(reason string) {
 	if t.pin != "" || reason == "" {
 		return
 	}
 	t.pin = reason
-	t.srv.m.pinned.WithLabelValues(reason).Inc()
-	t.srv.m.pinnedTotal.WithLabelValues(reason).Inc()
+	if reason != pinWhole {
+		t.srv.m.pinned.WithLabelValues(reason).Inc()
+		t.srv.m.pinnedTotal.WithLabelValues(reason).Inc()
+	}
 }
 
 func (t *txSession) unpin() {
-	if t.pin != "" {
+	if t.pin != "" && t.pin != pinWhole {
 		t.srv.m.pinned.WithLabelValues(t.pin).Dec()
-		t.pin = ""
 	}
+	t.pin = ""
+}
+
+// namedStmt is what the proxy keeps of a whole session's statement, which the server holds
+// under the client's name: enough to measure its executions and take its effect.
+type namedStmt struct {
+	op  pool.Operation
+	sql string
+	eff sessionsql.Effect
+}
+
+// parseWhole queues the answer to a whole session's Parse, which goes to the server as it
+// came, and keeps the statement's operation and text for its executions.
+func (t *txSession) parseWhole(c *srvConn, body []byte) (pool.Operation, string) {
+	name, rest := cstring(body)
+	sqlb, _ := cbytes(rest)
+	ns := namedStmt{sql: sqlPrefix(sqlb), eff: t.srv.analysis.Analyze(sqlb)}
+	ns.op = pool.ClassifyOperation(ns.sql)
+	if _, ok := t.named[name]; ok || len(t.named) < maxClientStatements {
+		t.named[name] = ns
+	}
+	t.queueLocked(c, &entry{kind: 'P'})
+	return ns.op, ns.sql
 }
 
 // runTx serves a logged-in client in transaction mode until it leaves.
@@ -344,6 +394,9 @@ func (s *Server) runTx(sess *session, params map[string]string) {
 	if requestsPin(params) {
 		t.wantPin = sessionsql.PinRequested
 	}
+	if s.cfg.PoolMode == PoolSession {
+		t.whole, t.wantPin, t.named = true, pinWhole, map[string]namedStmt{}
+	}
 	t.want = clone(t.startWant)
 	t.cr = sess.cr
 	t.cw = sess.cw
@@ -352,7 +405,7 @@ func (s *Server) runTx(sess *session, params map[string]string) {
 	defer func() {
 		t.leave()
 		t.setState(nil)
-		s.m.sessionTx.Observe(float64(t.transactions))
+		s.m.sessionTx.Observe(float64(t.transactions.Load()))
 		t.unpin()
 		for _, st := range t.stmts {
 			s.stmts.put(st)
@@ -378,12 +431,18 @@ func (s *Server) runTx(sess *session, params map[string]string) {
 // first request). Only before the set has opened any connection does a login wait for one.
 func (t *txSession) login(params map[string]string) bool {
 	s := t.srv
-	c, err := t.checkout(false)
-	if err == nil && c == nil {
+	var c *srvConn
+	var err error
+	if !t.whole {
+		c, err = t.checkout(false)
+	}
+	if err == nil && c == nil && !t.whole {
 		if reported := s.txSet.reportedParams(); reported != nil {
 			t.welcome(reported, t.startWant)
 			return true
 		}
+	}
+	if err == nil && c == nil {
 		c, err = t.hold()
 	}
 	if err != nil {
@@ -485,7 +544,7 @@ func (t *txSession) checkout(wait bool) (*srvConn, error) {
 		c.mu.Unlock()
 	}
 	c.client = t
-	c.writing = true
+	c.writing, c.reset = true, false
 	t.mu.Lock()
 	t.sc = c
 	t.server = c.pc
@@ -592,10 +651,13 @@ func (t *txSession) leave() {
 	if c.client != t {
 		return
 	}
-	t.detach(c)
 	if t.pin != "" {
 		c.discardDue = true
 	}
+	if t.drain(c) {
+		return
+	}
+	t.detach(c)
 	if len(c.queue) > 0 && !c.quiet() {
 		// Only the client's own requests are cancelled: a cancel would fail the proxy's (a
 		// read-back of settings), and with it the connection.
@@ -620,6 +682,39 @@ func (t *txSession) leave() {
 		}
 	}
 	c.settle()
+}
+
+// drain keeps the connection of a client that said goodbye right after its last request
+// without reading the answers (node-postgres' pool does after an error) until the answers come,
+// for at most the reset timeout: those requests are measured, and the connection stays
+// reusable instead of being cancelled. The client will not read them, so writes to it fail at
+// once. It reports whether it drains. c.mu is held.
+func (t *txSession) drain(c *srvConn) bool {
+	if !t.terminated || c.quiet() || c.midBatch || t.srv.ctx.Err() != nil {
+		return false
+	}
+	_ = t.client.SetWriteDeadline(time.Now())
+	c.leaving, c.writing = true, false
+	if c.copying == 'G' {
+		b, _ := (&pgproto3.CopyFail{Message: "client disconnected"}).Encode(nil)
+		_ = c.net.SetWriteDeadline(time.Now().Add(t.srv.cfg.ResetTimeout))
+		if _, err := c.net.Write(b); err != nil {
+			_ = c.net.Close()
+		}
+	}
+	time.AfterFunc(t.srv.cfg.ResetTimeout, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.client != t || !c.leaving {
+			return
+		}
+		// The answers did not come in time: cancel what still runs.
+		t.detach(c)
+		_ = c.net.SetDeadline(time.Now().Add(t.srv.cfg.ResetTimeout))
+		c.cancelling = true
+		go c.cancelFor()
+	})
+	return true
 }
 
 // abortBatch ends the batch of a client that left before its Sync, appending the messages to
@@ -756,12 +851,6 @@ func (t *txSession) answer(c *srvConn, e *entry) {
 	c.queue = append(c.queue, e)
 }
 
-var (
-	parseComplete, _ = (&pgproto3.ParseComplete{}).Encode(nil)
-	closeComplete, _ = (&pgproto3.CloseComplete{}).Encode(nil)
-	readyIdle, _     = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(nil)
-)
-
 // loop relays the client's messages until it leaves or its server connection fails.
 func (t *txSession) loop() {
 	s := t.srv
@@ -782,7 +871,7 @@ func (t *txSession) loop() {
 	for {
 		if t.cr == nil || needFlush(t.cr) {
 			t.endWrite()
-			t.flushClient()
+			t.offerFlush()
 			if t.current() == nil {
 				t.releaseClientWriter()
 			}
@@ -808,6 +897,7 @@ func (t *txSession) loop() {
 		n := int(binary.BigEndian.Uint32(hdr[1:])) - 4
 		if n < 0 {
 			s.refuse(t, reject("08P01", "invalid message length %d", n+4))
+			t.flushClient()
 			return
 		}
 		if n > s.cfg.MaxMessageSize {
@@ -818,6 +908,7 @@ func (t *txSession) loop() {
 		}
 		bytesIn += n + 5
 		if typ == 'X' {
+			t.terminated = true
 			return
 		}
 		// Messages that need no server connection when none is held.
@@ -886,6 +977,11 @@ func (t *txSession) loop() {
 			c.unnamedBy = nil // a simple Query drops the unnamed statement
 			c.mu.Unlock()
 		case 'P':
+			if t.whole {
+				op, sql := t.parseWhole(c, body)
+				setBatch(op, sql)
+				break
+			}
 			name, rest := cstring(body)
 			sqlb, _ := cbytes(rest)
 			sql := sqlPrefix(sqlb)
@@ -941,7 +1037,12 @@ func (t *txSession) loop() {
 			name, params := cbytes(rest)
 			e := &entry{kind: 'B'}
 			eff := &t.unnamedFx
-			if st := t.stmts[string(name)]; len(name) > 0 && st != nil {
+			if t.whole {
+				if ns, ok := t.named[string(name)]; ok {
+					eff = &ns.eff
+					setBatch(ns.op, ns.sql)
+				}
+			} else if st := t.stmts[string(name)]; len(name) > 0 && st != nil {
 				eff = &st.eff
 				var stale bool
 				if pre, stale = t.prepareOn(c, st, pre); stale {
@@ -961,7 +1062,7 @@ func (t *txSession) loop() {
 			t.bindEffect(c, e, eff)
 		case 'D':
 			e := &entry{kind: 'D'}
-			if len(body) > 0 && body[0] == 'S' {
+			if len(body) > 0 && body[0] == 'S' && !t.whole {
 				name, _ := cbytes(body[1:])
 				if st := t.stmts[string(name)]; len(name) > 0 && st != nil {
 					var stale bool
@@ -978,7 +1079,12 @@ func (t *txSession) loop() {
 			}
 			t.queueLocked(c, e)
 		case 'C':
-			if len(body) > 0 && body[0] == 'S' {
+			if t.whole {
+				if len(body) > 0 && body[0] == 'S' {
+					name, _ := cbytes(body[1:])
+					delete(t.named, string(name))
+				}
+			} else if len(body) > 0 && body[0] == 'S' {
 				name, _ := cstring(body[1:])
 				if st := t.stmts[name]; name != "" && st != nil {
 					c.mu.Lock()
@@ -1318,14 +1424,6 @@ func (t *txSession) closeUnused(c *srvConn, pre []byte) []byte {
 	return pre
 }
 
-// closeBody is the body of a Close of the statement named name.
-func closeBody(name string) []byte {
-	b := make([]byte, 0, len(name)+2)
-	b = append(b, 'S')
-	b = append(b, name...)
-	return append(b, 0)
-}
-
 // unnamedOn prepares the client's unnamed statement again when the connection does not hold it
 // (the client parsed it in an earlier transaction, on another connection).
 func (t *txSession) unnamedOn(c *srvConn, pre []byte) []byte {
@@ -1339,20 +1437,6 @@ func (t *txSession) unnamedOn(c *srvConn, pre []byte) []byte {
 	}
 	c.unnamedBy, c.unnamedN = t, t.unnamedN
 	return appendMsg(pre, 'P', t.unnamed)
-}
-
-// appendMsg appends a message of type typ with body to b.
-func appendMsg(b []byte, typ byte, body []byte) []byte {
-	b = append(b, typ, 0, 0, 0, 0)
-	binary.BigEndian.PutUint32(b[len(b)-4:], uint32(len(body)+4))
-	return append(b, body...)
-}
-
-// errorBody is the body of an ErrorResponse of the proxy's.
-func errorBody(code, msg string) []byte {
-	e := &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: code, Message: msg}
-	b, _ := e.Encode(nil)
-	return b[5:]
 }
 
 // failingQuery is a Query body the server fails in-band, where the proxy answers a Query with
@@ -1375,6 +1459,7 @@ func (t *txSession) queryEffect(c *srvConn, e *entry, eff *sessionsql.Effect, sq
 		// server's, which the proxy does not track for a pinned session.
 		t.unnamed = nil
 		t.forgetStatements()
+		clear(t.named)
 	}
 	alone := eff.Statements == 1
 	for _, name := range eff.Dealloc {

@@ -106,8 +106,12 @@ func (ss *serverSet) get() (*srvConn, error) {
 		return nil, reject("57P01", "the proxy is shutting down")
 	}
 	s.m.waitTimeouts.Inc()
-	timedOut := reject("53300", "no server connection available within --proxy.query-wait-timeout (%s): all %d pool connections are in use",
-		wait, s.mgr.Config().MaxConns)
+	setting := "--proxy.query-wait-timeout"
+	if s.cfg.QueryWaitTimeout <= 0 {
+		setting = "DB_CONNECTION_TIMEOUT (--proxy.query-wait-timeout=auto)"
+	}
+	timedOut := reject("53300", "no server connection available within %s (%s): all %d pool connections are in use",
+		setting, wait, s.mgr.Config().MaxConns)
 	timedOut.inBand = true
 	return nil, timedOut
 }
@@ -217,9 +221,13 @@ func (ss *serverSet) put(c *srvConn) {
 	s := ss.s
 	_ = c.net.SetDeadline(time.Time{})
 	ss.mu.Lock()
-	if ss.closed || time.Since(c.born) > s.mgr.Config().MaxLifetime {
+	// In session mode a connection no client waits for goes back to the pool at once, as a
+	// session's always did: library traffic on the same pool may need it, and sessions are
+	// long, so the set's checkout without a ping saves little.
+	if ss.closed || time.Since(c.born) > s.mgr.Config().MaxLifetime || s.cfg.PoolMode == PoolSession && ss.waiters.Len() == 0 {
 		ss.shrunk()
 		ss.count(c, uncounted)
+		c.gone = true
 		ss.mu.Unlock()
 		go ss.retire(c)
 		return
@@ -251,6 +259,12 @@ func (ss *serverSet) shrunk() {
 // still active until it is clean); it is closed, and the pool discards it.
 func (ss *serverSet) drop(c *srvConn) {
 	ss.mu.Lock()
+	if c.gone {
+		// Being retired: retire sees the connection broken and closes it.
+		ss.mu.Unlock()
+		return
+	}
+	c.gone = true
 	for i, x := range ss.idle {
 		if x == c {
 			ss.idle = append(ss.idle[:i], ss.idle[i+1:]...)
@@ -275,6 +289,7 @@ func (ss *serverSet) retireExpired() {
 		ss.idle = ss.idle[1:]
 		ss.total--
 		ss.count(c, uncounted)
+		c.gone = true
 		go ss.retire(c)
 	}
 }
@@ -291,7 +306,7 @@ func (ss *serverSet) retire(c *srvConn) {
 	ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.ResetTimeout)
 	defer cancel()
 	ok := !c.broken && c.sr.Buffered() == 0
-	if ok {
+	if ok && !c.reset {
 		_, err := c.pc.Exec(ctx, "DISCARD ALL").ReadAll()
 		ok = err == nil && c.pc.TxStatus() == 'I'
 	}
@@ -310,6 +325,7 @@ func (ss *serverSet) close() {
 	ss.total -= len(idle)
 	for _, c := range idle {
 		ss.count(c, uncounted)
+		c.gone = true
 	}
 	ss.mu.Unlock()
 	for _, c := range idle {

@@ -92,6 +92,8 @@ type srvConn struct {
 	writing    bool            // the client is writing to the connection: it stays attached
 	cancelling bool            // a cancel request for a client that left is on its way
 	discardDue bool            // a pinned client left: DISCARD ALL before reuse
+	reset      bool            // that DISCARD ALL was done, and no client has held it since
+	leaving    bool            // its client said goodbye and the connection drains its answers
 	stopping   bool            // retire stops readLoop
 	broken     bool
 	idleSince  time.Time
@@ -112,6 +114,9 @@ type srvConn struct {
 	readyAt  time.Time // of the last ReadyForQuery
 
 	counted byte // the gauge counting the connection (serverSet.count); guarded by set.mu
+	// gone: the set let go of the connection, to retire or drop it (whichever came first does
+	// it); guarded by set.mu.
+	gone bool
 }
 
 func (c *srvConn) head() *entry {
@@ -476,6 +481,7 @@ func (c *srvConn) readyForQuery(h *entry, status byte, cl *txSession) {
 		}
 		if h.discard {
 			clear(c.params)
+			c.reset = h.skip
 			if cl != nil && unpinnedByDiscard[cl.pin] {
 				cl.unpin() // DISCARD ALL drops what pinned the session
 			}
@@ -492,7 +498,7 @@ func (c *srvConn) readyForQuery(h *entry, status byte, cl *txSession) {
 		s.mgr.RecordQuery(h.op, h.sql, time.Since(h.start), qerr)
 	}
 	if status == 'I' && (prev != 'I' || h.measure) {
-		cl.transactions++
+		cl.transactions.Add(1)
 	}
 	if prev != 'I' && status == 'I' {
 		outcome := "commit"
@@ -514,7 +520,9 @@ func (c *srvConn) settle() {
 	if len(c.queue) > 0 || c.copying != 0 || c.broken || c.stopping {
 		return
 	}
-	if cl := c.client; cl != nil {
+	if cl := c.client; cl != nil && c.leaving {
+		cl.detach(c) // every answer came
+	} else if cl != nil {
 		if c.status == 'I' && !c.writing && !c.midBatch && cl.pin == "" {
 			if c.dirty != c.clean {
 				c.startReadBack(cl)
@@ -659,28 +667,6 @@ func (c *srvConn) readBackDone(h *entry, status byte, cl *txSession) {
 		cl.want = clone(params)
 	}
 	c.clean = h.seq
-}
-
-// textRow reads a DataRow of two non-null text columns.
-func textRow(b []byte) ([2]string, bool) {
-	var row [2]string
-	if len(b) < 2 || binary.BigEndian.Uint16(b) != 2 {
-		return row, false
-	}
-	b = b[2:]
-	for i := range row {
-		if len(b) < 4 {
-			return row, false
-		}
-		n := int(int32(binary.BigEndian.Uint32(b)))
-		b = b[4:]
-		if n < 0 || n > len(b) {
-			return row, false
-		}
-		row[i] = string(b[:n])
-		b = b[n:]
-	}
-	return row, true
 }
 
 // resultVaries reports a statement whose described result type depends on session state at the

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/jackc/pgx/v5/pgproto3"
+
 	"github.com/pgsidecar/pgsidecar/internal/sessionsql"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
@@ -373,4 +375,15 @@ func restoreSQL(start map[string]string, resets []string) string {
 	}
 	return "SELECT pg_catalog.set_config(v.n, v.v, false) FROM (VALUES " + strings.Join(vals, ", ") +
 		") v(n, v) JOIN pg_catalog.pg_settings s ON pg_catalog.lower(s.name) = v.n WHERE s.source <> 'session'"
+}
+
+// restoreQuery is a Query message restoring the start-up values start of the settings in
+// resets, or nil.
+func restoreQuery(start map[string]string, resets []string) []byte {
+	sql := restoreSQL(start, resets)
+	if sql == "" {
+		return nil
+	}
+	b, _ := (&pgproto3.Query{String: sql}).Encode(nil)
+	return b
 }
