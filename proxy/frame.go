@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -158,3 +159,17 @@ var (
 	closeComplete, _ = (&pgproto3.CloseComplete{}).Encode(nil)
 	readyIdle, _     = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(nil)
 )
+
+// rejectError is an ErrorResponse the proxy sends before closing a client.
+type rejectError struct {
+	code, msg string
+	// inBand: the client can be told with an ERROR in place of its request's answer and stay
+	// connected (transaction mode's wait for a server connection).
+	inBand bool
+}
+
+func (e *rejectError) Error() string { return e.msg }
+
+func reject(code, format string, args ...any) *rejectError {
+	return &rejectError{code: code, msg: fmt.Sprintf(format, args...)}
+}

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"crypto/tls"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,10 +11,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
-	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/pgsidecar/pgsidecar/internal/sqlstate"
-	"github.com/pgsidecar/pgsidecar/pool"
 )
 
 // Startup packet codes.
@@ -32,20 +27,6 @@ var reportedParams = []string{
 	"application_name", "client_encoding", "DateStyle", "default_transaction_read_only", "in_hot_standby",
 	"integer_datetimes", "IntervalStyle", "is_superuser", "scram_iterations", "server_encoding",
 	"server_version", "session_authorization", "standard_conforming_strings", "TimeZone",
-}
-
-// rejectError is an ErrorResponse the proxy sends before closing a client.
-type rejectError struct {
-	code, msg string
-	// inBand: the client can be told with an ERROR in place of its request's answer and stay
-	// connected (transaction mode's wait for a server connection).
-	inBand bool
-}
-
-func (e *rejectError) Error() string { return e.msg }
-
-func reject(code, format string, args ...any) *rejectError {
-	return &rejectError{code: code, msg: fmt.Sprintf(format, args...)}
 }
 
 // handle runs one client connection from the first byte to the end of its session.
@@ -101,37 +82,6 @@ func remoteString(c net.Conn) string {
 		return a.String()
 	}
 	return "unix"
-}
-
-// refuse sends err to the client as a FATAL ErrorResponse (when it is one to send) and counts it.
-func (s *Server) refuse(w io.Writer, err error) {
-	var r *rejectError
-	if !errors.As(err, &r) {
-		if err != nil && !errors.Is(err, io.EOF) {
-			s.log.Debug("Proxy client connection failed", "error", err.Error())
-		}
-		return
-	}
-	// The codes are the proxy's own, but 53xxx ones come from the server: keep the label set
-	// bounded whatever it sends.
-	s.m.rejected.WithLabelValues(sqlstate.Label(r.code)).Inc()
-	b, _ := (&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: r.code, Message: r.msg}).Encode(nil)
-	_, _ = w.Write(b)
-}
-
-// endOversized ends the session of a client that sent a message of n bytes, over
-// --proxy.max-message-size, once its 54000 is flushed, and logs it. Closing a socket with input
-// unread makes the kernel reset the connection, and a client still writing its message would
-// get the reset, not the error: so the proxy half-closes the connection and reads what the
-// client still sends (the rest of the message and whatever it pipelined after it) until the
-// client closes, for at most the reset timeout and n bytes plus 1 MiB.
-func (s *Server) endOversized(sess *session, r io.Reader, n int) {
-	s.oversizeLog.event("user", sess.user, "client", sess.remote, "size", n, "max", s.cfg.MaxMessageSize)
-	if cw, ok := sess.client.(interface{ CloseWrite() error }); ok {
-		_ = cw.CloseWrite()
-	}
-	_ = sess.client.SetReadDeadline(time.Now().Add(s.cfg.ResetTimeout))
-	_, _ = io.CopyN(io.Discard, r, int64(n)+1<<20)
 }
 
 // startup reads startup packets until a StartupMessage, answering SSLRequest and GSSENCRequest on
@@ -256,44 +206,4 @@ func isLocal(c net.Conn) bool {
 		return a.IP.IsLoopback()
 	}
 	return c.RemoteAddr() == nil
-}
-
-// send buffers one message for the client.
-func (sess *session) send(m encoder) error {
-	b, err := m.Encode(nil)
-	if err != nil {
-		return err
-	}
-	_, err = sess.cw.Write(b)
-	return err
-}
-
-// acquireConn borrows a server connection within DB_CONNECTION_TIMEOUT (the pool retries while
-// the database is unreachable). A client that still has none gets 53300 (pool exhausted, or the
-// server refused for too many connections) or 08006 (database unreachable or not answering)
-// instead of waiting forever.
-func (s *Server) acquireConn() (*pgxpool.Conn, error) {
-	c, err := s.mgr.Acquire(s.ctx)
-	if err == nil {
-		return c, nil
-	}
-	var ae *pool.AcquireError
-	if errors.As(err, &ae) && ae.Cause != nil {
-		code := "08006"
-		if c := pool.SQLState(ae.Cause); strings.HasPrefix(c, "53") {
-			// The server answered but refused for lack of resources (too many connections): a
-			// capacity problem like an exhausted pool, not an outage.
-			code = c
-		}
-		return nil, reject(code, "cannot connect to the database within DB_CONNECTION_TIMEOUT (%s): %s", ae.Wait, ae.Cause)
-	}
-	if ae != nil && ae.Opening {
-		// Connections were free for the taking, but the database answered neither the ping of an
-		// idle one nor a new connection: a frozen or overloaded server, not a busy pool.
-		return nil, reject("08006", "cannot connect to the database within DB_CONNECTION_TIMEOUT (%s): the database did not answer", ae.Wait)
-	}
-	// The pool is busy, or the proxy is closing.
-	cfg := s.mgr.Config()
-	return nil, reject("53300", "no server connection available within DB_CONNECTION_TIMEOUT (%s): all %d pool connections are in use",
-		cfg.ConnectTimeout, cfg.MaxConns)
 }

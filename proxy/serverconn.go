@@ -15,8 +15,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/pgsidecar/pgsidecar/internal/sessionsql"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -630,15 +628,6 @@ func (c *srvConn) cancelFor() {
 	c.mu.Unlock()
 }
 
-// unpinnedByDiscard are the pin reasons whose state DISCARD ALL drops, so that the session may
-// move again. A loaded library, a dblink connection, a random seed or what an unknown statement
-// did stay, and so does the pin.
-var unpinnedByDiscard = map[string]bool{
-	sessionsql.PinRole: true, sessionsql.PinSetConfig: true, sessionsql.PinAdvisoryLock: true,
-	sessionsql.PinListen: true, sessionsql.PinTempTable: true, sessionsql.PinPrepare: true,
-	sessionsql.PinCursorHold: true,
-}
-
 // startReadBack asks the server for the session's own settings, before the connection goes
 // back to the set. c.mu is held; nothing else is being written to the connection.
 func (c *srvConn) startReadBack(cl *txSession) {
@@ -669,18 +658,46 @@ func (c *srvConn) readBackDone(h *entry, status byte, cl *txSession) {
 	c.clean = h.seq
 }
 
-// resultVaries reports a statement whose described result type depends on session state at the
-// time (FETCH, EXECUTE), not on the statement: a new one where it is prepared again is no change.
-func resultVaries(sql string) bool {
-	sql = strings.TrimLeft(sql, " \t\r\n(")
-	for _, w := range []string{"fetch", "execute", "move"} {
-		if len(sql) >= len(w) && strings.EqualFold(sql[:len(w)], w) && (len(sql) == len(w) || !isWordChar(sql[len(w)])) {
+// settingsFor returns the SQL that brings the connection's tracked settings to want, or "".
+// c.mu is held; the connection's settings are then want's.
+func (c *srvConn) settingsFor(want map[string]string) string {
+	var sets []string
+	for name, v := range want {
+		if cur, ok := c.params[name]; !ok || cur != v {
+			sets = append(sets, "pg_catalog.set_config("+literal(name)+", "+literal(v)+", false)")
+			c.params[name] = v
+		}
+	}
+	var sql string
+	if len(sets) > 0 {
+		sql = "SELECT " + strings.Join(sets, ", ") + ";"
+	}
+	for name := range c.params {
+		if _, ok := want[name]; !ok {
+			sql += "RESET " + settingIdent(name) + ";"
+			delete(c.params, name)
+		}
+	}
+	return sql
+}
+
+// quiet reports whether every answer outstanding on c is one the client does not get: waiting
+// for c's answers then cannot wait for the client. c.mu is held.
+func (c *srvConn) quiet() bool {
+	for _, e := range c.queue {
+		if !e.skip {
+			return false
+		}
+	}
+	return true
+}
+
+// parsing reports whether a Parse of st in the client's batch is unanswered on c. c.mu is held.
+func (c *srvConn) parsing(st *pstmt, batch uint64) bool {
+	for _, e := range c.queue {
+		if e.kind == 'P' && e.prepared == st && e.batch == batch {
 			return true
 		}
 	}
 	return false
-}
-
-func isWordChar(c byte) bool {
-	return c == '_' || c >= '0' && c <= '9' || c|0x20 >= 'a' && c|0x20 <= 'z' || c >= 0x80
 }

@@ -116,14 +116,6 @@ func (ss *serverSet) get() (*srvConn, error) {
 	return nil, timedOut
 }
 
-// queryWaitTimeout is --proxy.query-wait-timeout, or DB_CONNECTION_TIMEOUT when it is auto.
-func (s *Server) queryWaitTimeout() time.Duration {
-	if s.cfg.QueryWaitTimeout > 0 {
-		return s.cfg.QueryWaitTimeout
-	}
-	return s.mgr.Config().ConnectTimeout
-}
-
 // take checks out an idle connection, or a new one when the set has room, without waiting for
 // one a client gives back: nil when every connection is in use.
 func (ss *serverSet) take() (*srvConn, error) {
