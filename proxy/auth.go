@@ -167,19 +167,18 @@ func md5Response(stored string, salt [4]byte) string {
 }
 
 // authenticate runs the configured method and sends AuthenticationOk.
-func (sess *session) authenticate(raw net.Conn) error {
-	s := sess.srv
+func (s *Server) authenticate(cl *client, raw net.Conn) error {
 	method := s.cfg.Auth
 	fail := func(err error) error {
 		s.m.authFailures.WithLabelValues(string(method)).Inc()
 		if err != nil && !errors.Is(err, errWrongPassword) {
-			s.authLog.event("user", sess.user, "client", sess.remote, "method", string(method), "error", err.Error())
+			s.authLog.event("user", cl.user, "client", cl.remote, "method", string(method), "error", err.Error())
 		} else {
-			s.authLog.event("user", sess.user, "client", sess.remote, "method", string(method))
+			s.authLog.event("user", cl.user, "client", cl.remote, "method", string(method))
 		}
-		return reject("28P01", "password authentication failed for user %q", sess.user)
+		return reject("28P01", "password authentication failed for user %q", cl.user)
 	}
-	cred := s.creds[sess.user]
+	cred := s.creds[cl.user]
 	switch {
 	case method == AuthTrust:
 		if !isLocal(raw) {
@@ -189,10 +188,10 @@ func (sess *session) authenticate(raw net.Conn) error {
 	case method == AuthMD5 && (cred == nil || cred.md5 != ""):
 		var salt [4]byte
 		_, _ = rand.Read(salt[:])
-		if err := sess.send(&pgproto3.AuthenticationMD5Password{Salt: salt}); err != nil {
+		if err := cl.send(&pgproto3.AuthenticationMD5Password{Salt: salt}); err != nil {
 			return err
 		}
-		body, err := sess.expectPassword()
+		body, err := cl.expectPassword()
 		if err != nil {
 			return err
 		}
@@ -216,7 +215,7 @@ func (sess *session) authenticate(raw net.Conn) error {
 			_, _ = rand.Read(v.salt)
 			_, _ = rand.Read(v.storedKey)
 		}
-		if err := sess.scram(v); err != nil {
+		if err := cl.scram(v); err != nil {
 			if errors.As(err, new(*rejectError)) {
 				return err
 			}
@@ -226,14 +225,14 @@ func (sess *session) authenticate(raw net.Conn) error {
 			return fail(err)
 		}
 	}
-	return sess.send(&pgproto3.AuthenticationOk{})
+	return cl.send(&pgproto3.AuthenticationOk{})
 }
 
-func (sess *session) scram(v *scramVerifier) error {
-	if err := sess.send(&pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}}); err != nil {
+func (cl *client) scram(v *scramVerifier) error {
+	if err := cl.send(&pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}}); err != nil {
 		return err
 	}
-	body, err := sess.expectPassword()
+	body, err := cl.expectPassword()
 	if err != nil {
 		return err
 	}
@@ -249,10 +248,10 @@ func (sess *session) scram(v *scramVerifier) error {
 	if err != nil {
 		return err
 	}
-	if err := sess.send(&pgproto3.AuthenticationSASLContinue{Data: []byte(first)}); err != nil {
+	if err := cl.send(&pgproto3.AuthenticationSASLContinue{Data: []byte(first)}); err != nil {
 		return err
 	}
-	body, err = sess.expectPassword()
+	body, err = cl.expectPassword()
 	if err != nil {
 		return err
 	}
@@ -260,16 +259,24 @@ func (sess *session) scram(v *scramVerifier) error {
 	if err != nil {
 		return err
 	}
-	return sess.send(&pgproto3.AuthenticationSASLFinal{Data: []byte(final)})
+	return cl.send(&pgproto3.AuthenticationSASLFinal{Data: []byte(final)})
+}
+
+// send buffers one message for the client.
+func (cl *client) send(m encoder) error {
+	b, err := m.Encode(nil)
+	if err != nil {
+		return err
+	}
+	cl.writeClient(b)
+	return nil
 }
 
 // expectPassword flushes what was written and reads one PasswordMessage-type ('p') body.
-func (sess *session) expectPassword() ([]byte, error) {
-	if err := sess.cw.Flush(); err != nil {
-		return nil, err
-	}
+func (cl *client) expectPassword() ([]byte, error) {
+	cl.flushClient() // a failed write closes the connection: the read below fails
 	var hdr [5]byte
-	if _, err := io.ReadFull(sess.cr, hdr[:]); err != nil {
+	if _, err := io.ReadFull(cl.cr, hdr[:]); err != nil {
 		return nil, err
 	}
 	n := int(binary.BigEndian.Uint32(hdr[1:])) - 4
@@ -277,7 +284,7 @@ func (sess *session) expectPassword() ([]byte, error) {
 		return nil, reject("08P01", "expected a password response, got message type %q", hdr[0])
 	}
 	body := make([]byte, n)
-	if _, err := io.ReadFull(sess.cr, body); err != nil {
+	if _, err := io.ReadFull(cl.cr, body); err != nil {
 		return nil, err
 	}
 	return body, nil

@@ -2,9 +2,11 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"errors"
 	"io"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgsidecar/pgsidecar/internal/sessionsql"
+	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -28,13 +31,58 @@ var (
 	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, ioBufSize) }}
 )
 
-// txSession is a client session in transaction mode.
-type txSession struct {
-	*session
+// client is one logged-in client connection, from its login to its logout. Its goroutine reads
+// its messages (requests.go) and relays them over the server connection it holds, whose own
+// goroutine forwards the answers (serverconn.go). In session mode the client is pinned to its
+// server connection from login.
+type client struct {
+	core *core
+	set  *serverSet
+	clientWriter
+	clientSettings
+	clientStatements
+	batchState
+
+	user, remote string
+	pid, secret  uint32 // the cancel key the proxy gave the client
+
+	mu     sync.Mutex     // guards sc, server and state
+	sc     *srvConn       // the server connection held now
+	server *pgconn.PgConn // sc's, for cancel requests
+	state  prometheus.Gauge
+
+	cr           *bufio.Reader // from readerPool while the client has bytes buffered
+	buf          []byte
+	rewrite      []byte        // a Bind or Describe with the client's statement name replaced by the proxy's
+	sw           *bufio.Writer // to the server connection, from writerPool while writing
+	swc          *srvConn      // what sw writes to
+	idleDeadline time.Time     // the client's read deadline for --proxy.idle-transaction-timeout, or zero
+	terminated   bool          // the client said goodbye (Terminate) rather than dropping the connection
+	// transactions counts transactions and single statements outside one; a connection draining
+	// a client's last answers counts after the client's goroutine ended.
+	transactions atomic.Int64
+}
+
+// clientWriter buffers what goes to the client: the answers the server side forwards, and what
+// the proxy answers itself. It holds a buffer only while bytes are on their way.
+type clientWriter struct {
+	conn net.Conn
+	wmu  sync.Mutex
+	cw   *bufio.Writer // from writerPool
+}
+
+// clientSettings are the client's settings and pin: the part of its session that is not its
+// statements.
+type clientSettings struct {
 	startWant map[string]string   // settings from the startup packet, by lower-cased name
 	want      map[string]string   // the session's own settings as last read back; guarded by the holding connection's mu
 	custom    map[string]struct{} // custom settings the client has named, read back by name
 	wantPin   string              // a pin to take at the next checkout (asked for at login)
+	pin       string              // why the session keeps its server connection, or ""
+}
+
+// clientStatements are the client's prepared statements, as the proxy maps them onto its own.
+type clientStatements struct {
 	// whole: session mode, a client pinned from login. Its statements are the server's, relayed
 	// under the client's names; named keeps what measuring their executions needs.
 	whole     bool
@@ -44,97 +92,128 @@ type txSession struct {
 	unnamed   []byte            // the body of the client's last unnamed Parse, to prepare it again elsewhere
 	unnamedN  uint64            // counts the client's unnamed Parses
 	unnamedFx sessionsql.Effect // what the unnamed statement does to the session
-	// What the current extended-protocol batch does, taken at its Sync.
-	batchResets  []string
-	batchDiscard bool // DISCARD ALL
-	batchDealloc bool // DEALLOCATE ALL
 	// pending: named Parses and Closes of a batch begun without a server connection, answered
 	// when the batch needs none (Sync, Flush) or sent ahead of the first request that does.
 	pending []*entry
-	failed  bool   // such a batch failed: its messages are skipped up to its Sync
-	batch   uint64 // counts the client's Syncs
-	pin     string // why the session keeps its server connection, or ""
-	// transactions counts transactions and single statements outside one; a connection draining
-	// a client's last answers counts after the client's goroutine ended.
-	transactions atomic.Int64
-
+	failed  bool // such a batch failed: its messages are skipped up to its Sync
 	// undone: Parses and Closes the proxy answered but the server would have skipped (an
 	// earlier request of their batch failed); the client applies them before its next request.
 	undoMu  sync.Mutex
 	undone  []*entry
 	hasUndo atomic.Bool
+}
 
-	sc    *srvConn // held now; guarded by session.mu
-	state prometheus.Gauge
+// batchState is the client's current batch: its requests up to and including a Sync (a Query
+// or FunctionCall is one alone), what it does to the session, taken at the Sync, and what
+// measures it.
+type batchState struct {
+	batch        uint64    // counts the client's Syncs
+	batchStart   time.Time // the batch's first message once a server connection is held
+	batchOp      pool.Operation
+	batchSQL     string
+	batchNamed   bool // batchOp and batchSQL are a statement's
+	executed     bool // the batch has an Execute
+	batchResets  []string
+	batchDiscard bool // DISCARD ALL
+	batchDealloc bool // DEALLOCATE ALL
+}
 
-	cr      *bufio.Reader // from readerPool while the client has bytes buffered
-	sw      *bufio.Writer // to the server connection, from writerPool while writing
-	swc     *srvConn      // what sw writes to
-	buf     []byte
-	rewrite []byte // a Bind or Describe with the client's statement name replaced by the proxy's
+// newClient is a client that logged in on conn with params.
+func newClient(co *core, set *serverSet, conn net.Conn, params map[string]string, remote string) *client {
+	cl := &client{core: co, set: set, user: params["user"], remote: remote}
+	cl.conn = conn
+	cl.startWant = startupWant(params)
+	cl.want = clone(cl.startWant)
+	cl.custom = map[string]struct{}{}
+	cl.stmts = map[string]*pstmt{}
+	if requestsPin(params) {
+		cl.wantPin = sessionsql.PinRequested
+	}
+	if co.cfg.PoolMode == PoolSession {
+		cl.whole, cl.wantPin, cl.named = true, pinWhole, map[string]namedStmt{}
+	}
+	return cl
+}
 
-	wmu sync.Mutex
-	cw  *bufio.Writer // to the client, from writerPool
+// cancelServer sends a cancel request for the client's server connection. It reports whether
+// there was one to cancel.
+func (cl *client) cancelServer(ctx context.Context) bool {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if cl.server == nil {
+		return false
+	}
+	if err := cl.server.CancelRequest(ctx); err != nil {
+		cl.core.log.Warn("Proxy cancel request failed", "error", err.Error())
+	}
+	return true
+}
 
-	idleDeadline time.Time // the client's read deadline for --proxy.idle-transaction-timeout, or zero
-	terminated   bool      // the client said goodbye (Terminate) rather than dropping the connection
+// interrupt makes blocked reads and writes on the client's server connection fail now, so that
+// shutdown does not wait on a server that stopped answering. The connection is then discarded.
+func (cl *client) interrupt() {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if cl.server != nil {
+		_ = cl.server.Conn().SetDeadline(time.Now())
+	}
 }
 
 // setState moves the client between the waiting, active and idle gauges.
-func (t *txSession) setState(g prometheus.Gauge) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.state != nil {
-		t.state.Dec()
+func (cl *client) setState(g prometheus.Gauge) {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if cl.state != nil {
+		cl.state.Dec()
 	}
-	t.state = g
+	cl.state = g
 	if g != nil {
 		g.Inc()
 	}
 }
 
-func (t *txSession) current() *srvConn {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.sc
+func (cl *client) current() *srvConn {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	return cl.sc
 }
 
 // detach lets go of c. c.mu is held.
-func (t *txSession) detach(c *srvConn) {
+func (cl *client) detach(c *srvConn) {
 	c.client = nil
 	c.writing, c.leaving = false, false
-	t.mu.Lock()
-	if t.sc == c {
-		t.sc = nil
-		t.server = nil
+	cl.mu.Lock()
+	if cl.sc == c {
+		cl.sc = nil
+		cl.server = nil
 	}
-	if t.state == t.srv.m.active {
-		t.state.Dec()
-		t.state = t.srv.m.idle
-		t.state.Inc()
+	if cl.state == cl.core.m.active {
+		cl.state.Dec()
+		cl.state = cl.core.m.idle
+		cl.state.Inc()
 	}
-	t.mu.Unlock()
+	cl.mu.Unlock()
 }
 
 // writeClient buffers bytes for the client.
-func (t *txSession) writeClient(b []byte) {
-	t.wmu.Lock()
-	if t.cw == nil {
-		t.cw = writerPool.Get().(*bufio.Writer)
-		t.cw.Reset(t.client)
+func (cl *clientWriter) writeClient(b []byte) {
+	cl.wmu.Lock()
+	if cl.cw == nil {
+		cl.cw = writerPool.Get().(*bufio.Writer)
+		cl.cw.Reset(cl.conn)
 	}
-	_, _ = t.cw.Write(b)
-	t.wmu.Unlock()
+	_, _ = cl.cw.Write(b)
+	cl.wmu.Unlock()
 }
 
 // writeMsg buffers a message for the client: its body, or n body bytes copied from r. Only a
 // failed read is returned: the client's own read notices a client that is gone.
-func (t *txSession) writeMsg(typ byte, body []byte, r *bufio.Reader, n int) error {
-	t.wmu.Lock()
-	defer t.wmu.Unlock()
-	if t.cw == nil {
-		t.cw = writerPool.Get().(*bufio.Writer)
-		t.cw.Reset(t.client)
+func (cl *clientWriter) writeMsg(typ byte, body []byte, r *bufio.Reader, n int) error {
+	cl.wmu.Lock()
+	defer cl.wmu.Unlock()
+	if cl.cw == nil {
+		cl.cw = writerPool.Get().(*bufio.Writer)
+		cl.cw.Reset(cl.conn)
 	}
 	var hdr [5]byte
 	hdr[0] = typ
@@ -142,87 +221,76 @@ func (t *txSession) writeMsg(typ byte, body []byte, r *bufio.Reader, n int) erro
 		n = len(body)
 	}
 	binary.BigEndian.PutUint32(hdr[1:], uint32(n+4))
-	_, _ = t.cw.Write(hdr[:])
+	_, _ = cl.cw.Write(hdr[:])
 	if r == nil {
-		_, _ = t.cw.Write(body)
+		_, _ = cl.cw.Write(body)
 		return nil
 	}
-	readErr, _ := copyBody(t.cw, r, n)
+	readErr, _ := copyBody(cl.cw, r, n)
 	return readErr
 }
 
 // flushClient sends what is buffered for the client.
-func (t *txSession) flushClient() {
-	t.wmu.Lock()
-	if t.cw != nil && t.cw.Buffered() > 0 {
-		if err := t.cw.Flush(); err != nil {
-			_ = t.client.Close() // the client's read fails and ends the session
+func (cl *clientWriter) flushClient() {
+	cl.wmu.Lock()
+	if cl.cw != nil && cl.cw.Buffered() > 0 {
+		if err := cl.cw.Flush(); err != nil {
+			_ = cl.conn.Close() // the client's read fails and ends the session
 		}
 	}
-	t.wmu.Unlock()
+	cl.wmu.Unlock()
 }
 
 // offerFlush is flushClient for the client's own goroutine before it waits for the client: it
 // does nothing while the server side holds the writer. That side may be waiting, in the middle
 // of an answer, for the rest of it, which the server sends only once it gets a request this
 // goroutine has still to read; and it flushes what it wrote once it is done.
-func (t *txSession) offerFlush() {
-	if !t.wmu.TryLock() {
+func (cl *clientWriter) offerFlush() {
+	if !cl.wmu.TryLock() {
 		return
 	}
-	if t.cw != nil && t.cw.Buffered() > 0 {
-		if err := t.cw.Flush(); err != nil {
-			_ = t.client.Close()
+	if cl.cw != nil && cl.cw.Buffered() > 0 {
+		if err := cl.cw.Flush(); err != nil {
+			_ = cl.conn.Close()
 		}
 	}
-	t.wmu.Unlock()
+	cl.wmu.Unlock()
 }
 
 // releaseClientWriter gives the client writer back to its pool when nothing is buffered.
-func (t *txSession) releaseClientWriter() {
-	t.wmu.Lock()
-	if t.cw != nil && t.cw.Buffered() == 0 {
-		t.cw.Reset(nil)
-		writerPool.Put(t.cw)
-		t.cw = nil
+func (cl *clientWriter) releaseClientWriter() {
+	cl.wmu.Lock()
+	if cl.cw != nil && cl.cw.Buffered() == 0 {
+		cl.cw.Reset(nil)
+		writerPool.Put(cl.cw)
+		cl.cw = nil
 	}
-	t.wmu.Unlock()
+	cl.wmu.Unlock()
 }
 
-// runTx serves a logged-in client in transaction mode until it leaves.
-func (s *Server) runTx(sess *session, params map[string]string) {
-	t := &txSession{session: sess, startWant: startupWant(params), stmts: map[string]*pstmt{},
-		custom: map[string]struct{}{}}
-	if requestsPin(params) {
-		t.wantPin = sessionsql.PinRequested
-	}
-	if s.cfg.PoolMode == PoolSession {
-		t.whole, t.wantPin, t.named = true, pinWhole, map[string]namedStmt{}
-	}
-	t.want = clone(t.startWant)
-	t.cr = sess.cr
-	t.cw = sess.cw
-	sess.cr, sess.cw = nil, nil
-	t.setState(s.m.idle)
+// run serves the client until it leaves.
+func (cl *client) run(params map[string]string) {
+	s := cl.core
+	cl.setState(s.m.idle)
 	defer func() {
-		t.leave()
-		t.setState(nil)
-		s.m.sessionTx.Observe(float64(t.transactions.Load()))
-		t.unpin()
-		for _, st := range t.stmts {
+		cl.leave()
+		cl.setState(nil)
+		s.m.sessionTx.Observe(float64(cl.transactions.Load()))
+		cl.unpin()
+		for _, st := range cl.stmts {
 			s.stmts.put(st)
 		}
-		if t.cr != nil {
-			t.cr.Reset(nil)
-			readerPool.Put(t.cr)
-			t.cr = nil
+		if cl.cr != nil {
+			cl.cr.Reset(nil)
+			readerPool.Put(cl.cr)
+			cl.cr = nil
 		}
-		t.releaseClientWriter()
+		cl.releaseClientWriter()
 	}()
-	if !t.login(params) {
+	if !cl.login(params) {
 		return
 	}
-	t.loop()
+	cl.loop()
 }
 
 // login reports the server's parameters, as PostgreSQL does at the end of its startup. With a
@@ -231,25 +299,25 @@ func (s *Server) runTx(sess *session, params map[string]string) {
 // parameters are those of the set's connections, with the settings the client asked for as it
 // asked for them, applied when it first checks out a connection (where a bad one fails its
 // first request). Only before the set has opened any connection does a login wait for one.
-func (t *txSession) login(params map[string]string) bool {
-	s := t.srv
+func (cl *client) login(params map[string]string) bool {
+	s := cl.core
 	var c *srvConn
 	var err error
-	if !t.whole {
-		c, err = t.checkout(false)
+	if !cl.whole {
+		c, err = cl.checkout(false)
 	}
-	if err == nil && c == nil && !t.whole {
-		if reported := s.txSet.reportedParams(); reported != nil {
-			t.welcome(reported, t.startWant)
+	if err == nil && c == nil && !cl.whole {
+		if reported := cl.set.reportedParams(); reported != nil {
+			cl.welcome(reported, cl.startWant)
 			return true
 		}
 	}
 	if err == nil && c == nil {
-		c, err = t.hold()
+		c, err = cl.hold()
 	}
 	if err != nil {
-		s.refuse(t, err)
-		t.flushClient()
+		s.refuse(cl, err)
+		cl.flushClient()
 		return false
 	}
 	// hold queued the settings; wait for the server to take them.
@@ -260,30 +328,30 @@ func (t *txSession) login(params map[string]string) bool {
 		c.queue[len(c.queue)-1].done = done
 	}
 	c.mu.Unlock()
-	t.flushServer()
+	cl.flushServer()
 	if done != nil {
 		if err := <-done; err != nil {
-			t.endWrite()
+			cl.endWrite()
 			var pgErr *pgconn.PgError
 			if errors.As(err, &pgErr) {
-				s.refuse(t, reject(pgErr.Code, "%s", pgErr.Message))
+				s.refuse(cl, reject(pgErr.Code, "%s", pgErr.Message))
 			}
-			t.flushClient()
+			cl.flushClient()
 			return false
 		}
 	}
 	c.mu.Lock()
 	reported := clone(c.reported)
 	c.mu.Unlock()
-	t.endWrite()
-	t.welcome(reported, nil)
+	cl.endWrite()
+	cl.welcome(reported, nil)
 	return true
 }
 
 // welcome ends the client's login: ParameterStatus for each reported parameter (with the
 // client's own start-up setting of it, by lower-cased name, when asked), BackendKeyData and
 // ReadyForQuery.
-func (t *txSession) welcome(reported, asked map[string]string) {
+func (cl *client) welcome(reported, asked map[string]string) {
 	var msgs []byte
 	for _, name := range reportedParams {
 		v := reported[name]
@@ -295,48 +363,48 @@ func (t *txSession) welcome(reported, asked map[string]string) {
 		}
 	}
 	key := make([]byte, 4)
-	binary.BigEndian.PutUint32(key, t.secret)
-	msgs, _ = (&pgproto3.BackendKeyData{ProcessID: t.pid, SecretKey: key}).Encode(msgs)
+	binary.BigEndian.PutUint32(key, cl.secret)
+	msgs, _ = (&pgproto3.BackendKeyData{ProcessID: cl.pid, SecretKey: key}).Encode(msgs)
 	msgs, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(msgs)
-	t.writeClient(msgs)
-	t.flushClient()
+	cl.writeClient(msgs)
+	cl.flushClient()
 }
 
 // Write lets the proxy's refuse write to the client.
-func (t *txSession) Write(b []byte) (int, error) {
-	t.writeClient(b)
+func (cl *clientWriter) Write(b []byte) (int, error) {
+	cl.writeClient(b)
 	return len(b), nil
 }
 
 // hold returns the server connection the client holds, checking one out (and bringing its
 // settings in line with the client's) when it holds none, and marks it as being written to so
 // that it stays attached until endWrite.
-func (t *txSession) hold() (*srvConn, error) { return t.checkout(true) }
+func (cl *client) hold() (*srvConn, error) { return cl.checkout(true) }
 
 // checkout is hold; without wait, it returns nil when every server connection is in use.
-func (t *txSession) checkout(wait bool) (*srvConn, error) {
-	s := t.srv
-	if c := t.current(); c != nil {
+func (cl *client) checkout(wait bool) (*srvConn, error) {
+	s := cl.core
+	if c := cl.current(); c != nil {
 		c.mu.Lock()
-		if c.client == t {
+		if c.client == cl {
 			c.writing = true
 			c.mu.Unlock()
-			t.bindWriter(c)
+			cl.bindWriter(c)
 			return c, nil
 		}
 		c.mu.Unlock()
 	}
-	t.setState(s.m.waiting)
+	cl.setState(s.m.waiting)
 	var c *srvConn
 	for {
 		var err error
 		if wait {
-			c, err = s.txSet.get()
+			c, err = cl.set.get()
 		} else {
-			c, err = s.txSet.take()
+			c, err = cl.set.take()
 		}
 		if c == nil {
-			t.setState(s.m.idle)
+			cl.setState(s.m.idle)
 			return nil, err
 		}
 		c.mu.Lock()
@@ -345,65 +413,65 @@ func (t *txSession) checkout(wait bool) (*srvConn, error) {
 		}
 		c.mu.Unlock()
 	}
-	c.client = t
+	c.client = cl
 	c.writing, c.reset = true, false
-	t.mu.Lock()
-	t.sc = c
-	t.server = c.pc
-	t.mu.Unlock()
-	t.setState(s.m.active)
-	if t.wantPin != "" {
-		t.setPin(t.wantPin)
-		t.wantPin = ""
+	cl.mu.Lock()
+	cl.sc = c
+	cl.server = c.pc
+	cl.mu.Unlock()
+	cl.setState(s.m.active)
+	if cl.wantPin != "" {
+		cl.setPin(cl.wantPin)
+		cl.wantPin = ""
 	}
-	apply := c.settingsFor(t.want)
+	apply := c.settingsFor(cl.want)
 	if apply != "" {
 		c.queue = append(c.queue, &entry{kind: 'Q', skip: true})
 	}
 	c.mu.Unlock()
-	t.bindWriter(c)
+	cl.bindWriter(c)
 	if apply != "" {
 		b, _ := (&pgproto3.Query{String: apply}).Encode(nil)
-		_, _ = t.sw.Write(b)
+		_, _ = cl.sw.Write(b)
 	}
 	return c, nil
 }
 
-func (t *txSession) bindWriter(c *srvConn) {
-	if t.sw == nil {
-		t.sw = writerPool.Get().(*bufio.Writer)
-		t.sw.Reset(c.net)
-		t.swc = c
-	} else if t.swc != c {
-		t.flushServer()
-		t.sw.Reset(c.net)
-		t.swc = c
+func (cl *client) bindWriter(c *srvConn) {
+	if cl.sw == nil {
+		cl.sw = writerPool.Get().(*bufio.Writer)
+		cl.sw.Reset(c.net)
+		cl.swc = c
+	} else if cl.swc != c {
+		cl.flushServer()
+		cl.sw.Reset(c.net)
+		cl.swc = c
 	}
 }
 
 // flushServer sends what is buffered for the server; a failed write breaks the connection,
 // which its readLoop then drops.
-func (t *txSession) flushServer() {
-	if t.sw != nil && t.sw.Buffered() > 0 {
-		if err := t.sw.Flush(); err != nil {
-			_ = t.swc.net.Close()
-			t.sw.Reset(t.swc.net)
+func (cl *client) flushServer() {
+	if cl.sw != nil && cl.sw.Buffered() > 0 {
+		if err := cl.sw.Flush(); err != nil {
+			_ = cl.swc.net.Close()
+			cl.sw.Reset(cl.swc.net)
 		}
 	}
 }
 
 // endWrite flushes the server writer, gives it back, and lets the connection go if nothing
 // holds it any more.
-func (t *txSession) endWrite() {
-	t.flushServer()
-	if t.sw != nil {
-		t.sw.Reset(nil)
-		writerPool.Put(t.sw)
-		t.sw, t.swc = nil, nil
+func (cl *client) endWrite() {
+	cl.flushServer()
+	if cl.sw != nil {
+		cl.sw.Reset(nil)
+		writerPool.Put(cl.sw)
+		cl.sw, cl.swc = nil, nil
 	}
-	if c := t.current(); c != nil {
+	if c := cl.current(); c != nil {
 		c.mu.Lock()
-		if c.client == t {
+		if c.client == cl {
 			c.writing = false
 			c.settle()
 		}
@@ -414,33 +482,33 @@ func (t *txSession) endWrite() {
 // leave lets go of the server connection when the client is gone: outstanding queries are
 // canceled, an open transaction rolled back and a pinned session's state discarded before the
 // connection serves anyone else.
-func (t *txSession) leave() {
-	t.flushServer()
-	if t.sw != nil {
-		t.sw.Reset(nil)
-		writerPool.Put(t.sw)
-		t.sw, t.swc = nil, nil
+func (cl *client) leave() {
+	cl.flushServer()
+	if cl.sw != nil {
+		cl.sw.Reset(nil)
+		writerPool.Put(cl.sw)
+		cl.sw, cl.swc = nil, nil
 	}
-	c := t.current()
+	c := cl.current()
 	if c == nil {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.client != t {
+	if c.client != cl {
 		return
 	}
-	if t.pin != "" {
+	if cl.pin != "" {
 		c.discardDue = true
 	}
-	if t.drain(c) {
+	if cl.drain(c) {
 		return
 	}
-	t.detach(c)
+	cl.detach(c)
 	if len(c.queue) > 0 && !c.quiet() {
 		// Only the client's own requests are cancelled: a cancel would fail the proxy's (a
 		// read-back of settings), and with it the connection.
-		_ = c.net.SetDeadline(time.Now().Add(t.srv.cfg.ResetTimeout))
+		_ = c.net.SetDeadline(time.Now().Add(cl.core.cfg.ResetTimeout))
 		c.cancelling = true
 		go c.cancelFor()
 	}
@@ -452,10 +520,10 @@ func (t *txSession) leave() {
 		end, _ = (&pgproto3.CopyFail{Message: "client disconnected"}).Encode(end)
 	}
 	if c.midBatch {
-		end = t.abortBatch(c, end)
+		end = cl.abortBatch(c, end)
 	}
 	if len(end) > 0 {
-		_ = c.net.SetWriteDeadline(time.Now().Add(t.srv.cfg.ResetTimeout))
+		_ = c.net.SetWriteDeadline(time.Now().Add(cl.core.cfg.ResetTimeout))
 		if _, err := c.net.Write(end); err != nil {
 			_ = c.net.Close() // readLoop sees it and drops the connection
 		}
@@ -468,28 +536,28 @@ func (t *txSession) leave() {
 // for at most the reset timeout: those requests are measured, and the connection stays
 // reusable instead of being cancelled. The client will not read them, so writes to it fail at
 // once. It reports whether it drains. c.mu is held.
-func (t *txSession) drain(c *srvConn) bool {
-	if !t.terminated || c.quiet() || c.midBatch || t.srv.ctx.Err() != nil {
+func (cl *client) drain(c *srvConn) bool {
+	if !cl.terminated || c.quiet() || c.midBatch || cl.core.ctx.Err() != nil {
 		return false
 	}
-	_ = t.client.SetWriteDeadline(time.Now())
+	_ = cl.conn.SetWriteDeadline(time.Now())
 	c.leaving, c.writing = true, false
 	if c.copying == 'G' {
 		b, _ := (&pgproto3.CopyFail{Message: "client disconnected"}).Encode(nil)
-		_ = c.net.SetWriteDeadline(time.Now().Add(t.srv.cfg.ResetTimeout))
+		_ = c.net.SetWriteDeadline(time.Now().Add(cl.core.cfg.ResetTimeout))
 		if _, err := c.net.Write(b); err != nil {
 			_ = c.net.Close()
 		}
 	}
-	time.AfterFunc(t.srv.cfg.ResetTimeout, func() {
+	time.AfterFunc(cl.core.cfg.ResetTimeout, func() {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		if c.client != t || !c.leaving {
+		if c.client != cl || !c.leaving {
 			return
 		}
 		// The answers did not come in time: cancel what still runs.
-		t.detach(c)
-		_ = c.net.SetDeadline(time.Now().Add(t.srv.cfg.ResetTimeout))
+		cl.detach(c)
+		_ = c.net.SetDeadline(time.Now().Add(cl.core.cfg.ResetTimeout))
 		c.cancelling = true
 		go c.cancelFor()
 	})
@@ -502,12 +570,12 @@ func (t *txSession) drain(c *srvConn) bool {
 // PostgreSQL rolls back when its client goes. So a request that fails first (a Bind of a
 // statement that does not exist; skipped if the batch already failed), then the Sync. An
 // explicit transaction is left failed, and settle rolls it back. c.mu is held.
-func (t *txSession) abortBatch(c *srvConn, b []byte) []byte {
-	if t.queue(c, &entry{kind: 'B', skip: true}) {
+func (cl *client) abortBatch(c *srvConn, b []byte) []byte {
+	if cl.queue(c, &entry{kind: 'B', skip: true}) {
 		bind := append([]byte{0}, noStatement...)
 		b = appendMsg(b, 'B', append(bind, 0, 0, 0, 0, 0, 0, 0))
 	}
-	t.queue(c, &entry{kind: 'S', skip: true})
+	cl.queue(c, &entry{kind: 'S', skip: true})
 	return appendMsg(b, 'S', nil)
 }
 
@@ -516,82 +584,82 @@ var errIdleWait = errors.New("idle transaction deadline")
 
 // armIdleTimeout sets a read deadline on a client about to wait for its next message while it
 // holds a server connection, so that one idle in a transaction is noticed (idleTooLong).
-func (t *txSession) armIdleTimeout() {
-	if !t.idleDeadline.IsZero() || t.cr != nil && t.cr.Buffered() > 0 || t.current() == nil {
+func (cl *client) armIdleTimeout() {
+	if !cl.idleDeadline.IsZero() || cl.cr != nil && cl.cr.Buffered() > 0 || cl.current() == nil {
 		return
 	}
-	t.idleDeadline = time.Now().Add(t.srv.cfg.IdleTransactionTimeout)
-	_ = t.client.SetReadDeadline(t.idleDeadline)
+	cl.idleDeadline = time.Now().Add(cl.core.cfg.IdleTransactionTimeout)
+	_ = cl.conn.SetReadDeadline(cl.idleDeadline)
 }
 
 // idleTooLong is called when the client's idle deadline passed. A client idle in a transaction
 // (no request outstanding) for --proxy.idle-transaction-timeout gets FATAL 25P03 and true: its
 // session ends, and leave rolls the transaction back. Otherwise the deadline moves to when the
 // client would have been idle that long.
-func (t *txSession) idleTooLong() bool {
-	s := t.srv
+func (cl *client) idleTooLong() bool {
+	s := cl.core
 	timeout := s.cfg.IdleTransactionTimeout
-	t.idleDeadline = time.Time{}
-	_ = t.client.SetReadDeadline(time.Time{})
-	c := t.current()
+	cl.idleDeadline = time.Time{}
+	_ = cl.conn.SetReadDeadline(time.Time{})
+	c := cl.current()
 	if c == nil {
 		return false
 	}
 	c.mu.Lock()
-	idle := c.client == t && len(c.queue) == 0 && c.copying == 0 && !c.writing && (c.status == 'T' || c.status == 'E')
+	idle := c.client == cl && len(c.queue) == 0 && c.copying == 0 && !c.writing && (c.status == 'T' || c.status == 'E')
 	since := c.readyAt
 	c.mu.Unlock()
 	if !idle {
 		return false // armIdleTimeout sets a new deadline
 	}
 	if left := timeout - time.Since(since); left > 0 {
-		t.idleDeadline = time.Now().Add(left)
-		_ = t.client.SetReadDeadline(t.idleDeadline)
+		cl.idleDeadline = time.Now().Add(left)
+		_ = cl.conn.SetReadDeadline(cl.idleDeadline)
 		return false
 	}
 	s.m.idleTxEnded.Inc()
-	s.idleTxLog.event("user", t.user, "client", t.remote, "timeout", timeout)
-	s.refuse(t, reject("25P03", "terminating connection due to idle-in-transaction timeout (--proxy.idle-transaction-timeout is %s)", timeout))
-	t.flushClient()
+	s.idleTxLog.event("user", cl.user, "client", cl.remote, "timeout", timeout)
+	s.refuse(cl, reject("25P03", "terminating connection due to idle-in-transaction timeout (--proxy.idle-transaction-timeout is %s)", timeout))
+	cl.flushClient()
 	return true
 }
 
 // readHeader reads a message header from the client. With nothing buffered it gives the reader
 // back to its pool and waits on the connection itself, so an idle client holds no buffer.
-func (t *txSession) readHeader(hdr []byte) error {
-	if t.cr == nil || t.cr.Buffered() == 0 {
-		if t.cr != nil {
-			t.cr.Reset(nil)
-			readerPool.Put(t.cr)
-			t.cr = nil
+func (cl *client) readHeader(hdr []byte) error {
+	if cl.cr == nil || cl.cr.Buffered() == 0 {
+		if cl.cr != nil {
+			cl.cr.Reset(nil)
+			readerPool.Put(cl.cr)
+			cl.cr = nil
 		}
-		if cap(t.buf) > 4<<10 {
-			t.buf = nil // nor a large message's body
+		if cap(cl.buf) > 4<<10 {
+			cl.buf = nil // nor a large message's body
 		}
-		if cap(t.rewrite) > 4<<10 {
-			t.rewrite = nil
+		if cap(cl.rewrite) > 4<<10 {
+			cl.rewrite = nil
 		}
-		if got, err := io.ReadFull(t.client, hdr); err != nil {
-			if got == 0 && !t.idleDeadline.IsZero() && isTimeout(err) {
+		if got, err := io.ReadFull(cl.conn, hdr); err != nil {
+			if got == 0 && !cl.idleDeadline.IsZero() && isTimeout(err) {
 				return errIdleWait
 			}
 			return err
 		}
-		t.cr = readerPool.Get().(*bufio.Reader)
-		t.cr.Reset(t.client)
+		cl.cr = readerPool.Get().(*bufio.Reader)
+		cl.cr.Reset(cl.conn)
 		return nil
 	}
-	_, err := io.ReadFull(t.cr, hdr)
+	_, err := io.ReadFull(cl.cr, hdr)
 	return err
 }
 
-func (t *txSession) readBody(n int) ([]byte, error) {
-	if cap(t.buf) < n {
-		t.buf = make([]byte, n)
+func (cl *client) readBody(n int) ([]byte, error) {
+	if cap(cl.buf) < n {
+		cl.buf = make([]byte, n)
 	}
-	t.buf = t.buf[:n]
-	_, err := io.ReadFull(t.cr, t.buf)
-	return t.buf, err
+	cl.buf = cl.buf[:n]
+	_, err := io.ReadFull(cl.cr, cl.buf)
+	return cl.buf, err
 }
 
 // endOversized ends the session of a client that sent a message of n bytes, over
@@ -600,21 +668,16 @@ func (t *txSession) readBody(n int) ([]byte, error) {
 // get the reset, not the error: so the proxy half-closes the connection and reads what the
 // client still sends (the rest of the message and whatever it pipelined after it) until the
 // client closes, for at most the reset timeout and n bytes plus 1 MiB.
-func (s *Server) endOversized(sess *session, r io.Reader, n int) {
-	s.oversizeLog.event("user", sess.user, "client", sess.remote, "size", n, "max", s.cfg.MaxMessageSize)
-	if cw, ok := sess.client.(interface{ CloseWrite() error }); ok {
+func (cl *client) endOversized(n int) {
+	s := cl.core
+	s.oversizeLog.event("user", cl.user, "client", cl.remote, "size", n, "max", s.cfg.MaxMessageSize)
+	if cw, ok := cl.conn.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
 	}
-	_ = sess.client.SetReadDeadline(time.Now().Add(s.cfg.ResetTimeout))
-	_, _ = io.CopyN(io.Discard, r, int64(n)+1<<20)
-}
-
-// send buffers one message for the client.
-func (sess *session) send(m encoder) error {
-	b, err := m.Encode(nil)
-	if err != nil {
-		return err
+	_ = cl.conn.SetReadDeadline(time.Now().Add(s.cfg.ResetTimeout))
+	var r io.Reader = cl.conn
+	if cl.cr != nil {
+		r = cl.cr
 	}
-	_, err = sess.cw.Write(b)
-	return err
+	_, _ = io.CopyN(io.Discard, r, int64(n)+1<<20)
 }

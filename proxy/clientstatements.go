@@ -10,40 +10,40 @@ import (
 )
 
 // undo records that the server skipped the request e answered. Called by readLoop.
-func (t *txSession) undo(e *entry) {
-	t.undoMu.Lock()
-	t.undone = append(t.undone, e)
-	t.undoMu.Unlock()
-	t.hasUndo.Store(true)
+func (cl *client) undo(e *entry) {
+	cl.undoMu.Lock()
+	cl.undone = append(cl.undone, e)
+	cl.undoMu.Unlock()
+	cl.hasUndo.Store(true)
 }
 
 // applyUndone reverts the statements of skipped Parses and Closes.
-func (t *txSession) applyUndone() {
-	t.undoMu.Lock()
-	undone := t.undone
-	t.undone = nil
-	t.hasUndo.Store(false)
-	t.undoMu.Unlock()
+func (cl *client) applyUndone() {
+	cl.undoMu.Lock()
+	undone := cl.undone
+	cl.undone = nil
+	cl.hasUndo.Store(false)
+	cl.undoMu.Unlock()
 	for _, e := range undone {
 		if e.closed {
-			if t.stmts[e.stmtName] == nil {
-				t.keepStmt(e.stmtName, e.stmt)
-				t.srv.stmts.ref(e.stmt) // the Close's put is undone too
+			if cl.stmts[e.stmtName] == nil {
+				cl.keepStmt(e.stmtName, e.stmt)
+				cl.core.stmts.ref(e.stmt) // the Close's put is undone too
 			}
 			continue
 		}
-		if t.stmts[e.stmtName] == e.stmt {
-			t.dropStmt(e.stmtName, e.stmt)
-			t.srv.stmts.put(e.stmt)
+		if cl.stmts[e.stmtName] == e.stmt {
+			cl.dropStmt(e.stmtName, e.stmt)
+			cl.core.stmts.put(e.stmt)
 		}
 	}
 }
 
 // forgetStatements drops the client's named statements.
-func (t *txSession) forgetStatements() {
-	for name, st := range t.stmts {
-		t.srv.stmts.put(st)
-		t.dropStmt(name, st)
+func (cl *client) forgetStatements() {
+	for name, st := range cl.stmts {
+		cl.core.stmts.put(st)
+		cl.dropStmt(name, st)
 	}
 }
 
@@ -55,34 +55,34 @@ const (
 )
 
 // statementRefused is the error for a named Parse of a statement of n bytes, or "" to accept it.
-func (t *txSession) statementRefused(name string, n int) (code, msg string) {
-	if _, dup := t.stmts[name]; dup {
+func (cl *client) statementRefused(name string, n int) (code, msg string) {
+	if _, dup := cl.stmts[name]; dup {
 		return "42P05", fmt.Sprintf("prepared statement %q already exists", name)
 	}
-	if len(t.stmts) >= maxClientStatements || t.stmtBytes+n > maxClientStatementBytes {
+	if len(cl.stmts) >= maxClientStatements || cl.stmtBytes+n > maxClientStatementBytes {
 		return "53400", fmt.Sprintf("too many prepared statements in this session: the proxy keeps at most %d, of %d MiB of text in all; close some first",
 			maxClientStatements, maxClientStatementBytes>>20)
 	}
 	return "", ""
 }
 
-func (t *txSession) keepStmt(name string, st *pstmt) {
-	t.stmts[name] = st
-	t.stmtBytes += len(st.key)
+func (cl *client) keepStmt(name string, st *pstmt) {
+	cl.stmts[name] = st
+	cl.stmtBytes += len(st.key)
 }
 
-func (t *txSession) dropStmt(name string, st *pstmt) {
-	delete(t.stmts, name)
-	t.stmtBytes -= len(st.key)
+func (cl *client) dropStmt(name string, st *pstmt) {
+	delete(cl.stmts, name)
+	cl.stmtBytes -= len(st.key)
 }
 
 // stmtScope is the registry scope of the client's new statements: its own once it is pinned.
 // The held connection's mu is held, if there is one.
-func (t *txSession) stmtScope() string {
-	if t.pin == "" {
+func (cl *client) stmtScope() string {
+	if cl.pin == "" {
 		return ""
 	}
-	return "pinned " + strconv.FormatUint(uint64(t.pid), 10) + "\x00"
+	return "pinned " + strconv.FormatUint(uint64(cl.pid), 10) + "\x00"
 }
 
 // namedStmt is what the proxy keeps of a whole session's statement, which the server holds
@@ -95,15 +95,15 @@ type namedStmt struct {
 
 // parseWhole queues the answer to a whole session's Parse, which goes to the server as it
 // came, and keeps the statement's operation and text for its executions.
-func (t *txSession) parseWhole(c *srvConn, body []byte) (pool.Operation, string) {
+func (cl *client) parseWhole(c *srvConn, body []byte) (pool.Operation, string) {
 	name, rest := cstring(body)
 	sqlb, _ := cbytes(rest)
-	ns := namedStmt{sql: sqlPrefix(sqlb), eff: t.srv.analysis.Analyze(sqlb)}
+	ns := namedStmt{sql: sqlPrefix(sqlb), eff: cl.core.analysis.Analyze(sqlb)}
 	ns.op = pool.ClassifyOperation(ns.sql)
-	if _, ok := t.named[name]; ok || len(t.named) < maxClientStatements {
-		t.named[name] = ns
+	if _, ok := cl.named[name]; ok || len(cl.named) < maxClientStatements {
+		cl.named[name] = ns
 	}
-	t.queueLocked(c, &entry{kind: 'P'})
+	cl.queueLocked(c, &entry{kind: 'P'})
 	return ns.op, ns.sql
 }
 
@@ -112,10 +112,10 @@ func (t *txSession) parseWhole(c *srvConn, body []byte) (pool.Operation, string)
 // nothing for the request, when st is a version whose result type changed and c does not have
 // it: the client then gets the error it gets where st is prepared, rather than st prepared
 // afresh with a result its driver would decode with the old row description.
-func (t *txSession) prepareOn(c *srvConn, st *pstmt, pre []byte) (_ []byte, stale bool) {
-	s := t.srv
+func (cl *client) prepareOn(c *srvConn, st *pstmt, pre []byte) (_ []byte, stale bool) {
+	s := cl.core
 	c.mu.Lock()
-	pre = t.closeUnused(c, pre)
+	pre = cl.closeUnused(c, pre)
 	if c.stmts.has(st) {
 		s.m.stmtHits.Inc()
 		c.mu.Unlock()
@@ -134,20 +134,20 @@ func (t *txSession) prepareOn(c *srvConn, st *pstmt, pre []byte) (_ []byte, stal
 	if st.result.Load() != nil && c.quiet() {
 		verdict = make(chan bool, 1)
 	}
-	if !t.queue(c, &entry{kind: 'P', skip: true, prepared: st}) {
+	if !cl.queue(c, &entry{kind: 'P', skip: true, prepared: st}) {
 		c.mu.Unlock()
 		return pre, false
 	}
 	pre = appendMsg(pre, 'P', st.parseBody())
-	pre = t.describeOn(c, st, verdict, pre)
-	pre = t.addPrepared(c, st, pre)
+	pre = cl.describeOn(c, st, verdict, pre)
+	pre = cl.addPrepared(c, st, pre)
 	c.mu.Unlock()
 	if verdict == nil {
 		return pre, false
 	}
 	// The server answers extended-protocol messages at a Flush (which it does not answer).
-	_, _ = t.sw.Write(appendMsg(pre, 'H', nil))
-	t.flushServer()
+	_, _ = cl.sw.Write(appendMsg(pre, 'H', nil))
+	cl.flushServer()
 	pre = pre[:0]
 	select {
 	case differs := <-verdict:
@@ -158,15 +158,15 @@ func (t *txSession) prepareOn(c *srvConn, st *pstmt, pre []byte) (_ []byte, stal
 		return pre, false // a stalled server: the request waits behind the check there
 	}
 	c.mu.Lock()
-	pre = t.closeUnused(c, pre)
+	pre = cl.closeUnused(c, pre)
 	c.mu.Unlock()
 	return pre, true
 }
 
 // describeOn appends to pre a Describe of st, just prepared on c, that records or checks its
 // result type (see checkResult). c.mu is held.
-func (t *txSession) describeOn(c *srvConn, st *pstmt, verdict chan bool, pre []byte) []byte {
-	if !t.queue(c, &entry{kind: 'D', skip: true, describes: st, verdict: verdict}) {
+func (cl *client) describeOn(c *srvConn, st *pstmt, verdict chan bool, pre []byte) []byte {
+	if !cl.queue(c, &entry{kind: 'D', skip: true, describes: st, verdict: verdict}) {
 		return pre
 	}
 	b := make([]byte, 0, len(st.name)+2)
@@ -178,49 +178,49 @@ func (t *txSession) describeOn(c *srvConn, st *pstmt, verdict chan bool, pre []b
 // accepted it, else by preparing it on c, appended to pre, so that errors in the statement come
 // where PostgreSQL gives them. Other connections prepare it when a Bind or Describe needs it
 // there.
-func (t *txSession) parseOn(c *srvConn, st *pstmt, name string, pre []byte) []byte {
-	s := t.srv
+func (cl *client) parseOn(c *srvConn, st *pstmt, name string, pre []byte) []byte {
+	s := cl.core
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	pre = t.closeUnused(c, pre)
+	pre = cl.closeUnused(c, pre)
 	if c.stmts.has(st) {
 		// Not yet valid: the client's own Parse of it is unanswered. In the same batch, this
 		// one stands or falls with it; in an earlier batch, that one may fail, so this one gets
 		// the server's answer too, after a Close (of nothing, if that Parse fails).
-		if st.valid.Load() || c.parsing(st, t.batch) {
+		if st.valid.Load() || c.parsing(st, cl.batch) {
 			s.m.stmtHits.Inc()
 			e := &entry{synth: parseComplete, stmtName: name, stmt: st}
 			if len(c.queue) == 0 {
-				t.writeClient(e.synth)
+				cl.writeClient(e.synth)
 			} else {
-				e.batch = t.batch
+				e.batch = cl.batch
 				c.queue = append(c.queue, e)
 			}
 			return pre
 		}
 		s.m.stmtMisses.Inc()
-		if t.queue(c, &entry{kind: 'C', skip: true}) {
+		if cl.queue(c, &entry{kind: 'C', skip: true}) {
 			pre = appendMsg(pre, 'C', closeBody(st.name))
-			t.queue(c, &entry{kind: 'P', prepared: st, reparse: true, stmtName: name, stmt: st})
+			cl.queue(c, &entry{kind: 'P', prepared: st, reparse: true, stmtName: name, stmt: st})
 			pre = appendMsg(pre, 'P', st.parseBody())
-			pre = t.describeOn(c, st, nil, pre)
+			pre = cl.describeOn(c, st, nil, pre)
 		}
 		return pre
 	}
 	s.m.stmtMisses.Inc()
-	t.queue(c, &entry{kind: 'P', prepared: st, stmtName: name, stmt: st})
+	cl.queue(c, &entry{kind: 'P', prepared: st, stmtName: name, stmt: st})
 	pre = appendMsg(pre, 'P', st.parseBody())
-	pre = t.describeOn(c, st, nil, pre)
-	return t.addPrepared(c, st, pre)
+	pre = cl.describeOn(c, st, nil, pre)
+	return cl.addPrepared(c, st, pre)
 }
 
 // addPrepared records st as prepared on c (the caller holds c.mu and has appended its Parse to
 // pre), appending the Closes of the statements it evicts.
-func (t *txSession) addPrepared(c *srvConn, st *pstmt, pre []byte) []byte {
-	s := t.srv
+func (cl *client) addPrepared(c *srvConn, st *pstmt, pre []byte) []byte {
+	s := cl.core
 	for _, old := range c.stmts.add(st, s.cfg.MaxPreparedStatements) {
 		s.m.stmtEvicted.Inc()
-		t.queue(c, &entry{kind: 'C', skip: true, closes: old})
+		cl.queue(c, &entry{kind: 'C', skip: true, closes: old})
 		pre = appendMsg(pre, 'C', closeBody(old.name))
 	}
 	return pre
@@ -229,13 +229,13 @@ func (t *txSession) addPrepared(c *srvConn, st *pstmt, pre []byte) []byte {
 // closeUnused appends to pre the Closes of the statements c prepared with another result type
 // than their first, and of the stale statements c has prepared that no client holds any more
 // when some statement has become such since c last looked. c.mu is held.
-func (t *txSession) closeUnused(c *srvConn, pre []byte) []byte {
-	s := t.srv
-	if c.errSkip && c.errBatch == t.batch {
+func (cl *client) closeUnused(c *srvConn, pre []byte) []byte {
+	s := cl.core
+	if c.errSkip && c.errBatch == cl.batch {
 		return pre
 	}
 	for _, st := range c.closeDue {
-		t.queue(c, &entry{kind: 'C', skip: true})
+		cl.queue(c, &entry{kind: 'C', skip: true})
 		pre = appendMsg(pre, 'C', closeBody(st.name))
 	}
 	clear(c.closeDue)
@@ -247,7 +247,7 @@ func (t *txSession) closeUnused(c *srvConn, pre []byte) []byte {
 	c.unusedSeen = n
 	for _, st := range s.stmts.unusedIn(&c.stmts) {
 		c.stmts.remove(st)
-		t.queue(c, &entry{kind: 'C', skip: true, closes: st})
+		cl.queue(c, &entry{kind: 'C', skip: true, closes: st})
 		pre = appendMsg(pre, 'C', closeBody(st.name))
 	}
 	return pre
@@ -255,15 +255,15 @@ func (t *txSession) closeUnused(c *srvConn, pre []byte) []byte {
 
 // unnamedOn prepares the client's unnamed statement again when the connection does not hold it
 // (the client parsed it in an earlier transaction, on another connection).
-func (t *txSession) unnamedOn(c *srvConn, pre []byte) []byte {
+func (cl *client) unnamedOn(c *srvConn, pre []byte) []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.unnamedBy == t && c.unnamedN == t.unnamedN || t.unnamed == nil {
+	if c.unnamedBy == cl && c.unnamedN == cl.unnamedN || cl.unnamed == nil {
 		return pre
 	}
-	if !t.queue(c, &entry{kind: 'P', skip: true}) {
+	if !cl.queue(c, &entry{kind: 'P', skip: true}) {
 		return pre
 	}
-	c.unnamedBy, c.unnamedN = t, t.unnamedN
-	return appendMsg(pre, 'P', t.unnamed)
+	c.unnamedBy, c.unnamedN = cl, cl.unnamedN
+	return appendMsg(pre, 'P', cl.unnamed)
 }

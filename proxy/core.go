@@ -1,19 +1,37 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/pgsidecar/pgsidecar/internal/sessionsql"
 	"github.com/pgsidecar/pgsidecar/internal/sqlstate"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
+// core is what a Server's clients and server connections share: the pool, the configuration,
+// metrics and logs, the statement analysis and the proxy-wide prepared statements. The parts of
+// the relay hold it, not the Server, which stands above them.
+type core struct {
+	mgr      *pool.Manager
+	cfg      Config
+	log      *slog.Logger
+	m        *metrics
+	ctx      context.Context // canceled by Close
+	analysis sessionsql.Cache
+	stmts    stmtRegistry
+	// Logs of what clients did that pinned or closed them.
+	pinLog, oversizeLog, idleTxLog *logThrottle
+}
+
 // queryWaitTimeout is --proxy.query-wait-timeout, or DB_CONNECTION_TIMEOUT when it is auto.
-func (s *Server) queryWaitTimeout() time.Duration {
+func (s *core) queryWaitTimeout() time.Duration {
 	if s.cfg.QueryWaitTimeout > 0 {
 		return s.cfg.QueryWaitTimeout
 	}
@@ -21,7 +39,7 @@ func (s *Server) queryWaitTimeout() time.Duration {
 }
 
 // refuse sends err to the client as a FATAL ErrorResponse (when it is one to send) and counts it.
-func (s *Server) refuse(w io.Writer, err error) {
+func (s *core) refuse(w io.Writer, err error) {
 	var r *rejectError
 	if !errors.As(err, &r) {
 		if err != nil && !errors.Is(err, io.EOF) {
@@ -40,7 +58,7 @@ func (s *Server) refuse(w io.Writer, err error) {
 // the database is unreachable). A client that still has none gets 53300 (pool exhausted, or the
 // server refused for too many connections) or 08006 (database unreachable or not answering)
 // instead of waiting forever.
-func (s *Server) acquireConn() (*pgxpool.Conn, error) {
+func (s *core) acquireConn() (*pgxpool.Conn, error) {
 	c, err := s.mgr.Acquire(s.ctx)
 	if err == nil {
 		return c, nil

@@ -46,7 +46,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgsidecar/pgsidecar/internal/backoff"
-	"github.com/pgsidecar/pgsidecar/internal/sessionsql"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -62,25 +61,15 @@ func WithRegisterer(r prometheus.Registerer) Option { return func(s *Server) { s
 // Server accepts PostgreSQL clients and relays their sessions over the pool manager's
 // connections. It is safe for concurrent use.
 type Server struct {
-	mgr      *pool.Manager
-	cfg      Config
-	log      *slog.Logger
+	core
 	reg      prometheus.Registerer
-	m        *metrics
 	creds    map[string]*credential
 	database string
 	tlsMode  TLSMode // resolved: never empty
 	authLog  *logThrottle
 	evictLog *logThrottle
-	// Logs of clients the proxy closed for what they did.
-	oversizeLog *logThrottle
-	idleTxLog   *logThrottle
-	txSet       *serverSet   // transaction mode's server connections
-	stmts       stmtRegistry // transaction mode's prepared statements
-	analysis    sessionsql.Cache
-	pinLog      *logThrottle
+	txSet    *serverSet // the server connections
 
-	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
@@ -88,9 +77,9 @@ type Server struct {
 	closed    bool
 	listeners []net.Listener
 	clients   map[net.Conn]*clientState
-	starting  *list.List          // connections still in startup, oldest first
-	authed    int                 // authenticated connections, bounded by MaxClients
-	sessions  map[uint32]*session // by the cancel key's process ID we gave the client
+	starting  *list.List         // connections still in startup, oldest first
+	authed    int                // authenticated connections, bounded by MaxClients
+	sessions  map[uint32]*client // by the cancel key's process ID we gave the client
 }
 
 // New checks cfg, reads the files it names and prepares a Server on mgr's pool. Clients may
@@ -103,16 +92,13 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		mgr:      mgr,
-		cfg:      cfg,
-		log:      slog.Default(),
-		m:        newMetrics(mgr.Name()),
+		core:     core{mgr: mgr, cfg: cfg, log: slog.Default(), m: newMetrics(mgr.Name())},
 		creds:    map[string]*credential{},
 		database: mgr.Database(),
 		tlsMode:  cfg.tlsMode(),
 		clients:  map[net.Conn]*clientState{},
 		starting: list.New(),
-		sessions: map[uint32]*session{},
+		sessions: map[uint32]*client{},
 	}
 	for _, o := range opts {
 		o(s)
@@ -152,7 +138,7 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 		s.creds[name] = c
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.txSet = &serverSet{s: s}
+	s.txSet = &serverSet{core: &s.core}
 	if s.reg != nil {
 		for i, c := range s.m.collectors() {
 			if err := s.reg.Register(c); err != nil {
@@ -379,7 +365,7 @@ func (s *Server) Close() error {
 }
 
 // register gives a session a cancel key unique among live sessions.
-func (s *Server) register(sess *session) {
+func (s *Server) register(sess *client) {
 	var b [8]byte
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -395,7 +381,7 @@ func (s *Server) register(sess *session) {
 	}
 }
 
-func (s *Server) unregister(sess *session) {
+func (s *Server) unregister(sess *client) {
 	s.mu.Lock()
 	if s.sessions[sess.pid] == sess {
 		delete(s.sessions, sess.pid)

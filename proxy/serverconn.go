@@ -80,7 +80,7 @@ type srvConn struct {
 	exited chan struct{} // readLoop returned
 
 	mu         sync.Mutex
-	client     *txSession // holding the connection, or nil
+	client     *client // holding the connection, or nil
 	queue      []*entry
 	status     byte // the last ReadyForQuery status
 	copying    byte // 'G' in COPY FROM STDIN, 'H' in COPY TO STDOUT, 0 otherwise
@@ -103,7 +103,7 @@ type srvConn struct {
 	clean      uint64            // ... up to the one the last read-back covered
 	capturing  atomic.Bool       // a read-back is outstanding: readLoop reads its DataRows
 	reported   map[string]string // the server's ParameterStatus values
-	unnamedBy  *txSession        // whose unnamed statement the server holds
+	unnamedBy  *client           // whose unnamed statement the server holds
 	unnamedN   uint64            // and which of its unnamed Parses
 	// midBatch: extended-protocol requests went to the server since the last Sync, so the
 	// server is inside their batch (and its implicit transaction) whatever status it last
@@ -166,11 +166,11 @@ func ends(kind, typ byte) bool {
 // readLoop forwards the server's messages until the connection fails or retire stops it.
 func (c *srvConn) readLoop() {
 	defer close(c.exited)
-	s := c.set.s
+	s := c.set.core
 	var (
 		hdr      [5]byte
 		body     []byte
-		out      *txSession // written to since the last flush
+		out      *client // written to since the last flush
 		bytesOut int
 		fatal    bool
 	)
@@ -429,7 +429,7 @@ func (c *srvConn) checkResult(h *entry, typ byte, body []byte) {
 	}
 	if !st.result.CompareAndSwap(nil, &sig) && *st.result.Load() != sig {
 		differs = true
-		c.set.s.stmts.markStale(st)
+		c.set.core.stmts.markStale(st)
 		c.stmts.remove(st)
 		c.closeDue = append(c.closeDue, st)
 	}
@@ -449,8 +449,8 @@ func (e *entry) report(differs bool) {
 
 // readyForQuery applies what a Query or Sync, now answered, did to the session state and
 // measures it. c.mu is held.
-func (c *srvConn) readyForQuery(h *entry, status byte, cl *txSession) {
-	s := c.set.s
+func (c *srvConn) readyForQuery(h *entry, status byte, cl *client) {
+	s := c.set.core
 	prev := c.status
 	c.status = status
 	c.readyAt = time.Now()
@@ -536,7 +536,7 @@ func (c *srvConn) settle() {
 	}
 	switch {
 	case c.status != 'I':
-		c.set.s.m.transactions.WithLabelValues("abandoned").Inc()
+		c.set.core.m.transactions.WithLabelValues("abandoned").Inc()
 		c.inject("ROLLBACK", false)
 	case c.discardDue:
 		c.discardDue = false
@@ -563,7 +563,7 @@ func (c *srvConn) inject(sql string, discard bool) {
 func (c *srvConn) send(e *entry, sql string) {
 	c.queue = append(c.queue, e)
 	b, _ := (&pgproto3.Query{String: sql}).Encode(nil)
-	_ = c.net.SetWriteDeadline(time.Now().Add(c.set.s.cfg.ResetTimeout))
+	_ = c.net.SetWriteDeadline(time.Now().Add(c.set.core.cfg.ResetTimeout))
 	if _, err := c.net.Write(b); err != nil {
 		_ = c.net.Close() // readLoop sees it and drops the connection
 	}
@@ -573,7 +573,7 @@ func (c *srvConn) send(e *entry, sql string) {
 // lost drops a connection that failed. Its client, if any, gets FATAL 08006 (unless the server
 // said FATAL itself) and is disconnected; requests in flight are measured as 08006 errors.
 func (c *srvConn) lost(cause error, serverSaidFatal bool) {
-	s := c.set.s
+	s := c.set.core
 	c.mu.Lock()
 	c.broken = true
 	cl := c.client
@@ -610,7 +610,7 @@ func (c *srvConn) lost(cause error, serverSaidFatal bool) {
 			s.m.rejected.WithLabelValues("08006").Inc()
 		}
 		cl.flushClient()
-		_ = cl.client.Close()
+		_ = cl.conn.Close()
 	}
 	c.set.drop(c)
 }
@@ -619,7 +619,7 @@ func (c *srvConn) lost(cause error, serverSaidFatal bool) {
 // lets the connection settle: it cannot go to another client before the server has the cancel
 // (PostgreSQL ignores a cancel that finds the backend idle).
 func (c *srvConn) cancelFor() {
-	ctx, cancel := context.WithTimeout(context.Background(), c.set.s.cfg.ResetTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), c.set.core.cfg.ResetTimeout)
 	_ = c.pc.CancelRequest(ctx)
 	cancel()
 	c.mu.Lock()
@@ -630,7 +630,7 @@ func (c *srvConn) cancelFor() {
 
 // startReadBack asks the server for the session's own settings, before the connection goes
 // back to the set. c.mu is held; nothing else is being written to the connection.
-func (c *srvConn) startReadBack(cl *txSession) {
+func (c *srvConn) startReadBack(cl *client) {
 	if c.capturing.Load() {
 		return
 	}
@@ -640,7 +640,7 @@ func (c *srvConn) startReadBack(cl *txSession) {
 
 // readBackDone takes the settings a read-back found as the client's and the connection's.
 // c.mu is held.
-func (c *srvConn) readBackDone(h *entry, status byte, cl *txSession) {
+func (c *srvConn) readBackDone(h *entry, status byte, cl *client) {
 	c.capturing.Store(false)
 	if h.failed || status != 'I' {
 		// Nothing can tell what the session holds: no one else may have it.

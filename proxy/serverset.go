@@ -20,7 +20,7 @@ import (
 // A connection idle in the set for DB_IDLE_TIMEOUT, or older than DB_MAX_LIFETIME when it comes
 // back, is reset (DISCARD ALL) and given back to the pool.
 type serverSet struct {
-	s *Server
+	core *core
 
 	mu      sync.Mutex
 	idle    []*srvConn // most recently used last
@@ -45,7 +45,7 @@ const (
 // count moves c to the gauge of state: every path in or out of the set goes through it, so a
 // connection is counted once, whichever path (put, drop, retire) lets go of it. ss.mu is held.
 func (ss *serverSet) count(c *srvConn, state byte) {
-	m := ss.s.m
+	m := ss.core.m
 	switch c.counted {
 	case countedActive:
 		m.serverActive.Dec()
@@ -65,7 +65,7 @@ func (ss *serverSet) count(c *srvConn, state byte) {
 // it is bounded by DB_CONNECTION_TIMEOUT), or the next one a client gives back, waiting at most
 // --proxy.query-wait-timeout. Then 53300, which the client gets in-band.
 func (ss *serverSet) get() (*srvConn, error) {
-	s := ss.s
+	s := ss.core
 	start := time.Now()
 	defer func() { s.m.wait.Observe(time.Since(start).Seconds()) }()
 	wait := s.queryWaitTimeout()
@@ -129,7 +129,7 @@ func (ss *serverSet) take() (*srvConn, error) {
 
 // takeLocked is take with ss.mu held, which it unlocks unless it returns nil, nil.
 func (ss *serverSet) takeLocked() (*srvConn, error) {
-	s := ss.s
+	s := ss.core
 	if ss.closed {
 		ss.mu.Unlock()
 		return nil, reject("57P01", "the proxy is shutting down")
@@ -171,7 +171,7 @@ func (ss *serverSet) reportedParams() map[string]string {
 
 // open borrows a connection from the pool for the set and starts reading it.
 func (ss *serverSet) open() (*srvConn, error) {
-	s := ss.s
+	s := ss.core
 	pooled, err := s.acquireConn()
 	if err != nil {
 		return nil, err
@@ -210,7 +210,7 @@ func (ss *serverSet) open() (*srvConn, error) {
 // put takes back a connection no client holds and that is clean: to the longest waiting
 // client, or to the idle list.
 func (ss *serverSet) put(c *srvConn) {
-	s := ss.s
+	s := ss.core
 	_ = c.net.SetDeadline(time.Time{})
 	ss.mu.Lock()
 	// In session mode a connection no client waits for goes back to the pool at once, as a
@@ -275,7 +275,7 @@ func (ss *serverSet) drop(c *srvConn) {
 
 // retireExpired gives back connections idle for longer than DB_IDLE_TIMEOUT. ss.mu is held.
 func (ss *serverSet) retireExpired() {
-	idleTimeout := ss.s.mgr.Config().IdleTimeout
+	idleTimeout := ss.core.mgr.Config().IdleTimeout
 	for len(ss.idle) > 0 && idleTimeout > 0 && time.Since(ss.idle[0].idleSince) > idleTimeout {
 		c := ss.idle[0]
 		ss.idle = ss.idle[1:]
@@ -295,7 +295,7 @@ func (ss *serverSet) retire(c *srvConn) {
 	_ = c.net.SetReadDeadline(time.Now())
 	<-c.exited
 	_ = c.net.SetReadDeadline(time.Time{})
-	ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.ResetTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), ss.core.cfg.ResetTimeout)
 	defer cancel()
 	ok := !c.broken && c.sr.Buffered() == 0
 	if ok && !c.reset {

@@ -44,19 +44,17 @@ func (s *Server) handle(raw net.Conn) {
 		s.refuse(raw, err)
 		return
 	}
-	sess := &session{srv: s, client: conn, user: params["user"], remote: remoteString(raw)}
-	sess.cr = readerPool.Get().(*bufio.Reader)
-	sess.cr.Reset(conn)
-	sess.cw = writerPool.Get().(*bufio.Writer)
-	sess.cw.Reset(conn)
-	if err := sess.authenticate(raw); err != nil {
-		s.refuse(sess.cw, err)
-		_ = sess.cw.Flush()
+	cl := newClient(&s.core, s.txSet, conn, params, remoteString(raw))
+	cl.cr = readerPool.Get().(*bufio.Reader)
+	cl.cr.Reset(conn)
+	if err := s.authenticate(cl, raw); err != nil {
+		s.refuse(cl, err)
+		cl.flushClient()
 		return
 	}
 	if err := s.authenticated(raw); err != nil {
-		s.refuse(sess.cw, err)
-		_ = sess.cw.Flush()
+		s.refuse(cl, err)
+		cl.flushClient()
 		return
 	}
 	_ = raw.SetDeadline(time.Time{})
@@ -64,9 +62,9 @@ func (s *Server) handle(raw net.Conn) {
 	s.m.authenticating.Dec()
 
 	s.m.sessions.Inc()
-	s.register(sess)
-	defer s.unregister(sess)
-	s.runTx(sess, params)
+	s.register(cl)
+	defer s.unregister(cl)
+	cl.run(params)
 }
 
 // remoteHost is the client's IP address, as PostgreSQL names the host in its errors.
