@@ -8,8 +8,6 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -24,32 +22,17 @@ import (
 // proxy's and queues an entry for every answer it expects (see entry). The server connection's
 // readLoop forwards the answers and gives the connection back.
 
-// Idle clients hold no buffers: readers and writers come from these pools while messages are in
-// flight.
-var (
-	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, ioBufSize) }}
-	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, ioBufSize) }}
-)
-
 // client is one logged-in client connection, from its login to its logout. Its goroutine reads
 // its messages (requests.go) and relays them over the server connection it holds, whose own
 // goroutine forwards the answers (serverconn.go). In session mode the client is pinned to its
 // server connection from login.
 type client struct {
-	core *core
-	set  *serverSet
-	clientWriter
-	clientSettings
+	clientEnd
+	set *serverSet
 	clientStatements
 	batchState
 
-	user, remote string
-	pid, secret  uint32 // the cancel key the proxy gave the client
-
-	mu     sync.Mutex     // guards sc, server and state
-	sc     *srvConn       // the server connection held now
-	server *pgconn.PgConn // sc's, for cancel requests
-	state  prometheus.Gauge
+	pid, secret uint32 // the cancel key the proxy gave the client
 
 	cr           *bufio.Reader // from readerPool while the client has bytes buffered
 	buf          []byte
@@ -58,27 +41,6 @@ type client struct {
 	swc          *srvConn      // what sw writes to
 	idleDeadline time.Time     // the client's read deadline for --proxy.idle-transaction-timeout, or zero
 	terminated   bool          // the client said goodbye (Terminate) rather than dropping the connection
-	// transactions counts transactions and single statements outside one; a connection draining
-	// a client's last answers counts after the client's goroutine ended.
-	transactions atomic.Int64
-}
-
-// clientWriter buffers what goes to the client: the answers the server side forwards, and what
-// the proxy answers itself. It holds a buffer only while bytes are on their way.
-type clientWriter struct {
-	conn net.Conn
-	wmu  sync.Mutex
-	cw   *bufio.Writer // from writerPool
-}
-
-// clientSettings are the client's settings and pin: the part of its session that is not its
-// statements.
-type clientSettings struct {
-	startWant map[string]string   // settings from the startup packet, by lower-cased name
-	want      map[string]string   // the session's own settings as last read back; guarded by the holding connection's mu
-	custom    map[string]struct{} // custom settings the client has named, read back by name
-	wantPin   string              // a pin to take at the next checkout (asked for at login)
-	pin       string              // why the session keeps its server connection, or ""
 }
 
 // clientStatements are the client's prepared statements, as the proxy maps them onto its own.
@@ -96,11 +58,6 @@ type clientStatements struct {
 	// when the batch needs none (Sync, Flush) or sent ahead of the first request that does.
 	pending []*entry
 	failed  bool // such a batch failed: its messages are skipped up to its Sync
-	// undone: Parses and Closes the proxy answered but the server would have skipped (an
-	// earlier request of their batch failed); the client applies them before its next request.
-	undoMu  sync.Mutex
-	undone  []*entry
-	hasUndo atomic.Bool
 }
 
 // batchState is the client's current batch: its requests up to and including a Sync (a Query
@@ -120,7 +77,8 @@ type batchState struct {
 
 // newClient is a client that logged in on conn with params.
 func newClient(co *core, set *serverSet, conn net.Conn, params map[string]string, remote string) *client {
-	cl := &client{core: co, set: set, user: params["user"], remote: remote}
+	cl := &client{set: set}
+	cl.core, cl.user, cl.remote = co, params["user"], remote
 	cl.conn = conn
 	cl.startWant = startupWant(params)
 	cl.want = clone(cl.startWant)
@@ -176,96 +134,6 @@ func (cl *client) current() *srvConn {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	return cl.sc
-}
-
-// detach lets go of c. c.mu is held.
-func (cl *client) detach(c *srvConn) {
-	c.client = nil
-	c.writing, c.leaving = false, false
-	cl.mu.Lock()
-	if cl.sc == c {
-		cl.sc = nil
-		cl.server = nil
-	}
-	if cl.state == cl.core.m.active {
-		cl.state.Dec()
-		cl.state = cl.core.m.idle
-		cl.state.Inc()
-	}
-	cl.mu.Unlock()
-}
-
-// writeClient buffers bytes for the client.
-func (cl *clientWriter) writeClient(b []byte) {
-	cl.wmu.Lock()
-	if cl.cw == nil {
-		cl.cw = writerPool.Get().(*bufio.Writer)
-		cl.cw.Reset(cl.conn)
-	}
-	_, _ = cl.cw.Write(b)
-	cl.wmu.Unlock()
-}
-
-// writeMsg buffers a message for the client: its body, or n body bytes copied from r. Only a
-// failed read is returned: the client's own read notices a client that is gone.
-func (cl *clientWriter) writeMsg(typ byte, body []byte, r *bufio.Reader, n int) error {
-	cl.wmu.Lock()
-	defer cl.wmu.Unlock()
-	if cl.cw == nil {
-		cl.cw = writerPool.Get().(*bufio.Writer)
-		cl.cw.Reset(cl.conn)
-	}
-	var hdr [5]byte
-	hdr[0] = typ
-	if r == nil {
-		n = len(body)
-	}
-	binary.BigEndian.PutUint32(hdr[1:], uint32(n+4))
-	_, _ = cl.cw.Write(hdr[:])
-	if r == nil {
-		_, _ = cl.cw.Write(body)
-		return nil
-	}
-	readErr, _ := copyBody(cl.cw, r, n)
-	return readErr
-}
-
-// flushClient sends what is buffered for the client.
-func (cl *clientWriter) flushClient() {
-	cl.wmu.Lock()
-	if cl.cw != nil && cl.cw.Buffered() > 0 {
-		if err := cl.cw.Flush(); err != nil {
-			_ = cl.conn.Close() // the client's read fails and ends the session
-		}
-	}
-	cl.wmu.Unlock()
-}
-
-// offerFlush is flushClient for the client's own goroutine before it waits for the client: it
-// does nothing while the server side holds the writer. That side may be waiting, in the middle
-// of an answer, for the rest of it, which the server sends only once it gets a request this
-// goroutine has still to read; and it flushes what it wrote once it is done.
-func (cl *clientWriter) offerFlush() {
-	if !cl.wmu.TryLock() {
-		return
-	}
-	if cl.cw != nil && cl.cw.Buffered() > 0 {
-		if err := cl.cw.Flush(); err != nil {
-			_ = cl.conn.Close()
-		}
-	}
-	cl.wmu.Unlock()
-}
-
-// releaseClientWriter gives the client writer back to its pool when nothing is buffered.
-func (cl *clientWriter) releaseClientWriter() {
-	cl.wmu.Lock()
-	if cl.cw != nil && cl.cw.Buffered() == 0 {
-		cl.cw.Reset(nil)
-		writerPool.Put(cl.cw)
-		cl.cw = nil
-	}
-	cl.wmu.Unlock()
 }
 
 // run serves the client until it leaves.
@@ -370,12 +238,6 @@ func (cl *client) welcome(reported, asked map[string]string) {
 	cl.flushClient()
 }
 
-// Write lets the proxy's refuse write to the client.
-func (cl *clientWriter) Write(b []byte) (int, error) {
-	cl.writeClient(b)
-	return len(b), nil
-}
-
 // hold returns the server connection the client holds, checking one out (and bringing its
 // settings in line with the client's) when it holds none, and marks it as being written to so
 // that it stays attached until endWrite.
@@ -386,7 +248,7 @@ func (cl *client) checkout(wait bool) (*srvConn, error) {
 	s := cl.core
 	if c := cl.current(); c != nil {
 		c.mu.Lock()
-		if c.client == cl {
+		if c.holder == &cl.clientEnd {
 			c.writing = true
 			c.mu.Unlock()
 			cl.bindWriter(c)
@@ -413,7 +275,7 @@ func (cl *client) checkout(wait bool) (*srvConn, error) {
 		}
 		c.mu.Unlock()
 	}
-	c.client = cl
+	c.holder = &cl.clientEnd
 	c.writing, c.reset = true, false
 	cl.mu.Lock()
 	cl.sc = c
@@ -439,8 +301,7 @@ func (cl *client) checkout(wait bool) (*srvConn, error) {
 
 func (cl *client) bindWriter(c *srvConn) {
 	if cl.sw == nil {
-		cl.sw = writerPool.Get().(*bufio.Writer)
-		cl.sw.Reset(c.net)
+		cl.sw = getWriter(c.net)
 		cl.swc = c
 	} else if cl.swc != c {
 		cl.flushServer()
@@ -471,7 +332,7 @@ func (cl *client) endWrite() {
 	}
 	if c := cl.current(); c != nil {
 		c.mu.Lock()
-		if c.client == cl {
+		if c.holder == &cl.clientEnd {
 			c.writing = false
 			c.settle()
 		}
@@ -495,7 +356,7 @@ func (cl *client) leave() {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.client != cl {
+	if c.holder != &cl.clientEnd {
 		return
 	}
 	if cl.pin != "" {
@@ -552,7 +413,7 @@ func (cl *client) drain(c *srvConn) bool {
 	time.AfterFunc(cl.core.cfg.ResetTimeout, func() {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		if c.client != cl || !c.leaving {
+		if c.holder != &cl.clientEnd || !c.leaving {
 			return
 		}
 		// The answers did not come in time: cancel what still runs.
@@ -606,7 +467,7 @@ func (cl *client) idleTooLong() bool {
 		return false
 	}
 	c.mu.Lock()
-	idle := c.client == cl && len(c.queue) == 0 && c.copying == 0 && !c.writing && (c.status == 'T' || c.status == 'E')
+	idle := c.holder == &cl.clientEnd && len(c.queue) == 0 && c.copying == 0 && !c.writing && (c.status == 'T' || c.status == 'E')
 	since := c.readyAt
 	c.mu.Unlock()
 	if !idle {
@@ -645,8 +506,7 @@ func (cl *client) readHeader(hdr []byte) error {
 			}
 			return err
 		}
-		cl.cr = readerPool.Get().(*bufio.Reader)
-		cl.cr.Reset(cl.conn)
+		cl.cr = getReader(cl.conn)
 		return nil
 	}
 	_, err := io.ReadFull(cl.cr, hdr)

@@ -64,25 +64,6 @@ func (cl *client) pinRefusal(c *srvConn, reason string) []byte {
 	return b[5:]
 }
 
-// setPin pins the session to its server connection. The connection's mu is held.
-func (cl *client) setPin(reason string) {
-	if cl.pin != "" || reason == "" {
-		return
-	}
-	cl.pin = reason
-	if reason != pinWhole {
-		cl.core.m.pinned.WithLabelValues(reason).Inc()
-		cl.core.m.pinnedTotal.WithLabelValues(reason).Inc()
-	}
-}
-
-func (cl *client) unpin() {
-	if cl.pin != "" && cl.pin != pinWhole {
-		cl.core.m.pinned.WithLabelValues(cl.pin).Dec()
-	}
-	cl.pin = ""
-}
-
 // queryEffect applies what a simple Query's statements do to the session, and returns the body
 // to send (a DEALLOCATE of the proxy's own statements is answered without the server) and a
 // Query to send after it (start-up values to restore), or nil.

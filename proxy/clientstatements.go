@@ -9,14 +9,6 @@ import (
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
-// undo records that the server skipped the request e answered. Called by readLoop.
-func (cl *client) undo(e *entry) {
-	cl.undoMu.Lock()
-	cl.undone = append(cl.undone, e)
-	cl.undoMu.Unlock()
-	cl.hasUndo.Store(true)
-}
-
 // applyUndone reverts the statements of skipped Parses and Closes.
 func (cl *client) applyUndone() {
 	cl.undoMu.Lock()
@@ -258,12 +250,12 @@ func (cl *client) closeUnused(c *srvConn, pre []byte) []byte {
 func (cl *client) unnamedOn(c *srvConn, pre []byte) []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.unnamedBy == cl && c.unnamedN == cl.unnamedN || cl.unnamed == nil {
+	if c.unnamedBy == &cl.clientEnd && c.unnamedN == cl.unnamedN || cl.unnamed == nil {
 		return pre
 	}
 	if !cl.queue(c, &entry{kind: 'P', skip: true}) {
 		return pre
 	}
-	c.unnamedBy, c.unnamedN = cl, cl.unnamedN
+	c.unnamedBy, c.unnamedN = &cl.clientEnd, cl.unnamedN
 	return appendMsg(pre, 'P', cl.unnamed)
 }

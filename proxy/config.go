@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/tls"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/alecthomas/units"
 
-	"github.com/pgsidecar/pgsidecar/internal/pgauth"
 	"github.com/pgsidecar/pgsidecar/internal/regularfile"
 	"github.com/pgsidecar/pgsidecar/internal/settings"
 )
@@ -439,34 +437,4 @@ func quoted(s string) (string, string, bool) {
 		b.WriteByte(s[i])
 	}
 	return "", s, false
-}
-
-// credential is what the proxy knows about a user's password, prepared once.
-type credential struct {
-	md5   string // "md5" + hex(md5(password + user)); empty if unknown
-	scram *scramVerifier
-}
-
-func parseSecret(user, secret string) (*credential, error) {
-	switch {
-	case strings.HasPrefix(secret, "SCRAM-SHA-256$"):
-		v, err := parseSCRAMVerifier(secret)
-		if err != nil {
-			return nil, err
-		}
-		return &credential{scram: v}, nil
-	case len(secret) == 35 && strings.HasPrefix(secret, "md5") && isHex(secret[3:]):
-		return &credential{md5: secret}, nil
-	default:
-		v, err := newSCRAMVerifier(secret)
-		if err != nil {
-			return nil, err
-		}
-		return &credential{md5: pgauth.MD5(secret, user), scram: v}, nil
-	}
-}
-
-func isHex(s string) bool {
-	_, err := hex.DecodeString(s)
-	return err == nil
 }

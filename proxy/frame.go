@@ -5,7 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"sync"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -172,4 +174,111 @@ func (e *rejectError) Error() string { return e.msg }
 
 func reject(code, format string, args ...any) *rejectError {
 	return &rejectError{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// Idle clients hold no buffers: readers and writers come from these pools while messages are in
+// flight.
+var readerPool, writerPool sync.Pool
+
+// getReader is a buffered reader of r from readerPool.
+func getReader(r io.Reader) *bufio.Reader {
+	if b, ok := readerPool.Get().(*bufio.Reader); ok {
+		b.Reset(r)
+		return b
+	}
+	return bufio.NewReaderSize(r, ioBufSize)
+}
+
+// getWriter is a buffered writer to w from writerPool.
+func getWriter(w io.Writer) *bufio.Writer {
+	if b, ok := writerPool.Get().(*bufio.Writer); ok {
+		b.Reset(w)
+		return b
+	}
+	return bufio.NewWriterSize(w, ioBufSize)
+}
+
+// clientWriter buffers what goes to the client: the answers the server side forwards, and what
+// the proxy answers itself. It holds a buffer only while bytes are on their way.
+type clientWriter struct {
+	conn net.Conn
+	wmu  sync.Mutex
+	cw   *bufio.Writer // from writerPool
+}
+
+// writeClient buffers bytes for the client.
+func (w *clientWriter) writeClient(b []byte) {
+	w.wmu.Lock()
+	if w.cw == nil {
+		w.cw = getWriter(w.conn)
+	}
+	_, _ = w.cw.Write(b)
+	w.wmu.Unlock()
+}
+
+// writeMsg buffers a message for the client: its body, or n body bytes copied from r. Only a
+// failed read is returned: the client's own read notices a client that is gone.
+func (w *clientWriter) writeMsg(typ byte, body []byte, r *bufio.Reader, n int) error {
+	w.wmu.Lock()
+	defer w.wmu.Unlock()
+	if w.cw == nil {
+		w.cw = getWriter(w.conn)
+	}
+	var hdr [5]byte
+	hdr[0] = typ
+	if r == nil {
+		n = len(body)
+	}
+	binary.BigEndian.PutUint32(hdr[1:], uint32(n+4))
+	_, _ = w.cw.Write(hdr[:])
+	if r == nil {
+		_, _ = w.cw.Write(body)
+		return nil
+	}
+	readErr, _ := copyBody(w.cw, r, n)
+	return readErr
+}
+
+// flushClient sends what is buffered for the client.
+func (w *clientWriter) flushClient() {
+	w.wmu.Lock()
+	if w.cw != nil && w.cw.Buffered() > 0 {
+		if err := w.cw.Flush(); err != nil {
+			_ = w.conn.Close() // the client's read fails and ends the session
+		}
+	}
+	w.wmu.Unlock()
+}
+
+// offerFlush is flushClient for the client's own goroutine before it waits for the client: it
+// does nothing while the server side holds the writer. That side may be waiting, in the middle
+// of an answer, for the rest of it, which the server sends only once it gets a request this
+// goroutine has still to read; and it flushes what it wrote once it is done.
+func (w *clientWriter) offerFlush() {
+	if !w.wmu.TryLock() {
+		return
+	}
+	if w.cw != nil && w.cw.Buffered() > 0 {
+		if err := w.cw.Flush(); err != nil {
+			_ = w.conn.Close()
+		}
+	}
+	w.wmu.Unlock()
+}
+
+// releaseClientWriter gives the client writer back to its pool when nothing is buffered.
+func (w *clientWriter) releaseClientWriter() {
+	w.wmu.Lock()
+	if w.cw != nil && w.cw.Buffered() == 0 {
+		w.cw.Reset(nil)
+		writerPool.Put(w.cw)
+		w.cw = nil
+	}
+	w.wmu.Unlock()
+}
+
+// Write lets the proxy's refuse write to the client.
+func (w *clientWriter) Write(b []byte) (int, error) {
+	w.writeClient(b)
+	return len(b), nil
 }

@@ -205,7 +205,7 @@ func (cl *client) loop() {
 				cl.unnamedN++
 				c.mu.Lock()
 				if cl.queue(c, &entry{kind: 'P'}) {
-					c.unnamedBy, c.unnamedN = cl, cl.unnamedN
+					c.unnamedBy, c.unnamedN = &cl.clientEnd, cl.unnamedN
 				}
 				c.mu.Unlock()
 				break

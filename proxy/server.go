@@ -157,7 +157,7 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 func (s *Server) Start() error {
 	var ls []net.Listener
 	for _, addr := range s.cfg.Listen {
-		l, err := listen(addr)
+		l, err := listenOn(addr)
 		if err != nil {
 			for _, l := range ls {
 				_ = l.Close()
@@ -182,9 +182,9 @@ func (s *Server) Start() error {
 	return nil
 }
 
-// listen opens a TCP listener, or a unix socket for an absolute path (replacing a stale socket
+// listenOn opens a TCP listener, or a unix socket for an absolute path (replacing a stale socket
 // file left by a crashed process).
-func listen(addr string) (net.Listener, error) {
+func listenOn(addr string) (net.Listener, error) {
 	if !strings.HasPrefix(addr, "/") {
 		return net.Listen("tcp", addr)
 	}

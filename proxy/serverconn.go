@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/pgsidecar/pgsidecar/pool"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // The server side of transaction mode: each server connection has one goroutine reading it for
@@ -69,9 +70,17 @@ type entry struct {
 	done chan error // the client waits for this Query's ReadyForQuery (login)
 }
 
+// connHome takes a server connection back from the connection's side of the relay: giveBack
+// when no client holds it and it is clean, forget when it failed (it is closed).
+type connHome interface {
+	giveBack(c *srvConn)
+	forget(c *srvConn)
+}
+
 // srvConn is one server connection of transaction mode.
 type srvConn struct {
-	set    *serverSet
+	core   *core
+	home   connHome // the set it came from
 	pooled *pgxpool.Conn
 	pc     *pgconn.PgConn
 	net    net.Conn
@@ -80,7 +89,7 @@ type srvConn struct {
 	exited chan struct{} // readLoop returned
 
 	mu         sync.Mutex
-	client     *client // holding the connection, or nil
+	holder     *clientEnd // the client holding the connection, or nil
 	queue      []*entry
 	status     byte // the last ReadyForQuery status
 	copying    byte // 'G' in COPY FROM STDIN, 'H' in COPY TO STDOUT, 0 otherwise
@@ -103,7 +112,7 @@ type srvConn struct {
 	clean      uint64            // ... up to the one the last read-back covered
 	capturing  atomic.Bool       // a read-back is outstanding: readLoop reads its DataRows
 	reported   map[string]string // the server's ParameterStatus values
-	unnamedBy  *client           // whose unnamed statement the server holds
+	unnamedBy  *clientEnd        // whose unnamed statement the server holds
 	unnamedN   uint64            // and which of its unnamed Parses
 	// midBatch: extended-protocol requests went to the server since the last Sync, so the
 	// server is inside their batch (and its implicit transaction) whatever status it last
@@ -115,6 +124,84 @@ type srvConn struct {
 	// gone: the set let go of the connection, to retire or drop it (whichever came first does
 	// it); guarded by set.mu.
 	gone bool
+}
+
+// clientEnd is the client holding a server connection, as the connection's side of the relay
+// sees it: where answers go, and the session state they change. A client (client.go) is a
+// clientEnd with the goroutine that reads its requests.
+type clientEnd struct {
+	core *core
+	clientWriter
+	clientSettings
+	user, remote string
+
+	mu     sync.Mutex     // guards sc, server and state
+	sc     *srvConn       // the server connection held now
+	server *pgconn.PgConn // sc's, for cancel requests
+	state  prometheus.Gauge
+
+	// undone: Parses and Closes the proxy answered but the server would have skipped (an
+	// earlier request of their batch failed); the client applies them before its next request.
+	undoMu  sync.Mutex
+	undone  []*entry
+	hasUndo atomic.Bool
+	// transactions counts transactions and single statements outside one; a connection draining
+	// a client's last answers counts after the client's goroutine ended.
+	transactions atomic.Int64
+}
+
+// clientSettings are the client's settings and pin: the part of its session that is not its
+// statements.
+type clientSettings struct {
+	startWant map[string]string   // settings from the startup packet, by lower-cased name
+	want      map[string]string   // the session's own settings as last read back; guarded by the holding connection's mu
+	custom    map[string]struct{} // custom settings the client has named, read back by name
+	wantPin   string              // a pin to take at the next checkout (asked for at login)
+	pin       string              // why the session keeps its server connection, or ""
+}
+
+// detach lets go of c. c.mu is held.
+func (cl *clientEnd) detach(c *srvConn) {
+	c.holder = nil
+	c.writing, c.leaving = false, false
+	cl.mu.Lock()
+	if cl.sc == c {
+		cl.sc = nil
+		cl.server = nil
+	}
+	if cl.state == cl.core.m.active {
+		cl.state.Dec()
+		cl.state = cl.core.m.idle
+		cl.state.Inc()
+	}
+	cl.mu.Unlock()
+}
+
+// undo records that the server skipped the request e answered. Called by readLoop.
+func (cl *clientEnd) undo(e *entry) {
+	cl.undoMu.Lock()
+	cl.undone = append(cl.undone, e)
+	cl.undoMu.Unlock()
+	cl.hasUndo.Store(true)
+}
+
+// setPin pins the session to its server connection. The connection's mu is held.
+func (cl *clientEnd) setPin(reason string) {
+	if cl.pin != "" || reason == "" {
+		return
+	}
+	cl.pin = reason
+	if reason != pinWhole {
+		cl.core.m.pinned.WithLabelValues(reason).Inc()
+		cl.core.m.pinnedTotal.WithLabelValues(reason).Inc()
+	}
+}
+
+func (cl *clientEnd) unpin() {
+	if cl.pin != "" && cl.pin != pinWhole {
+		cl.core.m.pinned.WithLabelValues(cl.pin).Dec()
+	}
+	cl.pin = ""
 }
 
 func (c *srvConn) head() *entry {
@@ -137,7 +224,7 @@ func (c *srvConn) pop() {
 func (c *srvConn) emitSynth() bool {
 	wrote := false
 	for len(c.queue) > 0 && c.queue[0].kind == 0 {
-		if cl := c.client; cl != nil {
+		if cl := c.holder; cl != nil {
 			cl.writeClient(c.queue[0].synth)
 			wrote = true
 		}
@@ -146,8 +233,8 @@ func (c *srvConn) emitSynth() bool {
 	return wrote
 }
 
-// ends reports whether a server message of type typ is the last answer to a request of kind.
-func ends(kind, typ byte) bool {
+// endsRequest reports whether a server message of type typ is the last answer to a request of kind.
+func endsRequest(kind, typ byte) bool {
 	switch kind {
 	case 'P':
 		return typ == '1'
@@ -166,11 +253,11 @@ func ends(kind, typ byte) bool {
 // readLoop forwards the server's messages until the connection fails or retire stops it.
 func (c *srvConn) readLoop() {
 	defer close(c.exited)
-	s := c.set.core
+	s := c.core
 	var (
 		hdr      [5]byte
 		body     []byte
-		out      *client // written to since the last flush
+		out      *clientEnd // written to since the last flush
 		bytesOut int
 		fatal    bool
 	)
@@ -227,9 +314,9 @@ func (c *srvConn) readLoop() {
 		// stays at the head while it is written, so no made-up answer can overtake it.
 		c.mu.Lock()
 		if typ != 'N' && typ != 'A' && typ != 'S' && c.emitSynth() {
-			out = c.client
+			out = c.holder
 		}
-		cl := c.client
+		cl := c.holder
 		h := c.head()
 		forward := cl != nil && (h == nil || !h.skip)
 		var replace []byte // the body of a message to send instead
@@ -330,7 +417,7 @@ func (c *srvConn) readLoop() {
 			continue // never the last answer to a request
 		}
 		c.mu.Lock()
-		if c.client != cl {
+		if c.holder != cl {
 			cl = nil // it left meanwhile
 		}
 		if h != nil && len(c.queue) > 0 && c.queue[0] == h {
@@ -343,7 +430,7 @@ func (c *srvConn) readLoop() {
 			case typ == 'Z':
 				c.pop()
 				c.readyForQuery(h, body[0], cl)
-			case ends(h.kind, hdr[0]):
+			case endsRequest(h.kind, hdr[0]):
 				if hdr[0] == '1' && h.prepared != nil {
 					h.prepared.valid.Store(true)
 					if h.reparse {
@@ -354,8 +441,8 @@ func (c *srvConn) readLoop() {
 			}
 		}
 		if typ == 'Z' || hdr[0] == 'E' {
-			if c.emitSynth() && c.client != nil {
-				out = c.client
+			if c.emitSynth() && c.holder != nil {
+				out = c.holder
 			}
 		}
 		if typ == 'Z' {
@@ -387,8 +474,8 @@ func (c *srvConn) failBatch(h *entry) {
 			c.stmts.keep(e.closes) // the server skipped its Close: still prepared
 		}
 		e.report(false)
-		if e.stmt != nil && c.client != nil {
-			c.client.undo(e)
+		if e.stmt != nil && c.holder != nil {
+			c.holder.undo(e)
 		}
 	}
 	for i := len(keep); i < len(c.queue); i++ {
@@ -400,8 +487,8 @@ func (c *srvConn) failBatch(h *entry) {
 	if h.prepared != nil {
 		c.stmts.remove(h.prepared)
 	}
-	if h.stmt != nil && c.client != nil {
-		c.client.undo(h) // a named Parse that failed: the client has no such statement
+	if h.stmt != nil && c.holder != nil {
+		c.holder.undo(h) // a named Parse that failed: the client has no such statement
 	}
 }
 
@@ -429,7 +516,7 @@ func (c *srvConn) checkResult(h *entry, typ byte, body []byte) {
 	}
 	if !st.result.CompareAndSwap(nil, &sig) && *st.result.Load() != sig {
 		differs = true
-		c.set.core.stmts.markStale(st)
+		c.core.stmts.markStale(st)
 		c.stmts.remove(st)
 		c.closeDue = append(c.closeDue, st)
 	}
@@ -449,8 +536,8 @@ func (e *entry) report(differs bool) {
 
 // readyForQuery applies what a Query or Sync, now answered, did to the session state and
 // measures it. c.mu is held.
-func (c *srvConn) readyForQuery(h *entry, status byte, cl *client) {
-	s := c.set.core
+func (c *srvConn) readyForQuery(h *entry, status byte, cl *clientEnd) {
+	s := c.core
 	prev := c.status
 	c.status = status
 	c.readyAt = time.Now()
@@ -518,7 +605,7 @@ func (c *srvConn) settle() {
 	if len(c.queue) > 0 || c.copying != 0 || c.broken || c.stopping {
 		return
 	}
-	if cl := c.client; cl != nil && c.leaving {
+	if cl := c.holder; cl != nil && c.leaving {
 		cl.detach(c) // every answer came
 	} else if cl != nil {
 		if c.status == 'I' && !c.writing && !c.midBatch && cl.pin == "" {
@@ -527,7 +614,7 @@ func (c *srvConn) settle() {
 				return
 			}
 			cl.detach(c)
-			c.set.put(c)
+			c.home.giveBack(c)
 		}
 		return
 	}
@@ -536,7 +623,7 @@ func (c *srvConn) settle() {
 	}
 	switch {
 	case c.status != 'I':
-		c.set.core.m.transactions.WithLabelValues("abandoned").Inc()
+		c.core.m.transactions.WithLabelValues("abandoned").Inc()
 		c.inject("ROLLBACK", false)
 	case c.discardDue:
 		c.discardDue = false
@@ -549,7 +636,7 @@ func (c *srvConn) settle() {
 		clear(c.params)
 		c.inject("RESET ALL", false)
 	default:
-		c.set.put(c)
+		c.home.giveBack(c)
 	}
 }
 
@@ -563,7 +650,7 @@ func (c *srvConn) inject(sql string, discard bool) {
 func (c *srvConn) send(e *entry, sql string) {
 	c.queue = append(c.queue, e)
 	b, _ := (&pgproto3.Query{String: sql}).Encode(nil)
-	_ = c.net.SetWriteDeadline(time.Now().Add(c.set.core.cfg.ResetTimeout))
+	_ = c.net.SetWriteDeadline(time.Now().Add(c.core.cfg.ResetTimeout))
 	if _, err := c.net.Write(b); err != nil {
 		_ = c.net.Close() // readLoop sees it and drops the connection
 	}
@@ -573,10 +660,10 @@ func (c *srvConn) send(e *entry, sql string) {
 // lost drops a connection that failed. Its client, if any, gets FATAL 08006 (unless the server
 // said FATAL itself) and is disconnected; requests in flight are measured as 08006 errors.
 func (c *srvConn) lost(cause error, serverSaidFatal bool) {
-	s := c.set.core
+	s := c.core
 	c.mu.Lock()
 	c.broken = true
-	cl := c.client
+	cl := c.holder
 	queue := c.queue
 	c.queue = nil
 	if cl != nil && c.status != 'I' && s.ctx.Err() == nil {
@@ -612,14 +699,14 @@ func (c *srvConn) lost(cause error, serverSaidFatal bool) {
 		cl.flushClient()
 		_ = cl.conn.Close()
 	}
-	c.set.drop(c)
+	c.home.forget(c)
 }
 
 // cancelFor sends a cancel request for the queries a client that left still has running, then
 // lets the connection settle: it cannot go to another client before the server has the cancel
 // (PostgreSQL ignores a cancel that finds the backend idle).
 func (c *srvConn) cancelFor() {
-	ctx, cancel := context.WithTimeout(context.Background(), c.set.core.cfg.ResetTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), c.core.cfg.ResetTimeout)
 	_ = c.pc.CancelRequest(ctx)
 	cancel()
 	c.mu.Lock()
@@ -630,7 +717,7 @@ func (c *srvConn) cancelFor() {
 
 // startReadBack asks the server for the session's own settings, before the connection goes
 // back to the set. c.mu is held; nothing else is being written to the connection.
-func (c *srvConn) startReadBack(cl *client) {
+func (c *srvConn) startReadBack(cl *clientEnd) {
 	if c.capturing.Load() {
 		return
 	}
@@ -640,7 +727,7 @@ func (c *srvConn) startReadBack(cl *client) {
 
 // readBackDone takes the settings a read-back found as the client's and the connection's.
 // c.mu is held.
-func (c *srvConn) readBackDone(h *entry, status byte, cl *client) {
+func (c *srvConn) readBackDone(h *entry, status byte, cl *clientEnd) {
 	c.capturing.Store(false)
 	if h.failed || status != 'I' {
 		// Nothing can tell what the session holds: no one else may have it.

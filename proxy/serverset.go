@@ -43,7 +43,7 @@ const (
 )
 
 // count moves c to the gauge of state: every path in or out of the set goes through it, so a
-// connection is counted once, whichever path (put, drop, retire) lets go of it. ss.mu is held.
+// connection is counted once, whichever path (giveBack, forget, retire) lets go of it. ss.mu is held.
 func (ss *serverSet) count(c *srvConn, state byte) {
 	m := ss.core.m
 	switch c.counted {
@@ -191,7 +191,7 @@ func (ss *serverSet) open() (*srvConn, error) {
 		pooled.Release()
 		return nil, reject("08006", "server connection failed: %s", s.mgr.ScrubError(err))
 	}
-	c := &srvConn{set: ss, pooled: pooled, pc: pc, net: pc.Conn(), born: time.Now(), status: 'I',
+	c := &srvConn{core: ss.core, home: ss, pooled: pooled, pc: pc, net: pc.Conn(), born: time.Now(), status: 'I',
 		params: map[string]string{}, reported: map[string]string{}, exited: make(chan struct{})}
 	c.sr = bufio.NewReaderSize(c.net, ioBufSize)
 	for _, name := range reportedParams {
@@ -207,9 +207,9 @@ func (ss *serverSet) open() (*srvConn, error) {
 	return c, nil
 }
 
-// put takes back a connection no client holds and that is clean: to the longest waiting
+// giveBack takes back a connection no client holds and that is clean: to the longest waiting
 // client, or to the idle list.
-func (ss *serverSet) put(c *srvConn) {
+func (ss *serverSet) giveBack(c *srvConn) {
 	s := ss.core
 	_ = c.net.SetDeadline(time.Time{})
 	ss.mu.Lock()
@@ -247,9 +247,9 @@ func (ss *serverSet) shrunk() {
 	}
 }
 
-// drop forgets a connection that failed, held by a client or not (one whose client left is
+// forget forgets a connection that failed, held by a client or not (one whose client left is
 // still active until it is clean); it is closed, and the pool discards it.
-func (ss *serverSet) drop(c *srvConn) {
+func (ss *serverSet) forget(c *srvConn) {
 	ss.mu.Lock()
 	if c.gone {
 		// Being retired: retire sees the connection broken and closes it.

@@ -180,3 +180,11 @@ const maxCustomSettings = 100
 // pinWhole pins a session-mode client from login. It is no pin of transaction mode's, and is
 // not counted as one.
 const pinWhole = "session_mode"
+
+// reportedParams are the settings PostgreSQL reports with ParameterStatus; the proxy replays the
+// server connection's values to each client at login.
+var reportedParams = []string{
+	"application_name", "client_encoding", "DateStyle", "default_transaction_read_only", "in_hot_standby",
+	"integer_datetimes", "IntervalStyle", "is_superuser", "scram_iterations", "server_encoding",
+	"server_version", "session_authorization", "standard_conforming_strings", "TimeZone",
+}

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"crypto/tls"
 	"encoding/binary"
 	"fmt"
@@ -21,14 +20,6 @@ const (
 	cancelCode    = 80877102
 )
 
-// reportedParams are the settings PostgreSQL reports with ParameterStatus; the proxy replays the
-// server connection's values to each client at login.
-var reportedParams = []string{
-	"application_name", "client_encoding", "DateStyle", "default_transaction_read_only", "in_hot_standby",
-	"integer_datetimes", "IntervalStyle", "is_superuser", "scram_iterations", "server_encoding",
-	"server_version", "session_authorization", "standard_conforming_strings", "TimeZone",
-}
-
 // handle runs one client connection from the first byte to the end of its session.
 func (s *Server) handle(raw net.Conn) {
 	s.m.authenticating.Inc()
@@ -45,8 +36,7 @@ func (s *Server) handle(raw net.Conn) {
 		return
 	}
 	cl := newClient(&s.core, s.txSet, conn, params, remoteString(raw))
-	cl.cr = readerPool.Get().(*bufio.Reader)
-	cl.cr.Reset(conn)
+	cl.cr = getReader(conn)
 	if err := s.authenticate(cl, raw); err != nil {
 		s.refuse(cl, err)
 		cl.flushClient()
