@@ -1,83 +1,21 @@
 package proxy
 
 import (
-	"crypto/hmac"
-	"crypto/md5"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgauth"
 )
-
-// scramVerifier is a SCRAM-SHA-256 secret as PostgreSQL stores it: the salt, the iteration count
-// and the two derived keys. The password itself is not needed to verify a client.
-type scramVerifier struct {
-	salt       []byte
-	iterations int
-	storedKey  []byte
-	serverKey  []byte
-}
-
-// newSCRAMVerifier derives a verifier from a password with a fresh random salt. It runs once per
-// user when the proxy starts, so authentication costs no PBKDF2 per connection.
-func newSCRAMVerifier(password string) (*scramVerifier, error) {
-	s, err := pgauth.SCRAMVerifier(password)
-	if err != nil {
-		return nil, err
-	}
-	return parseSCRAMVerifier(s)
-}
-
-// parseSCRAMVerifier reads "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>".
-func parseSCRAMVerifier(s string) (*scramVerifier, error) {
-	bad := errors.New("malformed SCRAM-SHA-256 verifier")
-	rest, ok := strings.CutPrefix(s, "SCRAM-SHA-256$")
-	if !ok {
-		return nil, bad
-	}
-	params, keys, ok := strings.Cut(rest, "$")
-	if !ok {
-		return nil, bad
-	}
-	iter, salt64, ok1 := strings.Cut(params, ":")
-	stored64, server64, ok2 := strings.Cut(keys, ":")
-	if !ok1 || !ok2 {
-		return nil, bad
-	}
-	v := &scramVerifier{}
-	var err error
-	if v.iterations, err = strconv.Atoi(iter); err != nil || v.iterations < 1 {
-		return nil, bad
-	}
-	if v.salt, err = base64.StdEncoding.DecodeString(salt64); err != nil {
-		return nil, bad
-	}
-	if v.storedKey, err = base64.StdEncoding.DecodeString(stored64); err != nil || len(v.storedKey) != sha256.Size {
-		return nil, bad
-	}
-	if v.serverKey, err = base64.StdEncoding.DecodeString(server64); err != nil || len(v.serverKey) != sha256.Size {
-		return nil, bad
-	}
-	return v, nil
-}
-
-func hmacSHA256(key []byte, msg string) []byte {
-	h := hmac.New(sha256.New, key)
-	h.Write([]byte(msg))
-	return h.Sum(nil)
-}
 
 // scramServer runs the server side of one SCRAM-SHA-256 exchange (RFC 5802, RFC 7677) without
 // channel binding, as PostgreSQL does over connections without TLS binding data.
@@ -160,21 +98,22 @@ func (s *scramServer) final(msg string) (string, error) {
 
 var errWrongPassword = errors.New("wrong password")
 
-// md5Response is what a client sends for md5 authentication given the stored md5 hash.
-func md5Response(stored string, salt [4]byte) string {
-	sum := md5.Sum(append([]byte(stored[3:]), salt[:]...))
-	return "md5" + hex.EncodeToString(sum[:])
+// authenticator checks clients' passwords against the proxy's credentials.
+type authenticator struct {
+	core  *core
+	creds map[string]*credential // by user name
+	log   *logThrottle           // of failures
 }
 
 // authenticate runs the configured method and sends AuthenticationOk.
-func (s *Server) authenticate(cl *client, raw net.Conn) error {
-	method := s.cfg.Auth
+func (s *authenticator) authenticate(cl *client, raw net.Conn) error {
+	method := s.core.cfg.Auth
 	fail := func(err error) error {
-		s.m.authFailures.WithLabelValues(string(method)).Inc()
+		s.core.m.authFailures.WithLabelValues(string(method)).Inc()
 		if err != nil && !errors.Is(err, errWrongPassword) {
-			s.authLog.event("user", cl.user, "client", cl.remote, "method", string(method), "error", err.Error())
+			s.log.event("user", cl.user, "client", cl.remote, "method", string(method), "error", err.Error())
 		} else {
-			s.authLog.event("user", cl.user, "client", cl.remote, "method", string(method))
+			s.log.event("user", cl.user, "client", cl.remote, "method", string(method))
 		}
 		return reject("28P01", "password authentication failed for user %q", cl.user)
 	}
@@ -182,7 +121,7 @@ func (s *Server) authenticate(cl *client, raw net.Conn) error {
 	switch {
 	case method == AuthTrust:
 		if !isLocal(raw) {
-			s.m.authFailures.WithLabelValues(string(method)).Inc()
+			s.core.m.authFailures.WithLabelValues(string(method)).Inc()
 			return reject("28000", "trust authentication is only allowed on loopback and unix socket connections")
 		}
 	case method == AuthMD5 && (cred == nil || cred.md5 != ""):
@@ -290,32 +229,12 @@ func (cl *client) expectPassword() ([]byte, error) {
 	return body, nil
 }
 
-// credential is what the proxy knows about a user's password, prepared once.
-type credential struct {
-	md5   string // "md5" + hex(md5(password + user)); empty if unknown
-	scram *scramVerifier
-}
-
-func parseSecret(user, secret string) (*credential, error) {
-	switch {
-	case strings.HasPrefix(secret, "SCRAM-SHA-256$"):
-		v, err := parseSCRAMVerifier(secret)
-		if err != nil {
-			return nil, err
-		}
-		return &credential{scram: v}, nil
-	case len(secret) == 35 && strings.HasPrefix(secret, "md5") && isHex(secret[3:]):
-		return &credential{md5: secret}, nil
-	default:
-		v, err := newSCRAMVerifier(secret)
-		if err != nil {
-			return nil, err
-		}
-		return &credential{md5: pgauth.MD5(secret, user), scram: v}, nil
+func isLocal(c net.Conn) bool {
+	switch a := c.RemoteAddr().(type) {
+	case *net.UnixAddr:
+		return true
+	case *net.TCPAddr:
+		return a.IP.IsLoopback()
 	}
-}
-
-func isHex(s string) bool {
-	_, err := hex.DecodeString(s)
-	return err == nil
+	return c.RemoteAddr() == nil
 }

@@ -136,31 +136,6 @@ func (cl *client) current() *srvConn {
 	return cl.sc
 }
 
-// run serves the client until it leaves.
-func (cl *client) run(params map[string]string) {
-	s := cl.core
-	cl.setState(s.m.idle)
-	defer func() {
-		cl.leave()
-		cl.setState(nil)
-		s.m.sessionTx.Observe(float64(cl.transactions.Load()))
-		cl.unpin()
-		for _, st := range cl.stmts {
-			s.stmts.put(st)
-		}
-		if cl.cr != nil {
-			cl.cr.Reset(nil)
-			readerPool.Put(cl.cr)
-			cl.cr = nil
-		}
-		cl.releaseClientWriter()
-	}()
-	if !cl.login(params) {
-		return
-	}
-	cl.loop()
-}
-
 // login reports the server's parameters, as PostgreSQL does at the end of its startup. With a
 // server connection free it checks the client's startup settings there, so that a bad one fails
 // the login as on PostgreSQL. With every connection in use the client logs in without one: the
@@ -540,4 +515,52 @@ func (cl *client) endOversized(n int) {
 		r = cl.cr
 	}
 	_, _ = io.CopyN(io.Discard, r, int64(n)+1<<20)
+}
+
+// noStatement names no statement on any server connection: a Bind of it fails, which is how the
+// proxy makes the server fail a request in-band with the proxy's own error.
+const noStatement = "pgsidecar_none"
+
+// queue adds an entry for an answer the client expects, unless the server skips the request
+// (an earlier request of its batch failed). c.mu is held.
+func (cl *client) queue(c *srvConn, e *entry) bool {
+	e.batch = cl.batch
+	switch e.kind {
+	case 'P', 'B', 'D', 'C', 'E':
+		c.midBatch = true
+	case 'S':
+		c.midBatch = false
+	}
+	if c.errSkip && c.errBatch == cl.batch && e.kind != 'S' {
+		return false
+	}
+	c.queue = append(c.queue, e)
+	return true
+}
+
+// queueLocked is queue under c's lock.
+func (cl *client) queueLocked(c *srvConn, e *entry) {
+	c.mu.Lock()
+	cl.queue(c, e)
+	c.mu.Unlock()
+}
+
+// answer makes up an answer for the client in its place in the stream: e.synth.
+func (cl *client) answer(c *srvConn, e *entry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.queue) == 0 {
+		cl.writeClient(e.synth)
+		return
+	}
+	e.batch = cl.batch
+	c.queue = append(c.queue, e)
+}
+
+// namedStmt is what the proxy keeps of a whole session's statement, which the server holds
+// under the client's name: enough to measure its executions and take its effect.
+type namedStmt struct {
+	op  pool.Operation
+	sql string
+	eff sessionsql.Effect
 }

@@ -5,7 +5,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/pgsidecar/pgsidecar/internal/sessionsql"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -75,14 +74,6 @@ func (cl *client) stmtScope() string {
 		return ""
 	}
 	return "pinned " + strconv.FormatUint(uint64(cl.pid), 10) + "\x00"
-}
-
-// namedStmt is what the proxy keeps of a whole session's statement, which the server holds
-// under the client's name: enough to measure its executions and take its effect.
-type namedStmt struct {
-	op  pool.Operation
-	sql string
-	eff sessionsql.Effect
 }
 
 // parseWhole queues the answer to a whole session's Parse, which goes to the server as it

@@ -9,46 +9,6 @@ import (
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
-// noStatement names no statement on any server connection: a Bind of it fails, which is how the
-// proxy makes the server fail a request in-band with the proxy's own error.
-const noStatement = "pgsidecar_none"
-
-// queue adds an entry for an answer the client expects, unless the server skips the request
-// (an earlier request of its batch failed). c.mu is held.
-func (cl *client) queue(c *srvConn, e *entry) bool {
-	e.batch = cl.batch
-	switch e.kind {
-	case 'P', 'B', 'D', 'C', 'E':
-		c.midBatch = true
-	case 'S':
-		c.midBatch = false
-	}
-	if c.errSkip && c.errBatch == cl.batch && e.kind != 'S' {
-		return false
-	}
-	c.queue = append(c.queue, e)
-	return true
-}
-
-// queueLocked is queue under c's lock.
-func (cl *client) queueLocked(c *srvConn, e *entry) {
-	c.mu.Lock()
-	cl.queue(c, e)
-	c.mu.Unlock()
-}
-
-// answer makes up an answer for the client in its place in the stream: e.synth.
-func (cl *client) answer(c *srvConn, e *entry) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.queue) == 0 {
-		cl.writeClient(e.synth)
-		return
-	}
-	e.batch = cl.batch
-	c.queue = append(c.queue, e)
-}
-
 // loop relays the client's messages until it leaves or its server connection fails.
 func (cl *client) loop() {
 	s := cl.core
@@ -459,3 +419,28 @@ func (cl *client) failRequest(c *srvConn, errMsg []byte) []byte {
 // an error of its own (entry.errMsg replaces the server's): the transaction then fails as
 // PostgreSQL would fail it.
 var failingQuery = []byte("SELECT 1/0\x00")
+
+// run serves the client until it leaves.
+func (cl *client) run(params map[string]string) {
+	s := cl.core
+	cl.setState(s.m.idle)
+	defer func() {
+		cl.leave()
+		cl.setState(nil)
+		s.m.sessionTx.Observe(float64(cl.transactions.Load()))
+		cl.unpin()
+		for _, st := range cl.stmts {
+			s.stmts.put(st)
+		}
+		if cl.cr != nil {
+			cl.cr.Reset(nil)
+			readerPool.Put(cl.cr)
+			cl.cr = nil
+		}
+		cl.releaseClientWriter()
+	}()
+	if !cl.login(params) {
+		return
+	}
+	cl.loop()
+}

@@ -63,10 +63,9 @@ func WithRegisterer(r prometheus.Registerer) Option { return func(s *Server) { s
 type Server struct {
 	core
 	reg      prometheus.Registerer
-	creds    map[string]*credential
 	database string
 	tlsMode  TLSMode // resolved: never empty
-	authLog  *logThrottle
+	auth     authenticator
 	evictLog *logThrottle
 	txSet    *serverSet // the server connections
 
@@ -93,7 +92,6 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 	}
 	s := &Server{
 		core:     core{mgr: mgr, cfg: cfg, log: slog.Default(), m: newMetrics(mgr.Name())},
-		creds:    map[string]*credential{},
 		database: mgr.Database(),
 		tlsMode:  cfg.tlsMode(),
 		clients:  map[net.Conn]*clientState{},
@@ -106,7 +104,8 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 	s.log = s.log.With("pool", mgr.Name())
 	s.stmts.analysis = &s.analysis
 	s.pinLog = &logThrottle{log: s.log, msg: "Proxy session pinned to its server connection", interval: cfg.AuthFailureLogInterval}
-	s.authLog = &logThrottle{log: s.log, msg: "Proxy authentication failed", interval: cfg.AuthFailureLogInterval}
+	s.auth = authenticator{core: &s.core, creds: map[string]*credential{},
+		log: &logThrottle{log: s.log, msg: "Proxy authentication failed", interval: cfg.AuthFailureLogInterval}}
 	s.evictLog = &logThrottle{log: s.log, msg: "Proxy closed the oldest connection still in startup: --proxy.max-startup-connections reached",
 		interval: cfg.AuthFailureLogInterval}
 	s.oversizeLog = &logThrottle{log: s.log, msg: "Proxy closed a client that sent a message over --proxy.max-message-size",
@@ -128,14 +127,14 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 				return nil, fmt.Errorf("proxy: user %q: %w", own.User, err)
 			}
 		}
-		s.creds[own.User] = c
+		s.auth.creds[own.User] = c
 	}
 	for name, secret := range users {
 		c, err := parseSecret(name, secret)
 		if err != nil {
 			return nil, fmt.Errorf("proxy: user %q: %w", name, err)
 		}
-		s.creds[name] = c
+		s.auth.creds[name] = c
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.txSet = &serverSet{core: &s.core}
@@ -351,7 +350,7 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.wg.Wait()
 	s.txSet.close()
-	s.authLog.stop()
+	s.auth.log.stop()
 	s.evictLog.stop()
 	s.pinLog.stop()
 	s.oversizeLog.stop()

@@ -37,7 +37,7 @@ func (s *Server) handle(raw net.Conn) {
 	}
 	cl := newClient(&s.core, s.txSet, conn, params, remoteString(raw))
 	cl.cr = getReader(conn)
-	if err := s.authenticate(cl, raw); err != nil {
+	if err := s.auth.authenticate(cl, raw); err != nil {
 		s.refuse(cl, err)
 		cl.flushClient()
 		return
@@ -184,14 +184,4 @@ func parseStartupParams(b []byte) (map[string]string, []string) {
 		b = b[j+1:]
 	}
 	return params, unknown
-}
-
-func isLocal(c net.Conn) bool {
-	switch a := c.RemoteAddr().(type) {
-	case *net.UnixAddr:
-		return true
-	case *net.TCPAddr:
-		return a.IP.IsLoopback()
-	}
-	return c.RemoteAddr() == nil
 }
