@@ -196,7 +196,7 @@ func TestTooManyClients(t *testing.T) {
 	}
 	_ = c.Close(ctx)
 	h.waitIdle(t)
-	if !pgtest.WaitFor(10*time.Second, func() bool { return h.srv.clientCount() == 0 }) {
+	if !pgtest.WaitFor(10*time.Second, func() bool { return h.srv.table.clientCount() == 0 }) {
 		t.Fatal("client connections not released")
 	}
 	c2 := h.connect(t, ctx, h.superURL())

@@ -30,10 +30,7 @@
 package proxy
 
 import (
-	"container/list"
 	"context"
-	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -62,10 +59,10 @@ func WithRegisterer(r prometheus.Registerer) Option { return func(s *Server) { s
 // connections. It is safe for concurrent use.
 type Server struct {
 	core
-	reg      prometheus.Registerer
-	database string
-	tlsMode  TLSMode // resolved: never empty
+	reg prometheus.Registerer
+	gate
 	auth     authenticator
+	table    *clientTable
 	evictLog *logThrottle
 	txSet    *serverSet // the server connections
 
@@ -75,10 +72,6 @@ type Server struct {
 	mu        sync.Mutex
 	closed    bool
 	listeners []net.Listener
-	clients   map[net.Conn]*clientState
-	starting  *list.List         // connections still in startup, oldest first
-	authed    int                // authenticated connections, bounded by MaxClients
-	sessions  map[uint32]*client // by the cancel key's process ID we gave the client
 }
 
 // New checks cfg, reads the files it names and prepares a Server on mgr's pool. Clients may
@@ -91,12 +84,7 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		core:     core{mgr: mgr, cfg: cfg, log: slog.Default(), m: newMetrics(mgr.Name())},
-		database: mgr.Database(),
-		tlsMode:  cfg.tlsMode(),
-		clients:  map[net.Conn]*clientState{},
-		starting: list.New(),
-		sessions: map[uint32]*client{},
+		core: core{mgr: mgr, cfg: cfg, log: slog.Default(), m: newMetrics(mgr.Name())},
 	}
 	for _, o := range opts {
 		o(s)
@@ -138,6 +126,8 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.txSet = &serverSet{core: &s.core}
+	s.table = newClientTable(&s.core.cfg)
+	s.gate = gate{core: &s.core, set: s.txSet, auth: &s.auth, table: s.table, tlsMode: cfg.tlsMode(), database: mgr.Database()}
 	if s.reg != nil {
 		for i, c := range s.m.collectors() {
 			if err := s.reg.Register(c); err != nil {
@@ -240,7 +230,7 @@ func (s *Server) serve(l net.Listener) {
 			continue
 		}
 		failures = 0
-		ok, evicted := s.track(c)
+		ok, evicted := s.table.track(c)
 		if !ok {
 			_ = c.Close()
 			return
@@ -253,78 +243,10 @@ func (s *Server) serve(l net.Listener) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			defer s.untrack(c)
+			defer s.table.untrack(c)
 			s.handle(c)
 		}()
 	}
-}
-
-// clientState is where a client connection is in its life: in startup (elem set) or
-// authenticated (authed).
-type clientState struct {
-	elem   *list.Element // in Server.starting
-	authed bool
-}
-
-// track records a new connection as in startup. When MaxStartup connections already are, it
-// returns the oldest of them for the caller to close: a client that finishes its startup in
-// time gets in however many connections sit idle in theirs, and an attacker must open
-// connections faster than real clients authenticate to keep them out.
-func (s *Server) track(c net.Conn) (ok bool, evicted net.Conn) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false, nil
-	}
-	if s.starting.Len() >= s.cfg.maxStartup() {
-		evicted = s.starting.Remove(s.starting.Front()).(net.Conn)
-		s.clients[evicted].elem = nil
-	}
-	s.clients[c] = &clientState{elem: s.starting.PushBack(c)}
-	return true, evicted
-}
-
-// errEvicted ends the startup of a connection track closed to make room.
-var errEvicted = errors.New("closed to make room for a newer connection in startup")
-
-// authenticated moves c from startup to the authenticated clients, or refuses it with 53300
-// when MaxClients are.
-func (s *Server) authenticated(c net.Conn) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	st := s.clients[c]
-	if st == nil || st.elem == nil {
-		return errEvicted
-	}
-	s.starting.Remove(st.elem)
-	st.elem = nil
-	if s.authed >= s.cfg.MaxClients {
-		return reject("53300", "sorry, too many clients already (the proxy serves at most %d)", s.cfg.MaxClients)
-	}
-	st.authed = true
-	s.authed++
-	return nil
-}
-
-func (s *Server) clientCount() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.clients)
-}
-
-func (s *Server) untrack(c net.Conn) {
-	_ = c.Close()
-	s.mu.Lock()
-	if st := s.clients[c]; st != nil {
-		if st.elem != nil {
-			s.starting.Remove(st.elem)
-		}
-		if st.authed {
-			s.authed--
-		}
-	}
-	delete(s.clients, c)
-	s.mu.Unlock()
 }
 
 // Close stops listening, disconnects every client (their server connections are reset or
@@ -340,13 +262,7 @@ func (s *Server) Close() error {
 	for _, l := range s.listeners {
 		_ = l.Close()
 	}
-	for c := range s.clients {
-		_ = c.Close()
-	}
-	// A relay blocked on an unresponsive server would not notice its client leaving.
-	for _, sess := range s.sessions {
-		sess.interrupt()
-	}
+	s.table.close()
 	s.mu.Unlock()
 	s.wg.Wait()
 	s.txSet.close()
@@ -361,45 +277,4 @@ func (s *Server) Close() error {
 		}
 	}
 	return nil
-}
-
-// register gives a session a cancel key unique among live sessions.
-func (s *Server) register(sess *client) {
-	var b [8]byte
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for {
-		_, _ = rand.Read(b[:])
-		pid := binary.BigEndian.Uint32(b[:4]) & 0x7fffffff
-		if pid == 0 || s.sessions[pid] != nil {
-			continue
-		}
-		sess.pid, sess.secret = pid, binary.BigEndian.Uint32(b[4:])
-		s.sessions[pid] = sess
-		return
-	}
-}
-
-func (s *Server) unregister(sess *client) {
-	s.mu.Lock()
-	if s.sessions[sess.pid] == sess {
-		delete(s.sessions, sess.pid)
-	}
-	s.mu.Unlock()
-}
-
-// cancelRequest forwards a client's CancelRequest to the server connection its session uses now,
-// with that connection's own key. Unknown keys are ignored, as PostgreSQL does.
-func (s *Server) cancelRequest(pid, secret uint32) {
-	s.mu.Lock()
-	sess := s.sessions[pid]
-	s.mu.Unlock()
-	if sess == nil || sess.secret != secret {
-		return
-	}
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ResetTimeout)
-	defer cancel()
-	if sess.cancelServer(ctx) {
-		s.m.cancels.Inc()
-	}
 }

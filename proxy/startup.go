@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/binary"
 	"fmt"
@@ -20,40 +21,51 @@ const (
 	cancelCode    = 80877102
 )
 
+// gate lets clients in: it answers requests for encryption, reads the startup packet,
+// authenticates the client and starts its session, and forwards cancel requests.
+type gate struct {
+	core     *core
+	set      *serverSet
+	auth     *authenticator
+	table    *clientTable
+	tlsMode  TLSMode // resolved: never empty
+	database string  // the one database clients may ask for
+}
+
 // handle runs one client connection from the first byte to the end of its session.
-func (s *Server) handle(raw net.Conn) {
-	s.m.authenticating.Inc()
+func (s *gate) handle(raw net.Conn) {
+	s.core.m.authenticating.Inc()
 	authenticating := true
 	defer func() {
 		if authenticating {
-			s.m.authenticating.Dec()
+			s.core.m.authenticating.Dec()
 		}
 	}()
-	_ = raw.SetDeadline(time.Now().Add(s.cfg.StartupTimeout))
+	_ = raw.SetDeadline(time.Now().Add(s.core.cfg.StartupTimeout))
 	conn, params, err := s.startup(raw)
 	if err != nil || conn == nil {
-		s.refuse(raw, err)
+		s.core.refuse(raw, err)
 		return
 	}
-	cl := newClient(&s.core, s.txSet, conn, params, remoteString(raw))
+	cl := newClient(s.core, s.set, conn, params, remoteString(raw))
 	cl.cr = getReader(conn)
 	if err := s.auth.authenticate(cl, raw); err != nil {
-		s.refuse(cl, err)
+		s.core.refuse(cl, err)
 		cl.flushClient()
 		return
 	}
-	if err := s.authenticated(raw); err != nil {
-		s.refuse(cl, err)
+	if err := s.table.authenticated(raw); err != nil {
+		s.core.refuse(cl, err)
 		cl.flushClient()
 		return
 	}
 	_ = raw.SetDeadline(time.Time{})
 	authenticating = false
-	s.m.authenticating.Dec()
+	s.core.m.authenticating.Dec()
 
-	s.m.sessions.Inc()
-	s.register(cl)
-	defer s.unregister(cl)
+	s.core.m.sessions.Inc()
+	s.table.register(cl)
+	defer s.table.unregister(cl)
 	cl.run(params)
 }
 
@@ -76,7 +88,7 @@ func remoteString(c net.Conn) string {
 // the way. It reads exact packet lengths straight from the socket, so no plaintext byte sent
 // before a TLS handshake can be taken as if it came through TLS. A nil conn with a nil error
 // means the connection was a cancel request and is done.
-func (s *Server) startup(raw net.Conn) (net.Conn, map[string]string, error) {
+func (s *gate) startup(raw net.Conn) (net.Conn, map[string]string, error) {
 	conn := raw
 	tlsDone := false
 	for range 4 {
@@ -87,7 +99,7 @@ func (s *Server) startup(raw net.Conn) (net.Conn, map[string]string, error) {
 		code := binary.BigEndian.Uint32(pkt)
 		switch {
 		case code == sslRequest && !tlsDone:
-			if s.cfg.TLS == nil || s.tlsMode == TLSDisable {
+			if s.core.cfg.TLS == nil || s.tlsMode == TLSDisable {
 				if _, err := conn.Write([]byte{'N'}); err != nil {
 					return nil, nil, err
 				}
@@ -96,7 +108,7 @@ func (s *Server) startup(raw net.Conn) (net.Conn, map[string]string, error) {
 			if _, err := conn.Write([]byte{'S'}); err != nil {
 				return nil, nil, err
 			}
-			tc := tls.Server(raw, s.cfg.TLS)
+			tc := tls.Server(raw, s.core.cfg.TLS)
 			if err := tc.Handshake(); err != nil {
 				return nil, nil, fmt.Errorf("tls handshake: %w", err)
 			}
@@ -184,4 +196,18 @@ func parseStartupParams(b []byte) (map[string]string, []string) {
 		b = b[j+1:]
 	}
 	return params, unknown
+}
+
+// cancelRequest forwards a client's CancelRequest to the server connection its session uses now,
+// with that connection's own key. Unknown keys are ignored, as PostgreSQL does.
+func (s *gate) cancelRequest(pid, secret uint32) {
+	cl := s.table.lookup(pid, secret)
+	if cl == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.core.ctx, s.core.cfg.ResetTimeout)
+	defer cancel()
+	if cl.cancelServer(ctx) {
+		s.core.m.cancels.Inc()
+	}
 }
