@@ -250,209 +250,254 @@ func endsRequest(kind, typ byte) bool {
 	return false // Query, Sync and FunctionCall end at ReadyForQuery
 }
 
+// answerReader is readLoop's state from one server message to the next.
+type answerReader struct {
+	hdr      [5]byte
+	body     []byte
+	out      *clientEnd // written to since the last flush
+	bytesOut int
+	fatal    bool // the server said FATAL: it ends the session itself, and says why
+}
+
+// answer is one server message on its way to the client holding the connection.
+type answer struct {
+	typ     byte // as the server sent it
+	as      byte // as the client gets it: an EmptyQueryResponse may become a CommandComplete
+	n       int
+	body    []byte // read when inspected, else copied through
+	inspect bool
+	h       *entry     // the request it answers: the head of the queue
+	cl      *clientEnd // the client holding the connection when it came
+	forward bool       // the client gets it
+	replace []byte     // the body the client gets instead
+}
+
 // readLoop forwards the server's messages until the connection fails or retire stops it.
 func (c *srvConn) readLoop() {
 	defer close(c.exited)
-	s := c.core
-	var (
-		hdr      [5]byte
-		body     []byte
-		out      *clientEnd // written to since the last flush
-		bytesOut int
-		fatal    bool
-	)
+	var rd answerReader
 	for {
 		if needFlush(c.sr) {
-			if out != nil {
-				out.flushClient()
-				out = nil
-			}
-			if bytesOut > 0 {
-				s.m.bytesOut.Add(float64(bytesOut))
-				bytesOut = 0
-			}
+			rd.flush(c.core)
 		}
-		got, err := io.ReadFull(c.sr, hdr[:])
-		if err != nil {
-			c.mu.Lock()
-			stopping := c.stopping
-			c.mu.Unlock()
-			if stopping {
-				// retire stopped the read, and gives the connection back or closes it.
-				if got != 0 || !isTimeout(err) {
-					c.mu.Lock()
-					c.broken = true
-					c.mu.Unlock()
-				}
-				return
-			}
-			c.lost(err, fatal)
+		a, ok := c.next(&rd)
+		if !ok {
 			return
 		}
-		typ := hdr[0]
-		n := int(binary.BigEndian.Uint32(hdr[1:])) - 4
-		if n < 0 || (typ == 'E' || typ == 'S' || typ == 'Z' || typ == 'C') && n > 1<<20 {
-			c.lost(errors.New("invalid message from server"), fatal)
+		c.decide(&a, &rd)
+		if !c.deliver(&a, &rd) {
 			return
 		}
-		// The messages the proxy reads: the rest are copied through.
-		inspect := typ == 'Z' || typ == 'E' || typ == 'S' || typ == 'I' || typ == 'D' && c.capturing.Load() || typ == 'T' && c.describing()
-		if inspect {
-			if cap(body) < n {
-				body = make([]byte, n)
-			}
-			body = body[:n]
-			if _, err := io.ReadFull(c.sr, body); err != nil {
-				c.lost(err, fatal)
-				return
-			}
-		}
-		bytesOut += n + 5
-
-		// Decide under the lock, write to the client without it (a client slow to read must not
-		// stop its own requests from being queued), then update the queue. The answer's entry
-		// stays at the head while it is written, so no made-up answer can overtake it.
-		c.mu.Lock()
-		if typ != 'N' && typ != 'A' && typ != 'S' && c.emitSynth() {
-			out = c.holder
-		}
-		cl := c.holder
-		h := c.head()
-		forward := cl != nil && (h == nil || !h.skip)
-		var replace []byte // the body of a message to send instead
-		switch typ {
-		case 'S':
-			name, rest := cstring(body)
-			value, _ := cstring(rest)
-			c.reported[name] = value
-			if forward {
-				// A client's request changed a setting (in a function, maybe, out of the
-				// analysis's sight): read the settings back before anyone else gets the
-				// connection.
-				c.dirty++
-			}
-		case 'D':
-			if h != nil && h.readBack {
-				if row, ok := textRow(body); ok {
-					h.rows = append(h.rows, row)
-				} else {
-					h.failed = true
-				}
-			}
-		case 'E':
-			e := decodeError(body)
-			if e.Severity == "FATAL" || e.Severity == "PANIC" {
-				fatal = true
-				// The server is ending the session (terminated, shut down): no client must
-				// check the connection out before the read of its end drops it.
-				c.broken = true
-			}
-			if c.batchErr == nil {
-				c.batchErr = e
-			}
-			if h != nil && h.uses != nil {
-				switch {
-				case e.Code == staleCode:
-					s.stmts.markStale(h.uses)
-				case strings.HasPrefix(e.Code, "42"):
-					// No longer valid as it stands (a dropped table): the next Parse of it
-					// goes to a server, to fail there as it would directly.
-					h.uses.valid.Store(false)
-				}
-			}
-			// The client's request failed, also when the proxy sent it on its behalf (a
-			// statement prepared for its Bind).
-			forward = cl != nil && (h == nil || h.done == nil && !h.quiet)
-			if h != nil && h.errMsg != nil {
-				replace = h.errMsg
-			}
-		case 'I':
-			if h != nil && h.emptyAs != "" {
-				typ = 'C'
-				replace = append([]byte(h.emptyAs), 0)
-			}
-		case 'Z':
-			if n != 1 {
-				c.mu.Unlock()
-				c.lost(errors.New("invalid ReadyForQuery from server"), fatal)
-				return
-			}
-		case 'G', 'H', 'W':
-			c.copying = typ
-		case 'T', 'n':
-			if h != nil && h.describes != nil {
-				c.checkResult(h, typ, body)
-			}
-		}
-		c.mu.Unlock()
-
-		switch {
-		case !forward:
-			if !inspect {
-				if _, err := c.sr.Discard(n); err != nil {
-					c.lost(err, fatal)
-					return
-				}
-			}
-		case replace != nil:
-			cl.writeMsg(typ, replace, nil, 0)
-		case inspect:
-			cl.writeMsg(typ, body, nil, 0)
-		default:
-			if err := cl.writeMsg(typ, nil, c.sr, n); err != nil {
-				c.lost(err, fatal)
-				return
-			}
-		}
-		if forward {
-			out = cl
-		}
-		if typ == 'Z' && out != nil {
-			out.flushClient()
-			out = nil
-		}
-
-		switch hdr[0] {
+		switch a.typ {
 		case 'D', 'd', 'N', 'A', 'S', 't', 'G', 'H', 'W', 'c':
 			continue // never the last answer to a request
 		}
+		c.advance(&a, &rd)
+	}
+}
+
+// flush sends the client what was written to it, and counts the bytes read.
+func (rd *answerReader) flush(s *core) {
+	if rd.out != nil {
+		rd.out.flushClient()
+		rd.out = nil
+	}
+	if rd.bytesOut > 0 {
+		s.m.bytesOut.Add(float64(rd.bytesOut))
+		rd.bytesOut = 0
+	}
+}
+
+// next reads the server's next message: its header, and its body when the proxy inspects it.
+// It reports false when the connection is done with: lost, or stopped by retire.
+func (c *srvConn) next(rd *answerReader) (answer, bool) {
+	got, err := io.ReadFull(c.sr, rd.hdr[:])
+	if err != nil {
 		c.mu.Lock()
-		if c.holder != cl {
-			cl = nil // it left meanwhile
-		}
-		if h != nil && len(c.queue) > 0 && c.queue[0] == h {
-			switch {
-			case hdr[0] == 'E':
-				h.failed = true
-				if h.kind != 'Q' && h.kind != 'F' && h.kind != 'S' {
-					c.failBatch(h)
-				}
-			case typ == 'Z':
-				c.pop()
-				c.readyForQuery(h, body[0], cl)
-			case endsRequest(h.kind, hdr[0]):
-				if hdr[0] == '1' && h.prepared != nil {
-					h.prepared.valid.Store(true)
-					if h.reparse {
-						c.stmts.keep(h.prepared) // an earlier Parse of it may have failed
-					}
-				}
-				c.pop()
-			}
-		}
-		if typ == 'Z' || hdr[0] == 'E' {
-			if c.emitSynth() && c.holder != nil {
-				out = c.holder
-			}
-		}
-		if typ == 'Z' {
-			c.settle()
+		stopping := c.stopping
+		if stopping && (got != 0 || !isTimeout(err)) {
+			c.broken = true
 		}
 		c.mu.Unlock()
-		if typ == 'Z' && out != nil {
-			out.flushClient()
-			out = nil
+		if !stopping {
+			c.lost(err, rd.fatal)
 		}
+		// Else retire stopped the read, and gives the connection back or closes it.
+		return answer{}, false
+	}
+	a := answer{typ: rd.hdr[0], as: rd.hdr[0], n: int(binary.BigEndian.Uint32(rd.hdr[1:])) - 4}
+	if a.n < 0 || (a.typ == 'E' || a.typ == 'S' || a.typ == 'Z' || a.typ == 'C') && a.n > 1<<20 || a.typ == 'Z' && a.n != 1 {
+		c.lost(errors.New("invalid message from server"), rd.fatal)
+		return answer{}, false
+	}
+	// The messages the proxy reads: the rest are copied through.
+	a.inspect = a.typ == 'Z' || a.typ == 'E' || a.typ == 'S' || a.typ == 'I' || a.typ == 'D' && c.capturing.Load() || a.typ == 'T' && c.describing()
+	if a.inspect {
+		if cap(rd.body) < a.n {
+			rd.body = make([]byte, a.n)
+		}
+		a.body = rd.body[:a.n]
+		if _, err := io.ReadFull(c.sr, a.body); err != nil {
+			c.lost(err, rd.fatal)
+			return answer{}, false
+		}
+	}
+	rd.bytesOut += a.n + 5
+	return a, true
+}
+
+// decide, under the lock, whether and as what the client gets a, and takes what a says about
+// the session. The answer's entry stays at the head of the queue while a is written (deliver),
+// so no made-up answer can overtake it.
+func (c *srvConn) decide(a *answer, rd *answerReader) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if a.typ != 'N' && a.typ != 'A' && a.typ != 'S' && c.emitSynth() {
+		rd.out = c.holder
+	}
+	a.cl, a.h = c.holder, c.head()
+	h := a.h
+	a.forward = a.cl != nil && (h == nil || !h.skip)
+	switch a.typ {
+	case 'S':
+		name, rest := cstring(a.body)
+		value, _ := cstring(rest)
+		c.reported[name] = value
+		if a.forward {
+			// A client's request changed a setting (in a function, maybe, out of the
+			// analysis's sight): read the settings back before anyone else gets the
+			// connection.
+			c.dirty++
+		}
+	case 'D':
+		if h != nil && h.readBack {
+			if row, ok := textRow(a.body); ok {
+				h.rows = append(h.rows, row)
+			} else {
+				h.failed = true
+			}
+		}
+	case 'E':
+		c.serverError(a, rd)
+	case 'I':
+		if h != nil && h.emptyAs != "" {
+			a.as = 'C'
+			a.replace = append([]byte(h.emptyAs), 0)
+		}
+	case 'G', 'H', 'W':
+		c.copying = a.typ
+	case 'T', 'n':
+		if h != nil && h.describes != nil {
+			c.checkResult(h, a.typ, a.body)
+		}
+	}
+}
+
+// serverError takes an ErrorResponse: the first of its batch is kept for measuring, a FATAL
+// one breaks the connection, and a statement whose use failed may be stale or no longer
+// valid. c.mu is held.
+func (c *srvConn) serverError(a *answer, rd *answerReader) {
+	h := a.h
+	e := decodeError(a.body)
+	if e.Severity == "FATAL" || e.Severity == "PANIC" {
+		rd.fatal = true
+		// The server is ending the session (terminated, shut down): no client must check the
+		// connection out before the read of its end drops it.
+		c.broken = true
+	}
+	if c.batchErr == nil {
+		c.batchErr = e
+	}
+	if h != nil && h.uses != nil {
+		switch {
+		case e.Code == staleCode:
+			c.core.stmts.markStale(h.uses)
+		case strings.HasPrefix(e.Code, "42"):
+			// No longer valid as it stands (a dropped table): the next Parse of it goes to a
+			// server, to fail there as it would directly.
+			h.uses.valid.Store(false)
+		}
+	}
+	// The client's request failed, also when the proxy sent it on its behalf (a statement
+	// prepared for its Bind).
+	a.forward = a.cl != nil && (h == nil || h.done == nil && !h.quiet)
+	if h != nil && h.errMsg != nil {
+		a.replace = h.errMsg
+	}
+}
+
+// deliver writes a to the client, or drops it, without the lock: a client slow to read must
+// not stop its own requests from being queued. It reports false when the connection is lost.
+func (c *srvConn) deliver(a *answer, rd *answerReader) bool {
+	switch {
+	case !a.forward:
+		if !a.inspect {
+			if _, err := c.sr.Discard(a.n); err != nil {
+				c.lost(err, rd.fatal)
+				return false
+			}
+		}
+	case a.replace != nil:
+		_ = a.cl.writeMsg(a.as, a.replace, nil, 0)
+	case a.inspect:
+		_ = a.cl.writeMsg(a.as, a.body, nil, 0)
+	default:
+		if err := a.cl.writeMsg(a.as, nil, c.sr, a.n); err != nil {
+			c.lost(err, rd.fatal)
+			return false
+		}
+	}
+	if a.forward {
+		rd.out = a.cl
+	}
+	if a.as == 'Z' && rd.out != nil {
+		rd.out.flushClient()
+		rd.out = nil
+	}
+	return true
+}
+
+// advance, after the last answer to a request (or an error that ends it), takes the request
+// off the queue: a ReadyForQuery applies what its Query or Sync did and may give the
+// connection back; an extended-protocol request's error skips the rest of its batch.
+func (c *srvConn) advance(a *answer, rd *answerReader) {
+	c.mu.Lock()
+	cl, h := a.cl, a.h
+	if c.holder != cl {
+		cl = nil // it left meanwhile
+	}
+	if h != nil && len(c.queue) > 0 && c.queue[0] == h {
+		switch {
+		case a.typ == 'E':
+			h.failed = true
+			if h.kind != 'Q' && h.kind != 'F' && h.kind != 'S' {
+				c.failBatch(h)
+			}
+		case a.typ == 'Z':
+			c.pop()
+			c.readyForQuery(h, a.body[0], cl)
+		case endsRequest(h.kind, a.typ):
+			if a.typ == '1' && h.prepared != nil {
+				h.prepared.valid.Store(true)
+				if h.reparse {
+					c.stmts.keep(h.prepared) // an earlier Parse of it may have failed
+				}
+			}
+			c.pop()
+		}
+	}
+	if a.typ == 'Z' || a.typ == 'E' {
+		if c.emitSynth() && c.holder != nil {
+			rd.out = c.holder
+		}
+	}
+	if a.typ == 'Z' {
+		c.settle()
+	}
+	c.mu.Unlock()
+	if a.typ == 'Z' && rd.out != nil {
+		rd.out.flushClient()
+		rd.out = nil
 	}
 }
 
