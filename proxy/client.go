@@ -17,11 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// The client side of transaction mode: one goroutine per client reads its messages, checks out
-// a server connection when a request needs one, maps the client's prepared statements onto the
-// proxy's and queues an entry for every answer it expects (see entry). The server connection's
-// readLoop forwards the answers and gives the connection back.
-
 // client is one logged-in client connection, from its login to its logout. Its goroutine reads
 // its messages (requests.go) and relays them over the server connection it holds, whose own
 // goroutine forwards the answers (serverconn.go). In session mode the client is pinned to its
@@ -45,7 +40,7 @@ type client struct {
 
 // clientStatements are the client's prepared statements, as the proxy maps them onto its own.
 type clientStatements struct {
-	// whole: session mode, a client pinned from login. Its statements are the server's, relayed
+	// whole: a session-mode client, pinned from login. Its statements are the server's, relayed
 	// under the client's names; named keeps what measuring their executions needs.
 	whole     bool
 	named     map[string]namedStmt

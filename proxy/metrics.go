@@ -138,8 +138,16 @@ func newMetrics(poolName string) *metrics {
 		Help:        "Protocol bytes relayed, by direction (in: from clients, out: to clients).",
 		ConstLabels: labels,
 	}, []string{"direction"})
-	x.bytesIn = bytes.WithLabelValues("in")
-	x.bytesOut = bytes.WithLabelValues("out")
+	x.bytesVec = bytes
+	x.children()
+	return x
+}
+
+// children takes the series of fixed label values that the proxy updates directly, and
+// creates the others so that they are exported from the start.
+func (x *metrics) children() {
+	x.bytesIn = x.bytesVec.WithLabelValues("in")
+	x.bytesOut = x.bytesVec.WithLabelValues("out")
 	x.authenticating = x.clients.WithLabelValues("authenticating")
 	x.waiting = x.clients.WithLabelValues("waiting")
 	x.active = x.clients.WithLabelValues("active")
@@ -153,8 +161,6 @@ func newMetrics(poolName string) *metrics {
 	for _, o := range []string{"commit", "rollback", "error", "abandoned"} {
 		x.transactions.WithLabelValues(o)
 	}
-	x.bytesVec = bytes
-	return x
 }
 
 func (x *metrics) collectors() []prometheus.Collector {

@@ -1,28 +1,36 @@
 // Package proxy is pgsidecar's PostgreSQL wire-protocol proxy. Applications in any language point
-// their connection string at it; each client session borrows a warm connection from the pool
-// manager, its messages are relayed as raw bytes, and every query is measured into the same
-// series as library traffic (Manager.RecordQuery): latency histograms, errors by SQLSTATE and the
-// slow query log.
+// their connection string at it; their requests are relayed over the pool manager's warm
+// connections, and every query is measured into the same series as library traffic
+// (Manager.RecordQuery): latency histograms, errors by SQLSTATE and the slow query log.
 //
-// Pooling is by session (Config.PoolMode PoolSession, the default) or by transaction
-// (PoolTransaction).
+// Pooling is by transaction (Config.PoolMode PoolTransaction) or by session (PoolSession, the
+// default), in one relay: a session-mode client is a client pinned to its server connection from
+// login, whose prepared statements and settings are the server connection's own. A
+// transaction-mode client holds a server connection only while it is in a transaction or has
+// requests outstanding; what PostgreSQL keeps per session is kept per client instead: its named
+// prepared statements (mapped onto statements shared by all clients and prepared lazily on each
+// connection, with a bounded LRU per connection) and its settings (read back from the server
+// after a request that may have changed them, applied on checkout). State that cannot move
+// between connections (LISTEN, session advisory locks, temporary tables, SQL PREPARE, WITH HOLD
+// cursors, SET ROLE) pins the client to its connection until it leaves.
 //
-// In session mode a client keeps one server connection from login to logout, so session state
-// (prepared statements, temporary tables, LISTEN, SET) behaves as with a direct connection. On
-// logout the connection is reset (ROLLBACK if needed, DISCARD ALL) and returned. The relay is
-// session.go (login and reset), relay.go (client to server) and response.go (server to client).
-//
-// In transaction mode a client holds a server connection only while it is in a transaction or
-// has requests outstanding. The proxy keeps its own set of server connections, borrowed from the
-// pool manager (txpool.go), each read by one goroutine for its whole life (txserver.go); each
-// client has one goroutine reading its messages (txclient.go). Every answer the client expects,
-// including those to messages the proxy injects, has an entry in the connection's queue, so
-// answers are forwarded, dropped or made up in order. What PostgreSQL keeps per session is kept
-// per client instead (txstate.go): named prepared statements (mapped to statements shared by
-// all clients and prepared lazily on each connection, with a bounded LRU per connection) and
-// the settings drivers rely on (applied on checkout). State that cannot move between
-// connections (LISTEN, session advisory locks, temporary tables, SQL PREPARE, WITH HOLD cursors,
-// other SETs) pins the client to its connection until it leaves.
+// The files follow the wire, each using only those before it:
+//   - frame.go: reading, copying and writing messages; config.go, throttle.go, metrics.go,
+//     credential.go: settings, log throttles, metrics and users' credentials.
+//   - statements.go: the proxy-wide prepared statements; sessionstate.go: start-up settings,
+//     reading settings back and restoring them, pin reasons.
+//   - core.go: what every part of the relay shares.
+//   - serverconn.go: the server side. Each server connection has one goroutine reading it for as
+//     long as the proxy holds it, which forwards answers to the client holding it (its
+//     clientEnd) in the order of a queue of entries, one per answer the client expects, so that
+//     answers to what the proxy injects are dropped and answers the proxy makes up keep their
+//     place, and which gives the connection back when nothing holds it.
+//   - serverset.go: the proxy's server connections, borrowed from the pool manager.
+//   - client.go, clientstatements.go, clientstate.go, requests.go: the client side. One
+//     goroutine per client reads its messages, checks out a server connection when a request
+//     needs one, and maps its statements and settings onto the connection.
+//   - auth.go, clients.go, startup.go, server.go: the front door and the Server, which listens,
+//     lets clients in (gate), keeps track of them (clientTable) and closes.
 //
 // The proxy serves the database and user of the pool's DATABASE_URL: clients authenticate
 // against the proxy's own credentials, and their queries run as the pool's user. Cancel keys

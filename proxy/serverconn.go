@@ -19,10 +19,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// The server side of transaction mode: each server connection has one goroutine reading it for
-// as long as the proxy holds it (readLoop), which forwards answers to the client holding the
-// connection and decides when the connection goes back to the set.
-
 // entry is one request sent to the server, or one answer the proxy makes up, in the order the
 // client expects the answers. Every message the proxy injects has one, which says what becomes
 // of its answer.
@@ -77,7 +73,7 @@ type connHome interface {
 	forget(c *srvConn)
 }
 
-// srvConn is one server connection of transaction mode.
+// srvConn is one of the proxy's server connections.
 type srvConn struct {
 	core   *core
 	home   connHome // the set it came from

@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// serverSet is transaction mode's own server connections. Each one is a connection borrowed from
+// serverSet is the proxy's own server connections. Each one is a connection borrowed from
 // the pool manager (Manager.Acquire, bounded by DB_CONNECTION_TIMEOUT) and kept for as long as
 // the proxy uses it, so:
 //   - proxied and library traffic together never exceed DB_MAX_CONNECTIONS;

@@ -12,12 +12,6 @@ import (
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
-// Transaction mode keeps three kinds of state that PostgreSQL keeps per session, so that a client
-// can move between server connections: its prepared statements (mapped onto statements shared by
-// every client and prepared lazily on each server connection), the settings drivers rely on
-// (applied on checkout where the server connection's differ), and the reasons it cannot move at
-// all (pins).
-
 // pstmt is a prepared statement shared by the clients that prepared the same text with the same
 // parameter types, under one server-side name. It is one version of its text: when a server
 // says its result type changed (DDL), later Parses of the text get a new version, while the
