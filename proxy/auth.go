@@ -1,83 +1,21 @@
 package proxy
 
 import (
-	"crypto/hmac"
-	"crypto/md5"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgauth"
 )
-
-// scramVerifier is a SCRAM-SHA-256 secret as PostgreSQL stores it: the salt, the iteration count
-// and the two derived keys. The password itself is not needed to verify a client.
-type scramVerifier struct {
-	salt       []byte
-	iterations int
-	storedKey  []byte
-	serverKey  []byte
-}
-
-// newSCRAMVerifier derives a verifier from a password with a fresh random salt. It runs once per
-// user when the proxy starts, so authentication costs no PBKDF2 per connection.
-func newSCRAMVerifier(password string) (*scramVerifier, error) {
-	s, err := pgauth.SCRAMVerifier(password)
-	if err != nil {
-		return nil, err
-	}
-	return parseSCRAMVerifier(s)
-}
-
-// parseSCRAMVerifier reads "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>".
-func parseSCRAMVerifier(s string) (*scramVerifier, error) {
-	bad := errors.New("malformed SCRAM-SHA-256 verifier")
-	rest, ok := strings.CutPrefix(s, "SCRAM-SHA-256$")
-	if !ok {
-		return nil, bad
-	}
-	params, keys, ok := strings.Cut(rest, "$")
-	if !ok {
-		return nil, bad
-	}
-	iter, salt64, ok1 := strings.Cut(params, ":")
-	stored64, server64, ok2 := strings.Cut(keys, ":")
-	if !ok1 || !ok2 {
-		return nil, bad
-	}
-	v := &scramVerifier{}
-	var err error
-	if v.iterations, err = strconv.Atoi(iter); err != nil || v.iterations < 1 {
-		return nil, bad
-	}
-	if v.salt, err = base64.StdEncoding.DecodeString(salt64); err != nil {
-		return nil, bad
-	}
-	if v.storedKey, err = base64.StdEncoding.DecodeString(stored64); err != nil || len(v.storedKey) != sha256.Size {
-		return nil, bad
-	}
-	if v.serverKey, err = base64.StdEncoding.DecodeString(server64); err != nil || len(v.serverKey) != sha256.Size {
-		return nil, bad
-	}
-	return v, nil
-}
-
-func hmacSHA256(key []byte, msg string) []byte {
-	h := hmac.New(sha256.New, key)
-	h.Write([]byte(msg))
-	return h.Sum(nil)
-}
 
 // scramServer runs the server side of one SCRAM-SHA-256 exchange (RFC 5802, RFC 7677) without
 // channel binding, as PostgreSQL does over connections without TLS binding data.
@@ -160,39 +98,39 @@ func (s *scramServer) final(msg string) (string, error) {
 
 var errWrongPassword = errors.New("wrong password")
 
-// md5Response is what a client sends for md5 authentication given the stored md5 hash.
-func md5Response(stored string, salt [4]byte) string {
-	sum := md5.Sum(append([]byte(stored[3:]), salt[:]...))
-	return "md5" + hex.EncodeToString(sum[:])
+// authenticator checks clients' passwords against the proxy's credentials.
+type authenticator struct {
+	core  *core
+	creds map[string]*credential // by user name
+	log   *logThrottle           // of failures
 }
 
 // authenticate runs the configured method and sends AuthenticationOk.
-func (sess *session) authenticate(raw net.Conn) error {
-	s := sess.srv
-	method := s.cfg.Auth
+func (s *authenticator) authenticate(cl *client, raw net.Conn) error {
+	method := s.core.cfg.Auth
 	fail := func(err error) error {
-		s.m.authFailures.WithLabelValues(string(method)).Inc()
+		s.core.m.authFailures.WithLabelValues(string(method)).Inc()
 		if err != nil && !errors.Is(err, errWrongPassword) {
-			s.authLog.event("user", sess.user, "client", sess.remote, "method", string(method), "error", err.Error())
+			s.log.event("user", cl.user, "client", cl.remote, "method", string(method), "error", err.Error())
 		} else {
-			s.authLog.event("user", sess.user, "client", sess.remote, "method", string(method))
+			s.log.event("user", cl.user, "client", cl.remote, "method", string(method))
 		}
-		return reject("28P01", "password authentication failed for user %q", sess.user)
+		return reject("28P01", "password authentication failed for user %q", cl.user)
 	}
-	cred := s.creds[sess.user]
+	cred := s.creds[cl.user]
 	switch {
 	case method == AuthTrust:
 		if !isLocal(raw) {
-			s.m.authFailures.WithLabelValues(string(method)).Inc()
+			s.core.m.authFailures.WithLabelValues(string(method)).Inc()
 			return reject("28000", "trust authentication is only allowed on loopback and unix socket connections")
 		}
 	case method == AuthMD5 && (cred == nil || cred.md5 != ""):
 		var salt [4]byte
 		_, _ = rand.Read(salt[:])
-		if err := sess.send(&pgproto3.AuthenticationMD5Password{Salt: salt}); err != nil {
+		if err := cl.send(&pgproto3.AuthenticationMD5Password{Salt: salt}); err != nil {
 			return err
 		}
-		body, err := sess.expectPassword()
+		body, err := cl.expectPassword()
 		if err != nil {
 			return err
 		}
@@ -216,7 +154,7 @@ func (sess *session) authenticate(raw net.Conn) error {
 			_, _ = rand.Read(v.salt)
 			_, _ = rand.Read(v.storedKey)
 		}
-		if err := sess.scram(v); err != nil {
+		if err := cl.scram(v); err != nil {
 			if errors.As(err, new(*rejectError)) {
 				return err
 			}
@@ -226,14 +164,14 @@ func (sess *session) authenticate(raw net.Conn) error {
 			return fail(err)
 		}
 	}
-	return sess.send(&pgproto3.AuthenticationOk{})
+	return cl.send(&pgproto3.AuthenticationOk{})
 }
 
-func (sess *session) scram(v *scramVerifier) error {
-	if err := sess.send(&pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}}); err != nil {
+func (cl *client) scram(v *scramVerifier) error {
+	if err := cl.send(&pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}}); err != nil {
 		return err
 	}
-	body, err := sess.expectPassword()
+	body, err := cl.expectPassword()
 	if err != nil {
 		return err
 	}
@@ -249,10 +187,10 @@ func (sess *session) scram(v *scramVerifier) error {
 	if err != nil {
 		return err
 	}
-	if err := sess.send(&pgproto3.AuthenticationSASLContinue{Data: []byte(first)}); err != nil {
+	if err := cl.send(&pgproto3.AuthenticationSASLContinue{Data: []byte(first)}); err != nil {
 		return err
 	}
-	body, err = sess.expectPassword()
+	body, err = cl.expectPassword()
 	if err != nil {
 		return err
 	}
@@ -260,16 +198,24 @@ func (sess *session) scram(v *scramVerifier) error {
 	if err != nil {
 		return err
 	}
-	return sess.send(&pgproto3.AuthenticationSASLFinal{Data: []byte(final)})
+	return cl.send(&pgproto3.AuthenticationSASLFinal{Data: []byte(final)})
+}
+
+// send buffers one message for the client.
+func (cl *client) send(m encoder) error {
+	b, err := m.Encode(nil)
+	if err != nil {
+		return err
+	}
+	cl.writeClient(b)
+	return nil
 }
 
 // expectPassword flushes what was written and reads one PasswordMessage-type ('p') body.
-func (sess *session) expectPassword() ([]byte, error) {
-	if err := sess.cw.Flush(); err != nil {
-		return nil, err
-	}
+func (cl *client) expectPassword() ([]byte, error) {
+	cl.flushClient() // a failed write closes the connection: the read below fails
 	var hdr [5]byte
-	if _, err := io.ReadFull(sess.cr, hdr[:]); err != nil {
+	if _, err := io.ReadFull(cl.cr, hdr[:]); err != nil {
 		return nil, err
 	}
 	n := int(binary.BigEndian.Uint32(hdr[1:])) - 4
@@ -277,8 +223,18 @@ func (sess *session) expectPassword() ([]byte, error) {
 		return nil, reject("08P01", "expected a password response, got message type %q", hdr[0])
 	}
 	body := make([]byte, n)
-	if _, err := io.ReadFull(sess.cr, body); err != nil {
+	if _, err := io.ReadFull(cl.cr, body); err != nil {
 		return nil, err
 	}
 	return body, nil
+}
+
+func isLocal(c net.Conn) bool {
+	switch a := c.RemoteAddr().(type) {
+	case *net.UnixAddr:
+		return true
+	case *net.TCPAddr:
+		return a.IP.IsLoopback()
+	}
+	return c.RemoteAddr() == nil
 }

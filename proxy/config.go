@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/tls"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/alecthomas/units"
 
-	"github.com/pgsidecar/pgsidecar/internal/pgauth"
 	"github.com/pgsidecar/pgsidecar/internal/regularfile"
 	"github.com/pgsidecar/pgsidecar/internal/settings"
 )
@@ -146,13 +144,13 @@ type Config struct {
 	ResetTimeout time.Duration
 	// PoolMode is session or transaction pooling.
 	PoolMode PoolMode
-	// QueryWaitTimeout bounds a transaction-mode client's wait for a server connection that
-	// another client gives back; then its request fails in-band with 53300. 0 means the pool's
-	// DB_CONNECTION_TIMEOUT.
+	// QueryWaitTimeout bounds a client's wait for a server connection that another client
+	// gives back: at login in session mode (then FATAL 53300), at each request in transaction
+	// mode (then ERROR 53300 in-band). 0 means the pool's DB_CONNECTION_TIMEOUT.
 	QueryWaitTimeout time.Duration
-	// IdleTransactionTimeout, when not 0, ends a transaction-mode client that holds a server
-	// connection in a transaction with no request outstanding for this long: FATAL 25P03, its
-	// transaction rolled back and the connection freed for other clients.
+	// IdleTransactionTimeout, when not 0, ends a client that holds a server connection in a
+	// transaction with no request outstanding for this long: FATAL 25P03, its transaction
+	// rolled back and the connection freed for other clients.
 	IdleTransactionTimeout time.Duration
 	// MaxPreparedStatements bounds the protocol-level prepared statements the proxy keeps on
 	// each server connection in transaction mode; the least recently used is closed to make
@@ -224,7 +222,7 @@ func Settings() []Setting {
 				return nil
 			}},
 		{Flag: "proxy.query-wait-timeout", Env: "PROXY_QUERY_WAIT_TIMEOUT", Default: "auto",
-			Help: "Transaction mode: how long a client's request waits for a server connection when all DB_MAX_CONNECTIONS are in use; then the request fails with ERROR 53300 and the client stays connected. auto: DB_CONNECTION_TIMEOUT, the bound on every other wait for a pool connection, so one setting keeps bounding them all unless this is set (PgBouncer's query_wait_timeout defaults to 120s, longer than most applications wait for a query). Opening a new server connection stays bounded by DB_CONNECTION_TIMEOUT.",
+			Help: "How long a client waits for a server connection when all DB_MAX_CONNECTIONS are in use: in transaction mode each request, which then fails with ERROR 53300 while the client stays connected; in session mode the login, which then fails with FATAL 53300. auto: DB_CONNECTION_TIMEOUT, the bound on every other wait for a pool connection, so one setting keeps bounding them all unless this is set (PgBouncer's query_wait_timeout defaults to 120s, longer than most applications wait for a query). Opening a new server connection stays bounded by DB_CONNECTION_TIMEOUT.",
 			Set: func(c *Config, v string) error {
 				if v == "auto" {
 					c.QueryWaitTimeout = 0
@@ -241,7 +239,7 @@ func Settings() []Setting {
 				return nil
 			}},
 		{Flag: "proxy.idle-transaction-timeout", Env: "PROXY_IDLE_TRANSACTION_TIMEOUT", Default: "0",
-			Help: "Transaction mode: disconnect a client idle in a transaction (no request outstanding) for this long, with FATAL 25P03; its transaction is rolled back and its server connection goes to other clients. 0: off, as PostgreSQL's idle_in_transaction_session_timeout and PgBouncer's idle_transaction_timeout are by default, since ending a slow but live transaction loses its work; set it when clients may forget open transactions, each of which holds one of DB_MAX_CONNECTIONS from everyone.",
+			Help: "Disconnect a client idle in a transaction (no request outstanding) for this long, with FATAL 25P03; its transaction is rolled back and its server connection goes to other clients. 0: off, as PostgreSQL's idle_in_transaction_session_timeout and PgBouncer's idle_transaction_timeout are by default, since ending a slow but live transaction loses its work; set it when clients may forget open transactions, each of which holds one of DB_MAX_CONNECTIONS from everyone.",
 			Set:  settings.Duration("--proxy.idle-transaction-timeout", func(c *Config) *time.Duration { return &c.IdleTransactionTimeout })},
 		{Flag: "proxy.max-prepared-statements", Env: "PROXY_MAX_PREPARED_STATEMENTS", Default: "200",
 			Help: "Protocol-level prepared statements kept on each server connection in transaction mode; the least recently used one is closed to make room.",
@@ -439,34 +437,4 @@ func quoted(s string) (string, string, bool) {
 		b.WriteByte(s[i])
 	}
 	return "", s, false
-}
-
-// credential is what the proxy knows about a user's password, prepared once.
-type credential struct {
-	md5   string // "md5" + hex(md5(password + user)); empty if unknown
-	scram *scramVerifier
-}
-
-func parseSecret(user, secret string) (*credential, error) {
-	switch {
-	case strings.HasPrefix(secret, "SCRAM-SHA-256$"):
-		v, err := parseSCRAMVerifier(secret)
-		if err != nil {
-			return nil, err
-		}
-		return &credential{scram: v}, nil
-	case len(secret) == 35 && strings.HasPrefix(secret, "md5") && isHex(secret[3:]):
-		return &credential{md5: secret}, nil
-	default:
-		v, err := newSCRAMVerifier(secret)
-		if err != nil {
-			return nil, err
-		}
-		return &credential{md5: pgauth.MD5(secret, user), scram: v}, nil
-	}
-}
-
-func isHex(s string) bool {
-	_, err := hex.DecodeString(s)
-	return err == nil
 }

@@ -28,7 +28,6 @@ type metrics struct {
 	active         prometheus.Gauge
 	idle           prometheus.Gauge
 
-	// Transaction mode.
 	serverConns  *prometheus.GaugeVec
 	serverActive prometheus.Gauge
 	serverIdle   prometheus.Gauge
@@ -53,7 +52,7 @@ func newMetrics(poolName string) *metrics {
 		}, []string{"state"}),
 		wait: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:        "pgsidecar_proxy_client_wait_seconds",
-			Help:        "Time an authenticated client waited for a server connection from the pool: once per session in session mode, at each checkout in transaction mode.",
+			Help:        "Time an authenticated client waited for a server connection: once per session in session mode, at each checkout in transaction mode.",
 			ConstLabels: labels,
 			Buckets:     []float64{0.00001, 0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10},
 		}),
@@ -99,7 +98,7 @@ func newMetrics(poolName string) *metrics {
 		}),
 		serverConns: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name:        "pgsidecar_proxy_server_connections",
-			Help:        "The proxy's transaction-mode server connections by state: active (serving a client) or idle (in the proxy's pool).",
+			Help:        "The proxy's server connections by state: active (serving a client, or being reset after one) or idle (kept by the proxy for the next client; transaction mode only, since in session mode a connection goes back to the pool when its client leaves unless another client is waiting).",
 			ConstLabels: labels,
 		}, []string{"state"}),
 		sessionTx: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -139,8 +138,16 @@ func newMetrics(poolName string) *metrics {
 		Help:        "Protocol bytes relayed, by direction (in: from clients, out: to clients).",
 		ConstLabels: labels,
 	}, []string{"direction"})
-	x.bytesIn = bytes.WithLabelValues("in")
-	x.bytesOut = bytes.WithLabelValues("out")
+	x.bytesVec = bytes
+	x.children()
+	return x
+}
+
+// children takes the series of fixed label values that the proxy updates directly, and
+// creates the others so that they are exported from the start.
+func (x *metrics) children() {
+	x.bytesIn = x.bytesVec.WithLabelValues("in")
+	x.bytesOut = x.bytesVec.WithLabelValues("out")
 	x.authenticating = x.clients.WithLabelValues("authenticating")
 	x.waiting = x.clients.WithLabelValues("waiting")
 	x.active = x.clients.WithLabelValues("active")
@@ -154,8 +161,6 @@ func newMetrics(poolName string) *metrics {
 	for _, o := range []string{"commit", "rollback", "error", "abandoned"} {
 		x.transactions.WithLabelValues(o)
 	}
-	x.bytesVec = bytes
-	return x
 }
 
 func (x *metrics) collectors() []prometheus.Collector {

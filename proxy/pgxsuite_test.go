@@ -24,12 +24,10 @@ var pgxSuites = []struct {
 	{"github.com/jackc/pgx/v5", "pgx.test", "^(TestFatalRxError|TestFatalTxError)$", 600},
 }
 
-// pgxSkipTransactionMode are the tests skipped in transaction mode. The first two see what
-// transaction mode changes on purpose: they look for their prepared statement by name in
-// pg_prepared_statements, where it has the proxy's name. TestConnExecBatchHuge (100,000
-// statements before one Sync) sometimes stalls in transaction mode: a known problem, not yet
-// found.
-const pgxSkipTransactionMode = "|^(TestPrepareHandlesTimeoutBetweenParseAndDescribe|TestPrepareWithDigestedNameHandlesTimeoutBetweenParseAndDescribe|TestConnExecBatchHuge)$"
+// pgxSkipTransactionMode are the tests skipped in transaction mode, which see what transaction
+// mode changes on purpose: they look for their prepared statement by name in
+// pg_prepared_statements, where it has the proxy's name.
+const pgxSkipTransactionMode = "|^(TestPrepareHandlesTimeoutBetweenParseAndDescribe|TestPrepareWithDigestedNameHandlesTimeoutBetweenParseAndDescribe)$"
 
 // TestPgxSuite builds pgx's pgconn and pgx tests and runs them with PGX_TEST_DATABASE pointing
 // at the proxy: hundreds of protocol cases (extended protocol modes, pipelines, batches, COPY,

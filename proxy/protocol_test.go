@@ -196,7 +196,7 @@ func TestTooManyClients(t *testing.T) {
 	}
 	_ = c.Close(ctx)
 	h.waitIdle(t)
-	if !pgtest.WaitFor(10*time.Second, func() bool { return h.srv.clientCount() == 0 }) {
+	if !pgtest.WaitFor(10*time.Second, func() bool { return h.srv.table.clientCount() == 0 }) {
 		t.Fatal("client connections not released")
 	}
 	c2 := h.connect(t, ctx, h.superURL())
@@ -314,5 +314,65 @@ func TestClientErrorLabelsBounded(t *testing.T) {
 	}
 	if got := h.metric(t, "pgsidecar_proxy_client_errors_total", nil); got != 9 {
 		t.Errorf("all client errors: %v, want 9", got)
+	}
+}
+
+// TestServerOutputSplitMidMessage: PostgreSQL sends its output in 8 KiB pieces and, before a
+// Sync or Flush, keeps the rest of a message that straddles a piece's end until more output
+// fills the buffer. While the proxy waited for the rest of such a message, it held the client's
+// writer, and the client's side of the relay waited for that writer before reading the request
+// the server needed to go on: neither moved again (pgx's TestConnExecBatchHuge stalled so).
+func TestServerOutputSplitMidMessage(t *testing.T) {
+	for _, mode := range []PoolMode{PoolSession, PoolTransaction} {
+		t.Run(string(mode), func(t *testing.T) {
+			h := newHarness(t, func(_ *pool.Config, c *Config) { c.PoolMode = mode })
+			ctx := ctxTimeout(t, 30*time.Second)
+			pc := h.pgconnect(t, ctx, "")
+			conn := pc.Conn()
+			// About 20 KiB of rows of 1,000 bytes: the server sends two 8 KiB pieces and
+			// keeps the rest, a row cut in two, for lack of a Sync.
+			var b []byte
+			b, _ = (&pgproto3.Parse{Query: "select repeat('x', 1000) from generate_series(1, 20)"}).Encode(b)
+			b, _ = (&pgproto3.Bind{}).Encode(b)
+			b, _ = (&pgproto3.Execute{}).Encode(b)
+			if _, err := conn.Write(b); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(300 * time.Millisecond)
+			// A request the server answers without filling its buffer, and part of the next.
+			rest, _ := (&pgproto3.Bind{}).Encode(nil)
+			exec, _ := (&pgproto3.Execute{}).Encode(nil)
+			rest = append(rest, exec[:3]...)
+			if _, err := conn.Write(rest); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(300 * time.Millisecond)
+			tail := append([]byte(nil), exec[3:]...)
+			tail, _ = (&pgproto3.Sync{}).Encode(tail)
+			if _, err := conn.Write(tail); err != nil {
+				t.Fatal(err)
+			}
+			_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			fe := pgproto3.NewFrontend(conn, conn)
+			rows := 0
+			for {
+				msg, err := fe.Receive()
+				if err != nil {
+					t.Fatalf("after %d rows: %v (the relay stalled)", rows, err)
+				}
+				switch m := msg.(type) {
+				case *pgproto3.DataRow:
+					rows++
+				case *pgproto3.ErrorResponse:
+					t.Fatalf("error: %s", m.Message)
+				}
+				if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+					break
+				}
+			}
+			if rows != 40 {
+				t.Errorf("rows = %d, want 40", rows)
+			}
+		})
 	}
 }

@@ -1,28 +1,36 @@
 // Package proxy is pgsidecar's PostgreSQL wire-protocol proxy. Applications in any language point
-// their connection string at it; each client session borrows a warm connection from the pool
-// manager, its messages are relayed as raw bytes, and every query is measured into the same
-// series as library traffic (Manager.RecordQuery): latency histograms, errors by SQLSTATE and the
-// slow query log.
+// their connection string at it; their requests are relayed over the pool manager's warm
+// connections, and every query is measured into the same series as library traffic
+// (Manager.RecordQuery): latency histograms, errors by SQLSTATE and the slow query log.
 //
-// Pooling is by session (Config.PoolMode PoolSession, the default) or by transaction
-// (PoolTransaction).
+// Pooling is by transaction (Config.PoolMode PoolTransaction) or by session (PoolSession, the
+// default), in one relay: a session-mode client is a client pinned to its server connection from
+// login, whose prepared statements and settings are the server connection's own. A
+// transaction-mode client holds a server connection only while it is in a transaction or has
+// requests outstanding; what PostgreSQL keeps per session is kept per client instead: its named
+// prepared statements (mapped onto statements shared by all clients and prepared lazily on each
+// connection, with a bounded LRU per connection) and its settings (read back from the server
+// after a request that may have changed them, applied on checkout). State that cannot move
+// between connections (LISTEN, session advisory locks, temporary tables, SQL PREPARE, WITH HOLD
+// cursors, SET ROLE) pins the client to its connection until it leaves.
 //
-// In session mode a client keeps one server connection from login to logout, so session state
-// (prepared statements, temporary tables, LISTEN, SET) behaves as with a direct connection. On
-// logout the connection is reset (ROLLBACK if needed, DISCARD ALL) and returned. The relay is
-// session.go (login and reset), relay.go (client to server) and response.go (server to client).
-//
-// In transaction mode a client holds a server connection only while it is in a transaction or
-// has requests outstanding. The proxy keeps its own set of server connections, borrowed from the
-// pool manager (txpool.go), each read by one goroutine for its whole life (txserver.go); each
-// client has one goroutine reading its messages (txclient.go). Every answer the client expects,
-// including those to messages the proxy injects, has an entry in the connection's queue, so
-// answers are forwarded, dropped or made up in order. What PostgreSQL keeps per session is kept
-// per client instead (txstate.go): named prepared statements (mapped to statements shared by
-// all clients and prepared lazily on each connection, with a bounded LRU per connection) and
-// the settings drivers rely on (applied on checkout). State that cannot move between
-// connections (LISTEN, session advisory locks, temporary tables, SQL PREPARE, WITH HOLD cursors,
-// other SETs) pins the client to its connection until it leaves.
+// The files follow the wire, each using only those before it:
+//   - frame.go: reading, copying and writing messages; config.go, throttle.go, metrics.go,
+//     credential.go: settings, log throttles, metrics and users' credentials.
+//   - statements.go: the proxy-wide prepared statements; sessionstate.go: start-up settings,
+//     reading settings back and restoring them, pin reasons.
+//   - core.go: what every part of the relay shares.
+//   - serverconn.go: the server side. Each server connection has one goroutine reading it for as
+//     long as the proxy holds it, which forwards answers to the client holding it (its
+//     clientEnd) in the order of a queue of entries, one per answer the client expects, so that
+//     answers to what the proxy injects are dropped and answers the proxy makes up keep their
+//     place, and which gives the connection back when nothing holds it.
+//   - serverset.go: the proxy's server connections, borrowed from the pool manager.
+//   - client.go, clientstatements.go, clientstate.go, requests.go: the client side. One
+//     goroutine per client reads its messages, checks out a server connection when a request
+//     needs one, and maps its statements and settings onto the connection.
+//   - auth.go, clients.go, startup.go, server.go: the front door and the Server, which listens,
+//     lets clients in (gate), keeps track of them (clientTable) and closes.
 //
 // The proxy serves the database and user of the pool's DATABASE_URL: clients authenticate
 // against the proxy's own credentials, and their queries run as the pool's user. Cancel keys
@@ -30,10 +38,7 @@
 package proxy
 
 import (
-	"container/list"
 	"context"
-	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -46,7 +51,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgsidecar/pgsidecar/internal/backoff"
-	"github.com/pgsidecar/pgsidecar/internal/sessionsql"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -62,35 +66,20 @@ func WithRegisterer(r prometheus.Registerer) Option { return func(s *Server) { s
 // Server accepts PostgreSQL clients and relays their sessions over the pool manager's
 // connections. It is safe for concurrent use.
 type Server struct {
-	mgr      *pool.Manager
-	cfg      Config
-	log      *slog.Logger
-	reg      prometheus.Registerer
-	m        *metrics
-	creds    map[string]*credential
-	database string
-	tlsMode  TLSMode // resolved: never empty
-	authLog  *logThrottle
+	core
+	reg prometheus.Registerer
+	gate
+	auth     authenticator
+	table    *clientTable
 	evictLog *logThrottle
-	// Logs of clients the proxy closed for what they did.
-	oversizeLog *logThrottle
-	idleTxLog   *logThrottle
-	txSet       *serverSet   // transaction mode's server connections
-	stmts       stmtRegistry // transaction mode's prepared statements
-	analysis    sessionsql.Cache
-	pinLog      *logThrottle
+	txSet    *serverSet // the server connections
 
-	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
 	mu        sync.Mutex
 	closed    bool
 	listeners []net.Listener
-	clients   map[net.Conn]*clientState
-	starting  *list.List          // connections still in startup, oldest first
-	authed    int                 // authenticated connections, bounded by MaxClients
-	sessions  map[uint32]*session // by the cancel key's process ID we gave the client
 }
 
 // New checks cfg, reads the files it names and prepares a Server on mgr's pool. Clients may
@@ -103,16 +92,7 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		mgr:      mgr,
-		cfg:      cfg,
-		log:      slog.Default(),
-		m:        newMetrics(mgr.Name()),
-		creds:    map[string]*credential{},
-		database: mgr.Database(),
-		tlsMode:  cfg.tlsMode(),
-		clients:  map[net.Conn]*clientState{},
-		starting: list.New(),
-		sessions: map[uint32]*session{},
+		core: core{mgr: mgr, cfg: cfg, log: slog.Default(), m: newMetrics(mgr.Name())},
 	}
 	for _, o := range opts {
 		o(s)
@@ -120,7 +100,8 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 	s.log = s.log.With("pool", mgr.Name())
 	s.stmts.analysis = &s.analysis
 	s.pinLog = &logThrottle{log: s.log, msg: "Proxy session pinned to its server connection", interval: cfg.AuthFailureLogInterval}
-	s.authLog = &logThrottle{log: s.log, msg: "Proxy authentication failed", interval: cfg.AuthFailureLogInterval}
+	s.auth = authenticator{core: &s.core, creds: map[string]*credential{},
+		log: &logThrottle{log: s.log, msg: "Proxy authentication failed", interval: cfg.AuthFailureLogInterval}}
 	s.evictLog = &logThrottle{log: s.log, msg: "Proxy closed the oldest connection still in startup: --proxy.max-startup-connections reached",
 		interval: cfg.AuthFailureLogInterval}
 	s.oversizeLog = &logThrottle{log: s.log, msg: "Proxy closed a client that sent a message over --proxy.max-message-size",
@@ -142,19 +123,19 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 				return nil, fmt.Errorf("proxy: user %q: %w", own.User, err)
 			}
 		}
-		s.creds[own.User] = c
+		s.auth.creds[own.User] = c
 	}
 	for name, secret := range users {
 		c, err := parseSecret(name, secret)
 		if err != nil {
 			return nil, fmt.Errorf("proxy: user %q: %w", name, err)
 		}
-		s.creds[name] = c
+		s.auth.creds[name] = c
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	if cfg.PoolMode == PoolTransaction {
-		s.txSet = &serverSet{s: s}
-	}
+	s.txSet = &serverSet{core: &s.core}
+	s.table = newClientTable(&s.core.cfg)
+	s.gate = gate{core: &s.core, set: s.txSet, auth: &s.auth, table: s.table, tlsMode: cfg.tlsMode(), database: mgr.Database()}
 	if s.reg != nil {
 		for i, c := range s.m.collectors() {
 			if err := s.reg.Register(c); err != nil {
@@ -173,7 +154,7 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 func (s *Server) Start() error {
 	var ls []net.Listener
 	for _, addr := range s.cfg.Listen {
-		l, err := listen(addr)
+		l, err := listenOn(addr)
 		if err != nil {
 			for _, l := range ls {
 				_ = l.Close()
@@ -198,9 +179,9 @@ func (s *Server) Start() error {
 	return nil
 }
 
-// listen opens a TCP listener, or a unix socket for an absolute path (replacing a stale socket
+// listenOn opens a TCP listener, or a unix socket for an absolute path (replacing a stale socket
 // file left by a crashed process).
-func listen(addr string) (net.Listener, error) {
+func listenOn(addr string) (net.Listener, error) {
 	if !strings.HasPrefix(addr, "/") {
 		return net.Listen("tcp", addr)
 	}
@@ -257,7 +238,7 @@ func (s *Server) serve(l net.Listener) {
 			continue
 		}
 		failures = 0
-		ok, evicted := s.track(c)
+		ok, evicted := s.table.track(c)
 		if !ok {
 			_ = c.Close()
 			return
@@ -270,78 +251,10 @@ func (s *Server) serve(l net.Listener) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			defer s.untrack(c)
+			defer s.table.untrack(c)
 			s.handle(c)
 		}()
 	}
-}
-
-// clientState is where a client connection is in its life: in startup (elem set) or
-// authenticated (authed).
-type clientState struct {
-	elem   *list.Element // in Server.starting
-	authed bool
-}
-
-// track records a new connection as in startup. When MaxStartup connections already are, it
-// returns the oldest of them for the caller to close: a client that finishes its startup in
-// time gets in however many connections sit idle in theirs, and an attacker must open
-// connections faster than real clients authenticate to keep them out.
-func (s *Server) track(c net.Conn) (ok bool, evicted net.Conn) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false, nil
-	}
-	if s.starting.Len() >= s.cfg.maxStartup() {
-		evicted = s.starting.Remove(s.starting.Front()).(net.Conn)
-		s.clients[evicted].elem = nil
-	}
-	s.clients[c] = &clientState{elem: s.starting.PushBack(c)}
-	return true, evicted
-}
-
-// errEvicted ends the startup of a connection track closed to make room.
-var errEvicted = errors.New("closed to make room for a newer connection in startup")
-
-// authenticated moves c from startup to the authenticated clients, or refuses it with 53300
-// when MaxClients are.
-func (s *Server) authenticated(c net.Conn) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	st := s.clients[c]
-	if st == nil || st.elem == nil {
-		return errEvicted
-	}
-	s.starting.Remove(st.elem)
-	st.elem = nil
-	if s.authed >= s.cfg.MaxClients {
-		return reject("53300", "sorry, too many clients already (the proxy serves at most %d)", s.cfg.MaxClients)
-	}
-	st.authed = true
-	s.authed++
-	return nil
-}
-
-func (s *Server) clientCount() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.clients)
-}
-
-func (s *Server) untrack(c net.Conn) {
-	_ = c.Close()
-	s.mu.Lock()
-	if st := s.clients[c]; st != nil {
-		if st.elem != nil {
-			s.starting.Remove(st.elem)
-		}
-		if st.authed {
-			s.authed--
-		}
-	}
-	delete(s.clients, c)
-	s.mu.Unlock()
 }
 
 // Close stops listening, disconnects every client (their server connections are reset or
@@ -357,19 +270,11 @@ func (s *Server) Close() error {
 	for _, l := range s.listeners {
 		_ = l.Close()
 	}
-	for c := range s.clients {
-		_ = c.Close()
-	}
-	// A relay blocked on an unresponsive server would not notice its client leaving.
-	for _, sess := range s.sessions {
-		sess.interrupt()
-	}
+	s.table.close()
 	s.mu.Unlock()
 	s.wg.Wait()
-	if s.txSet != nil {
-		s.txSet.close()
-	}
-	s.authLog.stop()
+	s.txSet.close()
+	s.auth.log.stop()
 	s.evictLog.stop()
 	s.pinLog.stop()
 	s.oversizeLog.stop()
@@ -380,45 +285,4 @@ func (s *Server) Close() error {
 		}
 	}
 	return nil
-}
-
-// register gives a session a cancel key unique among live sessions.
-func (s *Server) register(sess *session) {
-	var b [8]byte
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for {
-		_, _ = rand.Read(b[:])
-		pid := binary.BigEndian.Uint32(b[:4]) & 0x7fffffff
-		if pid == 0 || s.sessions[pid] != nil {
-			continue
-		}
-		sess.pid, sess.secret = pid, binary.BigEndian.Uint32(b[4:])
-		s.sessions[pid] = sess
-		return
-	}
-}
-
-func (s *Server) unregister(sess *session) {
-	s.mu.Lock()
-	if s.sessions[sess.pid] == sess {
-		delete(s.sessions, sess.pid)
-	}
-	s.mu.Unlock()
-}
-
-// cancelRequest forwards a client's CancelRequest to the server connection its session uses now,
-// with that connection's own key. Unknown keys are ignored, as PostgreSQL does.
-func (s *Server) cancelRequest(pid, secret uint32) {
-	s.mu.Lock()
-	sess := s.sessions[pid]
-	s.mu.Unlock()
-	if sess == nil || sess.secret != secret {
-		return
-	}
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ResetTimeout)
-	defer cancel()
-	if sess.cancelServer(ctx) {
-		s.m.cancels.Inc()
-	}
 }

@@ -1,23 +1,16 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
-	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/pgsidecar/pgsidecar/internal/sqlstate"
-	"github.com/pgsidecar/pgsidecar/pool"
 )
 
 // Startup packet codes.
@@ -28,86 +21,52 @@ const (
 	cancelCode    = 80877102
 )
 
-const ioBufSize = 32 << 10
-
-// reportedParams are the settings PostgreSQL reports with ParameterStatus; the proxy replays the
-// server connection's values to each client at login.
-var reportedParams = []string{
-	"application_name", "client_encoding", "DateStyle", "default_transaction_read_only", "in_hot_standby",
-	"integer_datetimes", "IntervalStyle", "is_superuser", "scram_iterations", "server_encoding",
-	"server_version", "session_authorization", "standard_conforming_strings", "TimeZone",
-}
-
-// rejectError is an ErrorResponse the proxy sends before closing a client.
-type rejectError struct {
-	code, msg string
-	// inBand: the client can be told with an ERROR in place of its request's answer and stay
-	// connected (transaction mode's wait for a server connection).
-	inBand bool
-}
-
-func (e *rejectError) Error() string { return e.msg }
-
-func reject(code, format string, args ...any) *rejectError {
-	return &rejectError{code: code, msg: fmt.Sprintf(format, args...)}
+// gate lets clients in: it answers requests for encryption, reads the startup packet,
+// authenticates the client and starts its session, and forwards cancel requests.
+type gate struct {
+	core     *core
+	set      *serverSet
+	auth     *authenticator
+	table    *clientTable
+	tlsMode  TLSMode // resolved: never empty
+	database string  // the one database clients may ask for
 }
 
 // handle runs one client connection from the first byte to the end of its session.
-func (s *Server) handle(raw net.Conn) {
-	s.m.authenticating.Inc()
+func (s *gate) handle(raw net.Conn) {
+	s.core.m.authenticating.Inc()
 	authenticating := true
 	defer func() {
 		if authenticating {
-			s.m.authenticating.Dec()
+			s.core.m.authenticating.Dec()
 		}
 	}()
-	_ = raw.SetDeadline(time.Now().Add(s.cfg.StartupTimeout))
+	_ = raw.SetDeadline(time.Now().Add(s.core.cfg.StartupTimeout))
 	conn, params, err := s.startup(raw)
 	if err != nil || conn == nil {
-		s.refuse(raw, err)
+		s.core.refuse(raw, err)
 		return
 	}
-	sess := &session{srv: s, client: conn, user: params["user"], remote: remoteString(raw)}
-	sess.cr = readerPool.Get().(*bufio.Reader)
-	sess.cr.Reset(conn)
-	sess.cw = writerPool.Get().(*bufio.Writer)
-	sess.cw.Reset(conn)
-	if err := sess.authenticate(raw); err != nil {
-		s.refuse(sess.cw, err)
-		_ = sess.cw.Flush()
+	cl := newClient(s.core, s.set, conn, params, remoteString(raw))
+	cl.cr = getReader(conn)
+	if err := s.auth.authenticate(cl, raw); err != nil {
+		s.core.refuse(cl, err)
+		cl.flushClient()
 		return
 	}
-	if err := s.authenticated(raw); err != nil {
-		s.refuse(sess.cw, err)
-		_ = sess.cw.Flush()
+	if err := s.table.authenticated(raw); err != nil {
+		s.core.refuse(cl, err)
+		cl.flushClient()
 		return
 	}
 	_ = raw.SetDeadline(time.Time{})
 	authenticating = false
-	s.m.authenticating.Dec()
+	s.core.m.authenticating.Dec()
 
-	if s.cfg.PoolMode == PoolTransaction {
-		s.m.sessions.Inc()
-		s.register(sess)
-		defer s.unregister(sess)
-		s.runTx(sess, params)
-		return
-	}
-
-	s.m.waiting.Inc()
-	srvConn, err := s.acquire()
-	s.m.waiting.Dec()
-	if err != nil {
-		s.refuse(sess.cw, err)
-		_ = sess.cw.Flush()
-		return
-	}
-	s.m.active.Inc()
-	defer s.m.active.Dec()
-	s.m.sessions.Inc()
-	s.register(sess)
-	defer s.unregister(sess)
-	sess.run(srvConn, params)
+	s.core.m.sessions.Inc()
+	s.table.register(cl)
+	defer s.table.unregister(cl)
+	cl.run(params)
 }
 
 // remoteHost is the client's IP address, as PostgreSQL names the host in its errors.
@@ -125,42 +84,11 @@ func remoteString(c net.Conn) string {
 	return "unix"
 }
 
-// refuse sends err to the client as a FATAL ErrorResponse (when it is one to send) and counts it.
-func (s *Server) refuse(w io.Writer, err error) {
-	var r *rejectError
-	if !errors.As(err, &r) {
-		if err != nil && !errors.Is(err, io.EOF) {
-			s.log.Debug("Proxy client connection failed", "error", err.Error())
-		}
-		return
-	}
-	// The codes are the proxy's own, but 53xxx ones come from the server: keep the label set
-	// bounded whatever it sends.
-	s.m.rejected.WithLabelValues(sqlstate.Label(r.code)).Inc()
-	b, _ := (&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: r.code, Message: r.msg}).Encode(nil)
-	_, _ = w.Write(b)
-}
-
-// endOversized ends the session of a client that sent a message of n bytes, over
-// --proxy.max-message-size, once its 54000 is flushed, and logs it. Closing a socket with input
-// unread makes the kernel reset the connection, and a client still writing its message would
-// get the reset, not the error: so the proxy half-closes the connection and reads what the
-// client still sends (the rest of the message and whatever it pipelined after it) until the
-// client closes, for at most the reset timeout and n bytes plus 1 MiB.
-func (s *Server) endOversized(sess *session, r io.Reader, n int) {
-	s.oversizeLog.event("user", sess.user, "client", sess.remote, "size", n, "max", s.cfg.MaxMessageSize)
-	if cw, ok := sess.client.(interface{ CloseWrite() error }); ok {
-		_ = cw.CloseWrite()
-	}
-	_ = sess.client.SetReadDeadline(time.Now().Add(s.cfg.ResetTimeout))
-	_, _ = io.CopyN(io.Discard, r, int64(n)+1<<20)
-}
-
 // startup reads startup packets until a StartupMessage, answering SSLRequest and GSSENCRequest on
 // the way. It reads exact packet lengths straight from the socket, so no plaintext byte sent
 // before a TLS handshake can be taken as if it came through TLS. A nil conn with a nil error
 // means the connection was a cancel request and is done.
-func (s *Server) startup(raw net.Conn) (net.Conn, map[string]string, error) {
+func (s *gate) startup(raw net.Conn) (net.Conn, map[string]string, error) {
 	conn := raw
 	tlsDone := false
 	for range 4 {
@@ -171,7 +99,7 @@ func (s *Server) startup(raw net.Conn) (net.Conn, map[string]string, error) {
 		code := binary.BigEndian.Uint32(pkt)
 		switch {
 		case code == sslRequest && !tlsDone:
-			if s.cfg.TLS == nil || s.tlsMode == TLSDisable {
+			if s.core.cfg.TLS == nil || s.tlsMode == TLSDisable {
 				if _, err := conn.Write([]byte{'N'}); err != nil {
 					return nil, nil, err
 				}
@@ -180,7 +108,7 @@ func (s *Server) startup(raw net.Conn) (net.Conn, map[string]string, error) {
 			if _, err := conn.Write([]byte{'S'}); err != nil {
 				return nil, nil, err
 			}
-			tc := tls.Server(raw, s.cfg.TLS)
+			tc := tls.Server(raw, s.core.cfg.TLS)
 			if err := tc.Handshake(); err != nil {
 				return nil, nil, fmt.Errorf("tls handshake: %w", err)
 			}
@@ -270,106 +198,16 @@ func parseStartupParams(b []byte) (map[string]string, []string) {
 	return params, unknown
 }
 
-func indexZero(b []byte) int {
-	for i, c := range b {
-		if c == 0 {
-			return i
-		}
+// cancelRequest forwards a client's CancelRequest to the server connection its session uses now,
+// with that connection's own key. Unknown keys are ignored, as PostgreSQL does.
+func (s *gate) cancelRequest(pid, secret uint32) {
+	cl := s.table.lookup(pid, secret)
+	if cl == nil {
+		return
 	}
-	return -1
-}
-
-func isLocal(c net.Conn) bool {
-	switch a := c.RemoteAddr().(type) {
-	case *net.UnixAddr:
-		return true
-	case *net.TCPAddr:
-		return a.IP.IsLoopback()
+	ctx, cancel := context.WithTimeout(s.core.ctx, s.core.cfg.ResetTimeout)
+	defer cancel()
+	if cl.cancelServer(ctx) {
+		s.core.m.cancels.Inc()
 	}
-	return c.RemoteAddr() == nil
-}
-
-type encoder interface {
-	Encode(dst []byte) ([]byte, error)
-}
-
-// send buffers one message for the client.
-func (sess *session) send(m encoder) error {
-	b, err := m.Encode(nil)
-	if err != nil {
-		return err
-	}
-	_, err = sess.cw.Write(b)
-	return err
-}
-
-// acquire borrows a server connection within DB_CONNECTION_TIMEOUT (the pool retries while the
-// database is unreachable). A client that still has none gets 53300 (pool exhausted, or the
-// server refused for too many connections) or 08006 (database unreachable or not answering)
-// instead of waiting forever.
-func (s *Server) acquire() (*pgxpool.Conn, error) {
-	start := time.Now()
-	defer func() { s.m.wait.Observe(time.Since(start).Seconds()) }()
-	return s.acquireConn()
-}
-
-// acquireConn is acquire without the wait metric, for callers that measure their own wait.
-func (s *Server) acquireConn() (*pgxpool.Conn, error) {
-	c, err := s.mgr.Acquire(s.ctx)
-	if err == nil {
-		return c, nil
-	}
-	var ae *pool.AcquireError
-	if errors.As(err, &ae) && ae.Cause != nil {
-		code := "08006"
-		if c := pool.SQLState(ae.Cause); strings.HasPrefix(c, "53") {
-			// The server answered but refused for lack of resources (too many connections): a
-			// capacity problem like an exhausted pool, not an outage.
-			code = c
-		}
-		return nil, reject(code, "cannot connect to the database within DB_CONNECTION_TIMEOUT (%s): %s", ae.Wait, ae.Cause)
-	}
-	if ae != nil && ae.Opening {
-		// Connections were free for the taking, but the database answered neither the ping of an
-		// idle one nor a new connection: a frozen or overloaded server, not a busy pool.
-		return nil, reject("08006", "cannot connect to the database within DB_CONNECTION_TIMEOUT (%s): the database did not answer", ae.Wait)
-	}
-	// The pool is busy, or the proxy is closing.
-	cfg := s.mgr.Config()
-	return nil, reject("53300", "no server connection available within DB_CONNECTION_TIMEOUT (%s): all %d pool connections are in use",
-		cfg.ConnectTimeout, cfg.MaxConns)
-}
-
-// applyParams sets the client's startup parameters (application_name, DateStyle, options -c ...)
-// on the server connection through pgconn, which then knows the reported values.
-func applyParams(ctx context.Context, pc *pgconn.PgConn, params map[string]string) error {
-	var sets []string
-	add := func(name, value string) {
-		for _, r := range name {
-			if !(r == '_' || r == '.' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
-				return
-			}
-		}
-		sets = append(sets, fmt.Sprintf("pg_catalog.set_config('%s', '%s', false)", name, strings.ReplaceAll(value, "'", "''")))
-	}
-	for name, value := range params {
-		switch name {
-		case "user", "database", "replication":
-		case "options":
-			for _, kv := range startupOptions(value) {
-				add(kv[0], kv[1])
-			}
-		case "client_encoding":
-			if !strings.EqualFold(value, "auto") {
-				add(name, value)
-			}
-		default:
-			add(name, value)
-		}
-	}
-	if len(sets) == 0 {
-		return nil
-	}
-	_, err := pc.Exec(ctx, "SELECT "+strings.Join(sets, ", ")).ReadAll()
-	return err
 }

@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// serverSet is transaction mode's own server connections. Each one is a connection borrowed from
+// serverSet is the proxy's own server connections. Each one is a connection borrowed from
 // the pool manager (Manager.Acquire, bounded by DB_CONNECTION_TIMEOUT) and kept for as long as
 // the proxy uses it, so:
 //   - proxied and library traffic together never exceed DB_MAX_CONNECTIONS;
@@ -20,7 +20,7 @@ import (
 // A connection idle in the set for DB_IDLE_TIMEOUT, or older than DB_MAX_LIFETIME when it comes
 // back, is reset (DISCARD ALL) and given back to the pool.
 type serverSet struct {
-	s *Server
+	core *core
 
 	mu      sync.Mutex
 	idle    []*srvConn // most recently used last
@@ -43,9 +43,9 @@ const (
 )
 
 // count moves c to the gauge of state: every path in or out of the set goes through it, so a
-// connection is counted once, whichever path (put, drop, retire) lets go of it. ss.mu is held.
+// connection is counted once, whichever path (giveBack, forget, retire) lets go of it. ss.mu is held.
 func (ss *serverSet) count(c *srvConn, state byte) {
-	m := ss.s.m
+	m := ss.core.m
 	switch c.counted {
 	case countedActive:
 		m.serverActive.Dec()
@@ -65,7 +65,7 @@ func (ss *serverSet) count(c *srvConn, state byte) {
 // it is bounded by DB_CONNECTION_TIMEOUT), or the next one a client gives back, waiting at most
 // --proxy.query-wait-timeout. Then 53300, which the client gets in-band.
 func (ss *serverSet) get() (*srvConn, error) {
-	s := ss.s
+	s := ss.core
 	start := time.Now()
 	defer func() { s.m.wait.Observe(time.Since(start).Seconds()) }()
 	wait := s.queryWaitTimeout()
@@ -106,18 +106,14 @@ func (ss *serverSet) get() (*srvConn, error) {
 		return nil, reject("57P01", "the proxy is shutting down")
 	}
 	s.m.waitTimeouts.Inc()
-	timedOut := reject("53300", "no server connection available within --proxy.query-wait-timeout (%s): all %d pool connections are in use",
-		wait, s.mgr.Config().MaxConns)
+	setting := "--proxy.query-wait-timeout"
+	if s.cfg.QueryWaitTimeout <= 0 {
+		setting = "DB_CONNECTION_TIMEOUT (--proxy.query-wait-timeout=auto)"
+	}
+	timedOut := reject("53300", "no server connection available within %s (%s): all %d pool connections are in use",
+		setting, wait, s.mgr.Config().MaxConns)
 	timedOut.inBand = true
 	return nil, timedOut
-}
-
-// queryWaitTimeout is --proxy.query-wait-timeout, or DB_CONNECTION_TIMEOUT when it is auto.
-func (s *Server) queryWaitTimeout() time.Duration {
-	if s.cfg.QueryWaitTimeout > 0 {
-		return s.cfg.QueryWaitTimeout
-	}
-	return s.mgr.Config().ConnectTimeout
 }
 
 // take checks out an idle connection, or a new one when the set has room, without waiting for
@@ -133,7 +129,7 @@ func (ss *serverSet) take() (*srvConn, error) {
 
 // takeLocked is take with ss.mu held, which it unlocks unless it returns nil, nil.
 func (ss *serverSet) takeLocked() (*srvConn, error) {
-	s := ss.s
+	s := ss.core
 	if ss.closed {
 		ss.mu.Unlock()
 		return nil, reject("57P01", "the proxy is shutting down")
@@ -175,7 +171,7 @@ func (ss *serverSet) reportedParams() map[string]string {
 
 // open borrows a connection from the pool for the set and starts reading it.
 func (ss *serverSet) open() (*srvConn, error) {
-	s := ss.s
+	s := ss.core
 	pooled, err := s.acquireConn()
 	if err != nil {
 		return nil, err
@@ -195,7 +191,7 @@ func (ss *serverSet) open() (*srvConn, error) {
 		pooled.Release()
 		return nil, reject("08006", "server connection failed: %s", s.mgr.ScrubError(err))
 	}
-	c := &srvConn{set: ss, pooled: pooled, pc: pc, net: pc.Conn(), born: time.Now(), status: 'I',
+	c := &srvConn{core: ss.core, home: ss, pooled: pooled, pc: pc, net: pc.Conn(), born: time.Now(), status: 'I',
 		params: map[string]string{}, reported: map[string]string{}, exited: make(chan struct{})}
 	c.sr = bufio.NewReaderSize(c.net, ioBufSize)
 	for _, name := range reportedParams {
@@ -211,15 +207,19 @@ func (ss *serverSet) open() (*srvConn, error) {
 	return c, nil
 }
 
-// put takes back a connection no client holds and that is clean: to the longest waiting
+// giveBack takes back a connection no client holds and that is clean: to the longest waiting
 // client, or to the idle list.
-func (ss *serverSet) put(c *srvConn) {
-	s := ss.s
+func (ss *serverSet) giveBack(c *srvConn) {
+	s := ss.core
 	_ = c.net.SetDeadline(time.Time{})
 	ss.mu.Lock()
-	if ss.closed || time.Since(c.born) > s.mgr.Config().MaxLifetime {
+	// In session mode a connection no client waits for goes back to the pool at once, as a
+	// session's always did: library traffic on the same pool may need it, and sessions are
+	// long, so the set's checkout without a ping saves little.
+	if ss.closed || time.Since(c.born) > s.mgr.Config().MaxLifetime || s.cfg.PoolMode == PoolSession && ss.waiters.Len() == 0 {
 		ss.shrunk()
 		ss.count(c, uncounted)
+		c.gone = true
 		ss.mu.Unlock()
 		go ss.retire(c)
 		return
@@ -247,10 +247,16 @@ func (ss *serverSet) shrunk() {
 	}
 }
 
-// drop forgets a connection that failed, held by a client or not (one whose client left is
+// forget forgets a connection that failed, held by a client or not (one whose client left is
 // still active until it is clean); it is closed, and the pool discards it.
-func (ss *serverSet) drop(c *srvConn) {
+func (ss *serverSet) forget(c *srvConn) {
 	ss.mu.Lock()
+	if c.gone {
+		// Being retired: retire sees the connection broken and closes it.
+		ss.mu.Unlock()
+		return
+	}
+	c.gone = true
 	for i, x := range ss.idle {
 		if x == c {
 			ss.idle = append(ss.idle[:i], ss.idle[i+1:]...)
@@ -269,12 +275,13 @@ func (ss *serverSet) drop(c *srvConn) {
 
 // retireExpired gives back connections idle for longer than DB_IDLE_TIMEOUT. ss.mu is held.
 func (ss *serverSet) retireExpired() {
-	idleTimeout := ss.s.mgr.Config().IdleTimeout
+	idleTimeout := ss.core.mgr.Config().IdleTimeout
 	for len(ss.idle) > 0 && idleTimeout > 0 && time.Since(ss.idle[0].idleSince) > idleTimeout {
 		c := ss.idle[0]
 		ss.idle = ss.idle[1:]
 		ss.total--
 		ss.count(c, uncounted)
+		c.gone = true
 		go ss.retire(c)
 	}
 }
@@ -288,10 +295,10 @@ func (ss *serverSet) retire(c *srvConn) {
 	_ = c.net.SetReadDeadline(time.Now())
 	<-c.exited
 	_ = c.net.SetReadDeadline(time.Time{})
-	ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.ResetTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), ss.core.cfg.ResetTimeout)
 	defer cancel()
 	ok := !c.broken && c.sr.Buffered() == 0
-	if ok {
+	if ok && !c.reset {
 		_, err := c.pc.Exec(ctx, "DISCARD ALL").ReadAll()
 		ok = err == nil && c.pc.TxStatus() == 'I'
 	}
@@ -310,6 +317,7 @@ func (ss *serverSet) close() {
 	ss.total -= len(idle)
 	for _, c := range idle {
 		ss.count(c, uncounted)
+		c.gone = true
 	}
 	ss.mu.Unlock()
 	for _, c := range idle {
