@@ -95,6 +95,8 @@ func (c *oracleCase) clone() *oracleCase {
 var oracleCategories = []string{"set", "set_config", "role", "isolation", "temp", "advisory", "listen",
 	"prepare", "cursor", "discard", "wrapper", "multi"}
 
+// PGSIDECAR_ORACLE_ONLY=unseen draws a documented exception into every case.
+
 // gen draws scripts from a seed.
 type gen struct {
 	r     *rand.Rand
@@ -121,8 +123,12 @@ func genCase(seed uint64, only string) *oracleCase {
 	if only == "orm" {
 		flavour = ormFlavours[r.IntN(len(ormFlavours))]
 	}
+	general := only
+	if only == "unseen" {
+		general = ""
+	}
 	for id := range k {
-		g := &gen{r: r, only: only, id: id}
+		g := &gen{r: r, only: general, id: id}
 		cs := clientScript{id: id, orm: flavour}
 		if flavour != "" {
 			cs.steps = withFullProbe(g.ormScript(flavour))
@@ -131,7 +137,40 @@ func genCase(seed uint64, only string) *oracleCase {
 		}
 		c.clients = append(c.clients, cs)
 	}
+	if only == "" || only == "unseen" {
+		drawUnseen(c, only == "unseen")
+	}
 	return c
+}
+
+// unseenSteps are what no proxy can see (the README's table): each is a documented exception
+// (documentedExceptions), drawn into a few cases so that the oracle shows it happens as the
+// README says, and the rest of those cases is still compared.
+var unseenSteps = []step{
+	// A function whose body sets a setting no ParameterStatus reports.
+	{kind: "unseen/function_set_config", path: pathSimple, sql: "select oracle_set_work_mem('7MB')"},
+	// lastval() in a later transaction than its nextval().
+	{kind: "unseen/lastval", path: pathSimple, sql: "select nextval('oracle_seq') > 0 as drawn"},
+	// Statements after RESET ALL in the same text see the server's defaults for start-up
+	// parameters.
+	{kind: "unseen/reset_all_then_read", path: pathSimple, sql: "RESET ALL; select current_setting('application_name') as app"},
+}
+
+// drawUnseen adds one of unseenSteps to one client of about one case in 30 (every case when
+// all is set), from a random stream of its own, so that the rest of the grammar draws the same
+// scripts with or without it. A lastval step is followed, after a probe, by its lastval().
+func drawUnseen(c *oracleCase, all bool) {
+	r := rand.New(rand.NewPCG(c.seed, 0x5eeabe))
+	if !all && r.IntN(30) != 0 {
+		return
+	}
+	u := unseenSteps[r.IntN(len(unseenSteps))]
+	cl := &c.clients[r.IntN(len(c.clients))]
+	add := []step{u, probeStep()}
+	if u.kind == "unseen/lastval" {
+		add = append(add, step{kind: u.kind, path: pathSimple, sql: "select lastval() > 0 as same_session"}, probeStep())
+	}
+	cl.steps = append(add, cl.steps...)
 }
 
 func probeStep() step { return step{kind: "probe", path: pathProbe} }
