@@ -261,10 +261,7 @@ func (cl *client) parse(c *srvConn, r *request) {
 		return
 	}
 	r.answered = true
-	c.mu.Lock()
-	skipped := c.errSkip && c.errBatch == cl.batch
-	c.mu.Unlock()
-	if skipped {
+	if c.skips(cl.batch) {
 		return
 	}
 	if code, msg := cl.statementRefused(name, len(rest)); code != "" {
@@ -362,10 +359,7 @@ func (cl *client) close(c *srvConn, r *request) {
 		name, _ := cstring(r.body[1:])
 		if st := cl.stmts[name]; name != "" && st != nil {
 			r.answered = true
-			c.mu.Lock()
-			skipped := c.errSkip && c.errBatch == cl.batch
-			c.mu.Unlock()
-			if skipped {
+			if c.skips(cl.batch) {
 				return
 			}
 			cl.dropStmt(name, st)

@@ -394,6 +394,14 @@ func (c *srvConn) settingsFor(want map[string]string) string {
 	return sql
 }
 
+// skips reports whether the server skips the rest of the client's batch: a request of it
+// failed.
+func (c *srvConn) skips(batch uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.errSkip && c.errBatch == batch
+}
+
 // quiet reports whether every answer outstanding on c is one the client does not get: waiting
 // for c's answers then cannot wait for the client. c.mu is held.
 func (c *srvConn) quiet() bool {
