@@ -72,6 +72,9 @@ func (cl *client) queryEffect(c *srvConn, e *entry, eff *sessionsql.Effect, sqlb
 	c.mu.Lock()
 	cl.takeEffect(c, eff, sqlb)
 	pinned := cl.pin != ""
+	// In a failed transaction the server refuses a DEALLOCATE (25P02) as it would directly, and
+	// the statements stay: it goes to the server as it came.
+	failed := c.status == 'E' && c.quiet()
 	c.mu.Unlock()
 	e.discard = eff.Discard
 	if eff.Discard {
@@ -82,6 +85,9 @@ func (cl *client) queryEffect(c *srvConn, e *entry, eff *sessionsql.Effect, sqlb
 		clear(cl.named)
 	}
 	alone := eff.Statements == 1
+	if failed && len(eff.Dealloc) > 0 {
+		return body, restoreQuery(cl.startWant, eff.Resets)
+	}
 	for _, name := range eff.Dealloc {
 		if name == "*" {
 			cl.forgetStatements()

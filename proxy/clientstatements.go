@@ -169,8 +169,10 @@ func (cl *client) parseOn(c *srvConn, st *pstmt, name string, pre []byte) []byte
 	if c.stmts.has(st) {
 		// Not yet valid: the client's own Parse of it is unanswered. In the same batch, this
 		// one stands or falls with it; in an earlier batch, that one may fail, so this one gets
-		// the server's answer too, after a Close (of nothing, if that Parse fails).
-		if st.valid.Load() || c.parsing(st, cl.batch) {
+		// the server's answer too, after a Close (of nothing, if that Parse fails). So does a
+		// Parse in a failed transaction, or behind requests that may fail one: the server
+		// refuses it there (25P02), as it would directly.
+		if st.valid.Load() && c.status != 'E' && c.quiet() || c.parsing(st, cl.batch) {
 			s.m.stmtHits.Inc()
 			e := &entry{synth: parseComplete, stmtName: name, stmt: st}
 			if len(c.queue) == 0 {
