@@ -34,6 +34,7 @@ type answer struct {
 	cl      *clientEnd // the client holding the connection when it came
 	forward bool       // the client gets it
 	replace []byte     // the body the client gets instead
+	prev    byte       // a ReadyForQuery's: the transaction status before it
 }
 
 // readLoop forwards the server's messages until the connection fails or retire stops it.
@@ -148,6 +149,11 @@ func (c *srvConn) decide(a *answer, rd *answerReader) {
 			a.as = 'C'
 			a.replace = append([]byte(h.emptyAs), 0)
 		}
+	case 'Z':
+		if h != nil {
+			a.prev = c.status
+			c.ready(h, a.body[0])
+		}
 	case 'G', 'H', 'W':
 		c.copying = a.typ
 	case 'T', 'n':
@@ -239,7 +245,7 @@ func (c *srvConn) advance(a *answer, rd *answerReader) {
 			}
 		case a.typ == 'Z':
 			c.pop()
-			c.readyForQuery(h, a.body[0], cl)
+			c.readyForQuery(h, a.prev, a.body[0], cl)
 		case endsRequest(h.kind, a.typ):
 			if a.typ == '1' && h.prepared != nil {
 				h.prepared.valid.Store(true)
@@ -332,17 +338,43 @@ func (c *srvConn) checkResult(h *entry, typ byte, body []byte) {
 	h.report(differs)
 }
 
-// readyForQuery applies what a Query or Sync, now answered, did to the session state and
-// measures it. c.mu is held.
-func (c *srvConn) readyForQuery(h *entry, status byte, cl *clientEnd) {
-	s := c.core
-	prev := c.status
+// ready takes what a ReadyForQuery says before the client can see it and send its next
+// request, which may depend on it: the transaction status, and what the Query or Sync it ends
+// did to the server connection's statements and settings (a request sent on the strength of
+// the old ones would find them changed). A Sync's batch may have failed at any of its
+// requests: DISCARD ALL or DEALLOCATE ALL in it then did nothing. c.mu is held.
+func (c *srvConn) ready(h *entry, status byte) {
 	c.status = status
 	c.readyAt = time.Now()
 	c.copying = 0
 	if c.errSkip && c.errBatch == h.batch && h.kind == 'S' {
 		c.errSkip = false
 	}
+	if h.failed || c.batchErr != nil {
+		return
+	}
+	cl := c.holder
+	if h.discard || h.deallocAll {
+		c.stmts.clear()
+		c.unnamedBy = nil
+		if cl != nil && h.kind == 'S' {
+			cl.stmtsGone.Store(true) // a simple Query's forgot them when it was sent
+		}
+	}
+	if h.discard {
+		clear(c.params)
+		c.reset = h.skip
+		if cl != nil && unpinnedByDiscard[cl.pin] {
+			cl.unpin() // DISCARD ALL drops what pinned the session
+		}
+	}
+}
+
+// readyForQuery completes a Query or Sync, now answered and taken off the queue (ready took
+// what it did to the connection): the client waiting on its done, a read-back's settings, and
+// its measurement. c.mu is held.
+func (c *srvConn) readyForQuery(h *entry, prev, status byte, cl *clientEnd) {
+	s := c.core
 	batchErr := c.batchErr
 	c.batchErr = nil
 	if h.done != nil {
@@ -354,21 +386,6 @@ func (c *srvConn) readyForQuery(h *entry, status byte, cl *clientEnd) {
 	}
 	if h.readBack {
 		c.readBackDone(h, status, cl)
-	}
-	// A Sync's batch may have failed at any of its requests: DISCARD ALL or DEALLOCATE ALL in
-	// it then did nothing.
-	if !h.failed && batchErr == nil {
-		if h.discard || h.deallocAll {
-			c.stmts.clear()
-			c.unnamedBy = nil
-		}
-		if h.discard {
-			clear(c.params)
-			c.reset = h.skip
-			if cl != nil && unpinnedByDiscard[cl.pin] {
-				cl.unpin() // DISCARD ALL drops what pinned the session
-			}
-		}
 	}
 	if h.skip || cl == nil {
 		return

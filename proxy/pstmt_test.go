@@ -507,3 +507,26 @@ func TestTxModeResultTypeCheckedWherePreparedLater(t *testing.T) {
 		t.Fatalf("prepared again after ALTER: %s, want 2cols", got)
 	}
 }
+
+// TestTxModeExtendedDiscardForgetsStatements: DISCARD ALL and DEALLOCATE ALL sent with the
+// extended protocol drop the client's statements, as on a direct connection (26000 after),
+// not only the server connection's.
+func TestTxModeExtendedDiscardForgetsStatements(t *testing.T) {
+	h := newTxHarness(t, 1, nil)
+	ctx := ctxTimeout(t, 30*time.Second)
+	c := h.pgconnect(t, ctx, "")
+	for _, sql := range []string{"DISCARD ALL", "DEALLOCATE ALL"} {
+		if _, err := c.Prepare(ctx, "kept", "select $1::text", nil); err != nil {
+			t.Fatal(err)
+		}
+		if v, err := execPrepared(ctx, c, "kept", "x"); err != nil || v != "x" {
+			t.Fatalf("before %s: %q, %v", sql, v, err)
+		}
+		if _, err := c.ExecParams(ctx, sql, nil, nil, nil, nil).Close(); err != nil {
+			t.Fatalf("%s with the extended protocol: %v", sql, err)
+		}
+		if _, err := execPrepared(ctx, c, "kept", "x"); sqlState(err) != "26000" {
+			t.Errorf("after %s with the extended protocol: %v, want 26000 (prepared statement does not exist)", sql, err)
+		}
+	}
+}

@@ -98,6 +98,11 @@ func (cl *client) relay(typ byte, n int) bool {
 	if cl.hasUndo.Load() {
 		cl.applyUndone()
 	}
+	if cl.stmtsGone.Swap(false) {
+		cl.unnamed = nil
+		cl.forgetStatements()
+		clear(cl.named)
+	}
 	r := request{typ: typ, n: n}
 	switch typ {
 	case 'Q', 'P', 'B', 'D', 'C':

@@ -138,6 +138,9 @@ type clientEnd struct {
 	undoMu  sync.Mutex
 	undone  []*entry
 	hasUndo atomic.Bool
+	// stmtsGone: a DISCARD ALL or DEALLOCATE ALL the client ran with the extended protocol
+	// succeeded; its statements are gone, as the client forgets before its next request.
+	stmtsGone atomic.Bool
 	// transactions counts transactions and single statements outside one; a connection draining
 	// a client's last answers counts after the client's goroutine ended.
 	transactions atomic.Int64
