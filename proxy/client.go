@@ -339,25 +339,20 @@ func (cl *client) leave() {
 	if len(c.queue) > 0 && !c.quiet() {
 		// Only the client's own requests are cancelled: a cancel would fail the proxy's (a
 		// read-back of settings), and with it the connection.
-		_ = c.net.SetDeadline(time.Now().Add(cl.core.cfg.ResetTimeout))
-		c.cancelling = true
-		go c.cancelFor()
+		c.cancelOutstanding()
 	}
 	var end []byte
 	if c.copying == 'G' || len(c.queue) > 0 {
 		// Also when readLoop has not seen the server start a COPY FROM STDIN that a request
 		// outstanding may start: a cancel does not end one waiting for data, and the server
 		// ignores a CopyFail outside a COPY.
-		end, _ = (&pgproto3.CopyFail{Message: "client disconnected"}).Encode(end)
+		end = append(end, copyFailLeft...)
 	}
 	if c.midBatch {
 		end = cl.abortBatch(c, end)
 	}
 	if len(end) > 0 {
-		_ = c.net.SetWriteDeadline(time.Now().Add(cl.core.cfg.ResetTimeout))
-		if _, err := c.net.Write(end); err != nil {
-			_ = c.net.Close() // readLoop sees it and drops the connection
-		}
+		c.writeOwn(end)
 	}
 	c.settle()
 }
@@ -374,11 +369,7 @@ func (cl *client) drain(c *srvConn) bool {
 	_ = cl.conn.SetWriteDeadline(time.Now())
 	c.leaving, c.writing = true, false
 	if c.copying == 'G' {
-		b, _ := (&pgproto3.CopyFail{Message: "client disconnected"}).Encode(nil)
-		_ = c.net.SetWriteDeadline(time.Now().Add(cl.core.cfg.ResetTimeout))
-		if _, err := c.net.Write(b); err != nil {
-			_ = c.net.Close()
-		}
+		c.writeOwn(copyFailLeft)
 	}
 	time.AfterFunc(cl.core.cfg.ResetTimeout, func() {
 		c.mu.Lock()
@@ -388,9 +379,7 @@ func (cl *client) drain(c *srvConn) bool {
 		}
 		// The answers did not come in time: cancel what still runs.
 		cl.detach(c)
-		_ = c.net.SetDeadline(time.Now().Add(cl.core.cfg.ResetTimeout))
-		c.cancelling = true
-		go c.cancelFor()
+		c.cancelOutstanding()
 	})
 	return true
 }

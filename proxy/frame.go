@@ -160,6 +160,8 @@ var (
 	parseComplete, _ = (&pgproto3.ParseComplete{}).Encode(nil)
 	closeComplete, _ = (&pgproto3.CloseComplete{}).Encode(nil)
 	readyIdle, _     = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(nil)
+	// copyFailLeft ends a COPY FROM STDIN whose client left.
+	copyFailLeft, _ = (&pgproto3.CopyFail{Message: "client disconnected"}).Encode(nil)
 )
 
 // rejectError is an ErrorResponse the proxy sends before closing a client.

@@ -98,7 +98,7 @@ func (cl *client) relay(typ byte, n int) bool {
 	if cl.hasUndo.Load() {
 		cl.applyUndone()
 	}
-	if cl.stmtsGone.Swap(false) {
+	if cl.stmtsGone.Load() && cl.stmtsGone.Swap(false) {
 		cl.unnamed = nil
 		cl.forgetStatements()
 		clear(cl.named)

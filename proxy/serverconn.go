@@ -279,11 +279,26 @@ func (c *srvConn) inject(sql string, discard bool) {
 func (c *srvConn) send(e *entry, sql string) {
 	c.queue = append(c.queue, e)
 	b, _ := (&pgproto3.Query{String: sql}).Encode(nil)
+	c.writeOwn(b)
+}
+
+// writeOwn writes messages of the proxy's own while no client writes to the connection, within
+// the reset timeout; a failed write closes the connection, which readLoop sees and drops.
+// c.mu is held.
+func (c *srvConn) writeOwn(b []byte) {
 	_ = c.net.SetWriteDeadline(time.Now().Add(c.core.cfg.ResetTimeout))
 	if _, err := c.net.Write(b); err != nil {
-		_ = c.net.Close() // readLoop sees it and drops the connection
+		_ = c.net.Close()
 	}
 	_ = c.net.SetWriteDeadline(time.Time{})
+}
+
+// cancelOutstanding cancels the requests of a client that left, within the reset timeout; the
+// connection settles once the server has the cancel. c.mu is held.
+func (c *srvConn) cancelOutstanding() {
+	_ = c.net.SetDeadline(time.Now().Add(c.core.cfg.ResetTimeout))
+	c.cancelling = true
+	go c.cancelFor()
 }
 
 // lost drops a connection that failed. Its client, if any, gets FATAL 08006 (unless the server
