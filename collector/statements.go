@@ -174,20 +174,21 @@ func shownText(text string, length int) string {
 	return norm
 }
 
-func (c *statements) tellTextsOnce(msg string) {
+// warnOnce logs msg with attrs unless told is already set, and sets it: a condition of the
+// server is reported when it starts, not at every scrape.
+func (c *statements) warnOnce(told *bool, msg string, attrs ...any) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.toldTexts {
-		c.toldTexts = true
-		c.log.Warn("Statements collector exports no statement texts: the server cannot convert one to this database's encoding", "error", msg)
+	if !*told {
+		*told = true
+		c.log.Warn(msg, attrs...)
 	}
 }
 
+func (c *statements) tellTextsOnce(msg string) {
+	c.warnOnce(&c.toldTexts, "Statements collector exports no statement texts: the server cannot convert one to this database's encoding", "error", msg)
+}
+
 func (c *statements) tellAbsentOnce(msg string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.toldAbsent {
-		c.toldAbsent = true
-		c.log.Warn("Statements collector has nothing to read", "reason", msg)
-	}
+	c.warnOnce(&c.toldAbsent, "Statements collector has nothing to read", "reason", msg)
 }
