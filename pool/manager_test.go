@@ -859,8 +859,9 @@ func TestBatchExecuteHandsAPanicToItsCaller(t *testing.T) {
 	if s, f := started.Load(), finished.Load(); s != 3 || f != 3 {
 		t.Errorf("%d ops started and %d finished, want the first chunk's 3 and no more", s, f)
 	}
-	if n := h.m.Pool().Stat().AcquiredConns(); n != 0 {
-		t.Errorf("%d connections still acquired after the panic", n)
+	// The health loop may hold a connection for a moment: a leaked one stays.
+	if !pgtest.WaitFor(5*time.Second, func() bool { return h.m.Pool().Stat().AcquiredConns() == 0 }) {
+		t.Errorf("%d connections still acquired 5s after the panic", h.m.Pool().Stat().AcquiredConns())
 	}
 	var one int
 	if err := h.m.Pool().QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
