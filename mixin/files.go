@@ -14,6 +14,11 @@ func (c Config) Files() (map[string][]byte, error) {
 		return nil, err
 	}
 	out[RulesPath] = rules
+	lib, err := c.Libsonnet()
+	if err != nil {
+		return nil, err
+	}
+	out[LibsonnetPath] = lib
 	for _, d := range c.Dashboards() {
 		b, err := DashboardJSON(d)
 		if err != nil {
