@@ -205,12 +205,11 @@ func TestChartRenders(t *testing.T) {
 		t.Fatalf("values files: %v", files)
 	}
 	want := map[string]map[string]int{
-		"defaults":                     {"PodMonitor": 1, "PrometheusRule": 1, "ConfigMap": 2},
 		"sidecar-podmonitor.yaml":      {"PodMonitor": 1, "PrometheusRule": 1, "ConfigMap": 2},
 		"exporter-servicemonitor.yaml": {"Deployment": 1, "Service": 1, "ServiceMonitor": 1, "PrometheusRule": 1, "ConfigMap": 2},
 		"nothing-optional.yaml":        {},
 	}
-	cases := map[string]map[string]any{"defaults": nil}
+	cases := map[string]map[string]any{}
 	for _, f := range files {
 		cases[filepath.Base(f)] = readValues(t, f)
 	}
@@ -251,17 +250,29 @@ func TestChartRenders(t *testing.T) {
 	}
 }
 
-// TestChartRefusesAServiceMonitorWithoutTheExporter: a ServiceMonitor needs the exporter's
-// Service, and the chart says so rather than rendering a monitor of nothing.
-func TestChartRefusesAServiceMonitorWithoutTheExporter(t *testing.T) {
+// TestChartRefusesAMonitorOfNothing: a ServiceMonitor needs the exporter's Service, and a
+// PodMonitor the labels of the pods that run the sidecar (the chart's defaults give neither);
+// the chart says so rather than installing a monitor that scrapes nothing.
+func TestChartRefusesAMonitorOfNothing(t *testing.T) {
 	ch := loadChart(t)
-	rv, err := util.ToRenderValues(ch, map[string]any{"monitor": map[string]any{"kind": "ServiceMonitor"}},
-		common.ReleaseOptions{Name: "pg", Namespace: "db", IsInstall: true}, common.DefaultCapabilities)
-	if err != nil {
-		t.Fatal(err)
+	if err := ch.Validate(); err != nil {
+		t.Fatalf("Chart.yaml: %v", err)
 	}
-	if _, err := engine.Render(ch, rv); err == nil || !strings.Contains(err.Error(), "exporter.enabled") {
-		t.Errorf("render: %v, want an error naming exporter.enabled", err)
+	for _, tc := range []struct {
+		vals map[string]any
+		want string
+	}{
+		{nil, "monitor.podSelector"},
+		{map[string]any{"monitor": map[string]any{"kind": "ServiceMonitor"}}, "exporter.enabled"},
+		{map[string]any{"monitor": map[string]any{"kind": "Probe"}}, "PodMonitor, ServiceMonitor or empty"},
+	} {
+		rv, err := util.ToRenderValues(ch, tc.vals, common.ReleaseOptions{Name: "pg", Namespace: "db", IsInstall: true}, common.DefaultCapabilities)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := engine.Render(ch, rv); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("values %v: render error %v, want one naming %s", tc.vals, err, tc.want)
+		}
 	}
 }
 
