@@ -367,6 +367,36 @@ func checkProxyProbe(t *testing.T, where string, c corev1.Container) {
 	}
 }
 
+var referenceRow = regexp.MustCompile("(?m)^\\| `(--[a-z0-9.-]+)` \\| `([A-Z0-9_]+)`")
+
+// checkDocumented: every flag and environment variable the sidecar template gives pgsidecar is
+// in docs/reference.md (which a test of the main module keeps equal to the binary's), so the
+// template cannot drift from the binary.
+func checkDocumented(t *testing.T, c corev1.Container) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(root, "docs", "reference.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	known := map[string]bool{}
+	for _, m := range referenceRow.FindAllStringSubmatch(string(b), -1) {
+		known[m[1]], known[m[2]] = true, true
+	}
+	if len(known) < 50 {
+		t.Fatalf("only %d flags and variables read from docs/reference.md", len(known))
+	}
+	for _, a := range c.Args {
+		if name, _, _ := strings.Cut(a, "="); !known[name] {
+			t.Errorf("the sidecar template passes %s, which is not in docs/reference.md", name)
+		}
+	}
+	for _, e := range c.Env {
+		if !known[e.Name] {
+			t.Errorf("the sidecar template sets %s, which is not in docs/reference.md", e.Name)
+		}
+	}
+}
+
 // TestChartSidecarTemplate renders an app chart that has this chart as a dependency and
 // includes pgsidecar.sidecar, as a native sidecar and as a classic container.
 func TestChartSidecarTemplate(t *testing.T) {
@@ -388,6 +418,11 @@ func TestChartSidecarTemplate(t *testing.T) {
 				t.Fatalf("deployments %v, want the app's alone", deployments)
 			}
 			pod := deployments[0].Spec.Template.Spec
+			for _, c := range append(pod.InitContainers, pod.Containers...) {
+				if c.Name == "pgsidecar" {
+					checkDocumented(t, c)
+				}
+			}
 			if native {
 				checkNativeSidecar(t, "app chart", pod)
 				return
