@@ -73,7 +73,8 @@ lint:
 docs: deps
 	$(GO) test -count=1 -run '^TestReferenceDocs$$' . -update
 
-# Regenerates alerts/pgsidecar.rules.yml and dashboards/*.json from mixin/ and the thresholds in
+# Regenerates alerts/pgsidecar.rules.yml, dashboards/*.json, mixin/mixin.libsonnet and the Helm
+# chart's copies of the rules and dashboards from mixin/ and the thresholds in
 # internal/thresholds.
 mixin:
 	$(GO) run ./mixin/cmd/mixin -root .

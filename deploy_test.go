@@ -14,6 +14,23 @@ import (
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
+// exampleContainer is what TestDeploymentExamplesMatchTheBinary reads of a container.
+type exampleContainer struct {
+	Name  string
+	Args  []string
+	Env   []struct{ Name string }
+	Ports []struct {
+		Name          string
+		ContainerPort int `yaml:"containerPort"`
+	}
+	LivenessProbe struct {
+		HTTPGet struct{ Path, Port string } `yaml:"httpGet"`
+	} `yaml:"livenessProbe"`
+	ReadinessProbe struct {
+		HTTPGet struct{ Path, Port string } `yaml:"httpGet"`
+	} `yaml:"readinessProbe"`
+}
+
 // TestDeploymentExamplesMatchTheBinary reads the Kubernetes and systemd examples and checks that
 // every flag and environment variable they give pgsidecar exists, so the examples cannot drift
 // from the binary.
@@ -53,21 +70,8 @@ func TestDeploymentExamplesMatchTheBinary(t *testing.T) {
 				Spec struct {
 					Template struct {
 						Spec struct {
-							Containers []struct {
-								Name  string
-								Args  []string
-								Env   []struct{ Name string }
-								Ports []struct {
-									Name          string
-									ContainerPort int `yaml:"containerPort"`
-								}
-								LivenessProbe struct {
-									HTTPGet struct{ Path, Port string } `yaml:"httpGet"`
-								} `yaml:"livenessProbe"`
-								ReadinessProbe struct {
-									HTTPGet struct{ Path, Port string } `yaml:"httpGet"`
-								} `yaml:"readinessProbe"`
-							}
+							Containers     []exampleContainer
+							InitContainers []exampleContainer `yaml:"initContainers"`
 						}
 					}
 				}
@@ -77,7 +81,8 @@ func TestDeploymentExamplesMatchTheBinary(t *testing.T) {
 			} else if err != nil {
 				t.Fatalf("%s: %v", file, err)
 			}
-			for _, c := range doc.Spec.Template.Spec.Containers {
+			// A native sidecar (Kubernetes 1.29+) is an init container.
+			for _, c := range append(doc.Spec.Template.Spec.Containers, doc.Spec.Template.Spec.InitContainers...) {
 				if c.Name != "pgsidecar" {
 					continue
 				}

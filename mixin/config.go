@@ -20,6 +20,12 @@ type Config struct {
 
 	// SidecarSelector picks the sidecars' scrape targets for the "not scraped" alert.
 	SidecarSelector string
+	// Selector is label matchers (`job="pgsidecar"`) every series of every rule and dashboard
+	// query gets; empty by default. The pg_* series are told apart from postgres_exporter's by a
+	// join (see JoinSeries), not by their job.
+	Selector string
+	// ClusterLabel is the label that groups the sidecars of one database server.
+	ClusterLabel string
 	// RunbookURL is the base of every runbook_url; the alert name, lower-cased, is the anchor.
 	RunbookURL string
 
@@ -32,6 +38,7 @@ var Default = Config{
 	Table: thresholds.Default(),
 
 	SidecarSelector: `job=~".*pgsidecar.*"`,
+	ClusterLabel:    defaultClusterLabel,
 	RunbookURL:      "https://github.com/pgsidecar/pgsidecar/blob/main/docs/runbooks.md",
 
 	ForShort:  time.Minute,

@@ -201,16 +201,17 @@ func (c Config) Dashboards() []*Dashboard {
 }
 
 func (c Config) poolDashboard() *Dashboard {
-	const sel = `job=~"$job", instance=~"$instance", pool=~"$pool"`
+	sel := c.dashSel(`job=~"$job", instance=~"$instance", pool=~"$pool"`)
 	const ri = "$__rate_interval"
 	s := func(format string) string {
 		return strings.ReplaceAll(strings.ReplaceAll(format, "SEL", sel), "RI", ri)
 	}
 	b := newDashboard("pgsidecar-pool", "pgsidecar / Pool & queries",
 		"Connection pool and query metrics measured by pgsidecar: utilisation, waiters, latency, errors, the proxy, top statements, health.",
-		queryVar("job", "Job", "pgsidecar_pool_max_connections", ""),
-		queryVar("instance", "Instance", "pgsidecar_pool_max_connections", `job=~"$job"`),
-		queryVar("pool", "Pool", "pgsidecar_pool_max_connections", `job=~"$job", instance=~"$instance"`),
+		c.clusterVar("pgsidecar_pool_max_connections"),
+		queryVar("job", "Job", "pgsidecar_pool_max_connections", c.dashSel("")),
+		queryVar("instance", "Instance", "pgsidecar_pool_max_connections", c.dashSel(`job=~"$job"`)),
+		queryVar("pool", "Pool", "pgsidecar_pool_max_connections", c.dashSel(`job=~"$job", instance=~"$instance"`)),
 	)
 	utilisation := s(`sum without (state) (pgsidecar_pool_connections{SEL, state="used"}) / pgsidecar_pool_max_connections{SEL}`)
 	errRatio := s(`sum by (instance, pool) (rate(pgsidecar_query_errors_total{SEL}[RI])) / sum by (instance, pool) (rate(pgsidecar_query_duration_seconds_count{SEL}[RI]))`)
@@ -348,17 +349,18 @@ func (c Config) poolDashboard() *Dashboard {
 }
 
 func (c Config) postgresDashboard() *Dashboard {
-	const sel = `job=~"$job", instance=~"$instance"`
-	const dsel = `job=~"$job", instance=~"$instance", datname=~"$datname"`
+	sel := c.dashSel(`job=~"$job", instance=~"$instance"`)
+	dsel := c.dashSel(`job=~"$job", instance=~"$instance", datname=~"$datname"`)
 	const ri = "$__rate_interval"
 	s := func(format string) string {
 		return strings.NewReplacer("DSEL", dsel, "SEL", sel, "RI", ri).Replace(format)
 	}
 	b := newDashboard("pgsidecar-postgresql", "pgsidecar / PostgreSQL",
 		"PostgreSQL statistics collected by pgsidecar through its pool: sessions, transactions, connections, cache, deadlocks, size, checkpoints and background writer, tables, replication, the exporter's scrapes and top statements.",
-		queryVar("job", "Job", "pg_up", ""),
-		queryVar("instance", "Instance", "pg_up", `job=~"$job"`),
-		queryVar("datname", "Database", "pg_database_size_bytes", `job=~"$job", instance=~"$instance"`),
+		c.clusterVar("pg_up"),
+		queryVar("job", "Job", "pg_up", c.dashSel("")),
+		queryVar("instance", "Instance", "pg_up", c.dashSel(`job=~"$job"`)),
+		queryVar("datname", "Database", "pg_database_size_bytes", c.dashSel(`job=~"$job", instance=~"$instance"`)),
 	)
 	b.row("Overview")
 	b.add(stat("PostgreSQL", "Whether the sidecars can reach PostgreSQL (pg_up; alert PgSidecarDatabaseDown).", "none",
@@ -390,7 +392,7 @@ func (c Config) postgresDashboard() *Dashboard {
 		q{s(`max by (datname) (pg_stat_activity_waiting_on_locks_sessions{DSEL})`), "{{datname}}"}), 8, 8)
 	b.add(timeseries("Server connection utilisation", fmt.Sprintf("Client backends / max_connections per server, and the pool maxima of all sidecars of a cluster / max_connections (what the server would see if every pool filled up). Alert above %s.", pct(c.ServerConnectionUtilization)), "percentunit",
 		q{s(`max by (instance) (pg_server_connection_utilization_ratio{SEL})`), "backends {{instance}}"},
-		q{`sum by (cluster) (pgsidecar_pool_max_connections) / on (cluster) max by (cluster) (pg_settings_max_connections)`, "pool maxima {{cluster}}"}).above(c.ServerConnectionUtilization), 12, 8)
+		q{strings.ReplaceAll(`sum by (CL) (pgsidecar_pool_max_connections{CSEL}) / on (CL) max by (CL) (pg_settings_max_connections{CSEL})`, "CSEL", c.dashSel("")), "pool maxima {{CL}}"}.cluster(c)).above(c.ServerConnectionUtilization), 12, 8)
 	b.add(timeseries("Server connections", "Client backends on the server, with max_connections and the slots reserved for superusers.", "short",
 		q{s(`max by (instance) (pg_server_connections{SEL})`), "backends {{instance}}"},
 		q{s(`max(pg_settings_max_connections{SEL})`), "max_connections"},

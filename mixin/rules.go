@@ -367,7 +367,7 @@ unless on (job, instance)
 			"Query errors are steadily burning the error budget.",
 			fmt.Sprintf(`Pool {{ $labels.pool }} of job {{ $labels.job }} fails {{ $value | humanizePercentage }} of its queries, more than a %s objective allows over time (%s).`, pct(c.ErrorObjective), burnWindows("warning"))),
 	}}
-	return RuleFile{Groups: []RuleGroup{recording, slo, sidecar, pg, sloAlerts}}
+	return c.scope(RuleFile{Groups: []RuleGroup{recording, slo, sidecar, pg, sloAlerts}})
 }
 
 // RulesYAML renders the rule file with a header naming its source.

@@ -21,6 +21,10 @@ func main() {
 	}
 	for name, data := range files {
 		p := filepath.Join(*root, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, "mixin:", err)
+			os.Exit(1)
+		}
 		if err := os.WriteFile(p, data, 0o644); err != nil {
 			fmt.Fprintln(os.Stderr, "mixin:", err)
 			os.Exit(1)
