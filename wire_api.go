@@ -30,7 +30,7 @@ func (f *apiFeature) start(ctx context.Context, d *deps) (func(), error) {
 	if !f.cfg.Enabled {
 		return nil, nil
 	}
-	h, err := api.New(d.mgr, f.cfg, api.WithLogger(d.logger), api.WithGatherer(d.reg))
+	h, err := api.New(d.mgr, f.cfg, api.WithLogger(d.logger), api.WithGatherer(d.reg), api.WithReadiness(d.life.readiness))
 	if err != nil {
 		return nil, badConfig(err)
 	}

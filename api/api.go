@@ -100,13 +100,14 @@ func WithGatherer(g prometheus.Gatherer) Option { return func(h *Handler) { h.ga
 // Handler serves the API. Close ends the open live-metrics streams; call it at shutdown
 // before the HTTP server waits for requests to finish.
 type Handler struct {
-	mgr      *pool.Manager
-	gatherer prometheus.Gatherer
-	log      *slog.Logger
-	interval time.Duration
-	window   *window
-	streams  chan struct{} // semaphore of open streams
-	maxAge   time.Duration
+	mgr       *pool.Manager
+	gatherer  prometheus.Gatherer
+	log       *slog.Logger
+	interval  time.Duration
+	window    *window
+	streams   chan struct{} // semaphore of open streams
+	maxAge    time.Duration
+	readiness func() Readiness
 
 	gatherMu sync.Mutex
 	gathered *registrySnapshot // the last read of the registry, reused for maxAge

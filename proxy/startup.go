@@ -47,6 +47,10 @@ func (s *gate) handle(raw net.Conn) {
 		s.core.refuse(raw, err)
 		return
 	}
+	if s.core.ending() {
+		s.core.refuse(conn, reject("57P03", "the proxy is shutting down"))
+		return
+	}
 	cl := newClient(s.core, s.set, conn, params, remoteString(raw))
 	cl.cr = getReader(conn)
 	if err := s.auth.authenticate(cl, raw); err != nil {
