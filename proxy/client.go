@@ -227,6 +227,13 @@ func (cl *client) checkout(wait bool) (*srvConn, error) {
 		c.mu.Unlock()
 	}
 	cl.setState(s.m.waiting)
+	if err := cl.pauseQueue(wait); err != nil {
+		cl.setState(s.m.idle)
+		if err == errPausedNoWait {
+			return nil, nil
+		}
+		return nil, err
+	}
 	var c *srvConn
 	for {
 		var err error

@@ -26,6 +26,7 @@ type core struct {
 	m        *metrics
 	ctx      context.Context           // canceled by Close
 	endBy    atomic.Pointer[time.Time] // set by EndSessions: when the grace for open transactions ends
+	maint    maintenance               // pause and reconnect
 	analysis sessionsql.Cache
 	stmts    stmtRegistry
 	// Logs of what clients did that pinned or closed them.

@@ -211,6 +211,9 @@ func (s *gate) cancelRequest(pid, secret uint32) {
 	}
 	ctx, cancel := context.WithTimeout(s.core.ctx, s.core.cfg.ResetTimeout)
 	defer cancel()
+	if cl.cancelQueued() {
+		return // a request a pause queued: it fails with 57014 without reaching the server
+	}
 	if cl.cancelServer(ctx) {
 		s.core.m.cancels.Inc()
 	}
