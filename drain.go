@@ -35,7 +35,11 @@ type lifecycle struct {
 
 // readiness is what /readyz asks besides the pool's health.
 func (l *lifecycle) readiness() api.Readiness {
-	return api.Readiness{Draining: l.draining.Load()}
+	rd := api.Readiness{Draining: l.draining.Load()}
+	if p := l.proxy.Load(); p != nil {
+		rd.Paused = p.Paused()
+	}
+	return rd
 }
 
 // watchSignals turns SIGTERM and SIGINT into the program's two ways of stopping. Once the

@@ -118,6 +118,8 @@ type deps struct {
 	mux    *http.ServeMux
 	logger *slog.Logger
 	links  []web.LandingLinks // landing page links; features append theirs
+	// webConfigFile is --web.config.file, whose authentication guards the admin endpoints.
+	webConfigFile string
 	// metricsMiddleware wraps the telemetry handler, e.g. to pass each scrape's deadline on.
 	metricsMiddleware []func(http.Handler) http.Handler
 }
@@ -463,7 +465,7 @@ func startServer(ctx context.Context, a *app, logger *slog.Logger, stage *startS
 		MaxRequestsInFlight: 128,
 	})
 	d := &deps{mgr: mgr, life: s.life, reg: reg, mux: mux, logger: logger,
-		links: []web.LandingLinks{{Address: a.telemetryPath, Text: "Metrics"}}}
+		links: []web.LandingLinks{{Address: a.telemetryPath, Text: "Metrics"}}, webConfigFile: *a.webFlags.WebConfigFile}
 	for _, f := range a.features {
 		stage.set("starting the " + f.name())
 		stopFeature, err := f.start(ctx, d)
