@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
 )
 
@@ -145,4 +147,41 @@ func freeLoopback(t *testing.T) string {
 	a := l.Addr().String()
 	must(t, l.Close())
 	return a
+}
+
+// TestPauseDuringLongTransaction is the pause's timeout path: a client inside a long
+// transaction holds the pause up past its timeout, so the pause fails with 409 naming it, the
+// proxy resumes by itself (/readyz no longer reports a pause, new transactions run), and the
+// long transaction commits.
+func TestPauseDuringLongTransaction(t *testing.T) {
+	_, addr, proxyAddr, _ := sidecarWithProxy(t, "", "--proxy.pool-mode=transaction", "--web.enable-admin")
+	base := "http://" + addr
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	url := fmt.Sprintf("postgres://postgres:%s@%s/postgres?sslmode=disable", pgtest.SuperuserPassword, proxyAddr)
+	long, err := pgx.Connect(ctx, url)
+	must(t, err)
+	defer long.Close(context.Background())
+	tx, err := long.Begin(ctx)
+	must(t, err)
+	done := make(chan error, 1)
+	go func() {
+		_, err := tx.Exec(ctx, "SELECT pg_sleep(1.5)")
+		done <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	code, body := adminPost(base + "/api/proxy/pause?timeout=500ms")
+	if code != 409 || !strings.Contains(body, `"status": "resumed"`) || !strings.Contains(body, `"user": "postgres"`) {
+		t.Fatalf("pause during a long transaction: %d %s", code, body)
+	}
+	if c, body := tryGet(base + "/readyz"); c != 200 || !strings.Contains(body, `"paused": false`) {
+		t.Fatalf("/readyz after the failed pause: %d %s", c, body)
+	}
+	other, err := pgx.Connect(ctx, url)
+	must(t, err)
+	defer other.Close(context.Background())
+	var one int
+	must(t, other.QueryRow(ctx, "SELECT 1").Scan(&one))
+	must(t, <-done)
+	must(t, tx.Commit(ctx))
 }
