@@ -62,6 +62,10 @@ func TestPauseRestartResume(t *testing.T) {
 	}
 	t.Logf("pause: %s", body)
 	must(t, cluster.Stop("fast"))
+	// Once the pool has seen the database go, /readyz still says ready: the restart is planned.
+	if !pgtest.WaitFor(10*time.Second, func() bool { c, _ := tryGet(base + "/api/database/health"); return c == 503 }) {
+		t.Log("the pool did not see the database down within 10s")
+	}
 	if c, body := tryGet(base + "/readyz"); c != 200 || !strings.Contains(body, `"paused": true`) {
 		t.Errorf("/readyz while paused with the database down: %d %s", c, body)
 	}
