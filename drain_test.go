@@ -183,22 +183,26 @@ func TestDrainTimeout(t *testing.T) {
 	}
 }
 
-// TestSecondSignalStopsAtOnce: during the drain, SIGINT ends the process at once although a
-// client is still connected.
+// TestSecondSignalStopsAtOnce: during the drain, SIGINT or a second SIGTERM ends the process at
+// once although a client is still connected.
 func TestSecondSignalStopsAtOnce(t *testing.T) {
-	p, _, proxyAddr, _ := sidecarWithProxy(t, "", "--shutdown.drain-timeout=20s")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres:%s@%s/postgres?sslmode=disable", pgtest.SuperuserPassword, proxyAddr))
-	must(t, err)
-	defer c.Close(context.Background())
-	must(t, p.cmd.Process.Signal(syscall.SIGTERM))
-	time.Sleep(300 * time.Millisecond)
-	if !p.running() {
-		t.Fatal("SIGTERM did not wait for the connected client")
-	}
-	must(t, p.cmd.Process.Signal(syscall.SIGINT))
-	if code := p.exitCode(t, 5*time.Second); code != 0 {
-		t.Fatalf("exit code %d", code)
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			p, _, proxyAddr, _ := sidecarWithProxy(t, "", "--shutdown.drain-timeout=20s")
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			c, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres:%s@%s/postgres?sslmode=disable", pgtest.SuperuserPassword, proxyAddr))
+			must(t, err)
+			defer c.Close(context.Background())
+			must(t, p.cmd.Process.Signal(syscall.SIGTERM))
+			time.Sleep(300 * time.Millisecond)
+			if !p.running() {
+				t.Fatal("SIGTERM did not wait for the connected client")
+			}
+			must(t, p.cmd.Process.Signal(sig))
+			if code := p.exitCode(t, 5*time.Second); code != 0 {
+				t.Fatalf("exit code %d", code)
+			}
+		})
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/pool"
 )
 
 // TestPauseQueuesNewTransactions: a pause lets a transaction under way finish, queues a new
@@ -179,5 +180,44 @@ func TestReconnectAfterTransaction(t *testing.T) {
 		}) {
 			t.Fatalf("backend %s still runs after the reconnect", pid)
 		}
+	}
+}
+
+// TestPauseSessionMode: in session mode a session holds its server connection until logout, so
+// a pause waits for logouts (and fails while a session stays), and a login during the pause
+// waits for the resume.
+func TestPauseSessionMode(t *testing.T) {
+	h := newHarness(t, func(_ *pool.Config, c *Config) { c.PoolMode = PoolSession })
+	ctx := ctxTimeout(t, 60*time.Second)
+	a := h.pgconnect(t, ctx, "")
+	if r, err := h.srv.Pause(ctx, 200*time.Millisecond); !errors.Is(err, ErrPauseTimeout) || len(r.Holders) != 1 {
+		t.Fatalf("pause with a session logged in: %+v %v", r, err)
+	}
+	if err := a.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.srv.Pause(ctx, 5*time.Second); err != nil {
+		t.Fatalf("pause after the logout: %v", err)
+	}
+	type login struct {
+		c   *pgconn.PgConn
+		err error
+	}
+	logged := make(chan login, 1)
+	go func() {
+		c, err := pgconn.Connect(ctx, h.superURL())
+		logged <- login{c, err}
+	}()
+	if !pgtest.WaitFor(5*time.Second, func() bool { return h.metric(t, "pgsidecar_proxy_paused_clients", nil) == 1 }) {
+		t.Fatal("the login is not queued")
+	}
+	h.srv.Resume()
+	l := <-logged
+	if l.err != nil {
+		t.Fatalf("the queued login: %v", l.err)
+	}
+	defer l.c.Close(context.Background())
+	if v, err := simple(ctx, l.c, "SELECT 7"); err != nil || v != "7" {
+		t.Fatalf("after the resume: %q %v", v, err)
 	}
 }
