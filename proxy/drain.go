@@ -35,11 +35,13 @@ func (s *Server) WaitNoClients(ctx context.Context) bool {
 // EndSessions ends the clients' sessions for a shutdown: a client outside a transaction gets
 // FATAL 57P01 and is closed now; one inside a transaction is closed once it is outside it
 // (when it sends its next request after the transaction ended) or when grace has passed,
-// whichever comes first. New logins are refused with 57P03. Close ends what is left.
+// whichever comes first. Clients a pause queued get 57P01 too. New logins are refused with
+// 57P03. Close ends what is left.
 func (s *Server) EndSessions(grace time.Duration) {
 	by := time.Now().Add(grace)
 	s.endBy.Store(&by)
 	s.table.wake()
+	s.maint.endQueued()
 }
 
 // ending reports whether EndSessions was called.

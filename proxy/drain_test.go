@@ -59,3 +59,32 @@ func TestEndSessions(t *testing.T) {
 		})
 	}
 }
+
+// TestEndSessionsWhilePaused: a client a pause queued gets FATAL 57P01 at EndSessions, rather
+// than waiting for a resume until Close.
+func TestEndSessionsWhilePaused(t *testing.T) {
+	h := newTxHarness(t, 2, nil)
+	ctx := ctxTimeout(t, 30*time.Second)
+	c := h.pgconnect(t, ctx, "")
+	if _, err := h.srv.Pause(ctx, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := simple(ctx, c, "SELECT 1")
+		done <- err
+	}()
+	if !pgtest.WaitFor(5*time.Second, func() bool { return h.metric(t, "pgsidecar_proxy_paused_clients", nil) == 1 }) {
+		t.Fatal("not queued")
+	}
+	h.srv.EndSessions(10 * time.Second)
+	var pgErr *pgconn.PgError
+	select {
+	case err := <-done:
+		if !errors.As(err, &pgErr) || pgErr.Code != "57P01" {
+			t.Fatalf("the queued client: %v, want 57P01", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the queued client still waits")
+	}
+}

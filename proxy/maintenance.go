@@ -248,6 +248,10 @@ func (cl *client) pauseQueue(wait bool) error {
 			m.mu.Unlock()
 			return errPausedNoWait
 		}
+		if cl.core.ending() {
+			m.mu.Unlock()
+			return reject("57P01", "terminating connection due to administrator command: the proxy is shutting down")
+		}
 		cancel := make(chan struct{})
 		m.queued[cl] = cancel
 		resumed := m.resumed
@@ -256,6 +260,10 @@ func (cl *client) pauseQueue(wait bool) error {
 		select {
 		case <-resumed:
 		case <-cancel:
+			if cl.core.ending() {
+				err = reject("57P01", "terminating connection due to administrator command: the proxy is shutting down")
+				break
+			}
 			err = reject("57014", "canceling statement due to user request")
 			err.inBand = true
 		case <-cl.core.ctx.Done():
@@ -285,6 +293,17 @@ func (cl *client) cancelQueued() bool {
 	close(cancel)
 	delete(m.queued, cl)
 	return true
+}
+
+// endQueued ends the wait of every client a pause queued: EndSessions was called, and they
+// get 57P01.
+func (m *maintenance) endQueued() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for cl, cancel := range m.queued {
+		close(cancel)
+		delete(m.queued, cl)
+	}
 }
 
 // holders lists the logged-in clients holding a server connection.
