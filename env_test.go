@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pgsidecar/pgsidecar/api"
 	"github.com/pgsidecar/pgsidecar/collector"
@@ -36,6 +37,7 @@ var envValues = map[string]string{
 	"web.config.file":                        "/etc/pgsidecar/web.yml",
 	"web.telemetry-path":                     "/stats",
 	"web.probe-listen-address":               ":9189",
+	"shutdown.drain-timeout":                 "10s",
 	"log.level":                              "debug",
 	"log.format":                             "json",
 	"collection-timeout":                     "9s",
@@ -91,6 +93,7 @@ type parsedSettings struct {
 	SystemdSocket                bool
 	WebConfig, Telemetry         string
 	LogLevel, LogFormat, EnvFile string
+	DrainTimeout                 time.Duration
 }
 
 func parseSettings(t *testing.T, args ...string) parsedSettings {
@@ -101,7 +104,7 @@ func parseSettings(t *testing.T, args ...string) parsedSettings {
 	}
 	p := parsedSettings{Pool: a.poolCfg, Listen: *a.webFlags.WebListenAddresses, SystemdSocket: *a.webFlags.WebSystemdSocket,
 		WebConfig: *a.webFlags.WebConfigFile, Telemetry: a.telemetryPath, LogLevel: a.logCfg.Level.String(),
-		LogFormat: a.logCfg.Format.String(), EnvFile: a.envFile}
+		LogFormat: a.logCfg.Format.String(), EnvFile: a.envFile, DrainTimeout: a.drainTimeout}
 	for _, f := range a.features {
 		switch f := f.(type) {
 		case *apiFeature:

@@ -266,6 +266,7 @@ func TestClosedLogReader(t *testing.T) {
 	if err := session.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
 		t.Fatalf("the proxied session ended: %v", err)
 	}
+	session.Close(ctx) // SIGTERM waits for the proxy's clients to leave
 	must(t, p.cmd.Process.Signal(syscall.SIGTERM))
 	if code := p.exitCode(t, 30*time.Second); code != 0 {
 		t.Fatalf("exit code %d after SIGTERM", code)

@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -112,10 +113,13 @@ func features() []feature {
 // deps is what features get to work with.
 type deps struct {
 	mgr    *pool.Manager
+	life   *lifecycle
 	reg    *registry
 	mux    *http.ServeMux
 	logger *slog.Logger
 	links  []web.LandingLinks // landing page links; features append theirs
+	// webConfigFile is --web.config.file, whose authentication guards the admin endpoints.
+	webConfigFile string
 	// metricsMiddleware wraps the telemetry handler, e.g. to pass each scrape's deadline on.
 	metricsMiddleware []func(http.Handler) http.Handler
 }
@@ -165,6 +169,7 @@ type app struct {
 	telemetryPath string
 	logCfg        *promslog.Config
 	envFile       string
+	drainTimeout  time.Duration
 	features      []feature
 }
 
@@ -221,6 +226,7 @@ func newApp(stdout, stderr io.Writer) (*kingpin.Application, *app) {
 	bindSettings(k, a, []settings.Setting[app]{envFileSetting})
 	bindSettings(k, &a.poolCfg, pool.Settings())
 	bindSettings(k, a, webSettings())
+	bindSettings(k, a, shutdownSettings())
 	a.features = features()
 	for _, f := range a.features {
 		f.flags(k)
@@ -249,9 +255,15 @@ func (st *startStage) set(what string) {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	// Signals are caught before anything that can wait, so SIGTERM and SIGINT stop the program
-	// at every stage of start-up as well as while it serves.
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	// at every stage of start-up as well as while it serves (see watchSignals).
+	ctx, stopNow := context.WithCancel(ctx)
+	defer stopNow()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	var serving atomic.Bool
+	drain := make(chan struct{})
+	go watchSignals(ctx, sigs, &serving, drain, stopNow)
 	type started struct {
 		s    *server
 		code int
@@ -289,7 +301,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if st.s == nil {
 		return st.code
 	}
-	return st.s.serve(ctx)
+	serving.Store(true)
+	return st.s.serve(ctx, drain)
 }
 
 // start reads the configuration and starts everything up to listening. It returns the server
@@ -351,6 +364,10 @@ func start(ctx context.Context, args []string, stdout, stderr io.Writer, stage *
 		fmt.Fprintf(stderr, "pgsidecar: --web.telemetry-path (%q) must be a path starting with /\n", a.telemetryPath)
 		return nil, 2
 	}
+	if a.drainTimeout < 0 {
+		fmt.Fprintf(stderr, "pgsidecar: --shutdown.drain-timeout (%s) must not be negative\n", a.drainTimeout)
+		return nil, 2
+	}
 	// Checking DATABASE_URL reads the files it names (sslrootcert, a passfile).
 	stage.set("checking the pool configuration and the files DATABASE_URL names")
 	if err := a.poolCfg.Validate(); err != nil {
@@ -392,6 +409,7 @@ type server struct {
 	a         *app
 	logger    *slog.Logger
 	srv       *http.Server
+	life      *lifecycle
 	listeners []net.Listener
 	cleanup   []func() // run in reverse order by close
 }
@@ -413,7 +431,7 @@ func (s *server) stop() {
 // started and returns nil and the exit code.
 func startServer(ctx context.Context, a *app, logger *slog.Logger, stage *startStage) (_ *server, code int) {
 	logger.Info("Starting pgsidecar", "version", version.Info(), "build_context", version.BuildContext())
-	s := &server{a: a, logger: logger}
+	s := &server{a: a, logger: logger, life: &lifecycle{}}
 	defer func() {
 		if code != 0 {
 			s.close()
@@ -446,8 +464,8 @@ func startServer(ctx context.Context, a *app, logger *slog.Logger, stage *startS
 		// bounds memory against a runaway client.
 		MaxRequestsInFlight: 128,
 	})
-	d := &deps{mgr: mgr, reg: reg, mux: mux, logger: logger,
-		links: []web.LandingLinks{{Address: a.telemetryPath, Text: "Metrics"}}}
+	d := &deps{mgr: mgr, life: s.life, reg: reg, mux: mux, logger: logger,
+		links: []web.LandingLinks{{Address: a.telemetryPath, Text: "Metrics"}}, webConfigFile: *a.webFlags.WebConfigFile}
 	for _, f := range a.features {
 		stage.set("starting the " + f.name())
 		stopFeature, err := f.start(ctx, d)
@@ -500,27 +518,32 @@ func startServer(ctx context.Context, a *app, logger *slog.Logger, stage *startS
 	return s, 0
 }
 
-// serve serves until ctx ends or the web server fails, then shuts down.
-func (s *server) serve(ctx context.Context) int {
-	defer s.stop()
+// serve serves until ctx ends, the web server fails, or drain is closed and the drain is over
+// (see server.drain), then shuts down: the features and the pool first, the web server last,
+// so that /metrics and the probes answer until the end.
+func (s *server) serve(ctx context.Context, drain <-chan struct{}) int {
 	errc := make(chan error, 1)
 	go func() { errc <- web.ServeMultiple(s.listeners, s.srv, s.a.webFlags, s.logger) }()
 
+	code := 0
 	select {
 	case err := <-errc:
 		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.logger.Error("Web server failed", "error", err.Error())
-			return 1
+			code = 1
 		}
 	case <-ctx.Done():
 		s.logger.Info("Shutting down")
+	case <-drain:
+		s.drain(ctx)
 	}
+	s.stop()
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := s.srv.Shutdown(sctx); err != nil {
 		s.logger.Warn("Web server did not stop cleanly", "error", err.Error())
 	}
-	return 0
+	return code
 }
 
 // configError marks a feature's start error as bad configuration, which exits 2 (and so does

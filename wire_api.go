@@ -28,13 +28,19 @@ func (f *apiFeature) flags(k *kingpin.Application) {
 
 func (f *apiFeature) start(ctx context.Context, d *deps) (func(), error) {
 	if !f.cfg.Enabled {
+		if f.cfg.EnableAdmin {
+			return nil, badConfig(errors.New("--web.enable-admin needs --web.enable-api"))
+		}
 		return nil, nil
 	}
-	h, err := api.New(d.mgr, f.cfg, api.WithLogger(d.logger), api.WithGatherer(d.reg))
+	h, err := api.New(d.mgr, f.cfg, api.WithLogger(d.logger), api.WithGatherer(d.reg), api.WithReadiness(d.life.readiness))
 	if err != nil {
 		return nil, badConfig(err)
 	}
 	h.Register(d.mux)
+	if f.cfg.EnableAdmin {
+		h.RegisterAdmin(d.mux, api.Admin{Proxy: d.life.proxy.Load, Allow: adminAllowed(d.webConfigFile)})
+	}
 	d.links = append(d.links, web.LandingLinks{Address: "/status", Text: "Status"},
 		web.LandingLinks{Address: "/api/database/metrics", Text: "Pool metrics (JSON)"},
 		web.LandingLinks{Address: "/readyz", Text: "Readiness"})

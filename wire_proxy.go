@@ -36,6 +36,7 @@ func (f *proxyFeature) start(_ context.Context, d *deps) (func(), error) {
 		}
 		return nil, err
 	}
+	d.life.proxy.Store(srv)
 	return func() { _ = srv.Close() }, nil
 }
 

@@ -41,6 +41,9 @@ type Config struct {
 	// this address in plain HTTP without basic auth: probes that send no credentials
 	// (Kubernetes httpGet) keep working when --web.config.file turns auth on.
 	ProbeListenAddress string
+	// EnableAdmin tells the binary to mount the proxy's admin endpoints (RegisterAdmin):
+	// --web.enable-admin.
+	EnableAdmin bool
 }
 
 // Setting describes one API setting: its flag, its environment variable, its default and its
@@ -56,6 +59,9 @@ func Settings() []Setting {
 		{Flag: "web.probe-listen-address", Env: "PGSIDECAR_WEB_PROBE_LISTEN_ADDRESS", Default: "", PlaceHolder: "ADDRESS",
 			Help: "Also serve /healthz and /readyz, and nothing else, on this address (such as :9189), in plain HTTP without --web.config.file's TLS and basic auth, for probes that cannot send credentials (Kubernetes httpGet); empty serves them only on --web.listen-address. They reveal only whether the process is up and the pool ready.",
 			Set:  settings.String(func(c *Config) *string { return &c.ProbeListenAddress })},
+		{Flag: "web.enable-admin", Env: "PGSIDECAR_WEB_ENABLE_ADMIN", Default: "false", Bool: true,
+			Help: "Serve the proxy's admin endpoints POST /api/proxy/pause, /api/proxy/resume and /api/proxy/reconnect (needs --web.enable-api). They are behind --web.config.file's authentication; without basic_auth_users or required client certificates there, they answer only requests to a loopback address.",
+			Set:  settings.Bool("--web.enable-admin", func(c *Config) *bool { return &c.EnableAdmin })},
 	}
 }
 
@@ -100,13 +106,14 @@ func WithGatherer(g prometheus.Gatherer) Option { return func(h *Handler) { h.ga
 // Handler serves the API. Close ends the open live-metrics streams; call it at shutdown
 // before the HTTP server waits for requests to finish.
 type Handler struct {
-	mgr      *pool.Manager
-	gatherer prometheus.Gatherer
-	log      *slog.Logger
-	interval time.Duration
-	window   *window
-	streams  chan struct{} // semaphore of open streams
-	maxAge   time.Duration
+	mgr       *pool.Manager
+	gatherer  prometheus.Gatherer
+	log       *slog.Logger
+	interval  time.Duration
+	window    *window
+	streams   chan struct{} // semaphore of open streams
+	maxAge    time.Duration
+	readiness func() Readiness
 
 	gatherMu sync.Mutex
 	gathered *registrySnapshot // the last read of the registry, reused for maxAge
@@ -158,6 +165,7 @@ func (h *Handler) Register(mux *http.ServeMux) {
 	mux.Handle("/api/database/live-metrics", get(h.liveMetrics))
 	mux.Handle("/api/database/warmup", only(http.MethodPost, h.warmup))
 	mux.Handle("/api/", http.HandlerFunc(notFound))
+	mux.Handle("/api/proxy/", http.HandlerFunc(adminOff)) // RegisterAdmin's paths take precedence
 	mux.Handle("/healthz", get(h.healthz))
 	mux.Handle("/readyz", get(h.readyz))
 	mux.Handle("/status", get(h.statusPage))

@@ -87,12 +87,6 @@ func (h *Handler) healthz(w http.ResponseWriter, _ *http.Request) {
 	}{"alive", h.uptime()})
 }
 
-// readyz is the readiness probe: 503 until the pool has connected and while it is unhealthy.
-// It reads the last health check rather than querying, so probes add no load.
-func (h *Handler) readyz(w http.ResponseWriter, r *http.Request) {
-	h.health(w, r)
-}
-
 func (h *Handler) performance(w http.ResponseWriter, _ *http.Request) {
 	s := h.mgr.Stats()
 	resp := PerformanceResponse{

@@ -317,6 +317,10 @@ func (c Config) poolDashboard() *Dashboard {
 		q{s(`sum(rate(pgsidecar_proxy_prepared_statement_evictions_total{SEL}[RI]))`), "evictions"}), 12, 8)
 	b.add(timeseries("Sessions pinned", "Client sessions that became pinned, per second, by reason.", "ops",
 		q{s(`sum by (reason) (rate(pgsidecar_proxy_pinned_sessions_total{SEL}[RI]))`), "{{reason}}"}), 12, 8)
+	b.add(timeseries("Proxy paused", "Sidecars whose proxy is paused (POST /api/proxy/pause, for a planned database restart; the database-down and pool alerts stay quiet meanwhile), the clients waiting for the resume, and the share of time spent paused.", "short",
+		q{s(`sum(pgsidecar_proxy_paused{SEL})`), "paused sidecars"},
+		q{s(`sum(pgsidecar_proxy_paused_clients{SEL})`), "queued clients"},
+		q{s(`sum(rate(pgsidecar_proxy_paused_seconds_total{SEL}[RI]))`), "paused (sidecar-seconds per second)"}), 24, 6)
 
 	b.row("Top statements (--statements.top)")
 	stmtP99 := s(`histogram_quantile(0.99, sum by (fingerprint, le) (rate(pgsidecar_statement_duration_seconds_bucket{SEL}[RI])))`)

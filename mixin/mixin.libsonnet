@@ -156,7 +156,7 @@
               "runbook_url": "https://github.com/pgsidecar/pgsidecar/blob/main/docs/runbooks.md#pgsidecarpoolutilizationhigh",
               "summary": "Most connections of the pool are in use.",
             },
-            "expr": "pool:pgsidecar_pool_utilization:ratio > 0.8",
+            "expr": f("pool:pgsidecar_pool_utilization:ratio > 0.8\nunless on (job, instance) (pgsidecar_proxy_paused%(selectorBraces)s == 1)\n"),
             "for": "5m",
             "labels": {
               "severity": "warning",
@@ -169,7 +169,7 @@
               "runbook_url": "https://github.com/pgsidecar/pgsidecar/blob/main/docs/runbooks.md#pgsidecarpoolsaturated",
               "summary": "Clients keep waiting for a pool connection.",
             },
-            "expr": f("min_over_time(pgsidecar_pool_pending_acquires%(selectorBraces)s[5m]) > 0"),
+            "expr": f("min_over_time(pgsidecar_pool_pending_acquires%(selectorBraces)s[5m]) > 0\nunless on (job, instance) (pgsidecar_proxy_paused%(selectorBraces)s == 1)\n"),
             "for": "5m",
             "labels": {
               "severity": "warning",
@@ -182,7 +182,7 @@
               "runbook_url": "https://github.com/pgsidecar/pgsidecar/blob/main/docs/runbooks.md#pgsidecarpoolacquiretimeouts",
               "summary": "Callers gave up waiting for a pool connection.",
             },
-            "expr": f("increase(pgsidecar_pool_acquire_timeouts_total%(selectorBraces)s[5m]) > 0"),
+            "expr": f("increase(pgsidecar_pool_acquire_timeouts_total%(selectorBraces)s[5m]) > 0\nunless on (job, instance) (pgsidecar_proxy_paused%(selectorBraces)s == 1)\n"),
             "labels": {
               "severity": "warning",
             },
@@ -194,7 +194,7 @@
               "runbook_url": "https://github.com/pgsidecar/pgsidecar/blob/main/docs/runbooks.md#pgsidecarhealthcheckfailing",
               "summary": "The sidecar's health checks against PostgreSQL fail.",
             },
-            "expr": f("pgsidecar_health_check_up%(selectorBraces)s == 0"),
+            "expr": f("pgsidecar_health_check_up%(selectorBraces)s == 0\nunless on (job, instance) (pgsidecar_proxy_paused%(selectorBraces)s == 1)\n"),
             "for": "1m",
             "labels": {
               "severity": "critical",
@@ -232,7 +232,7 @@
               "runbook_url": "https://github.com/pgsidecar/pgsidecar/blob/main/docs/runbooks.md#pgsidecarproxyclientwaithigh",
               "summary": "Proxy clients wait too long for a server connection.",
             },
-            "expr": f("histogram_quantile(0.99, rate(pgsidecar_proxy_client_wait_seconds_bucket%(selectorBraces)s[5m])) > 0.5\nand\nrate(pgsidecar_proxy_client_wait_seconds_count%(selectorBraces)s[5m]) > 0.1\n"),
+            "expr": f("histogram_quantile(0.99, rate(pgsidecar_proxy_client_wait_seconds_bucket%(selectorBraces)s[5m])) > 0.5\nand\nrate(pgsidecar_proxy_client_wait_seconds_count%(selectorBraces)s[5m]) > 0.1\nunless on (job, instance) (pgsidecar_proxy_paused%(selectorBraces)s == 1)\n"),
             "for": "5m",
             "labels": {
               "severity": "warning",
@@ -276,7 +276,7 @@
               "runbook_url": "https://github.com/pgsidecar/pgsidecar/blob/main/docs/runbooks.md#pgsidecardatabasedown",
               "summary": "PostgreSQL is unreachable from the sidecar.",
             },
-            "expr": f("(pg_up%(selectorBraces)s and on (job, instance) pgsidecar_build_info%(selectorBraces)s) == 0"),
+            "expr": f("(pg_up%(selectorBraces)s and on (job, instance) pgsidecar_build_info%(selectorBraces)s) == 0\nunless on (job, instance) (pgsidecar_proxy_paused%(selectorBraces)s == 1)\n"),
             "for": "1m",
             "labels": {
               "severity": "critical",
@@ -3194,14 +3194,111 @@
           "type": "timeseries",
         },
         {
-          "collapsed": false,
+          "datasource": {
+            "type": "prometheus",
+            "uid": "${datasource}",
+          },
+          "description": "Sidecars whose proxy is paused (POST /api/proxy/pause, for a planned database restart; the database-down and pool alerts stay quiet meanwhile), the clients waiting for the resume, and the share of time spent paused.",
+          "fieldConfig": {
+            "defaults": {
+              "color": {
+                "mode": "palette-classic",
+              },
+              "custom": {
+                "axisSoftMin": 0,
+                "drawStyle": "line",
+                "fillOpacity": 10,
+                "lineWidth": 1,
+                "showPoints": "never",
+                "spanNulls": false,
+                "thresholdsStyle": {
+                  "mode": "off",
+                },
+              },
+              "mappings": [],
+              "thresholds": {
+                "mode": "absolute",
+                "steps": [
+                  {
+                    "color": "green",
+                    "value": null,
+                  },
+                ],
+              },
+              "unit": "short",
+            },
+            "overrides": [],
+          },
           "gridPos": {
-            "h": 1,
+            "h": 6,
             "w": 24,
             "x": 0,
             "y": 96,
           },
           "id": 37,
+          "options": {
+            "legend": {
+              "calcs": [
+                "mean",
+                "max",
+                "lastNotNull",
+              ],
+              "displayMode": "table",
+              "placement": "bottom",
+              "showLegend": true,
+            },
+            "tooltip": {
+              "mode": "multi",
+              "sort": "desc",
+            },
+          },
+          "targets": [
+            {
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+              "expr": f("sum(pgsidecar_proxy_paused{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\", pool=~\"$pool\"%(selectorComma)s})"),
+              "instant": false,
+              "legendFormat": "paused sidecars",
+              "range": true,
+              "refId": "A",
+            },
+            {
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+              "expr": f("sum(pgsidecar_proxy_paused_clients{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\", pool=~\"$pool\"%(selectorComma)s})"),
+              "instant": false,
+              "legendFormat": "queued clients",
+              "range": true,
+              "refId": "B",
+            },
+            {
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+              "expr": f("sum(rate(pgsidecar_proxy_paused_seconds_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\", pool=~\"$pool\"%(selectorComma)s}[$__rate_interval]))"),
+              "instant": false,
+              "legendFormat": "paused (sidecar-seconds per second)",
+              "range": true,
+              "refId": "C",
+            },
+          ],
+          "title": "Proxy paused",
+          "type": "timeseries",
+        },
+        {
+          "collapsed": false,
+          "gridPos": {
+            "h": 1,
+            "w": 24,
+            "x": 0,
+            "y": 102,
+          },
+          "id": 38,
           "title": "Top statements (--statements.top)",
           "type": "row",
         },
@@ -3234,9 +3331,9 @@
             "h": 10,
             "w": 24,
             "x": 0,
-            "y": 97,
+            "y": 103,
           },
-          "id": 38,
+          "id": 39,
           "options": {
             "showHeader": true,
             "sortBy": [
@@ -3341,9 +3438,9 @@
             "h": 8,
             "w": 12,
             "x": 0,
-            "y": 107,
+            "y": 113,
           },
-          "id": 39,
+          "id": 40,
           "options": {
             "legend": {
               "calcs": [
@@ -3416,9 +3513,9 @@
             "h": 8,
             "w": 12,
             "x": 12,
-            "y": 107,
+            "y": 113,
           },
-          "id": 40,
+          "id": 41,
           "options": {
             "legend": {
               "calcs": [
@@ -3492,9 +3589,9 @@
             "h": 8,
             "w": 12,
             "x": 0,
-            "y": 115,
+            "y": 121,
           },
-          "id": 41,
+          "id": 42,
           "options": {
             "legend": {
               "calcs": [
@@ -3567,9 +3664,9 @@
             "h": 8,
             "w": 12,
             "x": 12,
-            "y": 115,
+            "y": 121,
           },
-          "id": 42,
+          "id": 43,
           "options": {
             "legend": {
               "calcs": [
@@ -3608,9 +3705,9 @@
             "h": 1,
             "w": 24,
             "x": 0,
-            "y": 123,
+            "y": 129,
           },
-          "id": 43,
+          "id": 44,
           "title": "Health",
           "type": "row",
         },
@@ -3676,9 +3773,9 @@
             "h": 8,
             "w": 8,
             "x": 0,
-            "y": 124,
+            "y": 130,
           },
-          "id": 44,
+          "id": 45,
           "options": {
             "legend": {
               "calcs": [
@@ -3751,9 +3848,9 @@
             "h": 8,
             "w": 8,
             "x": 8,
-            "y": 124,
+            "y": 130,
           },
-          "id": 45,
+          "id": 46,
           "options": {
             "legend": {
               "calcs": [
@@ -3826,9 +3923,9 @@
             "h": 8,
             "w": 8,
             "x": 16,
-            "y": 124,
+            "y": 130,
           },
-          "id": 46,
+          "id": 47,
           "options": {
             "legend": {
               "calcs": [

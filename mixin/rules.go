@@ -209,6 +209,10 @@ and
 		return strings.Join(parts, " or ")
 	}
 
+	// A paused proxy (POST /api/proxy/pause, for a planned database restart) keeps the
+	// database-down and pool alerts quiet: its clients wait on purpose, and the database may be
+	// down on purpose.
+	const unlessPaused = "\nunless on (job, instance) (pgsidecar_proxy_paused == 1)"
 	sidecar := RuleGroup{Name: "pgsidecar.alerts", Rules: []Rule{
 		c.alert("PgSidecarQueryErrorRateHigh", "warning", c.ForMedium, fmt.Sprintf(`
 pool:pgsidecar_query_error_ratio:rate5m > %s
@@ -223,19 +227,19 @@ pool:pgsidecar_queries:rate5m > %s`, num(c.AvgLatencySeconds), minRate),
 			"Queries through the pool are slow on average.",
 			fmt.Sprintf(`Queries of pool {{ $labels.pool }} on {{ $labels.instance }} took {{ $value | humanizeDuration }} on average over the last 5 minutes (threshold %ss).`, num(c.AvgLatencySeconds))),
 		c.alert("PgSidecarPoolUtilizationHigh", "warning", c.ForMedium,
-			fmt.Sprintf(`pool:pgsidecar_pool_utilization:ratio > %s`, num(c.PoolUtilization)),
+			fmt.Sprintf(`pool:pgsidecar_pool_utilization:ratio > %s`, num(c.PoolUtilization))+unlessPaused,
 			"Most connections of the pool are in use.",
 			fmt.Sprintf(`Pool {{ $labels.pool }} on {{ $labels.instance }} has {{ $value | humanizePercentage }} of its maximum connections in use (threshold %s).`, pct(c.PoolUtilization))),
 		c.alert("PgSidecarPoolSaturated", "warning", c.ForMedium,
-			`min_over_time(pgsidecar_pool_pending_acquires[5m]) > 0`,
+			`min_over_time(pgsidecar_pool_pending_acquires[5m]) > 0`+unlessPaused,
 			"Clients keep waiting for a pool connection.",
 			`Pool {{ $labels.pool }} on {{ $labels.instance }} has had at least {{ $value }} callers waiting for a connection at every scrape for 5 minutes: the pool is too small for its load, or connections are held too long.`),
 		c.alert("PgSidecarPoolAcquireTimeouts", "warning", 0,
-			`increase(pgsidecar_pool_acquire_timeouts_total[5m]) > 0`,
+			`increase(pgsidecar_pool_acquire_timeouts_total[5m]) > 0`+unlessPaused,
 			"Callers gave up waiting for a pool connection.",
 			`{{ $value | humanize }} acquires of pool {{ $labels.pool }} on {{ $labels.instance }} timed out in the last 5 minutes.`),
 		c.alert("PgSidecarHealthCheckFailing", "critical", c.ForShort,
-			`pgsidecar_health_check_up == 0`,
+			`pgsidecar_health_check_up == 0`+unlessPaused,
 			"The sidecar's health checks against PostgreSQL fail.",
 			`Health checks of pool {{ $labels.pool }} on {{ $labels.instance }} have failed for at least `+dur(c.ForShort)+`.`),
 		c.alert("PgSidecarSlowQueries", "warning", 0,
@@ -249,7 +253,7 @@ pool:pgsidecar_queries:rate5m > %s`, num(c.AvgLatencySeconds), minRate),
 		c.alert("PgSidecarProxyClientWaitHigh", "warning", c.ForMedium, fmt.Sprintf(`
 histogram_quantile(0.99, rate(pgsidecar_proxy_client_wait_seconds_bucket[5m])) > %s
 and
-rate(pgsidecar_proxy_client_wait_seconds_count[5m]) > %s`, num(c.ProxyClientWaitSeconds), minRate),
+rate(pgsidecar_proxy_client_wait_seconds_count[5m]) > %s`+unlessPaused, num(c.ProxyClientWaitSeconds), minRate),
 			"Proxy clients wait too long for a server connection.",
 			fmt.Sprintf(`1%% of the waits of proxy clients of pool {{ $labels.pool }} on {{ $labels.instance }} for a server connection took longer than {{ $value | humanizeDuration }} over the last 5 minutes (threshold %ss).`, num(c.ProxyClientWaitSeconds))),
 		c.alert("PgSidecarStatementLatencyRegression", "warning", c.ForLong, fmt.Sprintf(`
@@ -275,7 +279,7 @@ sum by (cluster, job, pool, fingerprint) (rate(pgsidecar_statement_duration_seco
 
 	pg := RuleGroup{Name: "pgsidecar-postgresql.alerts", Rules: []Rule{
 		c.alert("PgSidecarDatabaseDown", "critical", c.ForShort,
-			`pg_up == 0`,
+			`pg_up == 0`+unlessPaused,
 			"PostgreSQL is unreachable from the sidecar.",
 			`Pool {{ $labels.pool }} on {{ $labels.instance }} cannot reach PostgreSQL: pg_up has been 0 for `+dur(c.ForShort)+`.`),
 		c.alert("PgSidecarServerConnectionsOvercommitted", "warning", c.ForLong, fmt.Sprintf(`

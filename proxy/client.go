@@ -227,6 +227,13 @@ func (cl *client) checkout(wait bool) (*srvConn, error) {
 		c.mu.Unlock()
 	}
 	cl.setState(s.m.waiting)
+	if err := cl.pauseQueue(wait); err != nil {
+		cl.setState(s.m.idle)
+		if err == errPausedNoWait {
+			return nil, nil
+		}
+		return nil, err
+	}
 	var c *srvConn
 	for {
 		var err error
@@ -399,7 +406,8 @@ func (cl *client) abortBatch(c *srvConn, b []byte) []byte {
 	return appendMsg(b, 'S', nil)
 }
 
-// errIdleWait: the client sent nothing before its idle-transaction deadline.
+// errIdleWait: the client sent nothing before its idle-transaction deadline, or before a
+// deadline EndSessions set.
 var errIdleWait = errors.New("idle transaction deadline")
 
 // armIdleTimeout sets a read deadline on a client about to wait for its next message while it
@@ -460,7 +468,7 @@ func (cl *client) readHeader(hdr []byte) error {
 			cl.rewrite = nil
 		}
 		if got, err := io.ReadFull(cl.conn, hdr); err != nil {
-			if got == 0 && !cl.idleDeadline.IsZero() && isTimeout(err) {
+			if got == 0 && (!cl.idleDeadline.IsZero() || cl.core.ending()) && isTimeout(err) {
 				return errIdleWait
 			}
 			return err

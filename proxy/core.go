@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -23,7 +24,9 @@ type core struct {
 	cfg      Config
 	log      *slog.Logger
 	m        *metrics
-	ctx      context.Context // canceled by Close
+	ctx      context.Context           // canceled by Close
+	endBy    atomic.Pointer[time.Time] // set by EndSessions: when the grace for open transactions ends
+	maint    maintenance               // pause and reconnect
 	analysis sessionsql.Cache
 	stmts    stmtRegistry
 	// Logs of what clients did that pinned or closed them.

@@ -62,11 +62,14 @@ func (cl *client) next(hdr []byte) (typ byte, n int, ok bool) {
 		if s.cfg.IdleTransactionTimeout > 0 {
 			cl.armIdleTimeout()
 		}
+		if s.ending() && cl.endDue() {
+			return 0, 0, false
+		}
 		err := cl.readHeader(hdr)
 		if err == nil {
 			break
 		}
-		if err == errIdleWait && !cl.idleTooLong() {
+		if err == errIdleWait && (s.ending() || !cl.idleTooLong()) {
 			continue
 		}
 		return 0, 0, false
@@ -74,6 +77,9 @@ func (cl *client) next(hdr []byte) (typ byte, n int, ok bool) {
 	if !cl.idleDeadline.IsZero() {
 		cl.idleDeadline = time.Time{}
 		_ = cl.conn.SetReadDeadline(time.Time{})
+	}
+	if s.ending() && cl.endDue() {
+		return 0, 0, false
 	}
 	typ = hdr[0]
 	n = int(binary.BigEndian.Uint32(hdr[1:])) - 4

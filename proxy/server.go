@@ -98,6 +98,7 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 		o(s)
 	}
 	s.log = s.log.With("pool", mgr.Name())
+	s.maint.init(mgr.Name())
 	s.stmts.analysis = &s.analysis
 	s.pinLog = &logThrottle{log: s.log, msg: "Proxy session pinned to its server connection", interval: cfg.AuthFailureLogInterval}
 	s.auth = authenticator{core: &s.core, creds: map[string]*credential{},
@@ -137,9 +138,9 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 	s.table = newClientTable(&s.core.cfg)
 	s.gate = gate{core: &s.core, set: s.txSet, auth: &s.auth, table: s.table, tlsMode: cfg.tlsMode(), database: mgr.Database()}
 	if s.reg != nil {
-		for i, c := range s.m.collectors() {
+		for i, c := range s.collectors() {
 			if err := s.reg.Register(c); err != nil {
-				for _, done := range s.m.collectors()[:i] {
+				for _, done := range s.collectors()[:i] {
 					s.reg.Unregister(done)
 				}
 				return nil, fmt.Errorf("proxy: registering metrics: %w", err)
@@ -280,7 +281,7 @@ func (s *Server) Close() error {
 	s.oversizeLog.stop()
 	s.idleTxLog.stop()
 	if s.reg != nil {
-		for _, c := range s.m.collectors() {
+		for _, c := range s.collectors() {
 			s.reg.Unregister(c)
 		}
 	}

@@ -216,7 +216,7 @@ func (ss *serverSet) giveBack(c *srvConn) {
 	// In session mode a connection no client waits for goes back to the pool at once, as a
 	// session's always did: library traffic on the same pool may need it, and sessions are
 	// long, so the set's checkout without a ping saves little.
-	if ss.closed || time.Since(c.born) > s.mgr.Config().MaxLifetime || s.cfg.PoolMode == PoolSession && ss.waiters.Len() == 0 {
+	if ss.closed || time.Since(c.born) > s.mgr.Config().MaxLifetime || s.maint.replaced(c) || s.cfg.PoolMode == PoolSession && ss.waiters.Len() == 0 {
 		ss.shrunk()
 		ss.count(c, uncounted)
 		c.gone = true

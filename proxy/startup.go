@@ -47,6 +47,10 @@ func (s *gate) handle(raw net.Conn) {
 		s.core.refuse(raw, err)
 		return
 	}
+	if s.core.ending() {
+		s.core.refuse(conn, reject("57P03", "the proxy is shutting down"))
+		return
+	}
 	cl := newClient(s.core, s.set, conn, params, remoteString(raw))
 	cl.cr = getReader(conn)
 	if err := s.auth.authenticate(cl, raw); err != nil {
@@ -207,6 +211,9 @@ func (s *gate) cancelRequest(pid, secret uint32) {
 	}
 	ctx, cancel := context.WithTimeout(s.core.ctx, s.core.cfg.ResetTimeout)
 	defer cancel()
+	if cl.cancelQueued() {
+		return // a request a pause queued: it fails with 57014 without reaching the server
+	}
 	if cl.cancelServer(ctx) {
 		s.core.m.cancels.Inc()
 	}
