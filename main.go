@@ -118,6 +118,8 @@ type deps struct {
 	links  []web.LandingLinks // landing page links; features append theirs
 	// metricsMiddleware wraps the telemetry handler, e.g. to pass each scrape's deadline on.
 	metricsMiddleware []func(http.Handler) http.Handler
+	// reload is SIGHUP's and POST /-/reload's; features add what they read again.
+	reload *reloader
 }
 
 // registry is the process's Prometheus registry; it remembers what was registered so the
@@ -166,6 +168,10 @@ type app struct {
 	logCfg        *promslog.Config
 	envFile       string
 	features      []feature
+	// databaseURLFile is --database-url-file; fromDataSource: DATABASE_URL came from
+	// postgres_exporter's DATA_SOURCE_* variables. A reload reads either again.
+	databaseURLFile string
+	fromDataSource  bool
 }
 
 // envFileVar names the .env file like --env-file; it is read before the command line is parsed,
@@ -220,6 +226,7 @@ func newApp(stdout, stderr io.Writer) (*kingpin.Application, *app) {
 	k.HelpFlag.Short('h')
 	bindSettings(k, a, []settings.Setting[app]{envFileSetting})
 	bindSettings(k, &a.poolCfg, pool.Settings())
+	bindSettings(k, a, []settings.Setting[app]{databaseURLFileSetting})
 	bindSettings(k, a, webSettings())
 	a.features = features()
 	for _, f := range a.features {
@@ -336,7 +343,12 @@ func start(ctx context.Context, args []string, stdout, stderr io.Writer, stage *
 		fmt.Fprintf(stderr, "pgsidecar: %s\n", redact.Scrub(err.Error(), os.Getenv("DATABASE_URL"), dsn))
 		return nil, 2
 	}
+	if err := a.useDatabaseURLFile(dsn != ""); err != nil {
+		fmt.Fprintf(stderr, "pgsidecar: %s\n", err)
+		return nil, 2
+	}
 	if dsn != "" {
+		a.fromDataSource = true
 		if a.poolCfg.DatabaseURL != "" {
 			fmt.Fprintln(stderr, "pgsidecar: --database-url and postgres_exporter's DATA_SOURCE_* variables are both set; set one")
 			return nil, 2
@@ -447,7 +459,8 @@ func startServer(ctx context.Context, a *app, logger *slog.Logger, stage *startS
 		MaxRequestsInFlight: 128,
 	})
 	d := &deps{mgr: mgr, reg: reg, mux: mux, logger: logger,
-		links: []web.LandingLinks{{Address: a.telemetryPath, Text: "Metrics"}}}
+		links:  []web.LandingLinks{{Address: a.telemetryPath, Text: "Metrics"}},
+		reload: newReloader(logger, mgr, a.databaseURLAgain)}
 	for _, f := range a.features {
 		stage.set("starting the " + f.name())
 		stopFeature, err := f.start(ctx, d)
@@ -463,6 +476,12 @@ func startServer(ctx context.Context, a *app, logger *slog.Logger, stage *startS
 			s.cleanup = append(s.cleanup, stopFeature)
 		}
 	}
+	stopReload, err := d.reload.start(ctx, reg, mux)
+	if err != nil {
+		logger.Error("Cannot start", "error", err.Error())
+		return nil, 1
+	}
+	s.cleanup = append(s.cleanup, stopReload)
 	for _, wrap := range d.metricsMiddleware {
 		metricsHandler = wrap(metricsHandler)
 	}

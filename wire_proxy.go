@@ -20,6 +20,8 @@ func (f *proxyFeature) flags(k *kingpin.Application) {
 	bindSettings(k, &f.cfg, proxy.Settings())
 }
 
+// start runs the proxy; a reload (reload.go) reads its users file and certificate again and
+// makes it follow the server password.
 func (f *proxyFeature) start(_ context.Context, d *deps) (func(), error) {
 	if len(f.cfg.Listen) == 0 {
 		return nil, nil
@@ -36,6 +38,7 @@ func (f *proxyFeature) start(_ context.Context, d *deps) (func(), error) {
 		}
 		return nil, err
 	}
+	d.reload.add("proxy", srv.Reload)
 	return func() { _ = srv.Close() }, nil
 }
 
