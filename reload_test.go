@@ -140,6 +140,9 @@ func TestReloadRotatesCertificateAndUsersFile(t *testing.T) {
 	if got := sample(t, addr, "pgsidecar_config_last_reload_successful"); got != "pgsidecar_config_last_reload_successful 1" {
 		t.Fatalf("%s after a good reload", got)
 	}
+	if strings.Contains(logs.String(), "Server password changed") {
+		t.Fatalf("a reload with the same DATABASE_URL took the password as changed:\n%s", logs.String())
+	}
 }
 
 // TestReloadWithBrokenCertificate: a certificate that does not parse fails the reload, which

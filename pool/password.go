@@ -34,8 +34,7 @@ func (m *Manager) ReloadPassword(databaseURL string) (changed bool, err error) {
 	m.scrub.AddPassword(pc.ConnConfig.Password)
 	m.passwordMu.Lock()
 	defer m.passwordMu.Unlock()
-	old := m.password.Load()
-	if old != nil && *old == pc.ConnConfig.Password {
+	if pc.ConnConfig.Password == m.currentPassword() {
 		return false, nil
 	}
 	m.password.Store(&pc.ConnConfig.Password)

@@ -44,6 +44,9 @@ func TestReloadPasswordNewConnectionsUseIt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if changed, err := h.m.ReloadPassword(cfg.DatabaseURL); err != nil || changed {
+		t.Fatalf("ReloadPassword with the password in use = %v, %v; want false, nil", changed, err)
+	}
 
 	if err := cluster.Exec(ctx, "ALTER ROLE "+role+" PASSWORD 'second-secret-pw'"); err != nil {
 		t.Fatal(err)
