@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -280,5 +281,41 @@ func TestDatabaseURLFileConflicts(t *testing.T) {
 	if code := run(context.Background(), []string{"--database-url-file=" + empty}, io.Discard, &stderr); code != 2 ||
 		!strings.Contains(stderr.String(), "is empty") {
 		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+}
+
+// TestSIGHUPReloads: the signal systemd's ExecReload sends reloads as POST /-/reload does, and a
+// second one after it as well (the process neither ends nor stops listening for it).
+func TestSIGHUPReloads(t *testing.T) {
+	clearPoolEnv(t)
+	dir := t.TempDir()
+	users := filepath.Join(dir, "users.txt")
+	must(t, os.WriteFile(users, []byte(`"app" "hup-pw-one"`+"\n"), 0o600))
+	addr, proxyAddr := testutil.FreeAddr(t), testutil.FreeAddr(t)
+	out, err := os.Create(filepath.Join(dir, "log"))
+	must(t, err)
+	defer out.Close()
+	p := startProcess(t, out, "--web.listen-address="+addr, "--database-url="+cluster.URL(""),
+		"--proxy.listen-address="+proxyAddr, "--proxy.users-file="+users, "--db.min-connections=1", "--db.metrics-log-interval=0")
+	logs := func() string { b, _ := os.ReadFile(out.Name()); return string(b) }
+	if !pgtest.WaitFor(20*time.Second, func() bool { return strings.Contains(logs(), "Proxy listening") }) {
+		t.Fatalf("never listened:\n%s", logs())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	url := func(pw string) string { return fmt.Sprintf("postgres://app:%s@%s/postgres?sslmode=disable", pw, proxyAddr) }
+	for i, pw := range []string{"hup-pw-two", "hup-pw-three"} {
+		must(t, os.WriteFile(users, []byte(`"app" "`+pw+`"`+"\n"), 0o600))
+		must(t, p.cmd.Process.Signal(syscall.SIGHUP))
+		if !pgtest.WaitFor(10*time.Second, func() bool { return strings.Count(logs(), "msg=Reloaded") == i+1 }) {
+			t.Fatalf("SIGHUP %d did not reload:\n%s", i+1, logs())
+		}
+		c := connectProxy(t, ctx, url(pw))
+		if _, err := c.Exec(ctx, "select 1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !p.running() {
+		t.Fatal("the process ended")
 	}
 }
