@@ -12,8 +12,9 @@ import (
 // and key, and, without users, the password of the pool's user (which the pool takes on with
 // Manager.ReloadPassword, so call that first). What it reads applies to logins that start
 // afterwards: sessions and logins in progress keep what they started with, and no connection is
-// closed. On error nothing changes: a users file and certificate that were read apply together
-// or not at all. Errors name the file and never hold a secret.
+// closed. A users file and a certificate read in one Reload apply together or not at all: on
+// error both stay as they were (the pool user's credential, read from no file, still follows
+// the pool). Errors name the file and never hold a secret.
 //
 // When the pool user's password changed and Config.PasswordRotationWindow is not 0, the
 // previous one stays accepted for that long; each login with it is logged and counted.
@@ -22,6 +23,13 @@ func (s *Server) Reload() error {
 	defer s.reloadMu.Unlock()
 	files, err := s.cfg.readFiles()
 	if err != nil {
+		if s.cfg.UsersFile == "" && len(s.cfg.Users) == 0 {
+			// The pool user's credential comes from no file: it follows the pool's password
+			// whatever became of the files.
+			if creds, cerr := s.credentials(nil, s.auth.creds.Load()); cerr == nil {
+				s.auth.creds.Store(creds)
+			}
+		}
 		return err
 	}
 	users := s.cfg.Users

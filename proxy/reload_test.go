@@ -225,13 +225,15 @@ func TestReloadWithBrokenCertificateChangesNothing(t *testing.T) {
 // one, each such login logged without the password.
 func TestPreviousPoolPasswordAcceptedForTheWindow(t *testing.T) {
 	for _, tc := range []struct {
-		name   string
-		method AuthMethod
-		window time.Duration
+		name       string
+		method     AuthMethod
+		window     time.Duration
+		brokenCert bool // the same reload finds the TLS certificate broken
 	}{
-		{"scram", AuthSCRAM, time.Hour},
-		{"md5", AuthMD5, time.Hour},
-		{"no window", AuthSCRAM, 0},
+		{"scram", AuthSCRAM, time.Hour, false},
+		{"md5", AuthMD5, time.Hour, false},
+		{"no window", AuthSCRAM, 0, false},
+		{"broken certificate", AuthSCRAM, time.Hour, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			role := "rotating_" + strings.ReplaceAll(tc.name, " ", "_")
@@ -243,10 +245,14 @@ func TestPreviousPoolPasswordAcceptedForTheWindow(t *testing.T) {
 				_ = cluster.Exec(context.Background(), fmt.Sprintf("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '%s'", role))
 				_ = cluster.Exec(context.Background(), "DROP ROLE IF EXISTS "+role)
 			})
+			dir := t.TempDir()
+			certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+			writeCert(t, certFile, keyFile)
 			h := newHarness(t, func(pc *pool.Config, c *Config) {
 				pc.DatabaseURL = cluster.URLFor(role, "rot-old-pw", "postgres")
 				pc.MaxConns, pc.MinConns = 5, 1
 				c.Auth, c.PasswordRotationWindow = tc.method, tc.window
+				c.TLSCertFile, c.TLSKeyFile = certFile, keyFile
 			})
 			running := h.connect(t, ctx, h.url(role, "rot-old-pw", ""))
 
@@ -256,7 +262,12 @@ func TestPreviousPoolPasswordAcceptedForTheWindow(t *testing.T) {
 			if _, err := h.mgr.ReloadPassword(cluster.URLFor(role, "rot-new-pw", "postgres")); err != nil {
 				t.Fatal(err)
 			}
-			if err := h.srv.Reload(); err != nil {
+			if tc.brokenCert {
+				writeFile(t, certFile, "not a certificate")
+				if err := h.srv.Reload(); err == nil {
+					t.Fatal("Reload with a broken certificate succeeded")
+				}
+			} else if err := h.srv.Reload(); err != nil {
 				t.Fatal(err)
 			}
 			// Three sessions at once need server connections the pool opens after the reload.
