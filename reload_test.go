@@ -303,7 +303,9 @@ func TestSIGHUPReloads(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	url := func(pw string) string { return fmt.Sprintf("postgres://app:%s@%s/postgres?sslmode=disable", pw, proxyAddr) }
+	url := func(pw string) string {
+		return fmt.Sprintf("postgres://app:%s@%s/postgres?sslmode=disable", pw, proxyAddr)
+	}
 	for i, pw := range []string{"hup-pw-two", "hup-pw-three"} {
 		must(t, os.WriteFile(users, []byte(`"app" "`+pw+`"`+"\n"), 0o600))
 		must(t, p.cmd.Process.Signal(syscall.SIGHUP))
