@@ -30,7 +30,8 @@
 //     goroutine per client reads its messages, checks out a server connection when a request
 //     needs one, and maps its statements and settings onto the connection.
 //   - auth.go, clients.go, startup.go, server.go: the front door and the Server, which listens,
-//     lets clients in (gate), keeps track of them (clientTable) and closes.
+//     lets clients in (gate), keeps track of them (clientTable) and closes; reload.go: what
+//     Reload reads again (users file, certificate, the pool user's password) for new logins.
 //
 // The proxy serves the database and user of the pool's DATABASE_URL: clients authenticate
 // against the proxy's own credentials, and their queries run as the pool's user. Cancel keys
