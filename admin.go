@@ -1,16 +1,55 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/pgsidecar/pgsidecar/api"
 	"github.com/pgsidecar/pgsidecar/internal/regularfile"
+	"github.com/pgsidecar/pgsidecar/proxy"
 )
+
+// proxySwitch adapts the running proxy to the admin endpoints' api.Maintenance.
+type proxySwitch struct{ s *proxy.Server }
+
+// runningProxy returns the switch of the proxy life holds, or nil before it started.
+func runningProxy(life *lifecycle) func() api.Maintenance {
+	return func() api.Maintenance {
+		if s := life.proxy.Load(); s != nil {
+			return proxySwitch{s}
+		}
+		return nil
+	}
+}
+
+func (p proxySwitch) Pause(ctx context.Context, timeout time.Duration) (api.PauseResponse, error) {
+	res, err := p.s.Pause(ctx, timeout)
+	resp := api.PauseResponse{WaitedSeconds: res.Waited.Seconds(), QueuedClients: res.Queued}
+	for _, x := range res.Holders {
+		resp.Holders = append(resp.Holders, api.Holder{User: x.User, Client: x.Client, Pin: x.Pin})
+	}
+	if errors.Is(err, proxy.ErrPauseUnderWay) {
+		err = api.ErrPauseUnderWay
+	}
+	return resp, err
+}
+
+func (p proxySwitch) Resume() (api.ResumeResponse, bool) {
+	res := p.s.Resume()
+	return api.ResumeResponse{PausedSeconds: res.Paused.Seconds(), ReleasedClients: res.Released}, res.WasPaused
+}
+
+func (p proxySwitch) Reconnect() api.ReconnectResponse {
+	res := p.s.Reconnect()
+	return api.ReconnectResponse{Closed: res.Closed, Replacing: res.Replacing}
+}
 
 // errAdminNotLoopback refuses an admin request that no authentication guards and that came to
 // an address other hosts can reach.

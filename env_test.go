@@ -19,6 +19,7 @@ import (
 var envValues = map[string]string{
 	"env-file":                               "/etc/pgsidecar/app.env",
 	"database-url":                           "postgres://app@db.example/pos",
+	"database-url-file":                      "/run/secrets/database-url",
 	"db.pool-name":                           "orders",
 	"db.max-connections":                     "7",
 	"db.min-connections":                     "2",
@@ -63,6 +64,7 @@ var envValues = map[string]string{
 	"proxy.pin-policy":                       "error",
 	"proxy.query-wait-timeout":               "3s",
 	"proxy.idle-transaction-timeout":         "1m",
+	"proxy.password-rotation-window":         "10m",
 	"statements.top":                         "10",
 	"statements.window":                      "5m",
 	"statements.text-length":                 "80",
@@ -70,13 +72,13 @@ var envValues = map[string]string{
 	"collector.statements.exclude-users":     "u",
 }
 
-// envName is the naming rule of the environment variables: DATABASE_URL and DB_* (the names of
-// the pool service this project started from), PROXY_* and STATEMENTS_* for those features,
+// envName is the naming rule of the environment variables: DATABASE_URL, its _FILE form and DB_*
+// (the names of the pool service this project started from), PROXY_* and STATEMENTS_* for those features,
 // and PGSIDECAR_ followed by the flag for everything else; dots and dashes become underscores.
 func envName(flag string) string {
 	name := strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(flag))
 	switch {
-	case flag == "database-url", strings.HasPrefix(flag, "db."), strings.HasPrefix(flag, "proxy."),
+	case flag == "database-url", flag == "database-url-file", strings.HasPrefix(flag, "db."), strings.HasPrefix(flag, "proxy."),
 		strings.HasPrefix(flag, "statements."):
 		return name
 	}
@@ -94,6 +96,7 @@ type parsedSettings struct {
 	WebConfig, Telemetry         string
 	LogLevel, LogFormat, EnvFile string
 	DrainTimeout                 time.Duration
+	DatabaseURLFile              string
 }
 
 func parseSettings(t *testing.T, args ...string) parsedSettings {
@@ -104,7 +107,8 @@ func parseSettings(t *testing.T, args ...string) parsedSettings {
 	}
 	p := parsedSettings{Pool: a.poolCfg, Listen: *a.webFlags.WebListenAddresses, SystemdSocket: *a.webFlags.WebSystemdSocket,
 		WebConfig: *a.webFlags.WebConfigFile, Telemetry: a.telemetryPath, LogLevel: a.logCfg.Level.String(),
-		LogFormat: a.logCfg.Format.String(), EnvFile: a.envFile, DrainTimeout: a.drainTimeout}
+		LogFormat: a.logCfg.Format.String(), EnvFile: a.envFile, DrainTimeout: a.drainTimeout,
+		DatabaseURLFile: a.databaseURLFile}
 	for _, f := range a.features {
 		switch f := f.(type) {
 		case *apiFeature:

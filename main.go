@@ -122,6 +122,8 @@ type deps struct {
 	webConfigFile string
 	// metricsMiddleware wraps the telemetry handler, e.g. to pass each scrape's deadline on.
 	metricsMiddleware []func(http.Handler) http.Handler
+	// reload is SIGHUP's and POST /-/reload's; features add what they read again.
+	reload *reloader
 }
 
 // registry is the process's Prometheus registry; it remembers what was registered so the
@@ -171,6 +173,10 @@ type app struct {
 	envFile       string
 	drainTimeout  time.Duration
 	features      []feature
+	// databaseURLFile is --database-url-file; fromDataSource: DATABASE_URL came from
+	// postgres_exporter's DATA_SOURCE_* variables. A reload reads either again.
+	databaseURLFile string
+	fromDataSource  bool
 }
 
 // envFileVar names the .env file like --env-file; it is read before the command line is parsed,
@@ -225,6 +231,7 @@ func newApp(stdout, stderr io.Writer) (*kingpin.Application, *app) {
 	k.HelpFlag.Short('h')
 	bindSettings(k, a, []settings.Setting[app]{envFileSetting})
 	bindSettings(k, &a.poolCfg, pool.Settings())
+	bindSettings(k, a, []settings.Setting[app]{databaseURLFileSetting})
 	bindSettings(k, a, webSettings())
 	bindSettings(k, a, shutdownSettings())
 	a.features = features()
@@ -349,7 +356,12 @@ func start(ctx context.Context, args []string, stdout, stderr io.Writer, stage *
 		fmt.Fprintf(stderr, "pgsidecar: %s\n", redact.Scrub(err.Error(), os.Getenv("DATABASE_URL"), dsn))
 		return nil, 2
 	}
+	if err := a.useDatabaseURLFile(dsn != ""); err != nil {
+		fmt.Fprintf(stderr, "pgsidecar: %s\n", err)
+		return nil, 2
+	}
 	if dsn != "" {
+		a.fromDataSource = true
 		if a.poolCfg.DatabaseURL != "" {
 			fmt.Fprintln(stderr, "pgsidecar: --database-url and postgres_exporter's DATA_SOURCE_* variables are both set; set one")
 			return nil, 2
@@ -465,7 +477,9 @@ func startServer(ctx context.Context, a *app, logger *slog.Logger, stage *startS
 		MaxRequestsInFlight: 128,
 	})
 	d := &deps{mgr: mgr, life: s.life, reg: reg, mux: mux, logger: logger,
-		links: []web.LandingLinks{{Address: a.telemetryPath, Text: "Metrics"}}, webConfigFile: *a.webFlags.WebConfigFile}
+		links:         []web.LandingLinks{{Address: a.telemetryPath, Text: "Metrics"}},
+		webConfigFile: *a.webFlags.WebConfigFile,
+		reload:        newReloader(logger, mgr, a.databaseURLAgain)}
 	for _, f := range a.features {
 		stage.set("starting the " + f.name())
 		stopFeature, err := f.start(ctx, d)
@@ -481,6 +495,12 @@ func startServer(ctx context.Context, a *app, logger *slog.Logger, stage *startS
 			s.cleanup = append(s.cleanup, stopFeature)
 		}
 	}
+	stopReload, err := d.reload.start(ctx, reg, mux)
+	if err != nil {
+		logger.Error("Cannot start", "error", err.Error())
+		return nil, 1
+	}
+	s.cleanup = append(s.cleanup, stopReload)
 	for _, wrap := range d.metricsMiddleware {
 		metricsHandler = wrap(metricsHandler)
 	}

@@ -39,7 +39,7 @@ func (f *apiFeature) start(ctx context.Context, d *deps) (func(), error) {
 	}
 	h.Register(d.mux)
 	if f.cfg.EnableAdmin {
-		h.RegisterAdmin(d.mux, api.Admin{Proxy: d.life.proxy.Load, Allow: adminAllowed(d.webConfigFile)})
+		h.RegisterAdmin(d.mux, api.Admin{Proxy: runningProxy(d.life), Allow: adminAllowed(d.webConfigFile)})
 	}
 	d.links = append(d.links, web.LandingLinks{Address: "/status", Text: "Status"},
 		web.LandingLinks{Address: "/api/database/metrics", Text: "Pool metrics (JSON)"},

@@ -2,17 +2,14 @@ package main
 
 import (
 	"context"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/alecthomas/kingpin/v2"
 
 	"github.com/pgsidecar/pgsidecar/collector"
 )
 
-// collectorFeature exports the database statistics (pg_* metrics) and custom queries, and
-// reloads the queries file on SIGHUP and POST /-/reload.
+// collectorFeature exports the database statistics (pg_* metrics) and custom queries; a reload
+// (reload.go) reads the queries file again.
 type collectorFeature struct {
 	cfg collector.Config
 }
@@ -22,7 +19,7 @@ func (f *collectorFeature) flags(k *kingpin.Application) {
 	bindSettings(k, &f.cfg, collector.Settings())
 }
 
-func (f *collectorFeature) start(ctx context.Context, d *deps) (func(), error) {
+func (f *collectorFeature) start(_ context.Context, d *deps) (func(), error) {
 	e, err := collector.New(d.mgr, f.cfg, collector.WithLogger(d.logger))
 	if err != nil {
 		return nil, badConfig(err)
@@ -31,21 +28,9 @@ func (f *collectorFeature) start(ctx context.Context, d *deps) (func(), error) {
 		return nil, err
 	}
 	d.metricsMiddleware = append(d.metricsMiddleware, e.Middleware)
-	d.mux.Handle("/-/reload", e.ReloadHandler())
+	d.reload.add("queries file", e.Reload)
 	d.logger.Info("Collectors enabled", "collectors", e.Enabled(), "queries_file", f.cfg.QueriesFile)
-
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		e.ReloadOn(rctx, hup)
-	}()
 	return func() {
-		signal.Stop(hup)
-		cancel()
-		<-done
 		e.Close()
 		d.reg.Unregister(e)
 	}, nil

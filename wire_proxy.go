@@ -20,6 +20,8 @@ func (f *proxyFeature) flags(k *kingpin.Application) {
 	bindSettings(k, &f.cfg, proxy.Settings())
 }
 
+// start runs the proxy; a reload (reload.go) reads its users file and certificate again and
+// makes it follow the server password.
 func (f *proxyFeature) start(_ context.Context, d *deps) (func(), error) {
 	if len(f.cfg.Listen) == 0 {
 		return nil, nil
@@ -37,6 +39,9 @@ func (f *proxyFeature) start(_ context.Context, d *deps) (func(), error) {
 		return nil, err
 	}
 	d.life.proxy.Store(srv)
+	d.reload.add("proxy", srv.Reload)
+	// A changed server password replaces the server connections after their transactions.
+	d.reload.reconnect = func() { srv.Reconnect() }
 	return func() { _ = srv.Close() }, nil
 }
 

@@ -1,22 +1,36 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"time"
-
-	"github.com/pgsidecar/pgsidecar/proxy"
 )
 
 // Admin wires the proxy's maintenance switch: POST /api/proxy/pause, /api/proxy/resume and
 // /api/proxy/reconnect. The binary mounts it only with --web.enable-admin.
 type Admin struct {
-	// Proxy returns the running proxy, or nil when there is none.
-	Proxy func() *proxy.Server
+	// Proxy returns the running proxy's switch, or nil when there is none.
+	Proxy func() Maintenance
 	// Allow returns an error when a request may not use the endpoints (403).
 	Allow func(r *http.Request) error
 }
+
+// Maintenance is the proxy's maintenance switch as the endpoints use it. The binary adapts the
+// proxy to it, so this package does not depend on the proxy's.
+type Maintenance interface {
+	// Pause queues new transactions and waits up to timeout for those under way. The response's
+	// Status and Error are the handler's to set; a non-nil error means the pause failed, and is
+	// ErrPauseUnderWay when another pause was already waiting.
+	Pause(ctx context.Context, timeout time.Duration) (PauseResponse, error)
+	// Resume lets the queued clients go; wasPaused is false when there was no pause.
+	Resume() (resp ResumeResponse, wasPaused bool)
+	Reconnect() ReconnectResponse
+}
+
+// ErrPauseUnderWay is Pause's error when another pause is still waiting.
+var ErrPauseUnderWay = errors.New("a pause is already under way")
 
 const (
 	// defaultPauseTimeout is how long a pause waits for transactions under way when the request
@@ -71,13 +85,16 @@ func adminOff(w http.ResponseWriter, r *http.Request) {
 }
 
 // guard answers 403 to a request Allow refuses and 404 without a proxy, else calls f with it.
-func (a Admin) guard(f func(http.ResponseWriter, *http.Request, *proxy.Server)) http.HandlerFunc {
+func (a Admin) guard(f func(http.ResponseWriter, *http.Request, Maintenance)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if err := a.Allow(r); err != nil {
 			writeError(w, http.StatusForbidden, err.Error())
 			return
 		}
-		p := a.Proxy()
+		var p Maintenance
+		if a.Proxy != nil {
+			p = a.Proxy()
+		}
 		if p == nil {
 			writeError(w, http.StatusNotFound, "the proxy is not running (no --proxy.listen-address)")
 			return
@@ -88,7 +105,7 @@ func (a Admin) guard(f func(http.ResponseWriter, *http.Request, *proxy.Server)) 
 
 // pause pauses the proxy: ?timeout= (a duration such as 30s, at most 10m) bounds the wait for
 // the transactions under way. 200 once paused; 409 when the pause failed (the proxy resumed).
-func (h *Handler) pause(w http.ResponseWriter, r *http.Request, p *proxy.Server) {
+func (h *Handler) pause(w http.ResponseWriter, r *http.Request, p Maintenance) {
 	timeout := defaultPauseTimeout
 	if v := r.URL.Query().Get("timeout"); v != "" {
 		d, err := time.ParseDuration(v)
@@ -98,31 +115,29 @@ func (h *Handler) pause(w http.ResponseWriter, r *http.Request, p *proxy.Server)
 		}
 		timeout = d
 	}
-	res, err := p.Pause(r.Context(), timeout)
-	resp := PauseResponse{Status: "paused", WaitedSeconds: secs(res.Waited), QueuedClients: res.Queued}
-	for _, x := range res.Holders {
-		resp.Holders = append(resp.Holders, Holder{User: x.User, Client: x.Client, Pin: x.Pin})
-	}
+	resp, err := p.Pause(r.Context(), timeout)
+	resp.Status, resp.Error = "paused", ""
 	code := http.StatusOK
 	if err != nil {
 		code, resp.Status, resp.Error = http.StatusConflict, "resumed", err.Error()
-		if errors.Is(err, proxy.ErrPauseUnderWay) {
+		if errors.Is(err, ErrPauseUnderWay) {
 			resp.Status = "pausing"
 		}
 	}
 	writeJSON(w, code, resp)
 }
 
-func (h *Handler) resume(w http.ResponseWriter, _ *http.Request, p *proxy.Server) {
-	res := p.Resume()
-	resp := ResumeResponse{Status: "resumed", PausedSeconds: secs(res.Paused), ReleasedClients: res.Released}
-	if !res.WasPaused {
+func (h *Handler) resume(w http.ResponseWriter, _ *http.Request, p Maintenance) {
+	resp, wasPaused := p.Resume()
+	resp.Status = "resumed"
+	if !wasPaused {
 		resp.Status = "not paused"
 	}
 	writeJSON(w, http.StatusOK, resp)
 }
 
-func (h *Handler) reconnect(w http.ResponseWriter, _ *http.Request, p *proxy.Server) {
-	res := p.Reconnect()
-	writeJSON(w, http.StatusOK, ReconnectResponse{Status: "reconnecting", Closed: res.Closed, Replacing: res.Replacing})
+func (h *Handler) reconnect(w http.ResponseWriter, _ *http.Request, p Maintenance) {
+	resp := p.Reconnect()
+	resp.Status = "reconnecting"
+	writeJSON(w, http.StatusOK, resp)
 }

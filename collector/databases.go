@@ -123,6 +123,12 @@ func (p *sidePool) get(ctx context.Context, db string) (*pgx.Conn, error) {
 	pc := p.from.Config()
 	cfg := pc.ConnConfig
 	cfg.Database = db
+	if pc.BeforeConnect != nil {
+		// The pool's own hook: the password a reload gave it, among others.
+		if err := pc.BeforeConnect(ctx, cfg); err != nil {
+			return nil, err
+		}
+	}
 	c, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, err

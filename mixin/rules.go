@@ -275,6 +275,10 @@ sum by (cluster, job, pool, fingerprint) (rate(pgsidecar_statement_duration_seco
 			`pg_scrape_collector_success == 0 unless on (job, instance) (pg_up == 0)`,
 			"A database collector of the sidecar fails.",
 			`Collector {{ $labels.collector }} on {{ $labels.instance }} has failed at every scrape for `+dur(c.ForLong)+` while the database is up.`),
+		c.alert("PgSidecarReloadFailed", "warning", c.ForMedium,
+			`pgsidecar_config_last_reload_successful == 0`,
+			"The sidecar's last reload failed and it keeps its previous configuration.",
+			`The last reload (SIGHUP or POST /-/reload) of {{ $labels.instance }} failed for `+dur(c.ForMedium)+`: a queries file, users file, TLS certificate or DATABASE_URL_FILE could not be used, so what was rotated has not been taken. Its log says which and why.`),
 	}}
 
 	pg := RuleGroup{Name: "pgsidecar-postgresql.alerts", Rules: []Rule{

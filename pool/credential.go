@@ -1,6 +1,10 @@
 package pool
 
-import "github.com/pgsidecar/pgsidecar/internal/pgauth"
+import (
+	"crypto/rand"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgauth"
+)
 
 // ClientCredential lets a front end to the pool (such as pgsidecar's protocol proxy) check
 // clients that log in with the user and password of DATABASE_URL without holding the password:
@@ -14,18 +18,29 @@ type ClientCredential struct {
 	SCRAM string
 }
 
-// ClientCredential derives the pool user's ClientCredential from the password pgx resolved for
-// the pool (DATABASE_URL, PGPASSWORD or the password file).
+// ClientCredential derives the pool user's ClientCredential from the password the pool logs in
+// with now (DATABASE_URL, PGPASSWORD or the password file; after ReloadPassword, the one it
+// took).
 func (m *Manager) ClientCredential() (ClientCredential, error) {
-	cc := m.pool.Config().ConnConfig
-	c := ClientCredential{User: cc.User}
-	if cc.Password == "" {
+	salt := make([]byte, 16)
+	_, _ = rand.Read(salt)
+	return m.ClientCredentialWithSalt(salt)
+}
+
+// ClientCredentialWithSalt is ClientCredential with the SCRAM verifier's salt given. A front end
+// that keeps accepting the previous password for a while after a ReloadPassword derives the new
+// credential with the salt of the old one: both then open a SCRAM exchange alike, and the
+// client's proof can be checked against either.
+func (m *Manager) ClientCredentialWithSalt(salt []byte) (ClientCredential, error) {
+	user, password := m.pool.Config().ConnConfig.User, m.currentPassword()
+	c := ClientCredential{User: user}
+	if password == "" {
 		return c, nil
 	}
-	v, err := pgauth.SCRAMVerifier(cc.Password)
+	v, err := pgauth.SCRAMVerifierWithSalt(password, salt)
 	if err != nil {
 		return ClientCredential{}, m.scrubbed(err)
 	}
-	c.MD5, c.SCRAM = pgauth.MD5(cc.Password, cc.User), v
+	c.MD5, c.SCRAM = pgauth.MD5(password, user), v
 	return c, nil
 }

@@ -129,3 +129,22 @@ func exampleManager() *pool.Manager {
 	}
 	return db
 }
+
+// ReloadPassword after a password rotation: the secret holding DATABASE_URL was updated (here
+// with the same password, so nothing changes), and connections opened from now on log in with
+// what it gives. Reset replaces the open ones as they become idle.
+func ExampleManager_ReloadPassword() {
+	db := exampleManager()
+	defer db.Close()
+
+	changed, err := db.ReloadPassword(exampleURL()) // e.g. the file of DATABASE_URL_FILE, read again
+	if err != nil {
+		fmt.Println(err) // another host, user or database: refused, the old password stays
+		return
+	}
+	if changed {
+		db.Pool().Reset()
+	}
+	fmt.Println(changed)
+	// Output: false
+}

@@ -52,6 +52,11 @@ type Manager struct {
 	closeOnce   sync.Once
 	wg          sync.WaitGroup
 
+	// password is what new connections log in with once ReloadPassword has run (nil: the
+	// one DATABASE_URL gave at New); passwordMu serialises reloads.
+	password   atomic.Pointer[string]
+	passwordMu sync.Mutex
+
 	mu        sync.Mutex
 	health    Health
 	slow      slowRing
@@ -90,6 +95,7 @@ func New(cfg Config, opts ...Option) (*Manager, error) {
 	m.tracer = &tracer{metrics: m.metrics, recordQuery: m.RecordQuery, noteError: m.noteError, checkNow: m.checkNow}
 	pc.ConnConfig.Tracer = acquireTracer{m.tracer}
 	pc.BeforeClose = func(*pgx.Conn) { m.closedConns.Add(1) }
+	m.usePassword(pc)
 	// pgxpool keeps MinConns open (it tops the pool up in its background health check and
 	// closes idle connections only down to MinConns); the manager's connect loop adds the
 	// logged, backed-off first warm-up.

@@ -64,6 +64,7 @@ func (m *Manager) NewMonitorPool(opts MonitorOptions) (*pgxpool.Pool, error) {
 			return nil
 		}
 	}
+	m.usePassword(pc)
 	p, err := pgxpool.NewWithConfig(context.Background(), pc)
 	if err != nil {
 		return nil, m.scrubbed(fmt.Errorf("monitor pool: %w", err))

@@ -11,6 +11,8 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -20,7 +22,11 @@ import (
 // scramServer runs the server side of one SCRAM-SHA-256 exchange (RFC 5802, RFC 7677) without
 // channel binding, as PostgreSQL does over connections without TLS binding data.
 type scramServer struct {
-	v               *scramVerifier
+	v *scramVerifier
+	// previous, when not nil, is a second verifier with v's salt and iteration count, which
+	// the proof is checked against when v refuses it; usedPrevious reports that it matched.
+	previous        *scramVerifier
+	usedPrevious    bool
 	clientFirstBare string
 	serverFirst     string
 	gs2Header       string
@@ -84,16 +90,25 @@ func (s *scramServer) final(msg string) (string, error) {
 		return "", errors.New("SCRAM channel binding or nonce mismatch")
 	}
 	authMessage := s.clientFirstBare + "," + s.serverFirst + "," + withoutProof
-	clientSig := hmacSHA256(s.v.storedKey, authMessage)
+	v := s.v
+	if !proves(v, proof, authMessage) {
+		if s.previous == nil || !proves(s.previous, proof, authMessage) {
+			return "", errWrongPassword
+		}
+		v, s.usedPrevious = s.previous, true
+	}
+	return "v=" + base64.StdEncoding.EncodeToString(hmacSHA256(v.serverKey, authMessage)), nil
+}
+
+// proves reports whether a client's proof shows it knows the password of v.
+func proves(v *scramVerifier, proof []byte, authMessage string) bool {
+	clientSig := hmacSHA256(v.storedKey, authMessage)
 	clientKey := make([]byte, sha256.Size)
 	for j := range clientKey {
 		clientKey[j] = proof[j] ^ clientSig[j]
 	}
 	stored := sha256.Sum256(clientKey)
-	if subtle.ConstantTimeCompare(stored[:], s.v.storedKey) != 1 {
-		return "", errWrongPassword
-	}
-	return "v=" + base64.StdEncoding.EncodeToString(hmacSHA256(s.v.serverKey, authMessage)), nil
+	return subtle.ConstantTimeCompare(stored[:], v.storedKey) == 1
 }
 
 var errWrongPassword = errors.New("wrong password")
@@ -101,8 +116,17 @@ var errWrongPassword = errors.New("wrong password")
 // authenticator checks clients' passwords against the proxy's credentials.
 type authenticator struct {
 	core  *core
-	creds map[string]*credential // by user name
-	log   *logThrottle           // of failures
+	creds atomic.Pointer[credSet] // swapped whole by Reload
+	log   *logThrottle            // of failures
+}
+
+// previousPasswordUsed logs and counts a login with the pool user's previous password, which
+// the rotation window still accepts. Only a client that knows that password gets here, and
+// only until the window ends, so each one is logged.
+func (s *authenticator) previousPasswordUsed(cl *client, method AuthMethod, until time.Time) {
+	s.core.m.previousPassword.Inc()
+	s.core.log.Warn("Proxy client logged in with the previous server password; it is accepted until the rotation window ends",
+		"user", cl.user, "client", cl.remote, "method", string(method), "accepted_until", until.UTC().Format(time.RFC3339))
 }
 
 // authenticate runs the configured method and sends AuthenticationOk.
@@ -117,7 +141,8 @@ func (s *authenticator) authenticate(cl *client, raw net.Conn) error {
 		}
 		return reject("28P01", "password authentication failed for user %q", cl.user)
 	}
-	cred := s.creds[cl.user]
+	set := s.creds.Load()
+	cred, previous := set.lookup(cl.user, time.Now())
 	switch {
 	case method == AuthTrust:
 		if !isLocal(raw) {
@@ -139,13 +164,19 @@ func (s *authenticator) authenticate(cl *client, raw net.Conn) error {
 		}
 		got := strings.TrimRight(string(body), "\x00")
 		if subtle.ConstantTimeCompare([]byte(got), []byte(md5Response(cred.md5, salt))) != 1 {
-			return fail(nil)
+			if previous == nil || previous.md5 == "" || subtle.ConstantTimeCompare([]byte(got), []byte(md5Response(previous.md5, salt))) != 1 {
+				return fail(nil)
+			}
+			s.previousPasswordUsed(cl, method, set.previousUntil)
 		}
 	default:
 		method = AuthSCRAM
-		v := (*scramVerifier)(nil)
+		v, prev := (*scramVerifier)(nil), (*scramVerifier)(nil)
 		if cred != nil {
 			v = cred.scram
+		}
+		if previous != nil && sameSCRAMStart(v, previous.scram) {
+			prev = previous.scram
 		}
 		if v == nil {
 			// Unknown user (or no SCRAM secret): run the exchange against a random secret so the
@@ -154,7 +185,8 @@ func (s *authenticator) authenticate(cl *client, raw net.Conn) error {
 			_, _ = rand.Read(v.salt)
 			_, _ = rand.Read(v.storedKey)
 		}
-		if err := cl.scram(v); err != nil {
+		usedPrevious, err := cl.scram(v, prev)
+		if err != nil {
 			if errors.As(err, new(*rejectError)) {
 				return err
 			}
@@ -163,42 +195,47 @@ func (s *authenticator) authenticate(cl *client, raw net.Conn) error {
 			}
 			return fail(err)
 		}
+		if usedPrevious {
+			s.previousPasswordUsed(cl, method, set.previousUntil)
+		}
 	}
 	return cl.send(&pgproto3.AuthenticationOk{})
 }
 
-func (cl *client) scram(v *scramVerifier) error {
+// scram runs a SCRAM-SHA-256 exchange against v and, when v refuses the proof, previous (nil,
+// or a verifier with v's salt and iteration count). usedPrevious reports that previous matched.
+func (cl *client) scram(v, previous *scramVerifier) (usedPrevious bool, err error) {
 	if err := cl.send(&pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}}); err != nil {
-		return err
+		return false, err
 	}
 	body, err := cl.expectPassword()
 	if err != nil {
-		return err
+		return false, err
 	}
 	var init pgproto3.SASLInitialResponse
 	if err := init.Decode(body); err != nil {
-		return reject("08P01", "malformed SASL initial response")
+		return false, reject("08P01", "malformed SASL initial response")
 	}
 	if init.AuthMechanism != "SCRAM-SHA-256" {
-		return reject("28000", "SASL authentication mechanism %q is not supported", init.AuthMechanism)
+		return false, reject("28000", "SASL authentication mechanism %q is not supported", init.AuthMechanism)
 	}
-	ss := &scramServer{v: v}
+	ss := &scramServer{v: v, previous: previous}
 	first, err := ss.first(string(init.Data))
 	if err != nil {
-		return err
+		return false, err
 	}
 	if err := cl.send(&pgproto3.AuthenticationSASLContinue{Data: []byte(first)}); err != nil {
-		return err
+		return false, err
 	}
 	body, err = cl.expectPassword()
 	if err != nil {
-		return err
+		return false, err
 	}
 	final, err := ss.final(string(body))
 	if err != nil {
-		return err
+		return false, err
 	}
-	return cl.send(&pgproto3.AuthenticationSASLFinal{Data: []byte(final)})
+	return ss.usedPrevious, cl.send(&pgproto3.AuthenticationSASLFinal{Data: []byte(final)})
 }
 
 // send buffers one message for the client.

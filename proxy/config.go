@@ -113,14 +113,18 @@ type Config struct {
 	// Auth is the client authentication method.
 	Auth AuthMethod
 	// UsersFile is a file of client credentials in PgBouncer's auth_file format (see LoadUsers),
-	// read by New. Give it or Users, not both.
+	// read by New and again by Reload. Give it or Users, not both.
 	UsersFile string
 	// Users maps user names to their secret: a plain password, an md5 hash ("md5" + hex) or a
 	// SCRAM-SHA-256 verifier as stored in pg_authid. With neither Users nor UsersFile, the user
 	// and password of the pool's DATABASE_URL.
 	Users map[string]string
+	// PasswordRotationWindow is how long, without Users or UsersFile, the pool user's previous
+	// password stays accepted from clients after Reload finds the pool's password changed
+	// (Manager.ReloadPassword); 0 accepts only the new one.
+	PasswordRotationWindow time.Duration
 	// TLSCertFile and TLSKeyFile, given together, are the certificate and key New loads for TLS
-	// to clients. Give them or TLS, not both.
+	// to clients, and Reload loads again. Give them or TLS, not both.
 	TLSCertFile, TLSKeyFile string
 	// TLS, when set, lets clients switch to TLS after an SSLRequest (unless TLSMode is
 	// TLSDisable).
@@ -186,10 +190,13 @@ func Settings() []Setting {
 				return nil
 			}},
 		{Flag: "proxy.users-file", Env: "PROXY_USERS_FILE", PlaceHolder: "FILE",
-			Help: "Client credentials in PgBouncer auth_file format (\"user\" \"password, md5 hash or SCRAM verifier\"); default: the user and password of DATABASE_URL.",
+			Help: "Client credentials in PgBouncer auth_file format (\"user\" \"password, md5 hash or SCRAM verifier\"), read again on SIGHUP and POST /-/reload; default: the user and password of DATABASE_URL.",
 			Set:  settings.String(func(c *Config) *string { return &c.UsersFile })},
+		{Flag: "proxy.password-rotation-window", Env: "PROXY_PASSWORD_ROTATION_WINDOW", Default: "1h",
+			Help: "Without --proxy.users-file, clients log in with the password of DATABASE_URL. When a reload (SIGHUP, POST /-/reload) finds that password changed, the previous one is still accepted for this long, and each login with it is logged and counted, so applications can move over without being locked out; 0: only the new one.",
+			Set:  settings.Duration("--proxy.password-rotation-window", func(c *Config) *time.Duration { return &c.PasswordRotationWindow })},
 		{Flag: "proxy.tls-cert-file", Env: "PROXY_TLS_CERT_FILE", PlaceHolder: "FILE",
-			Help: "Certificate for TLS to proxy clients (with --proxy.tls-key-file).",
+			Help: "Certificate for TLS to proxy clients (with --proxy.tls-key-file), read again with the key on SIGHUP and POST /-/reload.",
 			Set:  settings.String(func(c *Config) *string { return &c.TLSCertFile })},
 		{Flag: "proxy.tls-key-file", Env: "PROXY_TLS_KEY_FILE", PlaceHolder: "FILE",
 			Help: "Private key for TLS to proxy clients.",
@@ -342,29 +349,39 @@ func (c Config) Validate() error {
 	if c.ResetTimeout <= 0 {
 		add("proxy ResetTimeout (%s) must be greater than 0", c.ResetTimeout)
 	}
+	if c.PasswordRotationWindow < 0 {
+		add("--proxy.password-rotation-window (%s) must not be negative", c.PasswordRotationWindow)
+	}
 	if c.AuthFailureLogInterval <= 0 {
 		add("proxy AuthFailureLogInterval (%s) must be greater than 0", c.AuthFailureLogInterval)
 	}
 	return errors.Join(errs...)
 }
 
-// loadFiles reads the users file and the TLS certificate and key the config names.
-func (c *Config) loadFiles() error {
+// fileContents is what the files a Config names hold: read by New, and again by Reload.
+type fileContents struct {
+	users map[string]string // nil without a users file
+	cert  *tls.Certificate  // nil without a certificate file
+}
+
+// readFiles reads the users file and the TLS certificate and key the config names.
+func (c Config) readFiles() (fileContents, error) {
+	var f fileContents
 	if c.UsersFile != "" {
 		users, err := LoadUsers(c.UsersFile)
 		if err != nil {
-			return fmt.Errorf("--proxy.users-file: %w", err)
+			return f, fmt.Errorf("--proxy.users-file: %w", err)
 		}
-		c.Users = users
+		f.users = users
 	}
 	if c.TLSCertFile != "" {
 		cert, err := loadKeyPair(c.TLSCertFile, c.TLSKeyFile)
 		if err != nil {
-			return err
+			return f, err
 		}
-		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		f.cert = &cert
 	}
-	return nil
+	return f, nil
 }
 
 // maxConfigFileSize bounds the users file and each TLS file: reading one is never meant to take

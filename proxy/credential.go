@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/md5"
 	"crypto/sha256"
@@ -9,6 +10,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgauth"
 )
@@ -105,4 +107,33 @@ func parseSecret(user, secret string) (*credential, error) {
 func isHex(s string) bool {
 	_, err := hex.DecodeString(s)
 	return err == nil
+}
+
+// credSet is the credentials logins are checked against. A reload swaps the whole set, and a
+// login reads it once, so a login in progress finishes against the set it started with.
+type credSet struct {
+	users map[string]*credential // by user name
+	// poolUser names the user whose credential was derived from the pool's password (no users
+	// file); "" with a users file.
+	poolUser string
+	// previous is poolUser's credential from before the server password changed, accepted
+	// until previousUntil. Its SCRAM verifier has the salt and iteration count of the current
+	// one (or is nil), so one exchange can check a client against both.
+	previous      *credential
+	previousUntil time.Time
+}
+
+// lookup returns user's credential and, within the rotation window, the previous one.
+func (cs *credSet) lookup(user string, now time.Time) (cur, previous *credential) {
+	cur = cs.users[user]
+	if cs.previous != nil && user == cs.poolUser && now.Before(cs.previousUntil) {
+		previous = cs.previous
+	}
+	return cur, previous
+}
+
+// sameSCRAMStart reports whether two verifiers open a SCRAM exchange alike (salt and iteration
+// count), so that the proof of one exchange can be checked against both.
+func sameSCRAMStart(a, b *scramVerifier) bool {
+	return a != nil && b != nil && a.iterations == b.iterations && bytes.Equal(a.salt, b.salt)
 }

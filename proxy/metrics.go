@@ -16,12 +16,15 @@ type metrics struct {
 	bytesIn      prometheus.Counter
 	bytesOut     prometheus.Counter
 	authFailures *prometheus.CounterVec
-	sessions     prometheus.Counter
-	rejected     *prometheus.CounterVec
-	cancels      prometheus.Counter
-	serverLost   prometheus.Counter
-	waitTimeouts prometheus.Counter
-	idleTxEnded  prometheus.Counter
+	// previousPassword counts logins with the pool user's previous password in its rotation
+	// window.
+	previousPassword prometheus.Counter
+	sessions         prometheus.Counter
+	rejected         *prometheus.CounterVec
+	cancels          prometheus.Counter
+	serverLost       prometheus.Counter
+	waitTimeouts     prometheus.Counter
+	idleTxEnded      prometheus.Counter
 
 	authenticating prometheus.Gauge
 	waiting        prometheus.Gauge
@@ -66,6 +69,11 @@ func newMetrics(poolName string) *metrics {
 			Help:        "Client authentications that failed, by method.",
 			ConstLabels: labels,
 		}, []string{"method"}),
+		previousPassword: prometheus.NewCounter(prometheus.CounterOpts{
+			Name:        "pgsidecar_proxy_previous_password_logins_total",
+			Help:        "Client logins with the previous password of DATABASE_URL's user, accepted for --proxy.password-rotation-window after a reload found that password changed. Once it stops rising, every client uses the new one.",
+			ConstLabels: labels,
+		}),
 		sessions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name:        "pgsidecar_proxy_sessions_total",
 			Help:        "Client sessions that got a server connection.",
@@ -164,7 +172,7 @@ func (x *metrics) children() {
 }
 
 func (x *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{x.clients, x.wait, x.transactions, x.bytesVec, x.authFailures, x.sessions,
+	return []prometheus.Collector{x.clients, x.wait, x.transactions, x.bytesVec, x.authFailures, x.previousPassword, x.sessions,
 		x.rejected, x.cancels, x.serverLost, x.waitTimeouts, x.idleTxEnded, x.serverConns, x.sessionTx, x.stmtHits, x.stmtMisses, x.stmtEvicted,
 		x.pinned, x.pinnedTotal}
 }

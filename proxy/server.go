@@ -30,7 +30,8 @@
 //     goroutine per client reads its messages, checks out a server connection when a request
 //     needs one, and maps its statements and settings onto the connection.
 //   - auth.go, clients.go, startup.go, server.go: the front door and the Server, which listens,
-//     lets clients in (gate), keeps track of them (clientTable) and closes.
+//     lets clients in (gate), keeps track of them (clientTable) and closes; reload.go: what
+//     Reload reads again (users file, certificate, the pool user's password) for new logins.
 //
 // The proxy serves the database and user of the pool's DATABASE_URL: clients authenticate
 // against the proxy's own credentials, and their queries run as the pool's user. Cancel keys
@@ -39,6 +40,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -46,6 +48,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -70,6 +73,8 @@ type Server struct {
 	reg prometheus.Registerer
 	gate
 	auth     authenticator
+	cert     atomic.Pointer[tls.Certificate] // from --proxy.tls-cert-file; Reload replaces it
+	reloadMu sync.Mutex                      // one Reload at a time
 	table    *clientTable
 	evictLog *logThrottle
 	txSet    *serverSet // the server connections
@@ -88,11 +93,21 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if err := cfg.loadFiles(); err != nil {
+	files, err := cfg.readFiles()
+	if err != nil {
 		return nil, err
+	}
+	if files.users != nil {
+		cfg.Users = files.users
 	}
 	s := &Server{
 		core: core{mgr: mgr, cfg: cfg, log: slog.Default(), m: newMetrics(mgr.Name())},
+	}
+	if files.cert != nil {
+		s.cert.Store(files.cert)
+		// The certificate is looked up at each handshake, so Reload can replace it.
+		s.core.cfg.TLS = &tls.Config{MinVersion: tls.VersionTLS12,
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.cert.Load(), nil }}
 	}
 	for _, o := range opts {
 		o(s)
@@ -101,7 +116,7 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 	s.maint.init(mgr.Name())
 	s.stmts.analysis = &s.analysis
 	s.pinLog = &logThrottle{log: s.log, msg: "Proxy session pinned to its server connection", interval: cfg.AuthFailureLogInterval}
-	s.auth = authenticator{core: &s.core, creds: map[string]*credential{},
+	s.auth = authenticator{core: &s.core,
 		log: &logThrottle{log: s.log, msg: "Proxy authentication failed", interval: cfg.AuthFailureLogInterval}}
 	s.evictLog = &logThrottle{log: s.log, msg: "Proxy closed the oldest connection still in startup: --proxy.max-startup-connections reached",
 		interval: cfg.AuthFailureLogInterval}
@@ -109,30 +124,11 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Server, error) {
 		interval: cfg.AuthFailureLogInterval}
 	s.idleTxLog = &logThrottle{log: s.log, msg: "Proxy closed a client idle in a transaction for --proxy.idle-transaction-timeout",
 		interval: cfg.AuthFailureLogInterval}
-	users := cfg.Users
-	if len(users) == 0 {
-		own, err := mgr.ClientCredential()
-		if err != nil {
-			return nil, fmt.Errorf("proxy: %w", err)
-		}
-		if own.SCRAM == "" && cfg.Auth != AuthTrust {
-			return nil, errors.New("proxy: DATABASE_URL has no password to check clients against; give a users file or use trust authentication")
-		}
-		c := &credential{md5: own.MD5}
-		if own.SCRAM != "" {
-			if c.scram, err = parseSCRAMVerifier(own.SCRAM); err != nil {
-				return nil, fmt.Errorf("proxy: user %q: %w", own.User, err)
-			}
-		}
-		s.auth.creds[own.User] = c
+	creds, err := s.credentials(cfg.Users, nil)
+	if err != nil {
+		return nil, err
 	}
-	for name, secret := range users {
-		c, err := parseSecret(name, secret)
-		if err != nil {
-			return nil, fmt.Errorf("proxy: user %q: %w", name, err)
-		}
-		s.auth.creds[name] = c
-	}
+	s.auth.creds.Store(creds)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.txSet = &serverSet{core: &s.core}
 	s.table = newClientTable(&s.core.cfg)

@@ -30,6 +30,13 @@ func MD5(password, user string) string {
 func SCRAMVerifier(password string) (string, error) {
 	salt := make([]byte, 16)
 	_, _ = rand.Read(salt)
+	return SCRAMVerifierWithSalt(password, salt)
+}
+
+// SCRAMVerifierWithSalt is SCRAMVerifier with a given salt. Verifiers of two passwords that
+// share the salt and the iteration count open a SCRAM exchange alike, so a server can check the
+// client's proof against either of them in one exchange.
+func SCRAMVerifierWithSalt(password string, salt []byte) (string, error) {
 	salted, err := pbkdf2.Key(sha256.New, SASLprep(password), salt, SCRAMIterations, sha256.Size)
 	if err != nil {
 		return "", err

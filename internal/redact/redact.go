@@ -5,7 +5,10 @@ package redact
 import (
 	"net/url"
 	"os"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -146,28 +149,43 @@ func Scrub(msg string, dsns ...string) string { return NewScrubber(dsns...).Scru
 
 // Scrubber is Scrub with its passwords found once: for a caller that scrubs many messages
 // against the same DSN.
-type Scrubber struct{ forms []string }
+// It is safe for concurrent use, AddPassword included.
+type Scrubber struct {
+	mu    sync.Mutex // serialises AddPassword
+	forms atomic.Pointer[[]string]
+}
 
 // NewScrubber finds the passwords of dsns and PGPASSWORD, and the forms they may take in text.
 func NewScrubber(dsns ...string) *Scrubber {
 	s := &Scrubber{}
-	for _, p := range passwords(dsns...) {
+	s.forms.Store(new([]string))
+	s.AddPassword(passwords(dsns...)...)
+	return s
+}
+
+// AddPassword masks more passwords from now on, keeping the ones already masked: a password
+// read again on a reload, say, while errors may still quote the one before it.
+func (s *Scrubber) AddPassword(passwords ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	forms := append([]string(nil), *s.forms.Load()...)
+	for _, p := range passwords {
 		if len(p) < 2 {
 			continue
 		}
 		kvEscaped := strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(p)
 		for _, form := range []string{kvEscaped, p, url.QueryEscape(p), url.PathEscape(p), (&url.URL{User: url.UserPassword("", p)}).User.String()[1:]} {
-			if form != "" {
-				s.forms = append(s.forms, form)
+			if form != "" && !slices.Contains(forms, form) {
+				forms = append(forms, form)
 			}
 		}
 	}
-	return s
+	s.forms.Store(&forms)
 }
 
 // Scrub replaces every form of the passwords in msg with xxxxx.
 func (s *Scrubber) Scrub(msg string) string {
-	for _, form := range s.forms {
+	for _, form := range *s.forms.Load() {
 		msg = strings.ReplaceAll(msg, form, "xxxxx")
 	}
 	return msg
