@@ -95,6 +95,9 @@ func (cl *client) next(hdr []byte) (typ byte, n int, ok bool) {
 // connection if it can be, else sent on the one the client holds (checked out if need be),
 // with what the proxy sends on its behalf. It reports false when the session ends.
 func (cl *client) relay(typ byte, n int) bool {
+	if c := cl.lostConn.Load(); c != nil && cl.lostConn.CompareAndSwap(c, nil) {
+		cl.afterLoss(c)
+	}
 	if cl.hasUndo.Load() {
 		cl.applyUndone()
 	}
@@ -412,9 +415,26 @@ func (cl *client) answerAlone(typ byte, body []byte) bool {
 		}
 		cl.failed = false
 		cl.pending = cl.pending[:0]
-		cl.writeClient(readyIdle)
+		ready := readyIdle
+		if cl.failedReady != nil {
+			ready, cl.failedReady = cl.failedReady, nil
+		}
+		cl.writeClient(ready)
 		cl.batch++
 		return true
+	}
+	if cl.copyLost && (typ == 'c' || typ == 'f') {
+		// The end of a simple Query's COPY FROM STDIN whose server connection was lost.
+		cl.copyLost = false
+		ready := readyIdle
+		if cl.lostTx != 0 {
+			ready = readyFailed
+		}
+		cl.writeClient(ready)
+		return true
+	}
+	if cl.lostTx != 0 {
+		return cl.answerLostTx(typ, body)
 	}
 	switch typ {
 	case 'P':

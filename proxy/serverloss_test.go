@@ -1,0 +1,290 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+// wantLost checks that err is an in-band ERROR (never the server's FATAL) with SQLSTATE code.
+func wantLost(t *testing.T, what string, err error, code string) {
+	t.Helper()
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != code || pgErr.Severity != "ERROR" {
+		t.Errorf("%s: %v, want ERROR %s", what, err, code)
+	}
+}
+
+// receiveUntilReady reads a low-level client's messages up to its n-th ReadyForQuery, and
+// returns them summed up: "E:code" for an error, "Z:status" for ReadyForQuery, the type name
+// otherwise.
+func receiveUntilReady(t *testing.T, fe *pgproto3.Frontend, n int) []string {
+	t.Helper()
+	var got []string
+	for n > 0 {
+		msg, err := fe.Receive()
+		if err != nil {
+			t.Fatalf("receive after %v: %v", got, err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.ErrorResponse:
+			got = append(got, "E:"+m.Code+":"+m.Severity)
+		case *pgproto3.ReadyForQuery:
+			got = append(got, "Z:"+string(m.TxStatus))
+			n--
+		default:
+			got = append(got, fmt.Sprintf("%T", msg)[len("*pgproto3."):])
+		}
+	}
+	return got
+}
+
+// TestRestartWithoutPauseKeepsTxClients restarts PostgreSQL (fast) under transaction-mode
+// clients in every state: each keeps its session, gets PostgreSQL's answers to failed requests
+// in-band, and its next transaction runs once the pool has reconnected; a pinned client is
+// disconnected.
+func TestRestartWithoutPauseKeepsTxClients(t *testing.T) {
+	cluster.RequireControl(t)
+	h := newTxHarness(t, 6, func(pc *pool.Config, _ *Config) { pc.ConnectTimeout = 60 * time.Second })
+	ctx := ctxTimeout(t, 150*time.Second)
+	if err := cluster.Exec(ctx, "drop table if exists restart_log; create table restart_log (i int)"); err != nil {
+		t.Fatal(err)
+	}
+
+	idle := h.pgconnect(t, ctx, "")
+	if _, err := idle.Prepare(ctx, "plus", "select $1::int + 1", nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := execPrepared(ctx, idle, "plus", "1"); err != nil || got != "2" {
+		t.Fatalf("prepared statement: %q, %v", got, err)
+	}
+	inTx := h.pgconnect(t, ctx, "")
+	if _, err := inTx.Exec(ctx, "begin; insert into restart_log values (1)").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	pinned := h.pgconnect(t, ctx, "options=-c%20"+requestPinOption+"%3Dsession")
+	if _, err := simple(ctx, pinned, "select 1"); err != nil {
+		t.Fatal(err)
+	}
+
+	// In flight: an autocommit statement; a pipeline of two extended-protocol segments; a
+	// COPY FROM STDIN.
+	flight := h.pgconnect(t, ctx, "")
+	flightErr := make(chan error, 1)
+	go func() {
+		_, err := simple(ctx, flight, "select pg_sleep(60)")
+		flightErr <- err
+	}()
+	pipe := h.pgconnect(t, ctx, "")
+	pfe := pipe.Frontend()
+	pfe.Send(&pgproto3.Parse{Query: "select pg_sleep(60)"})
+	pfe.Send(&pgproto3.Bind{})
+	pfe.Send(&pgproto3.Execute{})
+	pfe.Send(&pgproto3.Sync{})
+	pfe.Send(&pgproto3.Parse{Query: "insert into restart_log values (2)"})
+	pfe.Send(&pgproto3.Bind{})
+	pfe.Send(&pgproto3.Execute{})
+	pfe.Send(&pgproto3.Sync{})
+	if err := pfe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	copier := h.pgconnect(t, ctx, "")
+	cfe := copier.Frontend()
+	cfe.Send(&pgproto3.Query{String: "copy restart_log from stdin"})
+	if err := cfe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := cfe.Receive(); err != nil {
+		t.Fatal(err)
+	} else if _, ok := msg.(*pgproto3.CopyInResponse); !ok {
+		t.Fatalf("COPY answered %T", msg)
+	}
+	cfe.Send(&pgproto3.CopyData{Data: []byte("3\n")})
+	if err := cfe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if !pgtest.WaitFor(20*time.Second, func() bool {
+		n, _ := cluster.QueryInt(ctx, "select count(*) from pg_stat_activity where query = 'select pg_sleep(60)' and state = 'active'")
+		return n == 2
+	}) {
+		t.Fatal("the statements in flight never started")
+	}
+
+	if err := cluster.Restart("fast"); err != nil {
+		t.Fatal(err)
+	}
+
+	select {
+	case err := <-flightErr:
+		wantLost(t, "autocommit statement in flight", err, lostCode)
+	case <-ctx.Done():
+		t.Fatal("the client in flight was left hanging")
+	}
+	if s := flight.TxStatus(); s != 'I' {
+		t.Errorf("after the statement in flight: status %c, want I", s)
+	}
+	if got, err := simple(ctx, flight, "select 1"); err != nil || got != "1" {
+		t.Errorf("next statement of the client in flight: %q, %v", got, err)
+	}
+
+	// The first segment's Parse and Bind were answered before its Execute ran.
+	want := []string{"ParseComplete", "BindComplete", "E:" + lostCode + ":ERROR", "Z:I", "E:" + lostCode + ":ERROR", "Z:I"}
+	if got := receiveUntilReady(t, pfe, 2); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("pipeline in flight answered %v, want %v", got, want)
+	}
+
+	cfe.Send(&pgproto3.CopyData{Data: []byte("4\n")})
+	cfe.Send(&pgproto3.CopyDone{})
+	cfe.Send(&pgproto3.Query{String: "select 5"})
+	if err := cfe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	want = []string{"E:" + lostCode + ":ERROR", "Z:I", "RowDescription", "DataRow", "CommandComplete", "Z:I"}
+	if got := receiveUntilReady(t, cfe, 2); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("COPY in flight answered %v, want %v", got, want)
+	}
+
+	// Idle in a transaction: failed, then 25P02 until it ends, answered ROLLBACK.
+	_, err := simple(ctx, inTx, "insert into restart_log values (5)")
+	wantLost(t, "first statement of a lost transaction", err, lostCode)
+	_, err = simple(ctx, inTx, "select 1")
+	wantLost(t, "next statement of a lost transaction", err, abortedCode)
+	_, err = simple(ctx, inTx, "rollback to savepoint a")
+	wantLost(t, "ROLLBACK TO SAVEPOINT in a lost transaction", err, noSavepoint)
+	_, err = simple(ctx, inTx, "release savepoint a")
+	wantLost(t, "RELEASE in a lost transaction", err, noSavepoint)
+	if s := inTx.TxStatus(); s != 'E' {
+		t.Errorf("in a lost transaction: status %c, want E", s)
+	}
+	if got, err := simple(ctx, inTx, "commit"); err != nil || got != "ROLLBACK" {
+		t.Errorf("COMMIT of a lost transaction: %q, %v; want ROLLBACK", got, err)
+	}
+	if got, err := simple(ctx, inTx, "select 6"); err != nil || got != "6" || inTx.TxStatus() != 'I' {
+		t.Errorf("after the lost transaction: %q, %v, status %c", got, err, inTx.TxStatus())
+	}
+
+	// Idle: its prepared statement is prepared again on the new server connection.
+	if got, err := execPrepared(ctx, idle, "plus", "41"); err != nil || got != "42" {
+		t.Errorf("prepared statement after the restart: %q, %v", got, err)
+	}
+
+	// Pinned: its session state is gone with the server's, so it is disconnected.
+	if _, err := simple(ctx, pinned, "select 1"); err == nil {
+		t.Error("a pinned client's session went on after a restart")
+	}
+
+	if n, err := cluster.QueryInt(ctx, "select count(*) from restart_log"); err != nil || n != 0 {
+		t.Errorf("restart_log has %d rows (%v): a request of the lost connection was replayed", n, err)
+	}
+}
+
+// TestCommitInFlightLost: a COMMIT in flight when its server connection is terminated gets
+// 08007 (whether it committed is unknown) and ReadyForQuery I; the client goes on.
+func TestCommitInFlightLost(t *testing.T) {
+	h := newTxHarness(t, 2, nil)
+	ctx := ctxTimeout(t, 60*time.Second)
+	if err := cluster.Exec(ctx, `drop table if exists restart_commit;
+		create table restart_commit (i int);
+		create or replace function restart_commit_slow() returns trigger language plpgsql
+			as $$ begin perform pg_sleep(60); return null; end $$;
+		create constraint trigger slow after insert on restart_commit deferrable initially deferred
+			for each row execute function restart_commit_slow()`); err != nil {
+		t.Fatal(err)
+	}
+	c := h.pgconnect(t, ctx, "")
+	pid, err := simple(ctx, c, "begin; insert into restart_commit values (1); select pg_backend_pid()")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := simple(ctx, c, "commit")
+		done <- err
+	}()
+	if !pgtest.WaitFor(20*time.Second, func() bool {
+		n, _ := cluster.QueryInt(ctx, "select count(*) from pg_stat_activity where pid = "+pid+" and query = 'commit' and state = 'active'")
+		return n == 1
+	}) {
+		t.Fatal("the COMMIT never started")
+	}
+	if err := cluster.Exec(ctx, "select pg_terminate_backend("+pid+")"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		wantLost(t, "COMMIT in flight", err, lostCommitCode)
+	case <-ctx.Done():
+		t.Fatal("the client was left hanging")
+	}
+	if got, err := simple(ctx, c, "select 7"); err != nil || got != "7" || c.TxStatus() != 'I' {
+		t.Errorf("after the COMMIT in flight: %q, %v, status %c", got, err, c.TxStatus())
+	}
+}
+
+var abortedRE = regexp.MustCompile(`client \d+ (?:script \d+ )?aborted`)
+
+// TestRestartUnderPgbench: pgbench -S, 32 clients over 4 server connections, PostgreSQL
+// restarted (fast) in the middle of the run: at most the 4 clients with a statement in flight
+// see an error, with the simple protocol and with prepared statements.
+func TestRestartUnderPgbench(t *testing.T) {
+	cluster.RequireControl(t)
+	pgbench, err := exec.LookPath("pgbench")
+	if err != nil {
+		t.Skip("pgbench not installed (scripts/deps.sh installs it)")
+	}
+	ctx := ctxTimeout(t, 150*time.Second)
+	if err := cluster.Exec(ctx, "create database restart_bench"); err != nil && sqlState(err) != "42P04" {
+		t.Fatal(err)
+	}
+	env := []string{"PGPASSWORD=" + pgtest.SuperuserPassword, "PGSSLMODE=disable"}
+	if out, err := runToolB(ctx, env, "", pgbench, "-i", "-q", "-s", "1", "-h", "127.0.0.1",
+		"-p", strconv.Itoa(cluster.Port()), "-U", "postgres", "restart_bench"); err != nil {
+		t.Fatalf("pgbench -i: %v\n%s", err, out)
+	}
+	for _, mode := range []string{"simple", "prepared"} {
+		t.Run(mode, func(t *testing.T) {
+			h := newTxHarness(t, 4, func(pc *pool.Config, _ *Config) {
+				pc.DatabaseURL = cluster.URL("restart_bench")
+				pc.ConnectTimeout = 30 * time.Second
+			})
+			outc := make(chan string, 1)
+			go func() {
+				out, _ := runToolB(ctx, env, "", pgbench, "-S", "-n", "-M", mode, "-c", "32", "-j", "2", "-T", "8",
+					"-h", "127.0.0.1", "-p", strconv.Itoa(h.port), "-U", "postgres", "restart_bench")
+				outc <- out
+			}()
+			time.Sleep(3 * time.Second)
+			// Down for a moment, as a restart with a checkpoint to write is: new connections are
+			// refused, then get 57P03 while the server starts.
+			if err := cluster.Stop("fast"); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Second)
+			if err := cluster.StartAgain(); err != nil {
+				t.Fatal(err)
+			}
+			out := <-outc
+			aborted := len(abortedRE.FindAllString(out, -1))
+			t.Logf("-M %s: %d of 32 clients aborted\n%s", mode, aborted, out)
+			if aborted > 4 {
+				t.Errorf("%d clients aborted, want at most 4\n%s", aborted, out)
+			}
+			if regexp.MustCompile(`aborted .*FATAL`).MatchString(out) {
+				t.Errorf("a client got the server's FATAL rather than an in-band ERROR:\n%s", out)
+			}
+			if !regexp.MustCompile(`number of transactions actually processed: [1-9]`).MatchString(out) {
+				t.Errorf("no transaction processed:\n%s", out)
+			}
+		})
+	}
+}
