@@ -111,7 +111,7 @@ type srvConn struct {
 	// server is inside their batch (and its implicit transaction) whatever status it last
 	// reported.
 	midBatch bool
-	readyAt  time.Time // of the last ReadyForQuery
+	readyAt  time.Time  // of the last ReadyForQuery
 	loss     *lossState // the connection was lost and its client kept: how its requests are answered
 
 	counted byte // the gauge counting the connection (serverSet.count); guarded by set.mu
