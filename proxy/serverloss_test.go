@@ -227,3 +227,88 @@ func TestCommitInFlightLost(t *testing.T) {
 		t.Errorf("after the COMMIT in flight: %q, %v, status %c", got, err, c.TxStatus())
 	}
 }
+
+// TestLostTransactionExtendedProtocol: a transaction lost with its server connection (the
+// backend terminated while the client was idle in it), used through the extended protocol:
+// the first request gets 08006, the next 25P02, and a prepared COMMIT or an unnamed ROLLBACK
+// ends it, answered ROLLBACK.
+func TestLostTransactionExtendedProtocol(t *testing.T) {
+	h := newTxHarness(t, 2, nil)
+	ctx := ctxTimeout(t, 60*time.Second)
+	c := h.pgconnect(t, ctx, "")
+	for name, sql := range map[string]string{"val": "select $1::int", "done": "commit"} {
+		if _, err := c.Prepare(ctx, name, sql, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	terminate := func() {
+		t.Helper()
+		pid, err := simple(ctx, c, "begin; select pg_backend_pid()")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cluster.Exec(ctx, "select pg_terminate_backend("+pid+")"); err != nil {
+			t.Fatal(err)
+		}
+		if !pgtest.WaitFor(20*time.Second, func() bool {
+			return h.metric(t, "pgsidecar_proxy_server_connections_lost_total", nil) > 0
+		}) {
+			t.Fatal("the proxy never saw the connection go")
+		}
+	}
+	terminate()
+	_, err := execPrepared(ctx, c, "val", "1")
+	wantLost(t, "first request of the lost transaction", err, lostCode)
+	_, err = execPrepared(ctx, c, "val", "2")
+	wantLost(t, "next request", err, abortedCode)
+	if s := c.TxStatus(); s != 'E' {
+		t.Errorf("status %c, want E", s)
+	}
+	res := c.ExecPrepared(ctx, "done", nil, nil, nil).Read()
+	if res.Err != nil || res.CommandTag.String() != "ROLLBACK" || c.TxStatus() != 'I' {
+		t.Errorf("prepared COMMIT of the lost transaction: %q, %v, status %c", res.CommandTag, res.Err, c.TxStatus())
+	}
+	if got, err := execPrepared(ctx, c, "val", "3"); err != nil || got != "3" {
+		t.Errorf("after the lost transaction: %q, %v", got, err)
+	}
+
+	terminate()
+	_, err = execPrepared(ctx, c, "val", "4")
+	wantLost(t, "first request of the second lost transaction", err, lostCode)
+	res = c.ExecParams(ctx, "rollback", nil, nil, nil, nil).Read()
+	if res.Err != nil || res.CommandTag.String() != "ROLLBACK" || c.TxStatus() != 'I' {
+		t.Errorf("unnamed ROLLBACK of the lost transaction: %q, %v, status %c", res.CommandTag, res.Err, c.TxStatus())
+	}
+	if got, err := execPrepared(ctx, c, "val", "5"); err != nil || got != "5" {
+		t.Errorf("after the second lost transaction: %q, %v", got, err)
+	}
+}
+
+// TestDatabaseDownPastConnectionTimeout: a transaction-mode client whose next transaction finds
+// no database within DB_CONNECTION_TIMEOUT gets ERROR 08006 in-band and stays connected; once
+// the server is back, its next transaction runs.
+func TestDatabaseDownPastConnectionTimeout(t *testing.T) {
+	cluster.RequireControl(t)
+	h := newTxHarness(t, 2, func(pc *pool.Config, _ *Config) { pc.ConnectTimeout = time.Second })
+	ctx := ctxTimeout(t, 90*time.Second)
+	c := h.pgconnect(t, ctx, "")
+	if _, err := simple(ctx, c, "select 1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := cluster.Stop("fast"); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := cluster.StartAgain(); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	_, err := simple(ctx, c, "select 2")
+	wantLost(t, "statement while the database is down", err, "08006")
+	if err := cluster.StartAgain(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := simple(ctx, c, "select 3"); err != nil || got != "3" {
+		t.Errorf("once the database is back: %q, %v", got, err)
+	}
+}
