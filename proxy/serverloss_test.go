@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -310,5 +311,43 @@ func TestDatabaseDownPastConnectionTimeout(t *testing.T) {
 	}
 	if got, err := simple(ctx, c, "select 3"); err != nil || got != "3" {
 		t.Errorf("once the database is back: %q, %v", got, err)
+	}
+}
+
+// TestDeadPoolConnectionNotHandedOut: after every server session ended (a restart), the idle
+// connections the pool kept, used too recently for pgxpool to ping them, are dead; a client's
+// next transaction must get a live one, not an error.
+func TestDeadPoolConnectionNotHandedOut(t *testing.T) {
+	h := newTxHarness(t, 4, func(pc *pool.Config, _ *Config) { pc.MinConns = 4 })
+	ctx := ctxTimeout(t, 60*time.Second)
+	c := h.pgconnect(t, ctx, "")
+	if _, err := simple(ctx, c, "select 1"); err != nil {
+		t.Fatal(err)
+	}
+	if !pgtest.WaitFor(20*time.Second, func() bool { return h.mgr.Pool().Stat().IdleConns() >= 2 }) {
+		t.Fatal("the pool never warmed its connections")
+	}
+	// Touch the pool's idle connections, so that pgxpool hands them out without a ping.
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = h.mgr.Pool().Exec(ctx, "select pg_sleep(0.05)")
+		}()
+	}
+	wg.Wait()
+	if err := cluster.Exec(ctx, `select pg_terminate_backend(pid) from pg_stat_activity
+		where backend_type = 'client backend' and pid <> pg_backend_pid()`); err != nil {
+		t.Fatal(err)
+	}
+	if !pgtest.WaitFor(20*time.Second, func() bool {
+		return h.metric(t, "pgsidecar_proxy_server_connections_lost_total", nil) > 0 ||
+			h.metric(t, "pgsidecar_proxy_server_connections", map[string]string{"state": "idle"}) == 0
+	}) {
+		t.Fatal("the proxy never saw its connection go")
+	}
+	if got, err := simple(ctx, c, "select 2"); err != nil || got != "2" {
+		t.Errorf("next transaction after every session ended: %q, %v", got, err)
 	}
 }
