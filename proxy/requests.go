@@ -151,8 +151,14 @@ func (cl *client) relay(typ byte, n int) bool {
 	case 'C':
 		cl.close(c, &r)
 	case 'E':
+		e := &entry{kind: 'E'}
+		if !cl.executed {
+			// The statement it runs, for the answer to an Execute the server leaves
+			// unanswered (serverloss.go): a COMMIT's is 08007.
+			e.op, e.sql = cl.batchOp, cl.batchSQL
+		}
 		cl.executed = true
-		cl.queueLocked(c, &entry{kind: 'E'})
+		cl.queueLocked(c, e)
 	case 'S':
 		cl.sync(c, &r)
 	case 'F':

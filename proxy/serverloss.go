@@ -28,6 +28,9 @@ type lossState struct {
 	// copyZ: a COPY FROM STDIN of a simple Query failed; its ReadyForQuery waits for the
 	// client's CopyDone or CopyFail.
 	copyZ bool
+	// ended: a request of the batch being answered ended the transaction (answered ROLLBACK or
+	// 08007): its Sync has nothing more to say.
+	ended bool
 }
 
 // SQLSTATEs of requests a lost server connection leaves unanswered.
@@ -82,11 +85,16 @@ func (c *srvConn) answerLost(e *entry) {
 		c.copying = 0
 		cl.writeClient(c.lostReady())
 	case e.kind == 'S':
-		if !skipped && (e.measure || l.inTx) {
-			// The batch's statements ran, maybe in a transaction committed at this Sync.
-			cl.writeClient(c.lostReply(e.op, e.sql))
+		switch {
+		case skipped || l.ended:
+		case l.inTx:
+			// The batch's answers came, but its transaction is lost.
+			cl.writeClient(c.lostReply(pool.OpOther, ""))
+		case e.measure:
+			// Its statements ran in the implicit transaction this Sync was to commit.
+			cl.writeClient(errorMsg(lostCommitCode, "server connection lost at the end of the batch: whether it committed is unknown"))
 		}
-		c.errSkip = false
+		c.errSkip, l.ended = false, false
 		cl.writeClient(c.lostReady())
 	default: // Parse, Bind, Describe, Close, Execute
 		if e.stmt != nil {
@@ -95,12 +103,19 @@ func (c *srvConn) answerLost(e *entry) {
 		if skipped {
 			return
 		}
-		op := pool.OpOther
-		if e.kind == 'E' && c.copying == 'G' {
+		op, sql := pool.OpOther, ""
+		if e.kind == 'E' {
+			op, sql = e.op, e.sql
 			c.copying = 0
 		}
-		cl.writeClient(c.lostReply(op, ""))
-		c.errSkip, c.errBatch = true, e.batch
+		reply := c.lostReply(op, sql)
+		cl.writeClient(reply)
+		if reply[0] == 'E' {
+			c.errSkip, c.errBatch = true, e.batch
+		}
+		if end, _ := txControl(op, sql); end != "" {
+			l.ended = true
+		}
 	}
 }
 
@@ -192,7 +207,12 @@ func (cl *client) answerLostTx(typ byte, body []byte) bool {
 			return cl.failLostTx()
 		}
 		if name == "" {
-			cl.unnamed = append(cl.unnamed[:0], body...)
+			// Kept, as parseUnnamed keeps it, to be prepared on the next server connection
+			// if the client binds it again.
+			cl.unnamed, cl.unnamedFx = append(cl.unnamed[:0], body...), s.analysis.Analyze(sqlb)
+			if len(body) > 64<<10 {
+				cl.unnamed = nil
+			}
 			cl.unnamedN++
 			cl.lostEnding = true
 		} else {

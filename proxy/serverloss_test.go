@@ -187,7 +187,8 @@ func TestRestartWithoutPauseKeepsTxClients(t *testing.T) {
 }
 
 // TestCommitInFlightLost: a COMMIT in flight when its server connection is terminated gets
-// 08007 (whether it committed is unknown) and ReadyForQuery I; the client goes on.
+// 08007 (whether it committed is unknown) and ReadyForQuery I, by the simple and the extended
+// protocol; the client goes on.
 func TestCommitInFlightLost(t *testing.T) {
 	h := newTxHarness(t, 2, nil)
 	ctx := ctxTimeout(t, 60*time.Second)
@@ -200,32 +201,38 @@ func TestCommitInFlightLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := h.pgconnect(t, ctx, "")
-	pid, err := simple(ctx, c, "begin; insert into restart_commit values (1); select pg_backend_pid()")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() {
-		_, err := simple(ctx, c, "commit")
-		done <- err
-	}()
-	if !pgtest.WaitFor(20*time.Second, func() bool {
-		n, _ := cluster.QueryInt(ctx, "select count(*) from pg_stat_activity where pid = "+pid+" and query = 'commit' and state = 'active'")
-		return n == 1
-	}) {
-		t.Fatal("the COMMIT never started")
-	}
-	if err := cluster.Exec(ctx, "select pg_terminate_backend("+pid+")"); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-done:
-		wantLost(t, "COMMIT in flight", err, lostCommitCode)
-	case <-ctx.Done():
-		t.Fatal("the client was left hanging")
-	}
-	if got, err := simple(ctx, c, "select 7"); err != nil || got != "7" || c.TxStatus() != 'I' {
-		t.Errorf("after the COMMIT in flight: %q, %v, status %c", got, err, c.TxStatus())
+	for _, extended := range []bool{false, true} {
+		pid, err := simple(ctx, c, "begin; insert into restart_commit values (1); select pg_backend_pid()")
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() {
+			if extended {
+				done <- c.ExecParams(ctx, "commit", nil, nil, nil, nil).Read().Err
+				return
+			}
+			_, err := simple(ctx, c, "commit")
+			done <- err
+		}()
+		if !pgtest.WaitFor(20*time.Second, func() bool {
+			n, _ := cluster.QueryInt(ctx, "select count(*) from pg_stat_activity where pid = "+pid+" and query = 'commit' and state = 'active'")
+			return n == 1
+		}) {
+			t.Fatal("the COMMIT never started")
+		}
+		if err := cluster.Exec(ctx, "select pg_terminate_backend("+pid+")"); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-done:
+			wantLost(t, fmt.Sprintf("COMMIT in flight (extended protocol: %v)", extended), err, lostCommitCode)
+		case <-ctx.Done():
+			t.Fatal("the client was left hanging")
+		}
+		if got, err := simple(ctx, c, "select 7"); err != nil || got != "7" || c.TxStatus() != 'I' {
+			t.Errorf("after the COMMIT in flight: %q, %v, status %c", got, err, c.TxStatus())
+		}
 	}
 }
 
