@@ -305,8 +305,10 @@ func (c *srvConn) cancelOutstanding() {
 	go c.cancelFor()
 }
 
-// lost drops a connection that failed. Its client, if any, gets FATAL 08006 (unless the server
-// said FATAL itself) and is disconnected; requests in flight are measured as 08006 errors.
+// lost drops a connection that failed; requests in flight are measured as 08006 errors. Its
+// client, if any, keeps its session when it can (keepsClient: transaction mode, not pinned),
+// its requests answered as serverloss.go says; otherwise it gets FATAL 08006 (unless the server
+// said FATAL itself) and is disconnected.
 func (c *srvConn) lost(cause error, serverSaidFatal bool) {
 	s := c.core
 	c.mu.Lock()
