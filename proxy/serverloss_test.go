@@ -293,15 +293,20 @@ func TestLostTransactionExtendedProtocol(t *testing.T) {
 }
 
 // TestDatabaseDownPastConnectionTimeout: a transaction-mode client whose next transaction finds
-// no database within DB_CONNECTION_TIMEOUT gets ERROR 08006 in-band and stays connected; once
-// the server is back, its next transaction runs.
+// the database down waits for it up to DB_CONNECTION_TIMEOUT while the proxy retries (refused
+// connections, then 57P03 while it starts); past that it gets ERROR 08006 in-band and stays
+// connected, and its next transaction runs once the server is back.
 func TestDatabaseDownPastConnectionTimeout(t *testing.T) {
 	cluster.RequireControl(t)
-	h := newTxHarness(t, 2, func(pc *pool.Config, _ *Config) { pc.ConnectTimeout = time.Second })
+	patient := newTxHarness(t, 2, func(pc *pool.Config, _ *Config) { pc.ConnectTimeout = 60 * time.Second })
+	hasty := newTxHarness(t, 2, func(pc *pool.Config, _ *Config) { pc.ConnectTimeout = time.Second })
 	ctx := ctxTimeout(t, 90*time.Second)
-	c := h.pgconnect(t, ctx, "")
-	if _, err := simple(ctx, c, "select 1"); err != nil {
-		t.Fatal(err)
+	waits := patient.pgconnect(t, ctx, "")
+	gives := hasty.pgconnect(t, ctx, "")
+	for _, c := range []*pgconn.PgConn{waits, gives} {
+		if _, err := simple(ctx, c, "select 1"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := cluster.Stop("fast"); err != nil {
 		t.Fatal(err)
@@ -311,12 +316,23 @@ func TestDatabaseDownPastConnectionTimeout(t *testing.T) {
 			t.Fatal(err)
 		}
 	}()
-	_, err := simple(ctx, c, "select 2")
+	waited := make(chan error, 1)
+	go func() {
+		got, err := simple(ctx, waits, "select 2")
+		if err == nil && got != "2" {
+			err = fmt.Errorf("got %q", got)
+		}
+		waited <- err
+	}()
+	_, err := simple(ctx, gives, "select 2")
 	wantLost(t, "statement while the database is down", err, "08006")
 	if err := cluster.StartAgain(); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := simple(ctx, c, "select 3"); err != nil || got != "3" {
+	if err := <-waited; err != nil {
+		t.Errorf("statement that waited for the database: %v", err)
+	}
+	if got, err := simple(ctx, gives, "select 3"); err != nil || got != "3" {
 		t.Errorf("once the database is back: %q, %v", got, err)
 	}
 }
