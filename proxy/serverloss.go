@@ -238,10 +238,22 @@ func (cl *client) answerLostTx(typ byte, body []byte) bool {
 		cl.writeClient(bindComplete)
 		return true
 	case 'D':
-		if !cl.portalEnding && !cl.lostEnding {
+		if len(body) == 0 {
 			return cl.failLostTx()
 		}
-		if len(body) > 0 && body[0] == 'S' {
+		name, _ := cstring(body[1:])
+		ending := name == "" && cl.portalEnding
+		if body[0] == 'S' {
+			ending = name == "" && cl.lostEnding
+			if st := cl.stmts[name]; name != "" && st != nil {
+				end, _ := txControl(st.op, st.sql)
+				ending = end != ""
+			}
+		}
+		if !ending || cl.lostTx != 'E' {
+			return cl.failLostTx()
+		}
+		if body[0] == 'S' {
 			cl.writeClient(noParams)
 		}
 		cl.writeClient(noData)
