@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -372,5 +373,42 @@ func TestDeadPoolConnectionNotHandedOut(t *testing.T) {
 	}
 	if got, err := simple(ctx, c, "select 2"); err != nil || got != "2" {
 		t.Errorf("next transaction after every session ended: %q, %v", got, err)
+	}
+}
+
+// TestLostTransactionThroughPgx: a pgx application's transaction whose backend is terminated:
+// its statement fails with 08006, its Commit reports the rollback (pgx.ErrTxCommitRollback),
+// and the same connection (its statement cache included) serves the next transaction.
+func TestLostTransactionThroughPgx(t *testing.T) {
+	h := newTxHarness(t, 2, nil)
+	ctx := ctxTimeout(t, 60*time.Second)
+	c := h.connect(t, ctx, h.superURL())
+	var n int
+	if err := c.QueryRow(ctx, "select $1::int", 1).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	if err := tx.QueryRow(ctx, "select pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	if err := cluster.Exec(ctx, fmt.Sprintf("select pg_terminate_backend(%d)", pid)); err != nil {
+		t.Fatal(err)
+	}
+	if !pgtest.WaitFor(20*time.Second, func() bool {
+		return h.metric(t, "pgsidecar_proxy_server_connections_lost_total", nil) > 0
+	}) {
+		t.Fatal("the proxy never saw the connection go")
+	}
+	err = tx.QueryRow(ctx, "select $1::int", 2).Scan(&n)
+	wantLost(t, "statement of the lost transaction", err, lostCode)
+	if err := tx.Commit(ctx); !errors.Is(err, pgx.ErrTxCommitRollback) {
+		t.Errorf("Commit of the lost transaction: %v, want pgx.ErrTxCommitRollback", err)
+	}
+	if err := c.QueryRow(ctx, "select $1::int", 3).Scan(&n); err != nil || n != 3 || c.IsClosed() {
+		t.Errorf("next statement: %d, %v", n, err)
 	}
 }
