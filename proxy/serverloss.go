@@ -46,10 +46,12 @@ const (
 
 // keepsClient reports whether the client holding c keeps its session when c is lost: a client
 // of transaction mode that is not pinned and is not leaving, while the proxy is not shutting
-// down. c.mu is held.
+// down. Nor does a client whose settings were being read back (a SET it ran succeeded): they
+// are lost with the connection. c.mu is held.
 func (c *srvConn) keepsClient() bool {
 	cl := c.holder
-	return cl != nil && c.core.cfg.PoolMode == PoolTransaction && cl.pin == "" && !c.leaving && c.core.ctx.Err() == nil
+	return cl != nil && c.core.cfg.PoolMode == PoolTransaction && cl.pin == "" && !c.leaving &&
+		!c.capturing.Load() && c.core.ctx.Err() == nil
 }
 
 // answerLost answers e, a request outstanding on the lost connection c, in its place among the
