@@ -35,6 +35,7 @@ type answer struct {
 	forward bool       // the client gets it
 	replace []byte     // the body the client gets instead
 	prev    byte       // a ReadyForQuery's: the transaction status before it
+	ends    bool       // a FATAL error kept from a client that stays: it answers no request
 }
 
 // readLoop forwards the server's messages until the connection fails or retire stops it.
@@ -52,6 +53,9 @@ func (c *srvConn) readLoop() {
 		c.decide(&a, &rd)
 		if !c.deliver(&a, &rd) {
 			return
+		}
+		if a.ends {
+			continue
 		}
 		switch a.typ {
 		case 'D', 'd', 'N', 'A', 'S', 't', 'G', 'H', 'W', 'c':
@@ -174,6 +178,12 @@ func (c *srvConn) serverError(a *answer, rd *answerReader) {
 		// The server is ending the session (terminated, shut down): no client must check the
 		// connection out before the read of its end drops it.
 		c.broken = true
+		if c.keepsClient() {
+			// The client stays connected: it gets the proxy's ERROR when the read of the
+			// connection's end drops it (lost), not the server's FATAL.
+			a.forward, a.ends = false, true
+			return
+		}
 	}
 	if c.batchErr == nil {
 		c.batchErr = e

@@ -52,7 +52,18 @@ type clientStatements struct {
 	// pending: named Parses and Closes of a batch begun without a server connection, answered
 	// when the batch needs none (Sync, Flush) or sent ahead of the first request that does.
 	pending []*entry
-	failed  bool // such a batch failed: its messages are skipped up to its Sync
+	failed  bool // such a batch failed: its messages are skipped up to its Sync ...
+	// ... which gets this ReadyForQuery (readyIdle unless set otherwise).
+	failedReady []byte
+
+	// After the loss of a server connection the client kept its session through
+	// (serverloss.go): lostTx is 'N' while its explicit transaction is lost and it has not been
+	// told, 'E' once it has, 0 otherwise; copyLost: its COPY FROM STDIN failed, and its
+	// ReadyForQuery waits for CopyDone or CopyFail. lostEnding and portalEnding: the unnamed
+	// statement, or the unnamed portal, ends the lost transaction.
+	lostTx                   byte
+	copyLost                 bool
+	lostEnding, portalEnding bool
 }
 
 // batchState is the client's current batch: its requests up to and including a Sync (a Query
@@ -523,6 +534,10 @@ func (cl *client) queue(c *srvConn, e *entry) bool {
 	case 'S':
 		c.midBatch = false
 	}
+	if c.loss != nil && c.loss.cl == &cl.clientEnd {
+		c.answerLost(e) // the connection was lost after the client took it for this request
+		return false
+	}
 	if c.errSkip && c.errBatch == cl.batch && e.kind != 'S' {
 		return false
 	}
@@ -541,12 +556,20 @@ func (cl *client) queueLocked(c *srvConn, e *entry) {
 func (cl *client) answer(c *srvConn, e *entry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.queue) == 0 {
-		cl.writeClient(e.synth)
-		return
-	}
+	cl.answerLocked(c, e)
+}
+
+// answerLocked is answer with c.mu held.
+func (cl *client) answerLocked(c *srvConn, e *entry) {
 	e.batch = cl.batch
-	c.queue = append(c.queue, e)
+	switch {
+	case c.loss != nil && c.loss.cl == &cl.clientEnd:
+		c.answerLost(e)
+	case len(c.queue) == 0:
+		cl.writeClient(e.synth)
+	default:
+		c.queue = append(c.queue, e)
+	}
 }
 
 // namedStmt is what the proxy keeps of a whole session's statement, which the server holds

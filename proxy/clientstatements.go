@@ -174,13 +174,7 @@ func (cl *client) parseOn(c *srvConn, st *pstmt, name string, pre []byte) []byte
 		// refuses it there (25P02), as it would directly.
 		if st.valid.Load() && c.status != 'E' && c.quiet() || c.parsing(st, cl.batch) {
 			s.m.stmtHits.Inc()
-			e := &entry{synth: parseComplete, stmtName: name, stmt: st}
-			if len(c.queue) == 0 {
-				cl.writeClient(e.synth)
-			} else {
-				e.batch = cl.batch
-				c.queue = append(c.queue, e)
-			}
+			cl.answerLocked(c, &entry{synth: parseComplete, stmtName: name, stmt: st})
 			return pre
 		}
 		s.m.stmtMisses.Inc()

@@ -74,15 +74,24 @@ func (s *core) acquireConn() (*pgxpool.Conn, error) {
 			// capacity problem like an exhausted pool, not an outage.
 			code = c
 		}
-		return nil, reject(code, "cannot connect to the database within DB_CONNECTION_TIMEOUT (%s): %s", ae.Wait, ae.Cause)
+		return nil, inBand(reject(code, "cannot connect to the database within DB_CONNECTION_TIMEOUT (%s): %s", ae.Wait, ae.Cause))
 	}
 	if ae != nil && ae.Opening {
 		// Connections were free for the taking, but the database answered neither the ping of an
 		// idle one nor a new connection: a frozen or overloaded server, not a busy pool.
-		return nil, reject("08006", "cannot connect to the database within DB_CONNECTION_TIMEOUT (%s): the database did not answer", ae.Wait)
+		return nil, inBand(reject("08006", "cannot connect to the database within DB_CONNECTION_TIMEOUT (%s): the database did not answer", ae.Wait))
 	}
 	// The pool is busy, or the proxy is closing.
 	cfg := s.mgr.Config()
 	return nil, reject("53300", "no server connection available within DB_CONNECTION_TIMEOUT (%s): all %d pool connections are in use",
 		cfg.ConnectTimeout, cfg.MaxConns)
+}
+
+// inBand marks a failure to get a server connection as one a transaction-mode client is told
+// of in-band, staying connected (its session lives in the proxy): a client whose server
+// connection was lost in a restart waits for the new one up to DB_CONNECTION_TIMEOUT, and may
+// try again after. A login refused so still gets FATAL.
+func inBand(r *rejectError) *rejectError {
+	r.inBand = true
+	return r
 }

@@ -25,9 +25,11 @@ var pgxSuites = []struct {
 }
 
 // pgxSkipTransactionMode are the tests skipped in transaction mode, which see what transaction
-// mode changes on purpose: they look for their prepared statement by name in
-// pg_prepared_statements, where it has the proxy's name.
-const pgxSkipTransactionMode = "|^(TestPrepareHandlesTimeoutBetweenParseAndDescribe|TestPrepareWithDigestedNameHandlesTimeoutBetweenParseAndDescribe)$"
+// mode changes on purpose: two look for their prepared statement by name in
+// pg_prepared_statements, where it has the proxy's name; TestBeginTxFatalErrorKillsConn ends its
+// server backend and expects FATAL and a closed connection, where the client keeps its session
+// with an in-band ERROR (serverloss.go).
+const pgxSkipTransactionMode = "|^(TestPrepareHandlesTimeoutBetweenParseAndDescribe|TestPrepareWithDigestedNameHandlesTimeoutBetweenParseAndDescribe|TestBeginTxFatalErrorKillsConn)$"
 
 // TestPgxSuite builds pgx's pgconn and pgx tests and runs them with PGX_TEST_DATABASE pointing
 // at the proxy: hundreds of protocol cases (extended protocol modes, pipelines, batches, COPY,

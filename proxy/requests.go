@@ -101,6 +101,9 @@ func (cl *client) next(hdr []byte) (typ byte, n int, ok bool) {
 // connection if it can be, else sent on the one the client holds (checked out if need be),
 // with what the proxy sends on its behalf. It reports false when the session ends.
 func (cl *client) relay(typ byte, n int) bool {
+	if c := cl.lostConn.Load(); c != nil && cl.lostConn.CompareAndSwap(c, nil) {
+		cl.afterLoss(c)
+	}
 	if cl.hasUndo.Load() {
 		cl.applyUndone()
 	}
@@ -154,8 +157,14 @@ func (cl *client) relay(typ byte, n int) bool {
 	case 'C':
 		cl.close(c, &r)
 	case 'E':
+		e := &entry{kind: 'E'}
+		if !cl.executed {
+			// The statement it runs, for the answer to an Execute the server leaves
+			// unanswered (serverloss.go): a COMMIT's is 08007.
+			e.op, e.sql = cl.batchOp, cl.batchSQL
+		}
 		cl.executed = true
-		cl.queueLocked(c, &entry{kind: 'E'})
+		cl.queueLocked(c, e)
 	case 'S':
 		cl.sync(c, &r)
 	case 'F':
@@ -418,9 +427,26 @@ func (cl *client) answerAlone(typ byte, body []byte) bool {
 		}
 		cl.failed = false
 		cl.pending = cl.pending[:0]
-		cl.writeClient(readyIdle)
+		ready := readyIdle
+		if cl.failedReady != nil {
+			ready, cl.failedReady = cl.failedReady, nil
+		}
+		cl.writeClient(ready)
 		cl.batch++
 		return true
+	}
+	if cl.copyLost && (typ == 'c' || typ == 'f') {
+		// The end of a simple Query's COPY FROM STDIN whose server connection was lost.
+		cl.copyLost = false
+		ready := readyIdle
+		if cl.lostTx != 0 {
+			ready = readyFailed
+		}
+		cl.writeClient(ready)
+		return true
+	}
+	if cl.lostTx != 0 {
+		return cl.answerLostTx(typ, body)
 	}
 	switch typ {
 	case 'P':

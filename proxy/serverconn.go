@@ -111,7 +111,8 @@ type srvConn struct {
 	// server is inside their batch (and its implicit transaction) whatever status it last
 	// reported.
 	midBatch bool
-	readyAt  time.Time // of the last ReadyForQuery
+	readyAt  time.Time  // of the last ReadyForQuery
+	loss     *lossState // the connection was lost and its client kept: how its requests are answered
 
 	counted byte // the gauge counting the connection (serverSet.count); guarded by set.mu
 	// gone: the set let go of the connection, to retire or drop it (whichever came first does
@@ -144,6 +145,9 @@ type clientEnd struct {
 	// transactions counts transactions and single statements outside one; a connection draining
 	// a client's last answers counts after the client's goroutine ended.
 	transactions atomic.Int64
+	// lostConn: the server connection the client held was lost and the client kept its
+	// session (serverloss.go); its goroutine takes what that left before its next request.
+	lostConn atomic.Pointer[srvConn]
 }
 
 // clientSettings are the client's settings and pin: the part of its session that is not its
@@ -301,8 +305,10 @@ func (c *srvConn) cancelOutstanding() {
 	go c.cancelFor()
 }
 
-// lost drops a connection that failed. Its client, if any, gets FATAL 08006 (unless the server
-// said FATAL itself) and is disconnected; requests in flight are measured as 08006 errors.
+// lost drops a connection that failed; requests in flight are measured as 08006 errors. Its
+// client, if any, keeps its session when it can (keepsClient: transaction mode, not pinned),
+// its requests answered as serverloss.go says; otherwise it gets FATAL 08006 (unless the server
+// said FATAL itself) and is disconnected.
 func (c *srvConn) lost(cause error, serverSaidFatal bool) {
 	s := c.core
 	c.mu.Lock()
@@ -313,35 +319,50 @@ func (c *srvConn) lost(cause error, serverSaidFatal bool) {
 	if cl != nil && c.status != 'I' && s.ctx.Err() == nil {
 		s.m.transactions.WithLabelValues("error").Inc()
 	}
+	keep := c.keepsClient()
+	if keep {
+		// The client stays: the proxy answers what the server left unanswered, and what the
+		// client sends before its goroutine learns of the loss (queue).
+		c.loss = &lossState{cl: cl, inTx: c.status != 'I'}
+		for _, e := range queue {
+			c.answerLost(e)
+		}
+		cl.lostConn.Store(c)
+	}
 	if cl != nil {
 		cl.detach(c)
 	}
 	c.mu.Unlock()
-	lostErr := &pgconn.PgError{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "08006", Message: "server connection lost"}
 	for _, e := range queue {
-		e.report(false)
-		if e.done != nil {
-			e.done <- lostErr
+		if !keep {
+			e.report(false)
+			if e.done != nil {
+				e.done <- lostConnErr
+			}
 		}
 		if cl != nil && e.measure && !e.skip {
-			s.mgr.RecordQuery(e.op, e.sql, time.Since(e.start), lostErr)
+			s.mgr.RecordQuery(e.op, e.sql, time.Since(e.start), lostConnErr)
 		}
 	}
 	if cl != nil {
 		if s.ctx.Err() == nil {
 			s.m.serverLost.Inc()
 			s.log.Warn("Proxy server connection lost", "user", cl.user, "client", cl.remote,
-				"error", s.mgr.ScrubError(cause).Error())
+				"error", s.mgr.ScrubError(cause).Error(), "client_kept", keep)
 		}
-		if !serverSaidFatal {
+		if keep {
+			cl.flushClient()
+		} else if !serverSaidFatal {
 			var buf []byte
 			buf, _ = (&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "08006",
 				Message: "server connection lost; the session ended and its transaction, if any, is lost"}).Encode(buf)
 			cl.writeClient(buf)
 			s.m.rejected.WithLabelValues("08006").Inc()
 		}
-		cl.flushClient()
-		_ = cl.conn.Close()
+		if !keep {
+			cl.flushClient()
+			_ = cl.conn.Close()
+		}
 	}
 	c.home.forget(c)
 }

@@ -171,26 +171,11 @@ func (ss *serverSet) reportedParams() map[string]string {
 
 // open borrows a connection from the pool for the set and starts reading it.
 func (ss *serverSet) open() (*srvConn, error) {
-	s := ss.core
-	pooled, err := s.acquireConn()
+	pooled, err := ss.core.acquireLive()
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ResetTimeout)
-	defer cancel()
 	pc := pooled.Conn().PgConn()
-	// pgx's statement cache may hold statements from library use: drop them, so that the only
-	// statements on the connection are the ones the proxy tracks. SyncConn comes last: a query
-	// through pgconn may leave its background reader in a read of the socket.
-	err = pooled.Conn().DeallocateAll(ctx)
-	if err == nil {
-		err = pc.SyncConn(ctx)
-	}
-	if err != nil {
-		_ = pooled.Conn().Close(ctx)
-		pooled.Release()
-		return nil, reject("08006", "server connection failed: %s", s.mgr.ScrubError(err))
-	}
 	c := &srvConn{core: ss.core, home: ss, pooled: pooled, pc: pc, net: pc.Conn(), born: time.Now(), status: 'I',
 		params: map[string]string{}, reported: map[string]string{}, exited: make(chan struct{})}
 	c.sr = bufio.NewReaderSize(c.net, ioBufSize)

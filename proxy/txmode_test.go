@@ -559,8 +559,9 @@ func TestTxModeCancel(t *testing.T) {
 	}
 }
 
-// TestTxModeServerKilledMidTransaction: the client whose server connection dies gets FATAL 08006;
-// the connection is dropped and other clients carry on.
+// TestTxModeServerKilledMidTransaction: the client whose server connection dies in the middle of
+// its transaction gets ERROR 08006 and keeps its session, in a failed transaction; the
+// connection is dropped and clients carry on once the server is back.
 func TestTxModeServerKilledMidTransaction(t *testing.T) {
 	cluster.RequireControl(t)
 	h := newTxHarness(t, 2, nil)
@@ -595,8 +596,11 @@ func TestTxModeServerKilledMidTransaction(t *testing.T) {
 		t.Fatal("the client was left hanging")
 	}
 	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != "08006" || pgErr.Severity != "FATAL" {
-		t.Fatalf("query on a killed server connection: %v, want FATAL 08006", err)
+	if !errors.As(err, &pgErr) || pgErr.Code != "08006" || pgErr.Severity != "ERROR" || a.TxStatus() != 'E' {
+		t.Fatalf("query on a killed server connection: %v, status %c; want ERROR 08006, status E", err, a.TxStatus())
+	}
+	if got, err := simple(ctx, a, "rollback"); err != nil || got != "ROLLBACK" {
+		t.Fatalf("rollback of the lost transaction: %q, %v", got, err)
 	}
 	if got := h.metric(t, "pgsidecar_proxy_server_connections_lost_total", nil); got != 1 {
 		t.Errorf("server connections lost = %v, want 1", got)
