@@ -409,7 +409,13 @@ func TestTxModeLoginWithoutServerConnection(t *testing.T) {
 	if got, err := simple(ctx, b, "select current_setting('application_name') || ' ' || current_setting('timezone')"); err != nil || got != "bee Asia/Tokyo" {
 		t.Fatalf("settings on the first checkout: %q, %v", got, err)
 	}
-	// A bad startup setting still fails the login when a connection is free to check it on.
+	// A bad startup setting still fails the login when a connection is free to check it on
+	// (b's answer can reach it a moment before its connection is back in the set).
+	if !pgtest.WaitFor(5*time.Second, func() bool {
+		return h.metric(t, "pgsidecar_proxy_server_connections", map[string]string{"state": "active"}) == 0
+	}) {
+		t.Fatal("the server connection is still active after the last answer")
+	}
 	bad, err := pgconn.Connect(ctx, h.url("postgres", pgtest.SuperuserPassword, "options=-c%20statement_timeout%3Dbanana"))
 	if err == nil {
 		_ = bad.Close(ctx)
