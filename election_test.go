@@ -1,0 +1,217 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/internal/testutil"
+)
+
+// electionSidecar is one pgsidecar process of the election tests, on a role of its own so that
+// pg_stat_statements tells its queries apart.
+type electionSidecar struct {
+	role, addr string
+	proc       *sidecarProcess
+	log        string
+}
+
+func (s *electionSidecar) scrape() string {
+	c := &http.Client{Timeout: 5 * time.Second}
+	r, err := c.Get("http://" + s.addr + "/metrics")
+	if err != nil {
+		return ""
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	return string(b)
+}
+
+// serverWide reports whether a scrape holds server-wide series, and the sidecar says it leads.
+func serverWide(body string) bool {
+	return strings.Contains(body, "\npg_stat_database_xact_commit{") && strings.Contains(body, "\npgsidecar_collector_leader{scope=")
+}
+
+var leaderLine = regexp.MustCompile(`(?m)^pgsidecar_collector_leader\{scope="(\w+)"\} (\d)`)
+
+// leads reads pgsidecar_collector_leader from a scrape.
+func leads(body string) bool {
+	m := leaderLine.FindStringSubmatch(body)
+	return m != nil && m[2] == "1"
+}
+
+func startElectionSidecar(t *testing.T, role string, args ...string) *electionSidecar {
+	t.Helper()
+	s := &electionSidecar{role: role, addr: testutil.FreeAddr(t), log: filepath.Join(t.TempDir(), role+".log")}
+	out, err := os.Create(s.log)
+	must(t, err)
+	t.Cleanup(func() { out.Close() })
+	s.proc = startProcess(t, out, append([]string{"--database-url=" + cluster.URLFor(role, role+"-pw", "postgres"),
+		"--web.listen-address=" + s.addr, "--db.metrics-log-interval=0", "--db.min-connections=1"}, args...)...)
+	if !pgtest.WaitFor(20*time.Second, func() bool { return strings.Contains(s.scrape(), "pg_up") }) {
+		t.Fatalf("%s never served /metrics:\n%s", role, s.logs())
+	}
+	return s
+}
+
+func (s *electionSidecar) logs() string {
+	b, _ := os.ReadFile(s.log)
+	return string(b)
+}
+
+// leaders returns the sidecars whose scrape holds the server-wide series.
+func leaders(ss []*electionSidecar) []*electionSidecar {
+	var out []*electionSidecar
+	for _, s := range ss {
+		if s.proc.running() && serverWide(s.scrape()) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func electionRoles(t *testing.T, roles ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	must(t, cluster.Exec(ctx, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
+	for _, r := range roles {
+		must(t, cluster.Exec(ctx, fmt.Sprintf("DROP ROLE IF EXISTS %[1]s; CREATE ROLE %[1]s LOGIN PASSWORD '%[1]s-pw' IN ROLE pg_monitor", r)))
+	}
+	t.Cleanup(func() {
+		for _, r := range roles {
+			_ = cluster.Exec(context.Background(), "DROP ROLE IF EXISTS "+r)
+		}
+	})
+}
+
+// TestOneSidecarCollectsServerWideStatistics runs three sidecars with the default scope on one
+// server: one exports the server-wide series, the others send the server no catalog query; a
+// killed leader is replaced within 10 s, a stopped one within its lease, and a stopped leader
+// that resumes does not export beside the new one.
+func TestOneSidecarCollectsServerWideStatistics(t *testing.T) {
+	clearPoolEnv(t)
+	roles := []string{"elect_a", "elect_b", "elect_c"}
+	electionRoles(t, roles...)
+	var ss []*electionSidecar
+	for _, r := range roles {
+		ss = append(ss, startElectionSidecar(t, r))
+	}
+	var lead []*electionSidecar
+	if !pgtest.WaitFor(15*time.Second, func() bool { lead = leaders(ss); return len(lead) == 1 }) {
+		t.Fatalf("%d sidecars export the server-wide series, want 1", len(lead))
+	}
+	leader := lead[0]
+
+	// Every sidecar is scraped a few times; only the leader's role runs catalog queries.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	must(t, cluster.Exec(ctx, "SELECT pg_stat_statements_reset()"))
+	for range 3 {
+		for _, s := range ss {
+			body := s.scrape()
+			if s != leader {
+				if serverWide(body) || leads(body) || strings.Contains(body, "pg_settings_") {
+					t.Fatalf("%s is not the leader but exports server-wide series", s.role)
+				}
+				if !strings.Contains(body, "\npg_up{") || !strings.Contains(body, `pgsidecar_connection_ceiling{part="election"} 1`) {
+					t.Fatalf("%s lacks pg_up or its ceiling:\n%s", s.role, body)
+				}
+			}
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	conn, err := pgx.Connect(ctx, cluster.URL("postgres"))
+	must(t, err)
+	defer conn.Close(context.Background())
+	rows, err := conn.Query(ctx, `SELECT r.rolname, s.query, s.calls FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid
+WHERE r.rolname = ANY($1)`, roles)
+	must(t, err)
+	catalog := map[string]int64{}
+	for rows.Next() {
+		var role, query string
+		var calls int64
+		must(t, rows.Scan(&role, &query, &calls))
+		if query != "SELECT pg_try_advisory_lock($1), pg_backend_pid()" {
+			catalog[role] += calls
+			if role != leader.role {
+				t.Errorf("follower %s ran %q %d times", role, query, calls)
+			}
+		}
+	}
+	must(t, rows.Err())
+	if catalog[leader.role] == 0 {
+		t.Fatalf("the leader %s ran no catalog queries: %v", leader.role, catalog)
+	}
+
+	// kill -9: the lock goes with the session, and another sidecar takes over within 10 s.
+	must(t, leader.proc.cmd.Process.Kill())
+	killed := time.Now()
+	if !pgtest.WaitFor(10*time.Second, func() bool { lead = leaders(ss); return len(lead) == 1 }) {
+		t.Fatalf("no sidecar took over within 10s of the leader's kill (%d lead)", len(lead))
+	}
+	t.Logf("a sidecar took over %s after the leader was killed", time.Since(killed).Round(100*time.Millisecond))
+
+	// SIGSTOP: the server ends the stopped leader's idle election session after its lease
+	// (5 × 2 s), freeing the lock for the last sidecar.
+	stopped := lead[0]
+	must(t, stopped.proc.cmd.Process.Signal(syscall.SIGSTOP))
+	t.Cleanup(func() { _ = stopped.proc.cmd.Process.Signal(syscall.SIGCONT) })
+	frozen := time.Now()
+	var last *electionSidecar
+	for _, s := range ss {
+		if s != leader && s != stopped {
+			last = s
+		}
+	}
+	if !pgtest.WaitFor(20*time.Second, func() bool { return serverWide(last.scrape()) }) {
+		t.Fatalf("no sidecar took over within 20s of the leader's SIGSTOP:\n%s", last.logs())
+	}
+	t.Logf("a sidecar took over %s after the leader was stopped", time.Since(frozen).Round(100*time.Millisecond))
+	must(t, stopped.proc.cmd.Process.Signal(syscall.SIGCONT))
+	// Resumed, it knows its lease ran out before it polls again: it must not export beside
+	// the new leader.
+	if body := stopped.scrape(); serverWide(body) || leads(body) {
+		t.Fatalf("the resumed former leader %s still exports server-wide series", stopped.role)
+	}
+	if !serverWide(last.scrape()) {
+		t.Fatal("the new leader lost the role to the resumed sidecar")
+	}
+}
+
+// TestCollectorScopesAllAndLocal checks that scope all always exports the server-wide series,
+// beside an elected leader, and scope local never does, while both keep pg_up.
+func TestCollectorScopesAllAndLocal(t *testing.T) {
+	clearPoolEnv(t)
+	electionRoles(t, "scope_auto", "scope_all", "scope_local")
+	auto := startElectionSidecar(t, "scope_auto")
+	all := startElectionSidecar(t, "scope_all", "--collector.scope=all")
+	local := startElectionSidecar(t, "scope_local", "--collector.scope=local")
+	if !pgtest.WaitFor(15*time.Second, func() bool { return serverWide(auto.scrape()) }) {
+		t.Fatalf("the only sidecar with scope auto does not lead:\n%s", auto.logs())
+	}
+	body := all.scrape()
+	if !serverWide(body) || !strings.Contains(body, `pgsidecar_collector_leader{scope="all"} 1`) ||
+		!strings.Contains(body, `pgsidecar_connection_ceiling{part="election"} 0`) {
+		t.Fatalf("scope all does not export the server-wide series:\n%s", body)
+	}
+	body = local.scrape()
+	if serverWide(body) || strings.Contains(body, "pg_settings_") || !strings.Contains(body, `pgsidecar_collector_leader{scope="local"} 0`) ||
+		!strings.Contains(body, `pgsidecar_connection_ceiling{part="collectors"} 0`) {
+		t.Fatalf("scope local exports server-wide series:\n%s", body)
+	}
+	if !regexp.MustCompile(`(?m)^pg_up\{[^}]*\} 1$`).MatchString(body) {
+		t.Fatalf("scope local lacks pg_up 1:\n%s", body)
+	}
+}
