@@ -215,3 +215,27 @@ func TestCollectorScopesAllAndLocal(t *testing.T) {
 		t.Fatalf("scope local lacks pg_up 1:\n%s", body)
 	}
 }
+
+// TestElectionBehindTransactionPooler runs a sidecar whose database is reached through a
+// transaction-mode pooler that refuses session advisory locks (pgsidecar's own proxy with
+// --proxy.pin-policy=error): it cannot take part in an election, so it collects as with
+// --collector.scope=all and says why.
+func TestElectionBehindTransactionPooler(t *testing.T) {
+	clearPoolEnv(t)
+	electionRoles(t, "pooler_front")
+	proxyAddr := testutil.FreeAddr(t)
+	startElectionSidecar(t, "pooler_front", "--collector.scope=local", "--proxy.listen-address="+proxyAddr,
+		"--proxy.pool-mode=transaction", "--proxy.pin-policy=error")
+	behind := &electionSidecar{role: "pooled", addr: testutil.FreeAddr(t), log: filepath.Join(t.TempDir(), "pooled.log")}
+	out, err := os.Create(behind.log)
+	must(t, err)
+	t.Cleanup(func() { out.Close() })
+	behind.proc = startProcess(t, out, "--database-url=postgres://pooler_front:pooler_front-pw@"+proxyAddr+"/postgres?sslmode=disable",
+		"--web.listen-address="+behind.addr, "--db.metrics-log-interval=0")
+	if !pgtest.WaitFor(20*time.Second, func() bool { return serverWide(behind.scrape()) }) {
+		t.Fatalf("the sidecar behind a transaction pooler does not collect:\n%s", behind.logs())
+	}
+	if !strings.Contains(behind.logs(), "Collector election given up") {
+		t.Fatalf("no warning about the pooler:\n%s", behind.logs())
+	}
+}

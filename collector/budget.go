@@ -48,11 +48,14 @@ func (e *Exporter) startScope(mgr *pool.Manager) {
 	if e.cfg.Scope == ScopeAuto {
 		e.el = newElection(e.pool.Config().ConnConfig, e.cfg.ElectionDatabase, e.cfg.ElectionInterval, e.configHash,
 			e.log, e.scrubErr)
-		e.el.onConnect = e.checkBudget
+		e.el.onConnect = func(ctx context.Context, c *pgx.Conn) { e.checkBudget(ctx, c, false) }
 		e.wg.Go(func() { e.el.run(e.ctx) })
 		return
 	}
-	e.wg.Go(e.checkBudgetOnce)
+	if e.cfg.Scope == ScopeLocal {
+		e.wg.Go(e.checkBudgetOnce)
+	}
+	// With ScopeAll the first collection checks, on its own connection.
 }
 
 // collects reports whether this collection runs the server-wide collectors. With scope auto it
@@ -95,14 +98,14 @@ func (e *Exporter) collectScope(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(e.scope.ceiling, prometheus.GaugeValue, float64(election), "election")
 }
 
-// checkBudgetOnce runs the start-up budget check for the scopes without an election session,
-// on a connection of its own, retrying until the server answers once.
+// checkBudgetOnce runs the start-up budget check of ScopeLocal, which has no session of its
+// own to run it on: on a connection opened for it, retrying until the server answers once.
 func (e *Exporter) checkBudgetOnce() {
 	for e.ctx.Err() == nil {
 		ctx, cancel := context.WithTimeout(e.ctx, e.cfg.Timeout)
 		c, err := pgx.ConnectConfig(ctx, e.pool.Config().ConnConfig)
 		if err == nil {
-			e.checkBudget(ctx, c)
+			e.checkBudget(ctx, c, false)
 			closeConn(c)
 			cancel()
 			return
@@ -113,8 +116,9 @@ func (e *Exporter) checkBudgetOnce() {
 }
 
 // checkBudget warns when this sidecar's ceiling does not fit what the other client sessions
-// leave of what the server allows. c is one of this sidecar's sessions.
-func (e *Exporter) checkBudget(ctx context.Context, c *pgx.Conn) {
+// leave of what the server allows. c is one of this sidecar's sessions; pooled says it is one
+// of the pools' connections, which ownConns counts already.
+func (e *Exporter) checkBudget(ctx context.Context, c *pgx.Conn, pooled bool) {
 	var allowed, clients int
 	if err := c.QueryRow(ctx, budgetQuery).Scan(&allowed, &clients); err != nil {
 		e.log.Debug("Connection budget check failed", "error", e.errString(err))
@@ -123,6 +127,9 @@ func (e *Exporter) checkBudget(ctx context.Context, c *pgx.Conn) {
 	collectors, election := e.connectionCeiling()
 	ceiling := int(e.poolMax) + collectors + election
 	own := 1 // c
+	if pooled {
+		own = 0
+	}
 	if e.ownConns != nil {
 		own += e.ownConns()
 	}

@@ -224,6 +224,11 @@ func (el *election) hold(ctx context.Context, c *pgx.Conn) error {
 		}
 		err := c.QueryRow(qctx, q, key).Scan(&got, &backend)
 		cancel()
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == "0A000" {
+			el.giveUp("a pooler in between refuses session advisory locks: " + pe.Message)
+			return nil
+		}
 		if err != nil {
 			return err
 		}

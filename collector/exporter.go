@@ -143,6 +143,8 @@ type Exporter struct {
 	ownConns func() int
 	poolMax  int32
 	scope    scopeDescs
+	// budgetChecked runs the start-up budget check of ScopeAll in the first collection.
+	budgetChecked sync.Once
 }
 
 // New checks cfg and builds an Exporter on a side pool of mgr (mgr closes it). It loads the
@@ -677,6 +679,9 @@ func (e *Exporter) collectOnce(ctx context.Context, r *run) *collection {
 	}
 	short = semver(version)
 	e.noteUp(true, nil)
+	if e.cfg.Scope == ScopeAll && e.ownConns != nil {
+		e.budgetChecked.Do(func() { e.checkBudget(ctx, conn.Conn(), true) })
+	}
 	r.mu.Lock()
 	r.connected, r.static = true, []string{full, short}
 	r.mu.Unlock()
