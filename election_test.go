@@ -239,3 +239,39 @@ func TestElectionBehindTransactionPooler(t *testing.T) {
 		t.Fatalf("no warning about the pooler:\n%s", behind.logs())
 	}
 }
+
+// TestConnectionBudget checks the ceiling a sidecar exports, what the leader says the server
+// allows, and the start-up warning of a sidecar whose ceiling does not fit.
+func TestConnectionBudget(t *testing.T) {
+	clearPoolEnv(t)
+	electionRoles(t, "budget_fits", "budget_big")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	allowed, err := cluster.QueryInt(ctx, "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int")
+	must(t, err)
+	fits := startElectionSidecar(t, "budget_fits", "--db.max-connections=4", "--collector.max-connections=2",
+		"--collector.databases.max-idle=3")
+	var body string
+	if !pgtest.WaitFor(15*time.Second, func() bool { body = fits.scrape(); return serverWide(body) }) {
+		t.Fatalf("the sidecar does not lead:\n%s", fits.logs())
+	}
+	for _, want := range []string{
+		`pgsidecar_connection_ceiling{part="pool"} 4`,
+		`pgsidecar_connection_ceiling{part="collectors"} 6`, // 2 + 3 kept + 1 visiting
+		`pgsidecar_connection_ceiling{part="election"} 1`,
+		fmt.Sprintf("pgsidecar_server_connections_allowed %d", allowed),
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("no %s in:\n%s", want, body)
+		}
+	}
+	if strings.Contains(fits.logs(), "more server connections than the server has left") {
+		t.Errorf("a sidecar that fits was warned about:\n%s", fits.logs())
+	}
+	big := startElectionSidecar(t, "budget_big", fmt.Sprintf("--db.max-connections=%d", allowed))
+	if !pgtest.WaitFor(15*time.Second, func() bool {
+		return strings.Contains(big.logs(), "more server connections than the server has left")
+	}) {
+		t.Fatalf("no warning from a sidecar whose pool alone takes every allowed connection:\n%s", big.logs())
+	}
+}
