@@ -191,13 +191,24 @@ WHERE r.rolname = ANY($1)`, roles)
 }
 
 // TestCollectorScopesAllAndLocal checks that scope all always exports the server-wide series,
-// beside an elected leader, and scope local never does, while both keep pg_up.
+// beside an elected leader, and scope local never does, while both keep pg_up and run the
+// custom queries marked every_sidecar.
 func TestCollectorScopesAllAndLocal(t *testing.T) {
 	clearPoolEnv(t)
 	electionRoles(t, "scope_auto", "scope_all", "scope_local")
-	auto := startElectionSidecar(t, "scope_auto")
-	all := startElectionSidecar(t, "scope_all", "--collector.scope=all")
-	local := startElectionSidecar(t, "scope_local", "--collector.scope=local")
+	queries := filepath.Join(t.TempDir(), "queries.yaml")
+	must(t, os.WriteFile(queries, []byte(`
+scope_server:
+  query: SELECT 1 AS v
+  metrics: [{v: {usage: GAUGE, description: Runs on the collecting sidecar.}}]
+scope_each:
+  query: SELECT 2 AS v
+  every_sidecar: true
+  metrics: [{v: {usage: GAUGE, description: Runs on every sidecar.}}]
+`), 0o600))
+	auto := startElectionSidecar(t, "scope_auto", "--queries.file="+queries)
+	all := startElectionSidecar(t, "scope_all", "--collector.scope=all", "--queries.file="+queries)
+	local := startElectionSidecar(t, "scope_local", "--collector.scope=local", "--queries.file="+queries)
 	if !pgtest.WaitFor(15*time.Second, func() bool { return serverWide(auto.scrape()) }) {
 		t.Fatalf("the only sidecar with scope auto does not lead:\n%s", auto.logs())
 	}
@@ -208,11 +219,20 @@ func TestCollectorScopesAllAndLocal(t *testing.T) {
 	}
 	body = local.scrape()
 	if serverWide(body) || strings.Contains(body, "pg_settings_") || !strings.Contains(body, `pgsidecar_collector_leader{scope="local"} 0`) ||
-		!strings.Contains(body, `pgsidecar_connection_ceiling{part="collectors"} 0`) {
+		// Its collectors' pool runs the every_sidecar query: one connection.
+		!strings.Contains(body, `pgsidecar_connection_ceiling{part="collectors"} 1`) {
 		t.Fatalf("scope local exports server-wide series:\n%s", body)
 	}
 	if !regexp.MustCompile(`(?m)^pg_up\{[^}]*\} 1$`).MatchString(body) {
 		t.Fatalf("scope local lacks pg_up 1:\n%s", body)
+	}
+	if strings.Contains(body, "\nscope_server_v ") || !strings.Contains(body, "\nscope_each_v 2") {
+		t.Fatalf("scope local runs the wrong custom queries:\n%s", body)
+	}
+	for _, s := range []*electionSidecar{auto, all} {
+		if body := s.scrape(); !strings.Contains(body, "\nscope_server_v 1") || !strings.Contains(body, "\nscope_each_v 2") {
+			t.Fatalf("%s does not run every custom query:\n%s", s.role, body)
+		}
 	}
 }
 

@@ -71,16 +71,43 @@ func (e *Exporter) collects(ctx context.Context) bool {
 	return true
 }
 
-// localOnly is the collection of a sidecar that does not run the server-wide collectors: pg_up
-// only, which the pool's health checks give without a query of the collectors' own.
-func (e *Exporter) localOnly() *collection {
+// localOnly is the collection of a sidecar that does not run the server-wide collectors: pg_up,
+// which the pool's health checks give without a query of the collectors' own, and the custom
+// queries marked every_sidecar, when there are any.
+func (e *Exporter) localOnly(ctx context.Context) *collection {
 	s := newSink()
 	up := 0.0
 	if e.poolUp != nil && e.poolUp() {
 		up = 1
 	}
+	failed := false
+	if e.custom != nil && e.custom.hasEverySidecar() {
+		start := time.Now()
+		err := e.everySidecarQueries(ctx, s)
+		e.noteCollector(customCollectorName, colResult{dur: time.Since(start), err: err})
+		success := 1.0
+		if err != nil {
+			success, failed = 0, true
+		}
+		s.add(e.durationDesc, prometheus.GaugeValue, time.Since(start).Seconds(), []string{customCollectorName})
+		s.add(e.successDesc, prometheus.GaugeValue, success, []string{customCollectorName})
+	}
 	s.add(e.upDesc, prometheus.GaugeValue, up, nil)
-	return &collection{metrics: s.metrics}
+	return &collection{metrics: s.metrics, failed: failed}
+}
+
+// everySidecarQueries runs the custom queries marked every_sidecar into s.
+func (e *Exporter) everySidecarQueries(ctx context.Context, s *sink) error {
+	conn, err := e.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	var version int
+	if err := conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&version); err != nil {
+		return err
+	}
+	return e.runOne(ctx, e.custom, &Scrape{Conn: conn, Version: version, sink: s, everySidecarOnly: true})
 }
 
 // collectScope sends the leader and ceiling series.

@@ -98,6 +98,10 @@ const maxQueriesFileHash = 16 << 20
 // collectors' pool and their visits to other databases, and the election session.
 func (e *Exporter) connectionCeiling() (collectors, election int) {
 	if e.cfg.Scope == ScopeLocal {
+		if e.custom != nil && e.custom.hasEverySidecar() {
+			// The custom queries that run on every sidecar use the collectors' pool.
+			return int(e.cfg.MaxConns), 0
+		}
 		return 0, 0
 	}
 	collectors = int(e.cfg.MaxConns)
