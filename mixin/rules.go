@@ -373,6 +373,7 @@ unless on (job, instance)
 			"Query errors are steadily burning the error budget.",
 			fmt.Sprintf(`Pool {{ $labels.pool }} of job {{ $labels.job }} fails {{ $value | humanizePercentage }} of its queries, more than a %s objective allows over time (%s).`, pct(c.ErrorObjective), burnWindows("warning"))),
 	}}
+	bridgeLeaderChanges(pg.Rules, c.LeaderChangeWindow)
 	return RuleFile{Groups: []RuleGroup{recording, slo, sidecar, pg, sloAlerts}}
 }
 
