@@ -154,6 +154,11 @@ WHERE r.rolname = ANY($1)`, roles)
 	if catalog[leader.role] == 0 {
 		t.Fatalf("the leader %s ran no catalog queries: %v", leader.role, catalog)
 	}
+	for _, s := range ss {
+		if n := collectorSessions(t, s.role); (s == leader) != (n > 0) {
+			t.Errorf("%s (leader: %v) holds %d collector sessions", s.role, s == leader, n)
+		}
+	}
 
 	// kill -9: the lock goes with the session, and another sidecar takes over within 10 s.
 	must(t, leader.proc.cmd.Process.Kill())
@@ -188,6 +193,20 @@ WHERE r.rolname = ANY($1)`, roles)
 	if !serverWide(last.scrape()) {
 		t.Fatal("the new leader lost the role to the resumed sidecar")
 	}
+	// Once it finds its election session gone, it closes its collectors' connections.
+	if !pgtest.WaitFor(10*time.Second, func() bool { return collectorSessions(t, stopped.role) == 0 }) {
+		t.Errorf("the former leader %s keeps %d collector sessions", stopped.role, collectorSessions(t, stopped.role))
+	}
+}
+
+// collectorSessions counts the collectors' sessions of a role.
+func collectorSessions(t *testing.T, role string) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	n, err := cluster.QueryInt(ctx, "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND application_name = 'pgsidecar-collector'", role)
+	must(t, err)
+	return n
 }
 
 // TestCollectorScopesAllAndLocal checks that scope all always exports the server-wide series,

@@ -32,7 +32,7 @@ func (f *collectorFeature) start(ctx context.Context, d *deps) (func(), error) {
 	}
 	d.metricsMiddleware = append(d.metricsMiddleware, e.Middleware)
 	d.mux.Handle("/-/reload", e.ReloadHandler())
-	d.logger.Info("Collectors enabled", "collectors", e.Enabled(), "queries_file", f.cfg.QueriesFile)
+	d.logger.Info("Collectors enabled", "collectors", e.Enabled(), "queries_file", f.cfg.QueriesFile, "scope", f.cfg.Scope)
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)

@@ -45,10 +45,12 @@ func (e *Exporter) startScope(mgr *pool.Manager) {
 		return s == pool.StatusHealthy || s == pool.StatusDegraded
 	}
 	e.ownConns = func() int { return int(mgr.Pool().Stat().TotalConns() + e.pool.Stat().TotalConns()) }
+	e.noteConfig()
 	if e.cfg.Scope == ScopeAuto {
 		e.el = newElection(e.pool.Config().ConnConfig, e.cfg.ElectionDatabase, e.cfg.ElectionInterval, e.configHash,
 			e.log, e.scrubErr)
 		e.el.onConnect = func(ctx context.Context, c *pgx.Conn) { e.checkBudget(ctx, c, false) }
+		e.el.onResign = e.dropCollectorConns
 		e.wg.Go(func() { e.el.run(e.ctx) })
 		return
 	}
@@ -166,4 +168,12 @@ func (e *Exporter) checkBudget(ctx context.Context, c *pgx.Conn, pooled bool) {
 			"ceiling", ceiling, "pool", e.poolMax, "collectors", collectors, "election", election,
 			"allowed", allowed, "other_client_connections", others, "left", left)
 	}
+}
+
+// dropCollectorConns closes the connections the collectors keep open, when this sidecar stops
+// leading: a follower holds none of them (the collectors' pool closes a connection in use once
+// it is released).
+func (e *Exporter) dropCollectorConns() {
+	e.pool.Reset()
+	e.side.closeIdle()
 }

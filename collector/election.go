@@ -42,9 +42,12 @@ type election struct {
 	scrub    func(error) error
 	// onConnect runs on the first session that reaches the server (the start-up budget check).
 	onConnect func(ctx context.Context, c *pgx.Conn)
+	// onResign runs when this sidecar stops leading.
+	onResign func()
 
 	mu          sync.Mutex
 	leaderUntil time.Time // this sidecar leads until then, unless a poll renews it
+	holding     bool      // the session took the lock (its lease may have run out since)
 	fallback    string    // why the election was given up for scope all; "" while it runs
 	lastErr     string    // the last connection error logged
 
@@ -245,6 +248,7 @@ func (el *election) hold(ctx context.Context, c *pgx.Conn) error {
 		el.lastErr = ""
 		if got {
 			el.leaderUntil = start.Add(el.lease() - el.interval)
+			el.holding = true
 		}
 		el.mu.Unlock()
 		if got {
@@ -270,14 +274,18 @@ func (el *election) hold(ctx context.Context, c *pgx.Conn) error {
 // resign ends this sidecar's leadership when its session ends.
 func (el *election) resign(err error) {
 	el.mu.Lock()
-	was := time.Now().Before(el.leaderUntil)
-	el.leaderUntil = time.Time{}
+	// A leader whose lease ran out while it was stopped resigns too.
+	was := el.holding
+	el.leaderUntil, el.holding = time.Time{}, false
 	el.mu.Unlock()
 	if err != nil {
 		el.noteErr(err)
 	}
 	if was {
 		el.log.Info("This sidecar no longer runs the server-wide collectors: its election session ended")
+		if el.onResign != nil {
+			el.onResign()
+		}
 	}
 }
 

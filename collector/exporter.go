@@ -145,6 +145,7 @@ type Exporter struct {
 	scope    scopeDescs
 	// budgetChecked runs the start-up budget check of ScopeAll in the first collection.
 	budgetChecked sync.Once
+	cfgHash       atomic.Pointer[string] // configHash
 }
 
 // New checks cfg and builds an Exporter on a side pool of mgr (mgr closes it). It loads the
@@ -269,7 +270,11 @@ func (e *Exporter) Reload() error {
 	if e.custom == nil {
 		return nil
 	}
-	return e.custom.reload()
+	if err := e.custom.reload(); err != nil {
+		return err
+	}
+	e.noteConfig()
+	return nil
 }
 
 // Middleware serves each scrape from the shared collection, waiting for it at most until the

@@ -72,10 +72,26 @@ func (c Config) validateScope() []error {
 	return errs
 }
 
-// configHash identifies the server-wide configuration of an exporter: the collectors it runs,
-// their settings and the queries file's content. Sidecars whose hashes differ take different
-// locks, so each group elects its own leader instead of one group's collectors going missing.
+// configHash is the hash of the server-wide configuration in use (computeConfigHash, as of
+// the start or the last successful reload).
 func (e *Exporter) configHash() string {
+	if h := e.cfgHash.Load(); h != nil {
+		return *h
+	}
+	return ""
+}
+
+// noteConfig recomputes the configuration hash; a new one moves the election to a new key.
+func (e *Exporter) noteConfig() {
+	h := e.computeConfigHash()
+	e.cfgHash.Store(&h)
+}
+
+// computeConfigHash identifies the server-wide configuration of an exporter: the collectors it
+// runs, their settings and the queries file's content. Sidecars whose hashes differ take
+// different locks, so each group elects its own leader instead of one group's collectors
+// going missing.
+func (e *Exporter) computeConfigHash() string {
 	h := sha256.New()
 	c := e.cfg
 	fmt.Fprintf(h, "collectors=%s\n", strings.Join(e.Enabled(), ","))
