@@ -138,6 +138,8 @@ func TestBadConfigExitsNonZeroNamingTheSetting(t *testing.T) {
 		{nil, nil, "DATABASE_URL is not set"},
 		{[]string{"--database-url=postgres://h/db", "--no-such-flag"}, nil, "unknown long flag '--no-such-flag'"},
 		{[]string{"--env-file=/nonexistent/.env"}, nil, "--env-file"},
+		{[]string{"--database-url=postgres://h/db", "--collector.scope=some"}, nil, `--collector.scope ("some") must be auto, all or local`},
+		{[]string{"--database-url=postgres://h/db", "--collector.election.interval=10ms"}, nil, "--collector.election.interval (10ms) must be between 100ms and 1m"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.want, func(t *testing.T) {
