@@ -158,6 +158,10 @@ WHERE r.rolname = ANY($1)`, roles)
 		if n := collectorSessions(t, s.role); (s == leader) != (n > 0) {
 			t.Errorf("%s (leader: %v) holds %d collector sessions", s.role, s == leader, n)
 		}
+		// The leader renewed its lease several times by now; none of them found the lock gone.
+		if strings.Contains(s.logs(), "election given up") {
+			t.Fatalf("%s gave the election up:\n%s", s.role, s.logs())
+		}
 	}
 
 	// kill -9: the lock goes with the session, and another sidecar takes over within 10 s.
@@ -192,6 +196,11 @@ WHERE r.rolname = ANY($1)`, roles)
 	}
 	if !serverWide(last.scrape()) {
 		t.Fatal("the new leader lost the role to the resumed sidecar")
+	}
+	for _, s := range ss {
+		if strings.Contains(s.logs(), "election given up") {
+			t.Fatalf("%s gave the election up:\n%s", s.role, s.logs())
+		}
 	}
 	// Once it finds its election session gone, it closes its collectors' connections.
 	if !pgtest.WaitFor(10*time.Second, func() bool { return collectorSessions(t, stopped.role) == 0 }) {
