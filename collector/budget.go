@@ -40,9 +40,9 @@ func newScopeDescs() scopeDescs {
 // the election (--collector.scope=auto) or the start-up budget check.
 func (e *Exporter) startScope(mgr *pool.Manager) {
 	e.poolMax = mgr.Config().MaxConns
-	e.poolUp = func() bool {
+	e.poolUp = func() (up, known bool) {
 		s := mgr.Health().Status
-		return s == pool.StatusHealthy || s == pool.StatusDegraded
+		return s == pool.StatusHealthy || s == pool.StatusDegraded, s != pool.StatusStarting
 	}
 	e.ownConns = func() int { return int(mgr.Pool().Stat().TotalConns() + e.pool.Stat().TotalConns()) }
 	e.noteConfig()
@@ -79,7 +79,7 @@ func (e *Exporter) collects(ctx context.Context) bool {
 func (e *Exporter) localOnly(ctx context.Context) *collection {
 	s := newSink()
 	up := 0.0
-	if e.poolUp != nil && e.poolUp() {
+	if e.poolUp != nil && e.poolIsUp(ctx) {
 		up = 1
 	}
 	failed := false
@@ -96,6 +96,24 @@ func (e *Exporter) localOnly(ctx context.Context) *collection {
 	}
 	s.add(e.upDesc, prometheus.GaugeValue, up, nil)
 	return &collection{metrics: s.metrics, failed: failed}
+}
+
+// poolIsUp reports the pool's health; right after start, before its first check, it waits for
+// it until ctx ends, so that a starting sidecar does not report a database down.
+func (e *Exporter) poolIsUp(ctx context.Context) bool {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		up, known := e.poolUp()
+		if known {
+			return up
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+	}
 }
 
 // everySidecarQueries runs the custom queries marked every_sidecar into s.

@@ -1,9 +1,12 @@
 package collector
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/pgsidecar/pgsidecar/internal/faultproxy"
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
 )
 
@@ -44,5 +47,65 @@ func TestElectionInProcess(t *testing.T) {
 	leader.exp.Close()
 	if !pgtest.WaitFor(5*time.Second, func() bool { return collects(follower) }) {
 		t.Fatalf("the follower did not take over:\n%s", follower.log.String())
+	}
+}
+
+// leads scrapes e and reports whether it says it runs the server-wide collectors.
+func leads(t *testing.T, e *env) bool {
+	t.Helper()
+	return e.scrape(t, 0, 20*time.Second).value(t, "pgsidecar_collector_leader", nil) == 1
+}
+
+// TestElectionPartition cuts the leader off the server (a black hole in between, connections
+// open): the server ends the leader's idle election session after the lease, so the sidecar
+// still in touch takes over, and the cut-off leader, whose poll timed out, no longer claims
+// the role.
+func TestElectionPartition(t *testing.T) {
+	cluster.RequireControl(t)
+	fp, err := faultproxy.Start(fmt.Sprintf("127.0.0.1:%d", cluster.Port()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = fp.Close() })
+	auto := func(c *Config) {
+		only("database")(c)
+		c.Scope = ScopeAuto
+		c.ElectionInterval = 200 * time.Millisecond
+		c.Timeout = time.Second // a collection stuck in the black hole ends soon
+	}
+	far := newEnvURL(t, strings.Replace(cluster.URL(""), fmt.Sprintf(":%d/", cluster.Port()), fmt.Sprintf(":%d/", fp.Port()), 1), auto)
+	if !pgtest.WaitFor(10*time.Second, func() bool { return leads(t, far) }) {
+		t.Fatalf("the only sidecar does not lead:\n%s", far.log.String())
+	}
+	near := newEnv(t, "", auto)
+	if leads(t, near) {
+		t.Fatal("two leaders")
+	}
+	fp.SetMode(faultproxy.BlackHole)
+	cut := time.Now()
+	// The server ends the cut-off session after the lease (5 × 200ms), freeing the lock.
+	if !pgtest.WaitFor(5*time.Second, func() bool { return leads(t, near) }) {
+		t.Fatalf("no takeover within 5s of the partition:\n%s", near.log.String())
+	}
+	t.Logf("takeover %s after the partition", time.Since(cut).Round(10*time.Millisecond))
+	if leads(t, far) {
+		t.Fatalf("the cut-off leader still claims the role:\n%s", far.log.String())
+	}
+}
+
+// TestElectionKeyFollowsTheConfiguration runs two exporters with different collectors on one
+// server: their keys differ, so each leads, rather than one's collectors going missing.
+func TestElectionKeyFollowsTheConfiguration(t *testing.T) {
+	withCollectors := func(names ...string) func(*Config) {
+		return func(c *Config) {
+			only(names...)(c)
+			c.Scope = ScopeAuto
+			c.ElectionInterval = 200 * time.Millisecond
+		}
+	}
+	a := newEnv(t, "", withCollectors("database"))
+	b := newEnv(t, "", withCollectors("database", "locks"))
+	if !pgtest.WaitFor(10*time.Second, func() bool { return leads(t, a) && leads(t, b) }) {
+		t.Fatal("differently configured exporters share a leader")
 	}
 }

@@ -139,7 +139,7 @@ type Exporter struct {
 	// Scope and budget (budget.go): the election with ScopeAuto (nil otherwise), the pool's
 	// health for pg_up when this sidecar does not collect, and the connections it may open.
 	el       *election
-	poolUp   func() bool
+	poolUp   func() (up, known bool)
 	ownConns func() int
 	poolMax  int32
 	scope    scopeDescs
