@@ -295,7 +295,9 @@ func TestServesMetricsWhileDatabaseIsDown(t *testing.T) {
 	if code != 200 {
 		t.Fatalf("/metrics: %d", code)
 	}
-	for _, want := range []string{`pgsidecar_health_check_up{pool="default"} 0`, `pgsidecar_pool_max_connections{pool="default"} 20`} {
+	// No sidecar leads while the database is down, and pg_up still says so.
+	for _, want := range []string{`pgsidecar_health_check_up{pool="default"} 0`, `pgsidecar_pool_max_connections{pool="default"} 20`,
+		`pg_up{pool="default"} 0`, `pgsidecar_collector_leader{scope="auto"} 0`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
