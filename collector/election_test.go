@@ -109,3 +109,17 @@ func TestElectionKeyFollowsTheConfiguration(t *testing.T) {
 		t.Fatal("differently configured exporters share a leader")
 	}
 }
+
+// TestElectionWithoutItsDatabase gives the election up when its database does not exist: the
+// exporter collects as with ScopeAll, and says why.
+func TestElectionWithoutItsDatabase(t *testing.T) {
+	e := newEnv(t, "", func(c *Config) {
+		only("database")(c)
+		c.Scope = ScopeAuto
+		c.ElectionDatabase = "no_such_election_db"
+	})
+	if !leads(t, e) || !strings.Contains(e.log.String(), "Collector election given up") ||
+		!strings.Contains(e.log.String(), "no_such_election_db") {
+		t.Fatalf("the election was not given up:\n%s", e.log.String())
+	}
+}
