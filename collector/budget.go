@@ -40,6 +40,7 @@ func newScopeDescs() scopeDescs {
 // the election (--collector.scope=auto) or the start-up budget check.
 func (e *Exporter) startScope(mgr *pool.Manager) {
 	e.poolMax = mgr.Config().MaxConns
+	e.poolDB = mgr.Database()
 	e.poolUp = func() (up, known bool) {
 		s := mgr.Health().Status
 		return s == pool.StatusHealthy || s == pool.StatusDegraded, s != pool.StatusStarting

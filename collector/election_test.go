@@ -123,3 +123,28 @@ func TestElectionWithoutItsDatabase(t *testing.T) {
 		t.Fatalf("the election was not given up:\n%s", e.log.String())
 	}
 }
+
+// TestElectionKeyFollowsThePoolDatabase: without discovery, the per-database collectors read
+// only the pool's database, so exporters on different databases each lead; with discovery
+// (and no filter) one leader reads them all.
+func TestElectionKeyFollowsThePoolDatabase(t *testing.T) {
+	createDB(t, "elect_other")
+	for _, discover := range []bool{false, true} {
+		cfg := func(c *Config) {
+			only("database", "stat_user_tables")(c)
+			c.Scope = ScopeAuto
+			c.ElectionInterval = 200 * time.Millisecond
+			c.Discover = discover
+		}
+		a, b := newEnv(t, "", cfg), newEnv(t, "elect_other", cfg)
+		if !pgtest.WaitFor(10*time.Second, func() bool { return leads(t, a) || leads(t, b) }) {
+			t.Fatal("no leader")
+		}
+		time.Sleep(500 * time.Millisecond)
+		if both := leads(t, a) && leads(t, b); both == discover {
+			t.Fatalf("discover %v: both lead: %v", discover, both)
+		}
+		a.exp.Close()
+		b.exp.Close()
+	}
+}

@@ -142,6 +142,7 @@ type Exporter struct {
 	poolUp   func() (up, known bool)
 	ownConns func() int
 	poolMax  int32
+	poolDB   string // the pool's database, which the per-database collectors always read
 	scope    scopeDescs
 	// budgetChecked runs the start-up budget check of ScopeAll in the first collection.
 	budgetChecked sync.Once

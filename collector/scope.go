@@ -98,6 +98,11 @@ func (e *Exporter) computeConfigHash() string {
 	fmt.Fprintf(h, "statements=%d,%t,%d,%s,%s\n", c.StatementsLimit, c.StatementsIncludeQuery, c.StatementsQueryLength,
 		c.StatementsExcludeDatabases, c.StatementsExcludeUsers)
 	fmt.Fprintf(h, "databases=%s,%t\n", c.Databases, c.Discover)
+	if e.hasPerDatabase() && e.poolDB != "" && (!c.Discover || !e.databases.match(e.poolDB)) {
+		// The per-database collectors always read the pool's own database; when they would not
+		// visit it from another sidecar's, its sidecars need a leader of their own.
+		fmt.Fprintf(h, "own=%s\n", e.poolDB)
+	}
 	if c.QueriesFile != "" {
 		if f, err := os.Open(c.QueriesFile); err == nil {
 			_, _ = io.Copy(h, io.LimitReader(f, maxQueriesFileHash))
