@@ -30,7 +30,7 @@ func newScopeDescs() scopeDescs {
 		leader: desc("pgsidecar_collector_leader",
 			"1 if this sidecar runs the server-wide collectors (it leads the election of --collector.scope=auto, or runs with all), else 0.", "scope"),
 		ceiling: desc("pgsidecar_connection_ceiling",
-			"Most server connections this sidecar may open, by part: the pool (which the proxy draws from), the collectors (their pool and their visits to other databases; 0 with --collector.scope=local), and the election session. Their sum is the sidecar's ceiling.", "part"),
+			"Most server connections this sidecar may open, by part: the pool (which the proxy draws from), the collectors (their pool, and one per other database they visit, up to --collector.databases.max-idle + 1; counted on the sidecar that runs them: with --collector.scope=auto only the leader), and the election session. Their sum is the sidecar's ceiling.", "part"),
 		allowed: desc("pgsidecar_server_connections_allowed",
 			"Connections the server allows clients without reserved rights: max_connections less superuser_reserved_connections and reserved_connections. Exported by the sidecar that runs the server-wide collectors."),
 	}
@@ -138,7 +138,7 @@ func (e *Exporter) collectScope(ch chan<- prometheus.Metric) {
 		leader = 1
 	}
 	ch <- prometheus.MustNewConstMetric(e.scope.leader, prometheus.GaugeValue, leader, string(e.cfg.Scope))
-	collectors, election := e.connectionCeiling()
+	collectors, election := e.connectionCeiling(false)
 	if e.poolMax > 0 {
 		ch <- prometheus.MustNewConstMetric(e.scope.ceiling, prometheus.GaugeValue, float64(e.poolMax), "pool")
 	}
@@ -172,7 +172,7 @@ func (e *Exporter) checkBudget(ctx context.Context, c *pgx.Conn, pooled bool) {
 		e.log.Debug("Connection budget check failed", "error", e.errString(err))
 		return
 	}
-	collectors, election := e.connectionCeiling()
+	collectors, election := e.connectionCeiling(true)
 	ceiling := int(e.poolMax) + collectors + election
 	own := 1 // c
 	if pooled {

@@ -147,6 +147,8 @@ type Exporter struct {
 	// budgetChecked runs the start-up budget check of ScopeAll in the first collection.
 	budgetChecked sync.Once
 	cfgHash       atomic.Pointer[string] // configHash
+	// otherDatabasesSeen is how many other databases the last collection visits (-1: none yet).
+	otherDatabasesSeen atomic.Int64
 }
 
 // New checks cfg and builds an Exporter on a side pool of mgr (mgr closes it). It loads the
@@ -219,6 +221,7 @@ func newExporter(p *pgxpool.Pool, poolName string, cfg Config, opts ...Option) (
 		o(e)
 	}
 	e.maxInFlight.Store(maxScrapesInFlight)
+	e.otherDatabasesSeen.Store(-1)
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.databases, _ = parseDatabaseFilter(cfg.Databases) // checked by Validate
 	e.side = newSidePool(p, cfg.DatabasesMaxIdle, cfg.DatabasesIdleTimeout)
@@ -699,6 +702,9 @@ func (e *Exporter) collectOnce(ctx context.Context, r *run) *collection {
 		}
 	}
 	r.visitsOthers = len(others) > 0
+	if e.hasPerDatabase() && e.cfg.Discover {
+		e.otherDatabasesSeen.Store(int64(len(others)))
+	}
 
 	s := r.sink
 	results := make([]colResult, len(e.cols))

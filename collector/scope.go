@@ -116,23 +116,33 @@ func (e *Exporter) computeConfigHash() string {
 const maxQueriesFileHash = 16 << 20
 
 // connectionCeiling is the most server connections this exporter may open, by part: the
-// collectors' pool and their visits to other databases, and the election session.
-func (e *Exporter) connectionCeiling() (collectors, election int) {
-	if e.cfg.Scope == ScopeLocal {
-		if e.custom != nil && e.custom.hasEverySidecar() {
-			// The custom queries that run on every sidecar use the collectors' pool.
-			return int(e.cfg.MaxConns), 0
-		}
-		return 0, 0
-	}
-	collectors = int(e.cfg.MaxConns)
-	if e.hasPerDatabase() && e.cfg.Discover {
-		// The side pool keeps DatabasesMaxIdle connections and opens one more for the database
-		// it visits (sidePool.get takes the visited one out before opening).
-		collectors += e.cfg.DatabasesMaxIdle + 1
-	}
+// collectors' (their pool and their visits to other databases) and the election session's.
+//
+// With potential, the collectors count as if this sidecar led (the start-up check). Otherwise
+// they count only where they run (the leader, ScopeAll; the custom queries marked
+// every_sidecar on any sidecar): one sidecar of a server leads at a time, and one that stops
+// leading closes their connections. Their visits count one connection per other database the
+// last collection found, up to what the side pool may hold (DatabasesMaxIdle kept, and one
+// more for the database visited: sidePool.get takes that one out before opening); before any
+// collection, and with potential, that whole bound.
+func (e *Exporter) connectionCeiling(potential bool) (collectors, election int) {
 	if e.cfg.Scope == ScopeAuto {
 		election = 1
+	}
+	runs := e.cfg.Scope == ScopeAll ||
+		(e.cfg.Scope == ScopeAuto && (potential || e.el == nil || e.el.leading()))
+	switch {
+	case runs:
+		collectors = int(e.cfg.MaxConns)
+		if e.hasPerDatabase() && e.cfg.Discover {
+			most := e.cfg.DatabasesMaxIdle + 1
+			if n := e.otherDatabasesSeen.Load(); !potential && n >= 0 {
+				most = min(int(n), most)
+			}
+			collectors += most
+		}
+	case e.custom != nil && e.custom.hasEverySidecar():
+		collectors = int(e.cfg.MaxConns)
 	}
 	return collectors, election
 }

@@ -373,10 +373,11 @@ func (c Config) poolDashboard() *Dashboard {
 }
 
 // The connection budget: the sidecars' ceilings, and what the server allows, read over 10
-// minutes so that a leader change, which moves the series to another sidecar, leaves no gap.
+// minutes so that a leader change, which moves the collectors' part and the allowed
+// connections to another sidecar, leaves no gap.
 const (
 	budgetAllowed = `max by (cluster) (max_over_time(pgsidecar_server_connections_allowed[10m]))`
-	budgetRatio   = `sum by (cluster) (pgsidecar_connection_ceiling) / on (cluster) ` + budgetAllowed
+	budgetRatio   = `sum by (cluster) (max_over_time(pgsidecar_connection_ceiling[10m])) / on (cluster) ` + budgetAllowed
 )
 
 func (c Config) postgresDashboard() *Dashboard {

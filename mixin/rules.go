@@ -279,7 +279,7 @@ sum by (cluster, job, pool, fingerprint) (rate(pgsidecar_statement_duration_seco
 			"PostgreSQL is unreachable from the sidecar.",
 			`Pool {{ $labels.pool }} on {{ $labels.instance }} cannot reach PostgreSQL: pg_up has been 0 for `+dur(c.ForShort)+`.`),
 		c.alert("PgSidecarServerConnectionsOvercommitted", "warning", c.ForLong, fmt.Sprintf(`
-sum by (cluster) (pgsidecar_connection_ceiling)
+sum by (cluster) (max_over_time(pgsidecar_connection_ceiling[10m]))
 / on (cluster)
 max by (cluster) (max_over_time(pgsidecar_server_connections_allowed[10m]))
 > %s`, num(c.ServerConnectionUtilization)),
