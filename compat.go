@@ -264,6 +264,21 @@ func given(args []string, name string) bool {
 	return false
 }
 
+// startedAsUpstream reports whether pgsidecar was started as postgres_exporter is: with its
+// DATA_SOURCE_* or PG_EXPORTER_* variables, or one of its own flags. It then replaces one
+// exporter, so every collector runs here (--collector.scope=all) unless told otherwise.
+func startedAsUpstream(args, envArgs []string, dsn string) bool {
+	if dsn != "" || len(envArgs) > 0 {
+		return true
+	}
+	for _, f := range upstreamFlags() {
+		if given(args, f.Name) {
+			return true
+		}
+	}
+	return false
+}
+
 // knownUpstreamEnv lists the PG_EXPORTER_* variables pgsidecar honours.
 func knownUpstreamEnv() []string {
 	var out []string

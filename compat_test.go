@@ -195,6 +195,10 @@ func TestStartedAsPostgresExporter(t *testing.T) {
 			if !strings.Contains(body, `pgsidecar_collector_database_success{datname="postgres"`) {
 				t.Errorf("the connected database's statistics are missing")
 			}
+			// A drop-in replaces one exporter: it collects whatever other sidecars do.
+			if !strings.Contains(body, `pgsidecar_collector_leader{scope="all"} 1`) {
+				t.Errorf("started as postgres_exporter, the scope is not all")
+			}
 			if got := strings.Contains(body, otherTable); got != tc.visiting {
 				t.Errorf("another database's table exported: %v, want %v", got, tc.visiting)
 			}

@@ -30,6 +30,7 @@ import (
 	"github.com/prometheus/common/version"
 	"github.com/prometheus/exporter-toolkit/web"
 
+	"github.com/pgsidecar/pgsidecar/collector"
 	"github.com/pgsidecar/pgsidecar/internal/redact"
 	"github.com/pgsidecar/pgsidecar/internal/regularfile"
 	"github.com/pgsidecar/pgsidecar/internal/settings"
@@ -334,6 +335,9 @@ func start(ctx context.Context, args []string, stdout, stderr io.Writer, stage *
 	if err != nil {
 		fmt.Fprintf(stderr, "pgsidecar: %s\n", strings.ReplaceAll(err.Error(), "\n", "\n  "))
 		return nil, 2
+	}
+	if startedAsUpstream(args, envArgs, dsn) {
+		k.GetFlag("collector.scope").Default(string(collector.ScopeAll))
 	}
 	args = append(envArgs, args...)
 	if dsn != "" {

@@ -138,6 +138,8 @@ func TestBadConfigExitsNonZeroNamingTheSetting(t *testing.T) {
 		{nil, nil, "DATABASE_URL is not set"},
 		{[]string{"--database-url=postgres://h/db", "--no-such-flag"}, nil, "unknown long flag '--no-such-flag'"},
 		{[]string{"--env-file=/nonexistent/.env"}, nil, "--env-file"},
+		{[]string{"--database-url=postgres://h/db", "--collector.scope=some"}, nil, `--collector.scope ("some") must be auto, all or local`},
+		{[]string{"--database-url=postgres://h/db", "--collector.election.interval=10ms"}, nil, "--collector.election.interval (10ms) must be between 100ms and 1m"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.want, func(t *testing.T) {
@@ -293,7 +295,9 @@ func TestServesMetricsWhileDatabaseIsDown(t *testing.T) {
 	if code != 200 {
 		t.Fatalf("/metrics: %d", code)
 	}
-	for _, want := range []string{`pgsidecar_health_check_up{pool="default"} 0`, `pgsidecar_pool_max_connections{pool="default"} 20`} {
+	// No sidecar leads while the database is down, and pg_up still says so.
+	for _, want := range []string{`pgsidecar_health_check_up{pool="default"} 0`, `pgsidecar_pool_max_connections{pool="default"} 20`,
+		`pg_up{pool="default"} 0`, `pgsidecar_collector_leader{scope="auto"} 0`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}

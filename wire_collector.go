@@ -29,7 +29,7 @@ func (f *collectorFeature) start(_ context.Context, d *deps) (func(), error) {
 	}
 	d.metricsMiddleware = append(d.metricsMiddleware, e.Middleware)
 	d.reload.add("queries file", e.Reload)
-	d.logger.Info("Collectors enabled", "collectors", e.Enabled(), "queries_file", f.cfg.QueriesFile)
+	d.logger.Info("Collectors enabled", "collectors", e.Enabled(), "queries_file", f.cfg.QueriesFile, "scope", f.cfg.Scope)
 	return func() {
 		e.Close()
 		d.reg.Unregister(e)

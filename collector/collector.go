@@ -102,6 +102,9 @@ type Scrape struct {
 	ConfigKey string
 
 	sink *sink
+	// everySidecarOnly limits the custom queries to those that run on every sidecar, on a
+	// sidecar that does not collect the server's statistics.
+	everySidecarOnly bool
 }
 
 // Gauge emits a gauge sample. Label values must match the desc's variable labels.

@@ -43,7 +43,7 @@ func Settings() []Setting {
 				return nil
 			}})
 	}
-	return append(out,
+	return append(append(out,
 		Setting{Flag: "collection-timeout", Env: envName("collection-timeout"), Default: DefaultTimeout.String(),
 			Help: "A collection's deadline, whichever scrape started it; a scrape's X-Prometheus-Scrape-Timeout-Seconds (clamped to 0.1 s–1 h) bounds only its own wait, after which it answers with what has finished. Also the statement_timeout of collector queries.",
 			Set:  conf.Duration("--collection-timeout", func(c *Config) *time.Duration { return &c.Timeout })},
@@ -83,7 +83,7 @@ func Settings() []Setting {
 		Setting{Flag: "queries.file", Env: envName("queries.file"), Default: defaultQueriesFile(),
 			Help: "YAML file of custom queries (postgres_exporter format, plus timeout and min_version/max_version); empty disables. Default: the first queries.yaml found in the working directory, next to the binary, or in /etc/pgsidecar. Reloaded on SIGHUP and POST /-/reload.",
 			Set:  conf.String(func(c *Config) *string { return &c.QueriesFile })},
-	)
+	), scopeSettings()...)
 }
 
 // DefaultConfig returns the defaults of Settings: the collectors' default states, and the
@@ -129,6 +129,7 @@ func (c Config) Validate() error {
 	if c.DatabaseSizeInterval < 0 {
 		add("--collector.database.size-interval (%s) must not be negative", c.DatabaseSizeInterval)
 	}
+	errs = append(errs, c.validateScope()...)
 	return errors.Join(errs...)
 }
 

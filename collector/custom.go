@@ -102,6 +102,20 @@ func (c *customCollector) reload() error {
 	return nil
 }
 
+// hasEverySidecar reports whether a query of the current set runs on every sidecar.
+func (c *customCollector) hasEverySidecar() bool {
+	qs := c.queries.Load()
+	if qs == nil {
+		return false
+	}
+	for _, q := range *qs {
+		if q.everySidecar {
+			return true
+		}
+	}
+	return false
+}
+
 // collectOwn sends the reload and error metrics, which do not need the database.
 func (c *customCollector) collectOwn(ch chan<- prometheus.Metric) {
 	c.reloadOK.Collect(ch)
@@ -118,7 +132,7 @@ func (c *customCollector) Update(ctx context.Context, s *Scrape) error {
 	now := time.Now()
 	c.mu.Lock()
 	for _, q := range *qs {
-		if !q.appliesTo(s.Version) {
+		if !q.appliesTo(s.Version) || (s.everySidecarOnly && !q.everySidecar) {
 			continue
 		}
 		if cached, ok := c.cache[q]; ok && now.Before(cached.until) {

@@ -174,6 +174,13 @@ func (p *sidePool) expire(db string, ic *idleConn) {
 func (p *sidePool) close() {
 	p.mu.Lock()
 	p.closed = true
+	p.mu.Unlock()
+	p.closeIdle()
+}
+
+// closeIdle closes the idle connections, and keeps taking new ones.
+func (p *sidePool) closeIdle() {
+	p.mu.Lock()
 	conns := p.conns
 	p.conns = map[string]*idleConn{}
 	p.mu.Unlock()

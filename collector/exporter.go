@@ -60,6 +60,13 @@ type Config struct {
 	DatabasesMaxIdle int
 	// DatabasesIdleTimeout closes a connection to another database unused for that long.
 	DatabasesIdleTimeout time.Duration
+	// Scope says whether this sidecar runs the server-wide collectors: always (ScopeAll),
+	// never (ScopeLocal), or when elected among the sidecars of its server (ScopeAuto).
+	Scope Scope
+	// ElectionDatabase is the database in which ScopeAuto takes its advisory lock.
+	ElectionDatabase string
+	// ElectionInterval is how often ScopeAuto polls the lock.
+	ElectionInterval time.Duration
 }
 
 // Option changes how New builds an Exporter.
@@ -128,6 +135,20 @@ type Exporter struct {
 	lastErrorDesc, lastDurationDesc, scrapesDesc  *prometheus.Desc
 	rejectedDesc                                  *prometheus.Desc
 	duplicates, invalid                           atomic.Int64
+
+	// Scope and budget (budget.go): the election with ScopeAuto (nil otherwise), the pool's
+	// health for pg_up when this sidecar does not collect, and the connections it may open.
+	el       *election
+	poolUp   func() (up, known bool)
+	ownConns func() int
+	poolMax  int32
+	poolDB   string // the pool's database, which the per-database collectors always read
+	scope    scopeDescs
+	// budgetChecked runs the start-up budget check of ScopeAll in the first collection.
+	budgetChecked sync.Once
+	cfgHash       atomic.Pointer[string] // configHash
+	// otherDatabasesSeen is how many other databases the last collection visits (-1: none yet).
+	otherDatabasesSeen atomic.Int64
 }
 
 // New checks cfg and builds an Exporter on a side pool of mgr (mgr closes it). It loads the
@@ -153,6 +174,7 @@ func New(mgr *pool.Manager, cfg Config, opts ...Option) (*Exporter, error) {
 	if e.custom != nil {
 		e.custom.scrub = e.errString
 	}
+	e.startScope(mgr)
 	return e, nil
 }
 
@@ -193,11 +215,13 @@ func newExporter(p *pgxpool.Pool, poolName string, cfg Config, opts ...Option) (
 		scrapesDesc:      desc("pg_exporter_scrapes_total", "Collections run against the database; concurrent scrapes share one."),
 		rejectedDesc: desc("pgsidecar_scrapes_rejected_total",
 			"Scrapes of /metrics answered 503 because 64 were already being served."),
+		scope: newScopeDescs(),
 	}
 	for _, o := range opts {
 		o(e)
 	}
 	e.maxInFlight.Store(maxScrapesInFlight)
+	e.otherDatabasesSeen.Store(-1)
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.databases, _ = parseDatabaseFilter(cfg.Databases) // checked by Validate
 	e.side = newSidePool(p, cfg.DatabasesMaxIdle, cfg.DatabasesIdleTimeout)
@@ -250,7 +274,11 @@ func (e *Exporter) Reload() error {
 	if e.custom == nil {
 		return nil
 	}
-	return e.custom.reload()
+	if err := e.custom.reload(); err != nil {
+		return err
+	}
+	e.noteConfig()
+	return nil
 }
 
 // Middleware serves each scrape from the shared collection, waiting for it at most until the
@@ -355,6 +383,7 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(e.droppedDesc, prometheus.CounterValue, float64(e.duplicates.Load()), "duplicate")
 	ch <- prometheus.MustNewConstMetric(e.droppedDesc, prometheus.CounterValue, float64(e.invalid.Load()), "invalid")
 	ch <- prometheus.MustNewConstMetric(e.rejectedDesc, prometheus.CounterValue, float64(e.rejected.Load()))
+	e.collectScope(ch)
 	if e.custom != nil {
 		e.custom.collectOwn(ch)
 	}
@@ -629,6 +658,9 @@ type colResult struct {
 // collect runs every enabled collector once under ctx, and notes its duration for
 // pg_exporter_last_scrape_duration_seconds.
 func (e *Exporter) collect(ctx context.Context, r *run) *collection {
+	if !e.collects(ctx) {
+		return e.localOnly(ctx)
+	}
 	start := time.Now()
 	e.collections.Add(1)
 	c := e.collectOnce(ctx, r)
@@ -646,14 +678,19 @@ func (e *Exporter) collectOnce(ctx context.Context, r *run) *collection {
 	}
 	var version int
 	var full, short, configKey, current string
+	var allowed int
 	err = conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int, version(), "+
-		"pg_conf_load_time()::text || ' ' || pg_backend_pid(), current_database()").Scan(&version, &full, &configKey, &current)
+		"pg_conf_load_time()::text || ' ' || pg_backend_pid(), current_database(), "+allowedConnectionsSQL).
+		Scan(&version, &full, &configKey, &current, &allowed)
 	if err != nil {
 		conn.Release()
 		return e.failed(err)
 	}
 	short = semver(version)
 	e.noteUp(true, nil)
+	if e.cfg.Scope == ScopeAll && e.ownConns != nil {
+		e.budgetChecked.Do(func() { e.checkBudget(ctx, conn.Conn(), true) })
+	}
 	r.mu.Lock()
 	r.connected, r.static = true, []string{full, short}
 	r.mu.Unlock()
@@ -665,6 +702,9 @@ func (e *Exporter) collectOnce(ctx context.Context, r *run) *collection {
 		}
 	}
 	r.visitsOthers = len(others) > 0
+	if e.hasPerDatabase() && e.cfg.Discover {
+		e.otherDatabasesSeen.Store(int64(len(others)))
+	}
 
 	s := r.sink
 	results := make([]colResult, len(e.cols))
@@ -695,6 +735,7 @@ func (e *Exporter) collectOnce(ctx context.Context, r *run) *collection {
 	own := newSink()
 	own.add(e.upDesc, prometheus.GaugeValue, 1, nil)
 	own.add(e.staticDesc, prometheus.UntypedValue, 1, []string{full, short}) // untyped, as postgres_exporter
+	own.add(e.scope.allowed, prometheus.GaugeValue, float64(allowed), nil)
 	failed := false
 	for i, c := range e.cols {
 		res := results[i]

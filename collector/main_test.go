@@ -81,6 +81,9 @@ func newEnvURL(t testing.TB, url string, tweak func(*Config)) *env {
 func testConfig(tweak func(*Config)) Config {
 	cfg := DefaultConfig()
 	cfg.QueriesFile = ""
+	// One exporter per test, whatever else runs on the cluster; the election's own tests ask
+	// for ScopeAuto.
+	cfg.Scope = ScopeAll
 	if tweak != nil {
 		tweak(&cfg)
 	}

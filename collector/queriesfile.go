@@ -47,6 +47,9 @@ type customQuery struct {
 	minVersion   int // server_version_num bounds, 0 for none
 	maxVersion   int
 	labels       []string // label column names in order
+	// everySidecar runs the query on every sidecar, not only on the one that collects the
+	// server's statistics (--collector.scope): for what each sidecar sees for itself.
+	everySidecar bool
 	// known are the result columns the file accounts for (listed, or a histogram's
 	// companions); postgres_exporter exports every other numeric column as an untyped
 	// NAME_COLUMN, and so does readResult, with the descs made on first sight kept here.
@@ -75,7 +78,7 @@ var (
 	yamlLineRE   = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 )
 
-var queryKeys = []string{"query", "metrics", "cache_seconds", "timeout", "max_series", "min_version", "max_version", "master", "runonserver"}
+var queryKeys = []string{"query", "metrics", "cache_seconds", "timeout", "max_series", "min_version", "max_version", "master", "runonserver", "every_sidecar"}
 
 // DefaultMaxSeries bounds what one custom query may export when its max_series is not set: a
 // label taken from an unbounded column (a query text, an id) fails that query with a clear
@@ -215,6 +218,11 @@ func (p *queryParser) query(k, v *yaml.Node) *customQuery {
 			if val.Kind != yaml.ScalarNode || (val.Value != "true" && val.Value != "false") {
 				p.errorf(val, "query %s: master must be true or false", name)
 			}
+		case "every_sidecar":
+			if val.Kind != yaml.ScalarNode || (val.Value != "true" && val.Value != "false") {
+				p.errorf(val, "query %s: every_sidecar must be true or false", name)
+			}
+			q.everySidecar = val.Value == "true"
 		case "runonserver":
 			// postgres_exporter reads it and runs the query on every version all the same;
 			// min_version and max_version are what limits a query here.

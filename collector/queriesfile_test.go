@@ -16,7 +16,7 @@ import (
 func TestBadQueriesFiles(t *testing.T) {
 	dir := filepath.Join("testdata", "queries")
 	cases := map[string]string{
-		"unknown_key.yaml": `unknown_key.yaml:3: query pg_example: unknown key "cache_second" (known: query, metrics, cache_seconds, timeout, max_series, min_version, max_version, master, runonserver)`,
+		"unknown_key.yaml": `unknown_key.yaml:3: query pg_example: unknown key "cache_second" (known: query, metrics, cache_seconds, timeout, max_series, min_version, max_version, master, runonserver, every_sidecar)`,
 		"bad_usage.yaml":   `bad_usage.yaml:7: query pg_example: column value: usage "GAUGES" is not one of LABEL, COUNTER, GAUGE, DISCARD, HISTOGRAM, MAPPEDMETRIC, DURATION`,
 		"duplicate_metric.yaml": `duplicate_metric.yaml:9: query pg_example_cache: metric pg_example_cache_hits already defined at line 4
 duplicate_metric.yaml:11: query "pg_example" defined twice (first at line 1)`,

@@ -31,6 +31,10 @@ type Config struct {
 
 	// Durations an expression must hold before its alert fires.
 	ForShort, ForMedium, ForLong time.Duration
+
+	// LeaderChangeWindow is how long the alerts keep a server-wide pg_* series' last value
+	// when it stops coming (leader.go).
+	LeaderChangeWindow time.Duration
 }
 
 // Default is the configuration the committed files are generated from.
@@ -44,6 +48,8 @@ var Default = Config{
 	ForShort:  time.Minute,
 	ForMedium: 5 * time.Minute,
 	ForLong:   15 * time.Minute,
+
+	LeaderChangeWindow: 2 * time.Minute,
 }
 
 // BurnWindow is one multi-window burn rate condition of the SRE workbook: the error ratio over

@@ -190,6 +190,31 @@ func (p *Panel) upDown() *Panel {
 	return p.below(1)
 }
 
+// stackedBut stacks a timeseries panel's series, except those whose legend starts with line
+// (a limit drawn across the stack).
+func (p *Panel) stackedBut(line string) *Panel {
+	p.FieldConfig.Defaults.Custom["stacking"] = map[string]any{"mode": "normal", "group": "A"}
+	p.FieldConfig.Overrides = append(p.FieldConfig.Overrides, map[string]any{
+		"matcher": map[string]any{"id": "byRegexp", "options": "^" + line + ".*"},
+		"properties": []any{
+			map[string]any{"id": "custom.stacking", "value": map[string]any{"mode": "none", "group": "A"}},
+			map[string]any{"id": "custom.fillOpacity", "value": 0},
+			map[string]any{"id": "custom.lineStyle", "value": map[string]any{"fill": "dash", "dash": []int{10, 10}}},
+		},
+	})
+	return p
+}
+
+// leader maps 1/0 to leader/follower for pgsidecar_collector_leader.
+func (p *Panel) leader() *Panel {
+	p.FieldConfig.Defaults.Min, p.FieldConfig.Defaults.Max = f64(0), f64(1)
+	p.FieldConfig.Defaults.Mappings = []any{map[string]any{"type": "value", "options": map[string]any{
+		"0": map[string]any{"text": "follower", "index": 0},
+		"1": map[string]any{"text": "leader", "index": 1},
+	}}}
+	return p
+}
+
 func (p *Panel) ratio() *Panel {
 	p.FieldConfig.Defaults.Min, p.FieldConfig.Defaults.Max = f64(0), f64(1)
 	return p
@@ -352,6 +377,14 @@ func (c Config) poolDashboard() *Dashboard {
 	return b.d
 }
 
+// The connection budget: the sidecars' ceilings, and what the server allows, read over 10
+// minutes so that a leader change, which moves the collectors' part and the allowed
+// connections to another sidecar, leaves no gap.
+const (
+	budgetAllowed = `max by (CL) (max_over_time(pgsidecar_server_connections_allowed{CSEL}[10m]))`
+	budgetRatio   = `sum by (CL) (max_over_time(pgsidecar_connection_ceiling{CSEL}[10m])) / on (CL) ` + budgetAllowed
+)
+
 func (c Config) postgresDashboard() *Dashboard {
 	sel := c.dashSel(`job=~"$job", instance=~"$instance"`)
 	dsel := c.dashSel(`job=~"$job", instance=~"$instance", datname=~"$datname"`)
@@ -394,13 +427,16 @@ func (c Config) postgresDashboard() *Dashboard {
 		q{s(`max by (datname) (pg_stat_activity_idle_in_transaction_max_seconds{DSEL})`), "{{datname}}"}).above(c.IdleInTransactionSeconds), 8, 8)
 	b.add(timeseries("Sessions waiting on locks", "Sessions waiting for a lock, by database.", "short",
 		q{s(`max by (datname) (pg_stat_activity_waiting_on_locks_sessions{DSEL})`), "{{datname}}"}), 8, 8)
-	b.add(timeseries("Server connection utilisation", fmt.Sprintf("Client backends / max_connections per server, and the pool maxima of all sidecars of a cluster / max_connections (what the server would see if every pool filled up). Alert above %s.", pct(c.ServerConnectionUtilization)), "percentunit",
+	b.add(timeseries("Server connection utilisation", fmt.Sprintf("Client backends / max_connections per server, and the connection ceilings of all sidecars of a cluster / the connections the server allows (what the server would see if every sidecar opened all it may; PgSidecarServerConnectionsOvercommitted). Alert above %s.", pct(c.ServerConnectionUtilization)), "percentunit",
 		q{s(`max by (instance) (pg_server_connection_utilization_ratio{SEL})`), "backends {{instance}}"},
-		q{strings.ReplaceAll(`sum by (CL) (pgsidecar_pool_max_connections{CSEL}) / on (CL) max by (CL) (pg_settings_max_connections{CSEL})`, "CSEL", c.dashSel("")), "pool maxima {{CL}}"}.cluster(c)).above(c.ServerConnectionUtilization), 12, 8)
+		q{strings.ReplaceAll(budgetRatio, "CSEL", c.dashSel("")), "sidecar ceilings {{CL}}"}.cluster(c)).above(c.ServerConnectionUtilization), 12, 8)
 	b.add(timeseries("Server connections", "Client backends on the server, with max_connections and the slots reserved for superusers.", "short",
 		q{s(`max by (instance) (pg_server_connections{SEL})`), "backends {{instance}}"},
 		q{s(`max(pg_settings_max_connections{SEL})`), "max_connections"},
 		q{s(`max(pg_settings_superuser_reserved_connections{SEL})`), "superuser_reserved_connections"}), 12, 8)
+	b.add(timeseries("Connection budget", "The most server connections all sidecars of a cluster may open, by part (pool, which the proxy draws from; collectors; election sessions), stacked, against what the server allows: max_connections less the reserved connections, as the sidecar that collects reads it.", "short",
+		q{strings.ReplaceAll(`sum by (CL, part) (pgsidecar_connection_ceiling{CSEL})`, "CSEL", c.dashSel("")), "{{part}} {{CL}}"}.cluster(c),
+		q{strings.ReplaceAll(budgetAllowed, "CSEL", c.dashSel("")), "allowed {{CL}}"}.cluster(c)).stackedBut("allowed"), 24, 8)
 
 	b.row("Databases")
 	b.add(timeseries("Commits and rollbacks", "Transactions committed and rolled back per second, by database.", "ops",
@@ -472,6 +508,8 @@ func (c Config) postgresDashboard() *Dashboard {
 		q{s(`avg_over_time(pg_exporter_last_scrape_error{SEL}[30m])`), "{{instance}}"}).ratio().above(c.ScrapeErrorRatio), 12, 8)
 	b.add(timeseries("Scrape duration", "Duration of the sidecar's last scrape of PostgreSQL statistics.", "s",
 		q{s(`max by (instance) (pg_exporter_last_scrape_duration_seconds{SEL})`), "{{instance}}"}), 12, 8)
+	b.add(timeseries("Collector leader", "1 for the sidecar that runs the server-wide collectors (--collector.scope=auto elects one per server; all always runs them). One line per server at a time; a leader change shows as a handover between lines.", "none",
+		q{s(`max by (instance) (pgsidecar_collector_leader{SEL})`), "{{instance}}"}).leader(), 24, 6)
 
 	b.row("Statements (needs --collector.statements)")
 	b.add(table("Top statements by total time", "Statements from pg_stat_statements that spent the most time per second over the interval (time per second, calls per second). The statements collector is off by default: start pgsidecar with --collector.statements.", "s",

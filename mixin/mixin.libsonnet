@@ -264,6 +264,19 @@
               "severity": "warning",
             },
           },
+          {
+            "alert": "PgSidecarReloadFailed",
+            "annotations": {
+              "description": "The last reload (SIGHUP or POST /-/reload) of {{ $labels.instance }} failed for 5m: a queries file, users file, TLS certificate or DATABASE_URL_FILE could not be used, so what was rotated has not been taken. Its log says which and why.",
+              "runbook_url": "https://github.com/pgsidecar/pgsidecar/blob/main/docs/runbooks.md#pgsidecarreloadfailed",
+              "summary": "The sidecar's last reload failed and it keeps its previous configuration.",
+            },
+            "expr": f("pgsidecar_config_last_reload_successful%(selectorBraces)s == 0"),
+            "for": "5m",
+            "labels": {
+              "severity": "warning",
+            },
+          },
         ],
       },
       {
@@ -285,12 +298,25 @@
           {
             "alert": "PgSidecarServerConnectionsOvercommitted",
             "annotations": {
-              "description": f("The maximum pool sizes of all sidecars{{ with $labels.%(clusterLabel)s }} of cluster {{ . }}{{ end }} add up to {{ $value | humanizePercentage }} of max_connections (threshold 80%%); when they all fill up, the server refuses new connections."),
+              "description": f("The connection ceilings of all sidecars{{ with $labels.%(clusterLabel)s }} of cluster {{ . }}{{ end }} (pools, collectors, election sessions) add up to {{ $value | humanizePercentage }} of the connections the server allows, max_connections less the reserved ones (threshold 80%%); when they all fill up, the server refuses new connections."),
               "runbook_url": "https://github.com/pgsidecar/pgsidecar/blob/main/docs/runbooks.md#pgsidecarserverconnectionsovercommitted",
-              "summary": "The sidecars' pools together may open most of the server's connections.",
+              "summary": "The sidecars together may open most of the connections the server allows.",
             },
-            "expr": f("sum by (%(clusterLabel)s) (pgsidecar_pool_max_connections%(selectorBraces)s)\n/ on (%(clusterLabel)s)\nmax by (%(clusterLabel)s) (pg_settings_max_connections%(selectorBraces)s and on (job, instance) pgsidecar_build_info%(selectorBraces)s)\n> 0.8\n"),
+            "expr": f("sum by (%(clusterLabel)s) (max_over_time(pgsidecar_connection_ceiling%(selectorBraces)s[10m]))\n/ on (%(clusterLabel)s)\nmax by (%(clusterLabel)s) (max_over_time(pgsidecar_server_connections_allowed%(selectorBraces)s[10m]))\n> 0.8\n"),
             "for": "15m",
+            "labels": {
+              "severity": "warning",
+            },
+          },
+          {
+            "alert": "PgSidecarCollectorLeaderMissing",
+            "annotations": {
+              "description": f("The sidecars{{ with $labels.%(clusterLabel)s }} of cluster {{ . }}{{ end }} reach PostgreSQL, but none has run the server-wide collectors for 5m: the pg_* statistics are missing, and the alerts on them are blind."),
+              "runbook_url": "https://github.com/pgsidecar/pgsidecar/blob/main/docs/runbooks.md#pgsidecarcollectorleadermissing",
+              "summary": "No sidecar collects the server's statistics.",
+            },
+            "expr": f("max by (%(clusterLabel)s) (pgsidecar_collector_leader%(selectorBraces)s) == 0\nand on (%(clusterLabel)s)\nmax by (%(clusterLabel)s) (pg_up%(selectorBraces)s and on (job, instance) pgsidecar_build_info%(selectorBraces)s) == 1\n"),
+            "for": "5m",
             "labels": {
               "severity": "warning",
             },
@@ -302,7 +328,7 @@
               "runbook_url": "https://github.com/pgsidecar/pgsidecar/blob/main/docs/runbooks.md#pgsidecarserverconnectionutilizationhigh",
               "summary": "Most of the server's connections are in use.",
             },
-            "expr": f("max by (%(clusterLabel)s) (pg_server_connection_utilization_ratio%(selectorBraces)s and on (job, instance) pgsidecar_build_info%(selectorBraces)s) > 0.8"),
+            "expr": f("max by (%(clusterLabel)s) (last_over_time(pg_server_connection_utilization_ratio%(selectorBraces)s[2m]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[2m])) > 0.8"),
             "for": "5m",
             "labels": {
               "severity": "warning",
@@ -315,7 +341,7 @@
               "runbook_url": "https://github.com/pgsidecar/pgsidecar/blob/main/docs/runbooks.md#pgsidecarlongrunningtransaction",
               "summary": "A transaction has been open for a long time.",
             },
-            "expr": f("max by (%(clusterLabel)s, datname) (pg_stat_activity_oldest_xact_seconds%(selectorBraces)s and on (job, instance) pgsidecar_build_info%(selectorBraces)s) > 300"),
+            "expr": f("max by (%(clusterLabel)s, datname) (last_over_time(pg_stat_activity_oldest_xact_seconds%(selectorBraces)s[2m]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[2m])) > 300"),
             "for": "1m",
             "labels": {
               "severity": "warning",
@@ -328,7 +354,7 @@
               "runbook_url": "https://github.com/pgsidecar/pgsidecar/blob/main/docs/runbooks.md#pgsidecaridleintransaction",
               "summary": "A session sits idle inside an open transaction.",
             },
-            "expr": f("max by (%(clusterLabel)s, datname) (pg_stat_activity_idle_in_transaction_max_seconds%(selectorBraces)s and on (job, instance) pgsidecar_build_info%(selectorBraces)s) > 60"),
+            "expr": f("max by (%(clusterLabel)s, datname) (last_over_time(pg_stat_activity_idle_in_transaction_max_seconds%(selectorBraces)s[2m]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[2m])) > 60"),
             "for": "1m",
             "labels": {
               "severity": "warning",
@@ -341,7 +367,7 @@
               "runbook_url": "https://github.com/pgsidecar/pgsidecar/blob/main/docs/runbooks.md#pgsidecardeadlocks",
               "summary": "PostgreSQL detected deadlocks.",
             },
-            "expr": f("max by (%(clusterLabel)s, datname) (increase(pg_stat_database_deadlocks%(selectorBraces)s[10m]) and on (job, instance) pgsidecar_build_info%(selectorBraces)s) > 0"),
+            "expr": f("max by (%(clusterLabel)s, datname) (increase(pg_stat_database_deadlocks%(selectorBraces)s[10m]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[10m])) > 0"),
             "labels": {
               "severity": "warning",
             },
@@ -353,7 +379,7 @@
               "runbook_url": "https://github.com/pgsidecar/pgsidecar/blob/main/docs/runbooks.md#pgsidecarcachehitratiolow",
               "summary": "Few block reads are served from the buffer cache.",
             },
-            "expr": f("max by (%(clusterLabel)s, datname) (rate(pg_stat_database_blks_hit%(selectorBraces)s[30m]) and on (job, instance) pgsidecar_build_info%(selectorBraces)s)\n/\n(\n  max by (%(clusterLabel)s, datname) (rate(pg_stat_database_blks_hit%(selectorBraces)s[30m]) and on (job, instance) pgsidecar_build_info%(selectorBraces)s)\n  +\n  max by (%(clusterLabel)s, datname) (rate(pg_stat_database_blks_read%(selectorBraces)s[30m]) and on (job, instance) pgsidecar_build_info%(selectorBraces)s)\n)\n< 0.9\nand\nmax by (%(clusterLabel)s, datname) ((rate(pg_stat_database_blks_hit%(selectorBraces)s[30m]) and on (job, instance) pgsidecar_build_info%(selectorBraces)s) + (rate(pg_stat_database_blks_read%(selectorBraces)s[30m]) and on (job, instance) pgsidecar_build_info%(selectorBraces)s)) > 10\n"),
+            "expr": f("max by (%(clusterLabel)s, datname) (rate(pg_stat_database_blks_hit%(selectorBraces)s[30m]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[30m]))\n/\n(\n  max by (%(clusterLabel)s, datname) (rate(pg_stat_database_blks_hit%(selectorBraces)s[30m]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[30m]))\n  +\n  max by (%(clusterLabel)s, datname) (rate(pg_stat_database_blks_read%(selectorBraces)s[30m]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[30m]))\n)\n< 0.9\nand\nmax by (%(clusterLabel)s, datname) ((rate(pg_stat_database_blks_hit%(selectorBraces)s[30m]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[30m])) + (rate(pg_stat_database_blks_read%(selectorBraces)s[30m]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[30m]))) > 10\n"),
             "for": "15m",
             "labels": {
               "severity": "info",
@@ -366,7 +392,7 @@
               "runbook_url": "https://github.com/pgsidecar/pgsidecar/blob/main/docs/runbooks.md#pgsidecarreplicationlaghigh",
               "summary": "A replica lags behind its primary.",
             },
-            "expr": f("max by (%(clusterLabel)s) (pg_replication_lag_seconds%(selectorBraces)s and on (job, instance) pgsidecar_build_info%(selectorBraces)s) > 60"),
+            "expr": f("max by (%(clusterLabel)s) (last_over_time(pg_replication_lag_seconds%(selectorBraces)s[2m]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[2m])) > 60"),
             "for": "5m",
             "labels": {
               "severity": "warning",
@@ -379,7 +405,7 @@
               "runbook_url": "https://github.com/pgsidecar/pgsidecar/blob/main/docs/runbooks.md#pgsidecarreplicationslotinactive",
               "summary": "An inactive replication slot retains WAL.",
             },
-            "expr": f("max by (%(clusterLabel)s, slot_name) (pg_replication_slots_pg_wal_lsn_diff%(selectorBraces)s and on (job, instance) pgsidecar_build_info%(selectorBraces)s) > 1073741824\nand on (%(clusterLabel)s, slot_name)\nmax by (%(clusterLabel)s, slot_name) (pg_replication_slots_active%(selectorBraces)s and on (job, instance) pgsidecar_build_info%(selectorBraces)s) == 0\n"),
+            "expr": f("max by (%(clusterLabel)s, slot_name) (last_over_time(pg_replication_slots_pg_wal_lsn_diff%(selectorBraces)s[2m]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[2m])) > 1073741824\nand on (%(clusterLabel)s, slot_name)\nmax by (%(clusterLabel)s, slot_name) (last_over_time(pg_replication_slots_active%(selectorBraces)s[2m]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[2m])) == 0\n"),
             "for": "15m",
             "labels": {
               "severity": "warning",
@@ -392,7 +418,7 @@
               "runbook_url": "https://github.com/pgsidecar/pgsidecar/blob/main/docs/runbooks.md#pgsidecardeadtupleshigh",
               "summary": "Dead tuples pile up in a table: autovacuum is not keeping up.",
             },
-            "expr": f("max by (%(clusterLabel)s, datname, schemaname, relname) (pg_stat_user_tables_n_dead_tup%(selectorBraces)s and on (job, instance) pgsidecar_build_info%(selectorBraces)s)\n/\n(\n  max by (%(clusterLabel)s, datname, schemaname, relname) (pg_stat_user_tables_n_live_tup%(selectorBraces)s and on (job, instance) pgsidecar_build_info%(selectorBraces)s)\n  +\n  max by (%(clusterLabel)s, datname, schemaname, relname) (pg_stat_user_tables_n_dead_tup%(selectorBraces)s and on (job, instance) pgsidecar_build_info%(selectorBraces)s)\n)\n> 0.2\nand\nmax by (%(clusterLabel)s, datname, schemaname, relname) (pg_stat_user_tables_n_dead_tup%(selectorBraces)s and on (job, instance) pgsidecar_build_info%(selectorBraces)s) > 10000\n"),
+            "expr": f("max by (%(clusterLabel)s, datname, schemaname, relname) (last_over_time(pg_stat_user_tables_n_dead_tup%(selectorBraces)s[2m]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[2m]))\n/\n(\n  max by (%(clusterLabel)s, datname, schemaname, relname) (last_over_time(pg_stat_user_tables_n_live_tup%(selectorBraces)s[2m]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[2m]))\n  +\n  max by (%(clusterLabel)s, datname, schemaname, relname) (last_over_time(pg_stat_user_tables_n_dead_tup%(selectorBraces)s[2m]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[2m]))\n)\n> 0.2\nand\nmax by (%(clusterLabel)s, datname, schemaname, relname) (last_over_time(pg_stat_user_tables_n_dead_tup%(selectorBraces)s[2m]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[2m])) > 10000\n"),
             "for": "30m",
             "labels": {
               "severity": "warning",
@@ -405,7 +431,7 @@
               "runbook_url": "https://github.com/pgsidecar/pgsidecar/blob/main/docs/runbooks.md#pgsidecarcheckpointsrequested",
               "summary": "Checkpoints are requested more often than timed.",
             },
-            "expr": f("max by (%(clusterLabel)s) (increase(pg_stat_bgwriter_checkpoints_req_total%(selectorBraces)s[1h]) and on (job, instance) pgsidecar_build_info%(selectorBraces)s)\n/\n(\n  max by (%(clusterLabel)s) (increase(pg_stat_bgwriter_checkpoints_req_total%(selectorBraces)s[1h]) and on (job, instance) pgsidecar_build_info%(selectorBraces)s)\n  +\n  max by (%(clusterLabel)s) (increase(pg_stat_bgwriter_checkpoints_timed_total%(selectorBraces)s[1h]) and on (job, instance) pgsidecar_build_info%(selectorBraces)s)\n)\n> 0.5\nand\nmax by (%(clusterLabel)s) (increase(pg_stat_bgwriter_checkpoints_req_total%(selectorBraces)s[1h]) and on (job, instance) pgsidecar_build_info%(selectorBraces)s) >= 3\n"),
+            "expr": f("max by (%(clusterLabel)s) (increase(pg_stat_bgwriter_checkpoints_req_total%(selectorBraces)s[1h]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[1h]))\n/\n(\n  max by (%(clusterLabel)s) (increase(pg_stat_bgwriter_checkpoints_req_total%(selectorBraces)s[1h]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[1h]))\n  +\n  max by (%(clusterLabel)s) (increase(pg_stat_bgwriter_checkpoints_timed_total%(selectorBraces)s[1h]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[1h]))\n)\n> 0.5\nand\nmax by (%(clusterLabel)s) (increase(pg_stat_bgwriter_checkpoints_req_total%(selectorBraces)s[1h]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[1h])) >= 3\n"),
             "for": "15m",
             "labels": {
               "severity": "info",
@@ -418,7 +444,7 @@
               "runbook_url": "https://github.com/pgsidecar/pgsidecar/blob/main/docs/runbooks.md#pgsidecarexporterscrapeerrors",
               "summary": "The sidecar's scrapes of PostgreSQL statistics have errors.",
             },
-            "expr": f("(avg_over_time(pg_exporter_last_scrape_error%(selectorBraces)s[30m]) and on (job, instance) pgsidecar_build_info%(selectorBraces)s) > 0.1\nunless on (job, instance)\n((pg_up%(selectorBraces)s and on (job, instance) pgsidecar_build_info%(selectorBraces)s) == 0)\n"),
+            "expr": f("(avg_over_time(pg_exporter_last_scrape_error%(selectorBraces)s[30m]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[30m])) > 0.1\nunless on (job, instance)\n((pg_up%(selectorBraces)s and on (job, instance) pgsidecar_build_info%(selectorBraces)s) == 0)\n"),
             "for": "5m",
             "labels": {
               "severity": "warning",
@@ -4968,7 +4994,7 @@
             "type": "prometheus",
             "uid": "${datasource}",
           },
-          "description": "Client backends / max_connections per server, and the pool maxima of all sidecars of a cluster / max_connections (what the server would see if every pool filled up). Alert above 80%.",
+          "description": "Client backends / max_connections per server, and the connection ceilings of all sidecars of a cluster / the connections the server allows (what the server would see if every sidecar opened all it may; PgSidecarServerConnectionsOvercommitted). Alert above 80%.",
           "fieldConfig": {
             "defaults": {
               "color": {
@@ -5043,9 +5069,9 @@
                 "type": "prometheus",
                 "uid": "${datasource}",
               },
-              "expr": f("sum by (%(clusterLabel)s) (pgsidecar_pool_max_connections{%(clusterLabel)s=~\"$cluster\"%(selectorComma)s}) / on (%(clusterLabel)s) max by (%(clusterLabel)s) (pg_settings_max_connections{%(clusterLabel)s=~\"$cluster\"%(selectorComma)s})"),
+              "expr": f("sum by (%(clusterLabel)s) (max_over_time(pgsidecar_connection_ceiling{%(clusterLabel)s=~\"$cluster\"%(selectorComma)s}[10m])) / on (%(clusterLabel)s) max by (%(clusterLabel)s) (max_over_time(pgsidecar_server_connections_allowed{%(clusterLabel)s=~\"$cluster\"%(selectorComma)s}[10m]))"),
               "instant": false,
-              "legendFormat": f("pool maxima {{%(clusterLabel)s}}"),
+              "legendFormat": f("sidecar ceilings {{%(clusterLabel)s}}"),
               "range": true,
               "refId": "B",
             },
@@ -5151,14 +5177,134 @@
           "type": "timeseries",
         },
         {
-          "collapsed": false,
+          "datasource": {
+            "type": "prometheus",
+            "uid": "${datasource}",
+          },
+          "description": "The most server connections all sidecars of a cluster may open, by part (pool, which the proxy draws from; collectors; election sessions), stacked, against what the server allows: max_connections less the reserved connections, as the sidecar that collects reads it.",
+          "fieldConfig": {
+            "defaults": {
+              "color": {
+                "mode": "palette-classic",
+              },
+              "custom": {
+                "axisSoftMin": 0,
+                "drawStyle": "line",
+                "fillOpacity": 10,
+                "lineWidth": 1,
+                "showPoints": "never",
+                "spanNulls": false,
+                "stacking": {
+                  "group": "A",
+                  "mode": "normal",
+                },
+                "thresholdsStyle": {
+                  "mode": "off",
+                },
+              },
+              "mappings": [],
+              "thresholds": {
+                "mode": "absolute",
+                "steps": [
+                  {
+                    "color": "green",
+                    "value": null,
+                  },
+                ],
+              },
+              "unit": "short",
+            },
+            "overrides": [
+              {
+                "matcher": {
+                  "id": "byRegexp",
+                  "options": "^allowed.*",
+                },
+                "properties": [
+                  {
+                    "id": "custom.stacking",
+                    "value": {
+                      "group": "A",
+                      "mode": "none",
+                    },
+                  },
+                  {
+                    "id": "custom.fillOpacity",
+                    "value": 0,
+                  },
+                  {
+                    "id": "custom.lineStyle",
+                    "value": {
+                      "dash": [
+                        10,
+                        10,
+                      ],
+                      "fill": "dash",
+                    },
+                  },
+                ],
+              },
+            ],
+          },
           "gridPos": {
-            "h": 1,
+            "h": 8,
             "w": 24,
             "x": 0,
             "y": 30,
           },
           "id": 16,
+          "options": {
+            "legend": {
+              "calcs": [
+                "mean",
+                "max",
+                "lastNotNull",
+              ],
+              "displayMode": "table",
+              "placement": "bottom",
+              "showLegend": true,
+            },
+            "tooltip": {
+              "mode": "multi",
+              "sort": "desc",
+            },
+          },
+          "targets": [
+            {
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+              "expr": f("sum by (%(clusterLabel)s, part) (pgsidecar_connection_ceiling{%(clusterLabel)s=~\"$cluster\"%(selectorComma)s})"),
+              "instant": false,
+              "legendFormat": f("{{part}} {{%(clusterLabel)s}}"),
+              "range": true,
+              "refId": "A",
+            },
+            {
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+              "expr": f("max by (%(clusterLabel)s) (max_over_time(pgsidecar_server_connections_allowed{%(clusterLabel)s=~\"$cluster\"%(selectorComma)s}[10m]))"),
+              "instant": false,
+              "legendFormat": f("allowed {{%(clusterLabel)s}}"),
+              "range": true,
+              "refId": "B",
+            },
+          ],
+          "title": "Connection budget",
+          "type": "timeseries",
+        },
+        {
+          "collapsed": false,
+          "gridPos": {
+            "h": 1,
+            "w": 24,
+            "x": 0,
+            "y": 38,
+          },
+          "id": 17,
           "title": "Databases",
           "type": "row",
         },
@@ -5202,9 +5348,9 @@
             "h": 8,
             "w": 12,
             "x": 0,
-            "y": 31,
+            "y": 39,
           },
-          "id": 17,
+          "id": 18,
           "options": {
             "legend": {
               "calcs": [
@@ -5294,9 +5440,9 @@
             "h": 8,
             "w": 12,
             "x": 12,
-            "y": 31,
+            "y": 39,
           },
-          "id": 18,
+          "id": 19,
           "options": {
             "legend": {
               "calcs": [
@@ -5373,9 +5519,9 @@
             "h": 8,
             "w": 8,
             "x": 0,
-            "y": 39,
+            "y": 47,
           },
-          "id": 19,
+          "id": 20,
           "options": {
             "legend": {
               "calcs": [
@@ -5448,9 +5594,9 @@
             "h": 8,
             "w": 8,
             "x": 8,
-            "y": 39,
+            "y": 47,
           },
-          "id": 20,
+          "id": 21,
           "options": {
             "legend": {
               "calcs": [
@@ -5523,9 +5669,9 @@
             "h": 8,
             "w": 8,
             "x": 16,
-            "y": 39,
+            "y": 47,
           },
-          "id": 21,
+          "id": 22,
           "options": {
             "legend": {
               "calcs": [
@@ -5631,9 +5777,9 @@
             "h": 8,
             "w": 24,
             "x": 0,
-            "y": 47,
+            "y": 55,
           },
-          "id": 22,
+          "id": 23,
           "options": {
             "legend": {
               "calcs": [
@@ -5672,9 +5818,9 @@
             "h": 1,
             "w": 24,
             "x": 0,
-            "y": 55,
+            "y": 63,
           },
-          "id": 23,
+          "id": 24,
           "title": "Checkpoints and background writer",
           "type": "row",
         },
@@ -5718,9 +5864,9 @@
             "h": 8,
             "w": 8,
             "x": 0,
-            "y": 56,
+            "y": 64,
           },
-          "id": 24,
+          "id": 25,
           "options": {
             "legend": {
               "calcs": [
@@ -5810,9 +5956,9 @@
             "h": 8,
             "w": 8,
             "x": 8,
-            "y": 56,
+            "y": 64,
           },
-          "id": 25,
+          "id": 26,
           "options": {
             "legend": {
               "calcs": [
@@ -5885,9 +6031,9 @@
             "h": 8,
             "w": 8,
             "x": 16,
-            "y": 56,
+            "y": 64,
           },
-          "id": 26,
+          "id": 27,
           "options": {
             "legend": {
               "calcs": [
@@ -5971,9 +6117,9 @@
             "h": 8,
             "w": 12,
             "x": 0,
-            "y": 64,
+            "y": 72,
           },
-          "id": 27,
+          "id": 28,
           "options": {
             "legend": {
               "calcs": [
@@ -6079,9 +6225,9 @@
             "h": 8,
             "w": 12,
             "x": 12,
-            "y": 64,
+            "y": 72,
           },
-          "id": 28,
+          "id": 29,
           "options": {
             "legend": {
               "calcs": [
@@ -6131,9 +6277,9 @@
             "h": 1,
             "w": 24,
             "x": 0,
-            "y": 72,
+            "y": 80,
           },
-          "id": 29,
+          "id": 30,
           "title": "Tables",
           "type": "row",
         },
@@ -6177,9 +6323,9 @@
             "h": 8,
             "w": 12,
             "x": 0,
-            "y": 73,
+            "y": 81,
           },
-          "id": 30,
+          "id": 31,
           "options": {
             "legend": {
               "calcs": [
@@ -6258,9 +6404,9 @@
             "h": 8,
             "w": 12,
             "x": 12,
-            "y": 73,
+            "y": 81,
           },
-          "id": 31,
+          "id": 32,
           "options": {
             "legend": {
               "calcs": [
@@ -6333,9 +6479,9 @@
             "h": 8,
             "w": 8,
             "x": 0,
-            "y": 81,
+            "y": 89,
           },
-          "id": 32,
+          "id": 33,
           "options": {
             "legend": {
               "calcs": [
@@ -6408,9 +6554,9 @@
             "h": 8,
             "w": 8,
             "x": 8,
-            "y": 81,
+            "y": 89,
           },
-          "id": 33,
+          "id": 34,
           "options": {
             "legend": {
               "calcs": [
@@ -6483,9 +6629,9 @@
             "h": 8,
             "w": 8,
             "x": 16,
-            "y": 81,
+            "y": 89,
           },
-          "id": 34,
+          "id": 35,
           "options": {
             "legend": {
               "calcs": [
@@ -6524,9 +6670,9 @@
             "h": 1,
             "w": 24,
             "x": 0,
-            "y": 89,
+            "y": 97,
           },
-          "id": 35,
+          "id": 36,
           "title": "Replication",
           "type": "row",
         },
@@ -6573,9 +6719,9 @@
             "h": 8,
             "w": 4,
             "x": 0,
-            "y": 90,
+            "y": 98,
           },
-          "id": 36,
+          "id": 37,
           "options": {
             "colorMode": "background",
             "graphMode": "area",
@@ -6650,9 +6796,9 @@
             "h": 8,
             "w": 10,
             "x": 4,
-            "y": 90,
+            "y": 98,
           },
-          "id": 37,
+          "id": 38,
           "options": {
             "legend": {
               "calcs": [
@@ -6729,9 +6875,9 @@
             "h": 8,
             "w": 10,
             "x": 14,
-            "y": 90,
+            "y": 98,
           },
-          "id": 38,
+          "id": 39,
           "options": {
             "legend": {
               "calcs": [
@@ -6804,9 +6950,9 @@
             "h": 6,
             "w": 24,
             "x": 0,
-            "y": 98,
+            "y": 106,
           },
-          "id": 39,
+          "id": 40,
           "options": {
             "legend": {
               "calcs": [
@@ -6845,9 +6991,9 @@
             "h": 1,
             "w": 24,
             "x": 0,
-            "y": 104,
+            "y": 112,
           },
-          "id": 40,
+          "id": 41,
           "title": "Exporter",
           "type": "row",
         },
@@ -6897,9 +7043,9 @@
             "h": 8,
             "w": 12,
             "x": 0,
-            "y": 105,
+            "y": 113,
           },
-          "id": 41,
+          "id": 42,
           "options": {
             "legend": {
               "calcs": [
@@ -6972,9 +7118,9 @@
             "h": 8,
             "w": 12,
             "x": 12,
-            "y": 105,
+            "y": 113,
           },
-          "id": 42,
+          "id": 43,
           "options": {
             "legend": {
               "calcs": [
@@ -7008,14 +7154,105 @@
           "type": "timeseries",
         },
         {
+          "datasource": {
+            "type": "prometheus",
+            "uid": "${datasource}",
+          },
+          "description": "1 for the sidecar that runs the server-wide collectors (--collector.scope=auto elects one per server; all always runs them). One line per server at a time; a leader change shows as a handover between lines.",
+          "fieldConfig": {
+            "defaults": {
+              "color": {
+                "mode": "palette-classic",
+              },
+              "custom": {
+                "axisSoftMin": 0,
+                "drawStyle": "line",
+                "fillOpacity": 10,
+                "lineWidth": 1,
+                "showPoints": "never",
+                "spanNulls": false,
+                "thresholdsStyle": {
+                  "mode": "off",
+                },
+              },
+              "mappings": [
+                {
+                  "options": {
+                    "0": {
+                      "index": 0,
+                      "text": "follower",
+                    },
+                    "1": {
+                      "index": 1,
+                      "text": "leader",
+                    },
+                  },
+                  "type": "value",
+                },
+              ],
+              "max": 1,
+              "min": 0,
+              "thresholds": {
+                "mode": "absolute",
+                "steps": [
+                  {
+                    "color": "green",
+                    "value": null,
+                  },
+                ],
+              },
+              "unit": "none",
+            },
+            "overrides": [],
+          },
+          "gridPos": {
+            "h": 6,
+            "w": 24,
+            "x": 0,
+            "y": 121,
+          },
+          "id": 44,
+          "options": {
+            "legend": {
+              "calcs": [
+                "mean",
+                "max",
+                "lastNotNull",
+              ],
+              "displayMode": "table",
+              "placement": "bottom",
+              "showLegend": true,
+            },
+            "tooltip": {
+              "mode": "multi",
+              "sort": "desc",
+            },
+          },
+          "targets": [
+            {
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+              "expr": f("max by (instance) (pgsidecar_collector_leader{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s})"),
+              "instant": false,
+              "legendFormat": "{{instance}}",
+              "range": true,
+              "refId": "A",
+            },
+          ],
+          "title": "Collector leader",
+          "type": "timeseries",
+        },
+        {
           "collapsed": false,
           "gridPos": {
             "h": 1,
             "w": 24,
             "x": 0,
-            "y": 113,
+            "y": 127,
           },
-          "id": 43,
+          "id": 45,
           "title": "Statements (needs --collector.statements)",
           "type": "row",
         },
@@ -7048,9 +7285,9 @@
             "h": 8,
             "w": 24,
             "x": 0,
-            "y": 114,
+            "y": 128,
           },
-          "id": 44,
+          "id": 46,
           "options": {
             "showHeader": true,
             "sortBy": [
@@ -7143,9 +7380,9 @@
             "h": 8,
             "w": 12,
             "x": 0,
-            "y": 122,
+            "y": 136,
           },
-          "id": 45,
+          "id": 47,
           "options": {
             "legend": {
               "calcs": [
@@ -7218,9 +7455,9 @@
             "h": 8,
             "w": 12,
             "x": 12,
-            "y": 122,
+            "y": 136,
           },
-          "id": 46,
+          "id": 48,
           "options": {
             "legend": {
               "calcs": [

@@ -287,12 +287,18 @@ sum by (cluster, job, pool, fingerprint) (rate(pgsidecar_statement_duration_seco
 			"PostgreSQL is unreachable from the sidecar.",
 			`Pool {{ $labels.pool }} on {{ $labels.instance }} cannot reach PostgreSQL: pg_up has been 0 for `+dur(c.ForShort)+`.`),
 		c.alert("PgSidecarServerConnectionsOvercommitted", "warning", c.ForLong, fmt.Sprintf(`
-sum by (cluster) (pgsidecar_pool_max_connections)
+sum by (cluster) (max_over_time(pgsidecar_connection_ceiling[10m]))
 / on (cluster)
-max by (cluster) (pg_settings_max_connections)
+max by (cluster) (max_over_time(pgsidecar_server_connections_allowed[10m]))
 > %s`, num(c.ServerConnectionUtilization)),
-			"The sidecars' pools together may open most of the server's connections.",
-			fmt.Sprintf(`The maximum pool sizes of all sidecars`+ofCluster+` add up to {{ $value | humanizePercentage }} of max_connections (threshold %s); when they all fill up, the server refuses new connections.`, pct(c.ServerConnectionUtilization))),
+			"The sidecars together may open most of the connections the server allows.",
+			fmt.Sprintf(`The connection ceilings of all sidecars`+ofCluster+` (pools, collectors, election sessions) add up to {{ $value | humanizePercentage }} of the connections the server allows, max_connections less the reserved ones (threshold %s); when they all fill up, the server refuses new connections.`, pct(c.ServerConnectionUtilization))),
+		c.alert("PgSidecarCollectorLeaderMissing", "warning", c.ForMedium, `
+max by (cluster) (pgsidecar_collector_leader) == 0
+and on (cluster)
+max by (cluster) (pg_up) == 1`,
+			"No sidecar collects the server's statistics.",
+			`The sidecars`+ofCluster+` reach PostgreSQL, but none has run the server-wide collectors for `+dur(c.ForMedium)+`: the pg_* statistics are missing, and the alerts on them are blind.`),
 		c.alert("PgSidecarServerConnectionUtilizationHigh", "warning", c.ForMedium,
 			fmt.Sprintf(`max by (cluster) (pg_server_connection_utilization_ratio) > %s`, num(c.ServerConnectionUtilization)),
 			"Most of the server's connections are in use.",
@@ -375,6 +381,7 @@ unless on (job, instance)
 			"Query errors are steadily burning the error budget.",
 			fmt.Sprintf(`Pool {{ $labels.pool }} of job {{ $labels.job }} fails {{ $value | humanizePercentage }} of its queries, more than a %s objective allows over time (%s).`, pct(c.ErrorObjective), burnWindows("warning"))),
 	}}
+	bridgeLeaderChanges(pg.Rules, c.LeaderChangeWindow)
 	return c.scope(RuleFile{Groups: []RuleGroup{recording, slo, sidecar, pg, sloAlerts}})
 }
 

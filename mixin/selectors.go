@@ -78,6 +78,13 @@ func (c Config) joined() string {
 	return " and " + joinLabels + " " + JoinSeries + c.selectorIn("")
 }
 
+// joinedOver is the join of a function of a pg_* range selector: the join series over the same
+// range, so that a series a function still reads after its sidecar went away (a leader that was
+// killed or rolled out, bridged by last_over_time) is not dropped by the join.
+func (c Config) joinedOver(rng string) string {
+	return " and " + joinLabels + " last_over_time(" + JoinSeries + c.selectorIn("") + rng + ")"
+}
+
 func isIdentStart(b byte) bool {
 	return b == '_' || b == ':' || (b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z')
 }
@@ -136,6 +143,7 @@ func (c Config) scopeExpr(s string) (string, error) {
 	type paren struct {
 		start int
 		join  bool
+		rng   string // the range of the pg_* selector inside, as written: [2m]
 	}
 	var stack []paren
 	callStart := -1
@@ -179,9 +187,9 @@ func (c Config) scopeExpr(s string) (string, error) {
 				text := out.String()
 				out.Reset()
 				if alone(text[:p.start], s[i:]) {
-					out.WriteString(text + c.joined())
+					out.WriteString(text + c.joinedOver(p.rng))
 				} else {
-					out.WriteString(text[:p.start] + "(" + text[p.start:] + c.joined() + ")")
+					out.WriteString(text[:p.start] + "(" + text[p.start:] + c.joinedOver(p.rng) + ")")
 				}
 			}
 			callStart = -1
@@ -239,7 +247,14 @@ func (c Config) scopeExpr(s string) (string, error) {
 					if len(stack) == 0 {
 						return "", fmt.Errorf("pg_* range selector %s outside a function call", name)
 					}
-					stack[len(stack)-1].join = true
+					end, err := closing(s, j)
+					if err != nil {
+						return "", err
+					}
+					top := &stack[len(stack)-1]
+					if !top.join {
+						top.join, top.rng = true, s[j:end+1]
+					}
 					out.WriteString(sel)
 				case pg && alone(out.String(), s[j:]):
 					out.WriteString(sel + c.joined())

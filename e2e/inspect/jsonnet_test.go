@@ -135,6 +135,18 @@ func TestMixinLibsonnetEqualsGeneratedFiles(t *testing.T) {
 	sameDashboards(t, "dashboards/", dashboards, want)
 }
 
+// joinSeries says whether e is the series only pgsidecar exports, alone or over a range
+// (last_over_time, the join of a function of a range).
+func joinSeries(e parser.Expr) bool {
+	if c, ok := e.(*parser.Call); ok && c.Func.Name == "last_over_time" && len(c.Args) == 1 {
+		if m, ok := c.Args[0].(*parser.MatrixSelector); ok {
+			e = m.VectorSelector
+		}
+	}
+	vs, ok := e.(*parser.VectorSelector)
+	return ok && vs.Name == mixin.JoinSeries
+}
+
 // TestMixinLibsonnetConfig sets every _config field and checks the jsonnet mixin against the Go
 // mixin with the same settings, and that the settings reach every rule and dashboard query: the
 // selector on every series, the cluster label in place of "cluster", every pg_* series joined
@@ -213,8 +225,7 @@ func checkScoped(t *testing.T, rule string, expr parser.Expr) {
 					}
 				}
 			}
-			rhs, ok := x.RHS.(*parser.VectorSelector)
-			if x.Op == parser.LAND && ok && rhs.Name == mixin.JoinSeries && x.VectorMatching != nil &&
+			if x.Op == parser.LAND && joinSeries(x.RHS) && x.VectorMatching != nil &&
 				x.VectorMatching.On && reflect.DeepEqual(x.VectorMatching.MatchingLabels, []string{"job", "instance"}) {
 				parser.Inspect(x.LHS, func(n parser.Node, _ []parser.Node) error {
 					if vs, ok := n.(*parser.VectorSelector); ok {

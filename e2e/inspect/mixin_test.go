@@ -158,7 +158,7 @@ func drawnThresholds(c mixin.Config) []drawnThreshold {
 		{"AvgLatencySeconds", c.AvgLatencySeconds, "s", []string{"pgsidecar_query_duration_seconds_sum", "pgsidecar_query_duration_seconds_count"}},
 		{"SlowQueriesPer10m", c.SlowQueriesPer10m, "short", []string{"pgsidecar_slow_queries_total"}},
 		{"ServerConnectionUtilization (backends)", c.ServerConnectionUtilization, "percentunit", []string{"pg_server_connection_utilization_ratio"}},
-		{"ServerConnectionUtilization (pool maxima)", c.ServerConnectionUtilization, "percentunit", []string{"pgsidecar_pool_max_connections", "pg_settings_max_connections"}},
+		{"ServerConnectionUtilization (ceilings)", c.ServerConnectionUtilization, "percentunit", []string{"pgsidecar_connection_ceiling", "pgsidecar_server_connections_allowed"}},
 		{"LongTransactionSeconds", c.LongTransactionSeconds, "s", []string{"pg_stat_activity_oldest_xact_seconds"}},
 		{"IdleInTransactionSeconds", c.IdleInTransactionSeconds, "s", []string{"pg_stat_activity_idle_in_transaction_max_seconds"}},
 		{"CacheHitRatio", c.CacheHitRatio, "percentunit", []string{"pg_stat_database_blks_hit", "pg_stat_database_blks_read"}},
