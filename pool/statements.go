@@ -107,10 +107,48 @@ func newStatements(labels prometheus.Labels, cfg Config, scrub func(string) stri
 	}
 }
 
-// record measures one execution of sql and returns its fingerprint.
-func (s *statements) record(op Operation, sql string, d time.Duration, err error) fingerprint.Fingerprint {
-	key := maphash.String(s.seed, sql)
+// record measures one execution of sql and returns its fingerprint. With a valid id, sql may be
+// the first bytes of the statement only: id names the whole text.
+func (s *statements) record(op Operation, sql string, id StatementID, d time.Duration, err error) fingerprint.Fingerprint {
 	now := s.slotOf(s.now())
+	var st *statement
+	if id.fp != 0 {
+		s.mu.Lock()
+		if st = s.tracked[id.fp]; st == nil {
+			s.mu.Unlock()
+			text := s.shownText(op, sql, id.unshown, len(sql) < id.n)
+			s.mu.Lock()
+			if st = s.tracked[id.fp]; st == nil {
+				st = s.admit(id.fp, text, op, now)
+			}
+		}
+	} else {
+		st = s.lookup(op, sql, now)
+	}
+	st.add(now, d)
+	hist := st.hist
+	var errCounter prometheus.Counter
+	if err != nil {
+		label := sqlStateLabel(err)
+		errCounter = st.errs[label]
+		if errCounter == nil {
+			errCounter = s.errors.WithLabelValues(st.label, label)
+			st.errs[label] = errCounter
+		}
+	}
+	fp := st.fp
+	s.mu.Unlock()
+	hist.Observe(d.Seconds())
+	if errCounter != nil {
+		errCounter.Inc()
+	}
+	return fp
+}
+
+// lookup returns the tracked statement of the whole text sql, admitting it if need be. It
+// returns with s.mu held.
+func (s *statements) lookup(op Operation, sql string, now int64) *statement {
+	key := maphash.String(s.seed, sql)
 	s.mu.Lock()
 	t := &s.texts[key%maxTexts]
 	if t.key != key || t.n != len(sql) || t.fp == 0 {
@@ -130,7 +168,7 @@ func (s *statements) record(op Operation, sql string, d time.Duration, err error
 			// while and allocate: not under the lock, where another text may take slot t.
 			unshown := t.unshown
 			s.mu.Unlock()
-			text := s.shownText(op, sql, unshown)
+			text := s.shownText(op, sql, unshown, false)
 			s.mu.Lock()
 			if st = s.tracked[fp]; st == nil {
 				st = s.admit(fp, text, op, now)
@@ -140,31 +178,65 @@ func (s *statements) record(op Operation, sql string, d time.Duration, err error
 			t.stmt = st
 		}
 	}
-	st.add(now, d)
-	hist := st.hist
-	var errCounter prometheus.Counter
-	if err != nil {
-		label := sqlStateLabel(err)
-		errCounter = st.errs[label]
-		if errCounter == nil {
-			errCounter = s.errors.WithLabelValues(st.label, label)
-			st.errs[label] = errCounter
-		}
+	return st
+}
+
+// StatementID names a statement by its whole text, for a front end that keeps only the first
+// bytes of long statements (see Manager.Identify): two statements that differ only after those
+// bytes are two statements. The zero value names nothing; the statement is then named by the
+// text recorded with it.
+type StatementID struct {
+	fp      fingerprint.Fingerprint
+	n       int  // the length of the whole text
+	unshown bool // the whole text cannot be normalised
+}
+
+// Fingerprint returns the statement's fingerprint label, or "" for the zero StatementID.
+func (id StatementID) Fingerprint() string {
+	if id.fp == 0 {
+		return ""
+	}
+	return id.fp.String()
+}
+
+// Identify names the statement whose whole text is sql, for RecordStatement. A text already
+// seen costs a hash of it and a cache slot, without allocating. With statement measurement
+// off it returns the zero StatementID.
+func (m *Manager) Identify(op Operation, sql []byte) StatementID {
+	s := m.metrics.stmts
+	if s == nil {
+		return StatementID{}
+	}
+	key := maphash.Bytes(s.seed, sql)
+	s.mu.Lock()
+	t := &s.texts[key%maxTexts]
+	if t.key == key && t.n == len(sql) && t.fp != 0 {
+		id := StatementID{fp: t.fp, n: len(sql), unshown: t.unshown}
+		s.mu.Unlock()
+		return id
 	}
 	s.mu.Unlock()
-	hist.Observe(d.Seconds())
-	if errCounter != nil {
-		errCounter.Inc()
+	fp, lexErr := fingerprint.Sum(string(sql))
+	if lexErr != nil {
+		fp = fingerprint.Unnormalisable(op.String())
 	}
-	return fp
+	s.mu.Lock()
+	*t = statementText{key: key, n: len(sql), fp: fp, unshown: lexErr != nil}
+	s.mu.Unlock()
+	return StatementID{fp: fp, n: len(sql), unshown: lexErr != nil}
 }
 
 func (s *statements) slotOf(t time.Time) int64 { return t.UnixNano() / int64(s.slot) }
 
 // shownText is the text of the info series: normalised, scrubbed and truncated. Text that
-// cannot be normalised is never shown.
-func (s *statements) shownText(op Operation, sql string, unshown bool) string {
-	text, err := sqlnorm.Normalize(sql)
+// cannot be normalised is never shown. A cut text is the first bytes of a longer statement,
+// which may end inside a token.
+func (s *statements) shownText(op Operation, sql string, unshown, cut bool) string {
+	normalize := sqlnorm.Normalize
+	if cut {
+		normalize = sqlnorm.NormalizePrefix
+	}
+	text, err := normalize(sql)
 	if unshown || err != nil {
 		return "(not shown: " + strings.ToUpper(op.String()) + " statement that cannot be normalised)"
 	}

@@ -16,6 +16,12 @@ import (
 // With statement measurement on (Config.StatementsTop), it also counts the query in its
 // statement's histogram, found by the statement's fingerprint.
 func (m *Manager) RecordQuery(op Operation, sql string, d time.Duration, err error) {
+	m.RecordStatement(op, sql, StatementID{}, d, err)
+}
+
+// RecordStatement is RecordQuery for a front end that keeps only the first bytes of a
+// statement's text (sql): id, from Identify over the whole text, names the statement.
+func (m *Manager) RecordStatement(op Operation, sql string, id StatementID, d time.Duration, err error) {
 	x := m.metrics
 	x.queryObserver(op).Observe(d.Seconds())
 	if err != nil {
@@ -24,14 +30,14 @@ func (m *Manager) RecordQuery(op Operation, sql string, d time.Duration, err err
 	}
 	var fp fingerprint.Fingerprint
 	if x.stmts != nil {
-		fp = x.stmts.record(op, sql, d, err)
+		fp = x.stmts.record(op, sql, id, d, err)
 	}
 	if d >= m.cfg.SlowQueryThreshold {
 		x.slowQueries.Inc()
 		if x.stmts == nil {
 			fp = fingerprintOf(op, sql)
 		}
-		text := truncateSQL(m.scrub.Scrub(shownSQL(op, sql)), 500)
+		text := truncateSQL(m.scrub.Scrub(shownSQL(op, sql, len(sql) < id.n)), 500)
 		m.mu.Lock()
 		m.slow.add(SlowQuery{Time: time.Now(), Duration: d, Operation: op.String(), SQL: text, Fingerprint: fp.String()})
 		m.mu.Unlock()
@@ -163,8 +169,12 @@ func (r *slowRing) list() []SlowQuery {
 // normalised, every constant a placeholder and every comment gone, so that no password or other
 // value in it is shown whatever its spelling. Text the normaliser cannot lex is not shown at all,
 // only its operation and length.
-func shownSQL(op Operation, sql string) string {
-	text, err := sqlnorm.Normalize(sql)
+func shownSQL(op Operation, sql string, cut bool) string {
+	normalize := sqlnorm.Normalize
+	if cut {
+		normalize = sqlnorm.NormalizePrefix // the first bytes of a longer statement
+	}
+	text, err := normalize(sql)
 	if err != nil {
 		return fmt.Sprintf("(not shown: %s statement of %d bytes that cannot be normalised)", strings.ToUpper(op.String()), len(sql))
 	}

@@ -68,6 +68,8 @@ type batchState struct {
 	batchResets  []string
 	batchDiscard bool // DISCARD ALL
 	batchDealloc bool // DEALLOCATE ALL
+
+	batchID pool.StatementID // names batchSQL by its whole text
 }
 
 // newClient is a client that logged in on conn with params.
@@ -547,4 +549,6 @@ type namedStmt struct {
 	op  pool.Operation
 	sql string
 	eff sessionsql.Effect
+
+	id pool.StatementID // names sql by its whole text
 }

@@ -78,16 +78,17 @@ func (cl *client) stmtScope() string {
 
 // parseWhole queues the answer to a whole session's Parse, which goes to the server as it
 // came, and keeps the statement's operation and text for its executions.
-func (cl *client) parseWhole(c *srvConn, body []byte) (pool.Operation, string) {
+func (cl *client) parseWhole(c *srvConn, body []byte) (pool.Operation, string, pool.StatementID) {
 	name, rest := cstring(body)
 	sqlb, _ := cbytes(rest)
 	ns := namedStmt{sql: sqlPrefix(sqlb), eff: cl.core.analysis.Analyze(sqlb)}
 	ns.op = pool.ClassifyOperation(ns.sql)
+	ns.id = cl.core.mgr.Identify(ns.op, sqlb)
 	if _, ok := cl.named[name]; ok || len(cl.named) < maxClientStatements {
 		cl.named[name] = ns
 	}
 	cl.queueLocked(c, &entry{kind: 'P'})
-	return ns.op, ns.sql
+	return ns.op, ns.sql, ns.id
 }
 
 // prepareOn makes sure st is prepared on c before the client's request that uses it, appending

@@ -208,9 +208,9 @@ func (cl *client) forward(r *request) bool {
 }
 
 // measureAs names the statement that measures the batch: its first, or the first executed.
-func (cl *client) measureAs(op pool.Operation, sql string) {
+func (cl *client) measureAs(op pool.Operation, sql string, id pool.StatementID) {
 	if !cl.batchNamed || !cl.executed {
-		cl.batchOp, cl.batchSQL, cl.batchNamed = op, sql, true
+		cl.batchOp, cl.batchSQL, cl.batchID, cl.batchNamed = op, sql, id, true
 	}
 }
 
@@ -220,7 +220,8 @@ func (cl *client) query(c *srvConn, r *request) {
 	s := cl.core
 	sqlb := r.body[:max(len(r.body)-1, 0)]
 	sql := sqlPrefix(sqlb)
-	e := &entry{kind: 'Q', start: cl.batchStart, op: pool.ClassifyOperation(sql), sql: sql, measure: true}
+	op := pool.ClassifyOperation(sql)
+	e := &entry{kind: 'Q', start: cl.batchStart, op: op, sql: sql, id: s.mgr.Identify(op, sqlb), measure: true}
 	cl.batchStart = time.Time{}
 	if eff := s.analysis.Analyze(sqlb); !eff.Harmless() {
 		if refusal := cl.pinRefusal(c, eff.Pin); refusal != nil {
@@ -250,7 +251,9 @@ func (cl *client) parse(c *srvConn, r *request) {
 	name, rest := cstring(r.body)
 	sqlb, _ := cbytes(rest)
 	sql := sqlPrefix(sqlb)
-	cl.measureAs(pool.ClassifyOperation(sql), sql)
+	op := pool.ClassifyOperation(sql)
+	id := s.mgr.Identify(op, sqlb)
+	cl.measureAs(op, sql, id)
 	eff := s.analysis.Analyze(sqlb)
 	if refusal := cl.pinRefusal(c, eff.Pin); refusal != nil {
 		r.body, r.typ = cl.failRequest(c, refusal), 'B'
@@ -276,7 +279,7 @@ func (cl *client) parse(c *srvConn, r *request) {
 	c.mu.Lock()
 	scope := cl.stmtScope()
 	c.mu.Unlock()
-	st := s.stmts.get(scope, string(rest))
+	st := s.stmts.get(scope, string(rest), id)
 	cl.keepStmt(name, st)
 	r.pre = cl.parseOn(c, st, name, r.pre)
 }
@@ -309,7 +312,7 @@ func (cl *client) bind(c *srvConn, r *request) {
 	if cl.whole {
 		if ns, ok := cl.named[string(name)]; ok {
 			eff = &ns.eff
-			cl.measureAs(ns.op, ns.sql)
+			cl.measureAs(ns.op, ns.sql, ns.id)
 		}
 	} else if st := cl.stmts[string(name)]; len(name) > 0 && st != nil {
 		eff = &st.eff
@@ -324,7 +327,7 @@ func (cl *client) bind(c *srvConn, r *request) {
 		cl.rewrite = append(append(cl.rewrite, st.name...), 0)
 		cl.rewrite = append(cl.rewrite, params...)
 		r.body = cl.rewrite
-		cl.measureAs(st.op, st.sql)
+		cl.measureAs(st.op, st.sql, st.id)
 	} else if len(name) == 0 {
 		r.pre = cl.unnamedOn(c, r.pre)
 	}
@@ -380,9 +383,9 @@ func (cl *client) close(c *srvConn, r *request) {
 // values restored after a RESET in it).
 func (cl *client) sync(c *srvConn, r *request) {
 	if !cl.batchNamed {
-		cl.batchOp, cl.batchSQL = pool.OpOther, ""
+		cl.batchOp, cl.batchSQL, cl.batchID = pool.OpOther, "", pool.StatementID{}
 	}
-	e := &entry{kind: 'S', start: cl.batchStart, op: cl.batchOp, sql: cl.batchSQL, measure: cl.executed,
+	e := &entry{kind: 'S', start: cl.batchStart, op: cl.batchOp, sql: cl.batchSQL, id: cl.batchID, measure: cl.executed,
 		discard: cl.batchDiscard, deallocAll: cl.batchDealloc}
 	r.post = restoreQuery(cl.startWant, cl.batchResets)
 	c.mu.Lock()

@@ -2,8 +2,10 @@ package sqlnorm
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestNormalize(t *testing.T) {
@@ -85,4 +87,46 @@ func FuzzNormalize(f *testing.F) {
 			t.Fatalf("Normalize(%q) = %q still has constants or comments: normalised again it is %q", sql, out, again)
 		}
 	})
+}
+
+// TestNormalizePrefixAtEveryCut: a long statement cut at every byte can be shown, and no cut
+// shows a constant or a comment, whatever token it falls in, nor half a character.
+func TestNormalizePrefixAtEveryCut(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(`/* hunter2 */ SELECT "public"."Usér"."id"`)
+	for i := range 20 {
+		fmt.Fprintf(&b, `, "public"."Usér"."column_%d"`, i)
+	}
+	b.WriteString(` FROM "public"."Usér" WHERE ("public"."Usér"."email" = 'hunter2@example.com'` +
+		` AND "note" = E'hun\'ter2' AND "body" <> $tag$hunter2$tag$ AND "n" = -4242 -- hunter2` + "\n" +
+		`AND "x" = U&'hunter2' /* hunter2 /* nested */ */) LIMIT $1 OFFSET $2`)
+	sql := b.String()
+	whole, err := Normalize(sql)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := 0; k <= len(sql); k++ {
+		got, err := NormalizePrefix(sql[:k])
+		if err != nil {
+			t.Fatalf("cut at %d (%q): %v", k, sql[max(0, k-20):k], err)
+		}
+		if strings.Contains(got, "hunter") || strings.Contains(got, "4242") || strings.Contains(got, "424") {
+			t.Fatalf("cut at %d shows a constant or comment: %q", k, got)
+		}
+		if !utf8.ValidString(got) {
+			t.Fatalf("cut at %d is not valid UTF-8: %q", k, got)
+		}
+	}
+	if got, _ := NormalizePrefix(sql); got != whole {
+		t.Errorf("NormalizePrefix of the whole text = %q, want %q", got, whole)
+	}
+}
+
+func TestNormalizePrefixRefusesABackslashThatDecides(t *testing.T) {
+	// Cut or not, where the string ends depends on standard_conforming_strings.
+	for _, in := range []string{"ALTER ROLE app PASSWORD 'a\\' || 'hunter2'", "ALTER ROLE app PASSWORD 'a\\' || 'hun"} {
+		if got, err := NormalizePrefix(in); !errors.Is(err, ErrLex) {
+			t.Errorf("NormalizePrefix(%q) = %q, %v; want an ErrLex error", in, got, err)
+		}
+	}
 }
