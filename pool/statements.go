@@ -12,6 +12,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/pgsidecar/pgsidecar/internal/fingerprint"
+	"github.com/pgsidecar/pgsidecar/internal/sqlcomment"
 	"github.com/pgsidecar/pgsidecar/internal/sqlnorm"
 )
 
@@ -60,15 +61,17 @@ type statementText struct {
 
 // statement is one tracked fingerprint.
 type statement struct {
-	fp      fingerprint.Fingerprint
-	label   string
-	op      Operation
-	text    string
-	hist    prometheus.Histogram
-	errs    map[string]prometheus.Counter // by sqlstate label
-	slots   [windowSlots]windowSlot
-	last    int64 // index of the newest slot
-	evicted bool
+	fp    fingerprint.Fingerprint
+	label string
+	op    Operation
+	text  string
+	hist  prometheus.Histogram
+	errs  map[string]prometheus.Counter // by sqlstate label
+	// exemplars limits hist's exemplars; after eviction, a racing caller may still use it.
+	exemplars exemplarLimit
+	slots     [windowSlots]windowSlot
+	last      int64 // index of the newest slot
+	evicted   bool
 }
 
 type windowSlot struct {
@@ -109,7 +112,7 @@ func newStatements(labels prometheus.Labels, cfg Config, scrub func(string) stri
 
 // record measures one execution of sql and returns its fingerprint. With a valid id, sql may be
 // the first bytes of the statement only: id names the whole text.
-func (s *statements) record(op Operation, sql string, id StatementID, d time.Duration, err error) fingerprint.Fingerprint {
+func (s *statements) record(op Operation, sql string, id StatementID, tr sqlcomment.Trace, d time.Duration, err error) fingerprint.Fingerprint {
 	now := s.slotOf(s.now())
 	var st *statement
 	if id.fp != 0 {
@@ -138,7 +141,7 @@ func (s *statements) record(op Operation, sql string, id StatementID, d time.Dur
 	}
 	fp := st.fp
 	s.mu.Unlock()
-	hist.Observe(d.Seconds())
+	observe(hist, &st.exemplars, d.Seconds(), tr)
 	if errCounter != nil {
 		errCounter.Inc()
 	}
@@ -148,6 +151,7 @@ func (s *statements) record(op Operation, sql string, id StatementID, d time.Dur
 // lookup returns the tracked statement of the whole text sql, admitting it if need be. It
 // returns with s.mu held.
 func (s *statements) lookup(op Operation, sql string, now int64) *statement {
+	sql, _ = sqlcomment.Split(sql) // each request's comment is not a new text
 	key := maphash.String(s.seed, sql)
 	s.mu.Lock()
 	t := &s.texts[key%maxTexts]
@@ -189,6 +193,27 @@ type StatementID struct {
 	fp      fingerprint.Fingerprint
 	n       int  // the length of the whole text
 	unshown bool // the whole text cannot be normalised
+	// trace is the trace context of the text's sqlcommenter comment: the exemplar of the
+	// execution that the text came with.
+	trace sqlcomment.Trace
+}
+
+// Untraced is id without its trace context: the statement, for later executions.
+func (id StatementID) Untraced() StatementID {
+	id.trace = sqlcomment.Trace{}
+	return id
+}
+
+// Traced reports whether id carries a trace context for an exemplar.
+func (id StatementID) Traced() bool { return id.trace.Valid() }
+
+// TracedAs returns id with the trace context of prev when id has none and both name the same
+// statement: a Bind of a statement keeps the trace of the Parse before it in the same batch.
+func (id StatementID) TracedAs(prev StatementID) StatementID {
+	if !id.trace.Valid() && id.fp == prev.fp {
+		id.trace = prev.trace
+	}
+	return id
 }
 
 // Fingerprint returns the statement's fingerprint label, or "" for the zero StatementID.
@@ -199,19 +224,22 @@ func (id StatementID) Fingerprint() string {
 	return id.fp.String()
 }
 
-// Identify names the statement whose whole text is sql, for RecordStatement. A text already
-// seen costs a hash of it and a cache slot, without allocating. With statement measurement
-// off it returns the zero StatementID.
+// Identify names the statement whose whole text is sql, for RecordStatement, with the trace
+// context of its sqlcommenter comment (which is not part of the name). A text already seen
+// costs a hash of it and a cache slot, without allocating. With statement measurement off it
+// returns a StatementID with the trace context only.
 func (m *Manager) Identify(op Operation, sql []byte) StatementID {
+	n := len(sql)
+	sql, tr := sqlcomment.SplitBytes(sql)
 	s := m.metrics.stmts
 	if s == nil {
-		return StatementID{}
+		return StatementID{trace: tr}
 	}
 	key := maphash.Bytes(s.seed, sql)
 	s.mu.Lock()
 	t := &s.texts[key%maxTexts]
 	if t.key == key && t.n == len(sql) && t.fp != 0 {
-		id := StatementID{fp: t.fp, n: len(sql), unshown: t.unshown}
+		id := StatementID{fp: t.fp, n: n, unshown: t.unshown, trace: tr}
 		s.mu.Unlock()
 		return id
 	}
@@ -223,7 +251,7 @@ func (m *Manager) Identify(op Operation, sql []byte) StatementID {
 	s.mu.Lock()
 	*t = statementText{key: key, n: len(sql), fp: fp, unshown: lexErr != nil}
 	s.mu.Unlock()
-	return StatementID{fp: fp, n: len(sql), unshown: lexErr != nil}
+	return StatementID{fp: fp, n: n, unshown: lexErr != nil, trace: tr}
 }
 
 func (s *statements) slotOf(t time.Time) int64 { return t.UnixNano() / int64(s.slot) }

@@ -53,6 +53,9 @@ type clientStatements struct {
 	// when the batch needs none (Sync, Flush) or sent ahead of the first request that does.
 	pending []*entry
 	failed  bool // such a batch failed: its messages are skipped up to its Sync
+	// traced: those of stmts whose text carried a trace context, what their executions'
+	// exemplars name.
+	traced map[string]pool.StatementID
 }
 
 // batchState is the client's current batch: its requests up to and including a Sync (a Query

@@ -210,6 +210,9 @@ func (cl *client) forward(r *request) bool {
 // measureAs names the statement that measures the batch: its first, or the first executed.
 func (cl *client) measureAs(op pool.Operation, sql string, id pool.StatementID) {
 	if !cl.batchNamed || !cl.executed {
+		if cl.batchNamed {
+			id = id.TracedAs(cl.batchID) // a Bind keeps the trace of its Parse
+		}
 		cl.batchOp, cl.batchSQL, cl.batchID, cl.batchNamed = op, sql, id, true
 	}
 }
@@ -279,8 +282,8 @@ func (cl *client) parse(c *srvConn, r *request) {
 	c.mu.Lock()
 	scope := cl.stmtScope()
 	c.mu.Unlock()
-	st := s.stmts.get(scope, string(rest), id)
-	cl.keepStmt(name, st)
+	st := s.stmts.get(scope, registryKey(rest, sqlb), id.Untraced())
+	cl.keepStmt(name, st, id)
 	r.pre = cl.parseOn(c, st, name, r.pre)
 }
 
@@ -327,7 +330,7 @@ func (cl *client) bind(c *srvConn, r *request) {
 		cl.rewrite = append(append(cl.rewrite, st.name...), 0)
 		cl.rewrite = append(cl.rewrite, params...)
 		r.body = cl.rewrite
-		cl.measureAs(st.op, st.sql, st.id)
+		cl.measureAs(st.op, st.sql, cl.stmtID(name, st))
 	} else if len(name) == 0 {
 		r.pre = cl.unnamedOn(c, r.pre)
 	}
@@ -434,11 +437,12 @@ func (cl *client) answerAlone(typ byte, body []byte) bool {
 			cl.failed = true
 			return true
 		}
-		st := s.stmts.known(cl.stmtScope(), string(rest))
+		sqlb, _ := cbytes(rest)
+		st := s.stmts.known(cl.stmtScope(), registryKey(rest, sqlb))
 		if st == nil {
 			return false
 		}
-		cl.keepStmt(name, st)
+		cl.keepStmt(name, st, s.mgr.Identify(st.op, sqlb))
 		cl.pending = append(cl.pending, &entry{synth: parseComplete, stmtName: name, stmt: st})
 		return true
 	case 'C':

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/pgsidecar/pgsidecar/internal/sessionsql"
+	"github.com/pgsidecar/pgsidecar/internal/sqlcomment"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -71,6 +72,18 @@ func (st *pstmt) parseBody() []byte {
 	b = append(b, st.name...)
 	b = append(b, 0)
 	return append(b, st.key...)
+}
+
+// registryKey is the registry key of a Parse's body after the statement name (rest), whose
+// query is sqlb: a sqlcommenter comment (a trace context that changes per request) is left out,
+// so that the texts that differ only there share one server-side statement, which is prepared
+// without it.
+func registryKey(rest, sqlb []byte) string {
+	stmt, _ := sqlcomment.SplitBytes(sqlb)
+	if len(stmt) == len(sqlb) {
+		return string(rest)
+	}
+	return string(stmt) + string(rest[len(sqlb):])
 }
 
 // stmtRegistry holds the proxy-wide statements, keyed by text and parameter types: the current
