@@ -31,7 +31,9 @@ const (
 // leaves out is a comment only if the key lexes) is not cached: such texts (with
 // constants inline) are new every time, and would only push out the repeated ones.
 func (c *Cache) Analyze(sql []byte) Effect {
-	sql, _ = sqlcomment.SplitBytes(sql) // at either end
+	if t := bytes.TrimLeft(sql, " \t\r\n"); len(t) > 1 && t[0] == '/' && t[1] == '*' {
+		sql, _ = sqlcomment.SplitBytes(sql) // a sqlcommenter comment put first
+	}
 	key := sql[:commentFree(sql)]
 	if len(key) <= maxCachedText {
 		c.mu.RLock()

@@ -50,8 +50,13 @@ func bounds(sql string) (start, end int, tr Trace) {
 	}
 	if e >= 4 && sql[e-1] == '/' && sql[e-2] == '*' {
 		lo := max(0, e-maxComment)
-		if i := strings.LastIndex(sql[lo:e-2], "/*"); i >= 0 {
-			i += lo
+		i := e - 3 // the last "/*" before the end: a '*' after a '/'
+		for i > lo && (sql[i] != '*' || sql[i-1] != '/') {
+			i--
+		}
+		i--
+		// It has no "/*" after it; a "*/" in it would close a nested comment.
+		if i >= lo && !strings.Contains(sql[i+2:e-2], "*/") {
 			if t, ok := parse(sql[i+2 : e-2]); ok {
 				tr = t
 				end = i
@@ -69,7 +74,7 @@ func bounds(sql string) (start, end int, tr Trace) {
 	if s+4 <= end && sql[s] == '/' && sql[s+1] == '*' {
 		if i := strings.Index(sql[s+2:min(end, s+maxComment)], "*/"); i >= 0 {
 			i += s + 2
-			if t, ok := parse(sql[s+2 : i]); ok {
+			if t, ok := parse(sql[s+2 : i]); ok && !strings.Contains(sql[s+2:i], "/*") {
 				if !tr.Valid() {
 					tr = t
 				}
@@ -81,51 +86,57 @@ func bounds(sql string) (start, end int, tr Trace) {
 }
 
 // parse reads the body of a comment as sqlcommenter's key='value' list; ok reports that format.
+// The body holds no comment delimiter.
 func parse(body string) (tr Trace, ok bool) {
-	i := 0
 	for {
-		for i < len(body) && isSpace(body[i]) {
-			i++
-		}
-		k := i
-		for i < len(body) && isKeyChar(body[i]) {
-			i++
-		}
-		key := body[k:i]
-		if len(key) == 0 || i+1 >= len(body) || body[i] != '=' || body[i+1] != '\'' {
+		body = trimSpace(body)
+		eq := strings.IndexByte(body, '=')
+		if eq <= 0 || eq+1 >= len(body) || body[eq+1] != '\'' || !isKey(body[:eq]) {
 			return Trace{}, false
 		}
-		i += 2
-		v := i
-		for i < len(body) && body[i] != '\'' {
-			switch body[i] {
-			case '\\':
-				i++ // sqlcommenter escapes a quote in a value with a backslash
-			case '/', '*':
-				if i+1 < len(body) && (body[i+1] == '*' || body[i+1] == '/') && body[i] != body[i+1] {
-					return Trace{}, false // no comment delimiter inside
-				}
+		key := body[:eq]
+		body = body[eq+2:]
+		end := 0 // the value's closing quote: sqlcommenter escapes a quote in it with a backslash
+		for {
+			q := strings.IndexByte(body[end:], '\'')
+			if q < 0 {
+				return Trace{}, false
 			}
-			i++
-		}
-		if i >= len(body) {
-			return Trace{}, false
+			end += q
+			if end == 0 || body[end-1] != '\\' {
+				break
+			}
+			end++
 		}
 		if key == "traceparent" {
-			tr = traceparent(body[v:i])
+			tr = traceparent(body[:end])
 		}
-		i++
-		for i < len(body) && isSpace(body[i]) {
-			i++
-		}
-		if i == len(body) {
+		body = trimSpace(body[end+1:])
+		if body == "" {
 			return tr, true
 		}
-		if body[i] != ',' {
+		if body[0] != ',' {
 			return Trace{}, false
 		}
-		i++
+		body = body[1:]
 	}
+}
+
+func trimSpace(s string) string {
+	for len(s) > 0 && isSpace(s[0]) {
+		s = s[1:]
+	}
+	return s
+}
+
+// isKey reports a (URL-encoded) sqlcommenter key.
+func isKey(k string) bool {
+	for i := 0; i < len(k); i++ {
+		if c := k[i]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.' || c == '%' || c == '~') {
+			return false
+		}
+	}
+	return true
 }
 
 // traceparent reads a W3C traceparent, version-traceid-parentid-flags: the zero Trace unless it
@@ -162,27 +173,25 @@ func traceparent(v string) Trace {
 }
 
 func hexByte(a, b byte) (byte, bool) {
-	x, ok1 := hexDigit(a)
-	y, ok2 := hexDigit(b)
-	return x<<4 | y, ok1 && ok2
+	x, y := hexValue[a], hexValue[b]
+	return x<<4 | y&0xf, x|y < 0x10
 }
 
-// hexDigit reads a lower case hex digit, as W3C requires.
-func hexDigit(c byte) (byte, bool) {
-	switch {
-	case c >= '0' && c <= '9':
-		return c - '0', true
-	case c >= 'a' && c <= 'f':
-		return c - 'a' + 10, true
+// hexValue is the value of each lower case hex digit (W3C's ids are lower case), 0xff for any
+// other byte.
+var hexValue = func() (t [256]byte) {
+	for i := range t {
+		t[i] = 0xff
 	}
-	return 0, false
-}
+	for c := '0'; c <= '9'; c++ {
+		t[c] = byte(c - '0')
+	}
+	for c := 'a'; c <= 'f'; c++ {
+		t[c] = byte(c - 'a' + 10)
+	}
+	return t
+}()
 
 func isSpace(c byte) bool {
 	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'
-}
-
-// isKeyChar reports a character of a (URL-encoded) sqlcommenter key.
-func isKeyChar(c byte) bool {
-	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.' || c == '%' || c == '~'
 }
