@@ -9,6 +9,7 @@ package sqlnorm
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Kind is the class of a token.
@@ -21,6 +22,7 @@ const (
 	Number              // a numeric constant
 	Param               // a parameter placeholder: $1
 	Comment             // -- to end of line, or /* ... */
+	Const               // TRUE, FALSE or NULL used as a constant (see Fold)
 )
 
 // Token is one lexical token of SQL text: text[Start:End].
@@ -320,7 +322,8 @@ func number(s string, i int) int {
 func isHexDigit(c byte) bool { return isDigit(c) || c|0x20 >= 'a' && c|0x20 <= 'f' }
 
 // operator returns the end of the operator at i. As in PostgreSQL, an operator ends before a
-// -- or /* that starts a comment.
+// -- or /* that starts a comment, and one of several characters does not end in + or - unless
+// it has one of ~ ! @ # % ^ & | ` ? (so x=-5 is x, =, -, 5).
 func operator(s string, i int) int {
 	end := i + 1
 	for end < len(s) && isOpChar(s[end]) {
@@ -328,6 +331,11 @@ func operator(s string, i int) int {
 			break
 		}
 		end++
+	}
+	if end-i > 1 && !strings.ContainsAny(s[i:end], "~!@#%^&|`?") {
+		for end-i > 1 && (s[end-1] == '+' || s[end-1] == '-') {
+			end--
+		}
 	}
 	return end
 }

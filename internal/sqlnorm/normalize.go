@@ -20,7 +20,7 @@ func Normalize(sql string) (string, error) {
 	if err := sameEitherWay(sql, toks, false); err != nil {
 		return "", err
 	}
-	return normalize(sql, toks), nil
+	return normalize(sql, Fold(sql, toks)), nil
 }
 
 // NormalizePrefix is Normalize for the first bytes of a statement, cut anywhere: what a caller
@@ -36,7 +36,7 @@ func NormalizePrefix(sql string) (string, error) {
 	if err != nil && len(toks) > 0 && toks[len(toks)-1].Kind != String {
 		toks = toks[:len(toks)-1]
 	}
-	return strings.ToValidUTF8(normalize(sql, toks), ""), nil
+	return strings.ToValidUTF8(normalize(sql, Fold(sql, toks)), ""), nil
 }
 
 // sameEitherWay refuses text with a backslash that lexes differently under
@@ -69,7 +69,7 @@ func normalize(sql string, toks []Token) string {
 		if t.Kind == Comment {
 			continue
 		}
-		placeholder := t.Kind == String || t.Kind == Number
+		placeholder := t.Kind == String || t.Kind == Number || t.Kind == Const
 		if prevEnd >= 0 && (t.Start > prevEnd || placeholder && isIdentCont(sql[prevEnd-1])) {
 			// Keep the space that was there; and a placeholder after a word (N'x') gets one, or
 			// the two would read as one identifier.

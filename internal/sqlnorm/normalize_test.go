@@ -24,7 +24,13 @@ func TestNormalize(t *testing.T) {
 		{"SELECT dblink_connect('host=db password=hunter2')", "SELECT dblink_connect($1)"},
 		{"SELECT 1 /* password hunter2 */ -- and hunter2\n", "SELECT $1"},
 		{"SELECT /* a /* nested hunter2 */ still */ 1", "SELECT $1"},
-		{"SELECT a-1, -2.5e-3, .5, 0x1F, 1_000", "SELECT a-$1, -$2, $3, $4, $5"},
+		{"SELECT a-1, -2.5e-3, .5, 0x1F, 1_000", "SELECT a-$1, $2, $3, $4, $5"},
+		// As pg_stat_statements: a sign is part of its number, TRUE, FALSE and NULL are
+		// constants but in IS [NOT] tests, and a cast binds before the sign.
+		{"SELECT -5, x = -5, x=-5, (- 1), a - 1, a-1, f(-1), -1::int", "SELECT $1, x = $2, x=$3, ($4), a - $5, a-$6, f($7), -$8::int"},
+		{"SELECT CASE WHEN x THEN -1 ELSE - 2 END, x BETWEEN -1 AND -2", "SELECT CASE WHEN x THEN $1 ELSE $2 END, x BETWEEN $3 AND $4"},
+		{"SELECT true, FALSE, null WHERE x IS NULL AND y IS NOT TRUE AND z = NULL", "SELECT $1, $2, $3 WHERE x IS NULL AND y IS NOT TRUE AND z = $4"},
+		{`SELECT "true", "null" FROM t WHERE b IS /* c */ NOT /* c */ false`, `SELECT "true", "null" FROM t WHERE b IS NOT false`},
 		{"SELECT B'1010', X'ff', 'it''s'", "SELECT $1, $2, $3"},
 		{"SELECT   a,\n\tb  FROM t", "SELECT a, b FROM t"},
 		{"SELECT \"pass'word\" FROM t", "SELECT \"pass'word\" FROM t"},
