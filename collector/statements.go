@@ -32,6 +32,8 @@ type statements struct {
 
 	calls, seconds, rows, readTime, writeTime, queryText *prometheus.Desc
 
+	join *statementJoin // query ids to fingerprints
+
 	mu         sync.Mutex
 	toldAbsent bool
 	toldTexts  bool // the texts could not be read once; logged once per process
@@ -45,6 +47,7 @@ func newStatements(o Options) *statements {
 		excludeDBs:   append([]string{}, o.StatementsExcludeDatabases...),
 		excludeUsers: append([]string{}, o.StatementsExcludeUsers...),
 		log:          o.Logger,
+		join:         newStatementJoin(o.StatementsLimit),
 		calls:        desc("pg_stat_statements_calls_total", "Times the statement was executed.", l...),
 		seconds:      desc("pg_stat_statements_seconds_total", "Total time spent executing the statement.", l...),
 		rows:         desc("pg_stat_statements_rows_total", "Rows retrieved or affected by the statement.", l...),
@@ -106,14 +109,17 @@ func (c *statements) Update(ctx context.Context, s *Scrape) error {
 		c.tellAbsentOnce("pg_stat_statements is not installed in this database (CREATE EXTENSION pg_stat_statements)")
 		return nil
 	}
-	err := c.read(ctx, s, schema, c.queryLength)
+	keys, err := c.read(ctx, s, schema, c.queryLength)
 	var pgErr *pgconn.PgError
 	if c.queryLength > 0 && errors.As(err, &pgErr) && (pgErr.Code == "22021" || pgErr.Code == "22P05") {
 		// A statement text from a database of another encoding (SQL_ASCII allows any bytes)
 		// cannot be converted to this one's, and the server fails the whole call for it. The
 		// figures do not need the texts: read them without.
 		c.tellTextsOnce(pgErr.Message)
-		err = c.read(ctx, s, schema, 0)
+		keys, err = c.read(ctx, s, schema, 0)
+	}
+	if err == nil {
+		c.join.update(ctx, s, schema, keys)
 	}
 	if errors.As(err, &pgErr) && pgErr.Code == "55000" {
 		// The extension exists but the library is not in shared_preload_libraries.
@@ -128,10 +134,13 @@ func (c *statements) Update(ctx context.Context, s *Scrape) error {
 	return err
 }
 
-// read exports the top statements, with texts of queryLength characters when above 0.
-func (c *statements) read(ctx context.Context, s *Scrape, schema string, queryLength int) error {
+// read exports the top statements, with texts of queryLength characters when above 0, and
+// returns their databases and query ids, each once.
+func (c *statements) read(ctx context.Context, s *Scrape, schema string, queryLength int) ([]joinKey, error) {
 	texts := map[string]bool{} // queryids whose text was sent: one text per queryid
-	return queryRows(ctx, s.Conn, statementsQuery(s.Version, queryLength, schema), func(r pgx.Rows) error {
+	var keys []joinKey
+	seen := map[joinKey]bool{}
+	err := queryRows(ctx, s.Conn, statementsQuery(s.Version, queryLength, schema), func(r pgx.Rows) error {
 		var user, db, id string
 		var calls, secs, rows, read, write float64
 		var text *string
@@ -143,6 +152,10 @@ func (c *statements) read(ctx context.Context, s *Scrape, schema string, queryLe
 		s.Counter(c.rows, rows, user, db, id)
 		s.Counter(c.readTime, read, user, db, id)
 		s.Counter(c.writeTime, write, user, db, id)
+		if k := (joinKey{db, id}); !seen[k] {
+			seen[k] = true
+			keys = append(keys, k)
+		}
 		if text != nil && !texts[id] {
 			texts[id] = true
 			// A counter, as postgres_exporter exports it.
@@ -150,6 +163,7 @@ func (c *statements) read(ctx context.Context, s *Scrape, schema string, queryLe
 		}
 		return nil
 	}, c.limit, c.excludeDBs, c.excludeUsers)
+	return keys, err
 }
 
 // shownText is a statement text as it may leave the process, like the slow query log's:
