@@ -31,6 +31,8 @@ type statements struct {
 	log                      *slog.Logger
 
 	calls, seconds, rows, readTime, writeTime, queryText *prometheus.Desc
+	// Blocks, named after pg_stat_statements' columns (postgres_exporter has none).
+	sharedHit, sharedRead, tempRead, tempWritten *prometheus.Desc
 
 	join *statementJoin // query ids to fingerprints
 
@@ -55,6 +57,10 @@ func newStatements(o Options) *statements {
 			"Time the statement spent reading blocks (needs track_io_timing).", l...),
 		writeTime: desc("pg_stat_statements_block_write_seconds_total",
 			"Time the statement spent writing blocks (needs track_io_timing).", l...),
+		sharedHit:   desc("pg_stat_statements_shared_blks_hit_total", "Shared buffer hits of the statement, in blocks.", l...),
+		sharedRead:  desc("pg_stat_statements_shared_blks_read_total", "Shared blocks the statement read (not in shared buffers).", l...),
+		tempRead:    desc("pg_stat_statements_temp_blks_read_total", "Temporary blocks the statement read.", l...),
+		tempWritten: desc("pg_stat_statements_temp_blks_written_total", "Temporary blocks the statement wrote.", l...),
 		queryText: desc("pg_stat_statements_query_id",
 			"Text of an exported statement, normalised (every constant a placeholder, comments dropped) and cut to --collector.statements.query-length characters; always 1.", "queryid", "query"),
 	}
@@ -78,7 +84,9 @@ func statementsQuery(version, queryLength int, schema string) string {
 	return fmt.Sprintf(`
 SELECT r.rolname, d.datname, s.queryid::text,
        sum(s.calls)::float8, (sum(s.total_exec_time) / 1000)::float8, sum(s.rows)::float8,
-       (sum(s.%s) / 1000)::float8, (sum(s.%s) / 1000)::float8, %s
+       (sum(s.%s) / 1000)::float8, (sum(s.%s) / 1000)::float8, %s,
+       sum(s.shared_blks_hit)::float8, sum(s.shared_blks_read)::float8,
+       sum(s.temp_blks_read)::float8, sum(s.temp_blks_written)::float8
 FROM %s s
 JOIN pg_roles r ON r.oid = s.userid
 JOIN pg_database d ON d.oid = s.dbid
@@ -142,11 +150,15 @@ func (c *statements) read(ctx context.Context, s *Scrape, schema string, queryLe
 	seen := map[joinKey]bool{}
 	err := queryRows(ctx, s.Conn, statementsQuery(s.Version, queryLength, schema), func(r pgx.Rows) error {
 		var user, db, id string
-		var calls, secs, rows, read, write float64
+		var calls, secs, rows, read, write, hit, sharedRead, tempRead, tempWritten float64
 		var text *string
-		if err := r.Scan(&user, &db, &id, &calls, &secs, &rows, &read, &write, &text); err != nil {
+		if err := r.Scan(&user, &db, &id, &calls, &secs, &rows, &read, &write, &text, &hit, &sharedRead, &tempRead, &tempWritten); err != nil {
 			return err
 		}
+		s.Counter(c.sharedHit, hit, user, db, id)
+		s.Counter(c.sharedRead, sharedRead, user, db, id)
+		s.Counter(c.tempRead, tempRead, user, db, id)
+		s.Counter(c.tempWritten, tempWritten, user, db, id)
 		s.Counter(c.calls, calls, user, db, id)
 		s.Counter(c.seconds, secs, user, db, id)
 		s.Counter(c.rows, rows, user, db, id)

@@ -204,9 +204,9 @@ func (p *Panel) ratio() *Panel {
 	return p
 }
 
-// Dashboards builds both dashboards.
+// Dashboards builds every dashboard.
 func (c Config) Dashboards() []*Dashboard {
-	return []*Dashboard{c.poolDashboard(), c.postgresDashboard()}
+	return []*Dashboard{c.poolDashboard(), c.postgresDashboard(), c.statementDashboard()}
 }
 
 func (c Config) poolDashboard() *Dashboard {
