@@ -28,8 +28,9 @@ import (
 
 // TestExemplarsInPrometheus: statements with a sqlcommenter traceparent through the sidecar's
 // proxy, and library queries run in an OpenTelemetry span's context, reach a real Prometheus
-// with exemplar storage (scraping the OpenMetrics text format), whose
-// /api/v1/query_exemplars returns their trace ids on the query and statement histograms.
+// with exemplar storage, whose /api/v1/query_exemplars returns their trace ids on the query and
+// statement histograms: on classic buckets scraped in the OpenMetrics text format, and on
+// native histograms scraped in the protobuf format.
 func TestExemplarsInPrometheus(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -47,8 +48,6 @@ func TestExemplarsInPrometheus(t *testing.T) {
 	t.Cleanup(lib.Close)
 	libAddr, _ := url.Parse(lib.URL)
 
-	prom := startExemplarPrometheus(t, s.web, libAddr.Host)
-
 	proxied := fmt.Sprintf("%032x", 0xe2e1)
 	library := fmt.Sprintf("%032x", 0xe2e2)
 	conn, err := pgx.Connect(ctx, s.proxyURL())
@@ -60,44 +59,56 @@ func TestExemplarsInPrometheus(t *testing.T) {
 	tid, _ := trace.TraceIDFromHex(library)
 	spanCtx := trace.ContextWithSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: span, TraceFlags: trace.FlagsSampled}))
 
-	// Send until Prometheus has them: an exemplar is taken at most once per bucket per 5 s,
-	// and kept until the next scrape replaces it.
-	have := func(job, metric, want string) bool {
-		got, err := prom.exemplarTraces(fmt.Sprintf(`%s{job=%q}`, metric, job))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return slices.Contains(got, want)
-	}
-	var missing []string
-	ok := waitFor(60*time.Second, func() bool {
-		if _, err := conn.Exec(ctx, "SELECT 1 AS e2e_exemplar /*route='%2Forders',traceparent='00-"+proxied+"-00f067aa0ba902b7-01'*/", pgx.QueryExecModeSimpleProtocol); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := m.Pool().Exec(spanCtx, "SELECT 2 AS e2e_library_exemplar"); err != nil {
-			t.Fatal(err)
-		}
-		missing = nil
-		for _, c := range []struct{ job, metric, trace string }{
-			{"pgsidecar", "pgsidecar_query_duration_seconds_bucket", proxied},
-			{"pgsidecar", "pgsidecar_statement_duration_seconds_bucket", proxied},
-			{"library", "pgsidecar_query_duration_seconds_bucket", library},
-			{"library", "pgsidecar_statement_duration_seconds_bucket", library},
-		} {
-			if !have(c.job, c.metric, c.trace) {
-				missing = append(missing, c.job+" "+c.metric)
+	for _, mode := range []struct {
+		name, features, series string
+	}{
+		// Exemplars on classic buckets, in the OpenMetrics text format.
+		{"openmetrics", "exemplar-storage", "_bucket"},
+		// Native histograms (and their exemplars) in the protobuf format.
+		{"protobuf", "exemplar-storage,native-histograms", ""},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			prom := startExemplarPrometheus(t, s.web, libAddr.Host, mode.features)
+			// Send until Prometheus has them: an exemplar is taken at most once per bucket
+			// per 5 s, and kept until the next scrape replaces it.
+			have := func(job, metric, want string) bool {
+				got, err := prom.exemplarTraces(fmt.Sprintf(`%s{job=%q}`, metric, job))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return slices.Contains(got, want)
 			}
-		}
-		return len(missing) == 0
-	})
-	if !ok {
-		t.Fatalf("no exemplar with the statement's trace id in Prometheus for %v", missing)
+			var missing []string
+			ok := waitFor(60*time.Second, func() bool {
+				if _, err := conn.Exec(ctx, "SELECT 1 AS e2e_exemplar /*route='%2Forders',traceparent='00-"+proxied+"-00f067aa0ba902b7-01'*/", pgx.QueryExecModeSimpleProtocol); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := m.Pool().Exec(spanCtx, "SELECT 2 AS e2e_library_exemplar"); err != nil {
+					t.Fatal(err)
+				}
+				missing = nil
+				for _, c := range []struct{ job, metric, trace string }{
+					{"pgsidecar", "pgsidecar_query_duration_seconds" + mode.series, proxied},
+					{"pgsidecar", "pgsidecar_statement_duration_seconds" + mode.series, proxied},
+					{"library", "pgsidecar_query_duration_seconds" + mode.series, library},
+					{"library", "pgsidecar_statement_duration_seconds" + mode.series, library},
+				} {
+					if !have(c.job, c.metric, c.trace) {
+						missing = append(missing, c.job+" "+c.metric)
+					}
+				}
+				return len(missing) == 0
+			})
+			if !ok {
+				t.Fatalf("no exemplar with the statement's trace id in Prometheus for %v", missing)
+			}
+		})
 	}
 }
 
-// startExemplarPrometheus is a real Prometheus with exemplar storage scraping the sidecar
-// (job pgsidecar) and a library's metrics (job library).
-func startExemplarPrometheus(t *testing.T, sidecar, library string) *prometheus {
+// startExemplarPrometheus is a real Prometheus with features (exemplar storage, native
+// histograms) scraping the sidecar (job pgsidecar) and a library's metrics (job library).
+func startExemplarPrometheus(t *testing.T, sidecar, library, features string) *prometheus {
 	t.Helper()
 	bin, err := exec.LookPath("prometheus")
 	if err != nil {
@@ -124,7 +135,7 @@ scrape_configs:
 		"--config.file="+cfgPath,
 		"--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+p.addr,
-		"--enable-feature=exemplar-storage",
+		"--enable-feature="+features,
 		"--log.level=warn",
 	)
 	if !waitFor(60*time.Second, func() bool { _, err := get("http://" + p.addr + "/-/ready"); return err == nil }) || p.exited() {
