@@ -69,7 +69,7 @@ func (j *statementJoin) sampleActivity(ctx context.Context, s *Scrape) error {
 	return queryRows(ctx, s.Conn, `
 SELECT datname, query_id::text, query FROM pg_stat_activity
 WHERE query_id IS NOT NULL AND query_id <> 0 AND datname IS NOT NULL
-  AND octet_length(query) < current_setting('track_activity_query_size')::int - 1`,
+  AND octet_length(query) < (SELECT setting::int FROM pg_settings WHERE name = 'track_activity_query_size') - 1`,
 		func(r pgx.Rows) error {
 			var k joinKey
 			var text string
