@@ -127,7 +127,9 @@ func (c *statements) Update(ctx context.Context, s *Scrape) error {
 		keys, err = c.read(ctx, s, schema, 0)
 	}
 	if err == nil {
-		c.join.update(ctx, s, schema, keys)
+		if jerr := c.join.update(ctx, s, schema, keys); jerr != nil {
+			c.log.Debug("Statement query id join incomplete", "error", jerr.Error())
+		}
 	}
 	if errors.As(err, &pgErr) && pgErr.Code == "55000" {
 		// The extension exists but the library is not in shared_preload_libraries.

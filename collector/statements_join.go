@@ -2,6 +2,7 @@ package collector
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 
@@ -130,12 +131,14 @@ func (j *statementJoin) export(s *Scrape, keys []joinKey) {
 	}
 }
 
-// update maps and exports the query ids of the exported statements, keys (each once).
-// Failing to read texts costs only the join: it is not the collector's failure.
-func (j *statementJoin) update(ctx context.Context, s *Scrape, schema string, keys []joinKey) {
-	_ = j.sampleActivity(ctx, s)
+// update maps and exports the query ids of the exported statements, keys (each once), and
+// returns what failed. Failing to read texts costs only the join (what is mapped is still
+// exported): it is not the collector's failure.
+func (j *statementJoin) update(ctx context.Context, s *Scrape, schema string, keys []joinKey) error {
+	err := j.sampleActivity(ctx, s)
 	if missing := j.unmapped(keys); len(missing) > 0 {
-		_ = j.readTexts(ctx, s, schema, missing)
+		err = errors.Join(err, j.readTexts(ctx, s, schema, missing))
 	}
 	j.export(s, keys)
+	return err
 }
