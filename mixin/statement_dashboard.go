@@ -6,7 +6,7 @@ import "strings"
 // beside the server's figures of the same statement (pg_stat_statements, joined by query id
 // through pgsidecar_statement_queryid_info), across databases.
 func (c Config) statementDashboard() *Dashboard {
-	const sel = `job=~"$job", instance=~"$instance", fingerprint="$fingerprint"`
+	const sel = `job=~"$job", instance=~"$instance", fingerprint=~"$fingerprint"`
 	const ri = "$__rate_interval"
 	// join keeps the pg_stat_statements rows of the fingerprint's query ids.
 	const join = ` * on (instance, datname, queryid) group_left () pgsidecar_statement_queryid_info{` + sel + `}`
