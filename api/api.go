@@ -162,6 +162,7 @@ func (h *Handler) Register(mux *http.ServeMux) {
 	mux.Handle("/api/database/detailed-metrics", get(h.detailedMetrics))
 	mux.Handle("/api/database/health", get(h.health))
 	mux.Handle("/api/database/performance", get(h.performance))
+	mux.Handle("/api/database/statements", get(h.statementDetail))
 	mux.Handle("/api/database/live-metrics", get(h.liveMetrics))
 	mux.Handle("/api/database/warmup", only(http.MethodPost, h.warmup))
 	mux.Handle("/api/", http.HandlerFunc(notFound))

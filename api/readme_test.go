@@ -18,13 +18,14 @@ func TestReadmeExamples(t *testing.T) {
 		t.Fatal(err)
 	}
 	types := map[string]any{
-		"Kubernetes probes":                  struct{ Status, UptimeSeconds any }{},
-		"GET /api/database/metrics":          MetricsResponse{},
-		"GET /api/database/detailed-metrics": DetailedMetricsResponse{},
-		"GET /api/database/health":           HealthResponse{},
-		"GET /api/database/performance":      PerformanceResponse{},
-		"GET /api/database/live-metrics":     LiveSnapshot{},
-		"POST /api/database/warmup":          WarmupResponse{},
+		"Kubernetes probes":                          struct{ Status, UptimeSeconds any }{},
+		"GET /api/database/metrics":                  MetricsResponse{},
+		"GET /api/database/detailed-metrics":         DetailedMetricsResponse{},
+		"GET /api/database/health":                   HealthResponse{},
+		"GET /api/database/performance":              PerformanceResponse{},
+		"GET /api/database/statements?fingerprint=…": StatementDetailResponse{},
+		"GET /api/database/live-metrics":             LiveSnapshot{},
+		"POST /api/database/warmup":                  WarmupResponse{},
 	}
 	block := regexp.MustCompile("(?s)```json\n(.*?)```")
 	checked := map[string]bool{}

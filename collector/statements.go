@@ -31,6 +31,10 @@ type statements struct {
 	log                      *slog.Logger
 
 	calls, seconds, rows, readTime, writeTime, queryText *prometheus.Desc
+	// Blocks, named after pg_stat_statements' columns (postgres_exporter has none).
+	sharedHit, sharedRead, tempRead, tempWritten *prometheus.Desc
+
+	join *statementJoin // query ids to fingerprints
 
 	mu         sync.Mutex
 	toldAbsent bool
@@ -45,6 +49,7 @@ func newStatements(o Options) *statements {
 		excludeDBs:   append([]string{}, o.StatementsExcludeDatabases...),
 		excludeUsers: append([]string{}, o.StatementsExcludeUsers...),
 		log:          o.Logger,
+		join:         newStatementJoin(o.StatementsLimit),
 		calls:        desc("pg_stat_statements_calls_total", "Times the statement was executed.", l...),
 		seconds:      desc("pg_stat_statements_seconds_total", "Total time spent executing the statement.", l...),
 		rows:         desc("pg_stat_statements_rows_total", "Rows retrieved or affected by the statement.", l...),
@@ -52,6 +57,10 @@ func newStatements(o Options) *statements {
 			"Time the statement spent reading blocks (needs track_io_timing).", l...),
 		writeTime: desc("pg_stat_statements_block_write_seconds_total",
 			"Time the statement spent writing blocks (needs track_io_timing).", l...),
+		sharedHit:   desc("pg_stat_statements_shared_blks_hit_total", "Shared buffer hits of the statement, in blocks.", l...),
+		sharedRead:  desc("pg_stat_statements_shared_blks_read_total", "Shared blocks the statement read (not in shared buffers).", l...),
+		tempRead:    desc("pg_stat_statements_temp_blks_read_total", "Temporary blocks the statement read.", l...),
+		tempWritten: desc("pg_stat_statements_temp_blks_written_total", "Temporary blocks the statement wrote.", l...),
 		queryText: desc("pg_stat_statements_query_id",
 			"Text of an exported statement, normalised (every constant a placeholder, comments dropped) and cut to --collector.statements.query-length characters; always 1.", "queryid", "query"),
 	}
@@ -75,7 +84,9 @@ func statementsQuery(version, queryLength int, schema string) string {
 	return fmt.Sprintf(`
 SELECT r.rolname, d.datname, s.queryid::text,
        sum(s.calls)::float8, (sum(s.total_exec_time) / 1000)::float8, sum(s.rows)::float8,
-       (sum(s.%s) / 1000)::float8, (sum(s.%s) / 1000)::float8, %s
+       (sum(s.%s) / 1000)::float8, (sum(s.%s) / 1000)::float8, %s,
+       sum(s.shared_blks_hit)::float8, sum(s.shared_blks_read)::float8,
+       sum(s.temp_blks_read)::float8, sum(s.temp_blks_written)::float8
 FROM %s s
 JOIN pg_roles r ON r.oid = s.userid
 JOIN pg_database d ON d.oid = s.dbid
@@ -106,14 +117,19 @@ func (c *statements) Update(ctx context.Context, s *Scrape) error {
 		c.tellAbsentOnce("pg_stat_statements is not installed in this database (CREATE EXTENSION pg_stat_statements)")
 		return nil
 	}
-	err := c.read(ctx, s, schema, c.queryLength)
+	keys, err := c.read(ctx, s, schema, c.queryLength)
 	var pgErr *pgconn.PgError
 	if c.queryLength > 0 && errors.As(err, &pgErr) && (pgErr.Code == "22021" || pgErr.Code == "22P05") {
 		// A statement text from a database of another encoding (SQL_ASCII allows any bytes)
 		// cannot be converted to this one's, and the server fails the whole call for it. The
 		// figures do not need the texts: read them without.
 		c.tellTextsOnce(pgErr.Message)
-		err = c.read(ctx, s, schema, 0)
+		keys, err = c.read(ctx, s, schema, 0)
+	}
+	if err == nil {
+		if jerr := c.join.update(ctx, s, schema, keys); jerr != nil {
+			c.log.Debug("Statement query id join incomplete", "error", jerr.Error())
+		}
 	}
 	if errors.As(err, &pgErr) && pgErr.Code == "55000" {
 		// The extension exists but the library is not in shared_preload_libraries.
@@ -128,21 +144,32 @@ func (c *statements) Update(ctx context.Context, s *Scrape) error {
 	return err
 }
 
-// read exports the top statements, with texts of queryLength characters when above 0.
-func (c *statements) read(ctx context.Context, s *Scrape, schema string, queryLength int) error {
+// read exports the top statements, with texts of queryLength characters when above 0, and
+// returns their databases and query ids, each once.
+func (c *statements) read(ctx context.Context, s *Scrape, schema string, queryLength int) ([]joinKey, error) {
 	texts := map[string]bool{} // queryids whose text was sent: one text per queryid
-	return queryRows(ctx, s.Conn, statementsQuery(s.Version, queryLength, schema), func(r pgx.Rows) error {
+	var keys []joinKey
+	seen := map[joinKey]bool{}
+	err := queryRows(ctx, s.Conn, statementsQuery(s.Version, queryLength, schema), func(r pgx.Rows) error {
 		var user, db, id string
-		var calls, secs, rows, read, write float64
+		var calls, secs, rows, read, write, hit, sharedRead, tempRead, tempWritten float64
 		var text *string
-		if err := r.Scan(&user, &db, &id, &calls, &secs, &rows, &read, &write, &text); err != nil {
+		if err := r.Scan(&user, &db, &id, &calls, &secs, &rows, &read, &write, &text, &hit, &sharedRead, &tempRead, &tempWritten); err != nil {
 			return err
 		}
+		s.Counter(c.sharedHit, hit, user, db, id)
+		s.Counter(c.sharedRead, sharedRead, user, db, id)
+		s.Counter(c.tempRead, tempRead, user, db, id)
+		s.Counter(c.tempWritten, tempWritten, user, db, id)
 		s.Counter(c.calls, calls, user, db, id)
 		s.Counter(c.seconds, secs, user, db, id)
 		s.Counter(c.rows, rows, user, db, id)
 		s.Counter(c.readTime, read, user, db, id)
 		s.Counter(c.writeTime, write, user, db, id)
+		if k := (joinKey{db, id}); !seen[k] {
+			seen[k] = true
+			keys = append(keys, k)
+		}
 		if text != nil && !texts[id] {
 			texts[id] = true
 			// A counter, as postgres_exporter exports it.
@@ -150,6 +177,7 @@ func (c *statements) read(ctx context.Context, s *Scrape, schema string, queryLe
 		}
 		return nil
 	}, c.limit, c.excludeDBs, c.excludeUsers)
+	return keys, err
 }
 
 // shownText is a statement text as it may leave the process, like the slow query log's:

@@ -70,11 +70,12 @@ func TestStatements(t *testing.T) {
 		t.Error("statement texts exported without --collector.statements.include-query")
 	}
 	// The server saw the collector ask for the statistics without the texts (it records the
-	// argument of pg_stat_statements() as a parameter, so the shape of the query tells).
+	// argument of pg_stat_statements() as a parameter, so the shape of the query tells). The
+	// query id join reads the texts of query ids it has not mapped yet, apart (DISTINCT ON).
 	var withText, withoutText int
 	if err := c.QueryRow(ctx, `
 SELECT count(*) FILTER (WHERE query LIKE '%left(s.query%'),
-       count(*) FILTER (WHERE query LIKE '%FROM public.pg_stat_statements(%' AND query NOT LIKE '%left(s.query%')
+       count(*) FILTER (WHERE query LIKE '%FROM public.pg_stat_statements(%' AND query NOT LIKE '%left(s.query%' AND query NOT LIKE '%DISTINCT ON%')
 FROM pg_stat_statements`).Scan(&withText, &withoutText); err != nil {
 		t.Fatal(err)
 	}

@@ -149,6 +149,15 @@ func table(title, description, unit string, qs ...q) *Panel {
 }
 
 // above marks values at or above v red (an alert fires above v) and draws the line.
+// withExemplars shows the exemplars of the panel's histogram queries: the trace of a sampled
+// slow statement, one click from the latency it raised.
+func (p *Panel) withExemplars() *Panel {
+	for i := range p.Targets {
+		p.Targets[i].Exemplar = strings.Contains(p.Targets[i].Expr, "_bucket")
+	}
+	return p
+}
+
 func (p *Panel) above(v float64) *Panel {
 	p.FieldConfig.Defaults.Thresholds.Steps = []Step{{Color: "green"}, {Color: "red", Value: f64(v)}}
 	p.showThresholds()
@@ -220,9 +229,9 @@ func (p *Panel) ratio() *Panel {
 	return p
 }
 
-// Dashboards builds both dashboards.
+// Dashboards builds every dashboard.
 func (c Config) Dashboards() []*Dashboard {
-	return []*Dashboard{c.poolDashboard(), c.postgresDashboard()}
+	return []*Dashboard{c.poolDashboard(), c.postgresDashboard(), c.statementDashboard()}
 }
 
 func (c Config) poolDashboard() *Dashboard {
@@ -283,15 +292,15 @@ func (c Config) poolDashboard() *Dashboard {
 	b.row("Queries")
 	b.add(timeseries("Query rate by operation", "Queries per second by operation (select, insert, update, delete, ...).", "reqps",
 		q{s(`sum by (operation) (rate(pgsidecar_query_duration_seconds_count{SEL}[RI]))`), "{{operation}}"}), 12, 8)
-	b.add(timeseries("Latency by operation", "50th, 95th and 99th percentile query duration by operation (select, insert, update, delete, ...), from the classic histogram buckets.", "s",
+	b.add(timeseries("Latency by operation", "50th, 95th and 99th percentile query duration by operation (select, insert, update, delete, ...), from the classic histogram buckets. Exemplars (dots) link to the trace of a statement that sent a sampled traceparent.", "s",
 		q{s(`histogram_quantile(0.5, sum by (operation, le) (rate(pgsidecar_query_duration_seconds_bucket{SEL}[RI])))`), "p50 {{operation}}"},
 		q{s(`histogram_quantile(0.95, sum by (operation, le) (rate(pgsidecar_query_duration_seconds_bucket{SEL}[RI])))`), "p95 {{operation}}"},
-		q{s(`histogram_quantile(0.99, sum by (operation, le) (rate(pgsidecar_query_duration_seconds_bucket{SEL}[RI])))`), "p99 {{operation}}"}), 12, 8)
+		q{s(`histogram_quantile(0.99, sum by (operation, le) (rate(pgsidecar_query_duration_seconds_bucket{SEL}[RI])))`), "p99 {{operation}}"}).withExemplars(), 12, 8)
 	b.add(timeseries("Latency", fmt.Sprintf("Query duration percentiles and mean over all operations. The dashed line is the average latency alert threshold (%ss).", num(c.AvgLatencySeconds)), "s",
 		q{s(`histogram_quantile(0.5, sum by (le) (rate(pgsidecar_query_duration_seconds_bucket{SEL}[RI])))`), "p50"},
 		q{s(`histogram_quantile(0.95, sum by (le) (rate(pgsidecar_query_duration_seconds_bucket{SEL}[RI])))`), "p95"},
 		q{s(`histogram_quantile(0.99, sum by (le) (rate(pgsidecar_query_duration_seconds_bucket{SEL}[RI])))`), "p99"},
-		q{avgLatency, "mean {{instance}} {{pool}}"}).above(c.AvgLatencySeconds), 12, 8)
+		q{avgLatency, "mean {{instance}} {{pool}}"}).above(c.AvgLatencySeconds).withExemplars(), 12, 8)
 	b.add(timeseries("Errors by SQLSTATE", "Failed queries per second by SQLSTATE (08006 lost connection, timeout/canceled client deadlines, client for client-side errors).", "ops",
 		q{s(`sum by (sqlstate) (rate(pgsidecar_query_errors_total{SEL}[RI]))`), "{{sqlstate}}"}), 12, 8)
 	b.add(timeseries("Error ratio", fmt.Sprintf("Failed queries divided by all queries. The dashed line is the alert threshold (%s).", pct(c.ErrorRatio)), "percentunit",
@@ -356,7 +365,7 @@ func (c Config) poolDashboard() *Dashboard {
 		q{s(`sum by (fingerprint) (rate(pgsidecar_statement_duration_seconds_count{SEL}[$__range]))`) + withText, ""},
 		q{s(`sum by (fingerprint) (rate(pgsidecar_statement_errors_total{SEL}[$__range]))`) + withText, ""}), 24, 10)
 	b.add(timeseries("Statement p99", fmt.Sprintf("99th percentile duration of the ten statements with the highest p99, by fingerprint (the table above has their text). PgSidecarStatementLatencyRegression fires when one reaches %s times its p99 of the day before and at least %ss.", num(c.StatementLatencyFactor), num(c.StatementLatencyMinSeconds)), "s",
-		q{"topk(10, " + stmtP99 + ")", "{{fingerprint}}"}), 12, 8)
+		q{"topk(10, " + stmtP99 + ")", "{{fingerprint}}"}).withExemplars(), 12, 8)
 	prev := timeseries("Statement p99, one day earlier", "The same percentiles 24 hours earlier: the baseline PgSidecarStatementLatencyRegression compares each statement with.", "s",
 		q{"topk(10, " + stmtP99 + ")", "{{fingerprint}}"})
 	prev.TimeShift = "1d"

@@ -136,4 +136,5 @@ type Target struct {
 	Range        bool           `json:"range"`
 	Instant      bool           `json:"instant"`
 	Format       string         `json:"format,omitempty"`
+	Exemplar     bool           `json:"exemplar,omitempty"` // show the series' exemplars (trace ids)
 }

@@ -1684,7 +1684,7 @@
             "type": "prometheus",
             "uid": "${datasource}",
           },
-          "description": "50th, 95th and 99th percentile query duration by operation (select, insert, update, delete, ...), from the classic histogram buckets.",
+          "description": "50th, 95th and 99th percentile query duration by operation (select, insert, update, delete, ...), from the classic histogram buckets. Exemplars (dots) link to the trace of a statement that sent a sampled traceparent.",
           "fieldConfig": {
             "defaults": {
               "color": {
@@ -1744,6 +1744,7 @@
                 "type": "prometheus",
                 "uid": "${datasource}",
               },
+              "exemplar": true,
               "expr": f("histogram_quantile(0.5, sum by (operation, le) (rate(pgsidecar_query_duration_seconds_bucket{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\", pool=~\"$pool\"%(selectorComma)s}[$__rate_interval])))"),
               "instant": false,
               "legendFormat": "p50 {{operation}}",
@@ -1755,6 +1756,7 @@
                 "type": "prometheus",
                 "uid": "${datasource}",
               },
+              "exemplar": true,
               "expr": f("histogram_quantile(0.95, sum by (operation, le) (rate(pgsidecar_query_duration_seconds_bucket{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\", pool=~\"$pool\"%(selectorComma)s}[$__rate_interval])))"),
               "instant": false,
               "legendFormat": "p95 {{operation}}",
@@ -1766,6 +1768,7 @@
                 "type": "prometheus",
                 "uid": "${datasource}",
               },
+              "exemplar": true,
               "expr": f("histogram_quantile(0.99, sum by (operation, le) (rate(pgsidecar_query_duration_seconds_bucket{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\", pool=~\"$pool\"%(selectorComma)s}[$__rate_interval])))"),
               "instant": false,
               "legendFormat": "p99 {{operation}}",
@@ -1845,6 +1848,7 @@
                 "type": "prometheus",
                 "uid": "${datasource}",
               },
+              "exemplar": true,
               "expr": f("histogram_quantile(0.5, sum by (le) (rate(pgsidecar_query_duration_seconds_bucket{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\", pool=~\"$pool\"%(selectorComma)s}[$__rate_interval])))"),
               "instant": false,
               "legendFormat": "p50",
@@ -1856,6 +1860,7 @@
                 "type": "prometheus",
                 "uid": "${datasource}",
               },
+              "exemplar": true,
               "expr": f("histogram_quantile(0.95, sum by (le) (rate(pgsidecar_query_duration_seconds_bucket{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\", pool=~\"$pool\"%(selectorComma)s}[$__rate_interval])))"),
               "instant": false,
               "legendFormat": "p95",
@@ -1867,6 +1872,7 @@
                 "type": "prometheus",
                 "uid": "${datasource}",
               },
+              "exemplar": true,
               "expr": f("histogram_quantile(0.99, sum by (le) (rate(pgsidecar_query_duration_seconds_bucket{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\", pool=~\"$pool\"%(selectorComma)s}[$__rate_interval])))"),
               "instant": false,
               "legendFormat": "p99",
@@ -3489,6 +3495,7 @@
                 "type": "prometheus",
                 "uid": "${datasource}",
               },
+              "exemplar": true,
               "expr": f("topk(10, histogram_quantile(0.99, sum by (fingerprint, le) (rate(pgsidecar_statement_duration_seconds_bucket{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\", pool=~\"$pool\"%(selectorComma)s}[$__rate_interval]))))"),
               "instant": false,
               "legendFormat": "{{fingerprint}}",
@@ -7634,6 +7641,916 @@
       "timezone": "",
       "title": "pgsidecar / PostgreSQL",
       "uid": "pgsidecar-postgresql",
+      "version": 1,
+    },
+    "pgsidecar-statement.json": {
+      "annotations": {
+        "list": [
+          {
+            "builtIn": 1,
+            "datasource": {
+              "type": "grafana",
+              "uid": "-- Grafana --",
+            },
+            "enable": true,
+            "hide": true,
+            "iconColor": "rgba(0, 211, 255, 1)",
+            "name": "Annotations & Alerts",
+            "type": "dashboard",
+          },
+        ],
+      },
+      "description": "One statement by fingerprint: pgsidecar's latency percentiles (with exemplars), calls and errors beside the server's calls, mean time, blocks and rows per call from pg_stat_statements, per database.",
+      "editable": true,
+      "graphTooltip": 1,
+      "links": [
+        {
+          "asDropdown": true,
+          "includeVars": true,
+          "keepTime": true,
+          "tags": [
+            "pgsidecar",
+          ],
+          "title": "pgsidecar",
+          "type": "dashboards",
+        },
+      ],
+      "panels": [
+        {
+          "collapsed": false,
+          "gridPos": {
+            "h": 1,
+            "w": 24,
+            "x": 0,
+            "y": 0,
+          },
+          "id": 1,
+          "title": "The statement",
+          "type": "row",
+        },
+        {
+          "datasource": {
+            "type": "prometheus",
+            "uid": "${datasource}",
+          },
+          "description": "The statement's normalised text (pgsidecar_statement_info) and the pg_stat_statements query ids it joins, per database (pgsidecar_statement_queryid_info; needs --collector.statements).",
+          "fieldConfig": {
+            "defaults": {
+              "color": {
+                "mode": "palette-classic",
+              },
+              "mappings": [],
+              "thresholds": {
+                "mode": "absolute",
+                "steps": [
+                  {
+                    "color": "green",
+                    "value": null,
+                  },
+                ],
+              },
+              "unit": "none",
+            },
+            "overrides": [],
+          },
+          "gridPos": {
+            "h": 6,
+            "w": 24,
+            "x": 0,
+            "y": 1,
+          },
+          "id": 2,
+          "options": {
+            "showHeader": true,
+            "sortBy": [
+              {
+                "desc": true,
+                "displayName": "Value #A",
+              },
+            ],
+          },
+          "targets": [
+            {
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+              "expr": "max by (fingerprint, text) (pgsidecar_statement_info{job=~\"$job\", instance=~\"$instance\", fingerprint=~\"$fingerprint\"})",
+              "format": "table",
+              "instant": true,
+              "legendFormat": "",
+              "range": false,
+              "refId": "A",
+            },
+            {
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+              "expr": "max by (fingerprint, datname, queryid) (pgsidecar_statement_queryid_info{job=~\"$job\", instance=~\"$instance\", fingerprint=~\"$fingerprint\"})",
+              "format": "table",
+              "instant": true,
+              "legendFormat": "",
+              "range": false,
+              "refId": "B",
+            },
+          ],
+          "title": "Text",
+          "transformations": [
+            {
+              "id": "merge",
+              "options": {},
+            },
+            {
+              "id": "organize",
+              "options": {
+                "excludeByName": {
+                  "Time": true,
+                },
+              },
+            },
+          ],
+          "type": "table",
+        },
+        {
+          "collapsed": false,
+          "gridPos": {
+            "h": 1,
+            "w": 24,
+            "x": 0,
+            "y": 7,
+          },
+          "id": 3,
+          "title": "Measured by pgsidecar",
+          "type": "row",
+        },
+        {
+          "datasource": {
+            "type": "prometheus",
+            "uid": "${datasource}",
+          },
+          "description": "50th and 99th percentile of the statement's duration as the sidecar measured it (library and proxied traffic). Exemplars (dots) link to the trace of an execution that sent a sampled traceparent.",
+          "fieldConfig": {
+            "defaults": {
+              "color": {
+                "mode": "palette-classic",
+              },
+              "custom": {
+                "axisSoftMin": 0,
+                "drawStyle": "line",
+                "fillOpacity": 10,
+                "lineWidth": 1,
+                "showPoints": "never",
+                "spanNulls": false,
+                "thresholdsStyle": {
+                  "mode": "off",
+                },
+              },
+              "mappings": [],
+              "thresholds": {
+                "mode": "absolute",
+                "steps": [
+                  {
+                    "color": "green",
+                    "value": null,
+                  },
+                ],
+              },
+              "unit": "s",
+            },
+            "overrides": [],
+          },
+          "gridPos": {
+            "h": 8,
+            "w": 12,
+            "x": 0,
+            "y": 8,
+          },
+          "id": 4,
+          "options": {
+            "legend": {
+              "calcs": [
+                "mean",
+                "max",
+                "lastNotNull",
+              ],
+              "displayMode": "table",
+              "placement": "bottom",
+              "showLegend": true,
+            },
+            "tooltip": {
+              "mode": "multi",
+              "sort": "desc",
+            },
+          },
+          "targets": [
+            {
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+              "exemplar": true,
+              "expr": "histogram_quantile(0.5, sum by (le) (rate(pgsidecar_statement_duration_seconds_bucket{job=~\"$job\", instance=~\"$instance\", fingerprint=~\"$fingerprint\"}[$__rate_interval])))",
+              "instant": false,
+              "legendFormat": "p50",
+              "range": true,
+              "refId": "A",
+            },
+            {
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+              "exemplar": true,
+              "expr": "histogram_quantile(0.99, sum by (le) (rate(pgsidecar_statement_duration_seconds_bucket{job=~\"$job\", instance=~\"$instance\", fingerprint=~\"$fingerprint\"}[$__rate_interval])))",
+              "instant": false,
+              "legendFormat": "p99",
+              "range": true,
+              "refId": "B",
+            },
+          ],
+          "title": "Latency",
+          "type": "timeseries",
+        },
+        {
+          "datasource": {
+            "type": "prometheus",
+            "uid": "${datasource}",
+          },
+          "description": "Executions per second, and those that failed, as the sidecar measured them.",
+          "fieldConfig": {
+            "defaults": {
+              "color": {
+                "mode": "palette-classic",
+              },
+              "custom": {
+                "axisSoftMin": 0,
+                "drawStyle": "line",
+                "fillOpacity": 10,
+                "lineWidth": 1,
+                "showPoints": "never",
+                "spanNulls": false,
+                "thresholdsStyle": {
+                  "mode": "off",
+                },
+              },
+              "mappings": [],
+              "thresholds": {
+                "mode": "absolute",
+                "steps": [
+                  {
+                    "color": "green",
+                    "value": null,
+                  },
+                ],
+              },
+              "unit": "ops",
+            },
+            "overrides": [],
+          },
+          "gridPos": {
+            "h": 8,
+            "w": 6,
+            "x": 12,
+            "y": 8,
+          },
+          "id": 5,
+          "options": {
+            "legend": {
+              "calcs": [
+                "mean",
+                "max",
+                "lastNotNull",
+              ],
+              "displayMode": "table",
+              "placement": "bottom",
+              "showLegend": true,
+            },
+            "tooltip": {
+              "mode": "multi",
+              "sort": "desc",
+            },
+          },
+          "targets": [
+            {
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+              "expr": "sum(rate(pgsidecar_statement_duration_seconds_count{job=~\"$job\", instance=~\"$instance\", fingerprint=~\"$fingerprint\"}[$__rate_interval]))",
+              "instant": false,
+              "legendFormat": "calls",
+              "range": true,
+              "refId": "A",
+            },
+            {
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+              "expr": "sum(rate(pgsidecar_statement_errors_total{job=~\"$job\", instance=~\"$instance\", fingerprint=~\"$fingerprint\"}[$__rate_interval]))",
+              "instant": false,
+              "legendFormat": "errors",
+              "range": true,
+              "refId": "B",
+            },
+          ],
+          "title": "Calls and errors",
+          "type": "timeseries",
+        },
+        {
+          "datasource": {
+            "type": "prometheus",
+            "uid": "${datasource}",
+          },
+          "description": "Failed executions over all executions of the statement.",
+          "fieldConfig": {
+            "defaults": {
+              "color": {
+                "mode": "palette-classic",
+              },
+              "custom": {
+                "axisSoftMin": 0,
+                "drawStyle": "line",
+                "fillOpacity": 10,
+                "lineWidth": 1,
+                "showPoints": "never",
+                "spanNulls": false,
+                "thresholdsStyle": {
+                  "mode": "off",
+                },
+              },
+              "mappings": [],
+              "max": 1,
+              "min": 0,
+              "thresholds": {
+                "mode": "absolute",
+                "steps": [
+                  {
+                    "color": "green",
+                    "value": null,
+                  },
+                ],
+              },
+              "unit": "percentunit",
+            },
+            "overrides": [],
+          },
+          "gridPos": {
+            "h": 8,
+            "w": 6,
+            "x": 18,
+            "y": 8,
+          },
+          "id": 6,
+          "options": {
+            "legend": {
+              "calcs": [
+                "mean",
+                "max",
+                "lastNotNull",
+              ],
+              "displayMode": "table",
+              "placement": "bottom",
+              "showLegend": true,
+            },
+            "tooltip": {
+              "mode": "multi",
+              "sort": "desc",
+            },
+          },
+          "targets": [
+            {
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+              "expr": "sum(rate(pgsidecar_statement_errors_total{job=~\"$job\", instance=~\"$instance\", fingerprint=~\"$fingerprint\"}[$__rate_interval])) / sum(rate(pgsidecar_statement_duration_seconds_count{job=~\"$job\", instance=~\"$instance\", fingerprint=~\"$fingerprint\"}[$__rate_interval]))",
+              "instant": false,
+              "legendFormat": "errors",
+              "range": true,
+              "refId": "A",
+            },
+          ],
+          "title": "Error ratio",
+          "type": "timeseries",
+        },
+        {
+          "collapsed": false,
+          "gridPos": {
+            "h": 1,
+            "w": 24,
+            "x": 0,
+            "y": 16,
+          },
+          "id": 7,
+          "title": "On the server (pg_stat_statements, by database)",
+          "type": "row",
+        },
+        {
+          "datasource": {
+            "type": "prometheus",
+            "uid": "${datasource}",
+          },
+          "description": "Calls per second of the statement's query ids, by database.",
+          "fieldConfig": {
+            "defaults": {
+              "color": {
+                "mode": "palette-classic",
+              },
+              "custom": {
+                "axisSoftMin": 0,
+                "drawStyle": "line",
+                "fillOpacity": 10,
+                "lineWidth": 1,
+                "showPoints": "never",
+                "spanNulls": false,
+                "thresholdsStyle": {
+                  "mode": "off",
+                },
+              },
+              "mappings": [],
+              "thresholds": {
+                "mode": "absolute",
+                "steps": [
+                  {
+                    "color": "green",
+                    "value": null,
+                  },
+                ],
+              },
+              "unit": "ops",
+            },
+            "overrides": [],
+          },
+          "gridPos": {
+            "h": 8,
+            "w": 8,
+            "x": 0,
+            "y": 17,
+          },
+          "id": 8,
+          "options": {
+            "legend": {
+              "calcs": [
+                "mean",
+                "max",
+                "lastNotNull",
+              ],
+              "displayMode": "table",
+              "placement": "bottom",
+              "showLegend": true,
+            },
+            "tooltip": {
+              "mode": "multi",
+              "sort": "desc",
+            },
+          },
+          "targets": [
+            {
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+              "expr": "sum by (datname) (rate(pg_stat_statements_calls_total{job=~\"$job\", instance=~\"$instance\"}[$__rate_interval]) * on (instance, datname, queryid) group_left () pgsidecar_statement_queryid_info{job=~\"$job\", instance=~\"$instance\", fingerprint=~\"$fingerprint\"})",
+              "instant": false,
+              "legendFormat": "{{datname}}",
+              "range": true,
+              "refId": "A",
+            },
+          ],
+          "title": "Server calls",
+          "type": "timeseries",
+        },
+        {
+          "datasource": {
+            "type": "prometheus",
+            "uid": "${datasource}",
+          },
+          "description": "Execution time per call on the server (planning and the network left out), by database.",
+          "fieldConfig": {
+            "defaults": {
+              "color": {
+                "mode": "palette-classic",
+              },
+              "custom": {
+                "axisSoftMin": 0,
+                "drawStyle": "line",
+                "fillOpacity": 10,
+                "lineWidth": 1,
+                "showPoints": "never",
+                "spanNulls": false,
+                "thresholdsStyle": {
+                  "mode": "off",
+                },
+              },
+              "mappings": [],
+              "thresholds": {
+                "mode": "absolute",
+                "steps": [
+                  {
+                    "color": "green",
+                    "value": null,
+                  },
+                ],
+              },
+              "unit": "s",
+            },
+            "overrides": [],
+          },
+          "gridPos": {
+            "h": 8,
+            "w": 8,
+            "x": 8,
+            "y": 17,
+          },
+          "id": 9,
+          "options": {
+            "legend": {
+              "calcs": [
+                "mean",
+                "max",
+                "lastNotNull",
+              ],
+              "displayMode": "table",
+              "placement": "bottom",
+              "showLegend": true,
+            },
+            "tooltip": {
+              "mode": "multi",
+              "sort": "desc",
+            },
+          },
+          "targets": [
+            {
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+              "expr": "sum by (datname) (rate(pg_stat_statements_seconds_total{job=~\"$job\", instance=~\"$instance\"}[$__rate_interval]) * on (instance, datname, queryid) group_left () pgsidecar_statement_queryid_info{job=~\"$job\", instance=~\"$instance\", fingerprint=~\"$fingerprint\"}) / sum by (datname) (rate(pg_stat_statements_calls_total{job=~\"$job\", instance=~\"$instance\"}[$__rate_interval]) * on (instance, datname, queryid) group_left () pgsidecar_statement_queryid_info{job=~\"$job\", instance=~\"$instance\", fingerprint=~\"$fingerprint\"})",
+              "instant": false,
+              "legendFormat": "{{datname}}",
+              "range": true,
+              "refId": "A",
+            },
+          ],
+          "title": "Server mean time",
+          "type": "timeseries",
+        },
+        {
+          "datasource": {
+            "type": "prometheus",
+            "uid": "${datasource}",
+          },
+          "description": "Rows retrieved or affected per call, by database.",
+          "fieldConfig": {
+            "defaults": {
+              "color": {
+                "mode": "palette-classic",
+              },
+              "custom": {
+                "axisSoftMin": 0,
+                "drawStyle": "line",
+                "fillOpacity": 10,
+                "lineWidth": 1,
+                "showPoints": "never",
+                "spanNulls": false,
+                "thresholdsStyle": {
+                  "mode": "off",
+                },
+              },
+              "mappings": [],
+              "thresholds": {
+                "mode": "absolute",
+                "steps": [
+                  {
+                    "color": "green",
+                    "value": null,
+                  },
+                ],
+              },
+              "unit": "short",
+            },
+            "overrides": [],
+          },
+          "gridPos": {
+            "h": 8,
+            "w": 8,
+            "x": 16,
+            "y": 17,
+          },
+          "id": 10,
+          "options": {
+            "legend": {
+              "calcs": [
+                "mean",
+                "max",
+                "lastNotNull",
+              ],
+              "displayMode": "table",
+              "placement": "bottom",
+              "showLegend": true,
+            },
+            "tooltip": {
+              "mode": "multi",
+              "sort": "desc",
+            },
+          },
+          "targets": [
+            {
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+              "expr": "sum by (datname) (rate(pg_stat_statements_rows_total{job=~\"$job\", instance=~\"$instance\"}[$__rate_interval]) * on (instance, datname, queryid) group_left () pgsidecar_statement_queryid_info{job=~\"$job\", instance=~\"$instance\", fingerprint=~\"$fingerprint\"}) / sum by (datname) (rate(pg_stat_statements_calls_total{job=~\"$job\", instance=~\"$instance\"}[$__rate_interval]) * on (instance, datname, queryid) group_left () pgsidecar_statement_queryid_info{job=~\"$job\", instance=~\"$instance\", fingerprint=~\"$fingerprint\"})",
+              "instant": false,
+              "legendFormat": "{{datname}}",
+              "range": true,
+              "refId": "A",
+            },
+          ],
+          "title": "Rows per call",
+          "type": "timeseries",
+        },
+        {
+          "datasource": {
+            "type": "prometheus",
+            "uid": "${datasource}",
+          },
+          "description": "Shared buffer hits and blocks read from outside shared buffers (the page cache or disk) per call, by database.",
+          "fieldConfig": {
+            "defaults": {
+              "color": {
+                "mode": "palette-classic",
+              },
+              "custom": {
+                "axisSoftMin": 0,
+                "drawStyle": "line",
+                "fillOpacity": 10,
+                "lineWidth": 1,
+                "showPoints": "never",
+                "spanNulls": false,
+                "thresholdsStyle": {
+                  "mode": "off",
+                },
+              },
+              "mappings": [],
+              "thresholds": {
+                "mode": "absolute",
+                "steps": [
+                  {
+                    "color": "green",
+                    "value": null,
+                  },
+                ],
+              },
+              "unit": "short",
+            },
+            "overrides": [],
+          },
+          "gridPos": {
+            "h": 8,
+            "w": 12,
+            "x": 0,
+            "y": 25,
+          },
+          "id": 11,
+          "options": {
+            "legend": {
+              "calcs": [
+                "mean",
+                "max",
+                "lastNotNull",
+              ],
+              "displayMode": "table",
+              "placement": "bottom",
+              "showLegend": true,
+            },
+            "tooltip": {
+              "mode": "multi",
+              "sort": "desc",
+            },
+          },
+          "targets": [
+            {
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+              "expr": "sum by (datname) (rate(pg_stat_statements_shared_blks_hit_total{job=~\"$job\", instance=~\"$instance\"}[$__rate_interval]) * on (instance, datname, queryid) group_left () pgsidecar_statement_queryid_info{job=~\"$job\", instance=~\"$instance\", fingerprint=~\"$fingerprint\"}) / sum by (datname) (rate(pg_stat_statements_calls_total{job=~\"$job\", instance=~\"$instance\"}[$__rate_interval]) * on (instance, datname, queryid) group_left () pgsidecar_statement_queryid_info{job=~\"$job\", instance=~\"$instance\", fingerprint=~\"$fingerprint\"})",
+              "instant": false,
+              "legendFormat": "hit {{datname}}",
+              "range": true,
+              "refId": "A",
+            },
+            {
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+              "expr": "sum by (datname) (rate(pg_stat_statements_shared_blks_read_total{job=~\"$job\", instance=~\"$instance\"}[$__rate_interval]) * on (instance, datname, queryid) group_left () pgsidecar_statement_queryid_info{job=~\"$job\", instance=~\"$instance\", fingerprint=~\"$fingerprint\"}) / sum by (datname) (rate(pg_stat_statements_calls_total{job=~\"$job\", instance=~\"$instance\"}[$__rate_interval]) * on (instance, datname, queryid) group_left () pgsidecar_statement_queryid_info{job=~\"$job\", instance=~\"$instance\", fingerprint=~\"$fingerprint\"})",
+              "instant": false,
+              "legendFormat": "read {{datname}}",
+              "range": true,
+              "refId": "B",
+            },
+          ],
+          "title": "Shared blocks per call",
+          "type": "timeseries",
+        },
+        {
+          "datasource": {
+            "type": "prometheus",
+            "uid": "${datasource}",
+          },
+          "description": "Temporary blocks read and written per call (sorts and hashes that spilled to disk), by database.",
+          "fieldConfig": {
+            "defaults": {
+              "color": {
+                "mode": "palette-classic",
+              },
+              "custom": {
+                "axisSoftMin": 0,
+                "drawStyle": "line",
+                "fillOpacity": 10,
+                "lineWidth": 1,
+                "showPoints": "never",
+                "spanNulls": false,
+                "thresholdsStyle": {
+                  "mode": "off",
+                },
+              },
+              "mappings": [],
+              "thresholds": {
+                "mode": "absolute",
+                "steps": [
+                  {
+                    "color": "green",
+                    "value": null,
+                  },
+                ],
+              },
+              "unit": "short",
+            },
+            "overrides": [],
+          },
+          "gridPos": {
+            "h": 8,
+            "w": 12,
+            "x": 12,
+            "y": 25,
+          },
+          "id": 12,
+          "options": {
+            "legend": {
+              "calcs": [
+                "mean",
+                "max",
+                "lastNotNull",
+              ],
+              "displayMode": "table",
+              "placement": "bottom",
+              "showLegend": true,
+            },
+            "tooltip": {
+              "mode": "multi",
+              "sort": "desc",
+            },
+          },
+          "targets": [
+            {
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+              "expr": "sum by (datname) (rate(pg_stat_statements_temp_blks_read_total{job=~\"$job\", instance=~\"$instance\"}[$__rate_interval]) * on (instance, datname, queryid) group_left () pgsidecar_statement_queryid_info{job=~\"$job\", instance=~\"$instance\", fingerprint=~\"$fingerprint\"}) / sum by (datname) (rate(pg_stat_statements_calls_total{job=~\"$job\", instance=~\"$instance\"}[$__rate_interval]) * on (instance, datname, queryid) group_left () pgsidecar_statement_queryid_info{job=~\"$job\", instance=~\"$instance\", fingerprint=~\"$fingerprint\"})",
+              "instant": false,
+              "legendFormat": "read {{datname}}",
+              "range": true,
+              "refId": "A",
+            },
+            {
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+              "expr": "sum by (datname) (rate(pg_stat_statements_temp_blks_written_total{job=~\"$job\", instance=~\"$instance\"}[$__rate_interval]) * on (instance, datname, queryid) group_left () pgsidecar_statement_queryid_info{job=~\"$job\", instance=~\"$instance\", fingerprint=~\"$fingerprint\"}) / sum by (datname) (rate(pg_stat_statements_calls_total{job=~\"$job\", instance=~\"$instance\"}[$__rate_interval]) * on (instance, datname, queryid) group_left () pgsidecar_statement_queryid_info{job=~\"$job\", instance=~\"$instance\", fingerprint=~\"$fingerprint\"})",
+              "instant": false,
+              "legendFormat": "written {{datname}}",
+              "range": true,
+              "refId": "B",
+            },
+          ],
+          "title": "Temporary blocks per call",
+          "type": "timeseries",
+        },
+      ],
+      "refresh": "30s",
+      "schemaVersion": 39,
+      "tags": [
+        "pgsidecar",
+        "postgresql",
+      ],
+      "templating": {
+        "list": [
+          {
+            "current": {},
+            "hide": 0,
+            "includeAll": false,
+            "label": "Data source",
+            "multi": false,
+            "name": "datasource",
+            "options": [],
+            "query": "prometheus",
+            "refresh": 1,
+            "regex": "",
+            "sort": 0,
+            "type": "datasource",
+          },
+          {
+            "allValue": ".*",
+            "current": {
+              "selected": true,
+              "text": [
+                "All",
+              ],
+              "value": [
+                "$__all",
+              ],
+            },
+            "datasource": {
+              "type": "prometheus",
+              "uid": "${datasource}",
+            },
+            "definition": "label_values(pgsidecar_statement_info, job)",
+            "hide": 0,
+            "includeAll": true,
+            "label": "Job",
+            "multi": true,
+            "name": "job",
+            "options": [],
+            "query": "label_values(pgsidecar_statement_info, job)",
+            "refresh": 2,
+            "regex": "",
+            "sort": 1,
+            "type": "query",
+          },
+          {
+            "allValue": ".*",
+            "current": {
+              "selected": true,
+              "text": [
+                "All",
+              ],
+              "value": [
+                "$__all",
+              ],
+            },
+            "datasource": {
+              "type": "prometheus",
+              "uid": "${datasource}",
+            },
+            "definition": "label_values(pgsidecar_statement_info{job=~\"$job\"}, instance)",
+            "hide": 0,
+            "includeAll": true,
+            "label": "Instance",
+            "multi": true,
+            "name": "instance",
+            "options": [],
+            "query": "label_values(pgsidecar_statement_info{job=~\"$job\"}, instance)",
+            "refresh": 2,
+            "regex": "",
+            "sort": 1,
+            "type": "query",
+          },
+          {
+            "current": {},
+            "datasource": {
+              "type": "prometheus",
+              "uid": "${datasource}",
+            },
+            "definition": "label_values(pgsidecar_statement_info{job=~\"$job\", instance=~\"$instance\"}, fingerprint)",
+            "hide": 0,
+            "includeAll": false,
+            "label": "Fingerprint",
+            "multi": false,
+            "name": "fingerprint",
+            "options": [],
+            "query": "label_values(pgsidecar_statement_info{job=~\"$job\", instance=~\"$instance\"}, fingerprint)",
+            "refresh": 2,
+            "regex": "",
+            "sort": 1,
+            "type": "query",
+          },
+        ],
+      },
+      "time": {
+        "from": "now-1h",
+        "to": "now",
+      },
+      "timezone": "",
+      "title": "pgsidecar / Statement detail",
+      "uid": "pgsidecar-statement",
       "version": 1,
     },
   },

@@ -105,7 +105,7 @@ func BenchmarkShownSQL(b *testing.B) {
 	b.SetBytes(int64(len(sql)))
 	b.ReportAllocs()
 	for b.Loop() {
-		if s := shownSQL(OpSelect, sql); len(s) == 0 {
+		if s := shownSQL(OpSelect, sql, false); len(s) == 0 {
 			b.Fatal("empty")
 		}
 	}

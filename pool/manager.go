@@ -92,7 +92,7 @@ func New(cfg Config, opts ...Option) (*Manager, error) {
 	if cfg.StatementsTop > 0 {
 		m.metrics.stmts = newStatements(prometheus.Labels{"pool": cfg.Name}, cfg, m.scrub.Scrub)
 	}
-	m.tracer = &tracer{metrics: m.metrics, recordQuery: m.RecordQuery, noteError: m.noteError, checkNow: m.checkNow}
+	m.tracer = &tracer{metrics: m.metrics, recordQuery: m.recordTraced, noteError: m.noteError, checkNow: m.checkNow}
 	pc.ConnConfig.Tracer = acquireTracer{m.tracer}
 	pc.BeforeClose = func(*pgx.Conn) { m.closedConns.Add(1) }
 	m.usePassword(pc)

@@ -27,6 +27,7 @@ type metrics struct {
 	// queryObservers caches the histogram of each operation once it has a series: series are
 	// created on an operation's first query, not up front for operations never seen.
 	queryObservers [numOperations]atomic.Pointer[prometheus.Observer]
+	queryExemplars [numOperations]exemplarLimit
 	queryErrors    *prometheus.CounterVec
 	slowQueries    prometheus.Counter
 	retries        prometheus.Counter

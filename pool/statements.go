@@ -7,11 +7,13 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/pgsidecar/pgsidecar/internal/fingerprint"
+	"github.com/pgsidecar/pgsidecar/internal/sqlcomment"
 	"github.com/pgsidecar/pgsidecar/internal/sqlnorm"
 )
 
@@ -60,15 +62,17 @@ type statementText struct {
 
 // statement is one tracked fingerprint.
 type statement struct {
-	fp      fingerprint.Fingerprint
-	label   string
-	op      Operation
-	text    string
-	hist    prometheus.Histogram
-	errs    map[string]prometheus.Counter // by sqlstate label
-	slots   [windowSlots]windowSlot
-	last    int64 // index of the newest slot
-	evicted bool
+	fp    fingerprint.Fingerprint
+	label string
+	op    Operation
+	text  string
+	hist  prometheus.Histogram
+	errs  map[string]prometheus.Counter // by sqlstate label
+	// exemplars limits hist's exemplars; after eviction, a racing caller may still use it.
+	exemplars exemplarLimit
+	slots     [windowSlots]windowSlot
+	last      int64 // index of the newest slot
+	evicted   bool
 }
 
 type windowSlot struct {
@@ -107,10 +111,49 @@ func newStatements(labels prometheus.Labels, cfg Config, scrub func(string) stri
 	}
 }
 
-// record measures one execution of sql and returns its fingerprint.
-func (s *statements) record(op Operation, sql string, d time.Duration, err error) fingerprint.Fingerprint {
-	key := maphash.String(s.seed, sql)
+// record measures one execution of sql and returns its fingerprint. With a valid id, sql may be
+// the first bytes of the statement only: id names the whole text.
+func (s *statements) record(op Operation, sql string, id StatementID, tr sqlcomment.Trace, d time.Duration, err error) fingerprint.Fingerprint {
 	now := s.slotOf(s.now())
+	var st *statement
+	if id.fp != 0 {
+		s.mu.Lock()
+		if st = s.tracked[id.fp]; st == nil {
+			s.mu.Unlock()
+			text := s.shownText(op, sql, id.unshown, len(sql) < id.n)
+			s.mu.Lock()
+			if st = s.tracked[id.fp]; st == nil {
+				st = s.admit(id.fp, text, op, now)
+			}
+		}
+	} else {
+		st = s.lookup(op, sql, now)
+	}
+	st.add(now, d)
+	hist := st.hist
+	var errCounter prometheus.Counter
+	if err != nil {
+		label := sqlStateLabel(err)
+		errCounter = st.errs[label]
+		if errCounter == nil {
+			errCounter = s.errors.WithLabelValues(st.label, label)
+			st.errs[label] = errCounter
+		}
+	}
+	fp := st.fp
+	s.mu.Unlock()
+	observe(hist, &st.exemplars, d.Seconds(), tr)
+	if errCounter != nil {
+		errCounter.Inc()
+	}
+	return fp
+}
+
+// lookup returns the tracked statement of the whole text sql, admitting it if need be. It
+// returns with s.mu held.
+func (s *statements) lookup(op Operation, sql string, now int64) *statement {
+	sql, _ = sqlcomment.Split(sql) // each request's comment is not a new text
+	key := maphash.String(s.seed, sql)
 	s.mu.Lock()
 	t := &s.texts[key%maxTexts]
 	if t.key != key || t.n != len(sql) || t.fp == 0 {
@@ -130,7 +173,7 @@ func (s *statements) record(op Operation, sql string, d time.Duration, err error
 			// while and allocate: not under the lock, where another text may take slot t.
 			unshown := t.unshown
 			s.mu.Unlock()
-			text := s.shownText(op, sql, unshown)
+			text := s.shownText(op, sql, unshown, false)
 			s.mu.Lock()
 			if st = s.tracked[fp]; st == nil {
 				st = s.admit(fp, text, op, now)
@@ -140,31 +183,90 @@ func (s *statements) record(op Operation, sql string, d time.Duration, err error
 			t.stmt = st
 		}
 	}
-	st.add(now, d)
-	hist := st.hist
-	var errCounter prometheus.Counter
-	if err != nil {
-		label := sqlStateLabel(err)
-		errCounter = st.errs[label]
-		if errCounter == nil {
-			errCounter = s.errors.WithLabelValues(st.label, label)
-			st.errs[label] = errCounter
-		}
+	return st
+}
+
+// StatementID names a statement by its whole text, for a front end that keeps only the first
+// bytes of long statements (see Manager.Identify): two statements that differ only after those
+// bytes are two statements. The zero value names nothing; the statement is then named by the
+// text recorded with it.
+type StatementID struct {
+	fp      fingerprint.Fingerprint
+	n       int  // the length of the whole text
+	unshown bool // the whole text cannot be normalised
+	// trace is the trace context of the text's sqlcommenter comment: the exemplar of the
+	// execution that the text came with.
+	trace sqlcomment.Trace
+}
+
+// Untraced is id without its trace context: the statement, for later executions.
+func (id StatementID) Untraced() StatementID {
+	id.trace = sqlcomment.Trace{}
+	return id
+}
+
+// Traced reports whether id carries a trace context for an exemplar.
+func (id StatementID) Traced() bool { return id.trace.Valid() }
+
+// TracedAs returns id with the trace context of prev when id has none and both name the same
+// statement: a Bind of a statement keeps the trace of the Parse before it in the same batch.
+func (id StatementID) TracedAs(prev StatementID) StatementID {
+	if !id.trace.Valid() && id.fp == prev.fp {
+		id.trace = prev.trace
+	}
+	return id
+}
+
+// Fingerprint returns the statement's fingerprint label, or "" for the zero StatementID.
+func (id StatementID) Fingerprint() string {
+	if id.fp == 0 {
+		return ""
+	}
+	return id.fp.String()
+}
+
+// Identify names the statement whose whole text is sql, for RecordStatement, with the trace
+// context of its sqlcommenter comment (which is not part of the name). A text already seen
+// costs a hash of it and a cache slot, without allocating. With statement measurement off it
+// returns a StatementID with the trace context only.
+func (m *Manager) Identify(op Operation, sql []byte) StatementID {
+	n := len(sql)
+	sql, tr := sqlcomment.SplitBytes(sql)
+	s := m.metrics.stmts
+	if s == nil {
+		return StatementID{trace: tr}
+	}
+	key := maphash.Bytes(s.seed, sql)
+	s.mu.Lock()
+	t := &s.texts[key%maxTexts]
+	if t.key == key && t.n == len(sql) && t.fp != 0 {
+		id := StatementID{fp: t.fp, n: n, unshown: t.unshown, trace: tr}
+		s.mu.Unlock()
+		return id
 	}
 	s.mu.Unlock()
-	hist.Observe(d.Seconds())
-	if errCounter != nil {
-		errCounter.Inc()
+	// Sum keeps nothing of the text: no copy of a large statement for it.
+	fp, lexErr := fingerprint.Sum(unsafe.String(unsafe.SliceData(sql), len(sql)))
+	if lexErr != nil {
+		fp = fingerprint.Unnormalisable(op.String())
 	}
-	return fp
+	s.mu.Lock()
+	*t = statementText{key: key, n: len(sql), fp: fp, unshown: lexErr != nil}
+	s.mu.Unlock()
+	return StatementID{fp: fp, n: n, unshown: lexErr != nil, trace: tr}
 }
 
 func (s *statements) slotOf(t time.Time) int64 { return t.UnixNano() / int64(s.slot) }
 
 // shownText is the text of the info series: normalised, scrubbed and truncated. Text that
-// cannot be normalised is never shown.
-func (s *statements) shownText(op Operation, sql string, unshown bool) string {
-	text, err := sqlnorm.Normalize(sql)
+// cannot be normalised is never shown. A cut text is the first bytes of a longer statement,
+// which may end inside a token.
+func (s *statements) shownText(op Operation, sql string, unshown, cut bool) string {
+	normalize := sqlnorm.Normalize
+	if cut {
+		normalize = sqlnorm.NormalizePrefix
+	}
+	text, err := normalize(sql)
 	if unshown || err != nil {
 		return "(not shown: " + strings.ToUpper(op.String()) + " statement that cannot be normalised)"
 	}

@@ -95,3 +95,49 @@ func BenchmarkLibraryStatements(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRecordStatement is the proxy's path (Identify over the whole text of each message,
+// then RecordStatement at its answer), for a text already seen, without a comment and with a
+// sqlcommenter comment whose traceparent is new each time (as each request sends it). Neither
+// allocates: the exemplars that do are a few per bucket per exemplarInterval.
+//
+//	go test -run '^$' -bench RecordStatement -benchmem -count 6 ./pool/
+func BenchmarkRecordStatement(b *testing.B) {
+	const sql = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+	comments := make([][]byte, 1000)
+	for i := range comments {
+		comments[i] = fmt.Appendf(nil, "%s /*application='bench',traceparent='00-%032x-%016x-01'*/", sql, i+1, i+1)
+	}
+	for _, tc := range []struct {
+		name string
+		sql  func(i int) []byte
+	}{
+		{"comment=none", func(int) []byte { return []byte(sql) }},
+		{"comment=traceparent", func(i int) []byte { return comments[i%len(comments)] }},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			cfg := testConfig(b)
+			cfg.StatementsTop = 50
+			m, err := New(cfg, WithLogger(discardLogger()), WithRegisterer(prometheus.NewRegistry()))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer m.Close()
+			texts := make([][]byte, len(comments))
+			for i := range texts {
+				texts[i] = tc.sql(i)
+			}
+			m.RecordStatement(OpSelect, sql, m.Identify(OpSelect, texts[0]), time.Millisecond, nil)
+			b.ReportAllocs()
+			i := 0
+			cpu := processCPU()
+			for b.Loop() {
+				text := texts[i%len(texts)]
+				id := m.Identify(OpSelect, text)
+				m.RecordStatement(OpSelect, sql, id, 300*time.Microsecond, nil)
+				i++
+			}
+			b.ReportMetric(float64(processCPU()-cpu)/float64(b.N), "cpu-ns/op")
+		})
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/fingerprint"
+	"github.com/pgsidecar/pgsidecar/internal/sqlcomment"
 	"github.com/pgsidecar/pgsidecar/internal/sqlnorm"
 	"github.com/pgsidecar/pgsidecar/internal/sqlstate"
 )
@@ -15,23 +16,47 @@ import (
 //
 // With statement measurement on (Config.StatementsTop), it also counts the query in its
 // statement's histogram, found by the statement's fingerprint.
+//
+// A statement whose text carries a sqlcommenter comment with a sampled traceparent gets an
+// exemplar with its trace_id and span_id in both histograms (rate-limited: see exemplarLimit).
 func (m *Manager) RecordQuery(op Operation, sql string, d time.Duration, err error) {
+	m.record(op, sql, StatementID{}, sqlcomment.Trace{}, d, err)
+}
+
+// RecordStatement is RecordQuery for a front end that keeps only the first bytes of a
+// statement's text (sql): id, from Identify over the whole text, names the statement.
+func (m *Manager) RecordStatement(op Operation, sql string, id StatementID, d time.Duration, err error) {
+	m.record(op, sql, id, id.trace, d, err)
+}
+
+// recordTraced is RecordQuery for a query that ran in the trace context tr (the zero Trace: none
+// known), what the tracer records.
+func (m *Manager) recordTraced(op Operation, sql string, tr sqlcomment.Trace, d time.Duration, err error) {
+	m.record(op, sql, StatementID{}, tr, d, err)
+}
+
+// record measures one query; tr is its trace context, if known (an OpenTelemetry span, or the
+// comment of a text of which only a prefix is at hand), else read from the comment in sql.
+func (m *Manager) record(op Operation, sql string, id StatementID, tr sqlcomment.Trace, d time.Duration, err error) {
 	x := m.metrics
-	x.queryObserver(op).Observe(d.Seconds())
+	if !tr.Valid() {
+		_, tr = sqlcomment.Split(sql)
+	}
+	observe(x.queryObserver(op), &x.queryExemplars[op], d.Seconds(), tr)
 	if err != nil {
 		x.queryErrors.WithLabelValues(op.String(), sqlStateLabel(err)).Inc()
 		m.noteError(err)
 	}
 	var fp fingerprint.Fingerprint
 	if x.stmts != nil {
-		fp = x.stmts.record(op, sql, d, err)
+		fp = x.stmts.record(op, sql, id, tr, d, err)
 	}
 	if d >= m.cfg.SlowQueryThreshold {
 		x.slowQueries.Inc()
 		if x.stmts == nil {
 			fp = fingerprintOf(op, sql)
 		}
-		text := truncateSQL(m.scrub.Scrub(shownSQL(op, sql)), 500)
+		text := truncateSQL(m.scrub.Scrub(shownSQL(op, sql, len(sql) < id.n)), 500)
 		m.mu.Lock()
 		m.slow.add(SlowQuery{Time: time.Now(), Duration: d, Operation: op.String(), SQL: text, Fingerprint: fp.String()})
 		m.mu.Unlock()
@@ -163,8 +188,12 @@ func (r *slowRing) list() []SlowQuery {
 // normalised, every constant a placeholder and every comment gone, so that no password or other
 // value in it is shown whatever its spelling. Text the normaliser cannot lex is not shown at all,
 // only its operation and length.
-func shownSQL(op Operation, sql string) string {
-	text, err := sqlnorm.Normalize(sql)
+func shownSQL(op Operation, sql string, cut bool) string {
+	normalize := sqlnorm.Normalize
+	if cut {
+		normalize = sqlnorm.NormalizePrefix // the first bytes of a longer statement
+	}
+	text, err := normalize(sql)
 	if err != nil {
 		return fmt.Sprintf("(not shown: %s statement of %d bytes that cannot be normalised)", strings.ToUpper(op.String()), len(sql))
 	}

@@ -8,6 +8,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgsidecar/pgsidecar/internal/sqlcomment"
 )
 
 // tracer measures queries, batches, copies, connects and acquires through pgx's tracer
@@ -15,9 +17,9 @@ import (
 // what the end hook needs.
 type tracer struct {
 	metrics     *metrics
-	recordQuery func(op Operation, sql string, d time.Duration, err error) // Manager.RecordQuery
-	noteError   func(err error)                                            // a connection may be lost
-	checkNow    func()                                                     // ask the health loop to check now
+	recordQuery func(op Operation, sql string, tr sqlcomment.Trace, d time.Duration, err error) // Manager.recordTraced
+	noteError   func(err error)                                                                 // a connection may be lost
+	checkNow    func()                                                                          // ask the health loop to check now
 	pending     atomic.Int64
 	// held counts connections handed to callers and not yet released. pgxpool's own count of
 	// acquired connections also has those an acquire is still pinging, which on a database
@@ -38,6 +40,7 @@ type queryTrace struct {
 	start time.Time
 	sql   string
 	op    Operation
+	trace sqlcomment.Trace // of the OpenTelemetry span the query ran in
 }
 
 type acquireTrace struct {
@@ -56,13 +59,13 @@ var (
 
 // TraceQueryStart implements pgx.QueryTracer.
 func (t *tracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
-	return &queryTrace{Context: ctx, start: time.Now(), sql: d.SQL, op: ClassifyOperation(d.SQL)}
+	return &queryTrace{Context: ctx, start: time.Now(), sql: d.SQL, op: ClassifyOperation(d.SQL), trace: spanTrace(ctx)}
 }
 
 // TraceQueryEnd implements pgx.QueryTracer.
 func (t *tracer) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryEndData) {
 	if q, ok := ctx.(*queryTrace); ok {
-		t.recordQuery(q.op, q.sql, time.Since(q.start), d.Err)
+		t.recordQuery(q.op, q.sql, q.trace, time.Since(q.start), d.Err)
 	}
 }
 
@@ -73,12 +76,12 @@ func (t *tracer) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBa
 
 // TraceBatchQuery implements pgx.BatchTracer: each statement of a batch is one query, timed from
 // when pgx started reading its result.
-func (t *tracer) TraceBatchQuery(_ context.Context, _ *pgx.Conn, d pgx.TraceBatchQueryData) {
+func (t *tracer) TraceBatchQuery(ctx context.Context, _ *pgx.Conn, d pgx.TraceBatchQueryData) {
 	var dur time.Duration
 	if !d.ReadStartTime.IsZero() {
 		dur = time.Since(d.ReadStartTime)
 	}
-	t.recordQuery(ClassifyOperation(d.SQL), d.SQL, dur, d.Err)
+	t.recordQuery(ClassifyOperation(d.SQL), d.SQL, spanTrace(ctx), dur, d.Err)
 }
 
 // TraceBatchEnd implements pgx.BatchTracer.
@@ -90,13 +93,13 @@ func (t *tracer) TraceBatchEnd(_ context.Context, _ *pgx.Conn, d pgx.TraceBatchE
 
 // TraceCopyFromStart implements pgx.CopyFromTracer.
 func (t *tracer) TraceCopyFromStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceCopyFromStartData) context.Context {
-	return &queryTrace{Context: ctx, start: time.Now(), sql: "COPY", op: OpCopy}
+	return &queryTrace{Context: ctx, start: time.Now(), sql: "COPY", op: OpCopy, trace: spanTrace(ctx)}
 }
 
 // TraceCopyFromEnd implements pgx.CopyFromTracer.
 func (t *tracer) TraceCopyFromEnd(ctx context.Context, _ *pgx.Conn, d pgx.TraceCopyFromEndData) {
 	if q, ok := ctx.(*queryTrace); ok {
-		t.recordQuery(q.op, q.sql, time.Since(q.start), d.Err)
+		t.recordQuery(q.op, q.sql, q.trace, time.Since(q.start), d.Err)
 	}
 }
 

@@ -405,7 +405,7 @@ func (c *srvConn) readyForQuery(h *entry, prev, status byte, cl *clientEnd) {
 		if batchErr != nil {
 			qerr = batchErr
 		}
-		s.mgr.RecordQuery(h.op, h.sql, time.Since(h.start), qerr)
+		s.mgr.RecordStatement(h.op, h.sql, h.id, time.Since(h.start), qerr)
 	}
 	if status == 'I' && (prev != 'I' || h.measure) {
 		cl.transactions.Add(1)

@@ -64,6 +64,9 @@ type clientStatements struct {
 	lostTx                   byte
 	copyLost                 bool
 	lostEnding, portalEnding bool
+	// traced: those of stmts whose text carried a trace context, what their executions'
+	// exemplars name.
+	traced map[string]pool.StatementID
 }
 
 // batchState is the client's current batch: its requests up to and including a Sync (a Query
@@ -79,6 +82,8 @@ type batchState struct {
 	batchResets  []string
 	batchDiscard bool // DISCARD ALL
 	batchDealloc bool // DEALLOCATE ALL
+
+	batchID pool.StatementID // names batchSQL by its whole text
 }
 
 // newClient is a client that logged in on conn with params.
@@ -578,4 +583,6 @@ type namedStmt struct {
 	op  pool.Operation
 	sql string
 	eff sessionsql.Effect
+
+	id pool.StatementID // names sql by its whole text
 }

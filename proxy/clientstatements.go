@@ -18,7 +18,7 @@ func (cl *client) applyUndone() {
 	for _, e := range undone {
 		if e.closed {
 			if cl.stmts[e.stmtName] == nil {
-				cl.keepStmt(e.stmtName, e.stmt)
+				cl.keepStmt(e.stmtName, e.stmt, pool.StatementID{})
 				cl.core.stmts.ref(e.stmt) // the Close's put is undone too
 			}
 			continue
@@ -57,14 +57,31 @@ func (cl *client) statementRefused(name string, n int) (code, msg string) {
 	return "", ""
 }
 
-func (cl *client) keepStmt(name string, st *pstmt) {
+// keepStmt maps the client's statement name onto st; id names its text, with the trace context
+// of its sqlcommenter comment, which the executions of name carry as their exemplar.
+func (cl *client) keepStmt(name string, st *pstmt, id pool.StatementID) {
 	cl.stmts[name] = st
 	cl.stmtBytes += len(st.key)
+	if id.Traced() {
+		if cl.traced == nil {
+			cl.traced = map[string]pool.StatementID{}
+		}
+		cl.traced[name] = id
+	}
 }
 
 func (cl *client) dropStmt(name string, st *pstmt) {
 	delete(cl.stmts, name)
+	delete(cl.traced, name)
 	cl.stmtBytes -= len(st.key)
+}
+
+// stmtID names the client's statement name, which maps onto st, for measuring an execution.
+func (cl *client) stmtID(name []byte, st *pstmt) pool.StatementID {
+	if id, ok := cl.traced[string(name)]; ok {
+		return id
+	}
+	return st.id
 }
 
 // stmtScope is the registry scope of the client's new statements: its own once it is pinned.
@@ -78,16 +95,17 @@ func (cl *client) stmtScope() string {
 
 // parseWhole queues the answer to a whole session's Parse, which goes to the server as it
 // came, and keeps the statement's operation and text for its executions.
-func (cl *client) parseWhole(c *srvConn, body []byte) (pool.Operation, string) {
+func (cl *client) parseWhole(c *srvConn, body []byte) (pool.Operation, string, pool.StatementID) {
 	name, rest := cstring(body)
 	sqlb, _ := cbytes(rest)
 	ns := namedStmt{sql: sqlPrefix(sqlb), eff: cl.core.analysis.Analyze(sqlb)}
 	ns.op = pool.ClassifyOperation(ns.sql)
+	ns.id = cl.core.mgr.Identify(ns.op, sqlb) // the client's own: with its trace context
 	if _, ok := cl.named[name]; ok || len(cl.named) < maxClientStatements {
 		cl.named[name] = ns
 	}
 	cl.queueLocked(c, &entry{kind: 'P'})
-	return ns.op, ns.sql
+	return ns.op, ns.sql, ns.id
 }
 
 // prepareOn makes sure st is prepared on c before the client's request that uses it, appending

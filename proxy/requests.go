@@ -223,9 +223,12 @@ func (cl *client) forward(r *request) bool {
 }
 
 // measureAs names the statement that measures the batch: its first, or the first executed.
-func (cl *client) measureAs(op pool.Operation, sql string) {
+func (cl *client) measureAs(op pool.Operation, sql string, id pool.StatementID) {
 	if !cl.batchNamed || !cl.executed {
-		cl.batchOp, cl.batchSQL, cl.batchNamed = op, sql, true
+		if cl.batchNamed {
+			id = id.TracedAs(cl.batchID) // a Bind keeps the trace of its Parse
+		}
+		cl.batchOp, cl.batchSQL, cl.batchID, cl.batchNamed = op, sql, id, true
 	}
 }
 
@@ -235,7 +238,8 @@ func (cl *client) query(c *srvConn, r *request) {
 	s := cl.core
 	sqlb := r.body[:max(len(r.body)-1, 0)]
 	sql := sqlPrefix(sqlb)
-	e := &entry{kind: 'Q', start: cl.batchStart, op: pool.ClassifyOperation(sql), sql: sql, measure: true}
+	op := pool.ClassifyOperation(sql)
+	e := &entry{kind: 'Q', start: cl.batchStart, op: op, sql: sql, id: s.mgr.Identify(op, sqlb), measure: true}
 	cl.batchStart = time.Time{}
 	if eff := s.analysis.Analyze(sqlb); !eff.Harmless() {
 		if refusal := cl.pinRefusal(c, eff.Pin); refusal != nil {
@@ -265,7 +269,9 @@ func (cl *client) parse(c *srvConn, r *request) {
 	name, rest := cstring(r.body)
 	sqlb, _ := cbytes(rest)
 	sql := sqlPrefix(sqlb)
-	cl.measureAs(pool.ClassifyOperation(sql), sql)
+	op := pool.ClassifyOperation(sql)
+	id := s.mgr.Identify(op, sqlb)
+	cl.measureAs(op, sql, id)
 	eff := s.analysis.Analyze(sqlb)
 	if refusal := cl.pinRefusal(c, eff.Pin); refusal != nil {
 		r.body, r.typ = cl.failRequest(c, refusal), 'B'
@@ -291,8 +297,8 @@ func (cl *client) parse(c *srvConn, r *request) {
 	c.mu.Lock()
 	scope := cl.stmtScope()
 	c.mu.Unlock()
-	st := s.stmts.get(scope, string(rest))
-	cl.keepStmt(name, st)
+	st := s.stmts.get(scope, registryKey(rest, sqlb), id.Untraced())
+	cl.keepStmt(name, st, id)
 	r.pre = cl.parseOn(c, st, name, r.pre)
 }
 
@@ -324,7 +330,7 @@ func (cl *client) bind(c *srvConn, r *request) {
 	if cl.whole {
 		if ns, ok := cl.named[string(name)]; ok {
 			eff = &ns.eff
-			cl.measureAs(ns.op, ns.sql)
+			cl.measureAs(ns.op, ns.sql, ns.id)
 		}
 	} else if st := cl.stmts[string(name)]; len(name) > 0 && st != nil {
 		eff = &st.eff
@@ -339,7 +345,7 @@ func (cl *client) bind(c *srvConn, r *request) {
 		cl.rewrite = append(append(cl.rewrite, st.name...), 0)
 		cl.rewrite = append(cl.rewrite, params...)
 		r.body = cl.rewrite
-		cl.measureAs(st.op, st.sql)
+		cl.measureAs(st.op, st.sql, cl.stmtID(name, st))
 	} else if len(name) == 0 {
 		r.pre = cl.unnamedOn(c, r.pre)
 	}
@@ -395,9 +401,9 @@ func (cl *client) close(c *srvConn, r *request) {
 // values restored after a RESET in it).
 func (cl *client) sync(c *srvConn, r *request) {
 	if !cl.batchNamed {
-		cl.batchOp, cl.batchSQL = pool.OpOther, ""
+		cl.batchOp, cl.batchSQL, cl.batchID = pool.OpOther, "", pool.StatementID{}
 	}
-	e := &entry{kind: 'S', start: cl.batchStart, op: cl.batchOp, sql: cl.batchSQL, measure: cl.executed,
+	e := &entry{kind: 'S', start: cl.batchStart, op: cl.batchOp, sql: cl.batchSQL, id: cl.batchID, measure: cl.executed,
 		discard: cl.batchDiscard, deallocAll: cl.batchDealloc}
 	r.post = restoreQuery(cl.startWant, cl.batchResets)
 	c.mu.Lock()
@@ -463,11 +469,12 @@ func (cl *client) answerAlone(typ byte, body []byte) bool {
 			cl.failed = true
 			return true
 		}
-		st := s.stmts.known(cl.stmtScope(), string(rest))
+		sqlb, _ := cbytes(rest)
+		st := s.stmts.known(cl.stmtScope(), registryKey(rest, sqlb))
 		if st == nil {
 			return false
 		}
-		cl.keepStmt(name, st)
+		cl.keepStmt(name, st, s.mgr.Identify(st.op, sqlb))
 		cl.pending = append(cl.pending, &entry{synth: parseComplete, stmtName: name, stmt: st})
 		return true
 	case 'C':

@@ -57,7 +57,8 @@ type entry struct {
 	// Measurement of a Query, Sync or FunctionCall.
 	start   time.Time
 	op      pool.Operation
-	sql     string
+	sql     string           // the first sqlKept bytes of the statement's text
+	id      pool.StatementID // names the statement by its whole text
 	measure bool
 
 	done chan error // the client waits for this Query's ReadyForQuery (login)
@@ -341,7 +342,7 @@ func (c *srvConn) lost(cause error, serverSaidFatal bool) {
 			}
 		}
 		if cl != nil && e.measure && !e.skip {
-			s.mgr.RecordQuery(e.op, e.sql, time.Since(e.start), lostConnErr)
+			s.mgr.RecordStatement(e.op, e.sql, e.id, time.Since(e.start), lostConnErr)
 		}
 	}
 	if cl != nil {

@@ -205,7 +205,8 @@ func (cl *client) answerLostTx(typ byte, body []byte) bool {
 		name, rest := cstring(body)
 		sqlb, _ := cbytes(rest)
 		sql := sqlPrefix(sqlb)
-		if end, _ := txControl(pool.ClassifyOperation(sql), sql); end == "" || cl.lostTx != 'E' {
+		op := pool.ClassifyOperation(sql)
+		if end, _ := txControl(op, sql); end == "" || cl.lostTx != 'E' {
 			return cl.failLostTx()
 		}
 		if name == "" {
@@ -221,7 +222,8 @@ func (cl *client) answerLostTx(typ byte, body []byte) bool {
 			if code, _ := cl.statementRefused(name, len(rest)); code != "" {
 				return cl.failLostTx()
 			}
-			cl.keepStmt(name, s.stmts.get(cl.stmtScope(), string(rest)))
+			id := s.mgr.Identify(op, sqlb)
+			cl.keepStmt(name, s.stmts.get(cl.stmtScope(), registryKey(rest, sqlb), id.Untraced()), id)
 		}
 		cl.writeClient(parseComplete)
 		return true

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/pgsidecar/pgsidecar/internal/sessionsql"
+	"github.com/pgsidecar/pgsidecar/internal/sqlcomment"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -23,7 +24,8 @@ type pstmt struct {
 	name   string // its name on server connections
 	refs   int    // client statements mapped to it; guarded by the registry's mu
 	op     pool.Operation
-	sql    string
+	sql    string            // the first sqlKept bytes of its text
+	id     pool.StatementID  // names it by its whole text
 	eff    sessionsql.Effect // what running it does to the session
 	// valid: a server has prepared it, so the proxy may answer a Parse of it alone.
 	valid atomic.Bool
@@ -72,6 +74,18 @@ func (st *pstmt) parseBody() []byte {
 	return append(b, st.key...)
 }
 
+// registryKey is the registry key of a Parse's body after the statement name (rest), whose
+// query is sqlb: a sqlcommenter comment (a trace context that changes per request) is left out,
+// so that the texts that differ only there share one server-side statement, which is prepared
+// without it.
+func registryKey(rest, sqlb []byte) string {
+	stmt, _ := sqlcomment.SplitBytes(sqlb)
+	if len(stmt) == len(sqlb) {
+		return string(rest)
+	}
+	return string(stmt) + string(rest[len(sqlb):])
+}
+
 // stmtRegistry holds the proxy-wide statements, keyed by text and parameter types: the current
 // version of each text that a client holds.
 type stmtRegistry struct {
@@ -91,7 +105,7 @@ type stmtRegistry struct {
 // scope keeps statements apart that must not be shared: a pinned client's statements are its
 // own (scope names the client), since what its text means may depend on its session (a
 // temporary table of the same name as another client's), and it keeps its connection anyway.
-func (r *stmtRegistry) get(scope, key string) *pstmt {
+func (r *stmtRegistry) get(scope, key string, id pool.StatementID) *pstmt {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	regKey := scope + key
@@ -103,7 +117,7 @@ func (r *stmtRegistry) get(scope, key string) *pstmt {
 	sqlb, _ := cbytes([]byte(key))
 	sql := sqlPrefix(sqlb)
 	st := &pstmt{key: key, regKey: regKey, name: "pgsidecar_" + strconv.FormatUint(r.next, 10), refs: 1,
-		op: pool.ClassifyOperation(sql), sql: sql, eff: r.analysis.Analyze(sqlb)}
+		op: pool.ClassifyOperation(sql), sql: sql, id: id, eff: r.analysis.Analyze(sqlb)}
 	if r.byKey == nil {
 		r.byKey = map[string]*pstmt{}
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"syscall"
@@ -63,8 +64,9 @@ func TestStatementsMeasuredThroughTheProxy(t *testing.T) {
 // BenchmarkProxyStatements is what statement measurement costs a proxied query: pgbench -S
 // (an external client, so that this process's CPU is the proxy's and the pool's alone) through
 // the proxy with STATEMENTS_TOP=0 and 50, with the simple protocol (a new constant in every
-// statement's text, so every one is fingerprinted) and prepared statements (one text, already
-// seen). It reports the proxy's CPU per transaction and transactions per second. Each run lasts
+// statement's text, so every one is fingerprinted), prepared statements (one text, already
+// seen) and the simple protocol with a sqlcommenter comment with a traceparent on every
+// statement (commented). It reports the proxy's CPU per transaction and transactions per second. Each run lasts
 // PGBENCH_SECONDS (default 5) at PGBENCH_RATE transactions per second (default 1500, so that
 // both settings run at the same rate: on a loaded machine the CPU per transaction grows as the
 // rate drops); compare with benchstat:
@@ -98,7 +100,14 @@ func BenchmarkProxyStatements(b *testing.B) {
 		b.Fatalf("pgbench -i: %v\n%s", err, out)
 	}
 	processed := regexp.MustCompile(`number of transactions actually processed: (\d+)`)
-	for _, mode := range []string{"simple", "prepared"} {
+	// -S with a sqlcommenter comment carrying a sampled traceparent, as instrumented
+	// applications send every statement.
+	script := filepath.Join(b.TempDir(), "commented.sql")
+	if err := os.WriteFile(script, []byte("\\set aid random(1, 100000 * :scale)\n"+
+		"SELECT abalance FROM pgbench_accounts WHERE aid = :aid /*application='bench',route='%2Faccounts',traceparent='00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'*/;\n"), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	for _, mode := range []string{"simple", "prepared", "commented"} {
 		for _, top := range []int{0, 50} {
 			b.Run(fmt.Sprintf("mode=%s/statements=%d", mode, top), func(b *testing.B) {
 				h := newHarness(b, func(pc *pool.Config, _ *Config) {
@@ -110,7 +119,11 @@ func BenchmarkProxyStatements(b *testing.B) {
 				var elapsed time.Duration
 				for range b.N {
 					cpu0, start := rusageCPU(), time.Now()
-					out, err := pgb(h.port, "-S", "-n", "-M", mode, "-c", "4", "-j", "2", "-T", strconv.Itoa(seconds), "-R", strconv.Itoa(rate))
+					load := []string{"-S", "-M", mode}
+					if mode == "commented" {
+						load = []string{"-f", script, "-M", "simple"}
+					}
+					out, err := pgb(h.port, append(load, "-n", "-c", "4", "-j", "2", "-T", strconv.Itoa(seconds), "-R", strconv.Itoa(rate))...)
 					elapsed += time.Since(start)
 					cpu += float64(rusageCPU() - cpu0)
 					if err != nil {

@@ -58,6 +58,14 @@ func strip(v any) any {
 var statements = []string{
 	"SELECT 1",
 	"SELECT 1, 2",
+	// Fingerprint version 2: a sign, TRUE, FALSE and NULL are (part of) constants, as in the
+	// parser; an IS NULL test is not a constant.
+	"SELECT a FROM t WHERE b = -1",
+	"SELECT a FROM t WHERE b = 1 AND c = true",
+	"SELECT a FROM t WHERE b = 1 AND c = NULL",
+	"SELECT a FROM t WHERE b = 1 AND c IS NULL",
+	"SELECT a FROM t WHERE b = 1 AND c IS NOT FALSE",
+	"SELECT a - 1 FROM t",
 	"SELECT a FROM t",
 	"SELECT b FROM t",
 	"SELECT a, b FROM t",

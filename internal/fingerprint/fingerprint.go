@@ -3,7 +3,9 @@
 //
 // The fingerprint is FNV-1a (64 bits) of the statement's canonical form, written as 16 lower
 // case hex digits. The canonical form is the statement read as tokens by internal/sqlnorm's
-// lexer (the one its normaliser uses): every constant and every parameter ($1) becomes "?", unquoted words (keywords and
+// lexer (the one its normaliser uses), with the constants pg_stat_statements sees folded as it
+// folds them (sqlnorm.Fold: a sign is part of its number, TRUE, FALSE and NULL are constants but
+// in IS [NOT] tests): every constant and every parameter ($1) becomes "?", unquoted words (keywords and
 // identifiers, which PostgreSQL folds to lower case) are lower-cased (ASCII letters only, as
 // PostgreSQL folds them), quoted identifiers and operators stay as written, comments and
 // trailing semicolons go, and the tokens are joined by one space. Nothing in it depends on the process or its version, so the
@@ -18,6 +20,12 @@ import (
 
 	"github.com/pgsidecar/pgsidecar/internal/sqlnorm"
 )
+
+// Version is the version of the canonical form. Version 2 folds signs into numbers and takes
+// TRUE, FALSE and NULL as constants, as pg_stat_statements does, so that one fingerprint
+// covers the query ids of one statement; version 1 read -5 as "- ?" and kept TRUE, FALSE and
+// NULL. Statements with neither have the same fingerprint in both.
+const Version = 2
 
 // Fingerprint identifies a normalised statement.
 type Fingerprint uint64
@@ -57,7 +65,7 @@ func Sum(sql string) (Fingerprint, error) {
 		tokens.Put(buf)
 		return 0, err
 	}
-	f := sum(sql, toks)
+	f := sum(sql, sqlnorm.Fold(sql, toks))
 	if cap(toks) <= 4096 {
 		*buf = toks[:0]
 		tokens.Put(buf)
@@ -87,7 +95,7 @@ func sum(sql string, toks []sqlnorm.Token) Fingerprint {
 		}
 		first = false
 		switch {
-		case t.Kind == sqlnorm.Param || t.Kind == sqlnorm.String || t.Kind == sqlnorm.Number:
+		case t.Kind == sqlnorm.Param || t.Kind == sqlnorm.String || t.Kind == sqlnorm.Number || t.Kind == sqlnorm.Const:
 			write('?')
 		case isWordStart(sql[t.Start]):
 			quoted := false // U&"Name": the quoted part keeps its case

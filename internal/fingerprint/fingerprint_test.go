@@ -15,6 +15,10 @@ func TestSameStatement(t *testing.T) {
 		{"SELECT \"Name\" FROM t", "select \"Name\" from T"},
 		{"SELECT $$a$$", "SELECT 'b'"},
 		{"SELECT 1;", "SELECT 1 ; ;"},
+		// Version 2: as pg_stat_statements folds them.
+		{"SELECT * FROM t WHERE x = -5", "SELECT * FROM t WHERE x = $1"},
+		{"SELECT * FROM t WHERE x=-5", "SELECT * FROM t WHERE x = 7"},
+		{"UPDATE t SET a = true, b = NULL", "UPDATE t SET a = $1, b = $2"},
 	} {
 		a, ta, err := Of(pair[0])
 		if err != nil {
@@ -40,6 +44,9 @@ func TestDifferentStatements(t *testing.T) {
 		{"SELECT 1", "SELECT 1, 2"},
 		{"SELECT * FROM t", "DELETE FROM t"},
 		{"SELECT U&\"A\" FROM t", "SELECT U&\"a\" FROM t"},
+		{"SELECT a - 1 FROM t", "SELECT -1 FROM t"},
+		{"SELECT * FROM t WHERE x IS NULL", "SELECT * FROM t WHERE x = NULL"},
+		{"SELECT -1::int", "SELECT $1::int"},
 	} {
 		a, _, err := Of(pair[0])
 		if err != nil {

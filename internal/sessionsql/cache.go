@@ -3,6 +3,8 @@ package sessionsql
 import (
 	"bytes"
 	"sync"
+
+	"github.com/pgsidecar/pgsidecar/internal/sqlcomment"
 )
 
 // Cache remembers the Effect of texts seen before, so that a repeated text costs a map lookup.
@@ -29,6 +31,9 @@ const (
 // leaves out is a comment only if the key lexes) is not cached: such texts (with
 // constants inline) are new every time, and would only push out the repeated ones.
 func (c *Cache) Analyze(sql []byte) Effect {
+	if t := bytes.TrimLeft(sql, " \t\r\n"); len(t) > 1 && t[0] == '/' && t[1] == '*' {
+		sql, _ = sqlcomment.SplitBytes(sql) // a sqlcommenter comment put first
+	}
 	key := sql[:commentFree(sql)]
 	if len(key) <= maxCachedText {
 		c.mu.RLock()

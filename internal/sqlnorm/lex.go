@@ -9,6 +9,7 @@ package sqlnorm
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Kind is the class of a token.
@@ -21,6 +22,7 @@ const (
 	Number              // a numeric constant
 	Param               // a parameter placeholder: $1
 	Comment             // -- to end of line, or /* ... */
+	Const               // TRUE, FALSE or NULL used as a constant (see Fold)
 )
 
 // Token is one lexical token of SQL text: text[Start:End].
@@ -36,16 +38,27 @@ var ErrLex = errors.New("cannot lex SQL text")
 
 // Lex splits sql into tokens, whitespace left out, reading plain '...' strings as PostgreSQL does
 // with standard_conforming_strings on (its default), where a backslash is an ordinary character.
-func Lex(sql string) ([]Token, error) { return lex(nil, sql, true) }
+func Lex(sql string) ([]Token, error) { return whole(lex(nil, sql, true)) }
 
 // AppendTokens is Lex appending to toks, so that a caller lexing often can reuse one slice.
-func AppendTokens(toks []Token, sql string) ([]Token, error) { return lex(toks, sql, true) }
+func AppendTokens(toks []Token, sql string) ([]Token, error) { return whole(lex(toks, sql, true)) }
 
 // LexNonStandard is Lex as PostgreSQL reads text with standard_conforming_strings off, where a
 // backslash in a plain '...' string escapes the next character. A client may turn that setting
 // off, so what must hold under either reading checks both.
-func LexNonStandard(sql string) ([]Token, error) { return lex(nil, sql, false) }
+func LexNonStandard(sql string) ([]Token, error) { return whole(lex(nil, sql, false)) }
 
+// whole drops the tokens lex read before an error.
+func whole(toks []Token, err error) ([]Token, error) {
+	if err != nil {
+		return nil, err
+	}
+	return toks, nil
+}
+
+// lex appends the tokens of s to toks. On an error (text that ends inside a token), the tokens
+// read so far come back too, the unterminated one last and running to the end of s: what
+// reading a statement cut short needs.
 func lex(toks []Token, s string, standardStrings bool) ([]Token, error) {
 	i := 0
 	for i < len(s) {
@@ -62,7 +75,7 @@ func lex(toks []Token, s string, standardStrings bool) ([]Token, error) {
 		case c == '/' && at(s, i+1) == '*':
 			end, err := blockCommentEnd(s, i)
 			if err != nil {
-				return nil, err
+				return append(toks, Token{Comment, start, len(s)}), err
 			}
 			i = end
 			toks = append(toks, Token{Comment, start, i})
@@ -108,7 +121,7 @@ func lex(toks []Token, s string, standardStrings bool) ([]Token, error) {
 			end = i + 1 // ( ) , ; [ ] : . and anything else stand alone
 		}
 		if err != nil {
-			return nil, err
+			return append(toks, Token{kind, start, len(s)}), err
 		}
 		i = end
 		toks = append(toks, Token{kind, start, end})
@@ -261,7 +274,7 @@ func dollar(s string, i int) (int, Kind, error) {
 			return k + len(delim), String, nil
 		}
 	}
-	return 0, Other, fmt.Errorf("%w: unterminated dollar-quoted string", ErrLex)
+	return 0, String, fmt.Errorf("%w: unterminated dollar-quoted string", ErrLex)
 }
 
 // number returns the end of the numeric constant at i: digits with _ separators, a fraction,
@@ -309,7 +322,8 @@ func number(s string, i int) int {
 func isHexDigit(c byte) bool { return isDigit(c) || c|0x20 >= 'a' && c|0x20 <= 'f' }
 
 // operator returns the end of the operator at i. As in PostgreSQL, an operator ends before a
-// -- or /* that starts a comment.
+// -- or /* that starts a comment, and one of several characters does not end in + or - unless
+// it has one of ~ ! @ # % ^ & | ` ? (so x=-5 is x, =, -, 5).
 func operator(s string, i int) int {
 	end := i + 1
 	for end < len(s) && isOpChar(s[end]) {
@@ -317,6 +331,11 @@ func operator(s string, i int) int {
 			break
 		}
 		end++
+	}
+	if end-i > 1 && !strings.ContainsAny(s[i:end], "~!@#%^&|`?") {
+		for end-i > 1 && (s[end-1] == '+' || s[end-1] == '-') {
+			end--
+		}
 	}
 	return end
 }
