@@ -62,6 +62,9 @@ func startSidecar(t testing.TB, cfg pool.Config, withCollector bool, tweak func(
 		cc := collector.DefaultConfig()
 		cc.QueriesFile = ""
 		cc.Enabled = map[string]bool{"statements": true}
+		// Every sidecar of these tests collects: under the default scope, one started while
+		// another of the same test still runs would leave the collecting to that one.
+		cc.Scope = collector.ScopeAll
 		e, err := collector.New(m, cc, collector.WithLogger(logger))
 		if err != nil {
 			t.Fatal(err)
