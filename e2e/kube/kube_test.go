@@ -204,9 +204,14 @@ func TestChartRenders(t *testing.T) {
 	if len(files) < 3 {
 		t.Fatalf("values files: %v", files)
 	}
+	// One ConfigMap per committed dashboard.
+	dashboards, _ := filepath.Glob(filepath.Join(root, "dashboards", "*.json"))
+	if len(dashboards) < 2 {
+		t.Fatalf("dashboards: %v", dashboards)
+	}
 	want := map[string]map[string]int{
-		"sidecar-podmonitor.yaml":      {"PodMonitor": 1, "PrometheusRule": 1, "ConfigMap": 2},
-		"exporter-servicemonitor.yaml": {"Deployment": 1, "Service": 1, "ServiceMonitor": 1, "PrometheusRule": 1, "ConfigMap": 2},
+		"sidecar-podmonitor.yaml":      {"PodMonitor": 1, "PrometheusRule": 1, "ConfigMap": len(dashboards)},
+		"exporter-servicemonitor.yaml": {"Deployment": 1, "Service": 1, "ServiceMonitor": 1, "PrometheusRule": 1, "ConfigMap": len(dashboards)},
 		"nothing-optional.yaml":        {},
 	}
 	cases := map[string]map[string]any{}
