@@ -188,6 +188,19 @@
             },
           },
           {
+            "alert": "PgSidecarProxyPausedLong",
+            "annotations": {
+              "description": "The proxy on {{ $labels.instance }} has been paused for 15m; {{ $value }} clients wait for POST /api/proxy/resume.",
+              "runbook_url": "https://github.com/pgsidecar/pgsidecar/blob/main/docs/runbooks.md#pgsidecarproxypausedlong",
+              "summary": "The proxy has been paused for a long time.",
+            },
+            "expr": f("pgsidecar_proxy_paused_clients%(selectorBraces)s and on (job, instance) (pgsidecar_proxy_paused%(selectorBraces)s == 1)"),
+            "for": "15m",
+            "labels": {
+              "severity": "warning",
+            },
+          },
+          {
             "alert": "PgSidecarHealthCheckFailing",
             "annotations": {
               "description": "Health checks of pool {{ $labels.pool }} on {{ $labels.instance }} have failed for at least 1m.",

@@ -238,6 +238,12 @@ pool:pgsidecar_queries:rate5m > %s`, num(c.AvgLatencySeconds), minRate),
 			`increase(pgsidecar_pool_acquire_timeouts_total[5m]) > 0`+unlessPaused,
 			"Callers gave up waiting for a pool connection.",
 			`{{ $value | humanize }} acquires of pool {{ $labels.pool }} on {{ $labels.instance }} timed out in the last 5 minutes.`),
+		// A pause has no end of its own: its clients wait for the resume. One left paused (a
+		// restart script that failed before its resume) is found here, not by the app's users.
+		c.alert("PgSidecarProxyPausedLong", "warning", c.ForLong,
+			`pgsidecar_proxy_paused_clients and on (job, instance) (pgsidecar_proxy_paused == 1)`,
+			"The proxy has been paused for a long time.",
+			fmt.Sprintf(`The proxy on {{ $labels.instance }} has been paused for %s; {{ $value }} clients wait for POST /api/proxy/resume.`, dur(c.ForLong))),
 		c.alert("PgSidecarHealthCheckFailing", "critical", c.ForShort,
 			`pgsidecar_health_check_up == 0`+unlessPaused,
 			"The sidecar's health checks against PostgreSQL fail.",
