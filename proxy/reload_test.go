@@ -270,14 +270,13 @@ func TestPreviousPoolPasswordAcceptedForTheWindow(t *testing.T) {
 			} else if err := h.srv.Reload(); err != nil {
 				t.Fatal(err)
 			}
-			// Three sessions at once need server connections the pool opens after the reload.
-			var conns []*pgx.Conn
+			// Three sessions at once (each stays open until the test ends) need server
+			// connections the pool opens after the reload.
 			for range 3 {
 				c := h.connect(t, ctx, h.url(role, "rot-new-pw", ""))
 				if _, err := c.Exec(ctx, "select 1"); err != nil {
 					t.Fatalf("a session after the reload: %v", err)
 				}
-				conns = append(conns, c)
 			}
 			if tc.window == 0 {
 				loginFails(t, ctx, h.url(role, "rot-old-pw", ""))
