@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -57,21 +58,17 @@ func sidecarWithProxy(t *testing.T, db string, args ...string) (*sidecarProcess,
 // tryGet is get without failing the test on a connection error (status 0).
 func tryGet(url string) (int, string) {
 	c := &http.Client{Timeout: 5 * time.Second}
-	r, err := c.Get(url)
+	return answer(c.Get(url))
+}
+
+// answer is a response's status and body, or status 0 and the error.
+func answer(r *http.Response, err error) (int, string) {
 	if err != nil {
 		return 0, err.Error()
 	}
 	defer r.Body.Close()
-	var b strings.Builder
-	buf := make([]byte, 4096)
-	for {
-		n, err := r.Body.Read(buf)
-		b.Write(buf[:n])
-		if err != nil {
-			break
-		}
-	}
-	return r.StatusCode, b.String()
+	b, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	return r.StatusCode, string(b)
 }
 
 // TestDrainOnSIGTERM is the rolling deploy: pgbench's TPC-B with 16 clients through the proxy,

@@ -20,21 +20,7 @@ import (
 // adminPost sends an empty POST and returns the status and body (status 0 on a connection error).
 func adminPost(url string) (int, string) {
 	c := &http.Client{Timeout: 30 * time.Second}
-	r, err := c.Post(url, "", nil)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer r.Body.Close()
-	var b strings.Builder
-	buf := make([]byte, 4096)
-	for {
-		n, err := r.Body.Read(buf)
-		b.Write(buf[:n])
-		if err != nil {
-			break
-		}
-	}
-	return r.StatusCode, b.String()
+	return answer(c.Post(url, "", nil))
 }
 
 // TestPauseRestartResume is the planned database restart: pgbench's TPC-B with 16 clients

@@ -341,13 +341,7 @@ func (ss *serverSet) busy() int {
 // dropIdle closes the idle server connections (the pool discards them) and returns how many.
 func (ss *serverSet) dropIdle() int {
 	ss.mu.Lock()
-	idle := ss.idle
-	ss.idle = nil
-	ss.total -= len(idle)
-	for _, c := range idle {
-		ss.count(c, uncounted)
-		c.gone = true
-	}
+	idle := ss.takeIdle()
 	ss.mu.Unlock()
 	for _, c := range idle {
 		go ss.drop(c)

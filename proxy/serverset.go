@@ -293,10 +293,9 @@ func (ss *serverSet) retire(c *srvConn) {
 	c.pooled.Release()
 }
 
-// close gives every connection back to the pool once clients have let go of them.
-func (ss *serverSet) close() {
-	ss.mu.Lock()
-	ss.closed = true
+// takeIdle takes the idle connections out of the set, uncounted, for the caller to close or
+// give back; ss.mu is held.
+func (ss *serverSet) takeIdle() []*srvConn {
 	idle := ss.idle
 	ss.idle = nil
 	ss.total -= len(idle)
@@ -304,6 +303,14 @@ func (ss *serverSet) close() {
 		ss.count(c, uncounted)
 		c.gone = true
 	}
+	return idle
+}
+
+// close gives every connection back to the pool once clients have let go of them.
+func (ss *serverSet) close() {
+	ss.mu.Lock()
+	ss.closed = true
+	idle := ss.takeIdle()
 	ss.mu.Unlock()
 	for _, c := range idle {
 		go ss.retire(c)
