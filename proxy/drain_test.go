@@ -66,17 +66,7 @@ func TestEndSessionsWhilePaused(t *testing.T) {
 	h := newTxHarness(t, 2, nil)
 	ctx := ctxTimeout(t, 30*time.Second)
 	c := h.pgconnect(t, ctx, "")
-	if _, err := h.srv.Pause(ctx, 5*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() {
-		_, err := simple(ctx, c, "SELECT 1")
-		done <- err
-	}()
-	if !pgtest.WaitFor(5*time.Second, func() bool { return h.metric(t, "pgsidecar_proxy_paused_clients", nil) == 1 }) {
-		t.Fatal("not queued")
-	}
+	done := queueBehindPause(t, ctx, h, c)
 	h.srv.EndSessions(10 * time.Second)
 	var pgErr *pgconn.PgError
 	select {

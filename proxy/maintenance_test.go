@@ -110,12 +110,10 @@ func TestPauseTimeout(t *testing.T) {
 	}
 }
 
-// TestCancelQueuedRequest: a CancelRequest for a request a pause queued answers 57014 in-band;
-// the client stays connected and runs its next statement after the resume.
-func TestCancelQueuedRequest(t *testing.T) {
-	h := newTxHarness(t, 4, nil)
-	ctx := ctxTimeout(t, 60*time.Second)
-	c := h.pgconnect(t, ctx, "")
+// queueBehindPause pauses the proxy and sends c a query, which the pause queues; the query's
+// outcome comes on the channel once the pause ends.
+func queueBehindPause(t *testing.T, ctx context.Context, h *harness, c *pgconn.PgConn) <-chan error {
+	t.Helper()
 	if _, err := h.srv.Pause(ctx, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -127,6 +125,16 @@ func TestCancelQueuedRequest(t *testing.T) {
 	if !pgtest.WaitFor(5*time.Second, func() bool { return h.metric(t, "pgsidecar_proxy_paused_clients", nil) == 1 }) {
 		t.Fatal("not queued")
 	}
+	return done
+}
+
+// TestCancelQueuedRequest: a CancelRequest for a request a pause queued answers 57014 in-band;
+// the client stays connected and runs its next statement after the resume.
+func TestCancelQueuedRequest(t *testing.T) {
+	h := newTxHarness(t, 4, nil)
+	ctx := ctxTimeout(t, 60*time.Second)
+	c := h.pgconnect(t, ctx, "")
+	done := queueBehindPause(t, ctx, h, c)
 	if err := c.CancelRequest(ctx); err != nil {
 		t.Fatal(err)
 	}
