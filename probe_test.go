@@ -207,6 +207,24 @@ func TestProbeTwoClusters(t *testing.T) {
 	if !pgtest.WaitFor(15*time.Second, func() bool { return probeSessions(t, cluster)+probeSessions(t, b) == 0 }) {
 		t.Errorf("probe sessions still open after --probe.idle-timeout: %d", probeSessions(t, cluster)+probeSessions(t, b))
 	}
+
+	// A reload reads the file again: a module taken out is refused from then on; a broken file
+	// keeps the previous one.
+	must(t, os.WriteFile(filepath.Join(dir, "auth.yml"), []byte("auth_modules: [\n"), 0o600))
+	if code, _ := reloadSidecar(t, addr2); code == http.StatusOK {
+		t.Error("reload of a broken probe configuration file succeeded")
+	}
+	if code, _ := probeGet(t, addr2, a, "mon", true); code != http.StatusOK {
+		t.Errorf("probe after a failed reload: %d, want 200", code)
+	}
+	must(t, os.WriteFile(filepath.Join(dir, "auth.yml"),
+		[]byte("auth_modules:\n  other:\n    type: userpass\n    userpass: {username: probe_mon}\n"), 0o600))
+	if code, body := reloadSidecar(t, addr2); code != http.StatusOK {
+		t.Fatalf("reload: %d %s", code, body)
+	}
+	if code, _ := probeGet(t, addr2, a, "mon", true); code != http.StatusBadRequest {
+		t.Errorf("probe with a module the reload took out: %d, want 400", code)
+	}
 }
 
 // TestProbeOffWithoutConfigFile: without --probe.config-file there is no /probe.

@@ -229,6 +229,9 @@ type probeTarget struct {
 	database string
 }
 
+// hostChars are the characters of a host name.
+const hostChars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_"
+
 // maxTargetLength bounds ?target=.
 const maxTargetLength = 1024
 
@@ -264,6 +267,10 @@ func parseProbeTarget(s string) (probeTarget, error) {
 	t.host = u.Hostname()
 	if t.host == "" || strings.Contains(u.Host, ",") {
 		return t, errors.New("the target must name one host")
+	}
+	if _, err := netip.ParseAddr(t.host); err != nil && strings.Trim(t.host, hostChars) != "" {
+		// Only a TCP host: a path would be a Unix socket of this machine.
+		return t, errors.New("the target's host must be a host name or an IP address")
 	}
 	t.port = 5432
 	if p := u.Port(); p != "" {

@@ -27,6 +27,7 @@ func TestParseProbeTarget(t *testing.T) {
 		{in: "db1:0", err: "port"},
 		{in: "db1:99999", err: "port"},
 		{in: "db1/a/b", err: "database"},
+		{in: "db~1:5432", err: "host name"},
 		{in: strings.Repeat("a", maxTargetLength+1), err: "longer"},
 	} {
 		got, err := parseProbeTarget(c.in)
