@@ -27,6 +27,7 @@ var upstreamNames = []struct {
 	{regexp.MustCompile(`^pg_stat_activity_count$`), "postgres_exporter's session count by state"},
 	{regexp.MustCompile(`^pg_locks_count$`), "postgres_exporter's lock count by mode"},
 	{regexp.MustCompile(`^pg_settings_[a-z0-9_]+_count$`), "a server setting's own name (tcp_keepalives_count)"},
+	{regexp.MustCompile(`^pg_settings_wal_summary_keep_time_seconds$`), "a server setting's own name (PostgreSQL 17's wal_summary_keep_time)"},
 	{regexp.MustCompile(`^pg_stat_statements_query_id$`), "postgres_exporter's statement text series, a counter of 1"},
 }
 
