@@ -145,6 +145,9 @@ func TestProbeTwoClusters(t *testing.T) {
 		{"a", bodyA, cluster.Port(), nil, []string{`relname="probe_only_b"`, `relname="probe_elsewhere"`}},
 		{"b", bodyB, b.Port(), []string{`relname="probe_only_b"`}, []string{`relname="probe_elsewhere"`, `pgsidecar_collector_database_success{datname="probe_other_b"}`}},
 	} {
+		if !strings.Contains(c.body, "\npgsidecar_build_info{") {
+			t.Errorf("probe of %s lacks pgsidecar_build_info, which the rules join pg_* series with", c.name)
+		}
 		if want := fmt.Sprintf("\npg_settings_port %d\n", c.port); !strings.Contains(c.body, want) {
 			t.Errorf("probe of %s lacks %q", c.name, strings.TrimSpace(want))
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pgsidecar/pgsidecar/internal/redact"
@@ -223,6 +224,9 @@ func (p *Prober) open(key, module string, m *AuthModule, t probeTarget) (*probed
 	// pg_up of a probe has no pool label: the target is the instance Prometheus' relabelling gives.
 	e.upDesc = prometheus.NewDesc("pg_up", "1 if the last collection could connect to PostgreSQL and query it, else 0.", nil, nil)
 	reg := prometheus.NewRegistry()
+	// pgsidecar_build_info beside the target's series: the rules join every pg_* series with it
+	// (to keep postgres_exporter's out), so the PostgreSQL alerts cover probed servers too.
+	reg.MustRegister(versioncollector.NewCollector("pgsidecar"))
 	if err := reg.Register(e); err != nil {
 		e.Close()
 		pool.Close()

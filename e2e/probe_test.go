@@ -120,6 +120,10 @@ scrape_configs:
 			t.Errorf("instance %s reports port %s, want %d", s.Metric["instance"], v, port)
 		}
 	}
+	// The rules' join keeps the probed series: they are pgsidecar's, not postgres_exporter's.
+	if joined, err := p.query(`pg_up{job="postgres"} and on (job, instance) pgsidecar_build_info`); err != nil || len(joined) != len(targets) {
+		t.Errorf("pg_up joined with pgsidecar_build_info: %v %v, want %d series", joined, err, len(targets))
+	}
 	// The sidecar's own pool is not in the probes' answers.
 	if pool, err := p.query(`count({job="postgres", __name__=~"pgsidecar_pool_.*"})`); err != nil || len(pool) != 0 {
 		t.Errorf("pool series in the probes: %v %v", pool, err)
