@@ -20,7 +20,7 @@ var upstreamNames = []struct {
 }{
 	{regexp.MustCompile(`^pg_stat_database_(xact_commit|xact_rollback|blks_read|blks_hit|tup_returned|tup_fetched|tup_inserted|tup_updated|tup_deleted|conflicts|temp_files|temp_bytes|deadlocks|blk_read_time|blk_write_time|stats_reset)$`),
 		"postgres_exporter's pg_stat_database counters, without _total (blk_*_time in milliseconds)"},
-	{regexp.MustCompile(`^pg_stat_database_conflicts_confl_[a-z]+$`),
+	{regexp.MustCompile(`^pg_stat_database_conflicts_confl_[a-z_]+$`),
 		"postgres_exporter's pg_stat_database_conflicts counters, without _total"},
 	{regexp.MustCompile(`^pg_stat_archiver_(archived|failed)_count$`),
 		"postgres_exporter's pg_stat_archiver counters"},
