@@ -86,7 +86,7 @@ func upstreamFlags() []upstreamFlag {
 				return nil
 			},
 			Note: "only `pg`, the default, is accepted"},
-		{Name: "config.file", Note: "its `auth_modules` serve postgres_exporter's multi-target /probe, which pgsidecar does not have"},
+		{Name: "config.file", Target: "probe.config-file", Note: "its `auth_modules` serve the multi-target `/probe`; off when not given (postgres_exporter reads `postgres_exporter.yml` when it exists)"},
 		{Name: "constantLabels", Env: "PG_EXPORTER_CONSTANT_LABELS", Note: "set target labels in Prometheus' scrape configuration instead"},
 		{Name: "dumpmaps", Bool: true, Note: "a debugging aid of postgres_exporter's built-in query maps, which pgsidecar does not have"},
 		{Name: "collector.xlog_location", Bool: true, Note: "it exports nothing on PostgreSQL 10 or later"},

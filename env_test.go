@@ -50,6 +50,9 @@ var envValues = map[string]string{
 	"collector.databases.max-idle":           "5",
 	"collector.databases.idle-timeout":       "30s",
 	"queries.file":                           "/etc/pgsidecar/queries.yaml",
+	"probe.config-file":                      "/etc/pgsidecar/auth_modules.yml",
+	"probe.max-targets":                      "5",
+	"probe.idle-timeout":                     "10m",
 	"collector.scope":                        "local",
 	"collector.election.database":            "monitoring",
 	"collector.election.interval":            "5s",
@@ -94,6 +97,7 @@ type parsedSettings struct {
 	API                          api.Config
 	Collector                    collector.Config
 	Proxy                        proxy.Config
+	Probe                        probeOptions
 	Listen                       []string
 	SystemdSocket                bool
 	WebConfig, Telemetry         string
@@ -120,6 +124,8 @@ func parseSettings(t *testing.T, args ...string) parsedSettings {
 			p.Collector = f.cfg
 		case *proxyFeature:
 			p.Proxy = f.cfg
+		case *probeFeature:
+			p.Probe = f.opts
 		}
 	}
 	return p

@@ -108,7 +108,8 @@ type feature interface {
 // features builds the optional parts afresh for each run, so no flag value outlives its run.
 // Their flags appear in --help, and they start, in this order.
 func features() []feature {
-	return []feature{&apiFeature{}, &collectorFeature{}, &proxyFeature{}}
+	col := &collectorFeature{}
+	return []feature{&apiFeature{}, col, &proxyFeature{}, &probeFeature{collectors: col}}
 }
 
 // deps is what features get to work with.

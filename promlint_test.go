@@ -20,13 +20,14 @@ var upstreamNames = []struct {
 }{
 	{regexp.MustCompile(`^pg_stat_database_(xact_commit|xact_rollback|blks_read|blks_hit|tup_returned|tup_fetched|tup_inserted|tup_updated|tup_deleted|conflicts|temp_files|temp_bytes|deadlocks|blk_read_time|blk_write_time|stats_reset)$`),
 		"postgres_exporter's pg_stat_database counters, without _total (blk_*_time in milliseconds)"},
-	{regexp.MustCompile(`^pg_stat_database_conflicts_confl_[a-z]+$`),
+	{regexp.MustCompile(`^pg_stat_database_conflicts_confl_[a-z_]+$`),
 		"postgres_exporter's pg_stat_database_conflicts counters, without _total"},
 	{regexp.MustCompile(`^pg_stat_archiver_(archived|failed)_count$`),
 		"postgres_exporter's pg_stat_archiver counters"},
 	{regexp.MustCompile(`^pg_stat_activity_count$`), "postgres_exporter's session count by state"},
 	{regexp.MustCompile(`^pg_locks_count$`), "postgres_exporter's lock count by mode"},
 	{regexp.MustCompile(`^pg_settings_[a-z0-9_]+_count$`), "a server setting's own name (tcp_keepalives_count)"},
+	{regexp.MustCompile(`^pg_settings_wal_summary_keep_time_seconds$`), "a server setting's own name (PostgreSQL 17's wal_summary_keep_time)"},
 	{regexp.MustCompile(`^pg_stat_statements_query_id$`), "postgres_exporter's statement text series, a counter of 1"},
 }
 

@@ -9,9 +9,19 @@ import (
 )
 
 func TestBgwriterCounters(t *testing.T) {
+	version, err := cluster.QueryInt(ctxTimeout(t, 10*time.Second), "SELECT current_setting('server_version_num')::int")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// PostgreSQL 17 moved the checkpoint counters to pg_stat_checkpointer (the checkpointer
+	// collector's); pg_stat_bgwriter keeps the background writer's own.
+	requested, buffers := "pg_stat_bgwriter_checkpoints_req_total", "pg_stat_bgwriter_buffers_checkpoint_total"
+	if version >= 170000 {
+		requested, buffers = "pg_stat_checkpointer_num_requested_total", "pg_stat_checkpointer_buffers_written_total"
+	}
 	e := newEnv(t, "", func(c *Config) { c.Enabled = map[string]bool{"activity": false, "settings": false, "database": false} })
 	before := e.scrape(t, 0, 20*time.Second)
-	req0 := before.value(t, "pg_stat_bgwriter_checkpoints_req_total", nil)
+	req0 := before.value(t, requested, nil)
 
 	c := openSession(t, "", "bgwriter-test")
 	ctx := ctxTimeout(t, 30*time.Second)
@@ -22,17 +32,17 @@ func TestBgwriterCounters(t *testing.T) {
 	}
 	var s scrape
 	if !waitScrape(t, e, func(s scrape) bool {
-		vs := s.values("pg_stat_bgwriter_checkpoints_req_total", nil)
+		vs := s.values(requested, nil)
 		return len(vs) == 1 && vs[0] >= req0+1
 	}, &s) {
 		t.Fatalf("requested checkpoint never counted:\n%s", s.body)
 	}
-	if got := s.value(t, "pg_stat_bgwriter_buffers_checkpoint_total", nil); got < 1 {
-		t.Errorf("buffers_checkpoint_total = %v after a checkpoint of dirty buffers", got)
+	if got := s.value(t, buffers, nil); got < 1 {
+		t.Errorf("%s = %v after a checkpoint of dirty buffers", buffers, got)
 	}
 	// postgres_exporter's names: all counters, no labels, stats_reset as a Unix time.
-	for _, col := range bgwriterColumns {
-		name := "pg_stat_bgwriter_" + col.metric
+	for _, i := range bgwriterColumnsFor(int(version)) {
+		name := "pg_stat_bgwriter_" + bgwriterColumns[i].metric
 		mf := s.families[name]
 		if mf == nil {
 			t.Errorf("%s missing", name)

@@ -7,7 +7,9 @@ import (
 )
 
 func init() {
-	register("checkpointer", false, "Checkpoint and restartpoint counters from pg_stat_checkpointer (PostgreSQL 17 and later)",
+	// On by default: from PostgreSQL 17 the checkpoint alert and panels read its series, and
+	// before 17 it sends no query.
+	register("checkpointer", true, "Checkpoint and restartpoint counters from pg_stat_checkpointer (PostgreSQL 17 and later; before, the bgwriter collector has them)",
 		func(Options) Collector { return newCheckpointer() })
 }
 

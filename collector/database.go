@@ -66,6 +66,19 @@ var conflictColumns = []dbColumn{
 	{column: "confl_snapshot", help: "Queries in this database canceled due to old snapshots."},
 	{column: "confl_bufferpin", help: "Queries in this database canceled due to pinned buffers."},
 	{column: "confl_deadlock", help: "Queries in this database canceled due to deadlocks."},
+	{column: "confl_active_logicalslot", help: "Uses of logical replication slots in this database canceled due to old snapshots or too low a wal_level on the primary (PostgreSQL 16 and later).",
+		minVersion: 160000},
+}
+
+// conflictColumnsFor lists the conflict columns the server version has.
+func conflictColumnsFor(version int) []int {
+	var idx []int
+	for i, col := range conflictColumns {
+		if version >= col.minVersion {
+			idx = append(idx, i)
+		}
+	}
+	return idx
 }
 
 type database struct {
@@ -125,8 +138,8 @@ func databaseQuery(version int) string {
 			b.WriteString(", s." + col.column + "::float8")
 		}
 	}
-	for _, col := range conflictColumns {
-		b.WriteString(", c." + col.column + "::float8")
+	for _, i := range conflictColumnsFor(version) {
+		b.WriteString(", c." + conflictColumns[i].column + "::float8")
 	}
 	b.WriteString("\nFROM pg_stat_database s LEFT JOIN pg_stat_database_conflicts c ON c.datid = s.datid\nWHERE s.datname IS NOT NULL")
 	return b.String()
@@ -166,8 +179,8 @@ func (c *database) Update(ctx context.Context, s *Scrape) error {
 }
 
 func (c *database) updateStats(ctx context.Context, s *Scrape) error {
-	cols := databaseColumnsFor(s.Version)
-	vals := make([]*float64, len(cols)+len(conflictColumns))
+	cols, confls := databaseColumnsFor(s.Version), conflictColumnsFor(s.Version)
+	vals := make([]*float64, len(cols)+len(confls))
 	dest := make([]any, 0, len(vals)+2)
 	var datid, datname string
 	dest = append(dest, &datid, &datname)
@@ -195,7 +208,7 @@ func (c *database) updateStats(ctx context.Context, s *Scrape) error {
 		}
 		for j, v := range vals[len(cols):] {
 			if v != nil {
-				s.Counter(c.conflicts[j], *v, datid, datname)
+				s.Counter(c.conflicts[confls[j]], *v, datid, datname)
 			}
 		}
 		return nil

@@ -160,6 +160,10 @@ func TestDatabaseQueryByVersion(t *testing.T) {
 				t.Errorf("%d: %s present = %v, want %v", c.version, col, !c.sessionCols, c.sessionCols)
 			}
 		}
+		// PostgreSQL 16 added confl_active_logicalslot, which postgres_exporter exports there.
+		if got, want := strings.Contains(q, "c.confl_active_logicalslot"), c.version >= 160000; got != want {
+			t.Errorf("%d: confl_active_logicalslot present = %v, want %v", c.version, got, want)
+		}
 	}
 }
 

@@ -46,6 +46,9 @@ var compatExceptions = map[string]string{
 	// Exported by postgres_exporter only with --extend.query-path: 1 when the file failed to
 	// load. pgsidecar says it the other way round, with the time of the last good load.
 	"pg_exporter_user_queries_load_error": "pgsidecar_queries_last_reload_successful and _success_timestamp_seconds",
+	// PostgreSQL 16's column, which 0.11.1 predates: it exports it untyped, as any column it
+	// does not know; pgsidecar makes it a counter like the other conflict columns.
+	"pg_stat_database_conflicts_confl_active_logicalslot": "a counter, as the other pg_stat_database_conflicts columns",
 }
 
 // ignoredLabels are labels one exporter adds to every series of a target: 0.11.1 puts the

@@ -466,16 +466,16 @@ func (c Config) postgresDashboard() *Dashboard {
 		q{s(`max by (datname) (pg_database_size_bytes{DSEL})`), "{{datname}}"}), 24, 8)
 
 	b.row("Checkpoints and background writer")
-	b.add(timeseries("Checkpoints per hour", "Checkpoints in the last hour: timed (checkpoint_timeout passed) and requested (WAL reached max_wal_size, or CHECKPOINT was run). pg_stat_bgwriter up to PostgreSQL 16.", "short",
-		q{s(`max by (instance) (increase(pg_stat_bgwriter_checkpoints_timed_total{SEL}[1h]))`), "timed {{instance}}"},
-		q{s(`max by (instance) (increase(pg_stat_bgwriter_checkpoints_req_total{SEL}[1h]))`), "requested {{instance}}"}), 8, 8)
+	b.add(timeseries("Checkpoints per hour", "Checkpoints in the last hour: timed (checkpoint_timeout passed) and requested (WAL reached max_wal_size, or CHECKPOINT was run). From pg_stat_bgwriter up to PostgreSQL 16, pg_stat_checkpointer (the checkpointer collector) from 17.", "short",
+		q{s(`max by (instance) (` + checkpointsSel("timed", "increase", "1h") + `)`), "timed {{instance}}"},
+		q{s(`max by (instance) (` + checkpointsSel("requested", "increase", "1h") + `)`), "requested {{instance}}"}), 8, 8)
 	b.add(timeseries("Requested checkpoints", fmt.Sprintf("Share of the last hour's checkpoints that were requested rather than timed. The dashed line is the alert threshold (%s, PgSidecarCheckpointsRequested).", pct(c.RequestedCheckpointRatio)), "percentunit",
-		q{s(`max by (instance) (increase(pg_stat_bgwriter_checkpoints_req_total{SEL}[1h])) / (max by (instance) (increase(pg_stat_bgwriter_checkpoints_req_total{SEL}[1h])) + max by (instance) (increase(pg_stat_bgwriter_checkpoints_timed_total{SEL}[1h])))`), "{{instance}}"}).ratio().above(c.RequestedCheckpointRatio), 8, 8)
-	b.add(timeseries("Checkpoint write and sync time", "Time per second the checkpointer spent writing buffers and syncing files (counters in milliseconds).", "s",
-		q{s(`max by (instance) (rate(pg_stat_bgwriter_checkpoint_write_time_total{SEL}[RI])) / 1000`), "write {{instance}}"},
-		q{s(`max by (instance) (rate(pg_stat_bgwriter_checkpoint_sync_time_total{SEL}[RI])) / 1000`), "sync {{instance}}"}), 8, 8)
-	b.add(timeseries("Buffers written", "Buffers written per second by the checkpointer, the background writer and backends themselves. Backends writing many buffers (and fsyncs by backends) mean the background writer cannot keep up.", "ops",
-		q{s(`max(rate(pg_stat_bgwriter_buffers_checkpoint_total{SEL}[RI]))`), "checkpointer"},
+		q{s(`max by (instance) (` + checkpointsSel("requested", "increase", "1h") + `) / (max by (instance) (` + checkpointsSel("requested", "increase", "1h") + `) + max by (instance) (` + checkpointsSel("timed", "increase", "1h") + `))`), "{{instance}}"}).ratio().above(c.RequestedCheckpointRatio), 8, 8)
+	b.add(timeseries("Checkpoint write and sync time", "Time per second the checkpointer spent writing buffers and syncing files (counters in milliseconds; restartpoints included from PostgreSQL 17).", "s",
+		q{s(`max by (instance) (` + checkpointsSel("write_time", "rate", "RI") + `) / 1000`), "write {{instance}}"},
+		q{s(`max by (instance) (` + checkpointsSel("sync_time", "rate", "RI") + `) / 1000`), "sync {{instance}}"}), 8, 8)
+	b.add(timeseries("Buffers written", "Buffers written per second by the checkpointer, the background writer and backends themselves. Backends writing many buffers (and fsyncs by backends) mean the background writer cannot keep up; PostgreSQL 17 moved the backends' counts to pg_stat_io, which is not collected.", "ops",
+		q{s(`max(` + checkpointsSel("buffers", "rate", "RI") + `)`), "checkpointer"},
 		q{s(`max(rate(pg_stat_bgwriter_buffers_clean_total{SEL}[RI]))`), "background writer"},
 		q{s(`max(rate(pg_stat_bgwriter_buffers_backend_total{SEL}[RI]))`), "backends"},
 		q{s(`max(rate(pg_stat_bgwriter_buffers_backend_fsync_total{SEL}[RI]))`), "backend fsyncs"}), 12, 8)

@@ -444,7 +444,7 @@
               "runbook_url": "https://github.com/pgsidecar/pgsidecar/blob/main/docs/runbooks.md#pgsidecarcheckpointsrequested",
               "summary": "Checkpoints are requested more often than timed.",
             },
-            "expr": f("max by (%(clusterLabel)s) (increase(pg_stat_bgwriter_checkpoints_req_total%(selectorBraces)s[1h]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[1h]))\n/\n(\n  max by (%(clusterLabel)s) (increase(pg_stat_bgwriter_checkpoints_req_total%(selectorBraces)s[1h]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[1h]))\n  +\n  max by (%(clusterLabel)s) (increase(pg_stat_bgwriter_checkpoints_timed_total%(selectorBraces)s[1h]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[1h]))\n)\n> 0.5\nand\nmax by (%(clusterLabel)s) (increase(pg_stat_bgwriter_checkpoints_req_total%(selectorBraces)s[1h]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[1h])) >= 3\n"),
+            "expr": f("max by (%(clusterLabel)s) ((increase(pg_stat_bgwriter_checkpoints_req_total%(selectorBraces)s[1h]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[1h])) or (increase(pg_stat_checkpointer_num_requested_total%(selectorBraces)s[1h]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[1h])))\n/\n(\n  max by (%(clusterLabel)s) ((increase(pg_stat_bgwriter_checkpoints_req_total%(selectorBraces)s[1h]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[1h])) or (increase(pg_stat_checkpointer_num_requested_total%(selectorBraces)s[1h]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[1h])))\n  +\n  max by (%(clusterLabel)s) ((increase(pg_stat_bgwriter_checkpoints_timed_total%(selectorBraces)s[1h]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[1h])) or (increase(pg_stat_checkpointer_num_timed_total%(selectorBraces)s[1h]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[1h])))\n)\n> 0.5\nand\nmax by (%(clusterLabel)s) ((increase(pg_stat_bgwriter_checkpoints_req_total%(selectorBraces)s[1h]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[1h])) or (increase(pg_stat_checkpointer_num_requested_total%(selectorBraces)s[1h]) and on (job, instance) last_over_time(pgsidecar_build_info%(selectorBraces)s[1h]))) >= 3\n"),
             "for": "15m",
             "labels": {
               "severity": "info",
@@ -5849,7 +5849,7 @@
             "type": "prometheus",
             "uid": "${datasource}",
           },
-          "description": "Checkpoints in the last hour: timed (checkpoint_timeout passed) and requested (WAL reached max_wal_size, or CHECKPOINT was run). pg_stat_bgwriter up to PostgreSQL 16.",
+          "description": "Checkpoints in the last hour: timed (checkpoint_timeout passed) and requested (WAL reached max_wal_size, or CHECKPOINT was run). From pg_stat_bgwriter up to PostgreSQL 16, pg_stat_checkpointer (the checkpointer collector) from 17.",
           "fieldConfig": {
             "defaults": {
               "color": {
@@ -5909,7 +5909,7 @@
                 "type": "prometheus",
                 "uid": "${datasource}",
               },
-              "expr": f("max by (instance) (increase(pg_stat_bgwriter_checkpoints_timed_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s}[1h]))"),
+              "expr": f("max by (instance) (increase(pg_stat_bgwriter_checkpoints_timed_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s}[1h]) or increase(pg_stat_checkpointer_num_timed_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s}[1h]))"),
               "instant": false,
               "legendFormat": "timed {{instance}}",
               "range": true,
@@ -5920,7 +5920,7 @@
                 "type": "prometheus",
                 "uid": "${datasource}",
               },
-              "expr": f("max by (instance) (increase(pg_stat_bgwriter_checkpoints_req_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s}[1h]))"),
+              "expr": f("max by (instance) (increase(pg_stat_bgwriter_checkpoints_req_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s}[1h]) or increase(pg_stat_checkpointer_num_requested_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s}[1h]))"),
               "instant": false,
               "legendFormat": "requested {{instance}}",
               "range": true,
@@ -6001,7 +6001,7 @@
                 "type": "prometheus",
                 "uid": "${datasource}",
               },
-              "expr": f("max by (instance) (increase(pg_stat_bgwriter_checkpoints_req_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s}[1h])) / (max by (instance) (increase(pg_stat_bgwriter_checkpoints_req_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s}[1h])) + max by (instance) (increase(pg_stat_bgwriter_checkpoints_timed_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s}[1h])))"),
+              "expr": f("max by (instance) (increase(pg_stat_bgwriter_checkpoints_req_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s}[1h]) or increase(pg_stat_checkpointer_num_requested_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s}[1h])) / (max by (instance) (increase(pg_stat_bgwriter_checkpoints_req_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s}[1h]) or increase(pg_stat_checkpointer_num_requested_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s}[1h])) + max by (instance) (increase(pg_stat_bgwriter_checkpoints_timed_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s}[1h]) or increase(pg_stat_checkpointer_num_timed_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s}[1h])))"),
               "instant": false,
               "legendFormat": "{{instance}}",
               "range": true,
@@ -6016,7 +6016,7 @@
             "type": "prometheus",
             "uid": "${datasource}",
           },
-          "description": "Time per second the checkpointer spent writing buffers and syncing files (counters in milliseconds).",
+          "description": "Time per second the checkpointer spent writing buffers and syncing files (counters in milliseconds; restartpoints included from PostgreSQL 17).",
           "fieldConfig": {
             "defaults": {
               "color": {
@@ -6076,7 +6076,7 @@
                 "type": "prometheus",
                 "uid": "${datasource}",
               },
-              "expr": f("max by (instance) (rate(pg_stat_bgwriter_checkpoint_write_time_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s}[$__rate_interval])) / 1000"),
+              "expr": f("max by (instance) (rate(pg_stat_bgwriter_checkpoint_write_time_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s}[$__rate_interval]) or rate(pg_stat_checkpointer_write_time_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s}[$__rate_interval])) / 1000"),
               "instant": false,
               "legendFormat": "write {{instance}}",
               "range": true,
@@ -6087,7 +6087,7 @@
                 "type": "prometheus",
                 "uid": "${datasource}",
               },
-              "expr": f("max by (instance) (rate(pg_stat_bgwriter_checkpoint_sync_time_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s}[$__rate_interval])) / 1000"),
+              "expr": f("max by (instance) (rate(pg_stat_bgwriter_checkpoint_sync_time_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s}[$__rate_interval]) or rate(pg_stat_checkpointer_sync_time_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s}[$__rate_interval])) / 1000"),
               "instant": false,
               "legendFormat": "sync {{instance}}",
               "range": true,
@@ -6102,7 +6102,7 @@
             "type": "prometheus",
             "uid": "${datasource}",
           },
-          "description": "Buffers written per second by the checkpointer, the background writer and backends themselves. Backends writing many buffers (and fsyncs by backends) mean the background writer cannot keep up.",
+          "description": "Buffers written per second by the checkpointer, the background writer and backends themselves. Backends writing many buffers (and fsyncs by backends) mean the background writer cannot keep up; PostgreSQL 17 moved the backends' counts to pg_stat_io, which is not collected.",
           "fieldConfig": {
             "defaults": {
               "color": {
@@ -6162,7 +6162,7 @@
                 "type": "prometheus",
                 "uid": "${datasource}",
               },
-              "expr": f("max(rate(pg_stat_bgwriter_buffers_checkpoint_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s}[$__rate_interval]))"),
+              "expr": f("max(rate(pg_stat_bgwriter_buffers_checkpoint_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s}[$__rate_interval]) or rate(pg_stat_checkpointer_buffers_written_total{%(clusterLabel)s=~\"$cluster\", job=~\"$job\", instance=~\"$instance\"%(selectorComma)s}[$__rate_interval]))"),
               "instant": false,
               "legendFormat": "checkpointer",
               "range": true,

@@ -359,16 +359,17 @@ max by (cluster, datname, schemaname, relname) (pg_stat_user_tables_n_dead_tup) 
 			"Dead tuples pile up in a table: autovacuum is not keeping up.",
 			fmt.Sprintf(`{{ $value | humanizePercentage }} of the tuples of table {{ $labels.schemaname }}.{{ $labels.relname }} in database {{ $labels.datname }}`+ofCluster+` are dead (threshold %s, at least %s dead tuples) and have been for 30 minutes.`, pct(c.DeadTupleRatio), num(c.MinDeadTuples))),
 		c.alert("PgSidecarCheckpointsRequested", "info", c.ForLong, fmt.Sprintf(`
-max by (cluster) (increase(pg_stat_bgwriter_checkpoints_req_total[1h]))
+max by (cluster) (%[1]s)
 /
 (
-  max by (cluster) (increase(pg_stat_bgwriter_checkpoints_req_total[1h]))
+  max by (cluster) (%[1]s)
   +
-  max by (cluster) (increase(pg_stat_bgwriter_checkpoints_timed_total[1h]))
+  max by (cluster) (%[2]s)
 )
-> %s
+> %[3]s
 and
-max by (cluster) (increase(pg_stat_bgwriter_checkpoints_req_total[1h])) >= %s`, num(c.RequestedCheckpointRatio), num(c.MinRequestedCheckpoints)),
+max by (cluster) (%[1]s) >= %[4]s`, checkpoints("requested", "increase", "1h"), checkpoints("timed", "increase", "1h"),
+			num(c.RequestedCheckpointRatio), num(c.MinRequestedCheckpoints)),
 			"Checkpoints are requested more often than timed.",
 			fmt.Sprintf(`{{ $value | humanizePercentage }} of the checkpoints of the server`+ofCluster+` in the last hour were requested (WAL filled max_wal_size, or CHECKPOINT was run) rather than timed (threshold %s).`, pct(c.RequestedCheckpointRatio))),
 		c.alert("PgSidecarExporterScrapeErrors", "warning", c.ForMedium, fmt.Sprintf(`
