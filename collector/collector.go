@@ -102,6 +102,9 @@ type Scrape struct {
 	ConfigKey string
 
 	sink *sink
+	// tables is the table choice of the database Conn is connected to, for the per-table
+	// collectors (nil: every table).
+	tables *dbTables
 	// everySidecarOnly limits the custom queries to those that run on every sidecar, on a
 	// sidecar that does not collect the server's statistics.
 	everySidecarOnly bool
@@ -125,8 +128,11 @@ func (s *Scrape) Untyped(d *prometheus.Desc, v float64, labels ...string) {
 // sink gathers the metrics of one collection. A series already emitted (same desc and label
 // values) is dropped and counted instead of failing the whole scrape later in the registry.
 type sink struct {
-	mu         sync.Mutex // collectors may run on several connections at once
-	metrics    []prometheus.Metric
+	mu      sync.Mutex // collectors may run on several connections at once
+	metrics []prometheus.Metric
+	// tables holds, beside each metric, the table it belongs to ("datname\xffschemaname\xffrelname"),
+	// "" for a series that belongs to no table; the series budget leaves tables out by it.
+	tables     []string
 	seen       map[seriesKey]struct{}
 	duplicates int
 	invalid    int
@@ -137,17 +143,23 @@ func newSink() *sink { return &sink{seen: make(map[seriesKey]struct{}, 512)} }
 
 func (k *sink) add(d *prometheus.Desc, t prometheus.ValueType, v float64, labels []string) {
 	m, err := prometheus.NewConstMetric(d, t, v, labels...)
-	k.keep(d, labels, m, err)
+	k.keep(d, labels, m, err, "")
+}
+
+// addTable adds a sample of the table named table (see sink.tables).
+func (k *sink) addTable(d *prometheus.Desc, t prometheus.ValueType, v float64, labels []string, table string) {
+	m, err := prometheus.NewConstMetric(d, t, v, labels...)
+	k.keep(d, labels, m, err, table)
 }
 
 // addHistogram adds a histogram sample, with the same duplicate and error handling as add.
 func (k *sink) addHistogram(d *prometheus.Desc, h *histogramValue, labels []string) {
 	m, err := prometheus.NewConstHistogram(d, h.count, h.sum, h.buckets, labels...)
-	k.keep(d, labels, m, err)
+	k.keep(d, labels, m, err, "")
 }
 
 // keep adds m unless its series was already emitted or building it failed.
-func (k *sink) keep(d *prometheus.Desc, labels []string, m prometheus.Metric, err error) {
+func (k *sink) keep(d *prometheus.Desc, labels []string, m prometheus.Metric, err error, table string) {
 	key := seriesKey{desc: d}
 	switch len(labels) {
 	case 0:
@@ -170,6 +182,7 @@ func (k *sink) keep(d *prometheus.Desc, labels []string, m prometheus.Metric, er
 	}
 	k.seen[key] = struct{}{}
 	k.metrics = append(k.metrics, m)
+	k.tables = append(k.tables, table)
 }
 
 // seriesKey identifies a series within one collection. Descs are built once per metric name

@@ -280,7 +280,7 @@ func (e *Exporter) noteUnmatched(patterns []string) {
 // too: it is always read. A database dropped since it was listed is skipped silently; one
 // that refuses the connection is reported and logged, without failing the collectors.
 func (e *Exporter) collectDatabases(ctx context.Context, current string, others []string, version int,
-	s *sink, results []colResult) {
+	s *sink, tables map[string]*dbTables, results []colResult) {
 	ok, dur := 1.0, time.Duration(0)
 	for i, c := range e.cols {
 		if c.perDatabase {
@@ -297,7 +297,7 @@ func (e *Exporter) collectDatabases(ctx context.Context, current string, others 
 			e.beforeDatabase(db)
 		}
 		start := time.Now()
-		ok, gone := e.collectDatabase(ctx, db, version, s, results)
+		ok, gone := e.collectDatabase(ctx, db, version, s, e.tablesFor(tables, db), results)
 		if gone {
 			continue
 		}
@@ -312,7 +312,8 @@ func (e *Exporter) collectDatabases(ctx context.Context, current string, others 
 
 // collectDatabase runs the per-database collectors in db. gone is true when db no longer
 // exists.
-func (e *Exporter) collectDatabase(ctx context.Context, db string, version int, s *sink, results []colResult) (ok, gone bool) {
+func (e *Exporter) collectDatabase(ctx context.Context, db string, version int, s *sink, tables *dbTables,
+	results []colResult) (ok, gone bool) {
 	failAll := func(err error) {
 		for i, c := range e.cols {
 			if c.perDatabase && results[i].err == nil {
@@ -342,7 +343,7 @@ func (e *Exporter) collectDatabase(ctx context.Context, db string, version int, 
 			continue
 		}
 		start := time.Now()
-		err := e.runOne(ctx, c.c, &Scrape{Conn: conn, Version: version, sink: s})
+		err := e.runOne(ctx, c.c, &Scrape{Conn: conn, Version: version, sink: s, tables: tables})
 		results[i].dur += time.Since(start)
 		if err != nil {
 			ok = false

@@ -23,10 +23,17 @@ type rowQuery struct {
 	labels []string // SQL of each label value
 	cols   []column
 	from   string // FROM clause and everything after it
+	// perTable marks the series of a per-table collector, whose first three labels are
+	// datname, schemaname and relname: the table limit filters its rows, and the series
+	// budget leaves its series out table by table.
+	perTable bool
 }
 
 // sql renders the query.
-func (q rowQuery) sql() string {
+func (q rowQuery) sql() string { return q.sqlWhere("") }
+
+// sqlWhere renders the query with where (a WHERE clause, or "") after the FROM clause.
+func (q rowQuery) sqlWhere(where string) string {
 	var exprs []string
 	for _, l := range q.labels {
 		exprs = append(exprs, "COALESCE(("+l+")::text, '')")
@@ -34,11 +41,20 @@ func (q rowQuery) sql() string {
 	for _, c := range q.cols {
 		exprs = append(exprs, "("+c.expr+")::float8")
 	}
-	return "SELECT " + strings.Join(exprs, ",\n  ") + "\n" + q.from
+	return "SELECT " + strings.Join(exprs, ",\n  ") + "\n" + q.from + where
 }
 
-// run queries and emits a sample per row and column.
+// run queries and emits a sample per row and column; a per-table query only the rows of the
+// tables the table limit chose.
 func (q rowQuery) run(ctx context.Context, s *Scrape) error {
+	var where string
+	var args []any
+	if q.perTable {
+		var err error
+		if where, args, err = s.tableFilter(ctx); err != nil {
+			return err
+		}
+	}
 	labels := make([]string, len(q.labels))
 	vals := make([]*float64, len(q.cols))
 	dest := make([]any, 0, len(labels)+len(vals))
@@ -48,9 +64,13 @@ func (q rowQuery) run(ctx context.Context, s *Scrape) error {
 	for i := range vals {
 		dest = append(dest, &vals[i])
 	}
-	return queryRows(ctx, s.Conn, q.sql(), func(r pgx.Rows) error {
+	return queryRows(ctx, s.Conn, q.sqlWhere(where), func(r pgx.Rows) error {
 		if err := r.Scan(dest...); err != nil {
 			return err
+		}
+		table := ""
+		if q.perTable {
+			table = labels[0] + "\xff" + labels[1] + "\xff" + labels[2]
 		}
 		for i, c := range q.cols {
 			v := 0.0
@@ -59,10 +79,10 @@ func (q rowQuery) run(ctx context.Context, s *Scrape) error {
 			} else if c.keepNull {
 				continue
 			}
-			s.sink.add(c.desc, c.typ, v, labels)
+			s.sink.addTable(c.desc, c.typ, v, labels, table)
 		}
 		return nil
-	})
+	}, args...)
 }
 
 // gauge, counter and nullableGauge build columns.
