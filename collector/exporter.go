@@ -213,7 +213,7 @@ func newExporter(p *pgxpool.Pool, poolName string, cfg Config, opts ...Option) (
 		collectionsDesc: desc("pgsidecar_collections_total",
 			"Collections run against the database; concurrent scrapes share one."),
 		droppedDesc: desc("pgsidecar_collector_dropped_series_total",
-			"Samples dropped from collections, by reason (duplicate series, invalid label value).", "reason"),
+			"Samples dropped from collections, by reason (duplicate series, invalid label value, left out by the series budget of --collector.max-series).", "reason"),
 		dbSuccessDesc: desc("pgsidecar_collector_database_success",
 			"1 if the per-database collectors could read a database in the last collection, 0 if it refused the connection, failed or ran out of time.", "datname"),
 		dbDurationDesc: desc("pgsidecar_collector_database_duration_seconds",
