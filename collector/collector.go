@@ -4,7 +4,8 @@
 //
 // All queries of a scrape go through one small side pool of the pool manager (one connection by
 // default), under the collection's deadline (--collection-timeout); the per-database collectors
-// also visit the other databases, one at a time (databases.go). Concurrent scrapes share one
+// also visit the other databases, one at a time on a connection of their own, while the other
+// collectors run (databases.go). Concurrent scrapes share one
 // collection, and a failing or slow collector only sets its own
 // pg_scrape_collector_success{collector} to 0: the scrape itself always answers.
 package collector

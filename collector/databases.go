@@ -274,13 +274,9 @@ func (e *Exporter) noteUnmatched(patterns []string) {
 	}
 }
 
-// collectDatabases runs the per-database collectors in each other database, one at a time on
-// the side connection, within the collection's deadline, and reports every visited database's
-// outcome. The connected database's per-database results (already in results) are reported
-// too: it is always read. A database dropped since it was listed is skipped silently; one
-// that refuses the connection is reported and logged, without failing the collectors.
-func (e *Exporter) collectDatabases(ctx context.Context, current string, others []string, version int,
-	s *sink, tables map[string]*dbTables, results []colResult) {
+// noteCurrentDatabase reports the outcome of the per-database collectors in the connected
+// database (results, once they ran there): it is always read.
+func (e *Exporter) noteCurrentDatabase(current string, s *sink, results []colResult) {
 	ok, dur := 1.0, time.Duration(0)
 	for i, c := range e.cols {
 		if c.perDatabase {
@@ -292,12 +288,22 @@ func (e *Exporter) collectDatabases(ctx context.Context, current string, others 
 	}
 	s.add(e.dbSuccessDesc, prometheus.GaugeValue, ok, []string{current})
 	s.add(e.dbDurationDesc, prometheus.GaugeValue, dur.Seconds(), []string{current})
+}
+
+// collectDatabases runs the per-database collectors in each other database, one at a time on
+// the side connection, within the collection's deadline, and reports every visited database's
+// outcome; results gets the collectors' (only those of the per-database collectors are set).
+// It runs beside the collectors of the connected database, on a connection of its own. A
+// database dropped since it was listed is skipped silently; one that refuses the connection
+// is reported and logged, without failing the collectors.
+func (e *Exporter) collectDatabases(ctx context.Context, others []string, version int,
+	s *sink, tables map[string]*dbTables, results []colResult) {
 	for _, db := range others {
 		if e.beforeDatabase != nil {
 			e.beforeDatabase(db)
 		}
 		start := time.Now()
-		ok, gone := e.collectDatabase(ctx, db, version, s, e.tablesFor(tables, db), results)
+		ok, gone := e.collectDatabase(ctx, db, version, s, tables[db], results)
 		if gone {
 			continue
 		}

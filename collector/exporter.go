@@ -717,11 +717,22 @@ func (e *Exporter) collectOnce(ctx context.Context, r *run) *collection {
 	}
 	r.visitsOthers = len(others) > 0
 	currentTables := e.tablesFor(r.tables, current)
+	for _, db := range others {
+		e.tablesFor(r.tables, db)
+	}
 	if e.hasPerDatabase() && e.cfg.Discover {
 		e.otherDatabasesSeen.Store(int64(len(others)))
 	}
 
 	s := r.sink
+	// The other databases are visited on the side connection while the collectors run in the
+	// pool's database: the server works on both at once.
+	var side []colResult
+	var sideDone sync.WaitGroup
+	if len(others) > 0 {
+		side = make([]colResult, len(e.cols))
+		sideDone.Go(func() { e.collectDatabases(ctx, others, version, s, r.tables, side) })
+	}
 	results := make([]colResult, len(e.cols))
 	queue := make(chan int, len(e.cols))
 	for i := range e.cols {
@@ -742,7 +753,14 @@ func (e *Exporter) collectOnce(ctx context.Context, r *run) *collection {
 	}
 	wg.Wait()
 	if e.hasPerDatabase() {
-		e.collectDatabases(ctx, current, others, version, s, r.tables, results)
+		e.noteCurrentDatabase(current, s, results)
+	}
+	sideDone.Wait()
+	for i, res := range side {
+		results[i].dur += res.dur
+		if results[i].err == nil {
+			results[i].err = res.err
+		}
 	}
 
 	// The collection's own series go beside the collectors', not into r's sink, so a scrape's

@@ -209,7 +209,7 @@ func (d *dbTables) get(ctx context.Context, q Querier) (*tableChoice, error) {
 }
 
 // tablesFor returns db's table choice of this collection, creating it on first use. It is
-// called from the collection's goroutine only.
+// called from the collection's goroutine only, before the collectors start.
 func (e *Exporter) tablesFor(tables map[string]*dbTables, db string) *dbTables {
 	d := tables[db]
 	if d == nil {
