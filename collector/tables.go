@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -31,6 +32,12 @@ import (
 // under 10,000 series.
 const DefaultTablesLimit = 50
 
+// rankInterval is how long a database's ranking is reused before its tables are ranked again.
+// Ranking reads every table's statistics, which costs more than reading those of the tables
+// chosen; counters that only grow change the ranking slowly, and the dead tuple alert waits 30
+// minutes, so a minute's delay costs nothing.
+const rankInterval = time.Minute
+
 // memberBonus is the factor by which an outsider must outrank a table exported at the last
 // collection to take its place.
 const memberBonus = 1.25
@@ -47,7 +54,7 @@ FROM pg_stat_user_tables`
 func tableSettings() []Setting {
 	return []Setting{
 		{Flag: "collector.tables.limit", Env: envName("collector.tables.limit"), Default: fmt.Sprint(DefaultTablesLimit),
-			Help: "Tables per database whose statistics the per-table and per-index collectors (stat_user_tables, statio_user_tables, statio_user_indexes) export: those with the most scans, rows written and live rows, a table exported before keeping its place until another ranks 25% higher; tables past the dead tuple alert's threshold are exported besides. 0 exports every table.",
+			Help: "Tables per database whose statistics the per-table and per-index collectors (stat_user_tables, statio_user_tables, statio_user_indexes) export: those with the most scans, rows written and live rows (ranked once a minute), a table exported before keeping its place until another ranks 25% higher; tables past the dead tuple alert's threshold are exported besides. 0 exports every table.",
 			Set:  conf.Int("--collector.tables.limit", func(c *Config) *int { return &c.TablesLimit })},
 		{Flag: "collector.max-series", Env: envName("collector.max-series"), Default: fmt.Sprint(DefaultSeriesBudget),
 			Help: "Most series of the collectors in one scrape (about 100 bytes each in the text format). Past it, whole tables are left out, the lowest ranked first in every database, then whole metric families, the largest first; what was left out comes back once it fits in 90% of the budget. pg_up, the collectors' own series and the pool's are never left out. 0 sets no budget.",
@@ -76,14 +83,24 @@ type tableLimiter struct {
 	// minDead and deadRatio are the dead tuple alert's thresholds.
 	minDead, deadRatio float64
 
+	// every is how long a ranking is reused (rankInterval; tests shorten it).
+	every time.Duration
+
 	mu      sync.Mutex
 	members map[string]map[int64]bool // by database: the tables exported at the last collection
+	ranked  map[string]rankedChoice   // by database: the last ranking
+}
+
+// rankedChoice is a database's last table choice and when it was made.
+type rankedChoice struct {
+	choice *tableChoice
+	at     time.Time
 }
 
 func newTableLimiter(limit int, rank bool) *tableLimiter {
 	t := thresholds.Default()
 	return &tableLimiter{limit: limit, rank: rank, minDead: t.MinDeadTuples, deadRatio: t.DeadTupleRatio,
-		members: map[string]map[int64]bool{}}
+		every: rankInterval, members: map[string]map[int64]bool{}, ranked: map[string]rankedChoice{}}
 }
 
 // tableChoice is one database's tables in one collection.
@@ -104,8 +121,26 @@ type rankedTable struct {
 	member            bool // exported at the last collection
 }
 
-// choose ranks db's tables on q and picks those to export.
+// choose picks the tables of db to export: those of its last ranking, if it is recent, else
+// those of a new ranking read on q.
 func (l *tableLimiter) choose(ctx context.Context, q Querier, db string) (*tableChoice, error) {
+	l.mu.Lock()
+	last, ok := l.ranked[db]
+	l.mu.Unlock()
+	if ok && time.Since(last.at) < l.every {
+		return last.choice, nil
+	}
+	c, err := l.rankTables(ctx, q, db)
+	if err == nil {
+		l.mu.Lock()
+		l.ranked[db] = rankedChoice{choice: c, at: time.Now()}
+		l.mu.Unlock()
+	}
+	return c, err
+}
+
+// rankTables ranks db's tables on q and picks those to export.
+func (l *tableLimiter) rankTables(ctx context.Context, q Querier, db string) (*tableChoice, error) {
 	var tables []rankedTable
 	err := queryRows(ctx, q, tableRankQuery, func(r pgx.Rows) error {
 		var t rankedTable
@@ -185,6 +220,11 @@ func (l *tableLimiter) keep(visited map[string]*dbTables) {
 	for db := range l.members {
 		if visited[db] == nil {
 			delete(l.members, db)
+		}
+	}
+	for db := range l.ranked {
+		if visited[db] == nil {
+			delete(l.ranked, db)
 		}
 	}
 }
