@@ -144,23 +144,17 @@ func newSink() *sink { return &sink{seen: make(map[seriesKey]struct{}, 512)} }
 
 func (k *sink) add(d *prometheus.Desc, t prometheus.ValueType, v float64, labels []string) {
 	m, err := prometheus.NewConstMetric(d, t, v, labels...)
-	k.keep(d, labels, m, err, "")
-}
-
-// addTable adds a sample of the table named table (see sink.tables).
-func (k *sink) addTable(d *prometheus.Desc, t prometheus.ValueType, v float64, labels []string, table string) {
-	m, err := prometheus.NewConstMetric(d, t, v, labels...)
-	k.keep(d, labels, m, err, table)
+	k.keep(d, labels, m, err)
 }
 
 // addHistogram adds a histogram sample, with the same duplicate and error handling as add.
 func (k *sink) addHistogram(d *prometheus.Desc, h *histogramValue, labels []string) {
 	m, err := prometheus.NewConstHistogram(d, h.count, h.sum, h.buckets, labels...)
-	k.keep(d, labels, m, err, "")
+	k.keep(d, labels, m, err)
 }
 
 // keep adds m unless its series was already emitted or building it failed.
-func (k *sink) keep(d *prometheus.Desc, labels []string, m prometheus.Metric, err error, table string) {
+func (k *sink) keep(d *prometheus.Desc, labels []string, m prometheus.Metric, err error) {
 	key := seriesKey{desc: d}
 	switch len(labels) {
 	case 0:
@@ -183,7 +177,7 @@ func (k *sink) keep(d *prometheus.Desc, labels []string, m prometheus.Metric, er
 	}
 	k.seen[key] = struct{}{}
 	k.metrics = append(k.metrics, m)
-	k.tables = append(k.tables, table)
+	k.tables = append(k.tables, "")
 }
 
 // seriesKey identifies a series within one collection. Descs are built once per metric name

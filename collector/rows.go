@@ -2,6 +2,7 @@ package collector
 
 import (
 	"context"
+	"fmt"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -25,8 +26,10 @@ type rowQuery struct {
 	from   string // FROM clause and everything after it
 	// perTable marks the series of a per-table collector, whose first three labels are
 	// datname, schemaname and relname: the table limit filters its rows, and the series
-	// budget leaves its series out table by table.
-	perTable bool
+	// budget leaves its series out table by table. labelNames are then its label names, in
+	// the order of labels.
+	perTable   bool
+	labelNames []string
 }
 
 // sql renders the query.
@@ -64,13 +67,19 @@ func (q rowQuery) run(ctx context.Context, s *Scrape) error {
 	for i := range vals {
 		dest = append(dest, &vals[i])
 	}
+	var order []int
+	var row []prometheus.Metric
+	if q.perTable {
+		order = labelOrder(q.labelNames)
+		row = make([]prometheus.Metric, 0, len(q.cols))
+	}
 	return queryRows(ctx, s.Conn, q.sqlWhere(where), func(r pgx.Rows) error {
 		if err := r.Scan(dest...); err != nil {
 			return err
 		}
-		table := ""
 		if q.perTable {
-			table = labels[0] + "\xff" + labels[1] + "\xff" + labels[2]
+			q.emitRow(s.sink, labels, vals, order, row[:0])
+			return nil
 		}
 		for i, c := range q.cols {
 			v := 0.0
@@ -79,10 +88,29 @@ func (q rowQuery) run(ctx context.Context, s *Scrape) error {
 			} else if c.keepNull {
 				continue
 			}
-			s.sink.addTable(c.desc, c.typ, v, labels, table)
+			s.sink.add(c.desc, c.typ, v, labels)
 		}
 		return nil
 	}, args...)
+}
+
+// emitRow adds the samples of a per-table row, sharing its label pairs.
+func (q rowQuery) emitRow(k *sink, labels []string, vals []*float64, order []int, row []prometheus.Metric) {
+	pairs := rowLabels(q.labelNames, order, labels)
+	if pairs == nil {
+		k.invalidRow(len(q.cols), fmt.Errorf("label value of %s.%s in database %q is not valid UTF-8", labels[1], labels[2], labels[0]))
+		return
+	}
+	for i, c := range q.cols {
+		v := 0.0
+		if vals[i] != nil {
+			v = *vals[i]
+		} else if c.keepNull {
+			continue
+		}
+		row = append(row, &tableMetric{desc: c.desc, typ: c.typ, value: v, labels: pairs})
+	}
+	k.addRow(row, labels[0]+"\xff"+labels[1]+"\xff"+labels[2])
 }
 
 // gauge, counter and nullableGauge build columns.

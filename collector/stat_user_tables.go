@@ -49,7 +49,7 @@ func newStatUserTables() *statUserTables {
 		},
 		// The same columns exist on every supported version (13–17).
 		from:     "FROM pg_stat_user_tables",
-		perTable: true,
+		perTable: true, labelNames: l,
 	}}
 }
 

@@ -26,7 +26,7 @@ func newStatioUserIndexes() *statioUserIndexes {
 			counter("idx_blks_hit", desc("pg_statio_user_indexes_idx_blks_hit_total", "Number of buffer hits in this index.", l...)),
 		},
 		from:     "FROM pg_statio_user_indexes",
-		perTable: true,
+		perTable: true, labelNames: l,
 	}}
 }
 

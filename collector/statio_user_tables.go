@@ -33,7 +33,7 @@ func newStatioUserTables() *statioUserTables {
 			c("tidx_blks_hit", "tidx_blocks_hit", "Number of buffer hits in this table's TOAST table indexes (if any)."),
 		},
 		from:     "FROM pg_statio_user_tables",
-		perTable: true,
+		perTable: true, labelNames: l,
 	}}
 }
 

@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -203,4 +204,38 @@ func containsStr(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// TestTableNameNotUTF8: in a SQL_ASCII database a table name may be any bytes; its row is left
+// out and counted as invalid samples, and the other tables are exported.
+func TestTableNameNotUTF8(t *testing.T) {
+	ctx := ctxTimeout(t, 30*time.Second)
+	if err := cluster.Exec(ctx, "DROP DATABASE IF EXISTS ascii_t WITH (FORCE)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := cluster.Exec(ctx, "CREATE DATABASE ascii_t ENCODING SQL_ASCII TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cluster.Exec(context.Background(), "DROP DATABASE IF EXISTS ascii_t WITH (FORCE)") })
+	c := openSession(t, "ascii_t", "ascii-test")
+	for _, sql := range []string{"CREATE TABLE \"bad\xff\" (id int)", "CREATE TABLE good (id int)"} {
+		if _, err := c.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e := newEnv(t, "ascii_t", func(c *Config) {
+		only("stat_user_tables", "statio_user_tables")(c)
+		c.Databases = "ascii_t"
+	})
+	s := e.scrape(t, 0, 20*time.Second)
+	collectorOK(t, s, "stat_user_tables")
+	if n := len(s.values("pg_stat_user_tables_seq_scan", map[string]string{"datname": "ascii_t", "relname": "good"})); n != 1 {
+		t.Errorf("the good table: %d seq_scan samples, want 1\n%s", n, s.body)
+	}
+	if n := len(s.values("pg_stat_user_tables_seq_scan", map[string]string{"datname": "ascii_t"})); n != 1 {
+		t.Errorf("%d tables' seq_scan exported, want the good one only", n)
+	}
+	if got := s.value(t, "pgsidecar_collector_dropped_series_total", map[string]string{"reason": "invalid"}); got != 29 {
+		t.Errorf("dropped invalid = %v, want the bad table's 29 samples", got)
+	}
 }
