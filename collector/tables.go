@@ -185,8 +185,9 @@ func (l *tableLimiter) rankTables(ctx context.Context, q Querier, db string) (*t
 }
 
 // order sorts tables into their ranking: those past the dead tuple threshold first, then by
-// score (a table exported last time counting memberBonus times its own), then by name, so
-// that equal tables always rank alike.
+// score (a table exported last time counting memberBonus times its own), then the tables
+// exported last time (after a statistics reset every score is 0), then by name, so that equal
+// tables always rank alike.
 func (l *tableLimiter) order(tables []rankedTable, prev map[int64]bool) {
 	for i := range tables {
 		t := &tables[i]
@@ -208,6 +209,12 @@ func (l *tableLimiter) order(tables []rankedTable, prev map[int64]bool) {
 		}
 		if c := cmp.Compare(eff(&b), eff(&a)); c != 0 {
 			return c
+		}
+		if a.member != b.member {
+			if a.member {
+				return -1
+			}
+			return 1
 		}
 		return cmp.Or(strings.Compare(a.schema, b.schema), strings.Compare(a.rel, b.rel))
 	})

@@ -94,6 +94,12 @@ func TestTableLimit(t *testing.T) {
 	tableSetup(t, c, inserted+21000, "INSERT INTO t3 SELECT generate_series(1, 10000)")
 	check("t6", "t5", "t3", "dead")
 	checkTables(t, cached, all, "t6", "t5", "t4", "dead")
+	// A statistics reset makes every score 0: the tables exported keep their places (but dead,
+	// no longer past the threshold, now counts against the limit, and t6 comes last by name).
+	if _, err := c.Exec(ctxTimeout(t, 10*time.Second), "SELECT pg_stat_reset()"); err != nil {
+		t.Fatal(err)
+	}
+	check("dead", "t3", "t5")
 
 	off := newEnv(t, "table_limit_t", func(c *Config) {
 		only("stat_user_tables", "statio_user_tables")(c)
