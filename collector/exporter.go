@@ -595,7 +595,9 @@ func (e *Exporter) snapshot(r *run) *collection {
 	}
 	r.sink.mu.Lock()
 	metrics := slices.Clone(r.sink.metrics)
+	tables := slices.Clone(r.sink.tables)
 	r.sink.mu.Unlock()
+	metrics = e.budget.fit(metrics, tables)
 	own := newSink()
 	own.add(e.upDesc, prometheus.GaugeValue, 1, nil)
 	own.add(e.staticDesc, prometheus.UntypedValue, 1, static)

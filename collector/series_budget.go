@@ -88,26 +88,49 @@ func (b *seriesBudget) apply(metrics []prometheus.Metric, tables []string, choic
 		b.dropped = 0
 		return metrics
 	}
-	outTables := map[string]bool{}
-	outFamilies := map[*prometheus.Desc]bool{}
 	dropped := 0
 	for _, u := range units[:k] {
 		dropped += u.series
+	}
+	b.dropped = dropped
+	b.total += float64(dropped)
+	return leaveOut(metrics, tables, units[:k], dropped)
+}
+
+// fit returns the metrics of a scrape's partial answer (see Exporter.snapshot) that fit the
+// budget: the fewest tables, then families, left out, with neither hysteresis nor rank (the
+// collection in progress has not finished ranking), and nothing noted for the next collection.
+func (b *seriesBudget) fit(metrics []prometheus.Metric, tables []string) []prometheus.Metric {
+	if b.max == 0 || len(metrics) <= b.max {
+		return metrics
+	}
+	units := budgetUnits(metrics, tables, nil)
+	left, k := len(metrics), 0
+	for k < len(units) && left > b.max {
+		left -= units[k].series
+		k++
+	}
+	return leaveOut(metrics, tables, units[:k], len(metrics)-left)
+}
+
+// leaveOut returns metrics without those of units, which have dropped series in all.
+func leaveOut(metrics []prometheus.Metric, tables []string, units []seriesUnit, dropped int) []prometheus.Metric {
+	outTables := map[string]bool{}
+	outFamilies := map[*prometheus.Desc]bool{}
+	for _, u := range units {
 		if u.table != "" {
 			outTables[u.table] = true
 		} else {
 			outFamilies[u.desc] = true
 		}
 	}
-	kept := make([]prometheus.Metric, 0, total-dropped)
+	kept := make([]prometheus.Metric, 0, len(metrics)-dropped)
 	for i, m := range metrics {
 		if tables[i] != "" && outTables[tables[i]] || outFamilies[m.Desc()] {
 			continue
 		}
 		kept = append(kept, m)
 	}
-	b.dropped = dropped
-	b.total += float64(dropped)
 	return kept
 }
 

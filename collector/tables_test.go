@@ -3,6 +3,7 @@ package collector
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -243,5 +244,41 @@ func TestTableNameNotUTF8(t *testing.T) {
 	}
 	if got := s.value(t, "pgsidecar_collector_dropped_series_total", map[string]string{"reason": "invalid"}); got != 29 {
 		t.Errorf("dropped invalid = %v, want the bad table's 29 samples", got)
+	}
+}
+
+// TestSeriesBudgetPartialAnswer: a scrape that answers before its collection finishes (its
+// deadline came first) keeps to the budget too, leaving out whole tables.
+func TestSeriesBudgetPartialAnswer(t *testing.T) {
+	url := perDatabaseSetup(t, "pd_a")
+	e := newEnvURL(t, url, func(c *Config) {
+		only("stat_user_tables")(c)
+		c.Databases = "pd_a,pd_b,pd_c"
+		c.MaxSeries = 30 // one table's 21 series, not two
+	})
+	e.exp.beforeDatabase = func(db string) {
+		if db == "pd_c" {
+			time.Sleep(4 * time.Second)
+		}
+	}
+	var s scrape
+	// pd_b's statistics may take a moment to show its table.
+	if !waitForCond(15*time.Second, func() bool {
+		s = e.scrape(t, 1500*time.Millisecond, 10*time.Second) // answers at 1.2 s, before pd_c
+		return s.value(t, "pg_scrape_collector_success", map[string]string{"collector": "stat_user_tables"}) == 0
+	}) {
+		t.Fatalf("the scrape never answered before its collection finished:\n%s", s.body)
+	}
+	n := 0
+	for name, mf := range s.families {
+		if strings.HasPrefix(name, "pg_stat_user_tables_") {
+			n += len(mf.GetMetric())
+		}
+	}
+	if n != 21 {
+		t.Errorf("%d pg_stat_user_tables_* samples in the partial answer, want one table's 21", n)
+	}
+	if got := len(s.values("pg_stat_user_tables_seq_scan", map[string]string{"datname": "pd_a"})); got != 1 {
+		t.Errorf("pd_a's table: %d samples, want 1", got)
 	}
 }
