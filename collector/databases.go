@@ -80,10 +80,11 @@ const sideWorkers = 2
 
 // sidePool holds the connections to other databases: at most maxIdle + 1 exist at once, the
 // maxIdle kept open between scrapes (one per database, for the databases listed first) and one
-// opened for a database beyond them; each kept one closes after idle unused. A new backend costs far more than the
-// statistics queries themselves (start-up, authentication, a cold catalog cache), so keeping
-// connections across scrapes is what makes per-database statistics cheap; the bound and the
-// idle timeout keep a server with many databases from paying a backend per database for it.
+// opened for a database beyond them; each kept one closes after idle unused. A new backend
+// costs far more than the statistics queries themselves (start-up, authentication, a cold
+// catalog cache), so keeping connections across scrapes is what makes per-database statistics
+// cheap; the bound and the idle timeout keep a server with many databases from paying a
+// backend per database for it.
 type sidePool struct {
 	from    *pgxpool.Pool // whose settings the connections take
 	maxIdle int

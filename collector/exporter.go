@@ -675,6 +675,7 @@ type colResult struct {
 // pg_exporter_last_scrape_duration_seconds.
 func (e *Exporter) collect(ctx context.Context, r *run) *collection {
 	if !e.collects(ctx) {
+		e.budget.idle()
 		return e.localOnly(ctx)
 	}
 	start := time.Now()

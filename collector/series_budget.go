@@ -134,6 +134,14 @@ func leaveOut(metrics []prometheus.Metric, tables []string, units []seriesUnit, 
 	return kept
 }
 
+// idle notes a collection without the collectors (this sidecar does not lead): nothing is left
+// out of it, whatever was before.
+func (b *seriesBudget) idle() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.cut, b.dropped, b.leftOut = 0, 0, 0
+}
+
 // budgetUnits lists the tables and families of a collection in the order the budget leaves
 // them out.
 func budgetUnits(metrics []prometheus.Metric, tables []string, choices map[string]*dbTables) []seriesUnit {

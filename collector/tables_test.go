@@ -282,3 +282,56 @@ func TestSeriesBudgetPartialAnswer(t *testing.T) {
 		t.Errorf("pd_a's table: %d samples, want 1", got)
 	}
 }
+
+// TestSeriesBudgetFollower: a sidecar that stops leading (--collector.scope=auto) collects
+// nothing, so it no longer reports series left out, and the budget alert does not go on firing
+// for it.
+func TestSeriesBudgetFollower(t *testing.T) {
+	createDB(t, "budget_follow_t")
+	c := openSession(t, "budget_follow_t", "budget-follow-test")
+	tableSetup(t, c, 20, "CREATE TABLE a (id int)", "CREATE TABLE b (id int)",
+		"INSERT INTO a SELECT generate_series(1, 10)", "INSERT INTO b SELECT generate_series(1, 10)")
+	auto := func(c *Config) {
+		only("stat_user_tables")(c)
+		c.Databases = "budget_follow_t"
+		c.Scope = ScopeAuto
+		c.ElectionInterval = 200 * time.Millisecond
+		c.MaxSeries = 30 // one table's 21 series, not two
+	}
+	x, y := newEnv(t, "budget_follow_t", auto), newEnv(t, "budget_follow_t", auto)
+	over := func(e *env) (leads bool, dropped float64) {
+		s := e.scrape(t, 0, 20*time.Second)
+		return s.value(t, "pgsidecar_collector_leader", nil) == 1, s.value(t, "pgsidecar_collector_series_over_budget", nil)
+	}
+	var leader *env
+	if !waitForCond(10*time.Second, func() bool {
+		for _, e := range []*env{x, y} {
+			if l, d := over(e); l && d > 0 {
+				leader = e
+				return true
+			}
+		}
+		return false
+	}) {
+		t.Fatal("no leader over its budget")
+	}
+	// End the leader's election session until the other sidecar has taken the lock and the
+	// leader follows.
+	ctx := ctxTimeout(t, 20*time.Second)
+	if !waitForCond(15*time.Second, func() bool {
+		if l, _ := over(leader); !l {
+			return true
+		}
+		if err := cluster.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_locks
+			WHERE locktype = 'advisory' AND granted`); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(500 * time.Millisecond)
+		return false
+	}) {
+		t.Fatal("the leader never stopped leading")
+	}
+	if _, d := over(leader); d != 0 {
+		t.Errorf("series over budget = %v on the sidecar that no longer leads, want 0", d)
+	}
+}
