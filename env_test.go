@@ -56,6 +56,8 @@ var envValues = map[string]string{
 	"collector.scope":                        "local",
 	"collector.election.database":            "monitoring",
 	"collector.election.interval":            "5s",
+	"collector.tables.limit":                 "200",
+	"collector.max-series":                   "50000",
 	"proxy.listen-address":                   "127.0.0.1:6432",
 	"proxy.auth-method":                      "md5",
 	"proxy.users-file":                       "/etc/pgsidecar/users.txt",

@@ -4,7 +4,8 @@
 //
 // All queries of a scrape go through one small side pool of the pool manager (one connection by
 // default), under the collection's deadline (--collection-timeout); the per-database collectors
-// also visit the other databases, one at a time (databases.go). Concurrent scrapes share one
+// also visit the other databases, one at a time on a connection of their own, while the other
+// collectors run (databases.go). Concurrent scrapes share one
 // collection, and a failing or slow collector only sets its own
 // pg_scrape_collector_success{collector} to 0: the scrape itself always answers.
 package collector
@@ -102,6 +103,9 @@ type Scrape struct {
 	ConfigKey string
 
 	sink *sink
+	// tables is the table choice of the database Conn is connected to, for the per-table
+	// collectors (nil: every table).
+	tables *dbTables
 	// everySidecarOnly limits the custom queries to those that run on every sidecar, on a
 	// sidecar that does not collect the server's statistics.
 	everySidecarOnly bool
@@ -125,8 +129,11 @@ func (s *Scrape) Untyped(d *prometheus.Desc, v float64, labels ...string) {
 // sink gathers the metrics of one collection. A series already emitted (same desc and label
 // values) is dropped and counted instead of failing the whole scrape later in the registry.
 type sink struct {
-	mu         sync.Mutex // collectors may run on several connections at once
-	metrics    []prometheus.Metric
+	mu      sync.Mutex // collectors may run on several connections at once
+	metrics []prometheus.Metric
+	// tables holds, beside each metric, the table it belongs to ("datname\xffschemaname\xffrelname"),
+	// "" for a series that belongs to no table; the series budget leaves tables out by it.
+	tables     []string
 	seen       map[seriesKey]struct{}
 	duplicates int
 	invalid    int
@@ -170,6 +177,7 @@ func (k *sink) keep(d *prometheus.Desc, labels []string, m prometheus.Metric, er
 	}
 	k.seen[key] = struct{}{}
 	k.metrics = append(k.metrics, m)
+	k.tables = append(k.tables, "")
 }
 
 // seriesKey identifies a series within one collection. Descs are built once per metric name

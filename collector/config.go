@@ -83,7 +83,7 @@ func Settings() []Setting {
 		Setting{Flag: "queries.file", Env: envName("queries.file"), Default: defaultQueriesFile(),
 			Help: "YAML file of custom queries (postgres_exporter format, plus timeout and min_version/max_version); empty disables. Default: the first queries.yaml found in the working directory, next to the binary, or in /etc/pgsidecar. Reloaded on SIGHUP and POST /-/reload.",
 			Set:  conf.String(func(c *Config) *string { return &c.QueriesFile })},
-	), scopeSettings()...)
+	), append(scopeSettings(), tableSettings()...)...)
 }
 
 // DefaultConfig returns the defaults of Settings: the collectors' default states, and the
@@ -130,6 +130,7 @@ func (c Config) Validate() error {
 		add("--collector.database.size-interval (%s) must not be negative", c.DatabaseSizeInterval)
 	}
 	errs = append(errs, c.validateScope()...)
+	errs = append(errs, c.validateTables()...)
 	return errors.Join(errs...)
 }
 

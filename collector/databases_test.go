@@ -2,6 +2,7 @@ package collector
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -106,6 +107,7 @@ func TestPerDatabaseCollectors(t *testing.T) {
 		t.Fatalf("status %d:\n%s", s.status, s.body)
 	}
 	mu.Lock()
+	slices.Sort(visited) // visited several at a time
 	if got := strings.Join(visited, ","); got != "pd_b,pd_c,pd_drop,pd_refuse" {
 		t.Errorf("visited %s, want the other selected databases the role may connect to", got)
 	}
@@ -326,5 +328,108 @@ func TestPerDatabaseKeptConnectionEndedByTheServer(t *testing.T) {
 	collectorOK(t, s, "stat_user_tables")
 	if vs := s.values("pgsidecar_collector_database_success", map[string]string{"datname": "kept_t"}); len(vs) != 0 {
 		t.Errorf("a dropped database still reported: %v", vs)
+	}
+}
+
+// TestPerDatabaseVisitsAtOnce: the other databases are visited at once, yet no more side
+// connections exist than the ceiling counts (--collector.databases.max-idle + 1), and the one
+// kept is the first database listed's, whichever worker finished first.
+func TestPerDatabaseVisitsAtOnce(t *testing.T) {
+	url := perDatabaseSetup(t, "pd_a")
+	e := newEnvURL(t, url, func(c *Config) {
+		only("stat_user_tables")(c)
+		c.Databases = "pd_b,pd_c,pd_drop"
+		c.DatabasesMaxIdle = 1
+	})
+	var mu sync.Mutex
+	inHook, mostInHook, mostSide := 0, 0, int64(0)
+	count := func() {
+		n, err := cluster.QueryInt(ctxTimeout(t, 10*time.Second),
+			"SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgsidecar-collector' AND datname <> 'pd_a'")
+		if err != nil {
+			t.Error(err)
+		}
+		mu.Lock()
+		mostSide = max(mostSide, n)
+		mu.Unlock()
+	}
+	e.exp.beforeDatabase = func(db string) {
+		mu.Lock()
+		inHook++
+		mostInHook = max(mostInHook, inHook)
+		mu.Unlock()
+		for range 5 { // while the other worker holds its connection
+			count()
+			time.Sleep(40 * time.Millisecond)
+		}
+		mu.Lock()
+		inHook--
+		mu.Unlock()
+	}
+	for range 2 {
+		s := e.scrape(t, 0, 30*time.Second)
+		collectorOK(t, s, "stat_user_tables")
+		for _, db := range []string{"pd_b", "pd_c", "pd_drop"} {
+			if got := s.value(t, "pgsidecar_collector_database_success", map[string]string{"datname": db}); got != 1 {
+				t.Errorf("%s: database success %v", db, got)
+			}
+		}
+		ctx := ctxTimeout(t, 10*time.Second)
+		kept, err := cluster.QueryInt(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgsidecar-collector' AND datname = 'pd_b'")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := e.exp.side.open(); n != 1 || kept != 1 {
+			t.Errorf("%d connections kept, %d of them to pd_b: want pd_b's alone", n, kept)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if mostInHook != 3 {
+		t.Errorf("at most %d databases visited at once, want all 3", mostInHook)
+	}
+	if mostSide > 2 {
+		t.Errorf("%d side connections at once, want at most max-idle + 1 = 2", mostSide)
+	}
+}
+
+// TestSidePoolBound: with max-idle 1, one kept connection and one in use are all there may
+// be; a third database waits for one of them, here until its deadline.
+func TestSidePoolBound(t *testing.T) {
+	url := perDatabaseSetup(t, "pd_a")
+	e := newEnvURL(t, url, func(c *Config) {
+		only("stat_user_tables")(c)
+		c.DatabasesMaxIdle = 1
+	})
+	p := e.exp.side
+	ctx := ctxTimeout(t, 10*time.Second)
+	b, err := p.get(ctx, "pd_b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.put(b, "pd_b", true)
+	c, err := p.get(ctx, "pd_c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if d, err := p.get(short, "pd_drop"); err == nil {
+		closeConn(d)
+		t.Fatal("a third side connection was opened with max-idle 1")
+	}
+	p.put(c, "pd_c", false)
+	d, err := p.get(ctx, "pd_drop")
+	if err != nil {
+		t.Fatalf("once pd_c's connection closed: %v", err)
+	}
+	p.put(d, "pd_drop", false)
+	if b2, err := p.get(ctx, "pd_b"); err != nil {
+		t.Fatal(err)
+	} else {
+		p.put(b2, "pd_b", true)
+	}
+	if n := p.open(); n != 1 {
+		t.Errorf("%d connections kept, want pd_b's", n)
 	}
 }

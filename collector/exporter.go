@@ -67,6 +67,10 @@ type Config struct {
 	ElectionDatabase string
 	// ElectionInterval is how often ScopeAuto polls the lock.
 	ElectionInterval time.Duration
+	// TablesLimit is how many tables per database the per-table collectors export (0: all).
+	TablesLimit int
+	// MaxSeries is the series budget of one collection (0: none).
+	MaxSeries int
 }
 
 // Option changes how New builds an Exporter.
@@ -149,6 +153,11 @@ type Exporter struct {
 	cfgHash       atomic.Pointer[string] // configHash
 	// otherDatabasesSeen is how many other databases the last collection visits (-1: none yet).
 	otherDatabasesSeen atomic.Int64
+
+	// The table limit and the series budget (tables.go, series_budget.go).
+	tableLim    *tableLimiter
+	budget      *seriesBudget
+	budgetDescs budgetDescs
 }
 
 // New checks cfg and builds an Exporter on a side pool of mgr (mgr closes it). It loads the
@@ -204,7 +213,7 @@ func newExporter(p *pgxpool.Pool, poolName string, cfg Config, opts ...Option) (
 		collectionsDesc: desc("pgsidecar_collections_total",
 			"Collections run against the database; concurrent scrapes share one."),
 		droppedDesc: desc("pgsidecar_collector_dropped_series_total",
-			"Samples dropped from collections, by reason (duplicate series, invalid label value).", "reason"),
+			"Samples dropped from collections, by reason (duplicate series, invalid label value, left out by the series budget of --collector.max-series).", "reason"),
 		dbSuccessDesc: desc("pgsidecar_collector_database_success",
 			"1 if the per-database collectors could read a database in the last collection, 0 if it refused the connection, failed or ran out of time.", "datname"),
 		dbDurationDesc: desc("pgsidecar_collector_database_duration_seconds",
@@ -225,6 +234,7 @@ func newExporter(p *pgxpool.Pool, poolName string, cfg Config, opts ...Option) (
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.databases, _ = parseDatabaseFilter(cfg.Databases) // checked by Validate
 	e.side = newSidePool(p, cfg.DatabasesMaxIdle, cfg.DatabasesIdleTimeout)
+	e.initBudget()
 	factoryOpts := Options{Logger: e.log, StatementsLimit: cfg.StatementsLimit, DatabaseSizeInterval: cfg.DatabaseSizeInterval,
 		StatementsExcludeDatabases: splitNames(cfg.StatementsExcludeDatabases), StatementsExcludeUsers: splitNames(cfg.StatementsExcludeUsers)}
 	if cfg.StatementsIncludeQuery {
@@ -384,6 +394,7 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(e.droppedDesc, prometheus.CounterValue, float64(e.invalid.Load()), "invalid")
 	ch <- prometheus.MustNewConstMetric(e.rejectedDesc, prometheus.CounterValue, float64(e.rejected.Load()))
 	e.collectScope(ch)
+	e.collectBudget(ch)
 	if e.custom != nil {
 		e.custom.collectOwn(ch)
 	}
@@ -510,10 +521,13 @@ type run struct {
 	// visitsOthers is set (before the collectors start) when the per-database collectors visit
 	// other databases after the connected one.
 	visitsOthers bool
+	// tables holds the table choice of each database visited, set up by the collection's
+	// goroutine before the collectors of that database run.
+	tables map[string]*dbTables
 }
 
 func newRun() *run {
-	return &run{done: make(chan struct{}), sink: newSink(), finished: map[int]colResult{}}
+	return &run{done: make(chan struct{}), sink: newSink(), finished: map[int]colResult{}, tables: map[string]*dbTables{}}
 }
 
 // finish records collector i's final outcome, for scrapes that answer before the run ends.
@@ -581,7 +595,9 @@ func (e *Exporter) snapshot(r *run) *collection {
 	}
 	r.sink.mu.Lock()
 	metrics := slices.Clone(r.sink.metrics)
+	tables := slices.Clone(r.sink.tables)
 	r.sink.mu.Unlock()
+	metrics = e.budget.fit(metrics, tables)
 	own := newSink()
 	own.add(e.upDesc, prometheus.GaugeValue, 1, nil)
 	own.add(e.staticDesc, prometheus.UntypedValue, 1, static)
@@ -659,6 +675,7 @@ type colResult struct {
 // pg_exporter_last_scrape_duration_seconds.
 func (e *Exporter) collect(ctx context.Context, r *run) *collection {
 	if !e.collects(ctx) {
+		e.budget.idle()
 		return e.localOnly(ctx)
 	}
 	start := time.Now()
@@ -702,11 +719,23 @@ func (e *Exporter) collectOnce(ctx context.Context, r *run) *collection {
 		}
 	}
 	r.visitsOthers = len(others) > 0
+	currentTables := e.tablesFor(r.tables, current)
+	for _, db := range others {
+		e.tablesFor(r.tables, db)
+	}
 	if e.hasPerDatabase() && e.cfg.Discover {
 		e.otherDatabasesSeen.Store(int64(len(others)))
 	}
 
 	s := r.sink
+	// The other databases are visited on the side connection while the collectors run in the
+	// pool's database: the server works on both at once.
+	var side []colResult
+	var sideDone sync.WaitGroup
+	if len(others) > 0 {
+		side = make([]colResult, len(e.cols))
+		sideDone.Go(func() { e.collectDatabases(ctx, others, version, s, r.tables, side) })
+	}
 	results := make([]colResult, len(e.cols))
 	queue := make(chan int, len(e.cols))
 	for i := range e.cols {
@@ -720,14 +749,21 @@ func (e *Exporter) collectOnce(ctx context.Context, r *run) *collection {
 		if w == 0 {
 			first = conn
 		}
-		wg.Go(func() { e.worker(ctx, first, version, configKey, r, queue, results) })
+		wg.Go(func() { e.worker(ctx, first, version, configKey, currentTables, r, queue, results) })
 	}
 	if workers == 0 {
 		conn.Release()
 	}
 	wg.Wait()
 	if e.hasPerDatabase() {
-		e.collectDatabases(ctx, current, others, version, s, results)
+		e.noteCurrentDatabase(current, s, results)
+	}
+	sideDone.Wait()
+	for i, res := range side {
+		results[i].dur += res.dur
+		if results[i].err == nil {
+			results[i].err = res.err
+		}
 	}
 
 	// The collection's own series go beside the collectors', not into r's sink, so a scrape's
@@ -754,7 +790,8 @@ func (e *Exporter) collectOnce(ctx context.Context, r *run) *collection {
 	if s.invalid > 0 {
 		e.log.Warn("Collection dropped invalid samples", "count", s.invalid, "error", e.errString(s.lastErr))
 	}
-	return &collection{metrics: append(slices.Clip(s.metrics), own.metrics...), failed: failed}
+	kept := e.fitBudget(s, r.tables)
+	return &collection{metrics: append(slices.Clip(kept), own.metrics...), failed: failed}
 }
 
 // noteCollector logs a collector that starts failing, fails differently or works again, rather
@@ -779,8 +816,8 @@ func (e *Exporter) noteCollector(name string, r colResult) {
 }
 
 // worker runs collectors from queue on one connection, acquiring it first if conn is nil.
-func (e *Exporter) worker(ctx context.Context, conn *pgxpool.Conn, version int, configKey string, r *run,
-	queue <-chan int, results []colResult) {
+func (e *Exporter) worker(ctx context.Context, conn *pgxpool.Conn, version int, configKey string, tables *dbTables,
+	r *run, queue <-chan int, results []colResult) {
 	defer func() {
 		if conn != nil {
 			conn.Release()
@@ -796,7 +833,11 @@ func (e *Exporter) worker(ctx context.Context, conn *pgxpool.Conn, version int, 
 			}
 			conn = c
 		}
-		err := e.runOne(ctx, e.cols[i].c, &Scrape{Conn: conn, Version: version, ConfigKey: configKey, sink: r.sink})
+		sc := &Scrape{Conn: conn, Version: version, ConfigKey: configKey, sink: r.sink}
+		if e.cols[i].perDatabase {
+			sc.tables = tables
+		}
+		err := e.runOne(ctx, e.cols[i].c, sc)
 		results[i] = colResult{dur: time.Since(start), err: err}
 		if !e.cols[i].perDatabase || !r.visitsOthers {
 			// A per-database collector's outcome is final once the other databases were visited too.

@@ -134,12 +134,6 @@ var declared = sync.OnceValue(func() map[string]bool {
 	return out
 })
 
-// descName reads a Desc's metric name.
-func descName(d *prometheus.Desc) string {
-	name, _, _ := strings.Cut(strings.TrimPrefix(d.String(), `Desc{fqName: "`), `"`)
-	return name
-}
-
 // checkDeclared fails the test when a built-in collector exported a pg_* metric that no
 // collector declares (Declarations), which the reference docs would then leave out. The
 // exporter's own series and the settings collector's per-setting ones are not a collector's.

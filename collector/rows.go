@@ -2,6 +2,7 @@ package collector
 
 import (
 	"context"
+	"fmt"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -23,10 +24,19 @@ type rowQuery struct {
 	labels []string // SQL of each label value
 	cols   []column
 	from   string // FROM clause and everything after it
+	// perTable marks the series of a per-table collector, whose first three labels are
+	// datname, schemaname and relname: the table limit filters its rows, and the series
+	// budget leaves its series out table by table. labelNames are then its label names, in
+	// the order of labels.
+	perTable   bool
+	labelNames []string
 }
 
 // sql renders the query.
-func (q rowQuery) sql() string {
+func (q rowQuery) sql() string { return q.sqlWhere("") }
+
+// sqlWhere renders the query with where (a WHERE clause, or "") after the FROM clause.
+func (q rowQuery) sqlWhere(where string) string {
 	var exprs []string
 	for _, l := range q.labels {
 		exprs = append(exprs, "COALESCE(("+l+")::text, '')")
@@ -34,11 +44,20 @@ func (q rowQuery) sql() string {
 	for _, c := range q.cols {
 		exprs = append(exprs, "("+c.expr+")::float8")
 	}
-	return "SELECT " + strings.Join(exprs, ",\n  ") + "\n" + q.from
+	return "SELECT " + strings.Join(exprs, ",\n  ") + "\n" + q.from + where
 }
 
-// run queries and emits a sample per row and column.
+// run queries and emits a sample per row and column; a per-table query only the rows of the
+// tables the table limit chose.
 func (q rowQuery) run(ctx context.Context, s *Scrape) error {
+	var where string
+	var args []any
+	if q.perTable {
+		var err error
+		if where, args, err = s.tableFilter(ctx); err != nil {
+			return err
+		}
+	}
 	labels := make([]string, len(q.labels))
 	vals := make([]*float64, len(q.cols))
 	dest := make([]any, 0, len(labels)+len(vals))
@@ -48,9 +67,19 @@ func (q rowQuery) run(ctx context.Context, s *Scrape) error {
 	for i := range vals {
 		dest = append(dest, &vals[i])
 	}
-	return queryRows(ctx, s.Conn, q.sql(), func(r pgx.Rows) error {
+	var order []int
+	var row []prometheus.Metric
+	if q.perTable {
+		order = labelOrder(q.labelNames)
+		row = make([]prometheus.Metric, 0, len(q.cols))
+	}
+	return queryRows(ctx, s.Conn, q.sqlWhere(where), func(r pgx.Rows) error {
 		if err := r.Scan(dest...); err != nil {
 			return err
+		}
+		if q.perTable {
+			q.emitRow(s.sink, labels, vals, order, row[:0])
+			return nil
 		}
 		for i, c := range q.cols {
 			v := 0.0
@@ -62,7 +91,26 @@ func (q rowQuery) run(ctx context.Context, s *Scrape) error {
 			s.sink.add(c.desc, c.typ, v, labels)
 		}
 		return nil
-	})
+	}, args...)
+}
+
+// emitRow adds the samples of a per-table row, sharing its label pairs.
+func (q rowQuery) emitRow(k *sink, labels []string, vals []*float64, order []int, row []prometheus.Metric) {
+	pairs := rowLabels(q.labelNames, order, labels)
+	if pairs == nil {
+		k.invalidRow(len(q.cols), fmt.Errorf("label value of %s.%s in database %q is not valid UTF-8", labels[1], labels[2], labels[0]))
+		return
+	}
+	for i, c := range q.cols {
+		v := 0.0
+		if vals[i] != nil {
+			v = *vals[i]
+		} else if c.keepNull {
+			continue
+		}
+		row = append(row, &tableMetric{desc: c.desc, typ: c.typ, value: v, labels: pairs})
+	}
+	k.addRow(row, labels[0]+"\xff"+labels[1]+"\xff"+labels[2])
 }
 
 // gauge, counter and nullableGauge build columns.

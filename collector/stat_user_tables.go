@@ -48,7 +48,8 @@ func newStatUserTables() *statUserTables {
 				"Disk space used by this table, without its indexes; absent while another session holds or awaits an ACCESS EXCLUSIVE lock on it.", l...)),
 		},
 		// The same columns exist on every supported version (13–17).
-		from: "FROM pg_stat_user_tables",
+		from:     "FROM pg_stat_user_tables",
+		perTable: true, labelNames: l,
 	}}
 }
 

@@ -25,7 +25,8 @@ func newStatioUserIndexes() *statioUserIndexes {
 			counter("idx_blks_read", desc("pg_statio_user_indexes_idx_blks_read_total", "Number of disk blocks read from this index.", l...)),
 			counter("idx_blks_hit", desc("pg_statio_user_indexes_idx_blks_hit_total", "Number of buffer hits in this index.", l...)),
 		},
-		from: "FROM pg_statio_user_indexes",
+		from:     "FROM pg_statio_user_indexes",
+		perTable: true, labelNames: l,
 	}}
 }
 

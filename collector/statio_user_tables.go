@@ -32,7 +32,8 @@ func newStatioUserTables() *statioUserTables {
 			c("tidx_blks_read", "tidx_blocks_read", "Number of disk blocks read from this table's TOAST table indexes (if any)."),
 			c("tidx_blks_hit", "tidx_blocks_hit", "Number of buffer hits in this table's TOAST table indexes (if any)."),
 		},
-		from: "FROM pg_statio_user_tables",
+		from:     "FROM pg_statio_user_tables",
+		perTable: true, labelNames: l,
 	}}
 }
 

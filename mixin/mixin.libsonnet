@@ -278,6 +278,19 @@
             },
           },
           {
+            "alert": "PgSidecarCollectorSeriesBudgetExceeded",
+            "annotations": {
+              "description": "The collectors of {{ $labels.instance }} have read more series than --collector.max-series for 5m: {{ $value | humanize }} series (whole tables, then whole metric families) are left out of each scrape.",
+              "runbook_url": "https://github.com/pgsidecar/pgsidecar/blob/main/docs/runbooks.md#pgsidecarcollectorseriesbudgetexceeded",
+              "summary": "The sidecar's collection is over its series budget and leaves statistics out.",
+            },
+            "expr": f("pgsidecar_collector_series_over_budget%(selectorBraces)s > 0"),
+            "for": "5m",
+            "labels": {
+              "severity": "warning",
+            },
+          },
+          {
             "alert": "PgSidecarReloadFailed",
             "annotations": {
               "description": "The last reload (SIGHUP or POST /-/reload) of {{ $labels.instance }} failed for 5m: a queries file, users file, TLS certificate or DATABASE_URL_FILE could not be used, so what was rotated has not been taken. Its log says which and why.",
