@@ -145,7 +145,9 @@ func TestStartedAsPostgresExporter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = other.Exec(ctx, "CREATE TABLE compat_t (id int)")
+	// More tables than the default table limit, all exported as postgres_exporter would.
+	_, err = other.Exec(ctx, `CREATE TABLE compat_t (id int);
+		DO $$ BEGIN FOR i IN 1..60 LOOP EXECUTE format('CREATE TABLE compat_t%s (id int)', i); END LOOP; END $$`)
 	_ = other.Close(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -201,6 +203,9 @@ func TestStartedAsPostgresExporter(t *testing.T) {
 			}
 			if got := strings.Contains(body, otherTable); got != tc.visiting {
 				t.Errorf("another database's table exported: %v, want %v", got, tc.visiting)
+			}
+			if n := strings.Count(body, `pg_stat_user_tables_seq_scan{datname="compat_other"`); tc.visiting && n != 61 {
+				t.Errorf("%d of compat_other's 61 tables exported, want all", n)
 			}
 			if strings.Contains(logs.String(), pass) || strings.Contains(body, pass) {
 				t.Error("the password leaked")

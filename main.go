@@ -339,6 +339,9 @@ func start(ctx context.Context, args []string, stdout, stderr io.Writer, stage *
 	}
 	if startedAsUpstream(args, envArgs, dsn) {
 		k.GetFlag("collector.scope").Default(string(collector.ScopeAll))
+		// postgres_exporter exports every table of the databases it reads; the series budget
+		// (--collector.max-series) still bounds the scrape.
+		k.GetFlag("collector.tables.limit").Default("0")
 	}
 	args = append(envArgs, args...)
 	if dsn != "" {

@@ -54,7 +54,7 @@ FROM pg_stat_user_tables`
 func tableSettings() []Setting {
 	return []Setting{
 		{Flag: "collector.tables.limit", Env: envName("collector.tables.limit"), Default: fmt.Sprint(DefaultTablesLimit),
-			Help: "Tables per database whose statistics the per-table and per-index collectors (stat_user_tables, statio_user_tables, statio_user_indexes) export: those with the most scans, rows written and live rows (ranked once a minute), a table exported before keeping its place until another ranks 25% higher; tables past the dead tuple alert's threshold are exported besides. 0 exports every table.",
+			Help: "Tables per database whose statistics the per-table and per-index collectors (stat_user_tables, statio_user_tables, statio_user_indexes) export: those with the most scans, rows written and live rows (ranked once a minute), a table exported before keeping its place until another ranks 25% higher; tables past the dead tuple alert's threshold are exported besides. 0 exports every table (the default when started with postgres_exporter's flags or variables).",
 			Set:  conf.Int("--collector.tables.limit", func(c *Config) *int { return &c.TablesLimit })},
 		{Flag: "collector.max-series", Env: envName("collector.max-series"), Default: fmt.Sprint(DefaultSeriesBudget),
 			Help: "Most series of the collectors in one scrape (about 100 bytes each in the text format). Past it, whole tables are left out, the lowest ranked first in every database, then whole metric families, the largest first; what was left out comes back once it fits in 90% of the budget. pg_up, the collectors' own series and the pool's are never left out. 0 sets no budget.",
