@@ -112,8 +112,9 @@ func referenceDoc(t *testing.T, reg *registry) string {
 	b.WriteString("`pgsidecar_*` are measured by pgsidecar itself; `pg_*` are PostgreSQL's statistics under\n")
 	b.WriteString("postgres_exporter-compatible names. Labels in *italics* are constant per pool or process. Every\n")
 	b.WriteString("metric a collector declares is listed, whether its collector is on by default or not, with the\n")
-	b.WriteString("PostgreSQL versions it exists on (pgsidecar supports 13 and later; on other versions the\n")
-	b.WriteString("collector sends no such series).\n\n")
+	b.WriteString("PostgreSQL versions it exists on, as the collector declares them: outside them it has no\n")
+	b.WriteString("series. The catalog queries are written for 13 to 17, so `all` means those. A collector test\n")
+	b.WriteString("fails when a collector sends a metric, type or version it does not declare.\n\n")
 	b.WriteString("| metric | type | labels | collector | versions | help |\n|---|---|---|---|---|---|\n")
 	for _, m := range describeMetrics(t, reg) {
 		fmt.Fprintf(&b, "| `%s` | %s | %s | %s | %s | %s |\n", m.name, m.typ, m.labels, m.collector, m.versions, cell(m.help))
