@@ -2,17 +2,17 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"regexp"
 	"sort"
 	"strings"
 	"testing"
+	"unsafe"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
@@ -23,43 +23,23 @@ import (
 var update = flag.Bool("update", false, "rewrite docs/reference.md and golden files from the code")
 
 // TestReferenceDocs keeps docs/reference.md equal to what the code declares: every flag with
-// its environment variable and default, every metric with its type, labels and help. Run
-// `make docs` (go test -run TestReferenceDocs -update .) after changing either.
+// its environment variable and default, every metric with its type, labels, collector and the
+// PostgreSQL versions it exists on. It needs no database: the collectors' metrics come from
+// their declarations (collector.Declarations), the others from the registry of a sidecar whose
+// database does not answer. Run `make docs` (go test -run TestReferenceDocs -update .) after
+// changing either.
 func TestReferenceDocs(t *testing.T) {
 	clearPoolEnv(t)
 	var captured *registry
 	registryHook = func(r *registry) { captured = r }
 	defer func() { registryHook = nil }()
-	// Every optional part on, so every metric is registered; pg_stat_statements installed so
-	// the statements collector has rows.
-	if err := cluster.Exec(t.Context(), "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"); err != nil {
-		t.Fatal(err)
-	}
-	// A replication slot and a table with an index, so that the slot and table collectors have
-	// rows.
-	if err := cluster.Exec(t.Context(), "SELECT pg_create_physical_replication_slot('docs_slot', true); CREATE TABLE docs_t (id int PRIMARY KEY)"); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		_ = cluster.Exec(context.Background(), "SELECT pg_drop_replication_slot('docs_slot'); DROP TABLE docs_t")
-	}()
-	proxyAddr := testutil.FreeAddr(t)
-	args := []string{"--database-url=" + cluster.URL(""), "--proxy.listen-address=" + proxyAddr, "--proxy.auth-method=trust",
-		"--collector.statements.include-query"}
+	// Every optional part on, so that every metric is registered; nothing listens on port 1.
+	args := []string{"--database-url=postgres://docs@127.0.0.1:1/docs?sslmode=disable",
+		"--proxy.listen-address=" + testutil.FreeAddr(t), "--proxy.auth-method=trust", "--collector.statements.include-query"}
 	for _, name := range collector.Names() {
 		args = append(args, "--collector."+name)
 	}
-	addr, _, stop := startSidecar(t, args...)
-	// One statement through the proxy, so that the statement metrics have series to show their types.
-	conn, err := pgx.Connect(t.Context(), "postgres://postgres@"+proxyAddr+"/postgres?sslmode=disable")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.Exec(t.Context(), "SELECT 1/0"); err == nil {
-		t.Fatal("SELECT 1/0 succeeded")
-	}
-	_ = conn.Close(t.Context())
-	_, _ = get(t, "http://"+addr+"/metrics")
+	_, _, stop := startSidecar(t, args...)
 	got := referenceDoc(t, captured)
 	stop()
 
@@ -131,12 +111,13 @@ func referenceDoc(t *testing.T, reg *registry) string {
 	b.WriteString("\n## Metrics\n\n")
 	b.WriteString("`pgsidecar_*` are measured by pgsidecar itself; `pg_*` are PostgreSQL's statistics under\n")
 	b.WriteString("postgres_exporter-compatible names. Labels in *italics* are constant per pool or process. Every\n")
-	b.WriteString("metric a collector declares is listed, whether its collector is on by default or not and\n")
-	b.WriteString("whether the server has rows for it; a metric's type is the one its samples had where this file\n")
-	b.WriteString("was generated (PostgreSQL 15, a primary), else counter for a `_total` name and gauge otherwise.\n\n")
-	b.WriteString("| metric | type | labels | collector | help |\n|---|---|---|---|---|\n")
+	b.WriteString("metric a collector declares is listed, whether its collector is on by default or not, with the\n")
+	b.WriteString("PostgreSQL versions it exists on, as the collector declares them: outside them it has no\n")
+	b.WriteString("series. The catalog queries are written for 13 to 17, so `all` means those. A collector test\n")
+	b.WriteString("fails when a collector sends a metric, type or version it does not declare.\n\n")
+	b.WriteString("| metric | type | labels | collector | versions | help |\n|---|---|---|---|---|---|\n")
 	for _, m := range describeMetrics(t, reg) {
-		fmt.Fprintf(&b, "| `%s` | %s | %s | %s | %s |\n", m.name, m.typ, m.labels, m.collector, cell(m.help))
+		fmt.Fprintf(&b, "| `%s` | %s | %s | %s | %s | %s |\n", m.name, m.typ, m.labels, m.collector, m.versions, cell(m.help))
 	}
 	return b.String()
 }
@@ -193,20 +174,65 @@ func upstreamDoc(b *bytes.Buffer) {
 
 func cell(s string) string { return strings.ReplaceAll(strings.ReplaceAll(s, "|", `\|`), "\n", " ") }
 
-type metricDoc struct{ name, typ, labels, collector, help string }
+type metricDoc struct{ name, typ, labels, collector, versions, help string }
 
 var descRE = regexp.MustCompile(`^Desc\{fqName: "([^"]*)", help: "((?:[^"\\]|\\.)*)", unit: "[^"]*", constLabels: \{([^}]*)\}, variableLabels: \{([^}]*)\}\}$`)
 
-// describeMetrics lists every metric the registered collectors describe, with the type seen
-// when collecting (counters by their _total suffix when no sample exists yet).
+// describeMetrics lists every metric: the collectors' and the exporter's own from their
+// declarations, the pool's, the proxy's and the process's from what the registry's collectors
+// describe, with the type their samples have, or their vector's type when they have none yet.
 func describeMetrics(t *testing.T, reg *registry) []metricDoc {
 	t.Helper()
+	seen := map[string]metricDoc{}
+	add := func(d *prometheus.Desc, typ, collector, versions string) {
+		m := descRE.FindStringSubmatch(d.String())
+		if m == nil {
+			t.Fatalf("cannot read %s", d)
+		}
+		var labels []string
+		for _, l := range strings.Split(m[4], ",") {
+			if l != "" {
+				labels = append(labels, "`"+strings.TrimSuffix(strings.TrimPrefix(l, "c("), ")")+"`")
+			}
+		}
+		for _, l := range strings.Split(m[3], ",") {
+			if k, _, ok := strings.Cut(l, "="); ok {
+				labels = append(labels, "*"+k+"*")
+			}
+		}
+		if typ == "" {
+			t.Errorf("%s: no type declared or seen", m[1])
+		}
+		seen[m[1]] = metricDoc{name: m[1], typ: typ, labels: strings.Join(labels, ", "), collector: collector,
+			versions: versions, help: strings.ReplaceAll(m[2], `\"`, `"`)}
+	}
+	for _, decl := range collector.Declarations() {
+		state := "off"
+		if decl.DefaultEnabled {
+			state = "on"
+		}
+		for _, m := range decl.Metrics {
+			add(m.Desc, m.Type, "`"+decl.Collector+"` ("+state+")", versionRange(m))
+		}
+		if decl.Collector == "settings" {
+			// One series per server setting, built as the collector reads them; documented as
+			// a family.
+			seen["pg_settings_*"] = metricDoc{name: "pg_settings_*", typ: "gauge", collector: "`settings` (" + state + ")",
+				versions: versionRange(collector.Metric{}),
+				help:     "Numeric and boolean settings from pg_settings, durations in seconds and sizes in bytes (e.g. pg_settings_max_connections, pg_settings_shared_buffers_bytes, pg_settings_statement_timeout_seconds)."}
+		}
+	}
+	for _, m := range collector.ExporterMetrics() {
+		add(m.Desc, m.Type, "", versionRange(m))
+	}
+
 	types := map[string]string{}
-	// Collectors of catalog data describe nothing up front (their series depend on the server),
-	// so what they collect is documented too; custom queries.yaml metrics are documented in
-	// that file instead.
-	collected := map[string]*prometheus.Desc{}
+	var descs []*prometheus.Desc
 	for _, c := range reg.Collectors() {
+		if _, ok := c.(*collector.Exporter); ok {
+			continue // declared above; its Collect would wait for the database
+		}
+		vectorTypes(reflect.ValueOf(c), types, 0)
 		ch := make(chan prometheus.Metric, 256)
 		go func() { c.Collect(ch); close(ch) }()
 		for m := range ch {
@@ -217,9 +243,6 @@ func describeMetrics(t *testing.T, reg *registry) []metricDoc {
 			name := descRE.FindStringSubmatch(m.Desc().String())
 			if name == nil {
 				continue
-			}
-			if builtinCatalogMetric(name[1]) {
-				collected[name[1]] = m.Desc()
 			}
 			switch {
 			case pb.Counter != nil:
@@ -234,37 +257,10 @@ func describeMetrics(t *testing.T, reg *registry) []metricDoc {
 				types[name[1]] = "untyped"
 			}
 		}
-	}
-	seen := map[string]metricDoc{}
-	var descs []*prometheus.Desc
-	for _, c := range reg.Collectors() {
-		ch := make(chan *prometheus.Desc, 256)
-		go func() { c.Describe(ch); close(ch) }()
-		for d := range ch {
+		dch := make(chan *prometheus.Desc, 256)
+		go func() { c.Describe(dch); close(dch) }()
+		for d := range dch {
 			descs = append(descs, d)
-		}
-	}
-	for _, d := range collected {
-		descs = append(descs, d)
-	}
-	// What each collector declares, so that a metric without a sample here is listed too.
-	collectorOf := map[string]string{"pg_settings_*": "`settings` (on)"}
-	for _, decl := range collector.Declarations() {
-		state := "off"
-		if decl.DefaultEnabled {
-			state = "on"
-		}
-		for _, d := range decl.Descs {
-			descs = append(descs, d)
-			m := descRE.FindStringSubmatch(d.String())
-			if m == nil {
-				continue
-			}
-			collectorOf[m[1]] = "`" + decl.Collector + "` (" + state + ")"
-			if typ, ok := decl.Types[d]; ok && types[m[1]] == "" {
-				types[m[1]] = map[prometheus.ValueType]string{prometheus.CounterValue: "counter",
-					prometheus.GaugeValue: "gauge", prometheus.UntypedValue: "untyped"}[typ]
-			}
 		}
 	}
 	for _, d := range descs {
@@ -273,35 +269,21 @@ func describeMetrics(t *testing.T, reg *registry) []metricDoc {
 			t.Fatalf("cannot read %s", d)
 		}
 		name := m[1]
-		if strings.HasPrefix(name, "go_") || strings.HasPrefix(name, "process_") {
+		if _, ok := seen[name]; ok || strings.HasPrefix(name, "go_") || strings.HasPrefix(name, "process_") {
 			continue
-		}
-		if strings.HasPrefix(name, "pg_settings_") {
-			// One series per server setting; documented as a family.
-			seen["pg_settings_*"] = metricDoc{name: "pg_settings_*", typ: "gauge", collector: collectorOf["pg_settings_*"],
-				help: "Numeric and boolean settings from pg_settings, durations in seconds and sizes in bytes (e.g. pg_settings_max_connections, pg_settings_shared_buffers_bytes, pg_settings_statement_timeout_seconds)."}
-			continue
-		}
-		var labels []string
-		for _, l := range strings.Split(m[4], ",") {
-			if l != "" {
-				labels = append(labels, "`"+strings.TrimSuffix(strings.TrimPrefix(l, "c("), ")")+"`")
-			}
-		}
-		for _, l := range strings.Split(m[3], ",") {
-			if k, _, ok := strings.Cut(l, "="); ok {
-				labels = append(labels, "*"+k+"*")
-			}
 		}
 		typ := types[name]
 		if typ == "" {
-			typ = "gauge"
-			if strings.HasSuffix(name, "_total") {
-				typ = "counter"
-			}
+			typ = unsampledTypes[name]
+		} else if _, ok := unsampledTypes[name]; ok {
+			t.Errorf("%s has a sample now: remove it from unsampledTypes", name)
 		}
-		help := strings.ReplaceAll(m[2], `\"`, `"`)
-		seen[name] = metricDoc{name: name, typ: typ, labels: strings.Join(labels, ", "), collector: collectorOf[name], help: help}
+		add(d, typ, "", "all")
+	}
+	for name := range unsampledTypes {
+		if _, ok := seen[name]; !ok {
+			t.Errorf("%s is not registered any more: remove it from unsampledTypes", name)
+		}
 	}
 	out := make([]metricDoc, 0, len(seen))
 	for _, m := range seen {
@@ -311,15 +293,69 @@ func describeMetrics(t *testing.T, reg *registry) []metricDoc {
 	return out
 }
 
-// builtinCatalogMetric tells the collectors' own pg_* families from custom queries.yaml ones.
-func builtinCatalogMetric(name string) bool {
-	for _, p := range []string{"pg_up", "pg_static", "pg_scrape_", "pg_stat_activity_", "pg_server_", "pg_stat_database_", "pg_stat_bgwriter_", "pg_stat_archiver_",
-		"pg_database_", "pg_settings_", "pg_stat_statements_", "pgsidecar_", "pg_exporter_", "pg_stat_checkpointer_", "pg_replication_",
-		"pg_stat_user_tables_", "pg_statio_user_", "pg_locks_", "pg_wal_", "pg_long_running_transactions", "pg_stat_progress_vacuum_",
-		"pg_postmaster_", "pg_roles_", "pg_stat_wal_receiver_", "pg_buffercache_summary_"} {
-		if strings.HasPrefix(name, p) {
-			return true
+// unsampledTypes are the types of the metrics outside the collectors that are neither sampled
+// without a database nor a vector: their samples are built at collection time.
+var unsampledTypes = map[string]string{
+	"pgsidecar_statement_info": "gauge", // pool/statements.go, one per top statement
+}
+
+// versionRange renders the PostgreSQL versions a metric exists on.
+func versionRange(m collector.Metric) string {
+	major := func(v int) int { return v / 10000 }
+	switch {
+	case m.MinVersion != 0 && m.BeforeVersion != 0:
+		return fmt.Sprintf("%d–%d", major(m.MinVersion), major(m.BeforeVersion)-1)
+	case m.MinVersion != 0:
+		return fmt.Sprintf("%d+", major(m.MinVersion))
+	case m.BeforeVersion != 0:
+		return fmt.Sprintf("up to %d", major(m.BeforeVersion)-1)
+	}
+	return "all"
+}
+
+var vectorKinds = map[reflect.Type]string{
+	reflect.TypeFor[*prometheus.CounterVec]():   "counter",
+	reflect.TypeFor[*prometheus.GaugeVec]():     "gauge",
+	reflect.TypeFor[*prometheus.HistogramVec](): "histogram",
+	reflect.TypeFor[*prometheus.SummaryVec]():   "summary",
+}
+
+// vectorTypes records the type of the metric vectors found in v, following pgsidecar's own
+// structs and pointers to them: a vector without children has no sample to show its type.
+func vectorTypes(v reflect.Value, out map[string]string, depth int) {
+	if depth > 4 || !v.IsValid() {
+		return
+	}
+	if typ, ok := vectorKinds[v.Type()]; ok {
+		if v.IsNil() {
+			return
+		}
+		ch := make(chan *prometheus.Desc, 1)
+		v.Interface().(prometheus.Collector).Describe(ch)
+		if m := descRE.FindStringSubmatch((<-ch).String()); m != nil {
+			out[m[1]] = typ
+		}
+		return
+	}
+	switch v.Kind() {
+	case reflect.Interface, reflect.Pointer:
+		if !v.IsNil() {
+			vectorTypes(v.Elem(), out, depth+1)
+		}
+	case reflect.Struct:
+		if !strings.HasPrefix(v.Type().PkgPath(), "github.com/pgsidecar/") {
+			return
+		}
+		for i := range v.NumField() {
+			f := v.Field(i)
+			if !f.CanInterface() {
+				if !f.CanAddr() {
+					continue
+				}
+				// Unexported: read through its address (tests only).
+				f = reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem()
+			}
+			vectorTypes(f, out, depth+1)
 		}
 	}
-	return false
 }

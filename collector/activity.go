@@ -23,20 +23,20 @@ type activity struct {
 func newActivity() *activity {
 	l := []string{"datname", "state", "usename", "application_name"}
 	return &activity{
-		count: desc("pg_stat_activity_count", "Client sessions by database, state, user and application.", l...),
-		maxTx: desc("pg_stat_activity_max_tx_duration",
+		count: gaugeDesc("pg_stat_activity_count", "Client sessions by database, state, user and application.", l...),
+		maxTx: gaugeDesc("pg_stat_activity_max_tx_duration",
 			"Age in seconds of the oldest open transaction by database, state, user and application.", l...),
-		iitCount: desc("pg_stat_activity_idle_in_transaction_sessions",
+		iitCount: gaugeDesc("pg_stat_activity_idle_in_transaction_sessions",
 			"Sessions idle inside an open transaction: they hold locks and a connection while doing nothing.", "datname"),
-		iitMax: desc("pg_stat_activity_idle_in_transaction_max_seconds",
+		iitMax: gaugeDesc("pg_stat_activity_idle_in_transaction_max_seconds",
 			"Longest time a session of the database has been idle in transaction.", "datname"),
-		lockWaits: desc("pg_stat_activity_waiting_on_locks_sessions",
+		lockWaits: gaugeDesc("pg_stat_activity_waiting_on_locks_sessions",
 			"Sessions waiting for a lock held by another session.", "datname"),
-		oldestTx: desc("pg_stat_activity_oldest_xact_seconds",
+		oldestTx: gaugeDesc("pg_stat_activity_oldest_xact_seconds",
 			"Age of the oldest open transaction of the database; long ones hold back vacuum.", "datname"),
-		server: desc("pg_server_connections",
+		server: gaugeDesc("pg_server_connections",
 			"Client backends connected to the server, all databases together."),
-		utilisation: desc("pg_server_connection_utilization_ratio",
+		utilisation: gaugeDesc("pg_server_connection_utilization_ratio",
 			"Client backends divided by max_connections: how close the server is to refusing connections."),
 	}
 }

@@ -18,9 +18,9 @@ type archiver struct {
 
 func newArchiver() *archiver {
 	return &archiver{
-		archived: desc("pg_stat_archiver_archived_count", "Number of WAL files that have been successfully archived."),
-		failed:   desc("pg_stat_archiver_failed_count", "Number of failed attempts for archiving WAL files."),
-		lastAge: desc("pg_stat_archiver_last_archive_age",
+		archived: counterDesc("pg_stat_archiver_archived_count", "Number of WAL files that have been successfully archived."),
+		failed:   counterDesc("pg_stat_archiver_failed_count", "Number of failed attempts for archiving WAL files."),
+		lastAge: gaugeDesc("pg_stat_archiver_last_archive_age",
 			"Time in seconds since the last WAL segment was successfully archived."),
 	}
 }

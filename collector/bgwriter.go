@@ -56,7 +56,11 @@ type bgwriter struct {
 func newBgwriter() *bgwriter {
 	c := &bgwriter{}
 	for _, col := range bgwriterColumns {
-		c.descs = append(c.descs, desc("pg_stat_bgwriter_"+col.metric, col.help))
+		d := counterDesc("pg_stat_bgwriter_"+col.metric, col.help)
+		if col.before17 {
+			d = before(170000, d)
+		}
+		c.descs = append(c.descs, d)
 	}
 	return c
 }

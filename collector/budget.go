@@ -27,11 +27,11 @@ type scopeDescs struct {
 
 func newScopeDescs() scopeDescs {
 	return scopeDescs{
-		leader: desc("pgsidecar_collector_leader",
+		leader: gaugeDesc("pgsidecar_collector_leader",
 			"1 if this sidecar runs the server-wide collectors (it leads the election of --collector.scope=auto, or runs with all), else 0.", "scope"),
-		ceiling: desc("pgsidecar_connection_ceiling",
+		ceiling: gaugeDesc("pgsidecar_connection_ceiling",
 			"Most server connections this sidecar may open, by part: the pool (which the proxy draws from), the collectors (their pool, and one per other database they visit, up to --collector.databases.max-idle + 1; counted on the sidecar that runs them: with --collector.scope=auto only the leader), and the election session. Their sum is the sidecar's ceiling.", "part"),
-		allowed: desc("pgsidecar_server_connections_allowed",
+		allowed: gaugeDesc("pgsidecar_server_connections_allowed",
 			"Connections the server allows clients without reserved rights: max_connections less superuser_reserved_connections and reserved_connections. Exported by the sidecar that runs the server-wide collectors."),
 	}
 }

@@ -18,7 +18,9 @@ type buffercacheSummary struct {
 }
 
 func newBuffercacheSummary() *buffercacheSummary {
-	d := func(name, help string) *prometheus.Desc { return desc("pg_buffercache_summary_"+name, help) }
+	d := func(name, help string) *prometheus.Desc {
+		return since(160000, desc("pg_buffercache_summary_"+name, help))
+	}
 	return &buffercacheSummary{q: rowQuery{
 		cols: []column{
 			gauge("buffers_used", d("buffers_used", "Number of used shared buffers.")),

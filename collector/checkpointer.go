@@ -21,7 +21,9 @@ type checkpointer struct {
 }
 
 func newCheckpointer() *checkpointer {
-	d := func(name, help string) *prometheus.Desc { return desc("pg_stat_checkpointer_"+name, help) }
+	d := func(name, help string) *prometheus.Desc {
+		return since(170000, desc("pg_stat_checkpointer_"+name, help))
+	}
 	return &checkpointer{q: rowQuery{
 		cols: []column{
 			counter("num_timed", d("num_timed_total", "Number of scheduled checkpoints due to timeout.")),

@@ -103,6 +103,9 @@ type Scrape struct {
 	ConfigKey string
 
 	sink *sink
+	// collector is the registered name of the collector this scrape runs ("" for the custom
+	// queries), for emitCheck.
+	collector string
 	// tables is the table choice of the database Conn is connected to, for the per-table
 	// collectors (nil: every table).
 	tables *dbTables
@@ -113,17 +116,32 @@ type Scrape struct {
 
 // Gauge emits a gauge sample. Label values must match the desc's variable labels.
 func (s *Scrape) Gauge(d *prometheus.Desc, v float64, labels ...string) {
+	s.check(d, TypeGauge)
 	s.sink.add(d, prometheus.GaugeValue, v, labels)
 }
 
 // Counter emits a counter sample.
 func (s *Scrape) Counter(d *prometheus.Desc, v float64, labels ...string) {
+	s.check(d, TypeCounter)
 	s.sink.add(d, prometheus.CounterValue, v, labels)
 }
 
 // Untyped emits an untyped sample.
 func (s *Scrape) Untyped(d *prometheus.Desc, v float64, labels ...string) {
+	s.check(d, TypeUntyped)
 	s.sink.add(d, prometheus.UntypedValue, v, labels)
+}
+
+// emitCheck, set by tests, sees every metric a built-in collector emits, so that a test fails
+// on a metric, type or server version the collector's declaration (Declarations) leaves out,
+// which the reference docs would then get wrong. Nil in the binary.
+var emitCheck func(collector string, d *prometheus.Desc, typ string, version int)
+
+// check passes an emitted metric to emitCheck.
+func (s *Scrape) check(d *prometheus.Desc, typ string) {
+	if emitCheck != nil && s.collector != "" {
+		emitCheck(s.collector, d, typ, s.Version)
+	}
 }
 
 // sink gathers the metrics of one collection. A series already emitted (same desc and label
@@ -188,13 +206,51 @@ type seriesKey struct {
 }
 
 // desc builds a Desc and records its name as taken by a built-in collector, so custom queries
-// cannot export the same name.
+// cannot export the same name. Collectors declare its type with gaugeDesc, counterDesc and the
+// others, or with the column that uses it (gauge, counter).
 func desc(name, help string, labels ...string) *prometheus.Desc {
 	d := prometheus.NewDesc(name, help, labels, nil)
 	builtinMu.Lock()
 	builtinNames[name] = true
 	if declaring != nil {
-		*declaring = append(*declaring, d)
+		declaring.add(d)
+	}
+	builtinMu.Unlock()
+	return d
+}
+
+// gaugeDesc, counterDesc, untypedDesc and histogramDesc build a Desc and declare its type.
+func gaugeDesc(name, help string, labels ...string) *prometheus.Desc {
+	return declareType(desc(name, help, labels...), TypeGauge)
+}
+
+func counterDesc(name, help string, labels ...string) *prometheus.Desc {
+	return declareType(desc(name, help, labels...), TypeCounter)
+}
+
+func untypedDesc(name, help string, labels ...string) *prometheus.Desc {
+	return declareType(desc(name, help, labels...), TypeUntyped)
+}
+
+func histogramDesc(name, help string, labels ...string) *prometheus.Desc {
+	return declareType(desc(name, help, labels...), TypeHistogram)
+}
+
+// since declares that d exists from server version v (a server_version_num) on; before
+// declares that it exists only on versions before v. Both return d.
+func since(v int, d *prometheus.Desc) *prometheus.Desc {
+	builtinMu.Lock()
+	if declaring != nil {
+		declaring.of(d).MinVersion = v
+	}
+	builtinMu.Unlock()
+	return d
+}
+
+func before(v int, d *prometheus.Desc) *prometheus.Desc {
+	builtinMu.Lock()
+	if declaring != nil {
+		declaring.of(d).BeforeVersion = v
 	}
 	builtinMu.Unlock()
 	return d
@@ -207,34 +263,86 @@ var (
 		"pg_scrape_collector_success": true,
 	}
 	builtinOnce sync.Once
-	// declaring collects the descs desc builds while Declarations builds a collector, and
-	// declaringTypes the types its columns declare (declareType).
-	declaring      *[]*prometheus.Desc
-	declaringTypes map[*prometheus.Desc]prometheus.ValueType
-	declareMu      sync.Mutex
+	// declaring collects what desc, declareType, since and before declare while Declarations
+	// builds a collector; nil otherwise, so that building collectors keeps nothing.
+	declaring *declarationBuilder
+	declareMu sync.Mutex
 )
 
+// Metric types a declaration gives, as Prometheus' exposition format names them.
+const (
+	TypeCounter   = "counter"
+	TypeGauge     = "gauge"
+	TypeHistogram = "histogram"
+	TypeUntyped   = "untyped"
+)
+
+// valueTypeName names a const metric's value type.
+func valueTypeName(t prometheus.ValueType) string {
+	switch t {
+	case prometheus.CounterValue:
+		return TypeCounter
+	case prometheus.GaugeValue:
+		return TypeGauge
+	}
+	return TypeUntyped
+}
+
+// Metric is one metric a collector declares.
+type Metric struct {
+	Desc *prometheus.Desc
+	// Type is TypeCounter, TypeGauge, TypeHistogram or TypeUntyped.
+	Type string
+	// MinVersion is the first server_version_num the metric exists on, BeforeVersion the first
+	// it no longer exists on; 0 for no bound.
+	MinVersion, BeforeVersion int
+}
+
+// ExistsOn reports whether the metric exists on a server version (server_version_num).
+func (m Metric) ExistsOn(version int) bool {
+	return version >= m.MinVersion && (m.BeforeVersion == 0 || version < m.BeforeVersion)
+}
+
+type declarationBuilder struct {
+	metrics []*Metric
+	byDesc  map[*prometheus.Desc]*Metric
+}
+
+func (b *declarationBuilder) add(d *prometheus.Desc) {
+	m := &Metric{Desc: d}
+	b.metrics = append(b.metrics, m)
+	b.byDesc[d] = m
+}
+
+// of returns d's declaration; a Desc built without desc (none should be) is added.
+func (b *declarationBuilder) of(d *prometheus.Desc) *Metric {
+	if m := b.byDesc[d]; m != nil {
+		return m
+	}
+	b.add(d)
+	return b.byDesc[d]
+}
+
 // Declaration is what a built-in collector declares it exports: the metrics it builds descs
-// for when it is built. The settings collector's pg_settings_* follow the server's settings
-// and are built as it reads them, so it declares none.
+// for when it is built, with their types and the server versions they exist on. The settings
+// collector's pg_settings_* follow the server's settings and are built as it reads them, so
+// it declares none.
 type Declaration struct {
 	Collector      string
 	DefaultEnabled bool
 	// PerDatabase collectors run in every database --collector.databases selects.
 	PerDatabase bool
-	Descs       []*prometheus.Desc
-	// Types holds the value type of the descs whose type is fixed when the collector is built
-	// (the columns of row queries); the others' types show only in their samples.
-	Types map[*prometheus.Desc]prometheus.ValueType
+	Metrics     []Metric
 }
 
-// declareType notes d's value type while Declarations builds a collector.
-func declareType(d *prometheus.Desc, t prometheus.ValueType) {
+// declareType notes d's type while Declarations builds a collector, and returns d.
+func declareType(d *prometheus.Desc, typ string) *prometheus.Desc {
 	builtinMu.Lock()
-	if declaringTypes != nil {
-		declaringTypes[d] = t
+	if declaring != nil {
+		declaring.of(d).Type = typ
 	}
 	builtinMu.Unlock()
+	return d
 }
 
 // Declarations builds every registered collector once, in name order, and returns what each
@@ -246,17 +354,19 @@ func Declarations() []Declaration {
 	var out []Declaration
 	for _, name := range Names() {
 		r := registry[name]
-		var descs []*prometheus.Desc
-		types := map[*prometheus.Desc]prometheus.ValueType{}
+		b := &declarationBuilder{byDesc: map[*prometheus.Desc]*Metric{}}
 		builtinMu.Lock()
-		declaring, declaringTypes = &descs, types
+		declaring = b
 		builtinMu.Unlock()
 		r.factory(Options{Logger: slog.New(slog.DiscardHandler)})
 		builtinMu.Lock()
-		declaring, declaringTypes = nil, nil
+		declaring = nil
 		builtinMu.Unlock()
-		out = append(out, Declaration{Collector: name, DefaultEnabled: r.enabled, PerDatabase: r.perDatabase,
-			Descs: descs, Types: types})
+		d := Declaration{Collector: name, DefaultEnabled: r.enabled, PerDatabase: r.perDatabase}
+		for _, m := range b.metrics {
+			d.Metrics = append(d.Metrics, *m)
+		}
+		out = append(out, d)
 	}
 	return out
 }

@@ -100,13 +100,17 @@ type dbSize struct {
 }
 
 func newDatabase(sizeInterval time.Duration) *database {
-	c := &database{size: desc("pg_database_size_bytes", "Disk space used by the database.", "datname"),
+	c := &database{size: gaugeDesc("pg_database_size_bytes", "Disk space used by the database.", "datname"),
 		sizeInterval: sizeInterval}
 	for _, col := range databaseColumns {
-		c.descs = append(c.descs, desc("pg_stat_database_"+col.metric, col.help, "datid", "datname"))
+		d := gaugeDesc
+		if col.counter {
+			d = counterDesc
+		}
+		c.descs = append(c.descs, since(col.minVersion, d("pg_stat_database_"+col.metric, col.help, "datid", "datname")))
 	}
 	for _, col := range conflictColumns {
-		c.conflicts = append(c.conflicts, desc("pg_stat_database_conflicts_"+col.column, col.help, "datid", "datname"))
+		c.conflicts = append(c.conflicts, since(col.minVersion, counterDesc("pg_stat_database_conflicts_"+col.column, col.help, "datid", "datname")))
 	}
 	return c
 }

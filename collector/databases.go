@@ -402,7 +402,7 @@ func (e *Exporter) collectDatabase(ctx context.Context, db string, version int, 
 			continue
 		}
 		start := time.Now()
-		err := e.runOne(ctx, c.c, &Scrape{Conn: conn, Version: version, sink: s, tables: tables})
+		err := e.runOne(ctx, c.c, &Scrape{Conn: conn, Version: version, sink: s, tables: tables, collector: c.name})
 		results[i].dur += time.Since(start)
 		if err != nil {
 			ok = false

@@ -133,12 +133,8 @@ type Exporter struct {
 	waiting        atomic.Int64   // scrapes waiting for a collection (tests use it)
 	wg             sync.WaitGroup // collections and cancel requests in progress
 
-	upDesc, staticDesc, durationDesc, successDesc *prometheus.Desc
-	collectionsDesc, droppedDesc                  *prometheus.Desc
-	dbSuccessDesc, dbDurationDesc                 *prometheus.Desc
-	lastErrorDesc, lastDurationDesc, scrapesDesc  *prometheus.Desc
-	rejectedDesc                                  *prometheus.Desc
-	duplicates, invalid                           atomic.Int64
+	ownDescs
+	duplicates, invalid atomic.Int64
 
 	// Scope and budget (budget.go): the election with ScopeAuto (nil otherwise), the pool's
 	// health for pg_up when this sidecar does not collect, and the connections it may open.
@@ -203,28 +199,8 @@ func newExporter(p *pgxpool.Pool, poolName string, cfg Config, opts ...Option) (
 		failing:    map[string]string{},
 		wasUp:      true,
 		encodeSlot: make(chan struct{}, 1),
-		upDesc: prometheus.NewDesc("pg_up", "1 if the last collection could connect to PostgreSQL and query it, else 0.",
-			nil, prometheus.Labels{"pool": poolName}),
-		staticDesc: desc("pg_static", "PostgreSQL server version; the value is always 1.", "version", "short_version"),
-		durationDesc: desc("pg_scrape_collector_duration_seconds",
-			"Time a collector took in the last collection.", "collector"),
-		successDesc: desc("pg_scrape_collector_success",
-			"1 if a collector succeeded in the last collection, 0 if it failed or ran out of time.", "collector"),
-		collectionsDesc: desc("pgsidecar_collections_total",
-			"Collections run against the database; concurrent scrapes share one."),
-		droppedDesc: desc("pgsidecar_collector_dropped_series_total",
-			"Samples dropped from collections, by reason (duplicate series, invalid label value, left out by the series budget of --collector.max-series).", "reason"),
-		dbSuccessDesc: desc("pgsidecar_collector_database_success",
-			"1 if the per-database collectors could read a database in the last collection, 0 if it refused the connection, failed or ran out of time.", "datname"),
-		dbDurationDesc: desc("pgsidecar_collector_database_duration_seconds",
-			"Time the per-database collectors took in a database in the last collection, connecting included.", "datname"),
-		lastErrorDesc: desc("pg_exporter_last_scrape_error",
-			"1 if the last collection could not reach the database or a collector failed in it, else 0."),
-		lastDurationDesc: desc("pg_exporter_last_scrape_duration_seconds", "Duration of the last collection."),
-		scrapesDesc:      desc("pg_exporter_scrapes_total", "Collections run against the database; concurrent scrapes share one."),
-		rejectedDesc: desc("pgsidecar_scrapes_rejected_total",
-			"Scrapes of /metrics answered 503 because 64 were already being served."),
-		scope: newScopeDescs(),
+		ownDescs:   newOwnDescs(poolName),
+		scope:      newScopeDescs(),
 	}
 	for _, o := range opts {
 		o(e)
@@ -259,6 +235,73 @@ func newExporter(p *pgxpool.Pool, poolName string, cfg Config, opts ...Option) (
 		e.cols = append(e.cols, namedCollector{name: customCollectorName, c: e.custom})
 	}
 	return e, nil
+}
+
+// ownDescs are the exporter's own series, beside the collectors'.
+type ownDescs struct {
+	upDesc, staticDesc, durationDesc, successDesc *prometheus.Desc
+	collectionsDesc, droppedDesc                  *prometheus.Desc
+	dbSuccessDesc, dbDurationDesc                 *prometheus.Desc
+	lastErrorDesc, lastDurationDesc, scrapesDesc  *prometheus.Desc
+	rejectedDesc                                  *prometheus.Desc
+}
+
+func newOwnDescs(poolName string) ownDescs {
+	return ownDescs{
+		upDesc: declareType(prometheus.NewDesc("pg_up", "1 if the last collection could connect to PostgreSQL and query it, else 0.",
+			nil, prometheus.Labels{"pool": poolName}), TypeGauge),
+		staticDesc: untypedDesc("pg_static", "PostgreSQL server version; the value is always 1.", "version", "short_version"),
+		durationDesc: gaugeDesc("pg_scrape_collector_duration_seconds",
+			"Time a collector took in the last collection.", "collector"),
+		successDesc: gaugeDesc("pg_scrape_collector_success",
+			"1 if a collector succeeded in the last collection, 0 if it failed or ran out of time.", "collector"),
+		collectionsDesc: counterDesc("pgsidecar_collections_total",
+			"Collections run against the database; concurrent scrapes share one."),
+		droppedDesc: counterDesc("pgsidecar_collector_dropped_series_total",
+			"Samples dropped from collections, by reason (duplicate series, invalid label value, left out by the series budget of --collector.max-series).", "reason"),
+		dbSuccessDesc: gaugeDesc("pgsidecar_collector_database_success",
+			"1 if the per-database collectors could read a database in the last collection, 0 if it refused the connection, failed or ran out of time.", "datname"),
+		dbDurationDesc: gaugeDesc("pgsidecar_collector_database_duration_seconds",
+			"Time the per-database collectors took in a database in the last collection, connecting included.", "datname"),
+		lastErrorDesc: gaugeDesc("pg_exporter_last_scrape_error",
+			"1 if the last collection could not reach the database or a collector failed in it, else 0."),
+		lastDurationDesc: gaugeDesc("pg_exporter_last_scrape_duration_seconds", "Duration of the last collection."),
+		scrapesDesc:      counterDesc("pg_exporter_scrapes_total", "Collections run against the database; concurrent scrapes share one."),
+		rejectedDesc: counterDesc("pgsidecar_scrapes_rejected_total",
+			"Scrapes of /metrics answered 503 because 64 were already being served."),
+	}
+}
+
+// ExporterMetrics declares the exporter's own series (pg_up, pg_scrape_collector_*,
+// pgsidecar_collector_*, the custom queries' own ...), as Declarations declares the
+// collectors'. It needs no database.
+func ExporterMetrics() []Metric {
+	declareMu.Lock()
+	defer declareMu.Unlock()
+	b := &declarationBuilder{byDesc: map[*prometheus.Desc]*Metric{}}
+	builtinMu.Lock()
+	declaring = b
+	builtinMu.Unlock()
+	newOwnDescs("pool")
+	newScopeDescs()
+	newBudgetDescs()
+	builtinMu.Lock()
+	declaring = nil
+	builtinMu.Unlock()
+	out := make([]Metric, 0, len(b.metrics)+3)
+	for _, m := range b.metrics {
+		out = append(out, *m)
+	}
+	c := newCustomCollector("", slog.New(slog.DiscardHandler))
+	ch := make(chan *prometheus.Desc, 1)
+	for _, x := range []struct {
+		c   prometheus.Collector
+		typ string
+	}{{c.reloadOK, TypeGauge}, {c.reloadTS, TypeGauge}, {c.errs, TypeCounter}} {
+		x.c.Describe(ch)
+		out = append(out, Metric{Desc: <-ch, Type: x.typ})
+	}
+	return out
 }
 
 // Close stops collections in progress and waits for them. The side pool itself belongs to
@@ -833,7 +876,7 @@ func (e *Exporter) worker(ctx context.Context, conn *pgxpool.Conn, version int, 
 			}
 			conn = c
 		}
-		sc := &Scrape{Conn: conn, Version: version, ConfigKey: configKey, sink: r.sink}
+		sc := &Scrape{Conn: conn, Version: version, ConfigKey: configKey, sink: r.sink, collector: e.cols[i].name}
 		if e.cols[i].perDatabase {
 			sc.tables = tables
 		}

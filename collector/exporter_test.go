@@ -39,7 +39,7 @@ func (c duplicateCollector) Update(_ context.Context, s *Scrape) error {
 func init() {
 	register("test_broken", false, "test only", func(Options) Collector { return brokenCollector{} })
 	register("test_duplicate", false, "test only", func(Options) Collector {
-		return duplicateCollector{d: prometheus.NewDesc("test_duplicate_value", "Test.", []string{"k"}, nil)}
+		return duplicateCollector{d: gaugeDesc("test_duplicate_value", "Test.", "k")}
 	})
 }
 

@@ -23,7 +23,7 @@ type processIdle struct {
 }
 
 func newProcessIdle() *processIdle {
-	return &processIdle{desc: desc("pg_process_idle_seconds", "Idle time of server processes, by state and application_name.",
+	return &processIdle{desc: histogramDesc("pg_process_idle_seconds", "Idle time of server processes, by state and application_name.",
 		"state", "application_name")}
 }
 
@@ -50,6 +50,7 @@ GROUP BY 1, 2`
 				}
 			}
 		}
+		s.check(c.desc, TypeHistogram)
 		s.sink.addHistogram(c.desc, h, []string{state, app})
 		return nil
 	})

@@ -22,16 +22,16 @@ type replicationSlots struct {
 func newReplicationSlots() *replicationSlots {
 	const p = "pg_replication_slots_"
 	return &replicationSlots{
-		active:  desc(p+"active", "1 if the slot is in use by a connection, else 0.", "slot_name", "database"),
-		lsnDiff: desc(p+"pg_wal_lsn_diff", "WAL the slot retains: bytes from its restart_lsn to the current WAL position.", "slot_name", "database"),
-		currentLSN: desc(p+"slot_current_wal_lsn", "Current WAL position (received WAL on a replica), as a byte offset.",
+		active:  gaugeDesc(p+"active", "1 if the slot is in use by a connection, else 0.", "slot_name", "database"),
+		lsnDiff: gaugeDesc(p+"pg_wal_lsn_diff", "WAL the slot retains: bytes from its restart_lsn to the current WAL position.", "slot_name", "database"),
+		currentLSN: gaugeDesc(p+"slot_current_wal_lsn", "Current WAL position (received WAL on a replica), as a byte offset.",
 			"slot_name", "slot_type"),
-		flushLSN: desc(p+"slot_confirmed_flush_lsn", "Last WAL position the logical slot's consumer confirmed, as a byte offset (active slots only).",
+		flushLSN: gaugeDesc(p+"slot_confirmed_flush_lsn", "Last WAL position the logical slot's consumer confirmed, as a byte offset (active slots only).",
 			"slot_name", "slot_type"),
-		isActive: desc(p+"slot_is_active", "1 if the slot is in use by a connection, else 0.", "slot_name", "slot_type"),
-		safeWAL: desc(p+"safe_wal_size_bytes", "WAL that can still be written before the slot is in danger of being lost (with max_slot_wal_keep_size).",
+		isActive: gaugeDesc(p+"slot_is_active", "1 if the slot is in use by a connection, else 0.", "slot_name", "slot_type"),
+		safeWAL: gaugeDesc(p+"safe_wal_size_bytes", "WAL that can still be written before the slot is in danger of being lost (with max_slot_wal_keep_size).",
 			"slot_name", "slot_type"),
-		walStatus: desc(p+"wal_status", "Availability of the WAL the slot claims; the value is always 1.", "slot_name", "slot_type", "wal_status"),
+		walStatus: gaugeDesc(p+"wal_status", "Availability of the WAL the slot claims; the value is always 1.", "slot_name", "slot_type", "wal_status"),
 	}
 }
 

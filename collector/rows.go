@@ -67,6 +67,9 @@ func (q rowQuery) run(ctx context.Context, s *Scrape) error {
 	for i := range vals {
 		dest = append(dest, &vals[i])
 	}
+	for _, c := range q.cols {
+		s.check(c.desc, valueTypeName(c.typ))
+	}
 	var order []int
 	var row []prometheus.Metric
 	if q.perTable {
@@ -116,17 +119,17 @@ func (q rowQuery) emitRow(k *sink, labels []string, vals []*float64, order []int
 // gauge, counter and nullableGauge build columns.
 // They declare the column's type for Declarations.
 func gauge(expr string, d *prometheus.Desc) column {
-	declareType(d, prometheus.GaugeValue)
+	declareType(d, TypeGauge)
 	return column{expr: expr, desc: d, typ: prometheus.GaugeValue}
 }
 
 func counter(expr string, d *prometheus.Desc) column {
-	declareType(d, prometheus.CounterValue)
+	declareType(d, TypeCounter)
 	return column{expr: expr, desc: d, typ: prometheus.CounterValue}
 }
 
 func nullableGauge(expr string, d *prometheus.Desc) column {
-	declareType(d, prometheus.GaugeValue)
+	declareType(d, TypeGauge)
 	return column{expr: expr, desc: d, typ: prometheus.GaugeValue, keepNull: true}
 }
 

@@ -199,11 +199,11 @@ type budgetDescs struct {
 
 func newBudgetDescs() budgetDescs {
 	return budgetDescs{
-		budget: desc("pgsidecar_collector_series_budget",
+		budget: gaugeDesc("pgsidecar_collector_series_budget",
 			"Most series of the collectors in one scrape (--collector.max-series); 0 for no budget."),
-		dropped: desc("pgsidecar_collector_series_over_budget",
+		dropped: gaugeDesc("pgsidecar_collector_series_over_budget",
 			"Series the series budget left out of the last collection (whole tables, then whole families); 0 when it fit. PgSidecarCollectorSeriesBudgetExceeded fires while it is above 0."),
-		leftOut: desc("pgsidecar_collector_tables_left_out",
+		leftOut: gaugeDesc("pgsidecar_collector_tables_left_out",
 			"Tables whose statistics the last collection left out, past --collector.tables.limit in each database."),
 	}
 }

@@ -28,14 +28,14 @@ func newStatProgressVacuum() *statProgressVacuum {
 	const p = "pg_stat_progress_vacuum_"
 	l := []string{"datname", "relname"}
 	return &statProgressVacuum{
-		phase:        desc(p+"phase", "1 for the vacuum's current phase (label phase), 0 for the others.", "datname", "relname", "phase"),
-		heapBlks:     desc(p+"heap_blks", "Total number of heap blocks in the table being vacuumed.", l...),
-		heapScanned:  desc(p+"heap_blks_scanned", "Number of heap blocks scanned so far.", l...),
-		heapVacuumed: desc(p+"heap_blks_vacuumed", "Number of heap blocks vacuumed so far.", l...),
-		indexVacuums: desc(p+"index_vacuums", "Number of completed index vacuum cycles.", l...),
-		maxDead: desc(p+"max_dead_tuples",
-			"Number of dead tuples that can be stored before an index vacuum cycle is needed (before PostgreSQL 17).", l...),
-		numDead: desc(p+"num_dead_tuples",
+		phase:        gaugeDesc(p+"phase", "1 for the vacuum's current phase (label phase), 0 for the others.", "datname", "relname", "phase"),
+		heapBlks:     gaugeDesc(p+"heap_blks", "Total number of heap blocks in the table being vacuumed.", l...),
+		heapScanned:  gaugeDesc(p+"heap_blks_scanned", "Number of heap blocks scanned so far.", l...),
+		heapVacuumed: gaugeDesc(p+"heap_blks_vacuumed", "Number of heap blocks vacuumed so far.", l...),
+		indexVacuums: gaugeDesc(p+"index_vacuums", "Number of completed index vacuum cycles.", l...),
+		maxDead: before(170000, gaugeDesc(p+"max_dead_tuples",
+			"Number of dead tuples that can be stored before an index vacuum cycle is needed (before PostgreSQL 17).", l...)),
+		numDead: gaugeDesc(p+"num_dead_tuples",
 			"Number of dead tuples (dead item identifiers from PostgreSQL 17) collected since the last index vacuum cycle.", l...),
 	}
 }

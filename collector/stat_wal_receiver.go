@@ -37,8 +37,8 @@ func newStatWalReceiver() *statWalReceiver {
 			counter(lsn("latest_end_lsn"), d("latest_end_lsn", "Last WAL position reported to the WAL sender, as a byte offset.")),
 			counter("extract(epoch FROM latest_end_time)", d("latest_end_time",
 				"Time of the last WAL position reported to the WAL sender, in seconds since the Unix epoch.")),
-			{expr: "substring(slot_name from 'repmgr_slot_([0-9]*)')::int", typ: prometheus.GaugeValue, keepNull: true,
-				desc: d("upstream_node", "Node ID of the upstream node (repmgr slot names only).")},
+			nullableGauge("substring(slot_name from 'repmgr_slot_([0-9]*)')::int",
+				d("upstream_node", "Node ID of the upstream node (repmgr slot names only).")),
 		},
 		from: "FROM pg_stat_wal_receiver WHERE status IS NOT NULL",
 	}}

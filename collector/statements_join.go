@@ -39,9 +39,9 @@ const maxJoinText = 64 << 10
 
 func newStatementJoin(limit int) *statementJoin {
 	return &statementJoin{
-		info: desc("pgsidecar_statement_queryid_info",
+		info: since(140000, gaugeDesc("pgsidecar_statement_queryid_info",
 			"The pg_stat_statements query ids (per database) of each statement fingerprint of pgsidecar_statement_duration_seconds, for the exported statements; always 1.",
-			"fingerprint", "datname", "queryid"),
+			"fingerprint", "datname", "queryid")),
 		byID: map[joinKey]fingerprint.Fingerprint{},
 		max:  max(4*limit, 1024),
 	}
