@@ -279,6 +279,11 @@ func (c *srvConn) advance(a *answer, rd *answerReader) {
 		rd.out.flushClient()
 		rd.out = nil
 	}
+	if a.typ == 'Z' && a.cl != nil && a.cl.holdsNone() {
+		// The client's goroutine let go of its writer before it waited for its next request,
+		// but this answer took one: give it back, or an idle client keeps 32 KiB.
+		a.cl.releaseClientWriter()
+	}
 }
 
 // failBatch handles an error answer to h, an extended-protocol request: the server now skips

@@ -178,6 +178,13 @@ func (cl *clientEnd) detach(c *srvConn) {
 	cl.mu.Unlock()
 }
 
+// holdsNone reports whether the client holds no server connection.
+func (cl *clientEnd) holdsNone() bool {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	return cl.sc == nil
+}
+
 // undo records that the server skipped the request e answered. Called by readLoop.
 func (cl *clientEnd) undo(e *entry) {
 	cl.undoMu.Lock()

@@ -1,0 +1,70 @@
+package proxy
+
+import (
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+)
+
+// idleWriters counts the logged-in clients that hold a client writer.
+func idleWriters(h *harness) (holding, clients int) {
+	h.srv.table.mu.Lock()
+	cls := make([]*client, 0, len(h.srv.table.byKey))
+	for _, cl := range h.srv.table.byKey {
+		cls = append(cls, cl)
+	}
+	h.srv.table.mu.Unlock()
+	for _, cl := range cls {
+		cl.wmu.Lock()
+		if cl.cw != nil {
+			holding++
+		}
+		cl.wmu.Unlock()
+	}
+	return holding, len(cls)
+}
+
+// TestTxModeIdleClientCost checks what an idle transaction-mode client keeps once its answer
+// came: no buffered writer (32 KiB), and not the stack its login grew (the goroutine that
+// serves the session is not the one that ran the SCRAM exchange, so a garbage collection can
+// shrink it).
+func TestTxModeIdleClientCost(t *testing.T) {
+	h := newTxHarness(t, 2, nil)
+	ctx := ctxTimeout(t, time.Minute)
+	warm := h.pgconnect(t, ctx, "")
+	if _, err := warm.Exec(ctx, "select 1").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	_ = warm.Close(ctx)
+	h.waitIdle(t)
+	runtime.GC()
+	runtime.GC()
+	base := readMemSplit(t)
+
+	const n = 40
+	conns := make([]*pgconn.PgConn, n)
+	for i := range conns {
+		conns[i] = h.pgconnect(t, ctx, "")
+		if _, err := conns[i].Exec(ctx, "select 1").ReadAll(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var holding, clients int
+	if !pgtest.WaitFor(5*time.Second, func() bool {
+		holding, clients = idleWriters(h)
+		return holding == 0 && clients == n
+	}) {
+		t.Errorf("%d of %d idle clients keep a client writer", holding, clients)
+	}
+	runtime.GC()
+	runtime.GC()
+	idle := readMemSplit(t)
+	perClient := (idle.stacks - base.stacks) / n
+	t.Logf("goroutine stacks per idle client after GC: %.0f bytes", perClient)
+	if perClient > 6<<10 && !raceEnabled {
+		t.Errorf("an idle client keeps %.1f KiB of goroutine stack after a GC, want at most 6 KiB", perClient/1024)
+	}
+}
