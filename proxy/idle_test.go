@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
 )
 
@@ -66,5 +67,44 @@ func TestTxModeIdleClientCost(t *testing.T) {
 	t.Logf("goroutine stacks per idle client after GC: %.0f bytes", perClient)
 	if perClient > 6<<10 && !raceEnabled {
 		t.Errorf("an idle client keeps %.1f KiB of goroutine stack after a GC, want at most 6 KiB", perClient/1024)
+	}
+}
+
+// TestTxModeClientClosesRightAfterRequest: a client that sends a message and closes its end at
+// once (both reach the proxy in one readiness event) is noticed, whatever the message: a batch
+// without its Sync, COPY data, a Query. Reading without the read that ends in EAGAIN must not
+// miss the end of the connection (rawread.go).
+func TestTxModeClientClosesRightAfterRequest(t *testing.T) {
+	h := newTxHarness(t, 2, nil)
+	ctx := ctxTimeout(t, time.Minute)
+	setup := h.pgconnect(t, ctx, "")
+	if _, err := simple(ctx, setup, "create table if not exists close_copy (i int)"); err != nil {
+		t.Fatal(err)
+	}
+	_ = setup.Close(ctx)
+	sends := map[string][]pgproto3.FrontendMessage{
+		"batch without Sync": {&pgproto3.Parse{Query: "select pg_sleep(0.01)"}, &pgproto3.Bind{}, &pgproto3.Execute{}},
+		"COPY data":          {&pgproto3.Query{String: "copy close_copy from stdin"}, &pgproto3.CopyData{Data: []byte("1\n")}},
+		"Query":              {&pgproto3.Query{String: "select pg_sleep(0.05)"}},
+		"Sync":               {&pgproto3.Parse{Query: "select 1"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+	}
+	for name, msgs := range sends {
+		t.Run(name, func(t *testing.T) {
+			for range 10 {
+				c := h.pgconnect(t, ctx, "")
+				if _, err := simple(ctx, c, "select 1"); err != nil {
+					t.Fatal(err)
+				}
+				fe := c.Frontend()
+				for _, m := range msgs {
+					fe.Send(m)
+				}
+				if err := fe.Flush(); err != nil {
+					t.Fatal(err)
+				}
+				_ = c.Conn().Close()
+			}
+			h.waitIdle(t)
+		})
 	}
 }

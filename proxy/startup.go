@@ -53,7 +53,7 @@ func (s *gate) handle(raw net.Conn) (session func()) {
 		return nil
 	}
 	cl := newClient(s.core, s.set, conn, params, remoteString(raw))
-	cl.cr = getReader(conn)
+	cl.cr = cl.newReader()
 	if err := s.auth.authenticate(cl, raw); err != nil {
 		s.core.refuse(cl, err)
 		cl.flushClient()
