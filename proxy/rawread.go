@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -39,8 +40,8 @@ type fdReader struct {
 	fd   int  // the socket, while inRaw
 	raw  bool // inside the callback
 	// short: the last read inside this call did not fill the buffer, so the socket was
-	// drained: the next wait needs no read first.
-	short bool
+	// drained: the next wait needs no read first. full: it filled it.
+	short, full bool
 }
 
 // newFDReader is a reader for conn when it is a TCP or Unix socket (not TLS), or nil.
@@ -80,9 +81,34 @@ func (r *fdReader) Read(p []byte) (int, error) {
 		case n == 0:
 			return 0, io.EOF
 		}
-		r.short = n < len(p)
+		r.short, r.full = n < len(p), n == len(p)
 		return n, nil
 	}
+}
+
+// fill reads into r, inside the callback, until it holds a whole message. Without one it
+// reports what the callback returns: false to park (the socket is drained), true to leave the
+// call for the ordinary path: a message over max bytes or the read buffer, a read error (which
+// the ordinary read meets again), or a read that filled the buffer. The last keeps deadlines as
+// they were: a stream that never drains the socket would not wait, so would not see one; the
+// ordinary read, and the next call's start, check it.
+func (fr *fdReader) fill(r *bufio.Reader, max int) (whole, leave bool) {
+	need := 5
+	if r.Buffered() >= 5 {
+		p, _ := r.Peek(5)
+		need = 1 + int(binary.BigEndian.Uint32(p[1:]))
+		if need > r.Size() || need > max {
+			return false, true
+		}
+	}
+	if _, err := r.Peek(need); err != nil {
+		return false, err != errWouldBlock
+	}
+	if fr.full {
+		fr.full = false
+		return false, true
+	}
+	return true, false
 }
 
 // relayRaw is loop for a plaintext client: it relays the client's messages inside one
@@ -91,7 +117,7 @@ func (r *fdReader) Read(p []byte) (int, error) {
 // ordinary path, which knows what each means. It reports false when the session ends.
 func (cl *client) relayRaw(fr *fdReader) bool {
 	var ended bool
-	fr.short = false // the call's start forgets readiness: its first read must not be skipped
+	fr.short, fr.full = false, false // the call's start forgets readiness: its first read must not be skipped
 	_ = fr.rc.Read(func(fd uintptr) bool {
 		fr.fd, fr.raw = int(fd), true
 		defer func() { fr.raw = false }()
@@ -119,20 +145,42 @@ func (cl *client) relayRaw(fr *fdReader) bool {
 			if cl.cr == nil {
 				cl.cr = getReader(fr)
 			}
-			need := 5
-			if cl.cr.Buffered() >= 5 {
-				p, _ := cl.cr.Peek(5)
-				need = 1 + int(binary.BigEndian.Uint32(p[1:]))
-				if need > cl.cr.Size() || need > cl.core.cfg.MaxMessageSize {
-					return true // step reads it through the connection
-				}
-			}
-			if _, err := cl.cr.Peek(need); err != nil {
-				if err == errWouldBlock {
+			if whole, leave := fr.fill(cl.cr, cl.core.cfg.MaxMessageSize); !whole {
+				if !leave {
 					cl.releaseReader()
-					return false
 				}
-				return true // step meets the error again, and ends the session
+				return leave
+			}
+		}
+	})
+	return !ended
+}
+
+// readRaw is readLoop for a plaintext server connection, as relayRaw is loop for a client: it
+// parks without the read that ends in EAGAIN only after a ReadyForQuery, when the server waits
+// for the proxy's next request (which would draw the reset of a socket the server closed). It
+// reports false when the connection is done with.
+func (c *srvConn) readRaw(fr *fdReader, rd *answerReader) bool {
+	var ended bool
+	fr.short, fr.full = false, false
+	_ = fr.rc.Read(func(fd uintptr) bool {
+		fr.fd, fr.raw = int(fd), true
+		defer func() { fr.raw = false }()
+		for {
+			if !needFlush(c.sr) {
+				if !c.step(rd) {
+					ended = true
+					return true
+				}
+				continue
+			}
+			rd.flush(c.core)
+			if fr.short && rd.idle && c.sr.Buffered() == 0 {
+				fr.short = false
+				return false
+			}
+			if whole, leave := fr.fill(c.sr, c.sr.Size()); !whole {
+				return leave
 			}
 		}
 	})
