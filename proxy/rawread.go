@@ -9,35 +9,37 @@ import (
 	"syscall"
 )
 
-// Reading a client's socket without the read that ends in EAGAIN.
-//
-// Only after a request the proxy answers (a Query, Sync, Flush, FunctionCall, CopyDone or
-// CopyFail ending the data read): a short read cannot show that the client closed its end, as
-// the poller's EPOLLRDHUP would, and when the close came with the request in one readiness
-// event, no event follows. The answer sent then draws the closed socket's reset, which is one.
-// After other messages (a batch without its Sync, COPY data) nothing may be sent, so the read
-// that ends in EAGAIN, or in the end of the connection, is still made.
+// Reading a socket without the read that ends in EAGAIN.
 //
 // Go's poller parks a goroutine only after a read returned EAGAIN, so reading a message costs
 // two reads: the one that gets it and the one that finds nothing more. A read that did not fill
 // its buffer already shows the socket was drained (on TCP and Unix stream sockets a read takes
 // all that is queued, up to the buffer's size), and the goroutine could park right away. The
 // poller forgets that the socket became readable whenever a read call begins, though, so parking
-// without the EAGAIN read is only safe within one call: the client's whole loop runs inside one
+// without the EAGAIN read is only safe within one call: the relay's loop runs inside one
 // syscall.RawConn.Read, whose callback returns false to park after a short read and is called
-// again once the socket is readable (relayRaw). Deadlines and Close end the call as they end a
-// Read. TLS connections, and messages larger than the read buffer, take the ordinary path.
+// again once the socket is readable (relayRaw for a client, readRaw for a server connection).
+// Deadlines and Close end the call as they end a Read. TLS connections, and messages larger than
+// the read buffer, take the ordinary path.
+//
+// It parks so only where the peer waits for the proxy: after a request the proxy answers (a
+// Query, Sync, Flush, FunctionCall, CopyDone or CopyFail), and after a server's ReadyForQuery. A
+// short read cannot show that the peer also closed its end (the poller does not pass on
+// EPOLLRDHUP), and when the close came in the same readiness event as the data, no event
+// follows. What the proxy sends next then draws the closed socket's reset, which is an event.
+// After other messages (a batch without its Sync, COPY data) nothing may be sent, so the read
+// that ends in EAGAIN, or in the end of the connection, is still made.
 
 // errWouldBlock is fdReader's EAGAIN inside the callback: the buffer keeps what it read, and the
 // callback parks.
 var errWouldBlock = errors.New("socket drained")
 
-// fdReader is what a plaintext client's buffered reader reads from: its socket directly while
+// fdReader is what a plaintext connection's buffered reader reads from: its socket directly while
 // the callback runs, the connection otherwise.
 type fdReader struct {
 	conn net.Conn
 	rc   syscall.RawConn
-	fd   int  // the socket, while inRaw
+	fd   int  // the socket, while raw
 	raw  bool // inside the callback
 	// short: the last read inside this call did not fill the buffer, so the socket was
 	// drained: the next wait needs no read first. full: it filled it.
@@ -102,6 +104,7 @@ func (fr *fdReader) fill(r *bufio.Reader, max int) (whole, leave bool) {
 		}
 	}
 	if _, err := r.Peek(need); err != nil {
+		fr.short = false // parked or leaving: the next read is made
 		return false, err != errWouldBlock
 	}
 	if fr.full {
@@ -136,7 +139,7 @@ func (cl *client) relayRaw(fr *fdReader) bool {
 			if cl.core.ending() {
 				return true // step sees to the end of the session
 			}
-			if fr.short && cl.awaits && cl.cr.Buffered() == 0 {
+			if fr.short && cl.awaits && (cl.cr == nil || cl.cr.Buffered() == 0) {
 				// Park: the socket was drained, and the poller will say when not.
 				fr.short = false
 				cl.releaseReader()
