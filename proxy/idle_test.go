@@ -72,7 +72,7 @@ func TestTxModeIdleClientCost(t *testing.T) {
 
 // TestTxModeClientClosesRightAfterRequest: a client that sends a message and closes its end at
 // once (both reach the proxy in one readiness event) is noticed, whatever the message: a batch
-// without its Sync, COPY data, a Query. Reading without the read that ends in EAGAIN must not
+// without its Sync, COPY data, a Flush with nothing to flush, a Query. Reading without the read that ends in EAGAIN must not
 // miss the end of the connection (rawread.go).
 func TestTxModeClientClosesRightAfterRequest(t *testing.T) {
 	h := newTxHarness(t, 2, nil)
@@ -86,6 +86,7 @@ func TestTxModeClientClosesRightAfterRequest(t *testing.T) {
 		"batch without Sync": {&pgproto3.Parse{Query: "select pg_sleep(0.01)"}, &pgproto3.Bind{}, &pgproto3.Execute{}},
 		"COPY data":          {&pgproto3.Query{String: "copy close_copy from stdin"}, &pgproto3.CopyData{Data: []byte("1\n")}},
 		"Query":              {&pgproto3.Query{String: "select pg_sleep(0.05)"}},
+		"Flush alone":        {&pgproto3.Flush{}},
 		"Sync":               {&pgproto3.Parse{Query: "select 1"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}},
 	}
 	for name, msgs := range sends {

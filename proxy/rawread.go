@@ -22,13 +22,13 @@ import (
 // Deadlines and Close end the call as they end a Read. TLS connections, and messages larger than
 // the read buffer, take the ordinary path.
 //
-// It parks so only where the peer waits for the proxy: after a request the proxy answers (a
-// Query, Sync, Flush, FunctionCall, CopyDone or CopyFail), and after a server's ReadyForQuery. A
-// short read cannot show that the peer also closed its end (the poller does not pass on
-// EPOLLRDHUP), and when the close came in the same readiness event as the data, no event
-// follows. What the proxy sends next then draws the closed socket's reset, which is an event.
-// After other messages (a batch without its Sync, COPY data) nothing may be sent, so the read
-// that ends in EAGAIN, or in the end of the connection, is still made.
+// It parks so only where the peer waits for an answer that always comes: after a Query, Sync or
+// FunctionCall from a client, and after a server's ReadyForQuery. A short read cannot show that
+// the peer also closed its end (the poller does not pass on EPOLLRDHUP), and when the close came
+// in the same readiness event as the data, no event follows. What the proxy sends next then
+// draws the closed socket's reset, which is an event. After other messages (a batch without its
+// Sync, COPY data, a Flush that may have nothing to send) the read that ends in EAGAIN, or in
+// the end of the connection, is still made.
 
 // errWouldBlock is fdReader's EAGAIN inside the callback: the buffer keeps what it read, and the
 // callback parks.

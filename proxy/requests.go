@@ -45,12 +45,9 @@ func (cl *client) step() bool {
 		return false
 	}
 	cl.bytesIn += n + 5
-	switch typ {
-	case 'Q', 'S', 'H', 'F', 'c', 'f':
-		cl.awaits = true // the proxy answers it: see rawread.go
-	default:
-		cl.awaits = false
-	}
+	// Always answered, at least with a ReadyForQuery (rawread.go). Not a Flush, which may have
+	// nothing to send, nor a CopyDone or CopyFail, which the server ignores outside a COPY.
+	cl.awaits = typ == 'Q' || typ == 'S' || typ == 'F'
 	if typ == 'X' {
 		cl.terminated = true
 		return false
