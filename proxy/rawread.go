@@ -46,8 +46,19 @@ type fdReader struct {
 	short, full bool
 }
 
-// newFDReader is a reader for conn when it is a TCP or Unix socket (not TLS), or nil.
+// rawReads turns the reads without EAGAIN on. Off for now: Close waits until a reader leaves
+// the RawConn.Read callback, and the relay closes connections from inside it (a failed
+// read-back closes the server connection its own reader is reading) and while holding locks the
+// reader may wait for (a client write that fails closes the client under its writer's lock).
+// Those closes must not wait before this can be turned on.
+var rawReads = false
+
+// newFDReader is a reader for conn when it is a TCP or Unix socket (not TLS) and rawReads is on,
+// or nil.
 func newFDReader(conn net.Conn) *fdReader {
+	if !rawReads {
+		return nil
+	}
 	var sc syscall.Conn
 	switch c := conn.(type) {
 	case *net.TCPConn:
