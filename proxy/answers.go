@@ -21,6 +21,7 @@ type answerReader struct {
 	out      *clientEnd // written to since the last flush
 	bytesOut int
 	fatal    bool // the server said FATAL: it ends the session itself, and says why
+	idle     bool // the last message was a ReadyForQuery: the server waits for a request
 }
 
 // answer is one server message on its way to the client holding the connection.
@@ -43,26 +44,39 @@ func (c *srvConn) readLoop() {
 	defer close(c.exited)
 	var rd answerReader
 	for {
-		if needFlush(c.sr) {
-			rd.flush(c.core)
-		}
-		a, ok := c.next(&rd)
-		if !ok {
+		if c.fr != nil && !c.readRaw(c.fr, &rd) {
 			return
 		}
-		c.decide(&a, &rd)
-		if !c.deliver(&a, &rd) {
+		if !c.step(&rd) {
 			return
 		}
-		if a.ends {
-			continue
-		}
-		switch a.typ {
-		case 'D', 'd', 'N', 'A', 'S', 't', 'G', 'H', 'W', 'c':
-			continue // never the last answer to a request
-		}
-		c.advance(&a, &rd)
 	}
+}
+
+// step forwards the server's next message, waiting for it if need be. It reports false when
+// the connection is done with.
+func (c *srvConn) step(rd *answerReader) bool {
+	if needFlush(c.sr) {
+		rd.flush(c.core)
+	}
+	a, ok := c.next(rd)
+	if !ok {
+		return false
+	}
+	rd.idle = a.typ == 'Z'
+	c.decide(&a, rd)
+	if !c.deliver(&a, rd) {
+		return false
+	}
+	if a.ends {
+		return true
+	}
+	switch a.typ {
+	case 'D', 'd', 'N', 'A', 'S', 't', 'G', 'H', 'W', 'c':
+		return true // never the last answer to a request
+	}
+	c.advance(&a, rd)
+	return true
 }
 
 // flush sends the client what was written to it, and counts the bytes read.
@@ -278,6 +292,11 @@ func (c *srvConn) advance(a *answer, rd *answerReader) {
 	if a.typ == 'Z' && rd.out != nil {
 		rd.out.flushClient()
 		rd.out = nil
+	}
+	if a.typ == 'Z' && a.cl != nil && a.cl.holdsNone() {
+		// The client's goroutine let go of its writer before it waited for its next request,
+		// but this answer took one: give it back, or an idle client keeps 32 KiB.
+		a.cl.releaseClientWriter()
 	}
 }
 

@@ -30,6 +30,10 @@ type client struct {
 	pid, secret uint32 // the cancel key the proxy gave the client
 
 	cr           *bufio.Reader // from readerPool while the client has bytes buffered
+	fr           *fdReader     // what cr reads from on a plaintext socket, else nil
+	hdr          [5]byte       // the header of the message being relayed
+	bytesIn      int           // read from the client and not yet counted
+	awaits       bool          // the last message read gets an answer
 	buf          []byte
 	rewrite      []byte        // a Bind or Describe with the client's statement name replaced by the proxy's
 	sw           *bufio.Writer // to the server connection, from writerPool while writing
@@ -91,6 +95,7 @@ func newClient(co *core, set *serverSet, conn net.Conn, params map[string]string
 	cl := &client{set: set}
 	cl.core, cl.user, cl.remote = co, params["user"], remote
 	cl.conn = conn
+	cl.fr = newFDReader(conn)
 	cl.startWant = startupWant(params)
 	cl.want = clone(cl.startWant)
 	cl.custom = map[string]struct{}{}
@@ -472,28 +477,42 @@ func (cl *client) idleTooLong() bool {
 // back to its pool and waits on the connection itself, so an idle client holds no buffer.
 func (cl *client) readHeader(hdr []byte) error {
 	if cl.cr == nil || cl.cr.Buffered() == 0 {
-		if cl.cr != nil {
-			cl.cr.Reset(nil)
-			readerPool.Put(cl.cr)
-			cl.cr = nil
-		}
-		if cap(cl.buf) > 4<<10 {
-			cl.buf = nil // nor a large message's body
-		}
-		if cap(cl.rewrite) > 4<<10 {
-			cl.rewrite = nil
-		}
+		cl.releaseReader()
 		if got, err := io.ReadFull(cl.conn, hdr); err != nil {
 			if got == 0 && (!cl.idleDeadline.IsZero() || cl.core.ending()) && isTimeout(err) {
 				return errIdleWait
 			}
 			return err
 		}
-		cl.cr = getReader(cl.conn)
+		cl.cr = cl.newReader()
 		return nil
 	}
 	_, err := io.ReadFull(cl.cr, hdr)
 	return err
+}
+
+// releaseReader gives the client's reader back to its pool when it holds nothing, with a large
+// message's body.
+func (cl *client) releaseReader() {
+	if cl.cr != nil && cl.cr.Buffered() == 0 {
+		cl.cr.Reset(nil)
+		readerPool.Put(cl.cr)
+		cl.cr = nil
+	}
+	if cap(cl.buf) > 4<<10 {
+		cl.buf = nil
+	}
+	if cap(cl.rewrite) > 4<<10 {
+		cl.rewrite = nil
+	}
+}
+
+// newReader is a buffered reader of the client from readerPool.
+func (cl *client) newReader() *bufio.Reader {
+	if cl.fr != nil {
+		return getReader(cl.fr)
+	}
+	return getReader(cl.conn)
 }
 
 func (cl *client) readBody(n int) ([]byte, error) {

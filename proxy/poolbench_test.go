@@ -376,6 +376,10 @@ func BenchmarkProxyTransactionPool(b *testing.B) {
 		})
 	}
 	printSummary(b, tab.markdown("pgsidecar", "pgbouncer"))
+	if len(targets) > 2 {
+		printSummary(b, tab.markdown("lever", "pgbouncer"))
+		printSummary(b, tab.markdown("lever", "pgsidecar"))
+	}
 }
 
 // BenchmarkProxySessionPool is the session-mode comparison with the pgsidecar binary in its own
@@ -429,6 +433,7 @@ func BenchmarkProxySessionPool(b *testing.B) {
 	printSummary(b, tab.markdown("pgsidecar", "pgbouncer"))
 	for _, tg := range targets[3:] {
 		printSummary(b, tab.markdown(tg.name, "pgsidecar"))
+		printSummary(b, tab.markdown(tg.name, "pgbouncer"))
 	}
 }
 

@@ -24,32 +24,49 @@ type request struct {
 
 // loop relays the client's messages until it leaves or its server connection fails.
 func (cl *client) loop() {
-	var hdr [5]byte
-	bytesIn := 0
 	for {
-		if cl.cr == nil || needFlush(cl.cr) {
-			cl.endWrite()
-			cl.offerFlush()
-			if cl.current() == nil {
-				cl.releaseClientWriter()
-			}
-			if bytesIn > 0 {
-				cl.core.m.bytesIn.Add(float64(bytesIn))
-				bytesIn = 0
-			}
-		}
-		typ, n, ok := cl.next(hdr[:])
-		if !ok {
+		if cl.fr != nil && !cl.core.ending() && !cl.relayRaw(cl.fr) {
 			return
 		}
-		bytesIn += n + 5
-		if typ == 'X' {
-			cl.terminated = true
+		if !cl.step() {
 			return
 		}
-		if !cl.relay(typ, n) {
-			return
-		}
+	}
+}
+
+// step relays the client's next message, waiting for it if need be. It reports false when the
+// session ends.
+func (cl *client) step() bool {
+	if cl.cr == nil || needFlush(cl.cr) {
+		cl.beforeWait()
+	}
+	typ, n, ok := cl.next(cl.hdr[:])
+	if !ok {
+		return false
+	}
+	cl.bytesIn += n + 5
+	// Always answered, at least with a ReadyForQuery (rawread.go). Not a Flush, which may have
+	// nothing to send, nor a CopyDone or CopyFail, which the server ignores outside a COPY.
+	cl.awaits = typ == 'Q' || typ == 'S' || typ == 'F'
+	if typ == 'X' {
+		cl.terminated = true
+		return false
+	}
+	return cl.relay(typ, n)
+}
+
+// beforeWait sends what is buffered for the server (and, when it can, for the client) before
+// the client's goroutine may wait for the client, and lets go of what an idle client need not
+// keep.
+func (cl *client) beforeWait() {
+	cl.endWrite()
+	cl.offerFlush()
+	if cl.current() == nil {
+		cl.releaseClientWriter()
+	}
+	if cl.bytesIn > 0 {
+		cl.core.m.bytesIn.Add(float64(cl.bytesIn))
+		cl.bytesIn = 0
 	}
 }
 

@@ -247,9 +247,19 @@ func (s *Server) serve(l net.Listener) {
 		}
 		s.wg.Add(1)
 		go func() {
-			defer s.wg.Done()
-			defer s.table.untrack(c)
-			s.handle(c)
+			session := s.handle(c)
+			if session == nil {
+				s.table.untrack(c)
+				s.wg.Done()
+				return
+			}
+			// The session goes on in a fresh goroutine: this one's stack grew in the login
+			// (SCRAM, TLS), and an idle client would keep it.
+			go func() {
+				defer s.wg.Done()
+				defer s.table.untrack(c)
+				session()
+			}()
 		}()
 	}
 }

@@ -79,6 +79,7 @@ type srvConn struct {
 	pc     *pgconn.PgConn
 	net    net.Conn
 	sr     *bufio.Reader // readLoop's
+	fr     *fdReader     // what sr reads from on a plaintext socket, else nil
 	born   time.Time
 	exited chan struct{} // readLoop returned
 
@@ -176,6 +177,13 @@ func (cl *clientEnd) detach(c *srvConn) {
 		cl.state.Inc()
 	}
 	cl.mu.Unlock()
+}
+
+// holdsNone reports whether the client holds no server connection.
+func (cl *clientEnd) holdsNone() bool {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	return cl.sc == nil
 }
 
 // undo records that the server skipped the request e answered. Called by readLoop.

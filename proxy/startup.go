@@ -32,8 +32,9 @@ type gate struct {
 	database string  // the one database clients may ask for
 }
 
-// handle runs one client connection from the first byte to the end of its session.
-func (s *gate) handle(raw net.Conn) {
+// handle lets one client connection in: it returns the client's session to run, or nil when
+// the connection ended in its startup.
+func (s *gate) handle(raw net.Conn) (session func()) {
 	s.core.m.authenticating.Inc()
 	authenticating := true
 	defer func() {
@@ -45,23 +46,23 @@ func (s *gate) handle(raw net.Conn) {
 	conn, params, err := s.startup(raw)
 	if err != nil || conn == nil {
 		s.core.refuse(raw, err)
-		return
+		return nil
 	}
 	if s.core.ending() {
 		s.core.refuse(conn, reject("57P03", "the proxy is shutting down"))
-		return
+		return nil
 	}
 	cl := newClient(s.core, s.set, conn, params, remoteString(raw))
-	cl.cr = getReader(conn)
+	cl.cr = cl.newReader()
 	if err := s.auth.authenticate(cl, raw); err != nil {
 		s.core.refuse(cl, err)
 		cl.flushClient()
-		return
+		return nil
 	}
 	if err := s.table.authenticated(raw); err != nil {
 		s.core.refuse(cl, err)
 		cl.flushClient()
-		return
+		return nil
 	}
 	_ = raw.SetDeadline(time.Time{})
 	authenticating = false
@@ -69,8 +70,10 @@ func (s *gate) handle(raw net.Conn) {
 
 	s.core.m.sessions.Inc()
 	s.table.register(cl)
-	defer s.table.unregister(cl)
-	cl.run(params)
+	return func() {
+		defer s.table.unregister(cl)
+		cl.run(params)
+	}
 }
 
 // remoteHost is the client's IP address, as PostgreSQL names the host in its errors.
