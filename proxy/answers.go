@@ -43,13 +43,7 @@ type answer struct {
 func (c *srvConn) readLoop() {
 	defer close(c.exited)
 	var rd answerReader
-	for {
-		if c.fr != nil && !c.readRaw(c.fr, &rd) {
-			return
-		}
-		if !c.step(&rd) {
-			return
-		}
+	for c.step(&rd) {
 	}
 }
 

@@ -79,7 +79,6 @@ type srvConn struct {
 	pc     *pgconn.PgConn
 	net    net.Conn
 	sr     *bufio.Reader // readLoop's
-	fr     *fdReader     // what sr reads from on a plaintext socket, else nil
 	born   time.Time
 	exited chan struct{} // readLoop returned
 

@@ -178,11 +178,7 @@ func (ss *serverSet) open() (*srvConn, error) {
 	pc := pooled.Conn().PgConn()
 	c := &srvConn{core: ss.core, home: ss, pooled: pooled, pc: pc, net: pc.Conn(), born: time.Now(), status: 'I',
 		params: map[string]string{}, reported: map[string]string{}, exited: make(chan struct{})}
-	if c.fr = newFDReader(c.net); c.fr != nil {
-		c.sr = bufio.NewReaderSize(c.fr, ioBufSize)
-	} else {
-		c.sr = bufio.NewReaderSize(c.net, ioBufSize)
-	}
+	c.sr = bufio.NewReaderSize(c.net, ioBufSize)
 	for _, name := range reportedParams {
 		if v := pc.ParameterStatus(name); v != "" {
 			c.reported[name] = v
