@@ -17,32 +17,18 @@ func ExemplarTraces(t testing.TB, g prometheus.Gatherer, name string, want map[s
 		t.Fatalf("gather: %v", err)
 	}
 	var out []string
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
+	for _, m := range matching(mfs, name, want) {
+		h := m.GetHistogram()
+		exemplars := slices.Clone(h.GetExemplars())
+		for _, b := range h.GetBucket() {
+			if e := b.GetExemplar(); e != nil {
+				exemplars = append(exemplars, e)
+			}
 		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			for k, v := range want {
-				if labelValue(m, k) != v {
-					continue metrics
-				}
-			}
-			h := m.GetHistogram()
-			for _, b := range h.GetBucket() {
-				if e := b.GetExemplar(); e != nil {
-					for _, l := range e.GetLabel() {
-						if l.GetName() == "trace_id" {
-							out = append(out, l.GetValue())
-						}
-					}
-				}
-			}
-			for _, e := range h.GetExemplars() {
-				for _, l := range e.GetLabel() {
-					if l.GetName() == "trace_id" {
-						out = append(out, l.GetValue())
-					}
+		for _, e := range exemplars {
+			for _, l := range e.GetLabel() {
+				if l.GetName() == "trace_id" {
+					out = append(out, l.GetValue())
 				}
 			}
 		}

@@ -55,6 +55,24 @@ func MetricValue(t testing.TB, g prometheus.Gatherer, name string, want map[stri
 // gauge and untyped values, and sample counts of histograms.
 func Samples(mfs []*dto.MetricFamily, name string, want map[string]string) []float64 {
 	var out []float64
+	for _, m := range matching(mfs, name, want) {
+		switch {
+		case m.Counter != nil:
+			out = append(out, m.GetCounter().GetValue())
+		case m.Gauge != nil:
+			out = append(out, m.GetGauge().GetValue())
+		case m.Untyped != nil:
+			out = append(out, m.GetUntyped().GetValue())
+		case m.Histogram != nil:
+			out = append(out, float64(m.GetHistogram().GetSampleCount()))
+		}
+	}
+	return out
+}
+
+// matching returns the metrics of family name whose labels include want.
+func matching(mfs []*dto.MetricFamily, name string, want map[string]string) []*dto.Metric {
+	var out []*dto.Metric
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
@@ -66,16 +84,7 @@ func Samples(mfs []*dto.MetricFamily, name string, want map[string]string) []flo
 					continue metrics
 				}
 			}
-			switch {
-			case m.Counter != nil:
-				out = append(out, m.GetCounter().GetValue())
-			case m.Gauge != nil:
-				out = append(out, m.GetGauge().GetValue())
-			case m.Untyped != nil:
-				out = append(out, m.GetUntyped().GetValue())
-			case m.Histogram != nil:
-				out = append(out, float64(m.GetHistogram().GetSampleCount()))
-			}
+			out = append(out, m)
 		}
 	}
 	return out
