@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"runtime/pprof"
@@ -64,7 +65,7 @@ func TestTxModeFailedReadBack(t *testing.T) {
 	if !pgtest.WaitFor(10*time.Second, func() bool {
 		return h.metric(t, "pgsidecar_proxy_server_connections_lost_total", nil) == 1
 	}) {
-		t.Fatalf("the server connection whose read-back failed was not dropped\nlogs:\n%s", h.log.String())
+		h.hung(t, "the server connection whose read-back failed was not dropped")
 	}
 	if _, err := blocker.Exec(ctx, "commit"); err != nil {
 		t.Fatal(err)
@@ -91,13 +92,20 @@ func resetConn(t testing.TB, conn net.Conn) {
 }
 
 // waitEnded is waitIdle for tests that may find a hang: when the sessions have not ended
-// within d, every goroutine's stack goes to the test log and to a file whose path is logged,
-// and the proxy is closed with a bound, so that the test fails rather than waits forever.
+// within d, the test fails with every goroutine's stack (hung).
 func (h *harness) waitEnded(t testing.TB, d time.Duration) {
 	t.Helper()
-	if pgtest.WaitFor(d, func() bool { return h.sessionsEnded(t) }) {
-		return
+	if !pgtest.WaitFor(d, func() bool { return h.sessionsEnded(t) }) {
+		h.hung(t, fmt.Sprintf("sessions did not end in %s: used=%d", d, h.mgr.Stats().UsedConns))
 	}
+}
+
+// hung fails a test that found the proxy hung: every goroutine's stack goes to a file, whose
+// path goes to standard error, and to the test log; the proxy is closed with a bound. The
+// pool's Close in the harness's cleanup may still wait for the connections the hung sessions
+// hold, and the test binary then for its -timeout: standard error has said what hung by then.
+func (h *harness) hung(t testing.TB, what string) {
+	t.Helper()
 	var b strings.Builder
 	_ = pprof.Lookup("goroutine").WriteTo(&b, 2)
 	path := "(not written)"
@@ -106,7 +114,8 @@ func (h *harness) waitEnded(t testing.TB, d time.Duration) {
 		_ = f.Close()
 		path = f.Name()
 	}
-	t.Logf("goroutines when the sessions did not end (also in %s):\n%s", path, b.String())
+	fmt.Fprintf(os.Stderr, "%s: %s; goroutine stacks in %s\n", t.Name(), what, path)
+	t.Logf("goroutines (also in %s):\n%s", path, b.String())
 	closed := make(chan struct{})
 	go func() {
 		_ = h.srv.Close()
@@ -117,5 +126,5 @@ func (h *harness) waitEnded(t testing.TB, d time.Duration) {
 	case <-time.After(10 * time.Second):
 		t.Errorf("the proxy's Close did not return in 10 s either")
 	}
-	t.Fatalf("sessions did not end in %s: used=%d; goroutine stacks in %s\nlogs:\n%s", d, h.mgr.Stats().UsedConns, path, h.log.String())
+	t.Fatalf("%s; goroutine stacks in %s\nlogs:\n%s", what, path, h.log.String())
 }
