@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
 )
@@ -127,4 +128,80 @@ func (h *harness) hung(t testing.TB, what string) {
 		t.Errorf("the proxy's Close did not return in 10 s either")
 	}
 	t.Fatalf("%s; goroutine stacks in %s\nlogs:\n%s", what, path, h.log.String())
+}
+
+// TestCloseWhileServerDoesNotRead: the proxy shuts down while a client's goroutine waits, inside
+// its read callback, for a server busy with a long query to take its next requests (the client
+// sends them on without reading, until every buffer between it and the server is full), while
+// other clients run queries. Close must end the sessions in seconds, not when the query ends.
+func TestCloseWhileServerDoesNotRead(t *testing.T) {
+	h := newTxHarness(t, 2, nil)
+	ctx := ctxTimeout(t, time.Minute)
+	c := h.pgconnect(t, ctx, "")
+	conn := c.Conn()
+	const marker = "/* close while the server does not read */"
+	sleep, _ := (&pgproto3.Query{String: "select pg_sleep(30) " + marker}).Encode(nil)
+	t.Cleanup(func() {
+		// The server goes on sleeping after the proxy closed its connection: other tests count
+		// backends.
+		d, err := pgx.Connect(context.Background(), cluster.URL(""))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer d.Close(context.Background())
+		_, _ = d.Exec(context.Background(), "select pg_terminate_backend(pid, 5000) from pg_stat_activity where query like '%' || $1 and pid <> pg_backend_pid()", marker)
+	})
+	q, _ := (&pgproto3.Query{String: "select 1 /* " + strings.Repeat("y", 4<<10) + " */"}).Encode(nil)
+	stalled := make(chan error, 1)
+	go func() {
+		if _, err := conn.Write(sleep); err != nil {
+			stalled <- err
+			return
+		}
+		for {
+			_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+			if _, err := conn.Write(q); err != nil {
+				stalled <- err
+				return
+			}
+		}
+	}()
+	busy, stop := context.WithCancel(ctx)
+	defer stop()
+	for range 3 {
+		go func() {
+			for busy.Err() == nil {
+				o, err := pgconn.Connect(busy, h.superURL())
+				if err != nil {
+					return
+				}
+				for busy.Err() == nil {
+					if _, err := simple(busy, o, "select 1"); err != nil {
+						break
+					}
+				}
+				_ = o.Close(context.Background())
+			}
+		}()
+	}
+	select {
+	case err := <-stalled:
+		if !isTimeout(err) {
+			t.Fatalf("the client's write: %v, want it to stall", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the client's writes did not stall")
+	}
+	closed := make(chan struct{})
+	go func() {
+		_ = h.srv.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		h.hung(t, "Close did not return in 10 s")
+	}
+	stop()
 }
