@@ -34,13 +34,15 @@ import (
 // returned, and a RawConn.Read call is one read for as long as its callback runs, which is the
 // whole relay of a message: writes to the other side, waits for its locks. A Close from inside
 // the callback would wait for itself, and a Close from elsewhere for a callback that may be
-// waiting for the closer (for a lock it holds, for a connection it holds). So the relay follows
+// waiting for the closer (for a lock it holds), or for a server busy with a long query to take
+// its next request (shutdown, which closed every client in turn, waited so). So the relay follows
 // one rule: a connection is closed only by the goroutine that reads it, once it has left its
 // read (a client's session goroutine when the session ends; a server connection's readLoop when
 // it stops, or retire and drop once readLoop has exited). Everyone else, and that goroutine
 // inside its callback, hangs the connection up instead (hangUp): shutdown(2) on the socket,
 // through RawConn.Control, which waits for no reader. Writes to it then fail at once, and its
-// reader, woken wherever it waits, reads the end of the connection and ends as after a Close.
+// reader, woken wherever it waits, reads the end of the connection and ends as after a Close (a
+// client that goes on sending ends at its next message: clientWriter.hungUp).
 
 // errWouldBlock is fdReader's EAGAIN inside the callback: the buffer keeps what it read, and the
 // callback parks.
