@@ -39,11 +39,21 @@ type answer struct {
 	ends    bool       // a FATAL error kept from a client that stays: it answers no request
 }
 
-// readLoop forwards the server's messages until the connection fails or retire stops it.
+// readLoop forwards the server's messages until the connection fails or retire stops it. A
+// connection lost is forgotten, and closed, only once the loop has left its read.
 func (c *srvConn) readLoop() {
 	defer close(c.exited)
 	var rd answerReader
-	for c.step(&rd) {
+	for {
+		if c.fr != nil && !c.readRaw(c.fr, &rd) {
+			break
+		}
+		if !c.step(&rd) {
+			break
+		}
+	}
+	if c.forgotten {
+		c.home.forget(c)
 	}
 }
 

@@ -30,8 +30,10 @@ type client struct {
 	pid, secret uint32 // the cancel key the proxy gave the client
 
 	cr           *bufio.Reader // from readerPool while the client has bytes buffered
+	fr           *fdReader     // what cr reads from on a plaintext socket, else nil
 	hdr          [5]byte       // the header of the message being relayed
 	bytesIn      int           // read from the client and not yet counted
+	awaits       bool          // the last message read gets an answer
 	buf          []byte
 	rewrite      []byte        // a Bind or Describe with the client's statement name replaced by the proxy's
 	sw           *bufio.Writer // to the server connection, from writerPool while writing
@@ -93,6 +95,7 @@ func newClient(co *core, set *serverSet, conn net.Conn, params map[string]string
 	cl := &client{set: set}
 	cl.core, cl.user, cl.remote = co, params["user"], remote
 	cl.conn = conn
+	cl.fr = newFDReader(conn)
 	cl.startWant = startupWant(params)
 	cl.want = clone(cl.startWant)
 	cl.custom = map[string]struct{}{}
@@ -310,7 +313,7 @@ func (cl *client) bindWriter(c *srvConn) {
 func (cl *client) flushServer() {
 	if cl.sw != nil && cl.sw.Buffered() > 0 {
 		if err := cl.sw.Flush(); err != nil {
-			_ = cl.swc.net.Close()
+			hangUp(cl.swc.net)
 			cl.sw.Reset(cl.swc.net)
 		}
 	}
@@ -506,6 +509,9 @@ func (cl *client) releaseReader() {
 
 // newReader is a buffered reader of the client from readerPool.
 func (cl *client) newReader() *bufio.Reader {
+	if cl.fr != nil {
+		return getReader(cl.fr)
+	}
 	return getReader(cl.conn)
 }
 

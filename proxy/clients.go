@@ -130,7 +130,7 @@ func (s *clientTable) lookup(pid, secret uint32) *client {
 	return nil
 }
 
-// close refuses new connections from now on, closes every one it has and interrupts the
+// close refuses new connections from now on, hangs up every one it has and interrupts the
 // logged-in clients' server connections: a relay blocked on an unresponsive server would not
 // notice its client leaving.
 func (s *clientTable) close() {
@@ -138,7 +138,7 @@ func (s *clientTable) close() {
 	defer s.mu.Unlock()
 	s.closed = true
 	for c := range s.conns {
-		_ = c.Close()
+		hangUp(c) // its session ends, and closes it
 	}
 	for _, cl := range s.byKey {
 		cl.interrupt()

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -206,6 +207,9 @@ type clientWriter struct {
 	conn net.Conn
 	wmu  sync.Mutex
 	cw   *bufio.Writer // from writerPool
+	// hungUp: a write to the client failed, or its server connection was lost with it, and the
+	// connection was hung up (rawread.go): its session ends at the next message it sends.
+	hungUp atomic.Bool
 }
 
 // writeClient buffers bytes for the client.
@@ -246,7 +250,7 @@ func (w *clientWriter) flushClient() {
 	w.wmu.Lock()
 	if w.cw != nil && w.cw.Buffered() > 0 {
 		if err := w.cw.Flush(); err != nil {
-			_ = w.conn.Close() // the client's read fails and ends the session
+			w.hangUp() // the client's read ends, and with it the session
 		}
 	}
 	w.wmu.Unlock()
@@ -262,10 +266,17 @@ func (w *clientWriter) offerFlush() {
 	}
 	if w.cw != nil && w.cw.Buffered() > 0 {
 		if err := w.cw.Flush(); err != nil {
-			_ = w.conn.Close()
+			w.hangUp()
 		}
 	}
 	w.wmu.Unlock()
+}
+
+// hangUp ends the client's connection from anywhere: the client's goroutine reads its end, or
+// sees hungUp before its next message, and ends the session.
+func (w *clientWriter) hangUp() {
+	w.hungUp.Store(true)
+	hangUp(w.conn)
 }
 
 // releaseClientWriter gives the client writer back to its pool when nothing is buffered.

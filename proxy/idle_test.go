@@ -72,8 +72,8 @@ func TestTxModeIdleClientCost(t *testing.T) {
 
 // TestTxModeClientClosesRightAfterRequest: a client that sends a message and closes its end at
 // once (both reach the proxy in one readiness event) is noticed, whatever the message: a batch
-// without its Sync, COPY data, a Flush with nothing to flush, a Query. A read that waits only for
-// readiness, without the read that ends in EAGAIN, would miss the end of such a connection.
+// without its Sync, COPY data, a Flush with nothing to flush, a Query. Reading without the read
+// that ends in EAGAIN must not miss the end of the connection (rawread.go).
 func TestTxModeClientClosesRightAfterRequest(t *testing.T) {
 	h := newTxHarness(t, 2, nil)
 	ctx := ctxTimeout(t, time.Minute)

@@ -116,17 +116,20 @@ func (h *harness) metric(t testing.TB, name string, want map[string]string) floa
 // waitIdle waits until no client session holds a server connection.
 func (h *harness) waitIdle(t testing.TB) {
 	t.Helper()
-	if !pgtest.WaitFor(10*time.Second, func() bool {
-		if h.srv.cfg.PoolMode == PoolTransaction {
-			// The proxy keeps its server connections, borrowed from the pool, when no client
-			// holds them.
-			return h.metric(t, "pgsidecar_proxy_client_connections", nil) == 0 &&
-				h.metric(t, "pgsidecar_proxy_server_connections", map[string]string{"state": "active"}) == 0
-		}
-		return h.metric(t, "pgsidecar_proxy_client_connections", nil) == 0 && h.mgr.Stats().UsedConns == 0
-	}) {
+	if !pgtest.WaitFor(10*time.Second, func() bool { return h.sessionsEnded(t) }) {
 		t.Fatalf("sessions did not end: used=%d\nlogs:\n%s", h.mgr.Stats().UsedConns, h.log.String())
 	}
+}
+
+// sessionsEnded reports whether no client session is left holding a server connection.
+func (h *harness) sessionsEnded(t testing.TB) bool {
+	if h.srv.cfg.PoolMode == PoolTransaction {
+		// The proxy keeps its server connections, borrowed from the pool, when no client
+		// holds them.
+		return h.metric(t, "pgsidecar_proxy_client_connections", nil) == 0 &&
+			h.metric(t, "pgsidecar_proxy_server_connections", map[string]string{"state": "active"}) == 0
+	}
+	return h.metric(t, "pgsidecar_proxy_client_connections", nil) == 0 && h.mgr.Stats().UsedConns == 0
 }
 
 func ctxTimeout(t testing.TB, d time.Duration) context.Context {

@@ -163,6 +163,12 @@ func TestReconnectAfterTransaction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The client has its answer before the connection's reader gives the connection back.
+	if !pgtest.WaitFor(5*time.Second, func() bool {
+		return h.metric(t, "pgsidecar_proxy_server_connections", map[string]string{"state": "active"}) == 1
+	}) {
+		t.Fatal("the idle client's server connection was not given back")
+	}
 	r := h.srv.Reconnect()
 	if r.Replacing != 1 || r.Closed < 1 {
 		t.Fatalf("reconnect: %+v", r)

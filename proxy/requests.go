@@ -24,7 +24,13 @@ type request struct {
 
 // loop relays the client's messages until it leaves or its server connection fails.
 func (cl *client) loop() {
-	for cl.step() {
+	for {
+		if cl.fr != nil && !cl.core.ending() && !cl.relayRaw(cl.fr) {
+			return
+		}
+		if !cl.step() {
+			return
+		}
 	}
 }
 
@@ -39,6 +45,12 @@ func (cl *client) step() bool {
 		return false
 	}
 	cl.bytesIn += n + 5
+	if cl.hungUp.Load() {
+		return false // a client that goes on sending to a connection hung up
+	}
+	// Always answered, at least with a ReadyForQuery (rawread.go). Not a Flush, which may have
+	// nothing to send, nor a CopyDone or CopyFail, which the server ignores outside a COPY.
+	cl.awaits = typ == 'Q' || typ == 'S' || typ == 'F'
 	if typ == 'X' {
 		cl.terminated = true
 		return false

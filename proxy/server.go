@@ -241,8 +241,8 @@ func (s *Server) serve(l net.Listener) {
 			return
 		}
 		if evicted != nil {
-			// Its handler sees the closed connection and ends; untrack forgets it.
-			_ = evicted.Close()
+			// Its handler reads the end of the connection and ends; untrack closes and forgets it.
+			hangUp(evicted)
 			s.evictLog.event("max", s.cfg.maxStartup())
 		}
 		s.wg.Add(1)

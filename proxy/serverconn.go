@@ -79,8 +79,12 @@ type srvConn struct {
 	pc     *pgconn.PgConn
 	net    net.Conn
 	sr     *bufio.Reader // readLoop's
+	fr     *fdReader     // what sr reads from on a plaintext socket, else nil
 	born   time.Time
 	exited chan struct{} // readLoop returned
+	// forgotten: lost dropped the connection, and readLoop, once it left its read, lets the set
+	// forget it, which closes it. Only readLoop's goroutine uses it.
+	forgotten bool
 
 	mu         sync.Mutex
 	holder     *clientEnd // the client holding the connection, or nil
@@ -300,7 +304,7 @@ func (c *srvConn) send(e *entry, sql string) {
 func (c *srvConn) writeOwn(b []byte) {
 	_ = c.net.SetWriteDeadline(time.Now().Add(c.core.cfg.ResetTimeout))
 	if _, err := c.net.Write(b); err != nil {
-		_ = c.net.Close()
+		hangUp(c.net)
 	}
 	_ = c.net.SetWriteDeadline(time.Time{})
 }
@@ -369,10 +373,10 @@ func (c *srvConn) lost(cause error, serverSaidFatal bool) {
 		}
 		if !keep {
 			cl.flushClient()
-			_ = cl.conn.Close()
+			cl.hangUp()
 		}
 	}
-	c.home.forget(c)
+	c.forgotten = true // readLoop lets the set forget c once it left its read (rawread.go)
 }
 
 // cancelFor sends a cancel request for the queries a client that left still has running, then
@@ -403,8 +407,9 @@ func (c *srvConn) startReadBack(cl *clientEnd) {
 func (c *srvConn) readBackDone(h *entry, status byte, cl *clientEnd) {
 	c.capturing.Store(false)
 	if h.failed || status != 'I' {
-		// Nothing can tell what the session holds: no one else may have it.
-		_ = c.net.Close()
+		// Nothing can tell what the session holds: no one else may have it. Its readLoop, which
+		// runs this, reads the end and drops it.
+		hangUp(c.net)
 		return
 	}
 	params := make(map[string]string, len(h.rows))

@@ -178,7 +178,11 @@ func (ss *serverSet) open() (*srvConn, error) {
 	pc := pooled.Conn().PgConn()
 	c := &srvConn{core: ss.core, home: ss, pooled: pooled, pc: pc, net: pc.Conn(), born: time.Now(), status: 'I',
 		params: map[string]string{}, reported: map[string]string{}, exited: make(chan struct{})}
-	c.sr = bufio.NewReaderSize(c.net, ioBufSize)
+	if c.fr = newFDReader(c.net); c.fr != nil {
+		c.sr = bufio.NewReaderSize(c.fr, ioBufSize)
+	} else {
+		c.sr = bufio.NewReaderSize(c.net, ioBufSize)
+	}
 	for _, name := range reportedParams {
 		if v := pc.ParameterStatus(name); v != "" {
 			c.reported[name] = v
@@ -233,7 +237,8 @@ func (ss *serverSet) shrunk() {
 }
 
 // forget forgets a connection that failed, held by a client or not (one whose client left is
-// still active until it is clean); it is closed, and the pool discards it.
+// still active until it is clean); it is closed, and the pool discards it. Called by its
+// readLoop once that has left its read.
 func (ss *serverSet) forget(c *srvConn) {
 	ss.mu.Lock()
 	if c.gone {

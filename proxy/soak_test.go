@@ -95,7 +95,7 @@ func TestSoakWatchdog(t *testing.T) {
 		}
 	}
 	t.Logf("%d operations in %s, %d without an answer", ops.Load(), d, hung.Load())
-	h.waitIdle(t)
+	h.waitEnded(t, 10*time.Second) // with every goroutine's stack if they do not
 	c := h.pgconnect(t, ctx, "")
 	if got, err := simple(ctx, c, "select 42"); err != nil || got != "42" {
 		t.Errorf("after the soak: %q, %v", got, err)
