@@ -38,6 +38,9 @@ type client struct {
 	swc          *srvConn      // what sw writes to
 	idleDeadline time.Time     // the client's read deadline for --proxy.idle-transaction-timeout, or zero
 	terminated   bool          // the client said goodbye (Terminate) rather than dropping the connection
+	parkArmed    bool          // the wait has the park deadline (idlewatch.go)
+	parkNow      bool          // the wait reached it: the client parks
+	ended        func()        // what ends the session for the Server, once the client is gone
 }
 
 // clientStatements are the client's prepared statements, as the proxy maps them onto its own.
@@ -476,7 +479,7 @@ func (cl *client) readHeader(hdr []byte) error {
 	if cl.cr == nil || cl.cr.Buffered() == 0 {
 		cl.releaseReader()
 		if got, err := io.ReadFull(cl.conn, hdr); err != nil {
-			if got == 0 && (!cl.idleDeadline.IsZero() || cl.core.ending()) && isTimeout(err) {
+			if got == 0 && (!cl.idleDeadline.IsZero() || cl.core.ending() || cl.parkArmed) && isTimeout(err) {
 				return errIdleWait
 			}
 			return err

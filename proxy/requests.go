@@ -70,12 +70,19 @@ func (cl *client) next(hdr []byte) (typ byte, n int, ok bool) {
 		if s.cfg.IdleTransactionTimeout > 0 {
 			cl.armIdleTimeout()
 		}
+		cl.armPark()
 		if s.ending() && cl.endDue() {
 			return 0, 0, false
 		}
 		err := cl.readHeader(hdr)
 		if err == nil {
 			break
+		}
+		if err == errIdleWait && cl.parkArmed {
+			if cl.parkDue() {
+				return 0, 0, false
+			}
+			continue
 		}
 		if err == errIdleWait && (s.ending() || !cl.idleTooLong()) {
 			continue
@@ -86,6 +93,7 @@ func (cl *client) next(hdr []byte) (typ byte, n int, ok bool) {
 		cl.idleDeadline = time.Time{}
 		_ = cl.conn.SetReadDeadline(time.Time{})
 	}
+	cl.disarmPark()
 	if s.ending() && cl.endDue() {
 		return 0, 0, false
 	}
@@ -555,27 +563,32 @@ func (cl *client) failRequest(c *srvConn, errMsg []byte) []byte {
 // PostgreSQL would fail it.
 var failingQuery = []byte("SELECT 1/0\x00")
 
-// run serves the client until it leaves.
+// run serves the client until it leaves: the session may go on in other goroutines (serve), and
+// end in whichever of them sees the client go.
 func (cl *client) run(params map[string]string) {
-	s := cl.core
-	cl.setState(s.m.idle)
-	defer func() {
-		cl.leave()
-		cl.setState(nil)
-		s.m.sessionTx.Observe(float64(cl.transactions.Load()))
-		cl.unpin()
-		for _, st := range cl.stmts {
-			s.stmts.put(st)
-		}
-		if cl.cr != nil {
-			cl.cr.Reset(nil)
-			readerPool.Put(cl.cr)
-			cl.cr = nil
-		}
-		cl.releaseClientWriter()
-	}()
+	cl.setState(cl.core.m.idle)
 	if !cl.login(params) {
+		cl.end()
 		return
 	}
-	cl.loop()
+	cl.serve()
+}
+
+// end ends the session of a client that is gone.
+func (cl *client) end() {
+	s := cl.core
+	cl.leave()
+	cl.setState(nil)
+	s.m.sessionTx.Observe(float64(cl.transactions.Load()))
+	cl.unpin()
+	for _, st := range cl.stmts {
+		s.stmts.put(st)
+	}
+	if cl.cr != nil {
+		cl.cr.Reset(nil)
+		readerPool.Put(cl.cr)
+		cl.cr = nil
+	}
+	cl.releaseClientWriter()
+	cl.ended()
 }

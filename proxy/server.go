@@ -255,11 +255,10 @@ func (s *Server) serve(l net.Listener) {
 			}
 			// The session goes on in a fresh goroutine: this one's stack grew in the login
 			// (SCRAM, TLS), and an idle client would keep it.
-			go func() {
-				defer s.wg.Done()
-				defer s.table.untrack(c)
-				session()
-			}()
+			go session(func() {
+				s.table.untrack(c)
+				s.wg.Done()
+			})
 		}()
 	}
 }
@@ -277,7 +276,11 @@ func (s *Server) Close() error {
 	for _, l := range s.listeners {
 		_ = l.Close()
 	}
+	parked := s.watch.close() // deregistered before their connections close
 	s.table.close()
+	for _, cl := range parked {
+		cl.resume()
+	}
 	s.mu.Unlock()
 	s.wg.Wait()
 	s.txSet.close()

@@ -149,6 +149,9 @@ type clientEnd struct {
 	// lostConn: the server connection the client held was lost and the client kept its
 	// session (serverloss.go); its goroutine takes what that left before its next request.
 	lostConn atomic.Pointer[srvConn]
+	// losing: the loss of the server connection the client held is being handled, which may
+	// write to the client and close it; the client does not park meanwhile.
+	losing atomic.Bool
 }
 
 // clientSettings are the client's settings and pin: the part of its session that is not its
@@ -338,6 +341,8 @@ func (c *srvConn) lost(cause error, serverSaidFatal bool) {
 		cl.lostConn.Store(c)
 	}
 	if cl != nil {
+		cl.losing.Store(true)
+		defer cl.losing.Store(false)
 		cl.detach(c)
 	}
 	c.mu.Unlock()
