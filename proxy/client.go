@@ -53,7 +53,9 @@ type clientStatements struct {
 	stmtBytes int               // text the client's named statements hold, bounded by maxClientStatementBytes
 	unnamed   []byte            // the body of the client's last unnamed Parse, to prepare it again elsewhere
 	unnamedN  uint64            // counts the client's unnamed Parses
-	unnamedFx sessionsql.Effect // what the unnamed statement does to the session
+	// unnamedFx: what the unnamed statement does to the session; nil before the client's first
+	// unnamed Parse, so that clients that send none (most idle ones) do not carry it.
+	unnamedFx *sessionsql.Effect
 	// pending: named Parses and Closes of a batch begun without a server connection, answered
 	// when the batch needs none (Sync, Flush) or sent ahead of the first request that does.
 	pending []*entry
@@ -97,9 +99,7 @@ func newClient(co *core, set *serverSet, conn net.Conn, params map[string]string
 	cl.core, cl.user, cl.remote = co, params["user"], remote
 	cl.conn = conn
 	cl.startWant = startupWant(params)
-	cl.want = clone(cl.startWant)
-	cl.custom = map[string]struct{}{}
-	cl.stmts = map[string]*pstmt{}
+	cl.want = cl.startWant // both only ever replaced whole, never written to: no copy
 	if requestsPin(params) {
 		cl.wantPin = sessionsql.PinRequested
 	}

@@ -321,7 +321,7 @@ func (cl *client) parse(c *srvConn, r *request) {
 // parseUnnamed queues the answer to a Parse of the unnamed statement, keeping its body to
 // prepare it again on another connection (unnamedOn) unless it is large.
 func (cl *client) parseUnnamed(c *srvConn, body []byte, eff sessionsql.Effect) {
-	cl.unnamedFx = eff
+	cl.keepUnnamedFx(eff)
 	if len(body) <= 64<<10 {
 		cl.unnamed = append(cl.unnamed[:0], body...)
 	} else {
@@ -342,7 +342,7 @@ func (cl *client) bind(c *srvConn, r *request) {
 	portal, rest := cbytes(r.body)
 	name, params := cbytes(rest)
 	e := &entry{kind: 'B'}
-	eff := &cl.unnamedFx
+	eff := cl.unnamedEffect()
 	if cl.whole {
 		if ns, ok := cl.named[string(name)]; ok {
 			eff = &ns.eff
