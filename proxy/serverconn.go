@@ -155,11 +155,10 @@ type clientEnd struct {
 }
 
 // clientSettings are the client's settings and pin: the part of its session that is not its
-// statements.
+// statements. Neither settings map is written to once made: want starts as startWant itself.
 type clientSettings struct {
 	startWant map[string]string   // settings from the startup packet, by lower-cased name
 	want      map[string]string   // the session's own settings as last read back; guarded by the holding connection's mu
-	// (Neither map is written to once made: want starts as startWant itself.)
 	custom    map[string]struct{} // custom settings the client has named, read back by name
 	wantPin   string              // a pin to take at the next checkout (asked for at login)
 	pin       string              // why the session keeps its server connection, or ""
