@@ -28,7 +28,8 @@
 //   - serverset.go: the proxy's server connections, borrowed from the pool manager.
 //   - client.go, clientstatements.go, clientstate.go, requests.go: the client side. One
 //     goroutine per client reads its messages, checks out a server connection when a request
-//     needs one, and maps its statements and settings onto the connection.
+//     needs one, and maps its statements and settings onto the connection; idlewatch.go: an
+//     idle transaction-mode client has none, and a watcher starts one when it sends again.
 //   - auth.go, clients.go, startup.go, server.go: the front door and the Server, which listens,
 //     lets clients in (gate), keeps track of them (clientTable) and closes; reload.go: what
 //     Reload reads again (users file, certificate, the pool user's password) for new logins.
