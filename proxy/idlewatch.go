@@ -37,18 +37,19 @@ func (cl *client) serve() {
 }
 
 // mayPark reports whether the client could park at the end of the wait it is about to begin: a
-// transaction-mode client that is not pinned, with nothing buffered, on a plaintext socket (a
-// TLS connection may hold decrypted bytes its socket no longer shows), while the proxy is not
-// ending sessions. Whether it holds a server connection is seen at the end (canPark): its last
-// request's answer may still be on its way when it begins to wait.
+// transaction-mode client with nothing buffered, on a plaintext socket (a TLS connection may
+// hold decrypted bytes its socket no longer shows), while the proxy is not ending sessions.
+// Whether it holds a server connection is seen at the end (canPark): its last request's answer
+// may still be on its way when it begins to wait.
 func (cl *client) mayPark() bool {
-	return watchSupported && !cl.whole && cl.pin == "" && (cl.cr == nil || cl.cr.Buffered() == 0) &&
+	return watchSupported && !cl.whole && (cl.cr == nil || cl.cr.Buffered() == 0) &&
 		!cl.core.ending() && plainSocket(cl.conn)
 }
 
 // canPark reports whether the client, waiting, may give up its goroutine now: mayPark, and it
-// holds no server connection and no buffer, and no server connection's loss is being handled
-// for it (which writes to the client and may close its connection).
+// holds no server connection (so it is not pinned: a pinned client keeps its connection) and no
+// buffer, and no server connection's loss is being handled for it (which writes to the client
+// and may close its connection).
 func (cl *client) canPark() bool {
 	if !cl.mayPark() || cl.sw != nil || cl.current() != nil || cl.losing.Load() {
 		return false
