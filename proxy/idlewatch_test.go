@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/pool"
 )
 
 // watcherRuns reports whether a watcher goroutine is running in the process.
@@ -166,5 +167,37 @@ func TestIdleWatchPipelinedBurst(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("logs:\n%s", h.log.String())
+	}
+}
+
+// TestIdleWatchIdleTransactionTimeout: the park deadline and the idle-transaction deadline
+// share the client's read deadline. A client idle in a transaction (it holds its server
+// connection) does not park and is ended at --proxy.idle-transaction-timeout, not before; one
+// idle outside a transaction parks and stays.
+func TestIdleWatchIdleTransactionTimeout(t *testing.T) {
+	shortParkDelay(t, 10*time.Millisecond)
+	const timeout = 400 * time.Millisecond
+	h := newTxHarness(t, 2, func(_ *pool.Config, c *Config) { c.IdleTransactionTimeout = timeout })
+	ctx := ctxTimeout(t, time.Minute)
+	idle := h.pgconnect(t, ctx, "")
+	inTx := h.pgconnect(t, ctx, "")
+	if _, err := simple(ctx, inTx, "begin"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	waitParked(t, h, 1)
+	_ = inTx.Conn().SetReadDeadline(time.Now().Add(10 * time.Second))
+	msg, err := inTx.Frontend().Receive()
+	if e, ok := msg.(*pgproto3.ErrorResponse); err != nil || !ok || e.Code != "25P03" {
+		t.Fatalf("client idle in a transaction: got %#v, %v; want FATAL 25P03", msg, err)
+	}
+	if d := time.Since(start); d < timeout-50*time.Millisecond {
+		t.Errorf("client idle in a transaction ended after %s, before the timeout %s", d, timeout)
+	}
+	if got, err := simple(ctx, idle, "select 7"); err != nil || got != "7" {
+		t.Fatalf("parked client after the other's timeout: %q, %v", got, err)
+	}
+	if n := parkedClients(h); n != 0 && n != 1 {
+		t.Errorf("%d clients parked", n)
 	}
 }
