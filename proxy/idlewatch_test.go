@@ -120,6 +120,20 @@ func TestIdleWatchPipelinedBurst(t *testing.T) {
 	ctx := ctxTimeout(t, 2*time.Minute)
 	var wg sync.WaitGroup
 	errs := make(chan error, 4)
+	stop := make(chan struct{})
+	sampled := make(chan int)
+	go func() {
+		peak := 0
+		for {
+			select {
+			case <-stop:
+				sampled <- peak
+				return
+			case <-time.After(100 * time.Microsecond):
+				peak = max(peak, parkedClients(h))
+			}
+		}
+	}()
 	for w := range 4 {
 		c := h.pgconnect(t, ctx, "")
 		wg.Add(1)
@@ -161,6 +175,10 @@ func TestIdleWatchPipelinedBurst(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	close(stop)
+	if peak := <-sampled; peak == 0 {
+		t.Error("no client parked between its bursts")
+	}
 	close(errs)
 	for err := range errs {
 		t.Error(err)
