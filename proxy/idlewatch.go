@@ -11,13 +11,13 @@ import (
 // client's socket becomes readable, or when something must end or interrupt the client
 // (EndSessions, Close). A parked client then costs its heap only, not a goroutine's stack.
 //
-// Exactly one goroutine runs a client at any time: a client is resumed only by whoever takes it
-// out of the watcher's table (under the watcher's lock), and the goroutine that parked it
-// touches it no more once it is in the table.
+// At most one goroutine serves a client's requests at any time: a client is resumed only by
+// whoever takes it out of the watcher's table (under the watcher's lock), and the goroutine that
+// parked it touches it no more once it is in the table.
 
-// parkDelay is how long a client waits for its next message before it parks. Parking costs
-// system calls (registering the socket with the watcher, a goroutine start on the way back),
-// which a client between transactions of a busy stream would pay on every transaction.
+// parkDelay is how long a client waits for its next message before it parks. Parking costs two
+// system calls (registering the socket with the watcher and deregistering it) and a goroutine
+// start, which a client between transactions of a busy stream would pay on every transaction.
 var parkDelay = time.Second
 
 // serve runs the client's session from where it stands until it ends, or until the client parks
