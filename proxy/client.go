@@ -40,6 +40,9 @@ type client struct {
 	swc          *srvConn      // what sw writes to
 	idleDeadline time.Time     // the client's read deadline for --proxy.idle-transaction-timeout, or zero
 	terminated   bool          // the client said goodbye (Terminate) rather than dropping the connection
+	parkArmed    bool          // the wait has the park deadline (idlewatch.go)
+	parkNow      bool          // the wait reached it: the client parks
+	ended        func()        // what ends the session for the Server, once the client is gone
 }
 
 // clientStatements are the client's prepared statements, as the proxy maps them onto its own.
@@ -52,7 +55,9 @@ type clientStatements struct {
 	stmtBytes int               // text the client's named statements hold, bounded by maxClientStatementBytes
 	unnamed   []byte            // the body of the client's last unnamed Parse, to prepare it again elsewhere
 	unnamedN  uint64            // counts the client's unnamed Parses
-	unnamedFx sessionsql.Effect // what the unnamed statement does to the session
+	// unnamedFx: what the unnamed statement does to the session; nil before the client's first
+	// unnamed Parse, so that clients that send none (most idle ones) do not carry it.
+	unnamedFx *sessionsql.Effect
 	// pending: named Parses and Closes of a batch begun without a server connection, answered
 	// when the batch needs none (Sync, Flush) or sent ahead of the first request that does.
 	pending []*entry
@@ -97,9 +102,7 @@ func newClient(co *core, set *serverSet, conn net.Conn, params map[string]string
 	cl.conn = conn
 	cl.fr = newFDReader(conn)
 	cl.startWant = startupWant(params)
-	cl.want = clone(cl.startWant)
-	cl.custom = map[string]struct{}{}
-	cl.stmts = map[string]*pstmt{}
+	cl.want = cl.startWant // both only ever replaced whole, never written to: no copy
 	if requestsPin(params) {
 		cl.wantPin = sessionsql.PinRequested
 	}
@@ -479,7 +482,7 @@ func (cl *client) readHeader(hdr []byte) error {
 	if cl.cr == nil || cl.cr.Buffered() == 0 {
 		cl.releaseReader()
 		if got, err := io.ReadFull(cl.conn, hdr); err != nil {
-			if got == 0 && (!cl.idleDeadline.IsZero() || cl.core.ending()) && isTimeout(err) {
+			if got == 0 && (!cl.idleDeadline.IsZero() || cl.core.ending() || cl.parkArmed) && isTimeout(err) {
 				return errIdleWait
 			}
 			return err

@@ -27,6 +27,9 @@ func (cl *client) takeEffect(c *srvConn, eff *sessionsql.Effect, sqlb []byte) {
 			cl.pinFor(sessionsql.PinSetConfig, sqlb)
 			return
 		}
+		if cl.custom == nil {
+			cl.custom = map[string]struct{}{} // made when first needed: most clients never need it
+		}
 		cl.custom[n] = struct{}{}
 	}
 }

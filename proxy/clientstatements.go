@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/pgsidecar/pgsidecar/internal/sessionsql"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -60,6 +61,9 @@ func (cl *client) statementRefused(name string, n int) (code, msg string) {
 // keepStmt maps the client's statement name onto st; id names its text, with the trace context
 // of its sqlcommenter comment, which the executions of name carry as their exemplar.
 func (cl *client) keepStmt(name string, st *pstmt, id pool.StatementID) {
+	if cl.stmts == nil {
+		cl.stmts = map[string]*pstmt{} // made when first needed: most clients never need it
+	}
 	cl.stmts[name] = st
 	cl.stmtBytes += len(st.key)
 	if id.Traced() {
@@ -264,3 +268,25 @@ func (cl *client) unnamedOn(c *srvConn, pre []byte) []byte {
 	c.unnamedBy, c.unnamedN = &cl.clientEnd, cl.unnamedN
 	return appendMsg(pre, 'P', cl.unnamed)
 }
+
+// keepUnnamedFx records what the unnamed statement does to the session.
+func (cl *clientStatements) keepUnnamedFx(eff sessionsql.Effect) {
+	if cl.unnamedFx == nil {
+		if eff.Harmless() {
+			return
+		}
+		cl.unnamedFx = new(sessionsql.Effect)
+	}
+	*cl.unnamedFx = eff
+}
+
+// unnamedEffect is what the unnamed statement does to the session.
+func (cl *clientStatements) unnamedEffect() *sessionsql.Effect {
+	if cl.unnamedFx == nil {
+		return &harmless
+	}
+	return cl.unnamedFx
+}
+
+// harmless is the effect of a statement that does nothing to the session; never written.
+var harmless sessionsql.Effect

@@ -29,6 +29,7 @@ type core struct {
 	maint    maintenance               // pause and reconnect
 	analysis sessionsql.Cache
 	stmts    stmtRegistry
+	watch    idleWatcher // wakes parked idle clients (idlewatch.go)
 	// Logs of what clients did that pinned or closed them.
 	pinLog, oversizeLog, idleTxLog *logThrottle
 }

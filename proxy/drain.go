@@ -41,6 +41,7 @@ func (s *Server) EndSessions(grace time.Duration) {
 	by := time.Now().Add(grace)
 	s.endBy.Store(&by)
 	s.table.wake()
+	s.watch.wakeAll()
 	s.maint.endQueued()
 }
 

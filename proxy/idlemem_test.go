@@ -82,9 +82,20 @@ func (m memSplit) per(base memSplit, n int) string {
 //
 //	go test -run '^$' -bench IdleClientMemory -benchtime 1x ./proxy/
 //	PROXYBENCH_IDLE_CLIENTS=1000 (default)
+//	PROXYBENCH_PARK_DELAY=1s (default: parkDelay; 1h keeps idle clients' goroutines)
 func BenchmarkIdleClientMemory(b *testing.B) {
 	pgbench := benchTool(b, "pgbench")
 	n := envInt("PROXYBENCH_IDLE_CLIENTS", 1000)
+	if os.Getenv("PROXYBENCH_HEAP_PROFILE") != "" {
+		runtime.MemProfileRate = 512 // the clients' small objects, not a sample of them
+	}
+	if v := os.Getenv("PROXYBENCH_PARK_DELAY"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			b.Fatal(err)
+		}
+		shortParkDelay(b, d)
+	}
 	h := newTxHarness(b, 20, func(pc *pool.Config, c *Config) {
 		pc.MinConns = 20
 		c.MaxClients = n + 100
@@ -125,6 +136,9 @@ func BenchmarkIdleClientMemory(b *testing.B) {
 	}) {
 		b.Fatalf("%d clients did not log in and run a query: %.0f idle\n%s", n,
 			h.metric(b, "pgsidecar_proxy_client_connections", map[string]string{"state": "idle"}), out.String())
+	}
+	if parkDelay < 10*time.Second {
+		time.Sleep(parkDelay) // the clients park
 	}
 	time.Sleep(time.Second)
 	idle := readMemSplit(b)

@@ -82,12 +82,19 @@ func (cl *client) next(hdr []byte) (typ byte, n int, ok bool) {
 		if s.cfg.IdleTransactionTimeout > 0 {
 			cl.armIdleTimeout()
 		}
+		cl.armPark()
 		if s.ending() && cl.endDue() {
 			return 0, 0, false
 		}
 		err := cl.readHeader(hdr)
 		if err == nil {
 			break
+		}
+		if err == errIdleWait && cl.parkArmed {
+			if cl.parkDue() {
+				return 0, 0, false
+			}
+			continue
 		}
 		if err == errIdleWait && (s.ending() || !cl.idleTooLong()) {
 			continue
@@ -98,6 +105,7 @@ func (cl *client) next(hdr []byte) (typ byte, n int, ok bool) {
 		cl.idleDeadline = time.Time{}
 		_ = cl.conn.SetReadDeadline(time.Time{})
 	}
+	cl.disarmPark()
 	if s.ending() && cl.endDue() {
 		return 0, 0, false
 	}
@@ -325,7 +333,7 @@ func (cl *client) parse(c *srvConn, r *request) {
 // parseUnnamed queues the answer to a Parse of the unnamed statement, keeping its body to
 // prepare it again on another connection (unnamedOn) unless it is large.
 func (cl *client) parseUnnamed(c *srvConn, body []byte, eff sessionsql.Effect) {
-	cl.unnamedFx = eff
+	cl.keepUnnamedFx(eff)
 	if len(body) <= 64<<10 {
 		cl.unnamed = append(cl.unnamed[:0], body...)
 	} else {
@@ -346,7 +354,7 @@ func (cl *client) bind(c *srvConn, r *request) {
 	portal, rest := cbytes(r.body)
 	name, params := cbytes(rest)
 	e := &entry{kind: 'B'}
-	eff := &cl.unnamedFx
+	eff := cl.unnamedEffect()
 	if cl.whole {
 		if ns, ok := cl.named[string(name)]; ok {
 			eff = &ns.eff
@@ -567,27 +575,32 @@ func (cl *client) failRequest(c *srvConn, errMsg []byte) []byte {
 // PostgreSQL would fail it.
 var failingQuery = []byte("SELECT 1/0\x00")
 
-// run serves the client until it leaves.
+// run serves the client until it leaves: the session may go on in other goroutines (serve), and
+// end in whichever of them sees the client go.
 func (cl *client) run(params map[string]string) {
-	s := cl.core
-	cl.setState(s.m.idle)
-	defer func() {
-		cl.leave()
-		cl.setState(nil)
-		s.m.sessionTx.Observe(float64(cl.transactions.Load()))
-		cl.unpin()
-		for _, st := range cl.stmts {
-			s.stmts.put(st)
-		}
-		if cl.cr != nil {
-			cl.cr.Reset(nil)
-			readerPool.Put(cl.cr)
-			cl.cr = nil
-		}
-		cl.releaseClientWriter()
-	}()
+	cl.setState(cl.core.m.idle)
 	if !cl.login(params) {
+		cl.end()
 		return
 	}
-	cl.loop()
+	cl.serve()
+}
+
+// end ends the session of a client that is gone.
+func (cl *client) end() {
+	s := cl.core
+	cl.leave()
+	cl.setState(nil)
+	s.m.sessionTx.Observe(float64(cl.transactions.Load()))
+	cl.unpin()
+	for _, st := range cl.stmts {
+		s.stmts.put(st)
+	}
+	if cl.cr != nil {
+		cl.cr.Reset(nil)
+		readerPool.Put(cl.cr)
+		cl.cr = nil
+	}
+	cl.releaseClientWriter()
+	cl.ended()
 }

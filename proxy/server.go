@@ -28,7 +28,8 @@
 //   - serverset.go: the proxy's server connections, borrowed from the pool manager.
 //   - client.go, clientstatements.go, clientstate.go, requests.go: the client side. One
 //     goroutine per client reads its messages, checks out a server connection when a request
-//     needs one, and maps its statements and settings onto the connection.
+//     needs one, and maps its statements and settings onto the connection; idlewatch.go: an
+//     idle transaction-mode client has none, and a watcher starts one when it sends again.
 //   - auth.go, clients.go, startup.go, server.go: the front door and the Server, which listens,
 //     lets clients in (gate), keeps track of them (clientTable) and closes; reload.go: what
 //     Reload reads again (users file, certificate, the pool user's password) for new logins.
@@ -255,11 +256,10 @@ func (s *Server) serve(l net.Listener) {
 			}
 			// The session goes on in a fresh goroutine: this one's stack grew in the login
 			// (SCRAM, TLS), and an idle client would keep it.
-			go func() {
-				defer s.wg.Done()
-				defer s.table.untrack(c)
-				session()
-			}()
+			go session(func() {
+				s.table.untrack(c)
+				s.wg.Done()
+			})
 		}()
 	}
 }
@@ -277,7 +277,11 @@ func (s *Server) Close() error {
 	for _, l := range s.listeners {
 		_ = l.Close()
 	}
+	parked := s.watch.close() // deregistered before their connections close
 	s.table.close()
+	for _, cl := range parked {
+		cl.resume()
+	}
 	s.mu.Unlock()
 	s.wg.Wait()
 	s.txSet.close()

@@ -153,10 +153,13 @@ type clientEnd struct {
 	// lostConn: the server connection the client held was lost and the client kept its
 	// session (serverloss.go); its goroutine takes what that left before its next request.
 	lostConn atomic.Pointer[srvConn]
+	// losing: the loss of the server connection the client held is being handled, which may
+	// write to the client and close it; the client does not park meanwhile.
+	losing atomic.Bool
 }
 
 // clientSettings are the client's settings and pin: the part of its session that is not its
-// statements.
+// statements. Neither settings map is written to once made: want starts as startWant itself.
 type clientSettings struct {
 	startWant map[string]string   // settings from the startup packet, by lower-cased name
 	want      map[string]string   // the session's own settings as last read back; guarded by the holding connection's mu
@@ -342,6 +345,8 @@ func (c *srvConn) lost(cause error, serverSaidFatal bool) {
 		cl.lostConn.Store(c)
 	}
 	if cl != nil {
+		cl.losing.Store(true)
+		defer cl.losing.Store(false)
 		cl.detach(c)
 	}
 	c.mu.Unlock()

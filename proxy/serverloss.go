@@ -212,7 +212,8 @@ func (cl *client) answerLostTx(typ byte, body []byte) bool {
 		if name == "" {
 			// Kept, as parseUnnamed keeps it, to be prepared on the next server connection
 			// if the client binds it again.
-			cl.unnamed, cl.unnamedFx = append(cl.unnamed[:0], body...), s.analysis.Analyze(sqlb)
+			cl.unnamed = append(cl.unnamed[:0], body...)
+			cl.keepUnnamedFx(s.analysis.Analyze(sqlb))
 			if len(body) > 64<<10 {
 				cl.unnamed = nil
 			}

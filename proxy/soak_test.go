@@ -25,7 +25,9 @@ import (
 // request). Its watchdog fails the test when a request waits longer than a bound while the
 // server has nothing running: the client waits for data the server already sent.
 //
-// It runs 3 seconds; PROXY_SOAK_DURATION (a Go duration) makes it a long run.
+// It runs 3 seconds; PROXY_SOAK_DURATION (a Go duration) makes it a long run. Idle clients park
+// after 1 ms (idlewatch.go), so that clients park and resume all the time;
+// PROXY_SOAK_PARK_DELAY sets another delay.
 func TestSoakWatchdog(t *testing.T) {
 	d := 3 * time.Second
 	if v := os.Getenv("PROXY_SOAK_DURATION"); v != "" {
@@ -34,6 +36,14 @@ func TestSoakWatchdog(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	park := time.Millisecond
+	if v := os.Getenv("PROXY_SOAK_PARK_DELAY"); v != "" {
+		var err error
+		if park, err = time.ParseDuration(v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	shortParkDelay(t, park)
 	h := newTxHarness(t, 3, nil)
 	ctx := ctxTimeout(t, d+2*time.Minute)
 	setup := h.pgconnect(t, ctx, "")

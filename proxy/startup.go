@@ -33,8 +33,9 @@ type gate struct {
 }
 
 // handle lets one client connection in: it returns the client's session to run, or nil when
-// the connection ended in its startup.
-func (s *gate) handle(raw net.Conn) (session func()) {
+// the connection ended in its startup. The session calls ended when it ends, in whichever
+// goroutine runs it then.
+func (s *gate) handle(raw net.Conn) (session func(ended func())) {
 	s.core.m.authenticating.Inc()
 	authenticating := true
 	defer func() {
@@ -70,8 +71,11 @@ func (s *gate) handle(raw net.Conn) (session func()) {
 
 	s.core.m.sessions.Inc()
 	s.table.register(cl)
-	return func() {
-		defer s.table.unregister(cl)
+	return func(ended func()) {
+		cl.ended = func() {
+			s.table.unregister(cl)
+			ended()
+		}
 		cl.run(params)
 	}
 }
