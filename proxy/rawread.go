@@ -150,6 +150,7 @@ func (cl *client) relayRaw(fr *fdReader) bool {
 			if cl.core.cfg.IdleTransactionTimeout > 0 {
 				cl.armIdleTimeout()
 			}
+			cl.armPark() // its deadline ends the call, and step parks the client (idlewatch.go)
 			if cl.core.ending() {
 				return true // step sees to the end of the session
 			}
