@@ -117,14 +117,7 @@ func (h *harness) hung(t testing.TB, what string) {
 	}
 	fmt.Fprintf(os.Stderr, "%s: %s; goroutine stacks in %s\n", t.Name(), what, path)
 	t.Logf("goroutines (also in %s):\n%s", path, b.String())
-	closed := make(chan struct{})
-	go func() {
-		_ = h.srv.Close()
-		close(closed)
-	}()
-	select {
-	case <-closed:
-	case <-time.After(10 * time.Second):
+	if !closesWithin(h.srv, 10*time.Second) {
 		t.Errorf("the proxy's Close did not return in 10 s either")
 	}
 	t.Fatalf("%s; goroutine stacks in %s\nlogs:\n%s", what, path, h.log.String())
@@ -193,15 +186,23 @@ func TestCloseWhileServerDoesNotRead(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the client's writes did not stall")
 	}
+	if !closesWithin(h.srv, 10*time.Second) {
+		h.hung(t, "Close did not return in 10 s")
+	}
+	stop()
+}
+
+// closesWithin reports whether srv's Close returned within d.
+func closesWithin(srv *Server, d time.Duration) bool {
 	closed := make(chan struct{})
 	go func() {
-		_ = h.srv.Close()
+		_ = srv.Close()
 		close(closed)
 	}()
 	select {
 	case <-closed:
-	case <-time.After(10 * time.Second):
-		h.hung(t, "Close did not return in 10 s")
+		return true
+	case <-time.After(d):
+		return false
 	}
-	stop()
 }

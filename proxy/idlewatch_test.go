@@ -91,14 +91,7 @@ func TestIdleWatchWakes(t *testing.T) {
 		if !watcherRuns() {
 			t.Fatal("no watcher goroutine with a client parked")
 		}
-		closed := make(chan struct{})
-		go func() {
-			_ = h.srv.Close()
-			close(closed)
-		}()
-		select {
-		case <-closed:
-		case <-time.After(20 * time.Second):
+		if !closesWithin(h.srv, 20*time.Second) {
 			t.Fatal("Close hangs with a client parked")
 		}
 		_ = c.Conn().SetReadDeadline(time.Now().Add(10 * time.Second))
