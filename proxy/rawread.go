@@ -62,6 +62,9 @@ type fdReader struct {
 
 // newFDReader is a reader for conn when it is a TCP or Unix socket (not TLS), or nil.
 func newFDReader(conn net.Conn) *fdReader {
+	if !rawReadsSupported {
+		return nil
+	}
 	var sc syscall.Conn
 	switch c := conn.(type) {
 	case *net.TCPConn:
@@ -86,7 +89,7 @@ func (r *fdReader) Read(p []byte) (int, error) {
 		return 0, nil
 	}
 	for {
-		n, err := syscall.Read(r.fd, p)
+		n, err := readFD(r.fd, p)
 		switch {
 		case err == syscall.EINTR:
 			continue
@@ -214,8 +217,8 @@ func hangUp(conn net.Conn) {
 		conn = tc.NetConn()
 	}
 	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		_ = conn.Close()
+	if !ok || !rawReadsSupported {
+		_ = conn.Close() // without the reads above, a Close waits for no callback
 		return
 	}
 	rc, err := sc.SyscallConn()
@@ -223,6 +226,6 @@ func hangUp(conn net.Conn) {
 		return // closed already
 	}
 	_ = rc.Control(func(fd uintptr) {
-		_ = syscall.Shutdown(int(fd), syscall.SHUT_RDWR)
+		shutdownFD(fd)
 	})
 }
