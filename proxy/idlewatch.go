@@ -1,9 +1,6 @@
 package proxy
 
-import (
-	"net"
-	"time"
-)
+import "time"
 
 // Idle transaction-mode clients park: a client that has waited parkDelay for its next message,
 // holding no server connection and no buffer, gives up its goroutine, and the Server's watcher
@@ -37,13 +34,13 @@ func (cl *client) serve() {
 }
 
 // mayPark reports whether the client could park at the end of the wait it is about to begin: a
-// transaction-mode client with nothing buffered, on a plaintext socket (a TLS connection may
-// hold decrypted bytes its socket no longer shows), while the proxy is not ending sessions.
+// transaction-mode client with nothing buffered, on a plaintext socket (cl.fr: a TLS connection
+// may hold decrypted bytes its socket no longer shows), while the proxy is not ending sessions.
 // Whether it holds a server connection is seen at the end (canPark): its last request's answer
 // may still be on its way when it begins to wait.
 func (cl *client) mayPark() bool {
-	return watchSupported && !cl.whole && (cl.cr == nil || cl.cr.Buffered() == 0) &&
-		!cl.core.ending() && plainSocket(cl.conn)
+	return watchSupported && cl.fr != nil && !cl.whole && (cl.cr == nil || cl.cr.Buffered() == 0) &&
+		!cl.core.ending()
 }
 
 // canPark reports whether the client, waiting, may give up its goroutine now: mayPark, and it
@@ -58,15 +55,6 @@ func (cl *client) canPark() bool {
 	released := cl.cw == nil
 	cl.wmu.Unlock()
 	return released
-}
-
-// plainSocket reports whether c is a TCP or unix socket with nothing in front of it.
-func plainSocket(c net.Conn) bool {
-	switch c.(type) {
-	case *net.TCPConn, *net.UnixConn:
-		return true
-	}
-	return false
 }
 
 // armPark sets the read deadline at which the waiting client parks, unless the

@@ -27,16 +27,11 @@ type idleWatcher struct {
 // park hands the client over to the watcher. It reports false when the watcher takes no more
 // clients (Close, EndSessions) or cannot watch this one: the caller goes on serving it.
 func (w *idleWatcher) park(cl *client) bool {
-	sc, ok := cl.conn.(syscall.Conn)
-	if !ok {
-		return false
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return false
+	if cl.fr == nil {
+		return false // not a plain socket
 	}
 	fd := int32(-1)
-	if raw.Control(func(s uintptr) { fd = int32(s) }) != nil || fd < 0 {
+	if cl.fr.rc.Control(func(s uintptr) { fd = int32(s) }) != nil || fd < 0 {
 		return false // closed
 	}
 	w.mu.Lock()
