@@ -239,18 +239,19 @@ func histogramDesc(name, help string, labels ...string) *prometheus.Desc {
 // since declares that d exists from server version v (a server_version_num) on; before
 // declares that it exists only on versions before v. Both return d.
 func since(v int, d *prometheus.Desc) *prometheus.Desc {
-	builtinMu.Lock()
-	if declaring != nil {
-		declaring.of(d).MinVersion = v
-	}
-	builtinMu.Unlock()
-	return d
+	return declare(d, func(m *Metric) { m.MinVersion = v })
 }
 
 func before(v int, d *prometheus.Desc) *prometheus.Desc {
+	return declare(d, func(m *Metric) { m.BeforeVersion = v })
+}
+
+// declare records set's part of d's declaration while Declarations builds the collectors, and
+// returns d.
+func declare(d *prometheus.Desc, set func(*Metric)) *prometheus.Desc {
 	builtinMu.Lock()
 	if declaring != nil {
-		declaring.of(d).BeforeVersion = v
+		set(declaring.of(d))
 	}
 	builtinMu.Unlock()
 	return d
@@ -337,12 +338,7 @@ type Declaration struct {
 
 // declareType notes d's type while Declarations builds a collector, and returns d.
 func declareType(d *prometheus.Desc, typ string) *prometheus.Desc {
-	builtinMu.Lock()
-	if declaring != nil {
-		declaring.of(d).Type = typ
-	}
-	builtinMu.Unlock()
-	return d
+	return declare(d, func(m *Metric) { m.Type = typ })
 }
 
 // Declarations builds every registered collector once, in name order, and returns what each
