@@ -85,13 +85,9 @@ func (q rowQuery) run(ctx context.Context, s *Scrape) error {
 			return nil
 		}
 		for i, c := range q.cols {
-			v := 0.0
-			if vals[i] != nil {
-				v = *vals[i]
-			} else if c.keepNull {
-				continue
+			if v, ok := c.value(vals[i]); ok {
+				s.sink.add(c.desc, c.typ, v, labels)
 			}
-			s.sink.add(c.desc, c.typ, v, labels)
 		}
 		return nil
 	}, args...)
@@ -105,15 +101,22 @@ func (q rowQuery) emitRow(k *sink, labels []string, vals []*float64, order []int
 		return
 	}
 	for i, c := range q.cols {
-		v := 0.0
-		if vals[i] != nil {
-			v = *vals[i]
-		} else if c.keepNull {
-			continue
+		if v, ok := c.value(vals[i]); ok {
+			row = append(row, &tableMetric{desc: c.desc, typ: c.typ, value: v, labels: pairs})
 		}
-		row = append(row, &tableMetric{desc: c.desc, typ: c.typ, value: v, labels: pairs})
 	}
 	k.addRow(row, labels[0]+"\xff"+labels[1]+"\xff"+labels[2])
+}
+
+// value is the sample a scanned value gives, and false for a NULL the column leaves out.
+func (c column) value(p *float64) (float64, bool) {
+	switch {
+	case p != nil:
+		return *p, true
+	case c.keepNull:
+		return 0, false
+	}
+	return 0, true
 }
 
 // gauge, counter and nullableGauge build columns.
